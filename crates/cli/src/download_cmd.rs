@@ -1,0 +1,275 @@
+//! `pow download`: fetch a torrent's content, every piece verified, then optionally seed.
+
+use crate::CmdResult;
+use clap::Args;
+use pow_engine::{EngineConfig, Snapshot, Torrent};
+use pow_metainfo::Metainfo;
+use pow_picker::Picker;
+use pow_storage::Storage;
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct DownloadArgs {
+    /// The .torrent file.
+    torrent: PathBuf,
+    /// Directory to download into (the torrent's name is created inside it).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Peer port to listen on (0: any free port).
+    #[arg(long, default_value_t = 6881)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Extra tracker announce URL (its own tier, after the torrent's); repeatable.
+    #[arg(long = "tracker")]
+    trackers: Vec<String>,
+    /// Connect to this peer directly, no tracker needed; repeatable.
+    #[arg(long = "peer")]
+    peers: Vec<SocketAddr>,
+    /// Download only files whose path inside the torrent matches this glob (`*`, `?`); repeatable.
+    #[arg(long = "only")]
+    only: Vec<String>,
+    /// Keep seeding after the download completes, until interrupted.
+    #[arg(long)]
+    seed: bool,
+    /// Print the final summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: DownloadArgs) -> CmdResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(download(args))
+}
+
+async fn download(args: DownloadArgs) -> CmdResult {
+    let started = Instant::now();
+    let metainfo = Arc::new(Metainfo::from_file(&args.torrent)?);
+    let storage = Arc::new(Storage::new(metainfo.clone(), &args.output)?);
+    let have = {
+        let storage = storage.clone();
+        tokio::task::spawn_blocking(move || {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            storage.check_existing(threads, &|_| {})
+        })
+        .await??
+    };
+    let resumed_pieces = have.count();
+    let mut picker = Picker::new(metainfo.geometry.clone(), have);
+    if !args.only.is_empty() {
+        let wanted = select_files(&metainfo, &args.only)?;
+        picker.select_files(&wanted);
+    }
+    storage.create_empty_files()?;
+
+    let config = EngineConfig {
+        listen: Some(SocketAddr::new(args.bind, args.port)),
+        ..EngineConfig::default()
+    };
+    let peer_id = config.peer_id;
+    let torrent = Torrent::start(storage.clone(), picker, config).await?;
+    torrent.add_peers(args.peers.iter().copied());
+
+    let mut tiers = metainfo.tracker_tiers();
+    tiers.extend(args.trackers.iter().map(|t| vec![t.clone()]));
+    let announcer = crate::announce::start(&torrent, tiers, peer_id, args.port);
+
+    let progress = Progress::new(&metainfo, args.json);
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    let outcome = loop {
+        tokio::select! {
+            _ = torrent.wait_complete() => break Outcome::Complete,
+            _ = ticker.tick() => progress.update(&torrent.snapshot()),
+            _ = shutdown_signal() => break Outcome::Interrupted,
+        }
+    };
+    let snapshot = torrent.snapshot();
+    progress.finish(&snapshot);
+    if outcome == Outcome::Complete {
+        storage.sync()?;
+        if let Some(a) = &announcer {
+            a.completed();
+        }
+    }
+    let elapsed = started.elapsed();
+    report(
+        &args,
+        &metainfo,
+        &snapshot,
+        resumed_pieces,
+        elapsed,
+        outcome,
+        &torrent,
+    );
+    if outcome == Outcome::Complete && args.seed {
+        eprintln!("seeding; Ctrl-C to stop");
+        shutdown_signal().await;
+    }
+    torrent.shutdown();
+    if let Some(a) = announcer {
+        a.stop().await;
+    }
+    match outcome {
+        Outcome::Complete => Ok(()),
+        Outcome::Interrupted => Err(format!(
+            "interrupted with {} of {} pieces verified (kept on disk; run again to resume)",
+            snapshot.pieces_have, snapshot.pieces_total
+        )
+        .into()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Complete,
+    Interrupted,
+}
+
+/// SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn report(
+    args: &DownloadArgs,
+    metainfo: &Metainfo,
+    s: &Snapshot,
+    resumed_pieces: u32,
+    elapsed: Duration,
+    outcome: Outcome,
+    torrent: &Torrent,
+) {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let rate = s.downloaded as f64 / secs / (1024.0 * 1024.0);
+    if args.json {
+        let by_peer: Vec<_> = torrent
+            .received_by_peer()
+            .into_iter()
+            .map(|(addr, bytes)| serde_json::json!({"peer": addr.to_string(), "bytes": bytes}))
+            .collect();
+        let value = serde_json::json!({
+            "info_hash": metainfo.info_hash.to_hex(),
+            "name": metainfo.name,
+            "complete": outcome == Outcome::Complete,
+            "pieces_verified": s.pieces_have,
+            "pieces_total": s.pieces_total,
+            "pieces_already_on_disk": resumed_pieces,
+            "downloaded": s.downloaded,
+            "wasted": s.wasted,
+            "uploaded": s.uploaded,
+            "hash_failures": s.hash_failures,
+            "seconds": secs,
+            "mib_per_s": rate,
+            "received_by_peer": by_peer,
+            "path": args.output.join(&metainfo.name).display().to_string(),
+        });
+        println!("{value}");
+    } else {
+        println!(
+            "{}: {} {}/{} pieces verified, {} bytes downloaded in {:.1} s ({:.1} MiB/s), {} already on disk, {} wasted",
+            metainfo.name,
+            if outcome == Outcome::Complete { "complete," } else { "incomplete," },
+            s.pieces_have,
+            s.pieces_total,
+            s.downloaded,
+            secs,
+            rate,
+            resumed_pieces,
+            s.wasted,
+        );
+    }
+}
+
+/// Indices of files whose path inside the torrent matches any of the globs.
+fn select_files(metainfo: &Metainfo, globs: &[String]) -> Result<Vec<usize>, String> {
+    let wanted: Vec<usize> = metainfo
+        .files
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            let inside = f.path.components()[usize::from(metainfo.multi_file)..].join("/");
+            globs
+                .iter()
+                .any(|g| glob_match(g.as_bytes(), inside.as_bytes()))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if wanted.is_empty() {
+        return Err(format!("--only {}: no file matches", globs.join(" ")));
+    }
+    Ok(wanted)
+}
+
+/// `*` matches any run of characters (also `/`), `?` any one.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.first(), text.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            glob_match(&pattern[1..], text) || (!text.is_empty() && glob_match(pattern, &text[1..]))
+        }
+        (Some(b'?'), Some(_)) => glob_match(&pattern[1..], &text[1..]),
+        (Some(p), Some(t)) if p == t => glob_match(&pattern[1..], &text[1..]),
+        _ => false,
+    }
+}
+
+/// A progress bar on a terminal; nothing otherwise (the summary line says it all).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(metainfo: &Metainfo, quiet: bool) -> Progress {
+        if quiet || !std::io::stderr().is_terminal() {
+            return Progress { bar: None };
+        }
+        let bar = indicatif::ProgressBar::new(metainfo.total_length());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+            )
+            .expect("valid template"),
+        );
+        Progress { bar: Some(bar) }
+    }
+
+    fn update(&self, s: &Snapshot) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(bar.length().unwrap_or(0).saturating_sub(s.left));
+            bar.set_message(format!("{} peers", s.peers));
+        }
+    }
+
+    fn finish(&self, s: &Snapshot) {
+        if let Some(bar) = &self.bar {
+            self.update(s);
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(b"*.csv", b"a/b.csv"));
+        assert!(glob_match(b"a/?.dat", b"a/x.dat"));
+        assert!(!glob_match(b"a/?.dat", b"a/xy.dat"));
+        assert!(glob_match(b"*", b""));
+        assert!(!glob_match(b"b*", b"ab"));
+    }
+}

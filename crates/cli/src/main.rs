@@ -1,0 +1,94 @@
+//! The `pow` command-line tool: one subcommand module per concern, each a thin layer over a crate.
+//!
+//! Exit codes: 0 success, 2 bad usage (clap), 1 any other error with one line on stderr.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod announce;
+mod download_cmd;
+mod seed_cmd;
+mod source_cmd;
+mod torrent_cmd;
+
+#[derive(Parser)]
+#[command(
+    name = "pow",
+    version,
+    about = "BitTorrent engine and verified data sources"
+)]
+struct Cli {
+    /// The project directory (default: ./.pow).
+    #[arg(long, global = true, env = "POW_DIR", value_name = "DIR")]
+    pow_dir: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Read and create .torrent files.
+    #[command(subcommand)]
+    Torrent(torrent_cmd::TorrentCommand),
+    /// Download a torrent's content, every piece verified.
+    Download(download_cmd::DownloadArgs),
+    /// Check a torrent's data on disk, then serve it to peers until interrupted.
+    Seed(seed_cmd::SeedArgs),
+    /// Check a torrent's data on disk piece by piece; exit 1 if any piece is bad or missing.
+    Verify(seed_cmd::VerifyArgs),
+    /// Create the .pow project directory (store, pow.toml, graphs/).
+    Init,
+    /// Save data source definitions (TOML or RDF) in one transaction.
+    Save(source_cmd::SaveArgs),
+    /// List, show and query stored data sources.
+    #[command(subcommand)]
+    Source(source_cmd::SourceCommand),
+    /// Print the whole graph store, sorted (stable for git).
+    Export(source_cmd::ExportArgs),
+    /// Load an export (or any RDF file) into the store in one transaction.
+    Import(source_cmd::ImportArgs),
+}
+
+/// Errors reach the user as one line: the message, then each cause after a colon.
+type CmdResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Logs go to stderr; `POW_LOG` sets the level (error, warn, info, debug, trace; default warn).
+fn init_logging() {
+    let level = std::env::var("POW_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::WARN);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result: CmdResult = match cli.command {
+        Command::Torrent(cmd) => torrent_cmd::run(cmd),
+        Command::Download(args) => download_cmd::run(args),
+        Command::Seed(args) => seed_cmd::seed(args),
+        Command::Verify(args) => seed_cmd::verify(args),
+        Command::Init => source_cmd::init(cli.pow_dir.as_deref()),
+        Command::Save(args) => source_cmd::save(cli.pow_dir.as_deref(), args),
+        Command::Source(cmd) => source_cmd::source(cli.pow_dir.as_deref(), cmd),
+        Command::Export(args) => source_cmd::export(cli.pow_dir.as_deref(), args),
+        Command::Import(args) => source_cmd::import(cli.pow_dir.as_deref(), args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let mut line = format!("pow: {err}");
+            let mut source = err.source();
+            while let Some(cause) = source {
+                line.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("{line}");
+            ExitCode::from(1)
+        }
+    }
+}

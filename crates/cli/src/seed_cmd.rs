@@ -1,0 +1,183 @@
+//! `pow seed` (check the data, then serve it) and `pow verify` (the check alone).
+
+use crate::CmdResult;
+use clap::Args;
+use pow_engine::{EngineConfig, Torrent};
+use pow_metainfo::Metainfo;
+use pow_picker::Picker;
+use pow_storage::Storage;
+use pow_wire::Bitfield;
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct SeedArgs {
+    /// The .torrent file.
+    torrent: PathBuf,
+    /// Directory that holds the torrent's content (the torrent's name inside it).
+    #[arg(long)]
+    data: PathBuf,
+    /// Peer port to listen on.
+    #[arg(long, default_value_t = 6881)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Extra tracker announce URL; repeatable.
+    #[arg(long = "tracker")]
+    trackers: Vec<String>,
+    /// Print a JSON line when seeding starts.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    torrent: PathBuf,
+    /// Directory that holds the torrent's content.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Checks every piece on disk (with a progress bar on a terminal).
+fn check(
+    metainfo: &Arc<Metainfo>,
+    data: &std::path::Path,
+) -> Result<(Arc<Storage>, Bitfield), Box<dyn std::error::Error>> {
+    let storage = Arc::new(Storage::new(metainfo.clone(), data)?);
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(u64::from(metainfo.geometry.piece_count()));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "checking {bar:40} {pos}/{len} pieces {per_sec}",
+            )
+            .expect("valid template"),
+        );
+        bar
+    });
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let have = storage.check_existing(threads, &|n| {
+        if let Some(bar) = &bar {
+            bar.set_position(u64::from(n));
+        }
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok((storage, have))
+}
+
+pub fn verify(args: VerifyArgs) -> CmdResult {
+    let metainfo = Arc::new(Metainfo::from_file(&args.torrent)?);
+    let (storage, have) = check(&metainfo, &args.data)?;
+    let bad: Vec<u32> = (0..have.len()).filter(|&i| !have.get(i)).collect();
+    let files_of = |piece: u32| -> Vec<String> {
+        let geometry = &metainfo.geometry;
+        let p = geometry.piece(piece).expect("valid");
+        geometry
+            .piece_spans(p)
+            .iter()
+            .map(|s| storage.file_path(s.file).display().to_string())
+            .collect()
+    };
+    if args.json {
+        let bad_json: Vec<_> = bad
+            .iter()
+            .map(|&p| serde_json::json!({"piece": p, "files": files_of(p)}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "info_hash": metainfo.info_hash.to_hex(),
+                "pieces_total": have.len(),
+                "pieces_good": have.count(),
+                "bad_pieces": bad_json,
+            })
+        );
+    } else {
+        for &p in bad.iter().take(100) {
+            println!("bad piece {p}: {}", files_of(p).join(", "));
+        }
+        if bad.len() > 100 {
+            println!("... and {} more bad pieces", bad.len() - 100);
+        }
+        println!(
+            "{}: {}/{} pieces good",
+            metainfo.name,
+            have.count(),
+            have.len()
+        );
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} of {} pieces are bad or missing", bad.len(), have.len()).into())
+    }
+}
+
+pub fn seed(args: SeedArgs) -> CmdResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(seed_async(args))
+}
+
+async fn seed_async(args: SeedArgs) -> CmdResult {
+    let metainfo = Arc::new(Metainfo::from_file(&args.torrent)?);
+    let (storage, have) = {
+        let metainfo = metainfo.clone();
+        let data = args.data.clone();
+        tokio::task::spawn_blocking(move || check(&metainfo, &data).map_err(|e| e.to_string()))
+            .await??
+    };
+    let good = have.count();
+    if good < have.len() {
+        eprintln!(
+            "pow: warning: {} of {} pieces are bad or missing and will not be served",
+            have.len() - good,
+            have.len()
+        );
+    }
+    let picker = Picker::new(metainfo.geometry.clone(), have);
+    let config = EngineConfig {
+        listen: Some(SocketAddr::new(args.bind, args.port)),
+        ..EngineConfig::default()
+    };
+    let peer_id = config.peer_id;
+    let torrent = Torrent::start(storage, picker, config).await?;
+    let mut tiers = metainfo.tracker_tiers();
+    tiers.extend(args.trackers.iter().map(|t| vec![t.clone()]));
+    let announcer = crate::announce::start(&torrent, tiers, peer_id, args.port);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "seeding": metainfo.info_hash.to_hex(),
+                "name": metainfo.name,
+                "pieces_good": good,
+                "pieces_total": metainfo.geometry.piece_count(),
+                "port": args.port,
+            })
+        );
+    } else {
+        eprintln!(
+            "seeding {} ({}/{} pieces) on port {}; Ctrl-C to stop",
+            metainfo.name,
+            good,
+            metainfo.geometry.piece_count(),
+            args.port
+        );
+    }
+    crate::download_cmd::shutdown_signal().await;
+    let s = torrent.snapshot();
+    torrent.shutdown();
+    if let Some(a) = announcer {
+        a.stop().await;
+    }
+    eprintln!("stopped: {} bytes uploaded", s.uploaded);
+    Ok(())
+}

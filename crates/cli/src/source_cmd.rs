@@ -1,0 +1,191 @@
+//! `pow init`, `pow save`, `pow source list|show|query`, `pow export`, `pow import`:
+//! a thin layer over the `pow-datasource` crate.
+
+use clap::{Args, Subcommand, ValueEnum};
+use pow_datasource::{ExportFormat, PowDir, QueryOutput};
+use std::error::Error;
+use std::path::{Path, PathBuf};
+
+type CmdResult = Result<(), Box<dyn Error>>;
+
+/// Default location of the project directory.
+const DEFAULT_POW_DIR: &str = ".pow";
+
+/// `pow save`.
+#[derive(Args)]
+pub struct SaveArgs {
+    /// Definitions file: .toml ([[source]] tables), .ttl, .trig, .nt or .nq.
+    pub file: PathBuf,
+    /// Print what was saved as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pow source ...`.
+#[derive(Subcommand)]
+pub enum SourceCommand {
+    /// List stored data sources: ID and comment.
+    List {
+        /// Only this class and its subclasses (a class name or IRI).
+        #[arg(long, value_name = "TYPE")]
+        kind: Option<String>,
+        /// Full IRIs instead of the short Type:key form.
+        #[arg(long)]
+        full: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show data sources in the 2019 format (class name, then each field).
+    Show {
+        /// IDs: Type:key or full IRIs.
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a SPARQL SELECT/ASK/CONSTRUCT query (the default graph is the union of all graphs).
+    Query {
+        /// The query text.
+        sparql: String,
+        /// SPARQL JSON results instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Syntax of `pow export`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ExportSyntax {
+    /// Sorted N-Quads.
+    Nquads,
+    /// Sorted TriG (Turtle with graph blocks).
+    Turtle,
+}
+
+/// `pow export`.
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Output syntax.
+    #[arg(long, value_enum, default_value = "nquads")]
+    pub format: ExportSyntax,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+/// `pow import`.
+#[derive(Args)]
+pub struct ImportArgs {
+    /// An export (.nq, .trig/.ttl) or any RDF file.
+    pub file: PathBuf,
+}
+
+/// Where the `.pow` directory is, and whether the user said so.
+fn location(pow_dir: Option<&Path>) -> (PathBuf, bool) {
+    match pow_dir {
+        Some(dir) => (dir.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_POW_DIR), false),
+    }
+}
+
+fn open(pow_dir: Option<&Path>) -> Result<PowDir, Box<dyn Error>> {
+    let (dir, explicit) = location(pow_dir);
+    Ok(PowDir::open(&dir, explicit)?)
+}
+
+/// `pow init`.
+pub fn init(pow_dir: Option<&Path>) -> CmdResult {
+    let (dir, _) = location(pow_dir);
+    PowDir::init(&dir)?;
+    println!("initialised {}", dir.display());
+    Ok(())
+}
+
+/// `pow save FILE`.
+pub fn save(pow_dir: Option<&Path>, args: SaveArgs) -> CmdResult {
+    let pow = open(pow_dir)?;
+    let report = pow.save_file(&args.file)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "saved {} data source(s), {} statement(s) from {}",
+            report.sources,
+            report.quads,
+            args.file.display()
+        );
+    }
+    Ok(())
+}
+
+/// `pow source ...`.
+pub fn source(pow_dir: Option<&Path>, cmd: SourceCommand) -> CmdResult {
+    let pow = open(pow_dir)?;
+    match cmd {
+        SourceCommand::List { kind, full, json } => {
+            let entries = pow.list(kind.as_deref(), full)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                for e in entries {
+                    match e.comment {
+                        Some(c) => println!("{}\t{}", e.id, c),
+                        None => println!("{}", e.id),
+                    }
+                }
+            }
+        }
+        SourceCommand::Show { ids, json } => {
+            let shown = ids
+                .iter()
+                .map(|id| pow.show(id))
+                .collect::<Result<Vec<_>, _>>()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+            } else {
+                for s in shown {
+                    print!("{}", s.format());
+                }
+            }
+        }
+        SourceCommand::Query { sparql, json } => {
+            let output = if json {
+                QueryOutput::Json
+            } else {
+                QueryOutput::Table
+            };
+            print!("{}", pow.query(&sparql, output)?);
+        }
+    }
+    Ok(())
+}
+
+/// `pow export`.
+pub fn export(pow_dir: Option<&Path>, args: ExportArgs) -> CmdResult {
+    let pow = open(pow_dir)?;
+    let format = match args.format {
+        ExportSyntax::Nquads => ExportFormat::NQuads,
+        ExportSyntax::Turtle => ExportFormat::Turtle,
+    };
+    let text = pow.export(format)?;
+    match args.output {
+        Some(path) => std::fs::write(&path, text)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// `pow import FILE`.
+pub fn import(pow_dir: Option<&Path>, args: ImportArgs) -> CmdResult {
+    let pow = open(pow_dir)?;
+    let report = pow.import_file(&args.file)?;
+    println!(
+        "imported {} statement(s) from {}",
+        report.quads,
+        args.file.display()
+    );
+    Ok(())
+}

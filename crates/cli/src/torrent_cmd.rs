@@ -1,0 +1,209 @@
+//! `pow torrent show` and `pow torrent create`.
+
+use crate::CmdResult;
+use clap::{Args, Subcommand};
+use pow_metainfo::create::{create, CreateOptions};
+use pow_metainfo::Metainfo;
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum TorrentCommand {
+    /// Print what a .torrent holds: name, info-hash, sizes, pieces, files, trackers.
+    Show {
+        file: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a .torrent from a file or a directory.
+    Create(CreateArgs),
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// The file or directory to share.
+    path: PathBuf,
+    /// Where to write the .torrent.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Bytes per piece: a power of two from 16384 up to 128 MiB (default: picked from the size).
+    #[arg(long, value_parser = parse_piece_length)]
+    piece_length: Option<u64>,
+    /// Tracker announce URL; repeat for more tiers; URLs joined by commas share one tier.
+    #[arg(long = "tracker", short = 't')]
+    trackers: Vec<String>,
+    /// Web seed URL (BEP 19); repeatable.
+    #[arg(long = "web-seed", short = 'w')]
+    web_seeds: Vec<String>,
+    /// Mark the torrent private (BEP 27): peers only from its trackers.
+    #[arg(long)]
+    private: bool,
+    #[arg(long)]
+    comment: Option<String>,
+    /// Leave out the creation date, so the same input always gives the same file.
+    #[arg(long)]
+    no_date: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_piece_length(text: &str) -> Result<u64, String> {
+    let value: u64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number"))?;
+    if value < 16384 || !value.is_power_of_two() || value > 128 * 1024 * 1024 {
+        return Err(format!(
+            "{value} is not a power of two from 16384 to 134217728"
+        ));
+    }
+    Ok(value)
+}
+
+pub fn run(command: TorrentCommand) -> CmdResult {
+    match command {
+        TorrentCommand::Show { file, json } => {
+            let metainfo = Metainfo::from_file(&file)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&to_json(&metainfo))?);
+            } else {
+                print_text(&metainfo);
+            }
+            Ok(())
+        }
+        TorrentCommand::Create(args) => create_cmd(args),
+    }
+}
+
+fn create_cmd(args: CreateArgs) -> CmdResult {
+    let options = CreateOptions {
+        piece_length: args.piece_length,
+        trackers: args
+            .trackers
+            .iter()
+            .map(|tier| tier.split(',').map(|u| u.trim().to_string()).collect())
+            .collect(),
+        web_seeds: args.web_seeds,
+        private: args.private,
+        comment: args.comment,
+        creation_date: (!args.no_date).then(unix_now),
+        created_by: None,
+        threads: None,
+    };
+    let created = create(&args.path, &options)?;
+    write_atomically(&args.output, &created.bytes)?;
+    let m = &created.metainfo;
+    if args.json {
+        let mut value = to_json(m);
+        value["torrent_file"] = json!(args.output.display().to_string());
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{}", args.output.display());
+        println!("info_hash {}", m.info_hash);
+        println!(
+            "{} bytes, {} pieces of {} bytes, {} file(s)",
+            m.total_length(),
+            m.geometry.piece_count(),
+            m.geometry.piece_length(),
+            m.files.len()
+        );
+    }
+    Ok(())
+}
+
+/// Writes next to the target and renames, so a crash never leaves half a .torrent behind.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("torrent.part");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+pub fn to_json(m: &Metainfo) -> serde_json::Value {
+    let files: Vec<_> = m
+        .files
+        .iter()
+        .map(|f| {
+            json!({
+                "path": f.raw_path_lossy(),
+                "disk_path": f.path.components(),
+                "length": f.length,
+                "offset": f.offset,
+                "pad": f.attr.pad,
+                "executable": f.attr.executable,
+                "hidden": f.attr.hidden,
+                "symlink": f.symlink_target.as_ref().map(|t| t.components().to_vec()),
+            })
+        })
+        .collect();
+    json!({
+        "info_hash": m.info_hash.to_hex(),
+        "name": m.name,
+        "total_length": m.total_length(),
+        "piece_length": m.geometry.piece_length(),
+        "piece_count": m.geometry.piece_count(),
+        "last_piece_length": m.geometry.last_piece_size(),
+        "multi_file": m.multi_file,
+        "hybrid_v2": m.hybrid,
+        "private": m.private,
+        "files": files,
+        "announce": m.announce,
+        "announce_list": m.announce_list,
+        "trackers": m.tracker_tiers(),
+        "url_list": m.url_list,
+        "http_seeds": m.http_seeds,
+        "creation_date": m.creation_date,
+        "comment": m.comment,
+        "created_by": m.created_by,
+    })
+}
+
+fn print_text(m: &Metainfo) {
+    println!("name:         {}", m.name);
+    println!("info_hash:    {}", m.info_hash);
+    println!(
+        "size:         {} bytes in {} file(s)",
+        m.total_length(),
+        m.files.len()
+    );
+    println!(
+        "pieces:       {} x {} bytes (last {})",
+        m.geometry.piece_count(),
+        m.geometry.piece_length(),
+        m.geometry.last_piece_size()
+    );
+    if m.private {
+        println!("private:      yes");
+    }
+    if let Some(comment) = &m.comment {
+        println!("comment:      {comment}");
+    }
+    if let Some(by) = &m.created_by {
+        println!("created by:   {by}");
+    }
+    if let Some(date) = m.creation_date {
+        println!("created:      {date} (unix time)");
+    }
+    let tiers = m.tracker_tiers();
+    if tiers.is_empty() {
+        println!("trackers:     none");
+    }
+    for (i, tier) in tiers.iter().enumerate() {
+        println!("tracker tier {i}: {}", tier.join(" "));
+    }
+    for seed in &m.url_list {
+        println!("web seed:     {seed}");
+    }
+    println!("files:");
+    for f in &m.files {
+        let pad = if f.attr.pad { " (pad)" } else { "" };
+        println!("  {:>14}  {}{pad}", f.length, f.path);
+    }
+}

@@ -1,0 +1,446 @@
+//! The `.pow` directory: the persistent Oxigraph store plus `pow.toml`, and the operations on
+//! it (init, save, import, list, show, query, export).
+
+use crate::config::{Config, CONFIG_FILE};
+use crate::definitions::{check, parse_rdf, parse_toml, FileFormat};
+use crate::error::{Error, Result};
+use crate::schema::{resolve_id, schema_quads, shorten, Class, SCHEMA_GRAPH};
+use crate::show::{Shown, ShownField, Value};
+use oxigraph::io::{RdfFormat, RdfSerializer};
+use oxigraph::model::vocab::{rdf, rdfs};
+use oxigraph::model::{GraphNameRef, NamedNode, NamedNodeRef, NamedOrBlankNodeRef, Quad, Term};
+use oxigraph::sparql::results::{QueryResultsFormat, QueryResultsSerializer};
+use oxigraph::sparql::{QueryResults, SparqlEvaluator};
+use oxigraph::store::Store;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Directory of the Oxigraph (RocksDB) store inside `.pow/`.
+pub const STORE_DIR: &str = "store";
+/// Directory for git-friendly graph exports inside `.pow/`.
+pub const GRAPHS_DIR: &str = "graphs";
+
+/// An opened `.pow` directory.
+pub struct PowDir {
+    dir: PathBuf,
+    config: Config,
+    store: Store,
+}
+
+/// What a save or import wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SaveReport {
+    /// Quads in the input after the `also` rule (some may have been stored already).
+    pub quads: usize,
+    /// DataSource instances among them.
+    pub sources: usize,
+}
+
+/// One row of `source list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListEntry {
+    /// `Type:key` form, or the IRI if it has none.
+    pub id: String,
+    /// Full IRI.
+    pub iri: String,
+    /// `rdfs:comment`, if any.
+    pub comment: Option<String>,
+}
+
+/// Syntax of `pow export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// One sorted N-Quads line per quad.
+    NQuads,
+    /// TriG (Turtle with graph blocks), sorted, with class-name prefixes.
+    Turtle,
+}
+
+/// How `query` prints its results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryOutput {
+    /// SELECT: TSV with a header row; ASK: `true`/`false`; CONSTRUCT: sorted N-Triples.
+    Table,
+    /// SELECT/ASK: SPARQL JSON results; CONSTRUCT: a JSON array of N-Triples lines.
+    Json,
+}
+
+impl PowDir {
+    /// Creates a `.pow` directory: `pow.toml`, the store (with the schema graph) and `graphs/`.
+    pub fn init(dir: &Path) -> Result<PowDir> {
+        if dir.join(CONFIG_FILE).exists() || dir.join(STORE_DIR).exists() {
+            return Err(Error::AlreadyInitialised(dir.to_path_buf()));
+        }
+        let config = Config::default();
+        for sub in [
+            GRAPHS_DIR,
+            config.torrent_store.as_str(),
+            config.download_dir.as_str(),
+        ] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(Error::io(path))?;
+        }
+        let store = Store::open(dir.join(STORE_DIR))?;
+        let mut txn = store.start_transaction()?;
+        txn.extend(&schema_quads(&config.data_graph));
+        txn.commit()?;
+        config.write(dir)?;
+        Ok(PowDir {
+            dir: dir.to_path_buf(),
+            config,
+            store,
+        })
+    }
+
+    /// Opens an existing `.pow` directory. `explicit` says whether the path was given
+    /// (`--pow-dir`/`POW_DIR`), which only changes the error message.
+    pub fn open(dir: &Path, explicit: bool) -> Result<PowDir> {
+        if !dir.join(CONFIG_FILE).is_file() {
+            return Err(if explicit {
+                Error::NoPowDir(dir.to_path_buf())
+            } else {
+                Error::NoPowDirHere
+            });
+        }
+        let config = Config::load(dir)?;
+        let store = Store::open(dir.join(STORE_DIR))?;
+        Ok(PowDir {
+            dir: dir.to_path_buf(),
+            config,
+            store,
+        })
+    }
+
+    /// The `.pow` directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The loaded `pow.toml`.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The underlying Oxigraph store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Number of quads in the store.
+    pub fn len(&self) -> Result<usize> {
+        Ok(self.store.len()?)
+    }
+
+    /// Whether the store holds no quads.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.store.is_empty()?)
+    }
+
+    /// `pow save FILE`: reads a TOML or RDF definitions file, validates it, then writes it in
+    /// one transaction. On any error nothing is written.
+    pub fn save_file(&self, path: &Path) -> Result<SaveReport> {
+        let quads = self.read_definitions(path)?;
+        self.write_all(quads)
+    }
+
+    /// Reads and validates a definitions file without writing anything.
+    pub fn read_definitions(&self, path: &Path) -> Result<Vec<Quad>> {
+        let format = FileFormat::from_path(path)?;
+        let bytes = std::fs::read(path).map_err(Error::io(path))?;
+        let data_graph = &self.config.data_graph;
+        let mut quads = match format {
+            FileFormat::Toml => {
+                let text = String::from_utf8(bytes).map_err(|e| Error::Definition {
+                    at: path.display().to_string(),
+                    message: format!("not UTF-8: {e}"),
+                })?;
+                parse_toml(path, &text, data_graph)?
+            }
+            FileFormat::Rdf(format) => parse_rdf(path, &bytes, format, data_graph, true)?,
+        };
+        check(&mut quads, data_graph, true)?;
+        Ok(quads)
+    }
+
+    /// `pow import FILE`: loads an RDF file (typically a `pow export`) as is, blank node labels
+    /// included, after the same checks as `save` but without adding anything. One transaction.
+    pub fn import_file(&self, path: &Path) -> Result<SaveReport> {
+        let format = match FileFormat::from_path(path)? {
+            FileFormat::Rdf(format) => format,
+            FileFormat::Toml => return Err(Error::UnknownFormat(path.to_path_buf())),
+        };
+        let bytes = std::fs::read(path).map_err(Error::io(path))?;
+        let mut quads = parse_rdf(path, &bytes, format, &self.config.data_graph, false)?;
+        check(&mut quads, &self.config.data_graph, false)?;
+        self.write_all(quads)
+    }
+
+    fn write_all(&self, quads: Vec<Quad>) -> Result<SaveReport> {
+        let sources = quads
+            .iter()
+            .filter(|q| {
+                q.predicate.as_ref() == rdf::TYPE
+                    && matches!(&q.object, Term::NamedNode(n) if Class::by_iri(n.as_str()).is_some())
+            })
+            .count();
+        let mut txn = self.store.start_transaction()?;
+        txn.extend(&schema_quads(&self.config.data_graph));
+        txn.extend(&quads);
+        txn.commit()?;
+        Ok(SaveReport {
+            quads: quads.len(),
+            sources,
+        })
+    }
+
+    fn data_graph(&self) -> NamedNode {
+        NamedNode::new_unchecked(&self.config.data_graph)
+    }
+
+    /// `pow source list`: every stored instance of DataSource (or of `kind` and its
+    /// subclasses) in the data graph, sorted by ID.
+    pub fn list(&self, kind: Option<&str>, full: bool) -> Result<Vec<ListEntry>> {
+        let kind_iri = match kind {
+            None => Class::by_name("DataSource").expect("DataSource").iri(),
+            Some(k) => match Class::by_name(k) {
+                Some(c) => c.iri(),
+                None => Class::by_iri(&resolve_id(k))
+                    .map(Class::iri)
+                    .ok_or_else(|| Error::UnknownKind {
+                        name: k.to_string(),
+                        valid: Class::names().join(", "),
+                    })?,
+            },
+        };
+        let query = format!(
+            "SELECT DISTINCT ?s WHERE {{ GRAPH <{data}> {{ ?s a ?t }} \
+             GRAPH <{SCHEMA_GRAPH}> {{ ?t <{sub}>* <{kind_iri}> }} }}",
+            data = self.config.data_graph,
+            sub = rdfs::SUB_CLASS_OF.as_str(),
+        );
+        let QueryResults::Solutions(solutions) = SparqlEvaluator::new()
+            .parse_query(&query)?
+            .on_store(&self.store)
+            .execute()?
+        else {
+            unreachable!("SELECT gives solutions");
+        };
+        let graph = self.data_graph();
+        let mut out = Vec::new();
+        for solution in solutions {
+            let solution = solution?;
+            let Some(Term::NamedNode(s)) = solution.get("s") else {
+                continue;
+            };
+            let mut comment = self
+                .store
+                .quads_for_pattern(
+                    Some(s.as_ref().into()),
+                    Some(rdfs::COMMENT),
+                    None,
+                    Some(graph.as_ref().into()),
+                )
+                .filter_map(|q| match q {
+                    Ok(q) => match q.object {
+                        Term::Literal(l) => Some(Ok(l.value().to_string())),
+                        _ => None,
+                    },
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            comment.sort();
+            out.push(ListEntry {
+                id: if full {
+                    s.as_str().to_string()
+                } else {
+                    shorten(s.as_str())
+                },
+                iri: s.as_str().to_string(),
+                comment: comment.into_iter().next(),
+            });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn objects(
+        &self,
+        subject: NamedOrBlankNodeRef<'_>,
+        predicate: NamedNodeRef<'_>,
+    ) -> Result<Vec<Term>> {
+        let graph = self.data_graph();
+        let mut out = Vec::new();
+        for q in self.store.quads_for_pattern(
+            Some(subject),
+            Some(predicate),
+            None,
+            Some(GraphNameRef::NamedNode(graph.as_ref())),
+        ) {
+            let object = q?.object;
+            if !out.contains(&object) {
+                out.push(object);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The most specific known DataSource class of a stored subject, if any.
+    fn class_of(&self, subject: NamedOrBlankNodeRef<'_>) -> Result<Option<&'static Class>> {
+        Ok(self
+            .objects(subject, rdf::TYPE)?
+            .iter()
+            .filter_map(|t| match t {
+                Term::NamedNode(n) => Class::by_iri(n.as_str()),
+                _ => None,
+            })
+            .max_by_key(|c| c.depth()))
+    }
+
+    /// `pow source show ID`: the stored DataSource with its fields in 2019 order.
+    pub fn show(&self, id: &str) -> Result<Shown> {
+        let iri = resolve_id(id);
+        let node = NamedNode::new(&iri).map_err(|_| Error::UnknownId(id.to_string()))?;
+        self.show_node(node.as_ref(), 0)?.ok_or_else(|| {
+            let exists = self
+                .store
+                .quads_for_pattern(Some(node.as_ref().into()), None, None, None)
+                .next()
+                .is_some();
+            if exists {
+                Error::NotADataSource(id.to_string())
+            } else {
+                Error::UnknownId(id.to_string())
+            }
+        })
+    }
+
+    fn show_node(&self, node: NamedNodeRef<'_>, depth: usize) -> Result<Option<Shown>> {
+        let Some(class) = self.class_of(node.into())? else {
+            return Ok(None);
+        };
+        let mut fields = Vec::new();
+        for f in class.fields() {
+            let predicate = NamedNode::new_unchecked(f.predicate());
+            let mut values = Vec::new();
+            for term in self.objects(node.into(), predicate.as_ref())? {
+                let nested = match (&term, depth < 3) {
+                    (Term::NamedNode(n), true) => self.show_node(n.as_ref(), depth + 1)?,
+                    _ => None,
+                };
+                values.push(match nested {
+                    Some(shown) => Value::DataSource(Box::new(shown)),
+                    None => Value::Term(term),
+                });
+            }
+            if !values.is_empty() {
+                values.sort_by_cached_key(Value::sort_key);
+                fields.push(ShownField {
+                    name: f.field.name,
+                    display_name: f.field.display_name,
+                    values,
+                });
+            }
+        }
+        Ok(Some(Shown {
+            id: shorten(node.as_str()),
+            iri: node.as_str().to_string(),
+            class: class.name,
+            fields,
+        }))
+    }
+
+    /// `pow source query`: runs a SPARQL SELECT/ASK/CONSTRUCT/DESCRIBE over the whole store
+    /// (the default graph is the union of all graphs) and renders the results.
+    pub fn query(&self, sparql: &str, output: QueryOutput) -> Result<String> {
+        let mut prepared = SparqlEvaluator::new().parse_query(sparql)?;
+        prepared.dataset_mut().set_default_graph_as_union();
+        let results = prepared.on_store(&self.store).execute()?;
+        let format = match output {
+            QueryOutput::Table => QueryResultsFormat::Tsv,
+            QueryOutput::Json => QueryResultsFormat::Json,
+        };
+        let serializer = QueryResultsSerializer::from_format(format);
+        let io = |e: std::io::Error| Error::Io {
+            path: PathBuf::from("<output>"),
+            source: e,
+        };
+        match results {
+            QueryResults::Boolean(value) => match output {
+                QueryOutput::Table => Ok(format!("{value}\n")),
+                QueryOutput::Json => {
+                    let bytes = serializer
+                        .serialize_boolean_to_writer(Vec::new(), value)
+                        .map_err(io)?;
+                    Ok(String::from_utf8(bytes).expect("JSON is UTF-8") + "\n")
+                }
+            },
+            QueryResults::Solutions(solutions) => {
+                let mut writer = serializer
+                    .serialize_solutions_to_writer(Vec::new(), solutions.variables().to_vec())
+                    .map_err(io)?;
+                for solution in solutions {
+                    writer.serialize(&solution?).map_err(io)?;
+                }
+                let mut text = String::from_utf8(writer.finish().map_err(io)?).expect("UTF-8");
+                if output == QueryOutput::Json {
+                    text.push('\n');
+                }
+                Ok(text)
+            }
+            QueryResults::Graph(triples) => {
+                let mut lines = triples
+                    .map(|t| t.map(|t| format!("{t} .")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                lines.sort();
+                lines.dedup();
+                Ok(match output {
+                    QueryOutput::Table => lines.iter().map(|l| format!("{l}\n")).collect(),
+                    QueryOutput::Json => serde_json::to_string_pretty(&lines).expect("JSON") + "\n",
+                })
+            }
+        }
+    }
+
+    /// All quads, sorted by graph, subject, predicate, object (their N-Quads text).
+    fn sorted_quads(&self) -> Result<Vec<Quad>> {
+        let mut quads = self.store.iter().collect::<Result<Vec<_>, _>>()?;
+        quads.sort_by_cached_key(|q| {
+            (
+                q.graph_name.to_string(),
+                q.subject.to_string(),
+                q.predicate.to_string(),
+                q.object.to_string(),
+            )
+        });
+        Ok(quads)
+    }
+
+    /// `pow export`: the whole store in a stable, sorted form suitable for git.
+    pub fn export(&self, format: ExportFormat) -> Result<String> {
+        let quads = self.sorted_quads()?;
+        match format {
+            ExportFormat::NQuads => Ok(quads.iter().map(|q| format!("{q} .\n")).collect()),
+            ExportFormat::Turtle => {
+                let mut serializer = RdfSerializer::from_format(RdfFormat::TriG)
+                    .with_prefix("rdf", "http://www.w3.org/1999/02/22-rdf-syntax-ns#")
+                    .and_then(|s| s.with_prefix("rdfs", "http://www.w3.org/2000/01/rdf-schema#"))
+                    .and_then(|s| s.with_prefix("xsd", "http://www.w3.org/2001/XMLSchema#"))
+                    .expect("valid prefixes");
+                for class in crate::schema::CLASSES {
+                    serializer = serializer
+                        .with_prefix(class.name, class.namespace)
+                        .expect("valid prefix");
+                }
+                let mut writer = serializer.for_writer(Vec::new());
+                let io = |e: std::io::Error| Error::Io {
+                    path: PathBuf::from("<output>"),
+                    source: e,
+                };
+                for q in &quads {
+                    writer.serialize_quad(q).map_err(io)?;
+                }
+                Ok(String::from_utf8(writer.finish().map_err(io)?).expect("UTF-8"))
+            }
+        }
+    }
+}

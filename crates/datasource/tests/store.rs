@@ -1,0 +1,94 @@
+//! The `.pow` store through the library API, on a real Oxigraph store in a temp dir.
+
+use pow_datasource::{Error, ExportFormat, PowDir};
+use std::path::{Path, PathBuf};
+
+struct Tmp(PathBuf);
+
+impl Tmp {
+    fn new(tag: &str) -> Tmp {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!("pow-ds-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Tmp(dir)
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/datasource")
+        .join(name)
+}
+
+#[test]
+fn save_persists_across_reopen() {
+    let tmp = Tmp::new("reopen");
+    let dir = tmp.0.join(".pow");
+    {
+        let pow = PowDir::init(&dir).unwrap();
+        let report = pow.save_file(&fixture("seed.toml")).unwrap();
+        assert_eq!(report.sources, 1);
+        assert_eq!(report.quads, 4);
+    }
+    let pow = PowDir::open(&dir, true).unwrap();
+    let shown = pow
+        .show("ConnectomeCSVDataSource:2000_connections")
+        .unwrap();
+    assert_eq!(
+        shown.format(),
+        "ConnectomeCSVDataSource\n    CSV file name: 'connectome.csv'\n    File name: 'connectome.csv'\n    Torrent file name: 'd9da5ce947c6f1c127dfcdc2ede63320.torrent'\n"
+    );
+    assert_eq!(pow.list(None, false).unwrap().len(), 1);
+    assert_eq!(pow.list(Some("FileDataSource"), false).unwrap().len(), 1);
+}
+
+#[test]
+fn failed_save_writes_nothing() {
+    let tmp = Tmp::new("fail");
+    let pow = PowDir::init(&tmp.0.join(".pow")).unwrap();
+    let before = pow.len().unwrap();
+    for bad in [
+        "bad-class.toml",
+        "bad-field.toml",
+        "bad-torrent.toml",
+        "bad-also.toml",
+        "bad-torrent.ttl",
+    ] {
+        assert!(pow.save_file(&fixture(bad)).is_err(), "{bad}");
+        assert_eq!(pow.len().unwrap(), before, "{bad}");
+    }
+    assert!(matches!(
+        pow.save_file(&fixture("bad-class.toml")),
+        Err(Error::UnknownClass { .. })
+    ));
+}
+
+#[test]
+fn missing_dir_errors() {
+    let tmp = Tmp::new("missing");
+    let err = PowDir::open(&tmp.0.join(".pow"), false).err().unwrap();
+    assert_eq!(err.to_string(), "no .pow directory here; run pow init");
+}
+
+#[test]
+fn export_import_round_trip() {
+    let tmp = Tmp::new("roundtrip");
+    let a = PowDir::init(&tmp.0.join("a")).unwrap();
+    a.save_file(&fixture("seed.ttl")).unwrap();
+    a.save_file(&fixture("emmons-2019.nt")).unwrap();
+    let export = a.export(ExportFormat::NQuads).unwrap();
+    let file = tmp.0.join("export.nq");
+    std::fs::write(&file, &export).unwrap();
+    let b = PowDir::init(&tmp.0.join("b")).unwrap();
+    b.import_file(&file).unwrap();
+    assert_eq!(b.export(ExportFormat::NQuads).unwrap(), export);
+}

@@ -1,0 +1,317 @@
+//! A BitTorrent session for one torrent: peer connections (outgoing and incoming), the request
+//! pipeline, piece verification, and serving what we have.
+//!
+//! One tokio task per peer connection ([`peer`]). Shared bookkeeping (the picker, who has what,
+//! strikes) sits behind one mutex that tasks hold only for short, non-blocking updates. Blocks
+//! are written with positioned writes as they arrive; a piece whose blocks are all written is
+//! read back and SHA-1 checked on the blocking pool; a failed piece is discarded and
+//! re-requested, and every peer that sent part of it gets a strike (banned after
+//! [`MAX_STRIKES`]).
+//!
+//! The engine knows nothing of trackers: callers feed it peer addresses with
+//! [`Torrent::add_peers`] (from a tracker client, or given by hand).
+
+mod peer;
+
+use pow_metainfo::Metainfo;
+use pow_picker::{PeerKey, Picker};
+use pow_storage::Storage;
+use pow_wire::Bitfield;
+use rand::Rng;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Bad pieces a peer may take part in before it is banned.
+pub const MAX_STRIKES: u32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub peer_id: [u8; 20],
+    /// Where to accept incoming peers; `None` for outgoing connections only.
+    pub listen: Option<SocketAddr>,
+    /// Connection cap (incoming and outgoing together).
+    pub max_peers: usize,
+    /// Peers we upload to at once.
+    pub upload_slots: usize,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// Keep-alive after this long without sending.
+    pub keepalive: Duration,
+    /// Drop a peer after this long without hearing from it.
+    pub idle_timeout: Duration,
+    /// Outstanding requests with no block for this long: the peer is snubbing us.
+    pub snub_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            peer_id: new_peer_id(),
+            listen: None,
+            max_peers: 50,
+            upload_slots: 8,
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(20),
+            keepalive: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(180),
+            snub_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `-PW0100-` (Azureus style: client PW, version 0.1.0.0) and 12 random characters.
+pub fn new_peer_id() -> [u8; 20] {
+    const ALNUM: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut id = *b"-PW0100-000000000000";
+    let mut rng = rand::rng();
+    for b in &mut id[8..] {
+        *b = ALNUM[rng.random_range(0..ALNUM.len())];
+    }
+    id
+}
+
+/// Counters for progress bars and tracker announces.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Payload bytes received that we wanted.
+    pub downloaded: AtomicU64,
+    /// Payload bytes received that we did not want (duplicates, unrequested) or that failed
+    /// their hash.
+    pub wasted: AtomicU64,
+    pub uploaded: AtomicU64,
+    pub hash_failures: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub downloaded: u64,
+    pub uploaded: u64,
+    pub wasted: u64,
+    pub hash_failures: u64,
+    /// Bytes of wanted pieces not yet verified.
+    pub left: u64,
+    pub pieces_have: u32,
+    pub pieces_total: u32,
+    pub peers: usize,
+    /// Peers that have sent us at least one block.
+    pub peers_sending: usize,
+    pub complete: bool,
+}
+
+/// What peer tasks are told by others.
+#[derive(Debug)]
+pub(crate) enum PeerCmd {
+    /// We verified this piece: send `have`.
+    Have(u32),
+    /// End-game: another peer delivered this block first.
+    Cancel(pow_metainfo::Block),
+    /// Leave (banned or shutting down).
+    Close,
+}
+
+pub(crate) struct PeerEntry {
+    pub addr: SocketAddr,
+    pub bits: Bitfield,
+    pub tx: mpsc::UnboundedSender<PeerCmd>,
+    pub unchoked_by_us: bool,
+    pub blocks_from: u64,
+}
+
+pub(crate) struct State {
+    pub picker: Picker,
+    pub peers: HashMap<PeerKey, PeerEntry>,
+    pub next_key: PeerKey,
+    /// Addresses we may connect to, with when we last tried.
+    pub known: HashMap<SocketAddr, Option<Instant>>,
+    pub connecting: HashSet<SocketAddr>,
+    pub banned: HashSet<SocketAddr>,
+    pub strikes: HashMap<SocketAddr, u32>,
+    /// Peers that sent blocks of each piece still being assembled.
+    pub contributors: HashMap<u32, HashSet<PeerKey>>,
+    /// Bytes received per peer address, for reports ("who sent what").
+    pub received_from: HashMap<SocketAddr, u64>,
+}
+
+pub(crate) struct Inner {
+    pub metainfo: Arc<Metainfo>,
+    pub storage: Arc<Storage>,
+    pub config: EngineConfig,
+    pub state: Mutex<State>,
+    pub stats: Stats,
+    pub complete: watch::Sender<bool>,
+    pub shutdown: watch::Sender<bool>,
+}
+
+impl Inner {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("engine state lock")
+    }
+}
+
+/// A running torrent. Cheap to clone.
+#[derive(Clone)]
+pub struct Torrent {
+    inner: Arc<Inner>,
+}
+
+impl Torrent {
+    /// Starts the session: listens (if configured) and connects to peers as they are added.
+    /// `have` is what is already verified on disk (from `Storage::check_existing`); `picker`
+    /// may carry file selections.
+    pub async fn start(
+        storage: Arc<Storage>,
+        picker: Picker,
+        config: EngineConfig,
+    ) -> std::io::Result<Torrent> {
+        let metainfo = storage.metainfo().clone();
+        let complete = picker.is_complete();
+        let inner = Arc::new(Inner {
+            metainfo,
+            storage,
+            state: Mutex::new(State {
+                picker,
+                peers: HashMap::new(),
+                next_key: 1,
+                known: HashMap::new(),
+                connecting: HashSet::new(),
+                banned: HashSet::new(),
+                strikes: HashMap::new(),
+                contributors: HashMap::new(),
+                received_from: HashMap::new(),
+            }),
+            config,
+            stats: Stats::default(),
+            complete: watch::channel(complete).0,
+            shutdown: watch::channel(false).0,
+        });
+        if let Some(addr) = inner.config.listen {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            tokio::spawn(peer::accept_loop(inner.clone(), listener));
+        }
+        tokio::spawn(connect_loop(inner.clone()));
+        Ok(Torrent { inner })
+    }
+
+    pub fn metainfo(&self) -> &Arc<Metainfo> {
+        &self.inner.metainfo
+    }
+
+    /// Peers to connect to (from a tracker or the command line). Known and banned ones are
+    /// skipped; connections start at once while under the connection cap.
+    pub fn add_peers(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        let mut state = self.inner.lock();
+        for addr in addrs {
+            if Some(addr) == self.inner.config.listen || state.banned.contains(&addr) {
+                continue;
+            }
+            state.known.entry(addr).or_insert(None);
+        }
+        drop(state);
+        try_connect(&self.inner);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let state = self.inner.lock();
+        let stats = &self.inner.stats;
+        Snapshot {
+            downloaded: stats.downloaded.load(Ordering::Relaxed),
+            uploaded: stats.uploaded.load(Ordering::Relaxed),
+            wasted: stats.wasted.load(Ordering::Relaxed),
+            hash_failures: stats.hash_failures.load(Ordering::Relaxed),
+            left: state.picker.bytes_left(),
+            pieces_have: state.picker.have().count(),
+            pieces_total: self.inner.metainfo.geometry.piece_count(),
+            peers: state.peers.len(),
+            peers_sending: state.peers.values().filter(|p| p.blocks_from > 0).count(),
+            complete: state.picker.is_complete(),
+        }
+    }
+
+    /// Bytes of payload received from each peer address so far.
+    pub fn received_by_peer(&self) -> Vec<(SocketAddr, u64)> {
+        let mut v: Vec<_> = self
+            .inner
+            .lock()
+            .received_from
+            .iter()
+            .map(|(a, n)| (*a, *n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Resolves when every wanted piece is verified.
+    pub async fn wait_complete(&self) {
+        until_true(&mut self.inner.complete.subscribe()).await;
+    }
+
+    /// Closes every connection and stops accepting.
+    pub fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+        for peer in self.inner.lock().peers.values() {
+            let _ = peer.tx.send(PeerCmd::Close);
+        }
+    }
+}
+
+/// Every few seconds, retries known peers we are not connected to (with a back-off per address).
+async fn connect_loop(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3)) => try_connect(&inner),
+            _ = crate::until_true(&mut shutdown) => return,
+        }
+    }
+}
+
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+fn try_connect(inner: &Arc<Inner>) {
+    if *inner.shutdown.borrow() {
+        return;
+    }
+    let mut state = inner.lock();
+    // Seeds connect out too: some clients (Transmission on loopback) never dial peers that a
+    // tracker lists, so they are reached only this way.
+    let connected: HashSet<SocketAddr> = state.peers.values().map(|p| p.addr).collect();
+    let now = Instant::now();
+    let mut slots = inner
+        .config
+        .max_peers
+        .saturating_sub(state.peers.len() + state.connecting.len());
+    let candidates: Vec<SocketAddr> = state
+        .known
+        .iter()
+        .filter(|(addr, last)| {
+            !connected.contains(addr)
+                && !state.connecting.contains(addr)
+                && !state.banned.contains(addr)
+                && last.is_none_or(|t| now.duration_since(t) >= RETRY_AFTER)
+        })
+        .map(|(addr, _)| *addr)
+        .collect();
+    for addr in candidates {
+        if slots == 0 {
+            break;
+        }
+        slots -= 1;
+        state.known.insert(addr, Some(now));
+        state.connecting.insert(addr);
+        tokio::spawn(peer::connect(inner.clone(), addr));
+    }
+}
+
+/// Waits until the watched flag is true (or its sender is gone). Holds no borrow across the
+/// await, so the futures that use it stay `Send`.
+pub(crate) async fn until_true(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

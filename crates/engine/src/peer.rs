@@ -1,0 +1,548 @@
+//! One peer connection: handshake, then a loop over socket reads, commands from the session,
+//! and a once-a-second tick (pipeline size, keep-alive, timeouts).
+
+use crate::{Inner, PeerCmd, PeerEntry, MAX_STRIKES};
+use bytes::{Bytes, BytesMut};
+use pow_metainfo::Block;
+use pow_picker::{PeerKey, Received};
+use pow_wire::{Bitfield, BlockRequest, Decoder, Handshake, Message};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Requests kept in flight per peer: start here, then follow the measured rate.
+const MIN_PIPELINE: usize = 16;
+const MAX_PIPELINE: usize = 500;
+/// Aim to have this much of the peer's measured rate in flight (bandwidth-delay product with
+/// a generous delay, so fast loopback peers are never starved).
+const PIPELINE_SECONDS: f64 = 1.0;
+
+pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    let full = inner.lock().peers.len() >= inner.config.max_peers;
+                    if !full {
+                        tokio::spawn(run(inner.clone(), stream, addr, false));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = crate::until_true(&mut shutdown) => return,
+        }
+    }
+}
+
+pub(crate) async fn connect(inner: Arc<Inner>, addr: SocketAddr) {
+    let result = tokio::time::timeout(inner.config.connect_timeout, TcpStream::connect(addr)).await;
+    inner.lock().connecting.remove(&addr);
+    match result {
+        Ok(Ok(stream)) => run(inner, stream, addr, true).await,
+        Ok(Err(e)) => tracing::debug!("connect {addr}: {e}"),
+        Err(_) => tracing::debug!("connect {addr}: timed out"),
+    }
+}
+
+async fn run(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, outgoing: bool) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = match handshake(&inner, stream).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!("{addr}: handshake: {e}");
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let key = {
+        let mut state = inner.lock();
+        if state.banned.contains(&addr) {
+            return;
+        }
+        let key = state.next_key;
+        state.next_key += 1;
+        let pieces = inner.metainfo.geometry.piece_count();
+        state.peers.insert(
+            key,
+            PeerEntry {
+                addr,
+                bits: Bitfield::new(pieces),
+                tx,
+                unchoked_by_us: false,
+                blocks_from: 0,
+            },
+        );
+        key
+    };
+    tracing::info!(
+        "{addr}: connected ({}), peer id {}",
+        if outgoing { "out" } else { "in" },
+        String::from_utf8_lossy(&conn.peer_id[..8])
+    );
+    let mut peer = Peer::new(inner.clone(), key, addr);
+    let result = peer.run(&mut conn, rx).await;
+    if let Err(e) = &result {
+        tracing::info!("{addr}: closed: {e}");
+    }
+    let mut state = inner.lock();
+    if let Some(entry) = state.peers.remove(&key) {
+        state.picker.peer_disconnected(key, &entry.bits);
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    peer_id: [u8; 20],
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Wire(#[from] pow_wire::WireError),
+    #[error("{0}")]
+    Protocol(&'static str),
+    #[error("timed out")]
+    Timeout,
+    #[error("closed by us")]
+    Closed,
+}
+
+async fn handshake(inner: &Inner, mut stream: TcpStream) -> Result<Conn, PeerError> {
+    let ours = Handshake::new(inner.metainfo.info_hash.0, inner.config.peer_id);
+    stream.write_all(&ours.encode()).await?;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let deadline = Instant::now() + inner.config.handshake_timeout;
+    let theirs = loop {
+        if let Some(hs) = Handshake::decode(&mut buf)? {
+            break hs;
+        }
+        let n = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf))
+            .await
+            .map_err(|_| PeerError::Timeout)??;
+        if n == 0 {
+            return Err(PeerError::Protocol("closed during handshake"));
+        }
+    };
+    if theirs.info_hash != inner.metainfo.info_hash.0 {
+        return Err(PeerError::Protocol("handshake for another torrent"));
+    }
+    if theirs.peer_id == inner.config.peer_id {
+        return Err(PeerError::Protocol("connected to ourselves"));
+    }
+    Ok(Conn {
+        stream,
+        buf,
+        peer_id: theirs.peer_id,
+    })
+}
+
+struct Peer {
+    inner: Arc<Inner>,
+    key: PeerKey,
+    addr: SocketAddr,
+    decoder: Decoder,
+    am_interested: bool,
+    am_choking: bool,
+    peer_choking: bool,
+    peer_interested: bool,
+    inflight: HashMap<(u32, u32), Block>,
+    pipeline: usize,
+    last_recv: Instant,
+    last_send: Instant,
+    last_block: Instant,
+    bytes_this_tick: u64,
+    rate: f64,
+    out: BytesMut,
+    sent_bitfield: bool,
+}
+
+impl Peer {
+    fn new(inner: Arc<Inner>, key: PeerKey, addr: SocketAddr) -> Peer {
+        let pieces = inner.metainfo.geometry.piece_count();
+        let now = Instant::now();
+        Peer {
+            inner,
+            key,
+            addr,
+            decoder: Decoder::new(pieces),
+            am_interested: false,
+            am_choking: true,
+            peer_choking: true,
+            peer_interested: false,
+            inflight: HashMap::new(),
+            pipeline: MIN_PIPELINE,
+            last_recv: now,
+            last_send: now,
+            last_block: now,
+            bytes_this_tick: 0,
+            rate: 0.0,
+            out: BytesMut::with_capacity(64 * 1024),
+            sent_bitfield: false,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        conn: &mut Conn,
+        mut rx: mpsc::UnboundedReceiver<PeerCmd>,
+    ) -> Result<(), PeerError> {
+        let have = self.inner.lock().picker.have().clone();
+        if have.count() > 0 {
+            Message::Bitfield(have).encode(&mut self.out);
+        }
+        self.sent_bitfield = true;
+        self.flush(conn).await?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut shutdown = self.inner.shutdown.subscribe();
+        loop {
+            // Whole messages already buffered are handled before reading more.
+            while let Some(message) = self.decoder.decode(&mut conn.buf)? {
+                self.handle(message)?;
+            }
+            self.fill_pipeline();
+            self.flush(conn).await?;
+            tokio::select! {
+                read = conn.stream.read_buf(&mut conn.buf) => {
+                    if read? == 0 {
+                        return Err(PeerError::Protocol("peer closed the connection"));
+                    }
+                    self.last_recv = Instant::now();
+                }
+                cmd = rx.recv() => match cmd {
+                    Some(PeerCmd::Have(piece)) => {
+                        Message::Have(piece).encode(&mut self.out);
+                        self.update_interest();
+                    }
+                    Some(PeerCmd::Cancel(block)) => {
+                        if self.inflight.remove(&(block.piece.get(), block.begin)).is_some() {
+                            Message::Cancel(BlockRequest {
+                                index: block.piece.get(),
+                                begin: block.begin,
+                                length: block.length,
+                            })
+                            .encode(&mut self.out);
+                        }
+                    }
+                    Some(PeerCmd::Close) | None => return Err(PeerError::Closed),
+                },
+                _ = tick.tick() => self.on_tick()?,
+                _ = crate::until_true(&mut shutdown) => return Err(PeerError::Closed),
+            }
+        }
+    }
+
+    async fn flush(&mut self, conn: &mut Conn) -> Result<(), PeerError> {
+        if !self.out.is_empty() {
+            conn.stream.write_all(&self.out).await?;
+            self.out.clear();
+            self.last_send = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn on_tick(&mut self) -> Result<(), PeerError> {
+        let now = Instant::now();
+        // Exponential moving average of the receive rate, bytes per second.
+        self.rate = 0.5 * self.rate + 0.5 * self.bytes_this_tick as f64;
+        self.bytes_this_tick = 0;
+        let wanted = (self.rate * PIPELINE_SECONDS / 16384.0) as usize;
+        self.pipeline = wanted.clamp(MIN_PIPELINE, MAX_PIPELINE);
+        if now.duration_since(self.last_recv) > self.inner.config.idle_timeout {
+            return Err(PeerError::Protocol("silent for too long"));
+        }
+        if now.duration_since(self.last_send) > self.inner.config.keepalive {
+            Message::KeepAlive.encode(&mut self.out);
+        }
+        if !self.inflight.is_empty()
+            && now.duration_since(self.last_block) > self.inner.config.snub_timeout
+        {
+            // Snubbed: give its requests to others, keep one in flight to see if it recovers.
+            tracing::info!(
+                "{}: snubbed us; re-requesting its blocks elsewhere",
+                self.addr
+            );
+            self.release_requests();
+            self.pipeline = 1;
+            self.last_block = now;
+        }
+        Ok(())
+    }
+
+    fn release_requests(&mut self) {
+        let mut state = self.inner.lock();
+        for block in self.inflight.values() {
+            state.picker.request_failed(self.key, block);
+        }
+        self.inflight.clear();
+    }
+
+    fn handle(&mut self, message: Message) -> Result<(), PeerError> {
+        match message {
+            Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
+            Message::Choke => {
+                self.peer_choking = true;
+                self.inflight.clear();
+                self.inner.lock().picker.peer_choked(self.key);
+            }
+            Message::Unchoke => {
+                self.peer_choking = false;
+                self.last_block = Instant::now();
+            }
+            Message::Interested => {
+                self.peer_interested = true;
+                self.consider_unchoke();
+            }
+            Message::NotInterested => {
+                self.peer_interested = false;
+                if !self.am_choking {
+                    self.am_choking = true;
+                    Message::Choke.encode(&mut self.out);
+                    if let Some(entry) = self.inner.lock().peers.get_mut(&self.key) {
+                        entry.unchoked_by_us = false;
+                    }
+                }
+            }
+            Message::Have(piece) => {
+                let mut state = self.inner.lock();
+                let entry = state.peers.get_mut(&self.key).expect("registered");
+                if piece >= entry.bits.len() {
+                    return Err(PeerError::Protocol("have for a piece that does not exist"));
+                }
+                if !entry.bits.get(piece) {
+                    entry.bits.set(piece);
+                    state.picker.peer_have(piece);
+                }
+                drop(state);
+                self.update_interest();
+            }
+            Message::Bitfield(bits) => {
+                let mut state = self.inner.lock();
+                let entry = state.peers.get_mut(&self.key).expect("registered");
+                let old = std::mem::replace(&mut entry.bits, bits.clone());
+                // A bitfield after some `have`s replaces them.
+                state.picker.peer_disconnected(self.key, &old);
+                state.picker.peer_connected(&bits);
+                drop(state);
+                self.update_interest();
+            }
+            Message::Request(r) => self.serve(r)?,
+            Message::Cancel(_) => {
+                // Requests are served as they arrive, so there is nothing queued to cancel.
+            }
+            Message::Piece { index, begin, data } => self.receive(index, begin, data)?,
+        }
+        Ok(())
+    }
+
+    fn update_interest(&mut self) {
+        let state = self.inner.lock();
+        let interesting = state
+            .peers
+            .get(&self.key)
+            .is_some_and(|e| state.picker.interesting(&e.bits));
+        drop(state);
+        if interesting != self.am_interested {
+            self.am_interested = interesting;
+            if interesting {
+                Message::Interested.encode(&mut self.out);
+            } else {
+                Message::NotInterested.encode(&mut self.out);
+            }
+        }
+    }
+
+    fn consider_unchoke(&mut self) {
+        if !self.am_choking {
+            return;
+        }
+        let mut state = self.inner.lock();
+        let unchoked = state.peers.values().filter(|p| p.unchoked_by_us).count();
+        if unchoked < self.inner.config.upload_slots && state.picker.have().count() > 0 {
+            if let Some(entry) = state.peers.get_mut(&self.key) {
+                entry.unchoked_by_us = true;
+            }
+            drop(state);
+            self.am_choking = false;
+            Message::Unchoke.encode(&mut self.out);
+        }
+    }
+
+    /// Serves a request: only while unchoked, only for a valid block of a piece we have.
+    fn serve(&mut self, r: BlockRequest) -> Result<(), PeerError> {
+        if self.am_choking {
+            return Ok(());
+        }
+        let geometry = &self.inner.metainfo.geometry;
+        let Some(block) = geometry.block(r.index, r.begin, r.length) else {
+            return Err(PeerError::Protocol("request outside the torrent"));
+        };
+        if !self.inner.lock().picker.have().get(r.index) {
+            return Ok(());
+        }
+        let mut data = vec![0u8; block.length as usize];
+        if let Err(e) = self
+            .inner
+            .storage
+            .read_block(block.piece, block.begin, &mut data)
+        {
+            tracing::warn!("cannot serve piece {}: {e}", r.index);
+            return Ok(());
+        }
+        self.out
+            .extend_from_slice(&pow_wire::piece_header(r.index, r.begin, r.length));
+        self.out.extend_from_slice(&data);
+        self.inner
+            .stats
+            .uploaded
+            .fetch_add(u64::from(r.length), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn receive(&mut self, index: u32, begin: u32, data: Bytes) -> Result<(), PeerError> {
+        let len = data.len() as u64;
+        self.bytes_this_tick += len;
+        self.last_block = Instant::now();
+        self.inflight.remove(&(index, begin));
+        let stats = &self.inner.stats;
+        let received = {
+            let mut state = self.inner.lock();
+            let received = state
+                .picker
+                .block_received(self.key, index, begin, data.len() as u32);
+            if received != Received::Unwanted {
+                state
+                    .contributors
+                    .entry(index)
+                    .or_default()
+                    .insert(self.key);
+                *state.received_from.entry(self.addr).or_default() += len;
+                if let Some(entry) = state.peers.get_mut(&self.key) {
+                    entry.blocks_from += 1;
+                }
+                let cancels = match &received {
+                    Received::Stored { cancel } | Received::PieceDone { cancel } => cancel.clone(),
+                    Received::Unwanted => Vec::new(),
+                };
+                for other in cancels {
+                    if let (Some(entry), Some(piece)) =
+                        (state.peers.get(&other), state.picker.piece_index(index))
+                    {
+                        let _ = entry.tx.send(PeerCmd::Cancel(Block {
+                            piece,
+                            begin,
+                            length: data.len() as u32,
+                        }));
+                    }
+                }
+            }
+            received
+        };
+        if received == Received::Unwanted {
+            stats.wasted.fetch_add(len, Ordering::Relaxed);
+            return Ok(());
+        }
+        stats.downloaded.fetch_add(len, Ordering::Relaxed);
+        let piece = self
+            .inner
+            .metainfo
+            .geometry
+            .piece(index)
+            .expect("picker checked");
+        if let Err(e) = self.inner.storage.write_block(piece, begin, &data) {
+            // A disk error is not the peer's fault, but the download cannot go on without it.
+            tracing::error!("write failed: {e}");
+            self.inner.lock().picker.piece_failed(index);
+            return Err(PeerError::Io(std::io::Error::other(e.to_string())));
+        }
+        if matches!(received, Received::PieceDone { .. }) {
+            tokio::spawn(verify_piece(self.inner.clone(), index));
+        }
+        Ok(())
+    }
+
+    fn fill_pipeline(&mut self) {
+        if self.peer_choking || !self.am_interested || self.inflight.len() >= self.pipeline {
+            return;
+        }
+        let want = self.pipeline - self.inflight.len();
+        let blocks = {
+            let mut state = self.inner.lock();
+            let State { picker, peers, .. } = &mut *state;
+            match peers.get(&self.key) {
+                Some(entry) => picker.pick(self.key, &entry.bits, want),
+                None => Vec::new(),
+            }
+        };
+        for block in blocks {
+            Message::Request(BlockRequest {
+                index: block.piece.get(),
+                begin: block.begin,
+                length: block.length,
+            })
+            .encode(&mut self.out);
+            self.inflight
+                .insert((block.piece.get(), block.begin), block);
+        }
+        if self.inflight.is_empty() {
+            // Nothing left that this peer can give us.
+            self.update_interest();
+        }
+    }
+}
+
+use crate::State;
+
+/// Hashes a completed piece on the blocking pool and records the verdict.
+async fn verify_piece(inner: Arc<Inner>, index: u32) {
+    let storage = inner.storage.clone();
+    let piece = inner.metainfo.geometry.piece(index).expect("valid piece");
+    let verdict = tokio::task::spawn_blocking(move || storage.verify_piece(piece)).await;
+    let ok = matches!(verdict, Ok(Ok(true)));
+    let mut state = inner.lock();
+    let contributors = state.contributors.remove(&index).unwrap_or_default();
+    if ok {
+        state.picker.piece_verified(index);
+        for peer in state.peers.values() {
+            let _ = peer.tx.send(PeerCmd::Have(index));
+        }
+        if state.picker.is_complete() {
+            let _ = inner.complete.send(true);
+        }
+        return;
+    }
+    state.picker.piece_failed(index);
+    let size = u64::from(inner.metainfo.geometry.piece_size(piece));
+    inner.stats.hash_failures.fetch_add(1, Ordering::Relaxed);
+    inner.stats.wasted.fetch_add(size, Ordering::Relaxed);
+    inner.stats.downloaded.fetch_sub(
+        size.min(inner.stats.downloaded.load(Ordering::Relaxed)),
+        Ordering::Relaxed,
+    );
+    tracing::warn!("piece {index} failed its hash check; fetching it again");
+    for key in contributors {
+        let Some(addr) = state.peers.get(&key).map(|p| p.addr) else {
+            continue;
+        };
+        let strikes = state.strikes.entry(addr).or_default();
+        *strikes += 1;
+        if *strikes >= MAX_STRIKES {
+            tracing::warn!("{addr}: banned after {MAX_STRIKES} bad pieces");
+            state.banned.insert(addr);
+            if let Some(peer) = state.peers.get(&key) {
+                let _ = peer.tx.send(PeerCmd::Close);
+            }
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! BitTorrent v1 metainfo: reading `.torrent` files, creating them, and the piece/block/file
+//! geometry every other crate relies on.
+//!
+//! - [`Metainfo::from_bytes`] parses single- and multi-file v1 torrents (and hybrid v1+v2 ones,
+//!   as v1), with the info-hash taken over the raw bytes of the `info` value as they stand in the
+//!   file. v2-only torrents are refused with [`MetainfoError::V2Only`].
+//! - [`geometry`] holds piece count, piece sizes, 16 KiB blocks and byte-range-to-file spans.
+//! - [`path`] turns names from the file into [`path::SafePath`]s that cannot leave the target
+//!   directory (the exact rule is documented there).
+//! - [`create`] builds new torrents from a file or directory, hashing on all cores.
+
+pub mod create;
+pub mod geometry;
+pub mod path;
+
+use pow_bencode::{Kind, Node};
+use sha1::{Digest, Sha1};
+use std::fmt;
+
+pub use geometry::{Block, FileSpan, Geometry, GeometryError, PieceIndex, BLOCK_SIZE};
+pub use path::SafePath;
+
+/// SHA-1 of the bencoded `info` dictionary: the torrent's identity in BitTorrent v1.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InfoHash(pub [u8; 20]);
+
+impl InfoHash {
+    pub fn of(info_bytes: &[u8]) -> InfoHash {
+        InfoHash(Sha1::digest(info_bytes).into())
+    }
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+    pub fn from_hex(text: &str) -> Option<InfoHash> {
+        let mut out = [0u8; 20];
+        hex::decode_to_slice(text, &mut out).ok()?;
+        Some(InfoHash(out))
+    }
+}
+
+impl fmt::Display for InfoHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for InfoHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InfoHash({})", self.to_hex())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetainfoError {
+    #[error(transparent)]
+    Bencode(#[from] pow_bencode::Error),
+    #[error("torrent file is not a dictionary")]
+    NotADictionary,
+    #[error("missing or invalid 'info' dictionary")]
+    MissingInfo,
+    #[error("BitTorrent v2 only: this torrent has no v1 piece hashes, and pow reads v1 and hybrid torrents")]
+    V2Only,
+    #[error("missing or invalid '{0}'")]
+    BadField(&'static str),
+    #[error("'pieces' length {0} is not a multiple of 20")]
+    BadPiecesLength(usize),
+    #[error("file {index}: {problem}")]
+    BadFile { index: usize, problem: &'static str },
+    #[error("no files in torrent")]
+    NoFiles,
+    #[error("total length overflows 64 bits")]
+    LengthOverflow,
+    #[error("hybrid torrent's v1 and v2 file lists disagree")]
+    HybridMismatch,
+    #[error(transparent)]
+    Geometry(#[from] GeometryError),
+}
+
+/// BEP 47 file attributes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileAttr {
+    pub pad: bool,
+    pub executable: bool,
+    pub hidden: bool,
+    pub symlink: bool,
+}
+
+impl FileAttr {
+    fn parse(raw: &[u8]) -> FileAttr {
+        FileAttr {
+            pad: raw.contains(&b'p'),
+            executable: raw.contains(&b'x'),
+            hidden: raw.contains(&b'h'),
+            symlink: raw.contains(&b'l'),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Path components exactly as stored (for a single-file torrent: the name).
+    pub raw_path: Vec<Vec<u8>>,
+    /// Where the file goes, relative to the download directory (starts with the torrent's
+    /// cleaned name, for single- and multi-file torrents alike). See [`path`] for the rule.
+    pub path: SafePath,
+    pub length: u64,
+    /// Offset of the file's first byte in the concatenated content.
+    pub offset: u64,
+    pub attr: FileAttr,
+    /// BEP 47 `symlink path`, cleaned, relative to the download directory.
+    pub symlink_target: Option<SafePath>,
+}
+
+impl FileEntry {
+    /// The stored path as text (lossy for bytes that are not UTF-8), for display.
+    pub fn raw_path_lossy(&self) -> Vec<String> {
+        self.raw_path
+            .iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect()
+    }
+}
+
+/// A parsed v1 torrent.
+#[derive(Debug, Clone)]
+pub struct Metainfo {
+    pub info_hash: InfoHash,
+    /// The `info` dictionary's bytes exactly as in the file (what the info-hash is over, and
+    /// what metadata exchange sends).
+    pub info_bytes: Vec<u8>,
+    /// The cleaned name: the directory (multi-file) or file (single-file) created on disk.
+    pub name: String,
+    pub raw_name: Vec<u8>,
+    /// True when the torrent has `files` (a directory), false for a single `length`.
+    pub multi_file: bool,
+    pub files: Vec<FileEntry>,
+    pub piece_hashes: Vec<[u8; 20]>,
+    pub geometry: Geometry,
+    pub private: bool,
+    /// Set when the info dict also carries v2 fields (`meta version` 2).
+    pub hybrid: bool,
+    pub announce: Option<String>,
+    /// BEP 12 tiers as stored (empty tiers and non-UTF-8 URLs dropped).
+    pub announce_list: Vec<Vec<String>>,
+    /// BEP 19 web seeds (`url-list`, a string or a list).
+    pub url_list: Vec<String>,
+    /// BEP 17 `httpseeds`.
+    pub http_seeds: Vec<String>,
+    pub creation_date: Option<i64>,
+    pub comment: Option<String>,
+    pub created_by: Option<String>,
+}
+
+impl Metainfo {
+    /// Parses a `.torrent` file's bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Metainfo, MetainfoError> {
+        let root = pow_bencode::decode_with(bytes, pow_bencode::Options::torrent_file())?;
+        if root.as_dict().is_none() {
+            return Err(MetainfoError::NotADictionary);
+        }
+        let info = root.get("info").ok_or(MetainfoError::MissingInfo)?;
+        if info.as_dict().is_none() {
+            return Err(MetainfoError::MissingInfo);
+        }
+        let info_hash = InfoHash::of(info.raw);
+        let hybrid = info.get("meta version").and_then(Node::as_int) == Some(2);
+
+        let pieces = match info.get("pieces") {
+            Some(node) => node.as_bytes().ok_or(MetainfoError::BadField("pieces"))?,
+            None if hybrid || info.get("file tree").is_some() => return Err(MetainfoError::V2Only),
+            None => return Err(MetainfoError::BadField("pieces")),
+        };
+        if pieces.len() % 20 != 0 {
+            return Err(MetainfoError::BadPiecesLength(pieces.len()));
+        }
+        let piece_hashes: Vec<[u8; 20]> = pieces
+            .chunks_exact(20)
+            .map(|c| c.try_into().expect("20 bytes"))
+            .collect();
+
+        let piece_length = info
+            .get("piece length")
+            .and_then(Node::as_int)
+            .filter(|&l| l > 0)
+            .ok_or(MetainfoError::BadField("piece length"))?;
+
+        let raw_name = info
+            .get("name.utf-8")
+            .and_then(Node::as_bytes)
+            .or_else(|| info.get("name").and_then(Node::as_bytes))
+            .ok_or(MetainfoError::BadField("name"))?;
+        let name = path::clean_component(raw_name).unwrap_or_else(|| info_hash.to_hex());
+
+        let (multi_file, mut files) = match (info.get("files"), info.get("length")) {
+            (Some(list), _) => (true, parse_files(list, &name)?),
+            (None, Some(length)) => {
+                let length = length
+                    .as_int()
+                    .and_then(|l| u64::try_from(l).ok())
+                    .ok_or(MetainfoError::BadField("length"))?;
+                let attr = info
+                    .get("attr")
+                    .and_then(Node::as_bytes)
+                    .map(FileAttr::parse)
+                    .unwrap_or_default();
+                let single = FileEntry {
+                    raw_path: vec![raw_name.to_vec()],
+                    path: SafePath::from_components([name.as_bytes()]),
+                    length,
+                    offset: 0,
+                    attr,
+                    symlink_target: None,
+                };
+                (false, vec![single])
+            }
+            (None, None) => return Err(MetainfoError::BadField("length")),
+        };
+        if files.is_empty() {
+            return Err(MetainfoError::NoFiles);
+        }
+        let mut offset: u64 = 0;
+        for file in &mut files {
+            file.offset = offset;
+            offset = offset
+                .checked_add(file.length)
+                .ok_or(MetainfoError::LengthOverflow)?;
+        }
+        if hybrid {
+            check_hybrid_files(info, &files)?;
+        }
+        let geometry = Geometry::new(
+            piece_length as u64,
+            files.iter().map(|f| f.length).collect(),
+            piece_hashes.len() as u64,
+            false,
+        )?;
+
+        let private = info.get("private").and_then(Node::as_int) == Some(1);
+        let text = |key: &str| root.get(key).and_then(Node::as_str).map(str::to_string);
+        let announce = text("announce").filter(|a| !a.is_empty());
+        let announce_list = root
+            .get("announce-list")
+            .and_then(Node::as_list)
+            .map(|tiers| {
+                tiers
+                    .iter()
+                    .filter_map(Node::as_list)
+                    .map(|tier| string_list(tier))
+                    .filter(|tier| !tier.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let url_list = root.get("url-list").map(string_or_list).unwrap_or_default();
+        let http_seeds = root
+            .get("httpseeds")
+            .map(string_or_list)
+            .unwrap_or_default();
+
+        Ok(Metainfo {
+            info_hash,
+            info_bytes: info.raw.to_vec(),
+            name,
+            raw_name: raw_name.to_vec(),
+            multi_file,
+            files,
+            piece_hashes,
+            geometry,
+            private,
+            hybrid,
+            announce,
+            announce_list,
+            url_list,
+            http_seeds,
+            creation_date: root.get("creation date").and_then(Node::as_int),
+            comment: text("comment.utf-8").or_else(|| text("comment")),
+            created_by: text("created by"),
+        })
+    }
+
+    /// Reads and parses a `.torrent` file.
+    pub fn from_file(path: &std::path::Path) -> Result<Metainfo, ReadError> {
+        let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Metainfo::from_bytes(&bytes).map_err(|source| ReadError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn total_length(&self) -> u64 {
+        self.geometry.total_length()
+    }
+
+    /// The trackers as BEP 12 tiers: `announce-list` when present (it supersedes `announce`),
+    /// else the single `announce` URL as one tier.
+    pub fn tracker_tiers(&self) -> Vec<Vec<String>> {
+        if !self.announce_list.is_empty() {
+            self.announce_list.clone()
+        } else {
+            self.announce.iter().map(|a| vec![a.clone()]).collect()
+        }
+    }
+
+    pub fn piece_hash(&self, piece: PieceIndex) -> &[u8; 20] {
+        &self.piece_hashes[piece.as_usize()]
+    }
+}
+
+/// A `.torrent` that could not be read or parsed, with its path.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Parse {
+        path: std::path::PathBuf,
+        source: MetainfoError,
+    },
+}
+
+fn string_list(nodes: &[Node<'_>]) -> Vec<String> {
+    nodes
+        .iter()
+        .filter_map(Node::as_str)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn string_or_list(node: &Node<'_>) -> Vec<String> {
+    match &node.kind {
+        Kind::Bytes(_) => string_list(std::slice::from_ref(node)),
+        Kind::List(items) => string_list(items),
+        _ => Vec::new(),
+    }
+}
+
+/// The `files` list of a multi-file torrent. Paths get the cleaned torrent name in front.
+fn parse_files(list: &Node<'_>, name: &str) -> Result<Vec<FileEntry>, MetainfoError> {
+    let list = list.as_list().ok_or(MetainfoError::BadField("files"))?;
+    let mut files = Vec::with_capacity(list.len());
+    let mut seen = std::collections::HashSet::new();
+    for (index, entry) in list.iter().enumerate() {
+        let bad = |problem| MetainfoError::BadFile { index, problem };
+        if entry.as_dict().is_none() {
+            return Err(bad("not a dictionary"));
+        }
+        let attr = entry
+            .get("attr")
+            .and_then(Node::as_bytes)
+            .map(FileAttr::parse)
+            .unwrap_or_default();
+        // A BEP 47 symlink holds no data; some creators leave its length out.
+        let length = match entry.get("length").and_then(Node::as_int) {
+            Some(length) => length,
+            None if attr.symlink => 0,
+            None => return Err(bad("missing length")),
+        };
+        let length = u64::try_from(length).map_err(|_| bad("negative length"))?;
+        let path_node = entry.get("path.utf-8").or_else(|| entry.get("path"));
+        let raw_path: Vec<Vec<u8>> = match path_node {
+            Some(node) => {
+                let parts = node.as_list().ok_or(bad("path is not a list"))?;
+                parts
+                    .iter()
+                    .map(|p| p.as_bytes().map(<[u8]>::to_vec))
+                    .collect::<Option<_>>()
+                    .ok_or(bad("path component is not a string"))?
+            }
+            // BEP 47 pad files need no real path; give them one under `.pad` like libtorrent.
+            None if attr.pad => vec![b".pad".to_vec(), length.to_string().into_bytes()],
+            None => return Err(bad("missing path")),
+        };
+        let symlink_target = if attr.symlink {
+            let target = entry
+                .get("symlink path")
+                .and_then(Node::as_list)
+                .ok_or(bad("symlink without 'symlink path'"))?;
+            let parts: Vec<&[u8]> = target.iter().filter_map(Node::as_bytes).collect();
+            Some(SafePath::from_components(parts).prefixed(name))
+        } else {
+            None
+        };
+        let mut path = SafePath::from_components(raw_path.iter().map(Vec::as_slice)).prefixed(name);
+        if !seen.insert(path.clone()) {
+            let mut n = 1;
+            while !seen.insert(path.with_suffix(n)) {
+                n += 1;
+            }
+            path = path.with_suffix(n);
+        }
+        files.push(FileEntry {
+            raw_path,
+            path,
+            length,
+            offset: 0,
+            attr,
+            symlink_target,
+        });
+    }
+    Ok(files)
+}
+
+/// A hybrid torrent carries its files twice (v1 `files`, v2 `file tree`); a client that reads
+/// only one of them must still refuse a torrent where they differ, or v1 and v2 peers would
+/// disagree about the content. Pad files exist only in the v1 list.
+fn check_hybrid_files(info: &Node<'_>, files: &[FileEntry]) -> Result<(), MetainfoError> {
+    let Some(tree) = info.get("file tree") else {
+        return Ok(());
+    };
+    let mut v2_files = Vec::new();
+    walk_file_tree(tree, &mut Vec::new(), &mut v2_files, 0)?;
+    let v1_files: Vec<(Vec<Vec<u8>>, u64)> = files
+        .iter()
+        .filter(|f| !f.attr.pad)
+        .map(|f| (f.raw_path.clone(), f.length))
+        .collect();
+    // A single-file v1 torrent keeps the name as its one component; v2 does the same.
+    if v1_files != v2_files {
+        return Err(MetainfoError::HybridMismatch);
+    }
+    Ok(())
+}
+
+fn walk_file_tree(
+    node: &Node<'_>,
+    prefix: &mut Vec<Vec<u8>>,
+    out: &mut Vec<(Vec<Vec<u8>>, u64)>,
+    depth: usize,
+) -> Result<(), MetainfoError> {
+    let dict = node.as_dict().ok_or(MetainfoError::BadField("file tree"))?;
+    for (key, child) in dict {
+        if key.is_empty() {
+            let length = child
+                .get("length")
+                .and_then(Node::as_int)
+                .and_then(|l| u64::try_from(l).ok())
+                .ok_or(MetainfoError::BadField("file tree"))?;
+            out.push((prefix.clone(), length));
+            continue;
+        }
+        if depth > 64 {
+            return Err(MetainfoError::BadField("file tree"));
+        }
+        prefix.push(key.to_vec());
+        walk_file_tree(child, prefix, out, depth + 1)?;
+        prefix.pop();
+    }
+    Ok(())
+}

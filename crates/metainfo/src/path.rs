@@ -1,0 +1,139 @@
+//! File path sanitising: how names and path components from a `.torrent` become relative paths
+//! that can only ever point inside the download directory.
+//!
+//! The rule, applied to the torrent `name` and to each component of each file's `path`:
+//! 1. bytes that are not UTF-8 are replaced by U+FFFD (the raw bytes stay available);
+//! 2. the separators `/` and `\`, NUL and other ASCII control characters are removed from inside
+//!    the component (so `foo/../bar` becomes `foo..bar`, one harmless name);
+//! 3. a component that is then empty, `.` or `..` is dropped;
+//! 4. a component longer than 255 bytes is shortened (keeping its extension);
+//! 5. a file whose components are all dropped is named `_`; a torrent name that is dropped
+//!    becomes the hex info-hash (as libtorrent does);
+//! 6. two files that end up with the same path get `.1`, `.2`, ... appended to the later ones.
+//!
+//! After this a [`SafePath`] has only normal components: no root, no prefix, no `..`. Joining
+//! it to a directory cannot leave that directory (a test checks this on every fixture).
+
+use std::path::{Component, Path, PathBuf};
+
+/// Longest file-name component most file systems accept.
+pub const MAX_COMPONENT_BYTES: usize = 255;
+
+/// A relative path made only of clean components.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SafePath(Vec<String>);
+
+impl SafePath {
+    /// Cleans raw components by the rule above. Never empty: all dropped gives `_`.
+    pub fn from_components<'a>(raw: impl IntoIterator<Item = &'a [u8]>) -> SafePath {
+        let mut parts: Vec<String> = raw.into_iter().filter_map(clean_component).collect();
+        if parts.is_empty() {
+            parts.push("_".to_string());
+        }
+        SafePath(parts)
+    }
+
+    pub fn components(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The path relative to the content root, with `/` between components.
+    pub fn to_path_buf(&self) -> PathBuf {
+        self.0.iter().collect()
+    }
+
+    /// This path under `dir`. Always inside `dir`.
+    pub fn under(&self, dir: &Path) -> PathBuf {
+        let rel = self.to_path_buf();
+        debug_assert!(rel.components().all(|c| matches!(c, Component::Normal(_))));
+        dir.join(rel)
+    }
+
+    /// Adds `.n` to the last component (used to separate duplicate paths).
+    pub(crate) fn with_suffix(&self, n: usize) -> SafePath {
+        let mut parts = self.0.clone();
+        let last = parts.last_mut().expect("never empty");
+        last.push_str(&format!(".{n}"));
+        SafePath(parts)
+    }
+
+    pub(crate) fn prefixed(&self, first: &str) -> SafePath {
+        let mut parts = Vec::with_capacity(self.0.len() + 1);
+        parts.push(first.to_string());
+        parts.extend(self.0.iter().cloned());
+        SafePath(parts)
+    }
+}
+
+impl std::fmt::Display for SafePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("/"))
+    }
+}
+
+/// One component by rules 1-4; `None` when rule 3 drops it.
+pub fn clean_component(raw: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(raw);
+    let mut cleaned: String = text
+        .chars()
+        .filter(|c| !matches!(c, '/' | '\\') && !c.is_control())
+        .collect();
+    if cleaned.is_empty() || cleaned == "." || cleaned == ".." {
+        return None;
+    }
+    if cleaned.len() > MAX_COMPONENT_BYTES {
+        cleaned = shorten(&cleaned);
+    }
+    Some(cleaned)
+}
+
+/// Cuts a long component to fit, keeping a short extension so file types survive.
+fn shorten(name: &str) -> String {
+    let ext = match name.rfind('.') {
+        Some(dot) if name.len() - dot <= 16 && dot > 0 => &name[dot..],
+        _ => "",
+    };
+    let mut cut = MAX_COMPONENT_BYTES - ext.len();
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{}", &name[..cut], ext)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean(parts: &[&str]) -> String {
+        SafePath::from_components(parts.iter().map(|p| p.as_bytes())).to_string()
+    }
+
+    #[test]
+    fn escapes_are_removed() {
+        assert_eq!(clean(&["..", "..", "bar"]), "bar");
+        assert_eq!(clean(&["/", "/", "bar"]), "bar");
+        assert_eq!(clean(&["foo/../../../bar", "bar"]), "foo......bar/bar");
+        assert_eq!(clean(&["\\", "\\", "bar"]), "bar");
+        assert_eq!(clean(&["/etc", "passwd"]), "etc/passwd");
+        assert_eq!(clean(&["", ""]), "_");
+        assert_eq!(clean(&["."]), "_");
+        assert_eq!(clean(&["a\0b"]), "ab");
+    }
+
+    #[test]
+    fn long_component_keeps_extension() {
+        let long = format!("{}.iso", "x".repeat(400));
+        let cleaned = clean_component(long.as_bytes()).unwrap();
+        assert_eq!(cleaned.len(), MAX_COMPONENT_BYTES);
+        assert!(cleaned.ends_with(".iso"));
+    }
+
+    #[test]
+    fn under_stays_inside() {
+        let dir = Path::new("/tmp/out");
+        let p = SafePath::from_components([b"..".as_slice(), b"/abs", b"x"]);
+        let full = p.under(dir);
+        assert!(full.starts_with(dir));
+        assert_eq!(full, Path::new("/tmp/out/abs/x"));
+    }
+}

@@ -1,0 +1,299 @@
+//! A torrent's content on disk: blocks written where they belong as they arrive, pieces read
+//! back and SHA-1 checked, existing data checked piece by piece on start (resume).
+//!
+//! Every byte range goes through `metainfo::Geometry::spans`, so a block that crosses a file
+//! boundary becomes one positioned write (`pwrite`) per file, with no whole-file buffering. Files
+//! are created on first write, sparse, at their full length. Paths come from the metainfo's
+//! `SafePath`s joined to the output directory, and a file is only opened after checking that
+//! its real parent directory (symlinks resolved) is inside the output directory. BEP 47 pad files
+//! are never created: they read as zeros and writes to them are dropped.
+//!
+//! All calls are blocking; the engine runs them on a blocking thread pool.
+
+use pow_metainfo::{Metainfo, PieceIndex};
+use pow_wire::Bitfield;
+use sha1::{Digest, Sha1};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} resolves outside the download directory {}", path.display(), root.display())]
+    OutsideRoot { path: PathBuf, root: PathBuf },
+    #[error("block {begin}+{length} does not fit in piece {piece}")]
+    BadBlock { piece: u32, begin: u32, length: u32 },
+}
+
+struct ContentFile {
+    path: PathBuf,
+    length: u64,
+    pad: bool,
+    /// Opened (and created) on first use.
+    handle: Mutex<Option<Arc<File>>>,
+}
+
+pub struct Storage {
+    root: PathBuf,
+    metainfo: Arc<Metainfo>,
+    files: Vec<ContentFile>,
+}
+
+impl Storage {
+    /// Prepares storage for `metainfo` under `root` (created if missing). Nothing else touches
+    /// the disk until the first write or check.
+    pub fn new(metainfo: Arc<Metainfo>, root: &Path) -> Result<Storage, StorageError> {
+        std::fs::create_dir_all(root).map_err(|source| StorageError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let root = root.canonicalize().map_err(|source| StorageError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let files = metainfo
+            .files
+            .iter()
+            .map(|f| ContentFile {
+                path: f.path.under(&root),
+                length: f.length,
+                pad: f.attr.pad,
+                handle: Mutex::new(None),
+            })
+            .collect();
+        Ok(Storage {
+            root,
+            metainfo,
+            files,
+        })
+    }
+
+    pub fn metainfo(&self) -> &Arc<Metainfo> {
+        &self.metainfo
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Path on disk of file `index`.
+    pub fn file_path(&self, index: usize) -> &Path {
+        &self.files[index].path
+    }
+
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
+        move |source| StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The open handle of file `index`; with `create`, makes the file (sparse, full length)
+    /// and its directories if needed. `Ok(None)` when it does not exist and `create` is false.
+    fn handle(&self, index: usize, create: bool) -> Result<Option<Arc<File>>, StorageError> {
+        let file = &self.files[index];
+        let mut slot = file.handle.lock().expect("file handle lock");
+        if let Some(handle) = slot.as_ref() {
+            return Ok(Some(handle.clone()));
+        }
+        let parent = file.path.parent().expect("below root");
+        if create {
+            std::fs::create_dir_all(parent).map_err(Self::io(parent))?;
+        } else if !parent.exists() {
+            return Ok(None);
+        }
+        let real_parent = parent.canonicalize().map_err(Self::io(parent))?;
+        if !real_parent.starts_with(&self.root) {
+            return Err(StorageError::OutsideRoot {
+                path: file.path.clone(),
+                root: self.root.clone(),
+            });
+        }
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(&file.path);
+        let handle = match opened {
+            Ok(handle) => handle,
+            Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Self::io(&file.path)(e)),
+        };
+        let len = handle.metadata().map_err(Self::io(&file.path))?.len();
+        if create && len < file.length {
+            // Sparse: no blocks are allocated until data is written.
+            handle.set_len(file.length).map_err(Self::io(&file.path))?;
+        }
+        let handle = Arc::new(handle);
+        *slot = Some(handle.clone());
+        Ok(Some(handle))
+    }
+
+    /// Writes a block where it belongs, across file boundaries.
+    pub fn write_block(
+        &self,
+        piece: PieceIndex,
+        begin: u32,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        let geometry = &self.metainfo.geometry;
+        if u64::from(begin) + data.len() as u64 > u64::from(geometry.piece_size(piece)) {
+            return Err(StorageError::BadBlock {
+                piece: piece.get(),
+                begin,
+                length: data.len() as u32,
+            });
+        }
+        let offset = geometry.piece_offset(piece) + u64::from(begin);
+        let mut written = 0usize;
+        for span in geometry.spans(offset, data.len() as u64) {
+            let part = &data[written..written + span.length as usize];
+            written += span.length as usize;
+            if self.files[span.file].pad {
+                continue;
+            }
+            let handle = self.handle(span.file, true)?.expect("created");
+            handle
+                .write_all_at(part, span.offset)
+                .map_err(Self::io(&self.files[span.file].path))?;
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes of content at `offset`. Pad files read as zeros; a missing file
+    /// is an error.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        let geometry = &self.metainfo.geometry;
+        let mut filled = 0usize;
+        for span in geometry.spans(offset, buf.len() as u64) {
+            let part = &mut buf[filled..filled + span.length as usize];
+            filled += span.length as usize;
+            let file = &self.files[span.file];
+            if file.pad {
+                part.fill(0);
+                continue;
+            }
+            let handle = self
+                .handle(span.file, false)?
+                .ok_or_else(|| StorageError::Io {
+                    path: file.path.clone(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                })?;
+            handle
+                .read_exact_at(part, span.offset)
+                .map_err(Self::io(&file.path))?;
+        }
+        Ok(())
+    }
+
+    /// Reads a block for upload.
+    pub fn read_block(
+        &self,
+        piece: PieceIndex,
+        begin: u32,
+        buf: &mut [u8],
+    ) -> Result<(), StorageError> {
+        let geometry = &self.metainfo.geometry;
+        if u64::from(begin) + buf.len() as u64 > u64::from(geometry.piece_size(piece)) {
+            return Err(StorageError::BadBlock {
+                piece: piece.get(),
+                begin,
+                length: buf.len() as u32,
+            });
+        }
+        self.read_at(geometry.piece_offset(piece) + u64::from(begin), buf)
+    }
+
+    /// SHA-1 of the piece as it is on disk.
+    pub fn hash_piece(&self, piece: PieceIndex) -> Result<[u8; 20], StorageError> {
+        let size = self.metainfo.geometry.piece_size(piece) as usize;
+        let mut buf = vec![0u8; size];
+        self.read_at(self.metainfo.geometry.piece_offset(piece), &mut buf)?;
+        Ok(Sha1::digest(&buf).into())
+    }
+
+    /// True when the piece on disk has the hash the torrent gives.
+    pub fn verify_piece(&self, piece: PieceIndex) -> Result<bool, StorageError> {
+        Ok(&self.hash_piece(piece)? == self.metainfo.piece_hash(piece))
+    }
+
+    /// Checks what is already on disk, piece by piece, on `threads` threads. A piece counts only
+    /// if every file it touches exists with its full length and its hash matches. `progress` is
+    /// called with the number of pieces checked so far (from any thread).
+    pub fn check_existing(
+        &self,
+        threads: usize,
+        progress: &(dyn Fn(u32) + Sync),
+    ) -> Result<Bitfield, StorageError> {
+        let geometry = &self.metainfo.geometry;
+        let count = geometry.piece_count();
+        let sizes_ok: Vec<bool> = self
+            .files
+            .iter()
+            .map(|f| {
+                f.pad
+                    || f.length == 0
+                    || std::fs::metadata(&f.path).is_ok_and(|m| m.is_file() && m.len() == f.length)
+            })
+            .collect();
+        let next = std::sync::atomic::AtomicU32::new(0);
+        let done = std::sync::atomic::AtomicU32::new(0);
+        let have = Mutex::new(Bitfield::new(count));
+        let threads = threads.clamp(1, count as usize);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    let mut buf = vec![0u8; geometry.piece_length() as usize];
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(piece) = geometry.piece(index) else {
+                            break;
+                        };
+                        let spans = geometry.piece_spans(piece);
+                        if spans.iter().all(|s| sizes_ok[s.file]) {
+                            let size = geometry.piece_size(piece) as usize;
+                            let data = &mut buf[..size];
+                            if self.read_at(geometry.piece_offset(piece), data).is_ok()
+                                && Sha1::digest(&*data).as_slice()
+                                    == self.metainfo.piece_hash(piece)
+                            {
+                                have.lock().expect("have lock").set(index);
+                            }
+                        }
+                        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        progress(n);
+                    }
+                });
+            }
+        });
+        Ok(have.into_inner().expect("have lock"))
+    }
+
+    /// Creates every zero-length file (they hold no piece, so no write would create them).
+    pub fn create_empty_files(&self) -> Result<(), StorageError> {
+        for (index, file) in self.files.iter().enumerate() {
+            if file.length == 0 && !file.pad {
+                self.handle(index, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes written data to disk.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        for file in &self.files {
+            let handle = file.handle.lock().expect("file handle lock").clone();
+            if let Some(handle) = handle {
+                handle.sync_data().map_err(Self::io(&file.path))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,460 @@
+//! Multitracker announcing (BEP 12) and the announce loop: events, intervals, back-off.
+
+use crate::{AnnounceRequest, AnnounceResponse, Client, Error, Event, InfoHash, PeerId};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// Timing rules of the announce loop.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// Used when the tracker sends no `interval`.
+    pub default_interval: Duration,
+    /// Never re-announce more often than this, whatever the tracker says.
+    pub min_interval_floor: Duration,
+    /// Never wait longer than this between announces.
+    pub max_interval: Duration,
+    /// First retry delay after a failed round; doubles with each further failure.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Time allowed for the final `stopped` announce.
+    pub stop_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            default_interval: Duration::from_secs(1800),
+            min_interval_floor: Duration::from_secs(30),
+            max_interval: Duration::from_secs(3 * 3600),
+            backoff_base: Duration::from_secs(15),
+            backoff_max: Duration::from_secs(30 * 60),
+            stop_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// When to announce next after a successful announce: the tracker's `interval` (or the
+/// default), never less than its `min interval` nor our floor, never more than our maximum.
+pub fn reannounce_delay(resp: &AnnounceResponse, t: &Timing) -> Duration {
+    let interval = resp
+        .interval
+        .map(|s| Duration::from_secs(u64::from(s)))
+        .unwrap_or(t.default_interval);
+    let min = min_interval(resp, t);
+    interval.min(t.max_interval).max(min)
+}
+
+/// The least time between two announces to this tracker (also for event-triggered ones).
+pub fn min_interval(resp: &AnnounceResponse, t: &Timing) -> Duration {
+    let tracker_min = resp
+        .min_interval
+        .map(|s| Duration::from_secs(u64::from(s)))
+        .unwrap_or(Duration::ZERO);
+    tracker_min.min(t.max_interval).max(t.min_interval_floor)
+}
+
+/// Retry delay after `failures` consecutive failed rounds (1 = first failure):
+/// `base * 2^(failures-1)` capped at `backoff_max`, then jittered into [75 %, 100 %].
+pub fn backoff_delay(failures: u32, t: &Timing, rng: &mut impl Rng) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    let d = t
+        .backoff_base
+        .saturating_mul(1u32 << exp)
+        .min(t.backoff_max);
+    d.mul_f64(rng.random_range(0.75..=1.0))
+}
+
+#[derive(Debug)]
+struct Tracker {
+    url: String,
+    tracker_id: Option<Vec<u8>>,
+    /// This tracker has acknowledged our `started`.
+    started: bool,
+}
+
+/// The trackers of one torrent in BEP 12 tiers, with per-tracker state.
+#[derive(Debug)]
+pub struct Tiers {
+    tiers: Vec<Vec<Tracker>>,
+}
+
+impl Tiers {
+    /// Shuffles each tier once, as BEP 12 asks. Empty tiers and duplicate URLs are dropped.
+    pub fn new(tiers: Vec<Vec<String>>, rng: &mut impl Rng) -> Tiers {
+        let mut seen = std::collections::HashSet::new();
+        let tiers = tiers
+            .into_iter()
+            .map(|mut tier| {
+                tier.shuffle(rng);
+                tier.into_iter()
+                    .filter(|u| seen.insert(u.clone()))
+                    .map(|url| Tracker {
+                        url,
+                        tracker_id: None,
+                        started: false,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|t| !t.is_empty())
+            .collect();
+        Tiers { tiers }
+    }
+
+    /// The URLs in the order they will be tried.
+    pub fn urls(&self) -> Vec<Vec<String>> {
+        self.tiers
+            .iter()
+            .map(|t| t.iter().map(|x| x.url.clone()).collect())
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tiers.is_empty()
+    }
+}
+
+/// What to send: counters and the torrent's identity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub uploaded: u64,
+    pub downloaded: u64,
+    pub left: u64,
+}
+
+/// The successful tracker's answer for one round.
+#[derive(Debug, Clone)]
+pub struct Announced {
+    pub url: String,
+    pub response: AnnounceResponse,
+}
+
+/// One torrent's announcing state across its trackers.
+pub struct Announcer {
+    pub client: Arc<Client>,
+    pub tiers: Tiers,
+    pub info_hash: InfoHash,
+    pub peer_id: PeerId,
+    pub port: u16,
+    pub key: u32,
+    pub numwant: Option<u32>,
+    /// `completed` is owed to the trackers (set by [`Announcer::mark_completed`]).
+    completed_pending: bool,
+}
+
+impl Announcer {
+    pub fn new(
+        client: Arc<Client>,
+        tiers: Tiers,
+        info_hash: InfoHash,
+        peer_id: PeerId,
+        port: u16,
+    ) -> Announcer {
+        Announcer {
+            client,
+            tiers,
+            info_hash,
+            peer_id,
+            port,
+            key: rand::random(),
+            numwant: Some(50),
+            completed_pending: false,
+        }
+    }
+
+    /// The download finished: the next announce carries `completed` (sent once).
+    pub fn mark_completed(&mut self) {
+        self.completed_pending = true;
+    }
+
+    /// One BEP 12 round: tiers in order, trackers within a tier in order; the first that
+    /// answers is moved to the front of its tier and its answer returned. `stopping` sends
+    /// `stopped` (only to trackers that saw our `started`).
+    pub async fn announce(
+        &mut self,
+        progress: Progress,
+        stopping: bool,
+    ) -> Result<Announced, Error> {
+        let mut last_err: Option<Error> = None;
+        for ti in 0..self.tiers.tiers.len() {
+            for i in 0..self.tiers.tiers[ti].len() {
+                let tr = &self.tiers.tiers[ti][i];
+                let event = if stopping {
+                    if !tr.started {
+                        continue;
+                    }
+                    Event::Stopped
+                } else if !tr.started {
+                    Event::Started
+                } else if self.completed_pending {
+                    Event::Completed
+                } else {
+                    Event::None
+                };
+                let req = AnnounceRequest {
+                    info_hash: self.info_hash,
+                    peer_id: self.peer_id,
+                    port: self.port,
+                    uploaded: progress.uploaded,
+                    downloaded: progress.downloaded,
+                    left: progress.left,
+                    event,
+                    numwant: if stopping { Some(0) } else { self.numwant },
+                    key: self.key,
+                    tracker_id: tr.tracker_id.clone(),
+                };
+                let url = tr.url.clone();
+                match self.client.announce(&url, &req).await {
+                    Ok(response) => {
+                        if let Some(w) = &response.warning {
+                            tracing::warn!(tracker = %url, "tracker warning: {w}");
+                        }
+                        tracing::debug!(tracker = %url, ?event, peers = response.peers.len(), "announced");
+                        let tier = &mut self.tiers.tiers[ti];
+                        let mut tr = tier.remove(i);
+                        if let Some(id) = &response.tracker_id {
+                            tr.tracker_id = Some(id.clone());
+                        }
+                        match event {
+                            Event::Started => tr.started = true,
+                            Event::Stopped => tr.started = false,
+                            Event::Completed => self.completed_pending = false,
+                            Event::None => {}
+                        }
+                        tier.insert(0, tr);
+                        return Ok(Announced { url, response });
+                    }
+                    Err(e) => {
+                        tracing::info!(tracker = %url, ?event, "announce failed: {e}");
+                        last_err = Some(e);
+                    }
+                }
+            }
+        }
+        Err(Error::AllFailed(Box::new(last_err.unwrap_or(
+            Error::Malformed("no tracker to announce to".into()),
+        ))))
+    }
+}
+
+/// What the announce loop reports.
+#[derive(Debug)]
+pub enum Update {
+    /// A round succeeded; the next regular one is in `next_in`.
+    Peers {
+        url: String,
+        peers: Vec<SocketAddr>,
+        complete: Option<u32>,
+        incomplete: Option<u32>,
+        next_in: Duration,
+    },
+    /// Every tracker failed; the next try is in `retry_in` (back-off).
+    Failed {
+        error: String,
+        failures: u32,
+        retry_in: Duration,
+    },
+    /// `stopped` was sent (or could not be) and the loop ended.
+    Stopped,
+}
+
+enum Command {
+    Completed,
+    Reannounce,
+    Stop,
+}
+
+/// Controls a running announce loop. Dropping it stops the loop (with `stopped`).
+pub struct AnnounceHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    pub updates: mpsc::UnboundedReceiver<Update>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl AnnounceHandle {
+    /// The download finished: announce `completed` (as soon as `min interval` allows).
+    pub fn completed(&self) {
+        let _ = self.commands.send(Command::Completed);
+    }
+    /// Ask for an announce as soon as `min interval` allows (e.g. we need peers).
+    pub fn reannounce(&self) {
+        let _ = self.commands.send(Command::Reannounce);
+    }
+    /// Send `stopped` and end the loop; waits for it.
+    pub async fn stop(mut self) {
+        let _ = self.commands.send(Command::Stop);
+        while let Some(u) = self.updates.recv().await {
+            if matches!(u, Update::Stopped) {
+                break;
+            }
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Starts the announce loop: `started` first, re-announces at the interval (never faster than
+/// `min interval`), `completed` once when told, `stopped` on [`AnnounceHandle::stop`] or drop,
+/// exponential back-off with jitter while every tracker fails.
+pub fn spawn(
+    mut announcer: Announcer,
+    progress: watch::Receiver<Progress>,
+    timing: Timing,
+) -> AnnounceHandle {
+    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+    let (up_tx, up_rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut failures: u32 = 0;
+        // earliest time the next announce is allowed, and when the regular one is due
+        let mut earliest = Instant::now();
+        let mut due;
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        loop {
+            let p = *progress.borrow();
+            match announcer.announce(p, false).await {
+                Ok(a) => {
+                    failures = 0;
+                    let next = reannounce_delay(&a.response, &timing);
+                    earliest = Instant::now() + min_interval(&a.response, &timing);
+                    due = Instant::now() + next;
+                    let _ = up_tx.send(Update::Peers {
+                        url: a.url,
+                        peers: a.response.peers,
+                        complete: a.response.complete,
+                        incomplete: a.response.incomplete,
+                        next_in: next,
+                    });
+                }
+                Err(e) => {
+                    failures += 1;
+                    let retry = backoff_delay(failures, &timing, &mut rng);
+                    tracing::warn!(
+                        "announce failed ({failures} in a row), retry in {retry:?}: {e}"
+                    );
+                    due = Instant::now() + retry;
+                    let _ = up_tx.send(Update::Failed {
+                        error: e.to_string(),
+                        failures,
+                        retry_in: retry,
+                    });
+                }
+            }
+            // wait for the next regular announce, or a command
+            let stop = loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => break false,
+                    cmd = cmd_rx.recv() => match cmd {
+                        Some(Command::Completed) => {
+                            announcer.mark_completed();
+                            if failures == 0 { due = due.min(earliest); }
+                        }
+                        Some(Command::Reannounce) => {
+                            if failures == 0 { due = due.min(earliest); }
+                        }
+                        Some(Command::Stop) | None => break true,
+                    }
+                }
+            };
+            if stop {
+                let p = *progress.borrow();
+                let _ =
+                    tokio::time::timeout(timing.stop_timeout, announcer.announce(p, true)).await;
+                let _ = up_tx.send(Update::Stopped);
+                return;
+            }
+        }
+    });
+    AnnounceHandle {
+        commands: cmd_tx,
+        updates: up_rx,
+        task,
+    }
+}
+
+use rand::SeedableRng;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(interval: Option<u32>, min: Option<u32>) -> AnnounceResponse {
+        AnnounceResponse {
+            interval,
+            min_interval: min,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn interval_rules() {
+        let t = Timing::default();
+        let s = Duration::from_secs;
+        assert_eq!(reannounce_delay(&resp(Some(900), None), &t), s(900));
+        // min interval wins over a shorter interval
+        assert_eq!(reannounce_delay(&resp(Some(60), Some(120)), &t), s(120));
+        // our floor wins over a tracker asking for hammering
+        assert_eq!(reannounce_delay(&resp(Some(0), Some(0)), &t), s(30));
+        assert_eq!(reannounce_delay(&resp(Some(5), None), &t), s(30));
+        // missing interval: the default
+        assert_eq!(reannounce_delay(&resp(None, None), &t), s(1800));
+        // absurd intervals are capped
+        assert_eq!(
+            reannounce_delay(&resp(Some(u32::MAX), None), &t),
+            s(3 * 3600)
+        );
+        assert_eq!(min_interval(&resp(Some(900), Some(300)), &t), s(300));
+        assert_eq!(min_interval(&resp(Some(900), None), &t), s(30));
+        let fast = Timing {
+            min_interval_floor: Duration::from_millis(100),
+            ..Timing::default()
+        };
+        assert_eq!(reannounce_delay(&resp(Some(1), None), &fast), s(1));
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_is_capped() {
+        let t = Timing::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for failures in 1..=12u32 {
+            let full = Duration::from_secs(15)
+                .saturating_mul(1 << (failures - 1))
+                .min(Duration::from_secs(1800));
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..50 {
+                let d = backoff_delay(failures, &t, &mut rng);
+                assert!(d <= full && d >= full.mul_f64(0.75), "{failures}: {d:?}");
+                seen.insert(d);
+            }
+            assert!(seen.len() > 1, "jitter");
+        }
+        assert!(backoff_delay(1000, &t, &mut rng) <= Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn tiers_are_shuffled_once_and_deduplicated() {
+        let urls: Vec<String> = (0..8).map(|i| format!("http://t{i}/announce")).collect();
+        let mut orders = std::collections::HashSet::new();
+        for seed in 0..20 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let tiers = Tiers::new(
+                vec![
+                    urls.clone(),
+                    vec![],
+                    vec![urls[0].clone(), "udp://x:1".into()],
+                ],
+                &mut rng,
+            );
+            let got = tiers.urls();
+            assert_eq!(got.len(), 2);
+            let mut sorted = got[0].clone();
+            sorted.sort();
+            assert_eq!(sorted, urls);
+            assert_eq!(got[1], vec!["udp://x:1".to_string()]);
+            orders.insert(got[0].clone());
+        }
+        assert!(orders.len() > 1);
+    }
+}

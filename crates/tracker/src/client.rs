@@ -1,0 +1,126 @@
+//! One announce or scrape to one tracker URL, HTTP or UDP.
+
+use crate::http::{self, announce_query, scrape_query, with_query};
+use crate::response::{failure_reason, parse_announce, parse_scrape};
+use crate::udp::{self, ConnectionCache};
+use crate::{AnnounceRequest, AnnounceResponse, Error, InfoHash, Result, ScrapeStats, TrackerUrl};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Limits for talking to trackers. The defaults are for the real world; tests shrink them.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Resolving and TCP connect, each.
+    pub connect_timeout: Duration,
+    /// Sending the request and reading the whole HTTP response.
+    pub read_timeout: Duration,
+    /// Largest HTTP response body accepted.
+    pub max_response_bytes: usize,
+    /// BEP 15: the n-th UDP attempt waits `udp_base_timeout * 2^n` (15 s in the BEP).
+    pub udp_base_timeout: Duration,
+    /// Retransmissions after the first UDP attempt (8 in the BEP: about an hour in all).
+    pub udp_max_retries: u32,
+    pub user_agent: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(20),
+            max_response_bytes: 1024 * 1024,
+            udp_base_timeout: Duration::from_secs(15),
+            udp_max_retries: 2,
+            user_agent: concat!("pow/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+/// A tracker client: stateless apart from the UDP connection ids it reuses.
+#[derive(Default)]
+pub struct Client {
+    pub config: ClientConfig,
+    udp_ids: ConnectionCache,
+}
+
+impl Client {
+    pub fn new(config: ClientConfig) -> Client {
+        Client {
+            config,
+            udp_ids: ConnectionCache::default(),
+        }
+    }
+
+    /// Announces to one tracker.
+    pub async fn announce(&self, url: &str, req: &AnnounceRequest) -> Result<AnnounceResponse> {
+        match TrackerUrl::parse(url)? {
+            TrackerUrl::Http {
+                host,
+                port,
+                path_and_query,
+            } => {
+                let path = with_query(&path_and_query, &announce_query(req));
+                let resp = http::get(&host, port, &path, &self.config).await?;
+                check_status(resp.status, &resp.body)?;
+                parse_announce(&resp.body)
+            }
+            TrackerUrl::Udp { host, port } => {
+                udp::announce(&host, port, req, &self.config, &self.udp_ids).await
+            }
+        }
+    }
+
+    /// Scrapes one tracker for some info-hashes (BEP 48 over HTTP, BEP 15 over UDP).
+    pub async fn scrape(
+        &self,
+        announce_url: &str,
+        hashes: &[InfoHash],
+    ) -> Result<HashMap<InfoHash, ScrapeStats>> {
+        match TrackerUrl::parse(announce_url)? {
+            TrackerUrl::Http { .. } => {
+                let url = http::scrape_url(announce_url).ok_or(Error::NoScrape)?;
+                let Ok(TrackerUrl::Http {
+                    host,
+                    port,
+                    path_and_query,
+                }) = TrackerUrl::parse(&url)
+                else {
+                    return Err(Error::NoScrape);
+                };
+                let path = with_query(&path_and_query, &scrape_query(hashes));
+                let resp = http::get(&host, port, &path, &self.config).await?;
+                check_status(resp.status, &resp.body)?;
+                parse_scrape(&resp.body)
+            }
+            TrackerUrl::Udp { host, port } => {
+                udp::scrape(&host, port, hashes, &self.config, &self.udp_ids).await
+            }
+        }
+    }
+
+    /// Whether a UDP connection id for this tracker is cached (ids are reused for 60 s).
+    pub async fn has_udp_connection(&self, url: &str) -> bool {
+        let Ok(TrackerUrl::Udp { host, port }) = TrackerUrl::parse(url) else {
+            return false;
+        };
+        let found = match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(mut addrs) => addrs.next().is_some_and(|a| self.udp_ids.contains(a)),
+            Err(_) => false,
+        };
+        found
+    }
+}
+
+/// Non-200: the bencoded `failure reason` if the body has one, else the status.
+fn check_status(status: u16, body: &[u8]) -> Result<()> {
+    if status == 200 {
+        return Ok(());
+    }
+    match failure_reason(body) {
+        Some(reason) => Err(Error::Failure {
+            reason,
+            status: Some(status),
+        }),
+        None => Err(Error::Status { status }),
+    }
+}

@@ -1,0 +1,307 @@
+//! Parsing bencoded tracker responses (announce and scrape).
+
+use crate::{AnnounceResponse, Error, InfoHash, Result, ScrapeStats};
+use pow_bencode::{decode_with, Node, Options};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+fn malformed(msg: impl Into<String>) -> Error {
+    Error::Malformed(msg.into())
+}
+
+/// Trackers in the wild do not always sort dictionary keys; accept that (duplicates are
+/// still refused), like the .torrent reader does.
+fn decode_body(body: &[u8]) -> Result<Node<'_>> {
+    decode_with(body, Options::torrent_file()).map_err(|e| malformed(e.to_string()))
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A non-negative integer that fits u32 (counts, intervals); larger values saturate.
+fn opt_u32(root: &Node, key: &str) -> Result<Option<u32>> {
+    match root.get(key) {
+        None => Ok(None),
+        Some(n) => match n.as_int() {
+            Some(i) if i >= 0 => Ok(Some(u32::try_from(i).unwrap_or(u32::MAX))),
+            Some(i) => Err(malformed(format!("negative {key:?}: {i}"))),
+            None => Err(malformed(format!("{key:?} is a {}", n.type_name()))),
+        },
+    }
+}
+
+/// If the body is a bencoded dictionary with `failure reason`, that reason.
+pub(crate) fn failure_reason(body: &[u8]) -> Option<String> {
+    let root = decode_body(body).ok()?;
+    root.get("failure reason")
+        .and_then(Node::as_bytes)
+        .map(lossy)
+}
+
+/// BEP 23 compact IPv4 peers: 6 bytes each (address, port big-endian).
+pub fn parse_compact_v4(bytes: &[u8]) -> Result<Vec<SocketAddr>> {
+    if bytes.len() % 6 != 0 {
+        return Err(malformed(format!(
+            "compact peers length {} is not a multiple of 6",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(6)
+        .map(|c| {
+            let ip = Ipv4Addr::new(c[0], c[1], c[2], c[3]);
+            SocketAddr::new(IpAddr::V4(ip), u16::from_be_bytes([c[4], c[5]]))
+        })
+        .collect())
+}
+
+/// BEP 7 compact IPv6 peers: 18 bytes each.
+pub fn parse_compact_v6(bytes: &[u8]) -> Result<Vec<SocketAddr>> {
+    if bytes.len() % 18 != 0 {
+        return Err(malformed(format!(
+            "peers6 length {} is not a multiple of 18",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(18)
+        .map(|c| {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&c[..16]);
+            SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::from(a)),
+                u16::from_be_bytes([c[16], c[17]]),
+            )
+        })
+        .collect())
+}
+
+/// Parses an announce response body. A `failure reason` becomes [`Error::Failure`].
+pub fn parse_announce(body: &[u8]) -> Result<AnnounceResponse> {
+    let root = decode_body(body)?;
+    if root.as_dict().is_none() {
+        return Err(malformed(format!("response is a {}", root.type_name())));
+    }
+    if let Some(reason) = root.get("failure reason") {
+        let reason = reason
+            .as_bytes()
+            .map(lossy)
+            .unwrap_or_else(|| "(failure reason is not a string)".into());
+        return Err(Error::Failure {
+            reason,
+            status: Some(200),
+        });
+    }
+    let mut resp = AnnounceResponse {
+        interval: opt_u32(&root, "interval")?,
+        min_interval: opt_u32(&root, "min interval")?,
+        complete: opt_u32(&root, "complete")?,
+        incomplete: opt_u32(&root, "incomplete")?,
+        warning: root
+            .get("warning message")
+            .and_then(Node::as_bytes)
+            .map(lossy),
+        tracker_id: root
+            .get("tracker id")
+            .and_then(Node::as_bytes)
+            .map(<[u8]>::to_vec),
+        peers: Vec::new(),
+    };
+    match root.get("peers") {
+        None => {}
+        Some(n) => match n.as_bytes() {
+            Some(b) => resp.peers = parse_compact_v4(b)?,
+            None => {
+                let list = n
+                    .as_list()
+                    .ok_or_else(|| malformed(format!("peers is a {}", n.type_name())))?;
+                for p in list {
+                    let ip = p
+                        .get("ip")
+                        .and_then(Node::as_str)
+                        .ok_or_else(|| malformed("peer dict without a string \"ip\""))?;
+                    let port = p
+                        .get("port")
+                        .and_then(Node::as_int)
+                        .and_then(|i| u16::try_from(i).ok())
+                        .ok_or_else(|| malformed("peer dict without a valid \"port\""))?;
+                    // Host names in peer lists are legal but rare; skip what is not an address.
+                    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+                    if let Ok(ip) = ip.parse::<IpAddr>() {
+                        resp.peers.push(SocketAddr::new(ip, port));
+                    }
+                }
+            }
+        },
+    }
+    if let Some(n) = root.get("peers6") {
+        let b = n
+            .as_bytes()
+            .ok_or_else(|| malformed(format!("peers6 is a {}", n.type_name())))?;
+        resp.peers.extend(parse_compact_v6(b)?);
+    }
+    Ok(resp)
+}
+
+/// Parses a scrape response body into counts per info-hash.
+pub fn parse_scrape(body: &[u8]) -> Result<HashMap<InfoHash, ScrapeStats>> {
+    let root = decode_body(body)?;
+    if let Some(reason) = root.get("failure reason") {
+        return Err(Error::Failure {
+            reason: reason.as_bytes().map(lossy).unwrap_or_default(),
+            status: Some(200),
+        });
+    }
+    let files = root
+        .get("files")
+        .and_then(Node::as_dict)
+        .ok_or_else(|| malformed("scrape response has no \"files\" dictionary"))?;
+    let mut out = HashMap::new();
+    for (k, v) in files {
+        let hash: InfoHash = (*k)
+            .try_into()
+            .map_err(|_| malformed(format!("scrape key of {} bytes", k.len())))?;
+        let get = |key: &str| opt_u32(v, key).map(Option::unwrap_or_default);
+        out.insert(
+            hash,
+            ScrapeStats {
+                complete: get("complete")?,
+                incomplete: get("incomplete")?,
+                downloaded: get("downloaded")?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pow_bencode::{dict, Value};
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn compact_v4_and_v6() {
+        let body = dict([
+            ("interval", Value::Int(900)),
+            ("min interval", Value::Int(60)),
+            ("complete", Value::Int(2)),
+            ("incomplete", Value::Int(3)),
+            (
+                "peers",
+                Value::Bytes(vec![127, 0, 0, 1, 0x1a, 0xe1, 10, 1, 2, 3, 0xff, 0xff]),
+            ),
+            (
+                "peers6",
+                Value::Bytes({
+                    let mut v = Ipv6Addr::LOCALHOST.octets().to_vec();
+                    v.extend_from_slice(&[0, 80]);
+                    v
+                }),
+            ),
+        ])
+        .encode();
+        let r = parse_announce(&body).unwrap();
+        assert_eq!(r.interval, Some(900));
+        assert_eq!(r.min_interval, Some(60));
+        assert_eq!((r.complete, r.incomplete), (Some(2), Some(3)));
+        assert_eq!(
+            r.peers,
+            vec![sa("127.0.0.1:6881"), sa("10.1.2.3:65535"), sa("[::1]:80")]
+        );
+    }
+
+    #[test]
+    fn dict_peers_warning_and_tracker_id() {
+        let peer = |ip: &str, port: i64| {
+            dict([
+                ("ip", Value::str(ip)),
+                ("peer id", Value::Bytes(vec![b'x'; 20])),
+                ("port", Value::Int(port)),
+            ])
+        };
+        let body = dict([
+            ("interval", Value::Int(30)),
+            (
+                "peers",
+                Value::List(vec![
+                    peer("127.0.0.1", 51101),
+                    peer("::1", 51102),
+                    peer("tracker.example", 1),
+                ]),
+            ),
+            ("tracker id", Value::str("abc")),
+            ("warning message", Value::str("be nice")),
+        ])
+        .encode();
+        let r = parse_announce(&body).unwrap();
+        assert_eq!(r.peers, vec![sa("127.0.0.1:51101"), sa("[::1]:51102")]);
+        assert_eq!(r.tracker_id.as_deref(), Some(&b"abc"[..]));
+        assert_eq!(r.warning.as_deref(), Some("be nice"));
+    }
+
+    #[test]
+    fn failures_and_malformed() {
+        let body = dict([("failure reason", Value::str("go away"))]).encode();
+        match parse_announce(&body) {
+            Err(Error::Failure { reason, .. }) => assert_eq!(reason, "go away"),
+            other => panic!("{other:?}"),
+        }
+        let bad = |v: Value| parse_announce(&v.encode()).unwrap_err();
+        assert!(matches!(
+            bad(dict([("peers", Value::Bytes(vec![1; 7]))])),
+            Error::Malformed(_)
+        ));
+        assert!(matches!(
+            bad(dict([("peers6", Value::Bytes(vec![1; 17]))])),
+            Error::Malformed(_)
+        ));
+        assert!(matches!(
+            bad(dict([("interval", Value::Int(-5))])),
+            Error::Malformed(_)
+        ));
+        assert!(matches!(bad(Value::List(vec![])), Error::Malformed(_)));
+        assert!(matches!(
+            parse_announce(b"<html>hi</html>"),
+            Err(Error::Malformed(_))
+        ));
+        // unsorted keys from a sloppy tracker are accepted
+        assert_eq!(
+            parse_announce(b"d8:intervali5e5:peers0:8:completei1ee")
+                .unwrap()
+                .interval,
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn scrape_files() {
+        let h = [7u8; 20];
+        let body = dict([(
+            "files",
+            dict([(
+                h,
+                dict([
+                    ("complete", Value::Int(1)),
+                    ("downloaded", Value::Int(4)),
+                    ("incomplete", Value::Int(2)),
+                ]),
+            )]),
+        )])
+        .encode();
+        let m = parse_scrape(&body).unwrap();
+        assert_eq!(
+            m[&h],
+            ScrapeStats {
+                complete: 1,
+                incomplete: 2,
+                downloaded: 4
+            }
+        );
+        assert!(parse_scrape(b"de").is_err());
+    }
+}

@@ -1,0 +1,303 @@
+//! UDP tracker protocol (BEP 15): connect, announce, scrape, error; the wire format is shared
+//! with the test server.
+
+use crate::client::ClientConfig;
+use crate::response::{parse_compact_v4, parse_compact_v6};
+use crate::{AnnounceRequest, AnnounceResponse, Error, InfoHash, Result, ScrapeStats};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+
+pub(crate) const PROTOCOL_ID: u64 = 0x0417_2710_1980;
+pub(crate) const ACTION_CONNECT: u32 = 0;
+pub(crate) const ACTION_ANNOUNCE: u32 = 1;
+pub(crate) const ACTION_SCRAPE: u32 = 2;
+pub(crate) const ACTION_ERROR: u32 = 3;
+/// A client may use a connection id for one minute (BEP 15).
+pub(crate) const CONNECTION_ID_LIFETIME: Duration = Duration::from_secs(60);
+/// At most this many info-hashes fit in one scrape request.
+pub const MAX_SCRAPE_HASHES: usize = 74;
+
+/// Connection ids per tracker address, reused for [`CONNECTION_ID_LIFETIME`]. A tracker may
+/// bind the id to our address and port, so the id is kept together with the socket it was
+/// obtained on; a request takes both out exclusively and puts them back after a success
+/// (concurrent requests to one tracker simply connect on their own socket).
+#[derive(Default)]
+pub(crate) struct ConnectionCache {
+    ids: Mutex<HashMap<SocketAddr, Cached>>,
+}
+
+struct Cached {
+    id: u64,
+    at: Instant,
+    socket: UdpSocket,
+}
+
+impl ConnectionCache {
+    fn take(&self, addr: SocketAddr) -> Option<Cached> {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.remove(&addr)
+            .filter(|c| c.at.elapsed() < CONNECTION_ID_LIFETIME)
+    }
+    fn put(&self, addr: SocketAddr, c: Cached) {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.retain(|_, c| c.at.elapsed() < CONNECTION_ID_LIFETIME);
+        ids.insert(addr, c);
+    }
+    /// Whether a fresh connection id for this tracker is cached.
+    pub(crate) fn contains(&self, addr: SocketAddr) -> bool {
+        let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.get(&addr)
+            .is_some_and(|c| c.at.elapsed() < CONNECTION_ID_LIFETIME)
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(a)
+}
+
+struct Session<'a> {
+    socket: UdpSocket,
+    addr: SocketAddr,
+    cfg: &'a ClientConfig,
+    /// Connection id and when it was obtained.
+    conn: Option<(u64, Instant)>,
+}
+
+impl Session<'_> {
+    /// Sends `packet` (built for a transaction id) and waits for the matching reply, with the
+    /// BEP 15 schedule: timeout `base * 2^n` for attempt n, `udp_max_retries` retransmissions.
+    /// Replies from other addresses or with another transaction id are ignored.
+    async fn exchange(&self, build: &(dyn Fn(u32) -> Vec<u8> + Sync)) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut waited = Duration::ZERO;
+        for attempt in 0..=self.cfg.udp_max_retries {
+            let tid: u32 = rand::random();
+            let packet = build(tid);
+            self.socket.send_to(&packet, self.addr).await?;
+            let wait = self
+                .cfg
+                .udp_base_timeout
+                .saturating_mul(1u32 << attempt.min(8));
+            waited += wait;
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let recv = tokio::time::timeout_at(deadline, self.socket.recv_from(&mut buf)).await;
+                let (n, from) = match recv {
+                    Err(_) => break, // retransmit
+                    // ICMP port unreachable shows up as ConnectionRefused on some systems
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        return Err(Error::Connect {
+                            addr: self.addr,
+                            source: e,
+                        })
+                    }
+                    Ok(Err(e)) => return Err(Error::Io(e)),
+                    Ok(Ok(x)) => x,
+                };
+                if from != self.addr || n < 8 {
+                    continue;
+                }
+                let reply = &buf[..n];
+                if u32_at(reply, 4) != tid {
+                    tracing::debug!(tracker = %self.addr, "UDP reply with a stale transaction id ignored");
+                    continue;
+                }
+                if u32_at(reply, 0) == ACTION_ERROR {
+                    return Err(Error::Failure {
+                        reason: String::from_utf8_lossy(&reply[8..]).into_owned(),
+                        status: None,
+                    });
+                }
+                return Ok(reply.to_vec());
+            }
+        }
+        Err(Error::Timeout(waited))
+    }
+
+    async fn connection_id(&mut self) -> Result<u64> {
+        if let Some((id, at)) = self.conn {
+            if at.elapsed() < CONNECTION_ID_LIFETIME {
+                return Ok(id);
+            }
+        }
+        let reply = self
+            .exchange(&|tid| {
+                let mut p = Vec::with_capacity(16);
+                p.extend_from_slice(&PROTOCOL_ID.to_be_bytes());
+                p.extend_from_slice(&ACTION_CONNECT.to_be_bytes());
+                p.extend_from_slice(&tid.to_be_bytes());
+                p
+            })
+            .await?;
+        if reply.len() < 16 || u32_at(&reply, 0) != ACTION_CONNECT {
+            return Err(Error::Malformed(format!(
+                "UDP connect reply of {} bytes, action {}",
+                reply.len(),
+                u32_at(&reply, 0)
+            )));
+        }
+        let id = u64_at(&reply, 8);
+        self.conn = Some((id, Instant::now()));
+        Ok(id)
+    }
+}
+
+async fn session<'a>(
+    host: &str,
+    port: u16,
+    cfg: &'a ClientConfig,
+    cache: &ConnectionCache,
+) -> Result<Session<'a>> {
+    let addr = tokio::time::timeout(cfg.connect_timeout, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| Error::Resolve(host.to_string()))?
+        .map_err(|_| Error::Resolve(host.to_string()))?
+        .next()
+        .ok_or_else(|| Error::Resolve(host.to_string()))?;
+    if let Some(c) = cache.take(addr) {
+        return Ok(Session {
+            socket: c.socket,
+            addr,
+            cfg,
+            conn: Some((c.id, c.at)),
+        });
+    }
+    let local: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let socket = UdpSocket::bind(local).await?;
+    Ok(Session {
+        socket,
+        addr,
+        cfg,
+        conn: None,
+    })
+}
+
+impl Session<'_> {
+    /// Keeps the socket and its connection id for the next request to this tracker.
+    fn keep(self, cache: &ConnectionCache) {
+        if let Some((id, at)) = self.conn {
+            cache.put(
+                self.addr,
+                Cached {
+                    id,
+                    at,
+                    socket: self.socket,
+                },
+            );
+        }
+    }
+}
+
+pub(crate) async fn announce(
+    host: &str,
+    port: u16,
+    req: &AnnounceRequest,
+    cfg: &ClientConfig,
+    cache: &ConnectionCache,
+) -> Result<AnnounceResponse> {
+    let mut s = session(host, port, cfg, cache).await?;
+    let conn = s.connection_id().await?;
+    let build = |tid: u32| {
+        let mut p = Vec::with_capacity(98);
+        p.extend_from_slice(&conn.to_be_bytes());
+        p.extend_from_slice(&ACTION_ANNOUNCE.to_be_bytes());
+        p.extend_from_slice(&tid.to_be_bytes());
+        p.extend_from_slice(&req.info_hash);
+        p.extend_from_slice(&req.peer_id);
+        p.extend_from_slice(&req.downloaded.to_be_bytes());
+        p.extend_from_slice(&req.left.to_be_bytes());
+        p.extend_from_slice(&req.uploaded.to_be_bytes());
+        p.extend_from_slice(&req.event.udp_code().to_be_bytes());
+        p.extend_from_slice(&0u32.to_be_bytes()); // ip: the sender's
+        p.extend_from_slice(&req.key.to_be_bytes());
+        let numwant: i32 = req
+            .numwant
+            .map(|n| i32::try_from(n).unwrap_or(i32::MAX))
+            .unwrap_or(-1);
+        p.extend_from_slice(&numwant.to_be_bytes());
+        p.extend_from_slice(&req.port.to_be_bytes());
+        p
+    };
+    // on any error the session is dropped: a stale id is the usual cause of an error action
+    let reply = s.exchange(&build).await?;
+    if reply.len() < 20 || u32_at(&reply, 0) != ACTION_ANNOUNCE {
+        return Err(Error::Malformed(format!(
+            "UDP announce reply of {} bytes, action {}",
+            reply.len(),
+            u32_at(&reply, 0)
+        )));
+    }
+    let peers = if s.addr.is_ipv4() {
+        parse_compact_v4(&reply[20..])?
+    } else {
+        parse_compact_v6(&reply[20..])?
+    };
+    s.keep(cache);
+    Ok(AnnounceResponse {
+        interval: Some(u32_at(&reply, 8)),
+        min_interval: None,
+        incomplete: Some(u32_at(&reply, 12)),
+        complete: Some(u32_at(&reply, 16)),
+        warning: None,
+        tracker_id: None,
+        peers,
+    })
+}
+
+pub(crate) async fn scrape(
+    host: &str,
+    port: u16,
+    hashes: &[InfoHash],
+    cfg: &ClientConfig,
+    cache: &ConnectionCache,
+) -> Result<HashMap<InfoHash, ScrapeStats>> {
+    let mut s = session(host, port, cfg, cache).await?;
+    let mut out = HashMap::new();
+    for group in hashes.chunks(MAX_SCRAPE_HASHES) {
+        let conn = s.connection_id().await?;
+        let reply = s
+            .exchange(&|tid| {
+                let mut p = Vec::with_capacity(16 + 20 * group.len());
+                p.extend_from_slice(&conn.to_be_bytes());
+                p.extend_from_slice(&ACTION_SCRAPE.to_be_bytes());
+                p.extend_from_slice(&tid.to_be_bytes());
+                for h in group {
+                    p.extend_from_slice(h);
+                }
+                p
+            })
+            .await?;
+        if u32_at(&reply, 0) != ACTION_SCRAPE || reply.len() != 8 + 12 * group.len() {
+            return Err(Error::Malformed(format!(
+                "UDP scrape reply of {} bytes for {} hashes",
+                reply.len(),
+                group.len()
+            )));
+        }
+        for (i, h) in group.iter().enumerate() {
+            let at = 8 + 12 * i;
+            out.insert(
+                *h,
+                ScrapeStats {
+                    complete: u32_at(&reply, at),
+                    downloaded: u32_at(&reply, at + 4),
+                    incomplete: u32_at(&reply, at + 8),
+                },
+            );
+        }
+    }
+    s.keep(cache);
+    Ok(out)
+}

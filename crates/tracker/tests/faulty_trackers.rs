@@ -1,0 +1,427 @@
+//! Acceptance 3: the client survives broken trackers. Every tracker here is a small real
+//! server on 127.0.0.1 (TCP or UDP), not a mock of the client.
+
+use pow_tracker::announcer::{self, Announcer, Progress, Tiers, Timing, Update};
+use pow_tracker::server::{ServerConfig, TrackerServer};
+use pow_tracker::{AnnounceRequest, Client, ClientConfig, Error, Event};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+
+fn cfg() -> ClientConfig {
+    ClientConfig {
+        connect_timeout: Duration::from_millis(500),
+        read_timeout: Duration::from_millis(500),
+        max_response_bytes: 1024 * 1024,
+        udp_base_timeout: Duration::from_millis(100),
+        udp_max_retries: 2,
+        ..ClientConfig::default()
+    }
+}
+
+fn req() -> AnnounceRequest {
+    AnnounceRequest {
+        info_hash: [0xab; 20],
+        peer_id: *b"-PW0001-faultytest00",
+        port: 6881,
+        uploaded: 0,
+        downloaded: 0,
+        left: 1000,
+        event: Event::Started,
+        numwant: Some(50),
+        key: 1,
+        tracker_id: None,
+    }
+}
+
+/// A TCP server that answers every connection with `reply` (after reading the request).
+async fn http_server(reply: Vec<u8>) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let reply = Arc::new(reply);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(&reply).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}/announce")
+}
+
+async fn dead_url() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}/announce")
+}
+
+/// Accepts connections and never answers (holds them open).
+async fn silent_url() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    format!("http://{addr}/announce")
+}
+
+#[tokio::test]
+async fn dead_tracker_connection_refused() {
+    let url = dead_url().await;
+    let err = Client::new(cfg()).announce(&url, &req()).await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("connecting to 127.0.0.1:"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn silent_tracker_times_out() {
+    let url = silent_url().await;
+    let t0 = Instant::now();
+    let err = Client::new(cfg()).announce(&url, &req()).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(err.to_string(), "tracker did not answer within 500ms");
+}
+
+#[tokio::test]
+async fn garbage_answers_are_clear_errors() {
+    let not_http = http_server(b"\x00\x01\x02 SSH-2.0-OpenSSH\r\n\r\n".to_vec()).await;
+    let err = Client::new(cfg())
+        .announce(&not_http, &req())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Http(_)), "{err:?}");
+
+    let html = http_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n<html>oops</html>\n\n\n".to_vec(),
+    )
+    .await;
+    let err = Client::new(cfg())
+        .announce(&html, &req())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Malformed(_)), "{err:?}");
+
+    let truncated =
+        http_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nd8:intervali5e".to_vec()).await;
+    let err = Client::new(cfg())
+        .announce(&truncated, &req())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Http(_)), "{err:?}");
+
+    let hangup = http_server(Vec::new()).await;
+    let err = Client::new(cfg())
+        .announce(&hangup, &req())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Http(_)), "{err:?}");
+
+    let not_dict = http_server(b"HTTP/1.0 200 OK\r\n\r\ni42e".to_vec()).await;
+    let err = Client::new(cfg())
+        .announce(&not_dict, &req())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Malformed(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn failure_reason_with_http_400() {
+    let body = b"d14:failure reason22:unregistered info hashe";
+    let mut reply = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    reply.extend_from_slice(body);
+    let url = http_server(reply).await;
+    let err = Client::new(cfg()).announce(&url, &req()).await.unwrap_err();
+    match &err {
+        Error::Failure { reason, status } => {
+            assert_eq!(reason, "unregistered info hash");
+            assert_eq!(*status, Some(400));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(err.to_string(), "tracker refused: unregistered info hash");
+
+    // a 500 without a bencoded body: the status
+    let url = http_server(b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\nno".to_vec()).await;
+    let err = Client::new(cfg()).announce(&url, &req()).await.unwrap_err();
+    assert!(matches!(err, Error::Status { status: 500 }), "{err:?}");
+    // a 200 with failure reason (plain BEP 3)
+    let url = http_server(b"HTTP/1.1 200 OK\r\n\r\nd14:failure reason4:nopee".to_vec()).await;
+    let err = Client::new(cfg()).announce(&url, &req()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Failure {
+                status: Some(200),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn ten_megabyte_body_is_refused() {
+    let big = 10 * 1024 * 1024;
+    // with Content-Length: refused from the header
+    let mut reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {big}\r\n\r\n").into_bytes();
+    reply.resize(reply.len() + big, b'x');
+    let url = http_server(reply).await;
+    let err = Client::new(cfg()).announce(&url, &req()).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge(_)), "{err:?}");
+    // without a length (read until close) and chunked: refused once past the cap
+    let mut reply = b"HTTP/1.1 200 OK\r\n\r\nd5:peers10485760:".to_vec();
+    reply.resize(reply.len() + big, 0);
+    let url = http_server(reply).await;
+    let err = Client::new(cfg()).announce(&url, &req()).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge(_)), "{err:?}");
+    let mut reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..160 {
+        reply.extend_from_slice(b"10000\r\n");
+        reply.resize(reply.len() + 0x10000, b'y');
+        reply.extend_from_slice(b"\r\n");
+    }
+    reply.extend_from_slice(b"0\r\n\r\n");
+    let url = http_server(reply).await;
+    let err = Client::new(cfg()).announce(&url, &req()).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "tracker response larger than the 1048576 byte limit"
+    );
+}
+
+#[tokio::test]
+async fn udp_silent_garbage_wrong_transaction_and_error_action() {
+    // silent: retransmits with 100, 200, 400 ms timeouts, then gives up
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("udp://{}", silent.local_addr().unwrap());
+    let t0 = Instant::now();
+    let err = Client::new(cfg()).announce(&url, &req()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Timeout(d) if d == Duration::from_millis(700)),
+        "{err:?}"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(650),
+        "{:?}",
+        t0.elapsed()
+    );
+    // and it did retransmit: 3 connect requests arrived
+    let mut buf = [0u8; 256];
+    let mut n = 0;
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(50), silent.recv_from(&mut buf)).await
+    {
+        n += 1;
+    }
+    assert_eq!(n, 3);
+
+    // answers with a wrong transaction id, then garbage: both ignored, so a timeout
+    let liar = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("udp://{}", liar.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut buf = [0u8; 256];
+        while let Ok((n, from)) = liar.recv_from(&mut buf).await {
+            let mut r = buf[8..16].to_vec();
+            r[7] ^= 0xff; // wrong transaction id
+            r.extend_from_slice(&[0; 8]);
+            let _ = liar.send_to(&r, from).await;
+            let _ = liar.send_to(b"garbage", from).await;
+            let _ = n;
+        }
+    });
+    let err = Client::new(cfg()).announce(&url, &req()).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+
+    // error action (3) with a message
+    let grumpy = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("udp://{}", grumpy.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut buf = [0u8; 256];
+        while let Ok((_, from)) = grumpy.recv_from(&mut buf).await {
+            let mut r = 3u32.to_be_bytes().to_vec();
+            r.extend_from_slice(&buf[12..16]);
+            r.extend_from_slice(b"closed for maintenance");
+            let _ = grumpy.send_to(&r, from).await;
+        }
+    });
+    let err = Client::new(cfg()).announce(&url, &req()).await.unwrap_err();
+    match err {
+        Error::Failure { reason, status } => {
+            assert_eq!(reason, "closed for maintenance");
+            assert_eq!(status, None);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn fast_timing() -> Timing {
+    Timing {
+        default_interval: Duration::from_secs(1),
+        min_interval_floor: Duration::from_millis(200),
+        max_interval: Duration::from_secs(60),
+        backoff_base: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(2),
+        stop_timeout: Duration::from_secs(2),
+    }
+}
+
+#[tokio::test]
+async fn announce_loop_backs_off_on_every_kind_of_broken_tracker() {
+    let big = {
+        let mut r = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        r.resize(r.len() + 10 * 1024 * 1024, b'z');
+        http_server(r).await
+    };
+    let failing = {
+        let body = b"d14:failure reason4:nopee";
+        let mut r =
+            format!("HTTP/1.1 400 Bad\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        r.extend_from_slice(body);
+        http_server(r).await
+    };
+    let garbage = http_server(b"HTTP/1.1 200 OK\r\n\r\nxyz".to_vec()).await;
+    let tiers = vec![
+        vec![dead_url().await, silent_url().await],
+        vec![garbage, failing, big],
+    ];
+    let client = Arc::new(Client::new(cfg()));
+    let mut rng = rand::rng();
+    let a = Announcer::new(client, Tiers::new(tiers, &mut rng), [1; 20], [2; 20], 7000);
+    let (_tx, rx) = tokio::sync::watch::channel(Progress::default());
+    let mut h = announcer::spawn(a, rx, fast_timing());
+    let mut delays = Vec::new();
+    while delays.len() < 4 {
+        match h.updates.recv().await.unwrap() {
+            Update::Failed {
+                error,
+                failures,
+                retry_in,
+            } => {
+                assert_eq!(failures as usize, delays.len() + 1);
+                assert!(
+                    error.starts_with("no tracker in any tier answered"),
+                    "{error}"
+                );
+                delays.push(retry_in);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // 100, 200, 400, 800 ms, each jittered into [75 %, 100 %]
+    for (i, d) in delays.iter().enumerate() {
+        let full = Duration::from_millis(100 << i);
+        assert!(*d <= full && *d >= full.mul_f64(0.75), "{i}: {d:?}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn multitracker_falls_through_tiers_and_promotes_the_working_url() {
+    let server = TrackerServer::start("127.0.0.1:0".parse().unwrap(), ServerConfig::default())
+        .await
+        .unwrap();
+    let good = server.http_announce_url();
+    let dead = dead_url().await;
+    let client = Arc::new(Client::new(cfg()));
+    let mut rng = rand::rng();
+    // tier 0 all broken, tier 1 has the good one after a dead one
+    let tiers = Tiers::new(
+        vec![vec![dead_url().await], vec![dead.clone(), good.clone()]],
+        &mut rng,
+    );
+    let mut a = Announcer::new(client, tiers, [3; 20], [4; 20], 7001);
+    let p = Progress {
+        left: 10,
+        ..Progress::default()
+    };
+    let r = a.announce(p, false).await.unwrap();
+    assert_eq!(r.url, good);
+    assert_eq!(a.tiers.urls()[1][0], good, "working URL moved to the front");
+    assert_eq!(server.scrape(&[3; 20]).incomplete, 1);
+    // stopped goes to the tracker that saw started
+    a.announce(p, true).await.unwrap();
+    assert_eq!(server.scrape(&[3; 20]).incomplete, 0);
+}
+
+#[tokio::test]
+async fn announce_loop_events_and_intervals_against_the_test_server() {
+    let server = TrackerServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig {
+            interval: Duration::from_secs(1),
+            ..ServerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    for url in [server.http_announce_url(), server.udp_announce_url()] {
+        let hash = [if url.starts_with("udp") { 5 } else { 6 }; 20];
+        let before = server.stats().announces;
+        let client = Arc::new(Client::new(cfg()));
+        let a = Announcer::new(
+            client.clone(),
+            Tiers::new(vec![vec![url.clone()]], &mut rand::rng()),
+            hash,
+            [9; 20],
+            7002,
+        );
+        let (tx, rx) = tokio::sync::watch::channel(Progress {
+            left: 100,
+            ..Progress::default()
+        });
+        let mut h = announcer::spawn(a, rx, fast_timing());
+        let t0 = Instant::now();
+        // started, then re-announces every second (the tracker's interval)
+        for _ in 0..3 {
+            match h.updates.recv().await.unwrap() {
+                Update::Peers { next_in, .. } => assert_eq!(next_in, Duration::from_secs(1)),
+                other => panic!("{other:?}"),
+            }
+        }
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+            "{took:?}"
+        );
+        assert_eq!(server.scrape(&hash).incomplete, 1);
+        // completed: sent once, at once (min interval 0.5 s from the server has passed)
+        tx.send(Progress {
+            left: 0,
+            downloaded: 100,
+            uploaded: 0,
+        })
+        .unwrap();
+        h.completed();
+        match h.updates.recv().await.unwrap() {
+            Update::Peers { complete, .. } => assert_eq!(complete, Some(1)),
+            other => panic!("{other:?}"),
+        }
+        let s = server.scrape(&hash);
+        assert_eq!((s.complete, s.incomplete, s.downloaded), (1, 0, 1));
+        if url.starts_with("udp") {
+            assert!(client.has_udp_connection(&url).await, "connection id kept");
+        }
+        h.stop().await;
+        assert_eq!(server.scrape(&hash).complete, 0, "stopped removes the peer");
+        // started + 2 regular + completed + stopped
+        assert_eq!(server.stats().announces - before, 5);
+    }
+}

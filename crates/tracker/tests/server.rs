@@ -1,0 +1,245 @@
+//! Acceptance 4: the test tracker rejects malformed announces with a bencoded
+//! `failure reason`, and stays bounded under 10,000 announces from 1,000 peers.
+
+use pow_tracker::percent::encode;
+use pow_tracker::server::{ServerConfig, TrackerServer};
+use pow_tracker::{AnnounceRequest, Client, ClientConfig, Error, Event};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+async fn raw_get(addr: SocketAddr, target: &str) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let status = std::str::from_utf8(&buf[9..12]).unwrap().parse().unwrap();
+    (status, buf[head_end..].to_vec())
+}
+
+fn failure_of(body: &[u8]) -> String {
+    let node = pow_bencode::decode(body).expect("bencoded reply");
+    node.get("failure reason")
+        .and_then(|n| n.as_str())
+        .unwrap_or_else(|| panic!("no failure reason in {:?}", String::from_utf8_lossy(body)))
+        .to_string()
+}
+
+fn good_query() -> String {
+    format!(
+        "info_hash={}&peer_id={}&port=6881&uploaded=0&downloaded=0&left=5&event=started",
+        encode(&[0xfe; 20]),
+        encode(b"-PW0001-000000000000")
+    )
+}
+
+#[tokio::test]
+async fn malformed_announces_get_a_bencoded_failure_reason() {
+    let server = TrackerServer::start("127.0.0.1:0".parse().unwrap(), ServerConfig::default())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let good = good_query();
+    let (status, body) = raw_get(addr, &format!("/announce?{good}")).await;
+    assert_eq!(status, 200);
+    assert!(pow_bencode::decode(&body)
+        .unwrap()
+        .get("interval")
+        .is_some());
+
+    let ih = encode(&[0xfe; 20]);
+    let cases: Vec<(String, &str)> = vec![
+        (
+            good.replace(&ih, &encode(&[0xfe; 19])),
+            "info_hash must be 20 bytes",
+        ),
+        (
+            good.replace(&ih, &encode(&[0xfe; 21])),
+            "info_hash must be 20 bytes",
+        ),
+        (good.replace("port=6881", "port=0"), "invalid port 0"),
+        (good.replace("port=6881", "port=x"), "port is not"),
+        (good.replace("&left=5", ""), "missing left"),
+        (
+            good.replace(&format!("info_hash={ih}&"), ""),
+            "missing info_hash",
+        ),
+        (good.replace("peer_id=", "peerid="), "missing peer_id"),
+        (
+            good.replace("event=started", "event=finished"),
+            "invalid event",
+        ),
+        (good.replace("uploaded=0", "uploaded=-1"), "uploaded"),
+        (format!("{good}&info_hash=%zz"), "percent"),
+        (String::new(), "missing"),
+    ];
+    for (q, want) in &cases {
+        let (status, body) = raw_get(addr, &format!("/announce?{q}")).await;
+        assert_eq!(status, 200, "{q}");
+        let reason = failure_of(&body);
+        assert!(reason.contains(want), "{q}: {reason:?} lacks {want:?}");
+    }
+    assert_eq!(server.stats().rejected, cases.len() as u64);
+    assert_eq!(server.stats().peers, 1, "rejected announces add nobody");
+
+    // scrape with a bad hash, unknown path
+    let (_, body) = raw_get(addr, "/scrape?info_hash=abc").await;
+    assert!(failure_of(&body).contains("20 bytes"));
+    let (status, body) = raw_get(addr, "/other").await;
+    assert_eq!(status, 404);
+    failure_of(&body);
+
+    // our client shows the reason
+    let client = Client::new(ClientConfig::default());
+    let req = AnnounceRequest {
+        info_hash: [1; 20],
+        peer_id: [2; 20],
+        port: 0,
+        uploaded: 0,
+        downloaded: 0,
+        left: 0,
+        event: Event::Started,
+        numwant: None,
+        key: 0,
+        tracker_id: None,
+    };
+    let err = client
+        .announce(&server.http_announce_url(), &req)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Failure { .. }), "{err:?}");
+    assert_eq!(err.to_string(), "tracker refused: invalid port 0");
+    // and over UDP: port 0 and bad event are error actions
+    let err = client
+        .announce(&server.udp_announce_url(), &req)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "tracker refused: invalid port 0");
+}
+
+#[tokio::test]
+async fn udp_rejects_bad_connection_ids_and_events() {
+    let server = TrackerServer::start("127.0.0.1:0".parse().unwrap(), ServerConfig::default())
+        .await
+        .unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(server.local_addr()).await.unwrap();
+    let mut buf = [0u8; 1024];
+    // announce with a made-up connection id
+    let mut p = 12345u64.to_be_bytes().to_vec();
+    p.extend_from_slice(&1u32.to_be_bytes());
+    p.extend_from_slice(&77u32.to_be_bytes());
+    p.resize(98, 1);
+    sock.send(&p).await.unwrap();
+    let n = sock.recv(&mut buf).await.unwrap();
+    assert_eq!(&buf[..8], &[0, 0, 0, 3, 0, 0, 0, 77]);
+    assert_eq!(&buf[8..n], b"invalid connection id");
+    // connect, then announce with event 9
+    let mut c = 0x41727101980u64.to_be_bytes().to_vec();
+    c.extend_from_slice(&0u32.to_be_bytes());
+    c.extend_from_slice(&5u32.to_be_bytes());
+    sock.send(&c).await.unwrap();
+    let n = sock.recv(&mut buf).await.unwrap();
+    assert_eq!(n, 16);
+    let conn = &buf[8..16].to_vec();
+    let mut p = conn.clone();
+    p.extend_from_slice(&1u32.to_be_bytes());
+    p.extend_from_slice(&6u32.to_be_bytes());
+    p.resize(80, 1);
+    p.extend_from_slice(&9u32.to_be_bytes()); // event
+    p.resize(96, 0);
+    p.extend_from_slice(&6881u16.to_be_bytes());
+    sock.send(&p).await.unwrap();
+    let n = sock.recv(&mut buf).await.unwrap();
+    assert_eq!(&buf[8..n], b"invalid event");
+    assert_eq!(server.stats().rejected, 2);
+}
+
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_announces_from_a_thousand_peers_stay_bounded() {
+    let cfg = ServerConfig {
+        interval: Duration::from_secs(600),
+        max_torrents: 20,
+        max_peers_per_torrent: 200,
+        ..ServerConfig::default()
+    };
+    let server = TrackerServer::start("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let http = server.http_announce_url();
+    let udp = server.udp_announce_url();
+    let rss_before = vm_rss_kib();
+    // 1,000 peers (ports 20000..21000) x 10 announces, half HTTP half UDP, 8 workers in
+    // parallel. Peers 0..500 share one hot torrent (over the 200 peer cap), the others are
+    // spread over 50 torrents (over the 20 torrent cap).
+    let mut workers = Vec::new();
+    for w in 0..8u32 {
+        let (http, udp) = (http.clone(), udp.clone());
+        workers.push(tokio::spawn(async move {
+            let client = Client::new(ClientConfig::default());
+            let mut ok = 0u32;
+            for i in (w..10_000).step_by(8) {
+                let peer = i % 1000;
+                let round = i / 1000;
+                let req = AnnounceRequest {
+                    info_hash: if peer < 500 {
+                        [0xee; 20]
+                    } else {
+                        [(peer % 50) as u8; 20]
+                    },
+                    peer_id: [(peer % 251) as u8; 20],
+                    port: 20_000 + peer as u16,
+                    uploaded: 0,
+                    downloaded: 0,
+                    left: u64::from(peer % 3),
+                    event: if round == 0 {
+                        Event::Started
+                    } else {
+                        Event::None
+                    },
+                    numwant: Some(200),
+                    key: peer,
+                    tracker_id: None,
+                };
+                let url = if i % 2 == 0 { &http } else { &udp };
+                let r = client.announce(url, &req).await.expect("announce");
+                assert!(r.peers.len() <= 200);
+                ok += 1;
+            }
+            ok
+        }));
+    }
+    let mut total = 0;
+    for w in workers {
+        total += w.await.unwrap();
+    }
+    assert_eq!(total, 10_000);
+    let s = server.stats();
+    assert_eq!(s.announces, 10_000);
+    assert!(s.torrents <= 20, "{s:?}");
+    assert!(s.peers <= 20 * 200, "{s:?}");
+    assert!(s.evicted_torrents > 0, "{s:?}");
+    assert!(s.evicted_peers > 0, "{s:?}");
+    // the hot torrent is kept (most recently active) and full
+    let hot = server.scrape(&[0xee; 20]);
+    assert_eq!(hot.complete + hot.incomplete, 200, "{s:?}");
+    let grown = vm_rss_kib().saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    // still serving
+    let (status, _) = raw_get(server.local_addr(), &format!("/announce?{}", good_query())).await;
+    assert_eq!(status, 200);
+    eprintln!("stats after 10,000 announces: {s:?}, RSS growth {grown} KiB");
+}

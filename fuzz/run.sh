@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# fuzz/run.sh SECONDS [TARGET...]: run each cargo-fuzz target for SECONDS (default 30), seeded
+# from the fixtures. Needs a nightly toolchain (or RUSTC_BOOTSTRAP=1) and cargo-fuzz.
+set -euo pipefail
+cd "$(dirname "$0")"
+secs="${1:-30}"; shift || true
+targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(bencode metainfo wire)
+toolchain=+nightly; rustup toolchain list 2>/dev/null | grep -q nightly || { toolchain=""; export RUSTC_BOOTSTRAP=1; }
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+for t in "${targets[@]}"; do
+  mkdir -p "corpus/$t"
+  case "$t" in
+    bencode) cp ../fixtures/bencode/valid/* ../fixtures/bencode/invalid/* "corpus/$t/" 2>/dev/null || true ;;
+    metainfo) cp ../fixtures/torrents/valid/* ../fixtures/torrents/invalid/* "corpus/$t/" 2>/dev/null || true ;;
+  esac
+  echo "fuzz: $t for ${secs}s"
+  cargo $toolchain fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 2>&1 | tail -n 3
+done

@@ -1,0 +1,161 @@
+//! Shared helpers for the cross-crate and interop tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root (this package's manifest dir).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    root().join("fixtures")
+}
+
+/// `../shared/swarm-lab` next to the checkout (CI clones with shared/ beside it).
+pub fn swarm_lab() -> PathBuf {
+    root().join("../shared/swarm-lab")
+}
+
+/// The `pow` binary built by `cargo build --release` into the same target dir as this test.
+pub fn pow_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary> -> target/<profile>/pow
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("pow");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release --workspace` before the tests",
+        bin.display()
+    );
+    bin
+}
+
+pub fn pow() -> Command {
+    Command::new(pow_bin())
+}
+
+/// Serialises every test that uses swarm-lab's fixed peer ports, across test binaries too.
+/// Hold the returned guard for the whole test.
+pub fn lab_lock() -> std::fs::File {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/pow-swarm-lab.lock")
+        .expect("open lock file");
+    file.lock().expect("lock swarm-lab");
+    file
+}
+
+/// A fresh temporary directory under the system temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!("pow-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A swarm-lab session: holds the lab lock, has its own state dir, and stops every seeder and
+/// the tracker it started when dropped (also when the test fails).
+pub struct Lab {
+    _lock: std::fs::File,
+    pub state: TempDir,
+    pub work: TempDir,
+}
+
+impl Lab {
+    pub fn new(tag: &str) -> Lab {
+        let lock = lab_lock();
+        let lab = Lab {
+            _lock: lock,
+            state: TempDir::new(&format!("{tag}-state")),
+            work: TempDir::new(&format!("{tag}-work")),
+        };
+        // Leftovers of an earlier, killed run would hold the fixed ports.
+        lab.script("seed.sh", &["stop", "all"]);
+        lab
+    }
+
+    /// Runs a swarm-lab script with this lab's state dir; returns (success, stdout, stderr).
+    pub fn script(&self, name: &str, args: &[&str]) -> (bool, String, String) {
+        self.script_env(name, args, &[])
+    }
+
+    pub fn script_env(
+        &self,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (bool, String, String) {
+        let out = Command::new("bash")
+            .arg(swarm_lab().join(name))
+            .args(args)
+            .env("SWARM_LAB_STATE", self.state.path())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// make-payload.sh SIZE into this lab's work dir; returns (data path, torrent path).
+    pub fn payload(&self, size: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+        let mut args = vec![size, self.work.path().to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = self.script("make-payload.sh", &args);
+        assert!(ok, "make-payload.sh {args:?}: {stderr}");
+        let torrent = PathBuf::from(stdout.lines().next().unwrap().trim());
+        let name = torrent.file_stem().unwrap().to_str().unwrap().to_string();
+        (self.work.path().join("data").join(name), torrent)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.script("seed.sh", &["stop", "all"]);
+        self.script("tracker.sh", &["stop"]);
+    }
+}
+
+/// `cmp -r`-like: every file under `expected` has the same bytes under `actual`.
+pub fn same_tree(expected: &Path, actual: &Path) -> Result<u64, String> {
+    let meta = std::fs::metadata(expected).map_err(|e| e.to_string())?;
+    if meta.is_file() {
+        let a = std::fs::read(expected).map_err(|e| format!("{}: {e}", expected.display()))?;
+        let b = std::fs::read(actual).map_err(|e| format!("{}: {e}", actual.display()))?;
+        if a != b {
+            return Err(format!("{} differs", actual.display()));
+        }
+        return Ok(a.len() as u64);
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(expected).map_err(|e| e.to_string())? {
+        let name = entry.map_err(|e| e.to_string())?.file_name();
+        total += same_tree(&expected.join(&name), &actual.join(&name))?;
+    }
+    Ok(total)
+}

@@ -1,0 +1,262 @@
+//! Acceptance (foundation 5): `pow torrent create` gives the same info-hash as mktorrent (via
+//! swarm-lab's make-payload.sh) and as libtorrent's `create_torrent` for the same bytes and piece
+//! length, single file and multi-file, 16 KiB to 4 MiB pieces; libtorrent then loads pow's torrent.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+/// make-payload.sh: deterministic data + a mktorrent .torrent. Returns (data path, torrent path).
+fn payload(
+    work: &Path,
+    size: &str,
+    piece_kib: u32,
+    multi: bool,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut cmd = Command::new("bash");
+    cmd.arg(common::swarm_lab().join("make-payload.sh"))
+        .arg(size)
+        .arg(work)
+        .args(["--piece-kib", &piece_kib.to_string()]);
+    if multi {
+        cmd.arg("--multi");
+    }
+    let out = cmd.output().expect("make-payload.sh");
+    assert!(
+        out.status.success(),
+        "make-payload.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let torrent = std::path::PathBuf::from(stdout.lines().next().unwrap().trim());
+    let name = torrent.file_stem().unwrap().to_str().unwrap().to_string();
+    (work.join("data").join(name), torrent)
+}
+
+fn pow_create(data: &Path, out: &Path, piece_length: u64) -> serde_json::Value {
+    let output = common::pow()
+        .args(["torrent", "create"])
+        .arg(data)
+        .arg("-o")
+        .arg(out)
+        .args([
+            "--piece-length",
+            &piece_length.to_string(),
+            "--json",
+            "--no-date",
+        ])
+        .args(["--tracker", "http://127.0.0.1:6969/announce"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn pow_show(torrent: &Path) -> serde_json::Value {
+    let output = common::pow()
+        .args(["torrent", "show", "--json"])
+        .arg(torrent)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// libtorrent's create_torrent over the same files, added in pow's order (libtorrent's own
+/// add_files keeps directory-listing order, which is not stable), v1 only, no pad files; then
+/// libtorrent loads pow's torrent. Prints "<lt created hash> <lt loaded hash> <num files>".
+const LT_SCRIPT: &str = r#"
+import sys, os, libtorrent as lt
+data, piece_length, pow_torrent, files = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+fs = lt.file_storage()
+base = os.path.dirname(data)
+if os.path.isdir(data):
+    for rel in files:
+        fs.add_file(os.path.join(os.path.basename(data), rel), os.path.getsize(os.path.join(data, rel)))
+else:
+    fs.add_file(os.path.basename(data), os.path.getsize(data))
+ct = lt.create_torrent(fs, piece_length, flags=lt.create_torrent.v1_only)
+lt.set_piece_hashes(ct, base)
+created = lt.torrent_info(ct.generate()).info_hashes().v1
+loaded = lt.load_torrent_file(pow_torrent)
+print(created, loaded.info_hashes.v1, loaded.ti.num_files())
+"#;
+
+fn libtorrent_check(
+    data: &Path,
+    piece_length: u64,
+    pow_torrent: &Path,
+    files: &[String],
+) -> Vec<String> {
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(LT_SCRIPT)
+        .arg(data)
+        .arg(piece_length.to_string())
+        .arg(pow_torrent)
+        .args(files)
+        .output()
+        .expect("python3 with libtorrent");
+    assert!(
+        out.status.success(),
+        "libtorrent: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn same_info_hash_as_mktorrent_and_libtorrent() {
+    let work = common::TempDir::new("create");
+    let mut rows = Vec::new();
+    // mktorrent here takes piece lengths from 32 KiB (2^15); 16 KiB is checked against libtorrent.
+    for (piece_kib, single_size, multi_size) in [
+        (16u32, "1M", "2M"),
+        (32, "3M", "3M"),
+        (256, "5M", "8M"),
+        (1024, "9M", "12M"),
+        (4096, "17M", "24M"),
+    ] {
+        for multi in [false, true] {
+            let dir = work.path().join(format!("{piece_kib}-{multi}"));
+            let size = if multi { multi_size } else { single_size };
+            let piece_length = u64::from(piece_kib) * 1024;
+            let (data, mk_torrent) = if piece_kib >= 32 {
+                let (data, t) = payload(&dir, size, piece_kib, multi);
+                (data, Some(t))
+            } else {
+                // Data from make-payload (at a piece size mktorrent takes); the torrent is ours.
+                let (data, _) = payload(&dir, size, 32, multi);
+                (data, None)
+            };
+            let pow_torrent = dir.join("pow.torrent");
+            let ours = pow_create(&data, &pow_torrent, piece_length);
+            let our_hash = ours["info_hash"].as_str().unwrap().to_string();
+            if let Some(mk) = &mk_torrent {
+                let theirs = pow_show(mk);
+                assert_eq!(
+                    our_hash,
+                    theirs["info_hash"].as_str().unwrap(),
+                    "mktorrent {piece_kib} KiB multi={multi}"
+                );
+            }
+            let files: Vec<String> = ours["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    f["path"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|c| c.as_str().unwrap())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .collect();
+            let lt = libtorrent_check(
+                &data,
+                piece_length,
+                &pow_torrent,
+                if multi { &files } else { &[] },
+            );
+            assert_eq!(
+                lt[0], our_hash,
+                "libtorrent create_torrent {piece_kib} KiB multi={multi}"
+            );
+            assert_eq!(lt[1], our_hash, "libtorrent loads pow's torrent");
+            assert_eq!(lt[2], files.len().to_string());
+            rows.push(format!(
+                "{piece_kib:>5} KiB {:<6} {size:>4} {our_hash} mktorrent={} libtorrent=ok",
+                if multi { "multi" } else { "single" },
+                if mk_torrent.is_some() { "ok" } else { "n/a" }
+            ));
+        }
+    }
+    for row in rows {
+        println!("{row}");
+    }
+}
+
+#[test]
+fn cli_exit_codes_and_errors() {
+    let work = common::TempDir::new("cli");
+    // Bad usage: 2.
+    let out = common::pow()
+        .args(["torrent", "frobnicate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = common::pow()
+        .args([
+            "torrent",
+            "create",
+            "x",
+            "-o",
+            "y",
+            "--piece-length",
+            "1000",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // Other errors: 1, one line on stderr naming the file.
+    let bad = work.path().join("bad.torrent");
+    std::fs::write(&bad, b"d4:infod4:name1:xee").unwrap();
+    let out = common::pow()
+        .args(["torrent", "show"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("bad.torrent") && stderr.contains("pieces"),
+        "{stderr}"
+    );
+    let missing = common::pow()
+        .args(["torrent", "show", "/nonexistent.torrent"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    let v2 = common::fixtures().join("torrents/valid/v2_only.torrent");
+    let out = common::pow()
+        .args(["torrent", "show"])
+        .arg(&v2)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BitTorrent v2 only"));
+    // Show on a fixture prints the libtorrent-checked hash.
+    let out = common::pow()
+        .args(["torrent", "show", "--json"])
+        .arg(common::fixtures().join("torrents/valid/sample.torrent"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "info_hash",
+        "name",
+        "total_length",
+        "piece_length",
+        "piece_count",
+        "files",
+    ] {
+        assert!(!json[key].is_null(), "{key}");
+    }
+}

@@ -1,0 +1,536 @@
+//! Issue 7: `pow init`, `pow save`, `pow source list|show|query`, `pow export|import`, run as the
+//! real binary against a real Oxigraph store in a temp dir. Build first:
+//! `cargo build --release --workspace`.
+
+mod common;
+
+use common::{fixtures, pow, TempDir};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Instant;
+
+const SEED_IRI: &str = "http://openworm.org/entities/ConnectomeCSVDataSource/2000_connections";
+
+const SEED_SHOW: &str = "ConnectomeCSVDataSource
+    CSV file name: 'connectome.csv'
+    File name: 'connectome.csv'
+    Torrent file name: 'd9da5ce947c6f1c127dfcdc2ede63320.torrent'
+";
+
+fn fixture(name: &str) -> PathBuf {
+    fixtures().join("datasource").join(name)
+}
+
+/// Runs `pow --pow-dir DIR ARGS...` (with no `POW_DIR` from the environment).
+fn run(dir: &Path, args: &[&str]) -> Output {
+    pow()
+        .arg("--pow-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("POW_DIR")
+        .output()
+        .expect("run pow")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+/// Runs and asserts success, returning stdout.
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert!(
+        out.status.success(),
+        "pow {args:?} failed: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// Runs and asserts exit code 1 with a one-line error, returning it.
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "pow {args:?} should fail: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    err
+}
+
+fn init(tag: &str) -> (TempDir, PathBuf) {
+    let tmp = TempDir::new(tag);
+    let dir = tmp.path().join(".pow");
+    ok(&dir, &["init"]);
+    (tmp, dir)
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A number from a one-variable SELECT, through `--json`.
+fn count(dir: &Path, sparql: &str) -> u64 {
+    let text = ok(dir, &["source", "query", "--json", sparql]);
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let binding = &json["results"]["bindings"][0];
+    let (_, value) = binding.as_object().unwrap().iter().next().unwrap();
+    value["value"].as_str().unwrap().parse().unwrap()
+}
+
+fn triples(dir: &Path) -> u64 {
+    count(
+        dir,
+        "SELECT (COUNT(*) AS ?n) WHERE { GRAPH ?g { ?s ?p ?o } }",
+    )
+}
+
+fn sources(dir: &Path) -> u64 {
+    count(
+        dir,
+        "SELECT (COUNT(DISTINCT ?s) AS ?n) WHERE { GRAPH <http://openworm.org/data> { ?s a ?t } }",
+    )
+}
+
+#[test]
+fn init_creates_layout_and_other_commands_need_it() {
+    let tmp = TempDir::new("ds-init");
+    let dir = tmp.path().join(".pow");
+    // No .pow yet: every command but init says so.
+    for args in [
+        &["source", "list"][..],
+        &["source", "show", "ConnectomeCSVDataSource:x"],
+        &["export"],
+        &["save", "x.toml"],
+    ] {
+        let err = fails(&dir, args);
+        assert!(err.contains("no .pow directory"), "{err}");
+        assert!(err.contains("run pow init"), "{err}");
+    }
+    // Default location, no flag and no POW_DIR: the message of the issue.
+    let out = pow()
+        .args(["source", "list"])
+        .current_dir(tmp.path())
+        .env_remove("POW_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "pow: no .pow directory here; run pow init\n");
+
+    ok(&dir, &["init"]);
+    assert!(dir.join("pow.toml").is_file());
+    assert!(dir.join("store").is_dir());
+    assert!(dir.join("graphs").is_dir());
+    let config = std::fs::read_to_string(dir.join("pow.toml")).unwrap();
+    assert!(
+        config.contains("data_graph = \"http://openworm.org/data\""),
+        "{config}"
+    );
+    assert!(config.contains("torrent_store"), "{config}");
+    assert!(config.contains("download_dir"), "{config}");
+    assert!(config.contains("trackers"), "{config}");
+    // A second init refuses.
+    let err = fails(&dir, &["init"]);
+    assert!(err.contains("already exists"), "{err}");
+
+    // `pow init` with no flag creates ./.pow; POW_DIR is honoured.
+    let cwd = tmp.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    let out = pow()
+        .arg("init")
+        .current_dir(&cwd)
+        .env_remove("POW_DIR")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(cwd.join(".pow/pow.toml").is_file());
+    let out = pow()
+        .arg("init")
+        .current_dir(&cwd)
+        .env("POW_DIR", tmp.path().join("env-pow"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(tmp.path().join("env-pow/pow.toml").is_file());
+    let out = pow()
+        .args(["source", "list"])
+        .current_dir(&cwd)
+        .env("POW_DIR", tmp.path().join("env-pow"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Bad usage is clap's exit 2.
+    assert_eq!(run(&dir, &["source", "show"]).status.code(), Some(2));
+}
+
+/// Acceptance 1 (TOML form).
+#[test]
+fn seed_example_as_toml_saves_shows_and_lists() {
+    let (_tmp, dir) = init("ds-seed-toml");
+    ok(&dir, &["save", path_str(&fixture("seed.toml"))]);
+    assert_eq!(
+        ok(
+            &dir,
+            &["source", "show", "ConnectomeCSVDataSource:2000_connections"]
+        ),
+        SEED_SHOW
+    );
+    // Full IRIs (bare or in <>) are IDs too.
+    assert_eq!(ok(&dir, &["source", "show", SEED_IRI]), SEED_SHOW);
+    assert_eq!(
+        ok(&dir, &["source", "show", &format!("<{SEED_IRI}>")]),
+        SEED_SHOW
+    );
+    assert_eq!(
+        ok(&dir, &["source", "list"]),
+        "ConnectomeCSVDataSource:2000_connections\n"
+    );
+    assert_eq!(
+        ok(&dir, &["source", "list", "--full"]),
+        format!("{SEED_IRI}\n")
+    );
+    assert_eq!(
+        ok(&dir, &["source", "list", "--kind", "CSVDataSource"]),
+        "ConnectomeCSVDataSource:2000_connections\n"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&dir, &["source", "list", "--json"])).unwrap();
+    assert_eq!(list[0]["id"], "ConnectomeCSVDataSource:2000_connections");
+    assert_eq!(list[0]["iri"], SEED_IRI);
+    let shown: serde_json::Value = serde_json::from_str(&ok(
+        &dir,
+        &[
+            "source",
+            "show",
+            "--json",
+            "ConnectomeCSVDataSource:2000_connections",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(shown[0]["class"], "ConnectomeCSVDataSource");
+    assert_eq!(shown[0]["fields"][2]["name"], "torrent_file_name");
+    assert_eq!(
+        shown[0]["fields"][2]["values"][0],
+        "d9da5ce947c6f1c127dfcdc2ede63320.torrent"
+    );
+    // Saving the same file again changes nothing.
+    let before = triples(&dir);
+    ok(&dir, &["save", path_str(&fixture("seed.toml"))]);
+    assert_eq!(triples(&dir), before);
+}
+
+/// Acceptance 1 (Turtle form): same output, and the same graph as the TOML form.
+#[test]
+fn seed_example_as_turtle_saves_the_same_graph() {
+    let (_tmp, dir) = init("ds-seed-ttl");
+    ok(&dir, &["save", path_str(&fixture("seed.ttl"))]);
+    assert_eq!(
+        ok(
+            &dir,
+            &["source", "show", "ConnectomeCSVDataSource:2000_connections"]
+        ),
+        SEED_SHOW
+    );
+    assert_eq!(
+        ok(&dir, &["source", "list"]),
+        "ConnectomeCSVDataSource:2000_connections\n"
+    );
+    let (_tmp2, toml_dir) = init("ds-seed-ttl2");
+    ok(&toml_dir, &["save", path_str(&fixture("seed.toml"))]);
+    assert_eq!(ok(&dir, &["export"]), ok(&toml_dir, &["export"]));
+}
+
+/// Acceptance 2: the stored triples use the 2019 IRIs (checked by SPARQL).
+#[test]
+fn stored_triples_use_the_2019_iris() {
+    let (_tmp, dir) = init("ds-iris");
+    ok(&dir, &["save", path_str(&fixture("seed.toml"))]);
+    let ask = r#"
+        PREFIX rdfs: <http://www.w3.org/2000/01/rdf-schema#>
+        ASK {
+          GRAPH <http://openworm.org/data> {
+            <http://openworm.org/entities/ConnectomeCSVDataSource/2000_connections>
+              a <http://openworm.org/entities/ConnectomeCSVDataSource> ;
+              <http://openworm.org/entities/data_sources/CSVDataSource#csv_file_name> "connectome.csv" ;
+              <http://openworm.org/entities/data_sources/LocalFileDataSource#file_name> "connectome.csv" ;
+              <http://openworm.org/entities/data_sources/LocalFileDataSource#torrent_file_name> "d9da5ce947c6f1c127dfcdc2ede63320.torrent" .
+          }
+          GRAPH <http://openworm.org/schema> {
+            <http://openworm.org/entities/ConnectomeCSVDataSource> rdfs:subClassOf <http://openworm.org/entities/CSVDataSource> ; a rdfs:Class .
+            <http://openworm.org/entities/CSVDataSource> rdfs:subClassOf <http://openworm.org/entities/LocalFileDataSource> .
+            <http://openworm.org/entities/LocalFileDataSource> rdfs:subClassOf <http://openworm.org/entities/FileDataSource> .
+            <http://openworm.org/entities/FileDataSource> rdfs:subClassOf <http://openworm.org/entities/DataSource> .
+            <http://openworm.org/entities/data_sources/LocalFileDataSource#torrent_file_name> rdfs:label "Torrent file name" .
+          }
+          GRAPH <http://openworm.org/data/imports> {
+            <http://openworm.org/data> <http://openworm.org/schema/Context/imports> <http://openworm.org/schema>
+          }
+        }"#;
+    assert_eq!(ok(&dir, &["source", "query", ask]), "true\n");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&dir, &["source", "query", "--json", ask])).unwrap();
+    assert_eq!(json["boolean"], true);
+    // Exactly those four statements in the data graph, literals plain xsd:string.
+    let select = "SELECT ?p ?o WHERE { GRAPH <http://openworm.org/data> { ?s ?p ?o } } ORDER BY ?p";
+    assert_eq!(
+        ok(&dir, &["source", "query", select]),
+        "?p\t?o\n\
+         <http://openworm.org/entities/data_sources/CSVDataSource#csv_file_name>\t\"connectome.csv\"\n\
+         <http://openworm.org/entities/data_sources/LocalFileDataSource#file_name>\t\"connectome.csv\"\n\
+         <http://openworm.org/entities/data_sources/LocalFileDataSource#torrent_file_name>\t\"d9da5ce947c6f1c127dfcdc2ede63320.torrent\"\n\
+         <http://www.w3.org/1999/02/22-rdf-syntax-ns#type>\t<http://openworm.org/entities/ConnectomeCSVDataSource>\n"
+    );
+    // CONSTRUCT gives sorted N-Triples.
+    let construct = "CONSTRUCT { ?s a ?t } WHERE { GRAPH <http://openworm.org/data> { ?s a ?t } }";
+    assert_eq!(
+        ok(&dir, &["source", "query", construct]),
+        format!("<{SEED_IRI}> <http://www.w3.org/1999/02/22-rdf-syntax-ns#type> <http://openworm.org/entities/ConnectomeCSVDataSource> .\n")
+    );
+    let err = fails(&dir, &["source", "query", "SELEC nonsense"]);
+    assert!(err.contains("SPARQL"), "{err}");
+}
+
+/// Acceptance 3: the 2019 OpenWormData N-Triples for EmmonsConnectomeCSVDataSource.
+#[test]
+fn openwormdata_2019_ntriples_import_and_show() {
+    let expected = "ConnectomeCSVDataSource
+    CSV file name: 'herm_full_edgelist.csv'
+    File name: 'herm_full_edgelist.csv'
+";
+    let id = "ConnectomeCSVDataSource:EmmonsConnectomeCSVDataSource";
+    for command in ["save", "import"] {
+        let (_tmp, dir) = init("ds-emmons");
+        ok(&dir, &[command, path_str(&fixture("emmons-2019.nt"))]);
+        assert_eq!(ok(&dir, &["source", "show", id]), expected, "{command}");
+        assert_eq!(
+            ok(
+                &dir,
+                &[
+                    "source",
+                    "show",
+                    "http://openworm.org/entities/ConnectomeCSVDataSource/EmmonsConnectomeCSVDataSource"
+                ]
+            ),
+            expected
+        );
+        assert_eq!(ok(&dir, &["source", "list"]), format!("{id}\n"));
+        // Stored as given: the three triples, in the data graph, nothing added.
+        assert_eq!(
+            count(
+                &dir,
+                "SELECT (COUNT(*) AS ?n) WHERE { GRAPH <http://openworm.org/data> { ?s ?p ?o } }"
+            ),
+            3
+        );
+        // Both sources side by side, shown in order.
+        ok(&dir, &["save", path_str(&fixture("seed.toml"))]);
+        assert_eq!(
+            ok(
+                &dir,
+                &[
+                    "source",
+                    "show",
+                    id,
+                    "ConnectomeCSVDataSource:2000_connections"
+                ]
+            ),
+            format!("{expected}{SEED_SHOW}")
+        );
+    }
+}
+
+/// Acceptance 4: each bad input gives its error and leaves the store unchanged.
+#[test]
+fn bad_inputs_error_and_store_nothing() {
+    let (tmp, dir) = init("ds-bad");
+    ok(&dir, &["save", path_str(&fixture("emmons-2019.nt"))]);
+    let before = triples(&dir);
+    let export_before = ok(&dir, &["export"]);
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "bad-class.toml",
+            &["unknown class \"ConectomeCSVDataSource\"", "valid classes: DataSource, FileDataSource, LocalFileDataSource, CSVDataSource, ConnectomeCSVDataSource"],
+        ),
+        (
+            "bad-field.toml",
+            &["unknown field \"csv_filename\" for ConnectomeCSVDataSource", "valid fields: csv_file_name, csv_header"],
+        ),
+        (
+            "bad-torrent.toml",
+            &["bad torrent_file_name \"connectome.torrent\"", "32 hex"],
+        ),
+        (
+            "bad-also.toml",
+            &["conflicting values for file_name", "csv_file_name gives \"connectome.csv\"", "\"other.csv\""],
+        ),
+        (
+            "bad-torrent.ttl",
+            &["ConnectomeCSVDataSource:bad", "bad torrent_file_name"],
+        ),
+    ];
+    for (file, needles) in cases {
+        let err = fails(&dir, &["save", path_str(&fixture(file))]);
+        for needle in *needles {
+            assert!(err.contains(needle), "{file}: {err:?} lacks {needle:?}");
+        }
+        assert_eq!(triples(&dir), before, "{file} changed the store");
+    }
+    // Syntax errors and unknown formats: nothing stored either.
+    let broken = tmp.path().join("broken.ttl");
+    std::fs::write(&broken, "<http://a> <http://b> .").unwrap();
+    let err = fails(&dir, &["save", path_str(&broken)]);
+    assert!(err.contains("cannot parse"), "{err}");
+    let other = tmp.path().join("x.csv");
+    std::fs::write(&other, "a,b").unwrap();
+    let err = fails(&dir, &["save", path_str(&other)]);
+    assert!(err.contains("unknown format"), "{err}");
+    let err = fails(&dir, &["save", path_str(&tmp.path().join("missing.toml"))]);
+    assert!(err.contains("missing.toml"), "{err}");
+    assert_eq!(ok(&dir, &["export"]), export_before);
+
+    // Unknown IDs name themselves.
+    let err = fails(&dir, &["source", "show", "ConnectomeCSVDataSource:nope"]);
+    assert_eq!(
+        err,
+        "pow: unknown data source ConnectomeCSVDataSource:nope\n"
+    );
+    let err = fails(&dir, &["source", "show", "http://openworm.org/data"]);
+    assert!(err.contains("http://openworm.org/data"), "{err}");
+    let err = fails(&dir, &["source", "list", "--kind", "Nope"]);
+    assert!(err.contains("unknown kind \"Nope\""), "{err}");
+}
+
+fn big_definitions(path: &Path, n: usize) {
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!(
+            "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"big_{i}\"\n\
+             comment = \"source {i}\"\ncsv_file_name = \"file_{i}.csv\"\n\
+             torrent_file_name = \"{i:032x}.torrent\"\n\n"
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// Acceptance 5: `kill -9` during a save of 10,000 sources leaves all or none of it.
+#[test]
+fn kill_9_during_large_save_keeps_all_or_nothing() {
+    const N: u64 = 10_000;
+    let tmp = TempDir::new("ds-kill");
+    let defs = tmp.path().join("big.toml");
+    big_definitions(&defs, N as usize);
+
+    // A full save, timed.
+    let full = tmp.path().join("full");
+    ok(&full, &["init"]);
+    let start = Instant::now();
+    ok(&full, &["save", path_str(&defs)]);
+    let took = start.elapsed();
+    assert_eq!(sources(&full), N);
+    assert_eq!(ok(&full, &["source", "list"]).lines().count(), N as usize);
+
+    let schema_only = {
+        let fresh = tmp.path().join("fresh");
+        ok(&fresh, &["init"]);
+        triples(&fresh)
+    };
+    let all = triples(&full);
+    // Kill at several points of a save of the same size.
+    let mut killed_while_running = 0;
+    for (i, percent) in [5u32, 20, 40, 60, 80, 95, 110].iter().enumerate() {
+        let dir = tmp.path().join(format!("kill{i}"));
+        ok(&dir, &["init"]);
+        let mut child = pow()
+            .arg("--pow-dir")
+            .arg(&dir)
+            .arg("save")
+            .arg(&defs)
+            .env_remove("POW_DIR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(took * *percent / 100);
+        if child.try_wait().unwrap().is_none() {
+            killed_while_running += 1;
+        }
+        // SIGKILL, as kill -9.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // It reopens, and holds all or none.
+        let n = sources(&dir);
+        assert!(n == 0 || n == N, "kill at {percent}%: {n} sources stored");
+        let t = triples(&dir);
+        assert!(
+            t == schema_only || t == all,
+            "kill at {percent}%: {t} triples"
+        );
+        // And it still works: the save completes afterwards.
+        ok(&dir, &["save", path_str(&defs)]);
+        assert_eq!(sources(&dir), N);
+    }
+    assert!(
+        killed_while_running >= 3,
+        "the save ({took:?}) ended before most kills"
+    );
+}
+
+/// Acceptance 6: export, then import into a fresh .pow, round-trips the graph exactly.
+#[test]
+fn export_import_round_trips_exactly() {
+    let (tmp, dir) = init("ds-export");
+    ok(&dir, &["save", path_str(&fixture("seed.toml"))]);
+    ok(&dir, &["save", path_str(&fixture("emmons-2019.nt"))]);
+    // A value that needs escaping, a language tag and a blank node survive too.
+    let extra = tmp.path().join("extra.trig");
+    std::fs::write(
+        &extra,
+        "<http://openworm.org/entities/ConnectomeCSVDataSource/2000_connections> \
+         <http://www.w3.org/2000/01/rdf-schema#comment> \"it's \\\"quoted\\\"\\nand é\"@en .\n\
+         GRAPH <http://example.org/g> { _:b1 <http://example.org/p> \"1\"^^<http://www.w3.org/2001/XMLSchema#integer> . }\n",
+    )
+    .unwrap();
+    ok(&dir, &["save", path_str(&extra)]);
+    let export = ok(&dir, &["export"]);
+    // Sorted and stable.
+    let lines: Vec<&str> = export.lines().collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted);
+    assert_eq!(ok(&dir, &["export"]), export);
+    assert_eq!(export.lines().count() as u64, triples(&dir));
+
+    for (format, file) in [("nquads", "export.nq"), ("turtle", "export.ttl")] {
+        let file = tmp.path().join(file);
+        ok(
+            &dir,
+            &["export", "--format", format, "--output", path_str(&file)],
+        );
+        let fresh = tmp.path().join(format!("fresh-{format}"));
+        ok(&fresh, &["init"]);
+        ok(&fresh, &["import", path_str(&file)]);
+        assert_eq!(ok(&fresh, &["export"]), export, "{format}");
+        assert_eq!(
+            ok(
+                &fresh,
+                &["source", "show", "ConnectomeCSVDataSource:2000_connections"]
+            ),
+            SEED_SHOW
+        );
+    }
+    // The comment shows in list.
+    let list = ok(&dir, &["source", "list"]);
+    assert!(
+        list.starts_with("ConnectomeCSVDataSource:2000_connections\tit's \"quoted\""),
+        "{list}"
+    );
+}
