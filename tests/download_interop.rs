@@ -83,10 +83,14 @@ fn real_seeders() -> Vec<&'static str> {
 fn downloads_from_every_real_seeder() {
     let lab = Lab::new("dl");
     let (single, single_t) = lab.payload("64M", &[]);
-    let (multi16, multi16_t) = lab.payload(
+    // mktorrent makes no 16 KiB pieces: the data comes from make-payload, the torrent from
+    // python_torrent.
+    let (multi16, _) = lab.payload(
         "6M",
-        &["--multi", "--piece-kib", "16", "--name", "multi16k"],
+        &["--multi", "--piece-kib", "32", "--name", "multi16k"],
     );
+    let multi16_t = lab.work.path().join("multi16k-16k.torrent");
+    python_torrent(&multi16, 16384, &multi16_t);
     let (multi1m, multi1m_t) = lab.payload(
         "24M",
         &["--multi", "--piece-kib", "1024", "--name", "multi1m"],
@@ -98,37 +102,64 @@ fn downloads_from_every_real_seeder() {
     }
 }
 
-/// libtorrent makes a torrent with 40,000-byte pieces (not a multiple of 16 KiB) and seeds it.
+/// A v1 torrent of `data` (a file or a directory, files in sorted path order) with any piece
+/// length, hashed with Python's hashlib and bencoded by libtorrent's own encoder: libtorrent's
+/// create_torrent refuses piece lengths that are not a power of two, and mktorrent any under
+/// 32 KiB, but such torrents exist and libtorrent loads and seeds them.
+fn python_torrent(data: &Path, piece_length: u64, out: &Path) {
+    let script = r#"
+import sys, os, hashlib, libtorrent as lt
+data, piece_length, out, announce = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+if os.path.isdir(data):
+    rels = sorted((os.path.relpath(os.path.join(d, f), data) for d, _, fs in os.walk(data) for f in fs),
+                  key=lambda r: [c.encode() for c in r.split('/')])
+    files = [(r, os.path.join(data, r)) for r in rels]
+else:
+    files = [(None, data)]
+pieces, buf = [], b''
+for _, path in files:
+    with open(path, 'rb') as f:
+        while True:
+            chunk = f.read(piece_length - len(buf))
+            if not chunk:
+                break
+            buf += chunk
+            if len(buf) == piece_length:
+                pieces.append(hashlib.sha1(buf).digest()); buf = b''
+if buf:
+    pieces.append(hashlib.sha1(buf).digest())
+info = {b'name': os.path.basename(data).encode(), b'piece length': piece_length, b'pieces': b''.join(pieces)}
+if os.path.isdir(data):
+    info[b'files'] = [{b'length': os.path.getsize(p), b'path': [c.encode() for c in r.split('/')]} for r, p in files]
+else:
+    info[b'length'] = os.path.getsize(data)
+open(out, 'wb').write(lt.bencode({b'announce': announce.encode(), b'info': info}))
+lt.load_torrent_file(out)
+"#;
+    let result = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(data)
+        .arg(piece_length.to_string())
+        .arg(out)
+        .arg("http://127.0.0.1:6969/announce")
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
 #[test]
 fn piece_length_not_a_multiple_of_16k() {
     let lab = Lab::new("odd");
     let (data, _) = lab.payload("5M", &["--name", "odd40000"]);
     let torrent = lab.work.path().join("odd40000-lt.torrent");
-    let script = r#"
-import sys, os, libtorrent as lt
-data, out, announce = sys.argv[1:4]
-fs = lt.file_storage()
-fs.add_file(os.path.basename(data), os.path.getsize(data))
-ct = lt.create_torrent(fs, 40000, flags=lt.create_torrent.v1_only)
-ct.add_tracker(announce)
-lt.set_piece_hashes(ct, os.path.dirname(data))
-open(out, 'wb').write(lt.bencode(ct.generate()))
-"#;
-    let out = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .arg(&data)
-        .arg(&torrent)
-        .arg("http://127.0.0.1:6969/announce")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_torrent(&data, 40000, &torrent);
     let m = pow_metainfo::Metainfo::from_file(&torrent).unwrap();
     assert_eq!(m.geometry.piece_length(), 40000);
-    let summary = seed_and_fetch(&lab, "libtorrent", &data, &torrent, "40000-byte pieces");
+    let summary = seed_and_fetch(&lab, "libtorrent", &data, &torrent, "40000-byte-pieces");
     assert_eq!(summary["complete"], true);
 }
 

@@ -94,6 +94,11 @@ impl Lab {
         };
         // Leftovers of an earlier, killed run would hold the fixed ports.
         lab.script("seed.sh", &["stop", "all"]);
+        // The open tracker with a 5 s interval: Debian's opentracker is whitelist-only and
+        // re-reads its list lazily, so a seeder restarted for a new torrent may not be listed
+        // in time. The scripts reuse a running tracker.
+        let (ok, _, err) = lab.script("tracker.sh", &["start", "--impl", "tiny"]);
+        assert!(ok, "tracker.sh start --impl tiny: {err}");
         lab
     }
 

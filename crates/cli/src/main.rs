@@ -10,6 +10,7 @@ mod download_cmd;
 mod seed_cmd;
 mod source_cmd;
 mod torrent_cmd;
+mod tracker_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +31,8 @@ enum Command {
     /// Read and create .torrent files.
     #[command(subcommand)]
     Torrent(torrent_cmd::TorrentCommand),
+    /// Run a test tracker (--listen), or announce/scrape once (debugging).
+    Tracker(tracker_cmd::TrackerArgs),
     /// Download a torrent's content, every piece verified.
     Download(download_cmd::DownloadArgs),
     /// Check a torrent's data on disk, then serve it to peers until interrupted.
@@ -52,13 +55,15 @@ enum Command {
 /// Errors reach the user as one line: the message, then each cause after a colon.
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
-/// Logs go to stderr; `POW_LOG` sets the level (error, warn, info, debug, trace; default warn).
-fn init_logging() {
+/// Logs go to stderr; `POW_LOG` sets the level (error, warn, info, debug, trace). The default is
+/// warn, except for the test tracker, whose job is to log each announce.
+fn init_logging(default: tracing::Level) {
     let level = std::env::var("POW_LOG")
         .ok()
         .and_then(|l| l.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::WARN);
+        .unwrap_or(default);
     let _ = tracing_subscriber::fmt()
+        .with_ansi(false)
         .with_max_level(level)
         .with_writer(std::io::stderr)
         .try_init();
@@ -66,9 +71,13 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(match cli.command {
+        Command::Tracker(_) => tracing::Level::INFO,
+        _ => tracing::Level::WARN,
+    });
     let result: CmdResult = match cli.command {
         Command::Torrent(cmd) => torrent_cmd::run(cmd),
+        Command::Tracker(args) => tracker_cmd::run(args),
         Command::Download(args) => download_cmd::run(args),
         Command::Seed(args) => seed_cmd::seed(args),
         Command::Verify(args) => seed_cmd::verify(args),

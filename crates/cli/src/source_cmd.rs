@@ -71,8 +71,11 @@ pub struct ExportArgs {
     #[arg(long, value_enum, default_value = "nquads")]
     pub format: ExportSyntax,
     /// Write to this file instead of standard output.
-    #[arg(long, short)]
+    #[arg(long, short, conflicts_with = "graphs")]
     pub output: Option<PathBuf>,
+    /// Write one sorted N-Triples file per graph into .pow/graphs/ (plus graphs/index), for git.
+    #[arg(long)]
+    pub graphs: bool,
 }
 
 /// `pow import`.
@@ -165,6 +168,12 @@ pub fn source(pow_dir: Option<&Path>, cmd: SourceCommand) -> CmdResult {
 /// `pow export`.
 pub fn export(pow_dir: Option<&Path>, args: ExportArgs) -> CmdResult {
     let pow = open(pow_dir)?;
+    if args.graphs {
+        for path in pow.export_graphs()? {
+            println!("{}", path.display());
+        }
+        return Ok(());
+    }
     let format = match args.format {
         ExportSyntax::Nquads => ExportFormat::NQuads,
         ExportSyntax::Turtle => ExportFormat::Turtle,

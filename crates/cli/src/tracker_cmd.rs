@@ -89,7 +89,9 @@ pub fn run(args: TrackerArgs) -> CmdResult {
             };
             serve(addr, cfg)
         }
-        (None, None) => Err("pow tracker needs --listen ADDR:PORT or a subcommand (announce, scrape)".into()),
+        (None, None) => {
+            Err("pow tracker needs --listen ADDR:PORT or a subcommand (announce, scrape)".into())
+        }
     }
 }
 
@@ -100,11 +102,6 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(addr: SocketAddr, cfg: ServerConfig) -> CmdResult {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -132,28 +129,11 @@ fn serve(addr: SocketAddr, cfg: ServerConfig) -> CmdResult {
     })
 }
 
-// ---- torrent facts. TEMPORARY: read straight from bencode until pow-metainfo's API is stable;
-// ---- the lead replaces `torrent_facts` with pow-metainfo (info-hash and total length).
+/// Info-hash and total length of a .torrent.
 fn torrent_facts(path: &Path) -> Result<(InfoHash, u64), Box<dyn std::error::Error>> {
-    use pow_bencode::{decode_with, Node, Options};
-    use sha1::{Digest, Sha1};
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let root = decode_with(&bytes, Options::torrent_file())?;
-    let info = root.get("info").ok_or("torrent has no info dictionary")?;
-    let hash: InfoHash = Sha1::digest(info.raw).into();
-    let length = match info.get("length").and_then(Node::as_int) {
-        Some(l) => l,
-        None => info
-            .get("files")
-            .and_then(Node::as_list)
-            .ok_or("info has neither length nor files")?
-            .iter()
-            .map(|f| f.get("length").and_then(Node::as_int).unwrap_or(0))
-            .sum(),
-    };
-    Ok((hash, u64::try_from(length).map_err(|_| "negative length")?))
+    let metainfo = pow_metainfo::Metainfo::from_file(path)?;
+    Ok((metainfo.info_hash.0, metainfo.total_length()))
 }
-// ---- end TEMPORARY
 
 fn client(timeout: Duration) -> Client {
     Client::new(ClientConfig {
@@ -172,13 +152,7 @@ async fn announce(a: AnnounceArgs) -> CmdResult {
             .as_bytes()
             .try_into()
             .map_err(|_| "--peer-id must be exactly 20 bytes")?,
-        None => {
-            let mut id = *b"-PW0001-000000000000";
-            for b in &mut id[8..] {
-                *b = b"0123456789abcdefghijklmnopqrstuvwxyz"[rand::random_range(0..36)];
-            }
-            id
-        }
+        None => pow_engine::new_peer_id(),
     };
     let left = a.left.unwrap_or(length);
     let req = AnnounceRequest {

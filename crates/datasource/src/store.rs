@@ -213,10 +213,12 @@ impl PowDir {
             },
         };
         let query = format!(
-            "SELECT DISTINCT ?s WHERE {{ GRAPH <{data}> {{ ?s a ?t }} \
-             GRAPH <{SCHEMA_GRAPH}> {{ ?t <{sub}>* <{kind_iri}> }} }}",
+            "SELECT ?s (MIN(?c) AS ?comment) WHERE {{ \
+             GRAPH <{SCHEMA_GRAPH}> {{ ?t <{sub}>* <{kind_iri}> }} \
+             GRAPH <{data}> {{ ?s a ?t OPTIONAL {{ ?s <{comment}> ?c }} }} }} GROUP BY ?s",
             data = self.config.data_graph,
             sub = rdfs::SUB_CLASS_OF.as_str(),
+            comment = rdfs::COMMENT.as_str(),
         );
         let QueryResults::Solutions(solutions) = SparqlEvaluator::new()
             .parse_query(&query)?
@@ -225,30 +227,16 @@ impl PowDir {
         else {
             unreachable!("SELECT gives solutions");
         };
-        let graph = self.data_graph();
         let mut out = Vec::new();
         for solution in solutions {
             let solution = solution?;
             let Some(Term::NamedNode(s)) = solution.get("s") else {
                 continue;
             };
-            let mut comment = self
-                .store
-                .quads_for_pattern(
-                    Some(s.as_ref().into()),
-                    Some(rdfs::COMMENT),
-                    None,
-                    Some(graph.as_ref().into()),
-                )
-                .filter_map(|q| match q {
-                    Ok(q) => match q.object {
-                        Term::Literal(l) => Some(Ok(l.value().to_string())),
-                        _ => None,
-                    },
-                    Err(e) => Some(Err(e)),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            comment.sort();
+            let comment = match solution.get("comment") {
+                Some(Term::Literal(l)) => Some(l.value().to_string()),
+                _ => None,
+            };
             out.push(ListEntry {
                 id: if full {
                     s.as_str().to_string()
@@ -256,7 +244,7 @@ impl PowDir {
                     shorten(s.as_str())
                 },
                 iri: s.as_str().to_string(),
-                comment: comment.into_iter().next(),
+                comment,
             });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -415,11 +403,57 @@ impl PowDir {
         Ok(quads)
     }
 
+    /// `pow export --graphs`: writes each named graph to `graphs/<sha256 of its IRI>.nt` as
+    /// sorted N-Triples, and `graphs/index` with lines `<file name> <graph IRI>` (the 2019
+    /// layout that git tracked). Files of graphs no longer in the store are removed.
+    pub fn export_graphs(&self) -> Result<Vec<PathBuf>> {
+        use sha2::{Digest, Sha256};
+        use std::collections::BTreeMap;
+        let dir = self.dir.join(GRAPHS_DIR);
+        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        let mut graphs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for q in self.store.iter() {
+            let q = q?;
+            let name = match &q.graph_name {
+                oxigraph::model::GraphName::NamedNode(n) => n.as_str().to_string(),
+                other => other.to_string(),
+            };
+            graphs
+                .entry(name)
+                .or_default()
+                .push(format!("{} {} {} .\n", q.subject, q.predicate, q.object));
+        }
+        for entry in std::fs::read_dir(&dir).map_err(Error::io(&dir))? {
+            let path = entry.map_err(Error::io(&dir))?.path();
+            if path.extension().is_some_and(|e| e == "nt") {
+                std::fs::remove_file(&path).map_err(Error::io(&path))?;
+            }
+        }
+        let mut index = String::new();
+        let mut written = Vec::new();
+        for (graph, mut lines) in graphs {
+            lines.sort();
+            let file = format!("{}.nt", hex::encode(Sha256::digest(graph.as_bytes())));
+            let path = dir.join(&file);
+            std::fs::write(&path, lines.concat()).map_err(Error::io(&path))?;
+            index.push_str(&format!("{file} {graph}\n"));
+            written.push(path);
+        }
+        let path = dir.join("index");
+        std::fs::write(&path, index).map_err(Error::io(&path))?;
+        Ok(written)
+    }
+
     /// `pow export`: the whole store in a stable, sorted form suitable for git.
     pub fn export(&self, format: ExportFormat) -> Result<String> {
         let quads = self.sorted_quads()?;
         match format {
-            ExportFormat::NQuads => Ok(quads.iter().map(|q| format!("{q} .\n")).collect()),
+            ExportFormat::NQuads => {
+                // Sorted by line, as the 2019 tools sorted their N-Triples.
+                let mut lines: Vec<String> = quads.iter().map(|q| format!("{q} .\n")).collect();
+                lines.sort();
+                Ok(lines.concat())
+            }
             ExportFormat::Turtle => {
                 let mut serializer = RdfSerializer::from_format(RdfFormat::TriG)
                     .with_prefix("rdf", "http://www.w3.org/1999/02/22-rdf-syntax-ns#")

@@ -92,3 +92,52 @@ fn export_import_round_trip() {
     b.import_file(&file).unwrap();
     assert_eq!(b.export(ExportFormat::NQuads).unwrap(), export);
 }
+
+#[test]
+fn show_multiple_values_and_nested_source() {
+    let tmp = Tmp::new("nested");
+    let pow = PowDir::init(&tmp.0.join(".pow")).unwrap();
+    let defs = tmp.0.join("defs.toml");
+    std::fs::write(
+        &defs,
+        r#"
+[[source]]
+type = "ConnectomeCSVDataSource"
+key = "2000_connections"
+csv_file_name = "connectome.csv"
+
+[[source]]
+type = "LocalFileDataSource"
+key = "derived"
+description = ["second", "first"]
+md5 = "d9da5ce947c6f1c127dfcdc2ede63320"
+source = "ConnectomeCSVDataSource:2000_connections"
+"#,
+    )
+    .unwrap();
+    pow.save_file(&defs).unwrap();
+    let shown = pow.show("LocalFileDataSource:derived").unwrap();
+    assert_eq!(
+        shown.format(),
+        "LocalFileDataSource\n    MD5 hash: 'd9da5ce947c6f1c127dfcdc2ede63320'\n    Input source: ConnectomeCSVDataSource\n                      CSV file name: 'connectome.csv'\n                      File name: 'connectome.csv'\n    Description: 'first' 'second'\n"
+    );
+    let ids: Vec<String> = pow
+        .list(Some("LocalFileDataSource"), false)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "ConnectomeCSVDataSource:2000_connections",
+            "LocalFileDataSource:derived"
+        ]
+    );
+    assert_eq!(
+        pow.list(Some("ConnectomeCSVDataSource"), false)
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -41,7 +41,7 @@ pub(crate) fn failure_reason(body: &[u8]) -> Option<String> {
 
 /// BEP 23 compact IPv4 peers: 6 bytes each (address, port big-endian).
 pub fn parse_compact_v4(bytes: &[u8]) -> Result<Vec<SocketAddr>> {
-    if bytes.len() % 6 != 0 {
+    if !bytes.chunks_exact(6).remainder().is_empty() {
         return Err(malformed(format!(
             "compact peers length {} is not a multiple of 6",
             bytes.len()
@@ -58,7 +58,7 @@ pub fn parse_compact_v4(bytes: &[u8]) -> Result<Vec<SocketAddr>> {
 
 /// BEP 7 compact IPv6 peers: 18 bytes each.
 pub fn parse_compact_v6(bytes: &[u8]) -> Result<Vec<SocketAddr>> {
-    if bytes.len() % 18 != 0 {
+    if !bytes.chunks_exact(18).remainder().is_empty() {
         return Err(malformed(format!(
             "peers6 length {} is not a multiple of 18",
             bytes.len()

@@ -730,7 +730,10 @@ fn handle_udp(
         }
         ACTION_SCRAPE => {
             let hashes = &p[16..];
-            if hashes.is_empty() || hashes.len() % 20 != 0 || hashes.len() / 20 > 74 {
+            if hashes.is_empty()
+                || !hashes.chunks_exact(20).remainder().is_empty()
+                || hashes.len() / 20 > 74
+            {
                 return Some(udp_error(tid, "bad scrape request"));
             }
             let st = lock(state);

@@ -81,7 +81,16 @@ impl Session<'_> {
         for attempt in 0..=self.cfg.udp_max_retries {
             let tid: u32 = rand::random();
             let packet = build(tid);
-            self.socket.send_to(&packet, self.addr).await?;
+            if let Err(e) = self.socket.send(&packet).await {
+                return Err(if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    Error::Connect {
+                        addr: self.addr,
+                        source: e,
+                    }
+                } else {
+                    Error::Io(e)
+                });
+            }
             let wait = self
                 .cfg
                 .udp_base_timeout
@@ -89,8 +98,8 @@ impl Session<'_> {
             waited += wait;
             let deadline = tokio::time::Instant::now() + wait;
             loop {
-                let recv = tokio::time::timeout_at(deadline, self.socket.recv_from(&mut buf)).await;
-                let (n, from) = match recv {
+                let recv = tokio::time::timeout_at(deadline, self.socket.recv(&mut buf)).await;
+                let n = match recv {
                     Err(_) => break, // retransmit
                     // ICMP port unreachable shows up as ConnectionRefused on some systems
                     Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -102,7 +111,7 @@ impl Session<'_> {
                     Ok(Err(e)) => return Err(Error::Io(e)),
                     Ok(Ok(x)) => x,
                 };
-                if from != self.addr || n < 8 {
+                if n < 8 {
                     continue;
                 }
                 let reply = &buf[..n];
@@ -176,6 +185,8 @@ async fn session<'a>(
         "[::]:0".parse().expect("literal")
     };
     let socket = UdpSocket::bind(local).await?;
+    // connected: only the tracker's datagrams arrive, and ICMP "port unreachable" is reported
+    socket.connect(addr).await?;
     Ok(Session {
         socket,
         addr,

@@ -398,7 +398,7 @@ async fn announce_loop_events_and_intervals_against_the_test_server() {
         }
         let took = t0.elapsed();
         assert!(
-            took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+            took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
             "{took:?}"
         );
         assert_eq!(server.scrape(&hash).incomplete, 1);
@@ -424,4 +424,71 @@ async fn announce_loop_events_and_intervals_against_the_test_server() {
         // started + 2 regular + completed + stopped
         assert_eq!(server.stats().announces - before, 5);
     }
+}
+
+#[tokio::test]
+async fn tracker_id_is_echoed_and_events_follow_bep3() {
+    // a recording tracker that hands out a tracker id
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/announce?passkey=p%2B1", l.local_addr().unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let line = String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let _ = tx.send(line);
+            let body = b"d8:intervali60e5:peers6:\x7f\x00\x00\x01\x1a\xe110:tracker id3:xyze";
+            let mut r =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            r.extend_from_slice(body);
+            let _ = s.write_all(&r).await;
+        }
+    });
+    let client = Arc::new(Client::new(cfg()));
+    let tiers = Tiers::new(vec![vec![url]], &mut rand::rng());
+    let mut a = Announcer::new(client, tiers, [0x20; 20], *b"-PW0001-+/ ~abcdefgh", 6881);
+    let p = Progress {
+        uploaded: 1,
+        downloaded: 2,
+        left: 3,
+    };
+    let r = a.announce(p, false).await.unwrap();
+    assert_eq!(r.response.peers, vec!["127.0.0.1:6881".parse().unwrap()]);
+    a.announce(p, false).await.unwrap();
+    a.mark_completed();
+    a.announce(p, false).await.unwrap();
+    a.announce(p, false).await.unwrap();
+    a.announce(p, true).await.unwrap();
+    let lines: Vec<String> = (0..5).map(|_| rx.try_recv().unwrap()).collect();
+    let first = &lines[0];
+    assert!(
+        first.starts_with("GET /announce?passkey=p%2B1&info_hash=%20%20"),
+        "{first}"
+    );
+    assert!(first.contains("&peer_id=-PW0001-%2B%2F%20~abcdefgh&port=6881&uploaded=1&downloaded=2&left=3&compact=1&key="), "{first}");
+    assert!(
+        first.contains("&event=started") && !first.contains("trackerid"),
+        "{first}"
+    );
+    assert!(
+        !lines[1].contains("event=") && lines[1].contains("&trackerid=xyz"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].contains("&event=completed"), "{}", lines[2]);
+    assert!(
+        !lines[3].contains("event="),
+        "completed only once: {}",
+        lines[3]
+    );
+    assert!(
+        lines[4].contains("&event=stopped") && lines[4].contains("numwant=0"),
+        "{}",
+        lines[4]
+    );
 }

@@ -1,0 +1,197 @@
+//! `pow tracker` as users run it: the server on a free port, `announce` and `scrape` against
+//! it, strict rejection of malformed announces, and clear one-line errors.
+
+mod common;
+
+use common::{pow, pow_bin, TempDir};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+struct Server(Child, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `pow tracker --listen 127.0.0.1:0`: the address comes from its first stdout line.
+fn start() -> Server {
+    let mut child = Command::new(pow_bin())
+        .args(["tracker", "--listen", "127.0.0.1:0", "--interval", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("tracker listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Server(child, url)
+}
+
+fn torrent(dir: &Path) -> std::path::PathBuf {
+    // a minimal single-file torrent, bencoded by hand (keys sorted)
+    let pieces = [0u8; 20];
+    let mut info = b"d6:lengthi1000e4:name4:test12:piece lengthi16384e6:pieces20:".to_vec();
+    info.extend_from_slice(&pieces);
+    info.push(b'e');
+    let announce = "http://127.0.0.1:1/announce";
+    let mut t = format!("d8:announce{}:{announce}4:info", announce.len()).into_bytes();
+    t.extend_from_slice(&info);
+    t.push(b'e');
+    let path = dir.join("t.torrent");
+    std::fs::write(&path, t).unwrap();
+    path
+}
+
+fn raw_get(url: &str, target: &str) -> String {
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/announce");
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn pow_tracker_serves_announce_and_scrape_and_rejects_malformed() {
+    let tmp = TempDir::new("trk-cli");
+    let t = torrent(tmp.path());
+    let server = start();
+    let url = server.1.clone();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let udp = url.replace("http://", "udp://");
+
+    let out = pow()
+        .args([
+            "tracker",
+            "announce",
+            &url,
+            t.to_str().unwrap(),
+            "--port",
+            "5001",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["interval"], 1);
+    assert_eq!(v["incomplete"], 1);
+    let out = pow()
+        .args([
+            "tracker",
+            "announce",
+            &udp,
+            t.to_str().unwrap(),
+            "--port",
+            "5002",
+            "--left",
+            "0",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["peers"], serde_json::json!(["127.0.0.1:5001"]));
+    assert_eq!(
+        (v["complete"].as_u64(), v["incomplete"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let out = pow()
+        .args(["tracker", "scrape", &url, t.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("seeders    1") && text.contains("leechers   1"),
+        "{text}"
+    );
+
+    // malformed: a bencoded failure reason, and the server keeps going
+    let reply = raw_get(&url, "/announce?info_hash=%01%02&peer_id=x&port=1");
+    assert!(reply.contains("d14:failure reason"), "{reply}");
+    assert!(reply.contains("info_hash must be 20 bytes"), "{reply}");
+    let reply = raw_get(&url, "/announce?info_hash=aaaaaaaaaaaaaaaaaaaa&peer_id=bbbbbbbbbbbbbbbbbbbb&port=0&uploaded=0&downloaded=0&left=0");
+    assert!(reply.contains("invalid port 0"), "{reply}");
+    let out = pow()
+        .args([
+            "tracker",
+            "announce",
+            &url,
+            t.to_str().unwrap(),
+            "--port",
+            "5003",
+            "--event",
+            "stopped",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn announce_to_a_dead_tracker_is_one_clear_line() {
+    let tmp = TempDir::new("trk-cli-dead");
+    let t = torrent(tmp.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for url in [
+        format!("http://127.0.0.1:{port}/announce"),
+        format!("udp://127.0.0.1:{port}"),
+    ] {
+        let out = pow()
+            .args([
+                "tracker",
+                "announce",
+                &url,
+                t.to_str().unwrap(),
+                "--timeout",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with(&format!("pow: connecting to 127.0.0.1:{port} failed")),
+            "{err}"
+        );
+    }
+    let out = pow()
+        .args([
+            "tracker",
+            "announce",
+            "https://127.0.0.1/announce",
+            t.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("https trackers are not supported"));
+}
