@@ -14,5 +14,10 @@ for t in "${targets[@]}"; do
     metainfo) cp ../fixtures/torrents/valid/* ../fixtures/torrents/invalid/* "corpus/$t/" 2>/dev/null || true ;;
   esac
   echo "fuzz: $t for ${secs}s"
-  cargo $toolchain fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 2>&1 | tail -n 3
+  log="$(mktemp)"
+  if ! cargo $toolchain fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 >"$log" 2>&1; then
+    grep -v '^ *Compiling' "$log" | tail -n 40; echo "fuzz: $t FAILED"; exit 1
+  fi
+  grep -E '^(#[0-9]+ *DONE|Done [0-9]+ runs)' "$log" | tail -n 1
+  rm -f "$log"
 done
