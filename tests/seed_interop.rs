@@ -1,0 +1,91 @@
+//! Seeding: real clients download from `pow seed` (swarm-lab `ext` seeder) and get the payload's
+//! bytes; `pow verify` names a corrupted piece and its file.
+
+mod common;
+
+use common::{pow_bin, same_bytes, Lab};
+
+fn seed_cmd() -> String {
+    format!(
+        "{} seed {{torrent}} --data {{dir}} --port {{port}} --bind 127.0.0.1",
+        pow_bin().display()
+    )
+}
+
+#[test]
+fn real_leechers_download_from_pow_seed() {
+    let lab = Lab::new("seed");
+    let (single, single_t) = lab.payload("32M", &[]);
+    let (multi, multi_t) = lab.payload("12M", &["--multi", "--piece-kib", "64"]);
+    let cmd = seed_cmd();
+    for (data, torrent, tag) in [(&single, &single_t, "32M"), (&multi, &multi_t, "multi-64K")] {
+        let t = torrent.to_str().unwrap();
+        let dir = data.parent().unwrap().to_str().unwrap();
+        for leecher in ["aria2", "libtorrent", "transmission"] {
+            // A fresh seed per run, as interop.sh does: counters and choke state start clean.
+            let (ok, _, err) = lab.script_env("seed.sh", &["ext", t, dir], &[("SEED_CMD", &cmd)]);
+            assert!(ok, "pow seed: {err}");
+            let out = lab.work.path().join(format!("out-{leecher}-{tag}"));
+            let (ok, stdout, err) = lab.script(
+                "leech.sh",
+                &[leecher, t, out.to_str().unwrap(), "--timeout", "180"],
+            );
+            lab.script("seed.sh", &["stop", "ext"]);
+            assert!(ok, "{leecher} from pow seed ({tag}): {stdout}\n{err}");
+            let bytes = same_bytes(data, &out.join(data.file_name().unwrap()))
+                .unwrap_or_else(|e| panic!("{leecher} {tag}: {e}"));
+            let result = stdout
+                .lines()
+                .find(|l| l.starts_with("RESULT"))
+                .unwrap_or("");
+            println!("pow -> {leecher:<12} {tag:<10} {bytes:>10} bytes verified  {result}");
+        }
+    }
+}
+
+#[test]
+fn verify_names_the_bad_piece_and_its_file() {
+    let work = common::TempDir::new("verify");
+    let data = work.path().join("data/set");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.bin"), vec![1u8; 40_000]).unwrap();
+    std::fs::write(data.join("b.bin"), vec![2u8; 70_000]).unwrap();
+    let torrent = work.path().join("set.torrent");
+    let status = common::pow()
+        .args(["torrent", "create"])
+        .arg(&data)
+        .arg("-o")
+        .arg(&torrent)
+        .args(["--piece-length", "16384"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let verify = || {
+        common::pow()
+            .args(["verify", "--json"])
+            .arg(&torrent)
+            .arg("--data")
+            .arg(work.path().join("data"))
+            .output()
+            .unwrap()
+    };
+    assert!(verify().status.success());
+    // One byte at offset 50,000 of the content: b.bin byte 10,000, piece 3 (49,152..65,536).
+    let mut b = std::fs::read(data.join("b.bin")).unwrap();
+    b[10_000] ^= 0xff;
+    std::fs::write(data.join("b.bin"), b).unwrap();
+    let out = verify();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bad = report["bad_pieces"].as_array().unwrap();
+    assert_eq!(bad.len(), 1, "{report}");
+    assert_eq!(bad[0]["piece"], 3);
+    let files = bad[0]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1);
+    assert!(files[0].as_str().unwrap().ends_with("set/b.bin"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1 of 7 pieces are bad or missing"),
+        "{stderr}"
+    );
+}
