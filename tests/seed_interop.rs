@@ -21,7 +21,7 @@ fn real_leechers_download_from_pow_seed() {
     for (data, torrent, tag) in [(&single, &single_t, "32M"), (&multi, &multi_t, "multi-64K")] {
         let t = torrent.to_str().unwrap();
         let dir = data.parent().unwrap().to_str().unwrap();
-        for leecher in ["aria2", "libtorrent", "transmission"] {
+        for leecher in common::real_clients() {
             // A fresh seed per run, as interop.sh does: counters and choke state start clean.
             let (ok, _, err) = lab.script_env("seed.sh", &["ext", t, dir], &[("SEED_CMD", &cmd)]);
             assert!(ok, "pow seed: {err}");
@@ -40,6 +40,54 @@ fn real_leechers_download_from_pow_seed() {
                 .unwrap_or("");
             println!("pow -> {leecher:<12} {tag:<10} {bytes:>10} bytes verified  {result}");
         }
+    }
+}
+
+/// One pow seed, three real leechers at the same time: all complete with the right bytes; the
+/// seed's own per-peer upload counters are printed.
+#[test]
+fn three_leechers_at_once_from_one_pow_seed() {
+    let lab = Lab::new("seed3");
+    let (data, torrent) = lab.payload("48M", &[]);
+    let t = torrent.to_str().unwrap();
+    let dir = data.parent().unwrap().to_str().unwrap();
+    let (ok, _, err) = lab.script_env("seed.sh", &["ext", t, dir], &[("SEED_CMD", &seed_cmd())]);
+    assert!(ok, "pow seed: {err}");
+    let leechers = ["aria2", "libtorrent", "transmission"];
+    let results: Vec<(bool, String, String)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = leechers
+            .iter()
+            .map(|leecher| {
+                let lab = &lab;
+                let out = lab.work.path().join(format!("out3-{leecher}"));
+                scope.spawn(move || {
+                    lab.script(
+                        "leech.sh",
+                        &[leecher, t, out.to_str().unwrap(), "--timeout", "240"],
+                    )
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    lab.script("seed.sh", &["stop", "ext"]);
+    let log =
+        std::fs::read_to_string(lab.state.path().join("seed-ext/client.log")).unwrap_or_default();
+    for line in log
+        .lines()
+        .filter(|l| l.starts_with("uploaded to") || l.starts_with("stopped"))
+    {
+        println!("pow seed: {line}");
+    }
+    for (leecher, (ok, stdout, err)) in leechers.iter().zip(&results) {
+        assert!(ok, "{leecher}: {stdout}\n{err}");
+        let out = lab.work.path().join(format!("out3-{leecher}"));
+        let bytes = same_bytes(&data, &out.join(data.file_name().unwrap())).unwrap();
+        let result = stdout
+            .lines()
+            .find(|l| l.starts_with("RESULT"))
+            .unwrap_or("");
+        println!("{leecher:<12} got {bytes} bytes, verified  {result}");
     }
 }
 

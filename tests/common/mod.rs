@@ -181,3 +181,20 @@ fn compare_tree(expected: &Path, actual: &Path, empty_may_be_missing: bool) -> R
     }
     Ok(total)
 }
+
+/// The real clients on this machine: aria2, libtorrent and Transmission always (the test
+/// command installs them), rqbit when it could be built (see scripts/test-all).
+pub fn real_clients() -> Vec<&'static str> {
+    let mut clients = vec!["libtorrent", "aria2", "transmission"];
+    let rqbit = Command::new("bash")
+        .arg("-c")
+        .arg(format!(". {}/lib.sh && rqbit_bin", swarm_lab().display()))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if rqbit {
+        clients.push("rqbit");
+    } else {
+        println!("rqbit is not installed: its runs are skipped");
+    }
+    clients
+}

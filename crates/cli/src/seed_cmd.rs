@@ -178,6 +178,9 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
     if let Some(a) = announcer {
         a.stop().await;
     }
+    for (peer, bytes) in torrent.sent_by_peer() {
+        eprintln!("uploaded to {peer}: {bytes} bytes");
+    }
     eprintln!("stopped: {} bytes uploaded", s.uploaded);
     Ok(())
 }

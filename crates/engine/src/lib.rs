@@ -134,6 +134,8 @@ pub(crate) struct State {
     pub contributors: HashMap<u32, HashSet<PeerKey>>,
     /// Bytes received per peer address, for reports ("who sent what").
     pub received_from: HashMap<SocketAddr, u64>,
+    /// Bytes served per peer address.
+    pub sent_to: HashMap<SocketAddr, u64>,
 }
 
 pub(crate) struct Inner {
@@ -182,6 +184,7 @@ impl Torrent {
                 strikes: HashMap::new(),
                 contributors: HashMap::new(),
                 received_from: HashMap::new(),
+                sent_to: HashMap::new(),
             }),
             config,
             stats: Stats::default(),
@@ -237,6 +240,19 @@ impl Torrent {
             .inner
             .lock()
             .received_from
+            .iter()
+            .map(|(a, n)| (*a, *n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Bytes of payload served to each peer address so far.
+    pub fn sent_by_peer(&self) -> Vec<(SocketAddr, u64)> {
+        let mut v: Vec<_> = self
+            .inner
+            .lock()
+            .sent_to
             .iter()
             .map(|(a, n)| (*a, *n))
             .collect();

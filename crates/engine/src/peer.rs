@@ -407,6 +407,7 @@ impl Peer {
             .stats
             .uploaded
             .fetch_add(u64::from(r.length), Ordering::Relaxed);
+        *self.inner.lock().sent_to.entry(self.addr).or_default() += u64::from(r.length);
         Ok(())
     }
 
