@@ -91,6 +91,50 @@ fn three_leechers_at_once_from_one_pow_seed() {
     }
 }
 
+/// A seed whose data has one corrupted byte never serves that piece: a pow leecher gets every
+/// other piece, no hash failure, and the seed's upload counter is the payload minus that piece.
+#[test]
+fn seed_does_not_serve_a_corrupted_piece() {
+    let lab = Lab::new("badseed");
+    let (data, torrent) = lab.payload("8M", &["--piece-kib", "256", "--name", "corrupt8m"]);
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[5 * 262_144 + 1000] ^= 0x55; // piece 5
+    std::fs::write(&data, &bytes).unwrap();
+    let t = torrent.to_str().unwrap();
+    let dir = data.parent().unwrap().to_str().unwrap();
+    let (ok, _, err) = lab.script_env("seed.sh", &["ext", t, dir], &[("SEED_CMD", &seed_cmd())]);
+    assert!(ok, "pow seed: {err}");
+    let out = lab.work.path().join("out-bad");
+    let leech = format!(
+        "{} download {{torrent}} -o {{dir}} --port {{port}} --bind 127.0.0.1 --json",
+        pow_bin().display()
+    );
+    let (ok, _, _) = lab.script_env(
+        "leech.sh",
+        &["ext", t, out.to_str().unwrap(), "--timeout", "15"],
+        &[("LEECH_CMD", &leech)],
+    );
+    assert!(!ok, "the download cannot complete without piece 5");
+    lab.script("seed.sh", &["stop", "ext"]);
+    let leech_log =
+        std::fs::read_to_string(lab.state.path().join("leech-ext/client.log")).unwrap_or_default();
+    let summary: serde_json::Value = leech_log
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("pow download prints its summary when stopped");
+    assert_eq!(summary["pieces_verified"], 31, "{summary}");
+    assert_eq!(summary["hash_failures"], 0, "{summary}");
+    let seed_log =
+        std::fs::read_to_string(lab.state.path().join("seed-ext/client.log")).unwrap_or_default();
+    let uploaded = format!("stopped: {} bytes uploaded", 31 * 262_144);
+    assert!(seed_log.contains(&uploaded), "{seed_log}");
+    assert!(
+        seed_log.contains("1 of 32 pieces are bad or missing"),
+        "{seed_log}"
+    );
+}
+
 #[test]
 fn verify_names_the_bad_piece_and_its_file() {
     let work = common::TempDir::new("verify");
