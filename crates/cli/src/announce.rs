@@ -1,14 +1,51 @@
 //! Glue between a running torrent and the tracker announce loop: counters go to the trackers,
 //! peers come back to the engine.
 
-use pow_engine::Torrent;
+use pow_engine::{EngineConfig, Torrent};
+use pow_picker::Picker;
+use pow_storage::Storage;
 use pow_tracker::announcer::{self, AnnounceHandle, Announcer, Progress, Tiers, Timing, Update};
 use pow_tracker::{Client, ClientConfig};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Where a torrent listens and which extra trackers it announces to (`download` and `seed`).
+#[derive(clap::Args)]
+pub struct SwarmArgs {
+    /// Peer port to listen on (and announce).
+    #[arg(long, default_value_t = 6881)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// Extra tracker announce URL (its own tier, after the torrent's); repeatable.
+    #[arg(long = "tracker")]
+    pub trackers: Vec<String>,
+}
+
+impl SwarmArgs {
+    /// Starts the engine for `storage` and announces it to the torrent's trackers and ours.
+    pub async fn join(
+        &self,
+        storage: Arc<Storage>,
+        picker: Picker,
+    ) -> std::io::Result<(Torrent, Option<Handle>)> {
+        let config = EngineConfig {
+            listen: Some(SocketAddr::new(self.bind, self.port)),
+            ..EngineConfig::default()
+        };
+        let peer_id = config.peer_id;
+        let mut tiers = storage.metainfo().tracker_tiers();
+        tiers.extend(self.trackers.iter().map(|t| vec![t.clone()]));
+        let torrent = Torrent::start(storage, picker, config).await?;
+        let announcer = start(&torrent, tiers, peer_id, self.port);
+        Ok((torrent, announcer))
+    }
+}
+
 /// Starts announcing `torrent` to `tiers`; `None` when there is no tracker.
-pub fn start(
+fn start(
     torrent: &Torrent,
     tiers: Vec<Vec<String>>,
     peer_id: [u8; 20],

@@ -2,12 +2,12 @@
 
 use crate::CmdResult;
 use clap::Args;
-use pow_engine::{EngineConfig, Snapshot, Torrent};
+use pow_engine::{Snapshot, Torrent};
 use pow_metainfo::Metainfo;
 use pow_picker::Picker;
 use pow_storage::Storage;
 use std::io::IsTerminal;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,15 +19,8 @@ pub struct DownloadArgs {
     /// Directory to download into (the torrent's name is created inside it).
     #[arg(short, long)]
     output: PathBuf,
-    /// Peer port to listen on (0: any free port).
-    #[arg(long, default_value_t = 6881)]
-    port: u16,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
-    bind: IpAddr,
-    /// Extra tracker announce URL (its own tier, after the torrent's); repeatable.
-    #[arg(long = "tracker")]
-    trackers: Vec<String>,
+    #[command(flatten)]
+    swarm: crate::announce::SwarmArgs,
     /// Connect to this peer directly, no tracker needed; repeatable.
     #[arg(long = "peer")]
     peers: Vec<SocketAddr>,
@@ -69,17 +62,8 @@ async fn download(args: DownloadArgs) -> CmdResult {
     }
     storage.create_empty_files()?;
 
-    let config = EngineConfig {
-        listen: Some(SocketAddr::new(args.bind, args.port)),
-        ..EngineConfig::default()
-    };
-    let peer_id = config.peer_id;
-    let torrent = Torrent::start(storage.clone(), picker, config).await?;
+    let (torrent, announcer) = args.swarm.join(storage.clone(), picker).await?;
     torrent.add_peers(args.peers.iter().copied());
-
-    let mut tiers = metainfo.tracker_tiers();
-    tiers.extend(args.trackers.iter().map(|t| vec![t.clone()]));
-    let announcer = crate::announce::start(&torrent, tiers, peer_id, args.port);
 
     let progress = Progress::new(&metainfo, args.json);
     let mut ticker = tokio::time::interval(Duration::from_millis(500));

@@ -2,13 +2,12 @@
 
 use crate::CmdResult;
 use clap::Args;
-use pow_engine::{EngineConfig, Torrent};
+
 use pow_metainfo::Metainfo;
 use pow_picker::Picker;
 use pow_storage::Storage;
 use pow_wire::Bitfield;
 use std::io::IsTerminal;
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -19,15 +18,8 @@ pub struct SeedArgs {
     /// Directory that holds the torrent's content (the torrent's name inside it).
     #[arg(long)]
     data: PathBuf,
-    /// Peer port to listen on.
-    #[arg(long, default_value_t = 6881)]
-    port: u16,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
-    bind: IpAddr,
-    /// Extra tracker announce URL; repeatable.
-    #[arg(long = "tracker")]
-    trackers: Vec<String>,
+    #[command(flatten)]
+    swarm: crate::announce::SwarmArgs,
     /// Print a JSON line when seeding starts.
     #[arg(long)]
     json: bool,
@@ -143,15 +135,7 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
         );
     }
     let picker = Picker::new(metainfo.geometry.clone(), have);
-    let config = EngineConfig {
-        listen: Some(SocketAddr::new(args.bind, args.port)),
-        ..EngineConfig::default()
-    };
-    let peer_id = config.peer_id;
-    let torrent = Torrent::start(storage, picker, config).await?;
-    let mut tiers = metainfo.tracker_tiers();
-    tiers.extend(args.trackers.iter().map(|t| vec![t.clone()]));
-    let announcer = crate::announce::start(&torrent, tiers, peer_id, args.port);
+    let (torrent, announcer) = args.swarm.join(storage, picker).await?;
     if args.json {
         println!(
             "{}",
@@ -160,7 +144,7 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
                 "name": metainfo.name,
                 "pieces_good": good,
                 "pieces_total": metainfo.geometry.piece_count(),
-                "port": args.port,
+                "port": args.swarm.port,
             })
         );
     } else {
@@ -169,7 +153,7 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
             metainfo.name,
             good,
             metainfo.geometry.piece_count(),
-            args.port
+            args.swarm.port
         );
     }
     crate::download_cmd::shutdown_signal().await;
