@@ -236,28 +236,12 @@ impl Torrent {
 
     /// Bytes of payload received from each peer address so far.
     pub fn received_by_peer(&self) -> Vec<(SocketAddr, u64)> {
-        let mut v: Vec<_> = self
-            .inner
-            .lock()
-            .received_from
-            .iter()
-            .map(|(a, n)| (*a, *n))
-            .collect();
-        v.sort();
-        v
+        sorted(&self.inner.lock().received_from)
     }
 
     /// Bytes of payload served to each peer address so far.
     pub fn sent_by_peer(&self) -> Vec<(SocketAddr, u64)> {
-        let mut v: Vec<_> = self
-            .inner
-            .lock()
-            .sent_to
-            .iter()
-            .map(|(a, n)| (*a, *n))
-            .collect();
-        v.sort();
-        v
+        sorted(&self.inner.lock().sent_to)
     }
 
     /// Resolves when every wanted piece is verified.
@@ -330,4 +314,10 @@ pub(crate) async fn until_true(rx: &mut watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+fn sorted(counts: &HashMap<SocketAddr, u64>) -> Vec<(SocketAddr, u64)> {
+    let mut v: Vec<_> = counts.iter().map(|(a, n)| (*a, *n)).collect();
+    v.sort();
+    v
 }

@@ -65,20 +65,42 @@ pub struct Picker {
     partial: HashMap<u32, Partial>,
     /// Pieces whose blocks are all received and that wait for their hash check.
     hashing: Bitfield,
+    /// Wanted pieces not yet verified, and their bytes: kept as counters because the engine
+    /// asks after every verified piece (a scan would make a download quadratic in pieces).
+    missing: u32,
+    bytes_left: u64,
 }
 
 impl Picker {
     /// `have` is what is already verified on disk.
     pub fn new(geometry: Geometry, have: Bitfield) -> Picker {
         let count = geometry.piece_count();
-        Picker {
+        let mut picker = Picker {
             availability: vec![0; count as usize],
             priority: vec![1; count as usize],
             partial: HashMap::new(),
             hashing: Bitfield::new(count),
             have,
             geometry,
-        }
+            missing: 0,
+            bytes_left: 0,
+        };
+        picker.recount();
+        picker
+    }
+
+    /// Recomputes the counters after priorities change (rare: file selection).
+    fn recount(&mut self) {
+        let wanted: Vec<PieceIndex> = self
+            .geometry
+            .pieces()
+            .filter(|p| self.priority[p.as_usize()] > 0 && !self.have.get(p.get()))
+            .collect();
+        self.missing = wanted.len() as u32;
+        self.bytes_left = wanted
+            .iter()
+            .map(|&p| u64::from(self.geometry.piece_size(p)))
+            .sum();
     }
 
     pub fn have(&self) -> &Bitfield {
@@ -91,34 +113,34 @@ impl Picker {
 
     /// True when every wanted piece is verified.
     pub fn is_complete(&self) -> bool {
-        (0..self.geometry.piece_count()).all(|i| self.priority[i as usize] == 0 || self.have.get(i))
+        self.missing == 0
     }
 
     /// Pieces wanted and not yet verified.
     pub fn missing(&self) -> u32 {
-        (0..self.geometry.piece_count())
-            .filter(|&i| self.priority[i as usize] > 0 && !self.have.get(i))
-            .count() as u32
+        self.missing
     }
 
     /// Bytes wanted and not yet verified.
     pub fn bytes_left(&self) -> u64 {
-        self.geometry
-            .pieces()
-            .filter(|p| self.priority[p.as_usize()] > 0 && !self.have.get(p.get()))
-            .map(|p| u64::from(self.geometry.piece_size(p)))
-            .sum()
+        self.bytes_left
     }
 
     pub fn set_piece_priority(&mut self, piece: u32, priority: u8) {
         if let Some(p) = self.priority.get_mut(piece as usize) {
             *p = priority;
+            self.recount();
         }
     }
 
-    /// Sets the priority of every piece holding bytes of file `file` (0 skips the file). A
-    /// piece shared with a wanted file stays wanted.
+    /// Raises the priority of every piece holding bytes of file `file` to at least `priority`
+    /// (skipping files is [`Picker::select_files`]: a piece shared with a wanted file stays wanted).
     pub fn set_file_priority(&mut self, file: usize, priority: u8) {
+        self.raise_file_priority(file, priority);
+        self.recount();
+    }
+
+    fn raise_file_priority(&mut self, file: usize, priority: u8) {
         for piece in self.geometry.file_pieces(file) {
             let p = &mut self.priority[piece as usize];
             *p = if priority == 0 {
@@ -134,8 +156,9 @@ impl Picker {
     pub fn select_files(&mut self, wanted: &[usize]) {
         self.priority.iter_mut().for_each(|p| *p = 0);
         for &file in wanted {
-            self.set_file_priority(file, 1);
+            self.raise_file_priority(file, 1);
         }
+        self.recount();
     }
 
     pub fn is_wanted(&self, piece: u32) -> bool {
@@ -381,6 +404,11 @@ impl Picker {
     pub fn piece_verified(&mut self, piece: u32) {
         self.hashing.clear(piece);
         self.partial.remove(&piece);
+        if self.is_wanted(piece) {
+            self.missing -= 1;
+            let index = self.geometry.piece(piece).expect("wanted pieces exist");
+            self.bytes_left -= u64::from(self.geometry.piece_size(index));
+        }
         self.have.set(piece);
     }
 
