@@ -22,6 +22,18 @@ pub struct SwarmArgs {
     /// Extra tracker announce URL (its own tier, after the torrent's); repeatable.
     #[arg(long = "tracker")]
     pub trackers: Vec<String>,
+    /// Seconds between saves of the resume file while pieces verify (each save syncs the data
+    /// first): a crash costs at most this much re-download, or a full check if data was
+    /// written since.
+    #[arg(long, default_value_t = 2.0, value_parser = positive_seconds)]
+    pub resume_every: f64,
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() => Ok(s),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
 }
 
 impl SwarmArgs {
@@ -33,6 +45,7 @@ impl SwarmArgs {
     ) -> std::io::Result<(Torrent, Option<Handle>)> {
         let config = EngineConfig {
             listen: Some(SocketAddr::new(self.bind, self.port)),
+            resume_interval: Some(Duration::from_secs_f64(self.resume_every)),
             ..EngineConfig::default()
         };
         let peer_id = config.peer_id;

@@ -5,7 +5,7 @@ use clap::Args;
 use pow_engine::{Snapshot, Torrent};
 use pow_metainfo::Metainfo;
 use pow_picker::Picker;
-use pow_storage::Storage;
+use pow_storage::Resume;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,17 +45,21 @@ pub fn run(args: DownloadArgs) -> CmdResult {
 async fn download(args: DownloadArgs) -> CmdResult {
     let started = Instant::now();
     let metainfo = Arc::new(Metainfo::from_file(&args.torrent)?);
-    let storage = Arc::new(Storage::new(metainfo.clone(), &args.output)?);
-    let have = {
-        let storage = storage.clone();
+    let (storage, resume) = {
+        let metainfo = metainfo.clone();
+        let output = args.output.clone();
         tokio::task::spawn_blocking(move || {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            storage.check_existing(threads, &|_| {})
+            crate::seed_cmd::resume_or_check(&metainfo, &output, true).map_err(|e| e.to_string())
         })
         .await??
     };
-    let resumed_pieces = have.count();
-    let mut picker = Picker::new(metainfo.geometry.clone(), have);
+    let resumed_pieces = resume.have.count();
+    pow_engine::trace::event(&format!(
+        "start {} {resumed_pieces} {}",
+        resume.source.as_str(),
+        hex::encode(resume.have.as_bytes())
+    ));
+    let mut picker = Picker::new(metainfo.geometry.clone(), resume.have.clone());
     if !args.only.is_empty() {
         let wanted = select_files(&metainfo, &args.only)?;
         picker.select_files(&wanted);
@@ -76,21 +80,19 @@ async fn download(args: DownloadArgs) -> CmdResult {
     };
     let snapshot = torrent.snapshot();
     progress.finish(&snapshot);
-    if outcome == Outcome::Complete {
+    // Syncs the data too; what it records is what the next start can skip checking.
+    if let Err(e) = torrent.save_resume().await {
+        eprintln!("pow: warning: cannot save the resume file: {e}");
         storage.sync()?;
+    }
+    if outcome == Outcome::Complete {
         if let Some(a) = &announcer {
             a.completed();
         }
     }
     let elapsed = started.elapsed();
     report(
-        &args,
-        &metainfo,
-        &snapshot,
-        resumed_pieces,
-        elapsed,
-        outcome,
-        &torrent,
+        &args, &metainfo, &snapshot, &resume, elapsed, outcome, &torrent,
     );
     if outcome == Outcome::Complete && args.seed {
         eprintln!("seeding; Ctrl-C to stop");
@@ -130,13 +132,14 @@ fn report(
     args: &DownloadArgs,
     metainfo: &Metainfo,
     s: &Snapshot,
-    resumed_pieces: u32,
+    resume: &Resume,
     elapsed: Duration,
     outcome: Outcome,
     torrent: &Torrent,
 ) {
     let secs = elapsed.as_secs_f64().max(0.001);
     let rate = s.downloaded as f64 / secs / (1024.0 * 1024.0);
+    let resumed_pieces = resume.have.count();
     if args.json {
         let by_peer: Vec<_> = torrent
             .received_by_peer()
@@ -150,6 +153,8 @@ fn report(
             "pieces_verified": s.pieces_have,
             "pieces_total": s.pieces_total,
             "pieces_already_on_disk": resumed_pieces,
+            "resume": resume.source.as_str(),
+            "resume_rejected": resume.rejected,
             "downloaded": s.downloaded,
             "wasted": s.wasted,
             "uploaded": s.uploaded,
@@ -162,7 +167,7 @@ fn report(
         println!("{value}");
     } else {
         println!(
-            "{}: {} {}/{} pieces verified, {} bytes downloaded in {:.1} s ({:.1} MiB/s), {} already on disk, {} wasted",
+            "{}: {} {}/{} pieces verified, {} bytes downloaded in {:.1} s ({:.1} MiB/s), {} already on disk ({}), {} wasted",
             metainfo.name,
             if outcome == Outcome::Complete { "complete," } else { "incomplete," },
             s.pieces_have,
@@ -171,6 +176,7 @@ fn report(
             secs,
             rate,
             resumed_pieces,
+            resume.source.as_str(),
             s.wasted,
         );
     }
@@ -210,12 +216,12 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
 }
 
 /// A progress bar on a terminal; nothing otherwise (the summary line says it all).
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,
 }
 
 impl Progress {
-    fn new(metainfo: &Metainfo, quiet: bool) -> Progress {
+    pub(crate) fn new(metainfo: &Metainfo, quiet: bool) -> Progress {
         if quiet || !std::io::stderr().is_terminal() {
             return Progress { bar: None };
         }
@@ -229,14 +235,14 @@ impl Progress {
         Progress { bar: Some(bar) }
     }
 
-    fn update(&self, s: &Snapshot) {
+    pub(crate) fn update(&self, s: &Snapshot) {
         if let Some(bar) = &self.bar {
             bar.set_position(bar.length().unwrap_or(0).saturating_sub(s.left));
             bar.set_message(format!("{} peers", s.peers));
         }
     }
 
-    fn finish(&self, s: &Snapshot) {
+    pub(crate) fn finish(&self, s: &Snapshot) {
         if let Some(bar) = &self.bar {
             self.update(s);
             bar.finish_and_clear();

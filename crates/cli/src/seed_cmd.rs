@@ -5,7 +5,7 @@ use clap::Args;
 
 use pow_metainfo::Metainfo;
 use pow_picker::Picker;
-use pow_storage::Storage;
+use pow_storage::{Resume, Storage};
 use pow_wire::Bitfield;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -36,11 +36,46 @@ pub struct VerifyArgs {
 }
 
 /// Checks every piece on disk (with a progress bar on a terminal).
-fn check(
+pub(crate) fn check(
     metainfo: &Arc<Metainfo>,
     data: &std::path::Path,
 ) -> Result<(Arc<Storage>, Bitfield), Box<dyn std::error::Error>> {
     let storage = Arc::new(Storage::new(metainfo.clone(), data)?);
+    let have = with_check_bar(metainfo, |progress| {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        storage.check_existing(threads, progress)
+    })?;
+    Ok((storage, have))
+}
+
+/// What is verified on disk: from the resume file when it can be trusted, else every piece
+/// checked (`pow seed` and `pow download`; `pow verify` always checks everything).
+pub(crate) fn resume_or_check(
+    metainfo: &Arc<Metainfo>,
+    data: &std::path::Path,
+    quiet: bool,
+) -> Result<(Arc<Storage>, Resume), Box<dyn std::error::Error>> {
+    let storage = Arc::new(Storage::new(metainfo.clone(), data)?);
+    let check = |progress: &(dyn Fn(u32) + Sync)| {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        storage.resume_or_check(threads, progress)
+    };
+    let resume = if quiet {
+        check(&|_| {})?
+    } else {
+        with_check_bar(metainfo, check)?
+    };
+    if let Some(why) = &resume.rejected {
+        eprintln!("pow: resume file not used ({why}); checked the data instead");
+    }
+    Ok((storage, resume))
+}
+
+/// Runs `check` with a progress bar on a terminal.
+fn with_check_bar<T>(
+    metainfo: &Metainfo,
+    check: impl FnOnce(&(dyn Fn(u32) + Sync)) -> Result<T, pow_storage::StorageError>,
+) -> Result<T, pow_storage::StorageError> {
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(u64::from(metainfo.geometry.piece_count()));
         bar.set_style(
@@ -51,16 +86,15 @@ fn check(
         );
         bar
     });
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let have = storage.check_existing(threads, &|n| {
+    let result = check(&|n| {
         if let Some(bar) = &bar {
             bar.set_position(u64::from(n));
         }
-    })?;
+    });
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    Ok((storage, have))
+    result
 }
 
 pub fn verify(args: VerifyArgs) -> CmdResult {
@@ -120,12 +154,15 @@ pub fn seed(args: SeedArgs) -> CmdResult {
 
 async fn seed_async(args: SeedArgs) -> CmdResult {
     let metainfo = Arc::new(Metainfo::from_file(&args.torrent)?);
-    let (storage, have) = {
+    let (storage, resume) = {
         let metainfo = metainfo.clone();
         let data = args.data.clone();
-        tokio::task::spawn_blocking(move || check(&metainfo, &data).map_err(|e| e.to_string()))
-            .await??
+        tokio::task::spawn_blocking(move || {
+            resume_or_check(&metainfo, &data, false).map_err(|e| e.to_string())
+        })
+        .await??
     };
+    let have = resume.have;
     let good = have.count();
     if good < have.len() {
         eprintln!(
@@ -144,6 +181,7 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
                 "name": metainfo.name,
                 "pieces_good": good,
                 "pieces_total": metainfo.geometry.piece_count(),
+                "resume": resume.source.as_str(),
                 "port": args.swarm.port,
             })
         );
@@ -155,6 +193,10 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
             metainfo.geometry.piece_count(),
             args.swarm.port
         );
+    }
+    // Recorded now, so the next start skips the check (a seed writes nothing later).
+    if let Err(e) = torrent.save_resume().await {
+        eprintln!("pow: warning: cannot save the resume file: {e}");
     }
     crate::download_cmd::shutdown_signal().await;
     let s = torrent.snapshot();

@@ -10,8 +10,12 @@
 //!
 //! The engine knows nothing of trackers: callers feed it peer addresses with
 //! [`Torrent::add_peers`] (from a tracker client, or given by hand).
+//!
+//! With [`EngineConfig::resume_interval`] set, the verified set is saved to the storage's
+//! resume file every interval while it changes ([`Torrent::save_resume`] saves on demand).
 
 mod peer;
+pub mod trace;
 
 use pow_metainfo::Metainfo;
 use pow_picker::{PeerKey, Picker};
@@ -45,6 +49,8 @@ pub struct EngineConfig {
     pub idle_timeout: Duration,
     /// Outstanding requests with no block for this long: the peer is snubbing us.
     pub snub_timeout: Duration,
+    /// Save the resume file this often while new pieces are verified; `None`: never on its own.
+    pub resume_interval: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +65,7 @@ impl Default for EngineConfig {
             keepalive: Duration::from_secs(120),
             idle_timeout: Duration::from_secs(180),
             snub_timeout: Duration::from_secs(60),
+            resume_interval: None,
         }
     }
 }
@@ -146,6 +153,9 @@ pub(crate) struct Inner {
     pub stats: Stats,
     pub complete: watch::Sender<bool>,
     pub shutdown: watch::Sender<bool>,
+    /// Held while saving the resume file; holds the piece count last saved, so saves are in
+    /// order and an unchanged set is not written again.
+    pub resume_saved: tokio::sync::Mutex<Option<u32>>,
 }
 
 impl Inner {
@@ -190,13 +200,37 @@ impl Torrent {
             stats: Stats::default(),
             complete: watch::channel(complete).0,
             shutdown: watch::channel(false).0,
+            resume_saved: tokio::sync::Mutex::new(None),
         });
         if let Some(addr) = inner.config.listen {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             tokio::spawn(peer::accept_loop(inner.clone(), listener));
         }
         tokio::spawn(connect_loop(inner.clone()));
-        Ok(Torrent { inner })
+        let torrent = Torrent { inner };
+        if let Some(every) = torrent.inner.config.resume_interval {
+            tokio::spawn(resume_loop(torrent.clone(), every));
+        }
+        Ok(torrent)
+    }
+
+    /// Saves the verified set to the resume file (data synced first) unless it is unchanged
+    /// since the last save. Returns whether it wrote.
+    pub async fn save_resume(&self) -> Result<bool, String> {
+        let mut saved = self.inner.resume_saved.lock().await;
+        // Taken after the save lock: a later save never records an older set.
+        let have = self.inner.lock().picker.have().clone();
+        if *saved == Some(have.count()) {
+            return Ok(false);
+        }
+        let storage = self.inner.storage.clone();
+        let count = have.count();
+        tokio::task::spawn_blocking(move || storage.save_resume(&have))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        *saved = Some(count);
+        Ok(true)
     }
 
     pub fn metainfo(&self) -> &Arc<Metainfo> {
@@ -254,6 +288,26 @@ impl Torrent {
         let _ = self.inner.shutdown.send(true);
         for peer in self.inner.lock().peers.values() {
             let _ = peer.tx.send(PeerCmd::Close);
+        }
+    }
+}
+
+/// Saves the resume file every `every` while the session runs (only when it changed). A failed
+/// save is reported once; the session goes on (the next start just checks the data).
+async fn resume_loop(torrent: Torrent, every: Duration) {
+    let mut shutdown = torrent.inner.shutdown.subscribe();
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {
+                if let Err(e) = torrent.save_resume().await {
+                    if !warned {
+                        tracing::warn!("cannot save the resume file: {e}");
+                        warned = true;
+                    }
+                }
+            }
+            _ = crate::until_true(&mut shutdown) => return,
         }
     }
 }

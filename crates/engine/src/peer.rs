@@ -1,12 +1,22 @@
-//! One peer connection: handshake, then a loop over socket reads, commands from the session,
-//! and a once-a-second tick (pipeline size, keep-alive, timeouts).
+//! One peer connection: handshake, then a loop over socket reads, socket writes, commands from
+//! the session, and a once-a-second tick (pipeline size, keep-alive, timeouts).
+//!
+//! Serving is bounded so a hostile or slow peer costs little: a request is checked (a block
+//! inside the torrent, at most 16 KiB, for a piece we have, while the peer is unchoked) and
+//! queued; queued requests are read from disk only while less than [`SEND_WATERMARK`] bytes
+//! wait to be sent. Reading the socket does not wait for writing, so a peer that does not read
+//! still gets its messages decoded and its misbehaviour counted, except that with
+//! [`MAX_QUEUED_REQUESTS`] queued we stop reading until some are served: TCP then slows the
+//! peer down, and no honest request is dropped (Transmission sends over 1,000 at once).
+//! Requests outside the torrent end the connection at once; ignored requests (while choked,
+//! or for a piece we lack) end it after [`MAX_IGNORED_REQUESTS`].
 
 use crate::{Inner, PeerCmd, PeerEntry, MAX_STRIKES};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use pow_metainfo::Block;
 use pow_picker::{PeerKey, Received};
 use pow_wire::{Bitfield, BlockRequest, Decoder, Handshake, Message};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,6 +31,17 @@ const MAX_PIPELINE: usize = 500;
 /// Aim to have this much of the peer's measured rate in flight (bandwidth-delay product with
 /// a generous delay, so fast loopback peers are never starved).
 const PIPELINE_SECONDS: f64 = 1.0;
+
+/// Requests from a peer waiting to be served; with this many we read no more from the peer.
+pub(crate) const MAX_QUEUED_REQUESTS: usize = 1024;
+/// Requests we ignore (sent while choked, or for a piece we lack) before the peer is dropped. A choke crosses requests already on the wire, at most one pipeline (the
+/// count restarts at each unchoke), so more than this is not a race but a flood.
+pub(crate) const MAX_IGNORED_REQUESTS: u32 = 1024;
+/// Stop reading blocks from disk for a peer while this much waits in its send buffer: a slow
+/// reader holds at most this (plus one block) of our memory.
+pub(crate) const SEND_WATERMARK: usize = 1024 * 1024;
+/// A peer that takes none of our bytes for this long, while we have some for it, is dropped.
+const SEND_STALL: Duration = Duration::from_secs(60);
 
 pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
     let mut shutdown = inner.shutdown.subscribe();
@@ -164,8 +185,14 @@ struct Peer {
     last_block: Instant,
     bytes_this_tick: u64,
     rate: f64,
+    /// Bytes waiting to be written to the socket.
     out: BytesMut,
-    sent_bitfield: bool,
+    /// The peer's requests, checked, in arrival order.
+    requests: VecDeque<BlockRequest>,
+    /// Requests ignored since we last unchoked the peer (see [`MAX_IGNORED_REQUESTS`]).
+    ignored: u32,
+    /// Last time the socket took bytes from `out` (or `out` was empty).
+    last_write: Instant,
 }
 
 impl Peer {
@@ -189,7 +216,9 @@ impl Peer {
             bytes_this_tick: 0,
             rate: 0.0,
             out: BytesMut::with_capacity(64 * 1024),
-            sent_bitfield: false,
+            requests: VecDeque::new(),
+            ignored: 0,
+            last_write: now,
         }
     }
 
@@ -202,23 +231,36 @@ impl Peer {
         if have.count() > 0 {
             Message::Bitfield(have).encode(&mut self.out);
         }
-        self.sent_bitfield = true;
-        self.flush(conn).await?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut shutdown = self.inner.shutdown.subscribe();
+        let (mut reader, mut writer) = conn.stream.split();
         loop {
-            // Whole messages already buffered are handled before reading more.
-            while let Some(message) = self.decoder.decode(&mut conn.buf)? {
+            // Whole messages already buffered are handled before reading more. Requests only
+            // queue here, so this never waits for the peer to read.
+            while self.requests.len() < MAX_QUEUED_REQUESTS {
+                let Some(message) = self.decoder.decode(&mut conn.buf)? else {
+                    break;
+                };
                 self.handle(message)?;
             }
+            self.serve_queued();
             self.fill_pipeline();
-            self.flush(conn).await?;
+            let room = self.requests.len() < MAX_QUEUED_REQUESTS;
             tokio::select! {
-                read = conn.stream.read_buf(&mut conn.buf) => {
+                read = reader.read_buf(&mut conn.buf), if room => {
                     if read? == 0 {
                         return Err(PeerError::Protocol("peer closed the connection"));
                     }
                     self.last_recv = Instant::now();
+                }
+                written = writer.write(&self.out), if !self.out.is_empty() => {
+                    let n = written?;
+                    if n == 0 {
+                        return Err(PeerError::Protocol("peer closed the connection"));
+                    }
+                    self.out.advance(n);
+                    self.last_write = Instant::now();
+                    self.last_send = self.last_write;
                 }
                 cmd = rx.recv() => match cmd {
                     Some(PeerCmd::Have(piece)) => {
@@ -243,15 +285,6 @@ impl Peer {
         }
     }
 
-    async fn flush(&mut self, conn: &mut Conn) -> Result<(), PeerError> {
-        if !self.out.is_empty() {
-            conn.stream.write_all(&self.out).await?;
-            self.out.clear();
-            self.last_send = Instant::now();
-        }
-        Ok(())
-    }
-
     fn on_tick(&mut self) -> Result<(), PeerError> {
         let now = Instant::now();
         // Exponential moving average of the receive rate, bytes per second.
@@ -264,6 +297,11 @@ impl Peer {
         }
         if now.duration_since(self.last_send) > self.inner.config.keepalive {
             Message::KeepAlive.encode(&mut self.out);
+        }
+        if self.out.is_empty() {
+            self.last_write = now;
+        } else if now.duration_since(self.last_write) > SEND_STALL {
+            return Err(PeerError::Protocol("does not read what we send"));
         }
         if !self.inflight.is_empty()
             && now.duration_since(self.last_block) > self.inner.config.snub_timeout
@@ -306,13 +344,7 @@ impl Peer {
             }
             Message::NotInterested => {
                 self.peer_interested = false;
-                if !self.am_choking {
-                    self.am_choking = true;
-                    Message::Choke.encode(&mut self.out);
-                    if let Some(entry) = self.inner.lock().peers.get_mut(&self.key) {
-                        entry.unchoked_by_us = false;
-                    }
-                }
+                self.choke();
             }
             Message::Have(piece) => {
                 let mut state = self.inner.lock();
@@ -337,10 +369,8 @@ impl Peer {
                 drop(state);
                 self.update_interest();
             }
-            Message::Request(r) => self.serve(r)?,
-            Message::Cancel(_) => {
-                // Requests are served as they arrive, so there is nothing queued to cancel.
-            }
+            Message::Request(r) => self.queue_request(r)?,
+            Message::Cancel(r) => self.requests.retain(|q| *q != r),
             Message::Piece { index, begin, data } => self.receive(index, begin, data)?,
         }
         Ok(())
@@ -363,6 +393,19 @@ impl Peer {
         }
     }
 
+    /// Chokes the peer (if unchoked): its queued requests are dropped, as BEP 3 says.
+    fn choke(&mut self) {
+        if self.am_choking {
+            return;
+        }
+        self.am_choking = true;
+        self.requests.clear();
+        Message::Choke.encode(&mut self.out);
+        if let Some(entry) = self.inner.lock().peers.get_mut(&self.key) {
+            entry.unchoked_by_us = false;
+        }
+    }
+
     fn consider_unchoke(&mut self) {
         if !self.am_choking {
             return;
@@ -375,40 +418,76 @@ impl Peer {
             }
             drop(state);
             self.am_choking = false;
+            self.ignored = 0;
             Message::Unchoke.encode(&mut self.out);
         }
     }
 
-    /// Serves a request: only while unchoked, only for a valid block of a piece we have.
-    fn serve(&mut self, r: BlockRequest) -> Result<(), PeerError> {
-        if self.am_choking {
-            return Ok(());
-        }
-        let geometry = &self.inner.metainfo.geometry;
-        let Some(block) = geometry.block(r.index, r.begin, r.length) else {
-            return Err(PeerError::Protocol("request outside the torrent"));
-        };
-        if !self.inner.lock().picker.have().get(r.index) {
-            return Ok(());
-        }
-        let mut data = vec![0u8; block.length as usize];
-        if let Err(e) = self
+    /// Checks a request and queues it. A block outside the torrent ends the connection; a
+    /// request we will not serve is ignored and counted.
+    fn queue_request(&mut self, r: BlockRequest) -> Result<(), PeerError> {
+        if self
             .inner
-            .storage
-            .read_block(block.piece, block.begin, &mut data)
+            .metainfo
+            .geometry
+            .block(r.index, r.begin, r.length)
+            .is_none()
         {
-            tracing::warn!("cannot serve piece {}: {e}", r.index);
+            return Err(PeerError::Protocol("request outside the torrent"));
+        }
+        // The queue has room: the read loop stops decoding when it is full.
+        let serve = !self.am_choking && self.inner.lock().picker.have().get(r.index);
+        if serve {
+            if !self.requests.contains(&r) {
+                self.requests.push_back(r);
+            }
             return Ok(());
         }
-        self.out
-            .extend_from_slice(&pow_wire::piece_header(r.index, r.begin, r.length));
-        self.out.extend_from_slice(&data);
-        self.inner
-            .stats
-            .uploaded
-            .fetch_add(u64::from(r.length), Ordering::Relaxed);
-        *self.inner.lock().sent_to.entry(self.addr).or_default() += u64::from(r.length);
+        self.ignored += 1;
+        if self.ignored > MAX_IGNORED_REQUESTS {
+            return Err(PeerError::Protocol(
+                "too many requests while choked or for pieces we lack",
+            ));
+        }
         Ok(())
+    }
+
+    /// Reads queued blocks from disk into the send buffer, up to the watermark. Pieces never
+    /// stop being ours, so the checks made when queueing still hold.
+    fn serve_queued(&mut self) {
+        let mut served = 0u64;
+        while self.out.len() < SEND_WATERMARK {
+            let Some(r) = self.requests.pop_front() else {
+                break;
+            };
+            let block = self
+                .inner
+                .metainfo
+                .geometry
+                .block(r.index, r.begin, r.length)
+                .expect("checked when queued");
+            let start = self.out.len();
+            self.out
+                .extend_from_slice(&pow_wire::piece_header(r.index, r.begin, r.length));
+            self.out.resize(start + 13 + r.length as usize, 0);
+            if let Err(e) =
+                self.inner
+                    .storage
+                    .read_block(block.piece, block.begin, &mut self.out[start + 13..])
+            {
+                tracing::warn!("cannot serve piece {}: {e}", r.index);
+                self.out.truncate(start);
+                continue;
+            }
+            served += u64::from(r.length);
+        }
+        if served > 0 {
+            self.inner
+                .stats
+                .uploaded
+                .fetch_add(served, Ordering::Relaxed);
+            *self.inner.lock().sent_to.entry(self.addr).or_default() += served;
+        }
     }
 
     fn receive(&mut self, index: u32, begin: u32, data: Bytes) -> Result<(), PeerError> {
@@ -515,6 +594,7 @@ async fn verify_piece(inner: Arc<Inner>, index: u32) {
     let contributors = state.contributors.remove(&index).unwrap_or_default();
     if ok {
         state.picker.piece_verified(index);
+        crate::trace::event(&format!("verified {index}"));
         for peer in state.peers.values() {
             let _ = peer.tx.send(PeerCmd::Have(index));
         }

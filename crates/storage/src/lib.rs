@@ -8,7 +8,14 @@
 //! its real parent directory (symlinks resolved) is inside the output directory. BEP 47 pad files
 //! are never created: they read as zeros and writes to them are dropped.
 //!
+//! The resume file ([`resume`]) records the verified pieces so a restart can skip the full
+//! check when nothing changed.
+//!
 //! All calls are blocking; the engine runs them on a blocking thread pool.
+
+pub mod resume;
+
+pub use resume::{Resume, ResumeSource};
 
 use pow_metainfo::{Metainfo, PieceIndex};
 use pow_wire::Bitfield;
@@ -43,6 +50,8 @@ pub struct Storage {
     root: PathBuf,
     metainfo: Arc<Metainfo>,
     files: Vec<ContentFile>,
+    /// Resume saves run one at a time (they share a temporary file name).
+    resume_lock: Mutex<()>,
 }
 
 impl Storage {
@@ -71,6 +80,7 @@ impl Storage {
             root,
             metainfo,
             files,
+            resume_lock: Mutex::new(()),
         })
     }
 

@@ -1,0 +1,383 @@
+//! The resume file: which pieces are verified on disk, so a restart need not hash everything.
+//!
+//! It lives next to the data, in the download directory (the directory that holds the
+//! torrent's top-level name), as `.<info-hash-hex>.pow-resume`: one per torrent, found again
+//! without any other state, and outside the torrent's own files so it is never mistaken for
+//! content. The format is plain text, one field per line:
+//!
+//! ```text
+//! pow-resume 1
+//! info-hash <40 hex digits>
+//! pieces <piece count>
+//! have <bitfield in wire order, hex>
+//! file <index> <length> <mtime seconds>.<nanoseconds>     (one line per file on disk)
+//! sha1 <hex SHA-1 of every byte above this line>
+//! ```
+//!
+//! Soundness (a `kill -9` at any moment must never leave a piece claimed that is not on disk):
+//! a save takes a have-set whose pieces were all written before it, `fdatasync`s every content
+//! file, then records each file's length and mtime, writes a temporary file, `fsync`s it,
+//! renames it over the old one and `fsync`s the directory. So the file on disk is always a
+//! whole old or a whole new one, and every piece it claims was synced first. On load it is
+//! trusted only if every file still has the recorded length and mtime (nothing touched the data
+//! since: our own writes after a save change the mtime too, so a crash after writing more just
+//! means a full check) and a random sample of the claimed pieces hashes right.
+
+use crate::{Storage, StorageError};
+use pow_wire::Bitfield;
+use rand::seq::IteratorRandom;
+use sha1::{Digest, Sha1};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+/// Claimed pieces hashed on load before the file is trusted.
+pub const SAMPLE_PIECES: usize = 8;
+
+const MAGIC: &str = "pow-resume 1";
+
+/// Where a start-up have-set came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeSource {
+    /// The resume file, after its checks passed.
+    File,
+    /// Every piece on disk hashed (no usable resume file).
+    FullCheck,
+    /// Nothing on disk yet: no resume file and no content file.
+    None,
+}
+
+impl ResumeSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResumeSource::File => "file",
+            ResumeSource::FullCheck => "full-check",
+            ResumeSource::None => "none",
+        }
+    }
+}
+
+/// What is verified on disk at start-up, and how we know.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub have: Bitfield,
+    pub source: ResumeSource,
+    /// Why the resume file was not used, when there was one.
+    pub rejected: Option<String>,
+}
+
+/// One file's identity as recorded: `None` when it did not exist.
+type FileStamp = Option<(u64, u128)>;
+
+impl Storage {
+    /// `.<info-hash-hex>.pow-resume` in the download directory.
+    pub fn resume_path(&self) -> PathBuf {
+        resume_file_in(&self.root, &self.metainfo.info_hash.to_hex())
+    }
+
+    /// The have-set to start from: the resume file's if it passes its checks, otherwise every
+    /// piece on disk hashed on `threads` threads (`progress` as for `check_existing`).
+    pub fn resume_or_check(
+        &self,
+        threads: usize,
+        progress: &(dyn Fn(u32) + Sync),
+    ) -> Result<Resume, StorageError> {
+        let rejected = match self.load_resume() {
+            Ok(have) => {
+                return Ok(Resume {
+                    have,
+                    source: ResumeSource::File,
+                    rejected: None,
+                })
+            }
+            Err(LoadError::Missing) => None,
+            Err(LoadError::Rejected(why)) => Some(why),
+        };
+        let anything_on_disk = self.files.iter().any(|f| !f.pad && f.path.exists());
+        if rejected.is_none() && !anything_on_disk {
+            return Ok(Resume {
+                have: Bitfield::new(self.metainfo.geometry.piece_count()),
+                source: ResumeSource::None,
+                rejected: None,
+            });
+        }
+        Ok(Resume {
+            have: self.check_existing(threads, progress)?,
+            source: ResumeSource::FullCheck,
+            rejected,
+        })
+    }
+
+    /// Records `have` atomically. Every piece in `have` must have been written (and verified)
+    /// before this call: the data is synced here, before the file claims it.
+    pub fn save_resume(&self, have: &Bitfield) -> Result<(), StorageError> {
+        let _one_at_a_time = self.resume_lock.lock().expect("resume lock");
+        let mut stamps = Vec::with_capacity(self.files.len());
+        for (index, file) in self.files.iter().enumerate() {
+            if file.pad {
+                stamps.push(None);
+                continue;
+            }
+            match self.handle(index, false)? {
+                Some(handle) => {
+                    handle.sync_data().map_err(Self::io(&file.path))?;
+                    // After the sync: a later write changes the mtime, and the file is then
+                    // not trusted.
+                    let meta = handle.metadata().map_err(Self::io(&file.path))?;
+                    stamps.push(Some((meta.len(), mtime_nanos(&meta))));
+                }
+                None => stamps.push(None),
+            }
+        }
+        let text = self.render(have, &stamps);
+        let path = self.resume_path();
+        let tmp = path.with_extension("pow-resume.tmp");
+        let mut out = std::fs::File::create(&tmp).map_err(Self::io(&tmp))?;
+        out.write_all(text.as_bytes()).map_err(Self::io(&tmp))?;
+        out.sync_all().map_err(Self::io(&tmp))?;
+        drop(out);
+        std::fs::rename(&tmp, &path).map_err(Self::io(&path))?;
+        std::fs::File::open(&self.root)
+            .and_then(|dir| dir.sync_all())
+            .map_err(Self::io(&self.root))
+    }
+
+    fn render(&self, have: &Bitfield, stamps: &[FileStamp]) -> String {
+        let mut text = format!(
+            "{MAGIC}\ninfo-hash {}\npieces {}\nhave {}\n",
+            self.metainfo.info_hash.to_hex(),
+            have.len(),
+            hex::encode(have.as_bytes())
+        );
+        for (index, stamp) in stamps.iter().enumerate() {
+            if let Some((len, mtime)) = stamp {
+                let (secs, nanos) = (mtime / 1_000_000_000, mtime % 1_000_000_000);
+                text.push_str(&format!("file {index} {len} {secs}.{nanos:09}\n"));
+            }
+        }
+        let sum = hex::encode(Sha1::digest(text.as_bytes()));
+        text.push_str(&format!("sha1 {sum}\n"));
+        text
+    }
+
+    /// Reads and checks the resume file; the have-set it claims if it can be trusted.
+    fn load_resume(&self) -> Result<Bitfield, LoadError> {
+        let path = self.resume_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(LoadError::Missing),
+            Err(e) => return Err(LoadError::Rejected(format!("cannot read it: {e}"))),
+        };
+        let (have, stamps) = self.parse(&text).map_err(LoadError::Rejected)?;
+        for (index, file) in self.files.iter().enumerate() {
+            if file.pad {
+                continue;
+            }
+            let now = std::fs::metadata(&file.path)
+                .ok()
+                .map(|m| (m.len(), mtime_nanos(&m)));
+            if now != stamps[index] {
+                return Err(LoadError::Rejected(format!(
+                    "{} changed since it was saved (length or mtime)",
+                    file.path.display()
+                )));
+            }
+        }
+        let geometry = &self.metainfo.geometry;
+        for piece in have.ones() {
+            let piece = geometry
+                .piece(piece)
+                .expect("bitfield sized to the torrent");
+            let whole = geometry.piece_spans(piece).iter().all(|s| {
+                let f = &self.files[s.file];
+                f.pad || stamps[s.file].is_some_and(|(len, _)| len == f.length)
+            });
+            if !whole {
+                return Err(LoadError::Rejected(format!(
+                    "piece {} is claimed but a file of it is short",
+                    piece.get()
+                )));
+            }
+        }
+        let sample = have.ones().choose_multiple(&mut rand::rng(), SAMPLE_PIECES);
+        for index in sample {
+            let piece = geometry.piece(index).expect("in range");
+            if !self.verify_piece(piece).unwrap_or(false) {
+                return Err(LoadError::Rejected(format!(
+                    "claimed piece {index} fails its hash"
+                )));
+            }
+        }
+        Ok(have)
+    }
+
+    fn parse(&self, text: &str) -> Result<(Bitfield, Vec<FileStamp>), String> {
+        let body_end = text
+            .rfind("sha1 ")
+            .ok_or_else(|| "no checksum line".to_string())?;
+        let (body, sum) = text.split_at(body_end);
+        if sum.trim_end() != format!("sha1 {}", hex::encode(Sha1::digest(body.as_bytes()))) {
+            return Err("checksum mismatch".into());
+        }
+        let mut lines = body.lines();
+        let mut field = |name: &str| -> Result<String, String> {
+            let line = lines.next().unwrap_or_default();
+            line.strip_prefix(name)
+                .and_then(|v| v.strip_prefix(' '))
+                .map(str::to_string)
+                .ok_or_else(|| format!("expected `{name}`, found `{line}`"))
+        };
+        if field("pow-resume")? != "1" {
+            return Err("unknown version".into());
+        }
+        if field("info-hash")? != self.metainfo.info_hash.to_hex() {
+            return Err("saved for another torrent".into());
+        }
+        let pieces = self.metainfo.geometry.piece_count();
+        if field("pieces")? != pieces.to_string() {
+            return Err("wrong piece count".into());
+        }
+        let bytes = hex::decode(field("have")?).map_err(|e| format!("have: {e}"))?;
+        let have = Bitfield::from_wire(&bytes, pieces).map_err(|e| format!("have: {e}"))?;
+        let mut stamps: Vec<FileStamp> = vec![None; self.files.len()];
+        for line in lines {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let ["file", index, len, mtime] = parts[..] else {
+                return Err(format!("unexpected line `{line}`"));
+            };
+            let index: usize = index.parse().map_err(|_| format!("bad line `{line}`"))?;
+            let len: u64 = len.parse().map_err(|_| format!("bad line `{line}`"))?;
+            let (secs, nanos) = mtime
+                .split_once('.')
+                .ok_or_else(|| format!("bad line `{line}`"))?;
+            let secs: u128 = secs.parse().map_err(|_| format!("bad line `{line}`"))?;
+            let nanos: u128 = nanos.parse().map_err(|_| format!("bad line `{line}`"))?;
+            let slot = stamps
+                .get_mut(index)
+                .ok_or_else(|| format!("no file {index}"))?;
+            *slot = Some((len, secs * 1_000_000_000 + nanos));
+        }
+        Ok((have, stamps))
+    }
+}
+
+enum LoadError {
+    Missing,
+    Rejected(String),
+}
+
+fn mtime_nanos(meta: &std::fs::Metadata) -> u128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// The resume file of the torrent with info-hash `hex` in `dir` (for tools and tests).
+pub fn resume_file_in(dir: &Path, info_hash_hex: &str) -> PathBuf {
+    dir.join(format!(".{info_hash_hex}.pow-resume"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pow_metainfo::create::{create, CreateOptions};
+    use pow_metainfo::Metainfo;
+    use std::sync::Arc;
+
+    /// A 10-piece torrent of 16 KiB pieces over two files, its source, and an empty download dir.
+    fn setup(tag: &str) -> (PathBuf, Arc<Metainfo>, Vec<u8>) {
+        let dir = std::env::temp_dir().join(format!("pow-resume-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let src = dir.join("src/set");
+        std::fs::create_dir_all(&src).unwrap();
+        let content: Vec<u8> = (0..163_840u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(src.join("a"), &content[..100_000]).unwrap();
+        std::fs::write(src.join("b"), &content[100_000..]).unwrap();
+        let options = CreateOptions {
+            piece_length: Some(16384),
+            ..CreateOptions::default()
+        };
+        let metainfo = Arc::new(create(&src, &options).unwrap().metainfo);
+        (dir, metainfo, content)
+    }
+
+    fn write_pieces(storage: &Storage, content: &[u8], pieces: &[u32]) {
+        let geometry = &storage.metainfo().geometry;
+        for &i in pieces {
+            let piece = geometry.piece(i).unwrap();
+            let start = geometry.piece_offset(piece) as usize;
+            let size = geometry.piece_size(piece) as usize;
+            storage
+                .write_block(piece, 0, &content[start..start + size])
+                .unwrap();
+        }
+    }
+
+    fn have_of(pieces: &[u32]) -> Bitfield {
+        let mut have = Bitfield::new(10);
+        pieces.iter().for_each(|&i| {
+            have.set(i);
+        });
+        have
+    }
+
+    #[test]
+    fn nothing_on_disk_is_none_then_saved_state_is_trusted() {
+        let (dir, metainfo, content) = setup("trust");
+        let storage = Storage::new(metainfo.clone(), &dir.join("out")).unwrap();
+        let start = storage.resume_or_check(1, &|_| {}).unwrap();
+        assert_eq!(start.source, ResumeSource::None);
+        write_pieces(&storage, &content, &[0, 3, 9]);
+        storage.save_resume(&have_of(&[0, 3, 9])).unwrap();
+        assert!(storage.resume_path().exists());
+
+        let again = Storage::new(metainfo, &dir.join("out")).unwrap();
+        let resume = again.resume_or_check(1, &|_| {}).unwrap();
+        assert_eq!(resume.source, ResumeSource::File, "{:?}", resume.rejected);
+        assert_eq!(resume.have, have_of(&[0, 3, 9]));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_write_after_the_save_means_a_full_check() {
+        let (dir, metainfo, content) = setup("later");
+        let storage = Storage::new(metainfo.clone(), &dir.join("out")).unwrap();
+        write_pieces(&storage, &content, &[1]);
+        storage.save_resume(&have_of(&[1])).unwrap();
+        // As if killed after writing and verifying piece 2 but before the next save.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_pieces(&storage, &content, &[2]);
+
+        let again = Storage::new(metainfo, &dir.join("out")).unwrap();
+        let resume = again.resume_or_check(1, &|_| {}).unwrap();
+        assert_eq!(resume.source, ResumeSource::FullCheck);
+        assert!(resume.rejected.unwrap().contains("changed"));
+        assert_eq!(resume.have, have_of(&[1, 2]));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_bad_claimed_piece_or_a_damaged_file_is_not_trusted() {
+        let (dir, metainfo, content) = setup("bad");
+        let out = dir.join("out");
+        let storage = Storage::new(metainfo.clone(), &out).unwrap();
+        write_pieces(&storage, &content, &[4, 5]);
+        // Claims piece 2 (in file a, never written: zeros): the sample, all claimed pieces here,
+        // finds it.
+        storage.save_resume(&have_of(&[2, 4, 5])).unwrap();
+        let resume = storage.resume_or_check(1, &|_| {}).unwrap();
+        assert_eq!(resume.source, ResumeSource::FullCheck);
+        assert!(resume.rejected.unwrap().contains("fails its hash"));
+        assert_eq!(resume.have, have_of(&[4, 5]));
+
+        storage.save_resume(&have_of(&[4, 5])).unwrap();
+        let path = storage.resume_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("have ", "have 0")).unwrap();
+        let resume = storage.resume_or_check(1, &|_| {}).unwrap();
+        assert_eq!(resume.source, ResumeSource::FullCheck);
+        assert_eq!(resume.rejected.as_deref(), Some("checksum mismatch"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,327 @@
+//! Seeding and choking issue, acceptance line 5: peers that break the rules get nothing they
+//! should not and are dropped, `pow seed`'s memory stays bounded, and a real leecher completes
+//! alongside them.
+//!
+//! The hostile peers are written here by hand on std `TcpStream`s: they speak the wire bytes
+//! directly, so nothing in pow's own codec can make them more polite than intended.
+
+mod common;
+
+use common::{pow_bin, same_bytes, Lab, TempDir};
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const PIECE: u8 = 7;
+const BITFIELD: u8 = 5;
+const UNCHOKE: u8 = 1;
+const INTERESTED: u8 = 2;
+const REQUEST: u8 = 6;
+
+/// A peer on a plain blocking socket.
+struct RawPeer {
+    stream: TcpStream,
+}
+
+/// What reading from a peer ended with.
+#[derive(Debug, PartialEq)]
+enum End {
+    /// The connection was closed (EOF or reset).
+    Closed,
+    /// Nothing more within the timeout.
+    Quiet,
+}
+
+impl RawPeer {
+    fn connect(port: u16, info_hash: [u8; 20]) -> RawPeer {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut hs = vec![19u8];
+        hs.extend_from_slice(b"BitTorrent protocol");
+        hs.extend_from_slice(&[0; 8]);
+        hs.extend_from_slice(&info_hash);
+        hs.extend_from_slice(b"-XX0001-hostile-peer");
+        stream.write_all(&hs).unwrap();
+        let mut theirs = [0u8; 68];
+        stream.read_exact(&mut theirs).unwrap();
+        assert_eq!(theirs[28..48], info_hash);
+        RawPeer { stream }
+    }
+
+    fn send(&mut self, id: u8, payload: &[u8]) -> std::io::Result<()> {
+        let mut frame = (1 + payload.len() as u32).to_be_bytes().to_vec();
+        frame.push(id);
+        frame.extend_from_slice(payload);
+        self.stream.write_all(&frame)
+    }
+
+    fn request(&mut self, index: u32, begin: u32, length: u32) -> std::io::Result<()> {
+        self.send(REQUEST, &request_payload(index, begin, length))
+    }
+
+    /// The next message (id, payload), or how the stream ended. Keep-alives are skipped.
+    fn read(&mut self, timeout: Duration) -> Result<(u8, Vec<u8>), End> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(End::Quiet);
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut len = [0u8; 4];
+            self.read_exact(&mut len)?;
+            let len = u32::from_be_bytes(len) as usize;
+            if len == 0 {
+                continue;
+            }
+            let mut body = vec![0u8; len];
+            self.read_exact(&mut body)?;
+            return Ok((body[0], body[1..].to_vec()));
+        }
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), End> {
+        match self.stream.read_exact(buf) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Err(End::Quiet)
+            }
+            Err(_) => Err(End::Closed),
+        }
+    }
+
+    /// Reads until `id` arrives; panics on anything else ending the wait. Returns the ids seen.
+    fn wait_for(&mut self, id: u8) -> Vec<u8> {
+        let mut seen = Vec::new();
+        loop {
+            match self.read(Duration::from_secs(20)) {
+                Ok((got, _)) => {
+                    seen.push(got);
+                    if got == id {
+                        return seen;
+                    }
+                }
+                Err(end) => panic!("waiting for message {id}: {end:?} after {seen:?}"),
+            }
+        }
+    }
+
+    /// Reads until the connection closes (or `timeout`); returns the message ids seen and how
+    /// it ended.
+    fn drain(&mut self, timeout: Duration) -> (Vec<u8>, End) {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            match self.read(deadline.saturating_duration_since(Instant::now())) {
+                Ok((id, _)) => seen.push(id),
+                Err(end) => return (seen, end),
+            }
+        }
+    }
+
+    /// Interested, then waits for the unchoke.
+    fn get_unchoked(&mut self) {
+        self.send(INTERESTED, &[]).unwrap();
+        self.wait_for(UNCHOKE);
+    }
+}
+
+fn request_payload(index: u32, begin: u32, length: u32) -> Vec<u8> {
+    [index, begin, length]
+        .iter()
+        .flat_map(|w| w.to_be_bytes())
+        .collect()
+}
+
+/// Peak resident memory (VmHWM) of a process, in KiB.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM")
+}
+
+/// Out-of-range and over-long requests, a flood while choked and a peer that never reads, all
+/// against one `pow seed` while aria2 downloads the same torrent from it.
+#[test]
+fn hostile_peers_are_dropped_while_a_real_leecher_completes() {
+    let lab = Lab::new("hostile");
+    let (data, torrent) = lab.payload("256M", &[]);
+    let metainfo = pow_metainfo::Metainfo::from_file(&torrent).unwrap();
+    let info_hash = metainfo.info_hash.0;
+    let pieces = metainfo.geometry.piece_count();
+    let piece_len = metainfo.geometry.piece_length();
+    let t = torrent.to_str().unwrap();
+    let dir = data.parent().unwrap().to_str().unwrap();
+    let seed_cmd = format!(
+        "{} seed {{torrent}} --data {{dir}} --port {{port}} --bind 127.0.0.1",
+        pow_bin().display()
+    );
+    let (ok, _, err) = lab.script_env("seed.sh", &["ext", t, dir], &[("SEED_CMD", &seed_cmd)]);
+    assert!(ok, "pow seed: {err}");
+    let pid: u32 = std::fs::read_to_string(lab.state.path().join("seed-ext/pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "pow", "the seed's pid file names pow itself");
+    let port = 51105;
+    let before = vm_hwm_kib(pid);
+
+    let out = lab.work.path().join("out-hostile");
+    let (leech, hostile) = std::thread::scope(|scope| {
+        let leech = scope.spawn(|| {
+            lab.script(
+                "leech.sh",
+                &["aria2", t, out.to_str().unwrap(), "--timeout", "180"],
+            )
+        });
+        let hostile = scope.spawn(move || {
+            let mut report = Vec::new();
+            // Each invalid request on its own connection, after an honest start.
+            for (what, index, begin, length) in [
+                ("index past the last piece", pieces, 0, 16384),
+                ("block past the piece's end", 0, piece_len - 8192, 16384),
+                ("more than 16 KiB", 0, 0, 32768),
+            ] {
+                let mut peer = RawPeer::connect(port, info_hash);
+                peer.get_unchoked();
+                peer.request(index, begin, length).unwrap();
+                let (seen, end) = peer.drain(Duration::from_secs(10));
+                assert!(!seen.contains(&PIECE), "{what}: data was sent");
+                assert_eq!(end, End::Closed, "{what}: not disconnected");
+                report.push(format!("{what}: disconnected, no data"));
+            }
+            // 10,000 requests without ever being unchoked (never even interested).
+            let mut flood = RawPeer::connect(port, info_hash);
+            let mut burst = Vec::new();
+            for i in 0..10_000u32 {
+                burst.extend_from_slice(&13u32.to_be_bytes());
+                burst.push(REQUEST);
+                burst.extend_from_slice(&request_payload(i % pieces, 0, 16384));
+            }
+            // pow may hang up before it has read everything: a failed write is expected.
+            let _ = flood.stream.write_all(&burst);
+            let (seen, end) = flood.drain(Duration::from_secs(10));
+            assert!(seen.iter().all(|&id| id == BITFIELD), "flood got {seen:?}");
+            assert_eq!(end, End::Closed, "flooder not disconnected");
+            report.push("10,000 requests while choked: disconnected, no data".to_string());
+            // A peer that asks for 1,000 blocks (16 MiB) and reads none of them for 5 s.
+            let mut slow = RawPeer::connect(port, info_hash);
+            slow.get_unchoked();
+            for i in 0..1000u32 {
+                let (index, begin) = (i / (piece_len / 16384), (i % (piece_len / 16384)) * 16384);
+                slow.request(index, begin, 16384).unwrap();
+            }
+            std::thread::sleep(Duration::from_secs(5));
+            let during = vm_hwm_kib(pid);
+            report.push(format!(
+                "slow reader: 1,000 blocks asked, none read for 5 s; seed VmHWM then {during} KiB"
+            ));
+            drop(slow);
+            report
+        });
+        (leech.join().unwrap(), hostile.join().unwrap())
+    });
+    let after = vm_hwm_kib(pid);
+    lab.script("seed.sh", &["stop", "ext"]);
+    for line in &hostile {
+        println!("{line}");
+    }
+    let (ok, stdout, err) = leech;
+    assert!(ok, "aria2 alongside the hostile peers: {stdout}\n{err}");
+    let bytes = same_bytes(&data, &out.join(data.file_name().unwrap())).unwrap();
+    let result = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT"))
+        .unwrap_or("");
+    println!("aria2 got {bytes} bytes, verified  {result}");
+    println!(
+        "pow seed VmHWM: {before} KiB before, {after} KiB after (+{} KiB)",
+        after - before
+    );
+    assert!(
+        after - before < 32 * 1024,
+        "seed memory grew by {} KiB",
+        after - before
+    );
+}
+
+/// A request for a piece the seed does not have (its copy is corrupt) gets no data and does
+/// not stop the peer from getting a piece the seed has.
+#[test]
+fn a_piece_the_seed_lacks_is_never_sent() {
+    let work = TempDir::new("lacks");
+    let set = work.path().join("data/lacks");
+    std::fs::create_dir_all(&set).unwrap();
+    let content: Vec<u8> = (0..1_048_576u32).map(|i| (i * 31 % 253) as u8).collect();
+    std::fs::write(set.join("a.bin"), &content).unwrap();
+    let torrent = work.path().join("lacks.torrent");
+    let status = common::pow()
+        .args(["torrent", "create"])
+        .arg(&set)
+        .arg("-o")
+        .arg(&torrent)
+        .args(["--piece-length", "65536"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut corrupt = content.clone();
+    corrupt[5 * 65536 + 7] ^= 0xff; // piece 5
+    std::fs::write(set.join("a.bin"), &corrupt).unwrap();
+    let info_hash = pow_metainfo::Metainfo::from_file(&torrent)
+        .unwrap()
+        .info_hash
+        .0;
+    // Outside swarm-lab's ports; the torrent has no tracker.
+    let port = 51190;
+    let mut seed = common::pow()
+        .arg("seed")
+        .arg(&torrent)
+        .arg("--data")
+        .arg(work.path().join("data"))
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(seed.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(ready["pieces_good"], 15, "{ready}");
+
+    let mut peer = RawPeer::connect(port, info_hash);
+    let (id, bitfield) = peer.read(Duration::from_secs(10)).unwrap();
+    assert_eq!(id, BITFIELD);
+    assert_eq!(bitfield[0] & 0x04, 0, "piece 5 is not advertised");
+    peer.get_unchoked();
+    peer.request(5, 0, 16384).unwrap();
+    peer.request(6, 0, 16384).unwrap();
+    let mut got = Vec::new();
+    loop {
+        let (id, payload) = peer.read(Duration::from_secs(10)).expect("piece 6");
+        if id == PIECE {
+            let index = u32::from_be_bytes(payload[..4].try_into().unwrap());
+            got.push(index);
+            if index == 6 {
+                assert_eq!(&payload[8..], &content[6 * 65536..6 * 65536 + 16384]);
+                break;
+            }
+        }
+    }
+    let (later, end) = peer.drain(Duration::from_secs(1));
+    let _ = seed.kill();
+    let _ = seed.wait();
+    assert_eq!(got, vec![6], "only the piece the seed has was sent");
+    assert!(!later.contains(&PIECE), "{later:?}");
+    assert_eq!(end, End::Quiet, "one such request is ignored, not punished");
+    println!("request for missing piece 5: no data; piece 6 served; connection kept");
+}
