@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 mod announce;
 mod download_cmd;
+mod load_cmd;
+mod publish_cmd;
 mod seed_cmd;
 mod source_cmd;
 mod torrent_cmd;
@@ -46,6 +48,12 @@ enum Command {
     /// List, show and query stored data sources.
     #[command(subcommand)]
     Source(source_cmd::SourceCommand),
+    /// Publish a dataset: torrent named by its MD5 into the torrent store, the data source
+    /// record added or updated, then seed it until interrupted (--no-seed to skip).
+    Publish(publish_cmd::PublishArgs),
+    /// List what a torrent store offers.
+    #[command(subcommand)]
+    Store(load_cmd::StoreCommand),
     /// Print the whole graph store, sorted (stable for git).
     Export(source_cmd::ExportArgs),
     /// Load an export (or any RDF file) into the store in one transaction.
@@ -84,6 +92,8 @@ fn main() -> ExitCode {
         Command::Init => source_cmd::init(cli.pow_dir.as_deref()),
         Command::Save(args) => source_cmd::save(cli.pow_dir.as_deref(), args),
         Command::Source(cmd) => source_cmd::source(cli.pow_dir.as_deref(), cmd),
+        Command::Publish(args) => publish_cmd::publish(cli.pow_dir.as_deref(), args),
+        Command::Store(cmd) => load_cmd::store(cli.pow_dir.as_deref(), cmd),
         Command::Export(args) => source_cmd::export(cli.pow_dir.as_deref(), args),
         Command::Import(args) => source_cmd::import(cli.pow_dir.as_deref(), args),
     };

@@ -53,6 +53,12 @@ pub enum SourceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch a data source's torrent from the torrent store, download its content by
+    /// BitTorrent, check its integrity (SHA-1 pieces, MD5 = torrent name, md5/sha256 fields),
+    /// record where it is, and print the directory.
+    Load(crate::load_cmd::LoadArgs),
+    /// Run the integrity checks alone on a data source's content on disk.
+    Verify(crate::load_cmd::SourceVerifyArgs),
 }
 
 /// Syntax of `pow export`.
@@ -93,7 +99,7 @@ fn location(pow_dir: Option<&Path>) -> (PathBuf, bool) {
     }
 }
 
-fn open(pow_dir: Option<&Path>) -> Result<PowDir, Box<dyn Error>> {
+pub(crate) fn open(pow_dir: Option<&Path>) -> Result<PowDir, Box<dyn Error>> {
     let (dir, explicit) = location(pow_dir);
     Ok(PowDir::open(&dir, explicit)?)
 }
@@ -125,8 +131,14 @@ pub fn save(pow_dir: Option<&Path>, args: SaveArgs) -> CmdResult {
 
 /// `pow source ...`.
 pub fn source(pow_dir: Option<&Path>, cmd: SourceCommand) -> CmdResult {
+    let cmd = match cmd {
+        SourceCommand::Load(args) => return crate::load_cmd::load(pow_dir, args),
+        SourceCommand::Verify(args) => return crate::load_cmd::verify(pow_dir, args),
+        other => other,
+    };
     let pow = open(pow_dir)?;
     match cmd {
+        SourceCommand::Load(_) | SourceCommand::Verify(_) => unreachable!("handled above"),
         SourceCommand::List { kind, full, json } => {
             let entries = pow.list(kind.as_deref(), full)?;
             if json {

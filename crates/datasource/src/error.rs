@@ -131,6 +131,30 @@ pub enum Error {
         /// The known class names.
         valid: String,
     },
+    /// A torrent store is unreachable or misbehaves.
+    #[error("torrent store {store}: {message}")]
+    Store {
+        /// The store (directory or URL).
+        store: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The store answered but does not hold the torrent.
+    #[error("torrent store {store} has no {name}")]
+    TorrentNotInStore {
+        /// The store (directory or URL).
+        store: String,
+        /// The torrent file name.
+        name: String,
+    },
+    /// A data source that the BitTorrent loader cannot load.
+    #[error("cannot load {id}: {why}")]
+    NotLoadable {
+        /// `Type:key`.
+        id: String,
+        /// Why not.
+        why: String,
+    },
     /// The Oxigraph store failed.
     #[error("store")]
     Storage(#[from] oxigraph::store::StorageError),

@@ -392,6 +392,7 @@ impl PowDir {
     /// All quads, sorted by graph, subject, predicate, object (their N-Quads text).
     fn sorted_quads(&self) -> Result<Vec<Quad>> {
         let mut quads = self.store.iter().collect::<Result<Vec<_>, _>>()?;
+        quads.retain(is_exported);
         quads.sort_by_cached_key(|q| {
             (
                 q.graph_name.to_string(),
@@ -414,6 +415,9 @@ impl PowDir {
         let mut graphs: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for q in self.store.iter() {
             let q = q?;
+            if !is_exported(&q) {
+                continue;
+            }
             let name = match &q.graph_name {
                 oxigraph::model::GraphName::NamedNode(n) => n.as_str().to_string(),
                 other => other.to_string(),
@@ -477,4 +481,10 @@ impl PowDir {
             }
         }
     }
+}
+
+/// Load state is about this machine (local paths), not about the data: exports leave it out.
+fn is_exported(quad: &Quad) -> bool {
+    !matches!(&quad.graph_name, oxigraph::model::GraphName::NamedNode(n)
+        if n.as_str() == crate::loader::LOADER_STATE_GRAPH)
 }

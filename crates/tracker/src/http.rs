@@ -138,7 +138,11 @@ pub(crate) async fn get(
 
 const MAX_HEAD: usize = 16 * 1024;
 
-async fn read_response(stream: &mut TcpStream, max_body: usize) -> Result<HttpResponse> {
+/// Reads one response from `stream` (a socket; the fuzz target feeds bytes).
+pub(crate) async fn read_response<R: tokio::io::AsyncRead + Unpin>(
+    stream: &mut R,
+    max_body: usize,
+) -> Result<HttpResponse> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
     // head

@@ -24,6 +24,35 @@ mod udp;
 mod url;
 
 pub use client::{Client, ClientConfig};
+
+/// Entry points for `fuzz/fuzz_targets/tracker_response.rs`: the same code paths the client
+/// runs on what a tracker sends, without sockets. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::Result;
+
+    /// An HTTP tracker's whole response as it arrives on the socket, then its body as an
+    /// announce (status 200) — what `Client::announce` does after connecting.
+    pub async fn http_announce_response(bytes: &[u8], max_body: usize) -> Result<()> {
+        let mut reader = bytes;
+        let response = crate::http::read_response(&mut reader, max_body).await?;
+        if response.status == 200 {
+            crate::response::parse_announce(&response.body)?;
+            crate::response::parse_scrape(&response.body)?;
+        }
+        Ok(())
+    }
+
+    /// A UDP datagram as the reply to connect, announce (v4 and v6) and scrape.
+    pub fn udp_reply(datagram: &[u8], tid: u32, scrape_hashes: usize) {
+        if let crate::udp::Reply::Answer(reply) = crate::udp::classify_reply(datagram, tid) {
+            let _ = crate::udp::parse_connect_reply(reply);
+            let _ = crate::udp::parse_announce_reply(reply, true);
+            let _ = crate::udp::parse_announce_reply(reply, false);
+            let _ = crate::udp::parse_scrape_reply(reply, scrape_hashes);
+        }
+    }
+}
 pub use http::scrape_url;
 pub use response::{parse_announce, parse_compact_v4, parse_compact_v6, parse_scrape};
 pub use url::TrackerUrl;

@@ -111,21 +111,19 @@ impl Session<'_> {
                     Ok(Err(e)) => return Err(Error::Io(e)),
                     Ok(Ok(x)) => x,
                 };
-                if n < 8 {
-                    continue;
+                match classify_reply(&buf[..n], tid) {
+                    Reply::Ignore => {
+                        tracing::debug!(tracker = %self.addr, "UDP reply too short or with a stale transaction id ignored");
+                        continue;
+                    }
+                    Reply::Error(reason) => {
+                        return Err(Error::Failure {
+                            reason,
+                            status: None,
+                        })
+                    }
+                    Reply::Answer(reply) => return Ok(reply.to_vec()),
                 }
-                let reply = &buf[..n];
-                if u32_at(reply, 4) != tid {
-                    tracing::debug!(tracker = %self.addr, "UDP reply with a stale transaction id ignored");
-                    continue;
-                }
-                if u32_at(reply, 0) == ACTION_ERROR {
-                    return Err(Error::Failure {
-                        reason: String::from_utf8_lossy(&reply[8..]).into_owned(),
-                        status: None,
-                    });
-                }
-                return Ok(reply.to_vec());
             }
         }
         Err(Error::Timeout(waited))
@@ -146,14 +144,7 @@ impl Session<'_> {
                 p
             })
             .await?;
-        if reply.len() < 16 || u32_at(&reply, 0) != ACTION_CONNECT {
-            return Err(Error::Malformed(format!(
-                "UDP connect reply of {} bytes, action {}",
-                reply.len(),
-                u32_at(&reply, 0)
-            )));
-        }
-        let id = u64_at(&reply, 8);
+        let id = parse_connect_reply(&reply)?;
         self.conn = Some((id, Instant::now()));
         Ok(id)
     }
@@ -243,28 +234,9 @@ pub(crate) async fn announce(
     };
     // on any error the session is dropped: a stale id is the usual cause of an error action
     let reply = s.exchange(&build).await?;
-    if reply.len() < 20 || u32_at(&reply, 0) != ACTION_ANNOUNCE {
-        return Err(Error::Malformed(format!(
-            "UDP announce reply of {} bytes, action {}",
-            reply.len(),
-            u32_at(&reply, 0)
-        )));
-    }
-    let peers = if s.addr.is_ipv4() {
-        parse_compact_v4(&reply[20..])?
-    } else {
-        parse_compact_v6(&reply[20..])?
-    };
+    let response = parse_announce_reply(&reply, s.addr.is_ipv4())?;
     s.keep(cache);
-    Ok(AnnounceResponse {
-        interval: Some(u32_at(&reply, 8)),
-        min_interval: None,
-        incomplete: Some(u32_at(&reply, 12)),
-        complete: Some(u32_at(&reply, 16)),
-        warning: None,
-        tracker_id: None,
-        peers,
-    })
+    Ok(response)
 }
 
 pub(crate) async fn scrape(
@@ -290,25 +262,86 @@ pub(crate) async fn scrape(
                 p
             })
             .await?;
-        if u32_at(&reply, 0) != ACTION_SCRAPE || reply.len() != 8 + 12 * group.len() {
-            return Err(Error::Malformed(format!(
-                "UDP scrape reply of {} bytes for {} hashes",
-                reply.len(),
-                group.len()
-            )));
-        }
-        for (i, h) in group.iter().enumerate() {
-            let at = 8 + 12 * i;
-            out.insert(
-                *h,
-                ScrapeStats {
-                    complete: u32_at(&reply, at),
-                    downloaded: u32_at(&reply, at + 4),
-                    incomplete: u32_at(&reply, at + 8),
-                },
-            );
-        }
+        let stats = parse_scrape_reply(&reply, group.len())?;
+        out.extend(group.iter().copied().zip(stats));
     }
     s.keep(cache);
     Ok(out)
+}
+
+/// What a datagram from the tracker is, for the request with transaction id `tid`.
+pub(crate) enum Reply<'a> {
+    /// Too short, or for another request: keep waiting.
+    Ignore,
+    /// The tracker's error action, with its message.
+    Error(String),
+    /// The reply to parse.
+    Answer(&'a [u8]),
+}
+
+pub(crate) fn classify_reply(reply: &[u8], tid: u32) -> Reply<'_> {
+    if reply.len() < 8 || u32_at(reply, 4) != tid {
+        return Reply::Ignore;
+    }
+    if u32_at(reply, 0) == ACTION_ERROR {
+        return Reply::Error(String::from_utf8_lossy(&reply[8..]).into_owned());
+    }
+    Reply::Answer(reply)
+}
+
+/// The connection id of a connect reply.
+pub(crate) fn parse_connect_reply(reply: &[u8]) -> Result<u64> {
+    if reply.len() < 16 || u32_at(reply, 0) != ACTION_CONNECT {
+        return Err(Error::Malformed(format!(
+            "UDP connect reply of {} bytes, action {}",
+            reply.len(),
+            reply.get(..4).map_or(0, |_| u32_at(reply, 0))
+        )));
+    }
+    Ok(u64_at(reply, 8))
+}
+
+/// An announce reply: interval, leechers, seeders, then compact peers of the tracker's family.
+pub(crate) fn parse_announce_reply(reply: &[u8], ipv4: bool) -> Result<AnnounceResponse> {
+    if reply.len() < 20 || u32_at(reply, 0) != ACTION_ANNOUNCE {
+        return Err(Error::Malformed(format!(
+            "UDP announce reply of {} bytes, action {}",
+            reply.len(),
+            reply.get(..4).map_or(0, |_| u32_at(reply, 0))
+        )));
+    }
+    let peers = if ipv4 {
+        parse_compact_v4(&reply[20..])?
+    } else {
+        parse_compact_v6(&reply[20..])?
+    };
+    Ok(AnnounceResponse {
+        interval: Some(u32_at(reply, 8)),
+        min_interval: None,
+        incomplete: Some(u32_at(reply, 12)),
+        complete: Some(u32_at(reply, 16)),
+        warning: None,
+        tracker_id: None,
+        peers,
+    })
+}
+
+/// A scrape reply for `hashes` info-hashes, in request order.
+pub(crate) fn parse_scrape_reply(reply: &[u8], hashes: usize) -> Result<Vec<ScrapeStats>> {
+    if reply.len() < 8 || u32_at(reply, 0) != ACTION_SCRAPE || reply.len() != 8 + 12 * hashes {
+        return Err(Error::Malformed(format!(
+            "UDP scrape reply of {} bytes for {hashes} hashes",
+            reply.len()
+        )));
+    }
+    Ok((0..hashes)
+        .map(|i| {
+            let at = 8 + 12 * i;
+            ScrapeStats {
+                complete: u32_at(reply, at),
+                downloaded: u32_at(reply, at + 4),
+                incomplete: u32_at(reply, at + 8),
+            }
+        })
+        .collect())
 }

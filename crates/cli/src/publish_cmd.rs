@@ -1,0 +1,184 @@
+//! `pow publish FILE`: make the torrent (named by the content's MD5), put it in the torrent
+//! store, add or update the data source that names it, and seed it until interrupted.
+
+use crate::announce::SwarmArgs;
+use clap::Args;
+use pow_datasource::integrity::content_digests;
+use pow_datasource::publish::store_torrent;
+use pow_metainfo::create::{create, CreateOptions};
+use pow_metainfo::Metainfo;
+use pow_picker::Picker;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+type CmdResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Args)]
+pub struct PublishArgs {
+    /// The file (typically a .zip) or directory to publish.
+    file: PathBuf,
+    /// Data source class of the record.
+    #[arg(long = "type", default_value = "LocalFileDataSource")]
+    kind: String,
+    /// Key of the record (default: the file name, without extension).
+    #[arg(long)]
+    key: Option<String>,
+    /// Another field of the record, FIELD=VALUE (e.g. description=...); repeatable.
+    #[arg(long = "set", value_name = "FIELD=VALUE")]
+    set: Vec<String>,
+    /// Torrent store to write to (default: pow.toml's).
+    #[arg(long)]
+    torrent_store: Option<String>,
+    /// Bytes per piece (default: automatic).
+    #[arg(long)]
+    piece_length: Option<u64>,
+    /// Web seed URL for the torrent (BEP 19); repeatable.
+    #[arg(long = "web-seed")]
+    web_seeds: Vec<String>,
+    /// Publish only: do not seed afterwards.
+    #[arg(long)]
+    no_seed: bool,
+    /// Trackers (pow.toml's `trackers`, then each --tracker) go into the torrent.
+    #[command(flatten)]
+    swarm: SwarmArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
+    let pow = crate::source_cmd::open(pow_dir)?;
+    let store = pow.torrent_store(args.torrent_store.as_deref())?;
+    let file = std::path::absolute(&args.file)?;
+    let parent = file.parent().ok_or("cannot publish /")?.to_path_buf();
+    let file_name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("the file name must be UTF-8")?
+        .to_string();
+    let mut trackers: Vec<Vec<String>> = pow
+        .config()
+        .trackers
+        .iter()
+        .map(|t| vec![t.clone()])
+        .collect();
+    trackers.extend(args.swarm.trackers.iter().map(|t| vec![t.clone()]));
+    let options = CreateOptions {
+        piece_length: args.piece_length,
+        trackers,
+        web_seeds: args.web_seeds.clone(),
+        // No date: the same bytes with the same options give the same torrent.
+        creation_date: None,
+        ..CreateOptions::default()
+    };
+    let created = create(&file, &options)?;
+    let digests = content_digests(&created.metainfo, &parent, true)?;
+    let torrent_file_name = format!("{}.torrent", digests.md5);
+    let stored = store_torrent(&store, &torrent_file_name, &created.bytes)?;
+    // Seed exactly what the store holds (an earlier publish may have used other options).
+    let metainfo = match &store {
+        pow_datasource::TorrentStore::Dir(dir) => {
+            Arc::new(Metainfo::from_file(&dir.join(&torrent_file_name))?)
+        }
+        pow_datasource::TorrentStore::Http(_) => Arc::new(created.metainfo),
+    };
+
+    let key = match &args.key {
+        Some(k) => k.clone(),
+        None => file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or(&file_name)
+            .to_string(),
+    };
+    let mut fields = vec![
+        ("torrent_file_name".to_string(), torrent_file_name.clone()),
+        ("md5".to_string(), digests.md5.clone()),
+        (
+            "sha256".to_string(),
+            digests.sha256.clone().unwrap_or_default(),
+        ),
+    ];
+    if !metainfo.multi_file {
+        fields.push(("file_name".to_string(), file_name.clone()));
+    }
+    for pair in &args.set {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--set {pair}: expected FIELD=VALUE"))?;
+        fields.push((name.to_string(), value.to_string()));
+    }
+    let iri = pow.upsert_source(&args.kind, &key, &fields)?;
+    let id = pow_datasource::schema::shorten(&iri);
+    // The publisher already holds the verified content: record it, so `source load` here
+    // returns at once.
+    let store_for_plan = pow.torrent_store(args.torrent_store.as_deref())?;
+    let plan = pow.plan_load(&id, &store_for_plan, Some(&parent))?;
+    pow.record_load(&plan, digests.bytes)?;
+    drop(pow);
+
+    let summary = serde_json::json!({
+        "id": id,
+        "iri": iri,
+        "torrent_file_name": torrent_file_name,
+        "store": store.describe(),
+        "stored": stored,
+        "info_hash": metainfo.info_hash.to_hex(),
+        "md5": digests.md5,
+        "sha256": digests.sha256,
+        "size": digests.bytes,
+        "seeding": !args.no_seed,
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "published {id}: {torrent_file_name} ({} in {}), info-hash {}, {} bytes",
+            match stored {
+                pow_datasource::publish::Stored::Written => "written",
+                pow_datasource::publish::Stored::Existing => "already",
+            },
+            store.describe(),
+            metainfo.info_hash.to_hex(),
+            digests.bytes
+        );
+    }
+    if args.no_seed {
+        return Ok(());
+    }
+    // The trackers are in the torrent now; do not announce to them twice.
+    let swarm = SwarmArgs {
+        trackers: Vec::new(),
+        ..args.swarm
+    };
+    seed(metainfo, &parent, &swarm)
+}
+
+/// Serves the published content until interrupted.
+fn seed(metainfo: Arc<Metainfo>, data: &Path, swarm: &SwarmArgs) -> CmdResult {
+    let (storage, have) = crate::seed_cmd::check(&metainfo, data)?;
+    let total = metainfo.geometry.piece_count();
+    if have.count() != total {
+        return Err(format!(
+            "{}: only {} of {total} pieces verify; it changed while publishing?",
+            data.display(),
+            have.count()
+        )
+        .into());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let picker = Picker::new(metainfo.geometry.clone(), have);
+        let (torrent, announcer) = swarm.join(storage, picker).await?;
+        eprintln!("seeding on port {}; Ctrl-C to stop", swarm.port);
+        crate::download_cmd::shutdown_signal().await;
+        torrent.shutdown();
+        if let Some(a) = announcer {
+            a.stop().await;
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! The BitTorrent data-source loader, graph side (the 2019 `BitTorrentDataSourceDirLoader`,
+//! which never worked): resolve a data source, fetch its `torrent_file_name` from the torrent
+//! store (cached in `.pow/torrents/`), choose its base directory, run the integrity checks
+//! on what is on disk, and record in the graph where the verified data now is.
+//!
+//! The download itself is not here: this crate knows no sockets. The caller (the `pow`
+//! binary) downloads into [`LoadPlan::base_dir`] with the engine, then calls
+//! [`LoadPlan::check_integrity`] and [`PowDir::record_load`].
+//!
+//! Load state lives in its own named graph, [`LOADER_STATE_GRAPH`]: it is about this machine
+//! (local paths), so `pow export` leaves it out.
+
+use crate::error::{Error, Result};
+use crate::integrity::{content_digests, md5_named_by, Check, ContentDigests, Outcome};
+use crate::schema::shorten;
+use crate::show::Value;
+use crate::store::PowDir;
+use crate::torrent_store::{check_file_name, TorrentStore};
+use oxigraph::model::vocab::xsd;
+use oxigraph::model::{GraphNameRef, Literal, NamedNode, Quad, Term};
+use pow_metainfo::Metainfo;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The loader's directory key: its subdirectory of `data_source_data/` (2019 used the Python
+/// class's qualified name the same way).
+pub const LOADER_KEY: &str = "BitTorrentDataSourceDirLoader";
+/// Named graph of machine-local load state.
+pub const LOADER_STATE_GRAPH: &str = "urn:x-local:loader-state";
+/// Namespace of the load-state predicates.
+pub const LOADER_VOCAB: &str = "urn:x-pow:loader#";
+/// Where fetched torrents are cached inside `.pow/`.
+pub const TORRENT_CACHE_DIR: &str = "torrents";
+
+/// Everything needed to load one data source, resolved from the graph and the store.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    /// `Type:key`.
+    pub id: String,
+    /// Full IRI.
+    pub iri: String,
+    /// The `torrent_file_name` value.
+    pub torrent_file_name: String,
+    /// The cached `.torrent`.
+    pub torrent_path: PathBuf,
+    /// Where the torrent came from: `cache` or the store's name.
+    pub torrent_from: String,
+    /// The parsed torrent.
+    pub metainfo: Arc<Metainfo>,
+    /// The directory the torrent's content goes into (`<base_dir>/<torrent name>`).
+    pub base_dir: PathBuf,
+    /// `md5` values in the graph (lowercase hex).
+    pub md5_field: Vec<String>,
+    /// `sha256` values in the graph (lowercase hex).
+    pub sha256_field: Vec<String>,
+    /// `file_name` values in the graph.
+    pub file_names: Vec<String>,
+}
+
+/// What a previous successful load recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoadRecord {
+    /// The base directory.
+    pub directory: String,
+    /// Info-hash, hex.
+    pub info_hash: String,
+}
+
+/// The integrity checks' results plus the digests they computed.
+#[derive(Debug, Clone)]
+pub struct IntegrityReport {
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+    /// Content digests (absent when the pieces were not all there).
+    pub digests: Option<ContentDigests>,
+}
+
+impl IntegrityReport {
+    /// The first failed check, if any.
+    pub fn failure(&self) -> Option<&Check> {
+        self.checks.iter().find(|c| c.outcome == Outcome::Failed)
+    }
+}
+
+fn vocab(name: &str) -> NamedNode {
+    NamedNode::new_unchecked(format!("{LOADER_VOCAB}{name}"))
+}
+
+fn state_graph() -> NamedNode {
+    NamedNode::new_unchecked(LOADER_STATE_GRAPH)
+}
+
+impl PowDir {
+    /// The torrent store: `spec` if given (relative to the working directory), else
+    /// `torrent_store` of `pow.toml` (relative to `.pow/`).
+    pub fn torrent_store(&self, spec: Option<&str>) -> Result<TorrentStore> {
+        match spec {
+            Some(spec) => TorrentStore::parse(spec, Path::new(".")),
+            None => TorrentStore::parse(&self.config().torrent_store, self.dir()),
+        }
+    }
+
+    /// Resolves data source `id` and fetches its torrent (the cached copy if there is one,
+    /// else from `store`). `base_dir` overrides the directory the content goes into; without
+    /// it, a previous load's directory is reused, else the default
+    /// `.pow/data_source_data/BitTorrentDataSourceDirLoader/<key>/`.
+    pub fn plan_load(
+        &self,
+        id: &str,
+        store: &TorrentStore,
+        base_dir: Option<&Path>,
+    ) -> Result<LoadPlan> {
+        let shown = self.show(id)?;
+        let field = |name: &str| -> Vec<String> {
+            shown
+                .fields
+                .iter()
+                .filter(|f| f.name == name)
+                .flat_map(|f| f.values.iter())
+                .filter_map(|v| match v {
+                    Value::Term(Term::Literal(l)) => Some(l.value().to_string()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let torrent_file_name =
+            match field("torrent_file_name").as_slice() {
+                [] => return Err(Error::NotLoadable {
+                    id: shown.id.clone(),
+                    why: "it has no torrent_file_name, so there is nothing to fetch by BitTorrent"
+                        .into(),
+                }),
+                [one] => one.clone(),
+                many => {
+                    return Err(Error::NotLoadable {
+                        id: shown.id.clone(),
+                        why: format!("it has {} torrent_file_name values", many.len()),
+                    })
+                }
+            };
+        check_file_name(&torrent_file_name)?;
+        let (torrent_path, torrent_from, metainfo) =
+            self.fetch_torrent(&torrent_file_name, store)?;
+        let previous = self.load_record(&shown.iri)?;
+        let base_dir = match (base_dir, previous) {
+            (Some(dir), _) => dir.to_path_buf(),
+            (None, Some(record)) => PathBuf::from(record.directory),
+            (None, None) => self.default_base_dir(&shown.iri),
+        };
+        let lower = |v: Vec<String>| v.into_iter().map(|s| s.to_ascii_lowercase()).collect();
+        Ok(LoadPlan {
+            id: shown.id.clone(),
+            iri: shown.iri.clone(),
+            torrent_file_name,
+            torrent_path,
+            torrent_from,
+            metainfo: Arc::new(metainfo),
+            base_dir,
+            md5_field: lower(field("md5")),
+            sha256_field: lower(field("sha256")),
+            file_names: field("file_name"),
+        })
+    }
+
+    /// `.pow/data_source_data/BitTorrentDataSourceDirLoader/<key>/`, where `<key>` is the
+    /// source's key made into one safe path component.
+    pub fn default_base_dir(&self, iri: &str) -> PathBuf {
+        let short = shorten(iri);
+        let key = match short.split_once(':') {
+            Some((_, key)) if short != iri => key.replace(['/', '\\'], "_"),
+            _ => {
+                use sha2::{Digest, Sha256};
+                hex::encode(&Sha256::digest(iri.as_bytes())[..8])
+            }
+        };
+        let key = if key.starts_with('.') || key.is_empty() {
+            format!("_{key}")
+        } else {
+            key
+        };
+        self.dir()
+            .join(&self.config().download_dir)
+            .join(LOADER_KEY)
+            .join(key)
+    }
+
+    /// The cached torrent if it parses, else the store's copy (then cached atomically).
+    fn fetch_torrent(
+        &self,
+        name: &str,
+        store: &TorrentStore,
+    ) -> Result<(PathBuf, String, Metainfo)> {
+        let cache_dir = self.dir().join(TORRENT_CACHE_DIR);
+        let cached = cache_dir.join(name);
+        if let Ok(bytes) = std::fs::read(&cached) {
+            if let Ok(metainfo) = Metainfo::from_bytes(&bytes) {
+                return Ok((cached, "cache".into(), metainfo));
+            }
+        }
+        let bytes = store.fetch(name)?;
+        let metainfo = Metainfo::from_bytes(&bytes).map_err(|e| Error::Store {
+            store: store.describe(),
+            message: format!("{name} is not a valid torrent: {e}"),
+        })?;
+        write_atomically(&cache_dir, name, &bytes)?;
+        Ok((cached, store.describe(), metainfo))
+    }
+
+    /// What the last successful load of `iri` recorded, if any.
+    pub fn load_record(&self, iri: &str) -> Result<Option<LoadRecord>> {
+        let subject = NamedNode::new(iri).map_err(|_| Error::UnknownId(iri.to_string()))?;
+        let graph = state_graph();
+        let value = |name: &str| -> Result<Option<String>> {
+            let predicate = vocab(name);
+            let found = self
+                .store()
+                .quads_for_pattern(
+                    Some(subject.as_ref().into()),
+                    Some(predicate.as_ref()),
+                    None,
+                    Some(GraphNameRef::NamedNode(graph.as_ref())),
+                )
+                .next()
+                .transpose()?;
+            Ok(found.and_then(|q| match q.object {
+                Term::Literal(l) => Some(l.value().to_string()),
+                _ => None,
+            }))
+        };
+        Ok(match (value("localDirectory")?, value("infoHash")?) {
+            (Some(directory), Some(info_hash)) => Some(LoadRecord {
+                directory,
+                info_hash,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Records a verified load: directory, info-hash, torrent name, bytes and time, replacing
+    /// what an earlier load recorded, in one transaction.
+    pub fn record_load(&self, plan: &LoadPlan, bytes: u64) -> Result<()> {
+        let subject = NamedNode::new_unchecked(&plan.iri);
+        let graph = state_graph();
+        let directory = std::path::absolute(&plan.base_dir).unwrap_or(plan.base_dir.clone());
+        let quad = |name: &str, object: Literal| {
+            Quad::new(subject.clone(), vocab(name), object, graph.clone())
+        };
+        let new = [
+            quad(
+                "localDirectory",
+                Literal::new_simple_literal(directory.display().to_string()),
+            ),
+            quad(
+                "infoHash",
+                Literal::new_simple_literal(plan.metainfo.info_hash.to_hex()),
+            ),
+            quad(
+                "torrentFileName",
+                Literal::new_simple_literal(&plan.torrent_file_name),
+            ),
+            quad(
+                "bytes",
+                Literal::new_typed_literal(bytes.to_string(), xsd::INTEGER),
+            ),
+            quad("status", Literal::new_simple_literal("verified")),
+            quad(
+                "verifiedAt",
+                Literal::new_typed_literal(now_rfc3339(), xsd::DATE_TIME),
+            ),
+            quad("loader", Literal::new_simple_literal(LOADER_KEY)),
+        ];
+        let mut txn = self.store().start_transaction()?;
+        let old: Vec<Quad> = txn
+            .quads_for_pattern(
+                Some(subject.as_ref().into()),
+                None,
+                None,
+                Some(GraphNameRef::NamedNode(graph.as_ref())),
+            )
+            .collect::<std::result::Result<_, _>>()?;
+        for q in &old {
+            txn.remove(q);
+        }
+        txn.extend(&new);
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+impl LoadPlan {
+    /// Runs the integrity checks on what is on disk, given how many pieces passed SHA-1
+    /// (checked by the engine while downloading, or by a full re-check). The content is read
+    /// once, for MD5 (and SHA-256 when the graph has one to compare with).
+    pub fn check_integrity(&self, pieces_verified: u32) -> IntegrityReport {
+        let total = self.metainfo.geometry.piece_count();
+        let mut checks = vec![Check::new(
+            "sha1-pieces",
+            if pieces_verified == total {
+                Outcome::Passed
+            } else {
+                Outcome::Failed
+            },
+            format!("{pieces_verified} of {total} pieces match their SHA-1"),
+        )];
+        if pieces_verified != total {
+            return IntegrityReport {
+                checks,
+                digests: None,
+            };
+        }
+        let digests = match content_digests(
+            &self.metainfo,
+            &self.base_dir,
+            !self.sha256_field.is_empty(),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                checks.push(Check::new(
+                    "md5-torrent-name",
+                    Outcome::Failed,
+                    format!("cannot read the content: {e}"),
+                ));
+                return IntegrityReport {
+                    checks,
+                    digests: None,
+                };
+            }
+        };
+        checks.push(match md5_named_by(&self.torrent_file_name) {
+            Some(named) if named == digests.md5 => Check::new(
+                "md5-torrent-name",
+                Outcome::Passed,
+                format!("content MD5 {} matches torrent name", digests.md5),
+            ),
+            Some(_) => Check::new(
+                "md5-torrent-name",
+                Outcome::Failed,
+                format!(
+                    "content MD5 {} does not match torrent name {}",
+                    digests.md5, self.torrent_file_name
+                ),
+            ),
+            None => Check::new(
+                "md5-torrent-name",
+                Outcome::Skipped,
+                format!(
+                    "torrent name {} is not <md5>.torrent",
+                    self.torrent_file_name
+                ),
+            ),
+        });
+        checks.push(compare_field(
+            "md5-field",
+            "md5",
+            &self.md5_field,
+            &digests.md5,
+        ));
+        let sha256 = digests.sha256.as_deref().unwrap_or("");
+        checks.push(compare_field(
+            "sha256-field",
+            "sha256",
+            &self.sha256_field,
+            sha256,
+        ));
+        checks.push(self.check_file_names());
+        IntegrityReport {
+            checks,
+            digests: Some(digests),
+        }
+    }
+
+    /// The source's `file_name` must be among the files the torrent delivered.
+    fn check_file_names(&self) -> Check {
+        if self.file_names.is_empty() {
+            return Check::new(
+                "file-name",
+                Outcome::Skipped,
+                "no file_name in the graph".into(),
+            );
+        }
+        let missing: Vec<&String> = self
+            .file_names
+            .iter()
+            .filter(|name| {
+                check_file_name(name).is_err()
+                    || !self.base_dir.join(name.as_str()).is_file()
+                        && !self
+                            .base_dir
+                            .join(&self.metainfo.name)
+                            .join(name.as_str())
+                            .is_file()
+            })
+            .collect();
+        if missing.is_empty() {
+            Check::new(
+                "file-name",
+                Outcome::Passed,
+                format!("{} present", self.file_names.join(", ")),
+            )
+        } else {
+            Check::new(
+                "file-name",
+                Outcome::Failed,
+                format!(
+                    "file_name {} is not among the torrent's files in {}",
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    self.base_dir.display()
+                ),
+            )
+        }
+    }
+
+    /// Where the content is: `<base_dir>/<torrent name>`.
+    pub fn content_path(&self) -> PathBuf {
+        self.base_dir.join(&self.metainfo.name)
+    }
+}
+
+fn compare_field(check: &'static str, field: &str, values: &[String], actual: &str) -> Check {
+    match values {
+        [] => Check::new(check, Outcome::Skipped, format!("no {field} in the graph")),
+        values if values.iter().any(|v| v == actual) => Check::new(
+            check,
+            Outcome::Passed,
+            format!("content {field} {actual} matches the graph"),
+        ),
+        values => Check::new(
+            check,
+            Outcome::Failed,
+            format!(
+                "content {field} {actual} does not match the graph's {}",
+                values.join(", ")
+            ),
+        ),
+    }
+}
+
+/// Writes `dir/name` so that no reader ever sees half of it: temp file, fsync, rename.
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    let target = dir.join(name);
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &target)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        Error::io(&target)(e)
+    })
+}
+
+/// Current UTC time as `xsd:dateTime` (`YYYY-MM-DDThh:mm:ssZ`).
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_format() {
+        let now = now_rfc3339();
+        assert_eq!(now.len(), 20, "{now}");
+        assert!(now.starts_with("20"), "{now}");
+        assert!(now.ends_with('Z'));
+    }
+}

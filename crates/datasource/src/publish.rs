@@ -1,0 +1,104 @@
+//! The graph and store side of `pow publish`: put `<md5>.torrent` into a directory torrent
+//! store without ever exposing half a file, and add or update the data source that names it.
+//! Publishing the same bytes twice changes nothing.
+
+use crate::definitions::{check, parse_toml};
+use crate::error::{Error, Result};
+use crate::loader::write_atomically;
+use crate::schema::schema_quads;
+use crate::store::PowDir;
+use crate::torrent_store::{check_file_name, TorrentStore};
+use oxigraph::model::vocab::rdf;
+use oxigraph::model::{GraphNameRef, NamedNode, Quad};
+use std::path::Path;
+
+/// What happened to the torrent in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stored {
+    /// Written now.
+    Written,
+    /// The store already had this name: the content MD5 is the same, so it is kept as it is
+    /// (its info-hash may differ if it was made with other options; the name is what counts).
+    Existing,
+}
+
+/// Writes `name` into a directory store (temp file, fsync, rename), unless it is already there.
+pub fn store_torrent(store: &TorrentStore, name: &str, bytes: &[u8]) -> Result<Stored> {
+    check_file_name(name)?;
+    match store {
+        TorrentStore::Dir(dir) => {
+            if dir.join(name).is_file() {
+                return Ok(Stored::Existing);
+            }
+            write_atomically(dir, name, bytes)?;
+            Ok(Stored::Written)
+        }
+        TorrentStore::Http(url) => Err(Error::Store {
+            store: url.clone(),
+            message: "publishing to an HTTP store needs an upload server (`pow serve`), which is not built yet; publish to a directory store".into(),
+        }),
+    }
+}
+
+impl PowDir {
+    /// Adds data source `class_name:key`, or updates it: each field given replaces the values
+    /// that field had; other fields are kept. One transaction; validated like `pow save`.
+    /// Returns the source's IRI.
+    pub fn upsert_source(
+        &self,
+        class_name: &str,
+        key: &str,
+        fields: &[(String, String)],
+    ) -> Result<String> {
+        let mut table = toml::Table::new();
+        table.insert("type".into(), class_name.into());
+        table.insert("key".into(), key.into());
+        for (name, value) in fields {
+            table.insert(name.clone(), value.as_str().into());
+        }
+        let mut root = toml::Table::new();
+        root.insert(
+            "source".into(),
+            toml::Value::Array(vec![toml::Value::Table(table)]),
+        );
+        let text = toml::to_string(&root).expect("TOML serialises");
+        let data_graph = self.config().data_graph.clone();
+        let mut quads = parse_toml(Path::new("<publish>"), &text, &data_graph)?;
+        check(&mut quads, &data_graph, true)?;
+        let subject = quads
+            .iter()
+            .find(|q| q.predicate.as_ref() == rdf::TYPE)
+            .map(|q| q.subject.clone())
+            .expect("a source has a type");
+        let graph = NamedNode::new_unchecked(&data_graph);
+        let mut txn = self.store().start_transaction()?;
+        let mut replaced: Vec<Quad> = Vec::new();
+        for q in quads.iter().filter(|q| q.subject == subject) {
+            if q.predicate.as_ref() == rdf::TYPE {
+                continue;
+            }
+            for old in txn.quads_for_pattern(
+                Some(subject.as_ref()),
+                Some(q.predicate.as_ref()),
+                None,
+                Some(GraphNameRef::NamedNode(graph.as_ref())),
+            ) {
+                let old = old?;
+                if !quads.contains(&old) {
+                    replaced.push(old);
+                }
+            }
+        }
+        for old in &replaced {
+            txn.remove(old);
+        }
+        txn.extend(&schema_quads(&data_graph));
+        txn.extend(&quads);
+        txn.commit()?;
+        Ok(match subject {
+            oxigraph::model::NamedOrBlankNode::NamedNode(n) => n.into_string(),
+            other => other.to_string(),
+        })
+    }
+}

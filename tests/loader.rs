@@ -1,0 +1,634 @@
+//! Loader acceptance (`pow source load`): a zip seeded by a real client (libtorrent through
+//! swarm-lab), its `<md5>.torrent` in a directory store and in an HTTP store (Python's
+//! `http.server`), a TOML definition saved with `pow save`, and one command that leaves the
+//! verified file in the base directory and records it in the graph. Then tampering, a missing
+//! torrent, a store that is down, and an interrupted load that resumes.
+
+mod common;
+
+use common::{pow, Lab, TempDir};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const TRACKER: &str = "http://127.0.0.1:6969/announce";
+const PIECE: u64 = 256 * 1024;
+/// Peer port of the loading pow (swarm-lab's `ext` leecher port, unused by these tests).
+const LOAD_PORT: &str = "51205";
+
+/// A zip (stored, not deflated) of `mib` MiB of pseudo-random bytes, made by Python's zipfile.
+fn make_zip(path: &Path, mib: u64, seed: u64) {
+    let script = format!(
+        "import random, zipfile\n\
+         r = random.Random({seed})\n\
+         with zipfile.ZipFile({path:?}, 'w', zipfile.ZIP_STORED) as z:\n\
+         \x20   z.writestr('neurons.csv', r.randbytes({mib} * 1024 * 1024 - 4096))\n\
+         \x20   z.writestr('README.txt', 'OpenWorm test dataset %d\\n' % {seed})\n",
+        path = path.to_str().unwrap(),
+    );
+    let status = Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "python3 zipfile");
+}
+
+fn md5_hex(path: &Path) -> String {
+    let out = Command::new("md5sum").arg(path).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..32].to_string()
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `pow torrent create DATA -o STORE/NAME` with the lab tracker, 256 KiB pieces.
+fn create_torrent(data: &Path, out: &Path) {
+    let o = run(pow()
+        .args(["torrent", "create"])
+        .arg(data)
+        .arg("-o")
+        .arg(out)
+        .args(["--tracker", TRACKER, "--piece-length", &PIECE.to_string()]));
+    assert!(o.status.success(), "torrent create: {}", text(&o.stderr));
+}
+
+/// A fresh `.pow` with one ConnectomeCSVDataSource saved from TOML.
+fn project(work: &Path, tag: &str, fields: &str) -> PathBuf {
+    let dir = work.join(format!("pow-{tag}"));
+    let o = run(pow().arg("--pow-dir").arg(&dir).arg("init"));
+    assert!(o.status.success(), "init: {}", text(&o.stderr));
+    let defs = work.join(format!("{tag}.toml"));
+    std::fs::write(
+        &defs,
+        format!(
+            "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"{tag}\"\n\
+             comment = \"Merged nuclei, stained worm\"\n{fields}"
+        ),
+    )
+    .unwrap();
+    let o = run(pow().arg("--pow-dir").arg(&dir).arg("save").arg(&defs));
+    assert!(o.status.success(), "save: {}", text(&o.stderr));
+    dir
+}
+
+fn load(pow_dir: &Path, id: &str, extra: &[&str]) -> Output {
+    run(pow()
+        .arg("--pow-dir")
+        .arg(pow_dir)
+        .args(["source", "load", id, "--json", "--bind", "127.0.0.1"])
+        .args(["--port", LOAD_PORT])
+        .args(extra))
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    let stdout = text(&out.stdout);
+    let line = stdout.lines().last().unwrap_or("null");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {stdout:?} {}", text(&out.stderr)))
+}
+
+fn check<'a>(json: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {json}"))
+}
+
+/// `python3 -m http.server` on a free loopback port, killed when dropped.
+struct HttpStore {
+    child: Child,
+    url: String,
+}
+
+impl HttpStore {
+    fn start(dir: &Path) -> HttpStore {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "http.server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        HttpStore {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for HttpStore {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn seed_with_libtorrent(lab: &Lab, torrent: &Path, data_dir: &Path) {
+    let (ok, _, err) = lab.script(
+        "seed.sh",
+        &[
+            "libtorrent",
+            torrent.to_str().unwrap(),
+            data_dir.to_str().unwrap(),
+            "--timeout",
+            "600",
+        ],
+    );
+    assert!(ok, "seed.sh libtorrent: {err}");
+}
+
+/// Acceptance 1 and 4: directory store and HTTP store, verified file in the base dir, the
+/// graph records it, `--json` has directory, info-hash, bytes and every check; a second load
+/// re-verifies without network.
+#[test]
+fn loads_a_zip_seeded_by_libtorrent_from_directory_and_http_stores() {
+    let lab = Lab::new("loader");
+    let work = lab.work.path();
+    let seed_dir = work.join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let zip = seed_dir.join("Merged_Nuclei_Stained_Worm.zip");
+    make_zip(&zip, 24, 1);
+    let md5 = md5_hex(&zip);
+    let sha256 = sha256_hex(&zip);
+    let store = work.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let torrent_name = format!("{md5}.torrent");
+    let torrent = store.join(&torrent_name);
+    create_torrent(&zip, &torrent);
+    seed_with_libtorrent(&lab, &torrent, &seed_dir);
+
+    let fields = format!(
+        "torrent_file_name = \"{torrent_name}\"\nfile_name = \"Merged_Nuclei_Stained_Worm.zip\"\n\
+         md5 = \"{md5}\"\nsha256 = \"{sha256}\"\n"
+    );
+    let id = "ConnectomeCSVDataSource:nuclei";
+
+    // Directory store.
+    let pow_dir = project(work, "nuclei", &fields);
+    let started = Instant::now();
+    let out = load(&pow_dir, id, &["--torrent-store", store.to_str().unwrap()]);
+    assert!(out.status.success(), "load: {}", text(&out.stderr));
+    let json = json_of(&out);
+    let directory = PathBuf::from(json["directory"].as_str().unwrap());
+    let expected_dir = pow_dir
+        .join("data_source_data/BitTorrentDataSourceDirLoader/nuclei")
+        .canonicalize()
+        .unwrap();
+    assert_eq!(directory.canonicalize().unwrap(), expected_dir);
+    let loaded = directory.join("Merged_Nuclei_Stained_Worm.zip");
+    common::same_bytes(&zip, &loaded).unwrap();
+    assert_eq!(json["bytes"], std::fs::metadata(&zip).unwrap().len());
+    assert_eq!(json["info_hash"].as_str().unwrap().len(), 40);
+    assert_eq!(json["network"], true);
+    for name in [
+        "sha1-pieces",
+        "md5-torrent-name",
+        "md5-field",
+        "sha256-field",
+        "file-name",
+    ] {
+        assert_eq!(check(&json, name)["outcome"], "passed", "{name}: {json}");
+    }
+    println!(
+        "directory store: {} bytes in {:.2} s (transfer {:.2} s, MD5+SHA-256 pass {:.3} s), checks: {}",
+        json["bytes"],
+        started.elapsed().as_secs_f64(),
+        json["transfer_seconds"].as_f64().unwrap(),
+        json["digest_seconds"].as_f64().unwrap(),
+        json["checks"]
+    );
+    assert!(
+        pow_dir.join("torrents").join(&torrent_name).is_file(),
+        "torrent cached"
+    );
+
+    // The graph records where the data is and its info-hash.
+    let iri = "http://openworm.org/entities/ConnectomeCSVDataSource/nuclei";
+    let query = format!(
+        "SELECT ?dir ?hash WHERE {{ GRAPH <urn:x-local:loader-state> {{ <{iri}> <urn:x-pow:loader#localDirectory> ?dir ; <urn:x-pow:loader#infoHash> ?hash }} }}"
+    );
+    let o = run(pow()
+        .arg("--pow-dir")
+        .arg(&pow_dir)
+        .args(["source", "query", &query]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let rows = text(&o.stdout);
+    assert!(rows.contains(json["info_hash"].as_str().unwrap()), "{rows}");
+    assert!(rows.contains(directory.to_str().unwrap()), "{rows}");
+    // ... and keeps it out of exports (it is about this machine).
+    let o = run(pow().arg("--pow-dir").arg(&pow_dir).arg("export"));
+    assert!(!text(&o.stdout).contains("loader-state"));
+
+    // Second load: re-verified from disk, no network, the seed untouched.
+    let out = load(&pow_dir, id, &["--torrent-store", "/nonexistent-store"]);
+    assert!(out.status.success(), "second load: {}", text(&out.stderr));
+    let again = json_of(&out);
+    assert_eq!(again["network"], false);
+    assert_eq!(again["torrent_from"], "cache");
+    assert_eq!(again["pieces_already_on_disk"], again["pieces_total"]);
+    println!(
+        "second load: no network, {} pieces re-verified in {:.2} s",
+        again["pieces_total"],
+        again["seconds"].as_f64().unwrap()
+    );
+
+    // `pow source verify` runs the checks alone.
+    let o = run(pow()
+        .arg("--pow-dir")
+        .arg(&pow_dir)
+        .args(["source", "verify", id, "--json"]));
+    assert!(o.status.success(), "verify: {}", text(&o.stderr));
+
+    // HTTP store, fresh project, plain text output prints the directory.
+    std::fs::write(
+        store.join("index.json"),
+        format!(
+            r#"[{{"name": "{torrent_name}", "description": "Merged nuclei", "info_hash": "{}", "size": {}}}]"#,
+            json["info_hash"].as_str().unwrap(),
+            json["bytes"]
+        ),
+    )
+    .unwrap();
+    let http = HttpStore::start(&store);
+    let o = run(pow().args(["store", "list", "--torrent-store", &http.url]));
+    assert!(o.status.success(), "store list: {}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains(&torrent_name),
+        "{}",
+        text(&o.stdout)
+    );
+    let pow_http = project(work, "nuclei_http", &fields);
+    let id_http = "ConnectomeCSVDataSource:nuclei_http";
+    let o = run(pow()
+        .arg("--pow-dir")
+        .arg(&pow_http)
+        .args([
+            "source",
+            "load",
+            id_http,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            LOAD_PORT,
+        ])
+        .args(["--torrent-store", &http.url]));
+    assert!(o.status.success(), "HTTP load: {}", text(&o.stderr));
+    let printed = PathBuf::from(text(&o.stdout).trim());
+    common::same_bytes(&zip, &printed.join("Merged_Nuclei_Stained_Worm.zip")).unwrap();
+    println!("HTTP store {}: loaded into {}", http.url, printed.display());
+}
+
+/// Acceptance 2: content that is not what the torrent's name says, a torrent missing from the
+/// store, a store that is down, and a source without a torrent.
+#[test]
+fn tampered_content_missing_torrent_and_dead_store_fail_clearly() {
+    let lab = Lab::new("loader-bad");
+    let work = lab.work.path();
+    let real = work.join("real.zip");
+    make_zip(&real, 4, 2);
+    let claimed_md5 = md5_hex(&real);
+    // The seeder's data differs: a valid torrent of other bytes, named by the real MD5.
+    let seed_dir = work.join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let other = seed_dir.join("dataset.zip");
+    make_zip(&other, 4, 3);
+    let actual_md5 = md5_hex(&other);
+    let store = work.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let torrent_name = format!("{claimed_md5}.torrent");
+    create_torrent(&other, &store.join(&torrent_name));
+    seed_with_libtorrent(&lab, &store.join(&torrent_name), &seed_dir);
+
+    let pow_dir = project(
+        work,
+        "tampered",
+        &format!("torrent_file_name = \"{torrent_name}\"\n"),
+    );
+    let s = store.to_str().unwrap();
+    let out = load(
+        &pow_dir,
+        "ConnectomeCSVDataSource:tampered",
+        &["--torrent-store", s],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let expected = format!("content MD5 {actual_md5} does not match torrent name {torrent_name}");
+    assert!(stderr.contains(&expected), "{stderr}");
+    let json = json_of(&out);
+    assert_eq!(json["ok"], false);
+    assert_eq!(check(&json, "sha1-pieces")["outcome"], "passed");
+    assert_eq!(check(&json, "md5-torrent-name")["outcome"], "failed");
+    // Verified pieces are kept on disk.
+    let kept = PathBuf::from(json["content"].as_str().unwrap());
+    common::same_bytes(&other, &kept).unwrap();
+    println!("tampered: {}", stderr.trim());
+
+    // Missing torrent: the error names the store and the file.
+    let missing = "0123456789abcdef0123456789abcdef.torrent";
+    let pow_missing = project(
+        work,
+        "missing",
+        &format!("torrent_file_name = \"{missing}\"\n"),
+    );
+    let out = load(
+        &pow_missing,
+        "ConnectomeCSVDataSource:missing",
+        &["--torrent-store", s],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(missing) && stderr.contains(s), "{stderr}");
+    println!("missing: {}", stderr.trim());
+
+    // A store that is down.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let out = load(
+        &pow_missing,
+        "ConnectomeCSVDataSource:missing",
+        &["--torrent-store", &dead],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&dead) && stderr.contains("cannot connect"),
+        "{stderr}"
+    );
+    println!("store down: {}", stderr.trim());
+
+    // No torrent_file_name at all.
+    let pow_none = project(
+        work,
+        "plain",
+        "md5 = \"0123456789abcdef0123456789abcdef\"\n",
+    );
+    let out = load(&pow_none, "ConnectomeCSVDataSource:plain", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("has no torrent_file_name"), "{stderr}");
+    println!("no torrent: {}", stderr.trim());
+}
+
+/// Acceptance 3: a load killed (-9) half way, then run again, fetches only what was missing.
+///
+/// To stop the first load at a known point without timing games, its only peer is a pow seed
+/// whose copy has the second half of the pieces corrupted: it serves only the good half. The
+/// first load is killed once that half is on disk; the second run gets the rest from a
+/// libtorrent seed with the right data.
+#[test]
+fn interrupted_load_resumes_without_refetching_verified_pieces() {
+    let lab = Lab::new("loader-resume");
+    let work = lab.work.path();
+    let seed_dir = work.join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let zip = seed_dir.join("microscopy.zip");
+    make_zip(&zip, 32, 4);
+    let md5 = md5_hex(&zip);
+    let store = work.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let torrent_name = format!("{md5}.torrent");
+    let torrent = store.join(&torrent_name);
+    create_torrent(&zip, &torrent);
+    let size = std::fs::metadata(&zip).unwrap().len();
+    let pieces = size.div_ceil(PIECE);
+    let good = pieces / 2;
+
+    // Half-good copy for the pow seed.
+    let half_dir = TempDir::new("loader-half");
+    let half = half_dir.path().join("microscopy.zip");
+    let mut bytes = std::fs::read(&zip).unwrap();
+    for piece in good..pieces {
+        bytes[(piece * PIECE) as usize] ^= 0xff;
+    }
+    std::fs::write(&half, &bytes).unwrap();
+    let seed_port = free_port();
+    let mut half_seed = pow()
+        .arg("seed")
+        .arg(&torrent)
+        .arg("--data")
+        .arg(half_dir.path())
+        .args(["--bind", "127.0.0.1", "--port", &seed_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", seed_port)).is_err() {
+        assert!(Instant::now() < deadline, "pow seed did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let pow_dir = project(
+        work,
+        "micro",
+        &format!("torrent_file_name = \"{torrent_name}\"\nmd5 = \"{md5}\"\n"),
+    );
+    let id = "ConnectomeCSVDataSource:micro";
+    let mut first = pow()
+        .arg("--pow-dir")
+        .arg(&pow_dir)
+        .args([
+            "source",
+            "load",
+            id,
+            "--json",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            LOAD_PORT,
+        ])
+        .args(["--torrent-store", store.to_str().unwrap()])
+        .args(["--peer", &format!("127.0.0.1:{seed_port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let content =
+        pow_dir.join("data_source_data/BitTorrentDataSourceDirLoader/micro/microscopy.zip");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = (0, Instant::now());
+    loop {
+        let allocated = allocated_bytes(&content);
+        if allocated != last.0 {
+            last = (allocated, Instant::now());
+        } else if allocated >= good * PIECE && last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "first load stuck at {allocated} bytes"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "first load ended early"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    half_seed.kill().unwrap();
+    half_seed.wait().unwrap();
+
+    seed_with_libtorrent(&lab, &torrent, &seed_dir);
+    let out = load(&pow_dir, id, &["--torrent-store", store.to_str().unwrap()]);
+    assert!(out.status.success(), "second load: {}", text(&out.stderr));
+    let json = json_of(&out);
+    common::same_bytes(&zip, &content).unwrap();
+    let on_disk = json["pieces_already_on_disk"].as_u64().unwrap();
+    let fetched = json["downloaded"].as_u64().unwrap();
+    println!(
+        "killed after {good} of {pieces} pieces; rerun found {on_disk} on disk, fetched {fetched} of {size} bytes ({:.0}%), checks {}",
+        100.0 * fetched as f64 / size as f64,
+        json["checks"]
+    );
+    assert_eq!(on_disk, good, "every verified piece survives the kill");
+    let missing = size - good * PIECE;
+    assert!(
+        fetched <= missing + 4 * PIECE,
+        "fetched {fetched}, only {missing} were missing"
+    );
+}
+
+fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
+}
+
+/// `pow publish`: torrent named by the content MD5 into a directory store, the record in the
+/// graph, seeding; aria2 (a real client) downloads it through the tracker and `pow source load`
+/// in another project gets it from the store; publishing again changes nothing.
+#[test]
+fn publish_then_aria2_and_pow_load_fetch_it() {
+    use std::io::BufRead;
+    let lab = Lab::new("publish");
+    let work = lab.work.path();
+    let data_dir = work.join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let zip = data_dir.join("Worm_Tracks.zip");
+    make_zip(&zip, 16, 5);
+    let md5 = md5_hex(&zip);
+    let store = work.join("store");
+    let publisher = work.join("pow-publisher");
+    let o = run(pow().arg("--pow-dir").arg(&publisher).arg("init"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let publish = |extra: &[&str]| {
+        let mut cmd = pow();
+        cmd.arg("--pow-dir")
+            .arg(&publisher)
+            .arg("publish")
+            .arg(&zip)
+            .args(["--type", "ConnectomeCSVDataSource", "--key", "tracks"])
+            .args(["--set", "description=Worm tracks, test upload"])
+            .args([
+                "--torrent-store",
+                store.to_str().unwrap(),
+                "--tracker",
+                TRACKER,
+            ])
+            .args(["--bind", "127.0.0.1", "--port", "51105", "--json"])
+            .args(extra);
+        cmd
+    };
+    let mut seeding = publish(&[]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut first_line = String::new();
+    std::io::BufReader::new(seeding.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&first_line).unwrap();
+    let torrent_name = format!("{md5}.torrent");
+    assert_eq!(summary["torrent_file_name"], torrent_name.as_str());
+    assert_eq!(summary["md5"], md5.as_str());
+    assert_eq!(summary["stored"], "written");
+    let torrent = store.join(&torrent_name);
+    assert!(torrent.is_file());
+    println!("published: {first_line}");
+
+    // A real client gets it from the publisher's seed through the tracker.
+    let out = work.join("aria2-out");
+    let (ok, stdout, err) = lab.script(
+        "leech.sh",
+        &[
+            "aria2",
+            torrent.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--timeout",
+            "120",
+        ],
+    );
+    assert!(ok, "aria2 from pow publish: {stdout}\n{err}");
+    common::same_bytes(&zip, &out.join("Worm_Tracks.zip")).unwrap();
+    println!(
+        "aria2: {}",
+        stdout
+            .lines()
+            .find(|l| l.starts_with("RESULT"))
+            .unwrap_or("")
+    );
+
+    // Another project loads the published record's torrent from the store.
+    let reader = project(
+        work,
+        "tracks",
+        &format!("torrent_file_name = \"{torrent_name}\"\nmd5 = \"{md5}\"\n"),
+    );
+    let o = load(
+        &reader,
+        "ConnectomeCSVDataSource:tracks",
+        &["--torrent-store", store.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "load: {}", text(&o.stderr));
+    let json = json_of(&o);
+    common::same_bytes(&zip, Path::new(json["content"].as_str().unwrap())).unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &seeding.id().to_string()])
+        .status();
+    seeding.wait().unwrap();
+
+    // Publishing the same bytes again: same torrent, same graph.
+    let export = || text(&run(pow().arg("--pow-dir").arg(&publisher).arg("export")).stdout);
+    let before = export();
+    let torrent_before = std::fs::read(&torrent).unwrap();
+    let o = run(&mut publish(&["--no-seed"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let again = json_of(&o);
+    assert_eq!(again["stored"], "existing");
+    assert_eq!(again["info_hash"], summary["info_hash"]);
+    assert_eq!(export(), before, "graph unchanged");
+    assert_eq!(std::fs::read(&torrent).unwrap(), torrent_before);
+    assert!(before.contains(&md5) && before.contains("Worm tracks, test upload"));
+    println!(
+        "second publish: stored={}, graph unchanged",
+        again["stored"]
+    );
+}
