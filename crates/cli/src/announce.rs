@@ -58,7 +58,7 @@ impl SwarmArgs {
 }
 
 /// Starts announcing `torrent` to `tiers`; `None` when there is no tracker.
-fn start(
+pub(crate) fn start(
     torrent: &Torrent,
     tiers: Vec<Vec<String>>,
     peer_id: [u8; 20],

@@ -10,6 +10,7 @@ mod download_cmd;
 mod load_cmd;
 mod publish_cmd;
 mod seed_cmd;
+mod serve_cmd;
 mod source_cmd;
 mod torrent_cmd;
 mod tracker_cmd;
@@ -51,6 +52,9 @@ enum Command {
     /// Publish a dataset: torrent named by its MD5 into the torrent store, the data source
     /// record added or updated, then seed it until interrupted (--no-seed to skip).
     Publish(publish_cmd::PublishArgs),
+    /// Run the upload server: a web page to publish zip datasets, an HTTP torrent store, and
+    /// a seed (with a tracker) for everything published.
+    Serve(serve_cmd::ServeArgs),
     /// List what a torrent store offers.
     #[command(subcommand)]
     Store(load_cmd::StoreCommand),
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         Command::Save(args) => source_cmd::save(cli.pow_dir.as_deref(), args),
         Command::Source(cmd) => source_cmd::source(cli.pow_dir.as_deref(), cmd),
         Command::Publish(args) => publish_cmd::publish(cli.pow_dir.as_deref(), args),
+        Command::Serve(args) => serve_cmd::serve(args),
         Command::Store(cmd) => load_cmd::store(cli.pow_dir.as_deref(), cmd),
         Command::Export(args) => source_cmd::export(cli.pow_dir.as_deref(), args),
         Command::Import(args) => source_cmd::import(cli.pow_dir.as_deref(), args),

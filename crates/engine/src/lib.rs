@@ -14,8 +14,11 @@
 //! With [`EngineConfig::resume_interval`] set, the verified set is saved to the storage's
 //! resume file every interval while it changes ([`Torrent::save_resume`] saves on demand).
 
+mod listener;
 mod peer;
 pub mod trace;
+
+pub use listener::{SharedListener, MAX_PENDING_HANDSHAKES};
 
 use pow_metainfo::Metainfo;
 use pow_picker::{PeerKey, Picker};

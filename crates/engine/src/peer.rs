@@ -51,7 +51,7 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpList
                 Ok((stream, addr)) => {
                     let full = inner.lock().peers.len() >= inner.config.max_peers;
                     if !full {
-                        tokio::spawn(run(inner.clone(), stream, addr, false));
+                        tokio::spawn(run(inner.clone(), stream, addr, false, None));
                     }
                 }
                 Err(e) => {
@@ -68,15 +68,41 @@ pub(crate) async fn connect(inner: Arc<Inner>, addr: SocketAddr) {
     let result = tokio::time::timeout(inner.config.connect_timeout, TcpStream::connect(addr)).await;
     inner.lock().connecting.remove(&addr);
     match result {
-        Ok(Ok(stream)) => run(inner, stream, addr, true).await,
+        Ok(Ok(stream)) => run(inner, stream, addr, true, None).await,
         Ok(Err(e)) => tracing::debug!("connect {addr}: {e}"),
         Err(_) => tracing::debug!("connect {addr}: timed out"),
     }
 }
 
-async fn run(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, outgoing: bool) {
+/// An incoming connection whose handshake a shared listener already read, to route it.
+pub(crate) struct Routed {
+    pub handshake: Handshake,
+    /// Bytes read after the handshake (the peer may send its bitfield at once).
+    pub buf: BytesMut,
+}
+
+/// Takes over a connection routed to this torrent by a [`crate::SharedListener`].
+pub(crate) async fn accept_routed(
+    inner: Arc<Inner>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    routed: Routed,
+) {
+    let full = inner.lock().peers.len() >= inner.config.max_peers;
+    if !full && !*inner.shutdown.borrow() {
+        run(inner, stream, addr, false, Some(routed)).await;
+    }
+}
+
+async fn run(
+    inner: Arc<Inner>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    outgoing: bool,
+    routed: Option<Routed>,
+) {
     let _ = stream.set_nodelay(true);
-    let mut conn = match handshake(&inner, stream).await {
+    let mut conn = match handshake(&inner, stream, routed).await {
         Ok(conn) => conn,
         Err(e) => {
             tracing::debug!("{addr}: handshake: {e}");
@@ -127,7 +153,7 @@ struct Conn {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum PeerError {
+pub(crate) enum PeerError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("protocol: {0}")]
@@ -140,20 +166,20 @@ enum PeerError {
     Closed,
 }
 
-async fn handshake(inner: &Inner, mut stream: TcpStream) -> Result<Conn, PeerError> {
+async fn handshake(
+    inner: &Inner,
+    mut stream: TcpStream,
+    routed: Option<Routed>,
+) -> Result<Conn, PeerError> {
     let ours = Handshake::new(inner.metainfo.info_hash.0, inner.config.peer_id);
     stream.write_all(&ours.encode()).await?;
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let deadline = Instant::now() + inner.config.handshake_timeout;
-    let theirs = loop {
-        if let Some(hs) = Handshake::decode(&mut buf)? {
-            break hs;
-        }
-        let n = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf))
-            .await
-            .map_err(|_| PeerError::Timeout)??;
-        if n == 0 {
-            return Err(PeerError::Protocol("closed during handshake"));
+    let (theirs, buf) = match routed {
+        Some(Routed { handshake, buf }) => (handshake, buf),
+        None => {
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            let deadline = Instant::now() + inner.config.handshake_timeout;
+            let theirs = read_handshake(&mut stream, &mut buf, deadline).await?;
+            (theirs, buf)
         }
     };
     if theirs.info_hash != inner.metainfo.info_hash.0 {
@@ -167,6 +193,25 @@ async fn handshake(inner: &Inner, mut stream: TcpStream) -> Result<Conn, PeerErr
         buf,
         peer_id: theirs.peer_id,
     })
+}
+
+/// Reads the peer's 68-byte handshake into `buf` (what follows it stays in `buf`).
+pub(crate) async fn read_handshake(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    deadline: Instant,
+) -> Result<Handshake, PeerError> {
+    loop {
+        if let Some(hs) = Handshake::decode(buf)? {
+            return Ok(hs);
+        }
+        let n = tokio::time::timeout_at(deadline.into(), stream.read_buf(buf))
+            .await
+            .map_err(|_| PeerError::Timeout)??;
+        if n == 0 {
+            return Err(PeerError::Protocol("closed during handshake"));
+        }
+    }
 }
 
 struct Peer {

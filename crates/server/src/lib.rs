@@ -1,1 +1,102 @@
-//! `pow serve`: the upload web page and HTTP torrent store (being built, issue #9).
+//! `pow serve`: the upload web page, and the HTTP torrent store the loader fetches from.
+//!
+//! A researcher uploads a `.zip` (`POST /upload`, multipart, streamed to disk while its MD5 and
+//! SHA-256 are computed, never held in memory); the server checks it is a zip by its bytes,
+//! creates the torrent, names it `<md5>.torrent`, stores it and has it seeded. Everything lives
+//! under one data directory ([`Library`]); the torrent written last is the commit point, so a
+//! crash at any moment leaves either a whole dataset or nothing visible.
+//!
+//! This crate knows HTTP and files, not peers: seeding goes through the [`Seeder`] the caller
+//! gives (the `pow` binary runs the engine behind it).
+//!
+//! Endpoints: `GET /` (the page), `POST /upload`, `GET /api/datasets`,
+//! `GET /torrents/<md5>.torrent`, `GET /torrents/index.json`, and
+//! `PUT /torrents/<md5>.torrent` with the configured bearer token.
+
+mod library;
+mod page;
+mod routes;
+mod upload;
+
+pub use library::{Dataset, Library, LibraryError, Published};
+pub use routes::{router, start_seeding_dataset};
+
+use pow_metainfo::Metainfo;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Multipart framing and the description field on top of the file itself: a request whose
+/// `Content-Length` exceeds the upload limit by more than this is refused before it is read.
+pub const FORM_OVERHEAD: u64 = 64 * 1024;
+/// Longest description kept with a dataset.
+pub const MAX_DESCRIPTION_BYTES: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Largest accepted upload (the file's bytes).
+    pub max_upload_size: u64,
+    /// Bearer token that allows `PUT /torrents/<md5>.torrent`; `None` disables PUT.
+    pub token: Option<String>,
+}
+
+/// What the page and `/api/datasets` say about a dataset's seeding.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SeedStatus {
+    pub seeding: bool,
+    pub peers: usize,
+    pub uploaded: u64,
+    pub pieces_have: u32,
+    pub pieces_total: u32,
+    /// Why it is not seeding, if it failed to start.
+    pub error: Option<String>,
+}
+
+pub type SeedFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// Seeds datasets for the server (implemented by the `pow` binary with the engine).
+pub trait Seeder: Send + Sync + 'static {
+    /// Starts seeding `metainfo` from `data_dir` (the directory that holds the torrent's
+    /// content); resolves once it is serving, or with why it cannot.
+    fn seed(&self, metainfo: Arc<Metainfo>, data_dir: PathBuf) -> SeedFuture;
+    /// The current status of the torrent with this info-hash (hex); `None` if never started.
+    fn status(&self, info_hash: &str) -> Option<SeedStatus>;
+}
+
+/// `magnet:?xt=urn:btih:<hex>&dn=<name>&tr=<tracker>...`, percent-encoded as libtorrent does.
+pub fn magnet_link(metainfo: &Metainfo) -> String {
+    let mut link = format!(
+        "magnet:?xt=urn:btih:{}&dn={}",
+        metainfo.info_hash.to_hex(),
+        percent_encode(&metainfo.name)
+    );
+    for tracker in metainfo.tracker_tiers().iter().flatten() {
+        link.push_str("&tr=");
+        link.push_str(&percent_encode(tracker));
+    }
+    link
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves (requests in flight are finished).
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

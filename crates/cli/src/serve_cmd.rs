@@ -1,0 +1,263 @@
+//! `pow serve`: the upload server (crates/server), with the engine seeding every dataset on one
+//! shared peer port, and a tracker (embedded, unless `--tracker` names one to use instead).
+//! Started again on the same data directory, it seeds every stored dataset again.
+
+use crate::announce;
+use clap::Args;
+use pow_engine::{EngineConfig, SharedListener, Torrent};
+use pow_metainfo::Metainfo;
+use pow_picker::Picker;
+use pow_server::{Library, SeedFuture, SeedStatus, Seeder, ServeConfig};
+use pow_tracker::server::{ServerConfig, TrackerServer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+type CmdResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address of the web page and HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The server's directory: uploads, content, and the torrent store (`DIR/torrents`).
+    #[arg(long, default_value = ".pow/serve")]
+    data: PathBuf,
+    /// Largest accepted upload, in bytes.
+    #[arg(long, default_value_t = 16 << 30)]
+    max_upload_size: u64,
+    /// Peer port every dataset is seeded on.
+    #[arg(long, default_value_t = 6881)]
+    peer_port: u16,
+    /// Address of the embedded tracker (HTTP and UDP); default: the --listen host, port 6969.
+    #[arg(long)]
+    tracker_listen: Option<SocketAddr>,
+    /// Announce URL of a running tracker to put in new torrents instead of running one;
+    /// repeatable.
+    #[arg(long = "tracker")]
+    trackers: Vec<String>,
+    /// Token that allows `PUT /torrents/<md5>.torrent` (`Authorization: Bearer TOKEN`).
+    #[arg(long, env = "POW_SERVE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print a JSON line when the server is up.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn serve(args: ServeArgs) -> CmdResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve_async(args))
+}
+
+async fn serve_async(args: ServeArgs) -> CmdResult {
+    let tracker = if args.trackers.is_empty() {
+        let addr = args
+            .tracker_listen
+            .unwrap_or(SocketAddr::new(args.listen.ip(), 6969));
+        let server = TrackerServer::start(addr, ServerConfig::default())
+            .await
+            .map_err(|e| format!("cannot start the tracker on {addr}: {e}"))?;
+        Some(server)
+    } else {
+        None
+    };
+    let announce_urls = match &tracker {
+        Some(t) => vec![t.http_announce_url()],
+        None => args.trackers.clone(),
+    };
+    let library = Arc::new(Library::open(&args.data, announce_urls.clone())?);
+    let peer_addr = SocketAddr::new(args.listen.ip(), args.peer_port);
+    let listener = SharedListener::bind(peer_addr)
+        .await
+        .map_err(|e| format!("cannot listen for peers on {peer_addr}: {e}"))?;
+    let seeder = EngineSeeder(Arc::new(SeederState {
+        peer_id: pow_engine::new_peer_id(),
+        port: listener.local_addr().port(),
+        listener,
+        torrents: Mutex::new(HashMap::new()),
+    }));
+    let http = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+
+    // Seed what is already published, one at a time (each is a disk check when the resume
+    // file cannot be trusted), while the page is already up.
+    let datasets = library.datasets();
+    {
+        let (library, seeder) = (library.clone(), seeder.clone());
+        let datasets = datasets.clone();
+        tokio::spawn(async move {
+            for dataset in &datasets {
+                if let Err(e) = pow_server::start_seeding_dataset(&library, &seeder, dataset).await
+                {
+                    eprintln!("pow: cannot seed {} ({}): {e}", dataset.name, dataset.md5);
+                }
+            }
+        });
+    }
+    let url = format!("http://{}", http.local_addr()?);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "url": url,
+                "torrent_store": format!("{url}/torrents"),
+                "peer_port": seeder.0.port,
+                "trackers": announce_urls,
+                "data": library.root(),
+                "datasets": datasets.len(),
+            })
+        );
+    } else {
+        eprintln!(
+            "serving {url} (torrent store {url}/torrents), peers on port {}, tracker {}; {} datasets; Ctrl-C to stop",
+            seeder.0.port,
+            announce_urls.join(" "),
+            datasets.len()
+        );
+    }
+    let app = pow_server::router(
+        library,
+        Arc::new(seeder.clone()),
+        ServeConfig {
+            max_upload_size: args.max_upload_size,
+            token: args.token.clone(),
+        },
+    );
+    pow_server::run(http, app, crate::download_cmd::shutdown_signal()).await?;
+    seeder.stop().await;
+    drop(tracker);
+    Ok(())
+}
+
+#[derive(Clone)]
+struct EngineSeeder(Arc<SeederState>);
+
+struct SeederState {
+    listener: SharedListener,
+    peer_id: [u8; 20],
+    port: u16,
+    /// By info-hash (hex).
+    torrents: Mutex<HashMap<String, Seeding>>,
+}
+
+enum Seeding {
+    Starting,
+    Running {
+        torrent: Torrent,
+        announcer: Option<announce::Handle>,
+    },
+    Failed(String),
+}
+
+impl Seeder for EngineSeeder {
+    fn seed(&self, metainfo: Arc<Metainfo>, data_dir: PathBuf) -> SeedFuture {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let result = state.start(metainfo.clone(), data_dir).await;
+            if let Err(e) = &result {
+                state
+                    .lock()
+                    .insert(metainfo.info_hash.to_hex(), Seeding::Failed(e.clone()));
+            }
+            result
+        })
+    }
+
+    fn status(&self, info_hash: &str) -> Option<SeedStatus> {
+        Some(match self.0.lock().get(info_hash)? {
+            Seeding::Starting => SeedStatus::default(),
+            Seeding::Running { torrent, .. } => {
+                let s = torrent.snapshot();
+                SeedStatus {
+                    seeding: true,
+                    peers: s.peers,
+                    uploaded: s.uploaded,
+                    pieces_have: s.pieces_have,
+                    pieces_total: s.pieces_total,
+                    error: None,
+                }
+            }
+            Seeding::Failed(why) => SeedStatus {
+                error: Some(why.clone()),
+                ..SeedStatus::default()
+            },
+        })
+    }
+}
+
+impl EngineSeeder {
+    async fn stop(&self) {
+        let running: Vec<Seeding> = self.0.lock().drain().map(|(_, s)| s).collect();
+        for seeding in running {
+            if let Seeding::Running { torrent, announcer } = seeding {
+                torrent.shutdown();
+                if let Some(a) = announcer {
+                    a.stop().await;
+                }
+            }
+        }
+    }
+}
+
+impl SeederState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seeding>> {
+        self.torrents.lock().expect("seeder lock")
+    }
+
+    async fn start(&self, metainfo: Arc<Metainfo>, data_dir: PathBuf) -> Result<(), String> {
+        let key = metainfo.info_hash.to_hex();
+        {
+            let mut torrents = self.lock();
+            if matches!(
+                torrents.get(&key),
+                Some(Seeding::Running { .. } | Seeding::Starting)
+            ) {
+                return Ok(());
+            }
+            torrents.insert(key.clone(), Seeding::Starting);
+        }
+        let (storage, resume) = {
+            let metainfo = metainfo.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::seed_cmd::resume_or_check(&metainfo, &data_dir, true)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())??
+        };
+        let have = resume.have;
+        if have.count() < have.len() {
+            return Err(format!(
+                "only {} of {} pieces verify on disk",
+                have.count(),
+                have.len()
+            ));
+        }
+        let config = EngineConfig {
+            peer_id: self.peer_id,
+            listen: None,
+            ..EngineConfig::default()
+        };
+        let picker = Picker::new(metainfo.geometry.clone(), have);
+        let torrent = Torrent::start(storage, picker, config)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.listener.attach(&torrent);
+        let announcer =
+            announce::start(&torrent, metainfo.tracker_tiers(), self.peer_id, self.port);
+        // Recorded now, so a restart skips the check (a seed writes nothing later).
+        if let Err(e) = torrent.save_resume().await {
+            eprintln!(
+                "pow: warning: {}: cannot save the resume file: {e}",
+                metainfo.name
+            );
+        }
+        self.lock()
+            .insert(key, Seeding::Running { torrent, announcer });
+        Ok(())
+    }
+}

@@ -1,0 +1,311 @@
+//! The server's data directory:
+//!
+//! ```text
+//! DIR/incoming/            uploads being received (emptied at start)
+//! DIR/content/<md5>/NAME   a dataset's bytes (the torrent's single file)
+//! DIR/datasets/<md5>.json  what the page lists about it
+//! DIR/torrents/<md5>.torrent  the torrent store, served at /torrents/
+//! ```
+//!
+//! Publishing writes content, then the record, then the torrent (each by rename after fsync).
+//! A dataset exists once its torrent is in the store; a content directory without a torrent is
+//! what a crash left and is removed at the next start.
+
+use crate::upload::Received;
+use pow_datasource::loader::write_atomically;
+use pow_datasource::torrent_store::IndexEntry;
+use pow_metainfo::create::{create, CreateOptions};
+use pow_metainfo::Metainfo;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+/// One published dataset, as stored in `datasets/<md5>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Dataset {
+    /// MD5 of the content, hex: the dataset's identity.
+    pub md5: String,
+    pub sha256: String,
+    /// The stored file name (derived from the uploaded name, never a client path).
+    pub name: String,
+    pub size: u64,
+    pub info_hash: String,
+    pub torrent_file_name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Seconds since the epoch.
+    pub uploaded_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Published {
+    New,
+    /// The same bytes were published before: nothing changed.
+    Existing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the torrent: {0}")]
+    Create(#[from] pow_metainfo::create::CreateError),
+    #[error("{0}")]
+    Store(#[from] pow_datasource::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LibraryError + '_ {
+    move |source| LibraryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub struct Library {
+    root: PathBuf,
+    /// Trackers put into every torrent created here.
+    trackers: Vec<String>,
+    datasets: RwLock<BTreeMap<String, Dataset>>,
+    /// Publishing (hash check, create, rename) one at a time: two uploads of the same bytes
+    /// must not race for the same names, and hashing is disk-bound anyway.
+    publishing: tokio::sync::Mutex<()>,
+}
+
+impl Library {
+    /// Opens (creating) the data directory; clears what an earlier crash left half done.
+    pub fn open(root: &Path, trackers: Vec<String>) -> Result<Library, LibraryError> {
+        let root = std::path::absolute(root).map_err(io(root))?;
+        for sub in ["incoming", "content", "datasets", "torrents"] {
+            let dir = root.join(sub);
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        }
+        let incoming = root.join("incoming");
+        std::fs::remove_dir_all(&incoming).map_err(io(&incoming))?;
+        std::fs::create_dir_all(&incoming).map_err(io(&incoming))?;
+
+        let library = Library {
+            root,
+            trackers,
+            datasets: RwLock::new(BTreeMap::new()),
+            publishing: tokio::sync::Mutex::new(()),
+        };
+        let mut datasets = BTreeMap::new();
+        for md5 in hex_names(&library.root.join("content"), "")? {
+            if !library.torrent_path(&md5).is_file() {
+                let dir = library.content_dir(&md5);
+                tracing::info!("removing {}: never published (interrupted)", dir.display());
+                std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            }
+        }
+        for md5 in hex_names(&library.root.join("datasets"), ".json")? {
+            let path = library.record_path(&md5);
+            if !library.torrent_path(&md5).is_file() {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            let dataset: Dataset = serde_json::from_str(&text)
+                .map_err(|e| LibraryError::Invalid(format!("{}: {e}", path.display())))?;
+            datasets.insert(md5, dataset);
+        }
+        *library.datasets.write().expect("datasets lock") = datasets;
+        Ok(library)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn torrents_dir(&self) -> PathBuf {
+        self.root.join("torrents")
+    }
+
+    pub fn incoming_dir(&self) -> PathBuf {
+        self.root.join("incoming")
+    }
+
+    pub fn content_dir(&self, md5: &str) -> PathBuf {
+        self.root.join("content").join(md5)
+    }
+
+    fn record_path(&self, md5: &str) -> PathBuf {
+        self.root.join("datasets").join(format!("{md5}.json"))
+    }
+
+    pub fn torrent_path(&self, md5: &str) -> PathBuf {
+        self.torrents_dir().join(format!("{md5}.torrent"))
+    }
+
+    /// Every published dataset, oldest first.
+    pub fn datasets(&self) -> Vec<Dataset> {
+        let mut all: Vec<Dataset> = self
+            .datasets
+            .read()
+            .expect("datasets lock")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| (a.uploaded_at, &a.md5).cmp(&(b.uploaded_at, &b.md5)));
+        all
+    }
+
+    pub fn dataset(&self, md5: &str) -> Option<Dataset> {
+        self.datasets
+            .read()
+            .expect("datasets lock")
+            .get(md5)
+            .cloned()
+    }
+
+    pub fn metainfo(&self, dataset: &Dataset) -> Result<Arc<Metainfo>, LibraryError> {
+        let path = self.torrent_path(&dataset.md5);
+        Metainfo::from_file(&path)
+            .map(Arc::new)
+            .map_err(|e| LibraryError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// The store's `index.json`: every torrent in it, with what is known of each.
+    pub fn index(&self) -> Result<Vec<IndexEntry>, LibraryError> {
+        let datasets = self.datasets.read().expect("datasets lock").clone();
+        let mut entries = Vec::new();
+        for md5 in hex_names(&self.torrents_dir(), ".torrent")? {
+            let dataset = datasets.get(&md5);
+            entries.push(IndexEntry {
+                name: format!("{md5}.torrent"),
+                description: dataset
+                    .map(|d| d.description.clone())
+                    .filter(|d| !d.is_empty()),
+                info_hash: dataset.map(|d| d.info_hash.clone()),
+                size: dataset.map(|d| d.size),
+            });
+        }
+        Ok(entries)
+    }
+
+    /// Makes a dataset of a received upload: moves it into place, creates and stores its
+    /// torrent. The same bytes published again return the existing dataset.
+    pub async fn publish(
+        self: &Arc<Self>,
+        received: Received,
+        description: String,
+    ) -> Result<(Dataset, Published), LibraryError> {
+        let _one_at_a_time = self.publishing.lock().await;
+        if let Some(existing) = self.dataset(&received.md5) {
+            return Ok((existing, Published::Existing));
+        }
+        let library = self.clone();
+        let dataset =
+            tokio::task::spawn_blocking(move || library.publish_blocking(received, description))
+                .await
+                .map_err(|e| LibraryError::Invalid(format!("publishing panicked: {e}")))??;
+        self.datasets
+            .write()
+            .expect("datasets lock")
+            .insert(dataset.md5.clone(), dataset.clone());
+        Ok((dataset, Published::New))
+    }
+
+    fn publish_blocking(
+        &self,
+        received: Received,
+        description: String,
+    ) -> Result<Dataset, LibraryError> {
+        let md5 = received.md5.clone();
+        let content_dir = self.content_dir(&md5);
+        if content_dir.exists() {
+            // Left by a publish that failed after the move: start it again.
+            std::fs::remove_dir_all(&content_dir).map_err(io(&content_dir))?;
+        }
+        std::fs::create_dir_all(&content_dir).map_err(io(&content_dir))?;
+        let content_path = content_dir.join(&received.name);
+        let temp = received.file.path().to_path_buf();
+        std::fs::File::open(&temp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&temp))?;
+        std::fs::rename(&temp, &content_path).map_err(io(&content_path))?;
+        received.file.forget();
+
+        let options = CreateOptions {
+            trackers: self.trackers.iter().map(|t| vec![t.clone()]).collect(),
+            // No date: the same bytes give the same torrent.
+            creation_date: None,
+            ..CreateOptions::default()
+        };
+        let created = create(&content_path, &options)?;
+        let torrent_file_name = format!("{md5}.torrent");
+        let dataset = Dataset {
+            md5: md5.clone(),
+            sha256: received.sha256,
+            name: received.name,
+            size: received.size,
+            info_hash: created.metainfo.info_hash.to_hex(),
+            torrent_file_name: torrent_file_name.clone(),
+            description,
+            uploaded_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        let record = serde_json::to_vec_pretty(&dataset).expect("dataset serializes");
+        write_atomically(&self.root.join("datasets"), &format!("{md5}.json"), &record)?;
+        // Last: from here on the dataset exists.
+        write_atomically(&self.torrents_dir(), &torrent_file_name, &created.bytes)?;
+        Ok(dataset)
+    }
+
+    /// Stores a torrent given by `PUT` (no content here, so it is not seeded). Returns whether
+    /// it was new.
+    pub fn put_torrent(&self, name: &str, bytes: &[u8]) -> Result<bool, LibraryError> {
+        let md5 = name
+            .strip_suffix(".torrent")
+            .filter(|stem| is_md5_hex(stem))
+            .ok_or_else(|| {
+                LibraryError::Invalid(format!(
+                    "{name:?}: a torrent in this store is named <md5 hex>.torrent"
+                ))
+            })?;
+        Metainfo::from_bytes(bytes)
+            .map_err(|e| LibraryError::Invalid(format!("not a valid torrent: {e}")))?;
+        let path = self.torrent_path(md5);
+        if path.is_file() {
+            let same = std::fs::read(&path).map_err(io(&path))? == bytes;
+            return if same {
+                Ok(false)
+            } else {
+                Err(LibraryError::Invalid(format!(
+                    "{name} is already stored with other bytes; the store never replaces a torrent"
+                )))
+            };
+        }
+        write_atomically(&self.torrents_dir(), name, bytes)?;
+        Ok(true)
+    }
+}
+
+pub(crate) fn is_md5_hex(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Names in `dir` of the form `<md5 hex><suffix>`, as their md5 part.
+fn hex_names(dir: &Path, suffix: &str) -> Result<Vec<String>, LibraryError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        if let Some(stem) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_suffix(suffix))
+            .filter(|stem| is_md5_hex(stem))
+        {
+            names.push(stem.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}

@@ -1,0 +1,292 @@
+//! HTTP handlers. Errors are JSON (`{"error": ...}`) unless the client asked for HTML (a plain
+//! form post from a browser), which gets a small page or a redirect back to the list.
+
+use crate::library::{is_md5_hex, Library, Published};
+use crate::page::{self, Row};
+use crate::upload::{self, UploadError};
+use crate::{magnet_link, Dataset, Seeder, ServeConfig, FORM_OVERHEAD};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use pow_datasource::torrent_store::{INDEX_FILE, MAX_TORRENT_BYTES};
+use std::sync::Arc;
+
+struct App {
+    library: Arc<Library>,
+    seeder: Arc<dyn Seeder>,
+    config: ServeConfig,
+}
+
+type Shared = State<Arc<App>>;
+
+/// The server's routes over `library`, seeding through `seeder`.
+pub fn router(library: Arc<Library>, seeder: Arc<dyn Seeder>, config: ServeConfig) -> Router {
+    let app = Arc::new(App {
+        library,
+        seeder,
+        config,
+    });
+    Router::new()
+        .route("/", get(index))
+        .route(
+            "/upload",
+            axum::routing::post(upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/datasets", get(api_datasets))
+        .route(
+            "/torrents/{name}",
+            get(get_torrent)
+                .put(put_torrent)
+                .layer(DefaultBodyLimit::max(MAX_TORRENT_BYTES as usize)),
+        )
+        .with_state(app)
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+fn failure(html: bool, status: StatusCode, message: &str) -> Response {
+    if html {
+        (status, Html(page::error(status.as_u16(), message))).into_response()
+    } else {
+        (status, Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}
+
+fn rows(app: &App) -> Vec<Row> {
+    app.library
+        .datasets()
+        .into_iter()
+        .map(|dataset| {
+            let magnet = app
+                .library
+                .metainfo(&dataset)
+                .map(|m| magnet_link(&m))
+                .unwrap_or_default();
+            let status = app.seeder.status(&dataset.info_hash);
+            Row {
+                dataset,
+                magnet,
+                status,
+            }
+        })
+        .collect()
+}
+
+#[derive(serde::Deserialize)]
+struct IndexQuery {
+    published: Option<String>,
+}
+
+async fn index(State(app): Shared, Query(query): Query<IndexQuery>) -> Html<String> {
+    let notice = query
+        .published
+        .and_then(|md5| app.library.dataset(&md5))
+        .map(|d| format!("Published {} ({}); it is being seeded.", d.name, d.md5));
+    Html(page::index(
+        &rows(&app),
+        app.config.max_upload_size,
+        notice.as_deref(),
+    ))
+}
+
+fn dataset_json(row: &Row) -> serde_json::Value {
+    let d = &row.dataset;
+    serde_json::json!({
+        "md5": d.md5,
+        "sha256": d.sha256,
+        "name": d.name,
+        "size": d.size,
+        "info_hash": d.info_hash,
+        "torrent_file_name": d.torrent_file_name,
+        "torrent_url": format!("/torrents/{}", d.torrent_file_name),
+        "magnet": row.magnet,
+        "description": d.description,
+        "uploaded_at": d.uploaded_at,
+        "status": row.status,
+    })
+}
+
+async fn api_datasets(State(app): Shared) -> Json<serde_json::Value> {
+    let all: Vec<_> = rows(&app).iter().map(dataset_json).collect();
+    Json(serde_json::Value::Array(all))
+}
+
+async fn upload(State(app): Shared, request: Request) -> Response {
+    let html = wants_html(request.headers());
+    let limit = app.config.max_upload_size;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit.saturating_add(FORM_OVERHEAD)) {
+        let mut response = failure(
+            html,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &UploadError::TooLarge(limit).to_string(),
+        );
+        // The body is not read: the connection cannot be reused.
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return response;
+    }
+    let form = match Multipart::from_request(request, &()).await {
+        Ok(form) => form,
+        Err(rejection) => {
+            return failure(
+                html,
+                StatusCode::BAD_REQUEST,
+                &format!("expected a multipart/form-data upload: {rejection}"),
+            )
+        }
+    };
+    let (received, description) =
+        match upload::receive(form, &app.library.incoming_dir(), limit).await {
+            Ok(r) => r,
+            Err(e) => {
+                let status = match &e {
+                    UploadError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                    UploadError::NotZip(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    UploadError::Empty | UploadError::NoFile | UploadError::BadForm(_) => {
+                        StatusCode::BAD_REQUEST
+                    }
+                    UploadError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                tracing::info!("upload refused ({status}): {e}");
+                return failure(html, status, &e.to_string());
+            }
+        };
+    let (dataset, published) = match app.library.publish(received, description).await {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::warn!("publishing failed: {e}");
+            return failure(html, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
+        }
+    };
+    if published == Published::New {
+        if let Err(e) = start_seeding(&app, &dataset).await {
+            tracing::warn!("{}: cannot seed: {e}", dataset.md5);
+        }
+    }
+    tracing::info!(
+        "published {} ({}, {} bytes, {:?})",
+        dataset.name,
+        dataset.md5,
+        dataset.size,
+        published
+    );
+    if html {
+        return Redirect::to(&format!("/?published={}#d-{}", dataset.md5, dataset.md5))
+            .into_response();
+    }
+    let row = Row {
+        magnet: app
+            .library
+            .metainfo(&dataset)
+            .map(|m| magnet_link(&m))
+            .unwrap_or_default(),
+        status: app.seeder.status(&dataset.info_hash),
+        dataset,
+    };
+    let mut body = dataset_json(&row);
+    body["published"] = serde_json::json!(published);
+    let status = match published {
+        Published::New => StatusCode::CREATED,
+        Published::Existing => StatusCode::OK,
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Has the seeder serve `dataset` (also used at start-up for every stored dataset).
+pub async fn start_seeding_dataset(
+    library: &Library,
+    seeder: &dyn Seeder,
+    dataset: &Dataset,
+) -> Result<(), String> {
+    let metainfo = library.metainfo(dataset).map_err(|e| e.to_string())?;
+    seeder
+        .seed(metainfo, library.content_dir(&dataset.md5))
+        .await
+}
+
+async fn start_seeding(app: &App, dataset: &Dataset) -> Result<(), String> {
+    start_seeding_dataset(&app.library, app.seeder.as_ref(), dataset).await
+}
+
+async fn get_torrent(State(app): Shared, Path(name): Path<String>) -> Response {
+    if name == INDEX_FILE {
+        return match app.library.index() {
+            Ok(index) => Json(index).into_response(),
+            Err(e) => failure(false, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
+    }
+    let Some(md5) = name.strip_suffix(".torrent").filter(|s| is_md5_hex(s)) else {
+        return failure(false, StatusCode::NOT_FOUND, "no such torrent");
+    };
+    match tokio::fs::read(app.library.torrent_path(md5)).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/x-bittorrent")], bytes).into_response(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => failure(
+            false,
+            StatusCode::NOT_FOUND,
+            &format!("no torrent {name} here"),
+        ),
+        Err(e) => failure(false, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn put_torrent(
+    State(app): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(token) = &app.config.token else {
+        return failure(
+            false,
+            StatusCode::FORBIDDEN,
+            "PUT is disabled: the server was started without a token",
+        );
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        return failure(
+            false,
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required",
+        );
+    }
+    let library = app.library.clone();
+    let stored = tokio::task::spawn_blocking(move || library.put_torrent(&name, &body)).await;
+    match stored {
+        Ok(Ok(true)) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({"stored": "written"})),
+        )
+            .into_response(),
+        Ok(Ok(false)) => (
+            StatusCode::OK,
+            Json(serde_json::json!({"stored": "existing"})),
+        )
+            .into_response(),
+        Ok(Err(e)) => failure(false, StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+        Err(e) => failure(false, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// Compares without an early exit, so response time says nothing about a token's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,264 @@
+//! Receiving one upload: the multipart file field is streamed to a temporary file while its
+//! MD5 and SHA-256 are computed; the size limit is enforced as bytes arrive; the result is
+//! checked to be a zip by its bytes. Whatever goes wrong, the temporary file is removed (also
+//! when the client goes away and the request is dropped mid-stream).
+
+use crate::MAX_DESCRIPTION_BYTES;
+use axum::extract::multipart::{Field, Multipart, MultipartError};
+use md5::{Digest, Md5};
+use sha2::Sha256;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+
+/// A file removed when dropped, unless [`TempFile::forget`] is called (after it was renamed).
+pub struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempFile {
+    fn new(dir: &Path) -> TempFile {
+        let name = format!("{:016x}.part", rand::random::<u64>());
+        TempFile {
+            path: dir.join(name),
+            keep: false,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn forget(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A complete, checked upload waiting in `incoming/`.
+pub struct Received {
+    pub file: TempFile,
+    /// The name to store it under (see [`stored_name`]).
+    pub name: String,
+    pub size: u64,
+    pub md5: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("the file is larger than the upload limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("the file is empty")]
+    Empty,
+    #[error("not a zip archive: {0}")]
+    NotZip(&'static str),
+    #[error("the form has no file (field \"file\")")]
+    NoFile,
+    #[error("{0}")]
+    BadForm(String),
+    #[error("cannot store the upload: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<MultipartError> for UploadError {
+    fn from(e: MultipartError) -> UploadError {
+        let detail = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        UploadError::BadForm(format!(
+            "the upload was cut off or is not valid multipart form data ({detail})"
+        ))
+    }
+}
+
+/// Reads the form: field `file` (required, once) and `description` (optional).
+pub async fn receive(
+    mut form: Multipart,
+    incoming: &Path,
+    limit: u64,
+) -> Result<(Received, String), UploadError> {
+    let mut received = None;
+    let mut description = String::new();
+    while let Some(field) = form.next_field().await? {
+        match field.name() {
+            Some("file") => {
+                if received.is_some() {
+                    return Err(UploadError::BadForm("one file per upload".into()));
+                }
+                received = Some(receive_file(field, incoming, limit).await?);
+            }
+            Some("description") => {
+                description = read_text(field, MAX_DESCRIPTION_BYTES, "description").await?;
+            }
+            _ => {
+                // Unknown fields are read and dropped (bounded like a description).
+                read_text(field, MAX_DESCRIPTION_BYTES, "form field").await?;
+            }
+        }
+    }
+    let received = received.ok_or(UploadError::NoFile)?;
+    Ok((received, description.trim().to_string()))
+}
+
+async fn read_text(mut field: Field<'_>, cap: usize, what: &str) -> Result<String, UploadError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await? {
+        if bytes.len() + chunk.len() > cap {
+            return Err(UploadError::BadForm(format!(
+                "the {what} is longer than {cap} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes).map_err(|_| UploadError::BadForm(format!("the {what} is not UTF-8")))
+}
+
+async fn receive_file(
+    mut field: Field<'_>,
+    incoming: &Path,
+    limit: u64,
+) -> Result<Received, UploadError> {
+    let name = stored_name(field.file_name().unwrap_or(""));
+    let file = TempFile::new(incoming);
+    let mut out =
+        tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(file.path()).await?);
+    let (mut md5, mut sha256, mut size) = (Md5::new(), Sha256::new(), 0u64);
+    while let Some(chunk) = field.chunk().await? {
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(UploadError::TooLarge(limit));
+        }
+        md5.update(&chunk);
+        sha256.update(&chunk);
+        out.write_all(&chunk).await?;
+    }
+    out.flush().await?;
+    drop(out);
+    if size == 0 {
+        return Err(UploadError::Empty);
+    }
+    let path = file.path().to_path_buf();
+    tokio::task::spawn_blocking(move || check_zip(&path))
+        .await
+        .map_err(|e| UploadError::Io(std::io::Error::other(e)))??;
+    Ok(Received {
+        file,
+        name,
+        size,
+        md5: hex::encode(md5.finalize()),
+        sha256: hex::encode(sha256.finalize()),
+    })
+}
+
+/// End-of-central-directory record: signature, then 16 bytes, then a 2-byte comment length.
+const EOCD_SIGNATURE: &[u8; 4] = b"PK\x05\x06";
+const EOCD_LEN: usize = 22;
+const MAX_ZIP_COMMENT: usize = 0xFFFF;
+
+/// A zip starts with a local file header (or, empty, with the end record) and ends with an
+/// end-of-central-directory record whose comment runs exactly to the end of the file.
+fn check_zip(path: &Path) -> Result<(), UploadError> {
+    let mut file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut head = [0u8; 4];
+    if size < EOCD_LEN as u64 {
+        return Err(UploadError::NotZip("too short to be a zip archive"));
+    }
+    file.read_exact(&mut head)?;
+    if &head != b"PK\x03\x04" && &head != EOCD_SIGNATURE {
+        return Err(UploadError::NotZip("it does not start with a zip header"));
+    }
+    let tail_len = size.min((EOCD_LEN + MAX_ZIP_COMMENT) as u64);
+    file.seek(SeekFrom::Start(size - tail_len))?;
+    let mut tail = vec![0u8; tail_len as usize];
+    file.read_exact(&mut tail)?;
+    let ends_with_eocd = (0..=tail.len() - EOCD_LEN).rev().any(|at| {
+        let record = &tail[at..at + EOCD_LEN];
+        let comment = usize::from(u16::from_le_bytes([record[20], record[21]]));
+        &record[..4] == EOCD_SIGNATURE && at + EOCD_LEN + comment == tail.len()
+    });
+    if ends_with_eocd {
+        Ok(())
+    } else {
+        Err(UploadError::NotZip(
+            "no end-of-central-directory record (truncated or not a zip)",
+        ))
+    }
+}
+
+/// The name a dataset's file is stored and published under, from the client's file name:
+/// its last path component (either slash), with anything but ASCII letters, digits, `.`, `-`
+/// and `_` replaced by `_`, no leading dots, at most 100 bytes, ending in `.zip`.
+pub fn stored_name(client_name: &str) -> String {
+    let last = client_name.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = last
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut stem = cleaned.trim_start_matches('.').to_string();
+    if stem.to_ascii_lowercase().ends_with(".zip") {
+        stem.truncate(stem.len() - 4);
+    }
+    stem.truncate(96);
+    let stem = stem.trim_end_matches('.');
+    if stem.is_empty() {
+        "dataset.zip".to_string()
+    } else {
+        format!("{stem}.zip")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_names_never_escape_or_surprise() {
+        assert_eq!(stored_name("nuclei.zip"), "nuclei.zip");
+        assert_eq!(stored_name("../../etc/passwd.zip"), "passwd.zip");
+        assert_eq!(stored_name("C:\\Users\\me\\data set.ZIP"), "data_set.zip");
+        assert_eq!(stored_name("..zip"), "dataset.zip");
+        assert_eq!(stored_name(".."), "dataset.zip");
+        assert_eq!(stored_name(""), "dataset.zip");
+        assert_eq!(stored_name("a\u{1}b\u{e9}.zip"), "a_b_.zip");
+        assert_eq!(stored_name("notes.txt"), "notes.txt.zip");
+        assert_eq!(stored_name(&"x".repeat(300)).len(), 100);
+    }
+
+    fn zip_check(bytes: &[u8]) -> Result<(), UploadError> {
+        let dir = std::env::temp_dir().join(format!("pow-zip-{:x}", rand::random::<u64>()));
+        std::fs::write(&dir, bytes).unwrap();
+        let result = check_zip(&dir);
+        std::fs::remove_file(&dir).unwrap();
+        result
+    }
+
+    #[test]
+    fn zips_are_recognised_by_their_bytes() {
+        let empty_zip = b"PK\x05\x06\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+        assert!(zip_check(empty_zip).is_ok());
+        let mut with_comment = empty_zip.to_vec();
+        with_comment[20] = 3;
+        with_comment.extend_from_slice(b"abc");
+        assert!(zip_check(&with_comment).is_ok());
+        assert!(zip_check(b"%PDF-1.7 not a zip at all, but long enough").is_err());
+        let mut truncated = b"PK\x03\x04".to_vec();
+        truncated.extend_from_slice(&[0u8; 100]);
+        assert!(zip_check(&truncated).is_err());
+    }
+}
