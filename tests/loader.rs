@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{pow, Lab, TempDir};
+use common::{free_port, make_zip, md5_hex, pow, sha256_hex, Lab, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -15,33 +15,6 @@ const TRACKER: &str = "http://127.0.0.1:6969/announce";
 const PIECE: u64 = 256 * 1024;
 /// Peer port of the loading pow (swarm-lab's `ext` leecher port, unused by these tests).
 const LOAD_PORT: &str = "51205";
-
-/// A zip (stored, not deflated) of `mib` MiB of pseudo-random bytes, made by Python's zipfile.
-fn make_zip(path: &Path, mib: u64, seed: u64) {
-    let script = format!(
-        "import random, zipfile\n\
-         r = random.Random({seed})\n\
-         with zipfile.ZipFile({path:?}, 'w', zipfile.ZIP_STORED) as z:\n\
-         \x20   z.writestr('neurons.csv', r.randbytes({mib} * 1024 * 1024 - 4096))\n\
-         \x20   z.writestr('README.txt', 'OpenWorm test dataset %d\\n' % {seed})\n",
-        path = path.to_str().unwrap(),
-    );
-    let status = Command::new("python3")
-        .args(["-c", &script])
-        .status()
-        .unwrap();
-    assert!(status.success(), "python3 zipfile");
-}
-
-fn md5_hex(path: &Path) -> String {
-    let out = Command::new("md5sum").arg(path).output().unwrap();
-    String::from_utf8(out.stdout).unwrap()[..32].to_string()
-}
-
-fn sha256_hex(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
-}
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
@@ -145,14 +118,6 @@ impl Drop for HttpStore {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn seed_with_libtorrent(lab: &Lab, torrent: &Path, data_dir: &Path) {

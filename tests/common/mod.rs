@@ -198,3 +198,39 @@ pub fn real_clients() -> Vec<&'static str> {
     }
     clients
 }
+
+/// A zip (stored, not deflated) of `mib` MiB of pseudo-random bytes, made by Python's zipfile.
+pub fn make_zip(path: &Path, mib: u64, seed: u64) {
+    let script = format!(
+        "import random, zipfile\n\
+         r = random.Random({seed})\n\
+         with zipfile.ZipFile({path:?}, 'w', zipfile.ZIP_STORED) as z:\n\
+         \x20   z.writestr('neurons.csv', r.randbytes({mib} * 1024 * 1024 - 4096))\n\
+         \x20   z.writestr('README.txt', 'OpenWorm test dataset %d\\n' % {seed})\n",
+        path = path.to_str().unwrap(),
+    );
+    let status = Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "python3 zipfile");
+}
+
+pub fn md5_hex(path: &Path) -> String {
+    let out = Command::new("md5sum").arg(path).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..32].to_string()
+}
+
+pub fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// A port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,867 @@
+//! `pow serve` end to end (issue #9): a real browser uploads through the page, aria2 downloads
+//! from the server's seed, `pow source load` uses the server as its HTTP torrent store, bad
+//! uploads get their status codes and leave nothing behind, and a server killed with -9 seeds
+//! everything again when restarted.
+
+mod common;
+
+use base64::Engine as _;
+use common::{free_port, make_zip, md5_hex, pow, pow_bin, TempDir};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `pow serve` on loopback in its own data dir, killed with SIGKILL when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    addr: String,
+    data: PathBuf,
+    datasets_at_start: u64,
+}
+
+impl Server {
+    /// Starts with a fixed tracker port (the torrents name it, so a restart must keep it).
+    fn start(data: &Path, tracker_port: u16, extra: &[&str]) -> Server {
+        let mut child = Command::new(pow_bin())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--peer-port",
+                "0",
+                "--json",
+            ])
+            .args(["--tracker-listen", &format!("127.0.0.1:{tracker_port}")])
+            .arg("--data")
+            .arg(data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        let url = json["url"].as_str().unwrap().to_string();
+        Server {
+            child,
+            addr: url.trim_start_matches("http://").to_string(),
+            url,
+            data: data.to_path_buf(),
+            datasets_at_start: json["datasets"].as_u64().unwrap(),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn datasets(&self) -> Vec<serde_json::Value> {
+        let body = reqwest::blocking::get(format!("{}/api/datasets", self.url))
+            .unwrap()
+            .text()
+            .unwrap();
+        serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap()
+    }
+
+    fn dataset(&self, md5: &str) -> Option<serde_json::Value> {
+        self.datasets().into_iter().find(|d| d["md5"] == md5)
+    }
+
+    /// Waits until the dataset is listed as seeding every piece.
+    fn wait_seeding(&self, md5: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(d) = self.dataset(md5) {
+                if d["status"]["seeding"] == true {
+                    assert_eq!(d["status"]["pieces_have"], d["status"]["pieces_total"]);
+                    return d;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{md5} never seeded: {:?}",
+                self.dataset(md5)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn files_in(&self, sub: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.data.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A multipart/form-data body with one file field and an optional description.
+fn form(file_name: &str, bytes: &[u8], description: Option<&str>) -> (String, Vec<u8>) {
+    let boundary = format!("----pow{:016x}", rand_u64());
+    let mut body = Vec::new();
+    if let Some(d) = description {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"description\"\r\n\r\n{d}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n\
+             Content-Type: application/zip\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn rand_u64() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    nanos ^ (std::process::id() as u64) << 32
+}
+
+/// One HTTP/1.1 request over a raw socket (so an early 413 is read even though the body was
+/// not); returns the status and the response body.
+fn raw_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    // The server may answer (413) and close before taking the whole body.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+fn upload(server: &Server, file_name: &str, bytes: &[u8]) -> (u16, serde_json::Value) {
+    let (content_type, body) = form(file_name, bytes, None);
+    let (status, reply) = raw_request(
+        &server.addr,
+        "POST",
+        "/upload",
+        &[
+            ("Content-Type", &content_type),
+            ("Accept", "application/json"),
+        ],
+        &body,
+    );
+    let json = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply:?}"));
+    (status, json)
+}
+
+/// aria2 downloads the dataset's torrent (fetched from the server) from the server's seed.
+fn aria2_download(server: &Server, dataset: &serde_json::Value, into: &Path) -> PathBuf {
+    let torrent = into.join("dataset.torrent");
+    let bytes = reqwest::blocking::get(format!(
+        "{}{}",
+        server.url,
+        dataset["torrent_url"].as_str().unwrap()
+    ))
+    .unwrap()
+    .bytes()
+    .unwrap();
+    std::fs::write(&torrent, &bytes).unwrap();
+    let out_dir = into.join("aria2");
+    let started = Instant::now();
+    let mut aria2 = Command::new("aria2c")
+        .args(["--seed-time=0", "--enable-dht=false", "--enable-dht6=false"])
+        .args([
+            "--bt-enable-lpd=false",
+            "--enable-peer-exchange=false",
+            "--bt-stop-timeout=90",
+        ])
+        .args([
+            "--console-log-level=warn",
+            "--summary-interval=0",
+            "--file-allocation=none",
+        ])
+        .arg(format!("--listen-port={}", free_port()))
+        .arg("-d")
+        .arg(&out_dir)
+        .arg(&torrent)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("aria2c (installed by scripts/install-deps --tests)");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = aria2.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = aria2.kill();
+            panic!("aria2 did not finish in 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "aria2c: {status}");
+    let path = out_dir.join(dataset["name"].as_str().unwrap());
+    println!(
+        "aria2 downloaded {} ({} bytes) from the server's seed in {:.2} s",
+        dataset["name"],
+        std::fs::metadata(&path).unwrap().len(),
+        started.elapsed().as_secs_f64()
+    );
+    path
+}
+
+/// chromedriver on a free port, driving Debian's headless Chromium over WebDriver's HTTP API.
+struct Browser {
+    driver: Child,
+    base: String,
+    http: reqwest::blocking::Client,
+    _profile: TempDir,
+}
+
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Browser {
+    fn start() -> Browser {
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "chromedriver (Debian chromium-driver, installed by scripts/install-deps --tests)",
+            );
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http.get(format!("{base}/status")).send().is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let profile = TempDir::new("chromium-profile");
+        let capabilities = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", "--window-size=1280,1000",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ]
+            }
+        }}});
+        let reply: serde_json::Value = http
+            .post(format!("{base}/session"))
+            .header("Content-Type", "application/json")
+            .body(capabilities.to_string())
+            .send()
+            .unwrap()
+            .text()
+            .map(|t| serde_json::from_str(&t).unwrap())
+            .unwrap();
+        let session = reply["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {reply}"))
+            .to_string();
+        Browser {
+            driver,
+            base: format!("{base}/session/{session}"),
+            http,
+            _profile: profile,
+        }
+    }
+
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        let request = if body.is_null() {
+            request
+        } else {
+            request
+                .header("Content-Type", "application/json")
+                .body(body.to_string())
+        };
+        let text = request.send().unwrap().text().unwrap();
+        let reply: serde_json::Value = serde_json::from_str(&text).unwrap();
+        reply["value"].clone()
+    }
+
+    fn go(&self, url: &str) {
+        self.call(
+            reqwest::Method::POST,
+            "/url",
+            serde_json::json!({ "url": url }),
+        );
+    }
+
+    /// The element matching `css`, if there is one now.
+    fn find(&self, css: &str) -> Option<String> {
+        let value = self.call(
+            reqwest::Method::POST,
+            "/element",
+            serde_json::json!({"using": "css selector", "value": css}),
+        );
+        value[ELEMENT_KEY].as_str().map(str::to_string)
+    }
+
+    fn wait_for(&self, css: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(element) = self.find(css) {
+                return element;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {css} on the page after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn type_into(&self, element: &str, text: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/value"),
+            serde_json::json!({ "text": text }),
+        );
+    }
+
+    fn click(&self, element: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/click"),
+            serde_json::json!({}),
+        );
+    }
+
+    fn text(&self, element: &str) -> String {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{element}/text"),
+            serde_json::Value::Null,
+        )
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    }
+
+    fn screenshot(&self, path: &Path) {
+        let png = self.call(reqwest::Method::GET, "/screenshot", serde_json::Value::Null);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.http.delete(&self.base).send();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Where test artifacts (the screenshot) go: next to the tested binary, in the build dir.
+fn artifacts_dir() -> PathBuf {
+    pow_bin().parent().unwrap().join("test-artifacts")
+}
+
+#[test]
+fn browser_upload_then_aria2_and_pow_load_fetch_it_from_the_server() {
+    let work = TempDir::new("serve-browser");
+    let zip = work.path().join("Stained nuclei (2019).zip");
+    make_zip(&zip, 6, 11);
+    let md5 = md5_hex(&zip);
+    let server = Server::start(&work.path().join("server"), free_port(), &[]);
+
+    // 1. A real browser: open the page, choose the zip, describe it, upload, see it listed.
+    let browser = Browser::start();
+    browser.go(&server.url);
+    let file_input = browser.wait_for("#file", Duration::from_secs(20));
+    browser.type_into(&file_input, zip.to_str().unwrap());
+    let description = browser.find("#description").unwrap();
+    browser.type_into(&description, "Nuclei of a stained worm, one CSV per slice");
+    let started = Instant::now();
+    browser.click(&browser.find("#submit").unwrap());
+    let row = browser.wait_for(&format!("tr[data-md5=\"{md5}\"]"), Duration::from_secs(60));
+    let row_text = browser.text(&row);
+    println!(
+        "browser: uploaded and listed in {:.2} s: {row_text:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(row_text.contains("Stained_nuclei__2019_.zip"), "{row_text}");
+    assert!(row_text.contains(&md5), "{row_text}");
+    assert!(row_text.contains("Nuclei of a stained worm"), "{row_text}");
+    let notice = browser.text(&browser.find(".notice").expect("a notice after publishing"));
+    assert!(notice.contains("Published"), "{notice}");
+    let screenshot = artifacts_dir().join("serve-upload.png");
+    browser.screenshot(&screenshot);
+    println!("screenshot: {}", screenshot.display());
+    drop(browser);
+
+    let dataset = server.wait_seeding(&md5);
+    assert_eq!(dataset["size"], std::fs::metadata(&zip).unwrap().len());
+    assert_eq!(dataset["torrent_file_name"], format!("{md5}.torrent"));
+    assert!(dataset["magnet"].as_str().unwrap().starts_with(&format!(
+        "magnet:?xt=urn:btih:{}",
+        dataset["info_hash"].as_str().unwrap()
+    )));
+
+    // 2a. aria2, a real client, downloads it from the server's seed.
+    let downloaded = aria2_download(&server, &dataset, work.path());
+    assert_eq!(
+        std::fs::read(&downloaded).unwrap(),
+        std::fs::read(&zip).unwrap()
+    );
+
+    // 2b. `pow source load` with the server as the HTTP torrent store.
+    let project = work.path().join("project");
+    assert!(pow()
+        .arg("--pow-dir")
+        .arg(&project)
+        .arg("init")
+        .status()
+        .unwrap()
+        .success());
+    let defs = work.path().join("nuclei.toml");
+    std::fs::write(
+        &defs,
+        format!(
+            "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"nuclei\"\n\
+             torrent_file_name = \"{md5}.torrent\"\nmd5 = \"{md5}\"\n"
+        ),
+    )
+    .unwrap();
+    assert!(pow()
+        .arg("--pow-dir")
+        .arg(&project)
+        .arg("save")
+        .arg(&defs)
+        .status()
+        .unwrap()
+        .success());
+    let out = pow()
+        .arg("--pow-dir")
+        .arg(&project)
+        .args(["source", "load", "ConnectomeCSVDataSource:nuclei", "--json"])
+        .args(["--bind", "127.0.0.1", "--port", &free_port().to_string()])
+        .args(["--torrent-store", &format!("{}/torrents", server.url)])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "load: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let md5_check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "md5-torrent-name")
+        .unwrap();
+    assert_eq!(md5_check["outcome"], "passed", "{report}");
+    let loaded = PathBuf::from(report["content"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read(&loaded).unwrap(),
+        std::fs::read(&zip).unwrap()
+    );
+    println!(
+        "pow source load via {}/torrents: {} bytes, checks {}",
+        server.url, report["bytes"], report["checks"]
+    );
+}
+
+/// Zips of `kib` KiB each, `count` of them, distinct bytes (one Python call for all).
+fn make_small_zips(dir: &Path, count: usize, kib: usize) -> Vec<PathBuf> {
+    let script = format!(
+        "import random, zipfile\n\
+         for i in range({count}):\n\
+         \x20   r = random.Random(1000 + i)\n\
+         \x20   with zipfile.ZipFile('{dir}/small-%02d.zip' % i, 'w', zipfile.ZIP_STORED) as z:\n\
+         \x20       z.writestr('slice.csv', r.randbytes({kib} * 1024))\n",
+        dir = dir.display()
+    );
+    assert!(Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .unwrap()
+        .success());
+    (0..count)
+        .map(|i| dir.join(format!("small-{i:02}.zip")))
+        .collect()
+}
+
+/// Waits until `incoming/` is empty (a dropped upload is cleaned when the server notices).
+fn wait_incoming_empty(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.files_in("incoming").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left in incoming/: {:?}",
+            server.files_in("incoming")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_uploads_get_their_status_and_leave_nothing_half_written() {
+    let work = TempDir::new("serve-bad");
+    const LIMIT: usize = 1 << 20;
+    let server = Server::start(
+        &work.path().join("server"),
+        free_port(),
+        &["--max-upload-size", &LIMIT.to_string(), "--token", "s3cret"],
+    );
+    let zips = make_small_zips(work.path(), 51, 16);
+    let good = std::fs::read(&zips[50]).unwrap();
+
+    // Not a zip (by content, whatever the name says).
+    let (status, reply) = upload(
+        &server,
+        "data.zip",
+        b"%PDF-1.7 this is a PDF, not a zip archive",
+    );
+    println!("not a zip: {status} {reply}");
+    assert_eq!(status, 415);
+    assert!(reply["error"].as_str().unwrap().contains("not a zip"));
+    // A zip cut short: header right, end record missing.
+    let (status, reply) = upload(&server, "cut.zip", &good[..good.len() - 100]);
+    println!("truncated zip: {status} {reply}");
+    assert_eq!(status, 415);
+    // Empty.
+    let (status, reply) = upload(&server, "empty.zip", b"");
+    println!("empty: {status} {reply}");
+    assert_eq!(
+        (status, reply["error"].as_str().unwrap()),
+        (400, "the file is empty")
+    );
+    // Over the limit, found while streaming (the request is within the limit plus form overhead).
+    let mut over = good.clone();
+    over.resize(LIMIT + 10, 0);
+    let (status, reply) = upload(&server, "big.zip", &over);
+    println!("over the limit (streamed): {status} {reply}");
+    assert_eq!(status, 413);
+    // Far over the limit: refused from Content-Length before the body is read.
+    let huge = vec![0u8; 8 * LIMIT];
+    let (status, reply) = upload(&server, "huge.zip", &huge);
+    println!("over the limit (Content-Length): {status} {reply}");
+    assert_eq!(status, 413);
+    // Not multipart at all; a form without a file.
+    let (status, _) = raw_request(
+        &server.addr,
+        "POST",
+        "/upload",
+        &[("Content-Type", "text/plain")],
+        b"hi",
+    );
+    assert_eq!(status, 400);
+    let (content_type, body) = form("x.zip", b"", None);
+    let body = String::from_utf8(body)
+        .unwrap()
+        .replace("name=\"file\"", "name=\"other\"");
+    let (status, reply) = raw_request(
+        &server.addr,
+        "POST",
+        "/upload",
+        &[("Content-Type", &content_type)],
+        body.as_bytes(),
+    );
+    println!("no file field: {status} {reply}");
+    assert_eq!(status, 400);
+    wait_incoming_empty(&server);
+    assert!(
+        server.files_in("torrents").is_empty(),
+        "{:?}",
+        server.files_in("torrents")
+    );
+    assert!(server.files_in("content").is_empty());
+
+    // The connection dropped mid-upload: nothing is left behind.
+    let (content_type, body) = form("dropped.zip", &good, None);
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        stream,
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(&body[..body.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        server.files_in("incoming").len(),
+        1,
+        "the upload is being received"
+    );
+    drop(stream);
+    wait_incoming_empty(&server);
+    assert!(server.files_in("torrents").is_empty());
+    println!("dropped connection: incoming/ emptied, nothing stored");
+
+    // A control byte in the file name is not valid in a form header: refused, nothing kept.
+    let (status, reply) = upload(&server, "evil\u{1}.zip", &good);
+    println!("control byte in the name: {status} {reply}");
+    assert_eq!(status, 400);
+    wait_incoming_empty(&server);
+    // A hostile file name: stored under a derived name, inside the server's directory.
+    let hostile = "../../../etc/cron.d/\u{e9}vil \u{2603};rm -rf.zip";
+    let (status, reply) = upload(&server, hostile, &good);
+    println!(
+        "hostile name {hostile:?}: {status}, stored as {}",
+        reply["name"]
+    );
+    assert_eq!(status, 201);
+    assert_eq!(reply["name"], "_vil___rm_-rf.zip");
+    let md5 = reply["md5"].as_str().unwrap();
+    let stored = server
+        .data
+        .join("content")
+        .join(md5)
+        .join("_vil___rm_-rf.zip");
+    assert!(stored.is_file());
+    // The same bytes again: the existing dataset, nothing rewritten.
+    let (status, again) = upload(&server, "other-name.zip", &good);
+    assert_eq!(
+        (status, &again["published"], &again["name"]),
+        (200, &"existing".into(), &"_vil___rm_-rf.zip".into())
+    );
+
+    // 50 concurrent uploads: every one stored, under its own MD5, with its own bytes.
+    let started = Instant::now();
+    let results: Vec<(u16, serde_json::Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = zips[..50]
+            .iter()
+            .map(|zip| {
+                let server = &server;
+                scope.spawn(move || {
+                    let bytes = std::fs::read(zip).unwrap();
+                    upload(server, zip.file_name().unwrap().to_str().unwrap(), &bytes)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    println!(
+        "50 concurrent uploads answered in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    for (zip, (status, reply)) in zips.iter().zip(&results) {
+        assert_eq!(*status, 201, "{}: {reply}", zip.display());
+        assert_eq!(reply["md5"], md5_hex(zip));
+        let stored = server
+            .data
+            .join("content")
+            .join(reply["md5"].as_str().unwrap())
+            .join(reply["name"].as_str().unwrap());
+        assert_eq!(std::fs::read(&stored).unwrap(), std::fs::read(zip).unwrap());
+        let torrent = server
+            .data
+            .join("torrents")
+            .join(format!("{}.torrent", reply["md5"].as_str().unwrap()));
+        let verify = pow()
+            .arg("verify")
+            .arg(&torrent)
+            .arg("--data")
+            .arg(stored.parent().unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
+    }
+    let torrents = server.files_in("torrents");
+    assert_eq!(torrents.len(), 51, "{torrents:?}");
+    assert!(
+        torrents
+            .iter()
+            .all(|t| t.ends_with(".torrent") && !t.starts_with('.')),
+        "{torrents:?}"
+    );
+    wait_incoming_empty(&server);
+    for dataset in server.datasets() {
+        assert!(dataset["status"]["seeding"] == true, "{dataset}");
+    }
+
+    // PUT into the store: only with the token, only <md5>.torrent, only a valid torrent.
+    let torrent = std::fs::read(server.data.join("torrents").join(&torrents[0])).unwrap();
+    let name = "0123456789abcdef0123456789abcdef.torrent";
+    let path = format!("/torrents/{name}");
+    let (status, _) = raw_request(&server.addr, "PUT", &path, &[], &torrent);
+    assert_eq!(status, 401);
+    let (status, _) = raw_request(
+        &server.addr,
+        "PUT",
+        &path,
+        &[("Authorization", "Bearer wrong")],
+        &torrent,
+    );
+    assert_eq!(status, 401);
+    let auth = [("Authorization", "Bearer s3cret")];
+    let (status, reply) = raw_request(
+        &server.addr,
+        "PUT",
+        "/torrents/../x.torrent",
+        &auth,
+        &torrent,
+    );
+    assert!(status == 404 || status == 422, "{status} {reply}");
+    let (status, reply) = raw_request(&server.addr, "PUT", &path, &auth, b"d4:junke");
+    println!("PUT of a non-torrent: {status} {reply}");
+    assert_eq!(status, 422);
+    let (status, _) = raw_request(&server.addr, "PUT", &path, &auth, &torrent);
+    assert_eq!(status, 201);
+    let fetched = reqwest::blocking::get(format!("{}{path}", server.url))
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(fetched.as_ref(), torrent.as_slice());
+    let index = reqwest::blocking::get(format!("{}/torrents/index.json", server.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(index.contains(name));
+    let (status, _) = raw_request(
+        &server.addr,
+        "GET",
+        "/torrents/ffffffffffffffffffffffffffffffff.torrent",
+        &[],
+        b"",
+    );
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn server_killed_with_sigkill_seeds_every_dataset_again_without_reupload() {
+    let work = TempDir::new("serve-restart");
+    let data = work.path().join("server");
+    let tracker_port = free_port();
+    let mut server = Server::start(&data, tracker_port, &[]);
+    let zips = [work.path().join("a.zip"), work.path().join("b.zip")];
+    make_zip(&zips[0], 3, 21);
+    make_zip(&zips[1], 5, 22);
+    let mut md5s = Vec::new();
+    for zip in &zips {
+        let (status, reply) = upload(
+            &server,
+            zip.file_name().unwrap().to_str().unwrap(),
+            &std::fs::read(zip).unwrap(),
+        );
+        assert_eq!(status, 201, "{reply}");
+        md5s.push(reply["md5"].as_str().unwrap().to_string());
+        server.wait_seeding(&md5s[md5s.len() - 1]);
+    }
+    // A third upload is in flight when the server is killed.
+    let (content_type, body) = form(
+        "in-flight.zip",
+        &std::fs::read(&zips[1]).unwrap()[..1 << 20],
+        None,
+    );
+    let mut in_flight = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        in_flight,
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len() * 4
+    )
+    .unwrap();
+    in_flight.write_all(&body).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mtimes: Vec<_> = md5s
+        .iter()
+        .map(|m| {
+            std::fs::metadata(data.join("torrents").join(format!("{m}.torrent")))
+                .unwrap()
+                .modified()
+                .unwrap()
+        })
+        .collect();
+    server.kill();
+    drop(in_flight);
+
+    let started = Instant::now();
+    let server = Server::start(&data, tracker_port, &[]);
+    assert_eq!(server.datasets_at_start, 2);
+    for md5 in &md5s {
+        server.wait_seeding(md5);
+    }
+    println!(
+        "restart after kill -9: both datasets seeding again {:.2} s after start",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        server.files_in("incoming").is_empty(),
+        "the in-flight upload was cleared"
+    );
+    assert_eq!(server.files_in("content"), {
+        let mut m = md5s.clone();
+        m.sort();
+        m
+    });
+    for (md5, mtime) in md5s.iter().zip(&mtimes) {
+        let now = std::fs::metadata(data.join("torrents").join(format!("{md5}.torrent")))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(now, *mtime, "torrents were not rewritten");
+    }
+    let dataset = server.dataset(&md5s[1]).unwrap();
+    let downloaded = aria2_download(&server, &dataset, work.path());
+    assert_eq!(
+        std::fs::read(&downloaded).unwrap(),
+        std::fs::read(&zips[1]).unwrap()
+    );
+}
