@@ -27,6 +27,14 @@ pub struct SwarmArgs {
     /// written since.
     #[arg(long, default_value_t = 2.0, value_parser = positive_seconds)]
     pub resume_every: f64,
+    /// Drop a peer after this many seconds without a whole message from it (default 180).
+    /// Hidden: for tests of stalled and trickling peers (LIMITS.md).
+    #[arg(long, hide = true, value_parser = positive_seconds)]
+    pub idle_timeout: Option<f64>,
+    /// Re-request a peer's blocks from others after this many seconds without one of them
+    /// (default 60). Hidden, as above.
+    #[arg(long, hide = true, value_parser = positive_seconds)]
+    pub snub_timeout: Option<f64>,
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -43,11 +51,17 @@ impl SwarmArgs {
         storage: Arc<Storage>,
         picker: Picker,
     ) -> std::io::Result<(Torrent, Option<Handle>)> {
-        let config = EngineConfig {
+        let mut config = EngineConfig {
             listen: Some(SocketAddr::new(self.bind, self.port)),
             resume_interval: Some(Duration::from_secs_f64(self.resume_every)),
             ..EngineConfig::default()
         };
+        if let Some(secs) = self.idle_timeout {
+            config.idle_timeout = Duration::from_secs_f64(secs);
+        }
+        if let Some(secs) = self.snub_timeout {
+            config.snub_timeout = Duration::from_secs_f64(secs);
+        }
         let peer_id = config.peer_id;
         let mut tiers = storage.metainfo().tracker_tiers();
         tiers.extend(self.trackers.iter().map(|t| vec![t.clone()]));

@@ -10,13 +10,18 @@
 //! peer down, and no honest request is dropped (Transmission sends over 1,000 at once).
 //! Requests outside the torrent end the connection at once; ignored requests (while choked,
 //! or for a piece we lack) end it after [`MAX_IGNORED_REQUESTS`].
+//!
+//! Downloading is bounded the same way: a block we never asked this peer for is dropped
+//! unwritten and ends the connection after [`MAX_UNREQUESTED_BLOCKS`]; the idle timeout counts
+//! from the last *whole* message, so a peer that stops mid-message or sends a byte a second is
+//! dropped as if silent.
 
 use crate::{Inner, PeerCmd, PeerEntry, MAX_STRIKES};
 use bytes::{Buf, Bytes, BytesMut};
 use pow_metainfo::Block;
 use pow_picker::{PeerKey, Received};
 use pow_wire::{Bitfield, BlockRequest, Decoder, Handshake, Message};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,6 +47,14 @@ pub(crate) const MAX_IGNORED_REQUESTS: u32 = 1024;
 pub(crate) const SEND_WATERMARK: usize = 1024 * 1024;
 /// A peer that takes none of our bytes for this long, while we have some for it, is dropped.
 const SEND_STALL: Duration = Duration::from_secs(60);
+/// Blocks a peer may send that we never asked it for before it is dropped. Honest peers send
+/// none: blocks that cross our cancel, its choke or our snub release are excused (`withdrawn`).
+/// Such blocks are never written; the few allowed cost at most 16 x 16 KiB of bandwidth.
+pub(crate) const MAX_UNREQUESTED_BLOCKS: u32 = 16;
+/// Withdrawn requests remembered per peer. Entries leave when their block arrives or the peer
+/// unchokes us again; a peer that never sends them must not grow the set, so past this it is
+/// cleared (a late block is then counted as unrequested, well within the limit above).
+const MAX_WITHDRAWN: usize = 2 * MAX_PIPELINE;
 
 pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
     let mut shutdown = inner.shutdown.subscribe();
@@ -224,7 +237,13 @@ struct Peer {
     peer_choking: bool,
     peer_interested: bool,
     inflight: HashMap<(u32, u32), Block>,
+    /// Requests we took back (cancelled, lost to its choke, released when it snubbed us) whose
+    /// block may still arrive: not counted as unrequested.
+    withdrawn: HashSet<(u32, u32)>,
+    /// Blocks received that we never asked this peer for (see [`MAX_UNREQUESTED_BLOCKS`]).
+    unrequested: u32,
     pipeline: usize,
+    /// When the last whole message arrived (a partial one does not count).
     last_recv: Instant,
     last_send: Instant,
     last_block: Instant,
@@ -254,6 +273,8 @@ impl Peer {
             peer_choking: true,
             peer_interested: false,
             inflight: HashMap::new(),
+            withdrawn: HashSet::new(),
+            unrequested: 0,
             pipeline: MIN_PIPELINE,
             last_recv: now,
             last_send: now,
@@ -286,6 +307,7 @@ impl Peer {
                 let Some(message) = self.decoder.decode(&mut conn.buf)? else {
                     break;
                 };
+                self.last_recv = Instant::now();
                 self.handle(message)?;
             }
             self.serve_queued();
@@ -296,7 +318,6 @@ impl Peer {
                     if read? == 0 {
                         return Err(PeerError::Protocol("peer closed the connection"));
                     }
-                    self.last_recv = Instant::now();
                 }
                 written = writer.write(&self.out), if !self.out.is_empty() => {
                     let n = written?;
@@ -313,7 +334,7 @@ impl Peer {
                         self.update_interest();
                     }
                     Some(PeerCmd::Cancel(block)) => {
-                        if self.inflight.remove(&(block.piece.get(), block.begin)).is_some() {
+                        if let Some(block) = self.take_back((block.piece.get(), block.begin)) {
                             Message::Cancel(BlockRequest {
                                 index: block.piece.get(),
                                 begin: block.begin,
@@ -368,7 +389,30 @@ impl Peer {
         for block in self.inflight.values() {
             state.picker.request_failed(self.key, block);
         }
-        self.inflight.clear();
+        drop(state);
+        self.withdraw_all();
+    }
+
+    /// Moves one request from in flight to withdrawn.
+    fn take_back(&mut self, key: (u32, u32)) -> Option<Block> {
+        let block = self.inflight.remove(&key)?;
+        self.remember_withdrawn(key);
+        Some(block)
+    }
+
+    /// Moves every request in flight to withdrawn.
+    fn withdraw_all(&mut self) {
+        let keys: Vec<(u32, u32)> = self.inflight.drain().map(|(k, _)| k).collect();
+        for key in keys {
+            self.remember_withdrawn(key);
+        }
+    }
+
+    fn remember_withdrawn(&mut self, key: (u32, u32)) {
+        if self.withdrawn.len() >= MAX_WITHDRAWN {
+            self.withdrawn.clear();
+        }
+        self.withdrawn.insert(key);
     }
 
     fn handle(&mut self, message: Message) -> Result<(), PeerError> {
@@ -376,10 +420,15 @@ impl Peer {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
             Message::Choke => {
                 self.peer_choking = true;
-                self.inflight.clear();
+                self.withdraw_all();
                 self.inner.lock().picker.peer_choked(self.key);
             }
             Message::Unchoke => {
+                if self.peer_choking {
+                    // Blocks it sent before choking us arrived before that choke; none of
+                    // the requests it dropped then can still come.
+                    self.withdrawn.clear();
+                }
                 self.peer_choking = false;
                 self.last_block = Instant::now();
             }
@@ -537,10 +586,22 @@ impl Peer {
 
     fn receive(&mut self, index: u32, begin: u32, data: Bytes) -> Result<(), PeerError> {
         let len = data.len() as u64;
-        self.bytes_this_tick += len;
-        self.last_block = Instant::now();
-        self.inflight.remove(&(index, begin));
         let stats = &self.inner.stats;
+        let asked = self.inflight.remove(&(index, begin)).is_some();
+        if !asked && !self.withdrawn.remove(&(index, begin)) {
+            // Never asked of this peer: not written, not credited, and only a few allowed.
+            stats.wasted.fetch_add(len, Ordering::Relaxed);
+            self.unrequested += 1;
+            if self.unrequested > MAX_UNREQUESTED_BLOCKS {
+                return Err(PeerError::Protocol("too many blocks we did not request"));
+            }
+            return Ok(());
+        }
+        self.bytes_this_tick += len;
+        if asked {
+            // Only blocks we are waiting for show the peer is not snubbing us.
+            self.last_block = Instant::now();
+        }
         let received = {
             let mut state = self.inner.lock();
             let received = state
@@ -663,9 +724,10 @@ async fn verify_piece(inner: Arc<Inner>, index: u32) {
         };
         let strikes = state.strikes.entry(addr).or_default();
         *strikes += 1;
-        if *strikes >= MAX_STRIKES {
+        // Pieces already in flight may fail after the ban, before the peer's task has closed:
+        // ban (and log) once.
+        if *strikes >= MAX_STRIKES && state.banned.insert(addr) {
             tracing::warn!("{addr}: banned after {MAX_STRIKES} bad pieces");
-            state.banned.insert(addr);
             if let Some(peer) = state.peers.get(&key) {
                 let _ = peer.tx.send(PeerCmd::Close);
             }

@@ -262,15 +262,21 @@ impl Decoder {
         }
         let bitfield_len = self.piece_count.div_ceil(8) + 1;
         if len > self.max_len {
-            // Only the first byte (the id) is needed to allow a large bitfield.
+            let too_long = WireError::TooLong {
+                len,
+                limit: self.max_len,
+            };
+            // Only a bitfield of exactly the right size may be longer. Any other length is
+            // refused on its prefix alone: a peer that sends `ff ff ff ff` and then nothing
+            // must not be waited for.
+            if len != bitfield_len {
+                return Err(too_long);
+            }
             if buf.len() < 5 {
                 return Ok(None);
             }
-            if !(buf[4] == id::BITFIELD && len == bitfield_len) {
-                return Err(WireError::TooLong {
-                    len,
-                    limit: self.max_len,
-                });
+            if buf[4] != id::BITFIELD {
+                return Err(too_long);
             }
         }
         let total = 4 + len as usize;

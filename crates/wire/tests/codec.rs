@@ -116,10 +116,27 @@ fn handshake_round_trip_and_bits() {
 #[test]
 fn limits() {
     let d = Decoder::new(PIECES);
-    // Length prefix 2^32-1: refused as soon as the id is known, nothing allocated.
+    // Length prefix 2^32-1: refused on the prefix alone (no id byte needed), nothing
+    // allocated.
+    let mut huge = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+    assert!(matches!(
+        d.decode(&mut huge),
+        Err(WireError::TooLong { .. })
+    ));
+    assert!(huge.capacity() < 1024);
     let mut huge = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 7][..]);
     assert!(matches!(
         d.decode(&mut huge),
+        Err(WireError::TooLong { .. })
+    ));
+    // The exact bitfield length with another id is refused once the id is there.
+    let many = Decoder::new(1_000_000);
+    let mut not_bitfield = BytesMut::new();
+    not_bitfield.extend_from_slice(&(1_000_000u32.div_ceil(8) + 1).to_be_bytes());
+    assert_eq!(many.decode(&mut not_bitfield), Ok(None));
+    not_bitfield.extend_from_slice(&[7]);
+    assert!(matches!(
+        many.decode(&mut not_bitfield),
         Err(WireError::TooLong { .. })
     ));
     // A piece with a block just over 16 KiB + 13.

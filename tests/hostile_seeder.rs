@@ -1,0 +1,989 @@
+//! Hostile peer suite, downloader side (#10): `pow download` talks to a scripted hostile peer
+//! and a scripted honest seed at once. Each case checks that the hostile peer is dropped (or
+//! banned) within its limit, that the download still completes from the honest peer, that the
+//! bytes on disk are the payload's byte for byte (`pow verify` and a plain compare), and that
+//! the downloader's peak memory (VmHWM) stays small.
+//!
+//! Both peers are written here by hand on std `TcpStream`s and speak the wire bytes directly,
+//! so nothing in pow's own codec can make them more polite than intended. The honest seed keeps
+//! the downloader choked until the hostile peer has done its worst (its "gate"), so every
+//! hostile act meets a downloader that still needs every piece.
+
+mod common;
+
+use common::{pow, TempDir};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+const UNCHOKE: u8 = 1;
+const INTERESTED: u8 = 2;
+const HAVE: u8 = 4;
+const BITFIELD: u8 = 5;
+const REQUEST: u8 = 6;
+const PIECE: u8 = 7;
+
+const PIECE_LEN: u32 = 65536;
+const BLOCK: u32 = 16384;
+/// 65 pieces, the last one short (5,000 bytes): the bitfield has 7 spare bits.
+const PAYLOAD_LEN: usize = 64 * PIECE_LEN as usize + 5000;
+/// Passed to the downloader as the hidden `--idle-timeout` / `--snub-timeout` (defaults 180 s
+/// and 60 s would make the stall cases take minutes).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+const SNUB_TIMEOUT: Duration = Duration::from_secs(2);
+/// "Dropped at once": the engine reacts as the bytes are decoded; this leaves room for a
+/// loaded CI machine.
+const AT_ONCE: Duration = Duration::from_secs(2);
+/// The downloader's peak resident memory must stay under this.
+const MAX_HWM_KIB: u64 = 64 * 1024;
+/// The 1 s engine tick plus scheduling slack, on top of the idle timeout.
+const TICK_SLACK: Duration = Duration::from_secs(3);
+
+/// A torrent of a small payload, made with `pow torrent create`.
+struct Setup {
+    work: TempDir,
+    torrent: PathBuf,
+    payload: Arc<Vec<u8>>,
+    info_hash: [u8; 20],
+    pieces: u32,
+}
+
+impl Setup {
+    fn new(tag: &str) -> Setup {
+        let work = TempDir::new(&format!("hseed-{tag}"));
+        // xorshift: every block differs, so a misplaced block cannot verify by accident.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let payload: Vec<u8> = (0..PAYLOAD_LEN)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let file = work.path().join("payload.bin");
+        std::fs::write(&file, &payload).unwrap();
+        let torrent = work.path().join("payload.torrent");
+        let status = pow()
+            .args(["torrent", "create"])
+            .arg(&file)
+            .arg("-o")
+            .arg(&torrent)
+            .args(["--piece-length", &PIECE_LEN.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pow torrent create");
+        let metainfo = pow_metainfo::Metainfo::from_file(&torrent).unwrap();
+        let pieces = metainfo.geometry.piece_count();
+        assert_eq!(pieces, 65);
+        Setup {
+            work,
+            torrent,
+            payload: Arc::new(payload),
+            info_hash: metainfo.info_hash.0,
+            pieces,
+        }
+    }
+
+    fn out_dir(&self) -> PathBuf {
+        self.work.path().join("out")
+    }
+
+    /// The payload bytes of one block.
+    fn block(&self, index: u32, begin: u32, length: u32) -> &[u8] {
+        let start = index as usize * PIECE_LEN as usize + begin as usize;
+        &self.payload[start..start + length as usize]
+    }
+
+    /// Every block of the torrent: (index, begin, length).
+    fn blocks(&self) -> Vec<(u32, u32, u32)> {
+        let mut out = Vec::new();
+        for index in 0..self.pieces {
+            let size =
+                (PAYLOAD_LEN - index as usize * PIECE_LEN as usize).min(PIECE_LEN as usize) as u32;
+            let mut begin = 0;
+            while begin < size {
+                out.push((index, begin, BLOCK.min(size - begin)));
+                begin += BLOCK;
+            }
+        }
+        out
+    }
+
+    /// A bitfield with every piece set (spare bits clear).
+    fn full_bitfield(&self) -> Vec<u8> {
+        let mut bits = vec![0xffu8; self.pieces.div_ceil(8) as usize];
+        let spare = bits.len() as u32 * 8 - self.pieces;
+        *bits.last_mut().unwrap() &= 0xffu8 << spare;
+        bits
+    }
+}
+
+/// Opened once the hostile peer has done its part; the honest seed unchokes only then.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn open(&self) {
+        *self.0 .0.lock().unwrap() = true;
+        self.0 .1.notify_all();
+    }
+    /// Waits for the gate, at most `limit` (then goes on anyway, so no test hangs on it).
+    fn wait(&self, limit: Duration) {
+        let guard = self.0 .0.lock().unwrap();
+        let _ = self.0 .1.wait_timeout_while(guard, limit, |open| !*open);
+    }
+}
+
+/// How reading from a peer ended.
+#[derive(Debug, PartialEq)]
+enum End {
+    /// EOF or reset: the other side closed.
+    Closed,
+    /// Nothing within the timeout.
+    Quiet,
+}
+
+/// A peer on a plain blocking socket.
+struct RawPeer {
+    stream: TcpStream,
+}
+
+fn handshake_bytes(info_hash: &[u8; 20], peer_id: &[u8; 20]) -> Vec<u8> {
+    let mut hs = vec![19u8];
+    hs.extend_from_slice(b"BitTorrent protocol");
+    hs.extend_from_slice(&[0; 8]);
+    hs.extend_from_slice(info_hash);
+    hs.extend_from_slice(peer_id);
+    hs
+}
+
+impl RawPeer {
+    /// Waits for the downloader to dial `listener`, reads its handshake (checking it is for
+    /// `expected`) and answers with a handshake for `answer`.
+    fn accept(listener: &TcpListener, expected: [u8; 20], answer: [u8; 20]) -> RawPeer {
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("the downloader never connected: {e}"),
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut peer = RawPeer { stream };
+        let mut theirs = [0u8; 68];
+        peer.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        peer.stream.read_exact(&mut theirs).unwrap();
+        assert_eq!(theirs[28..48], expected, "the downloader's handshake");
+        peer.stream
+            .write_all(&handshake_bytes(&answer, b"-XX0001-hostile-seed"))
+            .unwrap();
+        peer
+    }
+
+    /// Dials the downloader and sends a handshake for `info_hash` (the downloader sends its
+    /// own first, which is read only when it is for `info_hash`).
+    fn connect(port: u16, info_hash: [u8; 20]) -> RawPeer {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut peer = RawPeer { stream };
+        peer.stream
+            .write_all(&handshake_bytes(&info_hash, b"-XX0001-hostile-in-1"))
+            .unwrap();
+        peer
+    }
+
+    fn read_handshake(&mut self) {
+        let mut theirs = [0u8; 68];
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        self.stream.read_exact(&mut theirs).unwrap();
+    }
+
+    fn send(&mut self, id: u8, payload: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(&frame(id, payload))
+    }
+
+    /// The next message (id, payload), or how the stream ended. Keep-alives are skipped.
+    fn read(&mut self, timeout: Duration) -> Result<(u8, Vec<u8>), End> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(End::Quiet);
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut len = [0u8; 4];
+            self.read_exact(&mut len)?;
+            let len = u32::from_be_bytes(len) as usize;
+            if len == 0 {
+                continue;
+            }
+            let mut body = vec![0u8; len];
+            self.read_exact(&mut body)?;
+            return Ok((body[0], body[1..].to_vec()));
+        }
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), End> {
+        match self.stream.read_exact(buf) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Err(End::Quiet)
+            }
+            Err(_) => Err(End::Closed),
+        }
+    }
+
+    /// Reads (and drops) whatever comes until the downloader closes the connection; returns
+    /// how long that took, or `None` if it was still open after `limit`.
+    fn closed_within(&mut self, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = (start + limit).saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Some(start.elapsed()),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return Some(start.elapsed()),
+            }
+        }
+    }
+
+    /// Reads messages until a request arrives; returns it.
+    fn next_request(&mut self, timeout: Duration) -> (u32, u32, u32) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.read(deadline.saturating_duration_since(Instant::now())) {
+                Ok((REQUEST, p)) => return (word(&p, 0), word(&p, 4), word(&p, 8)),
+                Ok(_) => {}
+                Err(end) => panic!("waiting for a request: {end:?}"),
+            }
+        }
+    }
+}
+
+fn frame(id: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (1 + payload.len() as u32).to_be_bytes().to_vec();
+    frame.push(id);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+fn piece_frame(index: u32, begin: u32, data: &[u8]) -> Vec<u8> {
+    let mut payload = index.to_be_bytes().to_vec();
+    payload.extend_from_slice(&begin.to_be_bytes());
+    payload.extend_from_slice(data);
+    frame(PIECE, &payload)
+}
+
+fn word(p: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(p[at..at + 4].try_into().unwrap())
+}
+
+/// An honest seed: answers every request with the payload's bytes, but unchokes only once the
+/// gate opens. Serves every connection the downloader makes until it closes.
+fn honest_seed(setup: &Setup, gate: Gate) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let payload = setup.payload.clone();
+    let info_hash = setup.info_hash;
+    let bitfield = setup.full_bitfield();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let (payload, gate, bitfield) = (payload.clone(), gate.clone(), bitfield.clone());
+            std::thread::spawn(move || {
+                let _ = serve_honestly(stream, info_hash, &payload, &gate, &bitfield);
+            });
+        }
+    });
+    addr
+}
+
+fn serve_honestly(
+    mut stream: TcpStream,
+    info_hash: [u8; 20],
+    payload: &[u8],
+    gate: &Gate,
+    bitfield: &[u8],
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut theirs = [0u8; 68];
+    stream.read_exact(&mut theirs)?;
+    stream.write_all(&handshake_bytes(&info_hash, b"-XX0001-honest-seed-"))?;
+    stream.write_all(&frame(BITFIELD, bitfield))?;
+    gate.wait(Duration::from_secs(30));
+    stream.write_all(&frame(UNCHOKE, &[]))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    loop {
+        let mut len = [0u8; 4];
+        reader.read_exact(&mut len)?;
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        reader.read_exact(&mut body)?;
+        if body.first() == Some(&REQUEST) {
+            let (index, begin, length) = (word(&body, 1), word(&body, 5), word(&body, 9));
+            let start = index as usize * PIECE_LEN as usize + begin as usize;
+            stream.write_all(&piece_frame(
+                index,
+                begin,
+                &payload[start..start + length as usize],
+            ))?;
+        }
+    }
+}
+
+/// A free loopback port for the downloader to listen on.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `pow download ... --seed`: it stays up after completing, so a hostile peer can be watched
+/// being dropped later and VmHWM read at the end. Killed when dropped.
+struct Downloader {
+    child: Child,
+    port: u16,
+    stderr: PathBuf,
+}
+
+impl Downloader {
+    fn start(setup: &Setup, peers: &[SocketAddr]) -> Downloader {
+        let port = free_port();
+        let stderr = setup.work.path().join("download.log");
+        let mut cmd = pow();
+        cmd.arg("download")
+            .arg(&setup.torrent)
+            .arg("-o")
+            .arg(setup.out_dir())
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--json", "--seed"])
+            .args(["--idle-timeout", &IDLE_TIMEOUT.as_secs().to_string()])
+            .args(["--snub-timeout", &SNUB_TIMEOUT.as_secs().to_string()]);
+        for peer in peers {
+            cmd.args(["--peer", &peer.to_string()]);
+        }
+        let child = cmd
+            .env("POW_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Downloader {
+            child,
+            port,
+            stderr,
+        }
+    }
+
+    /// Waits for the JSON summary `pow download` prints on completion.
+    fn summary(&mut self, limit: Duration) -> serde_json::Value {
+        let stdout = self.child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(limit).unwrap_or_else(|_| {
+            panic!(
+                "download did not complete within {limit:?}; log:\n{}",
+                self.log()
+            )
+        });
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("summary {line:?}: {e}; log:\n{}", self.log()))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Peak resident memory so far, KiB.
+    fn vm_hwm_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmHWM")
+    }
+}
+
+impl Drop for Downloader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a case's hostile script saw.
+struct Hostile {
+    /// Each offence with the time from its last byte to the downloader hanging up (`None`:
+    /// still connected at the limit).
+    drops: Vec<(String, Option<Duration>)>,
+    /// Anything else worth printing.
+    note: String,
+}
+
+/// Runs one case: an honest seed behind a gate, a hostile peer listening for the downloader,
+/// `script` playing the hostile part (it gets the hostile listener, the downloader's port and
+/// the gate, and must open the gate when done). Then checks the download and prints figures.
+fn run_case(
+    name: &str,
+    script: impl FnOnce(&Setup, TcpListener, u16, Gate) -> Hostile + Send,
+    drop_limit: Duration,
+    check: impl FnOnce(&serde_json::Value, &str, SocketAddr),
+) {
+    let setup = Setup::new(name);
+    let gate = Gate::default();
+    let honest = honest_seed(&setup, gate.clone());
+    let hostile_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hostile_addr = hostile_listener.local_addr().unwrap();
+    let mut download = Downloader::start(&setup, &[hostile_addr, honest]);
+    let port = download.port;
+    let (hostile, summary) = std::thread::scope(|scope| {
+        let script_gate = gate.clone();
+        let setup = &setup;
+        let hostile = scope.spawn(move || script(setup, hostile_listener, port, script_gate));
+        let summary = download.summary(Duration::from_secs(60));
+        let hostile = hostile.join();
+        gate.open();
+        (hostile, summary)
+    });
+    let hostile = match hostile {
+        Ok(h) => h,
+        Err(panic) => {
+            eprintln!("downloader log:\n{}", download.log());
+            std::panic::resume_unwind(panic);
+        }
+    };
+    let hwm = download.vm_hwm_kib();
+    let log = download.log();
+    drop(download);
+
+    // The bytes: `pow verify` checks every piece hash, then a plain compare.
+    let out = setup.out_dir();
+    let verify = pow()
+        .arg("verify")
+        .arg(&setup.torrent)
+        .arg("--data")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{name}: pow verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let got = std::fs::read(out.join("payload.bin")).unwrap();
+    assert!(got == *setup.payload, "{name}: downloaded bytes differ");
+
+    let seconds = summary["seconds"].as_f64().unwrap();
+    let from_hostile = summary["received_by_peer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer"] == hostile_addr.to_string())
+        .map_or(0, |p| p["bytes"].as_u64().unwrap());
+    let drops: Vec<String> = hostile
+        .drops
+        .iter()
+        .map(|(what, after)| match after {
+            Some(d) => format!("{what}: dropped after {} ms", d.as_millis()),
+            None => format!("{what}: NOT dropped within {} s", drop_limit.as_secs()),
+        })
+        .collect();
+    println!(
+        "{name}: {}; download {:.2} s, {}/{} pieces verified, {} hash failures, {} B wasted, \
+         {} B credited to the hostile peer, VmHWM {} KiB{}",
+        drops.join("; "),
+        seconds,
+        summary["pieces_verified"],
+        summary["pieces_total"],
+        summary["hash_failures"],
+        summary["wasted"],
+        from_hostile,
+        hwm,
+        if hostile.note.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", hostile.note)
+        }
+    );
+    assert_eq!(summary["complete"], true, "{name}: {summary}");
+    assert_eq!(summary["pieces_verified"], setup.pieces, "{name}");
+    for (what, after) in &hostile.drops {
+        let after = after.unwrap_or_else(|| panic!("{name}: {what}: not dropped; log:\n{log}"));
+        assert!(
+            after <= drop_limit,
+            "{name}: {what}: dropped only after {after:?} (limit {drop_limit:?})"
+        );
+    }
+    assert!(
+        hwm < MAX_HWM_KIB,
+        "{name}: downloader VmHWM {hwm} KiB over {MAX_HWM_KIB} KiB"
+    );
+    check(&summary, &log, hostile_addr);
+}
+
+/// The log says the downloader closed a peer whose address contains `addr` for a reason
+/// containing `reason`.
+fn assert_closed_for(log: &str, addr: impl std::fmt::Display, reason: &str) {
+    let addr = addr.to_string();
+    assert!(
+        log.lines().any(|l| l.contains(&addr) && l.contains(reason)),
+        "no `{reason}` for {addr} in the log:\n{log}"
+    );
+}
+
+/// Hash failures: none for every case but the bad-hash one (hostile bytes never reached a
+/// hash check, so none was written into a piece).
+fn no_hash_failures(summary: &serde_json::Value) {
+    assert_eq!(summary["hash_failures"], 0, "{summary}");
+}
+
+#[test]
+fn length_prefix_2_pow_32_minus_1_is_refused_at_once() {
+    run_case(
+        "huge-prefix",
+        |setup, listener, port, gate| {
+            let mut drops = Vec::new();
+            // On the connection the downloader dialled: the 4 prefix bytes and nothing more.
+            let mut peer = RawPeer::accept(&listener, setup.info_hash, setup.info_hash);
+            peer.stream.write_all(&[0xff; 4]).unwrap();
+            drops.push((
+                "ff ff ff ff alone (outgoing)".to_string(),
+                peer.closed_within(AT_ONCE * 5),
+            ));
+            // On a connection to the downloader: the prefix and a `piece` id.
+            let mut peer = RawPeer::connect(port, setup.info_hash);
+            peer.read_handshake();
+            peer.stream
+                .write_all(&[0xff, 0xff, 0xff, 0xff, PIECE])
+                .unwrap();
+            drops.push((
+                "ff ff ff ff 07 (incoming)".to_string(),
+                peer.closed_within(AT_ONCE * 5),
+            ));
+            gate.open();
+            Hostile {
+                drops,
+                note: String::new(),
+            }
+        },
+        AT_ONCE,
+        |summary, log, hostile| {
+            no_hash_failures(summary);
+            assert_closed_for(log, hostile, "4294967295 bytes is longer");
+        },
+    );
+}
+
+#[test]
+fn bad_bitfields_are_refused() {
+    run_case(
+        "bad-bitfield",
+        |setup, listener, port, gate| {
+            let mut drops = Vec::new();
+            // One byte too many.
+            let mut peer = RawPeer::accept(&listener, setup.info_hash, setup.info_hash);
+            let mut long = setup.full_bitfield();
+            long.push(0);
+            peer.send(BITFIELD, &long).unwrap();
+            drops.push((
+                "bitfield of 10 bytes for 65 pieces (outgoing)".to_string(),
+                peer.closed_within(AT_ONCE * 5),
+            ));
+            // Right size, spare bits set.
+            let mut peer = RawPeer::connect(port, setup.info_hash);
+            peer.read_handshake();
+            let spare = vec![0xffu8; setup.pieces.div_ceil(8) as usize];
+            peer.send(BITFIELD, &spare).unwrap();
+            drops.push((
+                "bitfield with spare bits set (incoming)".to_string(),
+                peer.closed_within(AT_ONCE * 5),
+            ));
+            gate.open();
+            Hostile {
+                drops,
+                note: String::new(),
+            }
+        },
+        AT_ONCE,
+        |summary, log, hostile| {
+            no_hash_failures(summary);
+            assert_closed_for(log, hostile, "bitfield of 10 bytes");
+            assert_closed_for(log, "127.0.0.1", "spare bits set");
+        },
+    );
+}
+
+#[test]
+fn have_out_of_range_is_refused() {
+    run_case(
+        "have-range",
+        |setup, listener, port, gate| {
+            let mut drops = Vec::new();
+            let mut peer = RawPeer::accept(&listener, setup.info_hash, setup.info_hash);
+            peer.send(HAVE, &setup.pieces.to_be_bytes()).unwrap();
+            drops.push((
+                "have 65 of 65 pieces (outgoing)".to_string(),
+                peer.closed_within(AT_ONCE * 5),
+            ));
+            let mut peer = RawPeer::connect(port, setup.info_hash);
+            peer.read_handshake();
+            peer.send(HAVE, &u32::MAX.to_be_bytes()).unwrap();
+            drops.push((
+                "have 2^32-1 (incoming)".to_string(),
+                peer.closed_within(AT_ONCE * 5),
+            ));
+            gate.open();
+            Hostile {
+                drops,
+                note: String::new(),
+            }
+        },
+        AT_ONCE,
+        |summary, log, hostile| {
+            no_hash_failures(summary);
+            assert_closed_for(log, hostile, "have for a piece that does not exist");
+        },
+    );
+}
+
+#[test]
+fn unrequested_blocks_are_never_written_and_end_the_connection() {
+    let blocks_sent = Arc::new(Mutex::new(0usize));
+    let sent = blocks_sent.clone();
+    run_case(
+        "unrequested",
+        move |setup, listener, port, gate| {
+            // It never unchokes us, so nothing is ever asked of it; it sends every block of the
+            // torrent, each with one byte flipped, as fast as it can.
+            let mut peer = RawPeer::accept(&listener, setup.info_hash, setup.info_hash);
+            let started = Instant::now();
+            let mut n = 0;
+            for (index, begin, length) in setup.blocks() {
+                let mut data = setup.block(index, begin, length).to_vec();
+                data[0] ^= 0xff;
+                if peer
+                    .stream
+                    .write_all(&piece_frame(index, begin, &data))
+                    .is_err()
+                {
+                    break;
+                }
+                n += 1;
+            }
+            *sent.lock().unwrap() = n;
+            let closed = peer.closed_within(AT_ONCE * 5);
+            let mut drops = vec![(
+                format!("unrequested blocks before any piece ({n} written into the socket)"),
+                closed.map(|_| started.elapsed()),
+            )];
+            // Again once every piece is verified: a second peer dials in, waits until the
+            // downloader has announced every piece, then sends every block with a bad byte.
+            let mut late = RawPeer::connect(port, setup.info_hash);
+            late.read_handshake();
+            gate.open();
+            let mut verified = vec![false; setup.pieces as usize];
+            while verified.contains(&false) {
+                match late.read(Duration::from_secs(30)) {
+                    Ok((HAVE, p)) => verified[word(&p, 0) as usize] = true,
+                    Ok((BITFIELD, p)) => {
+                        for (i, v) in verified.iter_mut().enumerate() {
+                            *v |= p[i / 8] & (0x80 >> (i % 8)) != 0;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(end) => panic!("waiting for every piece: {end:?}"),
+                }
+            }
+            let started = Instant::now();
+            let mut n = 0;
+            for (index, begin, length) in setup.blocks() {
+                let mut data = setup.block(index, begin, length).to_vec();
+                data[0] ^= 0xff;
+                if late
+                    .stream
+                    .write_all(&piece_frame(index, begin, &data))
+                    .is_err()
+                {
+                    break;
+                }
+                n += 1;
+            }
+            drops.push((
+                format!("unrequested blocks after completion ({n} written into the socket)"),
+                late.closed_within(AT_ONCE * 5).map(|_| started.elapsed()),
+            ));
+            Hostile {
+                drops,
+                note: String::new(),
+            }
+        },
+        AT_ONCE,
+        |summary, log, hostile| {
+            no_hash_failures(summary);
+            assert_closed_for(log, hostile, "too many blocks we did not request");
+            // The limit's worth (17 blocks) was read before the hang-up (the summary is
+            // printed before the second peer's blocks come).
+            let wasted = summary["wasted"].as_u64().unwrap();
+            assert!(wasted >= 17 * u64::from(BLOCK), "wasted {wasted}");
+            assert_eq!(
+                log.matches("too many blocks we did not request").count(),
+                2,
+                "{log}"
+            );
+        },
+    );
+    assert!(*blocks_sent.lock().unwrap() >= 17);
+}
+
+#[test]
+fn bad_pieces_from_one_peer_get_it_banned() {
+    run_case(
+        "bad-hash",
+        |setup, listener, _port, gate| {
+            // Serves what is asked, but the first block of each of the first 5 pieces it
+            // serves has a byte flipped; then honest data.
+            let mut peer = RawPeer::accept(&listener, setup.info_hash, setup.info_hash);
+            peer.send(BITFIELD, &setup.full_bitfield()).unwrap();
+            peer.send(UNCHOKE, &[]).unwrap();
+            let mut corrupted: Vec<u32> = Vec::new();
+            let mut last_bad = Instant::now();
+            let mut served = 0;
+            let closed = loop {
+                match peer.read(Duration::from_secs(10)) {
+                    Ok((REQUEST, p)) => {
+                        let (index, begin, length) = (word(&p, 0), word(&p, 4), word(&p, 8));
+                        let mut data = setup.block(index, begin, length).to_vec();
+                        if corrupted.len() < 5 && begin == 0 && !corrupted.contains(&index) {
+                            corrupted.push(index);
+                            data[100] ^= 0x01;
+                            last_bad = Instant::now();
+                        }
+                        if peer
+                            .stream
+                            .write_all(&piece_frame(index, begin, &data))
+                            .is_err()
+                        {
+                            break Some(last_bad.elapsed());
+                        }
+                        served += 1;
+                    }
+                    Ok(_) => {}
+                    Err(End::Closed) => break Some(last_bad.elapsed()),
+                    Err(End::Quiet) => break None,
+                }
+            };
+            gate.open();
+            Hostile {
+                drops: vec![(
+                    format!(
+                        "{} pieces with a bad block (pieces {corrupted:?}), {served} blocks served",
+                        corrupted.len()
+                    ),
+                    closed,
+                )],
+                note: String::new(),
+            }
+        },
+        Duration::from_secs(5),
+        |summary, log, hostile| {
+            assert!(
+                log.contains(&format!("{hostile}: banned after 3 bad pieces")),
+                "not banned:\n{log}"
+            );
+            let failures = summary["hash_failures"].as_u64().unwrap();
+            assert!((3..=5).contains(&failures), "{failures} hash failures");
+            // The honest seed took no strike: it was never banned.
+            assert_eq!(log.matches("banned after").count(), 1, "{log}");
+        },
+    );
+}
+
+#[test]
+fn a_request_flood_while_choked_ends_the_connection() {
+    run_case(
+        "flood",
+        |setup, listener, _port, gate| {
+            let mut peer = RawPeer::accept(&listener, setup.info_hash, setup.info_hash);
+            peer.send(INTERESTED, &[]).unwrap();
+            let mut burst = Vec::new();
+            let blocks = setup.blocks();
+            for i in 0..10_000 {
+                let (index, begin, length) = blocks[i % blocks.len()];
+                let mut p = index.to_be_bytes().to_vec();
+                p.extend_from_slice(&begin.to_be_bytes());
+                p.extend_from_slice(&length.to_be_bytes());
+                burst.extend_from_slice(&frame(REQUEST, &p));
+            }
+            let started = Instant::now();
+            // pow may hang up before it has read everything: a failed write is expected.
+            let _ = peer.stream.write_all(&burst);
+            let closed = peer.closed_within(AT_ONCE * 5);
+            gate.open();
+            Hostile {
+                drops: vec![(
+                    "10,000 requests while choked".to_string(),
+                    closed.map(|_| started.elapsed()),
+                )],
+                note: String::new(),
+            }
+        },
+        AT_ONCE,
+        |summary, log, hostile| {
+            no_hash_failures(summary);
+            assert_closed_for(log, hostile, "too many requests while choked");
+            assert_eq!(summary["uploaded"], 0);
+        },
+    );
+}
+
+#[test]
+fn a_handshake_for_another_torrent_is_dropped_at_once() {
+    run_case(
+        "wrong-hash",
+        |setup, listener, port, gate| {
+            let mut other = setup.info_hash;
+            other[0] ^= 0xff;
+            let mut drops = Vec::new();
+            let mut peer = RawPeer::accept(&listener, setup.info_hash, other);
+            let sent = Instant::now();
+            drops.push((
+                "answer with another info-hash (outgoing)".to_string(),
+                peer.closed_within(AT_ONCE * 5).map(|_| sent.elapsed()),
+            ));
+            let mut peer = RawPeer::connect(port, other);
+            let sent = Instant::now();
+            drops.push((
+                "dial with another info-hash (incoming)".to_string(),
+                peer.closed_within(AT_ONCE * 5).map(|_| sent.elapsed()),
+            ));
+            gate.open();
+            Hostile {
+                drops,
+                note: String::new(),
+            }
+        },
+        AT_ONCE,
+        |summary, log, hostile| {
+            no_hash_failures(summary);
+            assert_closed_for(log, hostile, "handshake for another torrent");
+            assert!(
+                summary["received_by_peer"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|p| p["peer"] != hostile.to_string()),
+                "{summary}"
+            );
+        },
+    );
+}
+
+#[test]
+fn a_peer_that_stops_mid_message_is_dropped_after_the_idle_timeout() {
+    run_case(
+        "stall",
+        |setup, listener, _port, gate| {
+            let mut peer = RawPeer::accept(&listener, setup.info_hash, setup.info_hash);
+            peer.send(BITFIELD, &setup.full_bitfield()).unwrap();
+            peer.send(UNCHOKE, &[]).unwrap();
+            let (index, begin, length) = peer.next_request(Duration::from_secs(10));
+            let whole = piece_frame(index, begin, setup.block(index, begin, length));
+            peer.stream.write_all(&whole[..whole.len() / 2]).unwrap();
+            let stalled = Instant::now();
+            // The honest seed may serve now; this peer sends nothing more, ever.
+            gate.open();
+            let closed = peer.closed_within(IDLE_TIMEOUT + TICK_SLACK + Duration::from_secs(5));
+            Hostile {
+                drops: vec![(
+                    "half a piece message, then silence".to_string(),
+                    closed.map(|_| stalled.elapsed()),
+                )],
+                note: String::new(),
+            }
+        },
+        IDLE_TIMEOUT + TICK_SLACK,
+        |summary, log, hostile| {
+            no_hash_failures(summary);
+            assert_closed_for(log, hostile, "silent for too long");
+            // Its blocks went to the honest seed: the download did not wait for the timeout.
+            let seconds = summary["seconds"].as_f64().unwrap();
+            assert!(seconds < IDLE_TIMEOUT.as_secs_f64(), "took {seconds} s");
+        },
+    );
+}
+
+#[test]
+fn a_peer_sending_one_byte_a_second_is_not_waited_for() {
+    run_case(
+        "trickle",
+        |setup, listener, _port, gate| {
+            let mut peer = RawPeer::accept(&listener, setup.info_hash, setup.info_hash);
+            peer.send(BITFIELD, &setup.full_bitfield()).unwrap();
+            peer.send(UNCHOKE, &[]).unwrap();
+            let (index, begin, length) = peer.next_request(Duration::from_secs(10));
+            let whole = piece_frame(index, begin, setup.block(index, begin, length));
+            gate.open();
+            let started = Instant::now();
+            let limit = IDLE_TIMEOUT + TICK_SLACK + Duration::from_secs(5);
+            let mut sent = 0;
+            let mut closed = None;
+            for byte in &whole {
+                if peer.stream.write_all(&[*byte]).is_err() {
+                    closed = Some(started.elapsed());
+                    break;
+                }
+                sent += 1;
+                // A second between bytes, reading (and dropping) what the downloader sends;
+                // EOF or a reset means it hung up.
+                if peer.closed_within(Duration::from_secs(1)).is_some() {
+                    closed = Some(started.elapsed());
+                    break;
+                }
+                if started.elapsed() > limit {
+                    break;
+                }
+            }
+            Hostile {
+                drops: vec![(
+                    format!("1 byte/s ({sent} of a {}-byte message sent)", whole.len()),
+                    closed,
+                )],
+                note: String::new(),
+            }
+        },
+        IDLE_TIMEOUT + TICK_SLACK,
+        |summary, log, hostile| {
+            no_hash_failures(summary);
+            assert_closed_for(log, hostile, "silent for too long");
+            let seconds = summary["seconds"].as_f64().unwrap();
+            assert!(seconds < IDLE_TIMEOUT.as_secs_f64(), "took {seconds} s");
+        },
+    );
+}
