@@ -20,6 +20,7 @@ use crate::{Inner, PeerCmd, PeerEntry, MAX_STRIKES};
 use bytes::{Buf, Bytes, BytesMut};
 use pow_metainfo::Block;
 use pow_picker::{PeerKey, Received};
+use pow_wire::extension::{self, ExtHandshake, MetadataMessage, EXTENDED, EXTENDED_HANDSHAKE};
 use pow_wire::{Bitfield, BlockRequest, Decoder, Handshake, Message};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -42,6 +43,9 @@ pub(crate) const MAX_QUEUED_REQUESTS: usize = 1024;
 /// Requests we ignore (sent while choked, or for a piece we lack) before the peer is dropped. A choke crosses requests already on the wire, at most one pipeline (the
 /// count restarts at each unchoke), so more than this is not a race but a flood.
 pub(crate) const MAX_IGNORED_REQUESTS: u32 = 1024;
+/// Metadata requests a peer may make (or 4 per metadata piece, if more): enough to fetch it a
+/// few times over, not enough to use us as a 16 KiB-per-message amplifier.
+const MAX_METADATA_REQUESTS: u32 = 64;
 /// Stop reading blocks from disk for a peer while this much waits in its send buffer: a slow
 /// reader holds at most this (plus one block) of our memory.
 pub(crate) const SEND_WATERMARK: usize = 1024 * 1024;
@@ -163,6 +167,8 @@ struct Conn {
     stream: TcpStream,
     buf: BytesMut,
     peer_id: [u8; 20],
+    /// The peer's handshake reserved bytes (which extensions it speaks).
+    reserved: [u8; 8],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +177,8 @@ pub(crate) enum PeerError {
     Io(#[from] std::io::Error),
     #[error("protocol: {0}")]
     Wire(#[from] pow_wire::WireError),
+    #[error("protocol: {0}")]
+    Extension(#[from] extension::ExtensionError),
     #[error("{0}")]
     Protocol(&'static str),
     #[error("timed out")]
@@ -184,7 +192,8 @@ async fn handshake(
     mut stream: TcpStream,
     routed: Option<Routed>,
 ) -> Result<Conn, PeerError> {
-    let ours = Handshake::new(inner.metainfo.info_hash.0, inner.config.peer_id);
+    let mut ours = Handshake::new(inner.metainfo.info_hash.0, inner.config.peer_id);
+    extension::set_extension_bit(&mut ours.reserved);
     stream.write_all(&ours.encode()).await?;
     let (theirs, buf) = match routed {
         Some(Routed { handshake, buf }) => (handshake, buf),
@@ -205,6 +214,7 @@ async fn handshake(
         stream,
         buf,
         peer_id: theirs.peer_id,
+        reserved: theirs.reserved,
     })
 }
 
@@ -257,6 +267,12 @@ struct Peer {
     ignored: u32,
     /// Last time the socket took bytes from `out` (or `out` was empty).
     last_write: Instant,
+    /// Both sides set the BEP 10 bit: extended messages may be sent and are read.
+    extensions: bool,
+    /// The id the peer wants for `ut_metadata` messages, from its extension handshake.
+    their_ut_metadata: Option<u8>,
+    /// Metadata pieces the peer asked for (see [`MAX_METADATA_REQUESTS`]).
+    metadata_requests: u32,
 }
 
 impl Peer {
@@ -267,7 +283,10 @@ impl Peer {
             inner,
             key,
             addr,
-            decoder: Decoder::new(pieces),
+            decoder: Decoder::new(pieces).with_max_len(extension::MAX_EXTENDED_LEN),
+            extensions: false,
+            their_ut_metadata: None,
+            metadata_requests: 0,
             am_interested: false,
             am_choking: true,
             peer_choking: true,
@@ -296,6 +315,10 @@ impl Peer {
         let have = self.inner.lock().picker.have().clone();
         if have.count() > 0 {
             Message::Bitfield(have).encode(&mut self.out);
+        }
+        self.extensions = extension::has_extension_bit(&conn.reserved);
+        if self.extensions {
+            self.extension_handshake().to_message().encode(&mut self.out);
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut shutdown = self.inner.shutdown.subscribe();
@@ -415,8 +438,63 @@ impl Peer {
         self.withdrawn.insert(key);
     }
 
+    fn extension_handshake(&self) -> ExtHandshake {
+        ExtHandshake {
+            ut_metadata: Some(extension::OUR_UT_METADATA),
+            metadata_size: Some(self.inner.metainfo.info_bytes.len() as u64),
+            client: Some(concat!("pow ", env!("CARGO_PKG_VERSION")).to_string()),
+            reqq: Some(MAX_QUEUED_REQUESTS as u32),
+            yourip: Some(match self.addr.ip() {
+                std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+                std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+            }),
+            listen_port: self.inner.config.listen.map(|a| a.port()),
+        }
+    }
+
+    /// An extended message: the peer's extension handshake, or a `ut_metadata` request we
+    /// answer from the torrent's info dictionary. Other extensions are ignored.
+    fn on_extended(&mut self, payload: &Bytes) -> Result<(), PeerError> {
+        let (ext_id, body) = extension::split_extended(payload)?;
+        if ext_id == EXTENDED_HANDSHAKE {
+            let theirs = ExtHandshake::decode(&body)?;
+            self.their_ut_metadata = theirs.ut_metadata;
+            return Ok(());
+        }
+        if ext_id != extension::OUR_UT_METADATA {
+            return Ok(());
+        }
+        let (MetadataMessage::Request { piece }, Some(their_id)) =
+            (MetadataMessage::decode(&body)?, self.their_ut_metadata)
+        else {
+            return Ok(());
+        };
+        let info = &self.inner.metainfo.info_bytes;
+        let pieces = extension::metadata_pieces(info.len() as u64);
+        self.metadata_requests += 1;
+        if self.metadata_requests > MAX_METADATA_REQUESTS.max(4 * pieces) {
+            return Err(PeerError::Protocol("too many metadata requests"));
+        }
+        let reply = if piece < pieces {
+            let start = piece as usize * extension::METADATA_PIECE_LEN;
+            let end = (start + extension::METADATA_PIECE_LEN).min(info.len());
+            MetadataMessage::Data {
+                piece,
+                total_size: info.len() as u64,
+                data: Bytes::copy_from_slice(&info[start..end]),
+            }
+        } else {
+            MetadataMessage::Reject { piece }
+        };
+        reply.to_message(their_id).encode(&mut self.out);
+        Ok(())
+    }
+
     fn handle(&mut self, message: Message) -> Result<(), PeerError> {
         match message {
+            Message::Unknown { id: EXTENDED, payload } if self.extensions => {
+                self.on_extended(&payload)?
+            }
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
             Message::Choke => {
                 self.peer_choking = true;
