@@ -8,9 +8,11 @@
 //! - [`path`] turns names from the file into [`path::SafePath`]s that cannot leave the target
 //!   directory (the exact rule is documented there).
 //! - [`create`] builds new torrents from a file or directory, hashing on all cores.
+//! - [`magnet`] parses magnet links and makes one for a torrent ([`magnet_link`]).
 
 pub mod create;
 pub mod geometry;
+pub mod magnet;
 pub mod path;
 
 use pow_bencode::{Kind, Node};
@@ -18,6 +20,7 @@ use sha1::{Digest, Sha1};
 use std::fmt;
 
 pub use geometry::{Block, FileSpan, Geometry, GeometryError, PieceIndex, BLOCK_SIZE};
+pub use magnet::{magnet_link, Magnet, MagnetError};
 pub use path::SafePath;
 
 /// SHA-1 of the bencoded `info` dictionary: the torrent's identity in BitTorrent v1.
