@@ -78,47 +78,88 @@ pub(crate) fn start(
     peer_id: [u8; 20],
     port: u16,
 ) -> Option<Handle> {
+    let progress = {
+        let torrent = torrent.clone();
+        move || {
+            let s = torrent.snapshot();
+            Progress {
+                uploaded: s.uploaded,
+                downloaded: s.downloaded,
+                left: s.left,
+            }
+        }
+    };
+    let torrent = torrent.clone();
+    spawn(
+        torrent.metainfo().info_hash.0,
+        tiers,
+        peer_id,
+        port,
+        progress,
+        move |peers| torrent.add_peers(peers),
+    )
+}
+
+/// Announces an info-hash whose torrent we do not have yet (a magnet link): peers found go
+/// to `found`; we say we lack everything.
+pub(crate) fn start_for_peers(
+    info_hash: [u8; 20],
+    tiers: Vec<Vec<String>>,
+    peer_id: [u8; 20],
+    port: u16,
+    found: tokio::sync::mpsc::UnboundedSender<SocketAddr>,
+) -> Option<Handle> {
+    // Unknown size: any non-zero `left` says "leecher" to the tracker.
+    let progress = || Progress {
+        uploaded: 0,
+        downloaded: 0,
+        left: 1 << 30,
+    };
+    spawn(info_hash, tiers, peer_id, port, progress, move |peers| {
+        for peer in peers {
+            let _ = found.send(peer);
+        }
+    })
+}
+
+fn spawn(
+    info_hash: [u8; 20],
+    tiers: Vec<Vec<String>>,
+    peer_id: [u8; 20],
+    port: u16,
+    progress: impl Fn() -> Progress + Send + 'static,
+    on_peers: impl Fn(Vec<SocketAddr>) + Send + 'static,
+) -> Option<Handle> {
     if tiers.iter().all(Vec::is_empty) {
         return None;
     }
     let client = Arc::new(Client::new(ClientConfig::default()));
     let tiers = Tiers::new(tiers, &mut rand::rng());
-    let announcer = Announcer::new(client, tiers, torrent.metainfo().info_hash.0, peer_id, port);
-    let progress = |t: &Torrent| {
-        let s = t.snapshot();
-        Progress {
-            uploaded: s.uploaded,
-            downloaded: s.downloaded,
-            left: s.left,
-        }
-    };
-    let (progress_tx, progress_rx) = tokio::sync::watch::channel(progress(torrent));
+    let announcer = Announcer::new(client, tiers, info_hash, peer_id, port);
+    let (progress_tx, progress_rx) = tokio::sync::watch::channel(progress());
     let mut handle = announcer::spawn(announcer, progress_rx, Timing::default());
     let mut updates = std::mem::replace(
         &mut handle.updates,
         tokio::sync::mpsc::unbounded_channel().1,
     );
-    let feeder = {
-        let torrent = torrent.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    update = updates.recv() => match update {
-                        Some(Update::Peers { url, peers, next_in, .. }) => {
-                            tracing::info!("{url}: {} peers, next announce in {next_in:?}", peers.len());
-                            torrent.add_peers(peers);
-                        }
-                        Some(Update::Failed { error, retry_in, .. }) => {
-                            eprintln!("pow: tracker: {error} (retry in {}s)", retry_in.as_secs());
-                        }
-                        Some(Update::Stopped) | None => return,
-                    },
-                    _ = tick.tick() => { let _ = progress_tx.send(progress(&torrent)); }
-                }
+    let feeder = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                update = updates.recv() => match update {
+                    Some(Update::Peers { url, peers, next_in, .. }) => {
+                        tracing::info!("{url}: {} peers, next announce in {next_in:?}", peers.len());
+                        on_peers(peers);
+                    }
+                    Some(Update::Failed { error, retry_in, .. }) => {
+                        eprintln!("pow: tracker: {error} (retry in {}s)", retry_in.as_secs());
+                    }
+                    Some(Update::Stopped) | None => return,
+                },
+                _ = tick.tick() => { let _ = progress_tx.send(progress()); }
             }
-        })
-    };
+        }
+    });
     Some(Handle { handle, feeder })
 }
 

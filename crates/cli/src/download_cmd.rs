@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct DownloadArgs {
-    /// The .torrent file.
+    /// The .torrent file, or a magnet link (`magnet:?xt=urn:btih:...`): the torrent's info is
+    /// then fetched from peers (BEP 9) and kept as `DIR/.<info-hash>.pow-metadata.torrent`.
     torrent: PathBuf,
     /// Directory to download into (the torrent's name is created inside it).
     #[arg(short, long)]
@@ -33,6 +34,9 @@ pub struct DownloadArgs {
     /// Print the final summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Seconds to wait for a magnet link's metadata from peers.
+    #[arg(long, default_value_t = 120)]
+    metadata_timeout: u64,
 }
 
 pub fn run(args: DownloadArgs) -> CmdResult {
@@ -44,7 +48,10 @@ pub fn run(args: DownloadArgs) -> CmdResult {
 
 async fn download(args: DownloadArgs) -> CmdResult {
     let started = Instant::now();
-    let metainfo = Arc::new(Metainfo::from_file(&args.torrent)?);
+    let metainfo = match args.torrent.to_str().filter(|t| t.starts_with("magnet:")) {
+        Some(link) => Arc::new(metainfo_of_magnet(&args, link).await?),
+        None => Arc::new(Metainfo::from_file(&args.torrent)?),
+    };
     let (storage, resume) = {
         let metainfo = metainfo.clone();
         let output = args.output.clone();
@@ -110,6 +117,91 @@ async fn download(args: DownloadArgs) -> CmdResult {
         )
         .into()),
     }
+}
+
+/// The torrent a magnet link names: from an earlier fetch kept in the output directory, or its
+/// info dictionary fetched from peers found by the link's trackers and `x.pe` (and `--peer`),
+/// checked against the info-hash.
+async fn metainfo_of_magnet(
+    args: &DownloadArgs,
+    link: &str,
+) -> Result<Metainfo, Box<dyn std::error::Error>> {
+    let magnet = pow_metainfo::magnet::Magnet::parse(link)?;
+    for warning in &magnet.warnings {
+        eprintln!("pow: warning: magnet link: {warning}");
+    }
+    let info_hash = magnet.v1()?;
+    let kept = args
+        .output
+        .join(format!(".{}.pow-metadata.torrent", info_hash.to_hex()));
+    if let Ok(metainfo) = Metainfo::from_file(&kept) {
+        if metainfo.info_hash == info_hash {
+            return Ok(metainfo);
+        }
+    }
+    let mut tiers: Vec<Vec<String>> = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
+    tiers.extend(args.swarm.trackers.iter().map(|t| vec![t.clone()]));
+    let (found, peers) = tokio::sync::mpsc::unbounded_channel();
+    for peer in magnet.peers.iter().chain(&args.peers) {
+        let _ = found.send(*peer);
+    }
+    let peer_id = pow_engine::new_peer_id();
+    let announcer =
+        crate::announce::start_for_peers(info_hash.0, tiers.clone(), peer_id, args.swarm.port, found);
+    if !args.json {
+        eprintln!("fetching the metadata of {} from peers", info_hash.to_hex());
+    }
+    let started = Instant::now();
+    let fetched = pow_engine::metadata::fetch_metadata(
+        info_hash.0,
+        peer_id,
+        peers,
+        Duration::from_secs(args.metadata_timeout),
+    )
+    .await;
+    if let Some(a) = announcer {
+        a.stop().await;
+    }
+    let info = fetched?;
+    let bytes = torrent_file(&info, &tiers);
+    let metainfo = Metainfo::from_bytes(&bytes)?;
+    if metainfo.info_hash != info_hash {
+        return Err("the fetched metadata does not match the magnet link's info-hash".into());
+    }
+    std::fs::create_dir_all(&args.output)?;
+    std::fs::write(&kept, &bytes)?;
+    if !args.json {
+        eprintln!(
+            "metadata: {} ({} bytes of info) in {:.2} s",
+            metainfo.name,
+            info.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(metainfo)
+}
+
+/// A .torrent of a fetched info dictionary (kept byte for byte: its SHA-1 is the info-hash)
+/// and the magnet link's trackers.
+fn torrent_file(info: &[u8], tiers: &[Vec<String>]) -> Vec<u8> {
+    use pow_bencode::Value;
+    let mut out = b"d".to_vec();
+    if let Some(first) = tiers.iter().flatten().next() {
+        Value::str("announce").encode_into(&mut out);
+        Value::str(first).encode_into(&mut out);
+        Value::str("announce-list").encode_into(&mut out);
+        Value::List(
+            tiers
+                .iter()
+                .map(|tier| Value::List(tier.iter().map(|t| Value::str(t)).collect()))
+                .collect(),
+        )
+        .encode_into(&mut out);
+    }
+    Value::str("info").encode_into(&mut out);
+    out.extend_from_slice(info);
+    out.push(b'e');
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

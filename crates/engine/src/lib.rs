@@ -15,6 +15,7 @@
 //! resume file every interval while it changes ([`Torrent::save_resume`] saves on demand).
 
 mod listener;
+pub mod metadata;
 mod peer;
 pub mod trace;
 

@@ -19,6 +19,7 @@ mod routes;
 mod upload;
 
 pub use library::{Dataset, Library, LibraryError, Published};
+pub use pow_metainfo::magnet::magnet_link;
 pub use routes::{router, start_seeding_dataset};
 
 use pow_metainfo::Metainfo;
@@ -62,32 +63,6 @@ pub trait Seeder: Send + Sync + 'static {
     fn seed(&self, metainfo: Arc<Metainfo>, data_dir: PathBuf) -> SeedFuture;
     /// The current status of the torrent with this info-hash (hex); `None` if never started.
     fn status(&self, info_hash: &str) -> Option<SeedStatus>;
-}
-
-/// `magnet:?xt=urn:btih:<hex>&dn=<name>&tr=<tracker>...`, percent-encoded as libtorrent does.
-pub fn magnet_link(metainfo: &Metainfo) -> String {
-    let mut link = format!(
-        "magnet:?xt=urn:btih:{}&dn={}",
-        metainfo.info_hash.to_hex(),
-        percent_encode(&metainfo.name)
-    );
-    for tracker in metainfo.tracker_tiers().iter().flatten() {
-        link.push_str("&tr=");
-        link.push_str(&percent_encode(tracker));
-    }
-    link
-}
-
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for &b in text.as_bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves (requests in flight are finished).

@@ -1,0 +1,219 @@
+//! Fetching a torrent's info dictionary from peers (BEP 9) when all we have is its info-hash
+//! (a magnet link). Several peers are asked at once; the first complete copy whose SHA-1 is the
+//! info-hash wins. A peer that sends a wrong copy, rejects, or stalls is dropped and others are
+//! tried as addresses arrive (from trackers or the link's `x.pe`).
+
+use crate::peer::{read_handshake, PeerError};
+use bytes::{Buf, Bytes, BytesMut};
+use pow_wire::extension::{
+    self, ExtHandshake, MetadataMessage, EXTENDED, EXTENDED_HANDSHAKE, METADATA_PIECE_LEN,
+    OUR_UT_METADATA,
+};
+use pow_wire::Handshake;
+use sha1::{Digest, Sha1};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// Largest info dictionary accepted (libtorrent's default limit is also in the tens of MiB;
+/// a 2-million-piece torrent's is 40 MiB, far past any dataset we publish).
+pub const MAX_METADATA_SIZE: u64 = 48 << 20;
+/// Peers asked at once.
+const PARALLEL_PEERS: usize = 8;
+/// Time one peer has to deliver the whole dictionary.
+const PER_PEER_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Other messages (a bitfield of a big torrent) may come first; anything longer is refused.
+const MAX_FRAME: usize = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("no peer sent the metadata within {0:?} ({1})")]
+    TimedOut(Duration, String),
+    #[error("every peer source ended and no peer sent the metadata ({0})")]
+    NoPeers(String),
+}
+
+/// Fetches the info dictionary for `info_hash` from peers received on `peers`, within
+/// `timeout`. Returns the raw bencoded dictionary (its SHA-1 is `info_hash`).
+pub async fn fetch_metadata(
+    info_hash: [u8; 20],
+    peer_id: [u8; 20],
+    mut peers: mpsc::UnboundedReceiver<SocketAddr>,
+    timeout: Duration,
+) -> Result<Vec<u8>, MetadataError> {
+    let deadline = Instant::now() + timeout;
+    let mut tried = HashSet::new();
+    let mut waiting: Vec<SocketAddr> = Vec::new();
+    let mut running = JoinSet::new();
+    let mut last_error = String::from("no peers yet");
+    let mut sources_open = true;
+    loop {
+        while running.len() < PARALLEL_PEERS {
+            let Some(addr) = waiting.pop() else { break };
+            running.spawn(async move {
+                let result = tokio::time::timeout(PER_PEER_TIMEOUT, fetch_from(addr, info_hash, peer_id))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("{addr}: timed out")));
+                (addr, result)
+            });
+        }
+        if !sources_open && running.is_empty() && waiting.is_empty() {
+            return Err(MetadataError::NoPeers(last_error));
+        }
+        tokio::select! {
+            addr = peers.recv(), if sources_open => match addr {
+                Some(addr) => {
+                    if tried.insert(addr) {
+                        waiting.push(addr);
+                    }
+                }
+                None => sources_open = false,
+            },
+            Some(done) = running.join_next(), if !running.is_empty() => match done {
+                Ok((addr, Ok(info))) => {
+                    tracing::info!("{addr}: metadata received ({} bytes)", info.len());
+                    return Ok(info);
+                }
+                Ok((_, Err(e))) => {
+                    tracing::info!("metadata: {e}");
+                    last_error = e;
+                }
+                Err(e) => last_error = e.to_string(),
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                return Err(MetadataError::TimedOut(timeout, last_error));
+            }
+        }
+    }
+}
+
+async fn fetch_from(
+    addr: SocketAddr,
+    info_hash: [u8; 20],
+    peer_id: [u8; 20],
+) -> Result<Vec<u8>, String> {
+    let fail = |what: &str| format!("{addr}: {what}");
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| fail("connect timed out"))?
+        .map_err(|e| fail(&format!("connect: {e}")))?;
+    let mut ours = Handshake::new(info_hash, peer_id);
+    extension::set_extension_bit(&mut ours.reserved);
+    stream
+        .write_all(&ours.encode())
+        .await
+        .map_err(|e| fail(&e.to_string()))?;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let theirs = read_handshake(&mut stream, &mut buf, Instant::now() + CONNECT_TIMEOUT * 2)
+        .await
+        .map_err(|e: PeerError| fail(&format!("handshake: {e}")))?;
+    if theirs.info_hash != info_hash {
+        return Err(fail("handshake for another torrent"));
+    }
+    if !extension::has_extension_bit(&theirs.reserved) {
+        return Err(fail("does not speak the extension protocol (BEP 10)"));
+    }
+    let mut out = BytesMut::new();
+    ExtHandshake {
+        ut_metadata: Some(OUR_UT_METADATA),
+        client: Some(concat!("pow ", env!("CARGO_PKG_VERSION")).to_string()),
+        ..ExtHandshake::default()
+    }
+    .to_message()
+    .encode(&mut out);
+    stream.write_all(&out).await.map_err(|e| fail(&e.to_string()))?;
+
+    let mut pieces: Vec<Option<Bytes>> = Vec::new();
+    let mut size = 0u64;
+    loop {
+        let payload = read_frame(&mut stream, &mut buf)
+            .await
+            .map_err(|e| fail(&e))?;
+        let Some((EXTENDED, payload)) = payload else {
+            continue;
+        };
+        let (ext_id, body) = extension::split_extended(&payload).map_err(|e| fail(&e.to_string()))?;
+        if ext_id == EXTENDED_HANDSHAKE {
+            let hs = ExtHandshake::decode(&body).map_err(|e| fail(&e.to_string()))?;
+            let their_id = hs.ut_metadata.ok_or_else(|| fail("does not serve metadata (no ut_metadata)"))?;
+            size = hs.metadata_size.ok_or_else(|| fail("did not say the metadata size"))?;
+            if size == 0 || size > MAX_METADATA_SIZE {
+                return Err(fail(&format!(
+                    "metadata size {size} outside 1..={MAX_METADATA_SIZE}"
+                )));
+            }
+            let count = extension::metadata_pieces(size);
+            pieces = vec![None; count as usize];
+            let mut requests = BytesMut::new();
+            for piece in 0..count {
+                MetadataMessage::Request { piece }
+                    .to_message(their_id)
+                    .encode(&mut requests);
+            }
+            stream
+                .write_all(&requests)
+                .await
+                .map_err(|e| fail(&e.to_string()))?;
+            continue;
+        }
+        if ext_id != OUR_UT_METADATA || pieces.is_empty() {
+            continue;
+        }
+        match MetadataMessage::decode(&body).map_err(|e| fail(&e.to_string()))? {
+            MetadataMessage::Data {
+                piece,
+                total_size,
+                data,
+            } => {
+                let start = piece as u64 * METADATA_PIECE_LEN as u64;
+                let expected = (size.saturating_sub(start)).min(METADATA_PIECE_LEN as u64);
+                if total_size != size || piece as usize >= pieces.len() || data.len() as u64 != expected {
+                    return Err(fail("sent a metadata piece that does not fit"));
+                }
+                pieces[piece as usize] = Some(data);
+            }
+            MetadataMessage::Reject { piece } => {
+                return Err(fail(&format!("rejected metadata piece {piece}")))
+            }
+            MetadataMessage::Request { .. } => {}
+        }
+        if pieces.iter().all(Option::is_some) {
+            let info: Vec<u8> = pieces.into_iter().flatten().flatten().collect();
+            if <[u8; 20]>::from(Sha1::digest(&info)) != info_hash {
+                return Err(fail("sent metadata whose SHA-1 is not the info-hash"));
+            }
+            return Ok(info);
+        }
+    }
+}
+
+/// Reads one message; returns its id and payload (`None` for a keep-alive).
+async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<(u8, Bytes)>, String> {
+    loop {
+        if buf.len() >= 4 {
+            let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+            if len > MAX_FRAME {
+                return Err(format!("message of {len} bytes"));
+            }
+            if buf.len() >= 4 + len {
+                buf.advance(4);
+                let mut frame = buf.split_to(len).freeze();
+                if frame.is_empty() {
+                    return Ok(None);
+                }
+                let id = frame.get_u8();
+                return Ok(Some((id, frame)));
+            }
+            buf.reserve(4 + len - buf.len());
+        }
+        let n = stream.read_buf(buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed".into());
+        }
+    }
+}
