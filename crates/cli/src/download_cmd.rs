@@ -146,8 +146,13 @@ async fn metainfo_of_magnet(
         let _ = found.send(*peer);
     }
     let peer_id = pow_engine::new_peer_id();
-    let announcer =
-        crate::announce::start_for_peers(info_hash.0, tiers.clone(), peer_id, args.swarm.port, found);
+    let announcer = crate::announce::start_for_peers(
+        info_hash.0,
+        tiers.clone(),
+        peer_id,
+        args.swarm.port,
+        found,
+    );
     if !args.json {
         eprintln!("fetching the metadata of {} from peers", info_hash.to_hex());
     }

@@ -18,6 +18,8 @@ pub enum TorrentCommand {
     },
     /// Create a .torrent from a file or a directory.
     Create(CreateArgs),
+    /// Print the torrent's magnet link (info-hash, name, trackers, web seeds).
+    Magnet { file: PathBuf },
 }
 
 #[derive(Args)]
@@ -63,6 +65,13 @@ fn parse_piece_length(text: &str) -> Result<u64, String> {
 
 pub fn run(command: TorrentCommand) -> CmdResult {
     match command {
+        TorrentCommand::Magnet { file } => {
+            println!(
+                "{}",
+                pow_metainfo::magnet_link(&Metainfo::from_file(&file)?)
+            );
+            Ok(())
+        }
         TorrentCommand::Show { file, json } => {
             let metainfo = Metainfo::from_file(&file)?;
             if json {

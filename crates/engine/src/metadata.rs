@@ -56,9 +56,10 @@ pub async fn fetch_metadata(
         while running.len() < PARALLEL_PEERS {
             let Some(addr) = waiting.pop() else { break };
             running.spawn(async move {
-                let result = tokio::time::timeout(PER_PEER_TIMEOUT, fetch_from(addr, info_hash, peer_id))
-                    .await
-                    .unwrap_or_else(|_| Err(format!("{addr}: timed out")));
+                let result =
+                    tokio::time::timeout(PER_PEER_TIMEOUT, fetch_from(addr, info_hash, peer_id))
+                        .await
+                        .unwrap_or_else(|_| Err(format!("{addr}: timed out")));
                 (addr, result)
             });
         }
@@ -126,7 +127,10 @@ async fn fetch_from(
     }
     .to_message()
     .encode(&mut out);
-    stream.write_all(&out).await.map_err(|e| fail(&e.to_string()))?;
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|e| fail(&e.to_string()))?;
 
     let mut pieces: Vec<Option<Bytes>> = Vec::new();
     let mut size = 0u64;
@@ -137,11 +141,16 @@ async fn fetch_from(
         let Some((EXTENDED, payload)) = payload else {
             continue;
         };
-        let (ext_id, body) = extension::split_extended(&payload).map_err(|e| fail(&e.to_string()))?;
+        let (ext_id, body) =
+            extension::split_extended(&payload).map_err(|e| fail(&e.to_string()))?;
         if ext_id == EXTENDED_HANDSHAKE {
             let hs = ExtHandshake::decode(&body).map_err(|e| fail(&e.to_string()))?;
-            let their_id = hs.ut_metadata.ok_or_else(|| fail("does not serve metadata (no ut_metadata)"))?;
-            size = hs.metadata_size.ok_or_else(|| fail("did not say the metadata size"))?;
+            let their_id = hs
+                .ut_metadata
+                .ok_or_else(|| fail("does not serve metadata (no ut_metadata)"))?;
+            size = hs
+                .metadata_size
+                .ok_or_else(|| fail("did not say the metadata size"))?;
             if size == 0 || size > MAX_METADATA_SIZE {
                 return Err(fail(&format!(
                     "metadata size {size} outside 1..={MAX_METADATA_SIZE}"
@@ -172,7 +181,10 @@ async fn fetch_from(
             } => {
                 let start = piece as u64 * METADATA_PIECE_LEN as u64;
                 let expected = (size.saturating_sub(start)).min(METADATA_PIECE_LEN as u64);
-                if total_size != size || piece as usize >= pieces.len() || data.len() as u64 != expected {
+                if total_size != size
+                    || piece as usize >= pieces.len()
+                    || data.len() as u64 != expected
+                {
                     return Err(fail("sent a metadata piece that does not fit"));
                 }
                 pieces[piece as usize] = Some(data);
@@ -193,7 +205,10 @@ async fn fetch_from(
 }
 
 /// Reads one message; returns its id and payload (`None` for a keep-alive).
-async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<(u8, Bytes)>, String> {
+async fn read_frame(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Option<(u8, Bytes)>, String> {
     loop {
         if buf.len() >= 4 {
             let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;

@@ -318,7 +318,9 @@ impl Peer {
         }
         self.extensions = extension::has_extension_bit(&conn.reserved);
         if self.extensions {
-            self.extension_handshake().to_message().encode(&mut self.out);
+            self.extension_handshake()
+                .to_message()
+                .encode(&mut self.out);
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut shutdown = self.inner.shutdown.subscribe();
@@ -492,9 +494,10 @@ impl Peer {
 
     fn handle(&mut self, message: Message) -> Result<(), PeerError> {
         match message {
-            Message::Unknown { id: EXTENDED, payload } if self.extensions => {
-                self.on_extended(&payload)?
-            }
+            Message::Unknown {
+                id: EXTENDED,
+                payload,
+            } if self.extensions => self.on_extended(&payload)?,
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
             Message::Choke => {
                 self.peer_choking = true;

@@ -266,8 +266,10 @@ impl State {
             }
         }
         let want = a.numwant.unwrap_or(50).min(self.cfg.max_numwant);
-        // a seeder gets only leechers
-        let seeding = a.left == 0;
+        // A seeder gets only leechers. A peer with nothing left that has neither downloaded nor
+        // uploaded anything may not know the size yet: aria2 fetching a magnet link's metadata
+        // announces `left=0`, and it needs the seeders most.
+        let seeding = a.left == 0 && (a.downloaded > 0 || a.uploaded > 0);
         let peers = swarm
             .peers
             .iter()
@@ -821,8 +823,16 @@ mod tests {
         assert_eq!(r.peers.len(), 1);
         assert_eq!((r.counts.complete, r.counts.incomplete), (1, 1));
         // a seeder is not given other seeders
-        let r = st.announce(&ann(3, 0, Event::Started), ip, t0);
+        let seeder = Announce {
+            uploaded: 1,
+            ..ann(3, 0, Event::Started)
+        };
+        let r = st.announce(&seeder, ip, t0);
         assert_eq!(r.peers, vec![(SocketAddr::new(ip, 2), [2; 20])]);
+        // ... unless it has moved no data at all (a magnet client before it knows the size)
+        let r = st.announce(&ann(4, 0, Event::Started), ip, t0);
+        assert_eq!(r.peers.len(), 3);
+        st.announce(&ann(4, 0, Event::Stopped), ip, t0);
         // stopped removes
         st.announce(&ann(3, 0, Event::Stopped), ip, t0);
         assert_eq!(st.scrape(&[1; 20]).complete, 1);

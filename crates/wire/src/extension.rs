@@ -86,7 +86,8 @@ impl ExtHandshake {
     /// Reads the dictionary after the extended id 0. Unknown keys are ignored; fields of the
     /// wrong type are treated as absent, as libtorrent does.
     pub fn decode(body: &[u8]) -> Result<ExtHandshake, ExtensionError> {
-        let (root, _) = decode_prefix(body, lenient()).map_err(|e| ExtensionError::Bencode(e.to_string()))?;
+        let (root, _) =
+            decode_prefix(body, lenient()).map_err(|e| ExtensionError::Bencode(e.to_string()))?;
         if root.as_dict().is_none() {
             return Err(ExtensionError::Invalid("handshake is not a dictionary"));
         }
@@ -123,9 +124,17 @@ fn lenient() -> Options {
 /// A `ut_metadata` message (BEP 9).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetadataMessage {
-    Request { piece: u32 },
-    Data { piece: u32, total_size: u64, data: Bytes },
-    Reject { piece: u32 },
+    Request {
+        piece: u32,
+    },
+    Data {
+        piece: u32,
+        total_size: u64,
+        data: Bytes,
+    },
+    Reject {
+        piece: u32,
+    },
 }
 
 impl MetadataMessage {
@@ -154,7 +163,8 @@ impl MetadataMessage {
 
     /// Reads the body after the extended id (a dictionary, then the data of a `Data`).
     pub fn decode(body: &Bytes) -> Result<MetadataMessage, ExtensionError> {
-        let (root, end) = decode_prefix(body, lenient()).map_err(|e| ExtensionError::Bencode(e.to_string()))?;
+        let (root, end) =
+            decode_prefix(body, lenient()).map_err(|e| ExtensionError::Bencode(e.to_string()))?;
         let int = |key: &str| root.get(key).and_then(|n| n.as_int());
         let piece = int("piece")
             .and_then(|p| u32::try_from(p).ok())
@@ -164,7 +174,9 @@ impl MetadataMessage {
             Some(1) => {
                 let total_size = int("total_size")
                     .and_then(|n| u64::try_from(n).ok())
-                    .ok_or(ExtensionError::Invalid("ut_metadata data without total_size"))?;
+                    .ok_or(ExtensionError::Invalid(
+                        "ut_metadata data without total_size",
+                    ))?;
                 Ok(MetadataMessage::Data {
                     piece,
                     total_size,
@@ -209,8 +221,14 @@ mod tests {
     fn roundtrip(message: &Message) -> Bytes {
         let mut out = BytesMut::new();
         message.encode(&mut out);
-        match Decoder::new(1).with_max_len(MAX_EXTENDED_LEN).decode(&mut out) {
-            Ok(Some(Message::Unknown { id: EXTENDED, payload })) => payload,
+        match Decoder::new(1)
+            .with_max_len(MAX_EXTENDED_LEN)
+            .decode(&mut out)
+        {
+            Ok(Some(Message::Unknown {
+                id: EXTENDED,
+                payload,
+            })) => payload,
             other => panic!("{other:?}"),
         }
     }
@@ -232,7 +250,10 @@ mod tests {
         // libtorrent-style: unsorted keys, other extensions, ut_metadata disabled with 0.
         let theirs = b"d1:md11:lt_donthavei7e6:ut_pexi0e11:ut_metadatai3ee13:metadata_sizei100e1:v4:lt 24:reqqi500ee";
         let hs = ExtHandshake::decode(theirs).unwrap();
-        assert_eq!((hs.ut_metadata, hs.metadata_size, hs.reqq), (Some(3), Some(100), Some(500)));
+        assert_eq!(
+            (hs.ut_metadata, hs.metadata_size, hs.reqq),
+            (Some(3), Some(100), Some(500))
+        );
         let disabled = ExtHandshake::decode(b"d1:md11:ut_metadatai0eee").unwrap();
         assert_eq!(disabled.ut_metadata, None);
         assert!(ExtHandshake::decode(b"li1ee").is_err());
@@ -256,7 +277,9 @@ mod tests {
             assert_eq!(id, 5);
             assert_eq!(MetadataMessage::decode(&body).unwrap(), message);
         }
-        assert!(MetadataMessage::decode(&Bytes::from_static(b"d8:msg_typei9e5:piecei0ee")).is_err());
+        assert!(
+            MetadataMessage::decode(&Bytes::from_static(b"d8:msg_typei9e5:piecei0ee")).is_err()
+        );
         assert!(MetadataMessage::decode(&Bytes::from_static(b"d8:msg_typei0ee")).is_err());
         assert_eq!(metadata_pieces(16_384), 1);
         assert_eq!(metadata_pieces(16_385), 2);

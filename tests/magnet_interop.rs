@@ -1,0 +1,177 @@
+//! Magnet links with real clients (issue #11, acceptance 1): `pow download MAGNET` fetches the
+//! metadata (BEP 9 over BEP 10) and then the content from each real seeder; libtorrent and aria2
+//! fetch the metadata and content from a `pow seed` given only the magnet link.
+
+mod common;
+
+use common::{pow, pow_bin, same_bytes, Lab};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// swarm-lab's `ext` ports, used by pow on either side here.
+const POW_LEECH_PORT: &str = "51205";
+const POW_SEED_PORT: u16 = 51105;
+
+fn magnet_of(torrent: &Path) -> String {
+    let out = pow()
+        .args(["torrent", "magnet"])
+        .arg(torrent)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Runs `command` to completion within `limit`; returns whether it succeeded.
+fn run_within(command: &mut Command, limit: Duration) -> (bool, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            return (status.success(), text);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            return (
+                false,
+                format!("timed out; {}", String::from_utf8_lossy(&output.stderr)),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn magnet_downloads_from_real_seeders_and_real_clients_fetch_metadata_from_pow() {
+    let lab = Lab::new("magnet");
+    let (data, torrent) = lab.payload("64M", &[]);
+    let link = magnet_of(&torrent);
+    let data_dir = data.parent().unwrap();
+    println!("magnet link: {link}");
+    let seeders: Vec<&str> = common::real_clients()
+        .into_iter()
+        .filter(|c| ["libtorrent", "aria2", "transmission", "rqbit"].contains(c))
+        .collect();
+
+    for seeder in &seeders {
+        let (ok, _, err) = lab.script(
+            "seed.sh",
+            &[
+                seeder,
+                torrent.to_str().unwrap(),
+                data_dir.to_str().unwrap(),
+                "--timeout",
+                "600",
+            ],
+        );
+        assert!(ok, "seed.sh {seeder}: {err}");
+        let out = lab.work.path().join(format!("magnet-from-{seeder}"));
+        let started = Instant::now();
+        let (ok, text) = run_within(
+            Command::new(pow_bin())
+                .args(["download", &link, "-o"])
+                .arg(&out)
+                .args(["--port", POW_LEECH_PORT, "--bind", "127.0.0.1", "--json"])
+                .args(["--metadata-timeout", "60"]),
+            Duration::from_secs(180),
+        );
+        lab.script("seed.sh", &["stop", seeder]);
+        assert!(ok, "pow download of the magnet link from {seeder}: {text}");
+        let bytes = same_bytes(&data, &out.join(data.file_name().unwrap()))
+            .unwrap_or_else(|e| panic!("{seeder}: {e}"));
+        println!(
+            "{seeder:>12} -> pow  magnet: metadata + {bytes} bytes verified in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    // pow seeds; the real clients get only the magnet link.
+    let mut seed = Command::new(pow_bin())
+        .args(["seed"])
+        .arg(&torrent)
+        .arg("--data")
+        .arg(data_dir)
+        .args(["--port", &POW_SEED_PORT.to_string(), "--bind", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", POW_SEED_PORT)).is_err() {
+        assert!(Instant::now() < deadline, "pow seed did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let out = lab.work.path().join("libtorrent-from-pow");
+    let started = Instant::now();
+    let script = "import libtorrent as lt, sys, time\n\
+        uri, out, peer = sys.argv[1], sys.argv[2], int(sys.argv[3])\n\
+        ses = lt.session({'listen_interfaces': '127.0.0.1:51203', 'enable_dht': False,\n\
+          'enable_lsd': False, 'enable_upnp': False, 'enable_natpmp': False,\n\
+          'enable_incoming_utp': False, 'enable_outgoing_utp': False,\n\
+          'allow_multiple_connections_per_ip': True})\n\
+        p = lt.parse_magnet_uri(uri); p.save_path = out\n\
+        h = ses.add_torrent(p); h.connect_peer(('127.0.0.1', peer))\n\
+        t0 = time.time()\n\
+        while time.time() - t0 < 120:\n\
+        \x20   s = h.status()\n\
+        \x20   if s.has_metadata and s.state in (lt.torrent_status.seeding, lt.torrent_status.finished):\n\
+        \x20       sys.exit(0)\n\
+        \x20   time.sleep(0.1)\n\
+        sys.exit(1)\n";
+    let (ok, text) = run_within(
+        Command::new("/usr/bin/python3")
+            .args(["-c", script, &link])
+            .arg(&out)
+            .arg(POW_SEED_PORT.to_string()),
+        Duration::from_secs(150),
+    );
+    assert!(ok, "libtorrent magnet download from pow: {text}");
+    let bytes = same_bytes(&data, &out.join(data.file_name().unwrap())).unwrap();
+    println!(
+        "  pow -> libtorrent magnet: metadata + {bytes} bytes verified in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let out = lab.work.path().join("aria2-from-pow");
+    let started = Instant::now();
+    let (ok, text) = run_within(
+        Command::new("aria2c")
+            .args(["--seed-time=0", "--enable-dht=false", "--enable-dht6=false"])
+            .args([
+                "--bt-enable-lpd=false",
+                "--enable-peer-exchange=false",
+                "--bt-stop-timeout=120",
+            ])
+            .args([
+                "--listen-port=51202",
+                "--console-log-level=warn",
+                "--summary-interval=0",
+            ])
+            .args(["--file-allocation=none", "--disable-ipv6=true"])
+            .arg("-d")
+            .arg(&out)
+            .arg(&link),
+        Duration::from_secs(150),
+    );
+    let _ = seed.kill();
+    let _ = seed.wait();
+    assert!(ok, "aria2 magnet download from pow: {text}");
+    let bytes = same_bytes(&data, &out.join(data.file_name().unwrap())).unwrap();
+    println!(
+        "  pow -> aria2 magnet: metadata + {bytes} bytes verified in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+}
