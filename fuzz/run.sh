@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # fuzz/run.sh SECONDS [TARGET...]: run each cargo-fuzz target for SECONDS (default 30), seeded
 # from the fixtures. Needs a nightly toolchain (or RUSTC_BOOTSTRAP=1) and cargo-fuzz.
+# FUZZ_RUNS=N also stops a target after N executions (for the long runs: 10000000 and 3600 s).
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${1:-30}"; shift || true
@@ -17,7 +18,7 @@ for t in "${targets[@]}"; do
   esac
   echo "fuzz: $t for ${secs}s"
   log="$(mktemp)"
-  if ! cargo $toolchain fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 >"$log" 2>&1; then
+  if ! cargo $toolchain fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} -max_len=65536 -rss_limit_mb=2048 >"$log" 2>&1; then
     grep -v '^ *Compiling' "$log" | tail -n 40; echo "fuzz: $t FAILED"; exit 1
   fi
   grep -E '^(#[0-9]+ *DONE|Done [0-9]+ runs)' "$log" | tail -n 1
