@@ -75,6 +75,8 @@ async fn download(args: DownloadArgs) -> CmdResult {
 
     let (torrent, announcer) = args.swarm.join(storage.clone(), picker).await?;
     torrent.add_peers(args.peers.iter().copied());
+    // BEP 19: the torrent's `url-list` (for a magnet link, its `ws=` kept in the fetched file).
+    torrent.add_web_seeds(metainfo.url_list.iter().cloned());
 
     let progress = Progress::new(&metainfo, args.json);
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
@@ -168,7 +170,7 @@ async fn metainfo_of_magnet(
         a.stop().await;
     }
     let info = fetched?;
-    let bytes = torrent_file(&info, &tiers);
+    let bytes = torrent_file(&info, &tiers, &magnet.web_seeds);
     let metainfo = Metainfo::from_bytes(&bytes)?;
     if metainfo.info_hash != info_hash {
         return Err("the fetched metadata does not match the magnet link's info-hash".into());
@@ -187,8 +189,8 @@ async fn metainfo_of_magnet(
 }
 
 /// A .torrent of a fetched info dictionary (kept byte for byte: its SHA-1 is the info-hash)
-/// and the magnet link's trackers.
-fn torrent_file(info: &[u8], tiers: &[Vec<String>]) -> Vec<u8> {
+/// and the magnet link's trackers and web seeds.
+fn torrent_file(info: &[u8], tiers: &[Vec<String>], web_seeds: &[String]) -> Vec<u8> {
     use pow_bencode::Value;
     let mut out = b"d".to_vec();
     if let Some(first) = tiers.iter().flatten().next() {
@@ -205,6 +207,11 @@ fn torrent_file(info: &[u8], tiers: &[Vec<String>]) -> Vec<u8> {
     }
     Value::str("info").encode_into(&mut out);
     out.extend_from_slice(info);
+    // Keys in order: "announce" < "announce-list" < "info" < "url-list".
+    if !web_seeds.is_empty() {
+        Value::str("url-list").encode_into(&mut out);
+        Value::List(web_seeds.iter().map(|u| Value::str(u)).collect()).encode_into(&mut out);
+    }
     out.push(b'e');
     out
 }
@@ -243,6 +250,11 @@ fn report(
             .into_iter()
             .map(|(addr, bytes)| serde_json::json!({"peer": addr.to_string(), "bytes": bytes}))
             .collect();
+        let by_web_seed: Vec<_> = torrent
+            .received_by_web_seed()
+            .into_iter()
+            .map(|(url, bytes)| serde_json::json!({"url": url, "bytes": bytes}))
+            .collect();
         let value = serde_json::json!({
             "info_hash": metainfo.info_hash.to_hex(),
             "name": metainfo.name,
@@ -256,15 +268,19 @@ fn report(
             "wasted": s.wasted,
             "uploaded": s.uploaded,
             "hash_failures": s.hash_failures,
+            "have_all_received": s.have_all_received,
+            "rejects_received": s.rejects_received,
             "seconds": secs,
             "mib_per_s": rate,
             "received_by_peer": by_peer,
+            "received_by_web_seed": by_web_seed,
+            "web_seed_bytes": s.web_seed_bytes,
             "path": args.output.join(&metainfo.name).display().to_string(),
         });
         println!("{value}");
     } else {
         println!(
-            "{}: {} {}/{} pieces verified, {} bytes downloaded in {:.1} s ({:.1} MiB/s), {} already on disk ({}), {} wasted",
+            "{}: {} {}/{} pieces verified, {} bytes downloaded in {:.1} s ({:.1} MiB/s), {} already on disk ({}), {} wasted{}",
             metainfo.name,
             if outcome == Outcome::Complete { "complete," } else { "incomplete," },
             s.pieces_have,
@@ -275,6 +291,11 @@ fn report(
             resumed_pieces,
             resume.source.as_str(),
             s.wasted,
+            if s.web_seed_bytes > 0 {
+                format!(", {} from web seeds", s.web_seed_bytes)
+            } else {
+                String::new()
+            },
         );
     }
 }
@@ -335,7 +356,11 @@ impl Progress {
     pub(crate) fn update(&self, s: &Snapshot) {
         if let Some(bar) = &self.bar {
             bar.set_position(bar.length().unwrap_or(0).saturating_sub(s.left));
-            bar.set_message(format!("{} peers", s.peers));
+            if s.web_seeds > 0 {
+                bar.set_message(format!("{} peers, {} web seeds", s.peers, s.web_seeds));
+            } else {
+                bar.set_message(format!("{} peers", s.peers));
+            }
         }
     }
 

@@ -18,6 +18,7 @@ mod listener;
 pub mod metadata;
 mod peer;
 pub mod trace;
+pub mod webseed;
 
 pub use listener::{SharedListener, MAX_PENDING_HANDSHAKES};
 
@@ -95,6 +96,9 @@ pub struct Stats {
     pub wasted: AtomicU64,
     pub uploaded: AtomicU64,
     pub hash_failures: AtomicU64,
+    /// BEP 6 messages received: have-all (a seed said so in one message) and reject.
+    pub have_all_received: AtomicU64,
+    pub rejects_received: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -103,6 +107,8 @@ pub struct Snapshot {
     pub uploaded: u64,
     pub wasted: u64,
     pub hash_failures: u64,
+    pub have_all_received: u64,
+    pub rejects_received: u64,
     /// Bytes of wanted pieces not yet verified.
     pub left: u64,
     pub pieces_have: u32,
@@ -110,6 +116,10 @@ pub struct Snapshot {
     pub peers: usize,
     /// Peers that have sent us at least one block.
     pub peers_sending: usize,
+    /// Web seeds in use (not counted in `peers`).
+    pub web_seeds: usize,
+    /// Payload bytes received from web seeds (pieces that failed their hash included).
+    pub web_seed_bytes: u64,
     pub complete: bool,
 }
 
@@ -147,6 +157,8 @@ pub(crate) struct State {
     pub received_from: HashMap<SocketAddr, u64>,
     /// Bytes served per peer address.
     pub sent_to: HashMap<SocketAddr, u64>,
+    /// Web seeds ([`webseed`]) by their pseudo-address (their bytes are in `received_from`).
+    pub web_seeds: HashMap<SocketAddr, String>,
 }
 
 pub(crate) struct Inner {
@@ -199,6 +211,7 @@ impl Torrent {
                 contributors: HashMap::new(),
                 received_from: HashMap::new(),
                 sent_to: HashMap::new(),
+                web_seeds: HashMap::new(),
             }),
             config,
             stats: Stats::default(),
@@ -255,6 +268,17 @@ impl Torrent {
         try_connect(&self.inner);
     }
 
+    /// BEP 19 web seeds to fetch pieces from alongside peers (each URL once; not http: ignored).
+    /// Each runs until the torrent is complete, it is banned, or it has nothing left we want.
+    pub fn add_web_seeds(&self, urls: impl IntoIterator<Item = String>) {
+        if *self.inner.shutdown.borrow() || self.inner.lock().picker.is_complete() {
+            return;
+        }
+        for url in urls {
+            webseed::start(&self.inner, url);
+        }
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let state = self.inner.lock();
         let stats = &self.inner.stats;
@@ -263,18 +287,58 @@ impl Torrent {
             uploaded: stats.uploaded.load(Ordering::Relaxed),
             wasted: stats.wasted.load(Ordering::Relaxed),
             hash_failures: stats.hash_failures.load(Ordering::Relaxed),
+            have_all_received: stats.have_all_received.load(Ordering::Relaxed),
+            rejects_received: stats.rejects_received.load(Ordering::Relaxed),
             left: state.picker.bytes_left(),
             pieces_have: state.picker.have().count(),
             pieces_total: self.inner.metainfo.geometry.piece_count(),
-            peers: state.peers.len(),
-            peers_sending: state.peers.values().filter(|p| p.blocks_from > 0).count(),
+            peers: state
+                .peers
+                .values()
+                .filter(|p| !state.web_seeds.contains_key(&p.addr))
+                .count(),
+            peers_sending: state
+                .peers
+                .values()
+                .filter(|p| p.blocks_from > 0 && !state.web_seeds.contains_key(&p.addr))
+                .count(),
+            web_seeds: state
+                .peers
+                .values()
+                .filter(|p| state.web_seeds.contains_key(&p.addr))
+                .count(),
+            web_seed_bytes: state
+                .web_seeds
+                .keys()
+                .filter_map(|a| state.received_from.get(a))
+                .sum(),
             complete: state.picker.is_complete(),
         }
     }
 
     /// Bytes of payload received from each peer address so far.
     pub fn received_by_peer(&self) -> Vec<(SocketAddr, u64)> {
-        sorted(&self.inner.lock().received_from)
+        let state = self.inner.lock();
+        let mut v = sorted(&state.received_from);
+        v.retain(|(addr, _)| !state.web_seeds.contains_key(addr));
+        v
+    }
+
+    /// Bytes of payload received from each web seed URL so far (failed pieces included).
+    pub fn received_by_web_seed(&self) -> Vec<(String, u64)> {
+        let state = self.inner.lock();
+        let mut v: Vec<(String, u64)> = state
+            .web_seeds
+            .iter()
+            .map(|(addr, url)| {
+                (
+                    url.clone(),
+                    state.received_from.get(addr).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        v.sort();
+        v
     }
 
     /// Bytes of payload served to each peer address so far.

@@ -194,6 +194,7 @@ async fn handshake(
 ) -> Result<Conn, PeerError> {
     let mut ours = Handshake::new(inner.metainfo.info_hash.0, inner.config.peer_id);
     extension::set_extension_bit(&mut ours.reserved);
+    pow_wire::set_fast_bit(&mut ours.reserved);
     stream.write_all(&ours.encode()).await?;
     let (theirs, buf) = match routed {
         Some(Routed { handshake, buf }) => (handshake, buf),
@@ -269,8 +270,12 @@ struct Peer {
     last_write: Instant,
     /// Both sides set the BEP 10 bit: extended messages may be sent and are read.
     extensions: bool,
+    /// Both sides set the BEP 6 bit: have-all/none, reject, suggest and allowed-fast are used.
+    fast: bool,
     /// The id the peer wants for `ut_metadata` messages, from its extension handshake.
     their_ut_metadata: Option<u8>,
+    /// How many outstanding requests the peer keeps (`reqq`; at least 1).
+    their_reqq: Option<usize>,
     /// Metadata pieces the peer asked for (see [`MAX_METADATA_REQUESTS`]).
     metadata_requests: u32,
 }
@@ -285,7 +290,9 @@ impl Peer {
             addr,
             decoder: Decoder::new(pieces).with_max_len(extension::MAX_EXTENDED_LEN),
             extensions: false,
+            fast: false,
             their_ut_metadata: None,
+            their_reqq: None,
             metadata_requests: 0,
             am_interested: false,
             am_choking: true,
@@ -313,7 +320,12 @@ impl Peer {
         mut rx: mpsc::UnboundedReceiver<PeerCmd>,
     ) -> Result<(), PeerError> {
         let have = self.inner.lock().picker.have().clone();
-        if have.count() > 0 {
+        self.fast = pow_wire::has_fast_bit(&conn.reserved);
+        if self.fast && have.is_full() {
+            Message::HaveAll.encode(&mut self.out);
+        } else if self.fast && have.count() == 0 {
+            Message::HaveNone.encode(&mut self.out);
+        } else if have.count() > 0 {
             Message::Bitfield(have).encode(&mut self.out);
         }
         self.extensions = extension::has_extension_bit(&conn.reserved);
@@ -461,6 +473,7 @@ impl Peer {
         if ext_id == EXTENDED_HANDSHAKE {
             let theirs = ExtHandshake::decode(&body)?;
             self.their_ut_metadata = theirs.ut_metadata;
+            self.their_reqq = theirs.reqq.map(|n| (n as usize).max(1));
             return Ok(());
         }
         if ext_id != extension::OUR_UT_METADATA {
@@ -500,6 +513,11 @@ impl Peer {
             } if self.extensions => self.on_extended(&payload)?,
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
             Message::Choke => {
+                tracing::debug!(
+                    "{}: choked us with {} requests in flight",
+                    self.addr,
+                    self.inflight.len()
+                );
                 self.peer_choking = true;
                 self.withdraw_all();
                 self.inner.lock().picker.peer_choked(self.key);
@@ -534,15 +552,43 @@ impl Peer {
                 drop(state);
                 self.update_interest();
             }
-            Message::Bitfield(bits) => {
-                let mut state = self.inner.lock();
-                let entry = state.peers.get_mut(&self.key).expect("registered");
-                let old = std::mem::replace(&mut entry.bits, bits.clone());
-                // A bitfield after some `have`s replaces them.
-                state.picker.peer_disconnected(self.key, &old);
-                state.picker.peer_connected(&bits);
-                drop(state);
-                self.update_interest();
+            Message::Bitfield(bits) => self.replace_bits(bits),
+            Message::HaveAll
+            | Message::HaveNone
+            | Message::Suggest(_)
+            | Message::AllowedFast(_)
+            | Message::Reject(_)
+                if !self.fast =>
+            {
+                return Err(PeerError::Protocol(
+                    "fast extension message from a peer that did not negotiate it",
+                ));
+            }
+            Message::HaveAll => {
+                self.inner
+                    .stats
+                    .have_all_received
+                    .fetch_add(1, Ordering::Relaxed);
+                let pieces = self.inner.metainfo.geometry.piece_count();
+                self.replace_bits(Bitfield::full(pieces));
+            }
+            Message::HaveNone => {
+                let pieces = self.inner.metainfo.geometry.piece_count();
+                self.replace_bits(Bitfield::new(pieces));
+            }
+            // Hints we do not act on: pieces are picked rarest first, and we do not request
+            // while choked.
+            Message::Suggest(_) | Message::AllowedFast(_) => {}
+            Message::Reject(r) => {
+                tracing::debug!("{}: reject {r:?}", self.addr);
+                self.inner
+                    .stats
+                    .rejects_received
+                    .fetch_add(1, Ordering::Relaxed);
+                // The block goes back to the picker at once instead of waiting for a snub.
+                if let Some(block) = self.take_back((r.index, r.begin)) {
+                    self.inner.lock().picker.request_failed(self.key, &block);
+                }
             }
             Message::Request(r) => self.queue_request(r)?,
             Message::Cancel(r) => self.requests.retain(|q| *q != r),
@@ -569,11 +615,28 @@ impl Peer {
     }
 
     /// Chokes the peer (if unchoked): its queued requests are dropped, as BEP 3 says.
+    /// What the peer has, from a bitfield, have-all or have-none (replacing earlier `have`s).
+    fn replace_bits(&mut self, bits: Bitfield) {
+        let mut state = self.inner.lock();
+        let entry = state.peers.get_mut(&self.key).expect("registered");
+        let old = std::mem::replace(&mut entry.bits, bits.clone());
+        state.picker.peer_disconnected(self.key, &old);
+        state.picker.peer_connected(&bits);
+        drop(state);
+        self.update_interest();
+    }
+
     fn choke(&mut self) {
         if self.am_choking {
             return;
         }
         self.am_choking = true;
+        // BEP 6: every request we drop is rejected, so the peer can ask someone else now.
+        if self.fast {
+            for r in self.requests.drain(..) {
+                Message::Reject(r).encode(&mut self.out);
+            }
+        }
         self.requests.clear();
         Message::Choke.encode(&mut self.out);
         if let Some(entry) = self.inner.lock().peers.get_mut(&self.key) {
@@ -617,6 +680,9 @@ impl Peer {
                 self.requests.push_back(r);
             }
             return Ok(());
+        }
+        if self.fast {
+            Message::Reject(r).encode(&mut self.out);
         }
         self.ignored += 1;
         if self.ignored > MAX_IGNORED_REQUESTS {
@@ -740,10 +806,12 @@ impl Peer {
     }
 
     fn fill_pipeline(&mut self) {
-        if self.peer_choking || !self.am_interested || self.inflight.len() >= self.pipeline {
+        // BEP 10 `reqq`: never more outstanding requests than the peer said it keeps.
+        let limit = self.pipeline.min(self.their_reqq.unwrap_or(usize::MAX));
+        if self.peer_choking || !self.am_interested || self.inflight.len() >= limit {
             return;
         }
-        let want = self.pipeline - self.inflight.len();
+        let want = limit - self.inflight.len();
         let blocks = {
             let mut state = self.inner.lock();
             let State { picker, peers, .. } = &mut *state;
@@ -772,7 +840,7 @@ impl Peer {
 use crate::State;
 
 /// Hashes a completed piece on the blocking pool and records the verdict.
-async fn verify_piece(inner: Arc<Inner>, index: u32) {
+pub(crate) async fn verify_piece(inner: Arc<Inner>, index: u32) {
     let storage = inner.storage.clone();
     let piece = inner.metainfo.geometry.piece(index).expect("valid piece");
     let verdict = tokio::task::spawn_blocking(move || storage.verify_piece(piece)).await;

@@ -183,6 +183,14 @@ impl Picker {
         }
     }
 
+    /// A peer no longer has `piece` (a web seed that lost a file or sent it corrupt): it stops
+    /// counting for the piece's availability. Its requests stay as they are.
+    pub fn peer_lost(&mut self, piece: u32) {
+        if let Some(a) = self.availability.get_mut(piece as usize) {
+            *a = a.saturating_sub(1);
+        }
+    }
+
     /// Forgets a peer: its bits stop counting and its outstanding requests become free.
     pub fn peer_disconnected(&mut self, peer: PeerKey, bits: &Bitfield) {
         for i in bits.ones() {

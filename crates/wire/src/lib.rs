@@ -42,6 +42,21 @@ pub mod id {
     pub const PIECE: u8 = 7;
     pub const CANCEL: u8 = 8;
     pub const PORT: u8 = 9;
+    /// Fast extension (BEP 6), only between peers that both set its reserved bit.
+    pub const SUGGEST: u8 = 0x0D;
+    pub const HAVE_ALL: u8 = 0x0E;
+    pub const HAVE_NONE: u8 = 0x0F;
+    pub const REJECT: u8 = 0x10;
+    pub const ALLOWED_FAST: u8 = 0x11;
+}
+
+/// Sets the reserved-bytes bit of the fast extension (BEP 6: byte 7, `0x04`).
+pub fn set_fast_bit(reserved: &mut [u8; 8]) {
+    reserved[7] |= 0x04;
+}
+
+pub fn has_fast_bit(reserved: &[u8; 8]) -> bool {
+    reserved[7] & 0x04 != 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,6 +158,16 @@ pub enum Message {
     },
     Cancel(BlockRequest),
     Port(u16),
+    /// BEP 6: the sender suggests this piece.
+    Suggest(u32),
+    /// BEP 6: the sender has every piece (instead of a bitfield).
+    HaveAll,
+    /// BEP 6: the sender has no piece.
+    HaveNone,
+    /// BEP 6: the sender will not serve this request.
+    Reject(BlockRequest),
+    /// BEP 6: the sender serves this piece even while choking us.
+    AllowedFast(u32),
     /// A message id this codec does not know, skipped by its length; the payload is kept so
     /// extensions can be layered on top without changing the framing.
     Unknown {
@@ -168,11 +193,7 @@ impl Message {
             Message::Unchoke => simple(out, id::UNCHOKE),
             Message::Interested => simple(out, id::INTERESTED),
             Message::NotInterested => simple(out, id::NOT_INTERESTED),
-            Message::Have(index) => {
-                out.put_u32(5);
-                out.put_u8(id::HAVE);
-                out.put_u32(*index);
-            }
+            Message::Have(index) => indexed(out, id::HAVE, *index),
             Message::Bitfield(bits) => {
                 out.put_u32(1 + bits.as_bytes().len() as u32);
                 out.put_u8(id::BITFIELD);
@@ -189,6 +210,11 @@ impl Message {
                 out.put_u8(id::PORT);
                 out.put_u16(*port);
             }
+            Message::Suggest(index) => indexed(out, id::SUGGEST, *index),
+            Message::HaveAll => simple(out, id::HAVE_ALL),
+            Message::HaveNone => simple(out, id::HAVE_NONE),
+            Message::Reject(r) => block_request(out, id::REJECT, r),
+            Message::AllowedFast(index) => indexed(out, id::ALLOWED_FAST, *index),
             Message::Unknown { id, payload } => {
                 out.put_u32(1 + payload.len() as u32);
                 out.put_u8(*id);
@@ -196,6 +222,12 @@ impl Message {
             }
         }
     }
+}
+
+fn indexed(out: &mut BytesMut, id: u8, index: u32) {
+    out.put_u32(5);
+    out.put_u8(id);
+    out.put_u32(index);
 }
 
 fn simple(out: &mut BytesMut, id: u8) {
@@ -302,21 +334,28 @@ impl Decoder {
             id::UNCHOKE => fixed(0).map(|()| Message::Unchoke)?,
             id::INTERESTED => fixed(0).map(|()| Message::Interested)?,
             id::NOT_INTERESTED => fixed(0).map(|()| Message::NotInterested)?,
-            id::HAVE => {
+            id::HAVE | id::SUGGEST | id::ALLOWED_FAST => {
                 fixed(4)?;
-                Message::Have(u32::from_be_bytes(payload[..4].try_into().expect("4")))
+                let index = u32::from_be_bytes(payload[..4].try_into().expect("4"));
+                match msg_id {
+                    id::HAVE => Message::Have(index),
+                    id::SUGGEST => Message::Suggest(index),
+                    _ => Message::AllowedFast(index),
+                }
             }
+            id::HAVE_ALL => fixed(0).map(|()| Message::HaveAll)?,
+            id::HAVE_NONE => fixed(0).map(|()| Message::HaveNone)?,
             id::BITFIELD => Message::Bitfield(Bitfield::from_wire(&payload, self.piece_count)?),
-            id::REQUEST | id::CANCEL => {
+            id::REQUEST | id::CANCEL | id::REJECT => {
                 fixed(12)?;
                 let r = read_request(&payload);
                 if r.length > MAX_BLOCK {
                     return Err(WireError::RequestTooLong(r.length));
                 }
-                if msg_id == id::REQUEST {
-                    Message::Request(r)
-                } else {
-                    Message::Cancel(r)
+                match msg_id {
+                    id::REQUEST => Message::Request(r),
+                    id::CANCEL => Message::Cancel(r),
+                    _ => Message::Reject(r),
                 }
             }
             id::PIECE => {

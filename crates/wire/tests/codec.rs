@@ -57,6 +57,19 @@ fn every_message_has_its_wire_form() {
             vec![0, 0, 0, 12, 7, 0, 0, 0, 2, 0, 0, 0, 0, b'a', b'b', b'c'],
         ),
         (Message::Port(6881), vec![0, 0, 0, 3, 9, 0x1a, 0xe1]),
+        // BEP 6's byte layouts.
+        (Message::HaveAll, vec![0, 0, 0, 1, 0x0E]),
+        (Message::HaveNone, vec![0, 0, 0, 1, 0x0F]),
+        (Message::Suggest(5), vec![0, 0, 0, 5, 0x0D, 0, 0, 0, 5]),
+        (Message::AllowedFast(6), vec![0, 0, 0, 5, 0x11, 0, 0, 0, 6]),
+        (
+            Message::Reject(BlockRequest {
+                index: 1,
+                begin: 16384,
+                length: 16384,
+            }),
+            vec![0, 0, 0, 13, 0x10, 0, 0, 0, 1, 0, 0, 0x40, 0, 0, 0, 0x40, 0],
+        ),
         (
             Message::Unknown {
                 id: 20,
@@ -248,7 +261,18 @@ fn message() -> impl Strategy<Value = Message> {
                 data: data.into()
             }),
         any::<u16>().prop_map(Message::Port),
-        (10u8..=255, proptest::collection::vec(any::<u8>(), 0..100)).prop_map(|(id, p)| {
+        any::<u32>().prop_map(Message::Suggest),
+        Just(Message::HaveAll),
+        Just(Message::HaveNone),
+        (any::<u32>(), any::<u32>(), 0u32..=16384).prop_map(|(index, begin, length)| {
+            Message::Reject(BlockRequest {
+                index,
+                begin,
+                length,
+            })
+        }),
+        any::<u32>().prop_map(Message::AllowedFast),
+        (18u8..=255, proptest::collection::vec(any::<u8>(), 0..100)).prop_map(|(id, p)| {
             Message::Unknown {
                 id,
                 payload: p.into(),

@@ -1,0 +1,680 @@
+//! BEP 19 web seeds (`url-list`): an HTTP server holding the torrent's files, used alongside
+//! peers.
+//!
+//! Each web seed is one task registered as a pseudo-peer: it has a [`PeerKey`], a
+//! [`PeerEntry`] whose bitfield says it has every piece, and an address in the discard-only
+//! prefix `100::/64` (RFC 6666) that no real peer has. So the picker hands it blocks as it would
+//! a peer (whole pieces first, rarest first, end-game duplicates), the strikes of
+//! [`crate::peer::verify_piece`] and its ban after [`crate::MAX_STRIKES`] apply unchanged, and
+//! `have`/`cancel`/close reach it through the same channel.
+//!
+//! Blocks picked together are grouped into contiguous runs inside a piece; a run is fetched
+//! with one `Range:` request per file it touches (BEP 47 pad files are zeros, not fetched),
+//! then stored block by block through the picker (a block a peer delivered first is dropped)
+//! and the pieces it completes are verified like peer data. At most [`MAX_RUNS_IN_FLIGHT`]
+//! runs of at most [`MAX_RUN_BYTES`] are in flight per web seed. A run whose blocks were all
+//! delivered by peers first (end-game `cancel`s) is aborted.
+//!
+//! Errors: a connection failure, a timeout or an HTTP error status backs off (1 s doubling to
+//! 60 s) and frees the run's blocks for others; 404, 410 or 416 on a file gives up that file's
+//! pieces for this web seed; a server that ignores `Range:` (or a URL reqwest cannot fetch,
+//! such as https without TLS) ends the web seed. A piece this web seed alone sent that fails
+//! its hash is not asked of it again (its copy is different), besides the strike.
+
+use crate::{Inner, PeerCmd, PeerEntry};
+use pow_metainfo::{Block, Metainfo, BLOCK_SIZE};
+use pow_picker::{PeerKey, Received};
+use pow_wire::Bitfield;
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+
+/// Runs (each within one piece) fetched at once from one web seed.
+pub const MAX_RUNS_IN_FLIGHT: usize = 4;
+/// Bytes per run at most: a piece larger than this is fetched in several runs.
+pub const MAX_RUN_BYTES: u32 = 4 * 1024 * 1024;
+const BACKOFF_START: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// No bytes from the server for this long: the request failed.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an idle web seed looks for work (the picker has no notifications).
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+/// The pseudo-address of web seed `key`: in `100::/64`, port 0, never a real peer's.
+pub(crate) fn pseudo_addr(key: PeerKey) -> SocketAddr {
+    let k = key.to_be_bytes();
+    let word = |i: usize| u16::from_be_bytes([k[i], k[i + 1]]);
+    SocketAddr::new(
+        Ipv6Addr::new(0x100, 0, 0, 0, word(0), word(2), word(4), word(6)).into(),
+        0,
+    )
+}
+
+/// Registers a web seed as a pseudo-peer and starts its task. URLs that are not http(s) are
+/// refused with a warning.
+pub(crate) fn start(inner: &Arc<Inner>, url: String) {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        tracing::warn!("web seed {url}: not an http URL; ignored");
+        return;
+    }
+    let pieces = inner.metainfo.geometry.piece_count();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (key, addr) = {
+        let mut state = inner.lock();
+        if state.web_seeds.values().any(|u| *u == url) {
+            return;
+        }
+        let key = state.next_key;
+        state.next_key += 1;
+        let addr = pseudo_addr(key);
+        let bits = Bitfield::full(pieces);
+        state.picker.peer_connected(&bits);
+        state.peers.insert(
+            key,
+            PeerEntry {
+                addr,
+                bits,
+                tx,
+                unchoked_by_us: false,
+                blocks_from: 0,
+            },
+        );
+        state.web_seeds.insert(addr, url.clone());
+        (key, addr)
+    };
+    let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(concat!("pow/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let client = match client {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::warn!("web seed {url}: {e}");
+            deregister(inner, key);
+            return;
+        }
+    };
+    let files = Arc::new(file_urls(&url, &inner.metainfo));
+    tracing::info!("web seed {url}: started");
+    let seed = WebSeed {
+        inner: inner.clone(),
+        key,
+        addr,
+        url,
+        client,
+        files,
+        jobs: JoinSet::new(),
+        runs: HashMap::new(),
+        next_run: 0,
+        backoff: BACKOFF_START,
+        retry_at: None,
+    };
+    tokio::spawn(seed.run(rx));
+}
+
+fn deregister(inner: &Inner, key: PeerKey) {
+    let mut state = inner.lock();
+    if let Some(entry) = state.peers.remove(&key) {
+        state.picker.peer_disconnected(key, &entry.bits);
+    }
+}
+
+/// Where each file of the torrent is on the web seed (`None` for pad files), by BEP 19: a
+/// single-file torrent's URL is the file itself unless it ends with `/` (then the name is
+/// appended); a multi-file torrent's files are at URL/name/path..., every component
+/// percent-encoded.
+pub fn file_urls(base: &str, metainfo: &Metainfo) -> Vec<Option<String>> {
+    if !metainfo.multi_file {
+        let url = if base.ends_with('/') {
+            format!("{base}{}", percent_encode(&metainfo.raw_name))
+        } else {
+            base.to_string()
+        };
+        return vec![Some(url)];
+    }
+    let mut root = base.to_string();
+    if !root.ends_with('/') {
+        root.push('/');
+    }
+    root.push_str(&percent_encode(&metainfo.raw_name));
+    metainfo
+        .files
+        .iter()
+        .map(|f| {
+            (!f.attr.pad).then(|| {
+                let mut url = root.clone();
+                for component in &f.raw_path {
+                    url.push('/');
+                    url.push_str(&percent_encode(component));
+                }
+                url
+            })
+        })
+        .collect()
+}
+
+/// Percent-encodes every byte but RFC 3986's unreserved characters.
+pub fn percent_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Contiguous blocks of one piece, fetched together.
+#[derive(Debug, Clone)]
+struct Run {
+    piece: u32,
+    begin: u32,
+    length: u32,
+    blocks: Vec<Block>,
+}
+
+/// Groups picked blocks into runs of contiguous blocks within a piece.
+fn runs_of(mut blocks: Vec<Block>) -> Vec<Run> {
+    blocks.sort_by_key(|b| (b.piece.get(), b.begin));
+    let mut runs: Vec<Run> = Vec::new();
+    for block in blocks {
+        match runs.last_mut() {
+            Some(run)
+                if run.piece == block.piece.get()
+                    && run.begin + run.length == block.begin
+                    && run.length + block.length <= MAX_RUN_BYTES =>
+            {
+                run.length += block.length;
+                run.blocks.push(block);
+            }
+            _ => runs.push(Run {
+                piece: block.piece.get(),
+                begin: block.begin,
+                length: block.length,
+                blocks: vec![block],
+            }),
+        }
+    }
+    runs
+}
+
+#[derive(Debug)]
+enum FetchError {
+    /// Try again later (connection, timeout, server error, short body).
+    Retry(String),
+    /// This file is not on the web seed (404, 410, 416).
+    FileGone(usize, String),
+    /// The web seed cannot be used at all.
+    Fatal(String),
+}
+
+/// How a run ended.
+enum Outcome {
+    /// Stored; these pieces it completed failed their hash, and this web seed alone sent them.
+    Stored {
+        bad: Vec<u32>,
+    },
+    Failed(FetchError),
+}
+
+struct RunState {
+    run: Run,
+    /// Blocks delivered by others first (end-game).
+    cancelled: HashSet<u32>,
+    abort: AbortHandle,
+}
+
+struct WebSeed {
+    inner: Arc<Inner>,
+    key: PeerKey,
+    addr: SocketAddr,
+    url: String,
+    client: reqwest::Client,
+    files: Arc<Vec<Option<String>>>,
+    jobs: JoinSet<(u64, Outcome)>,
+    runs: HashMap<u64, RunState>,
+    next_run: u64,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+}
+
+impl WebSeed {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<PeerCmd>) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        loop {
+            if self.inner.lock().picker.is_complete() {
+                break;
+            }
+            if self.retry_at.is_none_or(|t| Instant::now() >= t) {
+                self.retry_at = None;
+                self.fill();
+            }
+            tokio::select! {
+                Some(joined) = self.jobs.join_next(), if !self.jobs.is_empty() => {
+                    // An aborted run was already forgotten.
+                    if let Ok((id, outcome)) = joined {
+                        if !self.finished(id, outcome) {
+                            break;
+                        }
+                    }
+                }
+                cmd = rx.recv() => match cmd {
+                    Some(PeerCmd::Cancel(block)) => self.cancel(block),
+                    Some(PeerCmd::Close) | None => break,
+                    Some(_) => {}
+                },
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = crate::until_true(&mut shutdown) => break,
+            }
+        }
+        self.jobs.abort_all();
+        deregister(&self.inner, self.key);
+        tracing::info!("web seed {}: stopped", self.url);
+    }
+
+    /// Starts runs while under the cap and the picker has blocks for us.
+    fn fill(&mut self) {
+        let geometry = &self.inner.metainfo.geometry;
+        let per_pick = (geometry.piece_length().min(MAX_RUN_BYTES)).div_ceil(BLOCK_SIZE) as usize;
+        while self.runs.len() < MAX_RUNS_IN_FLIGHT {
+            let blocks = {
+                let mut state = self.inner.lock();
+                let crate::State { picker, peers, .. } = &mut *state;
+                let Some(entry) = peers.get(&self.key) else {
+                    return;
+                };
+                // One piece per pick: the picker fills `per_pick` from several pieces (after a
+                // short last piece, say), which would split every later piece in two requests.
+                // Blocks of other pieces go back; pieces we opened come first next time.
+                let mut blocks = picker.pick(self.key, &entry.bits, per_pick);
+                let first = blocks.first().map(|b| b.piece);
+                blocks.retain(|b| {
+                    let keep = Some(b.piece) == first;
+                    if !keep {
+                        picker.request_failed(self.key, b);
+                    }
+                    keep
+                });
+                blocks
+            };
+            if blocks.is_empty() {
+                return;
+            }
+            for run in runs_of(blocks) {
+                self.spawn(run);
+            }
+        }
+    }
+
+    fn spawn(&mut self, run: Run) {
+        let id = self.next_run;
+        self.next_run += 1;
+        let job = Job {
+            inner: self.inner.clone(),
+            key: self.key,
+            addr: self.addr,
+            client: self.client.clone(),
+            files: self.files.clone(),
+            run: run.clone(),
+        };
+        let abort = self.jobs.spawn(async move { (id, job.run().await) });
+        self.runs.insert(
+            id,
+            RunState {
+                run,
+                cancelled: HashSet::new(),
+                abort,
+            },
+        );
+    }
+
+    /// A peer delivered this block first: once every block of its run is, the run is aborted.
+    fn cancel(&mut self, block: Block) {
+        let found = self.runs.iter_mut().find(|(_, r)| {
+            r.run.piece == block.piece.get() && r.run.blocks.iter().any(|b| b.begin == block.begin)
+        });
+        if let Some((&id, state)) = found {
+            state.cancelled.insert(block.begin);
+            if state.cancelled.len() == state.run.blocks.len() {
+                state.abort.abort();
+                self.runs.remove(&id);
+            }
+        }
+    }
+
+    /// Handles a finished run; false when the web seed is to stop.
+    fn finished(&mut self, id: u64, outcome: Outcome) -> bool {
+        let Some(state) = self.runs.remove(&id) else {
+            return true;
+        };
+        match outcome {
+            Outcome::Stored { bad } => {
+                self.backoff = BACKOFF_START;
+                if !bad.is_empty() {
+                    tracing::warn!(
+                        "web seed {}: piece(s) {bad:?} failed their hash; not asking it for them again",
+                        self.url
+                    );
+                    self.drop_pieces(bad)
+                } else {
+                    true
+                }
+            }
+            Outcome::Failed(error) => {
+                // Its blocks go back to the picker (those a peer already delivered are no
+                // longer ours to free).
+                {
+                    let mut state_ = self.inner.lock();
+                    for block in &state.run.blocks {
+                        if !state.cancelled.contains(&block.begin) {
+                            state_.picker.request_failed(self.key, block);
+                        }
+                    }
+                }
+                match error {
+                    FetchError::Retry(why) => {
+                        tracing::warn!("web seed {}: {why}; backing off", self.url);
+                        // Runs failing together (the server is down) back off once.
+                        if self.retry_at.is_none() {
+                            self.retry_at = Some(Instant::now() + self.backoff);
+                            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                        }
+                        true
+                    }
+                    FetchError::FileGone(file, why) => {
+                        tracing::warn!(
+                            "web seed {}: {why}; not asking it for that file again",
+                            self.url
+                        );
+                        let pieces = self.inner.metainfo.geometry.file_pieces(file).collect();
+                        self.drop_pieces(pieces)
+                    }
+                    FetchError::Fatal(why) => {
+                        tracing::warn!("web seed {}: {why}; not using it", self.url);
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// This web seed no longer offers these pieces; false when it offers none.
+    fn drop_pieces(&mut self, pieces: Vec<u32>) -> bool {
+        let mut state = self.inner.lock();
+        let crate::State { picker, peers, .. } = &mut *state;
+        let Some(entry) = peers.get_mut(&self.key) else {
+            return false;
+        };
+        for piece in pieces {
+            if entry.bits.get(piece) {
+                entry.bits.clear(piece);
+                picker.peer_lost(piece);
+            }
+        }
+        let left = entry.bits.ones().any(|p| picker.is_wanted(p));
+        if !left {
+            tracing::warn!("web seed {}: has nothing left we want", self.url);
+        }
+        left
+    }
+}
+
+/// One run: fetch, store, verify what it completed.
+struct Job {
+    inner: Arc<Inner>,
+    key: PeerKey,
+    addr: SocketAddr,
+    client: reqwest::Client,
+    files: Arc<Vec<Option<String>>>,
+    run: Run,
+}
+
+impl Job {
+    async fn run(self) -> Outcome {
+        let data = match self.fetch().await {
+            Ok(data) => data,
+            Err(e) => return Outcome::Failed(e),
+        };
+        // Storing and verifying run as their own task: once blocks are marked received, their
+        // pieces must reach a verdict even if this run is aborted (web seed banned or stopped),
+        // or the picker would wait for those hashes for ever.
+        let (inner, key, addr, run) = (self.inner, self.key, self.addr, self.run);
+        let settled = tokio::spawn(async move {
+            let stored = {
+                let inner = inner.clone();
+                tokio::task::spawn_blocking(move || store(&inner, key, addr, &run, &data))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            };
+            let done = match stored {
+                Ok(done) => done,
+                Err(e) => {
+                    // A disk error is not the server's fault; the run's piece was failed.
+                    tracing::error!("write failed: {e}");
+                    return Vec::new();
+                }
+            };
+            let mut bad = Vec::new();
+            for piece in done {
+                let only_us = inner
+                    .lock()
+                    .contributors
+                    .get(&piece)
+                    .is_some_and(|c| c.len() == 1 && c.contains(&key));
+                crate::peer::verify_piece(inner.clone(), piece).await;
+                if only_us && !inner.lock().picker.have().get(piece) {
+                    bad.push(piece);
+                }
+            }
+            bad
+        });
+        Outcome::Stored {
+            bad: settled.await.unwrap_or_default(),
+        }
+    }
+
+    /// The run's bytes: one range request per file it touches.
+    async fn fetch(&self) -> Result<Vec<u8>, FetchError> {
+        let metainfo = &self.inner.metainfo;
+        let geometry = &metainfo.geometry;
+        let piece = geometry.piece(self.run.piece).expect("picked piece");
+        let offset = geometry.piece_offset(piece) + u64::from(self.run.begin);
+        let mut data = Vec::with_capacity(self.run.length as usize);
+        for span in geometry.spans(offset, u64::from(self.run.length)) {
+            match &self.files[span.file] {
+                None => data.resize(data.len() + span.length as usize, 0),
+                Some(url) => {
+                    let file_length = metainfo.files[span.file].length;
+                    self.get_range(
+                        url,
+                        span.file,
+                        file_length,
+                        span.offset,
+                        span.length,
+                        &mut data,
+                    )
+                    .await?
+                }
+            }
+        }
+        Ok(data)
+    }
+
+    async fn get_range(
+        &self,
+        url: &str,
+        file: usize,
+        file_length: u64,
+        offset: u64,
+        length: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FetchError> {
+        let last = offset + length - 1;
+        let response = self
+            .client
+            .get(url)
+            .header(reqwest::header::RANGE, format!("bytes={offset}-{last}"))
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_builder() {
+                    FetchError::Fatal(format!("GET {url}: {}", describe(&e)))
+                } else {
+                    FetchError::Retry(format!("GET {url}: {}", describe(&e)))
+                }
+            })?;
+        let status = response.status().as_u16();
+        match status {
+            206 => {
+                let range = response
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(content_range_start);
+                if range.is_some_and(|start| start != offset) {
+                    return Err(FetchError::Retry(format!(
+                        "GET {url}: the server sent another range than asked"
+                    )));
+                }
+            }
+            200 if offset == 0 && length == file_length => {}
+            200 => {
+                return Err(FetchError::Fatal(format!(
+                    "GET {url}: the server ignores Range requests"
+                )))
+            }
+            404 | 410 | 416 => {
+                return Err(FetchError::FileGone(
+                    file,
+                    format!("GET {url}: HTTP {status}"),
+                ))
+            }
+            _ => return Err(FetchError::Retry(format!("GET {url}: HTTP {status}"))),
+        }
+        let start = out.len();
+        let mut response = response;
+        loop {
+            let chunk = response
+                .chunk()
+                .await
+                .map_err(|e| FetchError::Retry(format!("GET {url}: {}", describe(&e))))?;
+            let Some(chunk) = chunk else { break };
+            if (out.len() - start + chunk.len()) as u64 > length {
+                return Err(FetchError::Retry(format!(
+                    "GET {url}: the server sent more than the {length} bytes asked"
+                )));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        let got = (out.len() - start) as u64;
+        if got != length {
+            return Err(FetchError::Retry(format!(
+                "GET {url}: {got} of {length} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `bytes START-END/TOTAL` → START.
+fn content_range_start(value: &str) -> Option<u64> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    rest.split('-').next()?.trim().parse().ok()
+}
+
+/// reqwest's top-level message is "error sending request"; the cause says what happened.
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// Stores a fetched run block by block, as peer blocks are stored: blocks no longer wanted
+/// from us are dropped. Returns the pieces it completed (to verify).
+fn store(
+    inner: &Inner,
+    key: PeerKey,
+    addr: SocketAddr,
+    run: &Run,
+    data: &[u8],
+) -> Result<Vec<u32>, String> {
+    let stats = &inner.stats;
+    let mut done = Vec::new();
+    for block in &run.blocks {
+        let at = (block.begin - run.begin) as usize;
+        let bytes = &data[at..at + block.length as usize];
+        let len = u64::from(block.length);
+        let index = block.piece.get();
+        let received = {
+            let mut state = inner.lock();
+            let received = state
+                .picker
+                .block_received(key, index, block.begin, block.length);
+            if received != Received::Unwanted {
+                state.contributors.entry(index).or_default().insert(key);
+                *state.received_from.entry(addr).or_default() += len;
+                if let Some(entry) = state.peers.get_mut(&key) {
+                    entry.blocks_from += 1;
+                }
+                let cancels = match &received {
+                    Received::Stored { cancel } | Received::PieceDone { cancel } => cancel.clone(),
+                    Received::Unwanted => Vec::new(),
+                };
+                for other in cancels {
+                    if let Some(entry) = state.peers.get(&other) {
+                        let _ = entry.tx.send(PeerCmd::Cancel(*block));
+                    }
+                }
+            }
+            received
+        };
+        if received == Received::Unwanted {
+            stats.wasted.fetch_add(len, Ordering::Relaxed);
+            continue;
+        }
+        stats.downloaded.fetch_add(len, Ordering::Relaxed);
+        if let Err(e) = inner.storage.write_block(block.piece, block.begin, bytes) {
+            inner.lock().picker.piece_failed(index);
+            return Err(e.to_string());
+        }
+        if matches!(received, Received::PieceDone { .. }) {
+            done.push(index);
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_encoding_keeps_unreserved_only() {
+        assert_eq!(percent_encode(b"a b/c%~.txt"), "a%20b%2Fc%25~.txt");
+        assert_eq!(percent_encode("é".as_bytes()), "%C3%A9");
+    }
+
+    #[test]
+    fn pseudo_addresses_are_distinct_and_not_routable() {
+        assert_ne!(pseudo_addr(1), pseudo_addr(2));
+        assert_eq!(pseudo_addr(1).to_string(), "[100::1]:0");
+    }
+
+    #[test]
+    fn content_range() {
+        assert_eq!(content_range_start("bytes 100-199/1000"), Some(100));
+        assert_eq!(content_range_start("bytes */1000"), None);
+    }
+}

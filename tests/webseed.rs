@@ -1,0 +1,487 @@
+//! BEP 19 web seeds: `pow download` fetches pieces over HTTP `Range:` requests from a torrent's
+//! `url-list`, verifies them like peer data, and falls back to peers for a piece the web seed
+//! serves corrupt.
+//!
+//! The web server is a small Range-capable HTTP/1.1 server in this file (Python's
+//! `http.server` ignores `Range:` and always answers 200 with the whole file). It serves files
+//! under a root directory, can flip bytes in one file range, and counts what it served.
+
+mod common;
+
+use common::{free_port, pow, same_tree, TempDir};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PIECE: u64 = 64 * 1024;
+
+/// What the server did, shared with the test.
+#[derive(Default)]
+struct Served {
+    requests: AtomicU64,
+    range_requests: AtomicU64,
+    bytes: AtomicU64,
+    /// The corrupted range was sent at least once.
+    corrupted_sent: AtomicBool,
+}
+
+/// Flip the bytes of `range` (offsets in the file) whenever they are served for `url_path`.
+#[derive(Clone)]
+struct Corruption {
+    url_path: String,
+    range: std::ops::Range<u64>,
+}
+
+struct Server {
+    addr: SocketAddr,
+    served: Arc<Served>,
+}
+
+impl Server {
+    /// Serves files under `root` on 127.0.0.1 (a thread per connection, one request each).
+    fn start(root: &Path, corruption: Option<Corruption>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = Arc::new(Served::default());
+        let root = root.to_path_buf();
+        let counters = served.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (root, counters, corruption) =
+                    (root.clone(), counters.clone(), corruption.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &root, &counters, corruption.as_ref());
+                });
+            }
+        });
+        Server { addr, served }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn serve(
+    stream: TcpStream,
+    root: &Path,
+    served: &Served,
+    corruption: Option<&Corruption>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    let mut range: Option<(u64, Option<u64>)> = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(value) = lower.strip_prefix("range:") {
+            let spec = value.trim().strip_prefix("bytes=").unwrap_or("");
+            let (a, b) = spec.split_once('-').unwrap_or(("", ""));
+            range = a.parse().ok().map(|a| (a, b.parse().ok()));
+        }
+    }
+    served.requests.fetch_add(1, Ordering::Relaxed);
+    let mut out = stream;
+    let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let decoded = String::from_utf8(percent_decode(&path)).unwrap();
+    let file = root.join(decoded.trim_start_matches('/'));
+    let Ok(data) = std::fs::read(&file) else {
+        write!(
+            out,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        return Ok(());
+    };
+    let len = data.len() as u64;
+    let (start, end) = match range {
+        Some((a, b)) => (a, b.unwrap_or(len - 1).min(len - 1)),
+        None => (0, len - 1),
+    };
+    if start >= len || start > end {
+        write!(
+            out,
+            "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        return Ok(());
+    }
+    let mut body = data[start as usize..=end as usize].to_vec();
+    if let Some(c) = corruption.filter(|c| c.url_path == path) {
+        for offset in c.range.start.max(start)..c.range.end.min(end + 1) {
+            body[(offset - start) as usize] ^= 0xff;
+            served.corrupted_sent.store(true, Ordering::Relaxed);
+        }
+    }
+    if range.is_some() {
+        served.range_requests.fetch_add(1, Ordering::Relaxed);
+        write!(
+            out,
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{end}/{len}\r\n"
+        )?;
+    } else {
+        write!(out, "HTTP/1.1 200 OK\r\n")?;
+    }
+    write!(
+        out,
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    out.write_all(&body)?;
+    served.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Deterministic pseudo-random bytes.
+fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn create_torrent(content: &Path, torrent: &Path, web_seed: &str) {
+    create_torrent_seeds(content, torrent, &[web_seed]);
+}
+
+fn create_torrent_seeds(content: &Path, torrent: &Path, web_seeds: &[&str]) {
+    let mut cmd = pow();
+    cmd.args(["torrent", "create"])
+        .arg(content)
+        .arg("-o")
+        .arg(torrent)
+        .args(["--piece-length", &PIECE.to_string(), "--no-date"]);
+    for url in web_seeds {
+        cmd.args(["--web-seed", url]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "torrent create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn start_download(torrent: &Path, output: &Path, peers: &[SocketAddr]) -> Child {
+    let mut cmd = pow();
+    cmd.arg("download")
+        .arg(torrent)
+        .arg("-o")
+        .arg(output)
+        .args(["--port", &free_port().to_string(), "--bind", "127.0.0.1"])
+        .arg("--json");
+    for peer in peers {
+        cmd.args(["--peer", &peer.to_string()]);
+    }
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the download to exit (killed after `limit`); returns its JSON summary.
+fn finish(mut child: Child, limit: Duration) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("download did not finish in {limit:?}; stderr:\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let summary = out
+        .lines()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .unwrap_or_else(|| panic!("no JSON summary; stdout:\n{out}\nstderr:\n{err}"));
+    if !err.is_empty() {
+        println!("download stderr:\n{err}");
+    }
+    summary
+}
+
+/// A child process killed when dropped (the test may panic).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn peer_bytes(summary: &serde_json::Value) -> u64 {
+    summary["received_by_peer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["bytes"].as_u64().unwrap())
+        .sum()
+}
+
+fn figures(label: &str, summary: &serde_json::Value, served: &Served, elapsed: Duration) {
+    println!(
+        "{label}: {} pieces, {} B from web seed, {} B from peers, {} hash failures, {} B wasted; server: {} requests ({} with Range), {} B sent; {:.2} s",
+        summary["pieces_total"],
+        summary["web_seed_bytes"],
+        peer_bytes(summary),
+        summary["hash_failures"],
+        summary["wasted"],
+        served.requests.load(Ordering::Relaxed),
+        served.range_requests.load(Ordering::Relaxed),
+        served.bytes.load(Ordering::Relaxed),
+        elapsed.as_secs_f64()
+    );
+}
+
+/// (a) A single-file torrent whose web seed URL names the file itself (under another name and
+/// directory than the torrent's), no peers.
+#[test]
+fn single_file_from_web_seed_alone() {
+    let tmp = TempDir::new("webseed-single");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let total = 3 * 1024 * 1024 + 12_345;
+    let data = bytes(total, 1);
+    std::fs::write(src.join("payload.bin"), &data).unwrap();
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(www.join("mirror")).unwrap();
+    std::fs::write(www.join("mirror/copy of payload.bin"), &data).unwrap();
+    let server = Server::start(&www, None);
+    let torrent = tmp.path().join("t.torrent");
+    create_torrent(
+        &src.join("payload.bin"),
+        &torrent,
+        &server.url("/mirror/copy%20of%20payload.bin"),
+    );
+
+    let started = Instant::now();
+    let out = tmp.path().join("out");
+    let summary = finish(start_download(&torrent, &out, &[]), Duration::from_secs(60));
+    let elapsed = started.elapsed();
+    figures("single file", &summary, &server.served, elapsed);
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(summary["web_seed_bytes"].as_u64(), Some(total as u64));
+    assert_eq!(summary["hash_failures"].as_u64(), Some(0));
+    assert_eq!(std::fs::read(out.join("payload.bin")).unwrap(), data);
+}
+
+/// (b) A multi-file torrent (files smaller and larger than a piece, so pieces span files; names
+/// that need percent-encoding), web seed URL without a trailing slash, no peers.
+#[test]
+fn multi_file_from_web_seed_alone() {
+    let tmp = TempDir::new("webseed-multi");
+    let src = tmp.path().join("src");
+    let content = src.join("my set");
+    let files: &[(&str, usize)] = &[
+        ("a.bin", 100_000),
+        ("sub dir/b%c.bin", 1_500_000),
+        ("sub dir/tiny.txt", 10),
+        ("sub dir/deeper/c.bin", 700_001),
+        ("z.bin", 40_000),
+    ];
+    for (i, (name, len)) in files.iter().enumerate() {
+        let path = content.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes(*len, 10 + i as u64)).unwrap();
+    }
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(www.join("pub")).unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(&content)
+        .arg(www.join("pub"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let server = Server::start(&www, None);
+    let torrent = tmp.path().join("t.torrent");
+    create_torrent(&content, &torrent, &server.url("/pub"));
+
+    let started = Instant::now();
+    let out = tmp.path().join("out");
+    let summary = finish(start_download(&torrent, &out, &[]), Duration::from_secs(60));
+    let elapsed = started.elapsed();
+    figures("multi file", &summary, &server.served, elapsed);
+    let total: u64 = files.iter().map(|(_, l)| *l as u64).sum();
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(summary["web_seed_bytes"].as_u64(), Some(total));
+    assert_eq!(summary["hash_failures"].as_u64(), Some(0));
+    // Pieces that span files took more than one range request each.
+    assert!(
+        server.served.range_requests.load(Ordering::Relaxed)
+            > summary["pieces_total"].as_u64().unwrap()
+    );
+    same_tree(&content, &out.join("my set")).unwrap();
+}
+
+/// (c) The web seed serves one piece corrupt; a `pow seed` peer has the good copy. The bad
+/// piece fails its hash (a strike for the web seed, which is not asked for it again) and comes
+/// from the peer. The seed starts once the corrupt range was served, so the web seed surely
+/// gets that piece first; the downloader retries the refused peer after 10 s.
+#[test]
+fn corrupt_piece_from_web_seed_comes_from_a_peer() {
+    let tmp = TempDir::new("webseed-corrupt");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let total = 2 * 1024 * 1024;
+    let data = bytes(total, 7);
+    std::fs::write(src.join("data.bin"), &data).unwrap();
+    let bad_piece = 5;
+    let server = Server::start(
+        &src,
+        Some(Corruption {
+            url_path: "/data.bin".into(),
+            range: bad_piece * PIECE + 1000..bad_piece * PIECE + 1010,
+        }),
+    );
+    let torrent = tmp.path().join("t.torrent");
+    // A trailing slash: the torrent's name is appended.
+    create_torrent(&src.join("data.bin"), &torrent, &server.url("/"));
+
+    let seed_port = free_port();
+    let seed_addr: SocketAddr = format!("127.0.0.1:{seed_port}").parse().unwrap();
+    let started = Instant::now();
+    let out = tmp.path().join("out");
+    let download = start_download(&torrent, &out, &[seed_addr]);
+    while !server.served.corrupted_sent.load(Ordering::Relaxed) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the corrupt range was never requested"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _seed = Killed(
+        pow()
+            .arg("seed")
+            .arg(&torrent)
+            .arg("--data")
+            .arg(&src)
+            .args(["--port", &seed_port.to_string(), "--bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let summary = finish(download, Duration::from_secs(60));
+    let elapsed = started.elapsed();
+    figures("corrupt piece + peer", &summary, &server.served, elapsed);
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert!(summary["hash_failures"].as_u64().unwrap() >= 1, "{summary}");
+    assert!(peer_bytes(&summary) >= PIECE, "{summary}");
+    assert!(summary["web_seed_bytes"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(std::fs::read(out.join("data.bin")).unwrap(), data);
+}
+
+/// (d) Four web seeds: one refuses connections (backs off), one answers 404 (given up), one
+/// serves every piece corrupt (banned after MAX_STRIKES bad pieces), one is good. No peers.
+#[test]
+fn bad_web_seeds_are_given_up_and_the_good_one_finishes() {
+    let tmp = TempDir::new("webseed-bad");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let total = 2 * 1024 * 1024;
+    let data = bytes(total, 3);
+    std::fs::write(src.join("data.bin"), &data).unwrap();
+    let good = Server::start(&src, None);
+    let missing = Server::start(&tmp.path().join("nothing"), None);
+    let corrupt = Server::start(
+        &src,
+        Some(Corruption {
+            url_path: "/data.bin".into(),
+            range: 0..u64::MAX,
+        }),
+    );
+    let refused = format!("http://127.0.0.1:{}/data.bin", free_port());
+    let torrent = tmp.path().join("t.torrent");
+    create_torrent_seeds(
+        &src.join("data.bin"),
+        &torrent,
+        &[
+            &refused,
+            &missing.url("/data.bin"),
+            &corrupt.url("/data.bin"),
+            &good.url("/data.bin"),
+        ],
+    );
+    let started = Instant::now();
+    let out = tmp.path().join("out");
+    let summary = finish(start_download(&torrent, &out, &[]), Duration::from_secs(60));
+    let elapsed = started.elapsed();
+    figures(
+        "four web seeds (good server)",
+        &summary,
+        &good.served,
+        elapsed,
+    );
+    println!(
+        "  404 server: {} requests; corrupting server: {} requests, {} B sent",
+        missing.served.requests.load(Ordering::Relaxed),
+        corrupt.served.requests.load(Ordering::Relaxed),
+        corrupt.served.bytes.load(Ordering::Relaxed),
+    );
+    println!("  by web seed: {}", summary["received_by_web_seed"]);
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(std::fs::read(out.join("data.bin")).unwrap(), data);
+    // The 404 is final: a single request (or one per run in flight then).
+    assert!(missing.served.requests.load(Ordering::Relaxed) <= 4);
+    // Banned after 3 strikes, with at most the runs then in flight failing after that.
+    let failures = summary["hash_failures"].as_u64().unwrap();
+    let corrupt_pieces = corrupt.served.bytes.load(Ordering::Relaxed) / PIECE;
+    // (A corrupt piece still in flight at the ban is dropped unhashed.)
+    assert!(failures <= corrupt_pieces, "{summary}");
+    assert!(failures <= 3 + 4, "{summary}");
+}
