@@ -35,6 +35,11 @@ pub struct SwarmArgs {
     /// (default 60). Hidden, as above.
     #[arg(long, hide = true, value_parser = positive_seconds)]
     pub snub_timeout: Option<f64>,
+    /// Shortest wait between announces to a tracker (default 30, or the tracker's
+    /// `min interval`) and the first retry delay after every tracker failed (default 15,
+    /// doubling). Hidden: for tests of a tracker that goes down and comes back.
+    #[arg(long, hide = true, value_parser = positive_seconds)]
+    pub announce_min: Option<f64>,
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -66,7 +71,12 @@ impl SwarmArgs {
         let mut tiers = storage.metainfo().tracker_tiers();
         tiers.extend(self.trackers.iter().map(|t| vec![t.clone()]));
         let torrent = Torrent::start(storage, picker, config).await?;
-        let announcer = start(&torrent, tiers, peer_id, self.port);
+        let mut timing = Timing::default();
+        if let Some(secs) = self.announce_min {
+            timing.min_interval_floor = Duration::from_secs_f64(secs);
+            timing.backoff_base = Duration::from_secs_f64(secs);
+        }
+        let announcer = start(&torrent, tiers, peer_id, self.port, timing);
         Ok((torrent, announcer))
     }
 }
@@ -77,6 +87,7 @@ pub(crate) fn start(
     tiers: Vec<Vec<String>>,
     peer_id: [u8; 20],
     port: u16,
+    timing: Timing,
 ) -> Option<Handle> {
     if tiers.iter().all(Vec::is_empty) {
         return None;
@@ -93,7 +104,7 @@ pub(crate) fn start(
         }
     };
     let (progress_tx, progress_rx) = tokio::sync::watch::channel(progress(torrent));
-    let mut handle = announcer::spawn(announcer, progress_rx, Timing::default());
+    let mut handle = announcer::spawn(announcer, progress_rx, timing);
     let mut updates = std::mem::replace(
         &mut handle.updates,
         tokio::sync::mpsc::unbounded_channel().1,
