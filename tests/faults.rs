@@ -1135,13 +1135,15 @@ fn kill_9_during_an_upload_to_pow_serve_leaves_only_whole_datasets() {
         assert_eq!(server.files_in("content"), listed, "kill {kill}: content/");
         for m in &listed {
             let dir = data.join("content").join(m);
-            let name = std::fs::read_dir(&dir)
+            // The content file, beside the seed's resume file (`.<info-hash>.pow-resume`).
+            let files: Vec<PathBuf> = std::fs::read_dir(&dir)
                 .unwrap()
-                .next()
-                .unwrap()
-                .unwrap()
-                .path();
-            assert_eq!(&md5_hex(&name), m, "kill {kill}: content of {m}");
+                .map(|e| e.unwrap().path())
+                .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+                .collect();
+            assert_eq!(files.len(), 1, "kill {kill}: content of {m}: {files:?}");
+            let name = &files[0];
+            assert_eq!(&md5_hex(name), m, "kill {kill}: content of {m}");
             let verify = pow()
                 .arg("verify")
                 .arg(data.join("torrents").join(format!("{m}.torrent")))
