@@ -35,6 +35,11 @@ pub struct SwarmArgs {
     /// (default 60). Hidden, as above.
     #[arg(long, hide = true, value_parser = positive_seconds)]
     pub snub_timeout: Option<f64>,
+    /// Shortest wait between announces to a tracker (default 30, or the tracker's
+    /// `min interval`) and the first retry delay after every tracker failed (default 15,
+    /// doubling). Hidden: for tests of a tracker that goes down and comes back.
+    #[arg(long, hide = true, value_parser = positive_seconds)]
+    pub announce_min: Option<f64>,
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -66,8 +71,19 @@ impl SwarmArgs {
         let mut tiers = storage.metainfo().tracker_tiers();
         tiers.extend(self.trackers.iter().map(|t| vec![t.clone()]));
         let torrent = Torrent::start(storage, picker, config).await?;
-        let announcer = start(&torrent, tiers, peer_id, self.port);
+        let announcer = start(&torrent, tiers, peer_id, self.port, self.timing());
         Ok((torrent, announcer))
+    }
+
+    /// Announce timing, with `--announce-min` (a test hook) as the first retry and the
+    /// shortest wait.
+    pub fn timing(&self) -> Timing {
+        let mut timing = Timing::default();
+        if let Some(secs) = self.announce_min {
+            timing.min_interval_floor = Duration::from_secs_f64(secs);
+            timing.backoff_base = Duration::from_secs_f64(secs);
+        }
+        timing
     }
 }
 
@@ -77,6 +93,7 @@ pub(crate) fn start(
     tiers: Vec<Vec<String>>,
     peer_id: [u8; 20],
     port: u16,
+    timing: Timing,
 ) -> Option<Handle> {
     let progress = {
         let torrent = torrent.clone();
@@ -95,6 +112,7 @@ pub(crate) fn start(
         tiers,
         peer_id,
         port,
+        timing,
         progress,
         move |peers| torrent.add_peers(peers),
     )
@@ -107,6 +125,7 @@ pub(crate) fn start_for_peers(
     tiers: Vec<Vec<String>>,
     peer_id: [u8; 20],
     port: u16,
+    timing: Timing,
     found: tokio::sync::mpsc::UnboundedSender<SocketAddr>,
 ) -> Option<Handle> {
     // Unknown size: any non-zero `left` says "leecher" to the tracker.
@@ -115,11 +134,19 @@ pub(crate) fn start_for_peers(
         downloaded: 0,
         left: 1 << 30,
     };
-    spawn(info_hash, tiers, peer_id, port, progress, move |peers| {
-        for peer in peers {
-            let _ = found.send(peer);
-        }
-    })
+    spawn(
+        info_hash,
+        tiers,
+        peer_id,
+        port,
+        timing,
+        progress,
+        move |peers| {
+            for peer in peers {
+                let _ = found.send(peer);
+            }
+        },
+    )
 }
 
 fn spawn(
@@ -127,6 +154,7 @@ fn spawn(
     tiers: Vec<Vec<String>>,
     peer_id: [u8; 20],
     port: u16,
+    timing: Timing,
     progress: impl Fn() -> Progress + Send + 'static,
     on_peers: impl Fn(Vec<SocketAddr>) + Send + 'static,
 ) -> Option<Handle> {
@@ -137,7 +165,7 @@ fn spawn(
     let tiers = Tiers::new(tiers, &mut rand::rng());
     let announcer = Announcer::new(client, tiers, info_hash, peer_id, port);
     let (progress_tx, progress_rx) = tokio::sync::watch::channel(progress());
-    let mut handle = announcer::spawn(announcer, progress_rx, Timing::default());
+    let mut handle = announcer::spawn(announcer, progress_rx, timing);
     let mut updates = std::mem::replace(
         &mut handle.updates,
         tokio::sync::mpsc::unbounded_channel().1,

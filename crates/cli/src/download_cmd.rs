@@ -80,9 +80,10 @@ async fn download(args: DownloadArgs) -> CmdResult {
 
     let progress = Progress::new(&metainfo, args.json);
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
-    let outcome = loop {
+    let outcome: Outcome = loop {
         tokio::select! {
             _ = torrent.wait_complete() => break Outcome::Complete,
+            error = torrent.wait_failed() => break Outcome::Failed(error),
             _ = ticker.tick() => progress.update(&torrent.snapshot()),
             _ = shutdown_signal() => break Outcome::Interrupted,
         }
@@ -101,7 +102,7 @@ async fn download(args: DownloadArgs) -> CmdResult {
     }
     let elapsed = started.elapsed();
     report(
-        &args, &metainfo, &snapshot, &resume, elapsed, outcome, &torrent,
+        &args, &metainfo, &snapshot, &resume, elapsed, &outcome, &torrent,
     );
     if outcome == Outcome::Complete && args.seed {
         eprintln!("seeding; Ctrl-C to stop");
@@ -115,6 +116,12 @@ async fn download(args: DownloadArgs) -> CmdResult {
         Outcome::Complete => Ok(()),
         Outcome::Interrupted => Err(format!(
             "interrupted with {} of {} pieces verified (kept on disk; run again to resume)",
+            snapshot.pieces_have, snapshot.pieces_total
+        )
+        .into()),
+        Outcome::Failed(error) => Err(format!(
+            "cannot write {error}; stopped with {} of {} pieces verified (kept on disk; free \
+             space and run again to resume)",
             snapshot.pieces_have, snapshot.pieces_total
         )
         .into()),
@@ -153,6 +160,7 @@ async fn metainfo_of_magnet(
         tiers.clone(),
         peer_id,
         args.swarm.port,
+        args.swarm.timing(),
         found,
     );
     if !args.json {
@@ -216,10 +224,12 @@ fn torrent_file(info: &[u8], tiers: &[Vec<String>], web_seeds: &[String]) -> Vec
     out
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
     Complete,
     Interrupted,
+    /// A disk write failed (the error names the path).
+    Failed(String),
 }
 
 /// SIGINT or SIGTERM.
@@ -238,7 +248,7 @@ fn report(
     s: &Snapshot,
     resume: &Resume,
     elapsed: Duration,
-    outcome: Outcome,
+    outcome: &Outcome,
     torrent: &Torrent,
 ) {
     let secs = elapsed.as_secs_f64().max(0.001);
@@ -258,7 +268,8 @@ fn report(
         let value = serde_json::json!({
             "info_hash": metainfo.info_hash.to_hex(),
             "name": metainfo.name,
-            "complete": outcome == Outcome::Complete,
+            "complete": *outcome == Outcome::Complete,
+            "error": match outcome { Outcome::Failed(e) => Some(e.as_str()), _ => None },
             "pieces_verified": s.pieces_have,
             "pieces_total": s.pieces_total,
             "pieces_already_on_disk": resumed_pieces,
@@ -282,7 +293,7 @@ fn report(
         println!(
             "{}: {} {}/{} pieces verified, {} bytes downloaded in {:.1} s ({:.1} MiB/s), {} already on disk ({}), {} wasted{}",
             metainfo.name,
-            if outcome == Outcome::Complete { "complete," } else { "incomplete," },
+            if *outcome == Outcome::Complete { "complete," } else { "incomplete," },
             s.pieces_have,
             s.pieces_total,
             s.downloaded,

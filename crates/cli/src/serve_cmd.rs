@@ -8,6 +8,7 @@ use pow_engine::{EngineConfig, SharedListener, Torrent};
 use pow_metainfo::Metainfo;
 use pow_picker::Picker;
 use pow_server::{Library, SeedFuture, SeedStatus, Seeder, ServeConfig};
+use pow_tracker::announcer::Timing;
 use pow_tracker::server::{ServerConfig, TrackerServer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -247,8 +248,13 @@ impl SeederState {
             .await
             .map_err(|e| e.to_string())?;
         self.listener.attach(&torrent);
-        let announcer =
-            announce::start(&torrent, metainfo.tracker_tiers(), self.peer_id, self.port);
+        let announcer = announce::start(
+            &torrent,
+            metainfo.tracker_tiers(),
+            self.peer_id,
+            self.port,
+            Timing::default(),
+        );
         // Recorded now, so a restart skips the check (a seed writes nothing later).
         if let Err(e) = torrent.save_resume().await {
             eprintln!(

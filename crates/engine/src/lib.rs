@@ -159,6 +159,9 @@ pub(crate) struct State {
     pub sent_to: HashMap<SocketAddr, u64>,
     /// Web seeds ([`webseed`]) by their pseudo-address (their bytes are in `received_from`).
     pub web_seeds: HashMap<SocketAddr, String>,
+    /// Pieces we had and could no longer read (file truncated or gone under us): no longer
+    /// ours, and peers may still believe we have them (see `peer::Peer::queue_request`).
+    pub lost: HashSet<u32>,
 }
 
 pub(crate) struct Inner {
@@ -168,6 +171,8 @@ pub(crate) struct Inner {
     pub state: Mutex<State>,
     pub stats: Stats,
     pub complete: watch::Sender<bool>,
+    /// The first disk write error: the download cannot go on (see [`Torrent::wait_failed`]).
+    pub failed: watch::Sender<Option<String>>,
     pub shutdown: watch::Sender<bool>,
     /// Held while saving the resume file; holds the piece count last saved, so saves are in
     /// order and an unchanged set is not written again.
@@ -212,10 +217,12 @@ impl Torrent {
                 received_from: HashMap::new(),
                 sent_to: HashMap::new(),
                 web_seeds: HashMap::new(),
+                lost: HashSet::new(),
             }),
             config,
             stats: Stats::default(),
             complete: watch::channel(complete).0,
+            failed: watch::channel(None).0,
             shutdown: watch::channel(false).0,
             resume_saved: tokio::sync::Mutex::new(None),
         });
@@ -349,6 +356,21 @@ impl Torrent {
     /// Resolves when every wanted piece is verified.
     pub async fn wait_complete(&self) {
         until_true(&mut self.inner.complete.subscribe()).await;
+    }
+
+    /// Resolves with the first write error (a full disk, a read-only or vanished directory).
+    /// Every peer would hit it too, so the session cannot make progress: the caller stops.
+    /// Pieces verified before it stay on disk.
+    pub async fn wait_failed(&self) -> String {
+        let mut rx = self.inner.failed.subscribe();
+        loop {
+            if let Some(error) = rx.borrow_and_update().clone() {
+                return error;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Closes every connection and stops accepting.

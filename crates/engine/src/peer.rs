@@ -347,7 +347,7 @@ impl Peer {
                 self.last_recv = Instant::now();
                 self.handle(message)?;
             }
-            self.serve_queued();
+            self.serve_queued()?;
             self.fill_pipeline();
             let room = self.requests.len() < MAX_QUEUED_REQUESTS;
             tokio::select! {
@@ -674,8 +674,21 @@ impl Peer {
             return Err(PeerError::Protocol("request outside the torrent"));
         }
         // The queue has room: the read loop stops decoding when it is full.
-        let serve = !self.am_choking && self.inner.lock().picker.have().get(r.index);
-        if serve {
+        let (have, lost) = {
+            let state = self.inner.lock();
+            (
+                state.picker.have().get(r.index),
+                state.lost.contains(&r.index),
+            )
+        };
+        if lost && !self.fast {
+            // We told it we have this piece; BitTorrent cannot take that back, and without
+            // BEP 6 `reject` the request would wait for the peer's own timeout. Closing frees
+            // its requests at once, and a new connection gets our current bitfield. A fast
+            // peer gets a reject below instead.
+            return Err(PeerError::Protocol("asked for a piece we lost"));
+        }
+        if !self.am_choking && have {
             if !self.requests.contains(&r) {
                 self.requests.push_back(r);
             }
@@ -693,9 +706,11 @@ impl Peer {
         Ok(())
     }
 
-    /// Reads queued blocks from disk into the send buffer, up to the watermark. Pieces never
-    /// stop being ours, so the checks made when queueing still hold.
-    fn serve_queued(&mut self) {
+    /// Reads queued blocks from disk into the send buffer, up to the watermark. A block that
+    /// cannot be read (its file was truncated or removed under us) makes its piece lost: never
+    /// served or advertised again, and this peer, which asked for it, is closed (see
+    /// `queue_request`). A short read is an error, so no byte we do not have is ever sent.
+    fn serve_queued(&mut self) -> Result<(), PeerError> {
         let mut served = 0u64;
         while self.out.len() < SEND_WATERMARK {
             let Some(r) = self.requests.pop_front() else {
@@ -716,9 +731,9 @@ impl Peer {
                     .storage
                     .read_block(block.piece, block.begin, &mut self.out[start + 13..])
             {
-                tracing::warn!("cannot serve piece {}: {e}", r.index);
                 self.out.truncate(start);
-                continue;
+                self.lose_piece(r.index, &e);
+                return Err(PeerError::Protocol("asked for a piece we lost"));
             }
             served += u64::from(r.length);
         }
@@ -728,6 +743,15 @@ impl Peer {
                 .uploaded
                 .fetch_add(served, Ordering::Relaxed);
             *self.inner.lock().sent_to.entry(self.addr).or_default() += served;
+        }
+        Ok(())
+    }
+
+    fn lose_piece(&mut self, index: u32, error: &pow_storage::StorageError) {
+        let mut state = self.inner.lock();
+        if state.lost.insert(index) {
+            state.picker.piece_lost(index);
+            tracing::warn!("piece {index} can no longer be read, no longer serving it: {error}");
         }
     }
 
@@ -797,6 +821,10 @@ impl Peer {
             // A disk error is not the peer's fault, but the download cannot go on without it.
             tracing::error!("write failed: {e}");
             self.inner.lock().picker.piece_failed(index);
+            let error = e.to_string();
+            self.inner
+                .failed
+                .send_if_modified(|failed| failed.is_none() && failed.replace(error).is_none());
             return Err(PeerError::Io(std::io::Error::other(e.to_string())));
         }
         if matches!(received, Received::PieceDone { .. }) {

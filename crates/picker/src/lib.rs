@@ -420,6 +420,16 @@ impl Picker {
         self.have.set(piece);
     }
 
+    /// A piece we had can no longer be read (its file was truncated or removed): not ours any
+    /// more, and not wanted either, so a seed never turns into a leecher for data someone
+    /// removed on purpose. The counters do not change: it was neither missing nor left.
+    pub fn piece_lost(&mut self, piece: u32) {
+        if self.have.get(piece) {
+            self.have.clear(piece);
+            self.priority[piece as usize] = 0;
+        }
+    }
+
     /// The piece's hash did not match: every block is wanted again.
     pub fn piece_failed(&mut self, piece: u32) {
         self.hashing.clear(piece);
@@ -457,6 +467,19 @@ mod tests {
 
     fn full(n: u32) -> Bitfield {
         Bitfield::full(n)
+    }
+
+    #[test]
+    fn a_lost_piece_is_neither_had_nor_wanted() {
+        let g = geometry(4, 16384, 16384);
+        let mut picker = Picker::new(g, full(4));
+        picker.piece_lost(2);
+        assert!(!picker.have().get(2));
+        assert!(!picker.is_wanted(2));
+        assert!(picker.is_complete());
+        assert_eq!(picker.bytes_left(), 0);
+        picker.peer_connected(&full(4));
+        assert!(picker.pick(1, &full(4), 10).is_empty());
     }
 
     #[test]

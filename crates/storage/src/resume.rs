@@ -132,10 +132,16 @@ impl Storage {
         let text = self.render(have, &stamps);
         let path = self.resume_path();
         let tmp = path.with_extension("pow-resume.tmp");
-        let mut out = std::fs::File::create(&tmp).map_err(Self::io(&tmp))?;
-        out.write_all(text.as_bytes()).map_err(Self::io(&tmp))?;
-        out.sync_all().map_err(Self::io(&tmp))?;
-        drop(out);
+        let written = std::fs::File::create(&tmp).and_then(|mut out| {
+            out.write_all(text.as_bytes())?;
+            out.sync_all()
+        });
+        if let Err(e) = written {
+            // A full disk fails here: the old file stays whole, and no partial file is left to
+            // hold the last free blocks.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Self::io(&tmp)(e));
+        }
         std::fs::rename(&tmp, &path).map_err(Self::io(&path))?;
         std::fs::File::open(&self.root)
             .and_then(|dir| dir.sync_all())
