@@ -1,6 +1,8 @@
 //! Shared helpers for the cross-crate and interop tests.
 #![allow(dead_code)]
 
+pub mod raw_peer;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

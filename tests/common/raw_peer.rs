@@ -1,0 +1,140 @@
+//! A peer written by hand on a blocking std `TcpStream`: it speaks the wire bytes directly, so
+//! nothing in pow's own codec can make it more polite than a test intends.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+pub const UNCHOKE: u8 = 1;
+pub const INTERESTED: u8 = 2;
+pub const BITFIELD: u8 = 5;
+pub const REQUEST: u8 = 6;
+pub const PIECE: u8 = 7;
+
+/// A peer on a plain blocking socket.
+pub struct RawPeer {
+    pub stream: TcpStream,
+}
+
+/// What reading from a peer ended with.
+#[derive(Debug, PartialEq)]
+pub enum End {
+    /// The connection was closed (EOF or reset).
+    Closed,
+    /// Nothing more within the timeout.
+    Quiet,
+}
+
+impl RawPeer {
+    pub fn connect(port: u16, info_hash: [u8; 20]) -> RawPeer {
+        Self::connect_with(port, info_hash, [0; 8])
+    }
+
+    /// Connects with these reserved bytes (extension bits) in the handshake; returns the peer
+    /// and the reserved bytes of the answer.
+    pub fn connect_with(port: u16, info_hash: [u8; 20], reserved: [u8; 8]) -> RawPeer {
+        Self::connect_reserved(port, info_hash, reserved).0
+    }
+
+    pub fn connect_reserved(
+        port: u16,
+        info_hash: [u8; 20],
+        reserved: [u8; 8],
+    ) -> (RawPeer, [u8; 8]) {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut hs = vec![19u8];
+        hs.extend_from_slice(b"BitTorrent protocol");
+        hs.extend_from_slice(&reserved);
+        hs.extend_from_slice(&info_hash);
+        hs.extend_from_slice(b"-XX0001-hostile-peer");
+        stream.write_all(&hs).unwrap();
+        let mut theirs = [0u8; 68];
+        stream.read_exact(&mut theirs).unwrap();
+        assert_eq!(theirs[28..48], info_hash);
+        (RawPeer { stream }, theirs[20..28].try_into().unwrap())
+    }
+
+    pub fn send(&mut self, id: u8, payload: &[u8]) -> std::io::Result<()> {
+        let mut frame = (1 + payload.len() as u32).to_be_bytes().to_vec();
+        frame.push(id);
+        frame.extend_from_slice(payload);
+        self.stream.write_all(&frame)
+    }
+
+    pub fn request(&mut self, index: u32, begin: u32, length: u32) -> std::io::Result<()> {
+        self.send(REQUEST, &request_payload(index, begin, length))
+    }
+
+    /// The next message (id, payload), or how the stream ended. Keep-alives are skipped.
+    pub fn read(&mut self, timeout: Duration) -> Result<(u8, Vec<u8>), End> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(End::Quiet);
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut len = [0u8; 4];
+            self.read_exact(&mut len)?;
+            let len = u32::from_be_bytes(len) as usize;
+            if len == 0 {
+                continue;
+            }
+            let mut body = vec![0u8; len];
+            self.read_exact(&mut body)?;
+            return Ok((body[0], body[1..].to_vec()));
+        }
+    }
+
+    pub fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), End> {
+        match self.stream.read_exact(buf) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Err(End::Quiet)
+            }
+            Err(_) => Err(End::Closed),
+        }
+    }
+
+    /// Reads until `id` arrives; panics on anything else ending the wait. Returns the ids seen.
+    pub fn wait_for(&mut self, id: u8) -> Vec<u8> {
+        let mut seen = Vec::new();
+        loop {
+            match self.read(Duration::from_secs(20)) {
+                Ok((got, _)) => {
+                    seen.push(got);
+                    if got == id {
+                        return seen;
+                    }
+                }
+                Err(end) => panic!("waiting for message {id}: {end:?} after {seen:?}"),
+            }
+        }
+    }
+
+    /// Reads until the connection closes (or `timeout`); returns the message ids seen and how
+    /// it ended.
+    pub fn drain(&mut self, timeout: Duration) -> (Vec<u8>, End) {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            match self.read(deadline.saturating_duration_since(Instant::now())) {
+                Ok((id, _)) => seen.push(id),
+                Err(end) => return (seen, end),
+            }
+        }
+    }
+
+    /// Interested, then waits for the unchoke.
+    pub fn get_unchoked(&mut self) {
+        self.send(INTERESTED, &[]).unwrap();
+        self.wait_for(UNCHOKE);
+    }
+}
+
+pub fn request_payload(index: u32, begin: u32, length: u32) -> Vec<u8> {
+    [index, begin, length]
+        .iter()
+        .flat_map(|w| w.to_be_bytes())
+        .collect()
+}
