@@ -865,3 +865,74 @@ fn server_killed_with_sigkill_seeds_every_dataset_again_without_reupload() {
         std::fs::read(&zips[1]).unwrap()
     );
 }
+
+#[test]
+fn pow_publish_puts_its_torrent_into_a_server_store_with_the_token() {
+    let work = TempDir::new("serve-publish");
+    let server = Server::start(
+        &work.path().join("server"),
+        free_port(),
+        &["--token", "publish-token"],
+    );
+    let zip = work.path().join("worms.zip");
+    make_zip(&zip, 2, 31);
+    let md5 = md5_hex(&zip);
+    let project = work.path().join("project");
+    assert!(pow()
+        .arg("--pow-dir")
+        .arg(&project)
+        .arg("init")
+        .status()
+        .unwrap()
+        .success());
+    let store = format!("{}/torrents", server.url);
+    let publish = |token: &str| {
+        pow()
+            .arg("--pow-dir")
+            .arg(&project)
+            .arg("publish")
+            .arg(&zip)
+            .args(["--torrent-store", &store, "--no-seed", "--json"])
+            .args(["--key", "worms", "--token", token])
+            .output()
+            .unwrap()
+    };
+    let refused = publish("wrong");
+    let error = String::from_utf8_lossy(&refused.stderr);
+    println!("publish with a wrong token: {}", error.trim());
+    assert!(!refused.status.success());
+    assert!(error.contains("401"), "{error}");
+    assert!(server.files_in("torrents").is_empty());
+
+    let out = publish("publish-token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    println!("publish to {store}: {report}");
+    assert_eq!(report["stored"], "written");
+    assert_eq!(report["torrent_file_name"], format!("{md5}.torrent"));
+    let served = reqwest::blocking::get(format!("{store}/{md5}.torrent"))
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let metainfo = pow_metainfo::Metainfo::from_bytes(&served).unwrap();
+    assert_eq!(
+        metainfo.info_hash.to_hex(),
+        report["info_hash"].as_str().unwrap()
+    );
+    // Publishing the same bytes again changes nothing.
+    let again = publish("publish-token");
+    assert!(again.status.success());
+    let report: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&again.stdout)
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["stored"], "existing");
+}

@@ -35,6 +35,9 @@ pub struct PublishArgs {
     /// Web seed URL for the torrent (BEP 19); repeatable.
     #[arg(long = "web-seed")]
     web_seeds: Vec<String>,
+    /// Token of a `pow serve` torrent store (an http:// store is written by PUT).
+    #[arg(long, env = "POW_STORE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Publish only: do not seed afterwards.
     #[arg(long)]
     no_seed: bool,
@@ -74,7 +77,12 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
     let created = create(&file, &options)?;
     let digests = content_digests(&created.metainfo, &parent, true)?;
     let torrent_file_name = format!("{}.torrent", digests.md5);
-    let stored = store_torrent(&store, &torrent_file_name, &created.bytes)?;
+    let stored = store_torrent(
+        &store,
+        &torrent_file_name,
+        &created.bytes,
+        args.token.as_deref(),
+    )?;
     // Seed exactly what the store holds (an earlier publish may have used other options).
     let metainfo = match &store {
         pow_datasource::TorrentStore::Dir(dir) => {

@@ -3,7 +3,7 @@
 //! Publishing the same bytes twice changes nothing.
 
 use crate::definitions::{check, parse_toml};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::loader::write_atomically;
 use crate::schema::schema_quads;
 use crate::store::PowDir;
@@ -23,8 +23,14 @@ pub enum Stored {
     Existing,
 }
 
-/// Writes `name` into a directory store (temp file, fsync, rename), unless it is already there.
-pub fn store_torrent(store: &TorrentStore, name: &str, bytes: &[u8]) -> Result<Stored> {
+/// Puts `name` into the store unless it is already there: a directory store by temp file,
+/// fsync and rename; an HTTP store (`pow serve`) by `PUT` with the server's token.
+pub fn store_torrent(
+    store: &TorrentStore,
+    name: &str,
+    bytes: &[u8],
+    token: Option<&str>,
+) -> Result<Stored> {
     check_file_name(name)?;
     match store {
         TorrentStore::Dir(dir) => {
@@ -34,9 +40,10 @@ pub fn store_torrent(store: &TorrentStore, name: &str, bytes: &[u8]) -> Result<S
             write_atomically(dir, name, bytes)?;
             Ok(Stored::Written)
         }
-        TorrentStore::Http(url) => Err(Error::Store {
-            store: url.clone(),
-            message: "publishing to an HTTP store needs an upload server (`pow serve`), which is not built yet; publish to a directory store".into(),
+        TorrentStore::Http(_) => Ok(if store.http_put(name, bytes, token)? {
+            Stored::Written
+        } else {
+            Stored::Existing
         }),
     }
 }

@@ -152,19 +152,57 @@ impl TorrentStore {
         }
     }
 
+    fn http_client(&self) -> Result<reqwest::blocking::Client> {
+        reqwest::blocking::Client::builder()
+            .timeout(HTTP_TIMEOUT)
+            .connect_timeout(HTTP_TIMEOUT)
+            .user_agent(concat!("pow/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| self.error(format!("HTTP client: {e}")))
+    }
+
+    /// `PUT BASE/name` with a bearer token (a `pow serve` store): `Ok(true)` if written now,
+    /// `Ok(false)` if the store already had these bytes.
+    pub(crate) fn http_put(&self, name: &str, bytes: &[u8], token: Option<&str>) -> Result<bool> {
+        let TorrentStore::Http(base) = self else {
+            unreachable!("http_put on a directory store")
+        };
+        let url = format!("{base}/{name}");
+        let mut request = self.http_client()?.put(&url).body(bytes.to_vec());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .map_err(|e| self.error(format!("PUT {url}: {}", describe_reqwest(&e))))?;
+        let status = response.status();
+        match status.as_u16() {
+            201 => Ok(true),
+            200 => Ok(false),
+            _ => {
+                let body = response.text().unwrap_or_default();
+                let detail = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or(body);
+                let hint = if status.as_u16() == 401 {
+                    " (give the server's token with --token or POW_STORE_TOKEN)"
+                } else {
+                    ""
+                };
+                Err(self.error(format!("PUT {url}: HTTP {status}: {detail}{hint}")))
+            }
+        }
+    }
+
     /// `GET BASE/name`; `Ok(None)` on 404.
     fn http_get(&self, name: &str, limit: u64) -> Result<Option<Vec<u8>>> {
         let TorrentStore::Http(base) = self else {
             unreachable!("http_get on a directory store")
         };
         let url = format!("{base}/{name}");
-        let client = reqwest::blocking::Client::builder()
-            .timeout(HTTP_TIMEOUT)
-            .connect_timeout(HTTP_TIMEOUT)
-            .user_agent(concat!("pow/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| self.error(format!("HTTP client: {e}")))?;
-        let response = client
+        let response = self
+            .http_client()?
             .get(&url)
             .send()
             .map_err(|e| self.error(format!("GET {url}: {}", describe_reqwest(&e))))?;
