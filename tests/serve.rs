@@ -197,7 +197,12 @@ fn upload(server: &Server, file_name: &str, bytes: &[u8]) -> (u16, serde_json::V
 }
 
 /// aria2 downloads the dataset's torrent (fetched from the server) from the server's seed.
-fn aria2_download(server: &Server, dataset: &serde_json::Value, into: &Path) -> PathBuf {
+fn aria2_download(
+    server: &Server,
+    dataset: &serde_json::Value,
+    into: &Path,
+    extra: &[&str],
+) -> PathBuf {
     let torrent = into.join("dataset.torrent");
     let bytes = reqwest::blocking::get(format!(
         "{}{}",
@@ -223,6 +228,7 @@ fn aria2_download(server: &Server, dataset: &serde_json::Value, into: &Path) -> 
             "--file-allocation=none",
         ])
         .arg(format!("--listen-port={}", free_port()))
+        .args(extra)
         .arg("-d")
         .arg(&out_dir)
         .arg(&torrent)
@@ -459,7 +465,7 @@ fn browser_upload_then_aria2_and_pow_load_fetch_it_from_the_server() {
     )));
 
     // 2a. aria2, a real client, downloads it from the server's seed.
-    let downloaded = aria2_download(&server, &dataset, work.path());
+    let downloaded = aria2_download(&server, &dataset, work.path(), &[]);
     assert_eq!(
         std::fs::read(&downloaded).unwrap(),
         std::fs::read(&zip).unwrap()
@@ -859,7 +865,7 @@ fn server_killed_with_sigkill_seeds_every_dataset_again_without_reupload() {
         assert_eq!(now, *mtime, "torrents were not rewritten");
     }
     let dataset = server.dataset(&md5s[1]).unwrap();
-    let downloaded = aria2_download(&server, &dataset, work.path());
+    let downloaded = aria2_download(&server, &dataset, work.path(), &[]);
     assert_eq!(
         std::fs::read(&downloaded).unwrap(),
         std::fs::read(&zips[1]).unwrap()
@@ -935,4 +941,44 @@ fn pow_publish_puts_its_torrent_into_a_server_store_with_the_token() {
     )
     .unwrap();
     assert_eq!(report["stored"], "existing");
+}
+
+#[test]
+fn the_server_is_a_web_seed_for_what_it_publishes() {
+    let work = TempDir::new("serve-webseed");
+    let server = Server::start(&work.path().join("server"), free_port(), &[]);
+    let zip = work.path().join("slices.zip");
+    make_zip(&zip, 3, 41);
+    let bytes = std::fs::read(&zip).unwrap();
+    let (status, dataset) = upload(&server, "slices.zip", &bytes);
+    assert_eq!(status, 201, "{dataset}");
+    let md5 = dataset["md5"].as_str().unwrap();
+    let torrent = reqwest::blocking::get(format!("{}/torrents/{md5}.torrent", server.url))
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let metainfo = pow_metainfo::Metainfo::from_bytes(&torrent).unwrap();
+    assert_eq!(
+        metainfo.url_list,
+        vec![format!("{}/content/{md5}/", server.url)]
+    );
+    // BEP 19 single file: the URL ends in `/`, so the name is appended.
+    let path = format!("/content/{md5}/slices.zip");
+    let (status, body) = raw_request(&server.addr, "GET", &path, &[("Range", "bytes=0-3")], b"");
+    assert_eq!((status, body.as_bytes()), (206, &b"PK\x03\x04"[..]));
+    let (status, _) = raw_request(
+        &server.addr,
+        "GET",
+        &path,
+        &[("Range", "bytes=99999999-")],
+        b"",
+    );
+    assert_eq!(status, 416);
+    // aria2 with every tracker excluded has only the web seed.
+    let downloaded = aria2_download(&server, &dataset, work.path(), &["--bt-exclude-tracker=*"]);
+    assert_eq!(std::fs::read(&downloaded).unwrap(), bytes);
+    println!(
+        "aria2 downloaded {} bytes from the server as a web seed only",
+        bytes.len()
+    );
 }

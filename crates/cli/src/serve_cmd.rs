@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Token that allows `PUT /torrents/<md5>.torrent` (`Authorization: Bearer TOKEN`).
     #[arg(long, env = "POW_SERVE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Base URL others reach this server at, put into new torrents as their web seed
+    /// (default: http://LISTEN, unless it is an unspecified address such as 0.0.0.0).
+    #[arg(long)]
+    public_url: Option<String>,
     /// Print a JSON line when the server is up.
     #[arg(long)]
     json: bool,
@@ -69,7 +73,22 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
         Some(t) => vec![t.http_announce_url()],
         None => args.trackers.clone(),
     };
-    let library = Arc::new(Library::open(&args.data, announce_urls.clone())?);
+    let http = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let url = format!("http://{}", http.local_addr()?);
+    let public_url = args
+        .public_url
+        .clone()
+        .or_else(|| (!args.listen.ip().is_unspecified()).then(|| url.clone()));
+    if public_url.is_none() {
+        eprintln!("pow: warning: no --public-url: new torrents get no web seed");
+    }
+    let library = Arc::new(Library::open(
+        &args.data,
+        announce_urls.clone(),
+        public_url.clone(),
+    )?);
     let peer_addr = SocketAddr::new(args.listen.ip(), args.peer_port);
     let listener = SharedListener::bind(peer_addr)
         .await
@@ -80,9 +99,6 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
         listener,
         torrents: Mutex::new(HashMap::new()),
     }));
-    let http = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
 
     // Seed what is already published, one at a time (each is a disk check when the resume
     // file cannot be trusted), while the page is already up.
@@ -99,12 +115,12 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
             }
         });
     }
-    let url = format!("http://{}", http.local_addr()?);
     if args.json {
         println!(
             "{}",
             serde_json::json!({
                 "url": url,
+                "web_seed": public_url.as_ref().map(|u| format!("{u}/content/")),
                 "torrent_store": format!("{url}/torrents"),
                 "peer_port": seeder.0.port,
                 "trackers": announce_urls,

@@ -10,9 +10,11 @@
 //! gives (the `pow` binary runs the engine behind it).
 //!
 //! Endpoints: `GET /` (the page), `POST /upload`, `GET /api/datasets`,
+//! `GET /content/<md5>/<name>` (the bytes, with `Range`: the server is a web seed),
 //! `GET /torrents/<md5>.torrent`, `GET /torrents/index.json`, and
 //! `PUT /torrents/<md5>.torrent` with the configured bearer token.
 
+mod content;
 mod library;
 mod page;
 mod routes;

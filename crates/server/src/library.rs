@@ -72,6 +72,9 @@ pub struct Library {
     root: PathBuf,
     /// Trackers put into every torrent created here.
     trackers: Vec<String>,
+    /// This server's public base URL: torrents created here name it as their web seed
+    /// (`<base>/content/<md5>/`).
+    web_seed_base: Option<String>,
     datasets: RwLock<BTreeMap<String, Dataset>>,
     /// Publishing (hash check, create, rename) one at a time: two uploads of the same bytes
     /// must not race for the same names, and hashing is disk-bound anyway.
@@ -80,7 +83,11 @@ pub struct Library {
 
 impl Library {
     /// Opens (creating) the data directory; clears what an earlier crash left half done.
-    pub fn open(root: &Path, trackers: Vec<String>) -> Result<Library, LibraryError> {
+    pub fn open(
+        root: &Path,
+        trackers: Vec<String>,
+        web_seed_base: Option<String>,
+    ) -> Result<Library, LibraryError> {
         let root = std::path::absolute(root).map_err(io(root))?;
         for sub in ["incoming", "content", "datasets", "torrents"] {
             let dir = root.join(sub);
@@ -93,6 +100,7 @@ impl Library {
         let library = Library {
             root,
             trackers,
+            web_seed_base,
             datasets: RwLock::new(BTreeMap::new()),
             publishing: tokio::sync::Mutex::new(()),
         };
@@ -234,6 +242,11 @@ impl Library {
 
         let options = CreateOptions {
             trackers: self.trackers.iter().map(|t| vec![t.clone()]).collect(),
+            web_seeds: self
+                .web_seed_base
+                .iter()
+                .map(|base| format!("{}/content/{md5}/", base.trim_end_matches('/')))
+                .collect(),
             // No date: the same bytes give the same torrent.
             creation_date: None,
             ..CreateOptions::default()

@@ -36,6 +36,7 @@ pub fn router(library: Arc<Library>, seeder: Arc<dyn Seeder>, config: ServeConfi
             axum::routing::post(upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/api/datasets", get(api_datasets))
+        .route("/content/{md5}/{name}", get(get_content))
         .route(
             "/torrents/{name}",
             get(get_torrent)
@@ -221,6 +222,14 @@ pub async fn start_seeding_dataset(
 
 async fn start_seeding(app: &App, dataset: &Dataset) -> Result<(), String> {
     start_seeding_dataset(&app.library, app.seeder.as_ref(), dataset).await
+}
+
+async fn get_content(
+    State(app): Shared,
+    Path((md5, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    crate::content::serve(app.library.clone(), &md5, &name, &headers).await
 }
 
 async fn get_torrent(State(app): Shared, Path(name): Path<String>) -> Response {

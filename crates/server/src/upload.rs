@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(stored_name("nuclei.zip"), "nuclei.zip");
         assert_eq!(stored_name("../../etc/passwd.zip"), "passwd.zip");
         assert_eq!(stored_name("C:\\Users\\me\\data set.ZIP"), "data_set.zip");
-        assert_eq!(stored_name("..zip"), "dataset.zip");
+        assert_eq!(stored_name("..zip"), "zip.zip");
         assert_eq!(stored_name(".."), "dataset.zip");
         assert_eq!(stored_name(""), "dataset.zip");
         assert_eq!(stored_name("a\u{1}b\u{e9}.zip"), "a_b_.zip");
