@@ -1,6 +1,8 @@
-//! Fast extension (BEP 6, issue #11 acceptance 3): a libtorrent seed says have-all to pow; a
-//! `pow seed` says have-all to a peer that set the fast bit (and a bitfield to one that did
-//! not), and rejects a request made while choked instead of dropping it in silence.
+//! Fast extension (BEP 6, issue #11 acceptance 3): a libtorrent seed says have-all to pow, and
+//! when it chokes pow mid-transfer it rejects every request pow has in flight (pow counts them
+//! and re-requests those blocks); a `pow seed` says have-all to a peer that set the fast bit (and
+//! a bitfield to one that did not), and rejects a request made while choked instead of dropping
+//! it in silence.
 
 mod common;
 
@@ -128,4 +130,102 @@ fn pow_seed_says_have_all_and_rejects_requests_while_choking() {
     assert!(!later.contains(&REJECT), "{later:?}");
     assert_eq!(end, End::Quiet);
     println!("plain peer: bitfield; the request while choked is ignored, connection kept");
+}
+
+/// A libtorrent seed (Debian's python3-libtorrent) whose upload is rate-limited so a transfer
+/// lasts seconds, and which chokes every peer for 2 s once 8 MiB went out.
+const CHOKING_SEED: &str = r#"
+import libtorrent as lt, sys, time
+torrent, data, port, ready = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+ses = lt.session({'listen_interfaces': '127.0.0.1:%d' % port, 'enable_dht': False,
+  'enable_lsd': False, 'enable_upnp': False, 'enable_natpmp': False,
+  'enable_incoming_utp': False, 'enable_outgoing_utp': False,
+  'allow_multiple_connections_per_ip': True, 'unchoke_interval': 1,
+  'upload_rate_limit': 16 << 20})
+# Loopback peers are exempt from rate limits unless put in the global peer class.
+f = lt.ip_filter(); f.add_rule('0.0.0.0', '255.255.255.255', 1 << lt.session.global_peer_class_id)
+ses.set_peer_class_filter(f)
+atp = lt.add_torrent_params(); atp.ti = lt.torrent_info(torrent); atp.save_path = data
+h = ses.add_torrent(atp)
+while h.status().state != lt.torrent_status.seeding: time.sleep(0.05)
+open(ready, 'w').write('ready')
+choked_at = None
+while True:
+    if choked_at is None and any(p.total_upload > (8 << 20) for p in h.get_peer_info()):
+        ses.apply_settings({'unchoke_slots_limit': 0}); choked_at = time.time()
+    if choked_at is not None and time.time() - choked_at > 2:
+        ses.apply_settings({'unchoke_slots_limit': 8}); choked_at = float('inf')
+    time.sleep(0.02)
+"#;
+
+#[test]
+fn libtorrent_rejects_our_requests_when_it_chokes_us() {
+    let work = TempDir::new("fast-reject");
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let content: Vec<u8> = (0..64 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(data.join("choked.bin"), &content).unwrap();
+    let torrent = work.path().join("choked.torrent");
+    let created = pow()
+        .args(["torrent", "create"])
+        .arg(data.join("choked.bin"))
+        .arg("-o")
+        .arg(&torrent)
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let port = common::free_port();
+    let ready = work.path().join("ready");
+    let mut seed = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", CHOKING_SEED])
+        .arg(&torrent)
+        .arg(&data)
+        .arg(port.to_string())
+        .arg(&ready)
+        .spawn()
+        .expect("python3-libtorrent (scripts/install-deps --tests)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ready.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "libtorrent seed not ready"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = work.path().join("out");
+    let o = pow()
+        .arg("download")
+        .arg(&torrent)
+        .arg("-o")
+        .arg(&out)
+        .args(["--peer", &format!("127.0.0.1:{port}")])
+        .args([
+            "--port",
+            &common::free_port().to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let _ = seed.kill();
+    let _ = seed.wait();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(std::fs::read(out.join("choked.bin")).unwrap(), content);
+    println!(
+        "libtorrent choked pow mid-transfer: {} rejects received, have-all {}, {} bytes in {:.1} s, all verified",
+        report["rejects_received"], report["have_all_received"], report["downloaded"], report["seconds"].as_f64().unwrap()
+    );
+    assert!(report["rejects_received"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["hash_failures"], 0);
 }
