@@ -14,7 +14,7 @@
 //! Geometry (16 KiB blocks, the short last block, piece lengths that are not a multiple of
 //! 16 KiB) comes from `metainfo::Geometry`.
 //!
-//! Cost: the pieces a pick may open are kept in availability buckets ([`candidates`]), so a
+//! Cost: the pieces a pick may open are kept in availability buckets (module `candidates`), so a
 //! rarest-first pick walks only until the first piece the peer has; started pieces with free
 //! blocks are kept in a set, so a pick does not look at full or finished ones; what makes a
 //! peer interesting is one bitfield, so [`Picker::interesting`] is a word-wise AND.
