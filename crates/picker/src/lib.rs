@@ -13,11 +13,18 @@
 //!
 //! Geometry (16 KiB blocks, the short last block, piece lengths that are not a multiple of
 //! 16 KiB) comes from `metainfo::Geometry`.
+//!
+//! Cost: the pieces a pick may open are kept in availability buckets (module `candidates`), so a
+//! rarest-first pick walks only until the first piece the peer has; started pieces with free
+//! blocks are kept in a set, so a pick does not look at full or finished ones; what makes a
+//! peer interesting is one bitfield, so [`Picker::interesting`] is a word-wise AND.
 
+mod candidates;
+
+use candidates::Candidates;
 use pow_metainfo::{Block, Geometry, PieceIndex, BLOCK_SIZE};
 use pow_wire::Bitfield;
-use rand::Rng;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 pub const RANDOM_FIRST_PIECES: u32 = 4;
 
@@ -36,14 +43,10 @@ enum BlockState {
 struct Partial {
     blocks: Vec<BlockState>,
     received: u32,
+    /// How many of `blocks` are `Free`.
+    free: u32,
     /// The peer that opened this piece; it keeps going with it first.
     owner: Option<PeerKey>,
-}
-
-impl Partial {
-    fn has_free(&self) -> bool {
-        self.blocks.contains(&BlockState::Free)
-    }
 }
 
 /// What arrived block means.
@@ -63,6 +66,12 @@ pub struct Picker {
     availability: Vec<u32>,
     priority: Vec<u8>,
     partial: HashMap<u32, Partial>,
+    /// Started pieces with at least one free block (the only ones step 1 of a pick looks at).
+    open: BTreeSet<u32>,
+    /// Pieces a pick may open: wanted, not started, not hashing; by availability.
+    candidates: Candidates,
+    /// Wanted and not hashing: a peer with any of these is interesting.
+    needed: Bitfield,
     /// Pieces whose blocks are all received and that wait for their hash check.
     hashing: Bitfield,
     /// Wanted pieces not yet verified, and their bytes: kept as counters because the engine
@@ -79,6 +88,9 @@ impl Picker {
             availability: vec![0; count as usize],
             priority: vec![1; count as usize],
             partial: HashMap::new(),
+            open: BTreeSet::new(),
+            candidates: Candidates::new(count),
+            needed: Bitfield::new(count),
             hashing: Bitfield::new(count),
             have,
             geometry,
@@ -89,7 +101,8 @@ impl Picker {
         picker
     }
 
-    /// Recomputes the counters after priorities change (rare: file selection).
+    /// Recomputes the counters, candidates and needed pieces after priorities change (rare:
+    /// file selection).
     fn recount(&mut self) {
         let wanted: Vec<PieceIndex> = self
             .geometry
@@ -101,6 +114,18 @@ impl Picker {
             .iter()
             .map(|&p| u64::from(self.geometry.piece_size(p)))
             .sum();
+        self.candidates.clear();
+        self.needed = Bitfield::new(self.geometry.piece_count());
+        for piece in wanted {
+            let i = piece.get();
+            if self.hashing.get(i) {
+                continue;
+            }
+            self.needed.set(i);
+            if !self.partial.contains_key(&i) {
+                self.candidates.insert(i, self.availability[i as usize]);
+            }
+        }
     }
 
     pub fn have(&self) -> &Bitfield {
@@ -167,49 +192,63 @@ impl Picker {
 
     /// Would we want anything from a peer with `bits`?
     pub fn interesting(&self, bits: &Bitfield) -> bool {
-        bits.ones()
-            .any(|i| self.is_wanted(i) && !self.hashing.get(i))
+        bits.intersects(&self.needed)
+    }
+
+    fn add_availability(&mut self, piece: u32) {
+        if let Some(a) = self.availability.get_mut(piece as usize) {
+            let from = *a;
+            *a += 1;
+            self.candidates.moved(piece, from, from + 1);
+        }
+    }
+
+    fn sub_availability(&mut self, piece: u32) {
+        if let Some(a) = self.availability.get_mut(piece as usize) {
+            let from = *a;
+            *a = from.saturating_sub(1);
+            self.candidates.moved(piece, from, *a);
+        }
     }
 
     pub fn peer_connected(&mut self, bits: &Bitfield) {
         for i in bits.ones() {
-            self.availability[i as usize] += 1;
+            self.add_availability(i);
         }
     }
 
     pub fn peer_have(&mut self, piece: u32) {
-        if let Some(a) = self.availability.get_mut(piece as usize) {
-            *a += 1;
-        }
+        self.add_availability(piece);
     }
 
     /// A peer no longer has `piece` (a web seed that lost a file or sent it corrupt): it stops
     /// counting for the piece's availability. Its requests stay as they are.
     pub fn peer_lost(&mut self, piece: u32) {
-        if let Some(a) = self.availability.get_mut(piece as usize) {
-            *a = a.saturating_sub(1);
-        }
+        self.sub_availability(piece);
     }
 
     /// Forgets a peer: its bits stop counting and its outstanding requests become free.
     pub fn peer_disconnected(&mut self, peer: PeerKey, bits: &Bitfield) {
         for i in bits.ones() {
-            let a = &mut self.availability[i as usize];
-            *a = a.saturating_sub(1);
+            self.sub_availability(i);
         }
         self.peer_choked(peer);
     }
 
     /// The peer choked us (or went away): every request it had is free again.
     pub fn peer_choked(&mut self, peer: PeerKey) {
-        for partial in self.partial.values_mut() {
+        for (&piece, partial) in self.partial.iter_mut() {
             for block in &mut partial.blocks {
                 if let BlockState::Requested(peers) = block {
                     peers.retain(|&p| p != peer);
                     if peers.is_empty() {
                         *block = BlockState::Free;
+                        partial.free += 1;
                     }
                 }
+            }
+            if partial.free > 0 {
+                self.open.insert(piece);
             }
             if partial.owner == Some(peer) {
                 partial.owner = None;
@@ -219,12 +258,17 @@ impl Picker {
 
     /// A request we sent was rejected or timed out.
     pub fn request_failed(&mut self, peer: PeerKey, block: &Block) {
-        if let Some(partial) = self.partial.get_mut(&block.piece.get()) {
-            let slot = &mut partial.blocks[(block.begin / BLOCK_SIZE) as usize];
+        let piece = block.piece.get();
+        if let Some(partial) = self.partial.get_mut(&piece) {
+            let Some(slot) = partial.blocks.get_mut((block.begin / BLOCK_SIZE) as usize) else {
+                return;
+            };
             if let BlockState::Requested(peers) = slot {
                 peers.retain(|&p| p != peer);
                 if peers.is_empty() {
                     *slot = BlockState::Free;
+                    partial.free += 1;
+                    self.open.insert(piece);
                 }
             }
         }
@@ -237,12 +281,7 @@ impl Picker {
             return out;
         }
         // 1. Pieces this peer opened, then 2. any other started piece it has.
-        let mut started: Vec<u32> = self
-            .partial
-            .iter()
-            .filter(|(&i, p)| bits.get(i) && p.has_free())
-            .map(|(&i, _)| i)
-            .collect();
+        let mut started: Vec<u32> = self.open.iter().copied().filter(|&i| bits.get(i)).collect();
         started.sort_by_key(|i| (self.partial[i].owner != Some(peer), *i));
         for piece in started {
             self.take_free(peer, piece, max, &mut out);
@@ -255,6 +294,8 @@ impl Picker {
             let Some(piece) = self.choose_new_piece(bits) else {
                 break;
             };
+            self.candidates
+                .remove(piece, self.availability[piece as usize]);
             let blocks = self
                 .geometry
                 .blocks_in_piece(self.geometry.piece(piece).expect("valid"));
@@ -263,9 +304,11 @@ impl Picker {
                 Partial {
                     blocks: vec![BlockState::Free; blocks as usize],
                     received: 0,
+                    free: blocks,
                     owner: Some(peer),
                 },
             );
+            self.open.insert(piece);
             self.take_free(peer, piece, max, &mut out);
         }
         // 4. End-game: nothing free is left anywhere this peer could serve; double up on
@@ -311,13 +354,17 @@ impl Picker {
         let mut taken = Vec::new();
         if let Some(partial) = self.partial.get_mut(&piece) {
             for (i, block) in partial.blocks.iter_mut().enumerate() {
-                if out.len() + taken.len() >= max {
+                if out.len() + taken.len() >= max || partial.free == 0 {
                     break;
                 }
                 if *block == BlockState::Free {
                     *block = BlockState::Requested(vec![peer]);
+                    partial.free -= 1;
                     taken.push(i);
                 }
+            }
+            if partial.free == 0 {
+                self.open.remove(&piece);
             }
         }
         for i in taken {
@@ -327,42 +374,16 @@ impl Picker {
 
     /// True when no wanted piece has a free block and no unstarted wanted piece remains.
     fn all_requested(&self) -> bool {
-        if self.partial.values().any(Partial::has_free) {
-            return false;
-        }
-        !(0..self.geometry.piece_count())
-            .any(|i| self.is_wanted(i) && !self.partial.contains_key(&i) && !self.hashing.get(i))
+        self.open.is_empty() && self.candidates.is_empty()
     }
 
     fn choose_new_piece(&self, bits: &Bitfield) -> Option<u32> {
-        let candidates = bits.ones().filter(|&i| {
-            self.is_wanted(i) && !self.partial.contains_key(&i) && !self.hashing.get(i)
-        });
         let mut rng = rand::rng();
         if self.have.count() < RANDOM_FIRST_PIECES {
-            let all: Vec<u32> = candidates.collect();
-            return (!all.is_empty()).then(|| all[rng.random_range(0..all.len())]);
+            self.candidates.random(bits, &mut rng)
+        } else {
+            self.candidates.rarest(bits, &mut rng)
         }
-        // Rarest first; reservoir sampling breaks ties uniformly at random.
-        let mut best: Option<(u32, u32)> = None;
-        let mut ties = 0u32;
-        for i in candidates {
-            let avail = self.availability[i as usize];
-            match best {
-                Some((_, b)) if avail > b => {}
-                Some((_, b)) if avail == b => {
-                    ties += 1;
-                    if rng.random_range(0..ties) == 0 {
-                        best = Some((i, avail));
-                    }
-                }
-                _ => {
-                    best = Some((i, avail));
-                    ties = 1;
-                }
-            }
-        }
-        best.map(|(i, _)| i)
     }
 
     /// A block arrived from `peer`. Says whether to store it, whom to cancel, and whether its
@@ -400,24 +421,35 @@ impl Picker {
         partial.blocks[i] = BlockState::Received;
         partial.received += 1;
         if partial.received as usize == partial.blocks.len() {
-            self.partial.remove(&piece);
+            self.forget_partial(piece);
             self.hashing.set(piece);
+            self.needed.clear(piece);
             Received::PieceDone { cancel }
         } else {
             Received::Stored { cancel }
         }
     }
 
+    fn forget_partial(&mut self, piece: u32) {
+        if self.partial.remove(&piece).is_some() {
+            self.open.remove(&piece);
+        }
+    }
+
     /// The piece's hash matched: it is ours.
     pub fn piece_verified(&mut self, piece: u32) {
         self.hashing.clear(piece);
-        self.partial.remove(&piece);
+        self.forget_partial(piece);
         if self.is_wanted(piece) {
             self.missing -= 1;
             let index = self.geometry.piece(piece).expect("wanted pieces exist");
             self.bytes_left -= u64::from(self.geometry.piece_size(index));
         }
         self.have.set(piece);
+        if let Some(&a) = self.availability.get(piece as usize) {
+            self.candidates.remove(piece, a);
+        }
+        self.needed.clear(piece);
     }
 
     /// A piece we had can no longer be read (its file was truncated or removed): not ours any
@@ -427,13 +459,23 @@ impl Picker {
         if self.have.get(piece) {
             self.have.clear(piece);
             self.priority[piece as usize] = 0;
+            self.candidates
+                .remove(piece, self.availability[piece as usize]);
+            self.needed.clear(piece);
         }
     }
 
     /// The piece's hash did not match: every block is wanted again.
     pub fn piece_failed(&mut self, piece: u32) {
         self.hashing.clear(piece);
-        self.partial.remove(&piece);
+        self.forget_partial(piece);
+        if self.is_wanted(piece) {
+            self.needed.set(piece);
+            if !self.candidates.contains(piece) {
+                self.candidates
+                    .insert(piece, self.availability[piece as usize]);
+            }
+        }
     }
 
     /// Outstanding requests of `peer` (for timeouts and cancels on disconnect).
@@ -453,6 +495,32 @@ impl Picker {
 
     pub fn piece_index(&self, piece: u32) -> Option<PieceIndex> {
         self.geometry.piece(piece)
+    }
+
+    /// Checks every derived structure against the plain state (tests).
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        self.candidates.check(&self.availability);
+        for i in 0..self.geometry.piece_count() {
+            let candidate =
+                self.is_wanted(i) && !self.partial.contains_key(&i) && !self.hashing.get(i);
+            assert_eq!(self.candidates.contains(i), candidate, "candidate {i}");
+            assert_eq!(
+                self.needed.get(i),
+                self.is_wanted(i) && !self.hashing.get(i),
+                "needed {i}"
+            );
+        }
+        for (&piece, partial) in &self.partial {
+            let free = partial
+                .blocks
+                .iter()
+                .filter(|b| **b == BlockState::Free)
+                .count() as u32;
+            assert_eq!(partial.free, free, "free blocks of {piece}");
+            assert_eq!(self.open.contains(&piece), free > 0, "open {piece}");
+        }
+        assert!(self.open.iter().all(|p| self.partial.contains_key(p)));
     }
 }
 
@@ -607,5 +675,279 @@ mod tests {
             Received::Unwanted
         );
         assert_eq!(picker.block_received(1, 7, 0, 16384), Received::Unwanted);
+    }
+
+    #[test]
+    fn a_piece_only_the_peer_has_uncounted_is_still_picked() {
+        // Availability 0 (no peer counted) is looked at last, but it is looked at.
+        let g = geometry(8, 16384, 16384);
+        let mut have = Bitfield::new(8);
+        for i in 0..4 {
+            have.set(i);
+        }
+        let mut picker = Picker::new(g, have);
+        let mut bits = Bitfield::new(8);
+        bits.set(6);
+        let blocks = picker.pick(1, &bits, 1);
+        assert_eq!(blocks[0].piece.get(), 6);
+        picker.check_invariants();
+    }
+
+    #[test]
+    fn rarest_ties_are_broken_at_random() {
+        let g = geometry(64, 16384, 16384);
+        let mut have = Bitfield::new(64);
+        for i in 0..4 {
+            have.set(i);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let mut picker = Picker::new(g.clone(), have.clone());
+            picker.peer_connected(&full(64));
+            seen.insert(picker.pick(1, &full(64), 1)[0].piece.get());
+        }
+        assert!(seen.len() > 10, "only {seen:?}");
+    }
+
+    #[test]
+    fn interesting_follows_what_we_still_need() {
+        let g = geometry(3, 16384, 16384);
+        let mut picker = Picker::new(g, Bitfield::new(3));
+        let mut bits = Bitfield::new(3);
+        assert!(!picker.interesting(&bits));
+        bits.set(1);
+        assert!(picker.interesting(&bits));
+        let b = picker.pick(1, &bits, 1)[0];
+        assert!(picker.interesting(&bits), "started is still needed");
+        picker.block_received(1, b.piece.get(), 0, 16384);
+        assert!(!picker.interesting(&bits), "hashing is not");
+        picker.piece_failed(1);
+        assert!(picker.interesting(&bits), "failed is needed again");
+        picker.set_piece_priority(1, 0);
+        assert!(!picker.interesting(&bits), "skipped is not");
+        picker.check_invariants();
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::{BTreeMap, HashSet};
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Connect(u64, u64),
+            Disconnect(u64),
+            Have(u64, u32),
+            Lost(u64, u32),
+            Pick(u64, usize),
+            Receive(u64, usize, bool),
+            Choke(u64),
+            Fail(u64, usize),
+            Priority(u32, u8),
+            PieceLost(u32),
+        }
+
+        const PIECES: u32 = 24;
+
+        fn op() -> impl Strategy<Value = Op> {
+            let peer = 0u64..5;
+            let piece = 0u32..PIECES;
+            prop_oneof![
+                (peer.clone(), any::<u64>()).prop_map(|(k, s)| Op::Connect(k, s)),
+                peer.clone().prop_map(Op::Disconnect),
+                (peer.clone(), piece.clone()).prop_map(|(k, p)| Op::Have(k, p)),
+                (peer.clone(), piece.clone()).prop_map(|(k, p)| Op::Lost(k, p)),
+                (peer.clone(), 1usize..8).prop_map(|(k, n)| Op::Pick(k, n)),
+                (peer.clone(), 0usize..8).prop_map(|(k, n)| Op::Pick(k, n)),
+                (peer.clone(), any::<usize>(), any::<bool>())
+                    .prop_map(|(k, i, ok)| Op::Receive(k, i, ok)),
+                (peer.clone(), any::<usize>(), any::<bool>())
+                    .prop_map(|(k, i, ok)| Op::Receive(k, i, ok)),
+                peer.clone().prop_map(Op::Choke),
+                (peer.clone(), any::<usize>()).prop_map(|(k, i)| Op::Fail(k, i)),
+                (piece.clone(), 0u8..3).prop_map(|(p, v)| Op::Priority(p, v)),
+                piece.prop_map(Op::PieceLost),
+            ]
+        }
+
+        fn random_bits(seed: u64) -> Bitfield {
+            let mut bits = Bitfield::new(PIECES);
+            let mut x = seed | 1;
+            for i in 0..PIECES {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if !x.is_multiple_of(3) {
+                    bits.set(i);
+                }
+            }
+            bits
+        }
+
+        /// Slow answers straight from the plain state.
+        fn candidate(p: &Picker, i: u32) -> bool {
+            p.is_wanted(i) && !p.partial.contains_key(&i) && !p.hashing.get(i)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+            #[test]
+            fn picks_stay_correct_against_a_plain_scan(
+                have_seed in any::<u64>(),
+                ops in prop::collection::vec(op(), 1..120),
+            ) {
+                // 24 pieces of 40,000 bytes (3 blocks), the last one a single short block.
+                let g = geometry(PIECES, 40_000, 1_000);
+                let mut have = Bitfield::new(PIECES);
+                for i in 0..PIECES {
+                    if (have_seed >> i) & 1 == 1 && (have_seed >> 40) & 1 == 1 {
+                        have.set(i);
+                    }
+                }
+                let mut picker = Picker::new(g.clone(), have);
+                let mut peers: BTreeMap<u64, Bitfield> = BTreeMap::new();
+                // What each peer was asked for and has not answered (a superset: the
+                // picker forgets requests on choke and failure).
+                let mut asked: BTreeMap<u64, Vec<Block>> = BTreeMap::new();
+                for op in ops {
+                    match op {
+                        Op::Connect(k, seed) => {
+                            if let Some(old) = peers.remove(&k) {
+                                picker.peer_disconnected(k, &old);
+                            }
+                            let bits = random_bits(seed);
+                            picker.peer_connected(&bits);
+                            peers.insert(k, bits);
+                        }
+                        Op::Disconnect(k) => {
+                            if let Some(old) = peers.remove(&k) {
+                                picker.peer_disconnected(k, &old);
+                                asked.remove(&k);
+                            }
+                        }
+                        Op::Have(k, i) => {
+                            if let Some(bits) = peers.get_mut(&k) {
+                                if !bits.get(i) {
+                                    bits.set(i);
+                                    picker.peer_have(i);
+                                }
+                            }
+                        }
+                        Op::Lost(k, i) => {
+                            if let Some(bits) = peers.get_mut(&k) {
+                                if bits.get(i) {
+                                    bits.clear(i);
+                                    picker.peer_lost(i);
+                                }
+                            }
+                        }
+                        Op::Pick(k, max) => {
+                            let Some(bits) = peers.get(&k).cloned() else { continue };
+                            let random_phase = picker.have().count() < RANDOM_FIRST_PIECES;
+                            let before: Vec<u32> =
+                                (0..PIECES).filter(|&i| candidate(&picker, i)).collect();
+                            let started: HashSet<u32> = picker.partial.keys().copied().collect();
+                            let blocks = picker.pick(k, &bits, max);
+                            prop_assert!(blocks.len() <= max);
+                            let mut opened = Vec::new();
+                            for b in &blocks {
+                                let i = b.piece.get();
+                                prop_assert!(bits.get(i), "peer {} lacks {}", k, i);
+                                prop_assert!(!picker.have().get(i), "we have {}", i);
+                                prop_assert!(g.block(i, b.begin, b.length).is_some());
+                                if !started.contains(&i) && !opened.contains(&i) {
+                                    prop_assert!(before.contains(&i), "{} was no candidate", i);
+                                    prop_assert!(picker.priority[i as usize] > 0, "{} not selected", i);
+                                    opened.push(i);
+                                }
+                            }
+                            let mut unique: Vec<_> = blocks.iter().map(|b| (b.piece.get(), b.begin)).collect();
+                            unique.sort_unstable();
+                            unique.dedup();
+                            prop_assert_eq!(unique.len(), blocks.len(), "a block twice in one pick");
+                            if !random_phase {
+                                // Each opened piece is no more available than any candidate
+                                // the peer has that is still unopened.
+                                let rest = before
+                                    .iter()
+                                    .filter(|&&i| bits.get(i) && candidate(&picker, i))
+                                    .map(|&i| picker.availability[i as usize])
+                                    .min();
+                                for &i in &opened {
+                                    if let Some(rest) = rest {
+                                        prop_assert!(picker.availability[i as usize] <= rest);
+                                    }
+                                }
+                            }
+                            // A pick stops short only when it has nothing more to give.
+                            if blocks.len() < max {
+                                prop_assert!(!before.iter().any(|&i| bits.get(i) && candidate(&picker, i)));
+                            }
+                            asked.entry(k).or_default().extend(blocks);
+                        }
+                        Op::Receive(k, n, ok) => {
+                            let Some(list) = asked.get_mut(&k) else { continue };
+                            if list.is_empty() {
+                                continue;
+                            }
+                            let b = list.remove(n % list.len());
+                            let i = b.piece.get();
+                            if let Received::PieceDone { .. } =
+                                picker.block_received(k, i, b.begin, b.length)
+                            {
+                                if ok {
+                                    picker.piece_verified(i);
+                                } else {
+                                    picker.piece_failed(i);
+                                }
+                            }
+                        }
+                        Op::Choke(k) => {
+                            picker.peer_choked(k);
+                            asked.remove(&k);
+                        }
+                        Op::Fail(k, n) => {
+                            let Some(list) = asked.get_mut(&k) else { continue };
+                            if list.is_empty() {
+                                continue;
+                            }
+                            let b = list.remove(n % list.len());
+                            picker.request_failed(k, &b);
+                        }
+                        Op::Priority(i, v) => picker.set_piece_priority(i, v),
+                        Op::PieceLost(i) => picker.piece_lost(i),
+                    }
+                    picker.check_invariants();
+                    for bits in peers.values() {
+                        let slow = bits.ones().any(|i| picker.is_wanted(i) && !picker.hashing.get(i));
+                        prop_assert_eq!(picker.interesting(bits), slow);
+                    }
+                    let slow_all_requested = !picker.partial.values().any(|p| p.blocks.contains(&BlockState::Free))
+                        && !(0..PIECES).any(|i| candidate(&picker, i));
+                    prop_assert_eq!(picker.all_requested(), slow_all_requested);
+                }
+                // Whatever happened, a seed that joins now gets every wanted piece done.
+                for (k, bits) in std::mem::take(&mut peers) {
+                    picker.peer_disconnected(k, &bits);
+                }
+                picker.peer_connected(&full(PIECES));
+                for round in 0.. {
+                    prop_assert!(round < 1000, "no progress");
+                    let blocks = picker.pick(99, &full(PIECES), 5);
+                    if blocks.is_empty() {
+                        break;
+                    }
+                    for b in blocks {
+                        if let Received::PieceDone { .. } =
+                            picker.block_received(99, b.piece.get(), b.begin, b.length)
+                        {
+                            picker.piece_verified(b.piece.get());
+                        }
+                    }
+                }
+                picker.check_invariants();
+                prop_assert!(picker.is_complete(), "{} missing", picker.missing());
+            }
+        }
     }
 }

@@ -53,28 +53,35 @@ impl Bitfield {
         })
     }
 
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
+    #[inline]
     pub fn len(&self) -> u32 {
         self.pieces
     }
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.pieces == 0
     }
     /// How many pieces are set.
+    #[inline]
     pub fn count(&self) -> u32 {
         self.count
     }
+    #[inline]
     pub fn is_full(&self) -> bool {
         self.count == self.pieces
     }
 
+    #[inline]
     pub fn get(&self, index: u32) -> bool {
         index < self.pieces && self.bytes[(index / 8) as usize] & (0x80 >> (index % 8)) != 0
     }
 
     /// Sets a bit; returns false (and does nothing) if `index` is out of range.
+    #[inline]
     pub fn set(&mut self, index: u32) -> bool {
         if index >= self.pieces {
             return false;
@@ -88,6 +95,7 @@ impl Bitfield {
         true
     }
 
+    #[inline]
     pub fn clear(&mut self, index: u32) {
         if index < self.pieces {
             let byte = &mut self.bytes[(index / 8) as usize];
@@ -99,8 +107,81 @@ impl Bitfield {
         }
     }
 
-    /// Indices of set bits, ascending.
+    /// Indices of set bits, ascending. Skips clear bytes, so a sparse field is cheap to walk
+    /// (spare bits past `len` are always clear).
     pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.pieces).filter(|&i| self.get(i))
+        self.bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b != 0)
+            .flat_map(|(i, &b)| {
+                let base = i as u32 * 8;
+                let mut rest = b;
+                std::iter::from_fn(move || {
+                    if rest == 0 {
+                        return None;
+                    }
+                    let bit = rest.leading_zeros();
+                    rest &= !(0x80 >> bit);
+                    Some(base + bit)
+                })
+            })
+    }
+
+    /// True when some index is set in both (compared over the shorter of the two).
+    pub fn intersects(&self, other: &Bitfield) -> bool {
+        let (a, b) = (self.as_bytes(), other.as_bytes());
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut words_a = a.chunks_exact(8);
+        let mut words_b = b.chunks_exact(8);
+        for (x, y) in (&mut words_a).zip(&mut words_b) {
+            let x = u64::from_ne_bytes(x.try_into().expect("8 bytes"));
+            let y = u64::from_ne_bytes(y.try_into().expect("8 bytes"));
+            if x & y != 0 {
+                return true;
+            }
+        }
+        words_a
+            .remainder()
+            .iter()
+            .zip(words_b.remainder())
+            .any(|(x, y)| x & y != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn field(pieces: u32, set: &[u32]) -> Bitfield {
+        let mut bits = Bitfield::new(pieces);
+        for &i in set {
+            bits.set(i % pieces.max(1));
+        }
+        bits
+    }
+
+    proptest! {
+        #[test]
+        fn ones_lists_exactly_the_set_bits(pieces in 1u32..300, set in prop::collection::vec(0u32..300, 0..80)) {
+            let bits = field(pieces, &set);
+            let slow: Vec<u32> = (0..pieces).filter(|&i| bits.get(i)).collect();
+            prop_assert_eq!(bits.ones().collect::<Vec<_>>(), slow.clone());
+            prop_assert_eq!(slow.len() as u32, bits.count());
+        }
+
+        #[test]
+        fn intersects_means_a_common_index(
+            pieces in 1u32..300,
+            a in prop::collection::vec(0u32..300, 0..40),
+            b in prop::collection::vec(0u32..300, 0..40),
+        ) {
+            let (a, b) = (field(pieces, &a), field(pieces, &b));
+            let slow = a.ones().any(|i| b.get(i));
+            prop_assert_eq!(a.intersects(&b), slow);
+            prop_assert_eq!(b.intersects(&a), slow);
+        }
     }
 }
