@@ -10,7 +10,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(m) = Magnet::parse(text) {
-        assert!(m.info_hash.is_some() || m.info_hash_v2.is_some());
+        assert!(
+            m.info_hash.is_some() || m.info_hash_v2.is_some() || !m.unusable_info_hashes.is_empty()
+        );
         let uri = m.to_uri();
         // Escaping can make the link longer than the input; past the cap it is refused.
         if uri.len() > MAX_URI_LEN {

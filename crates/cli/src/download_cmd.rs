@@ -148,7 +148,13 @@ async fn metainfo_of_magnet(
             return Ok(metainfo);
         }
     }
-    let mut tiers: Vec<Vec<String>> = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
+    let mut tiers: Vec<Vec<String>> = Vec::new();
+    for tracker in &magnet.trackers {
+        // A link may name a tracker twice (libtorrent keeps both when parsing, too).
+        if !tiers.iter().any(|tier| tier.contains(tracker)) {
+            tiers.push(vec![tracker.clone()]);
+        }
+    }
     tiers.extend(args.swarm.trackers.iter().map(|t| vec![t.clone()]));
     let (found, peers) = tokio::sync::mpsc::unbounded_channel();
     for peer in magnet.peers.iter().chain(&args.peers) {

@@ -16,10 +16,11 @@
 //! - Unknown parameters (`xl`, `as`, `xs`, `kt`, …) are ignored.
 //!
 //! Where pow differs on purpose:
-//! - A 40-character btih or a btmh that is not hex is refused. libtorrent accepts it and keeps a
-//!   zero (or half-decoded) hash, which no swarm has.
-//! - Repeated trackers, web seeds and peers are kept once. libtorrent's parse keeps them, and drops
-//!   the repeats when the torrent is added; pow drops them here.
+//! - A 40-character btih or a `1220`+64-character btmh that is not hex parses, as in libtorrent,
+//!   but gives no hash: it is kept in [`Magnet::unusable_info_hashes`] with a warning, and
+//!   [`Magnet::v1`] explains that the link cannot be downloaded.
+//! - Repeated trackers and peers are kept, as libtorrent's parse keeps them (users of the list
+//!   drop the repeats); repeated web seeds are kept once.
 //! - The query is split at `&` before `=`, so `magnet:?flag&xt=…` still finds the `xt`.
 //! - `urn:btih:` and `urn:btmh:` are matched in any case (a URN's namespace is case-insensitive).
 //! - A `dn` with a broken `%` escape keeps the broken escape as text (libtorrent cuts the name
@@ -80,6 +81,9 @@ pub struct Magnet {
     pub select_only: Vec<(u32, u32)>,
     /// What was ignored or dropped, one sentence each (for the user, not for code).
     pub warnings: Vec<String>,
+    /// `xt` values of a hash's length that are not hex (libtorrent accepts the link and keeps
+    /// no hash; so does pow, and says why it cannot download it).
+    pub unusable_info_hashes: Vec<String>,
 }
 
 impl Magnet {
@@ -120,7 +124,7 @@ impl Magnet {
                 }
                 "tr" => {
                     if let Some(url) = m.text_value("tr", value) {
-                        if !url.is_empty() && !m.trackers.contains(&url) {
+                        if !url.is_empty() {
                             m.trackers.push(url);
                         }
                     }
@@ -135,8 +139,7 @@ impl Magnet {
                 "x.pe" => {
                     if let Some(text) = m.text_value("x.pe", value) {
                         match text.parse::<SocketAddr>() {
-                            Ok(addr) if !m.peers.contains(&addr) => m.peers.push(addr),
-                            Ok(_) => {}
+                            Ok(addr) => m.peers.push(addr),
                             Err(_) => m.warnings.push(format!(
                                 "x.pe: {text:?} is not an IP address and port; ignored"
                             )),
@@ -161,7 +164,7 @@ impl Magnet {
                 _ => {}
             }
         }
-        if m.info_hash.is_none() && m.info_hash_v2.is_none() {
+        if m.info_hash.is_none() && m.info_hash_v2.is_none() && m.unusable_info_hashes.is_empty() {
             return Err(MagnetError::MissingInfoHash);
         }
         if !m.select_only.is_empty() {
@@ -174,7 +177,13 @@ impl Magnet {
 
     /// The v1 info-hash pow downloads by, or [`MagnetError::V2Only`].
     pub fn v1(&self) -> Result<InfoHash, MagnetError> {
-        self.info_hash.ok_or(MagnetError::V2Only)
+        match (self.info_hash, self.unusable_info_hashes.first()) {
+            (Some(ih), _) => Ok(ih),
+            (None, Some(raw)) if self.info_hash_v2.is_none() => {
+                Err(MagnetError::InvalidInfoHash(raw.clone()))
+            }
+            (None, _) => Err(MagnetError::V2Only),
+        }
     }
 
     /// A magnet link for a torrent: its v1 info-hash, name, trackers (all tiers, each URL once)
@@ -214,6 +223,12 @@ impl Magnet {
         }
         if let Some(v2) = &self.info_hash_v2 {
             let _ = write!(out, "{sep}xt=urn:btmh:1220{}", hex::encode(v2));
+            sep = "&";
+        }
+        for raw in &self.unusable_info_hashes {
+            out.push_str(sep);
+            out.push_str("xt=");
+            escape_into(&mut out, raw);
             sep = "&";
         }
         let mut add = |key: &str, value: &str| {
@@ -274,7 +289,13 @@ impl Magnet {
         match urn.as_str() {
             "urn:btih:" => {
                 let ih = match hash.len() {
-                    40 => InfoHash::from_hex(hash).ok_or_else(invalid)?,
+                    40 => match InfoHash::from_hex(hash) {
+                        Some(ih) => ih,
+                        None => {
+                            self.unusable(value);
+                            return Ok(());
+                        }
+                    },
                     32 => InfoHash(base32_20(hash).ok_or_else(invalid)?),
                     _ => return Err(invalid()),
                 };
@@ -287,8 +308,12 @@ impl Magnet {
             "urn:btmh:" => {
                 let digest = hash.strip_prefix("1220").ok_or_else(invalid)?;
                 let mut v2 = [0u8; 32];
-                if digest.len() != 64 || hex::decode_to_slice(digest, &mut v2).is_err() {
+                if digest.len() != 64 {
                     return Err(invalid());
+                }
+                if hex::decode_to_slice(digest, &mut v2).is_err() {
+                    self.unusable(value);
+                    return Ok(());
                 }
                 if self.info_hash_v2.is_some_and(|old| old != v2) {
                     self.warnings
@@ -299,6 +324,13 @@ impl Magnet {
             _ => {}
         }
         Ok(())
+    }
+
+    fn unusable(&mut self, xt: &str) {
+        self.warnings.push(format!(
+            "xt={xt}: not hex, so no info-hash (kept, as libtorrent does)"
+        ));
+        self.unusable_info_hashes.push(xt.to_string());
     }
 
     /// A percent-decoded UTF-8 value, or a warning and `None`.
@@ -473,6 +505,7 @@ mod tests {
             dht_nodes: vec![("router.example".to_string(), 6881)],
             select_only: vec![(0, 0), (2, 4)],
             warnings: vec![],
+            unusable_info_hashes: vec![],
         };
         let uri = m.to_uri();
         assert!(uri.starts_with(&format!("magnet:?xt=urn:btih:{HEX}&xt=urn:btmh:1220abab")));
@@ -532,7 +565,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(m.info_hash, InfoHash::from_hex(HEX));
-        assert_eq!(m.trackers, ["a"]);
+        assert_eq!(m.trackers, ["a", "a"], "repeats kept, as libtorrent does");
         assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
         // A broken escape in dn stays as text.
         let m = Magnet::parse(&format!("magnet:?xt=urn:btih:{HEX}&dn=100%+sure%2")).unwrap();

@@ -10,24 +10,7 @@ fn fixtures() -> std::path::PathBuf {
 }
 
 /// Links where pow differs from libtorrent on purpose, and why.
-const DIFFERENCES: &[(&str, &str)] = &[
-    (
-        "magnet:?xt=urn:btih:zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
-        "40 characters but not hex: libtorrent accepts it with a zero hash; pow refuses it",
-    ),
-    (
-        "magnet:?xt=urn:btmh:1220zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
-        "64 characters but not hex: libtorrent accepts it with a zero hash; pow refuses it",
-    ),
-    (
-        "magnet:?xt=urn:btih:a621779b5e3d486e127c3efbca9b6f8d135f52e5&dn=rutor.info_",
-        "the same tr twice: libtorrent's parse keeps both (and drops one when the torrent is added); pow keeps it once",
-    ),
-    (
-        "magnet:?xt=urn:btih:64DZYZWMUAVLIWJUXGDIK4QGAAIN7SL6&x.pe=123.213.32.10:47450&x.pe=[2001:db8::2]:55013&x.pe=123.213.32.10:47450",
-        "the same x.pe twice: libtorrent's parse keeps both; pow keeps it once",
-    ),
-];
+const DIFFERENCES: &[(&str, &str)] = &[];
 
 fn difference(uri: &str) -> Option<&'static str> {
     DIFFERENCES
