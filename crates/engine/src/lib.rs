@@ -14,6 +14,7 @@
 //! With [`EngineConfig::resume_interval`] set, the verified set is saved to the storage's
 //! resume file every interval while it changes ([`Torrent::save_resume`] saves on demand).
 
+pub mod fuzzing;
 mod listener;
 pub mod metadata;
 mod peer;

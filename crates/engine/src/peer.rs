@@ -911,3 +911,56 @@ pub(crate) async fn verify_piece(inner: Arc<Inner>, index: u32) {
         }
     }
 }
+
+/// The `peer_session` fuzz target's way in (see [`crate::fuzzing`]): registers a peer on
+/// `inner` and feeds `Peer::handle` (what the socket loop calls per message) the messages decoded
+/// from `input`, with the pipeline and serving steps the loop runs after each; stops at the
+/// first error, as the connection would. Returns how many messages were handled.
+pub(crate) fn fuzz_session(
+    inner: &Arc<Inner>,
+    fast: bool,
+    extensions: bool,
+    input: &[u8],
+) -> usize {
+    let addr: SocketAddr = "127.0.0.2:6881".parse().expect("address");
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let key = {
+        let mut state = inner.lock();
+        let key = state.next_key;
+        state.next_key += 1;
+        let pieces = inner.metainfo.geometry.piece_count();
+        state.peers.insert(
+            key,
+            PeerEntry {
+                addr,
+                bits: Bitfield::new(pieces),
+                tx,
+                unchoked_by_us: false,
+                blocks_from: 0,
+            },
+        );
+        key
+    };
+    let mut peer = Peer::new(inner.clone(), key, addr);
+    peer.fast = fast;
+    peer.extensions = extensions;
+    let mut buf = BytesMut::from(input);
+    let mut handled = 0;
+    while let Ok(Some(message)) = peer.decoder.decode(&mut buf) {
+        handled += 1;
+        if peer.handle(message).is_err() {
+            break;
+        }
+        peer.fill_pipeline();
+        if peer.serve_queued().is_err() || (handled % 64 == 0 && peer.on_tick().is_err()) {
+            break;
+        }
+        // What we would send is dropped: a real socket would take it.
+        peer.out.clear();
+    }
+    let mut state = inner.lock();
+    if let Some(entry) = state.peers.remove(&key) {
+        state.picker.peer_disconnected(key, &entry.bits);
+    }
+    handled
+}
