@@ -287,6 +287,7 @@ fn report(
             "hash_failures": s.hash_failures,
             "have_all_received": s.have_all_received,
             "rejects_received": s.rejects_received,
+            "pieces_hashed_as_received": s.hashed_as_received,
             "seconds": secs,
             "mib_per_s": rate,
             "received_by_peer": by_peer,

@@ -100,6 +100,9 @@ pub struct Stats {
     /// BEP 6 messages received: have-all (a seed said so in one message) and reject.
     pub have_all_received: AtomicU64,
     pub rejects_received: AtomicU64,
+    /// Pieces verified from the SHA-1 computed as their blocks arrived, without reading them
+    /// back from disk.
+    pub hashed_as_received: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -110,6 +113,8 @@ pub struct Snapshot {
     pub hash_failures: u64,
     pub have_all_received: u64,
     pub rejects_received: u64,
+    /// Pieces verified without a read-back (see [`Stats::hashed_as_received`]).
+    pub hashed_as_received: u64,
     /// Bytes of wanted pieces not yet verified.
     pub left: u64,
     pub pieces_have: u32,
@@ -297,6 +302,7 @@ impl Torrent {
             hash_failures: stats.hash_failures.load(Ordering::Relaxed),
             have_all_received: stats.have_all_received.load(Ordering::Relaxed),
             rejects_received: stats.rejects_received.load(Ordering::Relaxed),
+            hashed_as_received: stats.hashed_as_received.load(Ordering::Relaxed),
             left: state.picker.bytes_left(),
             pieces_have: state.picker.have().count(),
             pieces_total: self.inner.metainfo.geometry.piece_count(),
