@@ -46,7 +46,7 @@ fn parse_trace(path: &Path) -> Vec<Run> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut runs: Vec<Run> = Vec::new();
     for line in text.lines() {
-        let parts: Vec<&str> = line.split(' ').collect();
+        let parts: Vec<&str> = line.split_whitespace().collect();
         match parts[..] {
             ["start", source, _count, have] => runs.push(Run {
                 source: source.to_string(),

@@ -188,7 +188,7 @@ fn parse_trace(path: &Path) -> Vec<Run> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut runs: Vec<Run> = Vec::new();
     for line in text.lines() {
-        match line.split(' ').collect::<Vec<_>>()[..] {
+        match line.split_whitespace().collect::<Vec<_>>()[..] {
             ["start", source, _count, have] => runs.push(Run {
                 source: source.to_string(),
                 start: bits(&hex::decode(have).unwrap()),

@@ -4,7 +4,9 @@
 //!
 //! The web server is a small Range-capable HTTP/1.1 server in this file (Python's
 //! `http.server` ignores `Range:` and always answers 200 with the whole file). It serves files
-//! under a root directory, can flip bytes in one file range, and counts what it served.
+//! under a root directory, can flip bytes in one file range, and counts what it served: the
+//! faults (a corrupt range, dead or failing mirrors) need it, since a real server will not
+//! produce them. Test (e) runs the single- and multi-file layouts against nginx, a real server.
 
 mod common;
 
@@ -484,4 +486,137 @@ fn bad_web_seeds_are_given_up_and_the_good_one_finishes() {
     // (A corrupt piece still in flight at the ban is dropped unhashed.)
     assert!(failures <= corrupt_pieces, "{summary}");
     assert!(failures <= 3 + 4, "{summary}");
+}
+
+/// nginx (Debian `nginx-light`, installed by `scripts/install-deps --tests`) on 127.0.0.1 with
+/// a minimal config serving `root`; stopped when dropped. Its access log counts requests.
+struct Nginx {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start(prefix: &Path, root: &Path) -> Nginx {
+        let port = free_port();
+        std::fs::create_dir_all(prefix.join("tmp")).unwrap();
+        let log = prefix.join("access.log");
+        let conf = prefix.join("nginx.conf");
+        let p = prefix.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off; master_process off; worker_processes 1; pid {p}/nginx.pid;\n\
+                 error_log {p}/error.log;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{\n\
+                   access_log {p}/access.log;\n\
+                   client_body_temp_path {p}/tmp/body; proxy_temp_path {p}/tmp/proxy;\n\
+                   fastcgi_temp_path {p}/tmp/fastcgi; uwsgi_temp_path {p}/tmp/uwsgi;\n\
+                   scgi_temp_path {p}/tmp/scgi;\n\
+                   server {{ listen 127.0.0.1:{port}; root {}; }}\n\
+                 }}\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/sbin/nginx")
+            .arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx (Debian nginx-light: scripts/install-deps --tests)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx { child, port, log }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Requests nginx answered with 206 Partial Content (and all it logged).
+    fn partial_responses(&self) -> (usize, usize) {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all = log.lines().count();
+        let partial = log.lines().filter(|l| l.contains("\" 206 ")).count();
+        (partial, all)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (e) The same two layouts as (a) and (b) from a real web server: nginx answers each `Range:`
+/// request with 206 itself, so the web seed client is checked against someone else's HTTP.
+#[test]
+fn single_and_multi_file_from_nginx_alone() {
+    let tmp = TempDir::new("webseed-nginx");
+    let www = tmp.path().join("www");
+    let nginx_dir = tmp.path().join("nginx");
+    std::fs::create_dir_all(www.join("mirror")).unwrap();
+    let single = bytes(2 * 1024 * 1024 + 777, 21);
+    std::fs::write(tmp.path().join("payload.bin"), &single).unwrap();
+    std::fs::write(www.join("mirror/copy of payload.bin"), &single).unwrap();
+    let content = tmp.path().join("src/my set");
+    let files: &[(&str, usize)] = &[
+        ("a.bin", 100_000),
+        ("sub dir/b%c.bin", 1_500_000),
+        ("sub dir/tiny.txt", 10),
+        ("z.bin", 40_000),
+    ];
+    for (i, (name, len)) in files.iter().enumerate() {
+        for root in [content.clone(), www.join("pub/my set")] {
+            let path = root.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, bytes(*len, 30 + i as u64)).unwrap();
+        }
+    }
+    let nginx = Nginx::start(&nginx_dir, &www);
+
+    let torrent = tmp.path().join("single.torrent");
+    create_torrent(
+        &tmp.path().join("payload.bin"),
+        &torrent,
+        &nginx.url("/mirror/copy%20of%20payload.bin"),
+    );
+    let out = tmp.path().join("out-single");
+    let summary = finish(start_download(&torrent, &out, &[]), Duration::from_secs(60));
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(
+        summary["web_seed_bytes"].as_u64(),
+        Some(single.len() as u64)
+    );
+    assert_eq!(summary["hash_failures"].as_u64(), Some(0));
+    assert_eq!(std::fs::read(out.join("payload.bin")).unwrap(), single);
+    let (partial_single, _) = nginx.partial_responses();
+
+    let torrent = tmp.path().join("multi.torrent");
+    create_torrent(&content, &torrent, &nginx.url("/pub"));
+    let out = tmp.path().join("out-multi");
+    let summary = finish(start_download(&torrent, &out, &[]), Duration::from_secs(60));
+    assert_eq!(summary["complete"], true, "{summary}");
+    let total: u64 = files.iter().map(|(_, l)| *l as u64).sum();
+    assert_eq!(summary["web_seed_bytes"].as_u64(), Some(total));
+    assert_eq!(summary["hash_failures"].as_u64(), Some(0));
+    same_tree(&content, &out.join("my set")).unwrap();
+    let (partial, all) = nginx.partial_responses();
+    println!(
+        "nginx web seed: single file {} B and multi-file {total} B verified; nginx logged {all} requests, {partial} answered 206 ({partial_single} for the single file)",
+        single.len()
+    );
+    assert!(
+        partial_single > 0 && partial > partial_single,
+        "{partial} of {all}"
+    );
 }
