@@ -16,5 +16,4 @@ export SEED_CMD="$pow seed {torrent} --data {dir} --port {port} --bind 127.0.0.1
 csv="${BENCH_CSV:-/tmp/pow-swarm-$(date +%Y%m%d-%H%M%S).csv}"
 args=("$@"); [ ${#args[@]} -gt 0 ] || args=(--size 256M --repeat 3)
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%Y-%m-%dT%H:%MZ)"
-bash "$lab/interop.sh" "${args[@]}" --csv "$csv"
-python3 "$lab/summarize.py" "$csv"
+bash "$lab/interop.sh" "${args[@]}" --csv "$csv" # prints the summary table itself
