@@ -6,13 +6,25 @@
 # bytes, and the wall time. Default SIZE 256M. Needs swarm-lab's make-payload.sh (openssl).
 #   bash benches/swarm8.sh            # 256 MiB, 8 leechers
 #   bash benches/swarm8.sh 64M 4
+#   SUPER_SEED=1 bash benches/swarm8.sh   # the seed runs with --super-seed (BEP 16)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/pow-target}"
 size="${1:-256M}"
 count="${2:-8}"
-[ -n "${POW_BENCH_NO_BUILD:-}" ] || cargo build --release -p pow-cli >&2
-pow="$CARGO_TARGET_DIR/release/pow"
+seed_mode=plain
+seed_flags=()
+if [ -n "${SUPER_SEED:-}" ]; then
+  seed_mode="--super-seed"
+  seed_flags=(--super-seed)
+fi
+# POW_BIN: a pow already built (the tests pass theirs); else build it.
+if [ -n "${POW_BIN:-}" ]; then
+  pow="$POW_BIN"
+else
+  [ -n "${POW_BENCH_NO_BUILD:-}" ] || cargo build --release -p pow-cli >&2
+  pow="$CARGO_TARGET_DIR/release/pow"
+fi
 lab="$(cd ../shared/swarm-lab && pwd)"
 work="$(mktemp -d /tmp/pow-swarm8.XXXXXX)"
 pids=()
@@ -32,14 +44,14 @@ torrent=$(head -1 <<<"$made")
 name=$(python3 "$lab/torrentinfo.py" "$torrent" name)
 bytes=$(python3 "$lab/torrentinfo.py" "$torrent" length)
 
-"$pow" seed "$torrent" --data "$work/payload/data" --port 52100 --bind 127.0.0.1 --json \
+"$pow" seed "$torrent" --data "$work/payload/data" --port 52100 --bind 127.0.0.1 --json "${seed_flags[@]}" \
   >"$work/seed.out" 2>"$work/seed.err" &
 seed_pid=$!
 pids+=($seed_pid)
 for _ in $(seq 1 600); do grep -q seeding "$work/seed.out" 2>/dev/null && break; sleep 0.1; done
 grep -q seeding "$work/seed.out" || { echo "seed did not start: $(cat "$work/seed.err")"; exit 1; }
 
-echo "machine: $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ); payload $size ($bytes bytes), $count pow leechers, 1 pow seed"
+echo "machine: $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ); payload $size ($bytes bytes), $count pow leechers, 1 pow seed ($seed_mode)"
 start=$(date +%s.%N)
 leech_pids=()
 for i in $(seq 1 "$count"); do

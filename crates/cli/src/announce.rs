@@ -27,6 +27,12 @@ pub struct SwarmArgs {
     /// written since.
     #[arg(long, default_value_t = 2.0, value_parser = positive_seconds)]
     pub resume_every: f64,
+    /// When seeding: tell each peer of a few pieces at a time, and of more once those are seen
+    /// at other peers (BEP 16 super-seeding), so leechers pass the data on among themselves
+    /// and it leaves this seed about once. For the first seed of new data to many leechers;
+    /// a lone leecher gets less than from a plain seed.
+    #[arg(long)]
+    pub super_seed: bool,
     /// Drop a peer after this many seconds without a whole message from it (default 180).
     /// Hidden: for tests of stalled and trickling peers (LIMITS.md).
     #[arg(long, hide = true, value_parser = positive_seconds)]
@@ -59,6 +65,7 @@ impl SwarmArgs {
         let mut config = EngineConfig {
             listen: Some(SocketAddr::new(self.bind, self.port)),
             resume_interval: Some(Duration::from_secs_f64(self.resume_every)),
+            super_seed: self.super_seed,
             ..EngineConfig::default()
         };
         if let Some(secs) = self.idle_timeout {

@@ -18,6 +18,7 @@ pub mod fuzzing;
 mod listener;
 pub mod metadata;
 mod peer;
+mod superseed;
 pub mod trace;
 pub mod webseed;
 
@@ -57,6 +58,9 @@ pub struct EngineConfig {
     pub snub_timeout: Duration,
     /// Save the resume file this often while new pieces are verified; `None`: never on its own.
     pub resume_interval: Option<Duration>,
+    /// When complete, tell each peer of a few pieces at a time (BEP 16 super-seeding, see
+    /// [`superseed`]): for the first seed of new data to a swarm of leechers.
+    pub super_seed: bool,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +76,7 @@ impl Default for EngineConfig {
             idle_timeout: Duration::from_secs(180),
             snub_timeout: Duration::from_secs(60),
             resume_interval: None,
+            super_seed: false,
         }
     }
 }
@@ -168,6 +173,8 @@ pub(crate) struct State {
     /// Pieces we had and could no longer read (file truncated or gone under us): no longer
     /// ours, and peers may still believe we have them (see `peer::Peer::queue_request`).
     pub lost: HashSet<u32>,
+    /// Set when super-seeding (a complete torrent and [`EngineConfig::super_seed`]).
+    pub super_seed: Option<superseed::SuperSeed>,
 }
 
 pub(crate) struct Inner {
@@ -208,6 +215,12 @@ impl Torrent {
     ) -> std::io::Result<Torrent> {
         let metainfo = storage.metainfo().clone();
         let complete = picker.is_complete();
+        let super_seed = (config.super_seed && complete).then(|| {
+            superseed::SuperSeed::new(
+                metainfo.geometry.piece_count(),
+                u64::from(metainfo.geometry.piece_length()),
+            )
+        });
         let inner = Arc::new(Inner {
             metainfo,
             storage,
@@ -224,6 +237,7 @@ impl Torrent {
                 sent_to: HashMap::new(),
                 web_seeds: HashMap::new(),
                 lost: HashSet::new(),
+                super_seed,
             }),
             config,
             stats: Stats::default(),

@@ -60,8 +60,8 @@ const SEND_STALL: Duration = Duration::from_secs(60);
 /// none: blocks that cross our cancel, its choke or our snub release are excused (`withdrawn`).
 /// Such blocks are never written; the few allowed cost at most 16 x 16 KiB of bandwidth.
 pub(crate) const MAX_UNREQUESTED_BLOCKS: u32 = 16;
-/// Withdrawn requests remembered per peer. Entries leave when their block arrives or the peer
-/// unchokes us again; a peer that never sends them must not grow the set, so past this it is
+/// Withdrawn requests remembered per peer. Entries leave when their block arrives or we ask
+/// for the block again; a peer that never sends them must not grow the set, so past this it is
 /// cleared (a late block is then counted as unrequested, well within the limit above).
 const MAX_WITHDRAWN: usize = 2 * MAX_PIPELINE;
 
@@ -150,6 +150,9 @@ async fn run(
                 blocks_from: 0,
             },
         );
+        if let Some(ss) = state.super_seed.as_mut() {
+            ss.connected(key, pieces);
+        }
         key
     };
     tracing::info!(
@@ -165,6 +168,16 @@ async fn run(
     let mut state = inner.lock();
     if let Some(entry) = state.peers.remove(&key) {
         state.picker.peer_disconnected(key, &entry.bits);
+        let crate::State {
+            super_seed, peers, ..
+        } = &mut *state;
+        if let Some(ss) = super_seed.as_mut() {
+            for (key, piece) in ss.disconnected(key, &entry.bits, peers) {
+                if let Some(entry) = peers.get(&key) {
+                    let _ = entry.tx.send(PeerCmd::Have(piece));
+                }
+            }
+        }
     }
 }
 
@@ -254,7 +267,7 @@ struct Peer {
     peer_interested: bool,
     inflight: HashMap<(u32, u32), Block>,
     /// Requests we took back (cancelled, lost to its choke, released when it snubbed us) whose
-    /// block may still arrive: not counted as unrequested.
+    /// block may still arrive: not counted as unrequested. Bounded by [`MAX_WITHDRAWN`].
     withdrawn: HashSet<(u32, u32)>,
     /// Blocks received that we never asked this peer for (see [`MAX_UNREQUESTED_BLOCKS`]).
     unrequested: u32,
@@ -286,6 +299,11 @@ struct Peer {
     /// SHA-1 of the pieces this peer is sending us in order, fed as blocks arrive (see
     /// [`InOrderHash`]).
     hashers: HashMap<u32, InOrderHash>,
+    /// We super-seed this peer: it hears of our pieces a few at a time ([`crate::superseed`]).
+    super_seeded: bool,
+    /// Super-seeding: the peer's first message (its bitfield, if it sends one) was handled,
+    /// so what it lacks is known and it has been told of its first pieces.
+    first_told: bool,
 }
 
 /// A piece's SHA-1 over the blocks one peer sent from its start, in order, as they were
@@ -316,6 +334,8 @@ impl Peer {
             their_reqq: None,
             metadata_requests: 0,
             hashers: HashMap::new(),
+            super_seeded: false,
+            first_told: false,
             am_interested: false,
             am_choking: true,
             peer_choking: true,
@@ -341,9 +361,18 @@ impl Peer {
         conn: &mut Conn,
         mut rx: mpsc::UnboundedReceiver<PeerCmd>,
     ) -> Result<(), PeerError> {
-        let have = self.inner.lock().picker.have().clone();
+        let (have, super_seeded) = {
+            let state = self.inner.lock();
+            (state.picker.have().clone(), state.super_seed.is_some())
+        };
         self.fast = pow_wire::has_fast_bit(&conn.reserved);
-        if self.fast && have.is_full() {
+        self.super_seeded = super_seeded;
+        if super_seeded {
+            // Pieces are told one `have` at a time (see `reveal`).
+            if self.fast {
+                Message::HaveNone.encode(&mut self.out);
+            }
+        } else if self.fast && have.is_full() {
             Message::HaveAll.encode(&mut self.out);
         } else if self.fast && have.count() == 0 {
             Message::HaveNone.encode(&mut self.out);
@@ -368,6 +397,10 @@ impl Peer {
                 };
                 self.last_recv = Instant::now();
                 self.handle(message)?;
+                if self.super_seeded && !self.first_told {
+                    self.first_told = true;
+                    self.reveal(|ss, peers, key| ss.refill(key, peers));
+                }
             }
             self.serve_queued()?;
             self.fill_pipeline();
@@ -417,6 +450,9 @@ impl Peer {
 
     fn on_tick(&mut self) -> Result<(), PeerError> {
         let now = Instant::now();
+        if self.super_seeded {
+            self.reveal(|ss, peers, key| ss.tick(key, peers));
+        }
         // Exponential moving average of the receive rate, bytes per second.
         self.rate = 0.5 * self.rate + 0.5 * self.bytes_this_tick as f64;
         self.bytes_this_tick = 0;
@@ -550,11 +586,8 @@ impl Peer {
                 self.inner.lock().picker.peer_choked(self.key);
             }
             Message::Unchoke => {
-                if self.peer_choking {
-                    // Blocks it sent before choking us arrived before that choke; none of
-                    // the requests it dropped then can still come.
-                    self.withdrawn.clear();
-                }
+                // `withdrawn` stays: requests we sent before its choke reached us may reach
+                // it after it unchoked us again, and then it serves them.
                 self.peer_choking = false;
                 self.last_block = Instant::now();
             }
@@ -564,7 +597,12 @@ impl Peer {
             }
             Message::NotInterested => {
                 self.peer_interested = false;
-                self.choke();
+                // A super-seeded peer loses interest each time it has fetched what it was
+                // told of, and regains it at the next `have`: choking it each time would
+                // only add round trips (and requests crossing the choke).
+                if !self.super_seeded {
+                    self.choke();
+                }
             }
             Message::Have(piece) => {
                 let mut state = self.inner.lock();
@@ -577,6 +615,9 @@ impl Peer {
                     state.picker.peer_have(piece);
                 }
                 drop(state);
+                if self.super_seeded {
+                    self.reveal(|ss, peers, key| ss.have(key, piece, peers));
+                }
                 self.update_interest();
             }
             Message::Bitfield(bits) => self.replace_bits(bits),
@@ -622,6 +663,31 @@ impl Peer {
             Message::Piece { index, begin, data } => self.receive(index, begin, data)?,
         }
         Ok(())
+    }
+
+    /// Super-seeding: runs one of [`crate::superseed::SuperSeed`]'s steps for this peer and
+    /// sends each `have` it decides on to the peer it is for (this one included, by its
+    /// channel like the others, so the order of `have`s stays that of the decisions).
+    fn reveal(
+        &self,
+        step: impl FnOnce(
+            &mut crate::superseed::SuperSeed,
+            &HashMap<PeerKey, PeerEntry>,
+            PeerKey,
+        ) -> Vec<crate::superseed::Reveal>,
+    ) {
+        let mut state = self.inner.lock();
+        let State {
+            super_seed, peers, ..
+        } = &mut *state;
+        let Some(ss) = super_seed.as_mut() else {
+            return;
+        };
+        for (key, piece) in step(ss, peers, self.key) {
+            if let Some(entry) = peers.get(&key) {
+                let _ = entry.tx.send(PeerCmd::Have(piece));
+            }
+        }
     }
 
     fn update_interest(&mut self) {
@@ -928,8 +994,9 @@ impl Peer {
                 length: block.length,
             })
             .encode(&mut self.out);
-            self.inflight
-                .insert((block.piece.get(), block.begin), block);
+            let key = (block.piece.get(), block.begin);
+            self.withdrawn.remove(&key);
+            self.inflight.insert(key, block);
         }
         if self.inflight.is_empty() {
             // Nothing left that this peer can give us.
