@@ -318,6 +318,12 @@ fn single_file_from_web_seed_alone() {
     assert_eq!(summary["complete"], true, "{summary}");
     assert_eq!(summary["web_seed_bytes"].as_u64(), Some(total as u64));
     assert_eq!(summary["hash_failures"].as_u64(), Some(0));
+    // Each run is a whole piece here: every piece is hashed from the fetched bytes, none is
+    // read back from disk.
+    assert_eq!(
+        summary["pieces_hashed_as_received"], summary["pieces_total"],
+        "{summary}"
+    );
     assert_eq!(std::fs::read(out.join("payload.bin")).unwrap(), data);
 }
 

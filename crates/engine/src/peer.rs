@@ -282,6 +282,8 @@ struct Peer {
     out: BytesMut,
     /// The peer's requests, checked, in arrival order.
     requests: VecDeque<BlockRequest>,
+    /// The same requests as a set: a repeated request is dropped without scanning the queue.
+    queued: HashSet<BlockRequest>,
     /// Requests ignored since we last unchoked the peer (see [`MAX_IGNORED_REQUESTS`]).
     ignored: u32,
     /// Last time the socket took bytes from `out` (or `out` was empty).
@@ -351,6 +353,7 @@ impl Peer {
             rate: 0.0,
             out: BytesMut::with_capacity(64 * 1024),
             requests: VecDeque::new(),
+            queued: HashSet::new(),
             ignored: 0,
             last_write: now,
         }
@@ -659,7 +662,11 @@ impl Peer {
                 }
             }
             Message::Request(r) => self.queue_request(r)?,
-            Message::Cancel(r) => self.requests.retain(|q| *q != r),
+            Message::Cancel(r) => {
+                if self.queued.remove(&r) {
+                    self.requests.retain(|q| *q != r);
+                }
+            }
             Message::Piece { index, begin, data } => self.receive(index, begin, data)?,
         }
         Ok(())
@@ -731,6 +738,7 @@ impl Peer {
             }
         }
         self.requests.clear();
+        self.queued.clear();
         Message::Choke.encode(&mut self.out);
         if let Some(entry) = self.inner.lock().peers.get_mut(&self.key) {
             entry.unchoked_by_us = false;
@@ -782,7 +790,7 @@ impl Peer {
             return Err(PeerError::Protocol("asked for a piece we lost"));
         }
         if !self.am_choking && have {
-            if !self.requests.contains(&r) {
+            if self.queued.insert(r) {
                 self.requests.push_back(r);
             }
             return Ok(());
@@ -809,6 +817,7 @@ impl Peer {
             let Some(r) = self.requests.pop_front() else {
                 break;
             };
+            self.queued.remove(&r);
             let block = self
                 .inner
                 .metainfo
@@ -1017,7 +1026,7 @@ pub(crate) async fn verify_piece(inner: Arc<Inner>, index: u32) {
 
 /// Records a piece's hash check: good, it is ours and every peer hears `have`; bad, its blocks
 /// are freed for re-request and each peer that sent part of it gets a strike.
-fn record_verdict(inner: &Arc<Inner>, index: u32, ok: bool) {
+pub(crate) fn record_verdict(inner: &Arc<Inner>, index: u32, ok: bool) {
     let piece = inner.metainfo.geometry.piece(index).expect("valid piece");
     let mut state = inner.lock();
     let contributors = state.contributors.remove(&index).unwrap_or_default();

@@ -11,7 +11,8 @@
 //! Blocks picked together are grouped into contiguous runs inside a piece; a run is fetched
 //! with one `Range:` request per file it touches (BEP 47 pad files are zeros, not fetched),
 //! then stored block by block through the picker (a block a peer delivered first is dropped)
-//! and the pieces it completes are verified like peer data. At most [`MAX_RUNS_IN_FLIGHT`]
+//! and the pieces it completes are verified like peer data (a run that was a whole piece and
+//! wrote all of it is hashed from the bytes in memory, not read back). At most [`MAX_RUNS_IN_FLIGHT`]
 //! runs of at most [`MAX_RUN_BYTES`] are in flight per web seed. A run whose blocks were all
 //! delivered by peers first (end-game `cancel`s) is aborted.
 //!
@@ -25,6 +26,7 @@ use crate::{Inner, PeerCmd, PeerEntry};
 use pow_metainfo::{Block, Metainfo, BLOCK_SIZE};
 use pow_picker::{PeerKey, Received};
 use pow_wire::Bitfield;
+use sha1::{Digest, Sha1};
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -450,12 +452,15 @@ impl Job {
         let settled = tokio::spawn(async move {
             let stored = {
                 let inner = inner.clone();
-                tokio::task::spawn_blocking(move || store(&inner, key, addr, &run, &data))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()))
+                tokio::task::spawn_blocking(move || {
+                    let stored = store(&inner, key, addr, &run, &data)?;
+                    Ok::<_, String>((stored.hash_in_memory(&inner, &run, &data), stored.done))
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
             };
-            let done = match stored {
-                Ok(done) => done,
+            let (in_memory, done) = match stored {
+                Ok(stored) => stored,
                 Err(e) => {
                     // A disk error is not the server's fault; the run's piece was failed.
                     tracing::error!("write failed: {e}");
@@ -469,7 +474,18 @@ impl Job {
                     .contributors
                     .get(&piece)
                     .is_some_and(|c| c.len() == 1 && c.contains(&key));
-                crate::peer::verify_piece(inner.clone(), piece).await;
+                match in_memory {
+                    Some((hashed, good)) if hashed == piece => {
+                        if good {
+                            inner
+                                .stats
+                                .hashed_as_received
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        crate::peer::record_verdict(&inner, piece, good);
+                    }
+                    _ => crate::peer::verify_piece(inner.clone(), piece).await,
+                }
                 if only_us && !inner.lock().picker.have().get(piece) {
                     bad.push(piece);
                 }
@@ -601,17 +617,41 @@ fn describe(e: &reqwest::Error) -> String {
     text
 }
 
+/// What [`store`] did with a run.
+struct Stored {
+    /// Pieces the run completed (to verify).
+    done: Vec<u32>,
+    /// Every block of the run was written (none had come from elsewhere first).
+    all_written: bool,
+}
+
+impl Stored {
+    /// When the run was a whole piece and wrote every block of it, the bytes on disk are
+    /// `data`: the piece's SHA-1 is taken from memory instead of reading it back. Returns the
+    /// piece and whether it matched.
+    fn hash_in_memory(&self, inner: &Inner, run: &Run, data: &[u8]) -> Option<(u32, bool)> {
+        let piece = inner.metainfo.geometry.piece(run.piece)?;
+        let whole = run.begin == 0 && run.length == inner.metainfo.geometry.piece_size(piece);
+        if !(whole && self.all_written && self.done == [run.piece]) {
+            return None;
+        }
+        let good = Sha1::digest(data).as_slice() == inner.metainfo.piece_hash(piece);
+        Some((run.piece, good))
+    }
+}
+
 /// Stores a fetched run block by block, as peer blocks are stored: blocks no longer wanted
-/// from us are dropped. Returns the pieces it completed (to verify).
+/// from us are dropped.
 fn store(
     inner: &Inner,
     key: PeerKey,
     addr: SocketAddr,
     run: &Run,
     data: &[u8],
-) -> Result<Vec<u32>, String> {
+) -> Result<Stored, String> {
     let stats = &inner.stats;
     let mut done = Vec::new();
+    let mut all_written = true;
     for block in &run.blocks {
         let at = (block.begin - run.begin) as usize;
         let bytes = &data[at..at + block.length as usize];
@@ -642,6 +682,7 @@ fn store(
         };
         if received == Received::Unwanted {
             stats.wasted.fetch_add(len, Ordering::Relaxed);
+            all_written = false;
             continue;
         }
         stats.downloaded.fetch_add(len, Ordering::Relaxed);
@@ -653,7 +694,7 @@ fn store(
             done.push(index);
         }
     }
-    Ok(done)
+    Ok(Stored { done, all_written })
 }
 
 #[cfg(test)]
