@@ -86,6 +86,43 @@ pub struct Lab {
     pub work: TempDir,
 }
 
+/// swarm-lab's fixed peer and control ports, and swarm8.sh's (the ranges `scripts/test-all`
+/// reserves from the ephemeral range).
+const LAB_PORTS: [std::ops::RangeInclusive<u16>; 5] = [
+    51101..=51105,
+    51201..=51205,
+    51301..=51304,
+    51401..=51404,
+    52100..=52108,
+];
+
+/// Kills `pow` processes still listening on a lab port: a test that failed while its own
+/// `pow download` ran (not started through swarm-lab, so `seed.sh stop all` does not know it)
+/// would otherwise make the next lab test fail with "Address already in use". Lab tests hold
+/// the lab lock, so nothing else may be using these ports now.
+fn kill_stray_pow_on_lab_ports() {
+    let Ok(out) = Command::new("ss").args(["-ltnpH"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let port = line
+            .split_whitespace()
+            .nth(3)
+            .and_then(|local| local.rsplit(':').next())
+            .and_then(|p| p.parse::<u16>().ok());
+        if !port.is_some_and(|p| LAB_PORTS.iter().any(|r| r.contains(&p))) {
+            continue;
+        }
+        // users:(("pow",pid=1234,fd=9))
+        if let Some(rest) = line.split("((\"pow\",pid=").nth(1) {
+            if let Some(pid) = rest.split(',').next() {
+                eprintln!("lab: killing a stray pow (pid {pid}) on a lab port: {line}");
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+    }
+}
+
 impl Lab {
     pub fn new(tag: &str) -> Lab {
         let lock = lab_lock();
@@ -96,6 +133,7 @@ impl Lab {
         };
         // Leftovers of an earlier, killed run would hold the fixed ports.
         lab.script("seed.sh", &["stop", "all"]);
+        kill_stray_pow_on_lab_ports();
         // The open tracker with a 5 s interval: Debian's opentracker is whitelist-only and
         // re-reads its list lazily, so a seeder restarted for a new torrent may not be listed
         // in time. The scripts reuse a running tracker.
