@@ -47,48 +47,7 @@ fn real_leechers_download_from_pow_seed() {
 /// seed's own per-peer upload counters are printed.
 #[test]
 fn three_leechers_at_once_from_one_pow_seed() {
-    let lab = Lab::new("seed3");
-    let (data, torrent) = lab.payload("48M", &[]);
-    let t = torrent.to_str().unwrap();
-    let dir = data.parent().unwrap().to_str().unwrap();
-    let (ok, _, err) = lab.script_env("seed.sh", &["ext", t, dir], &[("SEED_CMD", &seed_cmd())]);
-    assert!(ok, "pow seed: {err}");
-    let leechers = ["aria2", "libtorrent", "transmission"];
-    let results: Vec<(bool, String, String)> = std::thread::scope(|scope| {
-        let runs: Vec<_> = leechers
-            .iter()
-            .map(|leecher| {
-                let lab = &lab;
-                let out = lab.work.path().join(format!("out3-{leecher}"));
-                scope.spawn(move || {
-                    lab.script(
-                        "leech.sh",
-                        &[leecher, t, out.to_str().unwrap(), "--timeout", "240"],
-                    )
-                })
-            })
-            .collect();
-        runs.into_iter().map(|r| r.join().unwrap()).collect()
-    });
-    lab.script("seed.sh", &["stop", "ext"]);
-    let log =
-        std::fs::read_to_string(lab.state.path().join("seed-ext/client.log")).unwrap_or_default();
-    for line in log
-        .lines()
-        .filter(|l| l.starts_with("uploaded to") || l.starts_with("stopped"))
-    {
-        println!("pow seed: {line}");
-    }
-    for (leecher, (ok, stdout, err)) in leechers.iter().zip(&results) {
-        assert!(ok, "{leecher}: {stdout}\n{err}");
-        let out = lab.work.path().join(format!("out3-{leecher}"));
-        let bytes = same_bytes(&data, &out.join(data.file_name().unwrap())).unwrap();
-        let result = stdout
-            .lines()
-            .find(|l| l.starts_with("RESULT"))
-            .unwrap_or("");
-        println!("{leecher:<12} got {bytes} bytes, verified  {result}");
-    }
+    Lab::new("seed3").three_real_leechers_at_once(&seed_cmd(), "pow seed");
 }
 
 /// A seed whose data has one corrupted byte never serves that piece: a pow leecher gets every

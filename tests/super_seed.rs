@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{pow_bin, root, same_bytes, Lab};
+use common::{pow_bin, root, Lab};
 use std::process::Command;
 
 #[test]
@@ -44,50 +44,9 @@ fn eight_pow_leechers_spread_a_super_seed_at_most_one_and_a_half_times() {
 
 #[test]
 fn real_leechers_at_once_from_a_super_seed() {
-    let lab = Lab::new("superseed");
-    let (data, torrent) = lab.payload("48M", &[]);
-    let t = torrent.to_str().unwrap();
-    let dir = data.parent().unwrap().to_str().unwrap();
     let seed_cmd = format!(
         "{} seed {{torrent}} --data {{dir}} --port {{port}} --bind 127.0.0.1 --super-seed",
         pow_bin().display()
     );
-    let (ok, _, err) = lab.script_env("seed.sh", &["ext", t, dir], &[("SEED_CMD", &seed_cmd)]);
-    assert!(ok, "pow seed --super-seed: {err}");
-    let leechers = ["aria2", "libtorrent", "transmission"];
-    let results: Vec<(bool, String, String)> = std::thread::scope(|scope| {
-        let runs: Vec<_> = leechers
-            .iter()
-            .map(|leecher| {
-                let lab = &lab;
-                let out = lab.work.path().join(format!("out-{leecher}"));
-                scope.spawn(move || {
-                    lab.script(
-                        "leech.sh",
-                        &[leecher, t, out.to_str().unwrap(), "--timeout", "240"],
-                    )
-                })
-            })
-            .collect();
-        runs.into_iter().map(|r| r.join().unwrap()).collect()
-    });
-    lab.script("seed.sh", &["stop", "ext"]);
-    let log =
-        std::fs::read_to_string(lab.state.path().join("seed-ext/client.log")).unwrap_or_default();
-    for line in log
-        .lines()
-        .filter(|l| l.starts_with("uploaded to") || l.starts_with("stopped"))
-    {
-        println!("pow super-seed: {line}");
-    }
-    for (leecher, (ok, stdout, err)) in leechers.iter().zip(&results) {
-        assert!(ok, "{leecher}: {stdout}\n{err}");
-        let out = lab.work.path().join(format!("out-{leecher}"));
-        let bytes = same_bytes(&data, &out.join(data.file_name().unwrap())).unwrap();
-        let result = stdout
-            .lines()
-            .find(|l| l.starts_with("RESULT"))
-            .unwrap_or("");
-        println!("{leecher:<12} got {bytes} bytes, verified  {result}");
-    }
+    Lab::new("superseed").three_real_leechers_at_once(&seed_cmd, "pow super-seed");
 }

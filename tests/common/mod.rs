@@ -167,6 +167,54 @@ impl Lab {
         )
     }
 
+    /// Runs `pow seed` (`seed_cmd`, a swarm-lab `SEED_CMD` template) as swarm-lab's `ext` seeder
+    /// on a fresh 48 MiB payload, and aria2, libtorrent and Transmission leeching from it at the
+    /// same time; asserts each got the payload's bytes and prints the seed's per-peer upload
+    /// counters (`tag` prefixes them) and each leecher's RESULT line.
+    pub fn three_real_leechers_at_once(&self, seed_cmd: &str, tag: &str) {
+        let (data, torrent) = self.payload("48M", &[]);
+        let t = torrent.to_str().unwrap();
+        let dir = data.parent().unwrap().to_str().unwrap();
+        let (ok, _, err) = self.script_env("seed.sh", &["ext", t, dir], &[("SEED_CMD", seed_cmd)]);
+        assert!(ok, "{tag}: {err}");
+        let leechers = ["aria2", "libtorrent", "transmission"];
+        let out_of = |leecher: &str| self.work.path().join(format!("out3-{leecher}"));
+        let results: Vec<(bool, String, String)> = std::thread::scope(|scope| {
+            let runs: Vec<_> = leechers
+                .iter()
+                .map(|leecher| {
+                    let out = out_of(leecher);
+                    scope.spawn(move || {
+                        self.script(
+                            "leech.sh",
+                            &[leecher, t, out.to_str().unwrap(), "--timeout", "240"],
+                        )
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        self.script("seed.sh", &["stop", "ext"]);
+        let log = std::fs::read_to_string(self.state.path().join("seed-ext/client.log"))
+            .unwrap_or_default();
+        for line in log
+            .lines()
+            .filter(|l| l.starts_with("uploaded to") || l.starts_with("stopped"))
+        {
+            println!("{tag}: {line}");
+        }
+        for (leecher, (ok, stdout, err)) in leechers.iter().zip(&results) {
+            assert!(ok, "{leecher}: {stdout}\n{err}");
+            let got = out_of(leecher).join(data.file_name().unwrap());
+            let bytes = same_bytes(&data, &got).unwrap();
+            let result = stdout
+                .lines()
+                .find(|l| l.starts_with("RESULT"))
+                .unwrap_or("");
+            println!("{leecher:<12} got {bytes} bytes, verified  {result}");
+        }
+    }
+
     /// make-payload.sh SIZE into this lab's work dir; returns (data path, torrent path).
     pub fn payload(&self, size: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
         let mut args = vec![size, self.work.path().to_str().unwrap()];
