@@ -215,6 +215,13 @@ impl Torrent {
     ) -> std::io::Result<Torrent> {
         let metainfo = storage.metainfo().clone();
         let complete = picker.is_complete();
+        if config.super_seed && !complete {
+            tracing::warn!(
+                "--super-seed needs every piece verified ({} of {} here): seeding as usual",
+                picker.have().count(),
+                metainfo.geometry.piece_count()
+            );
+        }
         let super_seed = (config.super_seed && complete).then(|| {
             superseed::SuperSeed::new(
                 metainfo.geometry.piece_count(),

@@ -613,12 +613,14 @@ impl Peer {
                 if piece >= entry.bits.len() {
                     return Err(PeerError::Protocol("have for a piece that does not exist"));
                 }
-                if !entry.bits.get(piece) {
+                let new = !entry.bits.get(piece);
+                if new {
                     entry.bits.set(piece);
                     state.picker.peer_have(piece);
                 }
                 drop(state);
-                if self.super_seeded {
+                // A repeated `have` says nothing new (and must not count twice).
+                if self.super_seeded && new {
                     self.reveal(|ss, peers, key| ss.have(key, piece, peers));
                 }
                 self.update_interest();
