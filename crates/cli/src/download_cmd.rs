@@ -90,8 +90,10 @@ async fn download(args: DownloadArgs) -> CmdResult {
     };
     let snapshot = torrent.snapshot();
     progress.finish(&snapshot);
-    // Syncs the data too; what it records is what the next start can skip checking.
-    if let Err(e) = torrent.save_resume().await {
+    // What it records is what the next start can skip checking. Unsynced, as every other
+    // client leaves its data: the claim holds until the machine restarts (then the next start
+    // checks everything), and syncing here cost a 256 MiB download about a fifth of its time.
+    if let Err(e) = torrent.save_resume(pow_storage::Durability::ThisBoot).await {
         eprintln!("pow: warning: cannot save the resume file: {e}");
         storage.sync()?;
     }

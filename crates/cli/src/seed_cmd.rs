@@ -195,7 +195,7 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
         );
     }
     // Recorded now, so the next start skips the check (a seed writes nothing later).
-    if let Err(e) = torrent.save_resume().await {
+    if let Err(e) = torrent.save_resume(pow_storage::Durability::Synced).await {
         eprintln!("pow: warning: cannot save the resume file: {e}");
     }
     crate::download_cmd::shutdown_signal().await;

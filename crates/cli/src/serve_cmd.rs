@@ -272,7 +272,7 @@ impl SeederState {
             Timing::default(),
         );
         // Recorded now, so a restart skips the check (a seed writes nothing later).
-        if let Err(e) = torrent.save_resume().await {
+        if let Err(e) = torrent.save_resume(pow_storage::Durability::Synced).await {
             eprintln!(
                 "pow: warning: {}: cannot save the resume file: {e}",
                 metainfo.name

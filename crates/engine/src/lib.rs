@@ -26,7 +26,7 @@ pub use listener::{SharedListener, MAX_PENDING_HANDSHAKES};
 
 use pow_metainfo::Metainfo;
 use pow_picker::{PeerKey, Picker};
-use pow_storage::Storage;
+use pow_storage::{Durability, Storage};
 use pow_wire::Bitfield;
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
@@ -187,9 +187,9 @@ pub(crate) struct Inner {
     /// The first disk write error: the download cannot go on (see [`Torrent::wait_failed`]).
     pub failed: watch::Sender<Option<String>>,
     pub shutdown: watch::Sender<bool>,
-    /// Held while saving the resume file; holds the piece count last saved, so saves are in
-    /// order and an unchanged set is not written again.
-    pub resume_saved: tokio::sync::Mutex<Option<u32>>,
+    /// Held while saving the resume file; holds the piece count last saved and how durably,
+    /// so saves are in order and an unchanged set is not written again as durably.
+    pub resume_saved: tokio::sync::Mutex<Option<(u32, Durability)>>,
 }
 
 impl Inner {
@@ -265,22 +265,27 @@ impl Torrent {
         Ok(torrent)
     }
 
-    /// Saves the verified set to the resume file (data synced first) unless it is unchanged
-    /// since the last save. Returns whether it wrote.
-    pub async fn save_resume(&self) -> Result<bool, String> {
+    /// Saves the verified set to the resume file, as durable as `durability` says
+    /// ([`pow_storage::resume`]), unless the last save recorded the same set at least that
+    /// durably. Returns whether it wrote.
+    pub async fn save_resume(&self, durability: Durability) -> Result<bool, String> {
         let mut saved = self.inner.resume_saved.lock().await;
         // Taken after the save lock: a later save never records an older set.
         let have = self.inner.lock().picker.have().clone();
-        if *saved == Some(have.count()) {
-            return Ok(false);
+        let count = have.count();
+        if let Some((saved_count, saved_durability)) = *saved {
+            if saved_count == count
+                && (saved_durability == Durability::Synced || durability == Durability::ThisBoot)
+            {
+                return Ok(false);
+            }
         }
         let storage = self.inner.storage.clone();
-        let count = have.count();
-        tokio::task::spawn_blocking(move || storage.save_resume(&have))
+        tokio::task::spawn_blocking(move || storage.save_resume(&have, durability))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        *saved = Some(count);
+        *saved = Some((count, durability));
         Ok(true)
     }
 
@@ -418,7 +423,7 @@ async fn resume_loop(torrent: Torrent, every: Duration) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {
-                if let Err(e) = torrent.save_resume().await {
+                if let Err(e) = torrent.save_resume(Durability::ThisBoot).await {
                     if !warned {
                         tracing::warn!("cannot save the resume file: {e}");
                         warned = true;

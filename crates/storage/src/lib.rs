@@ -15,7 +15,7 @@
 
 pub mod resume;
 
-pub use resume::{Resume, ResumeSource};
+pub use resume::{Durability, Resume, ResumeSource};
 
 use pow_metainfo::{Metainfo, PieceIndex};
 use pow_wire::Bitfield;
