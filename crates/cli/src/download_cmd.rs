@@ -67,11 +67,14 @@ async fn download(args: DownloadArgs) -> CmdResult {
         hex::encode(resume.have.as_bytes())
     ));
     let mut picker = Picker::new(metainfo.geometry.clone(), resume.have.clone());
-    if !args.only.is_empty() {
-        let wanted = select_files(&metainfo, &args.only)?;
-        picker.select_files(&wanted);
+    let wanted = match args.only.is_empty() {
+        true => None,
+        false => Some(select_files(&metainfo, &args.only)?),
+    };
+    if let Some(wanted) = &wanted {
+        picker.select_files(wanted);
     }
-    storage.create_empty_files()?;
+    storage.prepare_files(wanted.as_deref())?;
 
     let (torrent, announcer) = args.swarm.join(storage.clone(), picker).await?;
     torrent.add_peers(args.peers.iter().copied());

@@ -163,7 +163,7 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
             interrupted: false,
         });
     }
-    storage.create_empty_files()?;
+    storage.prepare_files(None)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
