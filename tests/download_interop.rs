@@ -196,12 +196,20 @@ fn resume_does_not_fetch_verified_pieces_again() {
     let out = lab.work.path().join("out-resume");
     let total = std::fs::metadata(&data).unwrap().len();
     let target = out.join(data.file_name().unwrap());
+    // Progress is read from the verified-piece trace: the file's allocated size says nothing,
+    // since a download allocates its files in full at the first write.
+    let trace = lab.work.path().join("resume.trace");
+    let pieces = pow_metainfo::Metainfo::from_file(&torrent)
+        .unwrap()
+        .geometry
+        .piece_count() as usize;
     let run = || {
         common::pow()
             .args(["download", t, "-o"])
             .arg(&out)
             .args(["--port", "51205", "--bind", "127.0.0.1", "--json"])
             .args(["--peer", "127.0.0.1:51101"])
+            .env("POW_TRACE_VERIFIED", &trace)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -210,19 +218,10 @@ fn resume_does_not_fetch_verified_pieces_again() {
     let mut first = run();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let allocated = std::process::Command::new("du")
-            .args(["-B1", "-s"])
-            .arg(&target)
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| {
-                s.split_whitespace()
-                    .next()
-                    .and_then(|n| n.parse::<u64>().ok())
-            })
+        let verified = std::fs::read_to_string(&trace)
+            .map(|t| t.lines().filter(|l| l.starts_with("verified ")).count())
             .unwrap_or(0);
-        if allocated >= total / 2 {
+        if verified >= pieces / 2 {
             break;
         }
         assert!(Instant::now() < deadline, "first run never reached half");

@@ -420,6 +420,9 @@ fn interrupted_load_resumes_without_refetching_verified_pieces() {
         &format!("torrent_file_name = \"{torrent_name}\"\nmd5 = \"{md5}\"\n"),
     );
     let id = "ConnectomeCSVDataSource:micro";
+    // Progress is read from the engine's verified-piece trace (the content file's allocated
+    // size says nothing: a download allocates it in full at the first write).
+    let trace = work.join("micro.trace");
     let mut first = pow()
         .arg("--pow-dir")
         .arg(&pow_dir)
@@ -435,6 +438,7 @@ fn interrupted_load_resumes_without_refetching_verified_pieces() {
         ])
         .args(["--torrent-store", store.to_str().unwrap()])
         .args(["--peer", &format!("127.0.0.1:{seed_port}")])
+        .env("POW_TRACE_VERIFIED", &trace)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -442,17 +446,16 @@ fn interrupted_load_resumes_without_refetching_verified_pieces() {
     let content =
         pow_dir.join("data_source_data/BitTorrentDataSourceDirLoader/micro/microscopy.zip");
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut last = (0, Instant::now());
     loop {
-        let allocated = allocated_bytes(&content);
-        if allocated != last.0 {
-            last = (allocated, Instant::now());
-        } else if allocated >= good * PIECE && last.1.elapsed() > Duration::from_secs(2) {
+        let verified = std::fs::read_to_string(&trace)
+            .map(|t| t.lines().filter(|l| l.starts_with("verified ")).count() as u64)
+            .unwrap_or(0);
+        if verified >= good {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "first load stuck at {allocated} bytes"
+            "first load stuck at {verified} verified pieces"
         );
         assert!(
             first.try_wait().unwrap().is_none(),
@@ -483,11 +486,6 @@ fn interrupted_load_resumes_without_refetching_verified_pieces() {
         fetched <= missing + 4 * PIECE,
         "fetched {fetched}, only {missing} were missing"
     );
-}
-
-fn allocated_bytes(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
 }
 
 /// `pow publish`: torrent named by the content MD5 into a directory store, the record in the

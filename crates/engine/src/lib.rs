@@ -175,6 +175,52 @@ pub(crate) struct State {
     pub lost: HashSet<u32>,
     /// Set when super-seeding (a complete torrent and [`EngineConfig::super_seed`]).
     pub super_seed: Option<superseed::SuperSeed>,
+    /// Blocks booked with the picker and not yet written, by piece: a piece is read back for
+    /// its check only when none are left ([`peer::verify_piece`] waits for [`Inner::written`]).
+    pub unwritten: HashMap<u32, u32>,
+}
+
+impl State {
+    /// Books a block that `key` (at `addr`) sent: the picker's verdict on it, and whether every
+    /// block of the piece's current attempt so far came from `key`. A wanted block counts as
+    /// unwritten until the caller reports it with [`Inner::written`]; peers that asked for the
+    /// same block in end-game are sent a cancel.
+    pub fn book_block(
+        &mut self,
+        key: PeerKey,
+        addr: SocketAddr,
+        index: u32,
+        begin: u32,
+        length: u32,
+    ) -> (pow_picker::Received, bool) {
+        use pow_picker::Received;
+        let received = self.picker.block_received(key, index, begin, length);
+        let cancels = match &received {
+            Received::Stored { cancel } | Received::PieceDone { cancel } => cancel.clone(),
+            Received::Unwanted => return (received, false),
+        };
+        let contributors = self.contributors.entry(index).or_default();
+        contributors.insert(key);
+        let sole = contributors.len() == 1;
+        *self.received_from.entry(addr).or_default() += u64::from(length);
+        *self.unwritten.entry(index).or_default() += 1;
+        if let Some(entry) = self.peers.get_mut(&key) {
+            entry.blocks_from += 1;
+        }
+        if let Some(piece) = self.picker.piece_index(index) {
+            let block = pow_metainfo::Block {
+                piece,
+                begin,
+                length,
+            };
+            for other in cancels {
+                if let Some(entry) = self.peers.get(&other) {
+                    let _ = entry.tx.send(PeerCmd::Cancel(block));
+                }
+            }
+        }
+        (received, sole)
+    }
 }
 
 pub(crate) struct Inner {
@@ -190,11 +236,42 @@ pub(crate) struct Inner {
     /// Held while saving the resume file; holds the piece count last saved and how durably,
     /// so saves are in order and an unchanged set is not written again as durably.
     pub resume_saved: tokio::sync::Mutex<Option<(u32, Durability)>>,
+    /// Woken when a piece's last unwritten block is written (see [`State::unwritten`]).
+    pub all_written: tokio::sync::Notify,
 }
 
 impl Inner {
     pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("engine state lock")
+    }
+
+    /// `count` booked blocks of piece `index` are on disk (or will never be: their write
+    /// failed and the piece with it).
+    pub fn written(&self, index: u32, count: u32) {
+        let mut state = self.lock();
+        let Some(left) = state.unwritten.get_mut(&index) else {
+            return;
+        };
+        *left = left.saturating_sub(count);
+        if *left == 0 {
+            state.unwritten.remove(&index);
+            drop(state);
+            self.all_written.notify_waiters();
+        }
+    }
+
+    /// Waits until no booked block of piece `index` is still to be written.
+    pub async fn until_written(&self, index: u32) {
+        loop {
+            let notified = self.all_written.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a write finishing in between still wakes us.
+            notified.as_mut().enable();
+            if !self.lock().unwritten.contains_key(&index) {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -245,6 +322,7 @@ impl Torrent {
                 web_seeds: HashMap::new(),
                 lost: HashSet::new(),
                 super_seed,
+                unwritten: HashMap::new(),
             }),
             config,
             stats: Stats::default(),
@@ -252,6 +330,7 @@ impl Torrent {
             failed: watch::channel(None).0,
             shutdown: watch::channel(false).0,
             resume_saved: tokio::sync::Mutex::new(None),
+            all_written: tokio::sync::Notify::new(),
         });
         if let Some(addr) = inner.config.listen {
             let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -497,4 +576,74 @@ fn sorted(counts: &HashMap<SocketAddr, u64>) -> Vec<(SocketAddr, u64)> {
     let mut v: Vec<_> = counts.iter().map(|(a, n)| (*a, *n)).collect();
     v.sort();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pow_metainfo::create::{create, CreateOptions};
+
+    /// One piece of two blocks. The first peer's block is written; the second peer's block,
+    /// which completes the piece, is booked but (as a peer task does until the end of its read)
+    /// not yet written. The read-back check must wait for it: read now, it would see zeros,
+    /// fail the piece and strike two honest peers.
+    #[test]
+    fn a_read_back_check_waits_for_blocks_booked_but_not_yet_written() {
+        let dir = std::env::temp_dir().join(format!("pow-engine-unwritten-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let content: Vec<u8> = (0..32768u32).map(|i| (i * 7 % 251) as u8).collect();
+        let source = dir.join("piece.bin");
+        std::fs::write(&source, &content).unwrap();
+        let options = CreateOptions {
+            piece_length: Some(32768),
+            ..CreateOptions::default()
+        };
+        let metainfo = Arc::new(create(&source, &options).unwrap().metainfo);
+        let storage = Arc::new(Storage::new(metainfo.clone(), &dir.join("out")).unwrap());
+        let picker = Picker::new(metainfo.geometry.clone(), Bitfield::new(1));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let torrent = Torrent::start(storage.clone(), picker, EngineConfig::default())
+                .await
+                .unwrap();
+            let inner = torrent.inner.clone();
+            let (first, second) = (100, 101);
+            let addr = |port| SocketAddr::from(([127, 0, 0, 2], port));
+            let mut all = Bitfield::new(1);
+            all.set(0);
+            {
+                let mut state = inner.lock();
+                assert_eq!(state.picker.pick(first, &all, 1).len(), 1);
+                assert_eq!(state.picker.pick(second, &all, 1).len(), 1);
+            }
+            let piece = metainfo.geometry.piece(0).unwrap();
+            let (received, _) = inner.lock().book_block(first, addr(1), 0, 0, 16384);
+            assert!(matches!(received, pow_picker::Received::Stored { .. }));
+            storage.write_block(piece, 0, &content[..16384]).unwrap();
+            inner.written(0, 1);
+            let (received, sole) = inner.lock().book_block(second, addr(2), 0, 16384, 16384);
+            assert!(matches!(received, pow_picker::Received::PieceDone { .. }) && !sole);
+
+            let check = tokio::spawn(peer::verify_piece(inner.clone(), 0));
+            // Ample time for a read-back check (one 32 KiB piece, on the blocking pool) to run.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                !check.is_finished(),
+                "checked before the last block was written"
+            );
+            storage
+                .write_block(piece, 16384, &content[16384..])
+                .unwrap();
+            inner.written(0, 1);
+            check.await.unwrap();
+            assert!(inner.lock().picker.have().get(0));
+            assert_eq!(inner.stats.hash_failures.load(Ordering::Relaxed), 0);
+            torrent.shutdown();
+        });
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -162,6 +162,9 @@ async fn run(
     );
     let mut peer = Peer::new(inner.clone(), key, addr);
     let result = peer.run(&mut conn, rx).await;
+    // Blocks it sent that were booked before the loop ended (an error in a later message of
+    // the same read) are written: the picker counts them as received.
+    let _ = peer.write_received();
     if let Err(e) = &result {
         tracing::info!("{addr}: closed: {e}");
     }
@@ -301,6 +304,9 @@ struct Peer {
     /// SHA-1 of the pieces this peer is sending us in order, fed as blocks arrive (see
     /// [`InOrderHash`]).
     hashers: HashMap<u32, InOrderHash>,
+    /// Blocks received and booked since the last socket read, written together after the
+    /// messages in the buffer are handled (see [`Peer::write_received`]).
+    unwritten: Vec<Unwritten>,
     /// We super-seed this peer: it hears of our pieces a few at a time ([`crate::superseed`]).
     super_seeded: bool,
     /// Super-seeding: the peer's first message (its bitfield, if it sends one) was handled,
@@ -315,6 +321,17 @@ struct InOrderHash {
     sha: Sha1,
     /// Bytes of the piece hashed so far.
     next: u32,
+}
+
+/// A block booked with the picker, to be written.
+struct Unwritten {
+    index: u32,
+    begin: u32,
+    data: Bytes,
+    /// The picker has every block of the piece's current attempt with this one.
+    piece_done: bool,
+    /// Every block of that attempt came from this peer.
+    sole: bool,
 }
 
 /// In-order hashers a peer keeps at most (it works on a few pieces at a time; past this the
@@ -336,6 +353,7 @@ impl Peer {
             their_reqq: None,
             metadata_requests: 0,
             hashers: HashMap::new(),
+            unwritten: Vec::new(),
             super_seeded: false,
             first_told: false,
             am_interested: false,
@@ -405,6 +423,7 @@ impl Peer {
                     self.reveal(|ss, peers, key| ss.refill(key, peers));
                 }
             }
+            self.write_received()?;
             self.serve_queued()?;
             self.fill_pipeline();
             let room = self.requests.len() < MAX_QUEUED_REQUESTS;
@@ -877,84 +896,108 @@ impl Peer {
             // Only blocks we are waiting for show the peer is not snubbing us.
             self.last_block = Instant::now();
         }
-        // Every block of the piece's current attempt came from this peer (the set is cleared
-        // when a piece is verified or fails).
-        let mut sole = false;
-        let received = {
-            let mut state = self.inner.lock();
-            let received = state
-                .picker
-                .block_received(self.key, index, begin, data.len() as u32);
-            if received != Received::Unwanted {
-                let contributors = state.contributors.entry(index).or_default();
-                contributors.insert(self.key);
-                sole = contributors.len() == 1;
-                *state.received_from.entry(self.addr).or_default() += len;
-                if let Some(entry) = state.peers.get_mut(&self.key) {
-                    entry.blocks_from += 1;
-                }
-                let cancels = match &received {
-                    Received::Stored { cancel } | Received::PieceDone { cancel } => cancel.clone(),
-                    Received::Unwanted => Vec::new(),
-                };
-                for other in cancels {
-                    if let (Some(entry), Some(piece)) =
-                        (state.peers.get(&other), state.picker.piece_index(index))
-                    {
-                        let _ = entry.tx.send(PeerCmd::Cancel(Block {
-                            piece,
-                            begin,
-                            length: data.len() as u32,
-                        }));
-                    }
-                }
-            }
-            received
-        };
+        // `sole`: every block of the piece's current attempt came from this peer (the set is
+        // cleared when a piece is verified or fails).
+        let (received, sole) =
+            self.inner
+                .lock()
+                .book_block(self.key, self.addr, index, begin, data.len() as u32);
         if received == Received::Unwanted {
             stats.wasted.fetch_add(len, Ordering::Relaxed);
             return Ok(());
         }
         stats.downloaded.fetch_add(len, Ordering::Relaxed);
-        let piece = self
-            .inner
-            .metainfo
-            .geometry
-            .piece(index)
-            .expect("picker checked");
-        if let Err(e) = self.inner.storage.write_block(piece, begin, &data) {
-            // A disk error is not the peer's fault, but the download cannot go on without it.
-            tracing::error!("write failed: {e}");
-            self.inner.lock().picker.piece_failed(index);
-            let error = e.to_string();
-            self.inner
-                .failed
-                .send_if_modified(|failed| failed.is_none() && failed.replace(error).is_none());
-            return Err(PeerError::Io(std::io::Error::other(e.to_string())));
-        }
-        self.hash_in_order(index, begin, &data);
-        if matches!(received, Received::PieceDone { .. }) {
-            let size = self.inner.metainfo.geometry.piece_size(piece);
-            // The attempt is all this peer's blocks, and the hasher saw them from byte 0 in
-            // order after they were written: exactly the bytes on disk. Anything else (other
-            // peers' blocks, a gap, a mismatch) is decided by reading the piece back.
-            let good_in_order = match self.hashers.remove(&index) {
-                Some(h) if sole && h.next == size => {
-                    h.sha.finalize().as_slice() == self.inner.metainfo.piece_hash(piece)
-                }
-                _ => false,
-            };
-            if good_in_order {
-                self.inner
-                    .stats
-                    .hashed_as_received
-                    .fetch_add(1, Ordering::Relaxed);
-                record_verdict(&self.inner, index, true);
-            } else {
-                tokio::spawn(verify_piece(self.inner.clone(), index));
-            }
-        }
+        self.unwritten.push(Unwritten {
+            index,
+            begin,
+            data,
+            piece_done: matches!(received, Received::PieceDone { .. }),
+            sole,
+        });
         Ok(())
+    }
+
+    /// Writes the blocks booked since the last call, each run of consecutive blocks of a
+    /// piece with one vectored write, then feeds them to their in-order hashes and decides
+    /// the pieces they complete.
+    fn write_received(&mut self) -> Result<(), PeerError> {
+        let mut blocks = std::mem::take(&mut self.unwritten);
+        let mut start = 0;
+        while start < blocks.len() {
+            let first = &blocks[start];
+            let mut end = start + 1;
+            let mut next = first.begin + first.data.len() as u32;
+            while end < blocks.len()
+                && blocks[end].index == first.index
+                && blocks[end].begin == next
+            {
+                next += blocks[end].data.len() as u32;
+                end += 1;
+            }
+            let run = &blocks[start..end];
+            let piece = self
+                .inner
+                .metainfo
+                .geometry
+                .piece(first.index)
+                .expect("picker checked");
+            let parts: Vec<&[u8]> = run.iter().map(|b| &b.data[..]).collect();
+            let result = self.inner.storage.write_run(piece, first.begin, &parts);
+            self.inner.written(first.index, run.len() as u32);
+            if let Err(e) = result {
+                // A disk error is not the peer's fault, but the download cannot go on without
+                // it. This run and the ones after it were booked, not written.
+                tracing::error!("write failed: {e}");
+                let mut failed: Vec<u32> = blocks[start..].iter().map(|b| b.index).collect();
+                failed.dedup();
+                for &index in &failed {
+                    self.inner.lock().picker.piece_failed(index);
+                }
+                for block in &blocks[end..] {
+                    self.inner.written(block.index, 1);
+                }
+                let error = e.to_string();
+                self.inner
+                    .failed
+                    .send_if_modified(|failed| failed.is_none() && failed.replace(error).is_none());
+                return Err(PeerError::Io(std::io::Error::other(e.to_string())));
+            }
+            for block in run {
+                self.hash_in_order(block.index, block.begin, &block.data);
+                if block.piece_done {
+                    self.decide(block.index, block.sole);
+                }
+            }
+            start = end;
+        }
+        blocks.clear();
+        self.unwritten = blocks;
+        Ok(())
+    }
+
+    /// A piece's last block is written: its in-order hash decides it, or a read-back check.
+    fn decide(&mut self, index: u32, sole: bool) {
+        let geometry = &self.inner.metainfo.geometry;
+        let piece = geometry.piece(index).expect("picker checked");
+        let size = geometry.piece_size(piece);
+        // The attempt is all this peer's blocks, and the hasher saw them from byte 0 in order
+        // after they were written: exactly the bytes on disk. Anything else (other peers'
+        // blocks, a gap, a mismatch) is decided by reading the piece back.
+        let good_in_order = match self.hashers.remove(&index) {
+            Some(h) if sole && h.next == size => {
+                h.sha.finalize().as_slice() == self.inner.metainfo.piece_hash(piece)
+            }
+            _ => false,
+        };
+        if good_in_order {
+            self.inner
+                .stats
+                .hashed_as_received
+                .fetch_add(1, Ordering::Relaxed);
+            record_verdict(&self.inner, index, true);
+        } else {
+            tokio::spawn(verify_piece(self.inner.clone(), index));
+        }
     }
 
     /// Feeds a written block to the piece's in-order hasher: a block at offset 0 starts it
@@ -1020,6 +1063,8 @@ use crate::State;
 
 /// Hashes a completed piece on the blocking pool and records the verdict.
 pub(crate) async fn verify_piece(inner: Arc<Inner>, index: u32) {
+    // Other peers (or web seeds) may have booked blocks of it that they have yet to write.
+    inner.until_written(index).await;
     let storage = inner.storage.clone();
     let piece = inner.metainfo.geometry.piece(index).expect("valid piece");
     let verdict = tokio::task::spawn_blocking(move || storage.verify_piece(piece)).await;
@@ -1105,7 +1150,9 @@ pub(crate) fn fuzz_session(
     let mut handled = 0;
     while let Ok(Some(message)) = peer.decoder.decode(&mut buf) {
         handled += 1;
-        if peer.handle(message).is_err() {
+        let handled_ok = peer.handle(message).is_ok();
+        // Blocks booked before an error are still written, as the socket loop's end does.
+        if !handled_ok | peer.write_received().is_err() {
             break;
         }
         peer.fill_pipeline();

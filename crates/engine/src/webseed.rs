@@ -657,36 +657,18 @@ fn store(
         let bytes = &data[at..at + block.length as usize];
         let len = u64::from(block.length);
         let index = block.piece.get();
-        let received = {
-            let mut state = inner.lock();
-            let received = state
-                .picker
-                .block_received(key, index, block.begin, block.length);
-            if received != Received::Unwanted {
-                state.contributors.entry(index).or_default().insert(key);
-                *state.received_from.entry(addr).or_default() += len;
-                if let Some(entry) = state.peers.get_mut(&key) {
-                    entry.blocks_from += 1;
-                }
-                let cancels = match &received {
-                    Received::Stored { cancel } | Received::PieceDone { cancel } => cancel.clone(),
-                    Received::Unwanted => Vec::new(),
-                };
-                for other in cancels {
-                    if let Some(entry) = state.peers.get(&other) {
-                        let _ = entry.tx.send(PeerCmd::Cancel(*block));
-                    }
-                }
-            }
-            received
-        };
+        let (received, _) = inner
+            .lock()
+            .book_block(key, addr, index, block.begin, block.length);
         if received == Received::Unwanted {
             stats.wasted.fetch_add(len, Ordering::Relaxed);
             all_written = false;
             continue;
         }
         stats.downloaded.fetch_add(len, Ordering::Relaxed);
-        if let Err(e) = inner.storage.write_block(block.piece, block.begin, bytes) {
+        let result = inner.storage.write_block(block.piece, block.begin, bytes);
+        inner.written(index, 1);
+        if let Err(e) = result {
             inner.lock().picker.piece_failed(index);
             return Err(e.to_string());
         }

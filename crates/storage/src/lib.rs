@@ -21,6 +21,7 @@ use pow_metainfo::{Metainfo, PieceIndex};
 use pow_wire::Bitfield;
 use sha1::{Digest, Sha1};
 use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,6 +56,47 @@ fn allocate(handle: &File, file: &ContentFile) -> bool {
         let _ = (handle, file);
         false
     }
+}
+
+/// `pwritev` until every byte of `parts` is written at `offset`.
+fn write_all_vectored_at(
+    handle: &File,
+    mut parts: &mut [IoSlice<'_>],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // The kernel takes at most IOV_MAX (1,024 on Linux) slices per call.
+    const MAX_SLICES: usize = 1024;
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        let count = parts.len().min(MAX_SLICES);
+        let position = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: IoSlice is ABI-compatible with iovec on Unix; `count` slices are valid and
+        // borrowed for the call.
+        let written = unsafe {
+            libc::pwritev(
+                handle.as_raw_fd(),
+                parts.as_ptr().cast::<libc::iovec>(),
+                count as libc::c_int,
+                position,
+            )
+        };
+        match written {
+            n if n > 0 => {
+                offset += n as u64;
+                IoSlice::advance_slices(&mut parts, n as usize);
+            }
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            _ => {
+                let error = std::io::Error::last_os_error();
+                if error.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,26 +231,52 @@ impl Storage {
         begin: u32,
         data: &[u8],
     ) -> Result<(), StorageError> {
+        self.write_run(piece, begin, &[data])
+    }
+
+    /// Writes consecutive blocks of one piece, the first at `begin`, with one positioned
+    /// vectored write per file they touch: one `pwrite` per 16 KiB block was 65,536 calls per
+    /// GiB, the download's most frequent syscall by far.
+    pub fn write_run(
+        &self,
+        piece: PieceIndex,
+        begin: u32,
+        blocks: &[&[u8]],
+    ) -> Result<(), StorageError> {
         let geometry = &self.metainfo.geometry;
-        if u64::from(begin) + data.len() as u64 > u64::from(geometry.piece_size(piece)) {
+        let length: usize = blocks.iter().map(|b| b.len()).sum();
+        if u64::from(begin) + length as u64 > u64::from(geometry.piece_size(piece)) {
             return Err(StorageError::BadBlock {
                 piece: piece.get(),
                 begin,
-                length: data.len() as u32,
+                length: length as u32,
             });
         }
         let offset = geometry.piece_offset(piece) + u64::from(begin);
-        let mut written = 0usize;
-        for span in geometry.spans(offset, data.len() as u64) {
-            let part = &data[written..written + span.length as usize];
-            written += span.length as usize;
-            if self.files[span.file].pad {
+        // Cursor over `blocks`: the block and the byte in it where the next span starts.
+        let (mut block, mut within) = (0usize, 0usize);
+        let mut parts: Vec<IoSlice> = Vec::with_capacity(blocks.len());
+        for span in geometry.spans(offset, length as u64) {
+            parts.clear();
+            let mut need = span.length as usize;
+            while need > 0 {
+                let rest = &blocks[block][within..];
+                let take = rest.len().min(need);
+                parts.push(IoSlice::new(&rest[..take]));
+                need -= take;
+                within += take;
+                if within == blocks[block].len() {
+                    block += 1;
+                    within = 0;
+                }
+            }
+            let file = &self.files[span.file];
+            if file.pad {
                 continue;
             }
             let handle = self.handle(span.file, true)?.expect("created");
-            handle
-                .write_all_at(part, span.offset)
-                .map_err(Self::io(&self.files[span.file].path))?;
+            write_all_vectored_at(&handle, &mut parts, span.offset)
+                .map_err(Self::io(&file.path))?;
         }
         Ok(())
     }
