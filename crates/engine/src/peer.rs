@@ -922,6 +922,14 @@ impl Peer {
     /// the pieces they complete.
     fn write_received(&mut self) -> Result<(), PeerError> {
         let mut blocks = std::mem::take(&mut self.unwritten);
+        // In piece order: seeds that read blocks from disk concurrently (rqbit, libtorrent)
+        // send a piece's blocks a little out of order, and a block out of order costs its piece
+        // the in-order hash (a read-back check: the piece read and hashed a second time).
+        // Sorted, a read's blocks also make longer runs for one write.
+        blocks.sort_unstable_by_key(|b| (b.index, b.begin));
+        // Decided after every block is written and hashed: a piece's last block to arrive
+        // need not sort last.
+        let mut done = Vec::new();
         let mut start = 0;
         while start < blocks.len() {
             let first = &blocks[start];
@@ -965,10 +973,13 @@ impl Peer {
             for block in run {
                 self.hash_in_order(block.index, block.begin, &block.data);
                 if block.piece_done {
-                    self.decide(block.index, block.sole);
+                    done.push((block.index, block.sole));
                 }
             }
             start = end;
+        }
+        for (index, sole) in done {
+            self.decide(index, sole);
         }
         blocks.clear();
         self.unwritten = blocks;
