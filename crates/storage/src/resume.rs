@@ -165,8 +165,8 @@ impl Storage {
                     if sync {
                         handle.sync_data().map_err(Self::io(&file.path))?;
                     }
-                    // After the sync: a later write changes the mtime, and the file is then
-                    // not trusted.
+                    // Taken after the writes it vouches for (and the sync, if any): a later
+                    // write changes the mtime, and the file is then not trusted.
                     let meta = handle.metadata().map_err(Self::io(&file.path))?;
                     stamps.push(Some((meta.len(), mtime_nanos(&meta))));
                 }
