@@ -15,6 +15,7 @@
 //! resume file every interval while it changes ([`Torrent::save_resume`] saves on demand).
 
 pub mod fuzzing;
+mod inorder;
 mod listener;
 pub mod metadata;
 mod peer;

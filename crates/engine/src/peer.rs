@@ -16,13 +16,13 @@
 //! from the last *whole* message, so a peer that stops mid-message or sends a byte a second is
 //! dropped as if silent.
 
+use crate::inorder::InOrderHashes;
 use crate::{Inner, PeerCmd, PeerEntry, MAX_STRIKES};
 use bytes::{Buf, Bytes, BytesMut};
 use pow_metainfo::Block;
 use pow_picker::{PeerKey, Received};
 use pow_wire::extension::{self, ExtHandshake, MetadataMessage, EXTENDED, EXTENDED_HANDSHAKE};
 use pow_wire::{Bitfield, BlockRequest, Decoder, Handshake, Message};
-use sha1::{Digest, Sha1};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -301,9 +301,8 @@ struct Peer {
     their_reqq: Option<usize>,
     /// Metadata pieces the peer asked for (see [`MAX_METADATA_REQUESTS`]).
     metadata_requests: u32,
-    /// SHA-1 of the pieces this peer is sending us in order, fed as blocks arrive (see
-    /// [`InOrderHash`]).
-    hashers: HashMap<u32, InOrderHash>,
+    /// SHA-1 of the pieces this peer is sending us, fed as their blocks are written.
+    hashes: InOrderHashes,
     /// Blocks received and booked since the last socket read, written together after the
     /// messages in the buffer are handled (see [`Peer::write_received`]).
     unwritten: Vec<Unwritten>,
@@ -312,15 +311,6 @@ struct Peer {
     /// Super-seeding: the peer's first message (its bitfield, if it sends one) was handled,
     /// so what it lacks is known and it has been told of its first pieces.
     first_told: bool,
-}
-
-/// A piece's SHA-1 over the blocks one peer sent from its start, in order, as they were
-/// written. When that peer completes the piece alone, this is the piece's hash and it need not
-/// be read back from disk. Any gap or reordering drops it (the read-back check then runs).
-struct InOrderHash {
-    sha: Sha1,
-    /// Bytes of the piece hashed so far.
-    next: u32,
 }
 
 /// A block booked with the picker, to be written.
@@ -333,10 +323,6 @@ struct Unwritten {
     /// Every block of that attempt came from this peer.
     sole: bool,
 }
-
-/// In-order hashers a peer keeps at most (it works on a few pieces at a time; past this the
-/// stale ones are dropped and those pieces are read back instead).
-const MAX_HASHERS: usize = 64;
 
 impl Peer {
     fn new(inner: Arc<Inner>, key: PeerKey, addr: SocketAddr) -> Peer {
@@ -352,7 +338,7 @@ impl Peer {
             their_ut_metadata: None,
             their_reqq: None,
             metadata_requests: 0,
-            hashers: HashMap::new(),
+            hashes: InOrderHashes::default(),
             unwritten: Vec::new(),
             super_seeded: false,
             first_told: false,
@@ -971,7 +957,7 @@ impl Peer {
                 return Err(PeerError::Io(std::io::Error::other(e.to_string())));
             }
             for block in run {
-                self.hash_in_order(block.index, block.begin, &block.data);
+                self.hashes.feed(block.index, block.begin, &block.data);
                 if block.piece_done {
                     done.push((block.index, block.sole));
                 }
@@ -991,13 +977,11 @@ impl Peer {
         let geometry = &self.inner.metainfo.geometry;
         let piece = geometry.piece(index).expect("picker checked");
         let size = geometry.piece_size(piece);
-        // The attempt is all this peer's blocks, and the hasher saw them from byte 0 in order
+        // The attempt is all this peer's blocks, and they were hashed from byte 0 in order
         // after they were written: exactly the bytes on disk. Anything else (other peers'
         // blocks, a gap, a mismatch) is decided by reading the piece back.
-        let good_in_order = match self.hashers.remove(&index) {
-            Some(h) if sole && h.next == size => {
-                h.sha.finalize().as_slice() == self.inner.metainfo.piece_hash(piece)
-            }
+        let good_in_order = match self.hashes.finish(index, size) {
+            Some(sha) if sole => &sha == self.inner.metainfo.piece_hash(piece),
             _ => false,
         };
         if good_in_order {
@@ -1008,32 +992,6 @@ impl Peer {
             record_verdict(&self.inner, index, true);
         } else {
             tokio::spawn(verify_piece(self.inner.clone(), index));
-        }
-    }
-
-    /// Feeds a written block to the piece's in-order hasher: a block at offset 0 starts it
-    /// afresh, the block at its `next` offset extends it, any other drops it.
-    fn hash_in_order(&mut self, index: u32, begin: u32, data: &[u8]) {
-        if begin == 0 {
-            if self.hashers.len() >= MAX_HASHERS {
-                self.hashers.clear();
-            }
-            let mut sha = Sha1::new();
-            sha.update(data);
-            self.hashers.insert(
-                index,
-                InOrderHash {
-                    sha,
-                    next: data.len() as u32,
-                },
-            );
-        } else if let Some(h) = self.hashers.get_mut(&index) {
-            if h.next == begin {
-                h.sha.update(data);
-                h.next += data.len() as u32;
-            } else {
-                self.hashers.remove(&index);
-            }
         }
     }
 
