@@ -2,7 +2,8 @@
 //! nothing in pow's own codec can make it more polite than a test intends.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub const UNCHOKE: u8 = 1;
@@ -41,17 +42,38 @@ impl RawPeer {
         info_hash: [u8; 20],
         reserved: [u8; 8],
     ) -> (RawPeer, [u8; 8]) {
+        Self::connect_as(port, info_hash, reserved, unique_peer_id())
+    }
+
+    /// Connects with this peer id (pow keeps one connection per peer id).
+    pub fn connect_as(
+        port: u16,
+        info_hash: [u8; 20],
+        reserved: [u8; 8],
+        peer_id: [u8; 20],
+    ) -> (RawPeer, [u8; 8]) {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut hs = vec![19u8];
-        hs.extend_from_slice(b"BitTorrent protocol");
-        hs.extend_from_slice(&reserved);
-        hs.extend_from_slice(&info_hash);
-        hs.extend_from_slice(b"-XX0001-hostile-peer");
-        stream.write_all(&hs).unwrap();
+        stream
+            .write_all(&handshake(reserved, info_hash, peer_id))
+            .unwrap();
         let mut theirs = [0u8; 68];
         stream.read_exact(&mut theirs).unwrap();
         assert_eq!(theirs[28..48], info_hash);
         (RawPeer { stream }, theirs[20..28].try_into().unwrap())
+    }
+
+    /// Waits (up to 20 s) for a dial on `listener`, reads the handshake (checking it is for
+    /// `info_hash`) and answers as `peer_id`.
+    pub fn accept_as(listener: &TcpListener, info_hash: [u8; 20], peer_id: [u8; 20]) -> RawPeer {
+        let mut stream =
+            accept_within(listener, Duration::from_secs(20)).expect("nothing dialed the listener");
+        let mut theirs = [0u8; 68];
+        stream.read_exact(&mut theirs).unwrap();
+        assert_eq!(theirs[28..48], info_hash);
+        stream
+            .write_all(&handshake([0; 8], info_hash, peer_id))
+            .unwrap();
+        RawPeer { stream }
     }
 
     pub fn send(&mut self, id: u8, payload: &[u8]) -> std::io::Result<()> {
@@ -137,4 +159,44 @@ pub fn request_payload(index: u32, begin: u32, length: u32) -> Vec<u8> {
         .iter()
         .flat_map(|w| w.to_be_bytes())
         .collect()
+}
+
+/// `-XX0001-` and 12 digits unique to this process and call: each hand-written peer is a
+/// peer of its own (pow closes a second connection from a peer id it is connected to).
+pub fn unique_peer_id() -> [u8; 20] {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let id = format!(
+        "-XX0001-{:06}{:06}",
+        std::process::id() % 1_000_000,
+        n % 1_000_000
+    );
+    id.as_bytes().try_into().unwrap()
+}
+
+fn handshake(reserved: [u8; 8], info_hash: [u8; 20], peer_id: [u8; 20]) -> Vec<u8> {
+    let mut hs = vec![19u8];
+    hs.extend_from_slice(b"BitTorrent protocol");
+    hs.extend_from_slice(&reserved);
+    hs.extend_from_slice(&info_hash);
+    hs.extend_from_slice(&peer_id);
+    hs
+}
+
+/// The next connection dialed to `listener` within `limit`, blocking, or `None`.
+pub fn accept_within(listener: &TcpListener, limit: Duration) -> Option<TcpStream> {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).unwrap();
+                return Some(stream);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return None,
+        }
+    }
 }

@@ -148,10 +148,22 @@ pub(crate) enum PeerCmd {
 
 pub(crate) struct PeerEntry {
     pub addr: SocketAddr,
+    /// The wire connection's peer id and direction (none for a web seed).
+    pub wire: Option<WireLink>,
+    /// For an incoming connection: the address we had dialed the same peer at, before that
+    /// duplicate connection was closed in favour of this one.
+    pub dialed_at: Option<SocketAddr>,
     pub bits: Bitfield,
     pub tx: mpsc::UnboundedSender<PeerCmd>,
     pub unchoked_by_us: bool,
     pub blocks_from: u64,
+}
+
+/// Who is at the other end of a wire connection, and which end dialed.
+#[derive(Clone, Copy)]
+pub(crate) struct WireLink {
+    pub peer_id: [u8; 20],
+    pub outgoing: bool,
 }
 
 pub(crate) struct State {
@@ -535,7 +547,12 @@ fn try_connect(inner: &Arc<Inner>) {
     let mut state = inner.lock();
     // Seeds connect out too: some clients (Transmission on loopback) never dial peers that a
     // tracker lists, so they are reached only this way.
-    let connected: HashSet<SocketAddr> = state.peers.values().map(|p| p.addr).collect();
+    let connected: HashSet<SocketAddr> = state
+        .peers
+        .values()
+        .flat_map(|p| [Some(p.addr), p.dialed_at])
+        .flatten()
+        .collect();
     let now = Instant::now();
     let mut slots = inner
         .config

@@ -17,7 +17,7 @@
 //! dropped as if silent.
 
 use crate::inorder::InOrderHashes;
-use crate::{Inner, PeerCmd, PeerEntry, MAX_STRIKES};
+use crate::{Inner, PeerCmd, PeerEntry, WireLink, MAX_STRIKES};
 use bytes::{Buf, Bytes, BytesMut};
 use pow_metainfo::Block;
 use pow_picker::{PeerKey, Received};
@@ -137,6 +137,42 @@ async fn run(
         if state.banned.contains(&addr) {
             return;
         }
+        let link = WireLink {
+            peer_id: conn.peer_id,
+            outgoing,
+        };
+        // Set when a duplicate connection we dialed is closed in favour of this one.
+        let mut dialed_at = None;
+        let duplicate = state
+            .peers
+            .values_mut()
+            .find(|p| p.wire.is_some_and(|wire| wire.peer_id == conn.peer_id));
+        if let Some(other) = duplicate {
+            // Two connections to one peer (both ends dialed, or it dialed twice) would fetch
+            // the same blocks twice in end-game and split pieces between them. Each end sees
+            // both connections, so both must keep the same one: the one dialed by the lower
+            // peer id; if the same end dialed both, the first. The address we dialed is
+            // remembered on the one kept, so that it is not dialed again.
+            let dialer = |link: WireLink| match link.outgoing {
+                true => inner.config.peer_id,
+                false => link.peer_id,
+            };
+            let other_link = other.wire.expect("found by its link");
+            if dialer(link) < dialer(other_link) {
+                tracing::debug!(
+                    "{addr}: also connected at {}; closing that connection",
+                    other.addr
+                );
+                let _ = other.tx.send(PeerCmd::Close);
+                dialed_at = other_link.outgoing.then_some(other.addr);
+            } else {
+                tracing::debug!("{addr}: already connected at {}; closing", other.addr);
+                if outgoing {
+                    other.dialed_at = Some(addr);
+                }
+                return;
+            }
+        }
         let key = state.next_key;
         state.next_key += 1;
         let pieces = inner.metainfo.geometry.piece_count();
@@ -144,6 +180,8 @@ async fn run(
             key,
             PeerEntry {
                 addr,
+                wire: Some(link),
+                dialed_at,
                 bits: Bitfield::new(pieces),
                 tx,
                 unchoked_by_us: false,
@@ -1104,6 +1142,8 @@ pub(crate) fn fuzz_session(
             key,
             PeerEntry {
                 addr,
+                wire: None,
+                dialed_at: None,
                 bits: Bitfield::new(pieces),
                 tx,
                 unchoked_by_us: false,

@@ -257,6 +257,8 @@ mod tests {
     fn entry(bits: Bitfield) -> PeerEntry {
         PeerEntry {
             addr: "127.0.0.1:1".parse().unwrap(),
+            wire: None,
+            dialed_at: None,
             bits,
             tx: mpsc::unbounded_channel().0,
             unchoked_by_us: false,

@@ -80,6 +80,8 @@ pub(crate) fn start(inner: &Arc<Inner>, url: String) {
             key,
             PeerEntry {
                 addr,
+                wire: None,
+                dialed_at: None,
                 bits,
                 tx,
                 unchoked_by_us: false,

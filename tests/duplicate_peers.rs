@@ -1,0 +1,147 @@
+//! One connection per peer: when `pow download` and a peer dial each other (a seed that
+//! connects back to the leechers a tracker lists does this; rqbit's did in the benchmarks), or
+//! a peer dials twice, pow keeps one connection and closes the other. With both kept, end-game
+//! fetched up to a pipeline's worth of blocks twice (about 10 MB of 1 GiB from rqbit's seed)
+//! and pieces split between the two connections were read back to be hashed again.
+//!
+//! Both ends see both connections, so both must close the same one: pow keeps the connection
+//! dialed by the lower peer id (pow's ids start `-PW`). The peer here is written by hand
+//! (`common::raw_peer`), because which end dials first cannot be arranged with a real client.
+
+mod common;
+
+use common::raw_peer::{accept_within, End, RawPeer, BITFIELD, INTERESTED, REQUEST, UNCHOKE};
+use common::{pow, TempDir};
+use std::net::TcpListener;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+/// `pow download` of a 1 MiB torrent whose only peer is `listener`.
+struct Downloader {
+    child: Child,
+    port: u16,
+    listener: TcpListener,
+    info_hash: [u8; 20],
+    pieces: u32,
+    _work: TempDir,
+}
+
+impl Downloader {
+    fn start(tag: &str) -> Downloader {
+        let work = TempDir::new(tag);
+        let data = work.path().join("dup.bin");
+        let content: Vec<u8> = (0..1_048_576u32).map(|i| (i * 13 % 251) as u8).collect();
+        std::fs::write(&data, &content).unwrap();
+        let torrent = work.path().join("dup.torrent");
+        let created = pow()
+            .args(["torrent", "create"])
+            .arg(&data)
+            .arg("-o")
+            .arg(&torrent)
+            .args(["--piece-length", "65536"])
+            .output()
+            .unwrap();
+        assert!(created.status.success());
+        let metainfo = pow_metainfo::Metainfo::from_file(&torrent).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = listener.local_addr().unwrap().to_string();
+        let port = common::free_port();
+        let child = pow()
+            .arg("download")
+            .arg(&torrent)
+            .arg("-o")
+            .arg(work.path().join("out"))
+            .args(["--peer", &peer, "--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Downloader {
+            child,
+            port,
+            listener,
+            info_hash: metainfo.info_hash.0,
+            pieces: metainfo.geometry.piece_count(),
+            _work: work,
+        }
+    }
+
+    /// The connection pow dialed, answered as `peer_id`.
+    fn accept(&self, peer_id: &[u8; 20]) -> RawPeer {
+        RawPeer::accept_as(&self.listener, self.info_hash, *peer_id)
+    }
+
+    /// A connection we dial to pow as `peer_id`.
+    fn dial(&self, peer_id: &[u8; 20]) -> RawPeer {
+        RawPeer::connect_as(self.port, self.info_hash, [0; 8], *peer_id).0
+    }
+
+    /// The connection serves: told we have every piece and unchoked, pow asks for blocks.
+    fn assert_used(&self, peer: &mut RawPeer) {
+        let bitfield = vec![0xff; self.pieces.div_ceil(8) as usize];
+        peer.send(BITFIELD, &bitfield).unwrap();
+        peer.wait_for(INTERESTED);
+        peer.send(UNCHOKE, &[]).unwrap();
+        peer.wait_for(REQUEST);
+    }
+}
+
+impl Drop for Downloader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether pow closes a connection within a few seconds (`Closed`) or keeps it (`Quiet`).
+fn fate(peer: &mut RawPeer) -> End {
+    peer.drain(Duration::from_secs(3)).1
+}
+
+#[test]
+fn when_both_ends_dial_the_connection_dialed_by_the_lower_peer_id_is_kept() {
+    // Lower than pow's `-PW...`: the connection we dialed is kept.
+    let pow = Downloader::start("dup-lower");
+    let lower = *b"-AA0001-dup-lower-id";
+    let mut dialed_by_pow = pow.accept(&lower);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut dialed_by_us = pow.dial(&lower);
+    assert_eq!(fate(&mut dialed_by_pow), End::Closed);
+    assert_eq!(fate(&mut dialed_by_us), End::Quiet);
+    pow.assert_used(&mut dialed_by_us);
+    // pow retries peers it is not connected to every 10 s; it knows it is connected to this
+    // one, so it does not dial it again (to be closed again).
+    let redial = accept_within(&pow.listener, Duration::from_secs(15));
+    assert!(
+        redial.is_none(),
+        "pow dialed the peer it is connected to again"
+    );
+    println!("both dialed, peer id below pow's: pow closed its own connection, kept ours, no redial in 15 s");
+
+    // Higher than pow's: the connection pow dialed is kept.
+    let pow = Downloader::start("dup-higher");
+    let higher = *b"-ZZ0001-dup-higher-i";
+    let mut dialed_by_pow = pow.accept(&higher);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut dialed_by_us = pow.dial(&higher);
+    assert_eq!(fate(&mut dialed_by_us), End::Closed);
+    assert_eq!(fate(&mut dialed_by_pow), End::Quiet);
+    pow.assert_used(&mut dialed_by_pow);
+    println!("both dialed, peer id above pow's: pow closed ours, kept its own");
+}
+
+#[test]
+fn a_peer_that_dials_twice_keeps_its_first_connection() {
+    let pow = Downloader::start("dup-twice");
+    let id = *b"-XX0001-dials-twice-";
+    // pow's own dial to the listener is answered by another peer, which stays quiet.
+    let _other = pow.accept(&common::raw_peer::unique_peer_id());
+    let mut first = pow.dial(&id);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut second = pow.dial(&id);
+    assert_eq!(fate(&mut second), End::Closed);
+    assert_eq!(fate(&mut first), End::Quiet);
+    pow.assert_used(&mut first);
+    println!("a peer id dialed twice: the second connection closed, the first used");
+}
