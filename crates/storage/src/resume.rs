@@ -300,8 +300,10 @@ impl Storage {
                 .map(str::to_string)
                 .ok_or_else(|| format!("expected `{name}`, found `{line}`"))
         };
-        if field("pow-resume")? != "2" {
-            return Err("unknown version".into());
+        match field("pow-resume")?.as_str() {
+            "2" => {}
+            "1" => return Err("format 1, from an older pow".into()),
+            other => return Err(format!("unknown format {other} (from a newer pow?)")),
         }
         if field("info-hash")? != self.metainfo.info_hash.to_hex() {
             return Err("saved for another torrent".into());
@@ -497,6 +499,23 @@ mod tests {
         let resume = storage.resume_or_check(1, &|_| {}).unwrap();
         assert_eq!(resume.source, ResumeSource::FullCheck);
         assert_eq!(resume.rejected.as_deref(), Some("checksum mismatch"));
+
+        // A well-formed file from an older pow says so, and the data is checked instead.
+        let body = text[..text.rfind("sha1 ").unwrap()]
+            .replace("pow-resume 2\n", "pow-resume 1\n")
+            .lines()
+            .filter(|l| !l.starts_with("durability "))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>();
+        let sum = hex::encode(Sha1::digest(body.as_bytes()));
+        std::fs::write(&path, format!("{body}sha1 {sum}\n")).unwrap();
+        let resume = storage.resume_or_check(1, &|_| {}).unwrap();
+        assert_eq!(resume.source, ResumeSource::FullCheck);
+        assert_eq!(
+            resume.rejected.as_deref(),
+            Some("format 1, from an older pow")
+        );
+        assert_eq!(resume.have, have_of(&[4, 5]));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
