@@ -348,13 +348,15 @@ impl Storage {
     ) -> Result<Bitfield, StorageError> {
         let geometry = &self.metainfo.geometry;
         let count = geometry.piece_count();
+        // A file shorter than the torrent says (an interrupted copy, another client's partial
+        // download) holds the pieces wholly inside it; a longer one is some other file.
         let sizes_ok: Vec<bool> = self
             .files
             .iter()
             .map(|f| {
                 f.pad
                     || f.length == 0
-                    || std::fs::metadata(&f.path).is_ok_and(|m| m.is_file() && m.len() == f.length)
+                    || std::fs::metadata(&f.path).is_ok_and(|m| m.is_file() && m.len() <= f.length)
             })
             .collect();
         let next = std::sync::atomic::AtomicU32::new(0);

@@ -455,6 +455,28 @@ mod tests {
     }
 
     #[test]
+    fn a_short_file_holds_the_pieces_inside_it_and_a_long_one_none() {
+        let (dir, metainfo, content) = setup("short");
+        let storage = Storage::new(metainfo.clone(), &dir.join("out")).unwrap();
+        write_pieces(&storage, &content, &(0..10).collect::<Vec<_>>());
+        let b = storage.file_path(1);
+        let set_len = |len: u64| {
+            let file = std::fs::OpenOptions::new().write(true).open(&b).unwrap();
+            file.set_len(len).unwrap();
+        };
+        // a is 100,000 bytes; b, from offset 100,000, is cut to 30,000: pieces 0-6 (up to
+        // 114,688) are whole, piece 7 (to 131,072) is not.
+        set_len(30_000);
+        let have = storage.check_existing(1, &|_| {}).unwrap();
+        assert_eq!(have, have_of(&[0, 1, 2, 3, 4, 5, 6]));
+        // Longer than the torrent says: not this torrent's b; pieces 6-9 touch it.
+        set_len(63_840 + 10);
+        let have = storage.check_existing(1, &|_| {}).unwrap();
+        assert_eq!(have, have_of(&[0, 1, 2, 3, 4, 5]));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_write_after_the_save_means_a_full_check() {
         let (dir, metainfo, content) = setup("later");
         let storage = Storage::new(metainfo.clone(), &dir.join("out")).unwrap();
