@@ -145,6 +145,57 @@ fn piece_length_not_a_multiple_of_16k() {
     assert_eq!(summary["complete"], true);
 }
 
+/// `--only`: from libtorrent's seed of a multi-file torrent, only the pieces of the files the
+/// glob names are fetched; those files are the payload's bytes and the large file beside them
+/// is not fetched (at most a boundary piece of it: 1 MiB pieces).
+#[test]
+fn only_fetches_the_files_it_names() {
+    let lab = Lab::new("only");
+    let (data, torrent) = lab.payload("24M", &["--multi", "--piece-kib", "1024", "--name", "only"]);
+    let t = torrent.to_str().unwrap();
+    let (ok, _, err) = lab.script(
+        "seed.sh",
+        &["libtorrent", t, data.parent().unwrap().to_str().unwrap()],
+    );
+    assert!(ok, "seed.sh libtorrent: {err}");
+    let out = lab.work.path().join("out-only");
+    let cmd = leech_cmd("--only 'a/b/*'");
+    let (ok, stdout, err) = lab.script_env(
+        "leech.sh",
+        &["ext", t, out.to_str().unwrap(), "--timeout", "120"],
+        &[("LEECH_CMD", &cmd)],
+    );
+    let summary = find_summary(&lab);
+    assert!(ok, "{stdout}\n{err}");
+    let fetched = out.join("only");
+    // a/b/sub-piece.dat and a/b/c/odd.dat: the glob's `*` crosses directories.
+    for wanted in ["a/b/sub-piece.dat", "a/b/c/odd.dat"] {
+        common::same_bytes(&data.join(wanted), &fetched.join(wanted))
+            .unwrap_or_else(|e| panic!("{wanted}: {e}"));
+    }
+    let big = std::fs::metadata(data.join("m/big.bin")).unwrap().len();
+    let downloaded = summary["downloaded"].as_u64().unwrap();
+    let (verified, total) = (
+        summary["pieces_verified"].as_u64().unwrap(),
+        summary["pieces_total"].as_u64().unwrap(),
+    );
+    println!("--only 'a/b/*': {downloaded} bytes downloaded, {verified} of {total} pieces; m/big.bin is {big} bytes");
+    assert!(
+        downloaded <= 4 << 20,
+        "fetched {downloaded} bytes for two files of 1.5 MiB"
+    );
+    assert!(verified < total, "{summary}");
+    // A boundary piece wrote the start of m/big.bin; the rest of it is not even allocated.
+    if let Ok(meta) = std::fs::metadata(fetched.join("m/big.bin")) {
+        use std::os::unix::fs::MetadataExt;
+        let allocated = meta.blocks() * 512;
+        assert!(
+            allocated <= 1 << 20,
+            "m/big.bin has {allocated} bytes allocated"
+        );
+    }
+}
+
 /// Two seeders at once: pow's summary lists bytes received from each seeder's address
 /// (libtorrent on 51103, aria2 on 51101), counted per peer connection as blocks are accepted.
 #[test]

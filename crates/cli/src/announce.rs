@@ -22,9 +22,9 @@ pub struct SwarmArgs {
     /// Extra tracker announce URL (its own tier, after the torrent's); repeatable.
     #[arg(long = "tracker")]
     pub trackers: Vec<String>,
-    /// Seconds between saves of the resume file while pieces verify (each save syncs the data
-    /// first): a crash costs at most this much re-download, or a full check if data was
-    /// written since.
+    /// Seconds between saves of the resume file while pieces verify: a killed process costs at
+    /// most this much re-download, or a full check if data was written since. The saves do
+    /// not sync the data, so they hold until the machine restarts (then: a full check).
     #[arg(long, default_value_t = 2.0, value_parser = positive_seconds)]
     pub resume_every: f64,
     /// When seeding: tell each peer of a few pieces at a time, and of more once those are seen
