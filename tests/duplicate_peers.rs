@@ -33,16 +33,7 @@ impl Downloader {
         let content: Vec<u8> = (0..1_048_576u32).map(|i| (i * 13 % 251) as u8).collect();
         std::fs::write(&data, &content).unwrap();
         let torrent = work.path().join("dup.torrent");
-        let created = pow()
-            .args(["torrent", "create"])
-            .arg(&data)
-            .arg("-o")
-            .arg(&torrent)
-            .args(["--piece-length", "65536"])
-            .output()
-            .unwrap();
-        assert!(created.status.success());
-        let metainfo = pow_metainfo::Metainfo::from_file(&torrent).unwrap();
+        let metainfo = common::create_torrent(&data, &torrent, 65536);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let peer = listener.local_addr().unwrap().to_string();
         let port = common::free_port();

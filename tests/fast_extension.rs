@@ -54,17 +54,7 @@ fn pow_seed_says_have_all_and_rejects_requests_while_choking() {
     let content: Vec<u8> = (0..1_048_576u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(data.join("fast.bin"), &content).unwrap();
     let torrent = work.path().join("fast.torrent");
-    let created = pow()
-        .args(["torrent", "create"])
-        .arg(data.join("fast.bin"))
-        .arg("-o")
-        .arg(&torrent)
-        .args(["--piece-length", "65536"])
-        .output()
-        .unwrap();
-    assert!(created.status.success());
-    let info_hash = pow_metainfo::Metainfo::from_file(&torrent)
-        .unwrap()
+    let info_hash = common::create_torrent(&data.join("fast.bin"), &torrent, 65536)
         .info_hash
         .0;
     let port = common::free_port();

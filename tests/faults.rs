@@ -63,17 +63,8 @@ impl Payload {
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("payload.bin"), &bytes).unwrap();
         let torrent = work.path().join("payload.torrent");
-        let status = pow()
-            .args(["torrent", "create"])
-            .arg(data.join("payload.bin"))
-            .arg("-o")
-            .arg(&torrent)
-            .args(["--piece-length", &piece_len.to_string()])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "pow torrent create");
-        let metainfo = pow_metainfo::Metainfo::from_file(&torrent).unwrap();
+        let metainfo =
+            common::create_torrent(&data.join("payload.bin"), &torrent, piece_len as u32);
         Payload {
             data,
             torrent,
@@ -422,7 +413,7 @@ impl Wire {
         hs.extend_from_slice(b"BitTorrent protocol");
         hs.extend_from_slice(&[0; 8]);
         hs.extend_from_slice(&hex::decode(info_hash).unwrap());
-        hs.extend_from_slice(b"-XX0001-fault-leech1");
+        hs.extend_from_slice(&common::raw_peer::unique_peer_id());
         stream.write_all(&hs).unwrap();
         let mut theirs = [0u8; 68];
         stream.read_exact(&mut theirs).unwrap();

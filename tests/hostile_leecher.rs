@@ -140,23 +140,10 @@ fn a_piece_the_seed_lacks_is_never_sent() {
     let content: Vec<u8> = (0..1_048_576u32).map(|i| (i * 31 % 253) as u8).collect();
     std::fs::write(set.join("a.bin"), &content).unwrap();
     let torrent = work.path().join("lacks.torrent");
-    let status = common::pow()
-        .args(["torrent", "create"])
-        .arg(&set)
-        .arg("-o")
-        .arg(&torrent)
-        .args(["--piece-length", "65536"])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let info_hash = common::create_torrent(&set, &torrent, 65536).info_hash.0;
     let mut corrupt = content.clone();
     corrupt[5 * 65536 + 7] ^= 0xff; // piece 5
     std::fs::write(set.join("a.bin"), &corrupt).unwrap();
-    let info_hash = pow_metainfo::Metainfo::from_file(&torrent)
-        .unwrap()
-        .info_hash
-        .0;
     // Outside swarm-lab's ports; the torrent has no tracker.
     let port = 51190;
     let mut seed = common::pow()

@@ -67,17 +67,7 @@ impl Setup {
         let file = work.path().join("payload.bin");
         std::fs::write(&file, &payload).unwrap();
         let torrent = work.path().join("payload.torrent");
-        let status = pow()
-            .args(["torrent", "create"])
-            .arg(&file)
-            .arg("-o")
-            .arg(&torrent)
-            .args(["--piece-length", &PIECE_LEN.to_string()])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "pow torrent create");
-        let metainfo = pow_metainfo::Metainfo::from_file(&torrent).unwrap();
+        let metainfo = common::create_torrent(&file, &torrent, PIECE_LEN);
         let pieces = metainfo.geometry.piece_count();
         assert_eq!(pieces, 65);
         Setup {
@@ -187,7 +177,10 @@ impl RawPeer {
         peer.stream.read_exact(&mut theirs).unwrap();
         assert_eq!(theirs[28..48], expected, "the downloader's handshake");
         peer.stream
-            .write_all(&handshake_bytes(&answer, b"-XX0001-hostile-seed"))
+            .write_all(&handshake_bytes(
+                &answer,
+                &common::raw_peer::unique_peer_id(),
+            ))
             .unwrap();
         peer
     }
@@ -199,7 +192,10 @@ impl RawPeer {
         stream.set_nodelay(true).unwrap();
         let mut peer = RawPeer { stream };
         peer.stream
-            .write_all(&handshake_bytes(&info_hash, b"-XX0001-hostile-in-1"))
+            .write_all(&handshake_bytes(
+                &info_hash,
+                &common::raw_peer::unique_peer_id(),
+            ))
             .unwrap();
         peer
     }

@@ -102,15 +102,7 @@ fn verify_names_the_bad_piece_and_its_file() {
     std::fs::write(data.join("a.bin"), vec![1u8; 40_000]).unwrap();
     std::fs::write(data.join("b.bin"), vec![2u8; 70_000]).unwrap();
     let torrent = work.path().join("set.torrent");
-    let status = common::pow()
-        .args(["torrent", "create"])
-        .arg(&data)
-        .arg("-o")
-        .arg(&torrent)
-        .args(["--piece-length", "16384"])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::create_torrent(&data, &torrent, 16384);
     let verify = || {
         common::pow()
             .args(["verify", "--json"])

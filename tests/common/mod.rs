@@ -314,6 +314,24 @@ pub fn sha256_hex(path: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
+/// `pow torrent create DATA -o TORRENT --piece-length N` (no tracker), and the torrent read back.
+pub fn create_torrent(data: &Path, torrent: &Path, piece_length: u32) -> pow_metainfo::Metainfo {
+    let out = pow()
+        .args(["torrent", "create"])
+        .arg(data)
+        .arg("-o")
+        .arg(torrent)
+        .args(["--piece-length", &piece_length.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pow torrent create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pow_metainfo::Metainfo::from_file(torrent).unwrap()
+}
+
 /// A port free on loopback right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
