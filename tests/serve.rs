@@ -20,6 +20,7 @@ struct Server {
     addr: String,
     data: PathBuf,
     datasets_at_start: u64,
+    peer_port: u16,
 }
 
 impl Server {
@@ -54,6 +55,7 @@ impl Server {
             url,
             data: data.to_path_buf(),
             datasets_at_start: json["datasets"].as_u64().unwrap(),
+            peer_port: json["peer_port"].as_u64().unwrap() as u16,
         }
     }
 
@@ -980,5 +982,40 @@ fn the_server_is_a_web_seed_for_what_it_publishes() {
     println!(
         "aria2 downloaded {} bytes from the server as a web seed only",
         bytes.len()
+    );
+}
+
+/// `pow serve --super-seed` (BEP 16): a peer that connects to a dataset's seed is told of a few
+/// pieces at a time (`have-none`, then single `have`s: 16 MiB worth of a 48 MiB dataset), not
+/// of all of them at once.
+#[test]
+fn with_super_seed_a_peer_hears_of_a_few_pieces_at_a_time() {
+    const HAVE: u8 = 4;
+    const HAVE_ALL: u8 = 0x0e;
+    const HAVE_NONE: u8 = 0x0f;
+    let work = TempDir::new("serve-super");
+    let server = Server::start(&work.path().join("srv"), free_port(), &["--super-seed"]);
+    let zip = work.path().join("super.zip");
+    make_zip(&zip, 48, 41);
+    let (status, reply) = upload(&server, "super.zip", &std::fs::read(&zip).unwrap());
+    assert_eq!(status, 201, "{reply}");
+    let dataset = server.wait_seeding(reply["md5"].as_str().unwrap());
+    let pieces = dataset["status"]["pieces_total"].as_u64().unwrap();
+    let info_hash: [u8; 20] = hex::decode(dataset["info_hash"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let mut fast = [0u8; 8];
+    fast[7] |= 0x04;
+    let (mut peer, _) =
+        common::raw_peer::RawPeer::connect_reserved(server.peer_port, info_hash, fast);
+    let (seen, _) = peer.drain(Duration::from_secs(3));
+    let haves = seen.iter().filter(|&&id| id == HAVE).count() as u64;
+    println!("super-seed: a new peer was told: have-none, then {haves} of {pieces} pieces");
+    assert_eq!(seen.first(), Some(&HAVE_NONE), "{seen:?}");
+    assert!(!seen.contains(&HAVE_ALL) && !seen.contains(&common::raw_peer::BITFIELD));
+    assert!(
+        haves >= 1 && haves < pieces,
+        "{haves} of {pieces} pieces told"
     );
 }

@@ -45,6 +45,11 @@ pub struct ServeArgs {
     /// (default: http://LISTEN, unless it is an unspecified address such as 0.0.0.0).
     #[arg(long)]
     public_url: Option<String>,
+    /// Super-seed every dataset (BEP 16): each peer hears of a few pieces at a time, and of
+    /// more once those are seen at other peers, so the leechers of a new upload pass it on
+    /// among themselves and it leaves this server about once. A lone leecher gets less.
+    #[arg(long)]
+    super_seed: bool,
     /// Print a JSON line when the server is up.
     #[arg(long)]
     json: bool,
@@ -95,6 +100,7 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
         .map_err(|e| format!("cannot listen for peers on {peer_addr}: {e}"))?;
     let seeder = EngineSeeder(Arc::new(SeederState {
         peer_id: pow_engine::new_peer_id(),
+        super_seed: args.super_seed,
         port: listener.local_addr().port(),
         listener,
         torrents: Mutex::new(HashMap::new()),
@@ -156,6 +162,7 @@ struct EngineSeeder(Arc<SeederState>);
 struct SeederState {
     listener: SharedListener,
     peer_id: [u8; 20],
+    super_seed: bool,
     port: u16,
     /// By info-hash (hex).
     torrents: Mutex<HashMap<String, Seeding>>,
@@ -257,6 +264,7 @@ impl SeederState {
         let config = EngineConfig {
             peer_id: self.peer_id,
             listen: None,
+            super_seed: self.super_seed,
             ..EngineConfig::default()
         };
         let picker = Picker::new(metainfo.geometry.clone(), have);

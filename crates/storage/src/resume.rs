@@ -461,7 +461,7 @@ mod tests {
         write_pieces(&storage, &content, &(0..10).collect::<Vec<_>>());
         let b = storage.file_path(1);
         let set_len = |len: u64| {
-            let file = std::fs::OpenOptions::new().write(true).open(&b).unwrap();
+            let file = std::fs::OpenOptions::new().write(true).open(b).unwrap();
             file.set_len(len).unwrap();
         };
         // a is 100,000 bytes; b, from offset 100,000, is cut to 30,000: pieces 0-6 (up to
