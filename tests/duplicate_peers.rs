@@ -90,17 +90,27 @@ fn fate(peer: &mut RawPeer) -> End {
     peer.drain(Duration::from_secs(3)).1
 }
 
+/// pow dials us and we dial pow, both as `id`: pow closes one connection within seconds and
+/// uses the other, ours if `ours_kept`. Returns the kept connection (to keep it open).
+fn dial_both_ways(pow: &Downloader, id: &[u8; 20], ours_kept: bool) -> RawPeer {
+    let dialed_by_pow = pow.accept(id);
+    std::thread::sleep(Duration::from_millis(200));
+    let dialed_by_us = pow.dial(id);
+    let (mut closed, mut kept) = match ours_kept {
+        true => (dialed_by_pow, dialed_by_us),
+        false => (dialed_by_us, dialed_by_pow),
+    };
+    assert_eq!(fate(&mut closed), End::Closed);
+    assert_eq!(fate(&mut kept), End::Quiet);
+    pow.assert_used(&mut kept);
+    kept
+}
+
 #[test]
 fn when_both_ends_dial_the_connection_dialed_by_the_lower_peer_id_is_kept() {
     // Lower than pow's `-PW...`: the connection we dialed is kept.
     let pow = Downloader::start("dup-lower");
-    let lower = *b"-AA0001-dup-lower-id";
-    let mut dialed_by_pow = pow.accept(&lower);
-    std::thread::sleep(Duration::from_millis(200));
-    let mut dialed_by_us = pow.dial(&lower);
-    assert_eq!(fate(&mut dialed_by_pow), End::Closed);
-    assert_eq!(fate(&mut dialed_by_us), End::Quiet);
-    pow.assert_used(&mut dialed_by_us);
+    let _kept = dial_both_ways(&pow, b"-AA0001-dup-lower-id", true);
     // pow retries peers it is not connected to every 10 s; it knows it is connected to this
     // one, so it does not dial it again (to be closed again).
     let redial = accept_within(&pow.listener, Duration::from_secs(15));
@@ -112,13 +122,7 @@ fn when_both_ends_dial_the_connection_dialed_by_the_lower_peer_id_is_kept() {
 
     // Higher than pow's: the connection pow dialed is kept.
     let pow = Downloader::start("dup-higher");
-    let higher = *b"-ZZ0001-dup-higher-i";
-    let mut dialed_by_pow = pow.accept(&higher);
-    std::thread::sleep(Duration::from_millis(200));
-    let mut dialed_by_us = pow.dial(&higher);
-    assert_eq!(fate(&mut dialed_by_us), End::Closed);
-    assert_eq!(fate(&mut dialed_by_pow), End::Quiet);
-    pow.assert_used(&mut dialed_by_pow);
+    dial_both_ways(&pow, b"-ZZ0001-dup-higher-i", false);
     println!("both dialed, peer id above pow's: pow closed ours, kept its own");
 }
 
