@@ -150,8 +150,8 @@ pub(crate) struct PeerEntry {
     pub addr: SocketAddr,
     /// The wire connection's peer id and direction (none for a web seed).
     pub wire: Option<WireLink>,
-    /// For an incoming connection: the address we had dialed the same peer at, before that
-    /// duplicate connection was closed in favour of this one.
+    /// Another address we dialed the same peer at, whose connection was closed as a duplicate
+    /// of this one (so the reconnect loop does not dial it again).
     pub dialed_at: Option<SocketAddr>,
     pub bits: Bitfield,
     pub tx: mpsc::UnboundedSender<PeerCmd>,
