@@ -14,7 +14,6 @@ use std::sync::{Arc, OnceLock};
 const CONTENT_LEN: usize = 8 * 16384 + 1000;
 
 struct Fixture {
-    runtime: tokio::runtime::Runtime,
     metainfo: Arc<Metainfo>,
     data: PathBuf,
 }
@@ -34,15 +33,7 @@ fn fixture() -> &'static Fixture {
             ..CreateOptions::default()
         };
         let metainfo = Arc::new(create(&file, &options).expect("fuzz torrent").metainfo);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
-        Fixture {
-            runtime,
-            metainfo,
-            data,
-        }
+        Fixture { metainfo, data }
     })
 }
 
@@ -53,7 +44,15 @@ pub fn peer_session(input: &[u8]) {
         return;
     };
     let fixture = fixture();
-    let _entered = fixture.runtime.enter();
+    // A runtime per input, dropped with every task the session left: an input then frees all
+    // it allocated, so libFuzzer's leak check (a heap scan after any input that does not) stays
+    // quiet. With one shared runtime, tasks left from each input made every input pay for a scan:
+    // 121 inputs/s against 2,324.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _entered = runtime.enter();
     let storage = Arc::new(Storage::new(fixture.metainfo.clone(), &fixture.data).expect("storage"));
     let pieces = fixture.metainfo.geometry.piece_count();
     let mut have = Bitfield::new(pieces);
@@ -61,14 +60,13 @@ pub fn peer_session(input: &[u8]) {
         have.set(piece);
     }
     let picker = Picker::new(fixture.metainfo.geometry.clone(), have);
-    let torrent = fixture
-        .runtime
+    let torrent = runtime
         .block_on(Torrent::start(storage, picker, EngineConfig::default()))
         .expect("session");
     crate::peer::fuzz_session(&torrent.inner, flags & 1 != 0, flags & 2 != 0, stream);
     torrent.shutdown();
     // Let spawned work (piece verification) run to its end.
-    fixture.runtime.block_on(async {
+    runtime.block_on(async {
         for _ in 0..8 {
             tokio::task::yield_now().await;
         }
