@@ -9,12 +9,20 @@ For every real leecher L:
 and pow's leech peak RSS (max over runs). With OPENSSL_SHA1_GIB set (one core's SHA-1 speed
 from `openssl speed -evp sha1`, as benches/targets.sh measures it in the same run), also
   leech vs SHA-1 = pow's median xfer MiB/s from S / that speed                            (target >= 0.40)
+for every seeder S, pow's own seed included. Next to it, what the two processes' CPU allows:
+  2-core ceiling = cores / (S's median seed CPU s/GiB + pow's median leech CPU s/GiB)
+the speed at which the seeder and pow, sharing this machine's cores, would keep every core busy.
 A row says MET or MISSED; nothing is asserted.
 """
 import csv, os, statistics, sys
 from collections import defaultdict
 
 POW = 'ext'
+CORES = os.cpu_count()
+
+
+def name(seeder):
+    return 'pow' if seeder == POW else seeder
 
 
 def num(x):
@@ -41,30 +49,39 @@ def main():
 
     sizes = sorted({k[0] for k in runs}, key=int)
     for size in sizes:
-        seeders = sorted({k[1] for k in runs if k[0] == size})
+        seeders = sorted({k[1] for k in runs if k[0] == size}, key=lambda s: (s == POW, s))
         leechers = sorted({k[2] for k in runs if k[0] == size})
         mib = int(size) / 2**20
         print(f'\n### {mib:.0f} MiB payload')
         print('| target | pair | pow | best real | ratio | target | verdict |')
         print('|---|---|---|---|---|---|---|')
         for s in seeders:
+            ours = med(size, s, POW, 'xfer_mib_s')
+            if ours is None:
+                continue
+            sha1 = num(os.environ.get('OPENSSL_SHA1_GIB'))
+            if sha1:
+                ratio = ours / (sha1 * 1024)
+                print(f'| leech MiB/s vs one-core SHA-1 | from {name(s)} | {ours:.0f} | {sha1 * 1024:.0f} (openssl) '
+                      f'| {ratio:.2f}x | >= 0.40x | {"MET" if ratio >= 0.4 else "MISSED"} |')
+            seed_cpu = med(size, s, POW, 'seed_cpu_s_per_gib')
+            leech_cpu = med(size, s, POW, 'leech_cpu_s_per_gib')
+            if seed_cpu and leech_cpu:
+                ceiling = CORES * 1024 / (seed_cpu + leech_cpu)
+                print(f'| leech MiB/s vs the {CORES}-core ceiling | from {name(s)} | {ours:.0f} | {ceiling:.0f} '
+                      f'({CORES} / ({seed_cpu:.2f} seed + {leech_cpu:.2f} pow s/GiB)) | {ours / ceiling:.2f}x '
+                      f'| | figure |')
             if s == POW:
                 continue
             real = [l for l in leechers if l != POW and med(size, s, l, 'xfer_mib_s') is not None]
-            ours = med(size, s, POW, 'xfer_mib_s')
-            if ours is None or not real:
+            if not real:
                 continue
             best = max(real, key=lambda l: med(size, s, l, 'xfer_mib_s'))
             b = med(size, s, best, 'xfer_mib_s')
             ratio = ours / b
             print(f'| leech MiB/s | from {s} | {ours:.0f} | {b:.0f} ({best}) | {ratio:.2f}x | >= 1.25x '
                   f'| {"MET" if ratio >= 1.25 else "MISSED"} |')
-            sha1 = num(os.environ.get('OPENSSL_SHA1_GIB'))
-            if sha1:
-                ratio = ours / (sha1 * 1024)
-                print(f'| leech MiB/s vs one-core SHA-1 | from {s} | {ours:.0f} | {sha1 * 1024:.0f} (openssl) '
-                      f'| {ratio:.2f}x | >= 0.40x | {"MET" if ratio >= 0.4 else "MISSED"} |')
-            cpu = med(size, s, POW, 'leech_cpu_s_per_gib')
+            cpu = leech_cpu
             cpus = [(med(size, s, l, 'leech_cpu_s_per_gib'), l) for l in real]
             cpus = [c for c in cpus if c[0] is not None]
             if cpu is not None and cpus:
