@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::trace::{parse_trace, resume_claims, Rng};
 use common::{same_tree, Lab};
 use std::collections::HashSet;
 use std::path::Path;
@@ -18,70 +19,6 @@ use std::time::{Duration, Instant};
 const KILLS: usize = 10;
 /// Fixed, so a failure can be replayed.
 const RNG_SEED: u64 = 0x5eed_2026_1125;
-
-/// xorshift64*: enough randomness for kill moments without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// One run of `pow download` as seen in the trace.
-#[derive(Default)]
-struct Run {
-    source: String,
-    start: HashSet<u32>,
-    verified: Vec<u32>,
-}
-
-fn parse_trace(path: &Path) -> Vec<Run> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut runs: Vec<Run> = Vec::new();
-    for line in text.lines() {
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        match parts[..] {
-            ["start", source, _count, have] => runs.push(Run {
-                source: source.to_string(),
-                start: bits(&hex::decode(have).unwrap()),
-                verified: Vec::new(),
-            }),
-            ["verified", piece] => runs
-                .last_mut()
-                .expect("start comes first")
-                .verified
-                .push(piece.parse().unwrap()),
-            _ => panic!("unexpected trace line {line:?}"),
-        }
-    }
-    runs
-}
-
-/// Set bits of a wire-order bitfield.
-fn bits(bytes: &[u8]) -> HashSet<u32> {
-    (0..bytes.len() as u32 * 8)
-        .filter(|i| bytes[(i / 8) as usize] & (0x80 >> (i % 8)) != 0)
-        .collect()
-}
-
-/// Pieces the resume file claims (empty when there is none yet).
-fn resume_claims(path: &Path) -> HashSet<u32> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return HashSet::new();
-    };
-    let have = text
-        .lines()
-        .find_map(|l| l.strip_prefix("have "))
-        .expect("have line");
-    bits(&hex::decode(have).unwrap())
-}
 
 /// Pieces whose bytes on disk are the payload's.
 fn correct_pieces(expected: &[u8], target: &Path, piece: usize) -> HashSet<u32> {

@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::{free_port, make_zip, md5_hex, pow, pow_bin, TempDir};
+use common::serve::{form, rand_u64, Server};
+use common::trace::{parse_trace, resume_claims, Rng};
+use common::{free_port, make_zip, md5_hex, pow, TempDir};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -19,21 +21,6 @@ use std::time::{Duration, Instant};
 
 /// Fixed, so a failure can be replayed.
 const RNG_SEED: u64 = 0xfa17_2026_1125;
-
-/// xorshift64*: enough randomness for kill moments without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// A payload file and its torrent, made with `pow torrent create`.
 struct Payload {
@@ -157,62 +144,6 @@ impl Drop for Seed {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn rand_u64() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    nanos ^ (std::process::id() as u64) << 32
-}
-
-/// One run of `pow download` as seen in the trace.
-#[derive(Default, Debug)]
-struct Run {
-    source: String,
-    start: HashSet<u32>,
-    verified: Vec<u32>,
-}
-
-fn parse_trace(path: &Path) -> Vec<Run> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut runs: Vec<Run> = Vec::new();
-    for line in text.lines() {
-        match line.split_whitespace().collect::<Vec<_>>()[..] {
-            ["start", source, _count, have] => runs.push(Run {
-                source: source.to_string(),
-                start: bits(&hex::decode(have).unwrap()),
-                verified: Vec::new(),
-            }),
-            ["verified", piece] => runs
-                .last_mut()
-                .expect("start comes first")
-                .verified
-                .push(piece.parse().unwrap()),
-            _ => panic!("unexpected trace line {line:?}"),
-        }
-    }
-    runs
-}
-
-/// Set bits of a wire-order bitfield.
-fn bits(bytes: &[u8]) -> HashSet<u32> {
-    (0..bytes.len() as u32 * 8)
-        .filter(|i| bytes[(i / 8) as usize] & (0x80 >> (i % 8)) != 0)
-        .collect()
-}
-
-/// Pieces the resume file claims (empty when there is none).
-fn resume_claims(path: &Path) -> HashSet<u32> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return HashSet::new();
-    };
-    let have = text
-        .lines()
-        .find_map(|l| l.strip_prefix("have "))
-        .expect("have line");
-    bits(&hex::decode(have).unwrap())
 }
 
 /// `pow download` from `peers` into `out`, tracing verified pieces to `trace`.
@@ -958,109 +889,6 @@ fn kill_9_during_pow_save_leaves_all_or_none_of_the_batch() {
 // ---------------------------------------------------------------------------------------
 // 4. kill -9: pow serve with an upload in flight (5 moments)
 
-struct Server {
-    child: Child,
-    addr: String,
-    data: PathBuf,
-}
-
-impl Server {
-    fn start(data: &Path, tracker_port: u16) -> Server {
-        let mut child = Command::new(pow_bin())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--peer-port",
-                "0",
-                "--json",
-            ])
-            .args(["--tracker-listen", &format!("127.0.0.1:{tracker_port}")])
-            .arg("--data")
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let json: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-        let url = json["url"].as_str().unwrap();
-        Server {
-            child,
-            addr: url.trim_start_matches("http://").to_string(),
-            data: data.to_path_buf(),
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn datasets(&self) -> Vec<serde_json::Value> {
-        let body = reqwest::blocking::get(format!("http://{}/api/datasets", self.addr))
-            .unwrap()
-            .text()
-            .unwrap();
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn files_in(&self, sub: &str) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.data.join(sub))
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    }
-
-    /// Waits until every listed dataset seeds every piece; returns their MD5s.
-    fn wait_all_seeding(&self) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let sets = self.datasets();
-            if sets.iter().all(|d| d["status"]["seeding"] == true) {
-                for d in &sets {
-                    assert_eq!(d["status"]["pieces_have"], d["status"]["pieces_total"]);
-                }
-                let mut md5s: Vec<String> = sets
-                    .iter()
-                    .map(|d| d["md5"].as_str().unwrap().to_string())
-                    .collect();
-                md5s.sort();
-                return md5s;
-            }
-            assert!(Instant::now() < deadline, "not all seeding: {sets:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A multipart/form-data body with one file field.
-fn form(file_name: &str, bytes: &[u8]) -> (String, Vec<u8>) {
-    let boundary = format!("----pow{:016x}", rand_u64());
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n\
-         Content-Type: application/zip\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend_from_slice(bytes);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
 #[test]
 fn kill_9_during_an_upload_to_pow_serve_leaves_only_whole_datasets() {
     const KILLS: usize = 5;
@@ -1070,11 +898,15 @@ fn kill_9_during_an_upload_to_pow_serve_leaves_only_whole_datasets() {
     let mut rng = Rng(RNG_SEED ^ 0x5e7e);
     let mut whole: Vec<String> = Vec::new();
     for kill in 0..KILLS {
-        let mut server = Server::start(&data, tracker_port);
+        let mut server = Server::start(&data, tracker_port, &[]);
         let zip = work.path().join(format!("up-{kill}.zip"));
         make_zip(&zip, 8, 100 + kill as u64);
         let md5 = md5_hex(&zip);
-        let (content_type, body) = form(&format!("up-{kill}.zip"), &std::fs::read(&zip).unwrap());
+        let (content_type, body) = form(
+            &format!("up-{kill}.zip"),
+            &std::fs::read(&zip).unwrap(),
+            None,
+        );
         let mut stream = TcpStream::connect(&server.addr).unwrap();
         write!(
             stream,
@@ -1099,7 +931,7 @@ fn kill_9_during_an_upload_to_pow_serve_leaves_only_whole_datasets() {
         server.kill();
         drop(stream);
 
-        let server = Server::start(&data, tracker_port);
+        let server = Server::start(&data, tracker_port, &[]);
         let listed = server.wait_all_seeding();
         let published = listed.contains(&md5);
         let mut expected = whole.clone();

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod raw_peer;
+pub mod serve;
+pub mod trace;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
