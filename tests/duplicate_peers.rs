@@ -5,8 +5,10 @@
 //! and pieces split between the two connections were read back to be hashed again.
 //!
 //! Both ends see both connections, so both must close the same one: pow keeps the connection
-//! dialed by the lower peer id (pow's ids start `-PW`). The peer here is written by hand
-//! (`common::raw_peer`), because which end dials first cannot be arranged with a real client.
+//! dialed by the lower peer id (pow's ids start `-PW`). Only connections from one host count as
+//! the same peer: a peer id is no secret, and an impostor elsewhere claiming it must not close
+//! the real peer's connection. The peer here is written by hand (`common::raw_peer`), because
+//! which end dials first cannot be arranged with a real client.
 
 mod common;
 
@@ -139,4 +141,24 @@ fn a_peer_that_dials_twice_keeps_its_first_connection() {
     assert_eq!(fate(&mut first), End::Quiet);
     pow.assert_used(&mut first);
     println!("a peer id dialed twice: the second connection closed, the first used");
+}
+
+#[test]
+fn a_peer_id_claimed_from_another_host_does_not_displace_the_peer() {
+    let pow = Downloader::start("dup-impostor");
+    // Below pow's id: were the impostor taken for this peer dialing back, its connection would
+    // be the one kept and pow's own connection to the real peer closed.
+    let id = *b"-AA0001-real-peer-id";
+    let mut real = pow.accept(&id);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut impostor =
+        RawPeer::connect_from("127.0.0.2".parse().unwrap(), pow.port, pow.info_hash, id);
+    assert_eq!(
+        fate(&mut real),
+        End::Quiet,
+        "the real peer's connection was closed"
+    );
+    assert_eq!(fate(&mut impostor), End::Quiet);
+    pow.assert_used(&mut real);
+    println!("the same peer id from 127.0.0.2: a peer of its own; pow's connection to the real peer kept and used");
 }

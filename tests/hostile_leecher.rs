@@ -7,21 +7,10 @@
 
 mod common;
 
-use common::raw_peer::{request_payload, End, RawPeer, BITFIELD, PIECE, REQUEST};
+use common::raw_peer::{request_payload, vm_hwm_kib, End, RawPeer, BITFIELD, PIECE, REQUEST};
 use common::{pow_bin, same_bytes, Lab, TempDir};
 use std::io::Write;
 use std::time::Duration;
-
-/// Peak resident memory (VmHWM) of a process, in KiB.
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM")
-}
 
 /// Out-of-range and over-long requests, a flood while choked and a peer that never reads, all
 /// against one `pow seed` while aria2 downloads the same torrent from it.

@@ -11,20 +11,17 @@
 
 mod common;
 
+use common::raw_peer::{
+    frame, handshake, vm_hwm_kib, word, End, RawPeer, BITFIELD, HAVE, INTERESTED, PIECE, REQUEST,
+    UNCHOKE,
+};
 use common::{pow, TempDir};
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-
-const UNCHOKE: u8 = 1;
-const INTERESTED: u8 = 2;
-const HAVE: u8 = 4;
-const BITFIELD: u8 = 5;
-const REQUEST: u8 = 6;
-const PIECE: u8 = 7;
 
 const PIECE_LEN: u32 = 65536;
 const BLOCK: u32 = 16384;
@@ -129,169 +126,11 @@ impl Gate {
     }
 }
 
-/// How reading from a peer ended.
-#[derive(Debug, PartialEq)]
-enum End {
-    /// EOF or reset: the other side closed.
-    Closed,
-    /// Nothing within the timeout.
-    Quiet,
-}
-
-/// A peer on a plain blocking socket.
-struct RawPeer {
-    stream: TcpStream,
-}
-
-fn handshake_bytes(info_hash: &[u8; 20], peer_id: &[u8; 20]) -> Vec<u8> {
-    let mut hs = vec![19u8];
-    hs.extend_from_slice(b"BitTorrent protocol");
-    hs.extend_from_slice(&[0; 8]);
-    hs.extend_from_slice(info_hash);
-    hs.extend_from_slice(peer_id);
-    hs
-}
-
-impl RawPeer {
-    /// Waits for the downloader to dial `listener`, reads its handshake (checking it is for
-    /// `expected`) and answers with a handshake for `answer`.
-    fn accept(listener: &TcpListener, expected: [u8; 20], answer: [u8; 20]) -> RawPeer {
-        listener.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let stream = loop {
-            match listener.accept() {
-                Ok((stream, _)) => break stream,
-                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => panic!("the downloader never connected: {e}"),
-            }
-        };
-        stream.set_nonblocking(false).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let mut peer = RawPeer { stream };
-        let mut theirs = [0u8; 68];
-        peer.stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        peer.stream.read_exact(&mut theirs).unwrap();
-        assert_eq!(theirs[28..48], expected, "the downloader's handshake");
-        peer.stream
-            .write_all(&handshake_bytes(
-                &answer,
-                &common::raw_peer::unique_peer_id(),
-            ))
-            .unwrap();
-        peer
-    }
-
-    /// Dials the downloader and sends a handshake for `info_hash` (the downloader sends its
-    /// own first, which is read only when it is for `info_hash`).
-    fn connect(port: u16, info_hash: [u8; 20]) -> RawPeer {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let mut peer = RawPeer { stream };
-        peer.stream
-            .write_all(&handshake_bytes(
-                &info_hash,
-                &common::raw_peer::unique_peer_id(),
-            ))
-            .unwrap();
-        peer
-    }
-
-    fn read_handshake(&mut self) {
-        let mut theirs = [0u8; 68];
-        self.stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        self.stream.read_exact(&mut theirs).unwrap();
-    }
-
-    fn send(&mut self, id: u8, payload: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(&frame(id, payload))
-    }
-
-    /// The next message (id, payload), or how the stream ended. Keep-alives are skipped.
-    fn read(&mut self, timeout: Duration) -> Result<(u8, Vec<u8>), End> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(End::Quiet);
-            }
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            let mut len = [0u8; 4];
-            self.read_exact(&mut len)?;
-            let len = u32::from_be_bytes(len) as usize;
-            if len == 0 {
-                continue;
-            }
-            let mut body = vec![0u8; len];
-            self.read_exact(&mut body)?;
-            return Ok((body[0], body[1..].to_vec()));
-        }
-    }
-
-    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), End> {
-        match self.stream.read_exact(buf) {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                Err(End::Quiet)
-            }
-            Err(_) => Err(End::Closed),
-        }
-    }
-
-    /// Reads (and drops) whatever comes until the downloader closes the connection; returns
-    /// how long that took, or `None` if it was still open after `limit`.
-    fn closed_within(&mut self, limit: Duration) -> Option<Duration> {
-        let start = Instant::now();
-        let mut buf = [0u8; 4096];
-        loop {
-            let left = (start + limit).saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Some(start.elapsed()),
-                Ok(_) => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(_) => return Some(start.elapsed()),
-            }
-        }
-    }
-
-    /// Reads messages until a request arrives; returns it.
-    fn next_request(&mut self, timeout: Duration) -> (u32, u32, u32) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.read(deadline.saturating_duration_since(Instant::now())) {
-                Ok((REQUEST, p)) => return (word(&p, 0), word(&p, 4), word(&p, 8)),
-                Ok(_) => {}
-                Err(end) => panic!("waiting for a request: {end:?}"),
-            }
-        }
-    }
-}
-
-fn frame(id: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = (1 + payload.len() as u32).to_be_bytes().to_vec();
-    frame.push(id);
-    frame.extend_from_slice(payload);
-    frame
-}
-
 fn piece_frame(index: u32, begin: u32, data: &[u8]) -> Vec<u8> {
     let mut payload = index.to_be_bytes().to_vec();
     payload.extend_from_slice(&begin.to_be_bytes());
     payload.extend_from_slice(data);
     frame(PIECE, &payload)
-}
-
-fn word(p: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes(p[at..at + 4].try_into().unwrap())
 }
 
 /// An honest seed: answers every request with the payload's bytes, but unchokes only once the
@@ -324,7 +163,7 @@ fn serve_honestly(
     stream.set_nodelay(true)?;
     let mut theirs = [0u8; 68];
     stream.read_exact(&mut theirs)?;
-    stream.write_all(&handshake_bytes(&info_hash, b"-XX0001-honest-seed-"))?;
+    stream.write_all(&handshake([0; 8], info_hash, *b"-XX0001-honest-seed-"))?;
     stream.write_all(&frame(BITFIELD, bitfield))?;
     gate.wait(Duration::from_secs(30));
     stream.write_all(&frame(UNCHOKE, &[]))?;
@@ -414,17 +253,6 @@ impl Downloader {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
-
-    /// Peak resident memory so far, KiB.
-    fn vm_hwm_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmHWM")
-    }
 }
 
 impl Drop for Downloader {
@@ -475,7 +303,7 @@ fn run_case(
             std::panic::resume_unwind(panic);
         }
     };
-    let hwm = download.vm_hwm_kib();
+    let hwm = vm_hwm_kib(download.child.id());
     let log = download.log();
     drop(download);
 
@@ -574,7 +402,7 @@ fn length_prefix_2_pow_32_minus_1_is_refused_at_once() {
                 peer.closed_within(AT_ONCE * 5),
             ));
             // On a connection to the downloader: the prefix and a `piece` id.
-            let mut peer = RawPeer::connect(port, setup.info_hash);
+            let mut peer = RawPeer::dial(port, setup.info_hash);
             peer.read_handshake();
             peer.stream
                 .write_all(&[0xff, 0xff, 0xff, 0xff, PIECE])
@@ -613,7 +441,7 @@ fn bad_bitfields_are_refused() {
                 peer.closed_within(AT_ONCE * 5),
             ));
             // Right size, spare bits set.
-            let mut peer = RawPeer::connect(port, setup.info_hash);
+            let mut peer = RawPeer::dial(port, setup.info_hash);
             peer.read_handshake();
             let spare = vec![0xffu8; setup.pieces.div_ceil(8) as usize];
             peer.send(BITFIELD, &spare).unwrap();
@@ -648,7 +476,7 @@ fn have_out_of_range_is_refused() {
                 "have 65 of 65 pieces (outgoing)".to_string(),
                 peer.closed_within(AT_ONCE * 5),
             ));
-            let mut peer = RawPeer::connect(port, setup.info_hash);
+            let mut peer = RawPeer::dial(port, setup.info_hash);
             peer.read_handshake();
             peer.send(HAVE, &u32::MAX.to_be_bytes()).unwrap();
             drops.push((
@@ -701,7 +529,7 @@ fn unrequested_blocks_are_never_written_and_end_the_connection() {
             )];
             // Again once every piece is verified: a second peer dials in, waits until the
             // downloader has announced every piece, then sends every block with a bad byte.
-            let mut late = RawPeer::connect(port, setup.info_hash);
+            let mut late = RawPeer::dial(port, setup.info_hash);
             late.read_handshake();
             gate.open();
             let mut verified = vec![false; setup.pieces as usize];
@@ -873,7 +701,7 @@ fn a_handshake_for_another_torrent_is_dropped_at_once() {
                 "answer with another info-hash (outgoing)".to_string(),
                 peer.closed_within(AT_ONCE * 5).map(|_| sent.elapsed()),
             ));
-            let mut peer = RawPeer::connect(port, other);
+            let mut peer = RawPeer::dial(port, other);
             let sent = Instant::now();
             drops.push((
                 "dial with another info-hash (incoming)".to_string(),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 pub const UNCHOKE: u8 = 1;
 pub const INTERESTED: u8 = 2;
+pub const HAVE: u8 = 4;
 pub const BITFIELD: u8 = 5;
 pub const REQUEST: u8 = 6;
 pub const PIECE: u8 = 7;
@@ -52,7 +53,65 @@ impl RawPeer {
         reserved: [u8; 8],
         peer_id: [u8; 20],
     ) -> (RawPeer, [u8; 8]) {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        Self::greet(stream, info_hash, reserved, peer_id)
+    }
+
+    /// Dials pow and sends a handshake for `info_hash` only: pow's own is read by
+    /// [`RawPeer::read_handshake`], when pow sends one (not for a torrent it lacks).
+    pub fn dial(port: u16, info_hash: [u8; 20]) -> RawPeer {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+            .write_all(&handshake([0; 8], info_hash, unique_peer_id()))
+            .unwrap();
+        RawPeer { stream }
+    }
+
+    /// Reads the other side's 68-byte handshake (within 10 s).
+    pub fn read_handshake(&mut self) -> [u8; 68] {
+        let mut theirs = [0u8; 68];
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        self.stream.read_exact(&mut theirs).unwrap();
+        theirs
+    }
+
+    /// Connects from another loopback address (`127.0.0.2`: another host, as pow sees it) with
+    /// this peer id.
+    pub fn connect_from(
+        source: std::net::Ipv4Addr,
+        port: u16,
+        info_hash: [u8; 20],
+        peer_id: [u8; 20],
+    ) -> RawPeer {
+        // std cannot bind a socket before connecting it; tokio's `TcpSocket` can.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let stream = runtime
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind((source, 0).into())?;
+                socket
+                    .connect((std::net::Ipv4Addr::LOCALHOST, port).into())
+                    .await?
+                    .into_std()
+            })
+            .unwrap();
+        stream.set_nonblocking(false).unwrap();
+        Self::greet(stream, info_hash, [0; 8], peer_id).0
+    }
+
+    /// Sends our handshake, reads theirs (checking the info-hash); returns their reserved bytes.
+    fn greet(
+        mut stream: TcpStream,
+        info_hash: [u8; 20],
+        reserved: [u8; 8],
+        peer_id: [u8; 20],
+    ) -> (RawPeer, [u8; 8]) {
         stream
             .write_all(&handshake(reserved, info_hash, peer_id))
             .unwrap();
@@ -65,22 +124,35 @@ impl RawPeer {
     /// Waits (up to 20 s) for a dial on `listener`, reads the handshake (checking it is for
     /// `info_hash`) and answers as `peer_id`.
     pub fn accept_as(listener: &TcpListener, info_hash: [u8; 20], peer_id: [u8; 20]) -> RawPeer {
-        let mut stream =
+        Self::accept_answering(listener, info_hash, info_hash, peer_id)
+    }
+
+    /// Waits (up to 20 s) for a dial on `listener`, reads the handshake (checking it is for
+    /// `expected`) and answers with a handshake for `answer` (another torrent, to test that).
+    pub fn accept(listener: &TcpListener, expected: [u8; 20], answer: [u8; 20]) -> RawPeer {
+        Self::accept_answering(listener, expected, answer, unique_peer_id())
+    }
+
+    fn accept_answering(
+        listener: &TcpListener,
+        expected: [u8; 20],
+        answer: [u8; 20],
+        peer_id: [u8; 20],
+    ) -> RawPeer {
+        let stream =
             accept_within(listener, Duration::from_secs(20)).expect("nothing dialed the listener");
-        let mut theirs = [0u8; 68];
-        stream.read_exact(&mut theirs).unwrap();
-        assert_eq!(theirs[28..48], info_hash);
-        stream
-            .write_all(&handshake([0; 8], info_hash, peer_id))
+        stream.set_nodelay(true).unwrap();
+        let mut peer = RawPeer { stream };
+        let theirs = peer.read_handshake();
+        assert_eq!(theirs[28..48], expected, "the handshake pow sent");
+        peer.stream
+            .write_all(&handshake([0; 8], answer, peer_id))
             .unwrap();
-        RawPeer { stream }
+        peer
     }
 
     pub fn send(&mut self, id: u8, payload: &[u8]) -> std::io::Result<()> {
-        let mut frame = (1 + payload.len() as u32).to_be_bytes().to_vec();
-        frame.push(id);
-        frame.extend_from_slice(payload);
-        self.stream.write_all(&frame)
+        self.stream.write_all(&frame(id, payload))
     }
 
     pub fn request(&mut self, index: u32, begin: u32, length: u32) -> std::io::Result<()> {
@@ -152,6 +224,62 @@ impl RawPeer {
         self.send(INTERESTED, &[]).unwrap();
         self.wait_for(UNCHOKE);
     }
+
+    /// Reads (and drops) whatever comes until pow closes the connection; returns how long that
+    /// took, or `None` if it was still open after `limit`.
+    pub fn closed_within(&mut self, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = (start + limit).saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Some(start.elapsed()),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return Some(start.elapsed()),
+            }
+        }
+    }
+
+    /// Reads messages until a request arrives; returns its (index, begin, length).
+    pub fn next_request(&mut self, timeout: Duration) -> (u32, u32, u32) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.read(deadline.saturating_duration_since(Instant::now())) {
+                Ok((REQUEST, p)) => return (word(&p, 0), word(&p, 4), word(&p, 8)),
+                Ok(_) => {}
+                Err(end) => panic!("waiting for a request: {end:?}"),
+            }
+        }
+    }
+}
+
+/// A message as it goes on the wire: length prefix, id, payload.
+pub fn frame(id: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (1 + payload.len() as u32).to_be_bytes().to_vec();
+    frame.push(id);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The big-endian u32 at `at`.
+pub fn word(p: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(p[at..at + 4].try_into().unwrap())
+}
+
+/// Peak resident memory (VmHWM) of a running process, KiB.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM")
 }
 
 pub fn request_payload(index: u32, begin: u32, length: u32) -> Vec<u8> {
@@ -174,7 +302,8 @@ pub fn unique_peer_id() -> [u8; 20] {
     id.as_bytes().try_into().unwrap()
 }
 
-fn handshake(reserved: [u8; 8], info_hash: [u8; 20], peer_id: [u8; 20]) -> Vec<u8> {
+/// The 68-byte handshake.
+pub fn handshake(reserved: [u8; 8], info_hash: [u8; 20], peer_id: [u8; 20]) -> Vec<u8> {
     let mut hs = vec![19u8];
     hs.extend_from_slice(b"BitTorrent protocol");
     hs.extend_from_slice(&reserved);

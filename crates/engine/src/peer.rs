@@ -143,10 +143,11 @@ async fn run(
         };
         // Set when a duplicate connection we dialed is closed in favour of this one.
         let mut dialed_at = None;
-        let duplicate = state
-            .peers
-            .values_mut()
-            .find(|p| p.wire.is_some_and(|wire| wire.peer_id == conn.peer_id));
+        // Only a connection from the same host counts: anyone can claim a peer id it has seen,
+        // and an impostor elsewhere must not displace the real peer's connection.
+        let duplicate = state.peers.values_mut().find(|p| {
+            p.addr.ip() == addr.ip() && p.wire.is_some_and(|wire| wire.peer_id == conn.peer_id)
+        });
         if let Some(other) = duplicate {
             // Two connections to one peer (both ends dialed, or it dialed twice) would fetch
             // the same blocks twice in end-game and split pieces between them. Each end sees
