@@ -159,6 +159,26 @@ pub(crate) struct PeerEntry {
     pub blocks_from: u64,
 }
 
+impl PeerEntry {
+    /// A peer just connected (or a web seed just added): nothing sent or unchoked yet.
+    pub fn new(
+        addr: SocketAddr,
+        wire: Option<WireLink>,
+        bits: Bitfield,
+        tx: mpsc::UnboundedSender<PeerCmd>,
+    ) -> PeerEntry {
+        PeerEntry {
+            addr,
+            wire,
+            dialed_at: None,
+            bits,
+            tx,
+            unchoked_by_us: false,
+            blocks_from: 0,
+        }
+    }
+}
+
 /// Who is at the other end of a wire connection, and which end dialed.
 #[derive(Clone, Copy)]
 pub(crate) struct WireLink {
@@ -169,7 +189,7 @@ pub(crate) struct WireLink {
 pub(crate) struct State {
     pub picker: Picker,
     pub peers: HashMap<PeerKey, PeerEntry>,
-    pub next_key: PeerKey,
+    next_key: PeerKey,
     /// Addresses we may connect to, with when we last tried.
     pub known: HashMap<SocketAddr, Option<Instant>>,
     pub connecting: HashSet<SocketAddr>,
@@ -194,6 +214,19 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// The key the next peer added gets.
+    pub fn next_peer_key(&self) -> PeerKey {
+        self.next_key
+    }
+
+    /// Adds a connection (or web seed) under the next key, which it returns.
+    pub fn add_peer(&mut self, entry: PeerEntry) -> PeerKey {
+        let key = self.next_key;
+        self.next_key += 1;
+        self.peers.insert(key, entry);
+        key
+    }
+
     /// Books a block that `key` (at `addr`) sent: the picker's verdict on it, and whether every
     /// block of the piece's current attempt so far came from `key`. A wanted block counts as
     /// unwritten until the caller reports it with [`Inner::written`]; peers that asked for the

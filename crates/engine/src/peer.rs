@@ -174,21 +174,10 @@ async fn run(
                 return;
             }
         }
-        let key = state.next_key;
-        state.next_key += 1;
         let pieces = inner.metainfo.geometry.piece_count();
-        state.peers.insert(
-            key,
-            PeerEntry {
-                addr,
-                wire: Some(link),
-                dialed_at,
-                bits: Bitfield::new(pieces),
-                tx,
-                unchoked_by_us: false,
-                blocks_from: 0,
-            },
-        );
+        let mut entry = PeerEntry::new(addr, Some(link), Bitfield::new(pieces), tx);
+        entry.dialed_at = dialed_at;
+        let key = state.add_peer(entry);
         if let Some(ss) = state.super_seed.as_mut() {
             ss.connected(key, pieces);
         }
@@ -1135,23 +1124,9 @@ pub(crate) fn fuzz_session(
     let addr: SocketAddr = "127.0.0.2:6881".parse().expect("address");
     let (tx, _rx) = mpsc::unbounded_channel();
     let key = {
-        let mut state = inner.lock();
-        let key = state.next_key;
-        state.next_key += 1;
         let pieces = inner.metainfo.geometry.piece_count();
-        state.peers.insert(
-            key,
-            PeerEntry {
-                addr,
-                wire: None,
-                dialed_at: None,
-                bits: Bitfield::new(pieces),
-                tx,
-                unchoked_by_us: false,
-                blocks_from: 0,
-            },
-        );
-        key
+        let entry = PeerEntry::new(addr, None, Bitfield::new(pieces), tx);
+        inner.lock().add_peer(entry)
     };
     let mut peer = Peer::new(inner.clone(), key, addr);
     peer.fast = fast;

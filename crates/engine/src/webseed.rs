@@ -71,23 +71,10 @@ pub(crate) fn start(inner: &Arc<Inner>, url: String) {
         if state.web_seeds.values().any(|u| *u == url) {
             return;
         }
-        let key = state.next_key;
-        state.next_key += 1;
-        let addr = pseudo_addr(key);
+        let addr = pseudo_addr(state.next_peer_key());
         let bits = Bitfield::full(pieces);
         state.picker.peer_connected(&bits);
-        state.peers.insert(
-            key,
-            PeerEntry {
-                addr,
-                wire: None,
-                dialed_at: None,
-                bits,
-                tx,
-                unchoked_by_us: false,
-                blocks_from: 0,
-            },
-        );
+        let key = state.add_peer(PeerEntry::new(addr, None, bits, tx));
         state.web_seeds.insert(addr, url.clone());
         (key, addr)
     };
