@@ -13,7 +13,7 @@ use common::serve::{form, rand_u64, Server};
 use common::trace::{parse_trace, resume_claims, Rng};
 use common::{free_port, make_zip, md5_hex, pow, TempDir};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -113,10 +113,7 @@ impl Seed {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let line = common::first_stdout_line(&mut child);
         let started = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
         Seed {
             child,

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{pow, pow_bin, TempDir};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -27,10 +27,7 @@ fn start() -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = common::first_stdout_line(&mut child);
     let url = line
         .trim()
         .strip_prefix("tracker listening on ")

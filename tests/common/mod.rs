@@ -342,3 +342,14 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The first line a child prints on its piped stdout: where a server listens, what a seed
+/// started with.
+pub fn first_stdout_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout is piped"))
+        .read_line(&mut line)
+        .unwrap();
+    line
+}

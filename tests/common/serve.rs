@@ -2,7 +2,6 @@
 //! API, and upload bodies as a browser sends them.
 
 use super::pow_bin;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,10 +35,7 @@ impl Server {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let line = super::first_stdout_line(&mut child);
         let json: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
         let url = json["url"].as_str().unwrap().to_string();
