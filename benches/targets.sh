@@ -7,8 +7,8 @@
 #   4. the swarm-lab matrix with pow as `ext` (benches/swarm.sh) at 256 MiB and 1 GiB, --repeat 3,
 #      then the ratios of benches/targets.py (leech speed and CPU, seed speed, peak RSS, leech
 #      speed against (1) and against what the seeder's and pow's CPU per GiB allow on these
-#      cores, since the seeder runs on the same machine). Transmission is left out by default (SEEDERS/LEECHERS to change):
-#      its seed serves 5-10 MiB/s here and its leecher waits 15-20 s to be dialled, so its
+#      cores, since the seeder runs on the same machine). Transmission is left out by default
+#      (SEEDERS/LEECHERS to change): its seed serves 5-10 MiB/s here and its leecher waits 15-20 s to be dialled, so its
 #      rows measure Transmission and would triple the run time.
 #   5. 1 pow seed + 8 pow leechers on 256 MiB (benches/swarm8.sh): seed upload <= 1.5x payload,
 #      with a plain seed and with `--super-seed`

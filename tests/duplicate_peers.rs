@@ -30,6 +30,11 @@ struct Downloader {
 
 impl Downloader {
     fn start(tag: &str) -> Downloader {
+        Self::start_bound(tag, "127.0.0.1")
+    }
+
+    /// Listening on `bind` (`::` listens on both IPv6 and IPv4).
+    fn start_bound(tag: &str, bind: &str) -> Downloader {
         let work = TempDir::new(tag);
         let data = work.path().join("dup.bin");
         let content: Vec<u8> = (0..1_048_576u32).map(|i| (i * 13 % 251) as u8).collect();
@@ -45,7 +50,7 @@ impl Downloader {
             .arg("-o")
             .arg(work.path().join("out"))
             .args(["--peer", &peer, "--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+            .args(["--bind", bind])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -161,4 +166,13 @@ fn a_peer_id_claimed_from_another_host_does_not_displace_the_peer() {
     assert_eq!(fate(&mut impostor), End::Quiet);
     pow.assert_used(&mut real);
     println!("the same peer id from 127.0.0.2: a peer of its own; pow's connection to the real peer kept and used");
+}
+
+#[test]
+fn a_dual_stack_listener_still_sees_one_peer() {
+    // pow listens on `::`: our dial to 127.0.0.1 reaches it as `::ffff:127.0.0.1`, while the
+    // connection pow dialed is to 127.0.0.1. The same host either way.
+    let pow = Downloader::start_bound("dup-dual-stack", "::");
+    dial_both_ways(&pow, b"-AA0001-dual-stack-i", true);
+    println!("listening on ::, both dialed: one connection kept, as on 127.0.0.1");
 }

@@ -144,9 +144,12 @@ async fn run(
         // Set when a duplicate connection we dialed is closed in favour of this one.
         let mut dialed_at = None;
         // Only a connection from the same host counts: anyone can claim a peer id it has seen,
-        // and an impostor elsewhere must not displace the real peer's connection.
+        // and an impostor elsewhere must not displace the real peer's connection. Canonical,
+        // since a dual-stack listener sees an IPv4 peer we dialed as `::ffff:a.b.c.d`.
+        let host = addr.ip().to_canonical();
         let duplicate = state.peers.values_mut().find(|p| {
-            p.addr.ip() == addr.ip() && p.wire.is_some_and(|wire| wire.peer_id == conn.peer_id)
+            p.addr.ip().to_canonical() == host
+                && p.wire.is_some_and(|wire| wire.peer_id == conn.peer_id)
         });
         if let Some(other) = duplicate {
             // Two connections to one peer (both ends dialed, or it dialed twice) would fetch
