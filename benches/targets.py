@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""targets.py CSV... -- issue #6's ratios from swarm-lab interop CSVs in which pow is `ext`.
+"""targets.py [--pinned] CSV... -- issue #6's ratios from swarm-lab interop CSVs in which pow is `ext`.
 
 For every real seeder S (per payload size, taken from the CSV's bytes column):
   leech speed  = pow's median xfer MiB/s from S / the best real leecher's median from S  (target >= 1.25)
@@ -12,6 +12,8 @@ from `openssl speed -evp sha1`, as benches/targets.sh measures it in the same ru
 for every seeder S, pow's own seed included. Next to it, what the two processes' CPU allows:
   2-core ceiling = cores / (S's median seed CPU s/GiB + pow's median leech CPU s/GiB)
 the speed at which the seeder and pow, sharing this machine's cores, would keep every core busy.
+--pinned: the CSVs come from `benches/swarm.sh --pin` (seeder on core 0, leecher on core 1), so
+each process has one core and the ceiling is 1 / the larger of the two CPU s/GiB.
 A row says MET or MISSED; nothing is asserted.
 """
 import csv, os, statistics, sys
@@ -36,9 +38,11 @@ def main():
     if len(sys.argv) < 2 or sys.argv[1] in ('-h', '--help'):
         print(__doc__)
         sys.exit(0)
+    pinned = sys.argv[1] == '--pinned'
+    paths = sys.argv[2:] if pinned else sys.argv[1:]
     # (bytes, seeder, leecher) -> list of verified rows
     runs = defaultdict(list)
-    for path in sys.argv[1:]:
+    for path in paths:
         for r in csv.DictReader(open(path)):
             if r['verified'] == 'yes':
                 runs[(r['bytes'], r['seeder'], r['leecher'])].append(r)
@@ -52,7 +56,7 @@ def main():
         seeders = sorted({k[1] for k in runs if k[0] == size}, key=lambda s: (s == POW, s))
         leechers = sorted({k[2] for k in runs if k[0] == size})
         mib = int(size) / 2**20
-        print(f'\n### {mib:.0f} MiB payload')
+        print(f'\n### {mib:.0f} MiB payload{", seeder on core 0, leecher on core 1" if pinned else ""}')
         print('| target | pair | pow | best real | ratio | target | verdict |')
         print('|---|---|---|---|---|---|---|')
         for s in seeders:
@@ -66,7 +70,12 @@ def main():
                       f'| {ratio:.2f}x | >= 0.40x | {"MET" if ratio >= 0.4 else "MISSED"} |')
             seed_cpu = med(size, s, POW, 'seed_cpu_s_per_gib')
             leech_cpu = med(size, s, POW, 'leech_cpu_s_per_gib')
-            if seed_cpu and leech_cpu:
+            if seed_cpu and leech_cpu and pinned:
+                ceiling = 1024 / max(seed_cpu, leech_cpu)
+                print(f'| leech MiB/s vs the one-core ceiling | from {name(s)} | {ours:.0f} | {ceiling:.0f} '
+                      f'(1 / max({seed_cpu:.2f} seed, {leech_cpu:.2f} pow s/GiB)) | {ours / ceiling:.2f}x '
+                      f'| | figure |')
+            elif seed_cpu and leech_cpu:
                 ceiling = CORES * 1024 / (seed_cpu + leech_cpu)
                 print(f'| leech MiB/s vs the {CORES}-core ceiling | from {name(s)} | {ours:.0f} | {ceiling:.0f} '
                       f'({CORES} / ({seed_cpu:.2f} seed + {leech_cpu:.2f} pow s/GiB)) | {ours / ceiling:.2f}x '

@@ -10,6 +10,9 @@
 #      cores, since the seeder runs on the same machine). Transmission is left out by default
 #      (SEEDERS/LEECHERS to change): its seed serves 5-10 MiB/s here and its leecher waits 15-20 s to be dialled, so its
 #      rows measure Transmission and would triple the run time.
+#   4b. the same matrix with every seeder on core 0 and every leecher on core 1 (`swarm.sh --pin`):
+#      each process as if on a one-core machine of its own, so a leecher's figures no longer
+#      depend on how much of the shared cores the seeder leaves idle
 #   5. 1 pow seed + 8 pow leechers on 256 MiB (benches/swarm8.sh): seed upload <= 1.5x payload,
 #      with a plain seed and with `--super-seed`
 # --ci: what `scripts/test-all` runs: the 256 MiB matrix once per pair (about 10 min in all).
@@ -91,6 +94,17 @@ for size in "${sizes[@]}"; do
   cp "$csv" "/tmp/pow-targets-matrix-$size.csv"
 done
 OPENSSL_SHA1_GIB="$openssl_gib" python3 benches/targets.py "${csvs[@]}"
+
+echo "## 4b. the same matrix with the seeder on core 0 and the leecher on core 1"
+pinned=()
+for size in "${sizes[@]}"; do
+  csv="$work/matrix-pinned-$size.csv"
+  BENCH_CSV="$csv" bash benches/swarm.sh --pin --size "$size" --repeat "$repeat" --tracker tiny \
+    --seeders "${SEEDERS:-aria2 libtorrent rqbit ext}" --leechers "${LEECHERS:-aria2 libtorrent rqbit ext}" || true
+  pinned+=("$csv")
+  cp "$csv" "/tmp/pow-targets-matrix-pinned-$size.csv"
+done
+OPENSSL_SHA1_GIB="$openssl_gib" python3 benches/targets.py --pinned "${pinned[@]}"
 
 echo "## 5. one pow seed, eight pow leechers"
 swarm8_size=256M; [ $quick = 1 ] && swarm8_size=64M
