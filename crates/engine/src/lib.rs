@@ -3,7 +3,8 @@
 //!
 //! One tokio task per peer connection ([`peer`]). Shared bookkeeping (the picker, who has what,
 //! strikes) sits behind one mutex that tasks hold only for short, non-blocking updates. Blocks
-//! are written with positioned writes as they arrive; a piece whose blocks are all written is
+//! are written with positioned writes and hashed in piece order as they arrive, beside the
+//! peer's socket loop ([`received`]); a piece that one peer's in-order hash cannot decide is
 //! read back and SHA-1 checked on the blocking pool; a failed piece is discarded and
 //! re-requested, and every peer that sent part of it gets a strike (banned after
 //! [`MAX_STRIKES`]).
@@ -19,6 +20,7 @@ mod inorder;
 mod listener;
 pub mod metadata;
 mod peer;
+mod received;
 mod superseed;
 pub mod trace;
 pub mod webseed;
@@ -62,6 +64,10 @@ pub struct EngineConfig {
     /// When complete, tell each peer of a few pieces at a time (BEP 16 super-seeding, see
     /// [`superseed`]): for the first seed of new data to a swarm of leechers.
     pub super_seed: bool,
+    /// Write and hash each peer's blocks on a thread of its own, beside its socket loop
+    /// ([`received`]). Default: when this process may run on more than one core (its CPU
+    /// affinity, so `taskset -c 0` turns it off); on one core the hand-over only costs.
+    pub write_threads: bool,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +84,7 @@ impl Default for EngineConfig {
             snub_timeout: Duration::from_secs(60),
             resume_interval: None,
             super_seed: false,
+            write_threads: std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
         }
     }
 }

@@ -17,6 +17,7 @@
 //! dropped as if silent.
 
 use crate::inorder::InOrderHashes;
+use crate::received::{self, Unwritten, Writer};
 use crate::{Inner, PeerCmd, PeerEntry, WireLink, MAX_STRIKES};
 use bytes::{Buf, Bytes, BytesMut};
 use pow_metainfo::Block;
@@ -36,12 +37,17 @@ use tokio::sync::mpsc;
 /// much (16 blocks), so a fast peer costs one wake-up and one syscall per 16 blocks, not 4.
 const READ_CHUNK: usize = 256 * 1024;
 
-/// Requests kept in flight per peer: start here, then follow the measured rate.
+/// Requests kept in flight per peer: start here, grow by one per block received (slow start:
+/// the pipeline doubles each round trip) until the measured rate stops growing, then follow
+/// the rate. Waiting a whole tick before the first rate left a fast peer with 16 requests for
+/// the first second, which at loopback speeds is most of a 256 MiB download.
 const MIN_PIPELINE: usize = 16;
 const MAX_PIPELINE: usize = 500;
 /// Aim to have this much of the peer's measured rate in flight (bandwidth-delay product with
 /// a generous delay, so fast loopback peers are never starved).
 const PIPELINE_SECONDS: f64 = 1.0;
+/// Slow start ends at the first tick whose rate is not this much above the one before.
+const SLOW_START_GROWTH: f64 = 1.1;
 
 /// Requests from a peer waiting to be served; with this many we read no more from the peer.
 pub(crate) const MAX_QUEUED_REQUESTS: usize = 1024;
@@ -193,9 +199,7 @@ async fn run(
     );
     let mut peer = Peer::new(inner.clone(), key, addr);
     let result = peer.run(&mut conn, rx).await;
-    // Blocks it sent that were booked before the loop ended (an error in a later message of
-    // the same read) are written: the picker counts them as received.
-    let _ = peer.write_received();
+    peer.finish_received().await;
     if let Err(e) = &result {
         tracing::info!("{addr}: closed: {e}");
     }
@@ -306,6 +310,8 @@ struct Peer {
     /// Blocks received that we never asked this peer for (see [`MAX_UNREQUESTED_BLOCKS`]).
     unrequested: u32,
     pipeline: usize,
+    /// The pipeline grows with each block received (see [`MIN_PIPELINE`]).
+    slow_start: bool,
     /// When the last whole message arrived (a partial one does not count).
     last_recv: Instant,
     last_send: Instant,
@@ -332,27 +338,19 @@ struct Peer {
     their_reqq: Option<usize>,
     /// Metadata pieces the peer asked for (see [`MAX_METADATA_REQUESTS`]).
     metadata_requests: u32,
-    /// SHA-1 of the pieces this peer is sending us, fed as their blocks are written.
+    /// SHA-1 of the pieces this peer is sending us, fed as their blocks are written, when
+    /// they are written on this task ([`Peer::write_received`]; the writer has its own).
     hashes: InOrderHashes,
     /// Blocks received and booked since the last socket read, written together after the
-    /// messages in the buffer are handled (see [`Peer::write_received`]).
+    /// messages in the buffer are handled (see [`Peer::hand_received`]).
     unwritten: Vec<Unwritten>,
+    /// Writes and hashes this peer's blocks on a thread of its own (see [`received`]).
+    writer: Option<Writer>,
     /// We super-seed this peer: it hears of our pieces a few at a time ([`crate::superseed`]).
     super_seeded: bool,
     /// Super-seeding: the peer's first message (its bitfield, if it sends one) was handled,
     /// so what it lacks is known and it has been told of its first pieces.
     first_told: bool,
-}
-
-/// A block booked with the picker, to be written.
-struct Unwritten {
-    index: u32,
-    begin: u32,
-    data: Bytes,
-    /// The picker has every block of the piece's current attempt with this one.
-    piece_done: bool,
-    /// Every block of that attempt came from this peer.
-    sole: bool,
 }
 
 impl Peer {
@@ -371,6 +369,7 @@ impl Peer {
             metadata_requests: 0,
             hashes: InOrderHashes::default(),
             unwritten: Vec::new(),
+            writer: None,
             super_seeded: false,
             first_told: false,
             am_interested: false,
@@ -381,6 +380,7 @@ impl Peer {
             withdrawn: HashSet::new(),
             unrequested: 0,
             pipeline: MIN_PIPELINE,
+            slow_start: true,
             last_recv: now,
             last_send: now,
             last_block: now,
@@ -440,7 +440,7 @@ impl Peer {
                     self.reveal(|ss, peers, key| ss.refill(key, peers));
                 }
             }
-            self.write_received()?;
+            self.hand_received().await?;
             self.serve_queued()?;
             self.fill_pipeline();
             let room = self.requests.len() < MAX_QUEUED_REQUESTS;
@@ -493,10 +493,18 @@ impl Peer {
             self.reveal(|ss, peers, key| ss.tick(key, peers));
         }
         // Exponential moving average of the receive rate, bytes per second.
+        let previous_rate = self.rate;
         self.rate = 0.5 * self.rate + 0.5 * self.bytes_this_tick as f64;
         self.bytes_this_tick = 0;
-        let wanted = (self.rate * PIPELINE_SECONDS / 16384.0) as usize;
-        self.pipeline = wanted.clamp(MIN_PIPELINE, MAX_PIPELINE);
+        let wanted = ((self.rate * PIPELINE_SECONDS / 16384.0) as usize).max(MIN_PIPELINE);
+        if self.slow_start {
+            if self.rate > 0.0 && self.rate < previous_rate * SLOW_START_GROWTH {
+                self.slow_start = false;
+            }
+            self.pipeline = self.pipeline.max(wanted).min(MAX_PIPELINE);
+        } else {
+            self.pipeline = wanted.min(MAX_PIPELINE);
+        }
         if now.duration_since(self.last_recv) > self.inner.config.idle_timeout {
             return Err(PeerError::Protocol("silent for too long"));
         }
@@ -518,6 +526,7 @@ impl Peer {
             );
             self.release_requests();
             self.pipeline = 1;
+            self.slow_start = false;
             self.last_block = now;
         }
         Ok(())
@@ -912,6 +921,9 @@ impl Peer {
         if asked {
             // Only blocks we are waiting for show the peer is not snubbing us.
             self.last_block = Instant::now();
+            if self.slow_start && self.pipeline < MAX_PIPELINE {
+                self.pipeline += 1;
+            }
         }
         // `sole`: every block of the piece's current attempt came from this peer (the set is
         // cleared when a piece is verified or fails).
@@ -934,95 +946,41 @@ impl Peer {
         Ok(())
     }
 
-    /// Writes the blocks booked since the last call, each run of consecutive blocks of a
-    /// piece with one vectored write, then feeds them to their in-order hashes and decides
-    /// the pieces they complete.
+    /// Writes and hashes the blocks booked since the last call on this task (one core, and the
+    /// fuzz harness).
     fn write_received(&mut self) -> Result<(), PeerError> {
-        let mut blocks = std::mem::take(&mut self.unwritten);
-        // In piece order: seeds that read blocks from disk concurrently (rqbit, libtorrent)
-        // send a piece's blocks a little out of order, and a block out of order costs its piece
-        // the in-order hash (a read-back check: the piece read and hashed a second time).
-        // Sorted, a read's blocks also make longer runs for one write.
-        blocks.sort_unstable_by_key(|b| (b.index, b.begin));
-        // Decided after every block is written and hashed: a piece's last block to arrive
-        // need not sort last.
-        let mut done = Vec::new();
-        let mut start = 0;
-        while start < blocks.len() {
-            let first = &blocks[start];
-            let mut end = start + 1;
-            let mut next = first.begin + first.data.len() as u32;
-            while end < blocks.len()
-                && blocks[end].index == first.index
-                && blocks[end].begin == next
-            {
-                next += blocks[end].data.len() as u32;
-                end += 1;
-            }
-            let run = &blocks[start..end];
-            let piece = self
-                .inner
-                .metainfo
-                .geometry
-                .piece(first.index)
-                .expect("picker checked");
-            let parts: Vec<&[u8]> = run.iter().map(|b| &b.data[..]).collect();
-            let result = self.inner.storage.write_run(piece, first.begin, &parts);
-            self.inner.written(first.index, run.len() as u32);
-            if let Err(e) = result {
-                // A disk error is not the peer's fault, but the download cannot go on without
-                // it. This run and the ones after it were booked, not written.
-                tracing::error!("write failed: {e}");
-                let mut failed: Vec<u32> = blocks[start..].iter().map(|b| b.index).collect();
-                failed.dedup();
-                for &index in &failed {
-                    self.inner.lock().picker.piece_failed(index);
-                }
-                for block in &blocks[end..] {
-                    self.inner.written(block.index, 1);
-                }
-                let error = e.to_string();
-                self.inner
-                    .failed
-                    .send_if_modified(|failed| failed.is_none() && failed.replace(error).is_none());
-                return Err(PeerError::Io(std::io::Error::other(e.to_string())));
-            }
-            for block in run {
-                self.hashes.feed(block.index, block.begin, &block.data);
-                if block.piece_done {
-                    done.push((block.index, block.sole));
-                }
-            }
-            start = end;
-        }
-        for (index, sole) in done {
-            self.decide(index, sole);
-        }
-        blocks.clear();
-        self.unwritten = blocks;
-        Ok(())
+        received::write_blocks(&self.inner, &mut self.hashes, &mut self.unwritten)
+            .map_err(|e| PeerError::Io(std::io::Error::other(e)))
     }
 
-    /// A piece's last block is written: its in-order hash decides it, or a read-back check.
-    fn decide(&mut self, index: u32, sole: bool) {
-        let geometry = &self.inner.metainfo.geometry;
-        let piece = geometry.piece(index).expect("picker checked");
-        let size = geometry.piece_size(piece);
-        // The attempt is all this peer's blocks, and they were hashed from byte 0 in order
-        // after they were written: exactly the bytes on disk. Anything else (other peers'
-        // blocks, a gap, a mismatch) is decided by reading the piece back.
-        let good_in_order = match self.hashes.finish(index, size) {
-            Some(sha) if sole => &sha == self.inner.metainfo.piece_hash(piece),
-            _ => false,
-        };
-        if good_in_order {
-            self.inner
-                .stats
-                .hashed_as_received
-                .fetch_add(1, Ordering::Relaxed);
-            record_verdict(&self.inner, index, true);
-        } else {
-            tokio::spawn(verify_piece(self.inner.clone(), index));
+    /// Hands the blocks booked since the last call to this peer's [`Writer`] (started with
+    /// the first), waiting while its queue is full.
+    async fn hand_received(&mut self) -> Result<(), PeerError> {
+        if self.unwritten.is_empty() {
+            return Ok(());
+        }
+        if !self.inner.config.write_threads {
+            return self.write_received();
+        }
+        let writer = self
+            .writer
+            .get_or_insert_with(|| Writer::start(self.inner.clone()));
+        writer
+            .send(std::mem::take(&mut self.unwritten))
+            .await
+            .map_err(PeerError::Protocol)?;
+        match self.inner.failed.borrow().clone() {
+            Some(error) => Err(PeerError::Io(std::io::Error::other(error))),
+            None => Ok(()),
+        }
+    }
+
+    /// The blocks booked before the loop ended (an error in a later message of the same read)
+    /// are written, and every block this peer sent is written and hashed before it is gone.
+    async fn finish_received(&mut self) {
+        let _ = self.hand_received().await;
+        if let Some(writer) = self.writer.take() {
+            writer.finish().await;
         }
     }
 
