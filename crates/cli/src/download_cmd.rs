@@ -293,6 +293,7 @@ fn report(
             "have_all_received": s.have_all_received,
             "rejects_received": s.rejects_received,
             "pieces_hashed_as_received": s.hashed_as_received,
+            "writer_threads": s.writer_threads,
             "seconds": secs,
             "mib_per_s": rate,
             "received_by_peer": by_peer,

@@ -64,10 +64,12 @@ pub struct EngineConfig {
     /// When complete, tell each peer of a few pieces at a time (BEP 16 super-seeding, see
     /// [`superseed`]): for the first seed of new data to a swarm of leechers.
     pub super_seed: bool,
-    /// Write and hash each peer's blocks on a thread of its own, beside its socket loop
-    /// ([`received`]). Default: when this process may run on more than one core (its CPU
-    /// affinity, so `taskset -c 0` turns it off); on one core the hand-over only costs.
-    pub write_threads: bool,
+    /// A peer whose blocks took this long to write and hash in the last second gets a thread
+    /// of its own for that, beside its socket loop ([`received`]); `None`: never. Default:
+    /// 200 ms when this process may run on more than one core (its CPU affinity, so `taskset
+    /// -c 0` turns it off: on one core the hand-over only costs), else `None`. Test hook:
+    /// `POW_WRITER_AFTER_MS` sets the time (0: every peer, from its first tick).
+    pub writer_after_busy: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -84,9 +86,20 @@ impl Default for EngineConfig {
             snub_timeout: Duration::from_secs(60),
             resume_interval: None,
             super_seed: false,
-            write_threads: std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
+            writer_after_busy: default_writer_after_busy(),
         }
     }
+}
+
+fn default_writer_after_busy() -> Option<Duration> {
+    if !std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+        return None;
+    }
+    let millis = std::env::var("POW_WRITER_AFTER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    Some(Duration::from_millis(millis))
 }
 
 /// `-PW0100-` (Azureus style: client PW, version 0.1.0.0) and 12 random characters.
@@ -116,6 +129,9 @@ pub struct Stats {
     /// Pieces verified from the SHA-1 computed as their blocks arrived, without reading them
     /// back from disk.
     pub hashed_as_received: AtomicU64,
+    /// Peers whose blocks were written and hashed on a thread of their own
+    /// ([`EngineConfig::writer_after_busy`]).
+    pub writer_threads: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -128,6 +144,8 @@ pub struct Snapshot {
     pub rejects_received: u64,
     /// Pieces verified without a read-back (see [`Stats::hashed_as_received`]).
     pub hashed_as_received: u64,
+    /// Peers given a writer thread (see [`Stats::writer_threads`]).
+    pub writer_threads: u64,
     /// Bytes of wanted pieces not yet verified.
     pub left: u64,
     pub pieces_have: u32,
@@ -461,6 +479,7 @@ impl Torrent {
             have_all_received: stats.have_all_received.load(Ordering::Relaxed),
             rejects_received: stats.rejects_received.load(Ordering::Relaxed),
             hashed_as_received: stats.hashed_as_received.load(Ordering::Relaxed),
+            writer_threads: stats.writer_threads.load(Ordering::Relaxed),
             left: state.picker.bytes_left(),
             pieces_have: state.picker.have().count(),
             pieces_total: self.inner.metainfo.geometry.piece_count(),

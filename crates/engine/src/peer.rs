@@ -37,17 +37,12 @@ use tokio::sync::mpsc;
 /// much (16 blocks), so a fast peer costs one wake-up and one syscall per 16 blocks, not 4.
 const READ_CHUNK: usize = 256 * 1024;
 
-/// Requests kept in flight per peer: start here, grow by one per block received (slow start:
-/// the pipeline doubles each round trip) until the measured rate stops growing, then follow
-/// the rate. Waiting a whole tick before the first rate left a fast peer with 16 requests for
-/// the first second, which at loopback speeds is most of a 256 MiB download.
+/// Requests kept in flight per peer: start here, then follow the measured rate.
 const MIN_PIPELINE: usize = 16;
 const MAX_PIPELINE: usize = 500;
 /// Aim to have this much of the peer's measured rate in flight (bandwidth-delay product with
 /// a generous delay, so fast loopback peers are never starved).
 const PIPELINE_SECONDS: f64 = 1.0;
-/// Slow start ends at the first tick whose rate is not this much above the one before.
-const SLOW_START_GROWTH: f64 = 1.1;
 
 /// Requests from a peer waiting to be served; with this many we read no more from the peer.
 pub(crate) const MAX_QUEUED_REQUESTS: usize = 1024;
@@ -310,8 +305,6 @@ struct Peer {
     /// Blocks received that we never asked this peer for (see [`MAX_UNREQUESTED_BLOCKS`]).
     unrequested: u32,
     pipeline: usize,
-    /// The pipeline grows with each block received (see [`MIN_PIPELINE`]).
-    slow_start: bool,
     /// When the last whole message arrived (a partial one does not count).
     last_recv: Instant,
     last_send: Instant,
@@ -338,13 +331,16 @@ struct Peer {
     their_reqq: Option<usize>,
     /// Metadata pieces the peer asked for (see [`MAX_METADATA_REQUESTS`]).
     metadata_requests: u32,
-    /// SHA-1 of the pieces this peer is sending us, fed as their blocks are written, when
-    /// they are written on this task ([`Peer::write_received`]; the writer has its own).
+    /// SHA-1 of the pieces this peer is sending us, fed as their blocks are written, while
+    /// they are written on this task ([`Peer::write_received`]; a writer takes them over).
     hashes: InOrderHashes,
+    /// Time spent writing and hashing on this task since the last tick.
+    busy_writing: Duration,
     /// Blocks received and booked since the last socket read, written together after the
     /// messages in the buffer are handled (see [`Peer::hand_received`]).
     unwritten: Vec<Unwritten>,
-    /// Writes and hashes this peer's blocks on a thread of its own (see [`received`]).
+    /// Writes and hashes this peer's blocks on a thread of its own, once it sends fast enough
+    /// (see `EngineConfig::writer_after_busy` and [`received`]).
     writer: Option<Writer>,
     /// We super-seed this peer: it hears of our pieces a few at a time ([`crate::superseed`]).
     super_seeded: bool,
@@ -368,6 +364,7 @@ impl Peer {
             their_reqq: None,
             metadata_requests: 0,
             hashes: InOrderHashes::default(),
+            busy_writing: Duration::ZERO,
             unwritten: Vec::new(),
             writer: None,
             super_seeded: false,
@@ -380,7 +377,6 @@ impl Peer {
             withdrawn: HashSet::new(),
             unrequested: 0,
             pipeline: MIN_PIPELINE,
-            slow_start: true,
             last_recv: now,
             last_send: now,
             last_block: now,
@@ -493,18 +489,21 @@ impl Peer {
             self.reveal(|ss, peers, key| ss.tick(key, peers));
         }
         // Exponential moving average of the receive rate, bytes per second.
-        let previous_rate = self.rate;
         self.rate = 0.5 * self.rate + 0.5 * self.bytes_this_tick as f64;
         self.bytes_this_tick = 0;
-        let wanted = ((self.rate * PIPELINE_SECONDS / 16384.0) as usize).max(MIN_PIPELINE);
-        if self.slow_start {
-            if self.rate > 0.0 && self.rate < previous_rate * SLOW_START_GROWTH {
-                self.slow_start = false;
-            }
-            self.pipeline = self.pipeline.max(wanted).min(MAX_PIPELINE);
-        } else {
-            self.pipeline = wanted.min(MAX_PIPELINE);
+        let wanted = (self.rate * PIPELINE_SECONDS / 16384.0) as usize;
+        self.pipeline = wanted.clamp(MIN_PIPELINE, MAX_PIPELINE);
+        // A peer busy enough in writing and hashing that another core can take half its
+        // work. Slower peers stay inline: in a swarm of many connections on a busy machine a
+        // thread per peer only adds hand-overs (8 pow leechers from one super-seed, each with
+        // a writer per peer, passed pieces on later and the seed uploaded up to 2.9x the
+        // payload, not 1.0x).
+        let busy = self.inner.config.writer_after_busy;
+        if self.writer.is_none() && busy.is_some_and(|after| self.busy_writing >= after) {
+            let hashes = std::mem::take(&mut self.hashes);
+            self.writer = Some(Writer::start(self.inner.clone(), hashes));
         }
+        self.busy_writing = Duration::ZERO;
         if now.duration_since(self.last_recv) > self.inner.config.idle_timeout {
             return Err(PeerError::Protocol("silent for too long"));
         }
@@ -526,7 +525,6 @@ impl Peer {
             );
             self.release_requests();
             self.pipeline = 1;
-            self.slow_start = false;
             self.last_block = now;
         }
         Ok(())
@@ -921,9 +919,6 @@ impl Peer {
         if asked {
             // Only blocks we are waiting for show the peer is not snubbing us.
             self.last_block = Instant::now();
-            if self.slow_start && self.pipeline < MAX_PIPELINE {
-                self.pipeline += 1;
-            }
         }
         // `sole`: every block of the piece's current attempt came from this peer (the set is
         // cleared when a piece is verified or fails).
@@ -946,25 +941,25 @@ impl Peer {
         Ok(())
     }
 
-    /// Writes and hashes the blocks booked since the last call on this task (one core, and the
-    /// fuzz harness).
+    /// Writes and hashes the blocks booked since the last call on this task (a peer with no
+    /// [`Writer`], and the fuzz harness).
     fn write_received(&mut self) -> Result<(), PeerError> {
-        received::write_blocks(&self.inner, &mut self.hashes, &mut self.unwritten)
-            .map_err(|e| PeerError::Io(std::io::Error::other(e)))
+        let started = Instant::now();
+        let result = received::write_blocks(&self.inner, &mut self.hashes, &mut self.unwritten)
+            .map_err(|e| PeerError::Io(std::io::Error::other(e)));
+        self.busy_writing += started.elapsed();
+        result
     }
 
-    /// Hands the blocks booked since the last call to this peer's [`Writer`] (started with
-    /// the first), waiting while its queue is full.
+    /// Hands the blocks booked since the last call to this peer's [`Writer`], waiting while
+    /// its queue is full; without one, writes them here.
     async fn hand_received(&mut self) -> Result<(), PeerError> {
         if self.unwritten.is_empty() {
             return Ok(());
         }
-        if !self.inner.config.write_threads {
+        let Some(writer) = &self.writer else {
             return self.write_received();
-        }
-        let writer = self
-            .writer
-            .get_or_insert_with(|| Writer::start(self.inner.clone()));
+        };
         writer
             .send(std::mem::take(&mut self.unwritten))
             .await

@@ -1,10 +1,11 @@
 //! Blocks a peer sent us, after the picker booked them: written to disk, fed to the peer's
 //! in-order piece hashes, and the pieces they complete decided.
 //!
-//! A peer's socket loop hands each read's blocks to a [`Writer`]: a thread of the blocking pool
-//! of its own that writes and hashes while the loop goes on receiving. On one connection the
-//! two are about equal work (a socket read and decode, against a `pwrite` and SHA-1), so done
-//! on one task they cap a single peer at what one core can both receive and hash. The channel
+//! A peer's socket loop writes and hashes each read's blocks itself until that takes a fifth of
+//! a second in a second; from then on it hands them to a [`Writer`]: a thread of the blocking
+//! pool of its own that writes and hashes while the loop goes on receiving. On one connection
+//! the two are about equal work (a socket read and decode, against a `pwrite` and SHA-1), so
+//! done on one task they cap a single peer at what one core can both receive and hash. The channel
 //! between them is bounded ([`QUEUED_BATCHES`]): a disk slower than the peer stops the loop from
 //! reading, and TCP slows the peer down. Batches are handled in the order sent, so a peer's
 //! blocks reach the hashes in the order they would have inline.
@@ -38,14 +39,15 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the thread; it ends when the writer is [`Writer::finish`]ed or dropped.
-    pub(crate) fn start(inner: Arc<Inner>) -> Writer {
+    /// Starts the thread, which takes over the peer's in-order `hashes`; it ends when the
+    /// writer is [`Writer::finish`]ed or dropped.
+    pub(crate) fn start(inner: Arc<Inner>, mut hashes: InOrderHashes) -> Writer {
+        inner.stats.writer_threads.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel::<Vec<Unwritten>>(QUEUED_BATCHES);
         let runtime = tokio::runtime::Handle::current();
         let thread = tokio::task::spawn_blocking(move || {
             // Pieces that need a read-back check are spawned on the runtime from here.
             let _runtime = runtime.enter();
-            let mut hashes = InOrderHashes::default();
             while let Some(mut blocks) = rx.blocking_recv() {
                 // After a write error the download is over (`Inner::failed`); the batches
                 // still queued are released, not written.
