@@ -43,6 +43,39 @@ fn real_leechers_download_from_pow_seed() {
     }
 }
 
+/// `--max-upload-rate 4M`: aria2 gets the 16 MiB payload, whole, and no faster than the limit
+/// allows (16 MiB less the 128 KiB first burst at 4 MiB/s: 3.97 s at least). Unlimited, pow
+/// seeds aria2 at well over 100 MiB/s here.
+#[test]
+fn upload_rate_limit_holds_for_a_real_leecher() {
+    let lab = Lab::new("seed-limit");
+    let (data, torrent) = lab.payload("16M", &[]);
+    let t = torrent.to_str().unwrap();
+    let dir = data.parent().unwrap().to_str().unwrap();
+    let cmd = format!("{} --max-upload-rate 4M", seed_cmd());
+    let (ok, _, err) = lab.script_env("seed.sh", &["ext", t, dir], &[("SEED_CMD", &cmd)]);
+    assert!(ok, "pow seed: {err}");
+    let out = lab.work.path().join("out");
+    let started = std::time::Instant::now();
+    let (ok, stdout, err) = lab.script(
+        "leech.sh",
+        &["aria2", t, out.to_str().unwrap(), "--timeout", "60"],
+    );
+    let took = started.elapsed().as_secs_f64();
+    lab.script("seed.sh", &["stop", "ext"]);
+    assert!(ok, "aria2 from a limited pow seed: {stdout}\n{err}");
+    same_bytes(&data, &out.join(data.file_name().unwrap())).unwrap();
+    let result = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT"))
+        .unwrap_or("");
+    println!("aria2 from pow seed --max-upload-rate 4M: 16 MiB in {took:.2} s (leech.sh, start to stop); {result}");
+    assert!(
+        took >= 3.96,
+        "16 MiB in {took:.2} s: faster than 4 MiB/s allows"
+    );
+}
+
 /// One pow seed, three real leechers at the same time: all complete with the right bytes; the
 /// seed's own per-peer upload counters are printed.
 #[test]

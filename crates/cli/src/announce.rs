@@ -33,6 +33,10 @@ pub struct SwarmArgs {
     /// a lone leecher gets less than from a plain seed.
     #[arg(long)]
     pub super_seed: bool,
+    /// Upload at most this many bytes per second, to all peers together; a K, M or G suffix
+    /// means KiB, MiB or GiB (as aria2's --max-upload-limit). Default: no limit.
+    #[arg(long, value_name = "RATE", value_parser = bytes_per_second)]
+    pub max_upload_rate: Option<u64>,
     /// Drop a peer after this many seconds without a whole message from it (default 180).
     /// Hidden: for tests of stalled and trickling peers (LIMITS.md).
     #[arg(long, hide = true, value_parser = positive_seconds)]
@@ -55,6 +59,28 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
+fn bytes_per_second(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
+        _ => (text, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        _ => return Err(format!("`{text}`: the suffix may be K, M or G")),
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if n > 0 => n
+            .checked_mul(1 << shift)
+            .ok_or_else(|| format!("`{text}` is too large")),
+        _ => Err(format!(
+            "`{text}` is not a positive whole number of bytes per second"
+        )),
+    }
+}
+
 impl SwarmArgs {
     /// Starts the engine for `storage` and announces it to the torrent's trackers and ours.
     pub async fn join(
@@ -66,6 +92,7 @@ impl SwarmArgs {
             listen: Some(SocketAddr::new(self.bind, self.port)),
             resume_interval: Some(Duration::from_secs_f64(self.resume_every)),
             super_seed: self.super_seed,
+            max_upload_rate: self.max_upload_rate,
             ..EngineConfig::default()
         };
         if let Some(secs) = self.idle_timeout {
@@ -212,5 +239,21 @@ impl Handle {
     pub async fn stop(self) {
         self.feeder.abort();
         self.handle.stop().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes_per_second;
+
+    #[test]
+    fn upload_rates_take_binary_suffixes() {
+        assert_eq!(bytes_per_second("1000"), Ok(1000));
+        assert_eq!(bytes_per_second("500K"), Ok(500 << 10));
+        assert_eq!(bytes_per_second("32m"), Ok(32 << 20));
+        assert_eq!(bytes_per_second("2G"), Ok(2 << 30));
+        for bad in ["", "0", "-5M", "1.5M", "10X", "M", "99999999999999G"] {
+            assert!(bytes_per_second(bad).is_err(), "{bad}");
+        }
     }
 }

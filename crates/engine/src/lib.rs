@@ -20,6 +20,7 @@ mod inorder;
 mod listener;
 pub mod metadata;
 mod peer;
+mod ratelimit;
 mod received;
 mod superseed;
 pub mod trace;
@@ -70,6 +71,8 @@ pub struct EngineConfig {
     /// -c 0` turns it off: on one core the hand-over only costs), else `None`. Test hook:
     /// `POW_WRITER_AFTER_MS` sets the time (0: every peer, from its first tick).
     pub writer_after_busy: Option<Duration>,
+    /// Upload at most this many bytes per second to all peers together; `None`: no limit.
+    pub max_upload_rate: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -87,6 +90,7 @@ impl Default for EngineConfig {
             resume_interval: None,
             super_seed: false,
             writer_after_busy: default_writer_after_busy(),
+            max_upload_rate: None,
         }
     }
 }
@@ -309,6 +313,7 @@ pub(crate) struct Inner {
     pub resume_saved: tokio::sync::Mutex<Option<(u32, Durability)>>,
     /// Woken when a piece's last unwritten block is written (see [`State::unwritten`]).
     pub all_written: tokio::sync::Notify,
+    pub upload_limit: Option<ratelimit::RateLimit>,
 }
 
 impl Inner {
@@ -395,13 +400,14 @@ impl Torrent {
                 super_seed,
                 unwritten: HashMap::new(),
             }),
-            config,
             stats: Stats::default(),
             complete: watch::channel(complete).0,
             failed: watch::channel(None).0,
             shutdown: watch::channel(false).0,
             resume_saved: tokio::sync::Mutex::new(None),
             all_written: tokio::sync::Notify::new(),
+            upload_limit: config.max_upload_rate.map(ratelimit::RateLimit::new),
+            config,
         });
         if let Some(addr) = inner.config.listen {
             let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -321,6 +321,8 @@ struct Peer {
     ignored: u32,
     /// Last time the socket took bytes from `out` (or `out` was empty).
     last_write: Instant,
+    /// The session's upload limit left the next queued block unpaid: serve again at this time.
+    upload_wait: Option<Instant>,
     /// Both sides set the BEP 10 bit: extended messages may be sent and are read.
     extensions: bool,
     /// Both sides set the BEP 6 bit: have-all/none, reject, suggest and allowed-fast are used.
@@ -362,6 +364,7 @@ impl Peer {
             fast: false,
             their_ut_metadata: None,
             their_reqq: None,
+            upload_wait: None,
             metadata_requests: 0,
             hashes: InOrderHashes::default(),
             busy_writing: Duration::ZERO,
@@ -478,6 +481,7 @@ impl Peer {
                     Some(PeerCmd::Close) | None => return Err(PeerError::Closed),
                 },
                 _ = tick.tick() => self.on_tick()?,
+                _ = wait_until(self.upload_wait), if self.upload_wait.is_some() => {}
                 _ = crate::until_true(&mut shutdown) => return Err(PeerError::Closed),
             }
         }
@@ -858,10 +862,18 @@ impl Peer {
     /// `queue_request`). A short read is an error, so no byte we do not have is ever sent.
     fn serve_queued(&mut self) -> Result<(), PeerError> {
         let mut served = 0u64;
+        self.upload_wait = None;
         while self.out.len() < SEND_WATERMARK {
-            let Some(r) = self.requests.pop_front() else {
+            let Some(&r) = self.requests.front() else {
                 break;
             };
+            if let Some(limit) = &self.inner.upload_limit {
+                if let Err(wait) = limit.take(r.length) {
+                    self.upload_wait = Some(Instant::now() + wait);
+                    break;
+                }
+            }
+            self.requests.pop_front();
             self.queued.remove(&r);
             let block = self
                 .inner
@@ -1013,6 +1025,12 @@ impl Peer {
 }
 
 use crate::State;
+
+async fn wait_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
 
 /// Hashes a completed piece on the blocking pool and records the verdict.
 pub(crate) async fn verify_piece(inner: Arc<Inner>, index: u32) {
