@@ -53,11 +53,7 @@ fn seed_and_fetch_with(
     );
     let name = data.file_name().unwrap();
     let bytes = same_tree(data, &out.join(name)).unwrap_or_else(|e| panic!("{seeder} {tag}: {e}"));
-    let result = stdout
-        .lines()
-        .find(|l| l.starts_with("RESULT"))
-        .unwrap_or("")
-        .to_string();
+    let result = common::result_line(&stdout).to_string();
     println!("{seeder:>12} -> pow  {tag:<10} {bytes:>10} bytes verified  {result}");
     summary
 }

@@ -103,10 +103,7 @@ fn hostile_peers_are_dropped_while_a_real_leecher_completes() {
     let (ok, stdout, err) = leech;
     assert!(ok, "aria2 alongside the hostile peers: {stdout}\n{err}");
     let bytes = same_bytes(&data, &out.join(data.file_name().unwrap())).unwrap();
-    let result = stdout
-        .lines()
-        .find(|l| l.starts_with("RESULT"))
-        .unwrap_or("");
+    let result = common::result_line(&stdout);
     println!("aria2 got {bytes} bytes, verified  {result}");
     println!(
         "pow seed VmHWM: {before} KiB before, {after} KiB after (+{} KiB)",

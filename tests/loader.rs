@@ -551,13 +551,7 @@ fn publish_then_aria2_and_pow_load_fetch_it() {
     );
     assert!(ok, "aria2 from pow publish: {stdout}\n{err}");
     common::same_bytes(&zip, &out.join("Worm_Tracks.zip")).unwrap();
-    println!(
-        "aria2: {}",
-        stdout
-            .lines()
-            .find(|l| l.starts_with("RESULT"))
-            .unwrap_or("")
-    );
+    println!("aria2: {}", common::result_line(&stdout));
 
     // Another project loads the published record's torrent from the store.
     let reader = project(

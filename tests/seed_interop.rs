@@ -34,10 +34,7 @@ fn real_leechers_download_from_pow_seed() {
             assert!(ok, "{leecher} from pow seed ({tag}): {stdout}\n{err}");
             let bytes = same_bytes(data, &out.join(data.file_name().unwrap()))
                 .unwrap_or_else(|e| panic!("{leecher} {tag}: {e}"));
-            let result = stdout
-                .lines()
-                .find(|l| l.starts_with("RESULT"))
-                .unwrap_or("");
+            let result = common::result_line(&stdout);
             println!("pow -> {leecher:<12} {tag:<10} {bytes:>10} bytes verified  {result}");
         }
     }
@@ -65,10 +62,7 @@ fn upload_rate_limit_holds_for_a_real_leecher() {
     lab.script("seed.sh", &["stop", "ext"]);
     assert!(ok, "aria2 from a limited pow seed: {stdout}\n{err}");
     same_bytes(&data, &out.join(data.file_name().unwrap())).unwrap();
-    let result = stdout
-        .lines()
-        .find(|l| l.starts_with("RESULT"))
-        .unwrap_or("");
+    let result = common::result_line(&stdout);
     println!("aria2 from pow seed --max-upload-rate 4M: 16 MiB in {took:.2} s (leech.sh, start to stop); {result}");
     assert!(
         took >= 3.96,

@@ -209,10 +209,7 @@ impl Lab {
             assert!(ok, "{leecher}: {stdout}\n{err}");
             let got = out_of(leecher).join(data.file_name().unwrap());
             let bytes = same_bytes(&data, &got).unwrap();
-            let result = stdout
-                .lines()
-                .find(|l| l.starts_with("RESULT"))
-                .unwrap_or("");
+            let result = result_line(stdout);
             println!("{leecher:<12} got {bytes} bytes, verified  {result}");
         }
     }
@@ -239,6 +236,14 @@ impl Drop for Lab {
 /// `cmp -r`-like: every file under `expected` has the same bytes under `actual`.
 pub fn same_tree(expected: &Path, actual: &Path) -> Result<u64, String> {
     compare_tree(expected, actual, false)
+}
+
+/// The `RESULT ...` line swarm-lab's `leech.sh` prints (speed, CPU, RSS), or "" if none.
+pub fn result_line(stdout: &str) -> &str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT"))
+        .unwrap_or("")
 }
 
 /// As [`same_tree`], but a zero-length file may be missing: Transmission 3.00 never creates

@@ -59,6 +59,9 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
+const RATE_FORM: &str =
+    "expected a positive whole number of bytes per second, with K, M or G for KiB, MiB or GiB (e.g. 32M)";
+
 fn bytes_per_second(text: &str) -> Result<u64, String> {
     let (digits, unit) = match text.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
@@ -69,15 +72,13 @@ fn bytes_per_second(text: &str) -> Result<u64, String> {
         'K' => 10,
         'M' => 20,
         'G' => 30,
-        _ => return Err(format!("`{text}`: the suffix may be K, M or G")),
+        _ => return Err(format!("`{text}`: {RATE_FORM}")),
     };
     match digits.parse::<u64>() {
         Ok(n) if n > 0 => n
             .checked_mul(1 << shift)
             .ok_or_else(|| format!("`{text}` is too large")),
-        _ => Err(format!(
-            "`{text}` is not a positive whole number of bytes per second"
-        )),
+        _ => Err(format!("`{text}`: {RATE_FORM}")),
     }
 }
 
