@@ -7,7 +7,7 @@ mod common;
 
 use base64::Engine as _;
 use common::serve::{form, Server};
-use common::{free_port, make_zip, md5_hex, pow, pow_bin, TempDir};
+use common::{free_port, http_client_builder, http_get, make_zip, md5_hex, pow, pow_bin, TempDir};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -77,7 +77,7 @@ fn aria2_download(
     extra: &[&str],
 ) -> PathBuf {
     let torrent = into.join("dataset.torrent");
-    let bytes = reqwest::blocking::get(format!(
+    let bytes = http_get(format!(
         "{}{}",
         server.url,
         dataset["torrent_url"].as_str().unwrap()
@@ -152,7 +152,7 @@ impl Browser {
                 "chromedriver (Debian chromium-driver, installed by scripts/install-deps --tests)",
             );
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::blocking::Client::builder()
+        let http = http_client_builder()
             .timeout(Duration::from_secs(60))
             .build()
             .unwrap();
@@ -644,12 +644,12 @@ fn bad_uploads_get_their_status_and_leave_nothing_half_written() {
     assert_eq!(status, 422);
     let (status, _) = raw_request(&server.addr, "PUT", &path, &auth, &torrent);
     assert_eq!(status, 201);
-    let fetched = reqwest::blocking::get(format!("{}{path}", server.url))
+    let fetched = http_get(format!("{}{path}", server.url))
         .unwrap()
         .bytes()
         .unwrap();
     assert_eq!(fetched.as_ref(), torrent.as_slice());
-    let index = reqwest::blocking::get(format!("{}/torrents/index.json", server.url))
+    let index = http_get(format!("{}/torrents/index.json", server.url))
         .unwrap()
         .text()
         .unwrap();
@@ -794,7 +794,7 @@ fn pow_publish_puts_its_torrent_into_a_server_store_with_the_token() {
     println!("publish to {store}: {report}");
     assert_eq!(report["stored"], "written");
     assert_eq!(report["torrent_file_name"], format!("{md5}.torrent"));
-    let served = reqwest::blocking::get(format!("{store}/{md5}.torrent"))
+    let served = http_get(format!("{store}/{md5}.torrent"))
         .unwrap()
         .bytes()
         .unwrap();
@@ -826,7 +826,7 @@ fn the_server_is_a_web_seed_for_what_it_publishes() {
     let (status, dataset) = upload(&server, "slices.zip", &bytes);
     assert_eq!(status, 201, "{dataset}");
     let md5 = dataset["md5"].as_str().unwrap();
-    let torrent = reqwest::blocking::get(format!("{}/torrents/{md5}.torrent", server.url))
+    let torrent = http_get(format!("{}/torrents/{md5}.torrent", server.url))
         .unwrap()
         .bytes()
         .unwrap();

@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::nginx::Nginx;
 use common::{free_port, pow, same_tree, TempDir};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -492,75 +493,6 @@ fn bad_web_seeds_are_given_up_and_the_good_one_finishes() {
     // (A corrupt piece still in flight at the ban is dropped unhashed.)
     assert!(failures <= corrupt_pieces, "{summary}");
     assert!(failures <= 3 + 4, "{summary}");
-}
-
-/// nginx (Debian `nginx-light`, installed by `scripts/install-deps --tests`) on 127.0.0.1 with
-/// a minimal config serving `root`; stopped when dropped. Its access log counts requests.
-struct Nginx {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
-}
-
-impl Nginx {
-    fn start(prefix: &Path, root: &Path) -> Nginx {
-        let port = free_port();
-        std::fs::create_dir_all(prefix.join("tmp")).unwrap();
-        let log = prefix.join("access.log");
-        let conf = prefix.join("nginx.conf");
-        let p = prefix.display();
-        std::fs::write(
-            &conf,
-            format!(
-                "daemon off; master_process off; worker_processes 1; pid {p}/nginx.pid;\n\
-                 error_log {p}/error.log;\n\
-                 events {{ worker_connections 64; }}\n\
-                 http {{\n\
-                   access_log {p}/access.log;\n\
-                   client_body_temp_path {p}/tmp/body; proxy_temp_path {p}/tmp/proxy;\n\
-                   fastcgi_temp_path {p}/tmp/fastcgi; uwsgi_temp_path {p}/tmp/uwsgi;\n\
-                   scgi_temp_path {p}/tmp/scgi;\n\
-                   server {{ listen 127.0.0.1:{port}; root {}; }}\n\
-                 }}\n",
-                root.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("/usr/sbin/nginx")
-            .arg("-p")
-            .arg(prefix)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("nginx (Debian nginx-light: scripts/install-deps --tests)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not start on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Nginx { child, port, log }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Requests nginx answered with 206 Partial Content (and all it logged).
-    fn partial_responses(&self) -> (usize, usize) {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all = log.lines().count();
-        let partial = log.lines().filter(|l| l.contains("\" 206 ")).count();
-        (partial, all)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// (e) The same two layouts as (a) and (b) from a real web server: nginx answers each `Range:`

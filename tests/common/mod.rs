@@ -1,12 +1,25 @@
 //! Shared helpers for the cross-crate and interop tests.
 #![allow(dead_code)]
 
+pub mod nginx;
 pub mod raw_peer;
 pub mod serve;
 pub mod trace;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// A reqwest client builder with pow's TLS configuration: reqwest is built without a TLS
+/// provider of its own (pow-tls supplies it), so its `Client::new()` cannot be used.
+pub fn http_client_builder() -> reqwest::blocking::ClientBuilder {
+    reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured((*pow_tls::client_config()).clone())
+}
+
+/// `GET url` (what `reqwest::blocking::get` does, with pow's TLS configuration).
+pub fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::blocking::Response> {
+    http_client_builder().build()?.get(url).send()
+}
 
 /// The workspace root (this package's manifest dir).
 pub fn root() -> PathBuf {

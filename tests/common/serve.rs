@@ -1,7 +1,7 @@
 //! `pow serve` driven as a user would: the process on loopback in its own data dir, its JSON
 //! API, and upload bodies as a browser sends them.
 
-use super::pow_bin;
+use super::{http_get, pow_bin};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,7 +55,7 @@ impl Server {
     }
 
     pub fn datasets(&self) -> Vec<serde_json::Value> {
-        let body = reqwest::blocking::get(format!("{}/api/datasets", self.url))
+        let body = http_get(format!("{}/api/datasets", self.url))
             .unwrap()
             .text()
             .unwrap();

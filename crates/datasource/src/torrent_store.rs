@@ -27,7 +27,7 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum TorrentStore {
     /// A directory holding `<name>.torrent` files.
     Dir(PathBuf),
-    /// An HTTP base URL, without the trailing slash.
+    /// An HTTP or HTTPS base URL, without the trailing slash.
     Http(String),
 }
 
@@ -52,19 +52,15 @@ impl TorrentStore {
     /// `base`, the `.pow` directory for `pow.toml`, the working directory on the command line).
     pub fn parse(spec: &str, base: &Path) -> Result<TorrentStore> {
         let lower = spec.to_ascii_lowercase();
-        if lower.starts_with("http://") {
+        if lower.starts_with("http://") || lower.starts_with("https://") {
             return Ok(TorrentStore::Http(spec.trim_end_matches('/').to_string()));
-        }
-        if lower.starts_with("https://") {
-            return Err(Error::Store {
-                store: spec.to_string(),
-                message: "https torrent stores are not supported by this build (no TLS backend); use http:// or a directory".into(),
-            });
         }
         if lower.contains("://") {
             return Err(Error::Store {
                 store: spec.to_string(),
-                message: "unknown scheme; a torrent store is a directory or an http:// URL".into(),
+                message:
+                    "unknown scheme; a torrent store is a directory or an http:// or https:// URL"
+                        .into(),
             });
         }
         Ok(TorrentStore::Dir(base.join(spec)))
@@ -154,6 +150,7 @@ impl TorrentStore {
 
     fn http_client(&self) -> Result<reqwest::blocking::Client> {
         reqwest::blocking::Client::builder()
+            .tls_backend_preconfigured((*pow_tls::client_config()).clone())
             .timeout(HTTP_TIMEOUT)
             .connect_timeout(HTTP_TIMEOUT)
             .user_agent(concat!("pow/", env!("CARGO_PKG_VERSION")))
@@ -242,6 +239,7 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
         text.push_str(&format!(": {cause}"));
         source = cause.source();
     }
+    text.push_str(pow_tls::hint(&text));
     text
 }
 
@@ -312,10 +310,10 @@ mod tests {
             TorrentStore::parse("http://127.0.0.1:8080/torrents/", base).unwrap(),
             TorrentStore::Http("http://127.0.0.1:8080/torrents".into())
         );
-        assert!(TorrentStore::parse("https://x/", base)
-            .unwrap_err()
-            .to_string()
-            .contains("https"));
+        assert_eq!(
+            TorrentStore::parse("https://data.openworm.org/torrents/", base).unwrap(),
+            TorrentStore::Http("https://data.openworm.org/torrents".into())
+        );
         assert!(TorrentStore::parse("ftp://x/", base).is_err());
     }
 

@@ -79,6 +79,7 @@ pub(crate) fn start(inner: &Arc<Inner>, url: String) {
         (key, addr)
     };
     let client = reqwest::Client::builder()
+        .tls_backend_preconfigured((*pow_tls::client_config()).clone())
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
         .user_agent(concat!("pow/", env!("CARGO_PKG_VERSION")))
@@ -603,6 +604,7 @@ fn describe(e: &reqwest::Error) -> String {
         text = format!("{text}: {s}");
         source = s.source();
     }
+    text.push_str(pow_tls::hint(&text));
     text
 }
 

@@ -55,12 +55,13 @@ impl Client {
     pub async fn announce(&self, url: &str, req: &AnnounceRequest) -> Result<AnnounceResponse> {
         match TrackerUrl::parse(url)? {
             TrackerUrl::Http {
+                tls,
                 host,
                 port,
                 path_and_query,
             } => {
                 let path = with_query(&path_and_query, &announce_query(req));
-                let resp = http::get(&host, port, &path, &self.config).await?;
+                let resp = http::get(tls, &host, port, &path, &self.config).await?;
                 check_status(resp.status, &resp.body)?;
                 parse_announce(&resp.body)
             }
@@ -80,6 +81,7 @@ impl Client {
             TrackerUrl::Http { .. } => {
                 let url = http::scrape_url(announce_url).ok_or(Error::NoScrape)?;
                 let Ok(TrackerUrl::Http {
+                    tls,
                     host,
                     port,
                     path_and_query,
@@ -88,7 +90,7 @@ impl Client {
                     return Err(Error::NoScrape);
                 };
                 let path = with_query(&path_and_query, &scrape_query(hashes));
-                let resp = http::get(&host, port, &path, &self.config).await?;
+                let resp = http::get(tls, &host, port, &path, &self.config).await?;
                 check_status(resp.status, &resp.body)?;
                 parse_scrape(&resp.body)
             }

@@ -1,5 +1,6 @@
 //! HTTP tracker client: the announce/scrape query, and one small HTTP/1.1 GET with hard limits
-//! on connect time, total read time and response size.
+//! on connect time, total read time and response size, over TCP or TLS (`https://`, with
+//! `pow_tls`'s configuration: the system's CA certificates, always verified).
 
 use crate::client::ClientConfig;
 use crate::percent::encode;
@@ -106,16 +107,46 @@ pub(crate) struct HttpResponse {
     pub body: Vec<u8>,
 }
 
-/// One `GET` with `Connection: close`. The whole exchange after connecting must finish
-/// within `cfg.read_timeout`, and the response (head + body) may not exceed
-/// `cfg.max_response_bytes` plus 16 KiB of headers.
+/// One `GET` with `Connection: close`, over TLS with `tls`. The whole exchange after
+/// connecting (the TLS handshake included) must finish within `cfg.read_timeout`, and the
+/// response (head + body) may not exceed `cfg.max_response_bytes` plus 16 KiB of headers.
 pub(crate) async fn get(
+    tls: bool,
     host: &str,
     port: u16,
     path_and_query: &str,
     cfg: &ClientConfig,
 ) -> Result<HttpResponse> {
-    let mut stream = connect(host, port, cfg).await?;
+    let stream = connect(host, port, cfg).await?;
+    let deadline = Instant::now() + cfg.read_timeout;
+    if !tls {
+        return exchange(stream, host, port, path_and_query, cfg, deadline).await;
+    }
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|_| Error::Http(format!("{host:?} is not a name TLS can check")))?;
+    let connector = tokio_rustls::TlsConnector::from(pow_tls::client_config());
+    let handshake = connector.connect(name, stream);
+    let stream = match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => {
+            return Err(Error::Tls {
+                host: host.to_string(),
+                reason: source.to_string(),
+            })
+        }
+        Err(_) => return Err(Error::Timeout(cfg.read_timeout)),
+    };
+    exchange(stream, host, port, path_and_query, cfg, deadline).await
+}
+
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    host: &str,
+    port: u16,
+    path_and_query: &str,
+    cfg: &ClientConfig,
+    deadline: Instant,
+) -> Result<HttpResponse> {
     let host_header = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -125,7 +156,6 @@ pub(crate) async fn get(
         "GET {path_and_query} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: {}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
         cfg.user_agent
     );
-    let deadline = Instant::now() + cfg.read_timeout;
     let exchange = async {
         stream.write_all(request.as_bytes()).await?;
         read_response(&mut stream, cfg.max_response_bytes).await

@@ -2,7 +2,7 @@
 //!
 //! This crate owns both sides of the tracker protocols:
 //!
-//! - the **client**: HTTP announce and scrape (BEP 3, BEP 23 compact peers, BEP 7 `peers6`,
+//! - the **client**: HTTP and HTTPS announce and scrape (BEP 3, BEP 23 compact peers, BEP 7 `peers6`,
 //!   BEP 48 scrape), UDP announce and scrape (BEP 15), multitracker tiers (BEP 12) and the
 //!   announce loop with its interval rules and back-off ([`announcer`]);
 //! - a small **test tracker server** ([`server`]): open, in memory, bounded, HTTP `/announce`
@@ -11,8 +11,8 @@
 //! The HTTP side is a deliberately small HTTP/1.1 implementation on tokio, not a framework:
 //! tracker queries carry raw binary bytes (`info_hash`, `peer_id`) percent-encoded, which
 //! frameworks that decode queries as UTF-8 mangle, and the client needs hard caps on connect
-//! time, read time and response size. Only `http://` and `udp://` trackers are supported
-//! (no TLS). It knows nothing about .torrent files: callers pass info-hashes and URLs.
+//! time, read time and response size. `https://` runs the same exchange over rustls with
+//! `pow_tls`'s configuration. It knows nothing about .torrent files: callers pass info-hashes and URLs.
 
 pub mod announcer;
 mod client;
@@ -165,6 +165,8 @@ pub enum Error {
     },
     #[error("connecting to {addr} timed out after {after:?}")]
     ConnectTimeout { addr: SocketAddr, after: Duration },
+    #[error("TLS with {host} failed: {reason}{}", pow_tls::hint(reason))]
+    Tls { host: String, reason: String },
     #[error("tracker did not answer within {0:?}")]
     Timeout(Duration),
     #[error("I/O error talking to the tracker")]

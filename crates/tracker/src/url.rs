@@ -1,4 +1,4 @@
-//! Tracker URLs: `http://host[:port]/path[?query]` and `udp://host:port[/...]`.
+//! Tracker URLs: `http[s]://host[:port]/path[?query]` and `udp://host:port[/...]`.
 
 use crate::{Error, Result};
 
@@ -6,6 +6,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrackerUrl {
     Http {
+        /// `https://`: the exchange runs over TLS (`pow_tls`).
+        tls: bool,
         host: String,
         port: u16,
         /// Path and query as written (`/announce?passkey=x`), starting with `/`.
@@ -61,7 +63,14 @@ fn host_port(url: &str, authority: &str, default_port: Option<u16>) -> Result<(S
 impl TrackerUrl {
     pub fn parse(url: &str) -> Result<TrackerUrl> {
         let lower = url.to_ascii_lowercase();
-        if let Some(rest) = lower.strip_prefix("http://").map(|_| &url[7..]) {
+        let http = if lower.starts_with("http://") {
+            Some((false, &url[7..], 80))
+        } else if lower.starts_with("https://") {
+            Some((true, &url[8..], 443))
+        } else {
+            None
+        };
+        if let Some((tls, rest, default_port)) = http {
             let (authority, path) = match rest.find(['/', '?']) {
                 Some(i) => (&rest[..i], &rest[i..]),
                 None => (rest, "/"),
@@ -78,8 +87,9 @@ impl TrackerUrl {
             if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
                 return Err(bad(url, "spaces or control characters in the path"));
             }
-            let (host, port) = host_port(url, authority, Some(80))?;
+            let (host, port) = host_port(url, authority, Some(default_port))?;
             Ok(TrackerUrl::Http {
+                tls,
                 host,
                 port,
                 path_and_query: path,
@@ -91,13 +101,8 @@ impl TrackerUrl {
             };
             let (host, port) = host_port(url, authority, None)?;
             Ok(TrackerUrl::Udp { host, port })
-        } else if lower.starts_with("https://") {
-            Err(bad(
-                url,
-                "https trackers are not supported (no TLS in this build)",
-            ))
         } else {
-            Err(bad(url, "scheme must be http:// or udp://"))
+            Err(bad(url, "scheme must be http://, https:// or udp://"))
         }
     }
 
@@ -119,10 +124,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_http_and_udp() {
+    fn parses_http_https_and_udp() {
         assert_eq!(
             TrackerUrl::parse("http://127.0.0.1:6969/announce?passkey=a%20b").unwrap(),
             TrackerUrl::Http {
+                tls: false,
                 host: "127.0.0.1".into(),
                 port: 6969,
                 path_and_query: "/announce?passkey=a%20b".into()
@@ -140,7 +146,15 @@ mod tests {
             }
         );
         assert!(TrackerUrl::parse("udp://127.0.0.1/announce").is_err());
-        assert!(TrackerUrl::parse("https://x/announce").is_err());
+        assert_eq!(
+            TrackerUrl::parse("HTTPS://tracker.example.org/announce").unwrap(),
+            TrackerUrl::Http {
+                tls: true,
+                host: "tracker.example.org".into(),
+                port: 443,
+                path_and_query: "/announce".into()
+            }
+        );
         assert!(TrackerUrl::parse("ftp://x/announce").is_err());
         assert!(TrackerUrl::parse("http://:80/announce").is_err());
         assert!(TrackerUrl::parse("http://x:0/announce").is_err());
