@@ -130,6 +130,24 @@ fn downloads_from_every_real_seeder() {
     }
 }
 
+/// `--max-download-rate 4M`: the 16 MiB payload from aria2's seed, whole, and no faster than
+/// the limit allows: each read is paid after it arrives, so all but the last (at most 256 KiB
+/// at this rate) and the 128 KiB first burst came at 4 MiB/s: 3.90 s at least, by pow's own
+/// clock, which starts before it connects. Unlimited, it takes well under a second.
+#[test]
+fn download_rate_limit_holds_against_a_real_seed() {
+    let lab = Lab::new("dl-limit");
+    let (data, torrent) = lab.payload("16M", &["--name", "limit16m"]);
+    let cmd = leech_cmd("--max-download-rate 4M");
+    let summary = seed_and_fetch_with(&lab, "aria2", &data, &torrent, "4M/s", &cmd);
+    let seconds = summary["seconds"].as_f64().unwrap();
+    println!("aria2 -> pow download --max-download-rate 4M: 16 MiB in {seconds:.2} s");
+    assert!(
+        seconds >= 3.90,
+        "16 MiB in {seconds:.2} s: faster than 4 MiB/s allows"
+    );
+}
+
 /// A v1 torrent of `data` (a file or a directory, files in sorted path order) with any piece
 /// length, hashed with Python's hashlib and bencoded by libtorrent's own encoder: libtorrent's
 /// create_torrent refuses piece lengths that are not a power of two, and mktorrent any under

@@ -890,3 +890,45 @@ fn with_super_seed_a_peer_hears_of_a_few_pieces_at_a_time() {
         "{haves} of {pieces} pieces told"
     );
 }
+
+/// `pow serve --max-upload-rate 2M` caps every dataset's seed and the web seed's bodies
+/// together: two aria2 downloads of two 4 MiB datasets at once (from the peer and the web seed
+/// each torrent names) take at least (8 MiB less the 128 KiB first burst) / 2 MiB/s = 3.94 s,
+/// where one 4 MiB dataset alone would need only half that.
+#[test]
+fn max_upload_rate_caps_all_datasets_and_the_web_seed_together() {
+    let work = TempDir::new("serve-limit");
+    let server = Server::start(
+        &work.path().join("srv"),
+        free_port(),
+        &["--max-upload-rate", "2M"],
+    );
+    let mut datasets = Vec::new();
+    for (i, name) in ["limit-a.zip", "limit-b.zip"].iter().enumerate() {
+        let zip = work.path().join(name);
+        make_zip(&zip, 4, 60 + i as u64);
+        let (status, reply) = upload(&server, name, &std::fs::read(&zip).unwrap());
+        assert_eq!(status, 201, "{reply}");
+        server.wait_seeding(reply["md5"].as_str().unwrap());
+        datasets.push((zip, reply));
+    }
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for (i, (zip, dataset)) in datasets.iter().enumerate() {
+            let (server, into) = (&server, work.path().join(format!("aria2-{i}")));
+            scope.spawn(move || {
+                std::fs::create_dir_all(&into).unwrap();
+                let downloaded = aria2_download(server, dataset, &into, &[]);
+                common::same_bytes(zip, &downloaded).unwrap();
+            });
+        }
+    });
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "pow serve --max-upload-rate 2M: two 4 MiB datasets to two aria2 at once in {took:.2} s"
+    );
+    assert!(
+        took >= 3.94,
+        "8 MiB in {took:.2} s: faster than 2 MiB/s allows"
+    );
+}

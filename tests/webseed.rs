@@ -558,3 +558,43 @@ fn single_and_multi_file_from_nginx_alone() {
         "{partial} of {all}"
     );
 }
+
+/// `--max-download-rate 1M` holds for web seeds too: a 4 MiB file from nginx alone takes at
+/// least (4 MiB less the 128 KiB first burst) / 1 MiB/s = 3.875 s.
+#[test]
+fn download_rate_limit_holds_for_a_web_seed() {
+    let tmp = TempDir::new("webseed-limit");
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let data = bytes(4 * 1024 * 1024, 5);
+    std::fs::write(tmp.path().join("limited.bin"), &data).unwrap();
+    std::fs::write(www.join("limited.bin"), &data).unwrap();
+    let nginx = Nginx::start(&tmp.path().join("nginx"), &www);
+    let torrent = tmp.path().join("limited.torrent");
+    create_torrent(
+        &tmp.path().join("limited.bin"),
+        &torrent,
+        &nginx.url("/limited.bin"),
+    );
+    let out = tmp.path().join("out");
+    let child = pow()
+        .arg("download")
+        .arg(&torrent)
+        .arg("-o")
+        .arg(&out)
+        .args(["--port", &free_port().to_string(), "--bind", "127.0.0.1"])
+        .args(["--json", "--max-download-rate", "1M"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let summary = finish(child, Duration::from_secs(60));
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(std::fs::read(out.join("limited.bin")).unwrap(), data);
+    let seconds = summary["seconds"].as_f64().unwrap();
+    println!("web seed with --max-download-rate 1M: 4 MiB in {seconds:.2} s");
+    assert!(
+        seconds >= 3.875,
+        "4 MiB in {seconds:.2} s: faster than 1 MiB/s allows"
+    );
+}

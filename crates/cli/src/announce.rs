@@ -1,7 +1,7 @@
 //! Glue between a running torrent and the tracker announce loop: counters go to the trackers,
 //! peers come back to the engine.
 
-use pow_engine::{EngineConfig, Torrent};
+use pow_engine::{EngineConfig, RateLimit, Torrent};
 use pow_picker::Picker;
 use pow_storage::Storage;
 use pow_tracker::announcer::{self, AnnounceHandle, Announcer, Progress, Tiers, Timing, Update};
@@ -62,7 +62,7 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 const RATE_FORM: &str =
     "expected a positive whole number of bytes per second, with K, M or G for KiB, MiB or GiB (e.g. 32M)";
 
-fn bytes_per_second(text: &str) -> Result<u64, String> {
+pub(crate) fn bytes_per_second(text: &str) -> Result<u64, String> {
     let (digits, unit) = match text.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
         _ => (text, 'B'),
@@ -83,17 +83,22 @@ fn bytes_per_second(text: &str) -> Result<u64, String> {
 }
 
 impl SwarmArgs {
-    /// Starts the engine for `storage` and announces it to the torrent's trackers and ours.
+    /// Starts the engine for `storage` and announces it to the torrent's trackers and ours;
+    /// with `max_download_rate` (`--max-download-rate` of the commands that download), the
+    /// peers and web seeds together send at most that many bytes per second.
     pub async fn join(
         &self,
         storage: Arc<Storage>,
         picker: Picker,
+        max_download_rate: Option<u64>,
     ) -> std::io::Result<(Torrent, Option<Handle>)> {
+        let limit = |rate: Option<u64>| rate.map(|r| Arc::new(RateLimit::new(r)));
         let mut config = EngineConfig {
             listen: Some(SocketAddr::new(self.bind, self.port)),
             resume_interval: Some(Duration::from_secs_f64(self.resume_every)),
             super_seed: self.super_seed,
-            max_upload_rate: self.max_upload_rate,
+            upload_limit: limit(self.max_upload_rate),
+            download_limit: limit(max_download_rate),
             ..EngineConfig::default()
         };
         if let Some(secs) = self.idle_timeout {

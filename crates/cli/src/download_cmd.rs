@@ -22,6 +22,11 @@ pub struct DownloadArgs {
     output: PathBuf,
     #[command(flatten)]
     swarm: crate::announce::SwarmArgs,
+    /// Download at most this many bytes per second, from all peers and web seeds together;
+    /// a K, M or G suffix means KiB, MiB or GiB (as aria2's --max-download-limit). Default: no
+    /// limit.
+    #[arg(long, value_name = "RATE", value_parser = crate::announce::bytes_per_second)]
+    max_download_rate: Option<u64>,
     /// Connect to this peer directly, no tracker needed; repeatable.
     #[arg(long = "peer")]
     peers: Vec<SocketAddr>,
@@ -76,7 +81,10 @@ async fn download(args: DownloadArgs) -> CmdResult {
     }
     storage.prepare_files(wanted.as_deref())?;
 
-    let (torrent, announcer) = args.swarm.join(storage.clone(), picker).await?;
+    let (torrent, announcer) = args
+        .swarm
+        .join(storage.clone(), picker, args.max_download_rate)
+        .await?;
     torrent.add_peers(args.peers.iter().copied());
     // BEP 19: the torrent's `url-list` (for a magnet link, its `ws=` kept in the fetched file).
     torrent.add_web_seeds(metainfo.url_list.iter().cloned());
@@ -304,14 +312,14 @@ fn report(
         println!("{value}");
     } else {
         println!(
-            "{}: {} {}/{} pieces verified, {} bytes downloaded in {:.1} s ({:.1} MiB/s), {} already on disk ({}), {} wasted{}",
+            "{}: {} {}/{} pieces verified, {} bytes downloaded in {:.1} s ({}), {} already on disk ({}), {} wasted{}",
             metainfo.name,
             if *outcome == Outcome::Complete { "complete," } else { "incomplete," },
             s.pieces_have,
             s.pieces_total,
             s.downloaded,
             secs,
-            rate,
+            human_rate(s.downloaded as f64 / secs),
             resumed_pieces,
             resume.source.as_str(),
             s.wasted,
@@ -321,6 +329,17 @@ fn report(
                 String::new()
             },
         );
+    }
+}
+
+/// A rate for people: MiB/s from 1 MiB/s up, KiB/s below (a rate-limited download at 32K
+/// read "0.0 MiB/s").
+fn human_rate(bytes_per_second: f64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    if bytes_per_second >= MIB {
+        format!("{:.1} MiB/s", bytes_per_second / MIB)
+    } else {
+        format!("{:.1} KiB/s", bytes_per_second / 1024.0)
     }
 }
 
@@ -398,7 +417,13 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::{glob_match, human_rate};
+
+    #[test]
+    fn rates_below_a_mebibyte_per_second_read_in_kibibytes() {
+        assert_eq!(human_rate(36_800.0), "35.9 KiB/s");
+        assert_eq!(human_rate(3.5 * 1024.0 * 1024.0), "3.5 MiB/s");
+    }
 
     #[test]
     fn globs() {

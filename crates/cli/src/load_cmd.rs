@@ -27,11 +27,17 @@ pub struct LoadArgs {
     /// .pow/data_source_data/BitTorrentDataSourceDirLoader/<key>/).
     #[arg(long)]
     base_dir: Option<PathBuf>,
-    /// Torrent store to fetch from: a directory or an http:// URL (default: pow.toml's).
+    /// Torrent store to fetch from: a directory or an http:// or https:// URL (default:
+    /// pow.toml's).
     #[arg(long)]
     torrent_store: Option<String>,
     #[command(flatten)]
     swarm: SwarmArgs,
+    /// Download at most this many bytes per second, from all peers and web seeds together;
+    /// a K, M or G suffix means KiB, MiB or GiB (as aria2's --max-download-limit). Default: no
+    /// limit.
+    #[arg(long, value_name = "RATE", value_parser = crate::announce::bytes_per_second)]
+    max_download_rate: Option<u64>,
     /// Connect to this peer directly, besides the trackers; repeatable.
     #[arg(long = "peer")]
     peers: Vec<SocketAddr>,
@@ -169,7 +175,10 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
         .build()?;
     let (snapshot, interrupted) = runtime.block_on(async {
         let picker = Picker::new(plan.metainfo.geometry.clone(), have);
-        let (torrent, announcer) = args.swarm.join(storage.clone(), picker).await?;
+        let (torrent, announcer) = args
+            .swarm
+            .join(storage.clone(), picker, args.max_download_rate)
+            .await?;
         torrent.add_peers(args.peers.iter().copied());
         let progress = Progress::new(&plan.metainfo, args.json);
         let mut ticker = tokio::time::interval(Duration::from_millis(500));

@@ -179,7 +179,7 @@ fn seed(metainfo: Arc<Metainfo>, data: &Path, swarm: &SwarmArgs) -> CmdResult {
         .build()?;
     runtime.block_on(async {
         let picker = Picker::new(metainfo.geometry.clone(), have);
-        let (torrent, announcer) = swarm.join(storage, picker).await?;
+        let (torrent, announcer) = swarm.join(storage, picker, None).await?;
         eprintln!("seeding on port {}; Ctrl-C to stop", swarm.port);
         crate::download_cmd::shutdown_signal().await;
         torrent.shutdown();

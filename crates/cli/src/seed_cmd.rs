@@ -172,7 +172,7 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
         );
     }
     let picker = Picker::new(metainfo.geometry.clone(), have);
-    let (torrent, announcer) = args.swarm.join(storage, picker).await?;
+    let (torrent, announcer) = args.swarm.join(storage, picker, None).await?;
     if args.json {
         println!(
             "{}",

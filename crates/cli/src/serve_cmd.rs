@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// among themselves and it leaves this server about once. A lone leecher gets less.
     #[arg(long)]
     super_seed: bool,
+    /// Upload at most this many bytes per second, all datasets and the web seed's HTTP bodies
+    /// together; a K, M or G suffix means KiB, MiB or GiB. Default: no limit.
+    #[arg(long, value_name = "RATE", value_parser = crate::announce::bytes_per_second)]
+    max_upload_rate: Option<u64>,
     /// Print a JSON line when the server is up.
     #[arg(long)]
     json: bool,
@@ -98,9 +102,13 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
     let listener = SharedListener::bind(peer_addr)
         .await
         .map_err(|e| format!("cannot listen for peers on {peer_addr}: {e}"))?;
+    let upload_limit = args
+        .max_upload_rate
+        .map(|rate| Arc::new(pow_engine::RateLimit::new(rate)));
     let seeder = EngineSeeder(Arc::new(SeederState {
         peer_id: pow_engine::new_peer_id(),
         super_seed: args.super_seed,
+        upload_limit: upload_limit.clone(),
         port: listener.local_addr().port(),
         listener,
         torrents: Mutex::new(HashMap::new()),
@@ -148,6 +156,9 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
         ServeConfig {
             max_upload_size: args.max_upload_size,
             token: args.token.clone(),
+            content_pacer: upload_limit.map(|limit| {
+                Arc::new(move |bytes: usize| limit.take_owing(bytes)) as pow_server::ContentPacer
+            }),
         },
     );
     pow_server::run(http, app, crate::download_cmd::shutdown_signal()).await?;
@@ -163,6 +174,8 @@ struct SeederState {
     listener: SharedListener,
     peer_id: [u8; 20],
     super_seed: bool,
+    /// One bucket for every dataset's session (and the web seed's bodies).
+    upload_limit: Option<Arc<pow_engine::RateLimit>>,
     port: u16,
     /// By info-hash (hex).
     torrents: Mutex<HashMap<String, Seeding>>,
@@ -265,6 +278,7 @@ impl SeederState {
             peer_id: self.peer_id,
             listen: None,
             super_seed: self.super_seed,
+            upload_limit: self.upload_limit.clone(),
             ..EngineConfig::default()
         };
         let picker = Picker::new(metainfo.geometry.clone(), have);

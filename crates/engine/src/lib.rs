@@ -27,6 +27,7 @@ pub mod trace;
 pub mod webseed;
 
 pub use listener::{SharedListener, MAX_PENDING_HANDSHAKES};
+pub use ratelimit::RateLimit;
 
 use pow_metainfo::Metainfo;
 use pow_picker::{PeerKey, Picker};
@@ -71,8 +72,11 @@ pub struct EngineConfig {
     /// -c 0` turns it off: on one core the hand-over only costs), else `None`. Test hook:
     /// `POW_WRITER_AFTER_MS` sets the time (0: every peer, from its first tick).
     pub writer_after_busy: Option<Duration>,
-    /// Upload at most this many bytes per second to all peers together; `None`: no limit.
-    pub max_upload_rate: Option<u64>,
+    /// Caps what all peers together get from us (blocks served); `None`: no limit. Give
+    /// several sessions the same bucket to cap them together.
+    pub upload_limit: Option<Arc<RateLimit>>,
+    /// Caps what all peers and web seeds together send us, as `upload_limit` does uploads.
+    pub download_limit: Option<Arc<RateLimit>>,
 }
 
 impl Default for EngineConfig {
@@ -90,7 +94,8 @@ impl Default for EngineConfig {
             resume_interval: None,
             super_seed: false,
             writer_after_busy: default_writer_after_busy(),
-            max_upload_rate: None,
+            upload_limit: None,
+            download_limit: None,
         }
     }
 }
@@ -313,7 +318,6 @@ pub(crate) struct Inner {
     pub resume_saved: tokio::sync::Mutex<Option<(u32, Durability)>>,
     /// Woken when a piece's last unwritten block is written (see [`State::unwritten`]).
     pub all_written: tokio::sync::Notify,
-    pub upload_limit: Option<ratelimit::RateLimit>,
 }
 
 impl Inner {
@@ -406,7 +410,6 @@ impl Torrent {
             shutdown: watch::channel(false).0,
             resume_saved: tokio::sync::Mutex::new(None),
             all_written: tokio::sync::Notify::new(),
-            upload_limit: config.max_upload_rate.map(ratelimit::RateLimit::new),
             config,
         });
         if let Some(addr) = inner.config.listen {

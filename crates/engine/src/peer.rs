@@ -325,6 +325,8 @@ struct Peer {
     last_write: Instant,
     /// The session's upload limit left the next queued block unpaid: serve again at this time.
     upload_wait: Option<Instant>,
+    /// The session's download limit is owed for what we read: read again at this time.
+    download_wait: Option<Instant>,
     /// Both sides set the BEP 10 bit: extended messages may be sent and are read.
     extensions: bool,
     /// Both sides set the BEP 6 bit: have-all/none, reject, suggest and allowed-fast are used.
@@ -367,6 +369,7 @@ impl Peer {
             their_ut_metadata: None,
             their_reqq: None,
             upload_wait: None,
+            download_wait: None,
             metadata_requests: 0,
             hashes: InOrderHashes::default(),
             busy_writing: Duration::ZERO,
@@ -451,9 +454,13 @@ impl Peer {
                 conn.buf.reserve(READ_CHUNK);
             }
             tokio::select! {
-                read = reader.read_buf(&mut conn.buf), if room => {
-                    if read? == 0 {
+                read = read_some(&mut reader, &mut conn.buf, self.read_cap()), if room && self.download_wait.is_none() => {
+                    let n = read?;
+                    if n == 0 {
                         return Err(PeerError::Protocol("peer closed the connection"));
+                    }
+                    if let Some(limit) = &self.inner.config.download_limit {
+                        self.download_wait = limit.take_owing(n).map(|wait| Instant::now() + wait);
                     }
                 }
                 written = writer.write(&self.out), if !self.out.is_empty() => {
@@ -484,9 +491,20 @@ impl Peer {
                 },
                 _ = tick.tick() => self.on_tick()?,
                 _ = wait_until(self.upload_wait), if self.upload_wait.is_some() => {}
+                _ = wait_until(self.download_wait), if self.download_wait.is_some() => {
+                    self.download_wait = None;
+                }
                 _ = crate::until_true(&mut shutdown) => return Err(PeerError::Closed),
             }
         }
+    }
+
+    /// Under a download limit, a read takes at most an eighth of a second's worth (at least
+    /// 4 KiB): a read is paid after the fact, and the wait for a whole 256 KiB read at a low
+    /// limit would outlast the idle and snub timeouts.
+    fn read_cap(&self) -> Option<usize> {
+        let limit = self.inner.config.download_limit.as_ref()?;
+        Some(((limit.bytes_per_second() / 8) as usize).clamp(4096, READ_CHUNK))
     }
 
     fn on_tick(&mut self) -> Result<(), PeerError> {
@@ -870,7 +888,7 @@ impl Peer {
             let Some(&r) = self.requests.front() else {
                 break;
             };
-            if let Some(limit) = &self.inner.upload_limit {
+            if let Some(limit) = &self.inner.config.upload_limit {
                 if let Err(wait) = limit.take(r.length) {
                     self.upload_wait = Some(Instant::now() + wait);
                     break;
@@ -1028,6 +1046,18 @@ impl Peer {
 }
 
 use crate::State;
+
+/// One read into `buf`, of at most `cap` bytes when there is a cap.
+async fn read_some<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    cap: Option<usize>,
+) -> std::io::Result<usize> {
+    match cap {
+        Some(cap) => reader.take(cap as u64).read_buf(buf).await,
+        None => reader.read_buf(buf).await,
+    }
+}
 
 async fn wait_until(at: Option<Instant>) {
     if let Some(at) = at {

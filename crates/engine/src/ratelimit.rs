@@ -1,18 +1,27 @@
-//! The upload rate limit of a session (`EngineConfig::max_upload_rate`): one token bucket of
-//! bytes that every peer's task takes from before it reads a block from disk for its peer.
-//! A block it cannot pay for waits in the peer's queue until the bucket has refilled enough,
-//! so the limit holds for all peers together and no block is read early into memory.
+//! Rate limits (`EngineConfig::upload_limit`, `download_limit`): token buckets of bytes.
+//!
+//! Upload: every peer's task pays before it reads a block from disk for its peer; a block it
+//! cannot pay for waits in the peer's queue until the bucket has refilled enough, so no block is
+//! read early into memory. Download: a peer's task pays for each socket read after it (what
+//! arrived cannot be refused) and, owing, reads nothing more until the debt is paid off; TCP
+//! then slows the sender down. Web seeds pay for each chunk of a response the same way.
+//!
+//! A bucket is shared through an `Arc`: by every peer of a session, and by every session that
+//! is given the same one (`pow serve` caps all of its datasets together).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub(crate) struct RateLimit {
+/// A token bucket of bytes; see the module documentation.
+#[derive(Debug)]
+pub struct RateLimit {
     bytes_per_second: f64,
     /// Tokens the bucket holds at most: what may go out at once after an idle spell.
     burst: f64,
     bucket: Mutex<Bucket>,
 }
 
+#[derive(Debug)]
 struct Bucket {
     tokens: f64,
     refilled_at: Instant,
@@ -36,18 +45,42 @@ impl RateLimit {
         }
     }
 
+    /// The limit, bytes per second.
+    pub fn bytes_per_second(&self) -> u64 {
+        self.bytes_per_second as u64
+    }
+
     /// Takes `bytes` from the bucket, or tells how long until it holds that many.
-    pub fn take(&self, bytes: u32) -> Result<(), Duration> {
+    pub(crate) fn take(&self, bytes: u32) -> Result<(), Duration> {
         self.take_at(bytes, Instant::now())
     }
 
-    fn take_at(&self, bytes: u32, now: Instant) -> Result<(), Duration> {
+    /// Takes `bytes` that were already spent, into debt if need be: how long until the debt
+    /// is paid off, if there is one.
+    pub fn take_owing(&self, bytes: usize) -> Option<Duration> {
+        self.take_owing_at(bytes, Instant::now())
+    }
+
+    fn take_owing_at(&self, bytes: usize, now: Instant) -> Option<Duration> {
+        let mut bucket = self.refilled(now);
+        bucket.tokens -= bytes as f64;
+        (bucket.tokens < 0.0)
+            .then(|| Duration::from_secs_f64(-bucket.tokens / self.bytes_per_second))
+    }
+
+    /// The bucket, refilled for the time up to `now`.
+    fn refilled(&self, now: Instant) -> std::sync::MutexGuard<'_, Bucket> {
         let mut bucket = self.bucket.lock().expect("rate limit lock");
         let elapsed = now
             .saturating_duration_since(bucket.refilled_at)
             .as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.bytes_per_second).min(self.burst);
         bucket.refilled_at = bucket.refilled_at.max(now);
+        bucket
+    }
+
+    fn take_at(&self, bytes: u32, now: Instant) -> Result<(), Duration> {
+        let mut bucket = self.refilled(now);
         let wanted = f64::from(bytes);
         if bucket.tokens >= wanted {
             bucket.tokens -= wanted;
@@ -109,5 +142,28 @@ mod tests {
             burst += 16384;
         }
         assert_eq!(burst, 131072);
+    }
+
+    #[test]
+    fn reads_paid_after_the_fact_owe_the_time_the_rate_needs() {
+        let limit = RateLimit::new(1 << 20);
+        let start = limit.bucket.lock().unwrap().refilled_at;
+        // The burst (128 KiB) covers the first read; the next 256 KiB is owed: 0.25 s.
+        assert_eq!(limit.take_owing_at(128 * 1024, start), None);
+        assert_eq!(
+            limit.take_owing_at(256 * 1024, start),
+            Some(Duration::from_millis(250))
+        );
+        // Reading on only when the debt is paid: over 4 s of simulated reads of 256 KiB,
+        // 4 MiB arrive plus the first burst, within one read.
+        let mut now = start + Duration::from_millis(250);
+        let mut read = 0u64;
+        while now < start + Duration::from_millis(250) + Duration::from_secs(4) {
+            read += 256 * 1024;
+            if let Some(wait) = limit.take_owing_at(256 * 1024, now) {
+                now += wait;
+            }
+        }
+        assert!(read.abs_diff(4 << 20) <= 256 * 1024, "read {read}");
     }
 }

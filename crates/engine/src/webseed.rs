@@ -579,6 +579,11 @@ impl Job {
                 )));
             }
             out.extend_from_slice(&chunk);
+            if let Some(limit) = &self.inner.config.download_limit {
+                if let Some(wait) = limit.take_owing(chunk.len()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
         }
         let got = (out.len() - start) as u64;
         if got != length {

@@ -1,6 +1,7 @@
 //! `GET /content/<md5>/<name>`: a dataset's bytes over HTTP with `Range` support, so the server
 //! is a BEP 19 web seed for what it publishes (its torrents carry `url-list` =
-//! `<public url>/content/<md5>/`). Bodies are streamed from disk in 256 KiB reads.
+//! `<public url>/content/<md5>/`). Bodies are streamed from disk in 256 KiB reads, each paced
+//! by `ServeConfig::content_pacer` when there is one.
 
 use crate::library::Library;
 use axum::body::{Body, Bytes};
@@ -61,6 +62,7 @@ pub(crate) async fn serve(
     md5: &str,
     name: &str,
     headers: &HeaderMap,
+    pacer: Option<crate::ContentPacer>,
 ) -> Response {
     let Some(dataset) = library.dataset(md5).filter(|d| d.name == name) else {
         return (StatusCode::NOT_FOUND, "no such dataset file").into_response();
@@ -87,18 +89,24 @@ pub(crate) async fn serve(
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
     }
     let count = if len == 0 { 0 } else { end - start + 1 };
-    let chunks = futures_util::stream::unfold((file, count), |(mut file, left)| async move {
-        if left == 0 {
-            return None;
-        }
-        let mut buf = vec![0u8; left.min(READ_CHUNK) as usize];
-        match file.read_exact(&mut buf).await {
-            Ok(_) => Some((
-                Ok::<_, std::io::Error>(Bytes::from(buf)),
-                (file, left - READ_CHUNK.min(left)),
-            )),
-            // A short read ends the body early: the client sees fewer bytes than announced.
-            Err(e) => Some((Err(e), (file, 0))),
+    let chunks = futures_util::stream::unfold((file, count), move |(mut file, left)| {
+        let pacer = pacer.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let mut buf = vec![0u8; left.min(READ_CHUNK) as usize];
+            if let Some(wait) = pacer.and_then(|pace| pace(buf.len())) {
+                tokio::time::sleep(wait).await;
+            }
+            match file.read_exact(&mut buf).await {
+                Ok(_) => Some((
+                    Ok::<_, std::io::Error>(Bytes::from(buf)),
+                    (file, left - READ_CHUNK.min(left)),
+                )),
+                // A short read ends the body early: the client sees fewer bytes than announced.
+                Err(e) => Some((Err(e), (file, 0))),
+            }
         }
     });
     let mut response = Response::new(Body::from_stream(chunks));

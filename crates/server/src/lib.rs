@@ -36,13 +36,20 @@ pub const FORM_OVERHEAD: u64 = 64 * 1024;
 /// Longest description kept with a dataset.
 pub const MAX_DESCRIPTION_BYTES: usize = 4096;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeConfig {
     /// Largest accepted upload (the file's bytes).
     pub max_upload_size: u64,
     /// Bearer token that allows `PUT /torrents/<md5>.torrent`; `None` disables PUT.
     pub token: Option<String>,
+    /// Paces the web seed's bodies (`GET /content/...`): called with each chunk's size before
+    /// it is sent, it says how long to wait first (`pow serve --max-upload-rate` shares one
+    /// budget between these bodies and the BitTorrent seeds).
+    pub content_pacer: Option<ContentPacer>,
 }
+
+/// See [`ServeConfig::content_pacer`].
+pub type ContentPacer = Arc<dyn Fn(usize) -> Option<std::time::Duration> + Send + Sync>;
 
 /// What the page and `/api/datasets` say about a dataset's seeding.
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -229,7 +229,8 @@ async fn get_content(
     Path((md5, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    crate::content::serve(app.library.clone(), &md5, &name, &headers).await
+    let pacer = app.config.content_pacer.clone();
+    crate::content::serve(app.library.clone(), &md5, &name, &headers, pacer).await
 }
 
 async fn get_torrent(State(app): Shared, Path(name): Path<String>) -> Response {
