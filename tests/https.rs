@@ -6,9 +6,9 @@
 mod common;
 
 use common::nginx::{Nginx, TestCa};
-use common::{free_port, make_zip, md5_hex, pow, pow_bin, TempDir};
+use common::{free_port, make_zip, md5_hex, pow, TempDir};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const PIECE: &str = "65536";
@@ -24,25 +24,6 @@ impl Drop for Killed {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// `pow tracker` on a free loopback port; its port.
-fn start_tracker() -> (Killed, u16) {
-    let mut child = Command::new(pow_bin())
-        .args(["tracker", "--listen", "127.0.0.1:0", "--interval", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let line = common::first_stdout_line(&mut child);
-    let port = line
-        .trim()
-        .strip_prefix("tracker listening on http://127.0.0.1:")
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|port| port.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    (Killed(child), port)
 }
 
 /// A fresh `.pow` with one data source naming `torrent_name`.
@@ -99,12 +80,12 @@ fn source_load_from_an_https_store_through_an_https_tracker() {
     let ca = TestCa::create(&work.join("ca"));
     let www = work.join("www");
     std::fs::create_dir_all(www.join("torrents")).unwrap();
-    let (_tracker, tracker_port) = start_tracker();
+    let tracker = common::PowTracker::start();
     let nginx = Nginx::start_tls(
         &work.join("nginx"),
         &www,
         &ca,
-        &[("/announce", tracker_port)],
+        &[("/announce", tracker.port)],
     );
 
     let data = work.join("seed");

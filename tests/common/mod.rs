@@ -371,3 +371,43 @@ pub fn first_stdout_line(child: &mut std::process::Child) -> String {
         .unwrap();
     line
 }
+
+/// `pow tracker --listen 127.0.0.1:0` (announce interval 1 s), killed when dropped.
+pub struct PowTracker {
+    child: std::process::Child,
+    /// The announce URL.
+    pub url: String,
+    pub port: u16,
+}
+
+impl PowTracker {
+    pub fn start() -> PowTracker {
+        let mut child = Command::new(pow_bin())
+            .args(["tracker", "--listen", "127.0.0.1:0", "--interval", "1"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let line = first_stdout_line(&mut child);
+        let url = line
+            .trim()
+            .strip_prefix("tracker listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        let port = url
+            .trim_start_matches("http://127.0.0.1:")
+            .split('/')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {url}"));
+        PowTracker { child, url, port }
+    }
+}
+
+impl Drop for PowTracker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -8,10 +8,12 @@ use std::process::ExitCode;
 mod announce;
 mod download_cmd;
 mod load_cmd;
+mod multiseed;
 mod publish_cmd;
 mod seed_cmd;
 mod serve_cmd;
 mod source_cmd;
+mod source_seed_cmd;
 mod torrent_cmd;
 mod tracker_cmd;
 

@@ -2,18 +2,15 @@
 //! shared peer port, and a tracker (embedded, unless `--tracker` names one to use instead).
 //! Started again on the same data directory, it seeds every stored dataset again.
 
-use crate::announce;
+use crate::multiseed::{MultiSeed, Status};
 use clap::Args;
-use pow_engine::{EngineConfig, SharedListener, Torrent};
+use pow_engine::SharedListener;
 use pow_metainfo::Metainfo;
-use pow_picker::Picker;
 use pow_server::{Library, SeedFuture, SeedStatus, Seeder, ServeConfig};
-use pow_tracker::announcer::Timing;
 use pow_tracker::server::{ServerConfig, TrackerServer};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -105,14 +102,12 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
     let upload_limit = args
         .max_upload_rate
         .map(|rate| Arc::new(pow_engine::RateLimit::new(rate)));
-    let seeder = EngineSeeder(Arc::new(SeederState {
-        peer_id: pow_engine::new_peer_id(),
-        super_seed: args.super_seed,
-        upload_limit: upload_limit.clone(),
-        port: listener.local_addr().port(),
+    let seeder = EngineSeeder(Arc::new(MultiSeed::new(
         listener,
-        torrents: Mutex::new(HashMap::new()),
-    }));
+        args.super_seed,
+        upload_limit.clone(),
+        Vec::new(),
+    )));
 
     // Seed what is already published, one at a time (each is a disk check when the resume
     // file cannot be trusted), while the page is already up.
@@ -136,7 +131,7 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
                 "url": url,
                 "web_seed": public_url.as_ref().map(|u| format!("{u}/content/")),
                 "torrent_store": format!("{url}/torrents"),
-                "peer_port": seeder.0.port,
+                "peer_port": seeder.0.port(),
                 "trackers": announce_urls,
                 "data": library.root(),
                 "datasets": datasets.len(),
@@ -145,7 +140,7 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
     } else {
         eprintln!(
             "serving {url} (torrent store {url}/torrents), peers on port {}, tracker {}; {} datasets; Ctrl-C to stop",
-            seeder.0.port,
+            seeder.0.port(),
             announce_urls.join(" "),
             datasets.len()
         );
@@ -162,146 +157,35 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
         },
     );
     pow_server::run(http, app, crate::download_cmd::shutdown_signal()).await?;
-    seeder.stop().await;
+    seeder.0.stop().await;
     drop(tracker);
     Ok(())
 }
 
 #[derive(Clone)]
-struct EngineSeeder(Arc<SeederState>);
-
-struct SeederState {
-    listener: SharedListener,
-    peer_id: [u8; 20],
-    super_seed: bool,
-    /// One bucket for every dataset's session (and the web seed's bodies).
-    upload_limit: Option<Arc<pow_engine::RateLimit>>,
-    port: u16,
-    /// By info-hash (hex).
-    torrents: Mutex<HashMap<String, Seeding>>,
-}
-
-enum Seeding {
-    Starting,
-    Running {
-        torrent: Torrent,
-        announcer: Option<announce::Handle>,
-    },
-    Failed(String),
-}
+struct EngineSeeder(Arc<MultiSeed>);
 
 impl Seeder for EngineSeeder {
     fn seed(&self, metainfo: Arc<Metainfo>, data_dir: PathBuf) -> SeedFuture {
-        let state = self.0.clone();
-        Box::pin(async move {
-            let result = state.start(metainfo.clone(), data_dir).await;
-            if let Err(e) = &result {
-                state
-                    .lock()
-                    .insert(metainfo.info_hash.to_hex(), Seeding::Failed(e.clone()));
-            }
-            result
-        })
+        let seeds = self.0.clone();
+        Box::pin(async move { seeds.start(metainfo, data_dir).await })
     }
 
     fn status(&self, info_hash: &str) -> Option<SeedStatus> {
-        Some(match self.0.lock().get(info_hash)? {
-            Seeding::Starting => SeedStatus::default(),
-            Seeding::Running { torrent, .. } => {
-                let s = torrent.snapshot();
-                SeedStatus {
-                    seeding: true,
-                    peers: s.peers,
-                    uploaded: s.uploaded,
-                    pieces_have: s.pieces_have,
-                    pieces_total: s.pieces_total,
-                    error: None,
-                }
-            }
-            Seeding::Failed(why) => SeedStatus {
-                error: Some(why.clone()),
+        Some(match self.0.status(info_hash)? {
+            Status::Starting => SeedStatus::default(),
+            Status::Running(s) => SeedStatus {
+                seeding: true,
+                peers: s.peers,
+                uploaded: s.uploaded,
+                pieces_have: s.pieces_have,
+                pieces_total: s.pieces_total,
+                error: None,
+            },
+            Status::Failed(why) => SeedStatus {
+                error: Some(why),
                 ..SeedStatus::default()
             },
         })
-    }
-}
-
-impl EngineSeeder {
-    async fn stop(&self) {
-        let running: Vec<Seeding> = self.0.lock().drain().map(|(_, s)| s).collect();
-        for seeding in running {
-            if let Seeding::Running { torrent, announcer } = seeding {
-                torrent.shutdown();
-                if let Some(a) = announcer {
-                    a.stop().await;
-                }
-            }
-        }
-    }
-}
-
-impl SeederState {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seeding>> {
-        self.torrents.lock().expect("seeder lock")
-    }
-
-    async fn start(&self, metainfo: Arc<Metainfo>, data_dir: PathBuf) -> Result<(), String> {
-        let key = metainfo.info_hash.to_hex();
-        {
-            let mut torrents = self.lock();
-            if matches!(
-                torrents.get(&key),
-                Some(Seeding::Running { .. } | Seeding::Starting)
-            ) {
-                return Ok(());
-            }
-            torrents.insert(key.clone(), Seeding::Starting);
-        }
-        let (storage, resume) = {
-            let metainfo = metainfo.clone();
-            tokio::task::spawn_blocking(move || {
-                crate::seed_cmd::resume_or_check(&metainfo, &data_dir, true)
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| e.to_string())??
-        };
-        let have = resume.have;
-        if have.count() < have.len() {
-            return Err(format!(
-                "only {} of {} pieces verify on disk",
-                have.count(),
-                have.len()
-            ));
-        }
-        let config = EngineConfig {
-            peer_id: self.peer_id,
-            listen: None,
-            super_seed: self.super_seed,
-            upload_limit: self.upload_limit.clone(),
-            ..EngineConfig::default()
-        };
-        let picker = Picker::new(metainfo.geometry.clone(), have);
-        let torrent = Torrent::start(storage, picker, config)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.listener.attach(&torrent);
-        let announcer = announce::start(
-            &torrent,
-            metainfo.tracker_tiers(),
-            self.peer_id,
-            self.port,
-            Timing::default(),
-        );
-        // Recorded now, so a restart skips the check (a seed writes nothing later).
-        if let Err(e) = torrent.save_resume(pow_storage::Durability::Synced).await {
-            eprintln!(
-                "pow: warning: {}: cannot save the resume file: {e}",
-                metainfo.name
-            );
-        }
-        self.lock()
-            .insert(key, Seeding::Running { torrent, announcer });
-        Ok(())
     }
 }

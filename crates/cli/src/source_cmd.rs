@@ -59,6 +59,9 @@ pub enum SourceCommand {
     Load(crate::load_cmd::LoadArgs),
     /// Run the integrity checks alone on a data source's content on disk.
     Verify(crate::load_cmd::SourceVerifyArgs),
+    /// Seed data sources loaded on this machine (or --all of them) on one peer port, each
+    /// checked on disk first, until interrupted.
+    Seed(crate::source_seed_cmd::SourceSeedArgs),
 }
 
 /// Syntax of `pow export`.
@@ -134,11 +137,14 @@ pub fn source(pow_dir: Option<&Path>, cmd: SourceCommand) -> CmdResult {
     let cmd = match cmd {
         SourceCommand::Load(args) => return crate::load_cmd::load(pow_dir, args),
         SourceCommand::Verify(args) => return crate::load_cmd::verify(pow_dir, args),
+        SourceCommand::Seed(args) => return crate::source_seed_cmd::seed(pow_dir, args),
         other => other,
     };
     let pow = open(pow_dir)?;
     match cmd {
-        SourceCommand::Load(_) | SourceCommand::Verify(_) => unreachable!("handled above"),
+        SourceCommand::Load(_) | SourceCommand::Verify(_) | SourceCommand::Seed(_) => {
+            unreachable!("handled above")
+        }
         SourceCommand::List { kind, full, json } => {
             let entries = pow.list(kind.as_deref(), full)?;
             if json {

@@ -110,8 +110,14 @@ fn serve(addr: SocketAddr, cfg: ServerConfig) -> CmdResult {
         let server = TrackerServer::start(addr, cfg)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        println!("tracker listening on {}", server.http_announce_url());
-        println!("tracker listening on {}", server.udp_announce_url());
+        // One write for both lines: a reader that takes the first line and closes the pipe
+        // (a test, `| head -1`) must not make the second write fail and end the tracker.
+        print!(
+            "tracker listening on {}\ntracker listening on {}\n",
+            server.http_announce_url(),
+            server.udp_announce_url()
+        );
+        std::io::Write::flush(&mut std::io::stdout())?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

@@ -207,6 +207,26 @@ impl PowDir {
         Ok((cached, store.describe(), metainfo))
     }
 
+    /// The IRIs of the data sources a load verified on this machine, sorted.
+    pub fn loaded_sources(&self) -> Result<Vec<String>> {
+        let graph = state_graph();
+        let predicate = vocab("localDirectory");
+        let mut iris = Vec::new();
+        for quad in self.store().quads_for_pattern(
+            None,
+            Some(predicate.as_ref()),
+            None,
+            Some(GraphNameRef::NamedNode(graph.as_ref())),
+        ) {
+            if let oxigraph::model::NamedOrBlankNode::NamedNode(node) = quad?.subject {
+                iris.push(node.into_string());
+            }
+        }
+        iris.sort();
+        iris.dedup();
+        Ok(iris)
+    }
+
     /// What the last successful load of `iri` recorded, if any.
     pub fn load_record(&self, iri: &str) -> Result<Option<LoadRecord>> {
         let subject = NamedNode::new(iri).map_err(|_| Error::UnknownId(iri.to_string()))?;

@@ -1,0 +1,175 @@
+//! Many torrents seeded by one process on one peer port (`pow serve`'s datasets, `pow source
+//! seed`'s data sources): a session per torrent, all attached to one `SharedListener` (incoming
+//! peers are routed by the info-hash of their handshake), each announced to its trackers with
+//! that port, all sharing one upload limit.
+
+use crate::announce;
+use pow_engine::{EngineConfig, RateLimit, SharedListener, Snapshot, Torrent};
+use pow_metainfo::Metainfo;
+use pow_picker::Picker;
+use pow_tracker::announcer::Timing;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+pub struct MultiSeed {
+    listener: SharedListener,
+    peer_id: [u8; 20],
+    super_seed: bool,
+    /// One bucket for every session (and, in `pow serve`, the web seed's bodies).
+    upload_limit: Option<Arc<RateLimit>>,
+    /// Announce URLs added to every torrent's own, each its own tier.
+    extra_trackers: Vec<String>,
+    /// By info-hash (hex).
+    torrents: Mutex<HashMap<String, Seeding>>,
+}
+
+enum Seeding {
+    Starting,
+    Running {
+        torrent: Torrent,
+        announcer: Option<announce::Handle>,
+    },
+    Failed(String),
+}
+
+/// What one torrent's seeding is doing.
+pub enum Status {
+    Starting,
+    Running(Snapshot),
+    Failed(String),
+}
+
+impl MultiSeed {
+    pub fn new(
+        listener: SharedListener,
+        super_seed: bool,
+        upload_limit: Option<Arc<RateLimit>>,
+        extra_trackers: Vec<String>,
+    ) -> MultiSeed {
+        MultiSeed {
+            listener,
+            peer_id: pow_engine::new_peer_id(),
+            super_seed,
+            upload_limit,
+            extra_trackers,
+            torrents: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The peer port every torrent is seeded on.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().port()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seeding>> {
+        self.torrents.lock().expect("seeder lock")
+    }
+
+    pub fn status(&self, info_hash: &str) -> Option<Status> {
+        Some(match self.lock().get(info_hash)? {
+            Seeding::Starting => Status::Starting,
+            Seeding::Running { torrent, .. } => Status::Running(torrent.snapshot()),
+            Seeding::Failed(why) => Status::Failed(why.clone()),
+        })
+    }
+
+    /// Checks `metainfo`'s content in `data_dir` (or trusts its resume file) and seeds it if
+    /// every piece is good; a torrent already seeded or starting is left alone. A failure is
+    /// kept as the torrent's status and returned.
+    pub async fn start(&self, metainfo: Arc<Metainfo>, data_dir: PathBuf) -> Result<(), String> {
+        let key = metainfo.info_hash.to_hex();
+        {
+            let mut torrents = self.lock();
+            if matches!(
+                torrents.get(&key),
+                Some(Seeding::Running { .. } | Seeding::Starting)
+            ) {
+                return Ok(());
+            }
+            torrents.insert(key.clone(), Seeding::Starting);
+        }
+        let result = self.start_checked(metainfo, data_dir).await;
+        let mut torrents = self.lock();
+        match result {
+            Ok(running) => {
+                torrents.insert(key, running);
+                Ok(())
+            }
+            Err(why) => {
+                torrents.insert(key, Seeding::Failed(why.clone()));
+                Err(why)
+            }
+        }
+    }
+
+    async fn start_checked(
+        &self,
+        metainfo: Arc<Metainfo>,
+        data_dir: PathBuf,
+    ) -> Result<Seeding, String> {
+        let (storage, resume) = {
+            let metainfo = metainfo.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::seed_cmd::resume_or_check(&metainfo, &data_dir, true)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())??
+        };
+        let have = resume.have;
+        if have.count() < have.len() {
+            return Err(format!(
+                "only {} of {} pieces verify on disk",
+                have.count(),
+                have.len()
+            ));
+        }
+        let config = EngineConfig {
+            peer_id: self.peer_id,
+            listen: None,
+            super_seed: self.super_seed,
+            upload_limit: self.upload_limit.clone(),
+            ..EngineConfig::default()
+        };
+        let picker = Picker::new(metainfo.geometry.clone(), have);
+        let torrent = Torrent::start(storage, picker, config)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.listener.attach(&torrent);
+        let mut tiers = metainfo.tracker_tiers();
+        tiers.extend(self.extra_trackers.iter().map(|t| vec![t.clone()]));
+        let announcer = announce::start(
+            &torrent,
+            tiers,
+            self.peer_id,
+            self.port(),
+            Timing::default(),
+        );
+        // Recorded now, so a restart skips the check (a seed writes nothing later).
+        if let Err(e) = torrent.save_resume(pow_storage::Durability::Synced).await {
+            eprintln!(
+                "pow: warning: {}: cannot save the resume file: {e}",
+                metainfo.name
+            );
+        }
+        Ok(Seeding::Running { torrent, announcer })
+    }
+
+    /// Stops every session (announcing `stopped`); returns what each had uploaded, by
+    /// info-hash.
+    pub async fn stop(&self) -> Vec<(String, u64)> {
+        let running: Vec<(String, Seeding)> = self.lock().drain().collect();
+        let mut uploaded = Vec::new();
+        for (key, seeding) in running {
+            if let Seeding::Running { torrent, announcer } = seeding {
+                uploaded.push((key, torrent.snapshot().uploaded));
+                torrent.shutdown();
+                if let Some(a) = announcer {
+                    a.stop().await;
+                }
+            }
+        }
+        uploaded
+    }
+}
