@@ -228,6 +228,109 @@ fn seed_example_as_toml_saves_shows_and_lists() {
     assert_eq!(triples(&dir), before);
 }
 
+/// `pow source create`, the ad-hoc form of the same definition: the same show output and the
+/// same graph as `pow save seed.toml`; a second create, an unknown field and a malformed
+/// `--set` are refused with one line and store nothing.
+#[test]
+fn source_create_makes_what_save_makes() {
+    let (_tmp, dir) = init("ds-create");
+    let id = ok(
+        &dir,
+        &[
+            "source",
+            "create",
+            "ConnectomeCSVDataSource",
+            "2000_connections",
+            "--set",
+            "csv_file_name=connectome.csv",
+            "--set",
+            "torrent_file_name=d9da5ce947c6f1c127dfcdc2ede63320.torrent",
+        ],
+    );
+    assert_eq!(id, "ConnectomeCSVDataSource:2000_connections\n");
+    assert_eq!(
+        ok(
+            &dir,
+            &["source", "show", "ConnectomeCSVDataSource:2000_connections"]
+        ),
+        SEED_SHOW
+    );
+    let created = ok(&dir, &["export"]);
+    let (_tmp2, saved_dir) = init("ds-create-saved");
+    ok(&saved_dir, &["save", path_str(&fixture("seed.toml"))]);
+    assert_eq!(
+        created,
+        ok(&saved_dir, &["export"]),
+        "the same graph as pow save"
+    );
+
+    let before = triples(&dir);
+    let again = fails(
+        &dir,
+        &[
+            "source",
+            "create",
+            "ConnectomeCSVDataSource",
+            "2000_connections",
+        ],
+    );
+    assert!(again.contains("already exists"), "{again}");
+    let unknown = fails(
+        &dir,
+        &[
+            "source",
+            "create",
+            "ConnectomeCSVDataSource",
+            "x",
+            "--set",
+            "colour=red",
+        ],
+    );
+    assert!(unknown.contains("colour"), "{unknown}");
+    let malformed = fails(
+        &dir,
+        &[
+            "source",
+            "create",
+            "ConnectomeCSVDataSource",
+            "y",
+            "--set",
+            "md5",
+        ],
+    );
+    assert!(malformed.contains("expected FIELD=VALUE"), "{malformed}");
+    assert_eq!(triples(&dir), before, "nothing stored by the refusals");
+}
+
+/// `pow export | head -c 100`: the reader goes away after 100 bytes of a long export, and pow
+/// ends quietly of SIGPIPE, as `cat` would, not with a panic message about a broken pipe.
+#[test]
+fn export_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let (tmp, dir) = init("ds-pipe");
+    let defs = tmp.path().join("big.toml");
+    big_definitions(&defs, 2000);
+    ok(&dir, &["save", path_str(&defs)]);
+    let mut export = pow()
+        .arg("--pow-dir")
+        .arg(&dir)
+        .arg("export")
+        .env_remove("POW_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 100];
+    export.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    // The read end is closed now (dropped above); the export is far longer than a pipe holds.
+    let output = export.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    const SIGPIPE: i32 = 13; // on Linux
+    assert_eq!(output.status.signal(), Some(SIGPIPE), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
 /// Acceptance 1 (Turtle form): same output, and the same graph as the TOML form.
 #[test]
 fn seed_example_as_turtle_saves_the_same_graph() {

@@ -83,8 +83,37 @@ fn init_logging(default: tracing::Level) {
         .try_init();
 }
 
+/// Lets a command that prints its result and exits die of SIGPIPE, silently, when its reader
+/// goes away (`pow export | head`), as `cat` does: Rust ignores SIGPIPE, which turns the failed
+/// write into a panic in `println!`. The commands that talk to peers, trackers or browsers keep
+/// ignoring it, so that a write to a closed connection is an error they handle, not their end.
+fn die_quietly_when_stdout_closes(command: &Command) {
+    let prints_and_exits = match command {
+        Command::Torrent(_)
+        | Command::Verify(_)
+        | Command::Init
+        | Command::Save(_)
+        | Command::Store(_)
+        | Command::Export(_)
+        | Command::Import(_) => true,
+        Command::Source(cmd) => !cmd.runs_a_swarm(),
+        Command::Tracker(_)
+        | Command::Download(_)
+        | Command::Seed(_)
+        | Command::Publish(_)
+        | Command::Serve(_) => false,
+    };
+    if prints_and_exits {
+        // SAFETY: restoring the default disposition of one signal, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    die_quietly_when_stdout_closes(&cli.command);
     init_logging(match cli.command {
         Command::Tracker(_) => tracing::Level::INFO,
         _ => tracing::Level::WARN,

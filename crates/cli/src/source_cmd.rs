@@ -45,6 +45,18 @@ pub enum SourceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Create one data source from the command line (the ad-hoc form of `pow save`), validated
+    /// the same way; refused if it exists (change one with `pow save` or `pow publish`).
+    Create {
+        /// Its class (e.g. ConnectomeCSVDataSource).
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        /// Its key (e.g. 2000_connections).
+        key: String,
+        /// A field's value (e.g. torrent_file_name=<md5>.torrent); repeatable.
+        #[arg(long = "set", value_name = "FIELD=VALUE")]
+        set: Vec<String>,
+    },
     /// Run a SPARQL SELECT/ASK/CONSTRUCT query (the default graph is the union of all graphs).
     Query {
         /// The query text.
@@ -132,6 +144,13 @@ pub fn save(pow_dir: Option<&Path>, args: SaveArgs) -> CmdResult {
     Ok(())
 }
 
+impl SourceCommand {
+    /// It downloads or seeds (and so talks to peers and trackers until it is done).
+    pub fn runs_a_swarm(&self) -> bool {
+        matches!(self, SourceCommand::Load(_) | SourceCommand::Seed(_))
+    }
+}
+
 /// `pow source ...`.
 pub fn source(pow_dir: Option<&Path>, cmd: SourceCommand) -> CmdResult {
     let cmd = match cmd {
@@ -170,6 +189,26 @@ pub fn source(pow_dir: Option<&Path>, cmd: SourceCommand) -> CmdResult {
                     print!("{}", s.format());
                 }
             }
+        }
+        SourceCommand::Create { kind, key, set } => {
+            let id = format!("{kind}:{key}");
+            if let Ok(existing) = pow.show(&id) {
+                return Err(format!(
+                    "{} already exists (change it with pow save or pow publish)",
+                    existing.id
+                )
+                .into());
+            }
+            let fields = set
+                .iter()
+                .map(|pair| {
+                    pair.split_once('=')
+                        .map(|(f, v)| (f.to_string(), v.to_string()))
+                        .ok_or_else(|| format!("--set {pair}: expected FIELD=VALUE"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let iri = pow.upsert_source(&kind, &key, &fields)?;
+            println!("{}", pow_datasource::schema::shorten(&iri));
         }
         SourceCommand::Query { sparql, json } => {
             let output = if json {

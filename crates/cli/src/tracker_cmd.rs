@@ -110,14 +110,18 @@ fn serve(addr: SocketAddr, cfg: ServerConfig) -> CmdResult {
         let server = TrackerServer::start(addr, cfg)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        // One write for both lines: a reader that takes the first line and closes the pipe
-        // (a test, `| head -1`) must not make the second write fail and end the tracker.
-        print!(
+        // One write for both lines, whose failure does not matter: a reader that takes the
+        // first line and closes the pipe (a test, `| head -1`) must not end the tracker, as a
+        // second `println!` into the closed pipe did (a panic).
+        let lines = format!(
             "tracker listening on {}\ntracker listening on {}\n",
             server.http_announce_url(),
             server.udp_announce_url()
         );
-        std::io::Write::flush(&mut std::io::stdout())?;
+        let mut stdout = std::io::stdout().lock();
+        let _ = std::io::Write::write_all(&mut stdout, lines.as_bytes());
+        let _ = std::io::Write::flush(&mut stdout);
+        drop(stdout);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
