@@ -6,54 +6,22 @@
 mod common;
 
 use common::nginx::{Nginx, TestCa};
-use common::{free_port, make_zip, md5_hex, pow, TempDir};
+use common::{free_port, make_zip, md5_hex, pow, text, Killed, TempDir};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 const PIECE: &str = "65536";
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// A fresh `.pow` with one data source naming `torrent_name`.
 fn project(work: &Path, torrent_name: &str, md5: &str) -> PathBuf {
-    let dir = work.join("project");
-    let o = pow()
-        .arg("--pow-dir")
-        .arg(&dir)
-        .arg("init")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "init: {}", text(&o.stderr));
-    let defs = work.join("defs.toml");
-    std::fs::write(
-        &defs,
-        format!(
+    common::project_with(
+        &work.join("project"),
+        &format!(
             "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"tls\"\n\
              torrent_file_name = \"{torrent_name}\"\nmd5 = \"{md5}\"\n"
         ),
     )
-    .unwrap();
-    let o = pow()
-        .arg("--pow-dir")
-        .arg(&dir)
-        .arg("save")
-        .arg(&defs)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "save: {}", text(&o.stderr));
-    dir
 }
 
 fn load(pow_dir: &Path, store: &str, ca: Option<&Path>) -> Output {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{free_port, make_zip, md5_hex, pow, sha256_hex, Lab, TempDir};
+use common::{free_port, make_zip, md5_hex, pow, sha256_hex, text, Lab, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -18,10 +18,6 @@ const LOAD_PORT: &str = "51205";
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// `pow torrent create DATA -o STORE/NAME` with the lab tracker, 256 KiB pieces.

@@ -5,25 +5,12 @@
 
 mod common;
 
-use common::{free_port, make_zip, md5_hex, pow, PowTracker, TempDir};
+use common::{free_port, make_zip, md5_hex, pow, text, Killed, PowTracker, TempDir};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PIECE: &str = "65536";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// A zip of `mib` MiB in `dir`, its `<md5>.torrent` in `store` (announcing to `tracker`), and a
 /// `pow seed` of it; returns (zip, md5, seed).
@@ -115,18 +102,9 @@ fn loaded_sources_are_seeded_again_and_damaged_or_unloaded_ones_refused() {
     let (_zip_b, md5_b, seed_b, port_b) =
         published(&work.join("pub-b"), &store, "cells_b.zip", 12, &tracker.url);
 
-    let pow_dir = work.join("project");
-    let o = pow()
-        .arg("--pow-dir")
-        .arg(&pow_dir)
-        .arg("init")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "init: {}", text(&o.stderr));
-    let defs = work.join("defs.toml");
-    std::fs::write(
-        &defs,
-        format!(
+    let pow_dir = common::project_with(
+        &work.join("project"),
+        &format!(
             "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"a\"\n\
              torrent_file_name = \"{md5_a}.torrent\"\n\n\
              [[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"b\"\n\
@@ -134,16 +112,7 @@ fn loaded_sources_are_seeded_again_and_damaged_or_unloaded_ones_refused() {
              [[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"never\"\n\
              torrent_file_name = \"{md5_a}.torrent\"\n"
         ),
-    )
-    .unwrap();
-    let o = pow()
-        .arg("--pow-dir")
-        .arg(&pow_dir)
-        .arg("save")
-        .arg(&defs)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "save: {}", text(&o.stderr));
+    );
     let store_arg = store.to_str().unwrap();
     let mut loaded = Vec::new();
     for (key, port) in [("a", port_a), ("b", port_b)] {

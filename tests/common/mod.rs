@@ -411,3 +411,40 @@ impl Drop for PowTracker {
         let _ = self.child.wait();
     }
 }
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves none behind.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A process's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `pow init` of a fresh `.pow` at `dir`, then `pow save` of `definitions` (TOML); returns `dir`.
+pub fn project_with(dir: &Path, definitions: &str) -> PathBuf {
+    let o = pow()
+        .arg("--pow-dir")
+        .arg(dir)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "init: {}", text(&o.stderr));
+    let defs = dir.with_extension("definitions.toml");
+    std::fs::write(&defs, definitions).unwrap();
+    let o = pow()
+        .arg("--pow-dir")
+        .arg(dir)
+        .arg("save")
+        .arg(&defs)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "save: {}", text(&o.stderr));
+    dir.to_path_buf()
+}
