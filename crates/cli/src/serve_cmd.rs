@@ -22,8 +22,9 @@ pub struct ServeArgs {
     /// The server's directory: uploads, content, and the torrent store (`DIR/torrents`).
     #[arg(long, default_value = ".pow/serve")]
     data: PathBuf,
-    /// Largest accepted upload, in bytes.
-    #[arg(long, default_value_t = 16 << 30)]
+    /// Largest dataset a researcher may upload to this server (the web page's or the API's
+    /// zip), in bytes. Not a bandwidth limit: that is --max-upload-rate.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 30)]
     max_upload_size: u64,
     /// Peer port every dataset is seeded on.
     #[arg(long, default_value_t = 6881)]
@@ -47,8 +48,9 @@ pub struct ServeArgs {
     /// among themselves and it leaves this server about once. A lone leecher gets less.
     #[arg(long)]
     super_seed: bool,
-    /// Upload at most this many bytes per second, all datasets and the web seed's HTTP bodies
-    /// together; a K, M or G suffix means KiB, MiB or GiB. Default: no limit.
+    /// Send peers at most this many bytes per second, all datasets and the web seed's HTTP
+    /// bodies together; a K, M or G suffix means KiB, MiB or GiB. Default: no limit. (The size
+    /// of a researcher's upload is --max-upload-size.)
     #[arg(long, value_name = "RATE", value_parser = crate::announce::bytes_per_second)]
     max_upload_rate: Option<u64>,
     /// Print a JSON line when the server is up.
