@@ -12,6 +12,10 @@ pub const HAVE: u8 = 4;
 pub const BITFIELD: u8 = 5;
 pub const REQUEST: u8 = 6;
 pub const PIECE: u8 = 7;
+pub const EXTENDED: u8 = 20;
+
+/// Reserved bytes with the BEP 10 extension-protocol bit set.
+pub const EXTENSION_BIT: [u8; 8] = [0, 0, 0, 0, 0, 0x10, 0, 0];
 
 /// A peer on a plain blocking socket.
 pub struct RawPeer {
@@ -124,13 +128,22 @@ impl RawPeer {
     /// Waits (up to 20 s) for a dial on `listener`, reads the handshake (checking it is for
     /// `info_hash`) and answers as `peer_id`.
     pub fn accept_as(listener: &TcpListener, info_hash: [u8; 20], peer_id: [u8; 20]) -> RawPeer {
-        Self::accept_answering(listener, info_hash, info_hash, peer_id)
+        Self::accept_answering(listener, info_hash, info_hash, peer_id, [0; 8])
+    }
+
+    /// As [`RawPeer::accept_as`], answering with these reserved bytes (extension bits).
+    pub fn accept_reserved(
+        listener: &TcpListener,
+        info_hash: [u8; 20],
+        reserved: [u8; 8],
+    ) -> RawPeer {
+        Self::accept_answering(listener, info_hash, info_hash, unique_peer_id(), reserved)
     }
 
     /// Waits (up to 20 s) for a dial on `listener`, reads the handshake (checking it is for
     /// `expected`) and answers with a handshake for `answer` (another torrent, to test that).
     pub fn accept(listener: &TcpListener, expected: [u8; 20], answer: [u8; 20]) -> RawPeer {
-        Self::accept_answering(listener, expected, answer, unique_peer_id())
+        Self::accept_answering(listener, expected, answer, unique_peer_id(), [0; 8])
     }
 
     fn accept_answering(
@@ -138,6 +151,7 @@ impl RawPeer {
         expected: [u8; 20],
         answer: [u8; 20],
         peer_id: [u8; 20],
+        reserved: [u8; 8],
     ) -> RawPeer {
         let stream =
             accept_within(listener, Duration::from_secs(20)).expect("nothing dialed the listener");
@@ -146,13 +160,32 @@ impl RawPeer {
         let theirs = peer.read_handshake();
         assert_eq!(theirs[28..48], expected, "the handshake pow sent");
         peer.stream
-            .write_all(&handshake([0; 8], answer, peer_id))
+            .write_all(&handshake(reserved, answer, peer_id))
             .unwrap();
         peer
     }
 
     pub fn send(&mut self, id: u8, payload: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(&frame(id, payload))
+    }
+
+    /// An extended message (BEP 10): `ext_id` and a bencoded body.
+    pub fn send_extended(&mut self, ext_id: u8, body: &[u8]) -> std::io::Result<()> {
+        let mut payload = vec![ext_id];
+        payload.extend_from_slice(body);
+        self.send(EXTENDED, &payload)
+    }
+
+    /// Reads until an extended message with `ext_id` arrives (other messages are dropped);
+    /// returns its body, or how the wait ended.
+    pub fn next_extended(&mut self, ext_id: u8, timeout: Duration) -> Result<Vec<u8>, End> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (id, payload) = self.read(deadline.saturating_duration_since(Instant::now()))?;
+            if id == EXTENDED && payload.first() == Some(&ext_id) {
+                return Ok(payload[1..].to_vec());
+            }
+        }
     }
 
     pub fn request(&mut self, index: u32, begin: u32, length: u32) -> std::io::Result<()> {

@@ -37,6 +37,14 @@ pub struct SwarmArgs {
     /// means KiB, MiB or GiB (as aria2's --max-upload-limit). Default: no limit.
     #[arg(long, value_name = "RATE", value_parser = bytes_per_second)]
     pub max_upload_rate: Option<u64>,
+    /// No peer exchange (BEP 11): do not tell peers which peers we are connected to, nor
+    /// dial the peers they name. (Private torrents never use it.)
+    #[arg(long)]
+    pub no_pex: bool,
+    /// Least seconds between two peer-exchange messages to one peer (default 60). Hidden:
+    /// for tests of the changes a later message carries.
+    #[arg(long, hide = true, value_parser = positive_seconds)]
+    pub pex_interval: Option<f64>,
     /// Drop a peer after this many seconds without a whole message from it (default 180).
     /// Hidden: for tests of stalled and trickling peers (LIMITS.md).
     #[arg(long, hide = true, value_parser = positive_seconds)]
@@ -99,8 +107,12 @@ impl SwarmArgs {
             super_seed: self.super_seed,
             upload_limit: limit(self.max_upload_rate),
             download_limit: limit(max_download_rate),
+            pex: !self.no_pex,
             ..EngineConfig::default()
         };
+        if let Some(secs) = self.pex_interval {
+            config.pex_interval = Duration::from_secs_f64(secs);
+        }
         if let Some(secs) = self.idle_timeout {
             config.idle_timeout = Duration::from_secs_f64(secs);
         }

@@ -128,6 +128,7 @@ impl MultiSeed {
         let config = EngineConfig {
             peer_id: self.peer_id,
             listen: None,
+            advertised_port: Some(self.port()),
             super_seed: self.super_seed,
             upload_limit: self.upload_limit.clone(),
             ..EngineConfig::default()

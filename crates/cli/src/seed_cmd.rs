@@ -208,5 +208,11 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
         eprintln!("uploaded to {peer}: {bytes} bytes");
     }
     eprintln!("stopped: {} bytes uploaded", s.uploaded);
+    if s.pex_sent + s.pex_received > 0 {
+        eprintln!(
+            "peer exchange: {} messages sent, {} received ({} new peers)",
+            s.pex_sent, s.pex_received, s.peers_from_pex
+        );
+    }
     Ok(())
 }

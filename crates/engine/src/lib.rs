@@ -10,7 +10,8 @@
 //! [`MAX_STRIKES`]).
 //!
 //! The engine knows nothing of trackers: callers feed it peer addresses with
-//! [`Torrent::add_peers`] (from a tracker client, or given by hand).
+//! [`Torrent::add_peers`] (from a tracker client, or given by hand); peers tell each other of
+//! more by peer exchange ([`pex`]).
 //!
 //! With [`EngineConfig::resume_interval`] set, the verified set is saved to the storage's
 //! resume file every interval while it changes ([`Torrent::save_resume`] saves on demand).
@@ -20,6 +21,7 @@ mod inorder;
 mod listener;
 pub mod metadata;
 mod peer;
+pub mod pex;
 mod ratelimit;
 mod received;
 mod superseed;
@@ -43,6 +45,9 @@ use tokio::sync::{mpsc, watch};
 
 /// Bad pieces a peer may take part in before it is banned.
 pub const MAX_STRIKES: u32 = 3;
+/// Addresses remembered to dial: trackers and peer exchange add no more past this, so a
+/// peer that names thousands of addresses cannot grow the session without bound.
+pub const MAX_KNOWN_PEERS: usize = 2000;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -77,6 +82,15 @@ pub struct EngineConfig {
     pub upload_limit: Option<Arc<RateLimit>>,
     /// Caps what all peers and web seeds together send us, as `upload_limit` does uploads.
     pub download_limit: Option<Arc<RateLimit>>,
+    /// The port peers reach this session at when it has no listener of its own (a
+    /// [`SharedListener`]'s), told to them in the extension handshake as `listen` would be.
+    pub advertised_port: Option<u16>,
+    /// Peer exchange (BEP 11, [`pex`]): tell peers which peers we are connected to, and dial
+    /// the peers they tell us of. Never for a private torrent, whatever this says.
+    pub pex: bool,
+    /// The least time between two peer-exchange messages to one peer (libtorrent drops a
+    /// peer that sends three within a minute).
+    pub pex_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -96,6 +110,9 @@ impl Default for EngineConfig {
             writer_after_busy: default_writer_after_busy(),
             upload_limit: None,
             download_limit: None,
+            advertised_port: None,
+            pex: true,
+            pex_interval: Duration::from_secs(60),
         }
     }
 }
@@ -141,6 +158,10 @@ pub struct Stats {
     /// Peers whose blocks were written and hashed on a thread of their own
     /// ([`EngineConfig::writer_after_busy`]).
     pub writer_threads: AtomicU64,
+    /// Peer-exchange messages sent and received, and the new addresses those received named.
+    pub pex_sent: AtomicU64,
+    pub pex_received: AtomicU64,
+    pub peers_from_pex: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -155,6 +176,10 @@ pub struct Snapshot {
     pub hashed_as_received: u64,
     /// Peers given a writer thread (see [`Stats::writer_threads`]).
     pub writer_threads: u64,
+    /// Peer exchange: messages sent, messages received, new peers learned from them.
+    pub pex_sent: u64,
+    pub pex_received: u64,
+    pub peers_from_pex: u64,
     /// Bytes of wanted pieces not yet verified.
     pub left: u64,
     pub pieces_have: u32,
@@ -187,6 +212,10 @@ pub(crate) struct PeerEntry {
     /// Another address we dialed the same peer at, whose connection was closed as a duplicate
     /// of this one (so the reconnect loop does not dial it again).
     pub dialed_at: Option<SocketAddr>,
+    /// Where the peer accepts connections: the address we dialed, or its IP with the port its
+    /// extension handshake names (`None` until then, and for a web seed). What peer exchange
+    /// tells others.
+    pub listen_addr: Option<SocketAddr>,
     pub bits: Bitfield,
     pub tx: mpsc::UnboundedSender<PeerCmd>,
     pub unchoked_by_us: bool,
@@ -205,6 +234,7 @@ impl PeerEntry {
             addr,
             wire,
             dialed_at: None,
+            listen_addr: None,
             bits,
             tx,
             unchoked_by_us: false,
@@ -340,6 +370,34 @@ impl Inner {
         }
     }
 
+    /// Adds addresses to dial (skipping known, banned and our own) and starts connecting while
+    /// under the connection cap. Returns how many were new.
+    pub fn learn_peers(self: &Arc<Self>, addrs: impl IntoIterator<Item = SocketAddr>) -> usize {
+        let mut state = self.lock();
+        let mut new = 0;
+        for addr in addrs {
+            if Some(addr) == self.config.listen || state.banned.contains(&addr) {
+                continue;
+            }
+            if state.known.len() >= MAX_KNOWN_PEERS {
+                break;
+            }
+            if let std::collections::hash_map::Entry::Vacant(slot) = state.known.entry(addr) {
+                slot.insert(None);
+                new += 1;
+            }
+        }
+        drop(state);
+        try_connect(self);
+        new
+    }
+
+    /// Peer exchange is on: configured so, and the torrent is not private (BEP 27: its peers
+    /// come from its trackers only).
+    pub fn pex_enabled(&self) -> bool {
+        self.config.pex && !self.metainfo.private
+    }
+
     /// Waits until no booked block of piece `index` is still to be written.
     pub async fn until_written(&self, index: u32) {
         loop {
@@ -455,15 +513,7 @@ impl Torrent {
     /// Peers to connect to (from a tracker or the command line). Known and banned ones are
     /// skipped; connections start at once while under the connection cap.
     pub fn add_peers(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
-        let mut state = self.inner.lock();
-        for addr in addrs {
-            if Some(addr) == self.inner.config.listen || state.banned.contains(&addr) {
-                continue;
-            }
-            state.known.entry(addr).or_insert(None);
-        }
-        drop(state);
-        try_connect(&self.inner);
+        self.inner.learn_peers(addrs);
     }
 
     /// BEP 19 web seeds to fetch pieces from alongside peers (each URL once; not http: ignored).
@@ -489,6 +539,9 @@ impl Torrent {
             rejects_received: stats.rejects_received.load(Ordering::Relaxed),
             hashed_as_received: stats.hashed_as_received.load(Ordering::Relaxed),
             writer_threads: stats.writer_threads.load(Ordering::Relaxed),
+            pex_sent: stats.pex_sent.load(Ordering::Relaxed),
+            pex_received: stats.pex_received.load(Ordering::Relaxed),
+            peers_from_pex: stats.peers_from_pex.load(Ordering::Relaxed),
             left: state.picker.bytes_left(),
             pieces_have: state.picker.have().count(),
             pieces_total: self.inner.metainfo.geometry.piece_count(),

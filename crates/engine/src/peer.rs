@@ -17,12 +17,14 @@
 //! dropped as if silent.
 
 use crate::inorder::InOrderHashes;
+use crate::pex::PexLink;
 use crate::received::{self, Unwritten, Writer};
 use crate::{Inner, PeerCmd, PeerEntry, WireLink, MAX_STRIKES};
 use bytes::{Buf, Bytes, BytesMut};
 use pow_metainfo::Block;
 use pow_picker::{PeerKey, Received};
 use pow_wire::extension::{self, ExtHandshake, MetadataMessage, EXTENDED, EXTENDED_HANDSHAKE};
+use pow_wire::pex::OUR_UT_PEX;
 use pow_wire::{Bitfield, BlockRequest, Decoder, Handshake, Message};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -131,6 +133,11 @@ async fn run(
         Ok(conn) => conn,
         Err(e) => {
             tracing::debug!("{addr}: handshake: {e}");
+            if matches!(e, PeerError::Protocol(CONNECTED_TO_OURSELVES)) {
+                // A tracker or a peer's exchange listed us under an address we do not know
+                // as ours: never dial it again.
+                inner.lock().banned.insert(addr);
+            }
             return;
         }
     };
@@ -183,6 +190,7 @@ async fn run(
         let pieces = inner.metainfo.geometry.piece_count();
         let mut entry = PeerEntry::new(addr, Some(link), Bitfield::new(pieces), tx);
         entry.dialed_at = dialed_at;
+        entry.listen_addr = outgoing.then_some(addr);
         let key = state.add_peer(entry);
         if let Some(ss) = state.super_seed.as_mut() {
             ss.connected(key, pieces);
@@ -240,6 +248,8 @@ pub(crate) enum PeerError {
     Closed,
 }
 
+const CONNECTED_TO_OURSELVES: &str = "connected to ourselves";
+
 async fn handshake(
     inner: &Inner,
     mut stream: TcpStream,
@@ -262,7 +272,7 @@ async fn handshake(
         return Err(PeerError::Protocol("handshake for another torrent"));
     }
     if theirs.peer_id == inner.config.peer_id {
-        return Err(PeerError::Protocol("connected to ourselves"));
+        return Err(PeerError::Protocol(CONNECTED_TO_OURSELVES));
     }
     Ok(Conn {
         stream,
@@ -333,6 +343,8 @@ struct Peer {
     fast: bool,
     /// The id the peer wants for `ut_metadata` messages, from its extension handshake.
     their_ut_metadata: Option<u8>,
+    /// Peer exchange with this peer ([`crate::pex`]).
+    pex: PexLink,
     /// How many outstanding requests the peer keeps (`reqq`; at least 1).
     their_reqq: Option<usize>,
     /// Metadata pieces the peer asked for (see [`MAX_METADATA_REQUESTS`]).
@@ -367,6 +379,7 @@ impl Peer {
             extensions: false,
             fast: false,
             their_ut_metadata: None,
+            pex: PexLink::default(),
             their_reqq: None,
             upload_wait: None,
             download_wait: None,
@@ -531,6 +544,9 @@ impl Peer {
         if now.duration_since(self.last_recv) > self.inner.config.idle_timeout {
             return Err(PeerError::Protocol("silent for too long"));
         }
+        if let Some(message) = self.pex.due(&self.inner, self.key, now) {
+            message.encode(&mut self.out);
+        }
         if now.duration_since(self.last_send) > self.inner.config.keepalive {
             Message::KeepAlive.encode(&mut self.out);
         }
@@ -588,6 +604,7 @@ impl Peer {
     fn extension_handshake(&self) -> ExtHandshake {
         ExtHandshake {
             ut_metadata: Some(extension::OUR_UT_METADATA),
+            ut_pex: self.inner.pex_enabled().then_some(OUR_UT_PEX),
             metadata_size: Some(self.inner.metainfo.info_bytes.len() as u64),
             client: Some(concat!("pow ", env!("CARGO_PKG_VERSION")).to_string()),
             reqq: Some(MAX_QUEUED_REQUESTS as u32),
@@ -595,19 +612,36 @@ impl Peer {
                 std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
                 std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
             }),
-            listen_port: self.inner.config.listen.map(|a| a.port()),
+            listen_port: (self.inner.config.listen.map(|a| a.port()))
+                .or(self.inner.config.advertised_port),
         }
     }
 
-    /// An extended message: the peer's extension handshake, or a `ut_metadata` request we
-    /// answer from the torrent's info dictionary. Other extensions are ignored.
+    /// An extended message: the peer's extension handshake, a peer exchange, or a
+    /// `ut_metadata` request we answer from the torrent's info dictionary. Other extensions
+    /// are ignored.
     fn on_extended(&mut self, payload: &Bytes) -> Result<(), PeerError> {
         let (ext_id, body) = extension::split_extended(payload)?;
         if ext_id == EXTENDED_HANDSHAKE {
             let theirs = ExtHandshake::decode(&body)?;
             self.their_ut_metadata = theirs.ut_metadata;
             self.their_reqq = theirs.reqq.map(|n| (n as usize).max(1));
+            self.pex.handshake(&self.inner, theirs.ut_pex);
+            if let Some(port) = theirs.listen_port.filter(|&p| p != 0) {
+                let mut state = self.inner.lock();
+                if let Some(entry) = state.peers.get_mut(&self.key) {
+                    // A port we dialed is known to work; one the peer names is taken otherwise.
+                    entry
+                        .listen_addr
+                        .get_or_insert(SocketAddr::new(self.addr.ip(), port));
+                }
+            }
             return Ok(());
+        }
+        if ext_id == OUR_UT_PEX {
+            return Ok(self
+                .pex
+                .receive(&self.inner, self.addr, &body, Instant::now())?);
         }
         if ext_id != extension::OUR_UT_METADATA {
             return Ok(());

@@ -255,15 +255,12 @@ mod tests {
     use tokio::sync::mpsc;
 
     fn entry(bits: Bitfield) -> PeerEntry {
-        PeerEntry {
-            addr: "127.0.0.1:1".parse().unwrap(),
-            wire: None,
-            dialed_at: None,
+        PeerEntry::new(
+            "127.0.0.1:1".parse().unwrap(),
+            None,
             bits,
-            tx: mpsc::unbounded_channel().0,
-            unchoked_by_us: false,
-            blocks_from: 0,
-        }
+            mpsc::unbounded_channel().0,
+        )
     }
 
     fn pieces_of(reveals: &[Reveal], key: PeerKey) -> Vec<u32> {

@@ -46,6 +46,8 @@ pub struct ExtHandshake {
     /// The id the sender wants for `ut_metadata` messages; `None` if it does not support them
     /// (absent, or 0, which means disabled).
     pub ut_metadata: Option<u8>,
+    /// The id the sender wants for `ut_pex` messages (BEP 11); `None` if it does not take them.
+    pub ut_pex: Option<u8>,
     /// Size of the info dictionary, when the sender has it.
     pub metadata_size: Option<u64>,
     /// `v`: client name and version.
@@ -63,6 +65,9 @@ impl ExtHandshake {
         let mut m = Vec::new();
         if let Some(id) = self.ut_metadata {
             m.push(("ut_metadata", Value::Int(i64::from(id))));
+        }
+        if let Some(id) = self.ut_pex {
+            m.push(("ut_pex", Value::Int(i64::from(id))));
         }
         let mut entries = vec![("m", dict(m))];
         if let Some(size) = self.metadata_size {
@@ -92,14 +97,16 @@ impl ExtHandshake {
             return Err(ExtensionError::Invalid("handshake is not a dictionary"));
         }
         let int = |key: &str| root.get(key).and_then(|n| n.as_int());
-        let ut_metadata = root
-            .get("m")
-            .and_then(|m| m.get("ut_metadata"))
-            .and_then(|n| n.as_int())
-            .and_then(|id| u8::try_from(id).ok())
-            .filter(|&id| id != 0);
+        let message_id = |name: &str| {
+            root.get("m")
+                .and_then(|m| m.get(name))
+                .and_then(|n| n.as_int())
+                .and_then(|id| u8::try_from(id).ok())
+                .filter(|&id| id != 0)
+        };
         Ok(ExtHandshake {
-            ut_metadata,
+            ut_metadata: message_id("ut_metadata"),
+            ut_pex: message_id("ut_pex"),
             metadata_size: int("metadata_size").and_then(|n| u64::try_from(n).ok()),
             client: root.get("v").and_then(|n| n.as_str()).map(str::to_string),
             reqq: int("reqq").and_then(|n| u32::try_from(n).ok()),
@@ -113,7 +120,7 @@ impl ExtHandshake {
     }
 }
 
-fn lenient() -> Options {
+pub(crate) fn lenient() -> Options {
     Options {
         allow_unsorted_keys: true,
         allow_trailing_data: true,
@@ -197,7 +204,7 @@ pub fn split_extended(payload: &Bytes) -> Result<(u8, Bytes), ExtensionError> {
     }
 }
 
-fn extended(ext_id: u8, head: &[u8], data: &[u8]) -> Message {
+pub(crate) fn extended(ext_id: u8, head: &[u8], data: &[u8]) -> Message {
     let mut payload = BytesMut::with_capacity(1 + head.len() + data.len());
     payload.put_u8(ext_id);
     payload.put_slice(head);
@@ -237,6 +244,7 @@ mod tests {
     fn handshake_round_trips_and_reads_what_libtorrent_sends() {
         let ours = ExtHandshake {
             ut_metadata: Some(OUR_UT_METADATA),
+            ut_pex: Some(crate::pex::OUR_UT_PEX),
             metadata_size: Some(31_337),
             client: Some("pow 0.1.0".into()),
             reqq: Some(1024),
@@ -251,8 +259,8 @@ mod tests {
         let theirs = b"d1:md11:lt_donthavei7e6:ut_pexi0e11:ut_metadatai3ee13:metadata_sizei100e1:v4:lt 24:reqqi500ee";
         let hs = ExtHandshake::decode(theirs).unwrap();
         assert_eq!(
-            (hs.ut_metadata, hs.metadata_size, hs.reqq),
-            (Some(3), Some(100), Some(500))
+            (hs.ut_metadata, hs.ut_pex, hs.metadata_size, hs.reqq),
+            (Some(3), None, Some(100), Some(500))
         );
         let disabled = ExtHandshake::decode(b"d1:md11:ut_metadatai0eee").unwrap();
         assert_eq!(disabled.ut_metadata, None);

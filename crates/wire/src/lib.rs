@@ -8,7 +8,8 @@
 //! - [`Message::encode`] and [`piece_header`] for sending; a piece is sent as its 13-byte
 //!   header followed by the block, so the block itself need not be copied into a frame.
 //! - [`Bitfield`]: have-sets in wire order (piece 0 is the high bit of byte 0).
-//! - [`extension`]: the BEP 10 handshake and BEP 9 metadata messages inside message id 20.
+//! - [`extension`]: the BEP 10 handshake and BEP 9 metadata messages inside message id 20;
+//!   [`pex`]: BEP 11 peer exchange, also inside it.
 //!
 //! Limits enforced while decoding (a peer that breaks them gets a typed error and should be
 //! dropped): a message longer than 16 KiB + 13 bytes is refused unless it is a bitfield of
@@ -17,6 +18,7 @@
 
 mod bitfield;
 pub mod extension;
+pub mod pex;
 
 pub use bitfield::Bitfield;
 
