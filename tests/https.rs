@@ -219,3 +219,61 @@ fn download_from_an_https_web_seed() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// An https tracker that ends its response by closing the connection without TLS's
+/// close_notify, and gives no Content-Length (the body runs to the end of the stream): some
+/// servers do both. The announce is read, as curl and libtorrent read it.
+#[test]
+fn an_https_tracker_that_closes_without_close_notify() {
+    let work = TempDir::new("https-eof");
+    let work = work.path();
+    let ca = TestCa::create(&work.join("ca"));
+    let zip = work.join("eof.zip");
+    make_zip(&zip, 1, 5);
+    let torrent = work.join("eof.torrent");
+    common::create_torrent(&zip, &torrent, 65536);
+    let port = free_port();
+    // Python's ssl module closes a socket without sending close_notify unless asked to
+    // (`unwrap`), and HTTP/1.0 without Content-Length ends the body at the close.
+    let script = "import socket, ssl, sys
+cert, key, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(('127.0.0.1', port))
+server.listen(1)
+print('ready', flush=True)
+conn, _ = server.accept()
+tls = ctx.wrap_socket(conn, server_side=True)
+request = b''
+while b'\\r\\n\\r\\n' not in request:
+    request += tls.recv(4096)
+body = b'd8:intervali1800e5:peers6:\\x7f\\x00\\x00\\x01\\x1a\\xe1e'
+tls.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\n' + body)
+tls.close()
+";
+    let mut server = Killed(
+        std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&ca.cert)
+            .arg(&ca.key)
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(common::first_stdout_line(&mut server.0).trim(), "ready");
+    let o = pow()
+        .args(["tracker", "announce"])
+        .arg(format!("https://127.0.0.1:{port}/announce"))
+        .arg(&torrent)
+        .args(["--port", "5003", "--json"])
+        .env("SSL_CERT_FILE", &ca.ca)
+        .output()
+        .unwrap();
+    let stdout = text(&o.stdout);
+    println!("announce over TLS ended without close_notify: {stdout}");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(stdout.contains("127.0.0.1:6881"), "{stdout}");
+}

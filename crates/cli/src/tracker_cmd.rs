@@ -51,7 +51,7 @@ enum EventArg {
 
 #[derive(Args)]
 struct AnnounceArgs {
-    /// Tracker URL (http:// or udp://).
+    /// Tracker URL (http://, https:// or udp://).
     url: String,
     torrent: PathBuf,
     #[arg(long, value_enum, default_value = "started")]

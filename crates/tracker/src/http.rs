@@ -245,7 +245,15 @@ pub(crate) async fn read_response<R: tokio::io::AsyncRead + Unpin>(
         if body.len() > cap {
             return Err(Error::TooLarge(max_body));
         }
-        let n = stream.read(&mut chunk).await?;
+        let n = match stream.read(&mut chunk).await {
+            Ok(n) => n,
+            // A TLS server that closes without close_notify (rustls reports that as an
+            // unexpected EOF). Whether the body is whole is for its own framing to say: the
+            // Content-Length below, the last chunk, or the bencode parse of a body that runs
+            // to the end of the stream, which a cut cannot leave valid.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
             if let (Some(len), false) = (content_length, chunked) {
                 if body.len() < len {
