@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${1:-30}"; shift || true
-targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(bencode metainfo wire tracker_response magnet peer_session)
+targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(bencode metainfo wire tracker_response magnet peer_session krpc)
 toolchain=+nightly; rustup toolchain list 2>/dev/null | grep -q nightly || { toolchain=""; export RUSTC_BOOTSTRAP=1; }
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 for t in "${targets[@]}"; do
@@ -16,6 +16,7 @@ for t in "${targets[@]}"; do
     tracker_response) cp ../fixtures/tracker/* "corpus/$t/" 2>/dev/null || true ;;
     magnet) cp ../fixtures/magnet/*.uri "corpus/$t/" 2>/dev/null || true ;;
     peer_session) cp ../fixtures/peer_session/* "corpus/$t/" 2>/dev/null || true ;;
+    krpc) cp ../fixtures/krpc/* "corpus/$t/" 2>/dev/null || true ;;
   esac
   echo "fuzz: $t for ${secs}s"
   log="$(mktemp)"

@@ -173,6 +173,17 @@ async fn metainfo_of_magnet(
     for peer in magnet.peers.iter().chain(&args.peers) {
         let _ = found.send(*peer);
     }
+    if let Some(plan) = args.swarm.dht_plan() {
+        let found = found.clone();
+        crate::dht_peers::start(&plan, info_hash.0, args.swarm.port, move |peers| {
+            for peer in peers {
+                let _ = found.send(peer);
+            }
+            // The metadata phase is over once nobody reads what is found.
+            !found.is_closed()
+        })
+        .await?;
+    }
     let peer_id = pow_engine::new_peer_id();
     let announcer = crate::announce::start_for_peers(
         info_hash.0,
@@ -305,6 +316,7 @@ fn report(
             "pex_sent": s.pex_sent,
             "pex_received": s.pex_received,
             "peers_from_pex": s.peers_from_pex,
+            "peers_from_dht": crate::dht_peers::peers_found(),
             "seconds": secs,
             "mib_per_s": rate,
             "received_by_peer": by_peer,

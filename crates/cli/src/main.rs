@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod announce;
+mod dht_peers;
 mod download_cmd;
 mod load_cmd;
 mod multiseed;

@@ -91,6 +91,12 @@ pub struct EngineConfig {
     /// The least time between two peer-exchange messages to one peer (libtorrent drops a
     /// peer that sends three within a minute).
     pub pex_interval: Duration,
+    /// The UDP port of our DHT node, if one runs: told to peers that run one too (BEP 5
+    /// `port` message).
+    pub dht_port: Option<u16>,
+    /// Where the DHT nodes peers tell us of (their IP, the port of their `port` message) go,
+    /// for the caller's DHT node to ping.
+    pub dht_nodes: Option<mpsc::UnboundedSender<SocketAddr>>,
 }
 
 impl Default for EngineConfig {
@@ -113,6 +119,8 @@ impl Default for EngineConfig {
             advertised_port: None,
             pex: true,
             pex_interval: Duration::from_secs(60),
+            dht_port: None,
+            dht_nodes: None,
         }
     }
 }

@@ -258,6 +258,9 @@ async fn handshake(
     let mut ours = Handshake::new(inner.metainfo.info_hash.0, inner.config.peer_id);
     extension::set_extension_bit(&mut ours.reserved);
     pow_wire::set_fast_bit(&mut ours.reserved);
+    if inner.config.dht_port.is_some() {
+        pow_wire::set_dht_bit(&mut ours.reserved);
+    }
     stream.write_all(&ours.encode()).await?;
     let (theirs, buf) = match routed {
         Some(Routed { handshake, buf }) => (handshake, buf),
@@ -345,6 +348,8 @@ struct Peer {
     their_ut_metadata: Option<u8>,
     /// Peer exchange with this peer ([`crate::pex`]).
     pex: PexLink,
+    /// The peer told us its DHT port (BEP 5 `port`); later ones are ignored.
+    dht_port_heard: bool,
     /// How many outstanding requests the peer keeps (`reqq`; at least 1).
     their_reqq: Option<usize>,
     /// Metadata pieces the peer asked for (see [`MAX_METADATA_REQUESTS`]).
@@ -380,6 +385,7 @@ impl Peer {
             fast: false,
             their_ut_metadata: None,
             pex: PexLink::default(),
+            dht_port_heard: false,
             their_reqq: None,
             upload_wait: None,
             download_wait: None,
@@ -433,6 +439,12 @@ impl Peer {
             Message::HaveNone.encode(&mut self.out);
         } else if have.count() > 0 {
             Message::Bitfield(have).encode(&mut self.out);
+        }
+        if let (Some(port), true) = (
+            self.inner.config.dht_port,
+            pow_wire::has_dht_bit(&conn.reserved),
+        ) {
+            Message::Port(port).encode(&mut self.out);
         }
         self.extensions = extension::has_extension_bit(&conn.reserved);
         if self.extensions {
@@ -678,7 +690,17 @@ impl Peer {
                 id: EXTENDED,
                 payload,
             } if self.extensions => self.on_extended(&payload)?,
-            Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
+            Message::Port(port) => {
+                // Only the first: each is a ping from us, and a peer must not aim a stream of
+                // them anywhere.
+                if let (Some(nodes), false, true) =
+                    (&self.inner.config.dht_nodes, self.dht_port_heard, port != 0)
+                {
+                    self.dht_port_heard = true;
+                    let _ = nodes.send(SocketAddr::new(self.addr.ip(), port));
+                }
+            }
+            Message::KeepAlive | Message::Unknown { .. } => {}
             Message::Choke => {
                 tracing::debug!(
                     "{}: choked us with {} requests in flight",

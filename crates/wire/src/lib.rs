@@ -61,6 +61,16 @@ pub fn has_fast_bit(reserved: &[u8; 8]) -> bool {
     reserved[7] & 0x04 != 0
 }
 
+/// Sets the reserved-bytes bit that says we run a DHT node (BEP 5: byte 7, `0x01`); its UDP
+/// port follows in a `port` message.
+pub fn set_dht_bit(reserved: &mut [u8; 8]) {
+    reserved[7] |= 0x01;
+}
+
+pub fn has_dht_bit(reserved: &[u8; 8]) -> bool {
+    reserved[7] & 0x01 != 0
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("handshake does not start with the BitTorrent protocol string")]

@@ -1,0 +1,701 @@
+//! A Mainline DHT node (BEP 5, IPv4): finds peers for an info-hash without a tracker, and
+//! tells the network we are one.
+//!
+//! One UDP socket; a task reads it, answers queries (`ping`, `find_node`, `get_peers`,
+//! `announce_peer`, so other nodes can use us as we use them) and hands responses to the
+//! query that waits for them by transaction id. [`Dht::bootstrap`] fills the routing table
+//! ([`table`]) from known routers; [`Dht::announce`] runs an iterative `get_peers` lookup
+//! (at most [`ALPHA`] queries in flight, until the [`table::K`] closest nodes have answered
+//! or failed) and then `announce_peer`s to the closest that gave a token.
+//!
+//! Bounds against hostile nodes: a lookup queries at most [`MAX_LOOKUP_NODES`] nodes and takes
+//! at most [`LOOKUP_TIME`]; a response is matched only from the address the query went to;
+//! announces are accepted only with a token we gave that address (SHA-1 of a secret that
+//! changes every 5 minutes and the address), and we keep at most [`MAX_PEERS_PER_HASH`] peers
+//! for each of at most [`MAX_HASHES`] info-hashes, 30 minutes each.
+//!
+//! The codecs ([`krpc`]) know nothing of sockets; this crate knows nothing of the engine: the
+//! caller gives peers found to its torrent.
+
+pub mod krpc;
+pub mod table;
+
+use krpc::{Body, Id, Message, NodeInfo, Query, Response};
+use rand::Rng;
+use sha1::{Digest, Sha1};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use table::{distance, Table, K};
+use tokio::net::UdpSocket;
+use tokio::sync::{oneshot, watch};
+
+/// Queries in flight at once in a lookup (Kademlia's alpha).
+pub const ALPHA: usize = 4;
+/// Most nodes one lookup queries.
+pub const MAX_LOOKUP_NODES: usize = 100;
+/// Longest a lookup runs.
+pub const LOOKUP_TIME: Duration = Duration::from_secs(20);
+/// How long a node has to answer a query.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Peers kept per info-hash announced to us, and info-hashes kept.
+pub const MAX_PEERS_PER_HASH: usize = 100;
+pub const MAX_HASHES: usize = 2000;
+/// An announced peer is forgotten after this long without announcing again.
+const PEER_TTL: Duration = Duration::from_secs(30 * 60);
+/// The token secret changes this often; a token from the one before is still accepted.
+const SECRET_LIFETIME: Duration = Duration::from_secs(5 * 60);
+/// Peers returned in one `get_peers` response (a UDP datagram must stay well under 1,500 bytes).
+const VALUES_PER_RESPONSE: usize = 50;
+
+/// The routers of the public DHT, for `--dht` without `--dht-bootstrap`.
+pub const PUBLIC_ROUTERS: &[&str] = &[
+    "router.bittorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "router.utorrent.com:6881",
+    "dht.libtorrent.org:25401",
+];
+
+/// A running DHT node. Cheap to clone; [`Dht::shutdown`] stops it.
+#[derive(Clone)]
+pub struct Dht {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    socket: UdpSocket,
+    local: SocketAddr,
+    id: Id,
+    state: Mutex<State>,
+    next_tid: AtomicU16,
+    stop: watch::Sender<bool>,
+}
+
+struct State {
+    table: Table,
+    /// Queries waiting for an answer, by transaction id, with the address asked.
+    pending: HashMap<[u8; 2], (SocketAddr, oneshot::Sender<Reply>)>,
+    /// Peers announced to us, by info-hash.
+    stored: HashMap<Id, Vec<(SocketAddr, Instant)>>,
+    secret: [u8; 20],
+    previous_secret: [u8; 20],
+    secret_since: Instant,
+}
+
+enum Reply {
+    Response(Response),
+    Error(i64, String),
+}
+
+/// What a lookup found.
+#[derive(Debug, Default, Clone)]
+pub struct Lookup {
+    /// Peers for the info-hash, each once.
+    pub peers: Vec<SocketAddr>,
+    /// Nodes asked, and how many answered.
+    pub queried: usize,
+    pub answered: usize,
+    /// Nodes that accepted our `announce_peer`.
+    pub announced: usize,
+}
+
+impl Dht {
+    /// Binds the node's UDP socket (IPv4) and starts answering.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Dht> {
+        let socket = UdpSocket::bind(addr).await?;
+        let local = socket.local_addr()?;
+        let mut rng = rand::rng();
+        let id: Id = rng.random();
+        let inner = Arc::new(Inner {
+            socket,
+            local,
+            id,
+            state: Mutex::new(State {
+                table: Table::new(id),
+                pending: HashMap::new(),
+                stored: HashMap::new(),
+                secret: rng.random(),
+                previous_secret: rng.random(),
+                secret_since: Instant::now(),
+            }),
+            next_tid: AtomicU16::new(rng.random()),
+            stop: watch::channel(false).0,
+        });
+        tokio::spawn(receive_loop(inner.clone()));
+        Ok(Dht { inner })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    pub fn id(&self) -> Id {
+        self.inner.id
+    }
+
+    /// Nodes in the routing table.
+    pub fn nodes(&self) -> usize {
+        self.inner.lock().table.len()
+    }
+
+    /// A node someone told us of (a peer's BEP 5 `port` message): pinged, and kept in the
+    /// routing table if it answers.
+    pub fn add_node(&self, addr: SocketAddr) {
+        let Some(addr) = krpc::v4(addr) else {
+            return;
+        };
+        let dht = self.clone();
+        tokio::spawn(async move {
+            let _ = dht.query(addr, Query::Ping).await;
+        });
+    }
+
+    /// Stops answering and reading; queries in flight fail.
+    pub fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+    }
+
+    /// Asks `routers` (and then the nodes they name) for the nodes closest to our own id, to
+    /// fill the routing table. Returns the table's size after.
+    pub async fn bootstrap(&self, routers: &[SocketAddr]) -> usize {
+        let routers: Vec<SocketAddrV4> = routers.iter().filter_map(|a| krpc::v4(*a)).collect();
+        self.lookup(self.inner.id, None, &routers).await;
+        self.nodes()
+    }
+
+    /// Finds peers for `info_hash` (an iterative `get_peers`) without announcing.
+    pub async fn get_peers(&self, info_hash: Id) -> Lookup {
+        self.lookup(info_hash, None, &[]).await
+    }
+
+    /// Finds peers for `info_hash` and announces that we are one, on TCP port `port`, to the
+    /// closest nodes that answered.
+    pub async fn announce(&self, info_hash: Id, port: u16) -> Lookup {
+        self.lookup(info_hash, Some(port), &[]).await
+    }
+
+    /// The iterative lookup: `get_peers` when announcing or looking for peers, `find_node` for
+    /// our own id (bootstrap). `seeds` are addresses to start from besides the table.
+    async fn lookup(
+        &self,
+        target: Id,
+        announce_port: Option<u16>,
+        seeds: &[SocketAddrV4],
+    ) -> Lookup {
+        let peers_wanted = target != self.inner.id;
+        let mut candidates = Candidates::new(target);
+        for node in self.inner.lock().table.closest(&target, K) {
+            candidates.add(Some(node.id), node.addr);
+        }
+        for addr in seeds {
+            candidates.add(None, *addr);
+        }
+        let deadline = tokio::time::Instant::now() + LOOKUP_TIME;
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut peers: Vec<SocketAddr> = Vec::new();
+        let mut lookup = Lookup::default();
+        loop {
+            while in_flight.len() < ALPHA && lookup.queried < MAX_LOOKUP_NODES {
+                let Some(addr) = candidates.next_to_ask() else {
+                    break;
+                };
+                lookup.queried += 1;
+                let query = match peers_wanted {
+                    true => Query::GetPeers { info_hash: target },
+                    false => Query::FindNode { target },
+                };
+                let dht = self.clone();
+                in_flight.spawn(async move { (addr, dht.query(addr, query).await) });
+            }
+            let next = tokio::time::timeout_at(deadline, in_flight.join_next()).await;
+            let Ok(Some(Ok((addr, result)))) = next else {
+                break;
+            };
+            match result {
+                Ok(response) => {
+                    lookup.answered += 1;
+                    for value in &response.values {
+                        if !peers.contains(value) {
+                            peers.push(*value);
+                        }
+                    }
+                    for node in &response.nodes {
+                        if node.id != self.inner.id {
+                            candidates.add(Some(node.id), node.addr);
+                        }
+                    }
+                    candidates.answered(addr, response.id, response.token);
+                }
+                Err(_) => candidates.failed(addr),
+            }
+        }
+        in_flight.abort_all();
+        if let Some(port) = announce_port {
+            let mut announces = tokio::task::JoinSet::new();
+            for (addr, token) in candidates.closest_with_tokens(K) {
+                let dht = self.clone();
+                let query = Query::AnnouncePeer {
+                    info_hash: target,
+                    port,
+                    implied_port: false,
+                    token,
+                };
+                announces.spawn(async move { dht.query(addr, query).await.is_ok() });
+            }
+            while let Some(done) = announces.join_next().await {
+                lookup.announced += usize::from(done.unwrap_or(false));
+            }
+        }
+        lookup.peers = peers;
+        tracing::debug!(
+            "dht lookup {}: {} asked, {} answered, {} peers, announced to {}",
+            hex(&target),
+            lookup.queried,
+            lookup.answered,
+            lookup.peers.len(),
+            lookup.announced
+        );
+        lookup
+    }
+
+    /// One query; the response, or why there is none.
+    async fn query(&self, addr: SocketAddrV4, query: Query) -> Result<Response, String> {
+        let tid = self
+            .inner
+            .next_tid
+            .fetch_add(1, Ordering::Relaxed)
+            .to_be_bytes();
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .lock()
+            .pending
+            .insert(tid, (SocketAddr::V4(addr), tx));
+        let message = Message {
+            tid: tid.to_vec(),
+            body: Body::Query {
+                id: self.inner.id,
+                query,
+            },
+        };
+        let sent = self.inner.socket.send_to(&message.encode(), addr).await;
+        let reply = match sent {
+            Ok(_) => tokio::time::timeout(QUERY_TIMEOUT, rx).await,
+            Err(e) => {
+                self.inner.lock().pending.remove(&tid);
+                return Err(e.to_string());
+            }
+        };
+        match reply {
+            Ok(Ok(Reply::Response(response))) => Ok(response),
+            Ok(Ok(Reply::Error(code, message))) => Err(format!("error {code}: {message}")),
+            _ => {
+                let mut state = self.inner.lock();
+                state.pending.remove(&tid);
+                state.table.failed(addr);
+                Err("no answer".into())
+            }
+        }
+    }
+}
+
+/// The nodes of one lookup, nearest first.
+struct Candidates {
+    target: Id,
+    list: Vec<Candidate>,
+}
+
+struct Candidate {
+    addr: SocketAddrV4,
+    /// Unknown for a router given by address.
+    id: Option<Id>,
+    state: Asked,
+    token: Option<Vec<u8>>,
+}
+
+#[derive(PartialEq)]
+enum Asked {
+    Not,
+    InFlight,
+    Answered,
+    Failed,
+}
+
+impl Candidates {
+    fn new(target: Id) -> Candidates {
+        Candidates {
+            target,
+            list: Vec::new(),
+        }
+    }
+
+    fn distance(&self, c: &Candidate) -> Id {
+        c.id.map_or([0xff; 20], |id| distance(&id, &self.target))
+    }
+
+    fn add(&mut self, id: Option<Id>, addr: SocketAddrV4) {
+        if addr.port() == 0 || self.list.iter().any(|c| c.addr == addr) {
+            return;
+        }
+        if self.list.len() >= 4 * MAX_LOOKUP_NODES {
+            return;
+        }
+        self.list.push(Candidate {
+            addr,
+            id,
+            state: Asked::Not,
+            token: None,
+        });
+        let target = self.target;
+        self.list
+            .sort_by_key(|c| c.id.map_or([0xff; 20], |id| distance(&id, &target)));
+    }
+
+    /// The nearest node not yet asked, if it is among the K nearest that have not failed (a
+    /// lookup ends once those all answered).
+    fn next_to_ask(&mut self) -> Option<SocketAddrV4> {
+        let candidate = self
+            .list
+            .iter_mut()
+            .filter(|c| c.state != Asked::Failed)
+            .take(K)
+            .find(|c| c.state == Asked::Not)?;
+        candidate.state = Asked::InFlight;
+        Some(candidate.addr)
+    }
+
+    fn answered(&mut self, addr: SocketAddrV4, id: Id, token: Option<Vec<u8>>) {
+        if let Some(c) = self.list.iter_mut().find(|c| c.addr == addr) {
+            c.state = Asked::Answered;
+            c.id = Some(id);
+            c.token = token;
+        }
+        let target = self.target;
+        self.list
+            .sort_by_key(|c| c.id.map_or([0xff; 20], |id| distance(&id, &target)));
+    }
+
+    fn failed(&mut self, addr: SocketAddrV4) {
+        if let Some(c) = self.list.iter_mut().find(|c| c.addr == addr) {
+            c.state = Asked::Failed;
+        }
+    }
+
+    fn closest_with_tokens(&self, n: usize) -> Vec<(SocketAddrV4, Vec<u8>)> {
+        let mut answered: Vec<&Candidate> = self
+            .list
+            .iter()
+            .filter(|c| c.state == Asked::Answered && c.token.is_some())
+            .collect();
+        answered.sort_by_key(|c| self.distance(c));
+        answered
+            .into_iter()
+            .take(n)
+            .map(|c| (c.addr, c.token.clone().expect("filtered")))
+            .collect()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("dht state lock")
+    }
+}
+
+async fn receive_loop(inner: Arc<Inner>) {
+    let mut stop = inner.stop.subscribe();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            received = inner.socket.recv_from(&mut buf) => match received {
+                Ok((n, from)) => {
+                    if let Some(reply) = handle(&inner, &buf[..n], from) {
+                        let _ = inner.socket.send_to(&reply, from).await;
+                    }
+                }
+                // ICMP port unreachable from an earlier send shows up here on Linux.
+                Err(e) => tracing::trace!("dht receive: {e}"),
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One datagram: a response for a waiting query, or a query to answer (the returned bytes).
+fn handle(inner: &Inner, datagram: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
+    let message = match Message::decode(datagram) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::trace!("dht {from}: {e}");
+            return None;
+        }
+    };
+    let now = Instant::now();
+    let mut state = inner.lock();
+    let tid = <[u8; 2]>::try_from(message.tid.as_slice()).ok();
+    match message.body {
+        Body::Response(response) => {
+            let tid = tid?;
+            // Matched only from the address asked: anyone can guess a transaction id.
+            if state
+                .pending
+                .get(&tid)
+                .is_none_or(|(asked, _)| *asked != from)
+            {
+                return None;
+            }
+            let (_, waiting) = state.pending.remove(&tid)?;
+            if let Some(addr) = krpc::v4(from) {
+                state.table.seen(
+                    NodeInfo {
+                        id: response.id,
+                        addr,
+                    },
+                    now,
+                );
+            }
+            let _ = waiting.send(Reply::Response(response));
+            None
+        }
+        Body::Error { code, message } => {
+            let tid = tid?;
+            if state
+                .pending
+                .get(&tid)
+                .is_none_or(|(asked, _)| *asked != from)
+            {
+                return None;
+            }
+            let (_, waiting) = state.pending.remove(&tid)?;
+            let _ = waiting.send(Reply::Error(code, message));
+            None
+        }
+        Body::Query { id, query } => {
+            if let Some(addr) = krpc::v4(from) {
+                state.table.seen(NodeInfo { id, addr }, now);
+            }
+            let body = answer(inner.id, &mut state, query, from, now);
+            Some(
+                Message {
+                    tid: message.tid,
+                    body,
+                }
+                .encode(),
+            )
+        }
+    }
+}
+
+fn answer(own: Id, state: &mut State, query: Query, from: SocketAddr, now: Instant) -> Body {
+    let response = |nodes: Vec<NodeInfo>| Response {
+        id: own,
+        nodes,
+        ..Response::default()
+    };
+    match query {
+        Query::Ping => Body::Response(response(vec![])),
+        Query::FindNode { target } => Body::Response(response(state.table.closest(&target, K))),
+        Query::GetPeers { info_hash } => {
+            let token = state.token_for(from.ip(), now);
+            let values = state
+                .stored
+                .get(&info_hash)
+                .map(|peers| {
+                    peers
+                        .iter()
+                        .filter(|(_, at)| now.duration_since(*at) < PEER_TTL)
+                        .take(VALUES_PER_RESPONSE)
+                        .map(|(addr, _)| *addr)
+                        .collect()
+                })
+                .unwrap_or_default();
+            Body::Response(Response {
+                id: own,
+                nodes: state.table.closest(&info_hash, K),
+                values,
+                token: Some(token),
+            })
+        }
+        Query::AnnouncePeer {
+            info_hash,
+            port,
+            implied_port,
+            token,
+        } => {
+            if !state.token_valid(&token, from.ip(), now) {
+                return Body::Error {
+                    code: 203,
+                    message: "bad token".into(),
+                };
+            }
+            let port = if implied_port { from.port() } else { port };
+            if port == 0 {
+                return Body::Error {
+                    code: 203,
+                    message: "port 0".into(),
+                };
+            }
+            state.store(info_hash, SocketAddr::new(from.ip(), port), now);
+            Body::Response(response(vec![]))
+        }
+        Query::Other(_) => Body::Error {
+            code: 204,
+            message: "Method Unknown".into(),
+        },
+    }
+}
+
+impl State {
+    fn rotate(&mut self, now: Instant) {
+        if now.duration_since(self.secret_since) >= SECRET_LIFETIME {
+            self.previous_secret = self.secret;
+            self.secret = rand::rng().random();
+            self.secret_since = now;
+        }
+    }
+
+    fn token_for(&mut self, ip: IpAddr, now: Instant) -> Vec<u8> {
+        self.rotate(now);
+        token(&self.secret, ip)
+    }
+
+    fn token_valid(&mut self, presented: &[u8], ip: IpAddr, now: Instant) -> bool {
+        self.rotate(now);
+        presented == token(&self.secret, ip) || presented == token(&self.previous_secret, ip)
+    }
+
+    fn store(&mut self, info_hash: Id, peer: SocketAddr, now: Instant) {
+        if !self.stored.contains_key(&info_hash) && self.stored.len() >= MAX_HASHES {
+            self.stored.retain(|_, peers| {
+                peers
+                    .iter()
+                    .any(|(_, at)| now.duration_since(*at) < PEER_TTL)
+            });
+            if self.stored.len() >= MAX_HASHES {
+                return;
+            }
+        }
+        let peers = self.stored.entry(info_hash).or_default();
+        peers.retain(|(addr, at)| *addr != peer && now.duration_since(*at) < PEER_TTL);
+        if peers.len() >= MAX_PEERS_PER_HASH {
+            peers.remove(0);
+        }
+        peers.push((peer, now));
+    }
+}
+
+fn token(secret: &[u8; 20], ip: IpAddr) -> Vec<u8> {
+    let mut hasher = Sha1::new();
+    hasher.update(secret);
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => hasher.update(v4.octets()),
+        IpAddr::V6(v6) => hasher.update(v6.octets()),
+    }
+    hasher.finalize()[..8].to_vec()
+}
+
+fn hex(id: &Id) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Resolves `host:port` names (the public routers) to IPv4 socket addresses; names that do
+/// not resolve are skipped.
+pub async fn resolve(names: &[String]) -> Vec<SocketAddr> {
+    let mut out = HashSet::new();
+    for name in names {
+        match tokio::net::lookup_host(name.as_str()).await {
+            Ok(addrs) => out.extend(addrs.filter(SocketAddr::is_ipv4)),
+            Err(e) => tracing::warn!("dht bootstrap {name}: {e}"),
+        }
+    }
+    out.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn node() -> Dht {
+        Dht::bind("127.0.0.1:0".parse().unwrap()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn nodes_find_each_other_and_the_peers_announced_to_them() {
+        // A little network on loopback: a router, then nodes that bootstrap from it.
+        let router = node().await;
+        let mut nodes = Vec::new();
+        for _ in 0..12 {
+            let n = node().await;
+            n.bootstrap(&[router.local_addr()]).await;
+            nodes.push(n);
+        }
+        assert!(router.nodes() >= 8, "the router knows {}", router.nodes());
+        let info_hash = [0x5a; 20];
+        let seed = &nodes[0];
+        let announced = seed.announce(info_hash, 51413).await;
+        println!("announce: {announced:?}");
+        assert!(announced.announced >= 1, "{announced:?}");
+        let found = nodes[11].get_peers(info_hash).await;
+        println!("lookup: {found:?}");
+        let expected: SocketAddr = "127.0.0.1:51413".parse().unwrap();
+        assert_eq!(found.peers, vec![expected]);
+        for n in nodes.iter().chain([&router]) {
+            n.shutdown();
+        }
+    }
+
+    #[tokio::test]
+    async fn announces_need_a_token_from_us_for_that_address() {
+        let dht = node().await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ask = |query: Query| {
+            Message {
+                tid: b"xy".to_vec(),
+                body: Body::Query { id: [1; 20], query },
+            }
+            .encode()
+        };
+        let exchange = |bytes: Vec<u8>| {
+            let client = &client;
+            let to = dht.local_addr();
+            async move {
+                client.send_to(&bytes, to).await.unwrap();
+                let mut buf = [0u8; 2048];
+                let (n, _) = client.recv_from(&mut buf).await.unwrap();
+                Message::decode(&buf[..n]).unwrap().body
+            }
+        };
+        let forged = ask(Query::AnnouncePeer {
+            info_hash: [2; 20],
+            port: 6881,
+            implied_port: false,
+            token: b"guessed".to_vec(),
+        });
+        assert!(matches!(
+            exchange(forged).await,
+            Body::Error { code: 203, .. }
+        ));
+        let Body::Response(r) = exchange(ask(Query::GetPeers { info_hash: [2; 20] })).await else {
+            panic!("no get_peers response");
+        };
+        let token = r.token.expect("a token");
+        assert!(r.values.is_empty());
+        let real = ask(Query::AnnouncePeer {
+            info_hash: [2; 20],
+            port: 0,
+            implied_port: true,
+            token,
+        });
+        assert!(matches!(exchange(real).await, Body::Response(_)));
+        let Body::Response(r) = exchange(ask(Query::GetPeers { info_hash: [2; 20] })).await else {
+            panic!("no get_peers response");
+        };
+        assert_eq!(r.values, vec![client.local_addr().unwrap()]);
+        assert!(matches!(
+            exchange(ask(Query::Other("vote".into()))).await,
+            Body::Error { code: 204, .. }
+        ));
+        dht.shutdown();
+    }
+}

@@ -1,0 +1,167 @@
+//! The routing table: nodes we know, in 160 buckets by how many leading bits their id shares
+//! with ours, at most [`K`] a bucket (BEP 5's k-buckets, without splitting: the bucket of the
+//! nodes nearest us is as large as any, which matters only in swarms of millions).
+//!
+//! A full bucket takes a new node only in place of one that failed to answer
+//! [`MAX_FAILURES`] times in a row: long-lived nodes are kept, as Kademlia prefers them.
+
+use crate::krpc::{Id, NodeInfo};
+use std::net::SocketAddrV4;
+use std::time::Instant;
+
+/// Nodes per bucket, and nodes a lookup converges on.
+pub const K: usize = 8;
+/// Unanswered queries in a row after which a node may be replaced.
+pub const MAX_FAILURES: u32 = 2;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    node: NodeInfo,
+    last_seen: Instant,
+    failures: u32,
+}
+
+pub struct Table {
+    own: Id,
+    buckets: Vec<Vec<Entry>>,
+}
+
+/// XOR distance, compared as a big-endian number.
+pub fn distance(a: &Id, b: &Id) -> Id {
+    let mut d = [0u8; 20];
+    for i in 0..20 {
+        d[i] = a[i] ^ b[i];
+    }
+    d
+}
+
+impl Table {
+    pub fn new(own: Id) -> Table {
+        Table {
+            own,
+            buckets: vec![Vec::new(); 160],
+        }
+    }
+
+    fn bucket_of(&self, id: &Id) -> Option<usize> {
+        let d = distance(&self.own, id);
+        let zeros = d
+            .iter()
+            .position(|&b| b != 0)
+            .map(|i| i * 8 + d[i].leading_zeros() as usize)?;
+        Some(zeros)
+    }
+
+    /// A node answered (or queried us): remember it, or refresh it. Returns whether it is in
+    /// the table now.
+    pub fn seen(&mut self, node: NodeInfo, now: Instant) -> bool {
+        let Some(b) = self.bucket_of(&node.id) else {
+            return false; // our own id
+        };
+        let bucket = &mut self.buckets[b];
+        if let Some(entry) = bucket.iter_mut().find(|e| e.node.id == node.id) {
+            entry.node.addr = node.addr;
+            entry.last_seen = now;
+            entry.failures = 0;
+            return true;
+        }
+        // One entry per address: a node that restarted with a new id replaces its old self.
+        bucket.retain(|e| e.node.addr != node.addr);
+        let entry = Entry {
+            node,
+            last_seen: now,
+            failures: 0,
+        };
+        if bucket.len() < K {
+            bucket.push(entry);
+            return true;
+        }
+        if let Some(stale) = bucket.iter_mut().find(|e| e.failures >= MAX_FAILURES) {
+            *stale = entry;
+            return true;
+        }
+        false
+    }
+
+    /// A query to `addr` went unanswered.
+    pub fn failed(&mut self, addr: SocketAddrV4) {
+        for entry in self.buckets.iter_mut().flatten() {
+            if entry.node.addr == addr {
+                entry.failures += 1;
+            }
+        }
+    }
+
+    /// Up to `n` good nodes closest to `target`, nearest first.
+    pub fn closest(&self, target: &Id, n: usize) -> Vec<NodeInfo> {
+        let mut nodes: Vec<NodeInfo> = self
+            .buckets
+            .iter()
+            .flatten()
+            .filter(|e| e.failures < MAX_FAILURES)
+            .map(|e| e.node)
+            .collect();
+        nodes.sort_by_key(|node| distance(&node.id, target));
+        nodes.truncate(n);
+        nodes
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.iter().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(first: u8, last: u8, port: u16) -> NodeInfo {
+        let mut id = [0u8; 20];
+        id[0] = first;
+        id[19] = last;
+        NodeInfo {
+            id,
+            addr: SocketAddrV4::new([127, 0, 0, 1].into(), port),
+        }
+    }
+
+    #[test]
+    fn closest_are_by_xor_distance_and_full_buckets_keep_live_nodes() {
+        let now = Instant::now();
+        let mut table = Table::new([0u8; 20]);
+        // All of these share no leading bit with 0x00..: one bucket (0x80..0xff), K places.
+        for i in 0..K as u8 {
+            assert!(table.seen(node(0x80 | i, 0, 1000 + u16::from(i)), now));
+        }
+        assert!(
+            !table.seen(node(0xf0, 0, 2000), now),
+            "a full bucket took a new node"
+        );
+        table.failed(SocketAddrV4::new([127, 0, 0, 1].into(), 1003));
+        table.failed(SocketAddrV4::new([127, 0, 0, 1].into(), 1003));
+        assert!(
+            table.seen(node(0xf0, 0, 2000), now),
+            "a failing node was not replaced"
+        );
+        assert!(table.seen(node(0x01, 0, 3000), now));
+        assert!(!table.seen(node(0, 0, 4000), now), "our own id");
+        let target = {
+            let mut t = [0u8; 20];
+            t[0] = 0x81;
+            t
+        };
+        let closest = table.closest(&target, 3);
+        assert_eq!(
+            closest.iter().map(|n| n.id[0]).collect::<Vec<_>>(),
+            vec![0x81, 0x80, 0x82]
+        );
+        assert_eq!(table.len(), K + 1);
+        // The same address with a new id replaces the old entry.
+        assert!(table.seen(node(0x01, 9, 3000), now));
+        assert_eq!(table.len(), K + 1);
+    }
+}

@@ -1,0 +1,275 @@
+//! The Mainline DHT (BEP 5) against libtorrent's, on loopback: a libtorrent node `c` stands
+//! for the DHT (everyone bootstraps from it). pow downloads a magnet link with no tracker and
+//! no peer, finding the libtorrent seed that announced itself to `c`; and a libtorrent leecher
+//! with a bare torrent finds a `pow seed` whose announce `c` accepted (libtorrent reports it
+//! with a `dht_announce_alert`).
+
+mod common;
+
+use common::{free_port, make_zip, pow, same_bytes, text, Killed, TempDir};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// libtorrent sessions with the DHT on and everything else that finds peers off; the DHT's
+/// guards against many nodes on one address (all of ours are 127.0.0.1) relaxed.
+const LT_DHT: &str = "import libtorrent as lt, sys, time
+def session(port, bootstrap=None, **extra):
+    settings = {'listen_interfaces': '127.0.0.1:%d' % port, 'enable_dht': True,
+        'enable_lsd': False, 'enable_upnp': False, 'enable_natpmp': False,
+        'enable_incoming_utp': False, 'enable_outgoing_utp': False,
+        'allow_multiple_connections_per_ip': True, 'dht_restrict_routing_ips': False,
+        'dht_restrict_search_ips': False, 'dht_ignore_dark_internet': False,
+        'dht_prefer_verified_node_ids': False, 'dht_bootstrap_nodes': '',
+        'alert_mask': lt.alert.category_t.all_categories}
+    if bootstrap:
+        settings['dht_bootstrap_nodes'] = '127.0.0.1:%d' % bootstrap
+    settings.update(extra)
+    return lt.session(settings)
+def announced_to(node, info_hash, limit, kick=lambda: None):
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        kick()
+        for a in node.pop_alerts():
+            if isinstance(a, lt.dht_announce_alert) and str(a.info_hash) == info_hash:
+                return '%s:%d' % (a.ip, a.port)
+        time.sleep(0.2)
+    return None
+";
+
+fn python(script: &str, args: &[String]) -> Killed {
+    Killed(
+        Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(format!("{LT_DHT}{script}"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn dataset(work: &Path, seed: u64) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let data = work.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    make_zip(&data.join("set.zip"), 8, seed);
+    let torrent = work.join("set.torrent");
+    let info_hash = common::create_torrent(&data.join("set.zip"), &torrent, 262_144)
+        .info_hash
+        .to_hex();
+    (data, torrent, info_hash)
+}
+
+#[test]
+fn pow_finds_a_libtorrent_seed_on_the_dht_from_a_bare_magnet_link() {
+    let work = TempDir::new("dht-lt-seed");
+    let (data, torrent, info_hash) = dataset(work.path(), 21);
+    let script = "torrent, data, info_hash, pc, pb = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+c = session(pc)
+b = session(pb, bootstrap=pc)
+hb = b.add_torrent({'ti': lt.torrent_info(torrent), 'save_path': data})
+last = [0]
+def kick():
+    if hb.status().state == lt.torrent_status.seeding and time.time() - last[0] > 3:
+        hb.force_dht_announce()
+        last[0] = time.time()
+at = announced_to(c, info_hash, 60, kick)
+if not at: sys.exit('the libtorrent seed did not announce to the DHT')
+print('seed announced from %s' % at, flush=True)
+time.sleep(300)
+";
+    let (pc, pb) = (free_port(), free_port());
+    let mut lt = python(
+        script,
+        &[
+            torrent.display().to_string(),
+            data.display().to_string(),
+            info_hash.clone(),
+            pc.to_string(),
+            pb.to_string(),
+        ],
+    );
+    let line = common::first_stdout_line(&mut lt.0);
+    assert!(line.starts_with("seed announced"), "{line}");
+    let out = work.path().join("out");
+    let started = Instant::now();
+    let o = pow()
+        .arg("download")
+        .arg(format!("magnet:?xt=urn:btih:{info_hash}"))
+        .arg("-o")
+        .arg(&out)
+        .args(["--dht-bootstrap", &format!("127.0.0.1:{pc}")])
+        .args(["--port", &free_port().to_string(), "--bind", "127.0.0.1"])
+        .args(["--json", "--metadata-timeout", "60"])
+        .env("POW_LOG", "info")
+        .output()
+        .unwrap();
+    let stdout = text(&o.stdout);
+    let stderr = text(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let bytes = same_bytes(&data.join("set.zip"), &out.join("set.zip")).unwrap();
+    let dht_lines: Vec<&str> = stderr.lines().filter(|l| l.contains("dht:")).collect();
+    println!(
+        "libtorrent seed -> pow by DHT alone: {line}; metadata and {bytes} bytes verified in \
+         {:.1} s; peers from the DHT {}, received by peer {}\n{}",
+        started.elapsed().as_secs_f64(),
+        report["peers_from_dht"],
+        report["received_by_peer"],
+        dht_lines.join("\n")
+    );
+    assert!(report["peers_from_dht"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(
+        report["received_by_peer"][0]["peer"],
+        format!("127.0.0.1:{pb}"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_libtorrent_leecher_finds_a_pow_seed_on_the_dht() {
+    let work = TempDir::new("dht-pow-seed");
+    let (data, torrent, info_hash) = dataset(work.path(), 22);
+    let seed_port = free_port();
+    let script = "torrent, out, info_hash, pc, pl, seed_port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+c = session(pc)
+print('ready', flush=True)
+at = announced_to(c, info_hash, 60)
+if not at: sys.exit('pow did not announce to the DHT')
+print('pow announced from %s' % at, flush=True)
+l = session(pl, bootstrap=pc)
+h = l.add_torrent({'ti': lt.torrent_info(torrent), 'save_path': out})
+t0 = time.time()
+last = 0
+peers = set()
+while time.time() - t0 < 90:
+    peers.update('%s:%d' % p.ip for p in h.get_peer_info())
+    if h.status().state == lt.torrent_status.seeding:
+        print('downloaded in %.1f s from %s' % (time.time() - t0, sorted(peers)), flush=True)
+        sys.exit(0)
+    if time.time() - last > 3:
+        h.force_dht_announce()
+        last = time.time()
+    time.sleep(0.1)
+sys.exit('the libtorrent leecher did not finish')
+";
+    let (pc, pl) = (free_port(), free_port());
+    let out = work.path().join("out");
+    let mut lt = python(
+        script,
+        &[
+            torrent.display().to_string(),
+            out.display().to_string(),
+            info_hash,
+            pc.to_string(),
+            pl.to_string(),
+            seed_port.to_string(),
+        ],
+    );
+    let mut lines = BufReader::new(lt.0.stdout.take().unwrap());
+    let mut ready = String::new();
+    lines.read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let _seed = Killed(
+        pow()
+            .arg("seed")
+            .arg(&torrent)
+            .arg("--data")
+            .arg(&data)
+            .args(["--port", &seed_port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dht-bootstrap", &format!("127.0.0.1:{pc}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    // The script exits when its leecher is done, or gives up.
+    let mut stdout = String::new();
+    lines.read_to_string(&mut stdout).unwrap();
+    let status = lt.0.wait().unwrap();
+    println!(
+        "pow seed -> libtorrent by DHT alone, {:.1} s: {stdout}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("pow announced from 127.0.0.1:{seed_port}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("from ['127.0.0.1:{seed_port}']")),
+        "{stdout}"
+    );
+    let bytes = same_bytes(&data.join("set.zip"), &out.join("set.zip")).unwrap();
+    assert!(bytes > 8_000_000);
+}
+
+/// BEP 5's `port` message: a pow running a DHT node sets the reserved bit and tells a peer
+/// that set it too its UDP port; the port a peer tells it gets a ping, once per connection.
+#[test]
+fn peers_that_run_a_dht_node_swap_ports() {
+    use common::raw_peer::RawPeer;
+    use pow_dht::krpc::{Body, Message, Query};
+    let work = TempDir::new("dht-port");
+    let (data, torrent, _) = dataset(work.path(), 23);
+    let info_hash = pow_metainfo::Metainfo::from_file(&torrent)
+        .unwrap()
+        .info_hash
+        .0;
+    // Bootstrap from a socket that never answers: only the peer's port can add a node.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = free_port();
+    let _seed = Killed(
+        pow()
+            .arg("seed")
+            .arg(&torrent)
+            .arg("--data")
+            .arg(&data)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dht-bootstrap", &silent.local_addr().unwrap().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "pow seed did not listen");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (mut peer, reserved) =
+        RawPeer::connect_reserved(port, info_hash, [0, 0, 0, 0, 0, 0, 0, 0x01]);
+    assert_eq!(reserved[7] & 0x01, 0x01, "pow did not set the DHT bit");
+    let mut told = None;
+    for _ in 0..4 {
+        if let Ok((9, payload)) = peer.read(std::time::Duration::from_secs(5)) {
+            told = Some(u16::from_be_bytes([payload[0], payload[1]]));
+            break;
+        }
+    }
+    assert_eq!(told, Some(port), "pow's port message");
+
+    let node = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    node.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let node_port = node.local_addr().unwrap().port();
+    peer.send(9, &node_port.to_be_bytes()).unwrap();
+    peer.send(9, &node_port.to_be_bytes()).unwrap();
+    let mut pings = 0;
+    let mut buf = [0u8; 1500];
+    while let Ok((n, from)) = node.recv_from(&mut buf) {
+        let message = Message::decode(&buf[..n]).unwrap();
+        assert_eq!(from.port(), port, "the ping came from pow's DHT port");
+        if let Body::Query {
+            query: Query::Ping, ..
+        } = message.body
+        {
+            pings += 1;
+        }
+    }
+    println!("pow told its DHT port {port}; two port messages to it gave {pings} ping");
+    assert_eq!(pings, 1);
+}
