@@ -9,47 +9,8 @@ mod common;
 use common::{free_port, make_zip, pow, same_bytes, text, Killed, TempDir};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
-
-/// libtorrent sessions with the DHT on and everything else that finds peers off; the DHT's
-/// guards against many nodes on one address (all of ours are 127.0.0.1) relaxed.
-const LT_DHT: &str = "import libtorrent as lt, sys, time
-def session(port, bootstrap=None, **extra):
-    settings = {'listen_interfaces': '127.0.0.1:%d' % port, 'enable_dht': True,
-        'enable_lsd': False, 'enable_upnp': False, 'enable_natpmp': False,
-        'enable_incoming_utp': False, 'enable_outgoing_utp': False,
-        'allow_multiple_connections_per_ip': True, 'dht_restrict_routing_ips': False,
-        'dht_restrict_search_ips': False, 'dht_ignore_dark_internet': False,
-        'dht_prefer_verified_node_ids': False, 'dht_bootstrap_nodes': '',
-        'alert_mask': lt.alert.category_t.all_categories}
-    if bootstrap:
-        settings['dht_bootstrap_nodes'] = '127.0.0.1:%d' % bootstrap
-    settings.update(extra)
-    return lt.session(settings)
-def announced_to(node, info_hash, limit, kick=lambda: None):
-    t0 = time.time()
-    while time.time() - t0 < limit:
-        kick()
-        for a in node.pop_alerts():
-            if isinstance(a, lt.dht_announce_alert) and str(a.info_hash) == info_hash:
-                return '%s:%d' % (a.ip, a.port)
-        time.sleep(0.2)
-    return None
-";
-
-fn python(script: &str, args: &[String]) -> Killed {
-    Killed(
-        Command::new("/usr/bin/python3")
-            .arg("-c")
-            .arg(format!("{LT_DHT}{script}"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    )
-}
 
 fn dataset(work: &Path, seed: u64) -> (std::path::PathBuf, std::path::PathBuf, String) {
     let data = work.join("data");
@@ -81,7 +42,7 @@ print('seed announced from %s' % at, flush=True)
 time.sleep(300)
 ";
     let (pc, pb) = (free_port(), free_port());
-    let mut lt = python(
+    let mut lt = common::lt_dht_python(
         script,
         &[
             torrent.display().to_string(),
@@ -157,7 +118,7 @@ sys.exit('the libtorrent leecher did not finish')
 ";
     let (pc, pl) = (free_port(), free_port());
     let out = work.path().join("out");
-    let mut lt = python(
+    let mut lt = common::lt_dht_python(
         script,
         &[
             torrent.display().to_string(),
@@ -272,4 +233,104 @@ fn peers_that_run_a_dht_node_swap_ports() {
     }
     println!("pow told its DHT port {port}; two port messages to it gave {pings} ping");
     assert_eq!(pings, 1);
+}
+
+/// A torrent's own BEP 5 `nodes` (`pow torrent create --dht-node`) are asked besides the
+/// routers: a pow leecher whose only `--dht-bootstrap` never answers still finds the pow seed
+/// that announced itself to the node the torrent names.
+#[test]
+fn a_torrents_own_nodes_bootstrap_the_dht() {
+    let work = TempDir::new("dht-nodes");
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    make_zip(&data.join("set.zip"), 4, 24);
+    let pc = free_port();
+    let torrent = work.path().join("set.torrent");
+    let created = pow()
+        .args(["torrent", "create"])
+        .arg(data.join("set.zip"))
+        .arg("-o")
+        .arg(&torrent)
+        .args(["--dht-node", &format!("127.0.0.1:{pc}"), "--json"])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let shown = pow()
+        .args(["torrent", "show"])
+        .arg(&torrent)
+        .output()
+        .unwrap();
+    assert!(
+        text(&shown.stdout).contains(&format!("dht node:     127.0.0.1:{pc}")),
+        "{}",
+        text(&shown.stdout)
+    );
+    let info_hash = pow_metainfo::Metainfo::from_file(&torrent)
+        .unwrap()
+        .info_hash
+        .to_hex();
+    let script = "info_hash, pc = sys.argv[1], int(sys.argv[2])
+c = session(pc)
+print('ready', flush=True)
+at = announced_to(c, info_hash, 60)
+print('pow announced from %s' % at, flush=True)
+time.sleep(300)
+";
+    let mut lt = common::lt_dht_python(script, &[info_hash, pc.to_string()]);
+    let mut lines = BufReader::new(lt.0.stdout.take().unwrap());
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // The seed needs no bootstrap flag beyond --dht: the torrent names the node. (A silent
+    // --dht-bootstrap keeps the public routers out of a test.)
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent = silent.local_addr().unwrap().to_string();
+    let seed_port = free_port();
+    let _seed = Killed(
+        pow()
+            .arg("seed")
+            .arg(&torrent)
+            .arg("--data")
+            .arg(&data)
+            .args(["--port", &seed_port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dht-bootstrap", &silent])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    line.clear();
+    lines.read_line(&mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        format!("pow announced from 127.0.0.1:{seed_port}")
+    );
+    let out = work.path().join("out");
+    let o = pow()
+        .arg("download")
+        .arg(&torrent)
+        .arg("-o")
+        .arg(&out)
+        .args(["--dht-bootstrap", &silent])
+        .args([
+            "--port",
+            &free_port().to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let stdout = text(&o.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let bytes = same_bytes(&data.join("set.zip"), &out.join("set.zip")).unwrap();
+    println!(
+        "torrent nodes only: {line}; {bytes} bytes from {} (peers from the DHT {})",
+        report["received_by_peer"], report["peers_from_dht"]
+    );
+    assert_eq!(
+        report["received_by_peer"][0]["peer"],
+        format!("127.0.0.1:{seed_port}")
+    );
 }

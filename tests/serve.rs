@@ -932,3 +932,44 @@ fn max_upload_rate_caps_all_datasets_and_the_web_seed_together() {
         "8 MiB in {took:.2} s: faster than 2 MiB/s allows"
     );
 }
+
+/// `pow serve --dht-bootstrap`: each dataset it seeds is announced on the DHT, with the peer
+/// port; a libtorrent DHT node accepts the announce.
+#[test]
+fn the_server_announces_each_dataset_on_the_dht() {
+    let work = TempDir::new("serve-dht");
+    let pc = free_port();
+    let script = "pc = int(sys.argv[1])
+c = session(pc)
+print('ready', flush=True)
+t0 = time.time()
+while time.time() - t0 < 60:
+    for a in c.pop_alerts():
+        if isinstance(a, lt.dht_announce_alert):
+            print('%s %s:%d' % (a.info_hash, a.ip, a.port), flush=True)
+            time.sleep(300)
+    time.sleep(0.2)
+";
+    let mut node = common::lt_dht_python(script, &[pc.to_string()]);
+    let mut lines = std::io::BufReader::new(node.0.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let server = Server::start(
+        &work.path().join("server"),
+        free_port(),
+        &["--dht-bootstrap", &format!("127.0.0.1:{pc}")],
+    );
+    let zip = work.path().join("dht.zip");
+    make_zip(&zip, 1, 43);
+    let (status, dataset) = upload(&server, "dht.zip", &std::fs::read(&zip).unwrap());
+    assert_eq!(status, 201, "{dataset}");
+    line.clear();
+    std::io::BufRead::read_line(&mut lines, &mut line).unwrap();
+    let info_hash = dataset["info_hash"].as_str().unwrap();
+    println!("libtorrent's DHT node heard: {line}");
+    assert_eq!(
+        line.trim(),
+        format!("{info_hash} 127.0.0.1:{}", server.peer_port)
+    );
+}

@@ -448,3 +448,43 @@ pub fn project_with(dir: &Path, definitions: &str) -> PathBuf {
     assert!(o.status.success(), "save: {}", text(&o.stderr));
     dir.to_path_buf()
 }
+
+/// libtorrent sessions with the DHT on and everything else that finds peers off; the DHT's
+/// guards against many nodes on one address (all of ours are 127.0.0.1) relaxed.
+pub const LT_DHT: &str = "import libtorrent as lt, sys, time
+def session(port, bootstrap=None, **extra):
+    settings = {'listen_interfaces': '127.0.0.1:%d' % port, 'enable_dht': True,
+        'enable_lsd': False, 'enable_upnp': False, 'enable_natpmp': False,
+        'enable_incoming_utp': False, 'enable_outgoing_utp': False,
+        'allow_multiple_connections_per_ip': True, 'dht_restrict_routing_ips': False,
+        'dht_restrict_search_ips': False, 'dht_ignore_dark_internet': False,
+        'dht_prefer_verified_node_ids': False, 'dht_bootstrap_nodes': '',
+        'alert_mask': lt.alert.category_t.all_categories}
+    if bootstrap:
+        settings['dht_bootstrap_nodes'] = '127.0.0.1:%d' % bootstrap
+    settings.update(extra)
+    return lt.session(settings)
+def announced_to(node, info_hash, limit, kick=lambda: None):
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        kick()
+        for a in node.pop_alerts():
+            if isinstance(a, lt.dht_announce_alert) and str(a.info_hash) == info_hash:
+                return '%s:%d' % (a.ip, a.port)
+        time.sleep(0.2)
+    return None
+";
+
+/// Runs `script` after [`LT_DHT`] in Debian's python3 (its libtorrent); stdout piped.
+pub fn lt_dht_python(script: &str, args: &[String]) -> Killed {
+    Killed(
+        std::process::Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(format!("{LT_DHT}{script}"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
+}

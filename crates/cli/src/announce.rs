@@ -41,17 +41,8 @@ pub struct SwarmArgs {
     /// dial the peers they name. (Private torrents never use it.)
     #[arg(long)]
     pub no_pex: bool,
-    /// Find peers on the Mainline DHT (BEP 5) as well, and announce there. The node uses UDP
-    /// on the peer port's number (or --dht-port) and asks the public routers first (or
-    /// --dht-bootstrap). Never for a private torrent.
-    #[arg(long)]
-    pub dht: bool,
-    /// A DHT node to bootstrap from instead of the public routers; repeatable; implies --dht.
-    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
-    pub dht_bootstrap: Vec<String>,
-    /// UDP port of the DHT node (default: the peer port's number).
-    #[arg(long, value_name = "PORT")]
-    pub dht_port: Option<u16>,
+    #[command(flatten)]
+    pub dht: crate::dht_peers::DhtArgs,
     /// Least seconds between two peer-exchange messages to one peer (default 60). Hidden:
     /// for tests of the changes a later message carries.
     #[arg(long, hide = true, value_parser = positive_seconds)]
@@ -130,57 +121,27 @@ impl SwarmArgs {
         if let Some(secs) = self.snub_timeout {
             config.snub_timeout = Duration::from_secs_f64(secs);
         }
-        let dht = match self.dht_plan() {
-            Some(_) if storage.metainfo().private => {
-                eprintln!("pow: warning: --dht is not used for a private torrent (BEP 27)");
-                None
+        let mut dht = self.dht_plan();
+        if let Some(plan) = &dht {
+            let private = storage.metainfo().private;
+            if !crate::dht_peers::prepare(plan, private, &mut config).await? {
+                dht = None;
             }
-            Some(plan) => {
-                let node = crate::dht_peers::node(&plan).await?;
-                // Peers that run a node tell us its port: our node asks it in.
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-                config.dht_port = Some(node.local_addr().port());
-                config.dht_nodes = Some(tx);
-                tokio::spawn(async move {
-                    while let Some(addr) = rx.recv().await {
-                        node.add_node(addr);
-                    }
-                });
-                Some(plan)
-            }
-            None => None,
-        };
+        }
         let peer_id = config.peer_id;
         let mut tiers = storage.metainfo().tracker_tiers();
         tiers.extend(self.trackers.iter().map(|t| vec![t.clone()]));
         let torrent = Torrent::start(storage, picker, config).await?;
         let announcer = start(&torrent, tiers, peer_id, self.port, self.timing());
         if let Some(plan) = dht {
-            let info_hash = torrent.metainfo().info_hash.0;
-            let torrent = torrent.clone();
-            crate::dht_peers::start(&plan, info_hash, self.port, move |peers| {
-                torrent.add_peers(peers);
-                true
-            })
-            .await?;
+            crate::dht_peers::feed(&plan, &torrent, self.port).await?;
         }
         Ok((torrent, announcer))
     }
 
     /// The DHT node to run, if `--dht` or `--dht-bootstrap` asked for one.
     pub fn dht_plan(&self) -> Option<crate::dht_peers::DhtPlan> {
-        if !self.dht && self.dht_bootstrap.is_empty() {
-            return None;
-        }
-        // The node speaks IPv4 (BEP 5); an IPv6 --bind still gets an IPv4 node.
-        let ip = match self.bind {
-            IpAddr::V4(ip) => ip,
-            IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
-        };
-        Some(crate::dht_peers::DhtPlan {
-            bind: SocketAddr::new(IpAddr::V4(ip), self.dht_port.unwrap_or(self.port)),
-            bootstrap: self.dht_bootstrap.clone(),
-        })
+        self.dht.plan(self.bind, self.port)
     }
 
     /// Announce timing, with `--announce-min` (a test hook) as the first retry and the

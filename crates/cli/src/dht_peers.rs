@@ -5,7 +5,8 @@
 //! download share it (and its UDP port).
 
 use pow_dht::Dht;
-use std::net::SocketAddr;
+use pow_engine::{EngineConfig, Torrent};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -22,6 +23,77 @@ pub fn peers_found() -> u64 {
 /// Lookups while no peer was found come this often; once some were, this much less often.
 const RETRY_EMPTY: Duration = Duration::from_secs(15);
 const REANNOUNCE: Duration = Duration::from_secs(5 * 60);
+
+/// The DHT options of every command that joins swarms.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DhtArgs {
+    /// Find peers on the Mainline DHT (BEP 5) as well, and announce there. The node uses UDP
+    /// on the peer port's number (or --dht-port) and asks the public routers first (or
+    /// --dht-bootstrap), and the torrent's own `nodes`. Never for a private torrent.
+    #[arg(long)]
+    pub dht: bool,
+    /// A DHT node to bootstrap from instead of the public routers; repeatable; implies --dht.
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
+    pub dht_bootstrap: Vec<String>,
+    /// UDP port of the DHT node (default: the peer port's number).
+    #[arg(long, value_name = "PORT")]
+    pub dht_port: Option<u16>,
+}
+
+impl DhtArgs {
+    /// The node to run, if `--dht` or `--dht-bootstrap` asked for one, for a session bound
+    /// to `bind` with TCP peer port `peer_port`.
+    pub fn plan(&self, bind: IpAddr, peer_port: u16) -> Option<DhtPlan> {
+        if !self.dht && self.dht_bootstrap.is_empty() {
+            return None;
+        }
+        // The node speaks IPv4 (BEP 5); an IPv6 --bind still gets an IPv4 node.
+        let ip = match bind {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+        Some(DhtPlan {
+            bind: SocketAddr::new(IpAddr::V4(ip), self.dht_port.unwrap_or(peer_port)),
+            bootstrap: self.dht_bootstrap.clone(),
+        })
+    }
+}
+
+/// Readies a session's `config` for the DHT: peers that run a node hear our node's port and
+/// theirs is asked in (BEP 5 `port`). False, with a warning, for a private torrent.
+pub async fn prepare(
+    plan: &DhtPlan,
+    private: bool,
+    config: &mut EngineConfig,
+) -> std::io::Result<bool> {
+    if private {
+        eprintln!("pow: warning: --dht is not used for a private torrent (BEP 27)");
+        return Ok(false);
+    }
+    let node = node(plan).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    config.dht_port = Some(node.local_addr().port());
+    config.dht_nodes = Some(tx);
+    tokio::spawn(async move {
+        while let Some(addr) = rx.recv().await {
+            node.add_node(addr);
+        }
+    });
+    Ok(true)
+}
+
+/// Looks `torrent` up and announces it (on `announce_port`) for as long as the process runs,
+/// giving it the peers found.
+pub async fn feed(plan: &DhtPlan, torrent: &Torrent, announce_port: u16) -> std::io::Result<()> {
+    let info_hash = torrent.metainfo().info_hash.0;
+    let nodes = torrent.metainfo().dht_nodes.clone();
+    let torrent = torrent.clone();
+    start(plan, info_hash, announce_port, &nodes, move |peers| {
+        torrent.add_peers(peers);
+        true
+    })
+    .await
+}
 
 /// Where the node listens and whom it asks first.
 #[derive(Clone, Debug)]
@@ -41,22 +113,25 @@ pub async fn node(plan: &DhtPlan) -> std::io::Result<&'static Dht> {
     .await
 }
 
-/// Starts the node (once) and a loop for `info_hash`; `announce_port` is our TCP peer port.
-/// The loop ends when `on_peers` returns false.
+/// Starts the node (once) and a loop for `info_hash`; `announce_port` is our TCP peer port,
+/// `torrent_nodes` the torrent's own `nodes` (asked besides the routers). The loop ends when
+/// `on_peers` returns false.
 pub async fn start(
     plan: &DhtPlan,
     info_hash: [u8; 20],
     announce_port: u16,
+    torrent_nodes: &[String],
     on_peers: impl Fn(Vec<SocketAddr>) -> bool + Send + 'static,
 ) -> std::io::Result<()> {
     let dht = node(plan).await?;
-    let names: Vec<String> = match plan.bootstrap.is_empty() {
+    let mut names: Vec<String> = match plan.bootstrap.is_empty() {
         true => pow_dht::PUBLIC_ROUTERS
             .iter()
             .map(|s| s.to_string())
             .collect(),
         false => plan.bootstrap.clone(),
     };
+    names.extend(torrent_nodes.iter().cloned());
     let node = dht.clone();
     tokio::spawn(async move {
         loop {

@@ -175,7 +175,7 @@ async fn metainfo_of_magnet(
     }
     if let Some(plan) = args.swarm.dht_plan() {
         let found = found.clone();
-        crate::dht_peers::start(&plan, info_hash.0, args.swarm.port, move |peers| {
+        crate::dht_peers::start(&plan, info_hash.0, args.swarm.port, &[], move |peers| {
             for peer in peers {
                 let _ = found.send(peer);
             }

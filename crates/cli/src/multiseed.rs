@@ -4,6 +4,7 @@
 //! that port, all sharing one upload limit.
 
 use crate::announce;
+use crate::dht_peers::{self, DhtPlan};
 use pow_engine::{EngineConfig, RateLimit, SharedListener, Snapshot, Torrent};
 use pow_metainfo::Metainfo;
 use pow_picker::Picker;
@@ -22,6 +23,8 @@ pub struct MultiSeed {
     extra_trackers: Vec<String>,
     /// By info-hash (hex).
     torrents: Mutex<HashMap<String, Seeding>>,
+    /// Every torrent is also announced on the DHT (`--dht`).
+    dht: Option<DhtPlan>,
 }
 
 enum Seeding {
@@ -54,7 +57,14 @@ impl MultiSeed {
             upload_limit,
             extra_trackers,
             torrents: Mutex::new(HashMap::new()),
+            dht: None,
         }
+    }
+
+    /// Announces every torrent on the DHT too, with this node.
+    pub fn with_dht(mut self, plan: Option<DhtPlan>) -> MultiSeed {
+        self.dht = plan;
+        self
     }
 
     /// The peer port every torrent is seeded on.
@@ -125,7 +135,7 @@ impl MultiSeed {
                 have.len()
             ));
         }
-        let config = EngineConfig {
+        let mut config = EngineConfig {
             peer_id: self.peer_id,
             listen: None,
             advertised_port: Some(self.port()),
@@ -133,11 +143,25 @@ impl MultiSeed {
             upload_limit: self.upload_limit.clone(),
             ..EngineConfig::default()
         };
+        let mut dht = self.dht.clone();
+        if let Some(plan) = &dht {
+            if !dht_peers::prepare(plan, metainfo.private, &mut config)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                dht = None;
+            }
+        }
         let picker = Picker::new(metainfo.geometry.clone(), have);
         let torrent = Torrent::start(storage, picker, config)
             .await
             .map_err(|e| e.to_string())?;
         self.listener.attach(&torrent);
+        if let Some(plan) = dht {
+            dht_peers::feed(&plan, &torrent, self.port())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         let mut tiers = metainfo.tracker_tiers();
         tiers.extend(self.extra_trackers.iter().map(|t| vec![t.clone()]));
         let announcer = announce::start(

@@ -53,6 +53,8 @@ pub struct ServeArgs {
     /// of a researcher's upload is --max-upload-size.)
     #[arg(long, value_name = "RATE", value_parser = crate::announce::bytes_per_second)]
     max_upload_rate: Option<u64>,
+    #[command(flatten)]
+    dht: crate::dht_peers::DhtArgs,
     /// Print a JSON line when the server is up.
     #[arg(long)]
     json: bool,
@@ -104,12 +106,10 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
     let upload_limit = args
         .max_upload_rate
         .map(|rate| Arc::new(pow_engine::RateLimit::new(rate)));
-    let seeder = EngineSeeder(Arc::new(MultiSeed::new(
-        listener,
-        args.super_seed,
-        upload_limit.clone(),
-        Vec::new(),
-    )));
+    let seeder = EngineSeeder(Arc::new(
+        MultiSeed::new(listener, args.super_seed, upload_limit.clone(), Vec::new())
+            .with_dht(args.dht.plan(peer_addr.ip(), args.peer_port)),
+    ));
 
     // Seed what is already published, one at a time (each is a disk check when the resume
     // file cannot be trusted), while the page is already up.

@@ -41,6 +41,8 @@ pub struct SourceSeedArgs {
     /// suffix means KiB, MiB or GiB. Default: no limit.
     #[arg(long, value_name = "RATE", value_parser = bytes_per_second)]
     max_upload_rate: Option<u64>,
+    #[command(flatten)]
+    dht: crate::dht_peers::DhtArgs,
     /// Print one JSON line when seeding starts.
     #[arg(long)]
     json: bool,
@@ -112,7 +114,8 @@ async fn seed_async(plans: Vec<Planned>, args: SourceSeedArgs) -> CmdResult {
     let limit = args
         .max_upload_rate
         .map(|rate| Arc::new(RateLimit::new(rate)));
-    let seeds = MultiSeed::new(listener, args.super_seed, limit, args.trackers.clone());
+    let seeds = MultiSeed::new(listener, args.super_seed, limit, args.trackers.clone())
+        .with_dht(args.dht.plan(args.bind, args.port));
     let mut seeding = Vec::new();
     let mut failed = Vec::new();
     for (id, plan) in plans {

@@ -38,6 +38,10 @@ pub struct CreateArgs {
     /// Web seed URL (BEP 19); repeatable.
     #[arg(long = "web-seed", short = 'w')]
     web_seeds: Vec<String>,
+    /// DHT node for users of the torrent to bootstrap from (BEP 5 `nodes`), HOST:PORT;
+    /// repeatable.
+    #[arg(long = "dht-node", value_name = "HOST:PORT", value_parser = parse_host_port)]
+    dht_nodes: Vec<(String, u16)>,
     /// Mark the torrent private (BEP 27): peers only from its trackers.
     #[arg(long)]
     private: bool,
@@ -49,6 +53,19 @@ pub struct CreateArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{text}` is not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 && !host.is_empty() => Ok((host.to_string(), port)),
+        _ => Err(format!(
+            "`{text}` is not HOST:PORT (a port from 1 to 65535)"
+        )),
+    }
 }
 
 fn parse_piece_length(text: &str) -> Result<u64, String> {
@@ -94,6 +111,7 @@ fn create_cmd(args: CreateArgs) -> CmdResult {
             .map(|tier| tier.split(',').map(|u| u.trim().to_string()).collect())
             .collect(),
         web_seeds: args.web_seeds,
+        dht_nodes: args.dht_nodes,
         private: args.private,
         comment: args.comment,
         creation_date: (!args.no_date).then(unix_now),
@@ -168,6 +186,7 @@ pub fn to_json(m: &Metainfo) -> serde_json::Value {
         "trackers": m.tracker_tiers(),
         "url_list": m.url_list,
         "http_seeds": m.http_seeds,
+        "dht_nodes": m.dht_nodes,
         "creation_date": m.creation_date,
         "comment": m.comment,
         "created_by": m.created_by,
@@ -209,6 +228,9 @@ fn print_text(m: &Metainfo) {
     }
     for seed in &m.url_list {
         println!("web seed:     {seed}");
+    }
+    for node in &m.dht_nodes {
+        println!("dht node:     {node}");
     }
     println!("files:");
     for f in &m.files {

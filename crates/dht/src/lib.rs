@@ -272,6 +272,11 @@ impl Dht {
             .lock()
             .pending
             .insert(tid, (SocketAddr::V4(addr), tx));
+        // Removes the entry however this ends, a lookup that is done aborting us included.
+        let _pending = Pending {
+            inner: &self.inner,
+            tid,
+        };
         let message = Message {
             tid: tid.to_vec(),
             body: Body::Query {
@@ -279,24 +284,31 @@ impl Dht {
                 query,
             },
         };
-        let sent = self.inner.socket.send_to(&message.encode(), addr).await;
-        let reply = match sent {
-            Ok(_) => tokio::time::timeout(QUERY_TIMEOUT, rx).await,
-            Err(e) => {
-                self.inner.lock().pending.remove(&tid);
-                return Err(e.to_string());
-            }
-        };
-        match reply {
+        self.inner
+            .socket
+            .send_to(&message.encode(), addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(QUERY_TIMEOUT, rx).await {
             Ok(Ok(Reply::Response(response))) => Ok(response),
             Ok(Ok(Reply::Error(code, message))) => Err(format!("error {code}: {message}")),
             _ => {
-                let mut state = self.inner.lock();
-                state.pending.remove(&tid);
-                state.table.failed(addr);
+                self.inner.lock().table.failed(addr);
                 Err("no answer".into())
             }
         }
+    }
+}
+
+/// A query's entry in [`State::pending`], removed when dropped.
+struct Pending<'a> {
+    inner: &'a Inner,
+    tid: [u8; 2],
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.inner.lock().pending.remove(&self.tid);
     }
 }
 

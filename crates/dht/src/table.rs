@@ -58,15 +58,18 @@ impl Table {
         let Some(b) = self.bucket_of(&node.id) else {
             return false; // our own id
         };
-        let bucket = &mut self.buckets[b];
-        if let Some(entry) = bucket.iter_mut().find(|e| e.node.id == node.id) {
+        if let Some(entry) = self.buckets[b].iter_mut().find(|e| e.node.id == node.id) {
             entry.node.addr = node.addr;
             entry.last_seen = now;
             entry.failures = 0;
             return true;
         }
-        // One entry per address: a node that restarted with a new id replaces its old self.
-        bucket.retain(|e| e.node.addr != node.addr);
+        // One entry per address: a node that restarted with a new id replaces its old self,
+        // and one address cannot fill the table by naming itself with many ids.
+        for bucket in &mut self.buckets {
+            bucket.retain(|e| e.node.addr != node.addr);
+        }
+        let bucket = &mut self.buckets[b];
         let entry = Entry {
             node,
             last_seen: now,

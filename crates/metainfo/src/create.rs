@@ -19,6 +19,9 @@ pub struct CreateOptions {
     pub trackers: Vec<Vec<String>>,
     /// BEP 19 web seeds.
     pub web_seeds: Vec<String>,
+    /// BEP 5 `nodes`: DHT nodes (host and port) for a trackerless torrent's users to
+    /// bootstrap from.
+    pub dht_nodes: Vec<(String, u16)>,
     pub private: bool,
     pub comment: Option<String>,
     /// Seconds since the epoch; `None` leaves `creation date` out.
@@ -162,6 +165,13 @@ pub fn create(path: &Path, options: &CreateOptions) -> Result<Created, CreateErr
             "url-list",
             Value::List(many.iter().map(|u| Value::str(u)).collect()),
         )),
+    }
+    if !options.dht_nodes.is_empty() {
+        let nodes = options
+            .dht_nodes
+            .iter()
+            .map(|(host, port)| Value::List(vec![Value::str(host), Value::Int(i64::from(*port))]));
+        top.push(("nodes", Value::List(nodes.collect())));
     }
     if let Some(comment) = &options.comment {
         top.push(("comment", Value::str(comment)));

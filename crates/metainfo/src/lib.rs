@@ -149,6 +149,9 @@ pub struct Metainfo {
     pub url_list: Vec<String>,
     /// BEP 17 `httpseeds`.
     pub http_seeds: Vec<String>,
+    /// BEP 5 `nodes`: DHT nodes to bootstrap from, as `host:port` (`[v6]:port`); entries
+    /// that are not a host and a port from 1 to 65535 are dropped.
+    pub dht_nodes: Vec<String>,
     pub creation_date: Option<i64>,
     pub comment: Option<String>,
     pub created_by: Option<String>,
@@ -259,6 +262,25 @@ impl Metainfo {
             .map(string_or_list)
             .unwrap_or_default();
 
+        let dht_nodes = root
+            .get("nodes")
+            .and_then(Node::as_list)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|entry| {
+                let pair = entry.as_list()?;
+                let host = pair.first()?.as_str()?.trim();
+                let port = u16::try_from(pair.get(1)?.as_int()?).ok()?;
+                if host.is_empty() || port == 0 {
+                    return None;
+                }
+                Some(match host.contains(':') && !host.starts_with('[') {
+                    true => format!("[{host}]:{port}"),
+                    false => format!("{host}:{port}"),
+                })
+            })
+            .collect();
+
         Ok(Metainfo {
             info_hash,
             info_bytes: info.raw.to_vec(),
@@ -274,6 +296,7 @@ impl Metainfo {
             announce_list,
             url_list,
             http_seeds,
+            dht_nodes,
             creation_date: root.get("creation date").and_then(Node::as_int),
             comment: text("comment.utf-8").or_else(|| text("comment")),
             created_by: text("created by"),

@@ -253,4 +253,7 @@ fn optional_fields_are_read() {
     assert!(m.files.iter().any(|f| f.attr.pad));
     let m = load("valid/v2_hybrid.torrent").unwrap();
     assert!(m.hybrid);
+    // libtorrent's test torrent with BEP 5 `nodes`.
+    let m = load("valid/dht_nodes.torrent").unwrap();
+    assert_eq!(m.dht_nodes, ["127.0.0.1:6881", "192.168.1.1:6881"]);
 }
