@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{free_port, make_zip, pow, same_bytes, text, Killed, TempDir};
+use common::{free_port, make_zip, pow, same_bytes, text, TempDir};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::Stdio;
@@ -133,18 +133,13 @@ sys.exit('the libtorrent leecher did not finish')
     let mut ready = String::new();
     lines.read_line(&mut ready).unwrap();
     assert_eq!(ready.trim(), "ready");
-    let _seed = Killed(
-        pow()
-            .arg("seed")
-            .arg(&torrent)
-            .arg("--data")
-            .arg(&data)
-            .args(["--port", &seed_port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--dht-bootstrap", &format!("127.0.0.1:{pc}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let bootstrap = format!("127.0.0.1:{pc}");
+    let _seed = common::pow_seed(
+        &torrent,
+        &data,
+        seed_port,
+        &["--dht-bootstrap", &bootstrap],
+        Stdio::null(),
     );
     let started = Instant::now();
     // The script exits when its leecher is done, or gives up.
@@ -181,26 +176,16 @@ fn peers_that_run_a_dht_node_swap_ports() {
         .info_hash
         .0;
     // Bootstrap from a socket that never answers: only the peer's port can add a node.
-    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_node = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = free_port();
-    let _seed = Killed(
-        pow()
-            .arg("seed")
-            .arg(&torrent)
-            .arg("--data")
-            .arg(&data)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--dht-bootstrap", &silent.local_addr().unwrap().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let silent = silent_node.local_addr().unwrap().to_string();
+    let _seed = common::pow_seed(
+        &torrent,
+        &data,
+        port,
+        &["--dht-bootstrap", &silent],
+        Stdio::null(),
     );
-    let deadline = Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "pow seed did not listen");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
     let (mut peer, reserved) =
         RawPeer::connect_reserved(port, info_hash, [0, 0, 0, 0, 0, 0, 0, 0x01]);
     assert_eq!(reserved[7] & 0x01, 0x01, "pow did not set the DHT bit");
@@ -283,21 +268,15 @@ time.sleep(300)
     assert_eq!(line.trim(), "ready");
     // The seed needs no bootstrap flag beyond --dht: the torrent names the node. (A silent
     // --dht-bootstrap keeps the public routers out of a test.)
-    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let silent = silent.local_addr().unwrap().to_string();
+    let silent_node = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent = silent_node.local_addr().unwrap().to_string();
     let seed_port = free_port();
-    let _seed = Killed(
-        pow()
-            .arg("seed")
-            .arg(&torrent)
-            .arg("--data")
-            .arg(&data)
-            .args(["--port", &seed_port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--dht-bootstrap", &silent])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _seed = common::pow_seed(
+        &torrent,
+        &data,
+        seed_port,
+        &["--dht-bootstrap", &silent],
+        Stdio::null(),
     );
     line.clear();
     lines.read_line(&mut line).unwrap();
@@ -306,24 +285,11 @@ time.sleep(300)
         format!("pow announced from 127.0.0.1:{seed_port}")
     );
     let out = work.path().join("out");
-    let o = pow()
-        .arg("download")
-        .arg(&torrent)
-        .arg("-o")
-        .arg(&out)
-        .args(["--dht-bootstrap", &silent])
-        .args([
-            "--port",
-            &free_port().to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let stdout = text(&o.stdout);
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = common::pow_download_json(
+        torrent.to_str().unwrap(),
+        &out,
+        &["--dht-bootstrap", &silent],
+    );
     let bytes = same_bytes(&data.join("set.zip"), &out.join("set.zip")).unwrap();
     println!(
         "torrent nodes only: {line}; {bytes} bytes from {} (peers from the DHT {})",

@@ -44,28 +44,11 @@ fn payload(work: &Path, private: bool) -> (PathBuf, PathBuf, [u8; 20]) {
     (data, torrent, info_hash)
 }
 
-/// `pow seed` on a free port, once it listens.
+/// `pow seed` on a free port, once it listens; stderr kept for [`stop`].
 fn seed(torrent: &Path, data: &Path, extra: &[&str]) -> (Killed, u16) {
     let port = free_port();
-    let child = Killed(
-        pow()
-            .arg("seed")
-            .arg(torrent)
-            .arg("--data")
-            .arg(data)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "pow seed did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, port)
+    let seed = common::pow_seed(torrent, data, port, extra, Stdio::piped());
+    (seed, port)
 }
 
 /// A raw peer that speaks BEP 10, says it listens on `listen_port` and takes `ut_pex`; returns
@@ -348,24 +331,11 @@ time.sleep(120)
     assert_eq!(common::first_stdout_line(&mut lt.0).trim(), "ready");
     let out = work.path().join("pow");
     let started = Instant::now();
-    let o = pow()
-        .arg("download")
-        .arg(&torrent)
-        .arg("-o")
-        .arg(&out)
-        .args(["--peer", &format!("127.0.0.1:{sp}")])
-        .args([
-            "--port",
-            &free_port().to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let stdout = text(&o.stdout);
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = common::pow_download_json(
+        torrent.to_str().unwrap(),
+        &out,
+        &["--peer", &format!("127.0.0.1:{sp}")],
+    );
     let bytes = same_bytes(&data.join("set.zip"), &out.join("set.zip")).unwrap();
     // From the seed pow dialed, or from a connection the seed made to pow (s tells it of pow
     // too): either way a peer pow was never given.

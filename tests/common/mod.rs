@@ -488,3 +488,64 @@ pub fn lt_dht_python(script: &str, args: &[String]) -> Killed {
             .unwrap(),
     )
 }
+
+/// Waits (up to 20 s) until something accepts TCP connections on 127.0.0.1:`port`.
+pub fn wait_listening(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `pow seed TORRENT --data DATA` on 127.0.0.1:`port` with `extra` arguments, once it accepts
+/// connections; killed when dropped. Stdout goes nowhere, stderr where `stderr` says.
+pub fn pow_seed(
+    torrent: &Path,
+    data: &Path,
+    port: u16,
+    extra: &[&str],
+    stderr: std::process::Stdio,
+) -> Killed {
+    let seed = Killed(
+        pow()
+            .arg("seed")
+            .arg(torrent)
+            .arg("--data")
+            .arg(data)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port, "pow seed");
+    seed
+}
+
+/// `pow download TARGET -o OUT --json` on a free port of 127.0.0.1 with `extra` arguments;
+/// it must succeed. Returns its JSON report.
+pub fn pow_download_json(target: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let o = pow()
+        .arg("download")
+        .arg(target)
+        .arg("-o")
+        .arg(out)
+        .args([
+            "--port",
+            &free_port().to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--json",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "pow download: {}", text(&o.stderr));
+    let stdout = text(&o.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}

@@ -8,8 +8,8 @@
 //! (at most [`ALPHA`] queries in flight, until the [`table::K`] closest nodes have answered
 //! or failed) and then `announce_peer`s to the closest that gave a token.
 //!
-//! Bounds against hostile nodes: a lookup queries at most [`MAX_LOOKUP_NODES`] nodes and takes
-//! at most [`LOOKUP_TIME`]; a response is matched only from the address the query went to;
+//! Bounds against hostile nodes: a lookup queries at most [`MAX_LOOKUP_NODES`] nodes, takes
+//! at most [`LOOKUP_TIME`] and keeps at most [`MAX_LOOKUP_PEERS`] peers; a response is matched only from the address the query went to;
 //! announces are accepted only with a token we gave that address (SHA-1 of a secret that
 //! changes every 5 minutes and the address), and we keep at most [`MAX_PEERS_PER_HASH`] peers
 //! for each of at most [`MAX_HASHES`] info-hashes, 30 minutes each.
@@ -36,6 +36,8 @@ use tokio::sync::{oneshot, watch};
 pub const ALPHA: usize = 4;
 /// Most nodes one lookup queries.
 pub const MAX_LOOKUP_NODES: usize = 100;
+/// Most peers one lookup returns.
+pub const MAX_LOOKUP_PEERS: usize = 200;
 /// Longest a lookup runs.
 pub const LOOKUP_TIME: Duration = Duration::from_secs(20);
 /// How long a node has to answer a query.
@@ -217,7 +219,7 @@ impl Dht {
                 Ok(response) => {
                     lookup.answered += 1;
                     for value in &response.values {
-                        if !peers.contains(value) {
+                        if peers.len() < MAX_LOOKUP_PEERS && !peers.contains(value) {
                             peers.push(*value);
                         }
                     }
@@ -448,16 +450,7 @@ fn handle(inner: &Inner, datagram: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
     let tid = <[u8; 2]>::try_from(message.tid.as_slice()).ok();
     match message.body {
         Body::Response(response) => {
-            let tid = tid?;
-            // Matched only from the address asked: anyone can guess a transaction id.
-            if state
-                .pending
-                .get(&tid)
-                .is_none_or(|(asked, _)| *asked != from)
-            {
-                return None;
-            }
-            let (_, waiting) = state.pending.remove(&tid)?;
+            let waiting = state.take_pending(tid?, from)?;
             if let Some(addr) = krpc::v4(from) {
                 state.table.seen(
                     NodeInfo {
@@ -471,15 +464,7 @@ fn handle(inner: &Inner, datagram: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
             None
         }
         Body::Error { code, message } => {
-            let tid = tid?;
-            if state
-                .pending
-                .get(&tid)
-                .is_none_or(|(asked, _)| *asked != from)
-            {
-                return None;
-            }
-            let (_, waiting) = state.pending.remove(&tid)?;
+            let waiting = state.take_pending(tid?, from)?;
             let _ = waiting.send(Reply::Error(code, message));
             None
         }
@@ -559,6 +544,19 @@ fn answer(own: Id, state: &mut State, query: Query, from: SocketAddr, now: Insta
 }
 
 impl State {
+    /// The query waiting for transaction `tid`, if it was sent to `from`: anyone can guess a
+    /// transaction id, so an answer counts only from the address asked.
+    fn take_pending(&mut self, tid: [u8; 2], from: SocketAddr) -> Option<oneshot::Sender<Reply>> {
+        if self
+            .pending
+            .get(&tid)
+            .is_none_or(|(asked, _)| *asked != from)
+        {
+            return None;
+        }
+        self.pending.remove(&tid).map(|(_, waiting)| waiting)
+    }
+
     fn rotate(&mut self, now: Instant) {
         if now.duration_since(self.secret_since) >= SECRET_LIFETIME {
             self.previous_secret = self.secret;
@@ -655,6 +653,110 @@ mod tests {
         for n in nodes.iter().chain([&router]) {
             n.shutdown();
         }
+    }
+
+    /// Hostile nodes that answer every query with eight more of themselves, each closer to
+    /// the target than the last, and fifty made-up peers: the lookup still ends, within its
+    /// bounds (peers capped). A response from an address that was not asked is not believed.
+    #[tokio::test]
+    async fn a_lookup_stays_bounded_among_hostile_nodes() {
+        let target = [0x42u8; 20];
+        let mut sockets = Vec::new();
+        for _ in 0..150 {
+            sockets.push(Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()));
+        }
+        let addrs: Vec<SocketAddrV4> = sockets
+            .iter()
+            .map(|s| krpc::v4(s.local_addr().unwrap()).unwrap())
+            .collect();
+        let counter = Arc::new(AtomicU16::new(0));
+        for socket in &sockets {
+            let (socket, addrs, counter) = (socket.clone(), addrs.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                    let Ok(query) = Message::decode(&buf[..n]) else {
+                        continue;
+                    };
+                    // Bootstrapping meets three plain routers; the lookup for the target, the
+                    // endless chain.
+                    let chain = matches!(
+                        query.body,
+                        Body::Query {
+                            query: Query::GetPeers { .. },
+                            ..
+                        }
+                    );
+                    let step = if chain {
+                        counter.fetch_add(1, Ordering::Relaxed)
+                    } else {
+                        0
+                    };
+                    let closer = |i: u16| {
+                        let mut id = target;
+                        id[18..].copy_from_slice(&(u16::MAX - step * 8 - i).to_be_bytes());
+                        NodeInfo {
+                            id,
+                            addr: addrs[usize::from(step + i) % addrs.len()],
+                        }
+                    };
+                    let reply = Message {
+                        tid: query.tid,
+                        body: Body::Response(Response {
+                            id: closer(0).id,
+                            nodes: if chain {
+                                (1..9).map(closer).collect()
+                            } else {
+                                vec![]
+                            },
+                            values: (0..50)
+                                .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + step * 50 + i)))
+                                .collect(),
+                            token: Some(b"t".to_vec()),
+                        }),
+                    };
+                    let _ = socket.send_to(&reply.encode(), from).await;
+                }
+            });
+        }
+        let dht = node().await;
+        let started = Instant::now();
+        let routers: Vec<SocketAddr> = addrs[..3].iter().map(|a| SocketAddr::V4(*a)).collect();
+        dht.bootstrap(&routers).await;
+        let lookup = dht.get_peers(target).await;
+        println!(
+            "{} asked, {} peers kept, in {:?}",
+            lookup.queried,
+            lookup.peers.len(),
+            started.elapsed()
+        );
+        // 150 addresses, each named again and again under ever closer ids: a node is asked
+        // once, by the id it was first named with, so the chain ends well before the cap.
+        assert!(lookup.queried <= MAX_LOOKUP_NODES, "{lookup:?}");
+        assert_eq!(lookup.peers.len(), MAX_LOOKUP_PEERS);
+        assert!(started.elapsed() < 2 * LOOKUP_TIME + Duration::from_secs(2));
+
+        // A made-up answer to a query we are making, from an address we did not ask.
+        let liar = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let asked = krpc::v4(silent.local_addr().unwrap()).unwrap();
+        let query = tokio::spawn({
+            let dht = dht.clone();
+            async move { dht.query(asked, Query::Ping).await }
+        });
+        let mut buf = [0u8; 2048];
+        let (n, _) = silent.recv_from(&mut buf).await.unwrap();
+        let tid = Message::decode(&buf[..n]).unwrap().tid;
+        let lie = Message {
+            tid,
+            body: Body::Response(Response {
+                id: [9; 20],
+                ..Response::default()
+            }),
+        };
+        liar.send_to(&lie.encode(), dht.local_addr()).await.unwrap();
+        assert_eq!(query.await.unwrap(), Err("no answer".to_string()));
+        dht.shutdown();
     }
 
     #[tokio::test]
