@@ -300,3 +300,44 @@ time.sleep(300)
         format!("127.0.0.1:{seed_port}")
     );
 }
+
+/// The DHT's UDP port taken by another program: pow's node takes any free port, says so, and
+/// names that one in its `port` message.
+#[test]
+fn a_busy_dht_port_gives_way_to_any_port() {
+    use common::raw_peer::RawPeer;
+    let work = TempDir::new("dht-busy");
+    let (data, torrent, _) = dataset(work.path(), 25);
+    let info_hash = pow_metainfo::Metainfo::from_file(&torrent)
+        .unwrap()
+        .info_hash
+        .0;
+    let port = free_port();
+    let _squatter = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    let silent_node = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent = silent_node.local_addr().unwrap().to_string();
+    let mut seed = common::pow_seed(
+        &torrent,
+        &data,
+        port,
+        &["--dht-bootstrap", &silent],
+        Stdio::piped(),
+    );
+    let (mut peer, _) = RawPeer::connect_reserved(port, info_hash, [0, 0, 0, 0, 0, 0, 0, 0x01]);
+    let mut told = None;
+    for _ in 0..4 {
+        if let Ok((9, payload)) = peer.read(std::time::Duration::from_secs(5)) {
+            told = Some(u16::from_be_bytes([payload[0], payload[1]]));
+            break;
+        }
+    }
+    let _ = seed.0.kill();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut seed.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    println!("UDP {port} taken: pow's port message named {told:?}; {stderr}");
+    assert!(told.is_some_and(|p| p != port && p != 0), "{told:?}");
+    assert!(
+        stderr.contains(&format!("UDP 127.0.0.1:{port} is in use")),
+        "{stderr}"
+    );
+}

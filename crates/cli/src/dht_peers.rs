@@ -106,7 +106,24 @@ pub struct DhtPlan {
 /// The process's DHT node, started on first use.
 pub async fn node(plan: &DhtPlan) -> std::io::Result<&'static Dht> {
     NODE.get_or_try_init(|| async {
-        Dht::bind(plan.bind).await.map_err(|e| {
+        let bound = match Dht::bind(plan.bind).await {
+            // Another node (or program) has the port: any port does, since the `port`
+            // message names the one we get.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                let any = SocketAddr::new(plan.bind.ip(), 0);
+                let dht = Dht::bind(any).await;
+                if let Ok(dht) = &dht {
+                    eprintln!(
+                        "pow: warning: UDP {} is in use; the DHT node listens on {}",
+                        plan.bind,
+                        dht.local_addr()
+                    );
+                }
+                dht
+            }
+            other => other,
+        };
+        bound.map_err(|e| {
             std::io::Error::new(e.kind(), format!("DHT node on UDP {}: {e}", plan.bind))
         })
     })
