@@ -23,6 +23,20 @@ fn dataset(work: &Path, seed: u64) -> (std::path::PathBuf, std::path::PathBuf, S
     (data, torrent, info_hash)
 }
 
+fn bytes_of(info_hash: &str) -> [u8; 20] {
+    hex::decode(info_hash).unwrap().try_into().unwrap()
+}
+
+/// The port of the first BEP 5 `port` message among the peer's next few messages.
+fn port_message(peer: &mut common::raw_peer::RawPeer) -> Option<u16> {
+    for _ in 0..4 {
+        if let Ok((9, payload)) = peer.read(std::time::Duration::from_secs(5)) {
+            return Some(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+    }
+    None
+}
+
 #[test]
 fn pow_finds_a_libtorrent_seed_on_the_dht_from_a_bare_magnet_link() {
     let work = TempDir::new("dht-lt-seed");
@@ -170,11 +184,8 @@ fn peers_that_run_a_dht_node_swap_ports() {
     use common::raw_peer::RawPeer;
     use pow_dht::krpc::{Body, Message, Query};
     let work = TempDir::new("dht-port");
-    let (data, torrent, _) = dataset(work.path(), 23);
-    let info_hash = pow_metainfo::Metainfo::from_file(&torrent)
-        .unwrap()
-        .info_hash
-        .0;
+    let (data, torrent, info_hash) = dataset(work.path(), 23);
+    let info_hash = bytes_of(&info_hash);
     // Bootstrap from a socket that never answers: only the peer's port can add a node.
     let silent_node = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = free_port();
@@ -189,13 +200,7 @@ fn peers_that_run_a_dht_node_swap_ports() {
     let (mut peer, reserved) =
         RawPeer::connect_reserved(port, info_hash, [0, 0, 0, 0, 0, 0, 0, 0x01]);
     assert_eq!(reserved[7] & 0x01, 0x01, "pow did not set the DHT bit");
-    let mut told = None;
-    for _ in 0..4 {
-        if let Ok((9, payload)) = peer.read(std::time::Duration::from_secs(5)) {
-            told = Some(u16::from_be_bytes([payload[0], payload[1]]));
-            break;
-        }
-    }
+    let told = port_message(&mut peer);
     assert_eq!(told, Some(port), "pow's port message");
 
     let node = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -307,11 +312,8 @@ time.sleep(300)
 fn a_busy_dht_port_gives_way_to_any_port() {
     use common::raw_peer::RawPeer;
     let work = TempDir::new("dht-busy");
-    let (data, torrent, _) = dataset(work.path(), 25);
-    let info_hash = pow_metainfo::Metainfo::from_file(&torrent)
-        .unwrap()
-        .info_hash
-        .0;
+    let (data, torrent, info_hash) = dataset(work.path(), 25);
+    let info_hash = bytes_of(&info_hash);
     let port = free_port();
     let _squatter = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
     let silent_node = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -324,13 +326,7 @@ fn a_busy_dht_port_gives_way_to_any_port() {
         Stdio::piped(),
     );
     let (mut peer, _) = RawPeer::connect_reserved(port, info_hash, [0, 0, 0, 0, 0, 0, 0, 0x01]);
-    let mut told = None;
-    for _ in 0..4 {
-        if let Ok((9, payload)) = peer.read(std::time::Duration::from_secs(5)) {
-            told = Some(u16::from_be_bytes([payload[0], payload[1]]));
-            break;
-        }
-    }
+    let told = port_message(&mut peer);
     let _ = seed.0.kill();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut seed.0.stderr.take().unwrap(), &mut stderr).unwrap();
