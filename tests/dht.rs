@@ -337,3 +337,70 @@ fn a_busy_dht_port_gives_way_to_any_port() {
         "{stderr}"
     );
 }
+
+/// A network of pow alone: `pow dht node` as its bootstrap node, a `pow seed` that announces
+/// to it, `pow dht lookup` that finds the seed, and `pow download` that downloads from it.
+#[test]
+fn pow_dht_node_lookup_seed_and_download_by_themselves() {
+    let work = TempDir::new("dht-pow-only");
+    let (data, torrent, info_hash) = dataset(work.path(), 26);
+    let mut node = common::Killed(
+        pow()
+            .args(["dht", "node", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let line = common::first_stdout_line(&mut node.0);
+    let node_addr = line
+        .trim()
+        .strip_prefix("dht node listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let seed_port = free_port();
+    let _seed = common::pow_seed(
+        &torrent,
+        &data,
+        seed_port,
+        &["--dht-bootstrap", &node_addr],
+        Stdio::null(),
+    );
+    let seed_addr = format!("127.0.0.1:{seed_port}");
+    let started = Instant::now();
+    let found = loop {
+        let o = pow()
+            .args(["dht", "lookup", &info_hash, "--dht-bootstrap", &node_addr])
+            .args(["--bind", "127.0.0.1:0", "--json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let found: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+        if found["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| *p == *seed_addr)
+        {
+            break found;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the seed never showed up: {found}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let out = work.path().join("out");
+    let report = common::pow_download_json(
+        &format!("magnet:?xt=urn:btih:{info_hash}"),
+        &out,
+        &["--dht-bootstrap", &node_addr],
+    );
+    let bytes = same_bytes(&data.join("set.zip"), &out.join("set.zip")).unwrap();
+    let _ = node.0.kill();
+    println!(
+        "pow dht lookup: {found}; pow download of the bare magnet: {bytes} bytes from {}",
+        report["received_by_peer"]
+    );
+    assert_eq!(report["received_by_peer"][0]["peer"], *seed_addr);
+}

@@ -355,7 +355,13 @@ pub fn accept_within(listener: &TcpListener, limit: Duration) -> Option<TcpStrea
                 stream.set_nonblocking(false).unwrap();
                 return Some(stream);
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+            // A dial that was reset before we took it, or a signal, is no verdict: wait on.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::ConnectionAborted | ErrorKind::Interrupted
+                ) && Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(_) => return None,

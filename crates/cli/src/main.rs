@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod announce;
+mod dht_cmd;
 mod dht_peers;
 mod download_cmd;
 mod load_cmd;
@@ -39,6 +40,9 @@ enum Command {
     Torrent(torrent_cmd::TorrentCommand),
     /// Run a test tracker (--listen), or announce/scrape once (debugging).
     Tracker(tracker_cmd::TrackerArgs),
+    /// Run a DHT node (node), or look an info-hash up once (lookup, debugging).
+    #[command(subcommand)]
+    Dht(dht_cmd::DhtCommand),
     /// Download a torrent's content, every piece verified.
     Download(download_cmd::DownloadArgs),
     /// Check a torrent's data on disk, then serve it to peers until interrupted.
@@ -98,6 +102,7 @@ fn die_quietly_when_stdout_closes(command: &Command) {
         | Command::Export(_)
         | Command::Import(_) => true,
         Command::Source(cmd) => !cmd.runs_a_swarm(),
+        Command::Dht(cmd) => cmd.prints_and_exits(),
         Command::Tracker(_)
         | Command::Download(_)
         | Command::Seed(_)
@@ -122,6 +127,7 @@ fn main() -> ExitCode {
     let result: CmdResult = match cli.command {
         Command::Torrent(cmd) => torrent_cmd::run(cmd),
         Command::Tracker(args) => tracker_cmd::run(args),
+        Command::Dht(cmd) => dht_cmd::run(cmd),
         Command::Download(args) => download_cmd::run(args),
         Command::Seed(args) => seed_cmd::seed(args),
         Command::Verify(args) => seed_cmd::verify(args),

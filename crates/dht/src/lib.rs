@@ -142,6 +142,15 @@ impl Dht {
         self.inner.lock().table.len()
     }
 
+    /// Announces kept for other nodes: info-hashes, and peers over all of them.
+    pub fn stored(&self) -> (usize, usize) {
+        let state = self.inner.lock();
+        (
+            state.stored.len(),
+            state.stored.values().map(Vec::len).sum(),
+        )
+    }
+
     /// A node someone told us of (a peer's BEP 5 `port` message): pinged, and kept in the
     /// routing table if it answers.
     pub fn add_node(&self, addr: SocketAddr) {
