@@ -43,6 +43,13 @@ pub struct SwarmArgs {
     pub no_pex: bool,
     #[command(flatten)]
     pub dht: crate::dht_peers::DhtArgs,
+    /// Message stream encryption (MSE/PE) of peer connections: `off` (plaintext only),
+    /// `allow` (both accepted; dial in plaintext, and encrypted when a peer closes a plaintext
+    /// handshake; the payload stays plaintext whenever the peer allows), `prefer` (dial
+    /// encrypted; RC4 for the whole stream whenever the peer allows) or `require` (RC4 only,
+    /// both ways; plaintext peers are refused).
+    #[arg(long, value_enum, default_value_t = EncryptionArg::Allow, value_name = "MODE")]
+    pub encryption: EncryptionArg,
     /// Least seconds between two peer-exchange messages to one peer (default 60). Hidden:
     /// for tests of the changes a later message carries.
     #[arg(long, hide = true, value_parser = positive_seconds)]
@@ -60,6 +67,26 @@ pub struct SwarmArgs {
     /// doubling). Hidden: for tests of a tracker that goes down and comes back.
     #[arg(long, hide = true, value_parser = positive_seconds)]
     pub announce_min: Option<f64>,
+}
+
+/// `--encryption`: which peer connections use message stream encryption.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncryptionArg {
+    Off,
+    Allow,
+    Prefer,
+    Require,
+}
+
+impl EncryptionArg {
+    pub fn engine(self) -> pow_engine::Encryption {
+        match self {
+            EncryptionArg::Off => pow_engine::Encryption::Off,
+            EncryptionArg::Allow => pow_engine::Encryption::Allow,
+            EncryptionArg::Prefer => pow_engine::Encryption::Prefer,
+            EncryptionArg::Require => pow_engine::Encryption::Require,
+        }
+    }
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -110,6 +137,7 @@ impl SwarmArgs {
             upload_limit: limit(self.max_upload_rate),
             download_limit: limit(max_download_rate),
             pex: !self.no_pex,
+            encryption: self.encryption.engine(),
             ..EngineConfig::default()
         };
         if let Some(secs) = self.pex_interval {

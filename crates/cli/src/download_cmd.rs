@@ -53,9 +53,13 @@ pub fn run(args: DownloadArgs) -> CmdResult {
 
 async fn download(args: DownloadArgs) -> CmdResult {
     let started = Instant::now();
-    let metainfo = match args.torrent.to_str().filter(|t| t.starts_with("magnet:")) {
-        Some(link) => Arc::new(metainfo_of_magnet(&args, link).await?),
-        None => Arc::new(Metainfo::from_file(&args.torrent)?),
+    // A magnet link's `x.pe` peers serve the download as well as its metadata.
+    let (metainfo, link_peers) = match args.torrent.to_str().filter(|t| t.starts_with("magnet:")) {
+        Some(link) => (
+            Arc::new(metainfo_of_magnet(&args, link).await?),
+            pow_metainfo::magnet::Magnet::parse(link)?.peers,
+        ),
+        None => (Arc::new(Metainfo::from_file(&args.torrent)?), Vec::new()),
     };
     let (storage, resume) = {
         let metainfo = metainfo.clone();
@@ -85,7 +89,7 @@ async fn download(args: DownloadArgs) -> CmdResult {
         .swarm
         .join(storage.clone(), picker, args.max_download_rate)
         .await?;
-    torrent.add_peers(args.peers.iter().copied());
+    torrent.add_peers(args.peers.iter().chain(&link_peers).copied());
     // BEP 19: the torrent's `url-list` (for a magnet link, its `ws=` kept in the fetched file).
     torrent.add_web_seeds(metainfo.url_list.iter().cloned());
 
@@ -202,6 +206,7 @@ async fn metainfo_of_magnet(
         peer_id,
         peers,
         Duration::from_secs(args.metadata_timeout),
+        args.swarm.encryption.engine(),
     )
     .await;
     if let Some(a) = announcer {
@@ -317,6 +322,11 @@ fn report(
             "pex_received": s.pex_received,
             "peers_from_pex": s.peers_from_pex,
             "peers_from_dht": crate::dht_peers::peers_found(),
+            "connections": {
+                "plaintext": s.connections_plaintext,
+                "encrypted_handshake": s.connections_encrypted_handshake,
+                "rc4": s.connections_rc4,
+            },
             "seconds": secs,
             "mib_per_s": rate,
             "received_by_peer": by_peer,

@@ -141,6 +141,7 @@ impl MultiSeed {
             advertised_port: Some(self.port()),
             super_seed: self.super_seed,
             upload_limit: self.upload_limit.clone(),
+            encryption: self.listener.encryption(),
             ..EngineConfig::default()
         };
         let mut dht = self.dht.clone();

@@ -208,6 +208,10 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
         eprintln!("uploaded to {peer}: {bytes} bytes");
     }
     eprintln!("stopped: {} bytes uploaded", s.uploaded);
+    eprintln!(
+        "connections: {} plaintext, {} encrypted handshake then plaintext, {} RC4",
+        s.connections_plaintext, s.connections_encrypted_handshake, s.connections_rc4
+    );
     if s.pex_sent + s.pex_received > 0 {
         eprintln!(
             "peer exchange: {} messages sent, {} received ({} new peers)",

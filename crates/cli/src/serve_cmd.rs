@@ -55,6 +55,9 @@ pub struct ServeArgs {
     max_upload_rate: Option<u64>,
     #[command(flatten)]
     dht: crate::dht_peers::DhtArgs,
+    /// Message stream encryption of peer connections (see `pow seed --help`).
+    #[arg(long, value_enum, default_value_t = crate::announce::EncryptionArg::Allow)]
+    encryption: crate::announce::EncryptionArg,
     /// Print a JSON line when the server is up.
     #[arg(long)]
     json: bool,
@@ -100,7 +103,7 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
         public_url.clone(),
     )?);
     let peer_addr = SocketAddr::new(args.listen.ip(), args.peer_port);
-    let listener = SharedListener::bind(peer_addr)
+    let listener = SharedListener::bind(peer_addr, args.encryption.engine())
         .await
         .map_err(|e| format!("cannot listen for peers on {peer_addr}: {e}"))?;
     let upload_limit = args

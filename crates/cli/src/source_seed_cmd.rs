@@ -43,6 +43,9 @@ pub struct SourceSeedArgs {
     max_upload_rate: Option<u64>,
     #[command(flatten)]
     dht: crate::dht_peers::DhtArgs,
+    /// Message stream encryption of peer connections (see `pow seed --help`).
+    #[arg(long, value_enum, default_value_t = crate::announce::EncryptionArg::Allow)]
+    encryption: crate::announce::EncryptionArg,
     /// Print one JSON line when seeding starts.
     #[arg(long)]
     json: bool,
@@ -108,7 +111,7 @@ pub fn seed(pow_dir: Option<&Path>, args: SourceSeedArgs) -> CmdResult {
 
 async fn seed_async(plans: Vec<Planned>, args: SourceSeedArgs) -> CmdResult {
     let addr = SocketAddr::new(args.bind, args.port);
-    let listener = SharedListener::bind(addr)
+    let listener = SharedListener::bind(addr, args.encryption.engine())
         .await
         .map_err(|e| format!("cannot listen for peers on {addr}: {e}"))?;
     let limit = args

@@ -16,6 +16,7 @@
 //! With [`EngineConfig::resume_interval`] set, the verified set is saved to the storage's
 //! resume file every interval while it changes ([`Torrent::save_resume`] saves on demand).
 
+mod encryption;
 pub mod fuzzing;
 mod inorder;
 mod listener;
@@ -28,6 +29,7 @@ mod superseed;
 pub mod trace;
 pub mod webseed;
 
+pub use encryption::Encryption;
 pub use listener::{SharedListener, MAX_PENDING_HANDSHAKES};
 pub use ratelimit::RateLimit;
 
@@ -97,6 +99,8 @@ pub struct EngineConfig {
     /// Where the DHT nodes peers tell us of (their IP, the port of their `port` message) go,
     /// for the caller's DHT node to ping.
     pub dht_nodes: Option<mpsc::UnboundedSender<SocketAddr>>,
+    /// Which connections use message stream encryption, dialed and accepted ([`Encryption`]).
+    pub encryption: Encryption,
 }
 
 impl Default for EngineConfig {
@@ -121,6 +125,7 @@ impl Default for EngineConfig {
             pex_interval: Duration::from_secs(60),
             dht_port: None,
             dht_nodes: None,
+            encryption: Encryption::default(),
         }
     }
 }
@@ -170,6 +175,11 @@ pub struct Stats {
     pub pex_sent: AtomicU64,
     pub pex_received: AtomicU64,
     pub peers_from_pex: AtomicU64,
+    /// Peer connections whose handshakes completed: plaintext, encrypted with a plaintext
+    /// stream after it, and RC4 throughout.
+    pub connections_plaintext: AtomicU64,
+    pub connections_encrypted_handshake: AtomicU64,
+    pub connections_rc4: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -188,6 +198,10 @@ pub struct Snapshot {
     pub pex_sent: u64,
     pub pex_received: u64,
     pub peers_from_pex: u64,
+    /// Connections by kind of handshake and stream (see [`Stats::connections_rc4`]).
+    pub connections_plaintext: u64,
+    pub connections_encrypted_handshake: u64,
+    pub connections_rc4: u64,
     /// Bytes of wanted pieces not yet verified.
     pub left: u64,
     pub pieces_have: u32,
@@ -550,6 +564,11 @@ impl Torrent {
             pex_sent: stats.pex_sent.load(Ordering::Relaxed),
             pex_received: stats.pex_received.load(Ordering::Relaxed),
             peers_from_pex: stats.peers_from_pex.load(Ordering::Relaxed),
+            connections_plaintext: stats.connections_plaintext.load(Ordering::Relaxed),
+            connections_encrypted_handshake: stats
+                .connections_encrypted_handshake
+                .load(Ordering::Relaxed),
+            connections_rc4: stats.connections_rc4.load(Ordering::Relaxed),
             left: state.picker.bytes_left(),
             pieces_have: state.picker.have().count(),
             pieces_total: self.inner.metainfo.geometry.piece_count(),

@@ -1,7 +1,9 @@
 //! One listening port for many torrents (`pow serve` seeds every dataset on one port, as
 //! libtorrent and Transmission do): each incoming connection's handshake is read first, and the
-//! connection is handed to the torrent whose info-hash it names.
+//! connection is handed to the torrent whose info-hash it names. An encrypted handshake names
+//! it only by a hash, so it is answered for every torrent attached at the time.
 
+use crate::encryption::{self, Ciphers, Encryption};
 use crate::peer::{self, Routed};
 use crate::{Inner, Torrent};
 use bytes::BytesMut;
@@ -23,19 +25,23 @@ type Routes = Arc<Mutex<HashMap<[u8; 20], Weak<Inner>>>>;
 /// A listening socket shared by the torrents attached to it. Stops accepting when dropped.
 pub struct SharedListener {
     routes: Routes,
+    encryption: Encryption,
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
 }
 
 impl SharedListener {
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<SharedListener> {
+    /// Listens on `addr`, accepting encrypted and plaintext handshakes as `encryption` says.
+    pub async fn bind(addr: SocketAddr, encryption: Encryption) -> std::io::Result<SharedListener> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let routes: Routes = Arc::default();
         let stop = watch::channel(false).0;
-        tokio::spawn(accept_loop(listener, routes.clone(), stop.subscribe()));
+        let accepting = accept_loop(listener, routes.clone(), encryption, stop.subscribe());
+        tokio::spawn(accepting);
         Ok(SharedListener {
             routes,
+            encryption,
             local_addr,
             stop,
         })
@@ -43,6 +49,10 @@ impl SharedListener {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    pub fn encryption(&self) -> Encryption {
+        self.encryption
     }
 
     /// Routes incoming peers for `torrent`'s info-hash to it (until it is detached or gone).
@@ -67,7 +77,12 @@ impl Drop for SharedListener {
     }
 }
 
-async fn accept_loop(listener: TcpListener, routes: Routes, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    routes: Routes,
+    encryption: Encryption,
+    mut stop: watch::Receiver<bool>,
+) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         tokio::select! {
@@ -79,7 +94,7 @@ async fn accept_loop(listener: TcpListener, routes: Routes, mut stop: watch::Rec
                     };
                     let routes = routes.clone();
                     tokio::spawn(async move {
-                        let routed = read_route(stream, addr, &routes).await;
+                        let routed = read_route(stream, addr, &routes, encryption).await;
                         drop(permit);
                         if let Some((inner, stream, routed)) = routed {
                             peer::accept_routed(inner, stream, addr, routed).await;
@@ -100,23 +115,45 @@ async fn read_route(
     mut stream: TcpStream,
     addr: SocketAddr,
     routes: &Routes,
+    encryption: Encryption,
 ) -> Option<(Arc<Inner>, TcpStream, Routed)> {
     let mut buf = BytesMut::with_capacity(1024);
-    let handshake =
-        match peer::read_handshake(&mut stream, &mut buf, Instant::now() + ROUTE_TIMEOUT).await {
-            Ok(hs) => hs,
-            Err(e) => {
-                tracing::debug!("{addr}: handshake: {e}");
-                return None;
-            }
-        };
+    let deadline = Instant::now() + ROUTE_TIMEOUT;
+    let served = || {
+        routes
+            .lock()
+            .expect("listener routes lock")
+            .keys()
+            .copied()
+            .collect()
+    };
+    let read = async {
+        let mut ciphers: Ciphers =
+            encryption::accept(&mut stream, &mut buf, served, encryption, deadline).await?;
+        let handshake = peer::read_handshake(&mut stream, &mut buf, &mut ciphers, deadline).await?;
+        Ok::<_, peer::PeerError>((handshake, ciphers))
+    };
+    let (handshake, ciphers) = match read.await {
+        Ok(read) => read,
+        Err(e) => {
+            tracing::debug!("{addr}: handshake: {e}");
+            return None;
+        }
+    };
     let inner = routes
         .lock()
         .expect("listener routes lock")
         .get(&handshake.info_hash)
         .and_then(Weak::upgrade);
     match inner {
-        Some(inner) => Some((inner, stream, Routed { handshake, buf })),
+        Some(inner) => {
+            let routed = Routed {
+                handshake,
+                buf,
+                ciphers,
+            };
+            Some((inner, stream, routed))
+        }
         None => {
             tracing::debug!(
                 "{addr}: handshake for a torrent we do not serve ({})",

@@ -3,6 +3,7 @@
 //! info-hash wins. A peer that sends a wrong copy, rejects, or stalls is dropped and others are
 //! tried as addresses arrive (from trackers or the link's `x.pe`).
 
+use crate::encryption::{self, Ciphers, Encryption};
 use crate::peer::{read_handshake, PeerError};
 use bytes::{Buf, Bytes, BytesMut};
 use pow_wire::extension::{
@@ -40,11 +41,13 @@ pub enum MetadataError {
 
 /// Fetches the info dictionary for `info_hash` from peers received on `peers`, within
 /// `timeout`. Returns the raw bencoded dictionary (its SHA-1 is `info_hash`).
+/// Peers are dialed with encrypted or plaintext handshakes as `encryption` says.
 pub async fn fetch_metadata(
     info_hash: [u8; 20],
     peer_id: [u8; 20],
     mut peers: mpsc::UnboundedReceiver<SocketAddr>,
     timeout: Duration,
+    encryption: Encryption,
 ) -> Result<Vec<u8>, MetadataError> {
     let deadline = Instant::now() + timeout;
     let mut tried = HashSet::new();
@@ -56,10 +59,10 @@ pub async fn fetch_metadata(
         while running.len() < PARALLEL_PEERS {
             let Some(addr) = waiting.pop() else { break };
             running.spawn(async move {
-                let result =
-                    tokio::time::timeout(PER_PEER_TIMEOUT, fetch_from(addr, info_hash, peer_id))
-                        .await
-                        .unwrap_or_else(|_| Err(format!("{addr}: timed out")));
+                let fetch = fetch_from(addr, info_hash, peer_id, encryption);
+                let result = tokio::time::timeout(PER_PEER_TIMEOUT, fetch)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("{addr}: timed out")));
                 (addr, result)
             });
         }
@@ -97,22 +100,91 @@ async fn fetch_from(
     addr: SocketAddr,
     info_hash: [u8; 20],
     peer_id: [u8; 20],
+    encryption: Encryption,
 ) -> Result<Vec<u8>, String> {
+    let encrypted = encryption.dials_encrypted_first();
+    match fetch_once(addr, info_hash, peer_id, encryption, encrypted).await {
+        Err(Attempt::Refused(_)) if encryption.redials() => {
+            fetch_once(addr, info_hash, peer_id, encryption, !encrypted)
+                .await
+                .map_err(Attempt::into_message)
+        }
+        result => result.map_err(Attempt::into_message),
+    }
+}
+
+/// Why one connection gave no metadata.
+enum Attempt {
+    /// The peer closed it during the handshake (it may want the other kind of handshake).
+    Refused(String),
+    Failed(String),
+}
+
+impl Attempt {
+    fn into_message(self) -> String {
+        match self {
+            Attempt::Refused(message) | Attempt::Failed(message) => message,
+        }
+    }
+}
+
+async fn fetch_once(
+    addr: SocketAddr,
+    info_hash: [u8; 20],
+    peer_id: [u8; 20],
+    encryption: Encryption,
+    encrypted: bool,
+) -> Result<Vec<u8>, Attempt> {
     let fail = |what: &str| format!("{addr}: {what}");
     let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
-        .map_err(|_| fail("connect timed out"))?
-        .map_err(|e| fail(&format!("connect: {e}")))?;
+        .map_err(|_| Attempt::Failed(fail("connect timed out")))?
+        .map_err(|e| Attempt::Failed(fail(&format!("connect: {e}"))))?;
     let mut ours = Handshake::new(info_hash, peer_id);
     extension::set_extension_bit(&mut ours.reserved);
-    stream
-        .write_all(&ours.encode())
-        .await
-        .map_err(|e| fail(&e.to_string()))?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let theirs = read_handshake(&mut stream, &mut buf, Instant::now() + CONNECT_TIMEOUT * 2)
+    let deadline = Instant::now() + CONNECT_TIMEOUT * 2;
+    let handshake = async {
+        let mut ciphers = if encrypted {
+            let initial = ours.encode().to_vec();
+            encryption::dial(
+                &mut stream,
+                &mut buf,
+                info_hash,
+                encryption,
+                initial,
+                deadline,
+            )
+            .await?
+        } else {
+            stream.write_all(&ours.encode()).await?;
+            Ciphers::default()
+        };
+        let theirs = read_handshake(&mut stream, &mut buf, &mut ciphers, deadline).await?;
+        Ok::<_, PeerError>((theirs, ciphers))
+    };
+    let (theirs, ciphers) = handshake.await.map_err(|e| {
+        let message = fail(&format!("handshake: {e}"));
+        match e.is_closed_by_peer() {
+            true => Attempt::Refused(message),
+            false => Attempt::Failed(message),
+        }
+    })?;
+    exchange(addr, info_hash, stream, buf, ciphers, theirs)
         .await
-        .map_err(|e: PeerError| fail(&format!("handshake: {e}")))?;
+        .map_err(Attempt::Failed)
+}
+
+/// The extension handshake and the metadata requests, after the BitTorrent handshake.
+async fn exchange(
+    addr: SocketAddr,
+    info_hash: [u8; 20],
+    mut stream: TcpStream,
+    mut buf: BytesMut,
+    mut ciphers: Ciphers,
+    theirs: Handshake,
+) -> Result<Vec<u8>, String> {
+    let fail = |what: &str| format!("{addr}: {what}");
     if theirs.info_hash != info_hash {
         return Err(fail("handshake for another torrent"));
     }
@@ -127,6 +199,7 @@ async fn fetch_from(
     }
     .to_message()
     .encode(&mut out);
+    ciphers.seal(&mut out);
     stream
         .write_all(&out)
         .await
@@ -135,7 +208,7 @@ async fn fetch_from(
     let mut pieces: Vec<Option<Bytes>> = Vec::new();
     let mut size = 0u64;
     loop {
-        let payload = read_frame(&mut stream, &mut buf)
+        let payload = read_frame(&mut stream, &mut buf, &mut ciphers)
             .await
             .map_err(|e| fail(&e))?;
         let Some((EXTENDED, payload)) = payload else {
@@ -164,6 +237,7 @@ async fn fetch_from(
                     .to_message(their_id)
                     .encode(&mut requests);
             }
+            ciphers.seal(&mut requests);
             stream
                 .write_all(&requests)
                 .await
@@ -208,6 +282,7 @@ async fn fetch_from(
 async fn read_frame(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
+    ciphers: &mut Ciphers,
 ) -> Result<Option<(u8, Bytes)>, String> {
     loop {
         if buf.len() >= 4 {
@@ -230,5 +305,6 @@ async fn read_frame(
         if n == 0 {
             return Err("closed".into());
         }
+        ciphers.open_tail(buf, n);
     }
 }

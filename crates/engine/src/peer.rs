@@ -16,6 +16,7 @@
 //! from the last *whole* message, so a peer that stops mid-message or sends a byte a second is
 //! dropped as if silent.
 
+use crate::encryption::{self, Ciphers};
 use crate::inorder::InOrderHashes;
 use crate::pex::PexLink;
 use crate::received::{self, Unwritten, Writer};
@@ -78,7 +79,7 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpList
                 Ok((stream, addr)) => {
                     let full = inner.lock().peers.len() >= inner.config.max_peers;
                     if !full {
-                        tokio::spawn(run(inner.clone(), stream, addr, false, None));
+                        tokio::spawn(run(inner.clone(), stream, addr, Side::Accepted));
                     }
                 }
                 Err(e) => {
@@ -92,20 +93,57 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpList
 }
 
 pub(crate) async fn connect(inner: Arc<Inner>, addr: SocketAddr) {
-    let result = tokio::time::timeout(inner.config.connect_timeout, TcpStream::connect(addr)).await;
+    let policy = inner.config.encryption;
+    let encrypted = policy.dials_encrypted_first();
+    let refused = dial(&inner, addr, encrypted).await;
     inner.lock().connecting.remove(&addr);
-    match result {
-        Ok(Ok(stream)) => run(inner, stream, addr, true, None).await,
-        Ok(Err(e)) => tracing::debug!("connect {addr}: {e}"),
-        Err(_) => tracing::debug!("connect {addr}: timed out"),
+    if refused && policy.redials() && !*inner.shutdown.borrow() {
+        // A peer that requires encryption closes on a plaintext handshake; one that knows no
+        // encryption closes on an encrypted one.
+        tracing::debug!(
+            "{addr}: closed during the handshake; dialing again {}",
+            if encrypted {
+                "in plaintext"
+            } else {
+                "encrypted"
+            }
+        );
+        dial(&inner, addr, !encrypted).await;
     }
+}
+
+/// Dials `addr` and runs the connection; true when the peer closed it during the handshake.
+async fn dial(inner: &Arc<Inner>, addr: SocketAddr, encrypted: bool) -> bool {
+    let result = tokio::time::timeout(inner.config.connect_timeout, TcpStream::connect(addr)).await;
+    match result {
+        Ok(Ok(stream)) => run(inner.clone(), stream, addr, Side::Dialed { encrypted }).await,
+        Ok(Err(e)) => {
+            tracing::debug!("connect {addr}: {e}");
+            false
+        }
+        Err(_) => {
+            tracing::debug!("connect {addr}: timed out");
+            false
+        }
+    }
+}
+
+/// How a connection began.
+enum Side {
+    /// We dialed it, with an encrypted handshake or a plaintext one.
+    Dialed { encrypted: bool },
+    /// Our listener accepted it.
+    Accepted,
+    /// A shared listener accepted it and read the handshake.
+    Routed(Box<Routed>),
 }
 
 /// An incoming connection whose handshake a shared listener already read, to route it.
 pub(crate) struct Routed {
     pub handshake: Handshake,
-    /// Bytes read after the handshake (the peer may send its bitfield at once).
+    /// Bytes read after the handshake (the peer may send its bitfield at once), decrypted.
     pub buf: BytesMut,
+    pub ciphers: Ciphers,
 }
 
 /// Takes over a connection routed to this torrent by a [`crate::SharedListener`].
@@ -117,19 +155,15 @@ pub(crate) async fn accept_routed(
 ) {
     let full = inner.lock().peers.len() >= inner.config.max_peers;
     if !full && !*inner.shutdown.borrow() {
-        run(inner, stream, addr, false, Some(routed)).await;
+        run(inner, stream, addr, Side::Routed(Box::new(routed))).await;
     }
 }
 
-async fn run(
-    inner: Arc<Inner>,
-    stream: TcpStream,
-    addr: SocketAddr,
-    outgoing: bool,
-    routed: Option<Routed>,
-) {
+/// Runs a connection to its end; true when the peer closed it during the handshake.
+async fn run(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, side: Side) -> bool {
     let _ = stream.set_nodelay(true);
-    let mut conn = match handshake(&inner, stream, routed).await {
+    let outgoing = matches!(side, Side::Dialed { .. });
+    let mut conn = match handshake(&inner, stream, side).await {
         Ok(conn) => conn,
         Err(e) => {
             tracing::debug!("{addr}: handshake: {e}");
@@ -138,14 +172,14 @@ async fn run(
                 // as ours: never dial it again.
                 inner.lock().banned.insert(addr);
             }
-            return;
+            return e.is_closed_by_peer();
         }
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let key = {
         let mut state = inner.lock();
         if state.banned.contains(&addr) {
-            return;
+            return false;
         }
         let link = WireLink {
             peer_id: conn.peer_id,
@@ -184,7 +218,7 @@ async fn run(
                 if outgoing {
                     other.dialed_at = Some(addr);
                 }
-                return;
+                return false;
             }
         }
         let pieces = inner.metainfo.geometry.piece_count();
@@ -197,8 +231,17 @@ async fn run(
         }
         key
     };
+    let (stream_kind, counter) = match (&conn.ciphers.send, conn.ciphers.encrypted_handshake) {
+        (Some(_), _) => ("RC4", &inner.stats.connections_rc4),
+        (None, true) => (
+            "encrypted handshake",
+            &inner.stats.connections_encrypted_handshake,
+        ),
+        (None, false) => ("plaintext", &inner.stats.connections_plaintext),
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
-        "{addr}: connected ({}), peer id {}",
+        "{addr}: connected ({}, {stream_kind}), peer id {}",
         if outgoing { "out" } else { "in" },
         String::from_utf8_lossy(&conn.peer_id[..8])
     );
@@ -222,11 +265,16 @@ async fn run(
             }
         }
     }
+    false
 }
 
 struct Conn {
     stream: TcpStream,
+    /// Bytes read and not yet decoded (decrypted as they are read).
     buf: BytesMut,
+    ciphers: Ciphers,
+    /// How much of the start of the peer's `out` buffer is encrypted already (RC4 only).
+    sealed: usize,
     peer_id: [u8; 20],
     /// The peer's handshake reserved bytes (which extensions it speaks).
     reserved: [u8; 8],
@@ -246,29 +294,74 @@ pub(crate) enum PeerError {
     Timeout,
     #[error("closed by us")]
     Closed,
+    #[error("{0}")]
+    Encryption(#[from] pow_mse::MseError),
+}
+
+impl PeerError {
+    /// The peer ended the connection (closed or reset it): during a handshake, what a peer
+    /// does that refuses the kind of handshake we sent.
+    pub(crate) fn is_closed_by_peer(&self) -> bool {
+        use std::io::ErrorKind;
+        match self {
+            PeerError::Protocol(what) => *what == CLOSED_DURING_HANDSHAKE,
+            PeerError::Io(e) => matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
 }
 
 const CONNECTED_TO_OURSELVES: &str = "connected to ourselves";
+pub(crate) const CLOSED_DURING_HANDSHAKE: &str = "closed during handshake";
 
-async fn handshake(
-    inner: &Inner,
-    mut stream: TcpStream,
-    routed: Option<Routed>,
-) -> Result<Conn, PeerError> {
-    let mut ours = Handshake::new(inner.metainfo.info_hash.0, inner.config.peer_id);
+async fn handshake(inner: &Inner, mut stream: TcpStream, side: Side) -> Result<Conn, PeerError> {
+    let info_hash = inner.metainfo.info_hash.0;
+    let mut ours = Handshake::new(info_hash, inner.config.peer_id);
     extension::set_extension_bit(&mut ours.reserved);
     pow_wire::set_fast_bit(&mut ours.reserved);
     if inner.config.dht_port.is_some() {
         pow_wire::set_dht_bit(&mut ours.reserved);
     }
-    stream.write_all(&ours.encode()).await?;
-    let (theirs, buf) = match routed {
-        Some(Routed { handshake, buf }) => (handshake, buf),
-        None => {
-            let mut buf = BytesMut::with_capacity(64 * 1024);
-            let deadline = Instant::now() + inner.config.handshake_timeout;
-            let theirs = read_handshake(&mut stream, &mut buf, deadline).await?;
-            (theirs, buf)
+    let mut ours = ours.encode();
+    let policy = inner.config.encryption;
+    let deadline = Instant::now() + inner.config.handshake_timeout;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let (theirs, ciphers, buf) = match side {
+        Side::Routed(routed) => {
+            let Routed {
+                handshake,
+                buf,
+                mut ciphers,
+            } = *routed;
+            ciphers.seal(&mut ours);
+            stream.write_all(&ours).await?;
+            (handshake, ciphers, buf)
+        }
+        Side::Dialed { encrypted: true } => {
+            let initial = ours.to_vec();
+            let mut ciphers =
+                encryption::dial(&mut stream, &mut buf, info_hash, policy, initial, deadline)
+                    .await?;
+            let theirs = read_handshake(&mut stream, &mut buf, &mut ciphers, deadline).await?;
+            (theirs, ciphers, buf)
+        }
+        Side::Dialed { encrypted: false } => {
+            stream.write_all(&ours).await?;
+            let mut ciphers = Ciphers::default();
+            let theirs = read_handshake(&mut stream, &mut buf, &mut ciphers, deadline).await?;
+            (theirs, ciphers, buf)
+        }
+        Side::Accepted => {
+            let mut ciphers =
+                encryption::accept(&mut stream, &mut buf, || vec![info_hash], policy, deadline)
+                    .await?;
+            ciphers.seal(&mut ours);
+            stream.write_all(&ours).await?;
+            let theirs = read_handshake(&mut stream, &mut buf, &mut ciphers, deadline).await?;
+            (theirs, ciphers, buf)
         }
     };
     if theirs.info_hash != inner.metainfo.info_hash.0 {
@@ -280,27 +373,27 @@ async fn handshake(
     Ok(Conn {
         stream,
         buf,
+        ciphers,
+        sealed: 0,
         peer_id: theirs.peer_id,
         reserved: theirs.reserved,
     })
 }
 
-/// Reads the peer's 68-byte handshake into `buf` (what follows it stays in `buf`).
+/// Reads the peer's 68-byte handshake into `buf`, decrypting what it reads when the stream
+/// is RC4 (what follows the handshake stays in `buf`).
 pub(crate) async fn read_handshake(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
+    ciphers: &mut Ciphers,
     deadline: Instant,
 ) -> Result<Handshake, PeerError> {
     loop {
         if let Some(hs) = Handshake::decode(buf)? {
             return Ok(hs);
         }
-        let n = tokio::time::timeout_at(deadline.into(), stream.read_buf(buf))
-            .await
-            .map_err(|_| PeerError::Timeout)??;
-        if n == 0 {
-            return Err(PeerError::Protocol("closed during handshake"));
-        }
+        let n = encryption::read_more(stream, buf, deadline).await?;
+        ciphers.open_tail(buf, n);
     }
 }
 
@@ -473,6 +566,10 @@ impl Peer {
             self.serve_queued()?;
             self.fill_pipeline();
             let room = self.requests.len() < MAX_QUEUED_REQUESTS;
+            if conn.ciphers.send.is_some() {
+                conn.ciphers.seal(&mut self.out[conn.sealed..]);
+                conn.sealed = self.out.len();
+            }
             if conn.buf.capacity() - conn.buf.len() < READ_CHUNK / 2 {
                 // Whole blocks were split off and written; this reclaims their space (or
                 // allocates anew if one is still referenced) so each read can take a lot.
@@ -484,6 +581,7 @@ impl Peer {
                     if n == 0 {
                         return Err(PeerError::Protocol("peer closed the connection"));
                     }
+                    conn.ciphers.open_tail(&mut conn.buf, n);
                     if let Some(limit) = &self.inner.config.download_limit {
                         self.download_wait = limit.take_owing(n).map(|wait| Instant::now() + wait);
                     }
@@ -494,6 +592,7 @@ impl Peer {
                         return Err(PeerError::Protocol("peer closed the connection"));
                     }
                     self.out.advance(n);
+                    conn.sealed = conn.sealed.saturating_sub(n);
                     self.last_write = Instant::now();
                     self.last_send = self.last_write;
                 }
