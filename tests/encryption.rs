@@ -408,3 +408,138 @@ fn require_refuses_plaintext_and_off_refuses_encryption() {
     );
     println!("  --encryption require closed a plaintext handshake; off closed an encrypted one");
 }
+
+/// transmission-daemon 3.00 with encryption required (`"encryption": 2`), RPC on its own port,
+/// given `torrent` to seed from or download into `dir`. Killed when dropped.
+struct Transmission {
+    _daemon: Killed,
+    rpc: String,
+}
+
+impl Transmission {
+    fn start(work: &Path, torrent: &Path, dir: &Path, seed: bool) -> Transmission {
+        let conf = work.join(if seed { "tr-seed" } else { "tr-leech" });
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let rpc_port = free_port();
+        let settings = serde_json::json!({
+            "bind-address-ipv4": "127.0.0.1", "bind-address-ipv6": "::1",
+            "rpc-enabled": true, "rpc-bind-address": "127.0.0.1", "rpc-port": rpc_port,
+            "rpc-authentication-required": false, "rpc-whitelist-enabled": true,
+            "rpc-whitelist": "127.0.0.1", "rpc-host-whitelist-enabled": false,
+            "peer-port": free_port(), "peer-port-random-on-start": false,
+            "port-forwarding-enabled": false, "dht-enabled": false, "lpd-enabled": false,
+            "pex-enabled": false, "utp-enabled": false, "blocklist-enabled": false,
+            "encryption": 2,
+            "download-dir": dir, "incomplete-dir-enabled": false, "watch-dir-enabled": false,
+            "ratio-limit-enabled": false, "idle-seeding-limit-enabled": false,
+            "download-queue-enabled": false, "seed-queue-enabled": false,
+            "rename-partial-files": false, "start-added-torrents": true, "message-level": 2,
+        });
+        std::fs::write(conf.join("settings.json"), settings.to_string()).unwrap();
+        let daemon = Killed(
+            Command::new("transmission-daemon")
+                .arg("-f")
+                .arg("-g")
+                .arg(&conf)
+                .arg("-e")
+                .arg(conf.join("transmission.log"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("transmission-daemon (scripts/install-deps --tests)"),
+        );
+        let rpc = format!("127.0.0.1:{rpc_port}");
+        let transmission = Transmission {
+            _daemon: daemon,
+            rpc,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !transmission.remote(&["-l"]).0 {
+            assert!(
+                Instant::now() < deadline,
+                "transmission-daemon RPC did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let add =
+            transmission.remote(&["-a", torrent.to_str().unwrap(), "-w", dir.to_str().unwrap()]);
+        assert!(add.0, "transmission-remote -a: {}", add.1);
+        if seed {
+            transmission.remote(&["-t", "all", "-v"]);
+        }
+        transmission
+    }
+
+    fn remote(&self, args: &[&str]) -> (bool, String) {
+        let o = Command::new("transmission-remote")
+            .arg(&self.rpc)
+            .args(args)
+            .output()
+            .unwrap();
+        (o.status.success(), text(&o.stdout) + &text(&o.stderr))
+    }
+
+    /// Waits until the torrent is complete (and, for a seed, seeding).
+    fn wait_done(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (_, info) = self.remote(&["-t", "all", "-i"]);
+            if info.contains("Percent Done: 100%")
+                && (info.contains("State: Seeding") || info.contains("State: Idle"))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "transmission did not finish: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+#[test]
+fn transmission_requiring_encryption_downloads_from_pow_and_seeds_to_it() {
+    let tmp = TempDir::new("mse-transmission");
+    let tracker = PowTracker::start();
+    let (data, torrent) = payload(tmp.path(), "blob", 4, Some(&tracker.url));
+    let data_dir = data.parent().unwrap();
+
+    // Transmission 3.00 does not dial 127.0.0.1 peers a tracker names: pow's seed (defaults)
+    // dials it, in plaintext first; Transmission closes that, and pow dials again encrypted.
+    let pow_port = free_port();
+    let _seed = pow_seed(
+        &torrent,
+        data_dir,
+        pow_port,
+        &["--announce-min", "1"],
+        Stdio::null(),
+    );
+    let out = tmp.path().join("transmission-from-pow");
+    let started = Instant::now();
+    let leecher = Transmission::start(tmp.path(), &torrent, &out, false);
+    leecher.wait_done(Duration::from_secs(60));
+    let bytes = same_bytes(&data, &out.join("blob")).unwrap();
+    println!(
+        "  pow (default) -> Transmission (encryption required): {bytes} bytes verified in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(leecher);
+    drop(_seed);
+
+    // Transmission seeds with encryption required; pow (defaults) dials it from the tracker.
+    let seeder = Transmission::start(tmp.path(), &torrent, data_dir, true);
+    seeder.wait_done(Duration::from_secs(30));
+    let out = tmp.path().join("pow-from-transmission");
+    let started = Instant::now();
+    let report = pow_download_json(torrent.to_str().unwrap(), &out, &[]);
+    let bytes = same_bytes(&data, &out.join("blob")).unwrap();
+    let (plaintext, handshake_only, rc4) = connections(&report);
+    println!(
+        "  Transmission (encryption required) -> pow (default): {bytes} bytes verified in {:.2} s; connections: {plaintext} plaintext, {handshake_only} encrypted handshake, {rc4} RC4",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!((plaintext, handshake_only), (0, 0), "{report}");
+    assert!(rc4 >= 1, "{report}");
+}
