@@ -23,6 +23,9 @@ const MIB: usize = 1 << 20;
 /// 127.0.0.1:PORT, with its default encryption settings or (`rc4`) RC4 required both ways.
 /// Prints `seeding` once it seeds; a leecher prints `done KINDS` (the kinds of connections it
 /// had: rc4, encrypted-handshake, plaintext, as libtorrent's peer_info flags say) and exits 0.
+/// The leecher is held to 2 MiB/s so that its connection lives through several polls of the
+/// peer list: unlimited, a few MiB over loopback can finish between two polls, and the peer
+/// (closed once both ends are seeds) is never seen.
 const LT_ENCRYPTED: &str = "import libtorrent as lt, sys, time
 mode, torrent, path, port, policy, peer = sys.argv[1:7]
 s = {'listen_interfaces': '127.0.0.1:' + port, 'enable_dht': False, 'enable_lsd': False,
@@ -33,6 +36,8 @@ if policy == 'rc4':
 ses = lt.session(s)
 atp = lt.add_torrent_params(); atp.ti = lt.torrent_info(torrent); atp.save_path = path
 h = ses.add_torrent(atp)
+if mode == 'leech':
+    h.set_download_limit(2 << 20)
 if peer != '0':
     h.connect_peer(('127.0.0.1', int(peer)))
 seen, ready, t0 = set(), False, time.time()
