@@ -9,8 +9,8 @@
 mod common;
 
 use common::{
-    create_torrent, free_port, pow_download_json, pow_seed, same_bytes, text, Killed, PowTracker,
-    TempDir,
+    create_torrent, free_port, pow_download_json, pow_seed, pseudo_random_bytes, same_bytes, text,
+    Killed, PowTracker, TempDir,
 };
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -99,15 +99,7 @@ fn payload(dir: &Path, name: &str, mib: usize, tracker: Option<&str>) -> (PathBu
     let data_dir = dir.join("data");
     std::fs::create_dir_all(&data_dir).unwrap();
     let data = data_dir.join(name);
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ mib as u64;
-    let bytes: Vec<u8> = (0..mib * MIB)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let bytes = pseudo_random_bytes(mib * MIB, 0x9E37_79B9_7F4A_7C15 ^ mib as u64);
     std::fs::write(&data, bytes).unwrap();
     let torrent = dir.join(format!("{name}.torrent"));
     match tracker {

@@ -7,7 +7,7 @@
 mod common;
 
 use common::raw_peer::{request_payload, End, RawPeer, BITFIELD, INTERESTED, PIECE, UNCHOKE};
-use common::{pow, same_bytes, Lab, TempDir};
+use common::{pow, pseudo_random_bytes, same_bytes, Lab, TempDir};
 use std::time::Duration;
 
 const HAVE_ALL: u8 = 0x0E;
@@ -157,15 +157,7 @@ fn libtorrent_rejects_our_requests_when_it_chokes_us() {
     let work = TempDir::new("fast-reject");
     let data = work.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let content: Vec<u8> = (0..64 << 20)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let content = pseudo_random_bytes(64 << 20, 0x9e37_79b9_7f4a_7c15);
     std::fs::write(data.join("choked.bin"), &content).unwrap();
     let torrent = work.path().join("choked.torrent");
     let created = pow()

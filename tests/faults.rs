@@ -11,7 +11,7 @@ mod common;
 
 use common::serve::{form, rand_u64, Server};
 use common::trace::{parse_trace, resume_claims, Rng};
-use common::{free_port, make_zip, md5_hex, pow, TempDir};
+use common::{free_port, make_zip, md5_hex, pow, pseudo_random_bytes, TempDir};
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -37,15 +37,7 @@ struct Payload {
 impl Payload {
     fn new(tag: &str, len: usize, piece_len: usize) -> Payload {
         let work = TempDir::new(&format!("fault-{tag}"));
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ len as u64;
-        let bytes: Vec<u8> = (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let bytes = pseudo_random_bytes(len, 0x9e37_79b9_7f4a_7c15 ^ len as u64);
         let data = work.path().join("seed");
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("payload.bin"), &bytes).unwrap();

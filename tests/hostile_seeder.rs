@@ -15,7 +15,7 @@ use common::raw_peer::{
     frame, handshake, vm_hwm_kib, word, End, RawPeer, BITFIELD, HAVE, INTERESTED, PIECE, REQUEST,
     UNCHOKE,
 };
-use common::{pow, TempDir};
+use common::{pow, pseudo_random_bytes, TempDir};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -51,16 +51,7 @@ struct Setup {
 impl Setup {
     fn new(tag: &str) -> Setup {
         let work = TempDir::new(&format!("hseed-{tag}"));
-        // xorshift: every block differs, so a misplaced block cannot verify by accident.
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let payload: Vec<u8> = (0..PAYLOAD_LEN)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let payload = pseudo_random_bytes(PAYLOAD_LEN, 0x9e37_79b9_7f4a_7c15);
         let file = work.path().join("payload.bin");
         std::fs::write(&file, &payload).unwrap();
         let torrent = work.path().join("payload.torrent");

@@ -11,7 +11,7 @@
 mod common;
 
 use common::nginx::Nginx;
-use common::{free_port, pow, same_tree, TempDir};
+use common::{free_port, pow, pseudo_random_bytes, same_tree, TempDir};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -159,17 +159,8 @@ fn serve(
     Ok(())
 }
 
-/// Deterministic pseudo-random bytes.
 fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    pseudo_random_bytes(len, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
 }
 
 fn create_torrent(content: &Path, torrent: &Path, web_seed: &str) {

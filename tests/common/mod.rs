@@ -307,6 +307,21 @@ pub fn real_clients() -> Vec<&'static str> {
     clients
 }
 
+/// `len` pseudo-random bytes from an xorshift64 seeded with `seed` (not 0): every block of a
+/// payload differs, so a misplaced block cannot verify by accident, and a test's payload is
+/// the same on every run.
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// A zip (stored, not deflated) of `mib` MiB of pseudo-random bytes, made by Python's zipfile.
 pub fn make_zip(path: &Path, mib: u64, seed: u64) {
     let script = format!(
