@@ -50,6 +50,15 @@ pub struct SwarmArgs {
     /// both ways; plaintext peers are refused).
     #[arg(long, value_enum, default_value_t = EncryptionArg::Allow, value_name = "MODE")]
     pub encryption: EncryptionArg,
+    /// Peers uploaded to at once: those that send us the most (while downloading) or take the
+    /// most (when seeding), chosen again every 10 s, and one more in turn every 30 s, so every
+    /// peer gets served (BEP 3 choking, as libtorrent's unchoke slots).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub upload_slots: u16,
+    /// Seconds between two choking rounds (default 10; a new optimistic peer every third).
+    /// Hidden: for tests of slots handed around.
+    #[arg(long, hide = true, value_parser = positive_seconds)]
+    pub choke_interval: Option<f64>,
     /// Least seconds between two peer-exchange messages to one peer (default 60). Hidden:
     /// for tests of the changes a later message carries.
     #[arg(long, hide = true, value_parser = positive_seconds)]
@@ -138,8 +147,12 @@ impl SwarmArgs {
             download_limit: limit(max_download_rate),
             pex: !self.no_pex,
             encryption: self.encryption.engine(),
+            upload_slots: usize::from(self.upload_slots),
             ..EngineConfig::default()
         };
+        if let Some(secs) = self.choke_interval {
+            config.choke_interval = Duration::from_secs_f64(secs);
+        }
         if let Some(secs) = self.pex_interval {
             config.pex_interval = Duration::from_secs_f64(secs);
         }

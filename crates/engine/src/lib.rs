@@ -16,6 +16,7 @@
 //! With [`EngineConfig::resume_interval`] set, the verified set is saved to the storage's
 //! resume file every interval while it changes ([`Torrent::save_resume`] saves on demand).
 
+mod choker;
 mod encryption;
 pub mod fuzzing;
 mod inorder;
@@ -58,8 +59,11 @@ pub struct EngineConfig {
     pub listen: Option<SocketAddr>,
     /// Connection cap (incoming and outgoing together).
     pub max_peers: usize,
-    /// Peers we upload to at once.
+    /// Peers we upload to at once, one of them optimistic ([`choker`]).
     pub upload_slots: usize,
+    /// How often the upload slots are handed out again ([`choker`]; 10 s, the optimistic
+    /// slot every third time).
+    pub choke_interval: Duration,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
     /// Keep-alive after this long without sending.
@@ -110,6 +114,7 @@ impl Default for EngineConfig {
             listen: None,
             max_peers: 50,
             upload_slots: 8,
+            choke_interval: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(20),
             keepalive: Duration::from_secs(120),
@@ -225,6 +230,10 @@ pub(crate) enum PeerCmd {
     Cancel(pow_metainfo::Block),
     /// Leave (banned or shutting down).
     Close,
+    /// The choker took its upload slot ([`choker`]).
+    Choke,
+    /// The choker gave it an upload slot.
+    Unchoke,
 }
 
 pub(crate) struct PeerEntry {
@@ -241,7 +250,11 @@ pub(crate) struct PeerEntry {
     pub bits: Bitfield,
     pub tx: mpsc::UnboundedSender<PeerCmd>,
     pub unchoked_by_us: bool,
-    pub blocks_from: u64,
+    /// It told us it wants pieces we have (its last `interested` / `not interested`).
+    pub interested: bool,
+    /// Payload bytes booked from it, and served to it, on this connection.
+    pub received: u64,
+    pub sent: u64,
 }
 
 impl PeerEntry {
@@ -260,7 +273,9 @@ impl PeerEntry {
             bits,
             tx,
             unchoked_by_us: false,
-            blocks_from: 0,
+            interested: false,
+            received: 0,
+            sent: 0,
         }
     }
 }
@@ -337,7 +352,7 @@ impl State {
         *self.received_from.entry(addr).or_default() += u64::from(length);
         *self.unwritten.entry(index).or_default() += 1;
         if let Some(entry) = self.peers.get_mut(&key) {
-            entry.blocks_from += 1;
+            entry.received += u64::from(length);
         }
         if let Some(piece) = self.picker.piece_index(index) {
             let block = pow_metainfo::Block {
@@ -370,6 +385,8 @@ pub(crate) struct Inner {
     pub resume_saved: tokio::sync::Mutex<Option<(u32, Durability)>>,
     /// Woken when a piece's last unwritten block is written (see [`State::unwritten`]).
     pub all_written: tokio::sync::Notify,
+    /// Starts a choking round before its time: an upload slot was freed ([`choke_loop`]).
+    pub choke_wake: tokio::sync::Notify,
 }
 
 impl Inner {
@@ -490,6 +507,7 @@ impl Torrent {
             shutdown: watch::channel(false).0,
             resume_saved: tokio::sync::Mutex::new(None),
             all_written: tokio::sync::Notify::new(),
+            choke_wake: tokio::sync::Notify::new(),
             config,
         });
         if let Some(addr) = inner.config.listen {
@@ -497,6 +515,7 @@ impl Torrent {
             tokio::spawn(peer::accept_loop(inner.clone(), listener));
         }
         tokio::spawn(connect_loop(inner.clone()));
+        tokio::spawn(choke_loop(inner.clone()));
         let torrent = Torrent { inner };
         if let Some(every) = torrent.inner.config.resume_interval {
             tokio::spawn(resume_loop(torrent.clone(), every));
@@ -580,7 +599,7 @@ impl Torrent {
             peers_sending: state
                 .peers
                 .values()
-                .filter(|p| p.blocks_from > 0 && !state.web_seeds.contains_key(&p.addr))
+                .filter(|p| p.received > 0 && !state.web_seeds.contains_key(&p.addr))
                 .count(),
             web_seeds: state
                 .peers
@@ -651,6 +670,59 @@ impl Torrent {
         let _ = self.inner.shutdown.send(true);
         for peer in self.inner.lock().peers.values() {
             let _ = peer.tx.send(PeerCmd::Close);
+        }
+    }
+}
+
+/// Hands out the upload slots every [`EngineConfig::choke_interval`], and at once when
+/// [`Inner::choke_wake`] says one was freed, until the session shuts down.
+async fn choke_loop(inner: Arc<Inner>) {
+    let mut choker = choker::Choker::new(inner.config.upload_slots, inner.config.choke_interval);
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(choker.round_length()) => {}
+            _ = inner.choke_wake.notified() => {}
+            _ = until_true(&mut shutdown) => return,
+        }
+        rechoke(&inner, &mut choker, Instant::now());
+    }
+}
+
+/// One choking round: the choker's choice is unchoked, and interested peers outside it that
+/// held a slot are choked. Peers that are not interested keep what they have (a super-seeded
+/// peer loses interest between the pieces it is told of). Nothing is unchoked before we have
+/// a piece to give.
+fn rechoke(inner: &Inner, choker: &mut choker::Choker, now: Instant) {
+    let mut state = inner.lock();
+    if state.picker.have().count() == 0 {
+        return;
+    }
+    let seeding = state.picker.is_complete();
+    let candidates: Vec<choker::Candidate> = state
+        .peers
+        .iter()
+        .filter(|(_, p)| p.wire.is_some())
+        .map(|(&key, p)| choker::Candidate {
+            key,
+            interested: p.interested,
+            received: p.received,
+            sent: p.sent,
+        })
+        .collect();
+    let chosen = choker.round(&candidates, seeding, now);
+    for (key, entry) in state.peers.iter_mut() {
+        if entry.wire.is_none() {
+            continue;
+        }
+        if chosen.contains(key) {
+            if !entry.unchoked_by_us {
+                entry.unchoked_by_us = true;
+                let _ = entry.tx.send(PeerCmd::Unchoke);
+            }
+        } else if entry.unchoked_by_us && entry.interested {
+            entry.unchoked_by_us = false;
+            let _ = entry.tx.send(PeerCmd::Choke);
         }
     }
 }

@@ -253,6 +253,9 @@ async fn run(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, side: Side)
     }
     let mut state = inner.lock();
     if let Some(entry) = state.peers.remove(&key) {
+        if entry.unchoked_by_us {
+            inner.choke_wake.notify_one();
+        }
         state.picker.peer_disconnected(key, &entry.bits);
         let crate::State {
             super_seed, peers, ..
@@ -612,6 +615,8 @@ impl Peer {
                         }
                     }
                     Some(PeerCmd::Close) | None => return Err(PeerError::Closed),
+                    Some(PeerCmd::Choke) => self.choke(),
+                    Some(PeerCmd::Unchoke) => self.unchoke(),
                 },
                 _ = tick.tick() => self.on_tick()?,
                 _ = wait_until(self.upload_wait), if self.upload_wait.is_some() => {}
@@ -819,10 +824,12 @@ impl Peer {
             }
             Message::Interested => {
                 self.peer_interested = true;
+                self.set_interested(true);
                 self.consider_unchoke();
             }
             Message::NotInterested => {
                 self.peer_interested = false;
+                self.set_interested(false);
                 // A super-seeded peer loses interest each time it has fetched what it was
                 // told of, and regains it at the next `have`: choking it each time would
                 // only add round trips (and requests crossing the choke).
@@ -964,9 +971,35 @@ impl Peer {
         }
         self.requests.clear();
         self.queued.clear();
+        tracing::debug!("{}: choking", self.addr);
         Message::Choke.encode(&mut self.out);
         if let Some(entry) = self.inner.lock().peers.get_mut(&self.key) {
             entry.unchoked_by_us = false;
+        }
+    }
+
+    /// Unchokes the peer (the choker gave it a slot and counted it).
+    fn unchoke(&mut self) {
+        if self.am_choking {
+            tracing::debug!("{}: unchoking", self.addr);
+            self.am_choking = false;
+            self.ignored = 0;
+            Message::Unchoke.encode(&mut self.out);
+        }
+    }
+
+    /// Records the peer's interest for the choker; a slot it leaves starts a round early.
+    fn set_interested(&self, interested: bool) {
+        let mut state = self.inner.lock();
+        let Some(entry) = state.peers.get_mut(&self.key) else {
+            return;
+        };
+        entry.interested = interested;
+        tracing::debug!("{}: interested {interested}", self.addr);
+        let slot_freed = !interested && entry.unchoked_by_us && !self.super_seeded;
+        drop(state);
+        if slot_freed {
+            self.inner.choke_wake.notify_one();
         }
     }
 
@@ -981,9 +1014,7 @@ impl Peer {
                 entry.unchoked_by_us = true;
             }
             drop(state);
-            self.am_choking = false;
-            self.ignored = 0;
-            Message::Unchoke.encode(&mut self.out);
+            self.unchoke();
         }
     }
 
@@ -1077,7 +1108,11 @@ impl Peer {
                 .stats
                 .uploaded
                 .fetch_add(served, Ordering::Relaxed);
-            *self.inner.lock().sent_to.entry(self.addr).or_default() += served;
+            let mut state = self.inner.lock();
+            *state.sent_to.entry(self.addr).or_default() += served;
+            if let Some(entry) = state.peers.get_mut(&self.key) {
+                entry.sent += served;
+            }
         }
         Ok(())
     }
