@@ -973,3 +973,83 @@ while time.time() - t0 < 60:
         format!("{info_hash} 127.0.0.1:{}", server.peer_port)
     );
 }
+
+/// Dials 127.0.0.1:`port` with an encrypted handshake (RC4) keyed for `skey` that carries a
+/// BitTorrent handshake for `info_hash`; returns the BitTorrent handshake the other end answers
+/// with, decrypted, or `None` when it closes without one.
+fn encrypted_dial(port: u16, skey: [u8; 20], info_hash: [u8; 20]) -> Option<Vec<u8>> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut handshake = vec![19];
+    handshake.extend_from_slice(b"BitTorrent protocol");
+    handshake.extend_from_slice(&[0; 8]);
+    handshake.extend_from_slice(&info_hash);
+    handshake.extend_from_slice(b"-XX0000-skeytest0000");
+    let (mut initiator, first) = pow_mse::Initiator::new(
+        skey,
+        pow_mse::Methods::RC4_ONLY,
+        [9; 20],
+        &[3; 64],
+        handshake,
+    );
+    stream.write_all(&first).unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    let mut recv = loop {
+        let progress = initiator.step(&mut buf).expect("encrypted handshake");
+        if !progress.send.is_empty() {
+            stream.write_all(&progress.send).unwrap();
+        }
+        if let Some(done) = progress.done {
+            break done.recv.expect("RC4 chosen");
+        }
+        let n = stream.read(&mut chunk).unwrap_or(0);
+        assert!(n > 0, "closed during the encrypted handshake");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    while buf.len() < 68 {
+        let n = stream.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        let start = buf.len();
+        buf.extend_from_slice(&chunk[..n]);
+        recv.apply(&mut buf[start..]);
+    }
+    Some(buf[..68].to_vec())
+}
+
+/// `pow serve` answers an encrypted handshake on its one peer port for any of its datasets (it
+/// names the torrent only by a hash); the BitTorrent handshake inside must then ask for that
+/// same dataset. Keyed for one and asking for the other is closed, as libtorrent closes it.
+#[test]
+fn an_encrypted_handshake_must_ask_for_the_dataset_it_was_keyed_for() {
+    let work = TempDir::new("serve-skey");
+    let server = Server::start(&work.path().join("srv"), free_port(), &[]);
+    let mut hashes = Vec::new();
+    for (name, seed) in [("a.zip", 51), ("b.zip", 52)] {
+        let zip = work.path().join(name);
+        make_zip(&zip, 1, seed);
+        let (status, reply) = upload(&server, name, &std::fs::read(&zip).unwrap());
+        assert_eq!(status, 201, "{reply}");
+        let dataset = server.wait_seeding(reply["md5"].as_str().unwrap());
+        let info_hash: [u8; 20] = hex::decode(dataset["info_hash"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        hashes.push(info_hash);
+    }
+    let (a, b) = (hashes[0], hashes[1]);
+    let answer = encrypted_dial(server.peer_port, a, a).expect("keyed for a, asking for a");
+    assert_eq!(&answer[28..48], &a, "the answer names dataset a");
+    let answer = encrypted_dial(server.peer_port, b, b).expect("keyed for b, asking for b");
+    assert_eq!(&answer[28..48], &b);
+    assert_eq!(
+        encrypted_dial(server.peer_port, a, b),
+        None,
+        "keyed for a and asking for b must be closed"
+    );
+    println!("  keyed for a: a answered; keyed for b: b answered; keyed for a asking b: closed");
+}

@@ -59,6 +59,9 @@ pub(crate) struct Ciphers {
     pub recv: Option<Rc4>,
     /// The handshake was an encrypted one (the stream may still be plaintext).
     pub encrypted_handshake: bool,
+    /// The info-hash an encrypted handshake was keyed with (its SKEY): the BitTorrent
+    /// handshake after it must name the same torrent.
+    pub skey: Option<[u8; 20]>,
 }
 
 impl Ciphers {
@@ -127,6 +130,7 @@ pub(crate) async fn dial(
                 send: done.send,
                 recv: done.recv,
                 encrypted_handshake: true,
+                skey: Some(done.info_hash),
             });
         }
         read_more(stream, buf, deadline).await?;
@@ -177,6 +181,7 @@ pub(crate) async fn accept(
                 send: done.send,
                 recv: done.recv,
                 encrypted_handshake: true,
+                skey: Some(done.info_hash),
             });
         }
         read_more(stream, buf, deadline).await?;

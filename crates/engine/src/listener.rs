@@ -140,6 +140,16 @@ async fn read_route(
             return None;
         }
     };
+    if ciphers.skey.is_some_and(|skey| skey != handshake.info_hash) {
+        // libtorrent closes these too: the stream was keyed for one torrent and the peer asks
+        // for another.
+        tracing::debug!(
+            "{addr}: encrypted handshake for {}, BitTorrent handshake for {}: closed",
+            hex_of(&ciphers.skey.unwrap_or_default()),
+            hex_of(&handshake.info_hash)
+        );
+        return None;
+    }
     let inner = routes
         .lock()
         .expect("listener routes lock")
