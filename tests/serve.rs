@@ -1053,3 +1053,39 @@ fn an_encrypted_handshake_must_ask_for_the_dataset_it_was_keyed_for() {
     );
     println!("  keyed for a: a answered; keyed for b: b answered; keyed for a asking b: closed");
 }
+
+/// `pow serve --upload-slots 1`: a second interested peer waits while the first holds the one
+/// slot, and gets it as soon as the first leaves: not at the next choking round, and without
+/// sending `interested` again (real clients send it once; before the choker, that peer waited
+/// for good).
+#[test]
+fn one_upload_slot_is_held_by_one_peer_and_given_on_at_once() {
+    use common::raw_peer::{RawPeer, INTERESTED, UNCHOKE};
+    let work = TempDir::new("serve-slots");
+    let server = Server::start(
+        &work.path().join("srv"),
+        free_port(),
+        &["--upload-slots", "1"],
+    );
+    let zip = work.path().join("slots.zip");
+    make_zip(&zip, 1, 61);
+    let (status, reply) = upload(&server, "slots.zip", &std::fs::read(&zip).unwrap());
+    assert_eq!(status, 201, "{reply}");
+    let dataset = server.wait_seeding(reply["md5"].as_str().unwrap());
+    let info_hash: [u8; 20] = hex::decode(dataset["info_hash"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let mut first = RawPeer::connect(server.peer_port, info_hash);
+    first.get_unchoked();
+    let mut second = RawPeer::connect(server.peer_port, info_hash);
+    second.send(INTERESTED, &[]).unwrap();
+    let (seen, _) = second.drain(Duration::from_secs(1));
+    assert!(!seen.contains(&UNCHOKE), "a second slot: {seen:?}");
+    drop(first);
+    let left = Instant::now();
+    second.wait_for(UNCHOKE);
+    let waited = left.elapsed();
+    println!("  the second peer was unchoked {waited:?} after the first left");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+}

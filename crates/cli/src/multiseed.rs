@@ -25,6 +25,8 @@ pub struct MultiSeed {
     torrents: Mutex<HashMap<String, Seeding>>,
     /// Every torrent is also announced on the DHT (`--dht`).
     dht: Option<DhtPlan>,
+    /// Peers each torrent uploads to at once (`--upload-slots`).
+    upload_slots: usize,
 }
 
 enum Seeding {
@@ -58,7 +60,14 @@ impl MultiSeed {
             extra_trackers,
             torrents: Mutex::new(HashMap::new()),
             dht: None,
+            upload_slots: EngineConfig::default().upload_slots,
         }
+    }
+
+    /// Each torrent uploads to at most `slots` peers at once (its own choker, as `pow seed`).
+    pub fn with_upload_slots(mut self, slots: u16) -> MultiSeed {
+        self.upload_slots = usize::from(slots);
+        self
     }
 
     /// Announces every torrent on the DHT too, with this node.
@@ -142,6 +151,7 @@ impl MultiSeed {
             super_seed: self.super_seed,
             upload_limit: self.upload_limit.clone(),
             encryption: self.listener.encryption(),
+            upload_slots: self.upload_slots,
             ..EngineConfig::default()
         };
         let mut dht = self.dht.clone();

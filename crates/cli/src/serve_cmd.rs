@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// of a researcher's upload is --max-upload-size.)
     #[arg(long, value_name = "RATE", value_parser = crate::announce::bytes_per_second)]
     max_upload_rate: Option<u64>,
+    /// Peers each dataset uploads to at once, chosen again every 10 s, one of them in turn
+    /// (see `pow seed --help`).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    upload_slots: u16,
     #[command(flatten)]
     dht: crate::dht_peers::DhtArgs,
     /// Message stream encryption of peer connections (see `pow seed --help`).
@@ -111,7 +115,8 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
         .map(|rate| Arc::new(pow_engine::RateLimit::new(rate)));
     let seeder = EngineSeeder(Arc::new(
         MultiSeed::new(listener, args.super_seed, upload_limit.clone(), Vec::new())
-            .with_dht(args.dht.plan(peer_addr.ip(), args.peer_port)),
+            .with_dht(args.dht.plan(peer_addr.ip(), args.peer_port))
+            .with_upload_slots(args.upload_slots),
     ));
 
     // Seed what is already published, one at a time (each is a disk check when the resume

@@ -41,6 +41,10 @@ pub struct SourceSeedArgs {
     /// suffix means KiB, MiB or GiB. Default: no limit.
     #[arg(long, value_name = "RATE", value_parser = bytes_per_second)]
     max_upload_rate: Option<u64>,
+    /// Peers each data source uploads to at once, chosen again every 10 s, one of them in turn
+    /// (see `pow seed --help`).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    upload_slots: u16,
     #[command(flatten)]
     dht: crate::dht_peers::DhtArgs,
     /// Message stream encryption of peer connections (see `pow seed --help`).
@@ -118,7 +122,8 @@ async fn seed_async(plans: Vec<Planned>, args: SourceSeedArgs) -> CmdResult {
         .max_upload_rate
         .map(|rate| Arc::new(RateLimit::new(rate)));
     let seeds = MultiSeed::new(listener, args.super_seed, limit, args.trackers.clone())
-        .with_dht(args.dht.plan(args.bind, args.port));
+        .with_dht(args.dht.plan(args.bind, args.port))
+        .with_upload_slots(args.upload_slots);
     let mut seeding = Vec::new();
     let mut failed = Vec::new();
     for (id, plan) in plans {
