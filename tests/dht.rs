@@ -390,11 +390,61 @@ fn pow_dht_node_lookup_seed_and_download_by_themselves() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
+    // The node's id and the nodes that answered it are kept (--dht-state), and bring the next
+    // run back to the network when its bootstrap node is gone (a dead address here).
+    let state = work.path().join("state").join("dht-state");
+    let lookup_with_state = |bootstrap: &str| -> serde_json::Value {
+        let o = pow()
+            .args(["dht", "lookup", &info_hash, "--dht-bootstrap", bootstrap])
+            .args(["--bind", "127.0.0.1:0", "--json", "--dht-state"])
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        serde_json::from_str(&text(&o.stdout)).unwrap()
+    };
+    lookup_with_state(&node_addr);
+    let saved = std::fs::read_to_string(&state).unwrap();
+    let id_line = |saved: &str| saved.lines().nth(1).unwrap().to_string();
+    let saved_nodes = saved.lines().filter(|l| l.starts_with("node ")).count();
+    assert!(
+        saved.starts_with("pow dht state 1\nid ") && saved_nodes >= 1,
+        "{saved}"
+    );
+    let again = lookup_with_state("127.0.0.1:1");
+    assert!(
+        again["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| *p == *seed_addr),
+        "the saved nodes did not find the seed: {again}"
+    );
+    let resaved = std::fs::read_to_string(&state).unwrap();
+    assert_eq!(
+        id_line(&resaved),
+        id_line(&saved),
+        "the node id was not kept"
+    );
+    println!(
+        "dht state: {saved_nodes} nodes saved; a lookup bootstrapped from a dead address found the seed through them: {again}"
+    );
     let out = work.path().join("out");
+    let download_state = work.path().join("download-dht-state");
     let report = common::pow_download_json(
         &format!("magnet:?xt=urn:btih:{info_hash}"),
         &out,
-        &["--dht-bootstrap", &node_addr],
+        &[
+            "--dht-bootstrap",
+            &node_addr,
+            "--dht-state",
+            download_state.to_str().unwrap(),
+        ],
+    );
+    let kept = std::fs::read_to_string(&download_state).unwrap();
+    assert!(
+        kept.lines().any(|l| l == format!("node {node_addr}")),
+        "{kept}"
     );
     let bytes = same_bytes(&data.join("set.zip"), &out.join("set.zip")).unwrap();
     let _ = node.0.kill();

@@ -34,6 +34,10 @@ pub enum DhtCommand {
         /// UDP address of our node.
         #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR:PORT")]
         bind: SocketAddr,
+        /// The node's saved id and nodes (see `pow download --help`), read before the lookup
+        /// and written after it.
+        #[arg(long, value_name = "FILE")]
+        dht_state: Option<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -57,8 +61,12 @@ pub fn run(command: DhtCommand) -> CmdResult {
             bootstrap,
             announce,
             bind,
+            dht_state,
             json,
-        } => runtime.block_on(lookup(&target, bootstrap, announce, bind, json)),
+        } => {
+            let state = crate::dht_peers::state_path(dht_state, &bootstrap);
+            runtime.block_on(lookup(&target, bootstrap, announce, bind, state, json))
+        }
     }
 }
 
@@ -88,9 +96,11 @@ async fn lookup(
     bootstrap: Vec<String>,
     announce: Option<u16>,
     bind: SocketAddr,
+    state: Option<std::path::PathBuf>,
     json: bool,
 ) -> CmdResult {
     let (info_hash, torrent_nodes) = target_of(target)?;
+    let saved = crate::dht_peers::load_state(state.as_deref());
     let mut names = match bootstrap.is_empty() {
         true => pow_dht::PUBLIC_ROUTERS
             .iter()
@@ -99,10 +109,15 @@ async fn lookup(
         false => bootstrap,
     };
     names.extend(torrent_nodes);
-    let dht = Dht::bind(bind)
+    let dht = Dht::bind_as(bind, saved.as_ref().map(|s| s.id))
         .await
         .map_err(|e| format!("cannot bind UDP {bind}: {e}"))?;
-    let nodes = dht.bootstrap(&pow_dht::resolve(&names).await).await;
+    let mut routers = pow_dht::resolve(&names).await;
+    if let Some(saved) = &saved {
+        routers.extend_from_slice(&saved.nodes);
+        names.push(format!("{} saved nodes", saved.nodes.len()));
+    }
+    let nodes = dht.bootstrap(&routers).await;
     if nodes == 0 {
         return Err(format!("no DHT node answered (asked {})", names.join(", ")).into());
     }
@@ -110,6 +125,7 @@ async fn lookup(
         Some(port) => dht.announce(info_hash.0, port).await,
         None => dht.get_peers(info_hash.0).await,
     };
+    crate::dht_peers::save_state(state.as_deref(), &dht);
     dht.shutdown();
     if json {
         let value = serde_json::json!({

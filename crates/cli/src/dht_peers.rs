@@ -7,11 +7,15 @@
 use pow_dht::Dht;
 use pow_engine::{EngineConfig, Torrent};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
 static NODE: OnceCell<Dht> = OnceCell::const_new();
+/// The nodes the process's node knew in its last run ([`DhtPlan::state`]).
+static SAVED_NODES: OnceLock<Vec<SocketAddr>> = OnceLock::new();
 /// Peers the DHT named in this process (each lookup's count, summed), for reports.
 static PEERS_FOUND: AtomicU64 = AtomicU64::new(0);
 
@@ -38,6 +42,12 @@ pub struct DhtArgs {
     /// UDP port of the DHT node (default: the peer port's number).
     #[arg(long, value_name = "PORT")]
     pub dht_port: Option<u16>,
+    /// Where the DHT node keeps its id and the nodes that answered it, between runs (read at
+    /// start and asked first, written after each lookup). Default: $XDG_CACHE_HOME (or
+    /// ~/.cache) /pow/dht-state when bootstrapping from the public routers; none with
+    /// --dht-bootstrap alone, whose network is not the public one.
+    #[arg(long, value_name = "FILE")]
+    pub dht_state: Option<PathBuf>,
 }
 
 impl DhtArgs {
@@ -55,7 +65,47 @@ impl DhtArgs {
         Some(DhtPlan {
             bind: SocketAddr::new(IpAddr::V4(ip), self.dht_port.unwrap_or(peer_port)),
             bootstrap: self.dht_bootstrap.clone(),
+            state: state_path(self.dht_state.clone(), &self.dht_bootstrap),
         })
+    }
+}
+
+/// The state file to use: `explicit`, else the default one when `bootstrap` is empty (the
+/// public DHT), else none.
+pub fn state_path(explicit: Option<PathBuf>, bootstrap: &[String]) -> Option<PathBuf> {
+    explicit.or_else(|| {
+        if !bootstrap.is_empty() {
+            return None;
+        }
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(cache.join("pow").join("dht-state"))
+    })
+}
+
+/// The saved state at `path`, if any; a file that cannot be read is reported and ignored.
+pub fn load_state(path: Option<&Path>) -> Option<pow_dht::state::Saved> {
+    match pow_dht::state::load(path?) {
+        Ok(saved) => saved,
+        Err(e) => {
+            eprintln!("pow: warning: DHT state not used: {e}");
+            None
+        }
+    }
+}
+
+/// Writes the node's id and good nodes to `path` (when it knows any node); a failure is
+/// logged, not fatal.
+pub fn save_state(path: Option<&Path>, dht: &Dht) {
+    let Some(path) = path else { return };
+    let saved = dht.saved_state();
+    if saved.nodes.is_empty() {
+        return;
+    }
+    if let Err(e) = pow_dht::state::save(path, &saved) {
+        tracing::warn!("DHT state not saved to {}: {e}", path.display());
     }
 }
 
@@ -101,17 +151,22 @@ pub struct DhtPlan {
     pub bind: SocketAddr,
     /// `host:port` names; empty means the public routers.
     pub bootstrap: Vec<String>,
+    /// Where the node's id and known nodes are kept between runs ([`state_path`]).
+    pub state: Option<PathBuf>,
 }
 
 /// The process's DHT node, started on first use.
 pub async fn node(plan: &DhtPlan) -> std::io::Result<&'static Dht> {
     NODE.get_or_try_init(|| async {
-        let bound = match Dht::bind(plan.bind).await {
+        let saved = load_state(plan.state.as_deref());
+        let id = saved.as_ref().map(|s| s.id);
+        let _ = SAVED_NODES.set(saved.map(|s| s.nodes).unwrap_or_default());
+        let bound = match Dht::bind_as(plan.bind, id).await {
             // Another node (or program) has the port: any port does, since the `port`
             // message names the one we get.
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 let any = SocketAddr::new(plan.bind.ip(), 0);
-                let dht = Dht::bind(any).await;
+                let dht = Dht::bind_as(any, id).await;
                 if let Ok(dht) = &dht {
                     eprintln!(
                         "pow: warning: UDP {} is in use; the DHT node listens on {}",
@@ -150,12 +205,19 @@ pub async fn start(
     };
     names.extend(torrent_nodes.iter().cloned());
     let node = dht.clone();
+    let state = plan.state.clone();
     tokio::spawn(async move {
         loop {
             if node.nodes() == 0 {
-                let routers = pow_dht::resolve(&names).await;
+                let mut routers = pow_dht::resolve(&names).await;
+                let saved = SAVED_NODES.get().map(Vec::as_slice).unwrap_or_default();
+                routers.extend_from_slice(saved);
                 let known = node.bootstrap(&routers).await;
-                tracing::info!("dht: {known} nodes after bootstrapping from {names:?}");
+                tracing::info!(
+                    "dht: {known} nodes after bootstrapping from {names:?} and {} saved",
+                    saved.len()
+                );
+                save_state(state.as_deref(), &node);
                 if known == 0 {
                     tokio::time::sleep(RETRY_EMPTY).await;
                     continue;
@@ -169,6 +231,7 @@ pub async fn start(
                 lookup.queried,
                 lookup.announced
             );
+            save_state(state.as_deref(), &node);
             let found = !lookup.peers.is_empty();
             PEERS_FOUND.fetch_add(lookup.peers.len() as u64, Ordering::Relaxed);
             if !on_peers(lookup.peers) {

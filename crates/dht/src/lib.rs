@@ -18,6 +18,7 @@
 //! caller gives peers found to its torrent.
 
 pub mod krpc;
+pub mod state;
 pub mod table;
 
 use krpc::{Body, Id, Message, NodeInfo, Query, Response};
@@ -104,12 +105,17 @@ pub struct Lookup {
 }
 
 impl Dht {
-    /// Binds the node's UDP socket (IPv4) and starts answering.
+    /// Binds the node's UDP socket (IPv4) and starts answering, under a new random id.
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Dht> {
+        Dht::bind_as(addr, None).await
+    }
+
+    /// As [`Dht::bind`], under `id` when given (a saved one, [`state`]).
+    pub async fn bind_as(addr: SocketAddr, id: Option<Id>) -> std::io::Result<Dht> {
         let socket = UdpSocket::bind(addr).await?;
         let local = socket.local_addr()?;
         let mut rng = rand::rng();
-        let id: Id = rng.random();
+        let id: Id = id.unwrap_or_else(|| rng.random());
         let inner = Arc::new(Inner {
             socket,
             local,
@@ -140,6 +146,16 @@ impl Dht {
     /// Nodes in the routing table.
     pub fn nodes(&self) -> usize {
         self.inner.lock().table.len()
+    }
+
+    /// Our id and the nodes of the routing table that answered lately, most recently heard
+    /// first: what to keep for the next run ([`state::save`]).
+    pub fn saved_state(&self) -> state::Saved {
+        let nodes = self.inner.lock().table.good(state::MAX_SAVED_NODES);
+        state::Saved {
+            id: self.inner.id,
+            nodes: nodes.into_iter().map(|n| SocketAddr::V4(n.addr)).collect(),
+        }
     }
 
     /// Announces kept for other nodes: info-hashes, and peers over all of them.

@@ -109,6 +109,18 @@ impl Table {
         nodes
     }
 
+    /// Up to `n` nodes that answered their last query, most recently heard first.
+    pub fn good(&self, n: usize) -> Vec<NodeInfo> {
+        let mut entries: Vec<&Entry> = self
+            .buckets
+            .iter()
+            .flatten()
+            .filter(|e| e.failures == 0)
+            .collect();
+        entries.sort_by_key(|e| std::cmp::Reverse(e.last_seen));
+        entries.into_iter().take(n).map(|e| e.node).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.buckets.iter().map(Vec::len).sum()
     }
