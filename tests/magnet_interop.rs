@@ -175,3 +175,43 @@ fn magnet_downloads_from_real_seeders_and_real_clients_fetch_metadata_from_pow()
         started.elapsed().as_secs_f64()
     );
 }
+
+/// `--max-download-rate` holds for a magnet link's metadata too, not only for the content
+/// after it: 4,000 one-byte files with long names make an info dictionary of about 300 KB,
+/// fetched from a `pow seed` at 64 KiB/s in no less than (its size less the first burst and
+/// the last read) / 64 KiB/s. Unlimited, the same takes a fraction of a second.
+#[test]
+fn the_download_rate_limit_holds_for_the_metadata() {
+    let work = common::TempDir::new("magnet-rate");
+    let data = work.path().join("data");
+    let set = data.join("many");
+    std::fs::create_dir_all(&set).unwrap();
+    for i in 0..4000 {
+        let name = format!("a-file-with-a-long-name-so-the-metadata-is-large-{i:05}.dat");
+        std::fs::write(set.join(name), [i as u8]).unwrap();
+    }
+    let torrent = work.path().join("many.torrent");
+    let metainfo = common::create_torrent(&set, &torrent, 16384);
+    let info_len = metainfo.info_bytes.len() as f64;
+    let port = common::free_port();
+    let _seed = common::pow_seed(&torrent, &data, port, &[], Stdio::null());
+    let magnet = format!("{}&x.pe=127.0.0.1:{port}", magnet_of(&torrent));
+    let fetch = |out: &str, extra: &[&str]| -> f64 {
+        let report = common::pow_download_json(&magnet, &work.path().join(out), extra);
+        report["metadata_seconds"].as_f64().unwrap()
+    };
+    let unlimited = fetch("unlimited", &[]);
+    let limited = fetch("limited", &["--max-download-rate", "64K"]);
+    // The bucket starts full (128 KiB, engine::RateLimit), and the last read (at most an
+    // eighth of a second's worth) is paid after it arrived.
+    let bound = (info_len - 131072.0 - 8192.0) / 65536.0;
+    println!(
+        "metadata of {info_len} bytes: {unlimited:.2} s unlimited, {limited:.2} s at 64 KiB/s \
+         (bound {bound:.2} s)"
+    );
+    assert!(limited >= bound, "{limited:.2} s < {bound:.2} s");
+    let files = std::fs::read_dir(work.path().join("limited").join("many"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 4000);
+}

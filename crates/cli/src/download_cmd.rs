@@ -54,9 +54,14 @@ pub fn run(args: DownloadArgs) -> CmdResult {
 async fn download(args: DownloadArgs) -> CmdResult {
     let started = Instant::now();
     // A magnet link's `x.pe` peers serve the download as well as its metadata.
+    let mut metadata_seconds = None;
     let (metainfo, link_peers) = match args.torrent.to_str().filter(|t| t.starts_with("magnet:")) {
         Some(link) => (
-            Arc::new(metainfo_of_magnet(&args, link).await?),
+            {
+                let metainfo = metainfo_of_magnet(&args, link).await?;
+                metadata_seconds = Some(started.elapsed().as_secs_f64());
+                Arc::new(metainfo)
+            },
             pow_metainfo::magnet::Magnet::parse(link)?.peers,
         ),
         None => (Arc::new(Metainfo::from_file(&args.torrent)?), Vec::new()),
@@ -119,7 +124,13 @@ async fn download(args: DownloadArgs) -> CmdResult {
     }
     let elapsed = started.elapsed();
     report(
-        &args, &metainfo, &snapshot, &resume, elapsed, &outcome, &torrent,
+        &args,
+        &metainfo,
+        &snapshot,
+        &resume,
+        (elapsed, metadata_seconds),
+        &outcome,
+        &torrent,
     );
     if outcome == Outcome::Complete && args.seed {
         eprintln!("seeding; Ctrl-C to stop");
@@ -207,6 +218,8 @@ async fn metainfo_of_magnet(
         peers,
         Duration::from_secs(args.metadata_timeout),
         args.swarm.encryption.engine(),
+        args.max_download_rate
+            .map(|rate| std::sync::Arc::new(pow_engine::RateLimit::new(rate))),
     )
     .await;
     if let Some(a) = announcer {
@@ -282,7 +295,7 @@ fn report(
     metainfo: &Metainfo,
     s: &Snapshot,
     resume: &Resume,
-    elapsed: Duration,
+    (elapsed, metadata_seconds): (Duration, Option<f64>),
     outcome: &Outcome,
     torrent: &Torrent,
 ) {
@@ -328,6 +341,7 @@ fn report(
                 "rc4": s.connections_rc4,
             },
             "seconds": secs,
+            "metadata_seconds": metadata_seconds,
             "mib_per_s": rate,
             "received_by_peer": by_peer,
             "received_by_web_seed": by_web_seed,

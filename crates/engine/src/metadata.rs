@@ -5,6 +5,7 @@
 
 use crate::encryption::{self, Ciphers, Encryption};
 use crate::peer::{read_handshake, PeerError};
+use crate::RateLimit;
 use bytes::{Buf, Bytes, BytesMut};
 use pow_wire::extension::{
     self, ExtHandshake, MetadataMessage, EXTENDED, EXTENDED_HANDSHAKE, METADATA_PIECE_LEN,
@@ -14,6 +15,7 @@ use pow_wire::Handshake;
 use sha1::{Digest, Sha1};
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -41,13 +43,15 @@ pub enum MetadataError {
 
 /// Fetches the info dictionary for `info_hash` from peers received on `peers`, within
 /// `timeout`. Returns the raw bencoded dictionary (its SHA-1 is `info_hash`).
-/// Peers are dialed with encrypted or plaintext handshakes as `encryption` says.
+/// Peers are dialed with encrypted or plaintext handshakes as `encryption` says; with `limit`,
+/// what they all send is paid to it as the download's reads are (`--max-download-rate`).
 pub async fn fetch_metadata(
     info_hash: [u8; 20],
     peer_id: [u8; 20],
     mut peers: mpsc::UnboundedReceiver<SocketAddr>,
     timeout: Duration,
     encryption: Encryption,
+    limit: Option<Arc<RateLimit>>,
 ) -> Result<Vec<u8>, MetadataError> {
     let deadline = Instant::now() + timeout;
     let mut tried = HashSet::new();
@@ -58,8 +62,9 @@ pub async fn fetch_metadata(
     loop {
         while running.len() < PARALLEL_PEERS {
             let Some(addr) = waiting.pop() else { break };
+            let limit = limit.clone();
             running.spawn(async move {
-                let fetch = fetch_from(addr, info_hash, peer_id, encryption);
+                let fetch = fetch_from(addr, info_hash, peer_id, encryption, limit);
                 let result = tokio::time::timeout(PER_PEER_TIMEOUT, fetch)
                     .await
                     .unwrap_or_else(|_| Err(format!("{addr}: timed out")));
@@ -101,11 +106,13 @@ async fn fetch_from(
     info_hash: [u8; 20],
     peer_id: [u8; 20],
     encryption: Encryption,
+    limit: Option<Arc<RateLimit>>,
 ) -> Result<Vec<u8>, String> {
     let encrypted = encryption.dials_encrypted_first();
-    match fetch_once(addr, info_hash, peer_id, encryption, encrypted).await {
+    let limit = limit.as_deref();
+    match fetch_once(addr, info_hash, peer_id, encryption, encrypted, limit).await {
         Err(Attempt::Refused(_)) if encryption.redials() => {
-            fetch_once(addr, info_hash, peer_id, encryption, !encrypted)
+            fetch_once(addr, info_hash, peer_id, encryption, !encrypted, limit)
                 .await
                 .map_err(Attempt::into_message)
         }
@@ -134,6 +141,7 @@ async fn fetch_once(
     peer_id: [u8; 20],
     encryption: Encryption,
     encrypted: bool,
+    limit: Option<&RateLimit>,
 ) -> Result<Vec<u8>, Attempt> {
     let fail = |what: &str| format!("{addr}: {what}");
     let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -170,7 +178,7 @@ async fn fetch_once(
             false => Attempt::Failed(message),
         }
     })?;
-    exchange(addr, info_hash, stream, buf, ciphers, theirs)
+    exchange(addr, info_hash, stream, buf, ciphers, theirs, limit)
         .await
         .map_err(Attempt::Failed)
 }
@@ -183,6 +191,7 @@ async fn exchange(
     mut buf: BytesMut,
     mut ciphers: Ciphers,
     theirs: Handshake,
+    limit: Option<&RateLimit>,
 ) -> Result<Vec<u8>, String> {
     let fail = |what: &str| format!("{addr}: {what}");
     if theirs.info_hash != info_hash {
@@ -208,7 +217,7 @@ async fn exchange(
     let mut pieces: Vec<Option<Bytes>> = Vec::new();
     let mut size = 0u64;
     loop {
-        let payload = read_frame(&mut stream, &mut buf, &mut ciphers)
+        let payload = read_frame(&mut stream, &mut buf, &mut ciphers, limit)
             .await
             .map_err(|e| fail(&e))?;
         let Some((EXTENDED, payload)) = payload else {
@@ -278,11 +287,13 @@ async fn exchange(
     }
 }
 
-/// Reads one message; returns its id and payload (`None` for a keep-alive).
+/// Reads one message; returns its id and payload (`None` for a keep-alive). Each read is
+/// paid to `limit` (waiting out what it owes) and takes at most an eighth of its second.
 async fn read_frame(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     ciphers: &mut Ciphers,
+    limit: Option<&RateLimit>,
 ) -> Result<Option<(u8, Bytes)>, String> {
     loop {
         if buf.len() >= 4 {
@@ -301,10 +312,20 @@ async fn read_frame(
             }
             buf.reserve(4 + len - buf.len());
         }
-        let n = stream.read_buf(buf).await.map_err(|e| e.to_string())?;
+        let n = match limit {
+            Some(limit) => {
+                let cap = (limit.bytes_per_second() / 8).clamp(4096, 256 * 1024);
+                (&mut *stream).take(cap).read_buf(buf).await
+            }
+            None => stream.read_buf(buf).await,
+        }
+        .map_err(|e| e.to_string())?;
         if n == 0 {
             return Err("closed".into());
         }
         ciphers.open_tail(buf, n);
+        if let Some(wait) = limit.and_then(|limit| limit.take_owing(n)) {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
