@@ -69,6 +69,27 @@ fn upload(server: &Server, file_name: &str, bytes: &[u8]) -> (u16, serde_json::V
     (status, json)
 }
 
+/// Uploads a new `mib` MiB zip (`seed` makes its bytes) as `name` and waits until it seeds;
+/// returns its dataset entry and info-hash.
+fn upload_seeding(
+    server: &Server,
+    work: &Path,
+    name: &str,
+    mib: u64,
+    seed: u64,
+) -> (serde_json::Value, [u8; 20]) {
+    let zip = work.join(name);
+    make_zip(&zip, mib, seed);
+    let (status, reply) = upload(server, name, &std::fs::read(&zip).unwrap());
+    assert_eq!(status, 201, "{reply}");
+    let dataset = server.wait_seeding(reply["md5"].as_str().unwrap());
+    let info_hash: [u8; 20] = hex::decode(dataset["info_hash"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    (dataset, info_hash)
+}
+
 /// aria2 downloads the dataset's torrent (fetched from the server) from the server's seed.
 fn aria2_download(
     server: &Server,
@@ -866,16 +887,8 @@ fn with_super_seed_a_peer_hears_of_a_few_pieces_at_a_time() {
     const HAVE_NONE: u8 = 0x0f;
     let work = TempDir::new("serve-super");
     let server = Server::start(&work.path().join("srv"), free_port(), &["--super-seed"]);
-    let zip = work.path().join("super.zip");
-    make_zip(&zip, 48, 41);
-    let (status, reply) = upload(&server, "super.zip", &std::fs::read(&zip).unwrap());
-    assert_eq!(status, 201, "{reply}");
-    let dataset = server.wait_seeding(reply["md5"].as_str().unwrap());
+    let (dataset, info_hash) = upload_seeding(&server, work.path(), "super.zip", 48, 41);
     let pieces = dataset["status"]["pieces_total"].as_u64().unwrap();
-    let info_hash: [u8; 20] = hex::decode(dataset["info_hash"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
     let mut fast = [0u8; 8];
     fast[7] |= 0x04;
     let (mut peer, _) =
@@ -1028,20 +1041,8 @@ fn encrypted_dial(port: u16, skey: [u8; 20], info_hash: [u8; 20]) -> Option<Vec<
 fn an_encrypted_handshake_must_ask_for_the_dataset_it_was_keyed_for() {
     let work = TempDir::new("serve-skey");
     let server = Server::start(&work.path().join("srv"), free_port(), &[]);
-    let mut hashes = Vec::new();
-    for (name, seed) in [("a.zip", 51), ("b.zip", 52)] {
-        let zip = work.path().join(name);
-        make_zip(&zip, 1, seed);
-        let (status, reply) = upload(&server, name, &std::fs::read(&zip).unwrap());
-        assert_eq!(status, 201, "{reply}");
-        let dataset = server.wait_seeding(reply["md5"].as_str().unwrap());
-        let info_hash: [u8; 20] = hex::decode(dataset["info_hash"].as_str().unwrap())
-            .unwrap()
-            .try_into()
-            .unwrap();
-        hashes.push(info_hash);
-    }
-    let (a, b) = (hashes[0], hashes[1]);
+    let (_, a) = upload_seeding(&server, work.path(), "a.zip", 1, 51);
+    let (_, b) = upload_seeding(&server, work.path(), "b.zip", 1, 52);
     let answer = encrypted_dial(server.peer_port, a, a).expect("keyed for a, asking for a");
     assert_eq!(&answer[28..48], &a, "the answer names dataset a");
     let answer = encrypted_dial(server.peer_port, b, b).expect("keyed for b, asking for b");
@@ -1067,15 +1068,7 @@ fn one_upload_slot_is_held_by_one_peer_and_given_on_at_once() {
         free_port(),
         &["--upload-slots", "1"],
     );
-    let zip = work.path().join("slots.zip");
-    make_zip(&zip, 1, 61);
-    let (status, reply) = upload(&server, "slots.zip", &std::fs::read(&zip).unwrap());
-    assert_eq!(status, 201, "{reply}");
-    let dataset = server.wait_seeding(reply["md5"].as_str().unwrap());
-    let info_hash: [u8; 20] = hex::decode(dataset["info_hash"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let (_, info_hash) = upload_seeding(&server, work.path(), "slots.zip", 1, 61);
     let mut first = RawPeer::connect(server.peer_port, info_hash);
     first.get_unchoked();
     let mut second = RawPeer::connect(server.peer_port, info_hash);
