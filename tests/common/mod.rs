@@ -543,7 +543,8 @@ pub fn pow_seed(
 }
 
 /// `pow download TARGET -o OUT --json` on a free port of 127.0.0.1 with `extra` arguments;
-/// it must succeed. Returns its JSON report.
+/// it must succeed. Returns its JSON report. With `POW_TEST_SHOW_STDERR` set, its stderr is
+/// printed (with `POW_LOG=debug`: the connection's story, when a test needs debugging).
 pub fn pow_download_json(target: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
     let o = pow()
         .arg("download")
@@ -561,6 +562,9 @@ pub fn pow_download_json(target: &str, out: &Path, extra: &[&str]) -> serde_json
         .output()
         .unwrap();
     assert!(o.status.success(), "pow download: {}", text(&o.stderr));
+    if std::env::var_os("POW_TEST_SHOW_STDERR").is_some() {
+        eprintln!("{}", text(&o.stderr));
+    }
     let stdout = text(&o.stdout);
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }

@@ -308,6 +308,11 @@ fn report(
             .into_iter()
             .map(|(addr, bytes)| serde_json::json!({"peer": addr.to_string(), "bytes": bytes}))
             .collect();
+        let to_peer: Vec<_> = torrent
+            .sent_by_peer()
+            .into_iter()
+            .map(|(addr, bytes)| serde_json::json!({"peer": addr.to_string(), "bytes": bytes}))
+            .collect();
         let by_web_seed: Vec<_> = torrent
             .received_by_web_seed()
             .into_iter()
@@ -344,6 +349,7 @@ fn report(
             "metadata_seconds": metadata_seconds,
             "mib_per_s": rate,
             "received_by_peer": by_peer,
+            "sent_to_peer": to_peer,
             "received_by_web_seed": by_web_seed,
             "web_seed_bytes": s.web_seed_bytes,
             "path": args.output.join(&metainfo.name).display().to_string(),
