@@ -616,7 +616,14 @@ impl Peer {
                     }
                     Some(PeerCmd::Close) | None => return Err(PeerError::Closed),
                     Some(PeerCmd::Choke) => self.choke(),
-                    Some(PeerCmd::Unchoke) => self.unchoke(),
+                    Some(PeerCmd::Unchoke) => {
+                        // Unless this task choked it since (it lost interest): the slot is
+                        // counted by the flag, and the wire must agree with it.
+                        let counted = self.inner.lock().peers.get(&self.key).is_some_and(|e| e.unchoked_by_us);
+                        if counted {
+                            self.unchoke();
+                        }
+                    }
                 },
                 _ = tick.tick() => self.on_tick()?,
                 _ = wait_until(self.upload_wait), if self.upload_wait.is_some() => {}
