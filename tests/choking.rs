@@ -6,6 +6,7 @@ mod common;
 
 use common::{create_torrent, free_port, pow_seed, pseudo_random_bytes, same_bytes, TempDir};
 use std::io::{BufRead, Read};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 const MIB: usize = 1 << 20;
@@ -45,15 +46,22 @@ print('polls', polls, 'over_two', over, 'max', most, flush=True)
 sys.exit(0 if len(done) == n else 1)
 ";
 
+/// `mib` MiB of pseudo-random bytes at `dir/data/NAME.bin` and its torrent `dir/NAME.torrent`
+/// (64 KiB pieces): the data directory, the file and the torrent.
+fn payload(dir: &TempDir, name: &str, mib: usize, seed: u64) -> (PathBuf, PathBuf, PathBuf) {
+    let data_dir = dir.0.join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let data = data_dir.join(format!("{name}.bin"));
+    std::fs::write(&data, pseudo_random_bytes(mib * MIB, seed)).unwrap();
+    let torrent = dir.0.join(format!("{name}.torrent"));
+    create_torrent(&data, &torrent, 65536);
+    (data_dir, data, torrent)
+}
+
 #[test]
 fn a_seed_with_two_upload_slots_serves_four_leechers_in_turn() {
     let dir = TempDir::new("choking");
-    let data_dir = dir.0.join("data");
-    std::fs::create_dir_all(&data_dir).unwrap();
-    let data = data_dir.join("slots.bin");
-    std::fs::write(&data, pseudo_random_bytes(6 * MIB, 0xC40C)).unwrap();
-    let torrent = dir.0.join("slots.torrent");
-    create_torrent(&data, &torrent, 65536);
+    let (data_dir, data, torrent) = payload(&dir, "slots", 6, 0xC40C);
     let port = free_port();
     let _seed = pow_seed(
         &torrent,
@@ -181,12 +189,7 @@ for i in range(3):
 #[test]
 fn a_downloading_pow_hands_its_slots_around_too() {
     let dir = TempDir::new("tit-for-tat");
-    let data_dir = dir.0.join("data");
-    std::fs::create_dir_all(&data_dir).unwrap();
-    let data = data_dir.join("trade.bin");
-    std::fs::write(&data, pseudo_random_bytes(8 * MIB, 0x7F7)).unwrap();
-    let torrent = dir.0.join("trade.torrent");
-    create_torrent(&data, &torrent, 65536);
+    let (data_dir, data, torrent) = payload(&dir, "trade", 8, 0x7F7);
     let seed_port = free_port();
     let _seed = pow_seed(
         &torrent,

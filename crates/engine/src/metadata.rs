@@ -314,7 +314,7 @@ async fn read_frame(
         }
         let n = match limit {
             Some(limit) => {
-                let cap = (limit.bytes_per_second() / 8).clamp(4096, 256 * 1024);
+                let cap = limit.read_cap(256 * 1024) as u64;
                 (&mut *stream).take(cap).read_buf(buf).await
             }
             None => stream.read_buf(buf).await,

@@ -635,12 +635,10 @@ impl Peer {
         }
     }
 
-    /// Under a download limit, a read takes at most an eighth of a second's worth (at least
-    /// 4 KiB): a read is paid after the fact, and the wait for a whole 256 KiB read at a low
-    /// limit would outlast the idle and snub timeouts.
+    /// Under a download limit, a read takes at most [`crate::RateLimit::read_cap`].
     fn read_cap(&self) -> Option<usize> {
         let limit = self.inner.config.download_limit.as_ref()?;
-        Some(((limit.bytes_per_second() / 8) as usize).clamp(4096, READ_CHUNK))
+        Some(limit.read_cap(READ_CHUNK))
     }
 
     fn on_tick(&mut self) -> Result<(), PeerError> {

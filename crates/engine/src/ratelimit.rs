@@ -50,6 +50,13 @@ impl RateLimit {
         self.bytes_per_second as u64
     }
 
+    /// The most one socket read should take under this download limit: an eighth of a
+    /// second's worth, from 4 KiB up to `most`. A read is paid after the fact, and the wait
+    /// for a whole 256 KiB read at a low limit would outlast the idle and snub timeouts.
+    pub(crate) fn read_cap(&self, most: usize) -> usize {
+        ((self.bytes_per_second() / 8) as usize).clamp(4096, most.max(4096))
+    }
+
     /// Takes `bytes` from the bucket, or tells how long until it holds that many.
     pub(crate) fn take(&self, bytes: u32) -> Result<(), Duration> {
         self.take_at(bytes, Instant::now())
