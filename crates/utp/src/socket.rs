@@ -1,0 +1,535 @@
+//! The tokio side: one UDP socket, a driver task that routes datagrams to connections and
+//! runs their timers, and [`UtpStream`]s the application reads and writes.
+//!
+//! Each connection sits behind a mutex shared by its stream and the driver. The stream sends
+//! the datagrams its writes and reads produce itself (`try_send_to`, no task hop); the driver
+//! sends those produced by incoming packets and timers, and whatever a full socket buffer
+//! held back.
+
+use crate::conn::{Connection, State};
+use crate::packet::{self, Header, Kind};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+/// How often timers are checked (RTOs are at least 500 ms).
+const TICK: Duration = Duration::from_millis(20);
+/// Connections accepted and not yet taken by [`UtpSocket::accept`]; SYNs past this are dropped.
+const ACCEPT_BACKLOG: usize = 64;
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+/// A stream dropped with data still unacked gets this long to deliver it.
+const LINGER: Duration = Duration::from_secs(30);
+
+type Key = (SocketAddr, u16);
+
+struct Shared {
+    udp: UdpSocket,
+    conns: Mutex<HashMap<Key, Arc<Handle>>>,
+}
+
+struct Handle {
+    addr: SocketAddr,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    conn: Connection,
+    /// Datagrams a full socket buffer held back, sent first next time.
+    backlog: Vec<Vec<u8>>,
+    read_waker: Option<Waker>,
+    write_waker: Option<Waker>,
+    /// The stream is gone: the connection only finishes sending (until [`LINGER`]).
+    dropped_at: Option<Instant>,
+}
+
+impl Handle {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Inner {
+    /// Sends what the connection has queued; what does not fit waits for the next tick.
+    fn send(&mut self, udp: &UdpSocket, addr: SocketAddr) {
+        let mut queued = std::mem::take(&mut self.backlog);
+        queued.append(&mut self.conn.outgoing);
+        let mut sent = 0;
+        for datagram in &queued {
+            match udp.try_send_to(datagram, addr) {
+                Ok(_) => sent += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // An unreachable peer (ICMP) or a vanished interface: the RTO decides.
+                    tracing::debug!("uTP send to {addr}: {e}");
+                    sent += 1;
+                }
+            }
+        }
+        queued.drain(..sent);
+        self.backlog = queued;
+    }
+
+    fn wake(&mut self) {
+        let c = &self.conn;
+        if !c.readable.is_empty() || c.eof || c.state == State::Closed {
+            if let Some(w) = self.read_waker.take() {
+                w.wake();
+            }
+        }
+        if c.send_room() > 0 || c.state != State::SynSent {
+            if let Some(w) = self.write_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    fn finished(&self, now: Instant) -> bool {
+        let c = &self.conn;
+        (c.state == State::Closed && self.backlog.is_empty())
+            || self
+                .dropped_at
+                .is_some_and(|at| c.done_sending() || now.duration_since(at) > LINGER)
+    }
+}
+
+/// A uTP endpoint on one UDP port: accepts connections and dials them.
+pub struct UtpSocket {
+    shared: Arc<Shared>,
+    accepted: tokio::sync::Mutex<mpsc::Receiver<UtpStream>>,
+    local: SocketAddr,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for UtpSocket {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl UtpSocket {
+    pub async fn bind(addr: SocketAddr) -> io::Result<UtpSocket> {
+        let udp = UdpSocket::bind(addr).await?;
+        enlarge_buffers(&udp);
+        let local = udp.local_addr()?;
+        let shared = Arc::new(Shared {
+            udp,
+            conns: Mutex::new(HashMap::new()),
+        });
+        let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
+        let driver = tokio::spawn(drive(Arc::downgrade(&shared), tx));
+        Ok(UtpSocket {
+            shared,
+            accepted: tokio::sync::Mutex::new(rx),
+            local,
+            driver,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The next connection a peer dialed.
+    pub async fn accept(&self) -> io::Result<UtpStream> {
+        self.accepted
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or_else(|| io::Error::other("uTP socket closed"))
+    }
+
+    /// Dials `addr`; fails with `TimedOut` when no answer comes to three SYNs (about 7 s).
+    pub async fn connect(&self, addr: SocketAddr) -> io::Result<UtpStream> {
+        let now = now();
+        let handle = {
+            let mut conns = lock(&self.shared.conns);
+            let recv_id = loop {
+                let id = rand::random::<u16>();
+                // Both ids must be free: the peer sends to `id`, and `id + 1` is what a SYN
+                // from that peer announcing `id` would be filed under.
+                if !conns.contains_key(&(addr, id))
+                    && !conns.contains_key(&(addr, id.wrapping_add(1)))
+                {
+                    break id;
+                }
+            };
+            let handle = Arc::new(Handle {
+                addr,
+                inner: Mutex::new(Inner {
+                    conn: Connection::dial(recv_id, now),
+                    backlog: Vec::new(),
+                    read_waker: None,
+                    write_waker: None,
+                    dropped_at: None,
+                }),
+            });
+            conns.insert((addr, recv_id), handle.clone());
+            handle
+        };
+        handle.lock().send(&self.shared.udp, addr);
+        let stream = UtpStream {
+            shared: self.shared.clone(),
+            handle,
+        };
+        poll_fn(|cx| {
+            let mut inner = stream.handle.lock();
+            match inner.conn.state {
+                State::Connected => Poll::Ready(Ok(())),
+                State::Closed => Poll::Ready(Err(io::Error::from(
+                    inner.conn.error.unwrap_or(io::ErrorKind::ConnectionRefused),
+                ))),
+                State::SynSent => {
+                    inner.write_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await?;
+        Ok(stream)
+    }
+}
+
+/// Socket buffers of a few hundred KiB (the default) overflow at a window's burst of
+/// datagrams even on loopback; ask for [`SOCKET_BUFFER`] (the kernel caps it at
+/// `net.core.rmem_max` / `wmem_max`). Best effort: a smaller buffer only costs resends.
+fn enlarge_buffers(udp: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size = SOCKET_BUFFER as libc::c_int;
+    for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // SAFETY: a valid socket descriptor and a c_int option value of the right length.
+        unsafe {
+            libc::setsockopt(
+                udp.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+/// The time, as tokio sees it (so tests may pause it).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn drive(shared: Weak<Shared>, accepted: mpsc::Sender<UtpStream>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut touched: Vec<Arc<Handle>> = Vec::new();
+    loop {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        tokio::select! {
+            ready = shared.udp.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+                // Everything that arrived is handled before any answer goes out, so a burst
+                // of data packets is acked once.
+                loop {
+                    match shared.udp.try_recv_from(&mut buf) {
+                        Ok((n, from)) => {
+                            if let Some(handle) = incoming(&shared, &accepted, &buf[..n], from) {
+                                if !touched.iter().any(|h| Arc::ptr_eq(h, &handle)) {
+                                    touched.push(handle);
+                                }
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            // Linux reports an ICMP error of an earlier send here.
+                            tracing::debug!("uTP receive: {e}");
+                        }
+                    }
+                }
+                for handle in touched.drain(..) {
+                    let mut inner = handle.lock();
+                    inner.conn.flush(now());
+                    inner.send(&shared.udp, handle.addr);
+                    inner.wake();
+                }
+            }
+            _ = tick.tick() => {
+                let now = now();
+                let all: Vec<(Key, Arc<Handle>)> =
+                    lock(&shared.conns).iter().map(|(k, h)| (*k, h.clone())).collect();
+                let mut finished = Vec::new();
+                for (key, handle) in all {
+                    let mut inner = handle.lock();
+                    inner.conn.on_tick(now);
+                    inner.send(&shared.udp, handle.addr);
+                    inner.wake();
+                    if inner.finished(now) {
+                        finished.push(key);
+                    }
+                }
+                if !finished.is_empty() {
+                    let mut conns = lock(&shared.conns);
+                    for key in finished {
+                        conns.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Hands one datagram to its connection, or makes a connection of a SYN; returns the
+/// connection it touched.
+fn incoming(
+    shared: &Arc<Shared>,
+    accepted: &mpsc::Sender<UtpStream>,
+    datagram: &[u8],
+    from: SocketAddr,
+) -> Option<Arc<Handle>> {
+    let packet = packet::decode(datagram).ok()?;
+    let now = now();
+    let key = (from, packet.header.conn_id);
+    let existing = lock(&shared.conns).get(&key).cloned();
+    if let Some(handle) = existing {
+        handle.lock().conn.on_packet(&packet, now);
+        return Some(handle);
+    }
+    if packet.header.kind == Kind::Syn {
+        // Filed under the id the peer will send to: its SYN's id plus one.
+        let key = (from, packet.header.conn_id.wrapping_add(1));
+        let permit = accepted.try_reserve().ok()?;
+        let handle = Arc::new(Handle {
+            addr: from,
+            inner: Mutex::new(Inner {
+                conn: Connection::accept(&packet.header, rand::random(), now),
+                backlog: Vec::new(),
+                read_waker: None,
+                write_waker: None,
+                dropped_at: None,
+            }),
+        });
+        lock(&shared.conns).insert(key, handle.clone());
+        permit.send(UtpStream {
+            shared: shared.clone(),
+            handle: handle.clone(),
+        });
+        return Some(handle);
+    }
+    if packet.header.kind != Kind::Reset {
+        // A packet of a connection we do not know (we forgot it, or never had it).
+        reset(shared, &packet.header, from);
+    }
+    None
+}
+
+fn reset(shared: &Shared, to: &Header, addr: SocketAddr) {
+    let header = Header {
+        kind: Kind::Reset,
+        // The peer sends to us on its send id; its receive id is one off either way, and a
+        // reset names the id it receives on. libutp answers the same way.
+        conn_id: to.conn_id,
+        timestamp: 0,
+        timestamp_diff: 0,
+        wnd: 0,
+        seq: 0,
+        ack: to.seq,
+    };
+    let mut out = Vec::with_capacity(packet::HEADER);
+    packet::encode(&header, None, &[], &mut out);
+    let _ = shared.udp.try_send_to(&out, addr);
+}
+
+/// One uTP connection, read and written like a TCP stream. Dropping it closes our side
+/// gracefully: what was written is still delivered (for up to 30 s), then a FIN.
+pub struct UtpStream {
+    shared: Arc<Shared>,
+    handle: Arc<Handle>,
+}
+
+impl UtpStream {
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.handle.addr
+    }
+
+    fn poll_read_inner(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut inner = self.handle.lock();
+        let now = now();
+        if !inner.conn.readable.is_empty() {
+            let data = inner.conn.read(buf.remaining(), now);
+            buf.put_slice(&data);
+            inner.send(&self.shared.udp, self.handle.addr);
+            return Poll::Ready(Ok(()));
+        }
+        if inner.conn.eof {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(kind) = inner.conn.error {
+            return Poll::Ready(Err(kind.into()));
+        }
+        inner.read_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn poll_write_inner(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let mut inner = self.handle.lock();
+        if let Some(kind) = inner.conn.error {
+            return Poll::Ready(Err(kind.into()));
+        }
+        if inner.conn.state == State::Closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let n = inner.conn.write(data, now());
+        if n == 0 && !data.is_empty() {
+            inner.write_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        inner.send(&self.shared.udp, self.handle.addr);
+        Poll::Ready(Ok(n))
+    }
+
+    fn close_our_side(&self) {
+        let mut inner = self.handle.lock();
+        inner.conn.close(now());
+        inner.send(&self.shared.udp, self.handle.addr);
+    }
+}
+
+impl Drop for UtpStream {
+    fn drop(&mut self) {
+        self.close_our_side();
+        self.handle.lock().dropped_at = Some(now());
+    }
+}
+
+impl AsyncRead for UtpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_read_inner(cx, buf)
+    }
+}
+
+impl AsyncWrite for UtpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_inner(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.close_our_side();
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Shared references read and write too (one reader and one writer at a time, as with
+/// `TcpStream::split`).
+impl AsyncRead for &UtpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_read_inner(cx, buf)
+    }
+}
+
+impl AsyncWrite for &UtpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_inner(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.close_our_side();
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_sockets_carry_a_stream_each_way() {
+        let a = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let b = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let data: Vec<u8> = (0..8 << 20)
+            .map(|i: u32| (i * 31 + i / 977) as u8)
+            .collect();
+        let expected = data.clone();
+        let b_addr = b.local_addr();
+        let server = tokio::spawn(async move {
+            let mut s = b.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            s.write_all(b"thanks").await.unwrap();
+            drop(s);
+            // The socket must outlive the stream's last packets.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            got
+        });
+        let started = Instant::now();
+        let mut s = a.connect(b_addr).await.unwrap();
+        s.write_all(&data).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).await.unwrap();
+        let got = server.await.unwrap();
+        let took = started.elapsed();
+        assert!(
+            got == expected,
+            "bytes differ ({} of {})",
+            got.len(),
+            expected.len()
+        );
+        assert_eq!(reply, b"thanks");
+        eprintln!("8 MiB over uTP on loopback in {took:?}");
+    }
+
+    #[tokio::test]
+    async fn dialing_a_silent_port_times_out() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        tokio::time::pause();
+        let err = a.connect(silent.local_addr().unwrap()).await.err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}
