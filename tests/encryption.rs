@@ -8,16 +8,14 @@
 
 mod common;
 
+use common::transmission::Transmission;
 use common::{
-    create_torrent, free_port, pow_download_json, pow_seed, pseudo_random_bytes, same_bytes, text,
-    Killed, PowTracker, TempDir,
+    free_port, mib_payload, pow_download_json, pow_seed, same_bytes, Killed, PowTracker, TempDir,
 };
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const MIB: usize = 1 << 20;
 
 /// A libtorrent session (Debian's python3-libtorrent) that seeds or leeches one torrent on
 /// 127.0.0.1:PORT, with its default encryption settings or (`rc4`) RC4 required both ways.
@@ -93,34 +91,6 @@ fn leecher_result(mut leecher: Killed) -> String {
     out.trim().to_string()
 }
 
-/// `mib` MiB of pseudo-random bytes at `dir/name` and its torrent (64 KiB pieces, announcing
-/// to `tracker` when given).
-fn payload(dir: &Path, name: &str, mib: usize, tracker: Option<&str>) -> (PathBuf, PathBuf) {
-    let data_dir = dir.join("data");
-    std::fs::create_dir_all(&data_dir).unwrap();
-    let data = data_dir.join(name);
-    let bytes = pseudo_random_bytes(mib * MIB, 0x9E37_79B9_7F4A_7C15 ^ mib as u64);
-    std::fs::write(&data, bytes).unwrap();
-    let torrent = dir.join(format!("{name}.torrent"));
-    match tracker {
-        None => {
-            create_torrent(&data, &torrent, 65536);
-        }
-        Some(url) => {
-            let o = common::pow()
-                .args(["torrent", "create"])
-                .arg(&data)
-                .arg("-o")
-                .arg(&torrent)
-                .args(["--piece-length", "65536", "--tracker", url])
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "torrent create: {}", text(&o.stderr));
-        }
-    }
-    (data, torrent)
-}
-
 fn connections(report: &serde_json::Value) -> (u64, u64, u64) {
     let c = &report["connections"];
     let n = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("{report}"));
@@ -135,7 +105,7 @@ fn wait_line(child: &mut Killed, expected: &str) {
 #[test]
 fn libtorrent_requiring_rc4_downloads_from_pow_and_seeds_to_it() {
     let tmp = TempDir::new("mse-lt-rc4");
-    let (data, torrent) = payload(tmp.path(), "blob", 8, None);
+    let (data, torrent) = mib_payload(tmp.path(), "blob", 8, None);
     let data_dir = data.parent().unwrap();
 
     // libtorrent seeds with RC4 required; pow dials it with its defaults.
@@ -174,7 +144,7 @@ fn libtorrent_requiring_rc4_downloads_from_pow_and_seeds_to_it() {
 #[test]
 fn libtorrent_by_default_gets_an_encrypted_handshake_and_a_plaintext_stream() {
     let tmp = TempDir::new("mse-lt-default");
-    let (data, torrent) = payload(tmp.path(), "blob", 4, None);
+    let (data, torrent) = mib_payload(tmp.path(), "blob", 4, None);
     let data_dir = data.parent().unwrap();
     for (mode, expected) in [
         ("allow", "done encrypted-handshake"),
@@ -246,7 +216,7 @@ fn aria2_log_tail(dir: &Path) -> String {
 fn aria2_requiring_rc4_downloads_from_pow_and_seeds_to_it() {
     let tmp = TempDir::new("mse-aria2");
     let tracker = PowTracker::start();
-    let (data, torrent) = payload(tmp.path(), "blob", 8, Some(&tracker.url));
+    let (data, torrent) = mib_payload(tmp.path(), "blob", 8, Some(&tracker.url));
     let data_dir = data.parent().unwrap();
 
     // pow seeds (defaults); aria2 requiring RC4 finds it through the tracker.
@@ -294,7 +264,7 @@ fn aria2_requiring_rc4_downloads_from_pow_and_seeds_to_it() {
 #[test]
 fn pow_to_pow_rc4_carries_the_metadata_and_the_payload() {
     let tmp = TempDir::new("mse-pow");
-    let (data, torrent) = payload(tmp.path(), "blob", 8, None);
+    let (data, torrent) = mib_payload(tmp.path(), "blob", 8, None);
     let data_dir = data.parent().unwrap();
     let port = free_port();
     let _seed = pow_seed(
@@ -356,7 +326,7 @@ fn closed_within(stream: &mut std::net::TcpStream, limit: Duration, max: usize) 
 #[test]
 fn require_refuses_plaintext_and_off_refuses_encryption() {
     let tmp = TempDir::new("mse-refuse");
-    let (data, torrent) = payload(tmp.path(), "blob", 1, None);
+    let (data, torrent) = mib_payload(tmp.path(), "blob", 1, None);
     let data_dir = data.parent().unwrap();
     let info_hash = pow_metainfo::Metainfo::from_file(&torrent)
         .unwrap()
@@ -406,101 +376,14 @@ fn require_refuses_plaintext_and_off_refuses_encryption() {
     println!("  --encryption require closed a plaintext handshake; off closed an encrypted one");
 }
 
-/// transmission-daemon 3.00 with encryption required (`"encryption": 2`), RPC on its own port,
-/// given `torrent` to seed from or download into `dir`. Killed when dropped.
-struct Transmission {
-    _daemon: Killed,
-    rpc: String,
-}
-
-impl Transmission {
-    fn start(work: &Path, torrent: &Path, dir: &Path, seed: bool) -> Transmission {
-        let conf = work.join(if seed { "tr-seed" } else { "tr-leech" });
-        std::fs::create_dir_all(&conf).unwrap();
-        std::fs::create_dir_all(dir).unwrap();
-        let rpc_port = free_port();
-        let settings = serde_json::json!({
-            "bind-address-ipv4": "127.0.0.1", "bind-address-ipv6": "::1",
-            "rpc-enabled": true, "rpc-bind-address": "127.0.0.1", "rpc-port": rpc_port,
-            "rpc-authentication-required": false, "rpc-whitelist-enabled": true,
-            "rpc-whitelist": "127.0.0.1", "rpc-host-whitelist-enabled": false,
-            "peer-port": free_port(), "peer-port-random-on-start": false,
-            "port-forwarding-enabled": false, "dht-enabled": false, "lpd-enabled": false,
-            "pex-enabled": false, "utp-enabled": false, "blocklist-enabled": false,
-            "encryption": 2,
-            "download-dir": dir, "incomplete-dir-enabled": false, "watch-dir-enabled": false,
-            "ratio-limit-enabled": false, "idle-seeding-limit-enabled": false,
-            "download-queue-enabled": false, "seed-queue-enabled": false,
-            "rename-partial-files": false, "start-added-torrents": true, "message-level": 2,
-        });
-        std::fs::write(conf.join("settings.json"), settings.to_string()).unwrap();
-        let daemon = Killed(
-            Command::new("transmission-daemon")
-                .arg("-f")
-                .arg("-g")
-                .arg(&conf)
-                .arg("-e")
-                .arg(conf.join("transmission.log"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("transmission-daemon (scripts/install-deps --tests)"),
-        );
-        let rpc = format!("127.0.0.1:{rpc_port}");
-        let transmission = Transmission {
-            _daemon: daemon,
-            rpc,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !transmission.remote(&["-l"]).0 {
-            assert!(
-                Instant::now() < deadline,
-                "transmission-daemon RPC did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let add =
-            transmission.remote(&["-a", torrent.to_str().unwrap(), "-w", dir.to_str().unwrap()]);
-        assert!(add.0, "transmission-remote -a: {}", add.1);
-        if seed {
-            transmission.remote(&["-t", "all", "-v"]);
-        }
-        transmission
-    }
-
-    fn remote(&self, args: &[&str]) -> (bool, String) {
-        let o = Command::new("transmission-remote")
-            .arg(&self.rpc)
-            .args(args)
-            .output()
-            .unwrap();
-        (o.status.success(), text(&o.stdout) + &text(&o.stderr))
-    }
-
-    /// Waits until the torrent is complete (and, for a seed, seeding).
-    fn wait_done(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let (_, info) = self.remote(&["-t", "all", "-i"]);
-            if info.contains("Percent Done: 100%")
-                && (info.contains("State: Seeding") || info.contains("State: Idle"))
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "transmission did not finish: {info}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
+/// Transmission's settings for encryption required both ways.
+const ENCRYPTION_REQUIRED: [(&str, i64); 1] = [("encryption", 2)];
 
 #[test]
 fn transmission_requiring_encryption_downloads_from_pow_and_seeds_to_it() {
     let tmp = TempDir::new("mse-transmission");
     let tracker = PowTracker::start();
-    let (data, torrent) = payload(tmp.path(), "blob", 4, Some(&tracker.url));
+    let (data, torrent) = mib_payload(tmp.path(), "blob", 4, Some(&tracker.url));
     let data_dir = data.parent().unwrap();
 
     // Transmission 3.00 does not dial 127.0.0.1 peers a tracker names: pow's seed (defaults)
@@ -515,7 +398,7 @@ fn transmission_requiring_encryption_downloads_from_pow_and_seeds_to_it() {
     );
     let out = tmp.path().join("transmission-from-pow");
     let started = Instant::now();
-    let leecher = Transmission::start(tmp.path(), &torrent, &out, false);
+    let leecher = Transmission::start(tmp.path(), &torrent, &out, false, &ENCRYPTION_REQUIRED);
     leecher.wait_done(Duration::from_secs(60));
     let bytes = same_bytes(&data, &out.join("blob")).unwrap();
     println!(
@@ -526,7 +409,7 @@ fn transmission_requiring_encryption_downloads_from_pow_and_seeds_to_it() {
     drop(_seed);
 
     // Transmission seeds with encryption required; pow (defaults) dials it from the tracker.
-    let seeder = Transmission::start(tmp.path(), &torrent, data_dir, true);
+    let seeder = Transmission::start(tmp.path(), &torrent, data_dir, true, &ENCRYPTION_REQUIRED);
     seeder.wait_done(Duration::from_secs(30));
     let out = tmp.path().join("pow-from-transmission");
     let started = Instant::now();

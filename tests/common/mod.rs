@@ -5,6 +5,7 @@ pub mod nginx;
 pub mod raw_peer;
 pub mod serve;
 pub mod trace;
+pub mod transmission;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -567,4 +568,37 @@ pub fn pow_download_json(target: &str, out: &Path, extra: &[&str]) -> serde_json
     }
     let stdout = text(&o.stdout);
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+/// `mib` MiB of pseudo-random bytes at `dir/name` and its torrent (64 KiB pieces, announcing
+/// to `tracker` when given).
+pub fn mib_payload(
+    dir: &Path,
+    name: &str,
+    mib: usize,
+    tracker: Option<&str>,
+) -> (PathBuf, PathBuf) {
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let data = data_dir.join(name);
+    let bytes = pseudo_random_bytes(mib << 20, 0x9E37_79B9_7F4A_7C15 ^ mib as u64);
+    std::fs::write(&data, bytes).unwrap();
+    let torrent = dir.join(format!("{name}.torrent"));
+    match tracker {
+        None => {
+            create_torrent(&data, &torrent, 65536);
+        }
+        Some(url) => {
+            let o = pow()
+                .args(["torrent", "create"])
+                .arg(&data)
+                .arg("-o")
+                .arg(&torrent)
+                .args(["--piece-length", "65536", "--tracker", url])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "torrent create: {}", text(&o.stderr));
+        }
+    }
+    (data, torrent)
 }

@@ -50,6 +50,12 @@ pub struct SwarmArgs {
     /// both ways; plaintext peers are refused).
     #[arg(long, value_enum, default_value_t = EncryptionArg::Allow, value_name = "MODE")]
     pub encryption: EncryptionArg,
+    /// uTP (BEP 29), BitTorrent over UDP with delay-based congestion control: `on` (accepted
+    /// on the peer port's number over UDP; peers dialed over TCP first and over uTP when TCP
+    /// fails), `prefer` (dialed over uTP first, as libtorrent and Transmission do) or `off`
+    /// (TCP only). A DHT node on the same UDP port number leaves uTP off, with a warning.
+    #[arg(long, value_enum, default_value_t = UtpArg::On, value_name = "MODE")]
+    pub utp: UtpArg,
     /// Peers uploaded to at once: those that send us the most (while downloading) or take the
     /// most (when seeding), chosen again every 10 s, and one more in turn every 30 s, so every
     /// peer gets served (BEP 3 choking, as libtorrent's unchoke slots).
@@ -94,6 +100,24 @@ impl EncryptionArg {
             EncryptionArg::Allow => pow_engine::Encryption::Allow,
             EncryptionArg::Prefer => pow_engine::Encryption::Prefer,
             EncryptionArg::Require => pow_engine::Encryption::Require,
+        }
+    }
+}
+
+/// `--utp`: whether peer connections may run over uTP.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UtpArg {
+    Off,
+    On,
+    Prefer,
+}
+
+impl UtpArg {
+    pub fn engine(self) -> pow_engine::Utp {
+        match self {
+            UtpArg::Off => pow_engine::Utp::Off,
+            UtpArg::On => pow_engine::Utp::On,
+            UtpArg::Prefer => pow_engine::Utp::Prefer,
         }
     }
 }
@@ -147,6 +171,7 @@ impl SwarmArgs {
             download_limit: limit(max_download_rate),
             pex: !self.no_pex,
             encryption: self.encryption.engine(),
+            utp: self.utp.engine(),
             upload_slots: usize::from(self.upload_slots),
             ..EngineConfig::default()
         };

@@ -344,6 +344,7 @@ fn report(
                 "plaintext": s.connections_plaintext,
                 "encrypted_handshake": s.connections_encrypted_handshake,
                 "rc4": s.connections_rc4,
+                "utp": s.connections_utp,
             },
             "seconds": secs,
             "metadata_seconds": metadata_seconds,

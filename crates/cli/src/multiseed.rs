@@ -151,6 +151,7 @@ impl MultiSeed {
             super_seed: self.super_seed,
             upload_limit: self.upload_limit.clone(),
             encryption: self.listener.encryption(),
+            utp: self.listener.utp(),
             upload_slots: self.upload_slots,
             ..EngineConfig::default()
         };

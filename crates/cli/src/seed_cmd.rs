@@ -209,8 +209,11 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
     }
     eprintln!("stopped: {} bytes uploaded", s.uploaded);
     eprintln!(
-        "connections: {} plaintext, {} encrypted handshake then plaintext, {} RC4",
-        s.connections_plaintext, s.connections_encrypted_handshake, s.connections_rc4
+        "connections: {} plaintext, {} encrypted handshake then plaintext, {} RC4; {} over uTP",
+        s.connections_plaintext,
+        s.connections_encrypted_handshake,
+        s.connections_rc4,
+        s.connections_utp
     );
     if s.pex_sent + s.pex_received > 0 {
         eprintln!(

@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// Message stream encryption of peer connections (see `pow seed --help`).
     #[arg(long, value_enum, default_value_t = crate::announce::EncryptionArg::Allow)]
     encryption: crate::announce::EncryptionArg,
+    /// uTP (BEP 29) besides TCP (see `pow seed --help`).
+    #[arg(long, value_enum, default_value_t = crate::announce::UtpArg::On, value_name = "MODE")]
+    utp: crate::announce::UtpArg,
     /// Print a JSON line when the server is up.
     #[arg(long)]
     json: bool,
@@ -107,7 +110,7 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
         public_url.clone(),
     )?);
     let peer_addr = SocketAddr::new(args.listen.ip(), args.peer_port);
-    let listener = SharedListener::bind(peer_addr, args.encryption.engine())
+    let listener = SharedListener::bind(peer_addr, args.encryption.engine(), args.utp.engine())
         .await
         .map_err(|e| format!("cannot listen for peers on {peer_addr}: {e}"))?;
     let upload_limit = args

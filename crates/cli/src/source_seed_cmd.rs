@@ -50,6 +50,9 @@ pub struct SourceSeedArgs {
     /// Message stream encryption of peer connections (see `pow seed --help`).
     #[arg(long, value_enum, default_value_t = crate::announce::EncryptionArg::Allow)]
     encryption: crate::announce::EncryptionArg,
+    /// uTP (BEP 29) besides TCP (see `pow seed --help`).
+    #[arg(long, value_enum, default_value_t = crate::announce::UtpArg::On, value_name = "MODE")]
+    utp: crate::announce::UtpArg,
     /// Print one JSON line when seeding starts.
     #[arg(long)]
     json: bool,
@@ -115,7 +118,7 @@ pub fn seed(pow_dir: Option<&Path>, args: SourceSeedArgs) -> CmdResult {
 
 async fn seed_async(plans: Vec<Planned>, args: SourceSeedArgs) -> CmdResult {
     let addr = SocketAddr::new(args.bind, args.port);
-    let listener = SharedListener::bind(addr, args.encryption.engine())
+    let listener = SharedListener::bind(addr, args.encryption.engine(), args.utp.engine())
         .await
         .map_err(|e| format!("cannot listen for peers on {addr}: {e}"))?;
     let limit = args

@@ -5,12 +5,12 @@
 //! keeps its [`Ciphers`] and the socket loop applies them to every byte read and written.
 
 use crate::peer::PeerError;
+use crate::transport::PeerStream;
 use bytes::BytesMut;
 use pow_mse::{Initiator, Methods, Rc4, Responder, MAX_PAD};
 use rand::{Rng, RngCore};
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Which connections use message stream encryption (MSE/PE).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -93,7 +93,7 @@ fn secret_and_pad() -> ([u8; 20], Vec<u8>) {
 
 /// Reads more of the handshake into `buf`, by `deadline`.
 pub(crate) async fn read_more(
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     buf: &mut BytesMut,
     deadline: Instant,
 ) -> Result<usize, PeerError> {
@@ -109,7 +109,7 @@ pub(crate) async fn read_more(
 /// The dialing end's encrypted handshake for `info_hash`, with `initial_payload` (our
 /// BitTorrent handshake) inside it. What the peer sent past it is left in `buf`, decrypted.
 pub(crate) async fn dial(
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     buf: &mut BytesMut,
     info_hash: [u8; 20],
     policy: Encryption,
@@ -141,7 +141,7 @@ pub(crate) async fn dial(
 /// handshake, answers an encrypted one for any of `info_hashes` (asked for only then). Either
 /// way `buf` then starts with the peer's BitTorrent handshake, or the part of it read so far.
 pub(crate) async fn accept(
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     buf: &mut BytesMut,
     info_hashes: impl FnOnce() -> Vec<[u8; 20]>,
     policy: Encryption,

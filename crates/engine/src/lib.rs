@@ -28,11 +28,13 @@ mod ratelimit;
 mod received;
 mod superseed;
 pub mod trace;
+mod transport;
 pub mod webseed;
 
 pub use encryption::Encryption;
 pub use listener::{SharedListener, MAX_PENDING_HANDSHAKES};
 pub use ratelimit::RateLimit;
+pub use transport::Utp;
 
 use pow_metainfo::Metainfo;
 use pow_picker::{PeerKey, Picker};
@@ -105,6 +107,9 @@ pub struct EngineConfig {
     pub dht_nodes: Option<mpsc::UnboundedSender<SocketAddr>>,
     /// Which connections use message stream encryption, dialed and accepted ([`Encryption`]).
     pub encryption: Encryption,
+    /// uTP (BEP 29) besides TCP: accepted on the listening port's number, and dialed as
+    /// [`Utp`] says.
+    pub utp: Utp,
 }
 
 impl Default for EngineConfig {
@@ -131,6 +136,7 @@ impl Default for EngineConfig {
             dht_port: None,
             dht_nodes: None,
             encryption: Encryption::default(),
+            utp: Utp::default(),
         }
     }
 }
@@ -185,6 +191,8 @@ pub struct Stats {
     pub connections_plaintext: AtomicU64,
     pub connections_encrypted_handshake: AtomicU64,
     pub connections_rc4: AtomicU64,
+    /// Of those, connections over uTP (the rest are TCP).
+    pub connections_utp: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -207,6 +215,7 @@ pub struct Snapshot {
     pub connections_plaintext: u64,
     pub connections_encrypted_handshake: u64,
     pub connections_rc4: u64,
+    pub connections_utp: u64,
     /// Bytes of wanted pieces not yet verified.
     pub left: u64,
     pub pieces_have: u32,
@@ -387,6 +396,8 @@ pub(crate) struct Inner {
     pub all_written: tokio::sync::Notify,
     /// Starts a choking round before its time: an upload slot was freed ([`choke_loop`]).
     pub choke_wake: tokio::sync::Notify,
+    /// The uTP socket on the peer port's number: ours, or a shared listener's once attached.
+    pub utp: std::sync::OnceLock<Arc<pow_utp::UtpSocket>>,
 }
 
 impl Inner {
@@ -508,11 +519,20 @@ impl Torrent {
             resume_saved: tokio::sync::Mutex::new(None),
             all_written: tokio::sync::Notify::new(),
             choke_wake: tokio::sync::Notify::new(),
+            utp: std::sync::OnceLock::new(),
             config,
         });
         if let Some(addr) = inner.config.listen {
             let listener = tokio::net::TcpListener::bind(addr).await?;
+            // uTP on the port of the same number, where peers look for it.
+            let utp_addr = listener.local_addr()?;
             tokio::spawn(peer::accept_loop(inner.clone(), listener));
+            if inner.config.utp != Utp::Off {
+                if let Some(socket) = transport::bind_utp(utp_addr).await {
+                    let _ = inner.utp.set(socket.clone());
+                    tokio::spawn(peer::utp_accept_loop(inner.clone(), socket));
+                }
+            }
         }
         tokio::spawn(connect_loop(inner.clone()));
         tokio::spawn(choke_loop(inner.clone()));
@@ -588,6 +608,7 @@ impl Torrent {
                 .connections_encrypted_handshake
                 .load(Ordering::Relaxed),
             connections_rc4: stats.connections_rc4.load(Ordering::Relaxed),
+            connections_utp: stats.connections_utp.load(Ordering::Relaxed),
             left: state.picker.bytes_left(),
             pieces_have: state.picker.have().count(),
             pieces_total: self.inner.metainfo.geometry.piece_count(),

@@ -1,17 +1,19 @@
 //! One listening port for many torrents (`pow serve` seeds every dataset on one port, as
 //! libtorrent and Transmission do): each incoming connection's handshake is read first, and the
 //! connection is handed to the torrent whose info-hash it names. An encrypted handshake names
-//! it only by a hash, so it is answered for every torrent attached at the time.
+//! it only by a hash, so it is answered for every torrent attached at the time. uTP peers are
+//! accepted on the UDP port of the same number and routed the same way.
 
 use crate::encryption::{self, Ciphers, Encryption};
 use crate::peer::{self, Routed};
+use crate::transport::{self, PeerStream};
 use crate::{Inner, Torrent};
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 /// Time an incoming peer has to send its handshake before we know which torrent it wants.
@@ -28,22 +30,41 @@ pub struct SharedListener {
     encryption: Encryption,
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
+    utp: Option<Arc<pow_utp::UtpSocket>>,
+    utp_mode: crate::Utp,
 }
 
 impl SharedListener {
-    /// Listens on `addr`, accepting encrypted and plaintext handshakes as `encryption` says.
-    pub async fn bind(addr: SocketAddr, encryption: Encryption) -> std::io::Result<SharedListener> {
+    /// Listens on `addr`, accepting encrypted and plaintext handshakes as `encryption` says,
+    /// over TCP and, unless `utp` is off, over uTP on the UDP port of the same number.
+    pub async fn bind(
+        addr: SocketAddr,
+        encryption: Encryption,
+        utp: crate::Utp,
+    ) -> std::io::Result<SharedListener> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let routes: Routes = Arc::default();
         let stop = watch::channel(false).0;
         let accepting = accept_loop(listener, routes.clone(), encryption, stop.subscribe());
         tokio::spawn(accepting);
+        let utp_mode = utp;
+        let utp = match utp_mode {
+            crate::Utp::Off => None,
+            _ => transport::bind_utp(local_addr).await,
+        };
+        if let Some(socket) = &utp {
+            let accepting =
+                utp_accept_loop(socket.clone(), routes.clone(), encryption, stop.subscribe());
+            tokio::spawn(accepting);
+        }
         Ok(SharedListener {
             routes,
             encryption,
             local_addr,
             stop,
+            utp,
+            utp_mode,
         })
     }
 
@@ -55,9 +76,18 @@ impl SharedListener {
         self.encryption
     }
 
+    /// Whether the attached torrents dial over uTP, and first or second.
+    pub fn utp(&self) -> crate::Utp {
+        self.utp_mode
+    }
+
     /// Routes incoming peers for `torrent`'s info-hash to it (until it is detached or gone).
     pub fn attach(&self, torrent: &Torrent) {
         let info_hash = torrent.inner.metainfo.info_hash.0;
+        if let Some(socket) = &self.utp {
+            // Its dials over uTP leave from the port peers know.
+            let _ = torrent.inner.utp.set(socket.clone());
+        }
         self.lock()
             .insert(info_hash, Arc::downgrade(&torrent.inner));
     }
@@ -93,13 +123,7 @@ async fn accept_loop(
                         continue;
                     };
                     let routes = routes.clone();
-                    tokio::spawn(async move {
-                        let routed = read_route(stream, addr, &routes, encryption).await;
-                        drop(permit);
-                        if let Some((inner, stream, routed)) = routed {
-                            peer::accept_routed(inner, stream, addr, routed).await;
-                        }
-                    });
+                    tokio::spawn(route(PeerStream::Tcp(stream), addr, routes, encryption, permit));
                 }
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
@@ -111,12 +135,53 @@ async fn accept_loop(
     }
 }
 
+async fn utp_accept_loop(
+    socket: Arc<pow_utp::UtpSocket>,
+    routes: Routes,
+    encryption: Encryption,
+    mut stop: watch::Receiver<bool>,
+) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok(stream) => {
+                    let addr = stream.peer_addr();
+                    let Ok(permit) = pending.clone().try_acquire_owned() else {
+                        tracing::debug!("{addr}: too many pending handshakes, closed");
+                        continue;
+                    };
+                    let routes = routes.clone();
+                    tokio::spawn(route(PeerStream::Utp(stream), addr, routes, encryption, permit));
+                }
+                Err(_) => return,
+            },
+            _ = crate::until_true(&mut stop) => return,
+        }
+    }
+}
+
+/// Reads an incoming connection's handshake and hands it to its torrent.
+async fn route(
+    stream: PeerStream,
+    addr: SocketAddr,
+    routes: Routes,
+    encryption: Encryption,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let routed = read_route(stream, addr, &routes, encryption).await;
+    drop(permit);
+    if let Some((inner, stream, routed)) = routed {
+        peer::accept_routed(inner, stream, addr, routed).await;
+    }
+}
+
 async fn read_route(
-    mut stream: TcpStream,
+    mut stream: PeerStream,
     addr: SocketAddr,
     routes: &Routes,
     encryption: Encryption,
-) -> Option<(Arc<Inner>, TcpStream, Routed)> {
+) -> Option<(Arc<Inner>, PeerStream, Routed)> {
     let mut buf = BytesMut::with_capacity(1024);
     let deadline = Instant::now() + ROUTE_TIMEOUT;
     let served = || {

@@ -5,6 +5,7 @@
 
 use crate::encryption::{self, Ciphers, Encryption};
 use crate::peer::{read_handshake, PeerError};
+use crate::transport::PeerStream;
 use crate::RateLimit;
 use bytes::{Buf, Bytes, BytesMut};
 use pow_wire::extension::{
@@ -144,10 +145,11 @@ async fn fetch_once(
     limit: Option<&RateLimit>,
 ) -> Result<Vec<u8>, Attempt> {
     let fail = |what: &str| format!("{addr}: {what}");
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| Attempt::Failed(fail("connect timed out")))?
         .map_err(|e| Attempt::Failed(fail(&format!("connect: {e}"))))?;
+    let mut stream = PeerStream::Tcp(stream);
     let mut ours = Handshake::new(info_hash, peer_id);
     extension::set_extension_bit(&mut ours.reserved);
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -187,7 +189,7 @@ async fn fetch_once(
 async fn exchange(
     addr: SocketAddr,
     info_hash: [u8; 20],
-    mut stream: TcpStream,
+    mut stream: PeerStream,
     mut buf: BytesMut,
     mut ciphers: Ciphers,
     theirs: Handshake,
@@ -290,7 +292,7 @@ async fn exchange(
 /// Reads one message; returns its id and payload (`None` for a keep-alive). Each read is
 /// paid to `limit` (waiting out what it owes) and takes at most an eighth of its second.
 async fn read_frame(
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     buf: &mut BytesMut,
     ciphers: &mut Ciphers,
     limit: Option<&RateLimit>,

@@ -20,6 +20,7 @@ use crate::encryption::{self, Ciphers};
 use crate::inorder::InOrderHashes;
 use crate::pex::PexLink;
 use crate::received::{self, Unwritten, Writer};
+use crate::transport::{PeerStream, Transport};
 use crate::{Inner, PeerCmd, PeerEntry, WireLink, MAX_STRIKES};
 use bytes::{Buf, Bytes, BytesMut};
 use pow_metainfo::Block;
@@ -79,6 +80,7 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpList
                 Ok((stream, addr)) => {
                     let full = inner.lock().peers.len() >= inner.config.max_peers;
                     if !full {
+                        let stream = PeerStream::Tcp(stream);
                         tokio::spawn(run(inner.clone(), stream, addr, Side::Accepted));
                     }
                 }
@@ -92,38 +94,95 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpList
     }
 }
 
-pub(crate) async fn connect(inner: Arc<Inner>, addr: SocketAddr) {
-    let policy = inner.config.encryption;
-    let encrypted = policy.dials_encrypted_first();
-    let refused = dial(&inner, addr, encrypted).await;
-    inner.lock().connecting.remove(&addr);
-    if refused && policy.redials() && !*inner.shutdown.borrow() {
-        // A peer that requires encryption closes on a plaintext handshake; one that knows no
-        // encryption closes on an encrypted one.
-        tracing::debug!(
-            "{addr}: closed during the handshake; dialing again {}",
-            if encrypted {
-                "in plaintext"
-            } else {
-                "encrypted"
-            }
-        );
-        dial(&inner, addr, !encrypted).await;
+/// Accepts uTP connections (the peer port's number, over UDP) for as long as the torrent runs.
+pub(crate) async fn utp_accept_loop(inner: Arc<Inner>, socket: Arc<pow_utp::UtpSocket>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok(stream) => {
+                    let full = inner.lock().peers.len() >= inner.config.max_peers;
+                    if !full {
+                        let addr = stream.peer_addr();
+                        tokio::spawn(run(inner.clone(), PeerStream::Utp(stream), addr, Side::Accepted));
+                    }
+                }
+                Err(_) => return,
+            },
+            _ = crate::until_true(&mut shutdown) => return,
+        }
     }
 }
 
-/// Dials `addr` and runs the connection; true when the peer closed it during the handshake.
-async fn dial(inner: &Arc<Inner>, addr: SocketAddr, encrypted: bool) -> bool {
-    let result = tokio::time::timeout(inner.config.connect_timeout, TcpStream::connect(addr)).await;
-    match result {
+/// How a dial ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dialed {
+    /// The handshakes completed; the connection ran to its end.
+    Connected,
+    /// No connection (refused, timed out), or the peer closed it during the handshake: worth
+    /// trying another way.
+    Refused,
+    /// The handshake failed otherwise (another torrent, ourselves, a protocol error).
+    Failed,
+}
+
+pub(crate) async fn connect(inner: Arc<Inner>, addr: SocketAddr) {
+    let policy = inner.config.encryption;
+    let utp = inner.utp.get().cloned();
+    for &transport in inner.config.utp.dial_order(utp.as_deref()) {
+        if *inner.shutdown.borrow() {
+            break;
+        }
+        let encrypted = policy.dials_encrypted_first();
+        let mut dialed = dial(&inner, addr, transport, encrypted).await;
+        if dialed == Dialed::Refused && policy.redials() && !*inner.shutdown.borrow() {
+            // A peer that requires encryption closes on a plaintext handshake; one that knows
+            // no encryption closes on an encrypted one.
+            tracing::debug!(
+                "{addr}: no handshake over {transport:?}; dialing again {}",
+                if encrypted {
+                    "in plaintext"
+                } else {
+                    "encrypted"
+                }
+            );
+            dialed = dial(&inner, addr, transport, !encrypted).await;
+        }
+        if dialed != Dialed::Refused {
+            break;
+        }
+    }
+    inner.lock().connecting.remove(&addr);
+}
+
+/// Dials `addr` over `transport` and runs the connection to its end.
+async fn dial(
+    inner: &Arc<Inner>,
+    addr: SocketAddr,
+    transport: Transport,
+    encrypted: bool,
+) -> Dialed {
+    let timeout = inner.config.connect_timeout;
+    let stream = match transport {
+        Transport::Tcp => tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map(|r| r.map(PeerStream::Tcp)),
+        Transport::Utp => {
+            let socket = inner.utp.get().expect("dialed over uTP only with a socket");
+            tokio::time::timeout(timeout, socket.connect(addr))
+                .await
+                .map(|r| r.map(PeerStream::Utp))
+        }
+    };
+    match stream {
         Ok(Ok(stream)) => run(inner.clone(), stream, addr, Side::Dialed { encrypted }).await,
         Ok(Err(e)) => {
-            tracing::debug!("connect {addr}: {e}");
-            false
+            tracing::debug!("connect {addr} ({transport:?}): {e}");
+            Dialed::Refused
         }
         Err(_) => {
-            tracing::debug!("connect {addr}: timed out");
-            false
+            tracing::debug!("connect {addr} ({transport:?}): timed out");
+            Dialed::Refused
         }
     }
 }
@@ -149,7 +208,7 @@ pub(crate) struct Routed {
 /// Takes over a connection routed to this torrent by a [`crate::SharedListener`].
 pub(crate) async fn accept_routed(
     inner: Arc<Inner>,
-    stream: TcpStream,
+    stream: PeerStream,
     addr: SocketAddr,
     routed: Routed,
 ) {
@@ -159,9 +218,11 @@ pub(crate) async fn accept_routed(
     }
 }
 
-/// Runs a connection to its end; true when the peer closed it during the handshake.
-async fn run(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, side: Side) -> bool {
-    let _ = stream.set_nodelay(true);
+/// Runs a connection to its end.
+async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side) -> Dialed {
+    if let PeerStream::Tcp(tcp) = &stream {
+        let _ = tcp.set_nodelay(true);
+    }
     let outgoing = matches!(side, Side::Dialed { .. });
     let mut conn = match handshake(&inner, stream, side).await {
         Ok(conn) => conn,
@@ -172,14 +233,18 @@ async fn run(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, side: Side)
                 // as ours: never dial it again.
                 inner.lock().banned.insert(addr);
             }
-            return e.is_closed_by_peer();
+            return if e.is_closed_by_peer() {
+                Dialed::Refused
+            } else {
+                Dialed::Failed
+            };
         }
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let key = {
         let mut state = inner.lock();
         if state.banned.contains(&addr) {
-            return false;
+            return Dialed::Failed;
         }
         let link = WireLink {
             peer_id: conn.peer_id,
@@ -218,7 +283,7 @@ async fn run(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, side: Side)
                 if outgoing {
                     other.dialed_at = Some(addr);
                 }
-                return false;
+                return Dialed::Connected;
             }
         }
         let pieces = inner.metainfo.geometry.piece_count();
@@ -240,9 +305,14 @@ async fn run(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, side: Side)
         (None, false) => ("plaintext", &inner.stats.connections_plaintext),
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    let utp = conn.stream.is_utp();
+    if utp {
+        inner.stats.connections_utp.fetch_add(1, Ordering::Relaxed);
+    }
     tracing::info!(
-        "{addr}: connected ({}, {stream_kind}), peer id {}",
+        "{addr}: connected ({}, {}, {stream_kind}), peer id {}",
         if outgoing { "out" } else { "in" },
+        if utp { "uTP" } else { "TCP" },
         String::from_utf8_lossy(&conn.peer_id[..8])
     );
     let mut peer = Peer::new(inner.clone(), key, addr);
@@ -268,11 +338,11 @@ async fn run(inner: Arc<Inner>, stream: TcpStream, addr: SocketAddr, side: Side)
             }
         }
     }
-    false
+    Dialed::Connected
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: PeerStream,
     /// Bytes read and not yet decoded (decrypted as they are read).
     buf: BytesMut,
     ciphers: Ciphers,
@@ -320,7 +390,7 @@ impl PeerError {
 const CONNECTED_TO_OURSELVES: &str = "connected to ourselves";
 pub(crate) const CLOSED_DURING_HANDSHAKE: &str = "closed during handshake";
 
-async fn handshake(inner: &Inner, mut stream: TcpStream, side: Side) -> Result<Conn, PeerError> {
+async fn handshake(inner: &Inner, mut stream: PeerStream, side: Side) -> Result<Conn, PeerError> {
     let info_hash = inner.metainfo.info_hash.0;
     let mut ours = Handshake::new(info_hash, inner.config.peer_id);
     extension::set_extension_bit(&mut ours.reserved);
@@ -386,7 +456,7 @@ async fn handshake(inner: &Inner, mut stream: TcpStream, side: Side) -> Result<C
 /// Reads the peer's 68-byte handshake into `buf`, decrypting what it reads when the stream
 /// is RC4 (what follows the handshake stays in `buf`).
 pub(crate) async fn read_handshake(
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     buf: &mut BytesMut,
     ciphers: &mut Ciphers,
     deadline: Instant,

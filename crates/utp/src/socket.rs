@@ -149,7 +149,7 @@ impl UtpSocket {
             .ok_or_else(|| io::Error::other("uTP socket closed"))
     }
 
-    /// Dials `addr`; fails with `TimedOut` when no answer comes to three SYNs (about 7 s).
+    /// Dials `addr`; fails with `TimedOut` when no answer comes to two SYNs (3 s).
     pub async fn connect(&self, addr: SocketAddr) -> io::Result<UtpStream> {
         let now = now();
         let handle = {
