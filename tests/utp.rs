@@ -2,13 +2,16 @@
 //! downloads from a default `pow seed` (libtorrent dials it over uTP) and seeds to a default
 //! `pow download` (whose TCP dial libtorrent resets, so pow falls back to uTP); Transmission
 //! 3.00 (libutp) with uTP on downloads from and seeds to pow set to `--utp prefer`; and pow
-//! to pow. Every transfer's bytes are compared with the payload, and the connection's
+//! to pow; a magnet link's metadata from libtorrent over uTP; uTP and the DHT node on one
+//! UDP port. Every transfer's bytes are compared with the payload, and the connection's
 //! transport is read from the other client's side where it says (libtorrent's peer flags).
 
 mod common;
 
 use common::transmission::Transmission;
-use common::{free_port, mib_payload, pow_download_json, pow_seed, same_bytes, Killed, TempDir};
+use common::{
+    free_port, mib_payload, pow, pow_download_json, pow_seed, same_bytes, Killed, TempDir,
+};
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -155,6 +158,79 @@ fn libtorrent_over_utp_alone_downloads_from_pow_and_seeds_to_it() {
         report["connections"]
     );
     assert!(utp_connections(&report) >= 1, "{report}");
+
+    // A magnet link naming only that libtorrent: the metadata comes over uTP too.
+    let magnet = pow()
+        .args(["torrent", "magnet"])
+        .arg(&torrent)
+        .output()
+        .unwrap();
+    assert!(magnet.status.success(), "{}", common::text(&magnet.stderr));
+    let link = format!(
+        "{}&x.pe=127.0.0.1:{lt_port}",
+        common::text(&magnet.stdout).trim()
+    );
+    let out = tmp.path().join("pow-from-lt-magnet");
+    let report = pow_download_json(&link, &out, &[]);
+    let bytes = same_bytes(&data, &out.join("blob")).unwrap();
+    println!(
+        "  libtorrent (uTP only) -> pow download MAGNET (defaults): metadata in {} s, {bytes} bytes verified; connections {}",
+        report["metadata_seconds"], report["connections"]
+    );
+    assert!(utp_connections(&report) >= 1, "{report}");
+}
+
+/// uTP and the DHT node share the peer port's UDP number, as in libtorrent and Transmission:
+/// a pow seed running a node answers a DHT ping there and a uTP download from the same port.
+#[test]
+fn utp_and_the_dht_node_share_the_peer_port() {
+    use pow_dht::krpc::{Body, Message, Query};
+    let tmp = TempDir::new("utp-dht");
+    let (data, torrent) = mib_payload(tmp.path(), "blob", 4, None);
+    let data_dir = data.parent().unwrap();
+    let silent_node = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent = silent_node.local_addr().unwrap().to_string();
+    let port = free_port();
+    let stderr_file = tmp.path().join("seed.err");
+    let seed = pow_seed(
+        &torrent,
+        data_dir,
+        port,
+        &["--dht-bootstrap", &silent],
+        std::fs::File::create(&stderr_file).unwrap().into(),
+    );
+    let node = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    node.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let ping = Message {
+        tid: b"pw".to_vec(),
+        body: Body::Query {
+            id: [7u8; 20],
+            query: Query::Ping,
+        },
+    };
+    node.send_to(&ping.encode(), ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = node
+        .recv_from(&mut buf)
+        .expect("no DHT answer on the peer port");
+    let answer = Message::decode(&buf[..n]).unwrap();
+    assert_eq!((answer.tid.as_slice(), from.port()), (&b"pw"[..], port));
+    assert!(matches!(answer.body, Body::Response(_)), "{answer:?}");
+
+    let out = tmp.path().join("out");
+    let report = pow_download_json(
+        torrent.to_str().unwrap(),
+        &out,
+        &["--peer", &format!("127.0.0.1:{port}"), "--utp", "prefer"],
+    );
+    let bytes = same_bytes(&data, &out.join("blob")).unwrap();
+    let stderr = stop_seed(seed, &stderr_file);
+    println!(
+        "  UDP {port}: a DHT ping answered, and {bytes} bytes over uTP; connections {}",
+        report["connections"]
+    );
+    assert_eq!(utp_connections(&report), 1, "{report}");
+    assert!(!stderr.contains("uTP not listening"), "{stderr}");
 }
 
 #[test]

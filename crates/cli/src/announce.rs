@@ -189,6 +189,15 @@ impl SwarmArgs {
         }
         let mut dht = self.dht_plan();
         if let Some(plan) = &dht {
+            let same_port = config.listen == Some(plan.bind) && plan.bind.port() != 0;
+            if config.utp != pow_engine::Utp::Off && same_port {
+                // uTP and the DHT node on one UDP port, as libtorrent and Transmission run
+                // them; bound before the node, which would take the port otherwise.
+                if let Ok((socket, shared)) = pow_utp::UtpSocket::bind_sharing(plan.bind).await {
+                    config.utp_socket = Some(Arc::new(socket));
+                    crate::dht_peers::offer_udp(shared);
+                }
+            }
             let private = storage.metainfo().private;
             if !crate::dht_peers::prepare(plan, private, &mut config).await? {
                 dht = None;

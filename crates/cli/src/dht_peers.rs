@@ -155,12 +155,28 @@ pub struct DhtPlan {
     pub state: Option<PathBuf>,
 }
 
+/// A uTP socket's port offered to the DHT node (see [`offer_udp`]).
+static OFFERED_UDP: std::sync::Mutex<Option<pow_utp::SharedUdp>> = std::sync::Mutex::new(None);
+
+/// Offers the port a uTP socket listens on to the DHT node, which takes it when it is the
+/// port the node would bind (libtorrent and Transmission run both on one socket, so peers
+/// and nodes find both at the peer port's number).
+pub fn offer_udp(shared: pow_utp::SharedUdp) {
+    *OFFERED_UDP.lock().expect("offered udp lock") = Some(shared);
+}
+
 /// The process's DHT node, started on first use.
 pub async fn node(plan: &DhtPlan) -> std::io::Result<&'static Dht> {
     NODE.get_or_try_init(|| async {
         let saved = load_state(plan.state.as_deref());
         let id = saved.as_ref().map(|s| s.id);
         let _ = SAVED_NODES.set(saved.map(|s| s.nodes).unwrap_or_default());
+        let offered = OFFERED_UDP.lock().expect("offered udp lock").take();
+        if let Some(shared) = offered {
+            if shared.socket.local_addr().ok() == Some(plan.bind) {
+                return Dht::on_shared_socket(shared.socket, shared.incoming, id);
+            }
+        }
         let bound = match Dht::bind_as(plan.bind, id).await {
             // Another node (or program) has the port: any port does, since the `port`
             // message names the one we get.

@@ -220,6 +220,7 @@ async fn metainfo_of_magnet(
         args.swarm.encryption.engine(),
         args.max_download_rate
             .map(|rate| std::sync::Arc::new(pow_engine::RateLimit::new(rate))),
+        metadata_utp(&args.swarm).await,
     )
     .await;
     if let Some(a) = announcer {
@@ -457,6 +458,24 @@ impl Progress {
         if let Some(bar) = &self.bar {
             self.update(s);
             bar.finish_and_clear();
+        }
+    }
+}
+
+/// A uTP socket on any port for the metadata phase (the session binds the peer port's own
+/// later), unless `--utp off`.
+async fn metadata_utp(
+    swarm: &crate::announce::SwarmArgs,
+) -> Option<(pow_engine::Utp, std::sync::Arc<pow_utp::UtpSocket>)> {
+    let mode = swarm.utp.engine();
+    if mode == pow_engine::Utp::Off {
+        return None;
+    }
+    match pow_utp::UtpSocket::bind(std::net::SocketAddr::new(swarm.bind, 0)).await {
+        Ok(socket) => Some((mode, std::sync::Arc::new(socket))),
+        Err(e) => {
+            tracing::warn!("no uTP for the metadata: {e}");
+            None
         }
     }
 }

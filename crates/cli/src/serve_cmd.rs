@@ -113,6 +113,9 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
     let listener = SharedListener::bind(peer_addr, args.encryption.engine(), args.utp.engine())
         .await
         .map_err(|e| format!("cannot listen for peers on {peer_addr}: {e}"))?;
+    if let Some(shared) = listener.take_shared_udp() {
+        crate::dht_peers::offer_udp(shared);
+    }
     let upload_limit = args
         .max_upload_rate
         .map(|rate| Arc::new(pow_engine::RateLimit::new(rate)));

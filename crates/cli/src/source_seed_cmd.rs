@@ -121,6 +121,9 @@ async fn seed_async(plans: Vec<Planned>, args: SourceSeedArgs) -> CmdResult {
     let listener = SharedListener::bind(addr, args.encryption.engine(), args.utp.engine())
         .await
         .map_err(|e| format!("cannot listen for peers on {addr}: {e}"))?;
+    if let Some(shared) = listener.take_shared_udp() {
+        crate::dht_peers::offer_udp(shared);
+    }
     let limit = args
         .max_upload_rate
         .map(|rate| Arc::new(RateLimit::new(rate)));

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use table::{distance, Table, K};
 use tokio::net::UdpSocket;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Queries in flight at once in a lookup (Kademlia's alpha).
 pub const ALPHA: usize = 4;
@@ -67,8 +67,13 @@ pub struct Dht {
     inner: Arc<Inner>,
 }
 
+/// A datagram and its sender.
+pub type Datagram = (Vec<u8>, SocketAddr);
+
 struct Inner {
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
+    /// Datagrams read for us by the socket's owner (uTP on the same port), when it is shared.
+    incoming: Option<tokio::sync::Mutex<mpsc::Receiver<Datagram>>>,
     local: SocketAddr,
     id: Id,
     state: Mutex<State>,
@@ -113,11 +118,31 @@ impl Dht {
     /// As [`Dht::bind`], under `id` when given (a saved one, [`state`]).
     pub async fn bind_as(addr: SocketAddr, id: Option<Id>) -> std::io::Result<Dht> {
         let socket = UdpSocket::bind(addr).await?;
+        Dht::start(Arc::new(socket), None, id)
+    }
+
+    /// A node on a socket another protocol owns (uTP on the peer port, as libtorrent and
+    /// Transmission share it): it sends from `socket` and reads the datagrams the owner
+    /// hands over on `incoming`.
+    pub fn on_shared_socket(
+        socket: Arc<UdpSocket>,
+        incoming: mpsc::Receiver<Datagram>,
+        id: Option<Id>,
+    ) -> std::io::Result<Dht> {
+        Dht::start(socket, Some(incoming), id)
+    }
+
+    fn start(
+        socket: Arc<UdpSocket>,
+        incoming: Option<mpsc::Receiver<Datagram>>,
+        id: Option<Id>,
+    ) -> std::io::Result<Dht> {
         let local = socket.local_addr()?;
         let mut rng = rand::rng();
         let id: Id = id.unwrap_or_else(|| rng.random());
         let inner = Arc::new(Inner {
             socket,
+            incoming: incoming.map(tokio::sync::Mutex::new),
             local,
             id,
             state: Mutex::new(State {
@@ -444,6 +469,22 @@ impl Inner {
 
 async fn receive_loop(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
+    if let Some(incoming) = &inner.incoming {
+        let mut incoming = incoming.lock().await;
+        loop {
+            tokio::select! {
+                received = incoming.recv() => match received {
+                    Some((datagram, from)) => {
+                        if let Some(reply) = handle(&inner, &datagram, from) {
+                            let _ = inner.socket.send_to(&reply, from).await;
+                        }
+                    }
+                    None => return,
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    }
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         tokio::select! {

@@ -110,6 +110,9 @@ pub struct EngineConfig {
     /// uTP (BEP 29) besides TCP: accepted on the listening port's number, and dialed as
     /// [`Utp`] says.
     pub utp: Utp,
+    /// A uTP socket bound already on the listening port's number (one that shares its port
+    /// with a DHT node, [`pow_utp::UtpSocket::bind_sharing`]); else one is bound at start.
+    pub utp_socket: Option<Arc<pow_utp::UtpSocket>>,
 }
 
 impl Default for EngineConfig {
@@ -137,6 +140,7 @@ impl Default for EngineConfig {
             dht_nodes: None,
             encryption: Encryption::default(),
             utp: Utp::default(),
+            utp_socket: None,
         }
     }
 }
@@ -528,7 +532,11 @@ impl Torrent {
             let utp_addr = listener.local_addr()?;
             tokio::spawn(peer::accept_loop(inner.clone(), listener));
             if inner.config.utp != Utp::Off {
-                if let Some(socket) = transport::bind_utp(utp_addr).await {
+                let socket = match inner.config.utp_socket.clone() {
+                    Some(socket) => Some(socket),
+                    None => transport::bind_utp(utp_addr).await,
+                };
+                if let Some(socket) = socket {
                     let _ = inner.utp.set(socket.clone());
                     tokio::spawn(peer::utp_accept_loop(inner.clone(), socket));
                 }

@@ -32,6 +32,8 @@ pub struct SharedListener {
     stop: watch::Sender<bool>,
     utp: Option<Arc<pow_utp::UtpSocket>>,
     utp_mode: crate::Utp,
+    /// The uTP socket's port for a DHT node to share, until one takes it.
+    shared_udp: Mutex<Option<pow_utp::SharedUdp>>,
 }
 
 impl SharedListener {
@@ -49,9 +51,12 @@ impl SharedListener {
         let accepting = accept_loop(listener, routes.clone(), encryption, stop.subscribe());
         tokio::spawn(accepting);
         let utp_mode = utp;
-        let utp = match utp_mode {
-            crate::Utp::Off => None,
-            _ => transport::bind_utp(local_addr).await,
+        let (utp, shared_udp) = match utp_mode {
+            crate::Utp::Off => (None, None),
+            _ => match transport::bind_utp_sharing(local_addr).await {
+                Some((socket, shared)) => (Some(socket), Some(shared)),
+                None => (None, None),
+            },
         };
         if let Some(socket) = &utp {
             let accepting =
@@ -65,6 +70,7 @@ impl SharedListener {
             stop,
             utp,
             utp_mode,
+            shared_udp: Mutex::new(shared_udp),
         })
     }
 
@@ -74,6 +80,12 @@ impl SharedListener {
 
     pub fn encryption(&self) -> Encryption {
         self.encryption
+    }
+
+    /// The UDP socket uTP listens on and the datagrams it got that are not uTP, for a DHT node
+    /// on the same port; once.
+    pub fn take_shared_udp(&self) -> Option<pow_utp::SharedUdp> {
+        self.shared_udp.lock().expect("shared udp lock").take()
     }
 
     /// Whether the attached torrents dial over uTP, and first or second.

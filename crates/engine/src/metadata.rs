@@ -1,13 +1,15 @@
 //! Fetching a torrent's info dictionary from peers (BEP 9) when all we have is its info-hash
 //! (a magnet link). Several peers are asked at once; the first complete copy whose SHA-1 is the
 //! info-hash wins. A peer that sends a wrong copy, rejects, or stalls is dropped and others are
-//! tried as addresses arrive (from trackers or the link's `x.pe`).
+//! tried as addresses arrive (from trackers or the link's `x.pe`). Peers are dialed over TCP
+//! and uTP in the order [`crate::Utp`] says, as the session dials them.
 
 use crate::encryption::{self, Ciphers, Encryption};
 use crate::peer::{read_handshake, PeerError};
-use crate::transport::PeerStream;
-use crate::RateLimit;
+use crate::transport::{PeerStream, Transport};
+use crate::{RateLimit, Utp};
 use bytes::{Buf, Bytes, BytesMut};
+use pow_utp::UtpSocket;
 use pow_wire::extension::{
     self, ExtHandshake, MetadataMessage, EXTENDED, EXTENDED_HANDSHAKE, METADATA_PIECE_LEN,
     OUR_UT_METADATA,
@@ -46,6 +48,8 @@ pub enum MetadataError {
 /// `timeout`. Returns the raw bencoded dictionary (its SHA-1 is `info_hash`).
 /// Peers are dialed with encrypted or plaintext handshakes as `encryption` says; with `limit`,
 /// what they all send is paid to it as the download's reads are (`--max-download-rate`).
+/// With `utp`, peers are dialed over uTP from that socket too, first or after TCP as its
+/// mode says.
 pub async fn fetch_metadata(
     info_hash: [u8; 20],
     peer_id: [u8; 20],
@@ -53,6 +57,7 @@ pub async fn fetch_metadata(
     timeout: Duration,
     encryption: Encryption,
     limit: Option<Arc<RateLimit>>,
+    utp: Option<(Utp, Arc<UtpSocket>)>,
 ) -> Result<Vec<u8>, MetadataError> {
     let deadline = Instant::now() + timeout;
     let mut tried = HashSet::new();
@@ -64,8 +69,9 @@ pub async fn fetch_metadata(
         while running.len() < PARALLEL_PEERS {
             let Some(addr) = waiting.pop() else { break };
             let limit = limit.clone();
+            let utp = utp.clone();
             running.spawn(async move {
-                let fetch = fetch_from(addr, info_hash, peer_id, encryption, limit);
+                let fetch = fetch_from(addr, info_hash, peer_id, encryption, limit, utp);
                 let result = tokio::time::timeout(PER_PEER_TIMEOUT, fetch)
                     .await
                     .unwrap_or_else(|_| Err(format!("{addr}: timed out")));
@@ -108,48 +114,74 @@ async fn fetch_from(
     peer_id: [u8; 20],
     encryption: Encryption,
     limit: Option<Arc<RateLimit>>,
+    utp: Option<(Utp, Arc<UtpSocket>)>,
 ) -> Result<Vec<u8>, String> {
     let encrypted = encryption.dials_encrypted_first();
     let limit = limit.as_deref();
-    match fetch_once(addr, info_hash, peer_id, encryption, encrypted, limit).await {
-        Err(Attempt::Refused(_)) if encryption.redials() => {
-            fetch_once(addr, info_hash, peer_id, encryption, !encrypted, limit)
-                .await
-                .map_err(Attempt::into_message)
+    let (mode, socket) = match &utp {
+        Some((mode, socket)) => (*mode, Some(socket.as_ref())),
+        None => (Utp::Off, None),
+    };
+    let mut last = String::new();
+    for &transport in mode.dial_order(socket) {
+        let dial = Dial {
+            addr,
+            transport,
+            socket,
+        };
+        let mut result = fetch_once(&dial, info_hash, peer_id, encryption, encrypted, limit).await;
+        if matches!(result, Err(Attempt::Refused(_))) && encryption.redials() {
+            result = fetch_once(&dial, info_hash, peer_id, encryption, !encrypted, limit).await;
         }
-        result => result.map_err(Attempt::into_message),
+        match result {
+            Ok(info) => return Ok(info),
+            Err(Attempt::Failed(message)) => return Err(message),
+            Err(Attempt::Refused(message) | Attempt::Unreachable(message)) => last = message,
+        }
     }
+    Err(last)
+}
+
+/// Where and how one connection is dialed.
+struct Dial<'a> {
+    addr: SocketAddr,
+    transport: Transport,
+    socket: Option<&'a UtpSocket>,
 }
 
 /// Why one connection gave no metadata.
 enum Attempt {
-    /// The peer closed it during the handshake (it may want the other kind of handshake).
+    /// No connection: the other transport may reach the peer.
+    Unreachable(String),
+    /// The peer closed it during the handshake (it may want the other kind of handshake, or
+    /// the other transport).
     Refused(String),
     Failed(String),
 }
 
-impl Attempt {
-    fn into_message(self) -> String {
-        match self {
-            Attempt::Refused(message) | Attempt::Failed(message) => message,
-        }
-    }
-}
-
 async fn fetch_once(
-    addr: SocketAddr,
+    dial: &Dial<'_>,
     info_hash: [u8; 20],
     peer_id: [u8; 20],
     encryption: Encryption,
     encrypted: bool,
     limit: Option<&RateLimit>,
 ) -> Result<Vec<u8>, Attempt> {
+    let addr = dial.addr;
     let fail = |what: &str| format!("{addr}: {what}");
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| Attempt::Failed(fail("connect timed out")))?
-        .map_err(|e| Attempt::Failed(fail(&format!("connect: {e}"))))?;
-    let mut stream = PeerStream::Tcp(stream);
+    let connected = match (dial.transport, dial.socket) {
+        (Transport::Utp, Some(socket)) => {
+            tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
+                .await
+                .map(|r| r.map(PeerStream::Utp))
+        }
+        _ => tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map(|r| r.map(PeerStream::Tcp)),
+    };
+    let mut stream = connected
+        .map_err(|_| Attempt::Unreachable(fail("connect timed out")))?
+        .map_err(|e| Attempt::Unreachable(fail(&format!("connect: {e}"))))?;
     let mut ours = Handshake::new(info_hash, peer_id);
     extension::set_extension_bit(&mut ours.reserved);
     let mut buf = BytesMut::with_capacity(64 * 1024);

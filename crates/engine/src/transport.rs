@@ -53,6 +53,19 @@ pub(crate) async fn bind_utp(addr: std::net::SocketAddr) -> Option<std::sync::Ar
     }
 }
 
+/// As [`bind_utp`], sharing the port with whoever takes the [`pow_utp::SharedUdp`].
+pub(crate) async fn bind_utp_sharing(
+    addr: std::net::SocketAddr,
+) -> Option<(std::sync::Arc<UtpSocket>, pow_utp::SharedUdp)> {
+    match UtpSocket::bind_sharing(addr).await {
+        Ok((socket, shared)) => Some((std::sync::Arc::new(socket), shared)),
+        Err(e) => {
+            tracing::warn!("uTP not listening on udp {addr}: {e}; TCP only");
+            None
+        }
+    }
+}
+
 pub(crate) enum PeerStream {
     Tcp(TcpStream),
     Utp(UtpStream),

@@ -9,4 +9,4 @@ pub mod conn;
 pub mod packet;
 mod socket;
 
-pub use socket::{UtpSocket, UtpStream};
+pub use socket::{SharedUdp, UtpSocket, UtpStream};

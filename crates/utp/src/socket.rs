@@ -31,9 +31,21 @@ const LINGER: Duration = Duration::from_secs(30);
 type Key = (SocketAddr, u16);
 
 struct Shared {
-    udp: UdpSocket,
+    udp: Arc<UdpSocket>,
     conns: Mutex<HashMap<Key, Arc<Handle>>>,
+    /// Where datagrams that are not uTP go (a DHT node on the same port), if anywhere.
+    others: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>,
 }
+
+/// The UDP socket of a [`UtpSocket`] and the datagrams it received that are not uTP: what a
+/// DHT node needs to share the port (libtorrent and Transmission run both on one socket).
+pub struct SharedUdp {
+    pub socket: Arc<UdpSocket>,
+    pub incoming: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+}
+
+/// Datagrams for the sharing node not yet read by it; more are dropped (UDP may lose them).
+const OTHERS_BACKLOG: usize = 256;
 
 struct Handle {
     addr: SocketAddr,
@@ -110,6 +122,12 @@ pub struct UtpSocket {
     driver: tokio::task::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for UtpSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UtpSocket({})", self.local)
+    }
+}
+
 impl Drop for UtpSocket {
     fn drop(&mut self) {
         self.driver.abort();
@@ -118,12 +136,32 @@ impl Drop for UtpSocket {
 
 impl UtpSocket {
     pub async fn bind(addr: SocketAddr) -> io::Result<UtpSocket> {
+        UtpSocket::bind_with(addr, None).await
+    }
+
+    /// As [`UtpSocket::bind`], handing datagrams that are not uTP to the returned
+    /// [`SharedUdp`], whose socket sends from the same port.
+    pub async fn bind_sharing(addr: SocketAddr) -> io::Result<(UtpSocket, SharedUdp)> {
+        let (tx, rx) = mpsc::channel(OTHERS_BACKLOG);
+        let socket = UtpSocket::bind_with(addr, Some(tx)).await?;
+        let shared = SharedUdp {
+            socket: socket.shared.udp.clone(),
+            incoming: rx,
+        };
+        Ok((socket, shared))
+    }
+
+    async fn bind_with(
+        addr: SocketAddr,
+        others: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>,
+    ) -> io::Result<UtpSocket> {
         let udp = UdpSocket::bind(addr).await?;
         enlarge_buffers(&udp);
         let local = udp.local_addr()?;
         let shared = Arc::new(Shared {
-            udp,
+            udp: Arc::new(udp),
             conns: Mutex::new(HashMap::new()),
+            others,
         });
         let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
         let driver = tokio::spawn(drive(Arc::downgrade(&shared), tx));
@@ -301,6 +339,12 @@ fn incoming(
     datagram: &[u8],
     from: SocketAddr,
 ) -> Option<Arc<Handle>> {
+    if !packet::looks_like_utp(datagram) {
+        if let Some(others) = &shared.others {
+            let _ = others.try_send((datagram.to_vec(), from));
+        }
+        return None;
+    }
     let packet = packet::decode(datagram).ok()?;
     let now = now();
     let key = (from, packet.header.conn_id);
@@ -520,6 +564,44 @@ mod tests {
         );
         assert_eq!(reply, b"thanks");
         eprintln!("8 MiB over uTP on loopback in {took:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_port_hands_other_datagrams_on_and_still_speaks_utp() {
+        let (a, mut others) = UtpSocket::bind_sharing("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let node = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ping = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
+        node.send_to(ping, a.local_addr()).await.unwrap();
+        let (datagram, from) = others.incoming.recv().await.unwrap();
+        assert_eq!(
+            (&datagram[..], from),
+            (&ping[..], node.local_addr().unwrap())
+        );
+        others.socket.send_to(b"d1:y1:re", from).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, reply_from) = node.recv_from(&mut buf).await.unwrap();
+        assert_eq!((&buf[..n], reply_from), (&b"d1:y1:re"[..], a.local_addr()));
+
+        let b = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let b_addr = b.local_addr();
+        let server = tokio::spawn(async move {
+            let mut s = b.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut s = a.connect(b_addr).await.unwrap();
+        s.write_all(b"over the shared port").await.unwrap();
+        s.shutdown().await.unwrap();
+        assert_eq!(server.await.unwrap(), b"over the shared port");
+        assert!(
+            others.incoming.try_recv().is_err(),
+            "uTP packets went to the other node"
+        );
     }
 
     #[tokio::test]
