@@ -1082,3 +1082,40 @@ fn one_upload_slot_is_held_by_one_peer_and_given_on_at_once() {
     println!("  the second peer was unchoked {waited:?} after the first left");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
 }
+
+/// `pow serve`'s one peer port takes uTP too (UDP, same number): a `pow download --utp
+/// prefer` of each of two datasets connects over uTP and is routed to the dataset its
+/// handshake names.
+#[test]
+fn each_dataset_downloads_over_utp_from_the_one_peer_port() {
+    let work = TempDir::new("serve-utp");
+    let server = Server::start(&work.path().join("srv"), free_port(), &[]);
+    for (name, seed) in [("u1.zip", 71), ("u2.zip", 72)] {
+        let (dataset, _) = upload_seeding(&server, work.path(), name, 2, seed);
+        let torrent = work.path().join(format!("{name}.torrent"));
+        let bytes = http_get(format!(
+            "{}{}",
+            server.url,
+            dataset["torrent_url"].as_str().unwrap()
+        ))
+        .unwrap()
+        .bytes()
+        .unwrap();
+        std::fs::write(&torrent, &bytes).unwrap();
+        let out = work.path().join(format!("out-{name}"));
+        let peer = format!("127.0.0.1:{}", server.peer_port);
+        let report = common::pow_download_json(
+            torrent.to_str().unwrap(),
+            &out,
+            &["--peer", &peer, "--utp", "prefer"],
+        );
+        let got = std::fs::read(out.join(name)).unwrap();
+        assert_eq!(got, std::fs::read(work.path().join(name)).unwrap());
+        println!(
+            "{name}: {} bytes over the served peer port; connections {}",
+            got.len(),
+            report["connections"]
+        );
+        assert_eq!(report["connections"]["utp"], 1, "{report}");
+    }
+}
