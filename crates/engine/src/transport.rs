@@ -98,16 +98,15 @@ pub(crate) enum PeerWriter<'a> {
     Utp(&'a UtpStream),
 }
 
+// The whole stream reads and writes through its halves, so each transport is matched once.
 impl AsyncRead for PeerStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PeerStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            PeerStream::Utp(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        let (mut reader, _) = self.get_mut().split();
+        Pin::new(&mut reader).poll_read(cx, buf)
     }
 }
 
@@ -117,24 +116,18 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            PeerStream::Tcp(s) => Pin::new(s).poll_write(cx, data),
-            PeerStream::Utp(s) => Pin::new(s).poll_write(cx, data),
-        }
+        let (_, mut writer) = self.get_mut().split();
+        Pin::new(&mut writer).poll_write(cx, data)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PeerStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            PeerStream::Utp(s) => Pin::new(s).poll_flush(cx),
-        }
+        let (_, mut writer) = self.get_mut().split();
+        Pin::new(&mut writer).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PeerStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            PeerStream::Utp(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        let (_, mut writer) = self.get_mut().split();
+        Pin::new(&mut writer).poll_shutdown(cx)
     }
 }
 
