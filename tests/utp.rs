@@ -159,7 +159,9 @@ fn libtorrent_over_utp_alone_downloads_from_pow_and_seeds_to_it() {
     );
     assert!(utp_connections(&report) >= 1, "{report}");
 
-    // A magnet link naming only that libtorrent: the metadata comes over uTP too.
+    // A magnet link naming only that libtorrent: the metadata comes over uTP too. With a DHT
+    // node (bootstrapped from a socket that never answers), which starts before the session
+    // and shares the peer port's UDP socket with it: the session still dials over uTP.
     let magnet = pow()
         .args(["torrent", "magnet"])
         .arg(&torrent)
@@ -171,10 +173,12 @@ fn libtorrent_over_utp_alone_downloads_from_pow_and_seeds_to_it() {
         common::text(&magnet.stdout).trim()
     );
     let out = tmp.path().join("pow-from-lt-magnet");
-    let report = pow_download_json(&link, &out, &[]);
+    let silent_node = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent = silent_node.local_addr().unwrap().to_string();
+    let report = pow_download_json(&link, &out, &["--dht-bootstrap", &silent]);
     let bytes = same_bytes(&data, &out.join("blob")).unwrap();
     println!(
-        "  libtorrent (uTP only) -> pow download MAGNET (defaults): metadata in {} s, {bytes} bytes verified; connections {}",
+        "  libtorrent (uTP only) -> pow download MAGNET (defaults, a DHT node): metadata in {} s, {bytes} bytes verified; connections {}",
         report["metadata_seconds"], report["connections"]
     );
     assert!(utp_connections(&report) >= 1, "{report}");

@@ -187,17 +187,9 @@ impl SwarmArgs {
         if let Some(secs) = self.snub_timeout {
             config.snub_timeout = Duration::from_secs_f64(secs);
         }
+        config.utp_socket = self.peer_port_utp().await;
         let mut dht = self.dht_plan();
         if let Some(plan) = &dht {
-            let same_port = config.listen == Some(plan.bind) && plan.bind.port() != 0;
-            if config.utp != pow_engine::Utp::Off && same_port {
-                // uTP and the DHT node on one UDP port, as libtorrent and Transmission run
-                // them; bound before the node, which would take the port otherwise.
-                if let Ok((socket, shared)) = pow_utp::UtpSocket::bind_sharing(plan.bind).await {
-                    config.utp_socket = Some(Arc::new(socket));
-                    crate::dht_peers::offer_udp(shared);
-                }
-            }
             let private = storage.metainfo().private;
             if !crate::dht_peers::prepare(plan, private, &mut config).await? {
                 dht = None;
@@ -212,6 +204,27 @@ impl SwarmArgs {
             crate::dht_peers::feed(&plan, &torrent, self.port).await?;
         }
         Ok((torrent, announcer))
+    }
+
+    /// The uTP socket on the peer port's number (unless `--utp off` or port 0, which the
+    /// engine binds after TCP), bound once per process and before any DHT node, to which it
+    /// offers its port: uTP and the node then run on one UDP socket, as in libtorrent and
+    /// Transmission. None when the port is taken (the engine then says so).
+    pub async fn peer_port_utp(&self) -> Option<Arc<pow_utp::UtpSocket>> {
+        static PEER_PORT_UTP: tokio::sync::OnceCell<Option<Arc<pow_utp::UtpSocket>>> =
+            tokio::sync::OnceCell::const_new();
+        if self.utp == UtpArg::Off || self.port == 0 {
+            return None;
+        }
+        let addr = SocketAddr::new(self.bind, self.port);
+        PEER_PORT_UTP
+            .get_or_init(|| async move {
+                let (socket, shared) = pow_utp::UtpSocket::bind_sharing(addr).await.ok()?;
+                crate::dht_peers::offer_udp(shared);
+                Some(Arc::new(socket))
+            })
+            .await
+            .clone()
     }
 
     /// The DHT node to run, if `--dht` or `--dht-bootstrap` asked for one.

@@ -188,6 +188,8 @@ async fn metainfo_of_magnet(
     for peer in magnet.peers.iter().chain(&args.peers) {
         let _ = found.send(*peer);
     }
+    // Before the DHT node, so that the two share the peer port's UDP socket.
+    let metadata_utp = metadata_utp(&args.swarm).await;
     if let Some(plan) = args.swarm.dht_plan() {
         let found = found.clone();
         crate::dht_peers::start(&plan, info_hash.0, args.swarm.port, &[], move |peers| {
@@ -220,7 +222,7 @@ async fn metainfo_of_magnet(
         args.swarm.encryption.engine(),
         args.max_download_rate
             .map(|rate| std::sync::Arc::new(pow_engine::RateLimit::new(rate))),
-        metadata_utp(&args.swarm).await,
+        metadata_utp,
     )
     .await;
     if let Some(a) = announcer {
@@ -462,14 +464,17 @@ impl Progress {
     }
 }
 
-/// A uTP socket on any port for the metadata phase (the session binds the peer port's own
-/// later), unless `--utp off`.
+/// The uTP socket for the metadata phase: the peer port's (which the session uses after), or
+/// one on any port; none with `--utp off`.
 async fn metadata_utp(
     swarm: &crate::announce::SwarmArgs,
 ) -> Option<(pow_engine::Utp, std::sync::Arc<pow_utp::UtpSocket>)> {
     let mode = swarm.utp.engine();
     if mode == pow_engine::Utp::Off {
         return None;
+    }
+    if let Some(socket) = swarm.peer_port_utp().await {
+        return Some((mode, socket));
     }
     match pow_utp::UtpSocket::bind(std::net::SocketAddr::new(swarm.bind, 0)).await {
         Ok(socket) => Some((mode, std::sync::Arc::new(socket))),
