@@ -80,6 +80,8 @@ pub struct Connection {
     inflight: VecDeque<Sent>,
     /// Payload bytes sent and not acked (selectively acked and lost ones excluded).
     inflight_bytes: usize,
+    /// Packets in flight marked `lost`: while none, sending skips the search for them.
+    lost_packets: usize,
     window: usize,
     /// The window grows by every byte acked (slow start) up to here, and by LEDBAT's rule
     /// past it.
@@ -142,6 +144,7 @@ impl Connection {
             unsent: BytesMut::new(),
             inflight: VecDeque::new(),
             inflight_bytes: 0,
+            lost_packets: 0,
             window: INITIAL_WINDOW,
             slow_start_until: MAX_WINDOW,
             peer_window: RECV_BUFFER,
@@ -260,6 +263,7 @@ impl Connection {
         }
         self.inflight.clear();
         self.inflight_bytes = 0;
+        self.lost_packets = 0;
         self.unsent.clear();
     }
 
@@ -330,6 +334,7 @@ impl Connection {
             sent.sent_at = now;
             if std::mem::take(&mut sent.lost) {
                 self.inflight_bytes += sent.payload.len();
+                self.lost_packets -= 1;
             }
             (sent.kind, sent.seq, sent.payload.clone())
         };
@@ -346,7 +351,10 @@ impl Connection {
         // One packet may always be in flight, or a zero window would never reopen.
         let fits = |inflight: usize, len: usize| inflight == 0 || inflight + len <= window;
         let mut i = 0;
-        while let Some(index) = self.inflight.range(i..).position(|s| s.lost) {
+        while self.lost_packets > 0 {
+            let Some(index) = self.inflight.range(i..).position(|s| s.lost) else {
+                break;
+            };
             let index = i + index;
             if !fits(self.inflight_bytes, self.inflight[index].payload.len()) {
                 return self.flush_ack(now);
@@ -452,7 +460,9 @@ impl Connection {
             }
             let sent = self.inflight.pop_front().expect("front");
             progressed = true;
-            if !sent.sacked && !sent.lost {
+            if sent.lost {
+                self.lost_packets -= 1;
+            } else if !sent.sacked {
                 self.inflight_bytes -= sent.payload.len();
                 acked_bytes += sent.payload.len();
             }
@@ -468,10 +478,17 @@ impl Connection {
                         continue;
                     }
                     let seq = ack.wrapping_add(2 + (i * 8 + bit) as u16);
-                    if let Some(sent) = self.inflight.iter_mut().find(|s| s.seq == seq) {
+                    // In flight are consecutive numbers from the oldest unacked one.
+                    let Some(oldest) = self.inflight.front().map(|s| s.seq) else {
+                        break;
+                    };
+                    let index = usize::from(seq.wrapping_sub(oldest));
+                    if let Some(sent) = self.inflight.get_mut(index) {
                         if !sent.sacked {
                             sent.sacked = true;
-                            if !std::mem::take(&mut sent.lost) {
+                            if std::mem::take(&mut sent.lost) {
+                                self.lost_packets -= 1;
+                            } else {
                                 self.inflight_bytes -= sent.payload.len();
                             }
                             acked_bytes += sent.payload.len();
@@ -635,6 +652,7 @@ impl Connection {
                 for sent in self.inflight.iter_mut().filter(|s| !s.sacked && !s.lost) {
                     sent.lost = true;
                     self.inflight_bytes -= sent.payload.len();
+                    self.lost_packets += 1;
                 }
             }
             self.rto = (self.rto * 2).min(MAX_RTO);
