@@ -3,7 +3,8 @@
 //! most 50 from one message and three messages a minute; a private torrent does none of it.
 //! Against libtorrent in both directions: two libtorrent leechers that know only a pow seed
 //! find each other through it, and a pow leecher that knows only a libtorrent peer downloads
-//! from a libtorrent seed that peer told it of.
+//! from a libtorrent seed that peer told it of; a libtorrent peer on uTP is exchanged with
+//! the uTP flag.
 
 mod common;
 
@@ -356,4 +357,65 @@ time.sleep(120)
     );
     assert!(report["peers_from_pex"].as_u64().unwrap() >= 1, "{report}");
     assert!(from_x > 0, "{report}");
+}
+
+/// A peer connected over uTP is told to others with BEP 11's uTP flag (`added.f` 0x04), so
+/// that they dial it over uTP (libtorrent reads the flag).
+#[test]
+fn a_peer_on_utp_is_exchanged_with_the_utp_flag() {
+    let work = TempDir::new("pex-utp");
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    common::make_zip(&data.join("set.zip"), 16, 13);
+    let torrent = work.path().join("set.torrent");
+    common::create_torrent(&data.join("set.zip"), &torrent, 262_144);
+    let info_hash = pow_metainfo::Metainfo::from_file(&torrent)
+        .unwrap()
+        .info_hash
+        .0;
+    // Slow, so that the libtorrent leecher is still connected when the exchange happens.
+    let (seed, port) = seed(
+        &torrent,
+        &data,
+        &["--max-upload-rate", "256K", "--pex-interval", "1"],
+    );
+    let script =
+        "torrent, out, pow_port, p = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+s = session(p, enable_incoming_tcp=False, enable_outgoing_tcp=False,
+            enable_incoming_utp=True, enable_outgoing_utp=True)
+h = s.add_torrent({'ti': lt.torrent_info(torrent), 'save_path': out})
+h.connect_peer(('127.0.0.1', pow_port))
+time.sleep(60)
+";
+    let lt_port = free_port();
+    let _leecher = Killed(python(
+        script,
+        &[
+            torrent.display().to_string(),
+            work.path().join("out").display().to_string(),
+            port.to_string(),
+            lt_port.to_string(),
+        ],
+    ));
+    let (mut raw, _) = pex_peer(port, info_hash, free_port());
+    let lt_addr = SocketAddr::from(([127, 0, 0, 1], lt_port));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let flags = loop {
+        assert!(
+            Instant::now() < deadline,
+            "pow never named the libtorrent peer"
+        );
+        let message = next_pex(&mut raw, Duration::from_secs(20));
+        if let Some((_, f)) = message.added.iter().find(|(a, _)| *a == lt_addr) {
+            break *f;
+        }
+    };
+    let stderr = stop(seed);
+    println!("pow named libtorrent's {lt_addr} with flags {flags:#04x}");
+    assert_eq!(
+        flags & pow_wire::pex::flags::UTP,
+        pow_wire::pex::flags::UTP,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("; 0 over uTP"), "{stderr}");
 }

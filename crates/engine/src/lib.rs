@@ -298,6 +298,8 @@ impl PeerEntry {
 pub(crate) struct WireLink {
     pub peer_id: [u8; 20],
     pub outgoing: bool,
+    /// Over uTP (told to other peers by peer exchange, BEP 11's `added.f` 0x04).
+    pub utp: bool,
 }
 
 pub(crate) struct State {

@@ -249,6 +249,7 @@ async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side
         let link = WireLink {
             peer_id: conn.peer_id,
             outgoing,
+            utp: conn.stream.is_utp(),
         };
         // Set when a duplicate connection we dialed is closed in favour of this one.
         let mut dialed_at = None;

@@ -71,6 +71,9 @@ impl PexLink {
                 if wire.outgoing {
                     f |= flags::REACHABLE;
                 }
+                if wire.utp {
+                    f |= flags::UTP;
+                }
                 Some((addr, f))
             })
             .collect();
