@@ -119,8 +119,10 @@ pub(crate) async fn utp_accept_loop(inner: Arc<Inner>, socket: Arc<pow_utp::UtpS
 enum Dialed {
     /// The handshakes completed; the connection ran to its end.
     Connected,
-    /// No connection (refused, timed out), or the peer closed it during the handshake: worth
-    /// trying another way.
+    /// No connection (refused, timed out): the other transport may reach the peer.
+    Unreachable,
+    /// The peer closed it during the handshake: worth the other kind of handshake, then the
+    /// other transport.
     Refused,
     /// The handshake failed otherwise (another torrent, ourselves, a protocol error).
     Failed,
@@ -148,7 +150,7 @@ pub(crate) async fn connect(inner: Arc<Inner>, addr: SocketAddr) {
             );
             dialed = dial(&inner, addr, transport, !encrypted).await;
         }
-        if dialed != Dialed::Refused {
+        if !matches!(dialed, Dialed::Refused | Dialed::Unreachable) {
             break;
         }
     }
@@ -178,11 +180,11 @@ async fn dial(
         Ok(Ok(stream)) => run(inner.clone(), stream, addr, Side::Dialed { encrypted }).await,
         Ok(Err(e)) => {
             tracing::debug!("connect {addr} ({transport:?}): {e}");
-            Dialed::Refused
+            Dialed::Unreachable
         }
         Err(_) => {
             tracing::debug!("connect {addr} ({transport:?}): timed out");
-            Dialed::Refused
+            Dialed::Unreachable
         }
     }
 }
