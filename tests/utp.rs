@@ -319,3 +319,45 @@ fn pow_to_pow_over_utp_and_off_means_tcp() {
     same_bytes(&data, &out.join("blob")).unwrap();
     assert_eq!(utp_connections(&report), 0, "{report}");
 }
+
+/// Hostile datagrams on a seed's uTP port: garbage, uTP-shaped packets for connections that
+/// do not exist (data, acks, FINs, resets) and SYNs never followed up. The seed survives them
+/// and a uTP download from it still completes with every byte. The packets are hand-made: no
+/// real client sends these.
+#[test]
+fn hostile_datagrams_on_the_utp_port_are_survived() {
+    let tmp = TempDir::new("utp-hostile");
+    let (data, torrent) = mib_payload(tmp.path(), "blob", 4, None);
+    let data_dir = data.parent().unwrap();
+    let port = free_port();
+    let mut seed = pow_seed(&torrent, data_dir, port, &[], Stdio::null());
+    let attacker = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let bytes = common::pseudo_random_bytes(3000 * 64, 77);
+    let mut sent = 0;
+    for (i, chunk) in bytes.chunks(64).enumerate() {
+        let mut datagram = chunk[..(chunk[0] as usize % 64).max(1)].to_vec();
+        if i % 3 == 1 && datagram.len() >= 20 {
+            // A uTP version 1 header of any type but SYN, for a random connection id.
+            datagram[0] = ((datagram[0] % 4) << 4) | 1;
+            datagram[1] = 0;
+        } else if i % 30 == 2 && datagram.len() >= 20 {
+            datagram[0] = 0x41; // a SYN nobody follows up
+            datagram[1] = 0;
+        }
+        attacker.send_to(&datagram, ("127.0.0.1", port)).unwrap();
+        sent += 1;
+    }
+    let out = tmp.path().join("out");
+    let report = pow_download_json(
+        torrent.to_str().unwrap(),
+        &out,
+        &["--peer", &format!("127.0.0.1:{port}"), "--utp", "prefer"],
+    );
+    let bytes = same_bytes(&data, &out.join("blob")).unwrap();
+    println!(
+        "  {sent} hostile datagrams, then {bytes} bytes verified; connections {}",
+        report["connections"]
+    );
+    assert!(seed.0.try_wait().unwrap().is_none(), "the seed died");
+    assert_eq!(utp_connections(&report), 1, "{report}");
+}
