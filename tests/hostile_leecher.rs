@@ -130,8 +130,9 @@ fn a_piece_the_seed_lacks_is_never_sent() {
     let mut corrupt = content.clone();
     corrupt[5 * 65536 + 7] ^= 0xff; // piece 5
     std::fs::write(set.join("a.bin"), &corrupt).unwrap();
-    // Outside swarm-lab's ports; the torrent has no tracker.
-    let port = 51190;
+    // A free port (a fixed one inside the ephemeral range was once taken by another test's
+    // outgoing connection in CI, and the seed could not listen); the torrent has no tracker.
+    let port = common::free_port();
     let mut seed = common::pow()
         .arg("seed")
         .arg(&torrent)
@@ -139,7 +140,7 @@ fn a_piece_the_seed_lacks_is_never_sent() {
         .arg(work.path().join("data"))
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--json"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -148,6 +149,11 @@ fn a_piece_the_seed_lacks_is_never_sent() {
         &mut line,
     )
     .unwrap();
+    if line.is_empty() {
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(seed.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        panic!("pow seed printed nothing: {stderr}");
+    }
     let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(ready["pieces_good"], 15, "{ready}");
 
