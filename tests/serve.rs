@@ -90,6 +90,13 @@ fn upload_seeding(
     (dataset, info_hash)
 }
 
+/// Fetches the dataset's torrent from the server's store into `path`.
+fn save_torrent(server: &Server, dataset: &serde_json::Value, path: &Path) {
+    let url = format!("{}{}", server.url, dataset["torrent_url"].as_str().unwrap());
+    let bytes = http_get(url).unwrap().bytes().unwrap();
+    std::fs::write(path, &bytes).unwrap();
+}
+
 /// aria2 downloads the dataset's torrent (fetched from the server) from the server's seed.
 fn aria2_download(
     server: &Server,
@@ -98,15 +105,7 @@ fn aria2_download(
     extra: &[&str],
 ) -> PathBuf {
     let torrent = into.join("dataset.torrent");
-    let bytes = http_get(format!(
-        "{}{}",
-        server.url,
-        dataset["torrent_url"].as_str().unwrap()
-    ))
-    .unwrap()
-    .bytes()
-    .unwrap();
-    std::fs::write(&torrent, &bytes).unwrap();
+    save_torrent(server, dataset, &torrent);
     let out_dir = into.join("aria2");
     let started = Instant::now();
     let mut aria2 = Command::new("aria2c")
@@ -1093,15 +1092,7 @@ fn each_dataset_downloads_over_utp_from_the_one_peer_port() {
     for (name, seed) in [("u1.zip", 71), ("u2.zip", 72)] {
         let (dataset, _) = upload_seeding(&server, work.path(), name, 2, seed);
         let torrent = work.path().join(format!("{name}.torrent"));
-        let bytes = http_get(format!(
-            "{}{}",
-            server.url,
-            dataset["torrent_url"].as_str().unwrap()
-        ))
-        .unwrap()
-        .bytes()
-        .unwrap();
-        std::fs::write(&torrent, &bytes).unwrap();
+        save_torrent(&server, &dataset, &torrent);
         let out = work.path().join(format!("out-{name}"));
         let peer = format!("127.0.0.1:{}", server.peer_port);
         let report = common::pow_download_json(

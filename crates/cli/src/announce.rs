@@ -53,7 +53,7 @@ pub struct SwarmArgs {
     /// uTP (BEP 29), BitTorrent over UDP with delay-based congestion control: `on` (accepted
     /// on the peer port's number over UDP; peers dialed over TCP first and over uTP when TCP
     /// fails), `prefer` (dialed over uTP first, as libtorrent and Transmission do) or `off`
-    /// (TCP only). A DHT node on the same UDP port number leaves uTP off, with a warning.
+    /// (TCP only). A DHT node on the same port number shares the UDP socket.
     #[arg(long, value_enum, default_value_t = UtpArg::On, value_name = "MODE")]
     pub utp: UtpArg,
     /// Peers uploaded to at once: those that send us the most (while downloading) or take the

@@ -29,6 +29,7 @@ mod received;
 mod superseed;
 pub mod trace;
 mod transport;
+use transport::PeerListener;
 pub mod webseed;
 
 pub use encryption::Encryption;
@@ -532,7 +533,10 @@ impl Torrent {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             // uTP on the port of the same number, where peers look for it.
             let utp_addr = listener.local_addr()?;
-            tokio::spawn(peer::accept_loop(inner.clone(), listener));
+            tokio::spawn(peer::accept_loop(
+                inner.clone(),
+                PeerListener::Tcp(listener),
+            ));
             if inner.config.utp != Utp::Off {
                 let socket = match inner.config.utp_socket.clone() {
                     Some(socket) => Some(socket),
@@ -540,7 +544,7 @@ impl Torrent {
                 };
                 if let Some(socket) = socket {
                     let _ = inner.utp.set(socket.clone());
-                    tokio::spawn(peer::utp_accept_loop(inner.clone(), socket));
+                    tokio::spawn(peer::accept_loop(inner.clone(), PeerListener::Utp(socket)));
                 }
             }
         }

@@ -6,7 +6,7 @@
 
 use crate::encryption::{self, Ciphers, Encryption};
 use crate::peer::{self, Routed};
-use crate::transport::{self, PeerStream};
+use crate::transport::{self, PeerListener, PeerStream};
 use crate::{Inner, Torrent};
 use bytes::BytesMut;
 use std::collections::HashMap;
@@ -48,7 +48,14 @@ impl SharedListener {
         let local_addr = listener.local_addr()?;
         let routes: Routes = Arc::default();
         let stop = watch::channel(false).0;
-        let accepting = accept_loop(listener, routes.clone(), encryption, stop.subscribe());
+        let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+        let accepting = accept_loop(
+            PeerListener::Tcp(listener),
+            routes.clone(),
+            encryption,
+            pending.clone(),
+            stop.subscribe(),
+        );
         tokio::spawn(accepting);
         let utp_mode = utp;
         let (utp, shared_udp) = match utp_mode {
@@ -59,8 +66,13 @@ impl SharedListener {
             },
         };
         if let Some(socket) = &utp {
-            let accepting =
-                utp_accept_loop(socket.clone(), routes.clone(), encryption, stop.subscribe());
+            let accepting = accept_loop(
+                PeerListener::Utp(socket.clone()),
+                routes.clone(),
+                encryption,
+                pending,
+                stop.subscribe(),
+            );
             tokio::spawn(accepting);
         }
         Ok(SharedListener {
@@ -119,13 +131,15 @@ impl Drop for SharedListener {
     }
 }
 
+/// Accepts from `listener` (TCP, or uTP on the same port number) and routes each connection;
+/// `pending` caps the handshakes still owed over both.
 async fn accept_loop(
-    listener: TcpListener,
+    listener: PeerListener,
     routes: Routes,
     encryption: Encryption,
+    pending: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -135,38 +149,13 @@ async fn accept_loop(
                         continue;
                     };
                     let routes = routes.clone();
-                    tokio::spawn(route(PeerStream::Tcp(stream), addr, routes, encryption, permit));
+                    tokio::spawn(route(stream, addr, routes, encryption, permit));
                 }
+                Err(_) if listener.gone() => return,
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-            },
-            _ = crate::until_true(&mut stop) => return,
-        }
-    }
-}
-
-async fn utp_accept_loop(
-    socket: Arc<pow_utp::UtpSocket>,
-    routes: Routes,
-    encryption: Encryption,
-    mut stop: watch::Receiver<bool>,
-) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-    loop {
-        tokio::select! {
-            accepted = socket.accept() => match accepted {
-                Ok(stream) => {
-                    let addr = stream.peer_addr();
-                    let Ok(permit) = pending.clone().try_acquire_owned() else {
-                        tracing::debug!("{addr}: too many pending handshakes, closed");
-                        continue;
-                    };
-                    let routes = routes.clone();
-                    tokio::spawn(route(PeerStream::Utp(stream), addr, routes, encryption, permit));
-                }
-                Err(_) => return,
             },
             _ = crate::until_true(&mut stop) => return,
         }

@@ -20,7 +20,7 @@ use crate::encryption::{self, Ciphers};
 use crate::inorder::InOrderHashes;
 use crate::pex::PexLink;
 use crate::received::{self, Unwritten, Writer};
-use crate::transport::{PeerStream, Transport};
+use crate::transport::{PeerListener, PeerStream, Transport};
 use crate::{Inner, PeerCmd, PeerEntry, WireLink, MAX_STRIKES};
 use bytes::{Buf, Bytes, BytesMut};
 use pow_metainfo::Block;
@@ -72,7 +72,9 @@ pub(crate) const MAX_UNREQUESTED_BLOCKS: u32 = 16;
 /// cleared (a late block is then counted as unrequested, well within the limit above).
 const MAX_WITHDRAWN: usize = 2 * MAX_PIPELINE;
 
-pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
+/// Accepts connections from `listener` (TCP, or uTP on the UDP port of the same number) for as
+/// long as the torrent runs.
+pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: PeerListener) {
     let mut shutdown = inner.shutdown.subscribe();
     loop {
         tokio::select! {
@@ -80,34 +82,14 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpList
                 Ok((stream, addr)) => {
                     let full = inner.lock().peers.len() >= inner.config.max_peers;
                     if !full {
-                        let stream = PeerStream::Tcp(stream);
                         tokio::spawn(run(inner.clone(), stream, addr, Side::Accepted));
                     }
                 }
+                Err(_) if listener.gone() => return,
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-            },
-            _ = crate::until_true(&mut shutdown) => return,
-        }
-    }
-}
-
-/// Accepts uTP connections (the peer port's number, over UDP) for as long as the torrent runs.
-pub(crate) async fn utp_accept_loop(inner: Arc<Inner>, socket: Arc<pow_utp::UtpSocket>) {
-    let mut shutdown = inner.shutdown.subscribe();
-    loop {
-        tokio::select! {
-            accepted = socket.accept() => match accepted {
-                Ok(stream) => {
-                    let full = inner.lock().peers.len() >= inner.config.max_peers;
-                    if !full {
-                        let addr = stream.peer_addr();
-                        tokio::spawn(run(inner.clone(), PeerStream::Utp(stream), addr, Side::Accepted));
-                    }
-                }
-                Err(_) => return,
             },
             _ = crate::until_true(&mut shutdown) => return,
         }

@@ -66,6 +66,35 @@ pub(crate) async fn bind_utp_sharing(
     }
 }
 
+/// Where incoming connections come from: a TCP listener or a uTP socket.
+pub(crate) enum PeerListener {
+    Tcp(tokio::net::TcpListener),
+    Utp(std::sync::Arc<UtpSocket>),
+}
+
+impl PeerListener {
+    /// The next connection. An error from TCP is passing (out of descriptors, say); from uTP
+    /// it means the socket is gone ([`PeerListener::gone`]).
+    pub(crate) async fn accept(&self) -> io::Result<(PeerStream, std::net::SocketAddr)> {
+        match self {
+            PeerListener::Tcp(listener) => {
+                let (stream, addr) = listener.accept().await?;
+                Ok((PeerStream::Tcp(stream), addr))
+            }
+            PeerListener::Utp(socket) => {
+                let stream = socket.accept().await?;
+                let addr = stream.peer_addr();
+                Ok((PeerStream::Utp(stream), addr))
+            }
+        }
+    }
+
+    /// Whether an accept error ends accepting for good.
+    pub(crate) fn gone(&self) -> bool {
+        matches!(self, PeerListener::Utp(_))
+    }
+}
+
 pub(crate) enum PeerStream {
     Tcp(TcpStream),
     Utp(UtpStream),
