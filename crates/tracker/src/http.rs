@@ -291,11 +291,19 @@ fn dechunk(mut input: &[u8], max_body: usize) -> Result<Vec<u8>> {
         if size == 0 {
             return Ok(out);
         }
-        if out.len() + size > max_body {
+        // A hostile size (up to usize::MAX) must not overflow the sum: checked, then capped.
+        if out
+            .len()
+            .checked_add(size)
+            .is_none_or(|total| total > max_body)
+        {
             return Err(Error::TooLarge(max_body));
         }
         if input.len() < size + 2 {
             return Err(Error::Http("truncated chunk".into()));
+        }
+        if &input[size..size + 2] != b"\r\n" {
+            return Err(Error::Http("chunk data not followed by CRLF".into()));
         }
         out.extend_from_slice(&input[..size]);
         input = &input[size + 2..];
@@ -371,6 +379,17 @@ mod tests {
         assert!(matches!(
             dechunk(b"ff\r\nabc", 10),
             Err(Error::TooLarge(10))
+        ));
+        // Found by the tracker_response fuzz target in CI: a size of usize::MAX overflowed
+        // `out.len() + size` (a panic with overflow checks, a slice past the end without).
+        assert!(matches!(
+            dechunk(b"1\r\na\r\nffffffffffffffff\r\nabc\r\n0\r\n\r\n", 4096),
+            Err(Error::TooLarge(4096))
+        ));
+        // Chunk data runs to its CRLF, not past it.
+        assert!(matches!(
+            dechunk(b"3\r\nabcd\r\n0\r\n\r\n", 100),
+            Err(Error::Http(_))
         ));
     }
 }
