@@ -6,7 +6,7 @@
 
 use crate::encryption::{self, Ciphers, Encryption};
 use crate::peer::{read_handshake, PeerError};
-use crate::transport::{PeerStream, Transport};
+use crate::transport::{self, DialOutcome, Next, PeerStream, Transport};
 use crate::{RateLimit, Utp};
 use bytes::{Buf, Bytes, BytesMut};
 use pow_utp::UtpSocket;
@@ -21,7 +21,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -116,30 +115,34 @@ async fn fetch_from(
     limit: Option<Arc<RateLimit>>,
     utp: Option<(Utp, Arc<UtpSocket>)>,
 ) -> Result<Vec<u8>, String> {
-    let encrypted = encryption.dials_encrypted_first();
     let limit = limit.as_deref();
     let (mode, socket) = match &utp {
         Some((mode, socket)) => (*mode, Some(socket.as_ref())),
         None => (Utp::Off, None),
     };
-    let mut last = String::new();
-    for &transport in mode.dial_order(socket) {
-        let dial = Dial {
-            addr,
-            transport,
-            socket,
-        };
-        let mut result = fetch_once(&dial, info_hash, peer_id, encryption, encrypted, limit).await;
-        if matches!(result, Err(Attempt::Refused(_))) && encryption.redials() {
-            result = fetch_once(&dial, info_hash, peer_id, encryption, !encrypted, limit).await;
-        }
-        match result {
-            Ok(info) => return Ok(info),
-            Err(Attempt::Failed(message)) => return Err(message),
-            Err(Attempt::Refused(message) | Attempt::Unreachable(message)) => last = message,
-        }
+    let order = mode.dial_order(socket);
+    let fetched = transport::dial_in_turn(
+        addr,
+        order,
+        encryption,
+        || false,
+        |transport, encrypted| {
+            let dial = Dial {
+                addr,
+                transport,
+                socket,
+            };
+            async move { fetch_once(&dial, info_hash, peer_id, encryption, encrypted, limit).await }
+        },
+    )
+    .await;
+    match fetched {
+        Some(Ok(info)) => Ok(info),
+        Some(Err(
+            Attempt::Unreachable(message) | Attempt::Refused(message) | Attempt::Failed(message),
+        )) => Err(message),
+        None => Err(format!("{addr}: no transport to dial")),
     }
-    Err(last)
 }
 
 /// Where and how one connection is dialed.
@@ -159,6 +162,16 @@ enum Attempt {
     Failed(String),
 }
 
+impl DialOutcome for Result<Vec<u8>, Attempt> {
+    fn next(&self) -> Next {
+        match self {
+            Ok(_) | Err(Attempt::Failed(_)) => Next::Stop,
+            Err(Attempt::Unreachable(_)) => Next::OtherTransport,
+            Err(Attempt::Refused(_)) => Next::OtherHandshake,
+        }
+    }
+}
+
 async fn fetch_once(
     dial: &Dial<'_>,
     info_hash: [u8; 20],
@@ -169,18 +182,8 @@ async fn fetch_once(
 ) -> Result<Vec<u8>, Attempt> {
     let addr = dial.addr;
     let fail = |what: &str| format!("{addr}: {what}");
-    let connected = match (dial.transport, dial.socket) {
-        (Transport::Utp, Some(socket)) => {
-            tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
-                .await
-                .map(|r| r.map(PeerStream::Utp))
-        }
-        _ => tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map(|r| r.map(PeerStream::Tcp)),
-    };
-    let mut stream = connected
-        .map_err(|_| Attempt::Unreachable(fail("connect timed out")))?
+    let mut stream = transport::connect(dial.transport, addr, dial.socket, CONNECT_TIMEOUT)
+        .await
         .map_err(|e| Attempt::Unreachable(fail(&format!("connect: {e}"))))?;
     let mut ours = Handshake::new(info_hash, peer_id);
     extension::set_extension_bit(&mut ours.reserved);

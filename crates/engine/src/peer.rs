@@ -20,7 +20,7 @@ use crate::encryption::{self, Ciphers};
 use crate::inorder::InOrderHashes;
 use crate::pex::PexLink;
 use crate::received::{self, Unwritten, Writer};
-use crate::transport::{PeerListener, PeerStream, Transport};
+use crate::transport::{self, Next, PeerListener, PeerStream, Transport};
 use crate::{Inner, PeerCmd, PeerEntry, WireLink, MAX_STRIKES};
 use bytes::{Buf, Bytes, BytesMut};
 use pow_metainfo::Block;
@@ -34,7 +34,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// Room kept free in a peer's read buffer before each socket read: a read takes up to this
@@ -110,32 +109,29 @@ enum Dialed {
     Failed,
 }
 
-pub(crate) async fn connect(inner: Arc<Inner>, addr: SocketAddr) {
-    let policy = inner.config.encryption;
-    let utp = inner.utp.get().cloned();
-    for &transport in inner.config.utp.dial_order(utp.as_deref()) {
-        if *inner.shutdown.borrow() {
-            break;
-        }
-        let encrypted = policy.dials_encrypted_first();
-        let mut dialed = dial(&inner, addr, transport, encrypted).await;
-        if dialed == Dialed::Refused && policy.redials() && !*inner.shutdown.borrow() {
-            // A peer that requires encryption closes on a plaintext handshake; one that knows
-            // no encryption closes on an encrypted one.
-            tracing::debug!(
-                "{addr}: no handshake over {transport:?}; dialing again {}",
-                if encrypted {
-                    "in plaintext"
-                } else {
-                    "encrypted"
-                }
-            );
-            dialed = dial(&inner, addr, transport, !encrypted).await;
-        }
-        if !matches!(dialed, Dialed::Refused | Dialed::Unreachable) {
-            break;
+impl transport::DialOutcome for Dialed {
+    fn next(&self) -> Next {
+        match self {
+            Dialed::Connected | Dialed::Failed => Next::Stop,
+            Dialed::Unreachable => Next::OtherTransport,
+            Dialed::Refused => Next::OtherHandshake,
         }
     }
+}
+
+pub(crate) async fn connect(inner: Arc<Inner>, addr: SocketAddr) {
+    let order = inner
+        .config
+        .utp
+        .dial_order(inner.utp.get().map(Arc::as_ref));
+    transport::dial_in_turn(
+        addr,
+        order,
+        inner.config.encryption,
+        || *inner.shutdown.borrow(),
+        |transport, encrypted| dial(&inner, addr, transport, encrypted),
+    )
+    .await;
     inner.lock().connecting.remove(&addr);
 }
 
@@ -146,26 +142,11 @@ async fn dial(
     transport: Transport,
     encrypted: bool,
 ) -> Dialed {
-    let timeout = inner.config.connect_timeout;
-    let stream = match transport {
-        Transport::Tcp => tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map(|r| r.map(PeerStream::Tcp)),
-        Transport::Utp => {
-            let socket = inner.utp.get().expect("dialed over uTP only with a socket");
-            tokio::time::timeout(timeout, socket.connect(addr))
-                .await
-                .map(|r| r.map(PeerStream::Utp))
-        }
-    };
-    match stream {
-        Ok(Ok(stream)) => run(inner.clone(), stream, addr, Side::Dialed { encrypted }).await,
-        Ok(Err(e)) => {
+    let socket = inner.utp.get().map(Arc::as_ref);
+    match transport::connect(transport, addr, socket, inner.config.connect_timeout).await {
+        Ok(stream) => run(inner.clone(), stream, addr, Side::Dialed { encrypted }).await,
+        Err(e) => {
             tracing::debug!("connect {addr} ({transport:?}): {e}");
-            Dialed::Unreachable
-        }
-        Err(_) => {
-            tracing::debug!("connect {addr} ({transport:?}): timed out");
             Dialed::Unreachable
         }
     }

@@ -1,10 +1,13 @@
 //! A peer connection's byte stream: TCP, or uTP (BEP 29, [`pow_utp`]) over the UDP port of
 //! the same number. Everything above the handshake is the same for both.
 
+use crate::encryption::Encryption;
 use pow_utp::{UtpSocket, UtpStream};
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -30,6 +33,94 @@ pub(crate) enum Transport {
     Utp,
 }
 
+/// Where dialing a peer goes after one attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// The attempt connected (whatever came of it after) or failed in a way no other attempt
+    /// mends (another torrent, ourselves, a protocol error): stop.
+    Stop,
+    /// No connection (refused, timed out): the other transport may reach the peer.
+    OtherTransport,
+    /// The peer closed the connection during the handshake: a peer that requires encryption
+    /// does that to a plaintext handshake, one that knows no encryption to an encrypted one.
+    /// Worth the other kind of handshake, then the other transport.
+    OtherHandshake,
+}
+
+/// The end of one dial attempt, as [`dial_in_turn`] reads it.
+pub(crate) trait DialOutcome {
+    fn next(&self) -> Next;
+}
+
+/// Dials the peer at `addr` the way both the session and the metadata fetch do: over each transport in
+/// `order` in turn; over each, with the handshake `encryption` dials first and, when the peer
+/// closes that one and `encryption` allows it, once with the other kind. An unreachable peer
+/// is not dialed again with the other handshake over the same transport (that would double a
+/// dead peer's connect timeout). `attempt(transport, encrypted)` makes one attempt; the last
+/// attempt's outcome is returned (`None` when `stopping` held before the first).
+pub(crate) async fn dial_in_turn<O, F, Fut>(
+    addr: SocketAddr,
+    order: &[Transport],
+    encryption: Encryption,
+    stopping: impl Fn() -> bool,
+    mut attempt: F,
+) -> Option<O>
+where
+    O: DialOutcome,
+    F: FnMut(Transport, bool) -> Fut,
+    Fut: std::future::Future<Output = O>,
+{
+    let mut last = None;
+    for &transport in order {
+        if stopping() {
+            break;
+        }
+        let encrypted = encryption.dials_encrypted_first();
+        let mut outcome = attempt(transport, encrypted).await;
+        if outcome.next() == Next::OtherHandshake && encryption.redials() && !stopping() {
+            tracing::debug!(
+                "{addr}: no handshake over {transport:?}; dialing again {}",
+                if encrypted {
+                    "in plaintext"
+                } else {
+                    "encrypted"
+                }
+            );
+            outcome = attempt(transport, !encrypted).await;
+        }
+        let next = outcome.next();
+        last = Some(outcome);
+        if next == Next::Stop {
+            break;
+        }
+    }
+    last
+}
+
+/// Opens a connection to `addr` over `transport` within `timeout` (uTP from `socket`).
+pub(crate) async fn connect(
+    transport: Transport,
+    addr: SocketAddr,
+    socket: Option<&UtpSocket>,
+    timeout: Duration,
+) -> io::Result<PeerStream> {
+    let timed_out = |_| io::Error::new(io::ErrorKind::TimedOut, "timed out");
+    match (transport, socket) {
+        (Transport::Tcp, _) => tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(timed_out)?
+            .map(PeerStream::Tcp),
+        (Transport::Utp, Some(socket)) => tokio::time::timeout(timeout, socket.connect(addr))
+            .await
+            .map_err(timed_out)?
+            .map(PeerStream::Utp),
+        (Transport::Utp, None) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "no uTP socket to dial from",
+        )),
+    }
+}
+
 impl Utp {
     /// The transports to dial a peer with, in order.
     pub(crate) fn dial_order(self, socket: Option<&UtpSocket>) -> &'static [Transport] {
@@ -43,7 +134,7 @@ impl Utp {
 
 /// Binds uTP on `addr` (the TCP listener's address); a port taken already (by a DHT node on
 /// the same number, say) leaves the torrent on TCP alone, with a warning.
-pub(crate) async fn bind_utp(addr: std::net::SocketAddr) -> Option<std::sync::Arc<UtpSocket>> {
+pub(crate) async fn bind_utp(addr: SocketAddr) -> Option<std::sync::Arc<UtpSocket>> {
     match UtpSocket::bind(addr).await {
         Ok(socket) => Some(std::sync::Arc::new(socket)),
         Err(e) => {
@@ -55,7 +146,7 @@ pub(crate) async fn bind_utp(addr: std::net::SocketAddr) -> Option<std::sync::Ar
 
 /// As [`bind_utp`], sharing the port with whoever takes the [`pow_utp::SharedUdp`].
 pub(crate) async fn bind_utp_sharing(
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
 ) -> Option<(std::sync::Arc<UtpSocket>, pow_utp::SharedUdp)> {
     match UtpSocket::bind_sharing(addr).await {
         Ok((socket, shared)) => Some((std::sync::Arc::new(socket), shared)),
@@ -75,7 +166,7 @@ pub(crate) enum PeerListener {
 impl PeerListener {
     /// The next connection. An error from TCP is passing (out of descriptors, say); from uTP
     /// it means the socket is gone ([`PeerListener::gone`]).
-    pub(crate) async fn accept(&self) -> io::Result<(PeerStream, std::net::SocketAddr)> {
+    pub(crate) async fn accept(&self) -> io::Result<(PeerStream, SocketAddr)> {
         match self {
             PeerListener::Tcp(listener) => {
                 let (stream, addr) = listener.accept().await?;
@@ -197,5 +288,92 @@ impl AsyncWrite for PeerWriter<'_> {
             PeerWriter::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             PeerWriter::Utp(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An attempt's end as the test scripts it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct Scripted(Next);
+
+    impl DialOutcome for Scripted {
+        fn next(&self) -> Next {
+            self.0
+        }
+    }
+
+    /// The attempts `dial_in_turn` makes when each (transport, encrypted) pair ends as
+    /// `script` says (unlisted pairs stop).
+    fn attempts(
+        order: &[Transport],
+        encryption: Encryption,
+        script: &[((Transport, bool), Next)],
+    ) -> Vec<(Transport, bool)> {
+        let made = std::cell::RefCell::new(Vec::new());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(dial_in_turn(
+            "127.0.0.1:1".parse().unwrap(),
+            order,
+            encryption,
+            || false,
+            |transport, encrypted| {
+                made.borrow_mut().push((transport, encrypted));
+                let next = script
+                    .iter()
+                    .find(|(attempt, _)| *attempt == (transport, encrypted))
+                    .map_or(Next::Stop, |(_, next)| *next);
+                std::future::ready(Scripted(next))
+            },
+        ));
+        made.into_inner()
+    }
+
+    #[test]
+    fn the_dial_policy() {
+        use Next::*;
+        use Transport::*;
+        let both = [Tcp, Utp];
+        // Connected at once: one attempt.
+        assert_eq!(attempts(&both, Encryption::Allow, &[]), [(Tcp, false)]);
+        // Unreachable over TCP: uTP next, not TCP again encrypted.
+        assert_eq!(
+            attempts(&both, Encryption::Allow, &[((Tcp, false), OtherTransport)]),
+            [(Tcp, false), (Utp, false)]
+        );
+        // Closed during the plaintext handshake: encrypted over the same transport.
+        assert_eq!(
+            attempts(&both, Encryption::Allow, &[((Tcp, false), OtherHandshake)]),
+            [(Tcp, false), (Tcp, true)]
+        );
+        // Closed both ways: the other transport, encrypted first under `prefer`.
+        assert_eq!(
+            attempts(
+                &both,
+                Encryption::Prefer,
+                &[
+                    ((Tcp, true), OtherHandshake),
+                    ((Tcp, false), OtherHandshake)
+                ]
+            ),
+            [(Tcp, true), (Tcp, false), (Utp, true)]
+        );
+        // `require` and `off` never dial the other kind of handshake.
+        assert_eq!(
+            attempts(&both, Encryption::Require, &[((Tcp, true), OtherHandshake)]),
+            [(Tcp, true), (Utp, true)]
+        );
+        assert_eq!(
+            attempts(
+                &[Utp, Tcp],
+                Encryption::Off,
+                &[((Utp, false), OtherHandshake)]
+            ),
+            [(Utp, false), (Tcp, false)]
+        );
     }
 }
