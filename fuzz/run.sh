@@ -21,6 +21,8 @@ for t in "${targets[@]}"; do
   echo "fuzz: $t for ${secs}s"
   log="$(mktemp)"
   if ! cargo $toolchain fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} -max_len=65536 -rss_limit_mb=2048 >"$log" 2>&1; then
+    # The cause first (CI's log keeps only the tail, which holds the reproduction hints).
+    grep -m 1 -A 3 -E 'panicked at|ERROR: (AddressSanitizer|libFuzzer)' "$log" || true
     grep -v '^ *Compiling' "$log" | tail -n 40; echo "fuzz: $t FAILED"; exit 1
   fi
   grep -E '^(#[0-9]+ *DONE|Done [0-9]+ runs)' "$log" | tail -n 1

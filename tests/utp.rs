@@ -96,6 +96,23 @@ fn stop_seed(seed: Killed, stderr_file: &Path) -> String {
     std::fs::read_to_string(stderr_file).unwrap()
 }
 
+/// `pow download --utp prefer` of `torrent` (one file, "blob") from the seed on `port` into
+/// `out`: its --json report and the number of bytes that match `data`.
+fn download_preferring_utp(
+    torrent: &Path,
+    port: u16,
+    out: &Path,
+    data: &Path,
+) -> (serde_json::Value, u64) {
+    let report = pow_download_json(
+        torrent.to_str().unwrap(),
+        out,
+        &["--peer", &format!("127.0.0.1:{port}"), "--utp", "prefer"],
+    );
+    let bytes = same_bytes(data, &out.join("blob")).unwrap();
+    (report, bytes)
+}
+
 /// "connections: ... N over uTP" from a stopped seed's stderr.
 fn seed_utp_count(stderr: &str) -> u64 {
     let line = stderr
@@ -221,13 +238,7 @@ fn utp_and_the_dht_node_share_the_peer_port() {
     assert_eq!((answer.tid.as_slice(), from.port()), (&b"pw"[..], port));
     assert!(matches!(answer.body, Body::Response(_)), "{answer:?}");
 
-    let out = tmp.path().join("out");
-    let report = pow_download_json(
-        torrent.to_str().unwrap(),
-        &out,
-        &["--peer", &format!("127.0.0.1:{port}"), "--utp", "prefer"],
-    );
-    let bytes = same_bytes(&data, &out.join("blob")).unwrap();
+    let (report, bytes) = download_preferring_utp(&torrent, port, &tmp.path().join("out"), &data);
     let stderr = stop_seed(seed, &stderr_file);
     println!(
         "  UDP {port}: a DHT ping answered, and {bytes} bytes over uTP; connections {}",
@@ -310,13 +321,8 @@ fn pow_to_pow_over_utp_and_off_means_tcp() {
     // A pow seed with uTP off has no UDP socket: a --utp prefer download falls back to TCP.
     let port = free_port();
     let _tcp_only = pow_seed(&torrent, data_dir, port, &["--utp", "off"], Stdio::null());
-    let out = tmp.path().join("out-fallback");
-    let report = pow_download_json(
-        torrent.to_str().unwrap(),
-        &out,
-        &["--peer", &format!("127.0.0.1:{port}"), "--utp", "prefer"],
-    );
-    same_bytes(&data, &out.join("blob")).unwrap();
+    let (report, _) =
+        download_preferring_utp(&torrent, port, &tmp.path().join("out-fallback"), &data);
     assert_eq!(utp_connections(&report), 0, "{report}");
 }
 
@@ -347,13 +353,7 @@ fn hostile_datagrams_on_the_utp_port_are_survived() {
         attacker.send_to(&datagram, ("127.0.0.1", port)).unwrap();
         sent += 1;
     }
-    let out = tmp.path().join("out");
-    let report = pow_download_json(
-        torrent.to_str().unwrap(),
-        &out,
-        &["--peer", &format!("127.0.0.1:{port}"), "--utp", "prefer"],
-    );
-    let bytes = same_bytes(&data, &out.join("blob")).unwrap();
+    let (report, bytes) = download_preferring_utp(&torrent, port, &tmp.path().join("out"), &data);
     println!(
         "  {sent} hostile datagrams, then {bytes} bytes verified; connections {}",
         report["connections"]

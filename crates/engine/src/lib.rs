@@ -29,7 +29,6 @@ mod received;
 mod superseed;
 pub mod trace;
 mod transport;
-use transport::PeerListener;
 pub mod webseed;
 
 pub use encryption::Encryption;
@@ -48,6 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
+use transport::PeerListener;
 
 /// Bad pieces a peer may take part in before it is banned.
 pub const MAX_STRIKES: u32 = 3;
