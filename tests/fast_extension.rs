@@ -143,7 +143,7 @@ choked_at = None
 # Choke once 24 MiB are sent (1.5 s at the 16 MiB/s limit): by then pow's pipeline follows the
 # measured rate (hundreds of requests), more than libtorrent keeps read ahead in its send buffer,
 # so some requests are still queued and get rejected. At 8 MiB a pipeline still at its starting
-# 16 requests could all be in flight already, and no reject was sent (1 run in 4).
+# size could all be in flight already, and no reject was sent (1 run in 4, with 16 requests).
 while True:
     if choked_at is None and any(p.total_upload > (24 << 20) for p in h.get_peer_info()):
         ses.apply_settings({'unchoke_slots_limit': 0}); choked_at = time.time()

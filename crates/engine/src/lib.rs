@@ -84,7 +84,7 @@ pub struct EngineConfig {
     /// of its own for that, beside its socket loop ([`received`]); `None`: never. Default:
     /// 200 ms when this process may run on more than one core (its CPU affinity, so `taskset
     /// -c 0` turns it off: on one core the hand-over only costs), else `None`. Test hook:
-    /// `POW_WRITER_AFTER_MS` sets the time (0: every peer, from its first tick).
+    /// `POW_WRITER_AFTER_MS` sets the time (0: every peer, from the start).
     pub writer_after_busy: Option<Duration>,
     /// Caps what all peers together get from us (blocks served); `None`: no limit. Give
     /// several sessions the same bucket to cap them together.
