@@ -587,9 +587,9 @@ impl Peer {
                 .to_message()
                 .encode(&mut self.out);
         }
+        self.start_writer_if_busy();
         // The first tick a second from now, not at once: at once it measured a zero rate and
         // set the pipeline to its minimum before a single block came.
-        self.start_writer_if_busy();
         let second = Duration::from_secs(1);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
         let mut shutdown = self.inner.shutdown.subscribe();
