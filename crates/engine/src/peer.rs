@@ -63,6 +63,10 @@ const MAX_METADATA_REQUESTS: u32 = 64;
 /// Stop reading blocks from disk for a peer while this much waits in its send buffer: a slow
 /// reader holds at most this (plus one block) of our memory.
 pub(crate) const SEND_WATERMARK: usize = 1024 * 1024;
+/// Blocks are read into the send buffer once less than this is left in it, and then up to
+/// [`SEND_WATERMARK`] at once; the kernel's send buffer keeps the connection busy meanwhile.
+/// Before a refill the unsent rest moves to the buffer's front (see `serve_queued`).
+const SEND_REFILL_BELOW: usize = 64 * 1024;
 /// A peer that takes none of our bytes for this long, while we have some for it, is dropped.
 const SEND_STALL: Duration = Duration::from_secs(60);
 /// Blocks a peer may send that we never asked it for before it is dropped. Honest peers send
@@ -1123,6 +1127,15 @@ impl Peer {
     fn serve_queued(&mut self) -> Result<(), PeerError> {
         let mut served = 0u64;
         self.upload_wait = None;
+        if self.requests.is_empty() || self.out.len() >= SEND_REFILL_BELOW {
+            return Ok(());
+        }
+        // Room for the whole refill now, while little is left to move: otherwise `BytesMut`
+        // fills the space after the sent bytes first and, once that runs out, moves the
+        // megabyte it holds to the front (profiled: 4-6% of a seed's CPU). A peer we only
+        // download from never gets here, so it keeps its small buffer.
+        self.out
+            .reserve(SEND_WATERMARK + pow_wire::MAX_MESSAGE_LEN as usize);
         while self.out.len() < SEND_WATERMARK {
             let Some(&r) = self.requests.front() else {
                 break;
@@ -1144,16 +1157,20 @@ impl Peer {
             let start = self.out.len();
             self.out
                 .extend_from_slice(&pow_wire::piece_header(r.index, r.begin, r.length));
-            self.out.resize(start + 13 + r.length as usize, 0);
-            if let Err(e) =
-                self.inner
-                    .storage
-                    .read_block(block.piece, block.begin, &mut self.out[start + 13..])
+            let length = r.length as usize;
+            self.out.reserve(length);
+            let room = &mut self.out.spare_capacity_mut()[..length];
+            if let Err(e) = self
+                .inner
+                .storage
+                .read_block(block.piece, block.begin, room)
             {
                 self.out.truncate(start);
                 self.lose_piece(r.index, &e);
                 return Err(PeerError::Protocol("asked for a piece we lost"));
             }
+            // SAFETY: `read_block` filled all `length` bytes after the header.
+            unsafe { self.out.set_len(start + 13 + length) };
             served += u64::from(r.length);
         }
         if served > 0 {
