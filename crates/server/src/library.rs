@@ -9,7 +9,7 @@
 //!
 //! Publishing writes content, then the record, then the torrent (each by rename after fsync).
 //! A dataset exists once its torrent is in the store; a content directory without a torrent is
-//! what a crash left and is removed at the next start.
+//! what a crash left and is removed at the next start, as are temporary files never renamed.
 
 use crate::upload::Received;
 use pow_datasource::loader::write_atomically;
@@ -96,6 +96,9 @@ impl Library {
         let incoming = root.join("incoming");
         std::fs::remove_dir_all(&incoming).map_err(io(&incoming))?;
         std::fs::create_dir_all(&incoming).map_err(io(&incoming))?;
+        for sub in ["datasets", "torrents"] {
+            remove_unrenamed(&root.join(sub))?;
+        }
 
         let library = Library {
             root,
@@ -306,6 +309,23 @@ pub(crate) fn is_md5_hex(text: &str) -> bool {
 }
 
 /// Names in `dir` of the form `<md5 hex><suffix>`, as their md5 part.
+/// Removes the temporary files of `write_atomically` (`.NAME.PID.tmp`) that a process killed
+/// before its rename left in `dir`; nothing reads them, and without this they stay for good.
+fn remove_unrenamed(dir: &Path) -> Result<(), LibraryError> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with('.') && name.ends_with(".tmp") && path.is_file() {
+            tracing::info!("removing {}: not renamed (interrupted)", path.display());
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+    }
+    Ok(())
+}
+
 fn hex_names(dir: &Path, suffix: &str) -> Result<Vec<String>, LibraryError> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
@@ -321,4 +341,29 @@ fn hex_names(dir: &Path, suffix: &str) -> Result<Vec<String>, LibraryError> {
     }
     names.sort();
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_temporary_file_a_killed_publish_left_is_removed_at_open() {
+        let root = std::env::temp_dir().join(format!("pow-library-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let torrents = root.join("torrents");
+        std::fs::create_dir_all(&torrents).unwrap();
+        std::fs::create_dir_all(root.join("datasets")).unwrap();
+        let md5 = "0123456789abcdef0123456789abcdef";
+        let left = torrents.join(format!(".{md5}.torrent.4242.tmp"));
+        std::fs::write(&left, b"d4:infod").unwrap();
+        let record = root.join("datasets").join(format!(".{md5}.json.4242.tmp"));
+        std::fs::write(&record, b"{").unwrap();
+        let kept = torrents.join(".keep");
+        std::fs::write(&kept, b"").unwrap();
+        Library::open(&root, Vec::new(), None).unwrap();
+        assert!(!left.exists() && !record.exists(), "temporary files left");
+        assert!(kept.exists(), "only write_atomically's names are removed");
+        std::fs::remove_dir_all(root).unwrap();
+    }
 }
