@@ -478,26 +478,72 @@ impl Storage {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_torrent {
     use pow_metainfo::create::{create, CreateOptions};
+    use pow_metainfo::Metainfo;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    /// A torrent `create` made of files cut, in order, from one byte pattern: the storage
+    /// tests' common ground.
+    pub(crate) struct PatternTorrent {
+        /// Scratch directory of this test, removed first; the caller removes it at the end.
+        pub dir: PathBuf,
+        /// The torrent's source, `dir/src/set`: `Storage::new(metainfo, dir/src)` reads it.
+        pub src: PathBuf,
+        pub metainfo: Arc<Metainfo>,
+        /// Every file's bytes, concatenated in torrent order.
+        pub content: Vec<u8>,
+    }
+
+    pub(crate) fn pattern_torrent(
+        tag: &str,
+        files: &[(&str, usize)],
+        piece_length: u64,
+    ) -> PatternTorrent {
+        let dir = std::env::temp_dir().join(format!("pow-storage-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let src = dir.join("src/set");
+        std::fs::create_dir_all(&src).unwrap();
+        let total: usize = files.iter().map(|(_, len)| len).sum();
+        let content: Vec<u8> = (0..total as u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut start = 0;
+        for (name, len) in files {
+            std::fs::write(src.join(name), &content[start..start + len]).unwrap();
+            start += len;
+        }
+        let options = CreateOptions {
+            piece_length: Some(piece_length),
+            ..CreateOptions::default()
+        };
+        let metainfo = Arc::new(create(&src, &options).unwrap().metainfo);
+        PatternTorrent {
+            dir,
+            src,
+            metainfo,
+            content,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_torrent::{pattern_torrent, PatternTorrent};
+    use super::*;
     use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn wanted_files_are_allocated_in_full_and_the_others_stay_sparse() {
-        let dir = std::env::temp_dir().join(format!("pow-prepare-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let src = dir.join("src/set");
-        std::fs::create_dir_all(&src).unwrap();
-        let content: Vec<u8> = (0..1_048_576u32).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(src.join("a"), &content[..600_000]).unwrap();
-        std::fs::write(src.join("b"), &content[600_000..]).unwrap();
-        std::fs::write(src.join("empty"), b"").unwrap();
-        let options = CreateOptions {
-            piece_length: Some(16384),
-            ..CreateOptions::default()
-        };
-        let metainfo = Arc::new(create(&src, &options).unwrap().metainfo);
+        let PatternTorrent {
+            dir,
+            metainfo,
+            content,
+            ..
+        } = pattern_torrent(
+            "prepare",
+            &[("a", 600_000), ("b", 448_576), ("empty", 0)],
+            16384,
+        );
         let index_of = |name: &str| {
             metainfo
                 .files
@@ -540,19 +586,14 @@ mod tests {
 
     #[test]
     fn a_block_read_for_upload_crosses_files_and_a_short_file_is_an_error_naming_it() {
-        let dir = std::env::temp_dir().join(format!("pow-read-block-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let src = dir.join("set");
-        std::fs::create_dir_all(&src).unwrap();
-        let content: Vec<u8> = (0..1_048_576u32).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(src.join("a"), &content[..600_000]).unwrap();
-        std::fs::write(src.join("b"), &content[600_000..]).unwrap();
-        let options = CreateOptions {
-            piece_length: Some(65536),
-            ..CreateOptions::default()
-        };
-        let metainfo = Arc::new(create(&src, &options).unwrap().metainfo);
-        let storage = Storage::new(metainfo.clone(), &dir).unwrap();
+        let PatternTorrent {
+            dir,
+            src,
+            metainfo,
+            content,
+        } = pattern_torrent("read-block", &[("a", 600_000), ("b", 448_576)], 65536);
+        // The source itself is the download: a seed's view.
+        let storage = Storage::new(metainfo.clone(), src.parent().unwrap()).unwrap();
         let geometry = &metainfo.geometry;
         // Piece 9 holds 589,824..655,360: its second block starts in a and ends in b.
         let piece = geometry.piece(9).unwrap();

@@ -362,25 +362,18 @@ pub fn resume_file_in(dir: &Path, info_hash_hex: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pow_metainfo::create::{create, CreateOptions};
+    use crate::test_torrent::pattern_torrent;
     use pow_metainfo::Metainfo;
     use std::sync::Arc;
 
     /// A 10-piece torrent of 16 KiB pieces over two files, its source, and an empty download dir.
     fn setup(tag: &str) -> (PathBuf, Arc<Metainfo>, Vec<u8>) {
-        let dir = std::env::temp_dir().join(format!("pow-resume-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let src = dir.join("src/set");
-        std::fs::create_dir_all(&src).unwrap();
-        let content: Vec<u8> = (0..163_840u32).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(src.join("a"), &content[..100_000]).unwrap();
-        std::fs::write(src.join("b"), &content[100_000..]).unwrap();
-        let options = CreateOptions {
-            piece_length: Some(16384),
-            ..CreateOptions::default()
-        };
-        let metainfo = Arc::new(create(&src, &options).unwrap().metainfo);
-        (dir, metainfo, content)
+        let torrent = pattern_torrent(
+            &format!("resume-{tag}"),
+            &[("a", 100_000), ("b", 63_840)],
+            16384,
+        );
+        (torrent.dir, torrent.metainfo, torrent.content)
     }
 
     fn write_pieces(storage: &Storage, content: &[u8], pieces: &[u32]) {
