@@ -203,6 +203,7 @@ impl PowDir {
             store: store.describe(),
             message: format!("{name} is not a valid torrent: {e}"),
         })?;
+        remove_interrupted_writes(&cache_dir)?;
         write_atomically(&cache_dir, name, &bytes)?;
         Ok((cached, store.describe(), metainfo))
     }
@@ -461,11 +462,13 @@ fn compare_field(check: &'static str, field: &str, values: &[String], actual: &s
 }
 
 /// Writes `dir/name` so that no reader ever sees half of it: temp file, fsync, rename.
+/// The temp file's name carries the writer's PID, so two processes writing the same name
+/// never share one, and [`remove_interrupted_writes`] can tell a dead writer's file.
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let target = dir.join(name);
-    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let temp = dir.join(temp_name(name, std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::File::create(&temp)?;
         file.write_all(bytes)?;
@@ -477,6 +480,53 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&temp);
         Error::io(&target)(e)
     })
+}
+
+fn temp_name(name: &str, pid: u32) -> String {
+    format!(".{name}.{pid}.tmp")
+}
+
+/// The writer's PID in a name [`temp_name`] made.
+fn temp_name_pid(file_name: &str) -> Option<u32> {
+    let inner = file_name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (name, pid) = inner.rsplit_once('.')?;
+    (!name.is_empty()).then_some(())?;
+    pid.parse().ok()
+}
+
+/// Removes the temp files of [`write_atomically`] in `dir` whose writer no longer runs: a
+/// process killed between create and rename leaves one, nothing ever reads it, and no later
+/// write reuses its name. A running writer's file is kept, so this is safe while another
+/// process writes into `dir`. Returns what it removed; a missing `dir` has nothing.
+pub fn remove_interrupted_writes(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir)(e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(Error::io(dir))?.path();
+        let Some(pid) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(temp_name_pid)
+        else {
+            continue;
+        };
+        if !process_may_run(pid) && path.is_file() {
+            std::fs::remove_file(&path).map_err(Error::io(&path))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+/// False only when `pid` surely runs no process: where there is no `/proc` to ask, every
+/// writer is taken for alive and nothing is removed.
+fn process_may_run(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    pid == std::process::id() || !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
 /// Current UTC time as `xsd:dateTime` (`YYYY-MM-DDThh:mm:ssZ`).
@@ -506,6 +556,36 @@ fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_dead_writers_temp_files_are_removed() {
+        let dir = std::env::temp_dir().join(format!("pow-interrupted-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        write_atomically(&dir, "kept.torrent", b"d4:infod").unwrap();
+        // Above Linux's largest pid_max (2^22): no process has it.
+        let dead = dir.join(temp_name("x.torrent", 999_999_999));
+        let running_init = dir.join(temp_name("x.torrent", 1));
+        let this_process = dir.join(temp_name("y.torrent", std::process::id()));
+        let no_pid = dir.join(".x.torrent.tmp");
+        let other = dir.join(".keep");
+        for path in [&dead, &running_init, &this_process, &no_pid, &other] {
+            std::fs::write(path, b"").unwrap();
+        }
+        assert_eq!(remove_interrupted_writes(&dir).unwrap(), vec![dead.clone()]);
+        assert!(!dead.exists());
+        for path in [&running_init, &this_process, &no_pid, &other] {
+            assert!(path.exists(), "{} removed", path.display());
+        }
+        assert_eq!(
+            std::fs::read(dir.join("kept.torrent")).unwrap(),
+            b"d4:infod"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            remove_interrupted_writes(&dir).unwrap().is_empty(),
+            "a missing dir"
+        );
+    }
 
     #[test]
     fn time_format() {

@@ -4,7 +4,7 @@
 
 use crate::definitions::{check, parse_toml};
 use crate::error::Result;
-use crate::loader::write_atomically;
+use crate::loader::{remove_interrupted_writes, write_atomically};
 use crate::schema::schema_quads;
 use crate::store::PowDir;
 use crate::torrent_store::{check_file_name, TorrentStore};
@@ -37,6 +37,7 @@ pub fn store_torrent(
             if dir.join(name).is_file() {
                 return Ok(Stored::Existing);
             }
+            remove_interrupted_writes(dir)?;
             write_atomically(dir, name, bytes)?;
             Ok(Stored::Written)
         }

@@ -12,7 +12,7 @@
 //! what a crash left and is removed at the next start, as are temporary files never renamed.
 
 use crate::upload::Received;
-use pow_datasource::loader::write_atomically;
+use pow_datasource::loader::{remove_interrupted_writes, write_atomically};
 use pow_datasource::torrent_store::IndexEntry;
 use pow_metainfo::create::{create, CreateOptions};
 use pow_metainfo::Metainfo;
@@ -97,7 +97,12 @@ impl Library {
         std::fs::remove_dir_all(&incoming).map_err(io(&incoming))?;
         std::fs::create_dir_all(&incoming).map_err(io(&incoming))?;
         for sub in ["datasets", "torrents"] {
-            remove_unrenamed(&root.join(sub))?;
+            for path in remove_interrupted_writes(&root.join(sub))? {
+                tracing::info!(
+                    "removed {}: a publish killed before its rename",
+                    path.display()
+                );
+            }
         }
 
         let library = Library {
@@ -309,23 +314,6 @@ pub(crate) fn is_md5_hex(text: &str) -> bool {
 }
 
 /// Names in `dir` of the form `<md5 hex><suffix>`, as their md5 part.
-/// Removes the temporary files of `write_atomically` (`.NAME.PID.tmp`) that a process killed
-/// before its rename left in `dir`; nothing reads them, and without this they stay for good.
-fn remove_unrenamed(dir: &Path) -> Result<(), LibraryError> {
-    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-        let path = entry.map_err(io(dir))?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if name.starts_with('.') && name.ends_with(".tmp") && path.is_file() {
-            tracing::info!("removing {}: not renamed (interrupted)", path.display());
-            std::fs::remove_file(&path).map_err(io(&path))?;
-        }
-    }
-    Ok(())
-}
-
 fn hex_names(dir: &Path, suffix: &str) -> Result<Vec<String>, LibraryError> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
@@ -347,6 +335,9 @@ fn hex_names(dir: &Path, suffix: &str) -> Result<Vec<String>, LibraryError> {
 mod tests {
     use super::*;
 
+    /// Above Linux's largest `pid_max` (2^22): no process has it.
+    const DEAD_PID: u32 = 999_999_999;
+
     #[test]
     fn a_temporary_file_a_killed_publish_left_is_removed_at_open() {
         let root = std::env::temp_dir().join(format!("pow-library-{}", std::process::id()));
@@ -355,9 +346,11 @@ mod tests {
         std::fs::create_dir_all(&torrents).unwrap();
         std::fs::create_dir_all(root.join("datasets")).unwrap();
         let md5 = "0123456789abcdef0123456789abcdef";
-        let left = torrents.join(format!(".{md5}.torrent.4242.tmp"));
+        let left = torrents.join(format!(".{md5}.torrent.{DEAD_PID}.tmp"));
         std::fs::write(&left, b"d4:infod").unwrap();
-        let record = root.join("datasets").join(format!(".{md5}.json.4242.tmp"));
+        let record = root
+            .join("datasets")
+            .join(format!(".{md5}.json.{DEAD_PID}.tmp"));
         std::fs::write(&record, b"{").unwrap();
         let kept = torrents.join(".keep");
         std::fs::write(&kept, b"").unwrap();
