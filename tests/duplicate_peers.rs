@@ -4,15 +4,17 @@
 //! fetched up to a pipeline's worth of blocks twice (about 10 MB of 1 GiB from rqbit's seed)
 //! and pieces split between the two connections were read back to be hashed again.
 //!
-//! Both ends see both connections, so both must close the same one: pow keeps the connection
-//! dialed by the lower peer id (pow's ids start `-PW`). Only connections from one host count as
+//! Both ends see both connections, so both must close the same one: pow keeps a connection that
+//! already carries payload, else the one dialed by the lower peer id (pow's ids start `-PW`). Only connections from one host count as
 //! the same peer: a peer id is no secret, and an impostor elsewhere claiming it must not close
 //! the real peer's connection. The peer here is written by hand (`common::raw_peer`), because
 //! which end dials first cannot be arranged with a real client.
 
 mod common;
 
-use common::raw_peer::{accept_within, End, RawPeer, BITFIELD, INTERESTED, REQUEST, UNCHOKE};
+use common::raw_peer::{
+    accept_within, End, RawPeer, BITFIELD, INTERESTED, PIECE, REQUEST, UNCHOKE,
+};
 use common::{pow, TempDir};
 use std::net::TcpListener;
 use std::process::{Child, Stdio};
@@ -131,6 +133,36 @@ fn when_both_ends_dial_the_connection_dialed_by_the_lower_peer_id_is_kept() {
     let pow = Downloader::start("dup-higher");
     dial_both_ways(&pow, b"-ZZ0001-dup-higher-i", false);
     println!("both dialed, peer id above pow's: pow closed ours, kept its own");
+}
+
+#[test]
+fn a_connection_that_carries_payload_is_not_displaced_by_a_later_dial() {
+    // What a seed did to rqbit's leecher in the benchmarks: rqbit dialed pow's seed and was
+    // fetching; seconds later pow's retry reached rqbit's listen port (a tracker still listed
+    // it) and, its dial being by the lower peer id, closed the busy connection, whose blocks
+    // in flight rqbit then fetched again. Here pow dials us at start, but we answer only after
+    // our own connection (as a peer id above pow's, which the rule alone would close) has
+    // delivered a block.
+    let pow = Downloader::start("dup-busy");
+    let id = *b"-ZZ0001-busy-conn-id";
+    common::wait_listening(pow.port, "pow download");
+    let mut busy = pow.dial(&id);
+    pow.assert_used(&mut busy);
+    let (index, begin, length) = busy.next_request(Duration::from_secs(10));
+    let start = (index * 65536 + begin) as usize;
+    let content: Vec<u8> = (0..1_048_576u32).map(|i| (i * 13 % 251) as u8).collect();
+    let mut block = common::raw_peer::request_payload(index, begin, 0)[..8].to_vec();
+    block.extend_from_slice(&content[start..start + length as usize]);
+    busy.send(PIECE, &block).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut late = pow.accept(&id);
+    assert_eq!(fate(&mut late), End::Closed, "the later dial was kept");
+    assert_eq!(
+        fate(&mut busy),
+        End::Quiet,
+        "the connection that carried a block was closed"
+    );
+    println!("a block delivered, then pow's own dial answered by the same peer: the dial closed, the busy connection kept");
 }
 
 #[test]

@@ -236,15 +236,18 @@ async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side
         if let Some(other) = duplicate {
             // Two connections to one peer (both ends dialed, or it dialed twice) would fetch
             // the same blocks twice in end-game and split pieces between them. Each end sees
-            // both connections, so both must keep the same one: the one dialed by the lower
-            // peer id; if the same end dialed both, the first. The address we dialed is
-            // remembered on the one kept, so that it is not dialed again.
+            // both connections, so both must keep the same one: one that already carries
+            // payload (closing it would throw away the blocks in flight, and the peer's end
+            // sees the same traffic); else the one dialed by the lower peer id; if the same
+            // end dialed both, the first. The address we dialed is remembered on the one
+            // kept, so that it is not dialed again.
             let dialer = |link: WireLink| match link.outgoing {
                 true => inner.config.peer_id,
                 false => link.peer_id,
             };
             let other_link = other.wire.expect("found by its link");
-            if dialer(link) < dialer(other_link) {
+            let other_carries_payload = other.received > 0 || other.sent > 0;
+            if !other_carries_payload && dialer(link) < dialer(other_link) {
                 tracing::debug!(
                     "{addr}: also connected at {}; closing that connection",
                     other.addr
