@@ -2,9 +2,9 @@
 //!
 //! Every round (10 s) the upload slots go to the peers that want our data and, while we
 //! download, send us the most (tit-for-tat), or, once we are a seed, take the most from us. One
-//! slot is *optimistic*: it moves every third round to the interested peer that has waited
-//! longest for a turn, so a newcomer (which has nothing to trade yet) and every peer beyond the
-//! slots gets served in turn. Between rounds a peer that becomes interested takes a free slot at
+//! slot is *optimistic*: it moves every third round to the interested peer whose last
+//! optimistic turn is longest ago (never first), so a newcomer (which has nothing to trade yet)
+//! and every peer beyond the slots gets served in turn. Between rounds a peer that becomes interested takes a free slot at
 //! once (a quick start for the first leechers), and a slot freed by a peer that left or lost
 //! interest starts a round early, so nobody waits for the clock while a slot is idle.
 //!
@@ -36,6 +36,8 @@ pub(crate) struct Choker {
     last: HashMap<PeerKey, (u64, u64)>,
     /// When each peer last held a slot (absent: never since it connected).
     last_served: HashMap<PeerKey, Instant>,
+    /// When each peer last took the optimistic slot (absent: never since it connected).
+    last_optimistic: HashMap<PeerKey, Instant>,
 }
 
 impl Choker {
@@ -48,6 +50,7 @@ impl Choker {
             optimistic: None,
             last: HashMap::new(),
             last_served: HashMap::new(),
+            last_optimistic: HashMap::new(),
         }
     }
 
@@ -64,6 +67,7 @@ impl Choker {
         let present: HashSet<PeerKey> = peers.iter().map(|p| p.key).collect();
         self.last.retain(|k, _| present.contains(k));
         self.last_served.retain(|k, _| present.contains(k));
+        self.last_optimistic.retain(|k, _| present.contains(k));
         let mut rated: Vec<(u64, PeerKey)> = Vec::new();
         for p in peers {
             let (received, sent) = self
@@ -115,18 +119,20 @@ impl Choker {
         let optimistic = match kept_optimistic {
             Some(key) => key,
             None => {
+                // Whose optimistic turn is longest ago comes first: peers that all fitted in
+                // the slots were served at the same instant, and `last_served` alone would then
+                // give the turn to the same one every time.
                 let waiting = rated
                     .iter()
                     .map(|&(_, k)| k)
                     .filter(|k| !chosen.contains(k))
                     .min_by(|a, b| {
-                        self.last_served
-                            .get(a)
-                            .cmp(&self.last_served.get(b))
-                            .then(a.cmp(b))
+                        let turn = |k| (self.last_optimistic.get(k), self.last_served.get(k));
+                        turn(a).cmp(&turn(b)).then(a.cmp(b))
                     })
                     .expect("more interested peers than slots");
                 self.optimistic = Some((waiting, now));
+                self.last_optimistic.insert(waiting, now);
                 waiting
             }
         };
@@ -233,5 +239,27 @@ mod tests {
         let next = choker.round(&without, true, t0 + Duration::from_secs(1));
         assert!(!next.contains(&optimistic));
         assert_eq!(next.len(), 2);
+    }
+
+    #[test]
+    fn peers_served_together_take_the_optimistic_slot_in_turn() {
+        // A third peer (1) flickers in and out of interest, as a trader does while it takes
+        // each new piece at once: whenever it is out, the other two fit and are served at the
+        // same instant, so "served longest ago" cannot tell them apart. The optimistic slot
+        // must still go to each in turn, not always to the same one (seen with libtorrent in
+        // tests/choking.rs: one newcomer never choked).
+        let t0 = Instant::now();
+        let mut choker = Choker::new(2, Duration::from_secs(10));
+        let mut left_out = HashSet::new();
+        for r in 0..6u32 {
+            let now = t0 + Duration::from_millis(500) * r;
+            let two: Vec<Candidate> = (1..=3).map(|k| peer(k, k != 1, 0, 0)).collect();
+            choker.round(&two, false, now);
+            let three: Vec<Candidate> = (1..=3).map(|k| peer(k, true, 0, 0)).collect();
+            let chosen = choker.round(&three, false, now + Duration::from_millis(100));
+            assert_eq!(chosen.len(), 2);
+            left_out.extend([2, 3].into_iter().filter(|k| !chosen.contains(k)));
+        }
+        assert_eq!(sorted(left_out), [2, 3], "both wait for a turn");
     }
 }
