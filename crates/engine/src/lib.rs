@@ -307,8 +307,8 @@ pub(crate) struct State {
     pub picker: Picker,
     pub peers: HashMap<PeerKey, PeerEntry>,
     next_key: PeerKey,
-    /// Addresses we may connect to, with when we last tried.
-    pub known: HashMap<SocketAddr, Option<Instant>>,
+    /// Addresses we may connect to, with how our dials to each went.
+    pub known: HashMap<SocketAddr, KnownPeer>,
     pub connecting: HashSet<SocketAddr>,
     pub banned: HashSet<SocketAddr>,
     pub strikes: HashMap<SocketAddr, u32>,
@@ -440,7 +440,7 @@ impl Inner {
                 break;
             }
             if let std::collections::hash_map::Entry::Vacant(slot) = state.known.entry(addr) {
-                slot.insert(None);
+                slot.insert(KnownPeer::default());
                 new += 1;
             }
         }
@@ -782,7 +782,7 @@ async fn resume_loop(torrent: Torrent, every: Duration) {
     }
 }
 
-/// Every few seconds, retries known peers we are not connected to (with a back-off per address).
+/// Every few seconds, dials known peers we are not connected to that are due ([`KnownPeer::due`]).
 async fn connect_loop(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     loop {
@@ -793,7 +793,41 @@ async fn connect_loop(inner: Arc<Inner>) {
     }
 }
 
+/// How long after a dial an address is dialed again: [`RETRY_AFTER`] after one that connected
+/// (the connection has ended since) or a first that did not (the peer may be starting), doubled
+/// for each further dial in a row that did not connect, up to [`MAX_RETRY_AFTER`]: a dead address listed by a tracker or an exchange costs a connect timeout
+/// every five minutes, not every ten seconds, for as long as the session runs.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// A peer address we may dial, and how our dials to it went.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct KnownPeer {
+    /// When we last dialed it (`None`: never).
+    pub last_dial: Option<Instant>,
+    /// Dials in a row that ended without a connection (refused, timed out, no handshake).
+    pub failed_dials: u32,
+}
+
+impl KnownPeer {
+    /// Whether it may be dialed again at `now` (see [`RETRY_AFTER`]).
+    fn due(&self, now: Instant) -> bool {
+        let wait = RETRY_AFTER
+            .saturating_mul(1 << self.failed_dials.saturating_sub(1).min(16))
+            .min(MAX_RETRY_AFTER);
+        self.last_dial
+            .is_none_or(|t| now.saturating_duration_since(t) >= wait)
+    }
+
+    /// Records how a dial ended: whether it connected (the handshakes completed).
+    pub fn dialed(&mut self, connected: bool) {
+        self.failed_dials = if connected {
+            0
+        } else {
+            self.failed_dials.saturating_add(1)
+        };
+    }
+}
 
 fn try_connect(inner: &Arc<Inner>) {
     if *inner.shutdown.borrow() {
@@ -816,11 +850,11 @@ fn try_connect(inner: &Arc<Inner>) {
     let candidates: Vec<SocketAddr> = state
         .known
         .iter()
-        .filter(|(addr, last)| {
+        .filter(|(addr, known)| {
             !connected.contains(addr)
                 && !state.connecting.contains(addr)
                 && !state.banned.contains(addr)
-                && last.is_none_or(|t| now.duration_since(t) >= RETRY_AFTER)
+                && known.due(now)
         })
         .map(|(addr, _)| *addr)
         .collect();
@@ -829,7 +863,9 @@ fn try_connect(inner: &Arc<Inner>) {
             break;
         }
         slots -= 1;
-        state.known.insert(addr, Some(now));
+        if let Some(known) = state.known.get_mut(&addr) {
+            known.last_dial = Some(now);
+        }
         state.connecting.insert(addr);
         tokio::spawn(peer::connect(inner.clone(), addr));
     }
@@ -855,6 +891,32 @@ fn sorted(counts: &HashMap<SocketAddr, u64>) -> Vec<(SocketAddr, u64)> {
 mod tests {
     use super::*;
     use pow_metainfo::create::{create, CreateOptions};
+
+    /// The connect loop's view of one address over an hour, ticking each second: every dial
+    /// fails, so the waits double from 10 s up to 5 min; one dial that connects brings the
+    /// next back to 10 s after it.
+    #[test]
+    fn a_dead_address_is_dialed_less_and_less_often() {
+        let t0 = Instant::now();
+        let mut known = KnownPeer::default();
+        let mut dials: Vec<u64> = Vec::new();
+        for second in 0..3600 {
+            let now = t0 + Duration::from_secs(second);
+            if known.due(now) {
+                dials.push(second);
+                known.last_dial = Some(now);
+                known.dialed(false);
+            }
+        }
+        let waits: Vec<u64> = dials.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(waits[..7], [10, 20, 40, 80, 160, 300, 300]);
+        assert!(waits[7..].iter().all(|&w| w == 300), "{waits:?}");
+        let now = t0 + Duration::from_secs(3600);
+        known.last_dial = Some(now);
+        known.dialed(true);
+        assert!(!known.due(now + Duration::from_secs(9)));
+        assert!(known.due(now + Duration::from_secs(10)));
+    }
 
     /// One piece of two blocks. The first peer's block is written; the second peer's block,
     /// which completes the piece, is booked but (as a peer task does until the end of its read)

@@ -131,7 +131,7 @@ pub(crate) async fn connect(inner: Arc<Inner>, addr: SocketAddr) {
         .config
         .utp
         .dial_order(inner.utp.get().map(Arc::as_ref));
-    transport::dial_in_turn(
+    let outcome = transport::dial_in_turn(
         addr,
         order,
         inner.config.encryption,
@@ -139,7 +139,11 @@ pub(crate) async fn connect(inner: Arc<Inner>, addr: SocketAddr) {
         |transport, encrypted| dial(&inner, addr, transport, encrypted),
     )
     .await;
-    inner.lock().connecting.remove(&addr);
+    let mut state = inner.lock();
+    state.connecting.remove(&addr);
+    if let Some(known) = state.known.get_mut(&addr) {
+        known.dialed(outcome == Some(Dialed::Connected));
+    }
 }
 
 /// Dials `addr` over `transport` and runs the connection to its end.
