@@ -2,10 +2,11 @@
 
 use crate::CmdResult;
 use clap::{Args, Subcommand};
+use pow_datasource::loader::write_atomically;
 use pow_metainfo::create::{create, CreateOptions};
 use pow_metainfo::Metainfo;
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
 pub enum TorrentCommand {
@@ -119,7 +120,7 @@ fn create_cmd(args: CreateArgs) -> CmdResult {
         threads: None,
     };
     let created = create(&args.path, &options)?;
-    write_atomically(&args.output, &created.bytes)?;
+    write_torrent(&args.output, &created.bytes)?;
     let m = &created.metainfo;
     if args.json {
         let mut value = to_json(m);
@@ -139,12 +140,18 @@ fn create_cmd(args: CreateArgs) -> CmdResult {
     Ok(())
 }
 
-/// Writes next to the target and renames, so a crash never leaves half a .torrent behind.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("torrent.part");
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+/// Writes the .torrent as the torrent stores do (temp file, fsync, rename), so a crash never
+/// leaves half of one behind.
+fn write_torrent(path: &Path, bytes: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    Ok(write_atomically(dir, name, bytes)?)
 }
 
 fn unix_now() -> i64 {
