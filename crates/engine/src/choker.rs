@@ -4,9 +4,10 @@
 //! download, send us the most (tit-for-tat), or, once we are a seed, take the most from us. One
 //! slot is *optimistic*: it moves every third round to the interested peer whose last
 //! optimistic turn is longest ago (never first), so a newcomer (which has nothing to trade yet)
-//! and every peer beyond the slots gets served in turn. Between rounds a peer that becomes interested takes a free slot at
-//! once (a quick start for the first leechers), and a slot freed by a peer that left or lost
-//! interest starts a round early, so nobody waits for the clock while a slot is idle.
+//! and every peer beyond the slots gets served in turn. Between rounds a peer that becomes
+//! interested takes a free slot at once (a quick start for the first leechers), and a slot
+//! freed by a peer that left or lost interest starts a round early, so nobody waits for the
+//! clock while a slot is idle.
 //!
 //! [`Choker::round`] is the decision alone (no sockets, no clock of its own); the session's
 //! `choke_loop` gathers the peers' counters, asks it and tells the peers' tasks.

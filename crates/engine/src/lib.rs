@@ -795,8 +795,9 @@ async fn connect_loop(inner: Arc<Inner>) {
 
 /// How long after a dial an address is dialed again: [`RETRY_AFTER`] after one that connected
 /// (the connection has ended since) or a first that did not (the peer may be starting), doubled
-/// for each further dial in a row that did not connect, up to [`MAX_RETRY_AFTER`]: a dead address listed by a tracker or an exchange costs a connect timeout
-/// every five minutes, not every ten seconds, for as long as the session runs.
+/// for each further dial in a row that did not connect, up to [`MAX_RETRY_AFTER`]: a dead
+/// address listed by a tracker or an exchange costs a connect timeout every five minutes, not
+/// every ten seconds, for as long as the session runs.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
