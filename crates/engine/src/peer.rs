@@ -142,7 +142,7 @@ pub(crate) async fn connect(inner: Arc<Inner>, addr: SocketAddr) {
     let mut state = inner.lock();
     state.connecting.remove(&addr);
     if let Some(known) = state.known.get_mut(&addr) {
-        known.dialed(outcome == Some(Dialed::Connected));
+        known.dialed(outcome != Some(Dialed::Unreachable));
     }
 }
 
