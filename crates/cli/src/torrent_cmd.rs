@@ -145,8 +145,9 @@ fn create_cmd(args: CreateArgs) -> CmdResult {
 fn write_torrent(path: &Path, bytes: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
     let name = path
         .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
+        .ok_or_else(|| format!("{}: names no file", path.display()))?
+        .to_str()
+        .ok_or_else(|| format!("{}: the file name is not UTF-8", path.display()))?;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

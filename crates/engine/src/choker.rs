@@ -31,8 +31,8 @@ pub(crate) struct Candidate {
 pub(crate) struct Choker {
     slots: usize,
     round_length: Duration,
-    /// The optimistic slot's peer and since when it holds it.
-    optimistic: Option<(PeerKey, Instant)>,
+    /// The optimistic slot's peer (since when: its `last_optimistic`).
+    optimistic: Option<PeerKey>,
     /// Each peer's counters at the previous round, to rate it by what it did in between.
     last: HashMap<PeerKey, (u64, u64)>,
     /// When each peer last held a slot (absent: never since it connected).
@@ -97,9 +97,11 @@ impl Choker {
                 .then(a.1.cmp(&b.1))
         });
         let optimistic_due = match self.optimistic {
-            Some((key, since)) => {
+            Some(key) => {
                 !rated.iter().any(|&(_, k)| k == key)
-                    || now.saturating_duration_since(since) >= self.round_length * 3
+                    || self.last_optimistic.get(&key).is_none_or(|&since| {
+                        now.saturating_duration_since(since) >= self.round_length * 3
+                    })
             }
             None => true,
         };
@@ -107,7 +109,7 @@ impl Choker {
         let kept_optimistic = if optimistic_due {
             None
         } else {
-            self.optimistic.map(|(k, _)| k)
+            self.optimistic
         };
         for &(_, key) in &rated {
             if chosen.len() + 1 >= self.slots {
@@ -132,7 +134,7 @@ impl Choker {
                         turn(a).cmp(&turn(b)).then(a.cmp(b))
                     })
                     .expect("more interested peers than slots");
-                self.optimistic = Some((waiting, now));
+                self.optimistic = Some(waiting);
                 self.last_optimistic.insert(waiting, now);
                 waiting
             }
@@ -231,7 +233,7 @@ mod tests {
         let mut choker = Choker::new(2, Duration::from_secs(10));
         let peers: Vec<Candidate> = (1..=4).map(|k| peer(k, true, 0, 0)).collect();
         let first = choker.round(&peers, true, t0);
-        let optimistic = choker.optimistic.expect("an optimistic peer").0;
+        let optimistic = choker.optimistic.expect("an optimistic peer");
         assert!(first.contains(&optimistic));
         let without: Vec<Candidate> = peers
             .iter()
