@@ -196,9 +196,7 @@ pub(crate) async fn accept_routed(
 
 /// Runs a connection to its end.
 async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side) -> Dialed {
-    if let PeerStream::Tcp(tcp) = &stream {
-        let _ = tcp.set_nodelay(true);
-    }
+    stream.tune();
     let outgoing = matches!(side, Side::Dialed { .. });
     let mut conn = match handshake(&inner, stream, side).await {
         Ok(conn) => conn,
