@@ -4,7 +4,7 @@
 //! Against libtorrent in both directions: two libtorrent leechers that know only a pow seed
 //! find each other through it, and a pow leecher that knows only a libtorrent peer downloads
 //! from a libtorrent seed that peer told it of; a libtorrent peer on uTP is exchanged with
-//! the uTP flag.
+//! the uTP flag. The listening address a connected peer names is not dialed while it stays.
 
 mod common;
 
@@ -210,6 +210,29 @@ fn a_private_torrent_or_no_pex_has_no_peer_exchange() {
     let (seed, port) = self::seed(&torrent, &data, &["--no-pex"]);
     let (_r, ours) = pex_peer(port, info_hash, free_port());
     assert_eq!(ours.ut_pex, None, "--no-pex: {ours:?}");
+    stop(seed);
+}
+
+#[test]
+fn a_connected_peers_listening_address_is_dialed_only_once_it_leaves() {
+    let work = TempDir::new("pex-listening");
+    let (data, torrent, info_hash) = payload(work.path(), false);
+    let (seed, port) = seed(&torrent, &data, &[]);
+    // r1 dialed pow and listens at `a1`; r2 names `a1`. Dialing it would only reach r1 again
+    // (a second connection, closed at the handshake), every 10 s while r1 stays.
+    let (l1, a1) = listener();
+    let (r1, _) = pex_peer(port, info_hash, a1.port());
+    let (mut r2, _) = pex_peer(port, info_hash, free_port());
+    r2.send_extended(OUR_UT_PEX, &pex_naming(&[a1])).unwrap();
+    assert!(
+        !dialed_within(&l1, Duration::from_secs(8)),
+        "pow dialed the listening address of a peer it is connected to"
+    );
+    drop(r1);
+    assert!(
+        dialed_within(&l1, Duration::from_secs(10)),
+        "pow did not dial the address once its peer left"
+    );
     stop(seed);
 }
 

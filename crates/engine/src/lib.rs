@@ -839,11 +839,12 @@ fn try_connect(inner: &Arc<Inner>) {
     }
     let mut state = inner.lock();
     // Seeds connect out too: some clients (Transmission on loopback) never dial peers that a
-    // tracker lists, so they are reached only this way.
+    // tracker lists, so they are reached only this way. A peer that dialed us is connected at
+    // the listening address it named as well: dialing that would only reach it again.
     let connected: HashSet<SocketAddr> = state
         .peers
         .values()
-        .flat_map(|p| [Some(p.addr), p.dialed_at])
+        .flat_map(|p| [Some(p.addr), p.dialed_at, p.listen_addr])
         .flatten()
         .collect();
     let now = Instant::now();
