@@ -192,22 +192,20 @@ pub(crate) enum PeerStream {
 }
 
 /// The most bytes a TCP connection keeps written but not yet sent in the kernel
-/// (`TCP_NOTSENT_LOWAT`). Beyond it the rest waits in the peer task's buffer, and the socket
-/// takes more only when the receiver's window has let this out. Without the limit a seed's
-/// megabyte sat in the kernel, and each window update the receiver sent made the kernel send
-/// the next segments in the receiver's own system call, on the receiver's core: real leechers
-/// pinned to a core of their own spent 10-20% more CPU per GiB, and downloaded that much
-/// slower, from pow than from rqbit's seed. A message written later (a choke, a have) also no
-/// longer queues behind that megabyte.
-const KERNEL_UNSENT_LIMIT: usize = 16 * 1024;
+/// (`TCP_NOTSENT_LOWAT`); the rest waits in the peer task's buffer. A megabyte queued in the
+/// kernel was sent, at each window update, inside the receiver's `recv()` and on its core:
+/// real leechers spent 10-20% more CPU per GiB from pow's seed (README, "Unsent bytes in the
+/// seed's kernel"). A later message (a choke, a have) no longer queues behind it either.
+#[cfg(target_os = "linux")]
+const KERNEL_UNSENT_LIMIT: libc::c_int = 16 * 1024;
 
 impl PeerStream {
     /// Socket options of a peer connection: no Nagle delay (a request or a have goes out at
-    /// once), and [`KERNEL_UNSENT_LIMIT`]. uTP paces its own sends.
+    /// once), and at most `KERNEL_UNSENT_LIMIT` unsent in the kernel. uTP paces its own sends.
     pub(crate) fn tune(&self) {
         if let PeerStream::Tcp(tcp) = self {
             let _ = tcp.set_nodelay(true);
-            limit_kernel_unsent(tcp, KERNEL_UNSENT_LIMIT);
+            limit_kernel_unsent(tcp);
         }
     }
 
@@ -228,9 +226,8 @@ impl PeerStream {
 }
 
 #[cfg(target_os = "linux")]
-fn limit_kernel_unsent(tcp: &TcpStream, bytes: usize) {
+fn limit_kernel_unsent(tcp: &TcpStream) {
     use std::os::fd::AsRawFd;
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     // SAFETY: the descriptor is the open socket `tcp` owns, and the option value is a c_int
     // whose size is passed with it.
     let failed = unsafe {
@@ -238,7 +235,7 @@ fn limit_kernel_unsent(tcp: &TcpStream, bytes: usize) {
             tcp.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_NOTSENT_LOWAT,
-            (&value as *const libc::c_int).cast(),
+            (&KERNEL_UNSENT_LIMIT as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     } != 0;
@@ -249,7 +246,7 @@ fn limit_kernel_unsent(tcp: &TcpStream, bytes: usize) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn limit_kernel_unsent(_tcp: &TcpStream, _bytes: usize) {}
+fn limit_kernel_unsent(_tcp: &TcpStream) {}
 
 pub(crate) enum PeerReader<'a> {
     Tcp(ReadHalf<'a>),
@@ -452,7 +449,7 @@ mod tests {
                 )
             };
             assert_eq!(rc, 0);
-            assert_eq!(value as usize, KERNEL_UNSENT_LIMIT);
+            assert_eq!(value, KERNEL_UNSENT_LIMIT);
         });
     }
 }
