@@ -54,6 +54,11 @@ pub const MAX_STRIKES: u32 = 3;
 /// Addresses remembered to dial: trackers and peer exchange add no more past this, so a
 /// peer that names thousands of addresses cannot grow the session without bound.
 pub const MAX_KNOWN_PEERS: usize = 2000;
+/// A seed is spared (see [`State::spares_seed`]) while the peers lending to us send at least
+/// this fraction of the seed's best rate. Lower, a leecher waits on slow peers for pieces a
+/// seed could send at once; higher, a swarm's leechers go back to the seed for pieces they
+/// could trade.
+pub const SPARE_SEED_AT: f64 = 0.5;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -269,6 +274,11 @@ pub(crate) struct PeerEntry {
     /// Payload bytes booked from it, and served to it, on this connection.
     pub received: u64,
     pub sent: u64,
+    /// It unchokes us and is not a seed: its pieces are counted as lent in the picker, and a
+    /// seed we spare is not asked for them (see [`State::set_lending`]).
+    pub lending: bool,
+    /// Payload bytes per second it sends us, as its connection last measured.
+    pub rate: f64,
 }
 
 impl PeerEntry {
@@ -290,6 +300,8 @@ impl PeerEntry {
             interested: false,
             received: 0,
             sent: 0,
+            lending: false,
+            rate: 0.0,
         }
     }
 }
@@ -334,6 +346,44 @@ impl State {
     /// The key the next peer added gets.
     pub fn next_peer_key(&self) -> PeerKey {
         self.next_key
+    }
+
+    /// Says whether peer `key` lends to us, keeping the picker's count of lent pieces in step
+    /// with the bits the peer is counted with.
+    pub fn set_lending(&mut self, key: PeerKey, lending: bool) {
+        let State { peers, picker, .. } = self;
+        let Some(entry) = peers.get_mut(&key) else {
+            return;
+        };
+        if entry.lending != lending {
+            entry.lending = lending;
+            if lending {
+                picker.lender_added(&entry.bits);
+            } else {
+                picker.lender_removed(&entry.bits);
+            }
+        }
+    }
+
+    /// Removes a peer from the session's books (the picker's counts, its requests).
+    pub fn remove_peer(&mut self, key: PeerKey) -> Option<PeerEntry> {
+        self.set_lending(key, false);
+        let entry = self.peers.remove(&key)?;
+        self.picker.peer_disconnected(key, &entry.bits);
+        Some(entry)
+    }
+
+    /// Whether a seed whose best measured rate to us is `seed_rate` is spared (asked only for
+    /// pieces no lending peer has): the lending peers together send us at least
+    /// [`SPARE_SEED_AT`] of that, so waiting for them costs little.
+    pub fn spares_seed(&self, seed_rate: f64) -> bool {
+        let lent_rate: f64 = self
+            .peers
+            .values()
+            .filter(|e| e.lending)
+            .map(|e| e.rate)
+            .sum();
+        lent_rate >= SPARE_SEED_AT * seed_rate
     }
 
     /// Adds a connection (or web seed) under the next key, which it returns.

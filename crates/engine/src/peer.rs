@@ -300,11 +300,10 @@ async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side
         tracing::info!("{addr}: closed: {e}");
     }
     let mut state = inner.lock();
-    if let Some(entry) = state.peers.remove(&key) {
+    if let Some(entry) = state.remove_peer(key) {
         if entry.unchoked_by_us {
             inner.choke_wake.notify_one();
         }
-        state.picker.peer_disconnected(key, &entry.bits);
         let crate::State {
             super_seed, peers, ..
         } = &mut *state;
@@ -470,6 +469,11 @@ struct Peer {
     last_block: Instant,
     bytes_this_tick: u64,
     rate: f64,
+    /// The highest `rate` measured: what this peer can send when asked for everything.
+    best_rate: f64,
+    /// A seed we spare had nothing to offer at the last pick: pick from it again next tick
+    /// (a pick that finds nothing walks every candidate piece).
+    spared_dry: bool,
     /// Bytes waiting to be written to the socket.
     out: BytesMut,
     /// The peer's requests, checked, in arrival order.
@@ -553,6 +557,8 @@ impl Peer {
             last_block: now,
             bytes_this_tick: 0,
             rate: 0.0,
+            best_rate: 0.0,
+            spared_dry: false,
             out: BytesMut::with_capacity(64 * 1024),
             requests: VecDeque::new(),
             queued: HashSet::new(),
@@ -701,6 +707,11 @@ impl Peer {
         // Exponential moving average of the receive rate, bytes per second.
         self.rate = 0.5 * self.rate + 0.5 * self.bytes_this_tick as f64;
         self.bytes_this_tick = 0;
+        self.best_rate = self.best_rate.max(self.rate);
+        self.spared_dry = false;
+        if let Some(entry) = self.inner.lock().peers.get_mut(&self.key) {
+            entry.rate = self.rate;
+        }
         let wanted = (self.rate * PIPELINE_SECONDS / 16384.0) as usize;
         self.pipeline = wanted.clamp(MIN_PIPELINE, MAX_PIPELINE);
         self.start_writer_if_busy();
@@ -875,7 +886,9 @@ impl Peer {
                 );
                 self.peer_choking = true;
                 self.withdraw_all();
-                self.inner.lock().picker.peer_choked(self.key);
+                let mut state = self.inner.lock();
+                state.picker.peer_choked(self.key);
+                state.set_lending(self.key, false);
             }
             Message::Unchoke => {
                 // `withdrawn` stays: requests we sent before its choke reached us may reach
@@ -883,6 +896,9 @@ impl Peer {
                 tracing::debug!("{}: unchoked us", self.addr);
                 self.peer_choking = false;
                 self.last_block = Instant::now();
+                let mut state = self.inner.lock();
+                let seed = state.peers.get(&self.key).is_some_and(|e| e.bits.is_full());
+                state.set_lending(self.key, !seed);
             }
             Message::Interested => {
                 self.peer_interested = true;
@@ -908,7 +924,14 @@ impl Peer {
                 let new = !entry.bits.get(piece);
                 if new {
                     entry.bits.set(piece);
+                    let (lending, now_seed) = (entry.lending, entry.bits.is_full());
                     state.picker.peer_have(piece);
+                    if lending {
+                        state.picker.lender_have(piece);
+                        if now_seed {
+                            state.set_lending(self.key, false);
+                        }
+                    }
                 }
                 drop(state);
                 // A repeated `have` says nothing new (and must not count twice).
@@ -1012,10 +1035,12 @@ impl Peer {
     /// What the peer has, from a bitfield, have-all or have-none (replacing earlier `have`s).
     fn replace_bits(&mut self, bits: Bitfield) {
         let mut state = self.inner.lock();
+        state.set_lending(self.key, false);
         let entry = state.peers.get_mut(&self.key).expect("registered");
         let old = std::mem::replace(&mut entry.bits, bits.clone());
         state.picker.peer_disconnected(self.key, &old);
         state.picker.peer_connected(&bits);
+        state.set_lending(self.key, !self.peer_choking && !bits.is_full());
         drop(state);
         self.update_interest();
     }
@@ -1277,6 +1302,14 @@ impl Peer {
         }
     }
 
+    /// A wire peer with every piece (web seeds have their own loop).
+    fn is_seed(&self, state: &State) -> bool {
+        state
+            .peers
+            .get(&self.key)
+            .is_some_and(|e| e.wire.is_some() && e.bits.is_full())
+    }
+
     fn fill_pipeline(&mut self) {
         // BEP 10 `reqq`: never more outstanding requests than the peer said it keeps.
         let limit = self.pipeline.min(self.their_reqq.unwrap_or(usize::MAX));
@@ -1286,8 +1319,17 @@ impl Peer {
         let want = limit - self.inflight.len();
         let blocks = {
             let mut state = self.inner.lock();
+            let spare = self.is_seed(&state) && state.spares_seed(self.best_rate);
+            if spare && self.spared_dry {
+                return;
+            }
             let State { picker, peers, .. } = &mut *state;
             match peers.get(&self.key) {
+                Some(entry) if spare => {
+                    let blocks = picker.pick_sparing(self.key, &entry.bits, want);
+                    self.spared_dry = blocks.is_empty();
+                    blocks
+                }
                 Some(entry) => picker.pick(self.key, &entry.bits, want),
                 None => Vec::new(),
             }
@@ -1419,9 +1461,6 @@ pub(crate) fn fuzz_session(
         // What we would send is dropped: a real socket would take it.
         peer.out.clear();
     }
-    let mut state = inner.lock();
-    if let Some(entry) = state.peers.remove(&key) {
-        state.picker.peer_disconnected(key, &entry.bits);
-    }
+    inner.lock().remove_peer(key);
     handled
 }

@@ -7,7 +7,6 @@
 //! equally rare pieces are broken at random. Moving a piece between buckets, adding and
 //! removing one are O(1).
 
-use pow_wire::Bitfield;
 use rand::Rng;
 
 const NONE: u32 = u32::MAX;
@@ -106,10 +105,10 @@ impl Candidates {
         }
     }
 
-    /// The rarest candidate the peer with `bits` has, ties at random. Pieces no connected peer
+    /// The rarest candidate `offered` accepts (the ones the peer has), ties at random. Pieces no connected peer
     /// has (bucket 0) are looked at last: in a consistent engine no peer has them, and looking
     /// there first would cost a walk over all of them on every pick.
-    pub(crate) fn rarest(&self, bits: &Bitfield, rng: &mut impl Rng) -> Option<u32> {
+    pub(crate) fn rarest(&self, offered: impl Fn(u32) -> bool, rng: &mut impl Rng) -> Option<u32> {
         if self.len == 0 {
             return None;
         }
@@ -121,15 +120,15 @@ impl Candidates {
             };
             let start = rng.random_range(0..bucket.len());
             let (head, tail) = bucket.split_at(start);
-            if let Some(&piece) = tail.iter().chain(head).find(|&&p| bits.get(p)) {
+            if let Some(&piece) = tail.iter().chain(head).find(|&&p| offered(p)) {
                 return Some(piece);
             }
         }
         None
     }
 
-    /// A candidate the peer with `bits` has, uniformly at random (the random-first phase).
-    pub(crate) fn random(&self, bits: &Bitfield, rng: &mut impl Rng) -> Option<u32> {
+    /// A candidate `offered` accepts, uniformly at random (the random-first phase).
+    pub(crate) fn random(&self, offered: impl Fn(u32) -> bool, rng: &mut impl Rng) -> Option<u32> {
         if self.len == 0 {
             return None;
         }
@@ -138,7 +137,7 @@ impl Candidates {
         let n = self.pos.len() as u32;
         for _ in 0..64 {
             let piece = rng.random_range(0..n);
-            if self.contains(piece) && bits.get(piece) {
+            if self.contains(piece) && offered(piece) {
                 return Some(piece);
             }
         }
@@ -147,7 +146,7 @@ impl Candidates {
             .iter()
             .flatten()
             .copied()
-            .filter(|&p| bits.get(p))
+            .filter(|&p| offered(p))
             .collect();
         (!all.is_empty()).then(|| all[rng.random_range(0..all.len())])
     }

@@ -10,6 +10,10 @@
 //!   requested again from other peers; when one arrives, [`Picker::block_received`] names the
 //!   other peers to send `cancel` to.
 //! - Priorities per piece (0 = skip), set from file selections by [`Picker::set_file_priority`].
+//! - Sparing a seed ([`Picker::pick_sparing`]): a seed is asked only for pieces that no peer
+//!   lending to us (unchoking us, not a seed itself) has, so a swarm's leechers take from each
+//!   other what they can and the seed's upload goes to pieces the swarm lacks. The engine
+//!   decides when that applies (the lenders must be fast enough to make it worth the wait).
 //!
 //! Geometry (16 KiB blocks, the short last block, piece lengths that are not a multiple of
 //! 16 KiB) comes from `metainfo::Geometry`.
@@ -64,6 +68,8 @@ pub struct Picker {
     geometry: Geometry,
     have: Bitfield,
     availability: Vec<u32>,
+    /// How many lending peers (see [`Picker::pick_sparing`]) have each piece.
+    lent: Vec<u32>,
     priority: Vec<u8>,
     partial: HashMap<u32, Partial>,
     /// Started pieces with at least one free block (the only ones step 1 of a pick looks at).
@@ -86,6 +92,7 @@ impl Picker {
         let count = geometry.piece_count();
         let mut picker = Picker {
             availability: vec![0; count as usize],
+            lent: vec![0; count as usize],
             priority: vec![1; count as usize],
             partial: HashMap::new(),
             open: BTreeSet::new(),
@@ -221,6 +228,32 @@ impl Picker {
         self.add_availability(piece);
     }
 
+    /// A peer started lending to us (it unchokes us and is not a seed) with these pieces.
+    pub fn lender_added(&mut self, bits: &Bitfield) {
+        for i in bits.ones() {
+            if let Some(n) = self.lent.get_mut(i as usize) {
+                *n += 1;
+            }
+        }
+    }
+
+    /// A lending peer got `piece`.
+    pub fn lender_have(&mut self, piece: u32) {
+        if let Some(n) = self.lent.get_mut(piece as usize) {
+            *n += 1;
+        }
+    }
+
+    /// A peer stopped lending (choked us, became a seed, went away); `bits` are the pieces it
+    /// was counted with.
+    pub fn lender_removed(&mut self, bits: &Bitfield) {
+        for i in bits.ones() {
+            if let Some(n) = self.lent.get_mut(i as usize) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
     /// A peer no longer has `piece` (a web seed that lost a file or sent it corrupt): it stops
     /// counting for the piece's availability. Its requests stay as they are.
     pub fn peer_lost(&mut self, piece: u32) {
@@ -276,12 +309,32 @@ impl Picker {
 
     /// Up to `max` blocks to request from `peer`, which has `bits`.
     pub fn pick(&mut self, peer: PeerKey, bits: &Bitfield, max: usize) -> Vec<Block> {
+        self.pick_from(peer, bits, max, false)
+    }
+
+    /// [`Picker::pick`] for a seed we spare: the pieces it opened, then only pieces no lending
+    /// peer has (and end-game doubling as usual).
+    pub fn pick_sparing(&mut self, peer: PeerKey, bits: &Bitfield, max: usize) -> Vec<Block> {
+        self.pick_from(peer, bits, max, true)
+    }
+
+    fn pick_from(&mut self, peer: PeerKey, bits: &Bitfield, max: usize, spare: bool) -> Vec<Block> {
         let mut out = Vec::new();
         if max == 0 {
             return out;
         }
         // 1. Pieces this peer opened, then 2. any other started piece it has.
-        let mut started: Vec<u32> = self.open.iter().copied().filter(|&i| bits.get(i)).collect();
+        let mut started: Vec<u32> = self
+            .open
+            .iter()
+            .copied()
+            .filter(|&i| {
+                bits.get(i)
+                    && (!spare
+                        || self.lent[i as usize] == 0
+                        || self.partial[&i].owner == Some(peer))
+            })
+            .collect();
         started.sort_by_key(|i| (self.partial[i].owner != Some(peer), *i));
         for piece in started {
             self.take_free(peer, piece, max, &mut out);
@@ -291,7 +344,7 @@ impl Picker {
         }
         // 3. New pieces.
         while out.len() < max {
-            let Some(piece) = self.choose_new_piece(bits) else {
+            let Some(piece) = self.choose_new_piece(bits, spare) else {
                 break;
             };
             self.candidates
@@ -377,12 +430,13 @@ impl Picker {
         self.open.is_empty() && self.candidates.is_empty()
     }
 
-    fn choose_new_piece(&self, bits: &Bitfield) -> Option<u32> {
+    fn choose_new_piece(&self, bits: &Bitfield, spare: bool) -> Option<u32> {
         let mut rng = rand::rng();
+        let offered = |p: u32| bits.get(p) && (!spare || self.lent[p as usize] == 0);
         if self.have.count() < RANDOM_FIRST_PIECES {
-            self.candidates.random(bits, &mut rng)
+            self.candidates.random(offered, &mut rng)
         } else {
-            self.candidates.rarest(bits, &mut rng)
+            self.candidates.rarest(offered, &mut rng)
         }
     }
 
@@ -574,6 +628,38 @@ mod tests {
         assert!(picker.is_complete());
         // 40,000-byte pieces are 16384 + 16384 + 7232; the last piece is one 1,000-byte block.
         assert_eq!(seen.len(), 9 * 3 + 1);
+    }
+
+    #[test]
+    fn a_spared_seed_is_asked_only_for_pieces_no_lender_has() {
+        let g = geometry(8, 16384, 16384);
+        let mut picker = Picker::new(g, Bitfield::new(8));
+        let (seed, lender) = (1, 2);
+        picker.peer_connected(&full(8));
+        let mut lent = Bitfield::new(8);
+        for i in [0, 1, 2, 3, 4] {
+            lent.set(i);
+        }
+        picker.peer_connected(&lent);
+        picker.lender_added(&lent);
+        picker.lender_have(5);
+        let mut asked: Vec<u32> = picker
+            .pick_sparing(seed, &full(8), 10)
+            .iter()
+            .map(|b| b.piece.get())
+            .collect();
+        asked.sort_unstable();
+        assert_eq!(asked, vec![6, 7], "only what the lender lacks");
+        // Asking the lender for its pieces leaves the spared seed nothing to be asked for.
+        let from_lender = picker.pick(lender, &lent, 1);
+        assert_eq!(from_lender.len(), 1);
+        assert!(picker.pick_sparing(seed, &full(8), 10).is_empty());
+        // Once it stops lending (it choked us), the seed is asked for the rest.
+        picker.peer_choked(lender);
+        let mut lent_then = lent.clone();
+        lent_then.set(5);
+        picker.lender_removed(&lent_then);
+        assert_eq!(picker.pick_sparing(seed, &full(8), 10).len(), 6);
     }
 
     #[test]
