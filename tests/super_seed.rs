@@ -3,7 +3,7 @@
 //!
 //! - Issue #6's swarm target, run as its bench runs it (`benches/swarm8.sh`): 1 pow seed and 8
 //!   pow leechers on 256 MiB through a `pow tracker`; every leecher ends with the payload's
-//!   bytes and the seed uploads at most 1.5x the payload (a plain seed uploads about 3x here).
+//!   bytes and the seed uploads at most 1.5x the payload (a plain seed uploads about 2x here).
 //! - Real leechers (aria2, libtorrent, Transmission) at once from a super-seeding pow seed: they
 //!   are told of pieces a few at a time by `have`, and still all finish with the right bytes.
 
