@@ -237,15 +237,7 @@ fn a_downloading_pow_hands_its_slots_around_too() {
     let out = dir.0.join("pow");
     let report = common::pow_download_json(torrent.to_str().unwrap(), &out, &extra);
     same_bytes(&data, &out.join("trade.bin")).unwrap();
-    let count = |list: &str, port: u16| -> u64 {
-        report[list]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["peer"] == format!("127.0.0.1:{port}"))
-            .map(|p| p["bytes"].as_u64().unwrap())
-            .sum()
-    };
+    let count = |list: &str, port: u16| common::peer_bytes(&report, list, port);
     let sent: Vec<u64> = ports.iter().map(|&p| count("sent_to_peer", p)).collect();
     let received = count("received_by_peer", ports[0]);
     let rest: String = lines.map(|l| l.unwrap() + "\n").collect();

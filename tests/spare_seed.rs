@@ -9,8 +9,8 @@
 
 mod common;
 
-use common::{free_port, pow, pow_seed, same_tree, wait_listening, Killed, TempDir};
-use std::path::{Path, PathBuf};
+use common::{free_port, peer_bytes, pow, pow_seed, same_tree, wait_listening, Killed, TempDir};
+use std::path::PathBuf;
 use std::process::Stdio;
 
 const HALF_MIB: usize = 16;
@@ -62,35 +62,9 @@ fn lender(p: &Pair, port: u16, extra: &[&str]) -> Killed {
     lender
 }
 
-fn received_from(report: &serde_json::Value, port: u16) -> u64 {
-    report["received_by_peer"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["peer"] == format!("127.0.0.1:{port}"))
-        .map(|p| p["bytes"].as_u64().unwrap())
-        .sum()
-}
-
-fn leech(p: &Pair, seed_port: u16, lender_port: u16) -> (serde_json::Value, PathBuf) {
-    let out = p.dir.path().join("leecher");
-    let seed = format!("127.0.0.1:{seed_port}");
-    let lender = format!("127.0.0.1:{lender_port}");
-    let report = common::pow_download_json(
-        p.torrent.to_str().unwrap(),
-        &out,
-        &["--no-pex", "--peer", &seed, "--peer", &lender],
-    );
-    (report, out)
-}
-
-fn check_bytes(p: &Pair, out: &Path) {
-    same_tree(&p.content, &out.join("pair")).unwrap();
-}
-
-#[test]
-fn a_leecher_takes_what_a_peer_lends_from_that_peer_and_only_the_rest_from_the_seed() {
-    let p = pair("spare-seed");
+/// A `pow seed`, a lender started with `lender_extra`, and a `pow download` from both, which must
+/// end with the content's bytes. Returns its JSON report and the seed's and lender's ports.
+fn seed_lender_leecher(p: &Pair, lender_extra: &[&str]) -> (serde_json::Value, u16, u16) {
     let (seed_port, lender_port) = (free_port(), free_port());
     let _seed = pow_seed(
         &p.torrent,
@@ -99,13 +73,24 @@ fn a_leecher_takes_what_a_peer_lends_from_that_peer_and_only_the_rest_from_the_s
         &["--no-pex"],
         Stdio::null(),
     );
-    let _lender = lender(&p, lender_port, &[]);
-    let (report, out) = leech(&p, seed_port, lender_port);
-    check_bytes(&p, &out);
-    let (from_seed, from_lender) = (
-        received_from(&report, seed_port),
-        received_from(&report, lender_port),
+    let _lender = lender(p, lender_port, lender_extra);
+    let out = p.dir.path().join("leecher");
+    let seed = format!("127.0.0.1:{seed_port}");
+    let lender = format!("127.0.0.1:{lender_port}");
+    let report = common::pow_download_json(
+        p.torrent.to_str().unwrap(),
+        &out,
+        &["--no-pex", "--peer", &seed, "--peer", &lender],
     );
+    same_tree(&p.content, &out.join("pair")).unwrap();
+    (report, seed_port, lender_port)
+}
+
+#[test]
+fn a_leecher_takes_what_a_peer_lends_from_that_peer_and_only_the_rest_from_the_seed() {
+    let (report, seed_port, lender_port) = seed_lender_leecher(&pair("spare-seed"), &[]);
+    let from_seed = peer_bytes(&report, "received_by_peer", seed_port);
+    let from_lender = peer_bytes(&report, "received_by_peer", lender_port);
     let half = (HALF_MIB as u64) << 20;
     println!(
         "from the seed {from_seed} bytes, from the lender {from_lender} bytes (each file {half})"
@@ -126,21 +111,11 @@ fn a_leecher_takes_what_a_peer_lends_from_that_peer_and_only_the_rest_from_the_s
 
 #[test]
 fn a_slow_lender_does_not_hold_back_what_the_seed_can_send() {
-    let p = pair("slow-lender");
-    let (seed_port, lender_port) = (free_port(), free_port());
-    let _seed = pow_seed(
-        &p.torrent,
-        &p.dir.path().join("data"),
-        seed_port,
-        &["--no-pex"],
-        Stdio::null(),
-    );
     // a.bin from the lender alone would take 16 MiB / 256 KiB/s = 64 s.
-    let _lender = lender(&p, lender_port, &["--max-upload-rate", "256K"]);
-    let (report, out) = leech(&p, seed_port, lender_port);
-    check_bytes(&p, &out);
+    let (report, _, lender_port) =
+        seed_lender_leecher(&pair("slow-lender"), &["--max-upload-rate", "256K"]);
     let seconds = report["seconds"].as_f64().unwrap();
-    let from_lender = received_from(&report, lender_port);
+    let from_lender = peer_bytes(&report, "received_by_peer", lender_port);
     println!("{seconds:.1} s, {from_lender} bytes from the slow lender");
     // The first tick (1 s) measures the lender at about a thousandth of the seed's rate, and
     // from then on the seed is asked for everything.

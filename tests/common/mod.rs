@@ -570,6 +570,18 @@ pub fn pow_download_json(target: &str, out: &Path, extra: &[&str]) -> serde_json
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
 
+/// Bytes a `pow download --json` report's `list` (`received_by_peer`, `sent_to_peer`) counts
+/// for the peer at 127.0.0.1:`port`.
+pub fn peer_bytes(report: &serde_json::Value, list: &str, port: u16) -> u64 {
+    report[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["peer"] == format!("127.0.0.1:{port}"))
+        .map(|p| p["bytes"].as_u64().unwrap())
+        .sum()
+}
+
 /// `mib` MiB of pseudo-random bytes at `dir/name` and its torrent (64 KiB pieces, announcing
 /// to `tracker` when given).
 pub fn mib_payload(
