@@ -274,8 +274,9 @@ pub(crate) struct PeerEntry {
     /// Payload bytes booked from it, and served to it, on this connection.
     pub received: u64,
     pub sent: u64,
-    /// It unchokes us and is not a seed: its pieces are counted as lent in the picker, and a
-    /// seed we spare is not asked for them (see [`State::set_lending`]).
+    /// It unchokes us and is not a seed, as of its connection's last tick: its pieces are
+    /// counted as lent in the picker, and a seed we spare is not asked for them (see
+    /// [`State::set_lending`]).
     pub lending: bool,
     /// Payload bytes per second it sends us, as its connection last measured.
     pub rate: f64,

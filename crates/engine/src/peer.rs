@@ -474,6 +474,8 @@ struct Peer {
     /// A seed we spare had nothing to offer at the last pick: pick from it again next tick
     /// (a pick that finds nothing walks every candidate piece).
     spared_dry: bool,
+    /// The peer has unchoked us at least once (see `Message::Unchoke`).
+    first_unchoke_seen: bool,
     /// Bytes waiting to be written to the socket.
     out: BytesMut,
     /// The peer's requests, checked, in arrival order.
@@ -559,6 +561,7 @@ impl Peer {
             rate: 0.0,
             best_rate: 0.0,
             spared_dry: false,
+            first_unchoke_seen: false,
             out: BytesMut::with_capacity(64 * 1024),
             requests: VecDeque::new(),
             queued: HashSet::new(),
@@ -709,8 +712,15 @@ impl Peer {
         self.bytes_this_tick = 0;
         self.best_rate = self.best_rate.max(self.rate);
         self.spared_dry = false;
-        if let Some(entry) = self.inner.lock().peers.get_mut(&self.key) {
-            entry.rate = self.rate;
+        {
+            // Whether it lends follows its choke once a tick, not at each message: counting a
+            // peer in or out walks its bitfield, and 5-byte choke/unchoke flips must not buy that.
+            let mut state = self.inner.lock();
+            if let Some(entry) = state.peers.get_mut(&self.key) {
+                entry.rate = self.rate;
+                let lending = !self.peer_choking && !entry.bits.is_full();
+                state.set_lending(self.key, lending);
+            }
         }
         let wanted = (self.rate * PIPELINE_SECONDS / 16384.0) as usize;
         self.pipeline = wanted.clamp(MIN_PIPELINE, MAX_PIPELINE);
@@ -886,9 +896,7 @@ impl Peer {
                 );
                 self.peer_choking = true;
                 self.withdraw_all();
-                let mut state = self.inner.lock();
-                state.picker.peer_choked(self.key);
-                state.set_lending(self.key, false);
+                self.inner.lock().picker.peer_choked(self.key);
             }
             Message::Unchoke => {
                 // `withdrawn` stays: requests we sent before its choke reached us may reach
@@ -896,9 +904,14 @@ impl Peer {
                 tracing::debug!("{}: unchoked us", self.addr);
                 self.peer_choking = false;
                 self.last_block = Instant::now();
-                let mut state = self.inner.lock();
-                let seed = state.peers.get(&self.key).is_some_and(|e| e.bits.is_full());
-                state.set_lending(self.key, !seed);
+                if !self.first_unchoke_seen {
+                    // The first unchoke counts at once (a small download may end before the
+                    // first tick); later flips wait for the tick, see `on_tick`.
+                    self.first_unchoke_seen = true;
+                    let mut state = self.inner.lock();
+                    let seed = state.peers.get(&self.key).is_some_and(|e| e.bits.is_full());
+                    state.set_lending(self.key, !seed);
+                }
             }
             Message::Interested => {
                 self.peer_interested = true;
@@ -1040,7 +1053,6 @@ impl Peer {
         let old = std::mem::replace(&mut entry.bits, bits.clone());
         state.picker.peer_disconnected(self.key, &old);
         state.picker.peer_connected(&bits);
-        state.set_lending(self.key, !self.peer_choking && !bits.is_full());
         drop(state);
         self.update_interest();
     }
