@@ -37,7 +37,7 @@ pub use ratelimit::RateLimit;
 pub use transport::Utp;
 
 use pow_metainfo::Metainfo;
-use pow_picker::{PeerKey, Picker};
+use pow_picker::{PeerKey, Picker, Share};
 use pow_storage::{Durability, Storage};
 use pow_wire::Bitfield;
 use rand::Rng;
@@ -54,9 +54,10 @@ pub const MAX_STRIKES: u32 = 3;
 /// Addresses remembered to dial: trackers and peer exchange add no more past this, so a
 /// peer that names thousands of addresses cannot grow the session without bound.
 pub const MAX_KNOWN_PEERS: usize = 2000;
-/// A seed is spared (see [`State::spares_seed`]) while the peers lending to us send at least
-/// this fraction of the seed's best rate. Lower, a leecher waits on slow peers for pieces a
-/// seed could send at once; higher, a swarm's leechers go back to the seed for pieces they
+/// A spared seed with nothing left that sparing lets us ask it for (see
+/// `peer::Peer::pick_from_seed`) is asked for anything once the peers lending to us send less
+/// than this fraction of the seed's best rate. Lower, a leecher waits on slow peers for pieces
+/// a seed could send at once; higher, a swarm's leechers go back to the seed for pieces they
 /// could trade.
 pub const SPARE_SEED_AT: f64 = 0.5;
 
@@ -280,6 +281,8 @@ pub(crate) struct PeerEntry {
     pub lending: bool,
     /// Payload bytes per second it sends us, as its connection last measured.
     pub rate: f64,
+    /// A pow leecher counted in [`State::seed_share`].
+    pub sharing: bool,
 }
 
 impl PeerEntry {
@@ -303,6 +306,7 @@ impl PeerEntry {
             sent: 0,
             lending: false,
             rate: 0.0,
+            sharing: false,
         }
     }
 }
@@ -341,6 +345,16 @@ pub(crate) struct State {
     /// Blocks booked with the picker and not yet written, by piece: a piece is read back for
     /// its check only when none are left ([`peer::verify_piece`] waits for [`Inner::written`]).
     pub unwritten: HashMap<u32, u32>,
+    /// Our peer id, and the connected pow leechers (counted by [`State::recount_share`]).
+    own_id: [u8; 20],
+    pow_leechers: u32,
+    pow_leechers_below_us: u32,
+}
+
+/// Whether a peer id is pow's (`-PW`): only pow leechers split a seed's pieces by
+/// [`Share`], so only they are counted in one.
+fn is_pow(peer_id: &[u8; 20]) -> bool {
+    peer_id.starts_with(b"-PW")
 }
 
 impl State {
@@ -369,22 +383,54 @@ impl State {
     /// Removes a peer from the session's books (the picker's counts, its requests).
     pub fn remove_peer(&mut self, key: PeerKey) -> Option<PeerEntry> {
         self.set_lending(key, false);
+        self.recount_share(key, true);
         let entry = self.peers.remove(&key)?;
         self.picker.peer_disconnected(key, &entry.bits);
         Some(entry)
     }
 
-    /// Whether a seed whose best measured rate to us is `seed_rate` is spared (asked only for
-    /// pieces no lending peer has): the lending peers together send us at least
-    /// [`SPARE_SEED_AT`] of that, so waiting for them costs little.
-    pub fn spares_seed(&self, seed_rate: f64) -> bool {
-        let lent_rate: f64 = self
-            .peers
+    /// What the peers lending to us (unchoking us, not seeds) send us together, bytes per
+    /// second.
+    pub fn lending_rate(&self) -> f64 {
+        self.peers
             .values()
             .filter(|e| e.lending)
             .map(|e| e.rate)
-            .sum();
-        lent_rate >= SPARE_SEED_AT * seed_rate
+            .sum()
+    }
+
+    /// Our [`Share`] of the pieces only a seed has: our rank by peer id among ourselves and
+    /// the connected pow leechers (wire peers with a pow peer id that are not seeds).
+    pub fn seed_share(&self) -> Share {
+        Share {
+            rank: self.pow_leechers_below_us,
+            of: self.pow_leechers + 1,
+        }
+    }
+
+    /// Counts peer `key` in [`State::seed_share`] or not, after it connected, its bits
+    /// changed, or before it is removed (`leaving`).
+    pub fn recount_share(&mut self, key: PeerKey, leaving: bool) {
+        let own_id = self.own_id;
+        let Some(entry) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let Some(wire) = entry.wire else {
+            return;
+        };
+        let sharing = !leaving && is_pow(&wire.peer_id) && !entry.bits.is_full();
+        if sharing == entry.sharing {
+            return;
+        }
+        entry.sharing = sharing;
+        let below = u32::from(wire.peer_id < own_id);
+        if sharing {
+            self.pow_leechers += 1;
+            self.pow_leechers_below_us += below;
+        } else {
+            self.pow_leechers -= 1;
+            self.pow_leechers_below_us -= below;
+        }
     }
 
     /// Adds a connection (or web seed) under the next key, which it returns.
@@ -392,6 +438,7 @@ impl State {
         let key = self.next_key;
         self.next_key += 1;
         self.peers.insert(key, entry);
+        self.recount_share(key, false);
         key
     }
 
@@ -569,6 +616,9 @@ impl Torrent {
                 lost: HashSet::new(),
                 super_seed,
                 unwritten: HashMap::new(),
+                own_id: config.peer_id,
+                pow_leechers: 0,
+                pow_leechers_below_us: 0,
             }),
             stats: Stats::default(),
             complete: watch::channel(complete).0,

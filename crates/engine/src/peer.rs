@@ -21,7 +21,7 @@ use crate::inorder::InOrderHashes;
 use crate::pex::PexLink;
 use crate::received::{self, Unwritten, Writer};
 use crate::transport::{self, Next, PeerListener, PeerStream, Transport};
-use crate::{Inner, PeerCmd, PeerEntry, WireLink, MAX_STRIKES};
+use crate::{Inner, PeerCmd, PeerEntry, WireLink, MAX_STRIKES, SPARE_SEED_AT};
 use bytes::{Buf, Bytes, BytesMut};
 use pow_metainfo::Block;
 use pow_picker::{PeerKey, Received};
@@ -945,6 +945,9 @@ impl Peer {
                             state.set_lending(self.key, false);
                         }
                     }
+                    if now_seed {
+                        state.recount_share(self.key, false);
+                    }
                 }
                 drop(state);
                 // A repeated `have` says nothing new (and must not count twice).
@@ -1053,6 +1056,7 @@ impl Peer {
         let old = std::mem::replace(&mut entry.bits, bits.clone());
         state.picker.peer_disconnected(self.key, &old);
         state.picker.peer_connected(&bits);
+        state.recount_share(self.key, false);
         drop(state);
         self.update_interest();
     }
@@ -1322,6 +1326,30 @@ impl Peer {
             .is_some_and(|e| e.wire.is_some() && e.bits.is_full())
     }
 
+    /// Up to `want` blocks to ask a seed for. A seed is spared: it is asked only for pieces
+    /// that no peer lending to us has and that are ours by [`Share`] (the swarm's pow leechers
+    /// split what only seeds have, so two of them rarely fetch the same piece from one). With
+    /// none of those left, it is asked for anything once the lending peers send less than
+    /// [`SPARE_SEED_AT`] of its best rate: a leecher does not wait long on slow peers, or for
+    /// a share whose owner is not fetching it.
+    fn pick_from_seed(&mut self, state: &mut State, want: usize) -> Vec<Block> {
+        let lending_rate = state.lending_rate();
+        let share = state.seed_share();
+        let State { picker, peers, .. } = state;
+        let Some(entry) = peers.get(&self.key) else {
+            return Vec::new();
+        };
+        let mut blocks = Vec::new();
+        if !self.spared_dry {
+            blocks = picker.pick_sparing(self.key, &entry.bits, want, share);
+            self.spared_dry = blocks.is_empty();
+        }
+        if blocks.is_empty() && lending_rate < SPARE_SEED_AT * self.best_rate {
+            blocks = picker.pick(self.key, &entry.bits, want);
+        }
+        blocks
+    }
+
     fn fill_pipeline(&mut self) {
         // BEP 10 `reqq`: never more outstanding requests than the peer said it keeps.
         let limit = self.pipeline.min(self.their_reqq.unwrap_or(usize::MAX));
@@ -1330,20 +1358,16 @@ impl Peer {
         }
         let want = limit - self.inflight.len();
         let blocks = {
-            let mut state = self.inner.lock();
-            let spare = self.is_seed(&state) && state.spares_seed(self.best_rate);
-            if spare && self.spared_dry {
-                return;
-            }
-            let State { picker, peers, .. } = &mut *state;
-            match peers.get(&self.key) {
-                Some(entry) if spare => {
-                    let blocks = picker.pick_sparing(self.key, &entry.bits, want);
-                    self.spared_dry = blocks.is_empty();
-                    blocks
+            let inner = Arc::clone(&self.inner);
+            let mut state = inner.lock();
+            if self.is_seed(&state) {
+                self.pick_from_seed(&mut state, want)
+            } else {
+                let State { picker, peers, .. } = &mut *state;
+                match peers.get(&self.key) {
+                    Some(entry) => picker.pick(self.key, &entry.bits, want),
+                    None => Vec::new(),
                 }
-                Some(entry) => picker.pick(self.key, &entry.bits, want),
-                None => Vec::new(),
             }
         };
         for block in blocks {

@@ -12,8 +12,10 @@
 //! - Priorities per piece (0 = skip), set from file selections by [`Picker::set_file_priority`].
 //! - Sparing a seed ([`Picker::pick_sparing`]): a seed is asked only for pieces that no peer
 //!   lending to us (unchoking us, not a seed itself) has, so a swarm's leechers take from each
-//!   other what they can and the seed's upload goes to pieces the swarm lacks. The engine
-//!   decides when that applies (the lenders must be fast enough to make it worth the wait).
+//!   other what they can and the seed's upload goes to pieces the swarm lacks. Of those, it is
+//!   asked only for our [`Share`]: the leechers split them by rank, so two leechers rarely
+//!   fetch the same piece from a seed before either can tell the other it has it. The engine
+//!   decides when a seed is no longer spared (the lenders too slow to be worth the wait).
 //!
 //! Geometry (16 KiB blocks, the short last block, piece lengths that are not a multiple of
 //! 16 KiB) comes from `metainfo::Geometry`.
@@ -34,6 +36,25 @@ pub const RANDOM_FIRST_PIECES: u32 = 4;
 
 /// The engine's handle for a peer connection.
 pub type PeerKey = u64;
+
+/// Which of the pieces only a seed has are ours to fetch from it: the swarm's leechers that
+/// know each other split them by rank ([`Picker::pick_sparing`]), so that two of them rarely
+/// ask a seed for the same piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// Our place among the leechers, `0..of`.
+    pub rank: u32,
+    pub of: u32,
+}
+
+impl Share {
+    /// Every piece is ours: no other leecher in sight.
+    pub const ALL: Share = Share { rank: 0, of: 1 };
+
+    pub fn owns(self, piece: u32) -> bool {
+        piece % self.of.max(1) == self.rank
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum BlockState {
@@ -309,16 +330,29 @@ impl Picker {
 
     /// Up to `max` blocks to request from `peer`, which has `bits`.
     pub fn pick(&mut self, peer: PeerKey, bits: &Bitfield, max: usize) -> Vec<Block> {
-        self.pick_from(peer, bits, max, false)
+        self.pick_from(peer, bits, max, None)
     }
 
-    /// [`Picker::pick`] for a seed we spare: the pieces it opened, then only pieces no lending
-    /// peer has (and end-game doubling as usual).
-    pub fn pick_sparing(&mut self, peer: PeerKey, bits: &Bitfield, max: usize) -> Vec<Block> {
-        self.pick_from(peer, bits, max, true)
+    /// [`Picker::pick`] for a seed we spare: the pieces it opened, then only pieces that no
+    /// lending peer has and that are in our `share`; in end-game it doubles up only on pieces
+    /// no lending peer has.
+    pub fn pick_sparing(
+        &mut self,
+        peer: PeerKey,
+        bits: &Bitfield,
+        max: usize,
+        share: Share,
+    ) -> Vec<Block> {
+        self.pick_from(peer, bits, max, Some(share))
     }
 
-    fn pick_from(&mut self, peer: PeerKey, bits: &Bitfield, max: usize, spare: bool) -> Vec<Block> {
+    fn pick_from(
+        &mut self,
+        peer: PeerKey,
+        bits: &Bitfield,
+        max: usize,
+        spare: Option<Share>,
+    ) -> Vec<Block> {
         let mut out = Vec::new();
         if max == 0 {
             return out;
@@ -330,7 +364,7 @@ impl Picker {
             .copied()
             .filter(|&i| {
                 bits.get(i)
-                    && (!spare
+                    && (spare.is_none()
                         || self.lent[i as usize] == 0
                         || self.partial[&i].owner == Some(peer))
             })
@@ -369,7 +403,8 @@ impl Picker {
         if out.len() < max && self.all_requested() {
             let mut in_flight: Vec<(u32, usize)> = Vec::new();
             for (&piece, partial) in &self.partial {
-                if !bits.get(piece) {
+                // A spared seed doubles only what no lender could send.
+                if !bits.get(piece) || (spare.is_some() && self.lent[piece as usize] > 0) {
                     continue;
                 }
                 for (i, block) in partial.blocks.iter().enumerate() {
@@ -430,9 +465,11 @@ impl Picker {
         self.open.is_empty() && self.candidates.is_empty()
     }
 
-    fn choose_new_piece(&self, bits: &Bitfield, spare: bool) -> Option<u32> {
+    fn choose_new_piece(&self, bits: &Bitfield, spare: Option<Share>) -> Option<u32> {
         let mut rng = rand::rng();
-        let offered = |p: u32| bits.get(p) && (!spare || self.lent[p as usize] == 0);
+        let offered = |p: u32| {
+            bits.get(p) && spare.is_none_or(|share| self.lent[p as usize] == 0 && share.owns(p))
+        };
         if self.have.count() < RANDOM_FIRST_PIECES {
             self.candidates.random(offered, &mut rng)
         } else {
@@ -644,7 +681,7 @@ mod tests {
         picker.lender_added(&lent);
         picker.lender_have(5);
         let mut asked: Vec<u32> = picker
-            .pick_sparing(seed, &full(8), 10)
+            .pick_sparing(seed, &full(8), 10, Share::ALL)
             .iter()
             .map(|b| b.piece.get())
             .collect();
@@ -653,13 +690,65 @@ mod tests {
         // Asking the lender for its pieces leaves the spared seed nothing to be asked for.
         let from_lender = picker.pick(lender, &lent, 1);
         assert_eq!(from_lender.len(), 1);
-        assert!(picker.pick_sparing(seed, &full(8), 10).is_empty());
+        assert!(picker
+            .pick_sparing(seed, &full(8), 10, Share::ALL)
+            .is_empty());
         // Once it stops lending (it choked us), the seed is asked for the rest.
         picker.peer_choked(lender);
         let mut lent_then = lent.clone();
         lent_then.set(5);
         picker.lender_removed(&lent_then);
-        assert_eq!(picker.pick_sparing(seed, &full(8), 10).len(), 6);
+        assert_eq!(picker.pick_sparing(seed, &full(8), 10, Share::ALL).len(), 6);
+    }
+
+    #[test]
+    fn a_spared_seed_is_asked_only_for_our_share() {
+        let g = geometry(12, 16384, 16384);
+        let mut picker = Picker::new(g, Bitfield::new(12));
+        let seed = 1;
+        picker.peer_connected(&full(12));
+        let share = Share { rank: 1, of: 3 };
+        let mut asked: Vec<u32> = picker
+            .pick_sparing(seed, &full(12), 100, share)
+            .iter()
+            .map(|b| b.piece.get())
+            .collect();
+        asked.sort_unstable();
+        assert_eq!(
+            asked,
+            vec![1, 4, 7, 10],
+            "every third piece, from the second"
+        );
+        assert!(picker.pick_sparing(seed, &full(12), 100, share).is_empty());
+        // A plain pick (the seed no longer spared) takes the others' shares too.
+        assert_eq!(picker.pick(seed, &full(12), 100).len(), 8);
+    }
+
+    #[test]
+    fn a_spared_seed_doubles_up_in_end_game_only_on_what_no_lender_has() {
+        let g = geometry(4, 16384, 16384);
+        let mut picker = Picker::new(g, Bitfield::new(4));
+        let (seed, lender, other) = (1, 2, 3);
+        picker.peer_connected(&full(4));
+        let mut lent = Bitfield::new(4);
+        lent.set(0);
+        lent.set(1);
+        picker.peer_connected(&lent);
+        picker.lender_added(&lent);
+        // Everything is in flight: pieces 0 and 1 with the lender, 2 and 3 with another peer.
+        assert_eq!(picker.pick(lender, &lent, 2).len(), 2);
+        let mut rest = Bitfield::new(4);
+        rest.set(2);
+        rest.set(3);
+        picker.peer_connected(&rest);
+        assert_eq!(picker.pick(other, &rest, 2).len(), 2);
+        let mut doubled: Vec<u32> = picker
+            .pick_sparing(seed, &full(4), 10, Share::ALL)
+            .iter()
+            .map(|b| b.piece.get())
+            .collect();
+        doubled.sort_unstable();
+        assert_eq!(doubled, vec![2, 3], "not the lender's pieces");
     }
 
     #[test]
