@@ -1,8 +1,10 @@
 //! Sparing a seed: a pow leecher asks a seed only for pieces that no peer lending to it (one
-//! that unchokes it and is not a seed) has, while those peers send at least half the seed's
-//! best rate (`engine::SPARE_SEED_AT`). A swarm's leechers then take from each other what they
-//! can, and the seed's upload goes to what the swarm lacks (issue #6's 8-leecher target for a
-//! plain seed); a slow lender does not hold back what the seed could send.
+//! that unchokes it and is not a seed) has, and of those only its share among the pow leechers
+//! it knows (`picker::Share`), until those peers send less than half the seed's best rate
+//! (`engine::SPARE_SEED_AT`). A swarm's leechers then take from each other what they can, and
+//! the seed's upload goes to what the swarm lacks (issue #6's 8-leecher target for a plain
+//! seed, `benches/swarm8.sh`); a slow lender does not hold back what the seed could send, nor
+//! does the lender's share of `b.bin`, which it never fetches.
 //!
 //! The lender is a `pow download --only a.bin --seed` that found `a.bin` on disk: it has the
 //! first half of the pieces, unchokes whoever asks, and is not a seed.
