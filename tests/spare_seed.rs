@@ -95,7 +95,8 @@ fn a_leecher_takes_what_a_peer_lends_from_that_peer_and_only_the_rest_from_the_s
     let from_lender = peer_bytes(&report, "received_by_peer", lender_port);
     let half = (HALF_MIB as u64) << 20;
     println!(
-        "from the seed {from_seed} bytes, from the lender {from_lender} bytes (each file {half})"
+        "{:.2} s: from the seed {from_seed} bytes, from the lender {from_lender} bytes (each file {half})",
+        report["seconds"].as_f64().unwrap()
     );
     // Before the lender's unchoke arrives the seed may be asked for a first pipeline (2 MiB)
     // of anything; after it, only for b.bin. Without sparing the seed, as fast as the lender,
@@ -109,6 +110,9 @@ fn a_leecher_takes_what_a_peer_lends_from_that_peer_and_only_the_rest_from_the_s
         from_lender >= half - slack,
         "the lender sent only {from_lender} bytes"
     );
+    // Both want nothing more (BEP 21), so the lender is not counted as a leecher with a share
+    // of b.bin to fetch from the seed.
+    assert_eq!(report["upload_only_received"], 2, "seed and lender");
 }
 
 #[test]

@@ -336,6 +336,7 @@ fn report(
             "uploaded": s.uploaded,
             "hash_failures": s.hash_failures,
             "have_all_received": s.have_all_received,
+            "upload_only_received": s.upload_only_received,
             "rejects_received": s.rejects_received,
             "pieces_hashed_as_received": s.hashed_as_received,
             "writer_threads": s.writer_threads,

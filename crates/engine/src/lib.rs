@@ -187,6 +187,8 @@ pub struct Stats {
     /// BEP 6 messages received: have-all (a seed said so in one message) and reject.
     pub have_all_received: AtomicU64,
     pub rejects_received: AtomicU64,
+    /// Peers that told us BEP 21 `upload_only` (they want nothing more).
+    pub upload_only_received: AtomicU64,
     /// Pieces verified from the SHA-1 computed as their blocks arrived, without reading them
     /// back from disk.
     pub hashed_as_received: AtomicU64,
@@ -214,6 +216,7 @@ pub struct Snapshot {
     pub hash_failures: u64,
     pub have_all_received: u64,
     pub rejects_received: u64,
+    pub upload_only_received: u64,
     /// Pieces verified without a read-back (see [`Stats::hashed_as_received`]).
     pub hashed_as_received: u64,
     /// Peers given a writer thread (see [`Stats::writer_threads`]).
@@ -281,6 +284,8 @@ pub(crate) struct PeerEntry {
     pub lending: bool,
     /// Payload bytes per second it sends us, as its connection last measured.
     pub rate: f64,
+    /// It said BEP 21 `upload_only` (wants nothing more) in its last extension handshake.
+    pub upload_only: bool,
     /// A pow leecher counted in [`State::seed_share`].
     pub sharing: bool,
 }
@@ -306,6 +311,7 @@ impl PeerEntry {
             sent: 0,
             lending: false,
             rate: 0.0,
+            upload_only: false,
             sharing: false,
         }
     }
@@ -400,7 +406,8 @@ impl State {
     }
 
     /// Our [`Share`] of the pieces only a seed has: our rank by peer id among ourselves and
-    /// the connected pow leechers (wire peers with a pow peer id that are not seeds).
+    /// the connected pow leechers (wire peers with a pow peer id that are not seeds and still
+    /// want pieces: a partial seed says `upload_only`, and never fetches a share).
     pub fn seed_share(&self) -> Share {
         Share {
             rank: self.pow_leechers_below_us,
@@ -418,7 +425,8 @@ impl State {
         let Some(wire) = entry.wire else {
             return;
         };
-        let sharing = !leaving && is_pow(&wire.peer_id) && !entry.bits.is_full();
+        let sharing =
+            !leaving && is_pow(&wire.peer_id) && !entry.bits.is_full() && !entry.upload_only;
         if sharing == entry.sharing {
             return;
         }
@@ -712,6 +720,7 @@ impl Torrent {
             wasted: stats.wasted.load(Ordering::Relaxed),
             hash_failures: stats.hash_failures.load(Ordering::Relaxed),
             have_all_received: stats.have_all_received.load(Ordering::Relaxed),
+            upload_only_received: stats.upload_only_received.load(Ordering::Relaxed),
             rejects_received: stats.rejects_received.load(Ordering::Relaxed),
             hashed_as_received: stats.hashed_as_received.load(Ordering::Relaxed),
             writer_threads: stats.writer_threads.load(Ordering::Relaxed),

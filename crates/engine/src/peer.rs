@@ -476,6 +476,8 @@ struct Peer {
     spared_dry: bool,
     /// The peer has unchoked us at least once (see `Message::Unchoke`).
     first_unchoke_seen: bool,
+    /// Our last extension handshake to it said `upload_only`.
+    told_upload_only: bool,
     /// Bytes waiting to be written to the socket.
     out: BytesMut,
     /// The peer's requests, checked, in arrival order.
@@ -562,6 +564,7 @@ impl Peer {
             best_rate: 0.0,
             spared_dry: false,
             first_unchoke_seen: false,
+            told_upload_only: false,
             out: BytesMut::with_capacity(64 * 1024),
             requests: VecDeque::new(),
             queued: HashSet::new(),
@@ -664,6 +667,7 @@ impl Peer {
                     Some(PeerCmd::Have(piece)) => {
                         Message::Have(piece).encode(&mut self.out);
                         self.update_interest();
+                        self.tell_upload_only_when_done();
                     }
                     Some(PeerCmd::Cancel(block)) => {
                         if let Some(block) = self.take_back((block.piece.get(), block.begin)) {
@@ -800,8 +804,18 @@ impl Peer {
         self.withdrawn.insert(key);
     }
 
-    fn extension_handshake(&self) -> ExtHandshake {
+    /// BEP 21 `upload_only`: we have every piece we want, and do not super-seed (a super-seed
+    /// passes for a leecher).
+    fn upload_only(&self) -> bool {
+        let state = self.inner.lock();
+        state.picker.is_complete() && state.super_seed.is_none()
+    }
+
+    /// Ours, saying whether we are [`Peer::upload_only`].
+    fn extension_handshake(&mut self) -> ExtHandshake {
+        self.told_upload_only = self.upload_only();
         ExtHandshake {
+            upload_only: self.told_upload_only,
             ut_metadata: Some(extension::OUR_UT_METADATA),
             ut_pex: self.inner.pex_enabled().then_some(OUR_UT_PEX),
             metadata_size: Some(self.inner.metainfo.info_bytes.len() as u64),
@@ -816,6 +830,16 @@ impl Peer {
         }
     }
 
+    /// With the last wanted piece verified, our extension handshake again, now saying
+    /// `upload_only` (BEP 21), so pow leechers stop counting us in their [`Share`]s.
+    fn tell_upload_only_when_done(&mut self) {
+        if self.extensions && !self.told_upload_only && self.upload_only() {
+            self.extension_handshake()
+                .to_message()
+                .encode(&mut self.out);
+        }
+    }
+
     /// An extended message: the peer's extension handshake, a peer exchange, or a
     /// `ut_metadata` request we answer from the torrent's info dictionary. Other extensions
     /// are ignored.
@@ -826,15 +850,24 @@ impl Peer {
             self.their_ut_metadata = theirs.ut_metadata;
             self.their_reqq = theirs.reqq.map(|n| (n as usize).max(1));
             self.pex.handshake(&self.inner, theirs.ut_pex);
+            let mut state = self.inner.lock();
+            let Some(entry) = state.peers.get_mut(&self.key) else {
+                return Ok(());
+            };
             if let Some(port) = theirs.listen_port.filter(|&p| p != 0) {
-                let mut state = self.inner.lock();
-                if let Some(entry) = state.peers.get_mut(&self.key) {
-                    // A port we dialed is known to work; one the peer names is taken otherwise.
-                    entry
-                        .listen_addr
-                        .get_or_insert(SocketAddr::new(self.addr.ip(), port));
-                }
+                // A port we dialed is known to work; one the peer names is taken otherwise.
+                entry
+                    .listen_addr
+                    .get_or_insert(SocketAddr::new(self.addr.ip(), port));
             }
+            if theirs.upload_only && !entry.upload_only {
+                self.inner
+                    .stats
+                    .upload_only_received
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            entry.upload_only = theirs.upload_only;
+            state.recount_share(self.key, false);
             return Ok(());
         }
         if ext_id == OUR_UT_PEX {

@@ -58,6 +58,9 @@ pub struct ExtHandshake {
     pub yourip: Option<Vec<u8>>,
     /// `p`: the sender's listening port.
     pub listen_port: Option<u16>,
+    /// BEP 21 `upload_only`: the sender wants nothing more (a seed, or a partial seed that has
+    /// every piece it selected). A peer may send its handshake again to change it.
+    pub upload_only: bool,
 }
 
 impl ExtHandshake {
@@ -84,6 +87,9 @@ impl ExtHandshake {
         }
         if let Some(ip) = &self.yourip {
             entries.push(("yourip", Value::Bytes(ip.clone())));
+        }
+        if self.upload_only {
+            entries.push(("upload_only", Value::Int(1)));
         }
         extended(EXTENDED_HANDSHAKE, &dict(entries).encode(), &[])
     }
@@ -116,6 +122,7 @@ impl ExtHandshake {
                 .filter(|b| b.len() == 4 || b.len() == 16)
                 .map(<[u8]>::to_vec),
             listen_port: int("p").and_then(|n| u16::try_from(n).ok()),
+            upload_only: int("upload_only").is_some_and(|n| n != 0),
         })
     }
 }
@@ -250,17 +257,29 @@ mod tests {
             reqq: Some(1024),
             yourip: Some(vec![127, 0, 0, 1]),
             listen_port: Some(6881),
+            upload_only: true,
         };
         let payload = roundtrip(&ours.to_message());
         let (id, body) = split_extended(&payload).unwrap();
         assert_eq!(id, EXTENDED_HANDSHAKE);
         assert_eq!(ExtHandshake::decode(&body).unwrap(), ours);
         // libtorrent-style: unsorted keys, other extensions, ut_metadata disabled with 0.
-        let theirs = b"d1:md11:lt_donthavei7e6:ut_pexi0e11:ut_metadatai3ee13:metadata_sizei100e1:v4:lt 24:reqqi500ee";
+        let theirs = b"d1:md11:lt_donthavei7e6:ut_pexi0e11:ut_metadatai3ee13:metadata_sizei100e1:v4:lt 24:reqqi500e11:upload_onlyi1ee";
         let hs = ExtHandshake::decode(theirs).unwrap();
         assert_eq!(
-            (hs.ut_metadata, hs.ut_pex, hs.metadata_size, hs.reqq),
-            (Some(3), None, Some(100), Some(500))
+            (
+                hs.ut_metadata,
+                hs.ut_pex,
+                hs.metadata_size,
+                hs.reqq,
+                hs.upload_only
+            ),
+            (Some(3), None, Some(100), Some(500), true)
+        );
+        assert!(
+            !ExtHandshake::decode(b"d11:upload_onlyi0ee")
+                .unwrap()
+                .upload_only
         );
         let disabled = ExtHandshake::decode(b"d1:md11:ut_metadatai0eee").unwrap();
         assert_eq!(disabled.ut_metadata, None);
