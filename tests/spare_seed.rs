@@ -1,5 +1,5 @@
 //! Sparing a seed: a pow leecher asks a seed only for pieces that no peer lending to it (one
-//! that unchokes it and is not a seed) has, and of those only its share among the pow leechers
+//! that unchokes it and is not a seed, or became one while connected) has, and of those only its share among the pow leechers
 //! it knows (`picker::Share`), until those peers send less than half the seed's best rate
 //! (`engine::SPARE_SEED_AT`). A swarm's leechers then take from each other what they can, and
 //! the seed's upload goes to what the swarm lacks (issue #6's 8-leecher target for a plain

@@ -278,7 +278,7 @@ pub(crate) struct PeerEntry {
     /// Payload bytes booked from it, and served to it, on this connection.
     pub received: u64,
     pub sent: u64,
-    /// It unchokes us and is not a seed, as of its connection's last tick: its pieces are
+    /// It unchokes us and is not a spared seed, as of its connection's last tick: its pieces are
     /// counted as lent in the picker, and a seed we spare is not asked for them (see
     /// [`State::set_lending`]).
     pub lending: bool,
@@ -286,6 +286,9 @@ pub(crate) struct PeerEntry {
     pub rate: f64,
     /// It said BEP 21 `upload_only` (wants nothing more) in its last extension handshake.
     pub upload_only: bool,
+    /// It completed while connected to us: it lends as it did while a leecher, and is not
+    /// spared as a seed (see [`PeerEntry::spared`]).
+    pub became_seed: bool,
     /// A pow leecher counted in [`State::seed_share`].
     pub sharing: bool,
 }
@@ -312,8 +315,21 @@ impl PeerEntry {
             lending: false,
             rate: 0.0,
             upload_only: false,
+            became_seed: false,
             sharing: false,
         }
+    }
+
+    /// A seed we spare (`peer::Peer::pick_from_seed`): a wire peer that had every piece when
+    /// it told us what it has. A leecher that completed since is as plentiful a source as it
+    /// was, and sparing it would only send its swarm back to the seeds it came from.
+    pub fn spared(&self) -> bool {
+        self.wire.is_some() && self.bits.is_full() && !self.became_seed
+    }
+
+    /// Whether it lends to us while it unchokes us: it is not a spared seed.
+    pub fn lends_when_unchoking(&self) -> bool {
+        self.wire.is_some() && !self.spared()
     }
 }
 
@@ -395,8 +411,8 @@ impl State {
         Some(entry)
     }
 
-    /// What the peers lending to us (unchoking us, not seeds) send us together, bytes per
-    /// second.
+    /// What the peers lending to us (unchoking us, not spared seeds) send us together, bytes
+    /// per second.
     pub fn lending_rate(&self) -> f64 {
         self.peers
             .values()
@@ -1007,6 +1023,106 @@ mod tests {
     use super::*;
     use pow_metainfo::create::{create, CreateOptions};
 
+    /// A torrent of one 32 KiB piece to download (nothing on disk yet), in a temporary
+    /// directory, with a runtime to start it on.
+    struct OnePiece {
+        dir: std::path::PathBuf,
+        content: Vec<u8>,
+        metainfo: Arc<Metainfo>,
+        storage: Arc<Storage>,
+        picker: Picker,
+        runtime: tokio::runtime::Runtime,
+    }
+
+    fn one_piece(tag: &str) -> OnePiece {
+        let dir = std::env::temp_dir().join(format!("pow-engine-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let content: Vec<u8> = (0..32768u32).map(|i| (i * 7 % 251) as u8).collect();
+        let source = dir.join("piece.bin");
+        std::fs::write(&source, &content).unwrap();
+        let options = CreateOptions {
+            piece_length: Some(32768),
+            ..CreateOptions::default()
+        };
+        let metainfo = Arc::new(create(&source, &options).unwrap().metainfo);
+        let storage = Arc::new(Storage::new(metainfo.clone(), &dir.join("out")).unwrap());
+        let picker = Picker::new(metainfo.geometry.clone(), Bitfield::new(1));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        OnePiece {
+            dir,
+            content,
+            metainfo,
+            storage,
+            picker,
+            runtime,
+        }
+    }
+
+    /// Who counts in our share of a seed's pieces, and which seeds are spared: pow leechers
+    /// count until they complete, say `upload_only` or leave; other clients never do; a seed
+    /// from the start is spared, a leecher that completed is not (it lends).
+    #[test]
+    fn a_seed_share_counts_the_pow_leechers_that_still_want_pieces() {
+        let OnePiece {
+            dir,
+            storage,
+            picker,
+            runtime,
+            ..
+        } = one_piece("share");
+        runtime.block_on(async {
+            let config = EngineConfig {
+                peer_id: *b"-PW0100-mmmmmmmmmmmm",
+                ..EngineConfig::default()
+            };
+            let torrent = Torrent::start(storage, picker, config).await.unwrap();
+            let (tx, _rx) = mpsc::unbounded_channel();
+            let mut all = Bitfield::new(1);
+            all.set(0);
+            let peer = |id: &[u8; 20], bits: &Bitfield| {
+                let link = WireLink {
+                    peer_id: *id,
+                    outgoing: true,
+                    utp: false,
+                };
+                let addr = SocketAddr::from(([127, 0, 0, 2], 6881));
+                PeerEntry::new(addr, Some(link), bits.clone(), tx.clone())
+            };
+            let none = Bitfield::new(1);
+            let mut state = torrent.inner.lock();
+            let below = state.add_peer(peer(b"-PW0100-aaaaaaaaaaaa", &none));
+            let above = state.add_peer(peer(b"-PW0100-zzzzzzzzzzzz", &none));
+            state.add_peer(peer(b"-lt20A0-aaaaaaaaaaaa", &none));
+            let seed = state.add_peer(peer(b"-PW0100-bbbbbbbbbbbb", &all));
+            assert_eq!(state.seed_share(), Share { rank: 1, of: 3 });
+            assert!(state.peers[&seed].spared() && !state.peers[&seed].lends_when_unchoking());
+
+            // `below` completes while connected (as a `have` does it).
+            let entry = state.peers.get_mut(&below).unwrap();
+            entry.bits = all.clone();
+            entry.became_seed = true;
+            state.recount_share(below, false);
+            assert_eq!(state.seed_share(), Share { rank: 0, of: 2 });
+            assert!(!state.peers[&below].spared() && state.peers[&below].lends_when_unchoking());
+
+            state.peers.get_mut(&above).unwrap().upload_only = true;
+            state.recount_share(above, false);
+            assert_eq!(state.seed_share(), Share::ALL);
+            state.peers.get_mut(&above).unwrap().upload_only = false;
+            state.recount_share(above, false);
+            assert_eq!(state.seed_share(), Share { rank: 0, of: 2 });
+            state.remove_peer(above);
+            assert_eq!(state.seed_share(), Share::ALL);
+            drop(state);
+            torrent.shutdown();
+        });
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// The connect loop's view of one address over an hour, ticking each second: every dial
     /// reaches nobody, so the waits double from 10 s up to 5 min; one dial that reaches the
     /// peer brings the next back to 10 s after it.
@@ -1039,23 +1155,14 @@ mod tests {
     /// fail the piece and strike two honest peers.
     #[test]
     fn a_read_back_check_waits_for_blocks_booked_but_not_yet_written() {
-        let dir = std::env::temp_dir().join(format!("pow-engine-unwritten-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let content: Vec<u8> = (0..32768u32).map(|i| (i * 7 % 251) as u8).collect();
-        let source = dir.join("piece.bin");
-        std::fs::write(&source, &content).unwrap();
-        let options = CreateOptions {
-            piece_length: Some(32768),
-            ..CreateOptions::default()
-        };
-        let metainfo = Arc::new(create(&source, &options).unwrap().metainfo);
-        let storage = Arc::new(Storage::new(metainfo.clone(), &dir.join("out")).unwrap());
-        let picker = Picker::new(metainfo.geometry.clone(), Bitfield::new(1));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let OnePiece {
+            dir,
+            content,
+            metainfo,
+            storage,
+            picker,
+            runtime,
+        } = one_piece("unwritten");
         runtime.block_on(async {
             let torrent = Torrent::start(storage.clone(), picker, EngineConfig::default())
                 .await

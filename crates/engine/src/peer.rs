@@ -478,6 +478,8 @@ struct Peer {
     first_unchoke_seen: bool,
     /// Our last extension handshake to it said `upload_only`.
     told_upload_only: bool,
+    /// It sent its bitfield (or have-all, have-none): see [`Peer::replace_bits`].
+    bits_told: bool,
     /// Bytes waiting to be written to the socket.
     out: BytesMut,
     /// The peer's requests, checked, in arrival order.
@@ -565,6 +567,7 @@ impl Peer {
             spared_dry: false,
             first_unchoke_seen: false,
             told_upload_only: false,
+            bits_told: false,
             out: BytesMut::with_capacity(64 * 1024),
             requests: VecDeque::new(),
             queued: HashSet::new(),
@@ -722,7 +725,7 @@ impl Peer {
             let mut state = self.inner.lock();
             if let Some(entry) = state.peers.get_mut(&self.key) {
                 entry.rate = self.rate;
-                let lending = !self.peer_choking && !entry.bits.is_full();
+                let lending = !self.peer_choking && entry.lends_when_unchoking();
                 state.set_lending(self.key, lending);
             }
         }
@@ -942,8 +945,11 @@ impl Peer {
                     // first tick); later flips wait for the tick, see `on_tick`.
                     self.first_unchoke_seen = true;
                     let mut state = self.inner.lock();
-                    let seed = state.peers.get(&self.key).is_some_and(|e| e.bits.is_full());
-                    state.set_lending(self.key, !seed);
+                    let lends = state
+                        .peers
+                        .get(&self.key)
+                        .is_some_and(PeerEntry::lends_when_unchoking);
+                    state.set_lending(self.key, lends);
                 }
             }
             Message::Interested => {
@@ -970,13 +976,12 @@ impl Peer {
                 let new = !entry.bits.get(piece);
                 if new {
                     entry.bits.set(piece);
-                    let (lending, now_seed) = (entry.lending, entry.bits.is_full());
+                    let now_seed = entry.bits.is_full();
+                    entry.became_seed |= now_seed;
+                    let lending = entry.lending;
                     state.picker.peer_have(piece);
                     if lending {
                         state.picker.lender_have(piece);
-                        if now_seed {
-                            state.set_lending(self.key, false);
-                        }
                     }
                     if now_seed {
                         state.recount_share(self.key, false);
@@ -989,7 +994,7 @@ impl Peer {
                 }
                 self.update_interest();
             }
-            Message::Bitfield(bits) => self.replace_bits(bits),
+            Message::Bitfield(bits) => self.replace_bits(bits)?,
             Message::HaveAll
             | Message::HaveNone
             | Message::Suggest(_)
@@ -1007,11 +1012,11 @@ impl Peer {
                     .have_all_received
                     .fetch_add(1, Ordering::Relaxed);
                 let pieces = self.inner.metainfo.geometry.piece_count();
-                self.replace_bits(Bitfield::full(pieces));
+                self.replace_bits(Bitfield::full(pieces))?;
             }
             Message::HaveNone => {
                 let pieces = self.inner.metainfo.geometry.piece_count();
-                self.replace_bits(Bitfield::new(pieces));
+                self.replace_bits(Bitfield::new(pieces))?;
             }
             // Hints we do not act on: pieces are picked rarest first, and we do not request
             // while choked.
@@ -1080,20 +1085,30 @@ impl Peer {
         }
     }
 
-    /// Chokes the peer (if unchoked): its queued requests are dropped, as BEP 3 says.
     /// What the peer has, from a bitfield, have-all or have-none (replacing earlier `have`s).
-    fn replace_bits(&mut self, bits: Bitfield) {
+    /// Only one of those per connection (BEP 3 and 6 allow one, right after the handshakes):
+    /// each walks every piece, so a stream of 5-byte have-all/have-none must not buy that.
+    fn replace_bits(&mut self, bits: Bitfield) -> Result<(), PeerError> {
+        if self.bits_told {
+            return Err(PeerError::Protocol(
+                "a second bitfield, have-all or have-none",
+            ));
+        }
+        self.bits_told = true;
         let mut state = self.inner.lock();
         state.set_lending(self.key, false);
         let entry = state.peers.get_mut(&self.key).expect("registered");
+        entry.became_seed = false;
         let old = std::mem::replace(&mut entry.bits, bits.clone());
         state.picker.peer_disconnected(self.key, &old);
         state.picker.peer_connected(&bits);
         state.recount_share(self.key, false);
         drop(state);
         self.update_interest();
+        Ok(())
     }
 
+    /// Chokes the peer (if unchoked): its queued requests are dropped, as BEP 3 says.
     fn choke(&mut self) {
         if self.am_choking {
             return;
@@ -1351,12 +1366,9 @@ impl Peer {
         }
     }
 
-    /// A wire peer with every piece (web seeds have their own loop).
-    fn is_seed(&self, state: &State) -> bool {
-        state
-            .peers
-            .get(&self.key)
-            .is_some_and(|e| e.wire.is_some() && e.bits.is_full())
+    /// A seed we spare ([`PeerEntry::spared`]; web seeds have their own loop).
+    fn is_spared_seed(&self, state: &State) -> bool {
+        state.peers.get(&self.key).is_some_and(PeerEntry::spared)
     }
 
     /// Up to `want` blocks to ask a seed for. A seed is spared: it is asked only for pieces
@@ -1393,7 +1405,7 @@ impl Peer {
         let blocks = {
             let inner = Arc::clone(&self.inner);
             let mut state = inner.lock();
-            if self.is_seed(&state) {
+            if self.is_spared_seed(&state) {
                 self.pick_from_seed(&mut state, want)
             } else {
                 let State { picker, peers, .. } = &mut *state;

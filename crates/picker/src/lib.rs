@@ -11,7 +11,7 @@
 //!   other peers to send `cancel` to.
 //! - Priorities per piece (0 = skip), set from file selections by [`Picker::set_file_priority`].
 //! - Sparing a seed ([`Picker::pick_sparing`]): a seed is asked only for pieces that no peer
-//!   lending to us (unchoking us, not a seed itself) has, so a swarm's leechers take from each
+//!   lending to us (unchoking us, not a spared seed itself) has, so a swarm's leechers take from each
 //!   other what they can and the seed's upload goes to pieces the swarm lacks. Of those, it is
 //!   asked only for our [`Share`]: the leechers split them by rank, so two leechers rarely
 //!   fetch the same piece from a seed before either can tell the other it has it. The engine
@@ -249,7 +249,7 @@ impl Picker {
         self.add_availability(piece);
     }
 
-    /// A peer started lending to us (it unchokes us and is not a seed) with these pieces.
+    /// A peer started lending to us (it unchokes us and is not a spared seed) with these pieces.
     pub fn lender_added(&mut self, bits: &Bitfield) {
         for i in bits.ones() {
             if let Some(n) = self.lent.get_mut(i as usize) {
