@@ -182,3 +182,77 @@ fn announce_to_a_dead_tracker_is_one_clear_line() {
         );
     }
 }
+
+/// A download that completes within its first second tells the tracker it has nothing left:
+/// the announce loop's copy of the progress is refreshed once a second, and `completed` and
+/// `stopped` used to carry that copy, so the tracker counted a new seed as a leecher (with
+/// the whole torrent left) until the next regular announce, up to half an hour later.
+#[test]
+fn a_download_that_completes_at_once_tells_the_tracker_it_has_nothing_left() {
+    let tmp = TempDir::new("trk-cli-left");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let file = data.join("quick.bin");
+    std::fs::write(&file, common::pseudo_random_bytes(4 << 20, 0x1EF7)).unwrap();
+    let torrent = tmp.path().join("quick.torrent");
+    common::create_torrent(&file, &torrent, 65536);
+    let log_path = tmp.path().join("tracker.log");
+    let mut tracker = Server(
+        Command::new(pow_bin())
+            .args(["tracker", "--listen", "127.0.0.1:0", "--interval", "600"])
+            .env("POW_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+        String::new(),
+    );
+    let line = common::first_stdout_line(&mut tracker.0);
+    let url = line
+        .trim()
+        .strip_prefix("tracker listening on ")
+        .unwrap()
+        .to_string();
+    let seed_port = common::free_port();
+    let _seed = common::pow_seed(&torrent, &data, seed_port, &["--no-pex"], Stdio::null());
+    let seed = format!("127.0.0.1:{seed_port}");
+    let out = tmp.path().join("out");
+    let report = common::pow_download_json(
+        torrent.to_str().unwrap(),
+        &out,
+        &["--no-pex", "--peer", &seed, "--tracker", &url],
+    );
+    assert_eq!(report["complete"], true, "{report}");
+    drop(tracker);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let announces: Vec<String> = log
+        .lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains("announce") && l.contains(" left="))
+        .collect();
+    println!("{}", announces.join("\n"));
+    let last = announces.last().expect("the download announced");
+    assert!(last.contains(" left=0 "), "last announce: {last}");
+    for completed in announces.iter().filter(|l| l.contains("event=Completed")) {
+        assert!(completed.contains(" left=0 "), "{completed}");
+    }
+}
+
+/// Log lines without terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

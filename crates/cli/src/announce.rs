@@ -312,7 +312,7 @@ fn spawn(
     peer_id: [u8; 20],
     port: u16,
     timing: Timing,
-    progress: impl Fn() -> Progress + Send + 'static,
+    progress: impl Fn() -> Progress + Send + Sync + 'static,
     on_peers: impl Fn(Vec<SocketAddr>) + Send + 'static,
 ) -> Option<Handle> {
     if tiers.iter().all(Vec::is_empty) {
@@ -321,12 +321,15 @@ fn spawn(
     let client = Arc::new(Client::new(ClientConfig::default()));
     let tiers = Tiers::new(tiers, &mut rand::rng());
     let announcer = Announcer::new(client, tiers, info_hash, peer_id, port);
+    let progress: Arc<ProgressFn> = Arc::new(progress);
     let (progress_tx, progress_rx) = tokio::sync::watch::channel(progress());
+    let progress_tx = Arc::new(progress_tx);
     let mut handle = announcer::spawn(announcer, progress_rx, timing);
     let mut updates = std::mem::replace(
         &mut handle.updates,
         tokio::sync::mpsc::unbounded_channel().1,
     );
+    let (feed, feed_tx) = (progress.clone(), progress_tx.clone());
     let feeder = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -341,27 +344,45 @@ fn spawn(
                     }
                     Some(Update::Stopped) | None => return,
                 },
-                _ = tick.tick() => { let _ = progress_tx.send(progress()); }
+                _ = tick.tick() => { let _ = feed_tx.send(feed()); }
             }
         }
     });
-    Some(Handle { handle, feeder })
+    Some(Handle {
+        handle,
+        feeder,
+        progress,
+        progress_tx,
+    })
 }
+
+type ProgressFn = dyn Fn() -> Progress + Send + Sync;
 
 pub struct Handle {
     handle: AnnounceHandle,
     feeder: tokio::task::JoinHandle<()>,
+    /// Read afresh for `completed` and `stopped`: the feeder's copy is up to a second old, and
+    /// a tracker told `completed` with bytes still left counts a seed as a leecher until its
+    /// next announce.
+    progress: Arc<ProgressFn>,
+    progress_tx: Arc<tokio::sync::watch::Sender<Progress>>,
 }
 
 impl Handle {
     pub fn completed(&self) {
+        self.refresh();
         self.handle.completed();
     }
 
     /// Sends `stopped` (bounded by the announcer's stop timeout) and ends the loop.
     pub async fn stop(self) {
         self.feeder.abort();
+        self.refresh();
         self.handle.stop().await;
+    }
+
+    fn refresh(&self) {
+        let _ = self.progress_tx.send((self.progress)());
     }
 }
 
