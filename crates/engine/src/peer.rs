@@ -52,6 +52,11 @@ const MAX_PIPELINE: usize = 500;
 /// a generous delay, so fast loopback peers are never starved).
 const PIPELINE_SECONDS: f64 = 1.0;
 
+/// Bitfields, have-alls and have-nones a peer may send on one connection. BEP 3 and 6 allow
+/// one, right after the handshakes, but aria2 1.36 sends a second one on the same connection
+/// (`tests/encryption.rs`, aria2 requiring RC4, was dropped for it), so a few are taken.
+const MAX_BITFIELDS: u32 = 4;
+
 /// Requests from a peer waiting to be served; with this many we read no more from the peer.
 pub(crate) const MAX_QUEUED_REQUESTS: usize = 1024;
 /// Requests we ignore (sent while choked, or for a piece we lack) before the peer is dropped. A choke crosses requests already on the wire, at most one pipeline (the
@@ -478,8 +483,8 @@ struct Peer {
     first_unchoke_seen: bool,
     /// Our last extension handshake to it said `upload_only`.
     told_upload_only: bool,
-    /// It sent its bitfield (or have-all, have-none): see [`Peer::replace_bits`].
-    bits_told: bool,
+    /// Bitfields (and have-alls, have-nones) it sent: see [`Peer::replace_bits`].
+    bits_told: u32,
     /// Bytes waiting to be written to the socket.
     out: BytesMut,
     /// The peer's requests, checked, in arrival order.
@@ -567,7 +572,7 @@ impl Peer {
             spared_dry: false,
             first_unchoke_seen: false,
             told_upload_only: false,
-            bits_told: false,
+            bits_told: 0,
             out: BytesMut::with_capacity(64 * 1024),
             requests: VecDeque::new(),
             queued: HashSet::new(),
@@ -1086,15 +1091,15 @@ impl Peer {
     }
 
     /// What the peer has, from a bitfield, have-all or have-none (replacing earlier `have`s).
-    /// Only one of those per connection (BEP 3 and 6 allow one, right after the handshakes):
-    /// each walks every piece, so a stream of 5-byte have-all/have-none must not buy that.
+    /// At most [`MAX_BITFIELDS`] of those per connection: each walks every piece, so a stream
+    /// of 5-byte have-all/have-none must not buy that.
     fn replace_bits(&mut self, bits: Bitfield) -> Result<(), PeerError> {
-        if self.bits_told {
+        if self.bits_told >= MAX_BITFIELDS {
             return Err(PeerError::Protocol(
-                "a second bitfield, have-all or have-none",
+                "more bitfields, have-alls or have-nones than a peer needs",
             ));
         }
-        self.bits_told = true;
+        self.bits_told += 1;
         let mut state = self.inner.lock();
         state.set_lending(self.key, false);
         let entry = state.peers.get_mut(&self.key).expect("registered");
