@@ -117,7 +117,8 @@ async fn download(args: DownloadArgs) -> CmdResult {
         eprintln!("pow: warning: cannot save the resume file: {e}");
         storage.sync()?;
     }
-    if outcome == Outcome::Complete {
+    // BEP 3: no `completed` for what was complete when we started.
+    if outcome == Outcome::Complete && snapshot.downloaded > 0 {
         if let Some(a) = &announcer {
             a.completed();
         }

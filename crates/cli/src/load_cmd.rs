@@ -191,7 +191,8 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
         };
         let snapshot = torrent.snapshot();
         progress.finish(&snapshot);
-        if !interrupted {
+        // BEP 3: no `completed` for what was complete when we started.
+        if !interrupted && snapshot.downloaded > 0 {
             if let Some(a) = &announcer {
                 a.completed();
             }

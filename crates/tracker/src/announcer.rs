@@ -171,6 +171,11 @@ impl Announcer {
         self.completed_pending = true;
     }
 
+    /// `completed` is owed: marked and not yet announced.
+    pub fn owes_completed(&self) -> bool {
+        self.completed_pending
+    }
+
     /// One BEP 12 round: tiers in order, trackers within a tier in order; the first that
     /// answers is moved to the front of its tier and its answer returned. `stopping` sends
     /// `stopped` (only to trackers that saw our `started`).
@@ -360,8 +365,16 @@ pub fn spawn(
             };
             if stop {
                 let p = *progress.borrow();
-                let _ =
-                    tokio::time::timeout(timing.stop_timeout, announcer.announce(p, true)).await;
+                // A download that stops right after it completed (before `min interval`
+                // allowed the `completed` announce) still owes it: trackers count downloads
+                // by it (scrape's `downloaded`).
+                let _ = tokio::time::timeout(timing.stop_timeout, async {
+                    if announcer.owes_completed() {
+                        let _ = announcer.announce(p, false).await;
+                    }
+                    announcer.announce(p, true).await
+                })
+                .await;
                 let _ = up_tx.send(Update::Stopped);
                 return;
             }
