@@ -456,50 +456,6 @@ fn bad_bitfields_are_refused() {
 }
 
 #[test]
-fn a_stream_of_bitfields_or_have_alls_ends_the_connection() {
-    run_case(
-        "second-bitfield",
-        |setup, listener, port, gate| {
-            let mut drops = Vec::new();
-            // BEP 6 have-all/have-none, 5 bytes each: every one would walk all the pieces.
-            let fast = [0, 0, 0, 0, 0, 0, 0, 0x04];
-            let mut peer = RawPeer::accept_reserved(&listener, setup.info_hash, fast);
-            let (have_all, have_none) = (frame(0x0E, &[]), frame(0x0F, &[]));
-            let flood: Vec<u8> = (0..1000)
-                .flat_map(|_| [have_all.clone(), have_none.clone()].concat())
-                .collect();
-            let _ = peer.stream.write_all(&flood);
-            drops.push((
-                "1,000 have-all/have-none pairs (outgoing)".to_string(),
-                peer.closed_within(AT_ONCE * 5),
-            ));
-            let mut peer = RawPeer::dial(port, setup.info_hash);
-            peer.read_handshake();
-            let bits = setup.full_bitfield();
-            peer.send(BITFIELD, &bits).unwrap();
-            for _ in 0..4 {
-                let _ = peer.send(BITFIELD, &bits);
-            }
-            drops.push((
-                "five bitfields (incoming)".to_string(),
-                peer.closed_within(AT_ONCE * 5),
-            ));
-            gate.open();
-            Hostile {
-                drops,
-                note: String::new(),
-            }
-        },
-        AT_ONCE,
-        |summary, log, hostile| {
-            no_hash_failures(summary);
-            assert_closed_for(log, hostile, "more bitfields");
-            assert_closed_for(log, "127.0.0.1", "more bitfields");
-        },
-    );
-}
-
-#[test]
 fn have_out_of_range_is_refused() {
     run_case(
         "have-range",

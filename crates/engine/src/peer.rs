@@ -52,11 +52,6 @@ const MAX_PIPELINE: usize = 500;
 /// a generous delay, so fast loopback peers are never starved).
 const PIPELINE_SECONDS: f64 = 1.0;
 
-/// Bitfields, have-alls and have-nones a peer may send on one connection. BEP 3 and 6 allow
-/// one, right after the handshakes, but aria2 1.36 sends a second one on the same connection
-/// (`tests/encryption.rs`, aria2 requiring RC4, was dropped for it), so a few are taken.
-const MAX_BITFIELDS: u32 = 4;
-
 /// Requests from a peer waiting to be served; with this many we read no more from the peer.
 pub(crate) const MAX_QUEUED_REQUESTS: usize = 1024;
 /// Requests we ignore (sent while choked, or for a piece we lack) before the peer is dropped. A choke crosses requests already on the wire, at most one pipeline (the
@@ -483,8 +478,6 @@ struct Peer {
     first_unchoke_seen: bool,
     /// Our last extension handshake to it said `upload_only`.
     told_upload_only: bool,
-    /// Bitfields (and have-alls, have-nones) it sent: see [`Peer::replace_bits`].
-    bits_told: u32,
     /// Bytes waiting to be written to the socket.
     out: BytesMut,
     /// The peer's requests, checked, in arrival order.
@@ -572,7 +565,6 @@ impl Peer {
             spared_dry: false,
             first_unchoke_seen: false,
             told_upload_only: false,
-            bits_told: 0,
             out: BytesMut::with_capacity(64 * 1024),
             requests: VecDeque::new(),
             queued: HashSet::new(),
@@ -999,7 +991,7 @@ impl Peer {
                 }
                 self.update_interest();
             }
-            Message::Bitfield(bits) => self.replace_bits(bits)?,
+            Message::Bitfield(bits) => self.replace_bits(bits),
             Message::HaveAll
             | Message::HaveNone
             | Message::Suggest(_)
@@ -1017,11 +1009,11 @@ impl Peer {
                     .have_all_received
                     .fetch_add(1, Ordering::Relaxed);
                 let pieces = self.inner.metainfo.geometry.piece_count();
-                self.replace_bits(Bitfield::full(pieces))?;
+                self.replace_bits(Bitfield::full(pieces));
             }
             Message::HaveNone => {
                 let pieces = self.inner.metainfo.geometry.piece_count();
-                self.replace_bits(Bitfield::new(pieces))?;
+                self.replace_bits(Bitfield::new(pieces));
             }
             // Hints we do not act on: pieces are picked rarest first, and we do not request
             // while choked.
@@ -1091,15 +1083,9 @@ impl Peer {
     }
 
     /// What the peer has, from a bitfield, have-all or have-none (replacing earlier `have`s).
-    /// At most [`MAX_BITFIELDS`] of those per connection: each walks every piece, so a stream
-    /// of 5-byte have-all/have-none must not buy that.
-    fn replace_bits(&mut self, bits: Bitfield) -> Result<(), PeerError> {
-        if self.bits_told >= MAX_BITFIELDS {
-            return Err(PeerError::Protocol(
-                "more bitfields, have-alls or have-nones than a peer needs",
-            ));
-        }
-        self.bits_told += 1;
+    /// Any number are taken: aria2 1.36 sends several on one connection (a limit of 4 cut it
+    /// off in `tests/serve.rs`), though each walks every piece.
+    fn replace_bits(&mut self, bits: Bitfield) {
         let mut state = self.inner.lock();
         state.set_lending(self.key, false);
         let entry = state.peers.get_mut(&self.key).expect("registered");
@@ -1110,7 +1096,6 @@ impl Peer {
         state.recount_share(self.key, false);
         drop(state);
         self.update_interest();
-        Ok(())
     }
 
     /// Chokes the peer (if unchoked): its queued requests are dropped, as BEP 3 says.
