@@ -456,6 +456,58 @@ fn bad_bitfields_are_refused() {
 }
 
 #[test]
+fn have_all_have_none_flapping_ends_the_connection_but_repeated_bitfields_do_not() {
+    run_case(
+        "flapping",
+        |setup, listener, port, gate| {
+            // BEP 6 have-all/have-none, 5 bytes each: every pair says it lost every piece.
+            let fast = [0, 0, 0, 0, 0, 0, 0, 0x04];
+            let mut peer = RawPeer::accept_reserved(&listener, setup.info_hash, fast);
+            let (have_all, have_none) = (frame(0x0E, &[]), frame(0x0F, &[]));
+            let flood: Vec<u8> = (0..1000)
+                .flat_map(|_| [have_all.clone(), have_none.clone()].concat())
+                .collect();
+            let _ = peer.stream.write_all(&flood);
+            let drops = vec![(
+                "1,000 have-all/have-none pairs (outgoing)".to_string(),
+                peer.closed_within(AT_ONCE * 5),
+            )];
+            // aria2 sends a fresh bitfield where others send `have`s: each says more, and a
+            // peer that sends them is kept.
+            let mut peer = RawPeer::dial(port, setup.info_hash);
+            peer.read_handshake();
+            let full = setup.full_bitfield();
+            for filled in 0..=full.len() {
+                let mut growing = vec![0u8; full.len()];
+                growing[..filled].copy_from_slice(&full[..filled]);
+                peer.send(BITFIELD, &growing).unwrap();
+            }
+            for _ in 0..100 {
+                peer.send(BITFIELD, &full).unwrap();
+            }
+            let kept = peer.closed_within(Duration::from_millis(500));
+            assert_eq!(
+                kept, None,
+                "a peer sending 110 bitfields that only grow was dropped"
+            );
+            drop(peer);
+            gate.open();
+            Hostile {
+                drops,
+                note: "110 growing or repeated bitfields (incoming): kept".to_string(),
+            }
+        },
+        AT_ONCE,
+        |summary, log, hostile| {
+            no_hash_failures(summary);
+            assert_closed_for(log, hostile, "lost pieces it had");
+            let flaps = log.matches("lost pieces it had").count();
+            assert_eq!(flaps, 1, "only the flapping peer is closed for it:\n{log}");
+        },
+    );
+}
+
+#[test]
 fn have_out_of_range_is_refused() {
     run_case(
         "have-range",

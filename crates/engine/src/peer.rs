@@ -78,6 +78,12 @@ pub(crate) const MAX_UNREQUESTED_BLOCKS: u32 = 16;
 /// cleared (a late block is then counted as unrequested, well within the limit above).
 const MAX_WITHDRAWN: usize = 2 * MAX_PIPELINE;
 
+/// How many times over a peer may say it lost pieces it had (a have-none or bitfield after
+/// a fuller one), counted in whole torrents. BEP 3 peers never lose pieces; a client that
+/// deletes and re-fetches may once or twice. Without a bound, 5-byte have-all/have-none pairs
+/// would each make us walk every piece.
+const LOSS_ALLOWANCE: u64 = 4;
+
 /// Accepts connections from `listener` (TCP, or uTP on the UDP port of the same number) for as
 /// long as the torrent runs.
 pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: PeerListener) {
@@ -447,6 +453,13 @@ pub(crate) async fn read_handshake(
     }
 }
 
+/// What a bitfield, have-all or have-none says the peer has.
+enum Claim {
+    All,
+    None,
+    These(Bitfield),
+}
+
 struct Peer {
     inner: Arc<Inner>,
     key: PeerKey,
@@ -478,6 +491,10 @@ struct Peer {
     first_unchoke_seen: bool,
     /// Our last extension handshake to it said `upload_only`.
     told_upload_only: bool,
+    /// It sent a bitfield, have-all or have-none (see `replace_bits`).
+    bits_claimed: bool,
+    /// Pieces it said it had and then, by a later bitfield or have-none, that it had not.
+    pieces_lost: u64,
     /// Bytes waiting to be written to the socket.
     out: BytesMut,
     /// The peer's requests, checked, in arrival order.
@@ -565,6 +582,8 @@ impl Peer {
             spared_dry: false,
             first_unchoke_seen: false,
             told_upload_only: false,
+            bits_claimed: false,
+            pieces_lost: 0,
             out: BytesMut::with_capacity(64 * 1024),
             requests: VecDeque::new(),
             queued: HashSet::new(),
@@ -991,7 +1010,7 @@ impl Peer {
                 }
                 self.update_interest();
             }
-            Message::Bitfield(bits) => self.replace_bits(bits),
+            Message::Bitfield(bits) => self.replace_bits(Claim::These(bits))?,
             Message::HaveAll
             | Message::HaveNone
             | Message::Suggest(_)
@@ -1008,13 +1027,9 @@ impl Peer {
                     .stats
                     .have_all_received
                     .fetch_add(1, Ordering::Relaxed);
-                let pieces = self.inner.metainfo.geometry.piece_count();
-                self.replace_bits(Bitfield::full(pieces));
+                self.replace_bits(Claim::All)?;
             }
-            Message::HaveNone => {
-                let pieces = self.inner.metainfo.geometry.piece_count();
-                self.replace_bits(Bitfield::new(pieces));
-            }
+            Message::HaveNone => self.replace_bits(Claim::None)?,
             // Hints we do not act on: pieces are picked rarest first, and we do not request
             // while choked.
             Message::Suggest(_) | Message::AllowedFast(_) => {}
@@ -1082,20 +1097,56 @@ impl Peer {
         }
     }
 
-    /// What the peer has, from a bitfield, have-all or have-none (replacing earlier `have`s).
-    /// Any number are taken: aria2 1.36 sends several on one connection (a limit of 4 cut it
-    /// off in `tests/serve.rs`), though each walks every piece.
-    fn replace_bits(&mut self, bits: Bitfield) {
+    /// What the peer has, from a bitfield, have-all or have-none, replacing what it said
+    /// before. Any number are taken (aria2 1.36 sends several on one connection); the work is
+    /// by the pieces that changed, so a repeat costs nothing beyond reading it. A 5-byte
+    /// have-all/have-none that changes much is paid for by [`LOSS_ALLOWANCE`].
+    fn replace_bits(&mut self, claim: Claim) -> Result<(), PeerError> {
         let mut state = self.inner.lock();
-        state.set_lending(self.key, false);
         let entry = state.peers.get_mut(&self.key).expect("registered");
-        entry.became_seed = false;
-        let old = std::mem::replace(&mut entry.bits, bits.clone());
-        state.picker.peer_disconnected(self.key, &old);
-        state.picker.peer_connected(&bits);
+        let pieces = entry.bits.len();
+        let new = match claim {
+            Claim::All if entry.bits.is_full() => None,
+            Claim::None if entry.bits.count() == 0 => None,
+            Claim::These(bits) if bits == entry.bits => None,
+            Claim::All => Some(Bitfield::full(pieces)),
+            Claim::None => Some(Bitfield::new(pieces)),
+            Claim::These(bits) => Some(bits),
+        };
+        let first = !std::mem::replace(&mut self.bits_claimed, true);
+        let Some(new) = new else {
+            return Ok(());
+        };
+        tracing::debug!(
+            "{}: now has {} pieces, had {}",
+            self.addr,
+            new.count(),
+            entry.bits.count()
+        );
+        // A seed by a later claim became one while connected: it is not spared (see
+        // `PeerEntry::spared`), as after the `have` of its last piece.
+        entry.became_seed = new.is_full() && !first;
+        state.set_lending(self.key, false);
+        let State { peers, picker, .. } = &mut *state;
+        let entry = peers.get_mut(&self.key).expect("registered");
+        for (piece, has) in entry.bits.changes(&new) {
+            if has {
+                picker.peer_have(piece);
+            } else {
+                picker.peer_lost(piece);
+                self.pieces_lost += 1;
+            }
+        }
+        entry.bits = new;
         state.recount_share(self.key, false);
         drop(state);
+        if self.pieces_lost > LOSS_ALLOWANCE * u64::from(pieces.max(1)) {
+            return Err(PeerError::Protocol(
+                "says again and again that it lost pieces it had",
+            ));
+        }
         self.update_interest();
+        Ok(())
     }
 
     /// Chokes the peer (if unchoked): its queued requests are dropped, as BEP 3 says.

@@ -21,11 +21,16 @@ impl Bitfield {
 
     /// All set.
     pub fn full(pieces: u32) -> Bitfield {
-        let mut bits = Bitfield::new(pieces);
-        for i in 0..pieces {
-            bits.set(i);
+        let mut bytes = vec![0xff; pieces.div_ceil(8) as usize];
+        let spare = bytes.len() as u32 * 8 - pieces;
+        if let Some(last) = bytes.last_mut() {
+            *last &= 0xff << spare;
         }
-        bits
+        Bitfield {
+            bytes,
+            pieces,
+            count: pieces,
+        }
     }
 
     /// Checks a received bitfield: exactly `ceil(pieces / 8)` bytes, spare bits clear.
@@ -110,22 +115,14 @@ impl Bitfield {
     /// Indices of set bits, ascending. Skips clear bytes, so a sparse field is cheap to walk
     /// (spare bits past `len` are always clear).
     pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
-        self.bytes
-            .iter()
-            .enumerate()
-            .filter(|(_, &b)| b != 0)
-            .flat_map(|(i, &b)| {
-                let base = i as u32 * 8;
-                let mut rest = b;
-                std::iter::from_fn(move || {
-                    if rest == 0 {
-                        return None;
-                    }
-                    let bit = rest.leading_zeros();
-                    rest &= !(0x80 >> bit);
-                    Some(base + bit)
-                })
-            })
+        set_bits(self.bytes.iter().copied())
+    }
+
+    /// How `new` differs from this field: each index set in one of them and not in the
+    /// other, ascending, with `true` where `new` has it. Compared over the shorter of the two.
+    pub fn changes<'a>(&'a self, new: &'a Bitfield) -> impl Iterator<Item = (u32, bool)> + 'a {
+        let differ = self.bytes.iter().zip(&new.bytes).map(|(a, b)| a ^ b);
+        set_bits(differ).map(|i| (i, new.get(i)))
     }
 
     /// True when some index is set in both (compared over the shorter of the two).
@@ -148,6 +145,25 @@ impl Bitfield {
             .zip(words_b.remainder())
             .any(|(x, y)| x & y != 0)
     }
+}
+
+/// Indices of the set bits of a byte stream in wire order, skipping zero bytes.
+fn set_bits(bytes: impl Iterator<Item = u8>) -> impl Iterator<Item = u32> {
+    bytes
+        .enumerate()
+        .filter(|&(_, b)| b != 0)
+        .flat_map(|(i, b)| {
+            let base = i as u32 * 8;
+            let mut rest = b;
+            std::iter::from_fn(move || {
+                if rest == 0 {
+                    return None;
+                }
+                let bit = rest.leading_zeros();
+                rest &= !(0x80 >> bit);
+                Some(base + bit)
+            })
+        })
 }
 
 #[cfg(test)]
@@ -182,6 +198,26 @@ mod tests {
             let slow = a.ones().any(|i| b.get(i));
             prop_assert_eq!(a.intersects(&b), slow);
             prop_assert_eq!(b.intersects(&a), slow);
+        }
+
+        #[test]
+        fn changes_list_every_index_where_the_two_differ(
+            pieces in 1u32..300,
+            a in prop::collection::vec(0u32..300, 0..80),
+            b in prop::collection::vec(0u32..300, 0..80),
+        ) {
+            let (old, new) = (field(pieces, &a), field(pieces, &b));
+            let slow: Vec<(u32, bool)> =
+                (0..pieces).filter(|&i| old.get(i) != new.get(i)).map(|i| (i, new.get(i))).collect();
+            prop_assert_eq!(old.changes(&new).collect::<Vec<_>>(), slow);
+        }
+
+        #[test]
+        fn full_sets_every_piece_and_no_spare_bit(pieces in 0u32..300) {
+            let full = Bitfield::full(pieces);
+            prop_assert_eq!(full.ones().collect::<Vec<_>>(), (0..pieces).collect::<Vec<_>>());
+            prop_assert_eq!(full.count(), pieces);
+            prop_assert!(Bitfield::from_wire(full.as_bytes(), pieces).is_ok());
         }
     }
 }
