@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{pow, pow_bin, TempDir};
+use common::{pow, pow_bin, strip_ansi, TempDir};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -245,22 +245,4 @@ fn a_download_that_completes_at_once_tells_the_tracker_it_has_nothing_left() {
         .collect();
     assert_eq!(completed.len(), 1, "one `completed`");
     assert!(completed[0].contains(" left=0 "), "{}", completed[0]);
-}
-
-/// Log lines without terminal colour codes.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{lab_lock, pow, pow_bin, swarm_lab, TempDir};
+use common::{lab_lock, pow, pow_bin, strip_ansi, swarm_lab, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -320,22 +320,4 @@ fn real_clients_find_each_other_through_pow_tracker() {
         "libtorrent leecher never announced over UDP:\n{log}"
     );
     assert!(log.contains("proto=\"http\""), "announces are logged");
-}
-
-/// The log may be coloured: drop `ESC [ ... m` sequences.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

@@ -221,7 +221,8 @@ fn utp_and_the_dht_node_share_the_peer_port() {
         std::fs::File::create(&stderr_file).unwrap().into(),
     );
     let node = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    node.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    node.set_read_timeout(Some(Duration::from_millis(250)))
+        .unwrap();
     let ping = Message {
         tid: b"pw".to_vec(),
         body: Body::Query {
@@ -229,11 +230,18 @@ fn utp_and_the_dht_node_share_the_peer_port() {
             query: Query::Ping,
         },
     };
-    node.send_to(&ping.encode(), ("127.0.0.1", port)).unwrap();
+    // The seed may still be binding its UDP socket: a ping before that is lost, so ping
+    // again until it answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
     let mut buf = [0u8; 1500];
-    let (n, from) = node
-        .recv_from(&mut buf)
-        .expect("no DHT answer on the peer port");
+    let (n, from) = loop {
+        node.send_to(&ping.encode(), ("127.0.0.1", port)).unwrap();
+        match node.recv_from(&mut buf) {
+            Ok(got) => break got,
+            Err(_) if Instant::now() < deadline => {}
+            Err(e) => panic!("no DHT answer on the peer port within 10 s: {e}"),
+        }
+    };
     let answer = Message::decode(&buf[..n]).unwrap();
     assert_eq!((answer.tid.as_slice(), from.port()), (&b"pw"[..], port));
     assert!(matches!(answer.body, Body::Response(_)), "{answer:?}");

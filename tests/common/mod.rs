@@ -22,6 +22,24 @@ pub fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::blocking
     http_client_builder().build()?.get(url).send()
 }
 
+/// A log line or log without terminal colour codes (`ESC [ ... m` and the like).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The workspace root (this package's manifest dir).
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
