@@ -852,7 +852,9 @@ impl Peer {
     /// With the last wanted piece verified, our extension handshake again, now saying
     /// `upload_only` (BEP 21), so pow leechers stop counting us in their [`Share`]s.
     fn tell_upload_only_when_done(&mut self) {
-        if self.extensions && !self.told_upload_only && self.upload_only() {
+        // The flag first: the session lock is taken only once complete.
+        let complete = *self.inner.complete.borrow();
+        if complete && self.extensions && !self.told_upload_only && self.upload_only() {
             self.extension_handshake()
                 .to_message()
                 .encode(&mut self.out);
@@ -1419,19 +1421,22 @@ impl Peer {
     /// [`SPARE_SEED_AT`] of its best rate: a leecher does not wait long on slow peers, or for
     /// a share whose owner is not fetching it.
     fn pick_from_seed(&mut self, state: &mut State, want: usize) -> Vec<Block> {
-        let lending_rate = state.lending_rate();
         let share = state.seed_share();
-        let State { picker, peers, .. } = state;
-        let Some(entry) = peers.get(&self.key) else {
-            return Vec::new();
-        };
         let mut blocks = Vec::new();
         if !self.spared_dry {
+            let State { picker, peers, .. } = &mut *state;
+            let Some(entry) = peers.get(&self.key) else {
+                return Vec::new();
+            };
             blocks = picker.pick_sparing(self.key, &entry.bits, want, share);
             self.spared_dry = blocks.is_empty();
         }
-        if blocks.is_empty() && lending_rate < SPARE_SEED_AT * self.best_rate {
-            blocks = picker.pick(self.key, &entry.bits, want);
+        // The lenders' rate walks every peer: only asked when the sparing pick is empty.
+        if blocks.is_empty() && state.lending_rate() < SPARE_SEED_AT * self.best_rate {
+            let State { picker, peers, .. } = &mut *state;
+            if let Some(entry) = peers.get(&self.key) {
+                blocks = picker.pick(self.key, &entry.bits, want);
+            }
         }
         blocks
     }
@@ -1513,11 +1518,14 @@ pub(crate) fn record_verdict(inner: &Arc<Inner>, index: u32, ok: bool) {
     if ok {
         state.picker.piece_verified(index);
         crate::trace::event(&format!("verified {index}"));
+        if state.picker.is_complete() {
+            // Before the `have`s: a peer task reads it when it sends the last one (see
+            // `tell_upload_only_when_done`). `send_replace` keeps the value even when nobody
+            // waits yet (`send` would drop it), so a later `wait_complete` returns.
+            inner.complete.send_replace(true);
+        }
         for peer in state.peers.values() {
             let _ = peer.tx.send(PeerCmd::Have(index));
-        }
-        if state.picker.is_complete() {
-            let _ = inner.complete.send(true);
         }
         return;
     }
