@@ -289,7 +289,7 @@ pub(crate) struct PeerEntry {
     /// It completed while connected to us: it lends as it did while a leecher, and is not
     /// spared as a seed (see [`PeerEntry::spared`]).
     pub became_seed: bool,
-    /// A pow leecher counted in [`State::seed_share`].
+    /// A pow leecher counted in our seed share (see [`State::recount_share`]).
     pub sharing: bool,
 }
 
@@ -367,10 +367,13 @@ pub(crate) struct State {
     /// Blocks booked with the picker and not yet written, by piece: a piece is read back for
     /// its check only when none are left ([`peer::verify_piece`] waits for [`Inner::written`]).
     pub unwritten: HashMap<u32, u32>,
-    /// Our peer id, and the connected pow leechers (counted by [`State::recount_share`]).
+    /// Our peer id, the ids of the connected pow leechers (wire peers with a pow peer id that
+    /// are not seeds and still want pieces: a partial seed says `upload_only`, and never
+    /// fetches a share; kept by [`State::recount_share`]), and our [`Share`] among them of the
+    /// pieces only a seed has.
     own_id: [u8; 20],
-    pow_leechers: u32,
-    pow_leechers_below_us: u32,
+    pow_leechers: Vec<[u8; 20]>,
+    share: Share,
 }
 
 /// Whether a peer id is pow's (`-PW`): only pow leechers split a seed's pieces by
@@ -421,20 +424,9 @@ impl State {
             .sum()
     }
 
-    /// Our [`Share`] of the pieces only a seed has: our rank by peer id among ourselves and
-    /// the connected pow leechers (wire peers with a pow peer id that are not seeds and still
-    /// want pieces: a partial seed says `upload_only`, and never fetches a share).
-    pub fn seed_share(&self) -> Share {
-        Share {
-            rank: self.pow_leechers_below_us,
-            of: self.pow_leechers + 1,
-        }
-    }
-
-    /// Counts peer `key` in [`State::seed_share`] or not, after it connected, its bits
+    /// Counts peer `key` in our seed share (`State::share`) or not, after it connected, its bits
     /// changed, or before it is removed (`leaving`).
     pub fn recount_share(&mut self, key: PeerKey, leaving: bool) {
-        let own_id = self.own_id;
         let Some(entry) = self.peers.get_mut(&key) else {
             return;
         };
@@ -447,14 +439,12 @@ impl State {
             return;
         }
         entry.sharing = sharing;
-        let below = u32::from(wire.peer_id < own_id);
         if sharing {
-            self.pow_leechers += 1;
-            self.pow_leechers_below_us += below;
-        } else {
-            self.pow_leechers -= 1;
-            self.pow_leechers_below_us -= below;
+            self.pow_leechers.push(wire.peer_id);
+        } else if let Some(at) = self.pow_leechers.iter().position(|id| *id == wire.peer_id) {
+            self.pow_leechers.swap_remove(at);
         }
+        self.share = Share::among(&self.own_id, &self.pow_leechers);
     }
 
     /// Adds a connection (or web seed) under the next key, which it returns.
@@ -641,8 +631,8 @@ impl Torrent {
                 super_seed,
                 unwritten: HashMap::new(),
                 own_id: config.peer_id,
-                pow_leechers: 0,
-                pow_leechers_below_us: 0,
+                pow_leechers: Vec::new(),
+                share: Share::all(),
             }),
             stats: Stats::default(),
             complete: watch::channel(complete).0,
@@ -1075,8 +1065,9 @@ mod tests {
             ..
         } = one_piece("share");
         runtime.block_on(async {
+            let config_id = || *b"-PW0100-mmmmmmmmmmmm";
             let config = EngineConfig {
-                peer_id: *b"-PW0100-mmmmmmmmmmmm",
+                peer_id: config_id(),
                 ..EngineConfig::default()
             };
             let torrent = Torrent::start(storage, picker, config).await.unwrap();
@@ -1093,12 +1084,18 @@ mod tests {
                 PeerEntry::new(addr, Some(link), bits.clone(), tx.clone())
             };
             let none = Bitfield::new(1);
+            let (own, a, z) = (
+                config_id(),
+                *b"-PW0100-aaaaaaaaaaaa",
+                *b"-PW0100-zzzzzzzzzzzz",
+            );
+            let among = |others: &[[u8; 20]]| Share::among(&own, others);
             let mut state = torrent.inner.lock();
-            let below = state.add_peer(peer(b"-PW0100-aaaaaaaaaaaa", &none));
-            let above = state.add_peer(peer(b"-PW0100-zzzzzzzzzzzz", &none));
+            let below = state.add_peer(peer(&a, &none));
+            let above = state.add_peer(peer(&z, &none));
             state.add_peer(peer(b"-lt20A0-aaaaaaaaaaaa", &none));
             let seed = state.add_peer(peer(b"-PW0100-bbbbbbbbbbbb", &all));
-            assert_eq!(state.seed_share(), Share { rank: 1, of: 3 });
+            assert_eq!(state.share, among(&[a, z]));
             assert!(state.peers[&seed].spared() && !state.peers[&seed].lends_when_unchoking());
 
             // `below` completes while connected (as a `have` does it).
@@ -1106,17 +1103,17 @@ mod tests {
             entry.bits = all.clone();
             entry.became_seed = true;
             state.recount_share(below, false);
-            assert_eq!(state.seed_share(), Share { rank: 0, of: 2 });
+            assert_eq!(state.share, among(&[z]));
             assert!(!state.peers[&below].spared() && state.peers[&below].lends_when_unchoking());
 
             state.peers.get_mut(&above).unwrap().upload_only = true;
             state.recount_share(above, false);
-            assert_eq!(state.seed_share(), Share::ALL);
+            assert_eq!(state.share, Share::all());
             state.peers.get_mut(&above).unwrap().upload_only = false;
             state.recount_share(above, false);
-            assert_eq!(state.seed_share(), Share { rank: 0, of: 2 });
+            assert_eq!(state.share, among(&[z]));
             state.remove_peer(above);
-            assert_eq!(state.seed_share(), Share::ALL);
+            assert_eq!(state.share, Share::all());
             drop(state);
             torrent.shutdown();
         });

@@ -1421,10 +1421,14 @@ impl Peer {
     /// [`SPARE_SEED_AT`] of its best rate: a leecher does not wait long on slow peers, or for
     /// a share whose owner is not fetching it.
     fn pick_from_seed(&mut self, state: &mut State, want: usize) -> Vec<Block> {
-        let share = state.seed_share();
         let mut blocks = Vec::new();
         if !self.spared_dry {
-            let State { picker, peers, .. } = &mut *state;
+            let State {
+                picker,
+                peers,
+                share,
+                ..
+            } = &mut *state;
             let Some(entry) = peers.get(&self.key) else {
                 return Vec::new();
             };
