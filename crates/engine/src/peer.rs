@@ -63,6 +63,11 @@ const MAX_METADATA_REQUESTS: u32 = 64;
 /// Stop reading blocks from disk for a peer while this much waits in its send buffer: a slow
 /// reader holds at most this (plus one block) of our memory.
 pub(crate) const SEND_WATERMARK: usize = 1024 * 1024;
+/// A peer that reads slowly gets a smaller send buffer: what it takes in this long (at least
+/// [`MIN_SEND_WATERMARK`]), so a choke or cancel reaches it behind at most that much, not
+/// seconds of blocks (a 1 MiB/s leecher took a whole second of blocks after a choke).
+const SEND_BUFFER_SECONDS: f64 = 0.25;
+const MIN_SEND_WATERMARK: usize = 128 * 1024;
 /// Blocks are read into the send buffer once less than this is left in it, and then up to
 /// [`SEND_WATERMARK`] at once; the kernel's send buffer keeps the connection busy meanwhile.
 /// Before a refill the unsent rest moves to the buffer's front (see `serve_queued`).
@@ -497,6 +502,11 @@ struct Peer {
     pieces_lost: u64,
     /// Bytes waiting to be written to the socket.
     out: BytesMut,
+    /// How much `serve_queued` fills `out` to: [`SEND_WATERMARK`], or less for a slow reader.
+    send_watermark: usize,
+    /// When the last refill of `out` ended, and how much `out` then held: timed until it
+    /// drains below [`SEND_REFILL_BELOW`], which sets `send_watermark`.
+    refilled: Option<(Instant, usize)>,
     /// The peer's requests, checked, in arrival order.
     requests: VecDeque<BlockRequest>,
     /// The same requests as a set: a repeated request is dropped without scanning the queue.
@@ -585,6 +595,8 @@ impl Peer {
             bits_claimed: false,
             pieces_lost: 0,
             out: BytesMut::with_capacity(64 * 1024),
+            send_watermark: SEND_WATERMARK,
+            refilled: None,
             requests: VecDeque::new(),
             queued: HashSet::new(),
             ignored: 0,
@@ -681,6 +693,7 @@ impl Peer {
                     conn.sealed = conn.sealed.saturating_sub(n);
                     self.last_write = Instant::now();
                     self.last_send = self.last_write;
+                    self.time_drain();
                 }
                 cmd = rx.recv() => match cmd {
                     Some(PeerCmd::Have(piece)) => {
@@ -1257,6 +1270,22 @@ impl Peer {
         Ok(())
     }
 
+    /// After a write: once the last refill has drained, the peer's read rate sets the next
+    /// refill's size.
+    fn time_drain(&mut self) {
+        let Some((at, filled)) = self.refilled else {
+            return;
+        };
+        if self.out.len() >= SEND_REFILL_BELOW {
+            return;
+        }
+        self.refilled = None;
+        let seconds = at.elapsed().as_secs_f64().max(1e-6);
+        let rate = filled.saturating_sub(self.out.len()) as f64 / seconds;
+        self.send_watermark =
+            ((rate * SEND_BUFFER_SECONDS) as usize).clamp(MIN_SEND_WATERMARK, SEND_WATERMARK);
+    }
+
     /// Reads queued blocks from disk into the send buffer, up to the watermark. A block that
     /// cannot be read (its file was truncated or removed under us) makes its piece lost: never
     /// served or advertised again, and this peer, which asked for it, is closed (see
@@ -1273,7 +1302,7 @@ impl Peer {
         // download from never gets here, so it keeps its small buffer.
         self.out
             .reserve(SEND_WATERMARK + pow_wire::MAX_MESSAGE_LEN as usize);
-        while self.out.len() < SEND_WATERMARK {
+        while self.out.len() < self.send_watermark {
             let Some(&r) = self.requests.front() else {
                 break;
             };
@@ -1311,6 +1340,7 @@ impl Peer {
             served += u64::from(r.length);
         }
         if served > 0 {
+            self.refilled = Some((Instant::now(), self.out.len()));
             self.inner
                 .stats
                 .uploaded
