@@ -15,8 +15,8 @@
 //!   other what they can and the seed's upload goes to pieces the swarm lacks. Of those, it is
 //!   asked only for our [`Share`]: the leechers split them by rendezvous hashing, so two
 //!   leechers rarely fetch the same piece from a seed before either can tell the other it has
-//!   it. The engine
-//!   decides when a seed is no longer spared (the lenders too slow to be worth the wait).
+//!   it. The engine decides when a seed is no longer spared (the lenders too slow to be worth
+//!   the wait).
 //!
 //! Geometry (16 KiB blocks, the short last block, piece lengths that are not a multiple of
 //! 16 KiB) comes from `metainfo::Geometry`.
