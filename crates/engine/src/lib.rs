@@ -1052,6 +1052,30 @@ mod tests {
         }
     }
 
+    /// A completion that happens while nobody waits is still seen by a later `wait_complete`
+    /// (`download` and `source load` wait anew in each round of their loop).
+    #[test]
+    fn a_completion_nobody_waited_for_is_kept() {
+        let OnePiece {
+            dir,
+            storage,
+            picker,
+            runtime,
+            ..
+        } = one_piece("complete");
+        runtime.block_on(async {
+            let torrent = Torrent::start(storage, picker, EngineConfig::default())
+                .await
+                .unwrap();
+            peer::record_verdict(&torrent.inner, 0, true);
+            let waited =
+                tokio::time::timeout(Duration::from_secs(5), torrent.wait_complete()).await;
+            assert!(waited.is_ok(), "wait_complete missed the completion");
+            torrent.shutdown();
+        });
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// Who counts in our share of a seed's pieces, and which seeds are spared: pow leechers
     /// count until they complete, say `upload_only` or leave; other clients never do; a seed
     /// from the start is spared, a leecher that completed is not (it lends).
