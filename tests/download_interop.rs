@@ -89,10 +89,11 @@ fn downloads_from_every_real_seeder() {
         seed_and_fetch(&lab, seeder, &multi16, &multi16_t, "multi-16K");
         seed_and_fetch(&lab, seeder, &multi1m, &multi1m_t, "multi-1M");
     }
-    // With more than one core pow writes and hashes a fast peer's blocks on a thread beside
-    // the socket loop (here every peer's, from the start); on one core (its affinity) on the
-    // loop itself. libtorrent's seed sends blocks out of order, which the in-order hashes must
-    // absorb either way.
+    // Asked to (POW_WRITER_AFTER_MS, here every peer from the start) and with more than one
+    // core, pow writes and hashes a peer's blocks on a thread beside the socket loop; on one
+    // core (its affinity) on the loop itself even when asked, as by default everywhere (the
+    // rounds above). libtorrent's seed sends blocks out of order, which the in-order hashes
+    // must absorb either way.
     let writer = format!("env POW_WRITER_AFTER_MS=0 {}", leech_cmd(""));
     let threaded = seed_and_fetch_with(
         &lab,
@@ -102,7 +103,7 @@ fn downloads_from_every_real_seeder() {
         "64M-writer",
         &writer,
     );
-    let one_core = format!("taskset -c 0 {}", leech_cmd(""));
+    let one_core = format!("env POW_WRITER_AFTER_MS=0 taskset -c 0 {}", leech_cmd(""));
     let inline = seed_and_fetch_with(
         &lab,
         "libtorrent",

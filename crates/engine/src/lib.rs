@@ -88,9 +88,12 @@ pub struct EngineConfig {
     pub super_seed: bool,
     /// A peer whose blocks took this long to write and hash in the last second gets a thread
     /// of its own for that, beside its socket loop ([`received`]); `None`: never. Default:
-    /// 200 ms when this process may run on more than one core (its CPU affinity, so `taskset
-    /// -c 0` turns it off: on one core the hand-over only costs), else `None`. Test hook:
-    /// `POW_WRITER_AFTER_MS` sets the time (0: every peer, from the start).
+    /// `None`, unless `POW_WRITER_AFTER_MS` sets the time (0: every peer, from the start) and
+    /// this process may run on more than one core (its CPU affinity: on one core the hand-over
+    /// only costs). Off by default because on the 2-core benches it never paid: leeching 1 GiB
+    /// inline was as fast from pow's and rqbit's seeds and 8-15% cheaper from aria2's and
+    /// libtorrent's (README, "Performance"); a peer faster than one core can hash (about 1
+    /// GiB/s here) on a machine with idle cores is where it could.
     pub writer_after_busy: Option<Duration>,
     /// Caps what all peers together get from us (blocks served); `None`: no limit. Give
     /// several sessions the same bucket to cap them together.
@@ -153,13 +156,10 @@ impl Default for EngineConfig {
 }
 
 fn default_writer_after_busy() -> Option<Duration> {
+    let millis = std::env::var("POW_WRITER_AFTER_MS").ok()?.parse().ok()?;
     if !std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
         return None;
     }
-    let millis = std::env::var("POW_WRITER_AFTER_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
     Some(Duration::from_millis(millis))
 }
 

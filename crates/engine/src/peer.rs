@@ -791,12 +791,12 @@ impl Peer {
         Ok(())
     }
 
-    /// A peer busy enough in writing and hashing that another core can take half its work
-    /// gets a writer thread. Slower peers stay inline: in a swarm of many connections on a
-    /// busy machine a thread per peer only adds hand-overs (8 pow leechers from one
-    /// super-seed, each with a writer per peer, passed pieces on later and the seed uploaded
-    /// up to 2.9x the payload, not 1.0x). Asked each tick and once at the start (where only a
-    /// zero threshold, the test hook, says yes).
+    /// When writer threads are asked for ([`crate::EngineConfig::writer_after_busy`]), a peer
+    /// busy enough in writing and hashing that another core could take half its work gets
+    /// one. Slower peers stay inline: in a swarm of many connections on a busy machine a
+    /// thread per peer only adds hand-overs (8 pow leechers from one super-seed, each with a
+    /// writer per peer, passed pieces on later and the seed uploaded up to 2.9x the payload,
+    /// not 1.0x). Asked each tick and once at the start (where only a zero threshold says yes).
     fn start_writer_if_busy(&mut self) {
         let busy = self.inner.config.writer_after_busy;
         if self.writer.is_none() && busy.is_some_and(|after| self.busy_writing >= after) {

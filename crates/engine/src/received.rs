@@ -1,9 +1,10 @@
 //! Blocks a peer sent us, after the picker booked them: written to disk, fed to the peer's
 //! in-order piece hashes, and the pieces they complete decided.
 //!
-//! A peer's socket loop writes and hashes each read's blocks itself until that takes a fifth of
-//! a second in a second; from then on it hands them to a [`Writer`]: a thread of the blocking
-//! pool of its own that writes and hashes while the loop goes on receiving. On one connection
+//! A peer's socket loop writes and hashes each read's blocks itself. Asked to
+//! ([`crate::EngineConfig::writer_after_busy`], off by default), once that takes the set time in
+//! a second it hands them to a [`Writer`] instead: a thread of the blocking pool of its own that
+//! writes and hashes while the loop goes on receiving. On one connection
 //! the two are about equal work (a socket read and decode, against a `pwrite` and SHA-1), so
 //! done on one task they cap a single peer at what one core can both receive and hash. The channel
 //! between them is bounded ([`QUEUED_BATCHES`]): a disk slower than the peer stops the loop from
