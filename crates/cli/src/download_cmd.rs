@@ -45,9 +45,7 @@ pub struct DownloadArgs {
 }
 
 pub fn run(args: DownloadArgs) -> CmdResult {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::engine_runtime()?;
     runtime.block_on(download(args))
 }
 

@@ -170,9 +170,7 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
         });
     }
     storage.prepare_files(None)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::engine_runtime()?;
     let (snapshot, interrupted) = runtime.block_on(async {
         let picker = Picker::new(plan.metainfo.geometry.clone(), have);
         let (torrent, announcer) = args

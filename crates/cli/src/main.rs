@@ -12,6 +12,7 @@ mod download_cmd;
 mod load_cmd;
 mod multiseed;
 mod publish_cmd;
+mod runtime;
 mod seed_cmd;
 mod serve_cmd;
 mod source_cmd;

@@ -174,9 +174,7 @@ fn seed(metainfo: Arc<Metainfo>, data: &Path, swarm: &SwarmArgs) -> CmdResult {
         )
         .into());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::engine_runtime()?;
     runtime.block_on(async {
         let picker = Picker::new(metainfo.geometry.clone(), have);
         let (torrent, announcer) = swarm.join(storage, picker, None).await?;

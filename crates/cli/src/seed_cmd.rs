@@ -146,9 +146,7 @@ pub fn verify(args: VerifyArgs) -> CmdResult {
 }
 
 pub fn seed(args: SeedArgs) -> CmdResult {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::engine_runtime()?;
     runtime.block_on(seed_async(args))
 }
 

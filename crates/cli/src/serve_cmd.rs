@@ -71,9 +71,7 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: ServeArgs) -> CmdResult {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::engine_runtime()?;
     runtime.block_on(serve_async(args))
 }
 

@@ -110,9 +110,7 @@ fn plans(
 
 pub fn seed(pow_dir: Option<&Path>, args: SourceSeedArgs) -> CmdResult {
     let plans = plans(pow_dir, &args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::engine_runtime()?;
     runtime.block_on(seed_async(plans, args))
 }
 
