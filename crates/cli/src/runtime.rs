@@ -3,12 +3,13 @@
 /// A multi-threaded runtime with half the cores this process may use as workers (at least
 /// one), unless `TOKIO_WORKER_THREADS` says otherwise. A peer's data path is one task, and
 /// a worker left idle beside it is woken to look for work on nearly every socket wake-up: on
-/// this project's 2-core bench machine, a second worker cost `pow download` 3,000-17,000
-/// context switches per GiB where one worker took 400-4,000, 4-7% more CPU per GiB, and
-/// 7-12% of its speed from aria2's, rqbit's and pow's seeds (from two pow seeds at once
-/// too). The rest of the cores are left to what the data path hands off: the kernel's
-/// network and page-cache work, and the blocking pool (disk reads and piece checks), which
-/// is not limited by this.
+/// this project's 2-core bench machine, `pow download` of 1 GiB took 2,600-17,000 context
+/// switches with two workers and 370-7,600 with one, 4-7% more CPU per GiB, and lost 7-21%
+/// of its speed from aria2's, pow's and rqbit's seeds (and from two pow seeds at once). The
+/// rest of the cores are left to the kernel's network and page-cache work and to the
+/// blocking pool (read-back piece checks, the check of data already on disk), which this
+/// does not limit. A seed's disk reads run on its peer tasks: from a cold disk each waits
+/// for the device, and fewer workers overlap fewer of those waits.
 pub fn engine_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
