@@ -544,6 +544,12 @@ struct Peer {
     /// Writes and hashes this peer's blocks on a thread of its own, once it sends fast enough
     /// (see `EngineConfig::writer_after_busy` and [`received`]).
     writer: Option<Writer>,
+    /// Queued blocks not in the page cache, being read in from disk on the blocking pool
+    /// ([`Peer::start_warming`]); nothing is served until it is done.
+    warming: Option<tokio::task::JoinHandle<()>>,
+    /// A warm-up just finished: the next block is read even if it has to wait for the disk
+    /// (it was evicted again), so a peer is served under any memory pressure.
+    warmed: bool,
     /// We super-seed this peer: it hears of our pieces a few at a time ([`crate::superseed`]).
     super_seeded: bool,
     /// Super-seeding: the peer's first message (its bitfield, if it sends one) was handled,
@@ -573,6 +579,8 @@ impl Peer {
             busy_writing: Duration::ZERO,
             unwritten: Vec::new(),
             writer: None,
+            warming: None,
+            warmed: false,
             super_seeded: false,
             first_told: false,
             am_interested: false,
@@ -728,6 +736,10 @@ impl Peer {
                     self.download_wait = None;
                 }
                 _ = crate::until_true(&mut shutdown) => return Err(PeerError::Closed),
+                _ = warmed(&mut self.warming), if self.warming.is_some() => {
+                    self.warming = None;
+                    self.warmed = true;
+                }
             }
         }
     }
@@ -1293,7 +1305,8 @@ impl Peer {
     fn serve_queued(&mut self) -> Result<(), PeerError> {
         let mut served = 0u64;
         self.upload_wait = None;
-        if self.requests.is_empty() || self.out.len() >= SEND_REFILL_BELOW {
+        if self.requests.is_empty() || self.out.len() >= SEND_REFILL_BELOW || self.warming.is_some()
+        {
             return Ok(());
         }
         // Room for the whole refill now, while little is left to move: otherwise `BytesMut`
@@ -1326,16 +1339,33 @@ impl Peer {
             let length = r.length as usize;
             self.out.reserve(length);
             let room = &mut self.out.spare_capacity_mut()[..length];
-            if let Err(e) = self
-                .inner
-                .storage
-                .read_block(block.piece, block.begin, room)
-            {
-                self.out.truncate(start);
-                self.lose_piece(r.index, &e);
-                return Err(PeerError::Protocol("asked for a piece we lost"));
+            let storage = &self.inner.storage;
+            let read = if std::mem::take(&mut self.warmed) {
+                storage
+                    .read_block(block.piece, block.begin, room)
+                    .map(|()| true)
+            } else {
+                storage.read_block_cached(block.piece, block.begin, room)
+            };
+            match read {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.out.truncate(start);
+                    self.requests.push_front(r);
+                    self.queued.insert(r);
+                    if let Some(limit) = &self.inner.config.upload_limit {
+                        limit.refund(r.length);
+                    }
+                    self.start_warming();
+                    break;
+                }
+                Err(e) => {
+                    self.out.truncate(start);
+                    self.lose_piece(r.index, &e);
+                    return Err(PeerError::Protocol("asked for a piece we lost"));
+                }
             }
-            // SAFETY: `read_block` filled all `length` bytes after the header.
+            // SAFETY: the read said it filled all `length` bytes after the header.
             unsafe { self.out.set_len(start + 13 + length) };
             served += u64::from(r.length);
         }
@@ -1352,6 +1382,34 @@ impl Peer {
             }
         }
         Ok(())
+    }
+
+    /// Reads the next send buffer's worth of queued blocks into the page cache on the
+    /// blocking pool: a read from a cold disk waits for the device, and on a peer task it
+    /// would hold up every task of its runtime worker.
+    fn start_warming(&mut self) {
+        let geometry = &self.inner.metainfo.geometry;
+        let mut blocks = Vec::new();
+        let mut bytes = 0usize;
+        for r in &self.requests {
+            if bytes >= self.send_watermark {
+                break;
+            }
+            if let Some(block) = geometry.block(r.index, r.begin, r.length) {
+                blocks.push((block.piece, block.begin, r.length));
+                bytes += r.length as usize;
+            }
+        }
+        tracing::debug!(
+            "{}: reading blocks in from disk ({} bytes)",
+            self.addr,
+            bytes
+        );
+        let inner = self.inner.clone();
+        self.warming = Some(tokio::task::spawn_blocking(move || {
+            // A read error here is met again, and reported, by the read after it.
+            let _ = inner.storage.warm(&blocks);
+        }));
     }
 
     fn lose_piece(&mut self, index: u32, error: &pow_storage::StorageError) {
@@ -1524,6 +1582,13 @@ async fn read_some<R: tokio::io::AsyncRead + Unpin>(
     match cap {
         Some(cap) => reader.take(cap as u64).read_buf(buf).await,
         None => reader.read_buf(buf).await,
+    }
+}
+
+/// Waits for a warm-up ([`Peer::start_warming`]) to finish.
+async fn warmed(warming: &mut Option<tokio::task::JoinHandle<()>>) {
+    if let Some(handle) = warming {
+        let _ = handle.await;
     }
 }
 

@@ -62,6 +62,12 @@ impl RateLimit {
         self.take_at(bytes, Instant::now())
     }
 
+    /// Puts back `bytes` taken for a block that was not sent after all.
+    pub(crate) fn refund(&self, bytes: u32) {
+        let mut bucket = self.refilled(Instant::now());
+        bucket.tokens = (bucket.tokens + f64::from(bytes)).min(self.burst);
+    }
+
     /// Takes `bytes` that were already spent, into debt if need be: how long until the debt
     /// is paid off, if there is one.
     pub fn take_owing(&self, bytes: usize) -> Option<Duration> {
@@ -125,6 +131,20 @@ mod tests {
         assert_eq!(limit.take_at(16384, now + wait), Ok(()));
         // A low limit still pays 8 blocks at once.
         assert_eq!(RateLimit::new(1000).take(128 * 1024), Ok(()));
+    }
+
+    #[test]
+    fn a_refund_pays_the_next_block_but_never_more_than_the_burst() {
+        let limit = RateLimit::new(1000);
+        assert_eq!(limit.take(128 * 1024), Ok(()));
+        assert!(limit.take(16384).is_err());
+        limit.refund(16384);
+        assert_eq!(limit.take(16384), Ok(()));
+        // Refunds on a full bucket are lost: it still holds one burst.
+        limit.refund(128 * 1024);
+        limit.refund(128 * 1024);
+        assert_eq!(limit.take(128 * 1024), Ok(()));
+        assert!(limit.take(16384).is_err());
     }
 
     #[test]

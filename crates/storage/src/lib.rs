@@ -60,24 +60,37 @@ fn allocate(handle: &File, file: &ContentFile) -> bool {
 
 /// `pwritev` until every byte of `parts` is written at `offset`.
 /// `pread` until `buf` is full: `read_exact_at` for memory that need not be initialized.
+/// With `cached_only`, each read is `preadv2(RWF_NOWAIT)`: data not in the page cache is not
+/// waited for but reported as `WouldBlock` (what was read stays in `buf`, unused). A file
+/// system that does not take the flag is read as without it.
 fn read_exact_at(
     handle: &File,
     mut buf: &mut [MaybeUninit<u8>],
     mut offset: u64,
+    cached_only: bool,
 ) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
+    let mut nowait = cached_only;
     while !buf.is_empty() {
         let position = libc::off_t::try_from(offset)
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
         // SAFETY: the kernel stores at most `buf.len()` bytes into `buf`, which we hold
         // mutably for the call.
         let read = unsafe {
-            libc::pread(
-                handle.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                position,
-            )
+            if nowait {
+                let part = libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: buf.len(),
+                };
+                libc::preadv2(handle.as_raw_fd(), &part, 1, position, libc::RWF_NOWAIT)
+            } else {
+                libc::pread(
+                    handle.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    position,
+                )
+            }
         };
         match read {
             n if n > 0 => {
@@ -92,8 +105,13 @@ fn read_exact_at(
             }
             _ => {
                 let error = std::io::Error::last_os_error();
-                if error.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(error);
+                match error.raw_os_error() {
+                    Some(libc::EAGAIN) if nowait => {
+                        return Err(std::io::ErrorKind::WouldBlock.into())
+                    }
+                    Some(libc::EOPNOTSUPP | libc::EINVAL) if nowait => nowait = false,
+                    Some(libc::EINTR) => {}
+                    _ => return Err(error),
                 }
             }
         }
@@ -328,12 +346,18 @@ impl Storage {
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         // SAFETY: `read_into` stores only initialized bytes, so `buf` stays initialized.
         let buf = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
-        self.read_into(offset, buf)
+        self.read_into(offset, buf, false)
     }
 
     /// As `read_at`, into memory that need not be initialized (a send buffer's spare room,
     /// which zeroing first cost a seed 5-9% of its CPU); `Ok` means all of `buf` was filled.
-    fn read_into(&self, offset: u64, buf: &mut [MaybeUninit<u8>]) -> Result<(), StorageError> {
+    /// `cached_only`: see [`Storage::read_block_cached`].
+    fn read_into(
+        &self,
+        offset: u64,
+        buf: &mut [MaybeUninit<u8>],
+        cached_only: bool,
+    ) -> Result<(), StorageError> {
         let geometry = &self.metainfo.geometry;
         let mut filled = 0usize;
         for span in geometry.spans(offset, buf.len() as u64) {
@@ -350,7 +374,7 @@ impl Storage {
                     path: file.path.clone(),
                     source: std::io::Error::from(std::io::ErrorKind::NotFound),
                 })?;
-            read_exact_at(&handle, part, span.offset).map_err(Self::io(&file.path))?;
+            read_exact_at(&handle, part, span.offset, cached_only).map_err(Self::io(&file.path))?;
         }
         Ok(())
     }
@@ -363,15 +387,59 @@ impl Storage {
         begin: u32,
         buf: &mut [MaybeUninit<u8>],
     ) -> Result<(), StorageError> {
+        let offset = self.block_offset(piece, begin, buf.len())?;
+        self.read_into(offset, buf, false)
+    }
+
+    /// As [`Storage::read_block`], but only from the page cache: `Ok(false)` when part of the
+    /// block would have to come from the device (nothing waits for it, `buf` is not filled).
+    /// A seed's peer tasks read this way, so a cold disk never holds up the async runtime;
+    /// [`Storage::warm`] on a blocking thread brings the blocks in.
+    pub fn read_block_cached(
+        &self,
+        piece: PieceIndex,
+        begin: u32,
+        buf: &mut [MaybeUninit<u8>],
+    ) -> Result<bool, StorageError> {
+        let offset = self.block_offset(piece, begin, buf.len())?;
+        match self.read_into(offset, buf, true) {
+            Err(StorageError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                Ok(false)
+            }
+            other => other.map(|()| true),
+        }
+    }
+
+    /// Reads the blocks `(piece, begin, length)` and drops the bytes: afterwards they are in
+    /// the page cache (until memory pressure evicts them). Blocks on the device.
+    pub fn warm(&self, blocks: &[(PieceIndex, u32, u32)]) -> Result<(), StorageError> {
+        let mut scratch = Vec::new();
+        for &(piece, begin, length) in blocks {
+            scratch.resize(length as usize, 0u8);
+            let offset = self.block_offset(piece, begin, scratch.len())?;
+            self.read_at(offset, &mut scratch)?;
+        }
+        Ok(())
+    }
+
+    /// Where the block starts in the content, once it is checked to lie in its piece.
+    fn block_offset(
+        &self,
+        piece: PieceIndex,
+        begin: u32,
+        length: usize,
+    ) -> Result<u64, StorageError> {
         let geometry = &self.metainfo.geometry;
-        if u64::from(begin) + buf.len() as u64 > u64::from(geometry.piece_size(piece)) {
+        if u64::from(begin) + length as u64 > u64::from(geometry.piece_size(piece)) {
             return Err(StorageError::BadBlock {
                 piece: piece.get(),
                 begin,
-                length: buf.len() as u32,
+                length: length as u32,
             });
         }
-        self.read_into(geometry.piece_offset(piece) + u64::from(begin), buf)
+        Ok(geometry.piece_offset(piece) + u64::from(begin))
     }
 
     /// SHA-1 of the piece as it is on disk.
@@ -531,6 +599,50 @@ mod tests {
     use super::test_torrent::{pattern_torrent, PatternTorrent};
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    /// Drops the file's clean pages from the page cache, as memory pressure would.
+    fn evict(path: &std::path::Path) {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(path).unwrap();
+        file.sync_all().unwrap();
+        // SAFETY: a plain system call on a file descriptor we hold.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+    }
+
+    #[test]
+    fn a_cached_only_read_of_a_cold_block_waits_for_nothing_until_warmed() {
+        let PatternTorrent {
+            dir,
+            src,
+            metainfo,
+            content,
+        } = pattern_torrent("cold", &[("a", 300_000), ("b", 300_000)], 65536);
+        let storage = Storage::new(metainfo.clone(), src.parent().unwrap()).unwrap();
+        for name in ["a", "b"] {
+            evict(&src.join(name));
+        }
+        // Piece 4 spans both files: 262,144..327,680.
+        let piece = metainfo.geometry.piece(4).unwrap();
+        let (begin, length) = (16384u32, 49152usize);
+        let start = metainfo.geometry.piece_offset(piece) as usize + begin as usize;
+        let mut buf = vec![MaybeUninit::<u8>::uninit(); length];
+        assert!(
+            !storage.read_block_cached(piece, begin, &mut buf).unwrap(),
+            "evicted: not in the page cache (this needs a file system with RWF_NOWAIT, such as ext4)"
+        );
+        storage.warm(&[(piece, begin, length as u32)]).unwrap();
+        assert!(storage.read_block_cached(piece, begin, &mut buf).unwrap());
+        // SAFETY: `read_block_cached` said it filled every byte.
+        let read: Vec<u8> = buf.iter().map(|b| unsafe { b.assume_init() }).collect();
+        assert_eq!(read, content[start..start + length]);
+        // A block past its piece is refused as by `read_block`.
+        assert!(matches!(
+            storage.read_block_cached(piece, 65536 - 100, &mut buf),
+            Err(StorageError::BadBlock { .. })
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn wanted_files_are_allocated_in_full_and_the_others_stay_sparse() {
