@@ -7,9 +7,8 @@
 /// switches with two workers and 370-7,600 with one, 4-7% more CPU per GiB, and lost 7-21%
 /// of its speed from aria2's, pow's and rqbit's seeds (and from two pow seeds at once). The
 /// rest of the cores are left to the kernel's network and page-cache work and to the
-/// blocking pool (read-back piece checks, the check of data already on disk), which this
-/// does not limit. A seed's disk reads run on its peer tasks: from a cold disk each waits
-/// for the device, and fewer workers overlap fewer of those waits.
+/// blocking pool (read-back piece checks, the check of data already on disk, a seed's reads
+/// of blocks not in the page cache), which this does not limit.
 pub fn engine_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
