@@ -45,7 +45,7 @@ pub struct DownloadArgs {
 }
 
 pub fn run(args: DownloadArgs) -> CmdResult {
-    let runtime = crate::runtime::engine_runtime()?;
+    let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Download)?;
     runtime.block_on(download(args))
 }
 

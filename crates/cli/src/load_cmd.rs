@@ -170,7 +170,7 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
         });
     }
     storage.prepare_files(None)?;
-    let runtime = crate::runtime::engine_runtime()?;
+    let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Download)?;
     let (snapshot, interrupted) = runtime.block_on(async {
         let picker = Picker::new(plan.metainfo.geometry.clone(), have);
         let (torrent, announcer) = args

@@ -174,7 +174,7 @@ fn seed(metainfo: Arc<Metainfo>, data: &Path, swarm: &SwarmArgs) -> CmdResult {
         )
         .into());
     }
-    let runtime = crate::runtime::engine_runtime()?;
+    let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Seed)?;
     runtime.block_on(async {
         let picker = Picker::new(metainfo.geometry.clone(), have);
         let (torrent, announcer) = swarm.join(storage, picker, None).await?;

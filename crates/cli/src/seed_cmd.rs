@@ -146,7 +146,7 @@ pub fn verify(args: VerifyArgs) -> CmdResult {
 }
 
 pub fn seed(args: SeedArgs) -> CmdResult {
-    let runtime = crate::runtime::engine_runtime()?;
+    let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Seed)?;
     runtime.block_on(seed_async(args))
 }
 

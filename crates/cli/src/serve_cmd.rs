@@ -71,7 +71,7 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: ServeArgs) -> CmdResult {
-    let runtime = crate::runtime::engine_runtime()?;
+    let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Seed)?;
     runtime.block_on(serve_async(args))
 }
 

@@ -110,7 +110,7 @@ fn plans(
 
 pub fn seed(pow_dir: Option<&Path>, args: SourceSeedArgs) -> CmdResult {
     let plans = plans(pow_dir, &args)?;
-    let runtime = crate::runtime::engine_runtime()?;
+    let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Seed)?;
     runtime.block_on(seed_async(plans, args))
 }
 
