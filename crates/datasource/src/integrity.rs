@@ -12,7 +12,7 @@ use pow_metainfo::Metainfo;
 use serde::Serialize;
 use sha2::Sha256;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Hex digests of the content.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,44 +32,128 @@ pub fn content_digests(
     root: &Path,
     with_sha256: bool,
 ) -> std::io::Result<ContentDigests> {
-    let mut md5 = Md5::new();
-    let mut sha256 = with_sha256.then(Sha256::new);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    for file in metainfo.files.iter().filter(|f| !f.attr.pad) {
-        let path = file.path.under(root);
-        let handle = std::fs::File::open(&path)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let mut reader = handle.take(file.length);
-        let mut read_here = 0u64;
-        loop {
-            let n = reader.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            md5.update(&buf[..n]);
-            if let Some(h) = sha256.as_mut() {
-                h.update(&buf[..n]);
-            }
-            read_here += n as u64;
+    ContentDigester::new(metainfo, root, with_sha256).finish_from_disk()
+}
+
+/// The digests of [`content_digests`], computed a stretch at a time: the loader feeds it the
+/// content as the download verifies it front to back, so that little is left to read when
+/// the download ends.
+pub struct ContentDigester {
+    /// Every file of the torrent in order, padding files too (they take up torrent offsets).
+    files: Vec<(PathBuf, u64, bool)>,
+    /// Torrent offset digested up to.
+    position: u64,
+    /// Index into `files` of the file `position` is in, its start offset, and its handle.
+    file: usize,
+    file_start: u64,
+    open: Option<std::fs::File>,
+    md5: Md5,
+    sha256: Option<Sha256>,
+    bytes: u64,
+    buf: Vec<u8>,
+}
+
+impl ContentDigester {
+    pub fn new(metainfo: &Metainfo, root: &Path, with_sha256: bool) -> ContentDigester {
+        ContentDigester {
+            files: metainfo
+                .files
+                .iter()
+                .map(|f| (f.path.under(root), f.length, f.attr.pad))
+                .collect(),
+            position: 0,
+            file: 0,
+            file_start: 0,
+            open: None,
+            md5: Md5::new(),
+            sha256: with_sha256.then(Sha256::new),
+            bytes: 0,
+            buf: vec![0u8; 1 << 20],
         }
-        if read_here != file.length {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{}: {read_here} bytes, the torrent says {}",
-                    path.display(),
-                    file.length
-                ),
-            ));
-        }
-        bytes += read_here;
     }
-    Ok(ContentDigests {
-        md5: hex::encode(md5.finalize()),
-        sha256: sha256.map(|h| hex::encode(h.finalize())),
-        bytes,
-    })
+
+    /// Torrent offset digested up to.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Digests the content from [`ContentDigester::position`] up to torrent offset `end`
+    /// (padding files are skipped, as the rule says). A file shorter than the torrent says is
+    /// an `UnexpectedEof` error naming it.
+    pub fn advance_to(&mut self, end: u64) -> std::io::Result<()> {
+        while self.position < end {
+            let Some((path, length, pad)) = self.files.get(self.file) else {
+                return Ok(());
+            };
+            let file_end = self.file_start + length;
+            if self.position >= file_end {
+                self.file += 1;
+                self.file_start = file_end;
+                self.open = None;
+                continue;
+            }
+            let want = (end.min(file_end) - self.position) as usize;
+            if *pad {
+                self.position += want as u64;
+                continue;
+            }
+            let handle = match self.open.as_mut() {
+                Some(handle) => handle,
+                None => {
+                    let handle = std::fs::File::open(path).map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                    })?;
+                    self.open.insert(handle)
+                }
+            };
+            let chunk = want.min(self.buf.len());
+            let n = handle.read(&mut self.buf[..chunk])?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{}: {} bytes, the torrent says {length}",
+                        path.display(),
+                        self.position - self.file_start
+                    ),
+                ));
+            }
+            self.md5.update(&self.buf[..n]);
+            if let Some(h) = self.sha256.as_mut() {
+                h.update(&self.buf[..n]);
+            }
+            self.position += n as u64;
+            self.bytes += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Digests the rest of the content and returns the digests.
+    pub fn finish_from_disk(mut self) -> std::io::Result<ContentDigests> {
+        let total = self.total();
+        self.advance_to(total)?;
+        self.finish()
+    }
+
+    fn total(&self) -> u64 {
+        self.files.iter().map(|f| f.1).sum()
+    }
+
+    /// The digests, once the whole content is digested (an error before that).
+    pub fn finish(self) -> std::io::Result<ContentDigests> {
+        let total = self.total();
+        if self.position < total {
+            return Err(std::io::Error::other(format!(
+                "content digested to byte {} of {total}",
+                self.position
+            )));
+        }
+        Ok(ContentDigests {
+            md5: hex::encode(self.md5.finalize()),
+            sha256: self.sha256.map(|h| hex::encode(h.finalize())),
+            bytes: self.bytes,
+        })
+    }
 }
 
 /// The MD5 a torrent's file name claims: `<32 hex digits>.torrent`, lowercased.
@@ -115,6 +199,64 @@ impl Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A libtorrent-made torrent with BEP 47 padding files, its content digested in uneven
+    /// steps that cross file and padding boundaries, matches `md5sum` of the data files
+    /// joined, and a one-pass digest.
+    #[test]
+    fn digests_in_steps_skip_padding_and_match_md5sum() {
+        let torrent = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/torrents/valid/test2_pad_files.torrent");
+        let metainfo = Metainfo::from_file(&torrent).unwrap();
+        let root = std::env::temp_dir().join(format!("pow-digest-steps-{}", std::process::id()));
+        let joined = root.join("joined");
+        std::fs::create_dir_all(&root).unwrap();
+        let mut all = Vec::new();
+        for (i, file) in metainfo
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.attr.pad)
+        {
+            let path = file.path.under(&root);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let bytes: Vec<u8> = (0..file.length)
+                .map(|b| (b * 31 + i as u64) as u8)
+                .collect();
+            std::fs::write(&path, &bytes).unwrap();
+            all.extend_from_slice(&bytes);
+        }
+        std::fs::write(&joined, &all).unwrap();
+        let md5sum = std::process::Command::new("md5sum")
+            .arg(&joined)
+            .output()
+            .unwrap();
+        let expected = String::from_utf8(md5sum.stdout).unwrap()[..32].to_string();
+
+        let one_pass = content_digests(&metainfo, &root, true).unwrap();
+        assert_eq!(one_pass.md5, expected);
+        assert_eq!(one_pass.bytes, all.len() as u64);
+        let mut steps = ContentDigester::new(&metainfo, &root, true);
+        let mut end = 0;
+        while end < metainfo.total_length() {
+            end = (end + 7_777).min(metainfo.total_length());
+            steps.advance_to(end).unwrap();
+            assert_eq!(steps.position(), end);
+        }
+        assert_eq!(steps.finish().unwrap(), one_pass);
+
+        let mut short = ContentDigester::new(&metainfo, &root, false);
+        short.advance_to(60_000).unwrap();
+        assert!(short.finish().is_err(), "digests only what it was given");
+        std::fs::write(metainfo.files[2].path.under(&root), b"cut").unwrap();
+        let err = content_digests(&metainfo, &root, false).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(
+            err.to_string().contains("3 bytes, the torrent says 46080"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn names() {

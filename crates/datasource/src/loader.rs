@@ -11,7 +11,7 @@
 //! (local paths), so `pow export` leaves it out.
 
 use crate::error::{Error, Result};
-use crate::integrity::{content_digests, md5_named_by, Check, ContentDigests, Outcome};
+use crate::integrity::{md5_named_by, Check, ContentDigester, ContentDigests, Outcome};
 use crate::schema::shorten;
 use crate::show::Value;
 use crate::store::PowDir;
@@ -314,6 +314,28 @@ impl LoadPlan {
     /// (checked by the engine while downloading, or by a full re-check). The content is read
     /// once, for MD5 (and SHA-256 when the graph has one to compare with).
     pub fn check_integrity(&self, pieces_verified: u32) -> IntegrityReport {
+        self.check_integrity_with(pieces_verified, || {
+            self.content_digester().finish_from_disk()
+        })
+    }
+
+    /// A digester of this source's content by the MD5 rule (with SHA-256 when the graph has
+    /// one to compare with), to feed while the download goes on.
+    pub fn content_digester(&self) -> ContentDigester {
+        ContentDigester::new(
+            &self.metainfo,
+            &self.base_dir,
+            !self.sha256_field.is_empty(),
+        )
+    }
+
+    /// [`LoadPlan::check_integrity`] with the content's digests from `digests`, which is
+    /// called only when every piece passed SHA-1.
+    pub fn check_integrity_with(
+        &self,
+        pieces_verified: u32,
+        digests: impl FnOnce() -> std::io::Result<ContentDigests>,
+    ) -> IntegrityReport {
         let total = self.metainfo.geometry.piece_count();
         let mut checks = vec![Check::new(
             "sha1-pieces",
@@ -330,11 +352,7 @@ impl LoadPlan {
                 digests: None,
             };
         }
-        let digests = match content_digests(
-            &self.metainfo,
-            &self.base_dir,
-            !self.sha256_field.is_empty(),
-        ) {
+        let digests = match digests() {
             Ok(d) => d,
             Err(e) => {
                 checks.push(Check::new(

@@ -766,6 +766,18 @@ impl Torrent {
         }
     }
 
+    /// The first piece at or after `from` that is not both verified and written: the content
+    /// before it can be read from disk while the download goes on (the loader's MD5 follows
+    /// it). Scans from `from`, so a caller that follows keeps the whole scan linear.
+    pub fn readable_until(&self, from: u32) -> u32 {
+        let state = self.inner.lock();
+        let have = state.picker.have();
+        let count = self.inner.metainfo.geometry.piece_count();
+        (from..count)
+            .find(|&p| !have.get(p) || state.unwritten.contains_key(&p))
+            .unwrap_or(count)
+    }
+
     /// Bytes of payload received from each peer address so far.
     pub fn received_by_peer(&self) -> Vec<(SocketAddr, u64)> {
         let state = self.inner.lock();

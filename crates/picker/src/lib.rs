@@ -10,6 +10,11 @@
 //!   requested again from other peers; when one arrives, [`Picker::block_received`] names the
 //!   other peers to send `cancel` to.
 //! - Priorities per piece (0 = skip), set from file selections by [`Picker::set_file_priority`].
+//! - In order, for a reader that follows the download ([`Picker::prefer_in_order`]): new pieces
+//!   come from a window of pieces past the first missing one, lowest first, before rarest first
+//!   is asked; so the data arrives roughly front to back and can be read (the loader's MD5)
+//!   while it downloads. Pieces outside the window are still picked when the window has none
+//!   this peer can send.
 //! - Sparing a seed ([`Picker::pick_sparing`]): a seed is asked only for pieces that no peer
 //!   lending to us (unchoking us, not a spared seed itself) has, so a swarm's leechers take from each
 //!   other what they can and the seed's upload goes to pieces the swarm lacks. Of those, it is
@@ -90,6 +95,16 @@ pub struct Picker {
     /// asks after every verified piece (a scan would make a download quadratic in pieces).
     missing: u32,
     bytes_left: u64,
+    in_order: Option<InOrder>,
+}
+
+/// See [`Picker::prefer_in_order`].
+#[derive(Debug, Clone, Copy)]
+struct InOrder {
+    /// How many pieces from `first_missing` on are picked in order.
+    window: u32,
+    /// The first wanted piece not yet verified (or the piece count).
+    first_missing: u32,
 }
 
 impl Picker {
@@ -109,6 +124,7 @@ impl Picker {
             geometry,
             missing: 0,
             bytes_left: 0,
+            in_order: None,
         };
         picker.recount();
         picker
@@ -138,6 +154,33 @@ impl Picker {
             if !self.partial.contains_key(&i) {
                 self.candidates.insert(i, self.availability[i as usize]);
             }
+        }
+        if let Some(in_order) = self.in_order.as_mut() {
+            in_order.first_missing = 0;
+        }
+        self.advance_in_order();
+    }
+
+    /// New pieces are picked lowest first from the `window` pieces past the first missing one,
+    /// before rarest first (which still picks when none of those is free and offered). For a
+    /// download whose content is read front to back as it arrives; it costs the swarm some of
+    /// rarest first's spread, so only such a download asks for it.
+    pub fn prefer_in_order(&mut self, window: u32) {
+        self.in_order = Some(InOrder {
+            window: window.max(1),
+            first_missing: 0,
+        });
+        self.advance_in_order();
+    }
+
+    /// Moves the in-order window past pieces that are verified or not wanted.
+    fn advance_in_order(&mut self) {
+        let count = self.geometry.piece_count();
+        if let Some(mut in_order) = self.in_order {
+            while in_order.first_missing < count && !self.is_wanted(in_order.first_missing) {
+                in_order.first_missing += 1;
+            }
+            self.in_order = Some(in_order);
         }
     }
 
@@ -455,6 +498,19 @@ impl Picker {
         let offered = |p: u32| {
             bits.get(p) && spare.is_none_or(|share| self.lent[p as usize] == 0 && share.owns(p))
         };
+        if let Some(InOrder {
+            window,
+            first_missing,
+        }) = self.in_order
+        {
+            let end = first_missing
+                .saturating_add(window)
+                .min(self.geometry.piece_count());
+            let next = (first_missing..end).find(|&p| self.candidates.contains(p) && offered(p));
+            if next.is_some() {
+                return next;
+            }
+        }
         if self.have.count() < RANDOM_FIRST_PIECES {
             self.candidates.random(offered, &mut rng)
         } else {
@@ -526,6 +582,9 @@ impl Picker {
             self.candidates.remove(piece, a);
         }
         self.needed.clear(piece);
+        if self.in_order.is_some_and(|o| o.first_missing == piece) {
+            self.advance_in_order();
+        }
     }
 
     /// A piece we had can no longer be read (its file was truncated or removed): not ours any
@@ -577,6 +636,11 @@ impl Picker {
     #[cfg(test)]
     fn check_invariants(&self) {
         self.candidates.check(&self.availability);
+        if let Some(in_order) = self.in_order {
+            let count = self.geometry.piece_count();
+            let first = (0..count).find(|&i| self.is_wanted(i)).unwrap_or(count);
+            assert_eq!(in_order.first_missing, first, "in-order window start");
+        }
         for i in 0..self.geometry.piece_count() {
             let candidate =
                 self.is_wanted(i) && !self.partial.contains_key(&i) && !self.hashing.get(i);
@@ -759,6 +823,49 @@ mod tests {
         picker.peer_have(7);
         let blocks = picker.pick(9, &common, 1);
         assert_eq!(blocks[0].piece.get(), 5);
+    }
+
+    #[test]
+    fn in_order_window_picks_front_to_back_then_falls_back() {
+        let g = geometry(100, 16384, 16384);
+        let mut picker = Picker::new(g, Bitfield::new(100));
+        picker.prefer_in_order(8);
+        let all = full(100);
+        picker.peer_connected(&all);
+        let firsts: Vec<u32> = picker
+            .pick(1, &all, 3)
+            .iter()
+            .map(|b| b.piece.get())
+            .collect();
+        assert_eq!(firsts, [0, 1, 2], "lowest first, no random start");
+        // A peer without the window's next pieces gets the lowest it has in the window...
+        let mut some = Bitfield::new(100);
+        some.set(5);
+        some.set(50);
+        picker.peer_connected(&some);
+        assert_eq!(picker.pick(2, &some, 1)[0].piece.get(), 5);
+        // ...and one with nothing in the window still gets work (rarest first).
+        let mut far = Bitfield::new(100);
+        far.set(60);
+        picker.peer_connected(&far);
+        assert_eq!(picker.pick(3, &far, 1)[0].piece.get(), 60);
+        // The window slides as its first pieces are verified.
+        for piece in 0..3 {
+            assert!(matches!(
+                picker.block_received(1, piece, 0, 16384),
+                Received::PieceDone { .. }
+            ));
+            picker.piece_verified(piece);
+        }
+        let next: Vec<u32> = picker
+            .pick(1, &all, 7)
+            .iter()
+            .map(|b| b.piece.get())
+            .collect();
+        assert_eq!(next, [3, 4, 6, 7, 8, 9, 10], "window 3..11, 5 taken");
+        // Once the window is all taken, picks leave it rather than stall.
+        let outside = picker.pick(1, &all, 2);
+        assert!(outside.iter().all(|b| b.piece.get() >= 11), "{outside:?}");
     }
 
     #[test]
@@ -966,6 +1073,10 @@ mod tests {
                     }
                 }
                 let mut picker = Picker::new(g.clone(), have);
+                let in_order = ((have_seed >> 50) & 1 == 1).then(|| 1 + (have_seed >> 51) as u32 % 8);
+                if let Some(window) = in_order {
+                    picker.prefer_in_order(window);
+                }
                 let mut peers: BTreeMap<u64, Bitfield> = BTreeMap::new();
                 // What each peer was asked for and has not answered (a superset: the
                 // picker forgets requests on choke and failure).
@@ -1026,7 +1137,21 @@ mod tests {
                             unique.sort_unstable();
                             unique.dedup();
                             prop_assert_eq!(unique.len(), blocks.len(), "a block twice in one pick");
-                            if !random_phase {
+                            if let Some(window) = in_order {
+                                // Opened pieces: the window's candidates this peer has, lowest
+                                // first, and only once those are all opened, any others.
+                                let start = picker.in_order.unwrap().first_missing;
+                                let in_window: Vec<u32> = before
+                                    .iter()
+                                    .copied()
+                                    .filter(|&i| bits.get(i) && i >= start && i < start + window)
+                                    .collect();
+                                let from_window = opened.iter().take_while(|i| in_window.contains(i)).count();
+                                prop_assert_eq!(&opened[..from_window], &in_window[..from_window]);
+                                if from_window < opened.len() {
+                                    prop_assert_eq!(from_window, in_window.len(), "left the window early");
+                                }
+                            } else if !random_phase {
                                 // Each opened piece is no more available than any candidate
                                 // the peer has that is still unopened.
                                 let rest = before
