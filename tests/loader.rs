@@ -116,6 +116,27 @@ impl Drop for HttpStore {
     }
 }
 
+/// `pow seed TORRENT --data DIR` on a free loopback port, once it accepts connections.
+fn pow_seed(torrent: &Path, data_dir: &Path) -> (Child, u16) {
+    let port = free_port();
+    let child = pow()
+        .arg("seed")
+        .arg(torrent)
+        .arg("--data")
+        .arg(data_dir)
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "pow seed did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port)
+}
+
 fn seed_with_libtorrent(lab: &Lab, torrent: &Path, data_dir: &Path) {
     let (ok, _, err) = lab.script(
         "seed.sh",
@@ -183,7 +204,7 @@ fn loads_a_zip_seeded_by_libtorrent_from_directory_and_http_stores() {
         assert_eq!(check(&json, name)["outcome"], "passed", "{name}: {json}");
     }
     println!(
-        "directory store: {} bytes in {:.2} s (transfer {:.2} s, MD5+SHA-256 pass {:.3} s), checks: {}",
+        "directory store: {} bytes in {:.2} s (transfer {:.2} s, MD5+SHA-256 left after it {:.3} s), checks: {}",
         json["bytes"],
         started.elapsed().as_secs_f64(),
         json["transfer_seconds"].as_f64().unwrap(),
@@ -393,22 +414,7 @@ fn interrupted_load_resumes_without_refetching_verified_pieces() {
         bytes[(piece * PIECE) as usize] ^= 0xff;
     }
     std::fs::write(&half, &bytes).unwrap();
-    let seed_port = free_port();
-    let mut half_seed = pow()
-        .arg("seed")
-        .arg(&torrent)
-        .arg("--data")
-        .arg(half_dir.path())
-        .args(["--bind", "127.0.0.1", "--port", &seed_port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", seed_port)).is_err() {
-        assert!(Instant::now() < deadline, "pow seed did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut half_seed, seed_port) = pow_seed(&torrent, half_dir.path());
 
     let pow_dir = project(
         work,
@@ -583,5 +589,64 @@ fn publish_then_aria2_and_pow_load_fetch_it() {
     println!(
         "second publish: stored={}, graph unchanged",
         again["stored"]
+    );
+}
+
+/// The content's MD5 is computed while it downloads, not in a second pass after it: with the
+/// transfer held to 8 MiB/s, the picker takes pieces front to back and the digest follows the
+/// verified ones, so most of the content is digested before the transfer ends. The result is
+/// the same: every check passes, and the file is the seed's, byte for byte.
+#[test]
+fn load_digests_the_content_while_it_downloads() {
+    // The lab's lock (the load's peer port is a lab port) and its tracker (the torrent's).
+    let lab = Lab::new("loader-follow");
+    let work = &lab.work;
+    let seed_dir = work.path().join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let zip = seed_dir.join("connectome.zip");
+    make_zip(&zip, 24, 7);
+    let md5 = md5_hex(&zip);
+    let store = work.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let torrent_name = format!("{md5}.torrent");
+    create_torrent(&zip, &store.join(&torrent_name));
+    let (mut seed, seed_port) = pow_seed(&store.join(&torrent_name), &seed_dir);
+
+    let pow_dir = project(
+        work.path(),
+        "follow",
+        &format!("torrent_file_name = \"{torrent_name}\"\nmd5 = \"{md5}\"\n"),
+    );
+    let out = load(
+        &pow_dir,
+        "ConnectomeCSVDataSource:follow",
+        &[
+            "--torrent-store",
+            store.to_str().unwrap(),
+            "--peer",
+            &format!("127.0.0.1:{seed_port}"),
+            "--max-download-rate",
+            "8M",
+        ],
+    );
+    seed.kill().unwrap();
+    seed.wait().unwrap();
+    assert!(out.status.success(), "load: {}", text(&out.stderr));
+    let json = json_of(&out);
+    for name in ["sha1-pieces", "md5-torrent-name", "md5-field"] {
+        assert_eq!(check(&json, name)["outcome"], "passed", "{name}: {json}");
+    }
+    common::same_bytes(&zip, Path::new(json["content"].as_str().unwrap())).unwrap();
+    let bytes = json["bytes"].as_u64().unwrap();
+    let during = json["digested_during_transfer"].as_u64().unwrap();
+    println!(
+        "{bytes} bytes in {:.2} s: {during} digested during the transfer, the rest in {:.3} s after it",
+        json["transfer_seconds"].as_f64().unwrap(),
+        json["digest_seconds"].as_f64().unwrap()
+    );
+    assert!(
+        during >= bytes / 2,
+        "only {during} of {bytes} bytes digested during a {:.1} s transfer",
+        json["transfer_seconds"].as_f64().unwrap()
     );
 }
