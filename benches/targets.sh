@@ -15,6 +15,8 @@
 #      depend on how much of the shared cores the seeder leaves idle
 #   5. 1 pow seed + 8 pow leechers on 256 MiB (benches/swarm8.sh): seed upload <= 1.5x payload,
 #      with a plain seed and with `--super-seed`
+#   6. the main job, `pow source load` of 1 GiB from a pow seed (benches/source_load.sh): wall
+#      and transfer time, and how much of the content's MD5 was done while it downloaded
 # --ci: what `scripts/test-all` runs: the 256 MiB matrix once per pair (about 10 min in all).
 # --quick: 64 MiB matrix, one run per pair, 256 MiB verify (a smoke run of the same script).
 set -euo pipefail
@@ -109,4 +111,9 @@ OPENSSL_SHA1_GIB="$openssl_gib" python3 benches/targets.py --pinned "${pinned[@]
 echo "## 5. one pow seed, eight pow leechers"
 swarm8_size=256M; [ $quick = 1 ] && swarm8_size=64M
 bash benches/swarm8.sh "$swarm8_size" 8 || true
-SUPER_SEED=1 bash benches/swarm8.sh "$swarm8_size" 8
+super_seed_status=0
+SUPER_SEED=1 bash benches/swarm8.sh "$swarm8_size" 8 || super_seed_status=$?
+
+echo "## 6. pow source load (the main job)"
+bash benches/source_load.sh "$([ $quick = 1 ] && echo 256 || echo 1024)" 3 || true
+exit "$super_seed_status"
