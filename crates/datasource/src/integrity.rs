@@ -139,7 +139,8 @@ impl ContentDigester {
         self.files.iter().map(|f| f.1).sum()
     }
 
-    /// The digests, once the whole content is digested (an error before that).
+    /// The digests, once the whole content is digested (an error before that). Empty files
+    /// add nothing to the digests but are content too: each must be there.
     pub fn finish(self) -> std::io::Result<ContentDigests> {
         let total = self.total();
         if self.position < total {
@@ -147,6 +148,10 @@ impl ContentDigester {
                 "content digested to byte {} of {total}",
                 self.position
             )));
+        }
+        for (path, _, _) in self.files.iter().filter(|f| f.1 == 0 && !f.2) {
+            std::fs::File::open(path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         }
         Ok(ContentDigests {
             md5: hex::encode(self.md5.finalize()),
@@ -255,6 +260,27 @@ mod tests {
             err.to_string().contains("3 bytes, the torrent says 46080"),
             "{err}"
         );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Empty files add nothing to the digest, but one that is missing is an error naming it.
+    #[test]
+    fn a_missing_empty_file_is_an_error() {
+        let torrent = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/torrents/valid/empty-files-2.torrent");
+        let metainfo = Metainfo::from_file(&torrent).unwrap();
+        let root = std::env::temp_dir().join(format!("pow-digest-empty-{}", std::process::id()));
+        for file in metainfo.files.iter().filter(|f| !f.attr.pad) {
+            let path = file.path.under(&root);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, vec![7u8; file.length as usize]).unwrap();
+        }
+        let whole = content_digests(&metainfo, &root, false).unwrap();
+        assert_eq!(whole.bytes, 512 + 51200);
+        let last_empty = metainfo.files.last().unwrap().path.under(&root);
+        std::fs::remove_file(&last_empty).unwrap();
+        let err = content_digests(&metainfo, &root, false).unwrap_err();
+        assert!(err.to_string().contains("6-empty"), "{err}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 
