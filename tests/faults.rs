@@ -11,7 +11,7 @@ mod common;
 
 use common::serve::{form, rand_u64, Server};
 use common::trace::{parse_trace, resume_claims, Rng};
-use common::{free_port, make_zip, md5_hex, pow, pseudo_random_bytes, TempDir};
+use common::{free_port, make_zip, md5_hex, pow, pseudo_random_bytes, TempDir, Tmpfs};
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -158,45 +158,6 @@ fn sorted(set: &HashSet<u32>) -> Vec<u32> {
 
 // ---------------------------------------------------------------------------------------
 // 1. Disk full
-
-/// A tmpfs mounted on a directory, unmounted when dropped (also when the test panics).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-        }
-        Ok(Tmpfs(dir.to_path_buf()))
-    }
-
-    fn resize(&self, size: &str) {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success(), "remount {}", self.0.display());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
 
 #[test]
 fn disk_full_stops_the_download_and_a_rerun_after_more_space_fetches_only_the_rest() {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{free_port, make_zip, md5_hex, pow, sha256_hex, text, Lab, TempDir};
+use common::{free_port, make_zip, md5_hex, pow, sha256_hex, text, Lab, TempDir, Tmpfs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -648,5 +648,94 @@ fn load_digests_the_content_while_it_downloads() {
         during >= bytes / 2,
         "only {during} of {bytes} bytes digested during a {:.1} s transfer",
         json["transfer_seconds"].as_f64().unwrap()
+    );
+}
+
+/// A full disk under a load stops it at once with an error naming the file and the pieces kept
+/// (it used to wait for peers that could never be written); a rerun with room finds those
+/// pieces on disk, fetches the rest, and passes every check.
+#[test]
+fn a_full_disk_stops_a_load_clearly_and_a_rerun_with_room_completes_it() {
+    let lab = Lab::new("loader-full");
+    let work = lab.work.path();
+    let seed_dir = work.join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let zip = seed_dir.join("microscopy.zip");
+    make_zip(&zip, 12, 5);
+    let md5 = md5_hex(&zip);
+    let store = work.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let torrent_name = format!("{md5}.torrent");
+    create_torrent(&zip, &store.join(&torrent_name));
+    let (mut seed, seed_port) = pow_seed(&store.join(&torrent_name), &seed_dir);
+    let pow_dir = project(
+        work,
+        "full",
+        &format!("torrent_file_name = \"{torrent_name}\"\nmd5 = \"{md5}\"\n"),
+    );
+    let base = work.join("small");
+    // 60 % of the content.
+    let disk = match Tmpfs::mount(&base, "7373k") {
+        Ok(disk) => disk,
+        Err(e) => {
+            println!("SKIPPED: cannot mount a tmpfs here ({e}); the disk-full case needs root");
+            seed.kill().unwrap();
+            seed.wait().unwrap();
+            return;
+        }
+    };
+    let peer = format!("127.0.0.1:{seed_port}");
+    let args = [
+        "--torrent-store",
+        store.to_str().unwrap(),
+        "--peer",
+        &peer,
+        "--base-dir",
+        base.to_str().unwrap(),
+    ];
+    let started = Instant::now();
+    let first = load(&pow_dir, "ConnectomeCSVDataSource:full", &args);
+    let stderr = text(&first.stderr);
+    assert!(!first.status.success(), "a full disk must fail the load");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("cannot write"))
+        .unwrap_or_else(|| panic!("no clear error: {stderr}"));
+    assert!(
+        line.contains("microscopy.zip")
+            && line.contains("No space left on device")
+            && line.contains("run again to resume"),
+        "{line}"
+    );
+    let verified: u64 = line
+        .split("stopped with ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no piece count: {line}"));
+    println!(
+        "full disk after {:.1} s: {line}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(verified > 0, "nothing verified before the disk filled");
+
+    disk.resize("32m");
+    let second = load(&pow_dir, "ConnectomeCSVDataSource:full", &args);
+    seed.kill().unwrap();
+    seed.wait().unwrap();
+    assert!(second.status.success(), "rerun: {}", text(&second.stderr));
+    let json = json_of(&second);
+    for name in ["sha1-pieces", "md5-torrent-name", "md5-field"] {
+        assert_eq!(check(&json, name)["outcome"], "passed", "{name}: {json}");
+    }
+    let on_disk = json["pieces_already_on_disk"].as_u64().unwrap();
+    assert!(
+        on_disk >= verified,
+        "{verified} pieces were verified before the disk filled, the rerun found {on_disk}"
+    );
+    common::same_bytes(&zip, &base.join("microscopy.zip")).unwrap();
+    println!(
+        "rerun with room: {on_disk} pieces already on disk, {} bytes fetched, every check passed",
+        json["downloaded"]
     );
 }

@@ -84,6 +84,8 @@ struct Transfer {
     snapshot: Option<Snapshot>,
     seconds: f64,
     interrupted: bool,
+    /// The first write error (a full disk), which stopped the transfer.
+    write_failed: Option<String>,
     /// The content digested while it downloaded (see [`DigestFollower`]), to be finished from
     /// disk; `None` when nothing was downloaded or the follower failed (then the checks read
     /// the whole content, and meet any error themselves).
@@ -98,6 +100,17 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
         pow.plan_load(&args.id, &store, args.base_dir.as_deref())?
     };
     let transfer = fetch_content(&plan, &args)?;
+    if let Some(error) = &transfer.write_failed {
+        return Err(format!(
+            "{}: cannot write {error}; stopped with {} of {} pieces verified (kept in {}; free \
+             space and run again to resume)",
+            plan.id,
+            transfer.pieces_verified,
+            plan.metainfo.geometry.piece_count(),
+            plan.base_dir.display()
+        )
+        .into());
+    }
     if transfer.interrupted {
         return Err(format!(
             "{}: interrupted with {} of {} pieces verified (kept in {}; run again to resume)",
@@ -179,12 +192,13 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
             snapshot: None,
             seconds: started.elapsed().as_secs_f64(),
             interrupted: false,
+            write_failed: None,
             digester: None,
         });
     }
     storage.prepare_files(None)?;
     let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Download)?;
-    let (snapshot, interrupted, follower) = runtime.block_on(async {
+    let (snapshot, ended, follower) = runtime.block_on(async {
         let mut picker = Picker::new(plan.metainfo.geometry.clone(), have);
         picker.prefer_in_order(in_order_window(plan.metainfo.geometry.piece_length()));
         let (torrent, announcer) = args
@@ -195,17 +209,18 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
         torrent.add_peers(args.peers.iter().copied());
         let progress = Progress::new(&plan.metainfo, args.json);
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
-        let interrupted = loop {
+        let ended = loop {
             tokio::select! {
-                _ = torrent.wait_complete() => break false,
+                _ = torrent.wait_complete() => break Ended::Complete,
+                error = torrent.wait_failed() => break Ended::WriteFailed(error),
                 _ = ticker.tick() => progress.update(&torrent.snapshot()),
-                _ = shutdown_signal() => break true,
+                _ = shutdown_signal() => break Ended::Interrupted,
             }
         };
         let snapshot = torrent.snapshot();
         progress.finish(&snapshot);
         // BEP 3: no `completed` for what was complete when we started.
-        if !interrupted && snapshot.downloaded > 0 {
+        if matches!(ended, Ended::Complete) && snapshot.downloaded > 0 {
             if let Some(a) = &announcer {
                 a.completed();
             }
@@ -214,18 +229,35 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
         if let Some(a) = announcer {
             a.stop().await;
         }
-        Ok::<_, std::io::Error>((snapshot, interrupted, follower))
+        Ok::<_, std::io::Error>((snapshot, ended, follower))
     })?;
     let digester = follower.stop();
-    storage.sync()?;
+    // After a failed write the error to report is that one, not what a sync then meets.
+    if let Err(e) = storage.sync() {
+        if !matches!(ended, Ended::WriteFailed(_)) {
+            return Err(e.into());
+        }
+    }
     Ok(Transfer {
         pieces_on_disk_before: before,
         pieces_verified: snapshot.pieces_have,
         snapshot: Some(snapshot),
         seconds: started.elapsed().as_secs_f64(),
-        interrupted,
+        interrupted: matches!(ended, Ended::Interrupted),
+        write_failed: match ended {
+            Ended::WriteFailed(error) => Some(error),
+            _ => None,
+        },
         digester,
     })
+}
+
+/// How a load's transfer ended.
+enum Ended {
+    Complete,
+    Interrupted,
+    /// The disk could not take a write (full, read-only, gone): every peer would meet it too.
+    WriteFailed(String),
 }
 
 /// Pieces past the first missing one that the picker takes in order during a load: 16 MiB of
