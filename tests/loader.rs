@@ -595,7 +595,9 @@ fn publish_then_aria2_and_pow_load_fetch_it() {
 /// The content's MD5 is computed while it downloads, not in a second pass after it: with the
 /// transfer held to 8 MiB/s, the picker takes pieces front to back and the digest follows the
 /// verified ones, so most of the content is digested before the transfer ends. The result is
-/// the same: every check passes, and the file is the seed's, byte for byte.
+/// the same: every check passes, and the file is the seed's, byte for byte. Then a piece
+/// spoiled on disk: the next load digests what its check finds good, fetches that piece again,
+/// and goes on to the right MD5.
 #[test]
 fn load_digests_the_content_while_it_downloads() {
     // The lab's lock (the load's peer port is a lab port) and its tracker (the torrent's).
@@ -629,8 +631,6 @@ fn load_digests_the_content_while_it_downloads() {
             "8M",
         ],
     );
-    seed.kill().unwrap();
-    seed.wait().unwrap();
     assert!(out.status.success(), "load: {}", text(&out.stderr));
     let json = json_of(&out);
     for name in ["sha1-pieces", "md5-torrent-name", "md5-field"] {
@@ -649,6 +649,34 @@ fn load_digests_the_content_while_it_downloads() {
         "only {during} of {bytes} bytes digested during a {:.1} s transfer",
         json["transfer_seconds"].as_f64().unwrap()
     );
+
+    // A piece in the middle spoiled on disk: the check's digest stops before it, the piece
+    // is fetched again, and the digest goes on from there to the right MD5.
+    let content = PathBuf::from(json["content"].as_str().unwrap());
+    let mut bytes = std::fs::read(&content).unwrap();
+    bytes[(40 * PIECE + 1000) as usize] ^= 0xff;
+    std::fs::write(&content, &bytes).unwrap();
+    let out = load(
+        &pow_dir,
+        "ConnectomeCSVDataSource:follow",
+        &[
+            "--torrent-store",
+            store.to_str().unwrap(),
+            "--peer",
+            &format!("127.0.0.1:{seed_port}"),
+        ],
+    );
+    seed.kill().unwrap();
+    seed.wait().unwrap();
+    assert!(out.status.success(), "reload: {}", text(&out.stderr));
+    let json = json_of(&out);
+    for name in ["sha1-pieces", "md5-torrent-name", "md5-field"] {
+        assert_eq!(check(&json, name)["outcome"], "passed", "{name}: {json}");
+    }
+    let pieces = json["pieces_total"].as_u64().unwrap();
+    assert_eq!(json["pieces_already_on_disk"].as_u64().unwrap(), pieces - 1);
+    assert_eq!(json["downloaded"].as_u64().unwrap(), PIECE);
+    common::same_bytes(&zip, &content).unwrap();
 }
 
 /// A full disk under a load stops it at once with an error naming the file and the pieces kept

@@ -10,11 +10,15 @@ use clap::Args;
 use pow_datasource::integrity::{Check, ContentDigester, Outcome};
 use pow_datasource::loader::IntegrityReport;
 use pow_datasource::LoadPlan;
-use pow_engine::{Snapshot, Torrent};
+use pow_engine::Snapshot;
+use pow_metainfo::Geometry;
 use pow_picker::Picker;
+use pow_storage::Storage;
+use pow_wire::Bitfield;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
@@ -123,12 +127,7 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
     }
     let hashing = Instant::now();
     let digested_during_transfer = transfer.digester.as_ref().map_or(0, |d| d.position());
-    let report = match transfer.digester {
-        Some(digester) => {
-            plan.check_integrity_with(transfer.pieces_verified, || digester.finish_from_disk())
-        }
-        None => plan.check_integrity(transfer.pieces_verified),
-    };
+    let report = plan.check_integrity_continuing(transfer.pieces_verified, transfer.digester);
     let digest_seconds = hashing.elapsed().as_secs_f64();
     let bytes = plan.metainfo.total_length();
     if report.failure().is_none() {
@@ -182,7 +181,11 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
 /// Checks what is on disk; downloads the rest by BitTorrent if anything is missing.
 fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn std::error::Error>> {
     let started = Instant::now();
-    let (storage, have) = crate::seed_cmd::check(&plan.metainfo, &plan.base_dir)?;
+    let Checked {
+        storage,
+        have,
+        digester,
+    } = check_and_digest(plan)?;
     let total = plan.metainfo.geometry.piece_count();
     let before = have.count();
     if before == total {
@@ -193,7 +196,7 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
             seconds: started.elapsed().as_secs_f64(),
             interrupted: false,
             write_failed: None,
-            digester: None,
+            digester,
         });
     }
     storage.prepare_files(None)?;
@@ -205,7 +208,14 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
             .swarm
             .join(storage.clone(), picker, args.max_download_rate)
             .await?;
-        let follower = DigestFollower::start(torrent.clone(), plan.content_digester());
+        let follower = {
+            let torrent = torrent.clone();
+            DigestFollower::start(
+                move |next| torrent.readable_until(next),
+                plan.metainfo.geometry.clone(),
+                digester.unwrap_or_else(|| plan.content_digester()),
+            )
+        };
         torrent.add_peers(args.peers.iter().copied());
         let progress = Progress::new(&plan.metainfo, args.json);
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
@@ -284,14 +294,19 @@ impl DigestFollower {
     /// How long the follower waits between looks at the verified pieces.
     const POLL: Duration = Duration::from_millis(20);
 
-    fn start(torrent: Torrent, mut digester: ContentDigester) -> DigestFollower {
+    /// Follows `readable_until(next)`: the first piece at or after `next` that cannot be read
+    /// yet (every piece before it is verified and on disk).
+    fn start(
+        readable_until: impl Fn(u32) -> u32 + Send + 'static,
+        geometry: Geometry,
+        mut digester: ContentDigester,
+    ) -> DigestFollower {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let geometry = torrent.metainfo().geometry.clone();
             let count = geometry.piece_count();
             let mut next = 0;
             loop {
-                let until = torrent.readable_until(next);
+                let until = readable_until(next);
                 if until > next {
                     let end = geometry
                         .piece(until)
@@ -325,6 +340,36 @@ impl DigestFollower {
     }
 }
 
+/// Checks what is on disk while a [`DigestFollower`] digests the pieces the check has found
+/// good from the start, each just after the check read it: a second load or `source verify`
+/// reads the content once, not twice, and the MD5 overlaps the SHA-1 check. Returns the
+/// digester as far as it got (`None` if it failed: the checks then read the whole content).
+fn check_and_digest(plan: &LoadPlan) -> Result<Checked, Box<dyn std::error::Error>> {
+    let verified_prefix = Arc::new(AtomicU32::new(0));
+    let follower = {
+        let verified_prefix = verified_prefix.clone();
+        DigestFollower::start(
+            move |_| verified_prefix.load(Ordering::Acquire),
+            plan.metainfo.geometry.clone(),
+            plan.content_digester(),
+        )
+    };
+    let (storage, have) =
+        crate::seed_cmd::check_in_order(&plan.metainfo, &plan.base_dir, &verified_prefix)?;
+    Ok(Checked {
+        storage,
+        have,
+        digester: follower.stop(),
+    })
+}
+
+/// What [`check_and_digest`] found.
+struct Checked {
+    storage: Arc<Storage>,
+    have: Bitfield,
+    digester: Option<ContentDigester>,
+}
+
 fn print_checks(checks: &[Check]) {
     for check in checks {
         let mark = match check.outcome {
@@ -342,8 +387,8 @@ pub fn verify(pow_dir: Option<&Path>, args: SourceVerifyArgs) -> CmdResult {
         let store = pow.torrent_store(args.torrent_store.as_deref())?;
         pow.plan_load(&args.id, &store, args.base_dir.as_deref())?
     };
-    let (_, have) = crate::seed_cmd::check(&plan.metainfo, &plan.base_dir)?;
-    let report: IntegrityReport = plan.check_integrity(have.count());
+    let Checked { have, digester, .. } = check_and_digest(&plan)?;
+    let report: IntegrityReport = plan.check_integrity_continuing(have.count(), digester);
     let directory = std::path::absolute(&plan.base_dir).unwrap_or(plan.base_dir.clone());
     if args.json {
         let value = serde_json::json!({

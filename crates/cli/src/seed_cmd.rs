@@ -40,10 +40,20 @@ pub(crate) fn check(
     metainfo: &Arc<Metainfo>,
     data: &std::path::Path,
 ) -> Result<(Arc<Storage>, Bitfield), Box<dyn std::error::Error>> {
+    check_in_order(metainfo, data, &std::sync::atomic::AtomicU32::new(0))
+}
+
+/// [`check`], keeping `verified_prefix` at the number of leading pieces found good so far
+/// (see `Storage::check_existing_in_order`).
+pub(crate) fn check_in_order(
+    metainfo: &Arc<Metainfo>,
+    data: &std::path::Path,
+    verified_prefix: &std::sync::atomic::AtomicU32,
+) -> Result<(Arc<Storage>, Bitfield), Box<dyn std::error::Error>> {
     let storage = Arc::new(Storage::new(metainfo.clone(), data)?);
     let have = with_check_bar(metainfo, |progress| {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        storage.check_existing(threads, progress)
+        storage.check_existing_in_order(threads, progress, verified_prefix)
     })?;
     Ok((storage, have))
 }

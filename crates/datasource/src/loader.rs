@@ -314,13 +314,11 @@ impl LoadPlan {
     /// (checked by the engine while downloading, or by a full re-check). The content is read
     /// once, for MD5 (and SHA-256 when the graph has one to compare with).
     pub fn check_integrity(&self, pieces_verified: u32) -> IntegrityReport {
-        self.check_integrity_with(pieces_verified, || {
-            self.content_digester().finish_from_disk()
-        })
+        self.check_integrity_continuing(pieces_verified, None)
     }
 
     /// A digester of this source's content by the MD5 rule (with SHA-256 when the graph has
-    /// one to compare with), to feed while the download goes on.
+    /// one to compare with), to feed while the content is checked or downloaded.
     pub fn content_digester(&self) -> ContentDigester {
         ContentDigester::new(
             &self.metainfo,
@@ -329,12 +327,12 @@ impl LoadPlan {
         )
     }
 
-    /// [`LoadPlan::check_integrity`] with the content's digests from `digests`, which is
-    /// called only when every piece passed SHA-1.
-    pub fn check_integrity_with(
+    /// [`LoadPlan::check_integrity`] continuing `digested`, a [`LoadPlan::content_digester`]
+    /// fed part of the content already; the rest is read from disk.
+    pub fn check_integrity_continuing(
         &self,
         pieces_verified: u32,
-        digests: impl FnOnce() -> std::io::Result<ContentDigests>,
+        digested: Option<ContentDigester>,
     ) -> IntegrityReport {
         let total = self.metainfo.geometry.piece_count();
         let mut checks = vec![Check::new(
@@ -352,7 +350,8 @@ impl LoadPlan {
                 digests: None,
             };
         }
-        let digests = match digests() {
+        let digester = digested.unwrap_or_else(|| self.content_digester());
+        let digests = match digester.finish_from_disk() {
             Ok(d) => d,
             Err(e) => {
                 checks.push(Check::new(

@@ -24,7 +24,7 @@ use std::fs::{File, OpenOptions};
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Gives `handle`, a new or short file, its full length with every block allocated
@@ -463,6 +463,19 @@ impl Storage {
         threads: usize,
         progress: &(dyn Fn(u32) + Sync),
     ) -> Result<Bitfield, StorageError> {
+        self.check_existing_in_order(threads, progress, &AtomicU32::new(0))
+    }
+
+    /// [`Storage::check_existing`] that also keeps `verified_prefix` at the number of leading
+    /// pieces found good so far, for a reader that follows the check front to back (the
+    /// loader's MD5, reading each piece while the check has just brought it into the page
+    /// cache). Pieces are taken in order; the prefix stops at the first piece that fails.
+    pub fn check_existing_in_order(
+        &self,
+        threads: usize,
+        progress: &(dyn Fn(u32) + Sync),
+        verified_prefix: &AtomicU32,
+    ) -> Result<Bitfield, StorageError> {
         let geometry = &self.metainfo.geometry;
         let count = geometry.piece_count();
         // A file shorter than the torrent says (an interrupted copy, another client's partial
@@ -476,37 +489,52 @@ impl Storage {
                     || std::fs::metadata(&f.path).is_ok_and(|m| m.is_file() && m.len() <= f.length)
             })
             .collect();
-        let next = std::sync::atomic::AtomicU32::new(0);
-        let done = std::sync::atomic::AtomicU32::new(0);
-        let have = Mutex::new(Bitfield::new(count));
+        let next = AtomicU32::new(0);
+        let done = AtomicU32::new(0);
+        // What is verified, what is checked, and how far from the start both hold.
+        let found = Mutex::new((Bitfield::new(count), Bitfield::new(count), 0u32));
+        verified_prefix.store(0, Ordering::Release);
         let threads = threads.clamp(1, count as usize);
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 scope.spawn(|| {
                     let mut buf = vec![0u8; geometry.piece_length() as usize];
                     loop {
-                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let index = next.fetch_add(1, Ordering::Relaxed);
                         let Some(piece) = geometry.piece(index) else {
                             break;
                         };
                         let spans = geometry.piece_spans(piece);
+                        let mut good = false;
                         if spans.iter().all(|s| sizes_ok[s.file]) {
                             let size = geometry.piece_size(piece) as usize;
                             let data = &mut buf[..size];
-                            if self.read_at(geometry.piece_offset(piece), data).is_ok()
+                            good = self.read_at(geometry.piece_offset(piece), data).is_ok()
                                 && Sha1::digest(&*data).as_slice()
-                                    == self.metainfo.piece_hash(piece)
-                            {
-                                have.lock().expect("have lock").set(index);
+                                    == self.metainfo.piece_hash(piece);
+                        }
+                        {
+                            let mut found = found.lock().expect("check lock");
+                            let (have, checked, prefix) = &mut *found;
+                            checked.set(index);
+                            if good {
+                                have.set(index);
+                            }
+                            let before = *prefix;
+                            while *prefix < count && checked.get(*prefix) && have.get(*prefix) {
+                                *prefix += 1;
+                            }
+                            if *prefix != before {
+                                verified_prefix.store(*prefix, Ordering::Release);
                             }
                         }
-                        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                         progress(n);
                     }
                 });
             }
         });
-        Ok(have.into_inner().expect("have lock"))
+        Ok(found.into_inner().expect("check lock").0)
     }
 
     /// Readies the files a download fills: creates every zero-length file now (they hold no
@@ -642,6 +670,34 @@ mod tests {
             Err(StorageError::BadBlock { .. })
         ));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_in_order_check_reports_the_verified_prefix_up_to_the_first_bad_piece() {
+        let tag = "prefix";
+        let t = pattern_torrent(tag, &[("a", 500_000), ("b", 548_576)], 65536);
+        let storage = Storage::new(t.metainfo.clone(), t.src.parent().unwrap()).unwrap();
+        let prefix = AtomicU32::new(u32::MAX);
+        let have = storage
+            .check_existing_in_order(2, &|_| {}, &prefix)
+            .unwrap();
+        assert_eq!(have.count(), 16);
+        assert_eq!(
+            prefix.load(Ordering::Acquire),
+            16,
+            "all good: the whole torrent"
+        );
+        // Spoil piece 9 (bytes 589,824.. lie in file b at 89,824).
+        let mut b = std::fs::read(t.src.join("b")).unwrap();
+        b[89_824] ^= 1;
+        std::fs::write(t.src.join("b"), &b).unwrap();
+        let have = storage
+            .check_existing_in_order(2, &|_| {}, &prefix)
+            .unwrap();
+        assert_eq!(have.count(), 15);
+        assert!(!have.get(9));
+        assert_eq!(prefix.load(Ordering::Acquire), 9, "stops at the bad piece");
+        std::fs::remove_dir_all(&t.dir).unwrap();
     }
 
     #[test]
