@@ -74,6 +74,13 @@ fn check<'a>(json: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("no check {name} in {json}"))
 }
 
+/// Asserts that each named check passed.
+fn assert_passed(json: &serde_json::Value, names: &[&str]) {
+    for name in names {
+        assert_eq!(check(json, name)["outcome"], "passed", "{name}: {json}");
+    }
+}
+
 /// `python3 -m http.server` on a free loopback port, killed when dropped.
 struct HttpStore {
     child: Child,
@@ -113,6 +120,48 @@ impl Drop for HttpStore {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A dataset as a researcher published it: a zip of `mib` MiB at `work/seed/NAME`, and its
+/// torrent (256 KiB pieces, the lab tracker) named `<md5>.torrent` in the store `work/store`.
+struct Dataset {
+    seed_dir: PathBuf,
+    zip: PathBuf,
+    md5: String,
+    store: PathBuf,
+    torrent_name: String,
+    torrent: PathBuf,
+}
+
+impl Dataset {
+    /// A data source's fields naming this torrent and its MD5.
+    fn fields(&self) -> String {
+        format!(
+            "torrent_file_name = \"{}\"\nmd5 = \"{}\"\n",
+            self.torrent_name, self.md5
+        )
+    }
+}
+
+fn dataset(work: &Path, name: &str, mib: u64, seed: u64) -> Dataset {
+    let seed_dir = work.join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let zip = seed_dir.join(name);
+    make_zip(&zip, mib, seed);
+    let md5 = md5_hex(&zip);
+    let store = work.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let torrent_name = format!("{md5}.torrent");
+    let torrent = store.join(&torrent_name);
+    create_torrent(&zip, &torrent);
+    Dataset {
+        seed_dir,
+        zip,
+        md5,
+        store,
+        torrent_name,
+        torrent,
     }
 }
 
@@ -158,17 +207,15 @@ fn seed_with_libtorrent(lab: &Lab, torrent: &Path, data_dir: &Path) {
 fn loads_a_zip_seeded_by_libtorrent_from_directory_and_http_stores() {
     let lab = Lab::new("loader");
     let work = lab.work.path();
-    let seed_dir = work.join("seed");
-    std::fs::create_dir_all(&seed_dir).unwrap();
-    let zip = seed_dir.join("Merged_Nuclei_Stained_Worm.zip");
-    make_zip(&zip, 24, 1);
-    let md5 = md5_hex(&zip);
+    let Dataset {
+        seed_dir,
+        zip,
+        md5,
+        store,
+        torrent_name,
+        torrent,
+    } = dataset(work, "Merged_Nuclei_Stained_Worm.zip", 24, 1);
     let sha256 = sha256_hex(&zip);
-    let store = work.join("store");
-    std::fs::create_dir_all(&store).unwrap();
-    let torrent_name = format!("{md5}.torrent");
-    let torrent = store.join(&torrent_name);
-    create_torrent(&zip, &torrent);
     seed_with_libtorrent(&lab, &torrent, &seed_dir);
 
     let fields = format!(
@@ -194,15 +241,16 @@ fn loads_a_zip_seeded_by_libtorrent_from_directory_and_http_stores() {
     assert_eq!(json["bytes"], std::fs::metadata(&zip).unwrap().len());
     assert_eq!(json["info_hash"].as_str().unwrap().len(), 40);
     assert_eq!(json["network"], true);
-    for name in [
-        "sha1-pieces",
-        "md5-torrent-name",
-        "md5-field",
-        "sha256-field",
-        "file-name",
-    ] {
-        assert_eq!(check(&json, name)["outcome"], "passed", "{name}: {json}");
-    }
+    assert_passed(
+        &json,
+        &[
+            "sha1-pieces",
+            "md5-torrent-name",
+            "md5-field",
+            "sha256-field",
+            "file-name",
+        ],
+    );
     println!(
         "directory store: {} bytes in {:.2} s (transfer {:.2} s, MD5+SHA-256 left after it {:.3} s), checks: {}",
         json["bytes"],
@@ -392,16 +440,14 @@ fn tampered_content_missing_torrent_and_dead_store_fail_clearly() {
 fn interrupted_load_resumes_without_refetching_verified_pieces() {
     let lab = Lab::new("loader-resume");
     let work = lab.work.path();
-    let seed_dir = work.join("seed");
-    std::fs::create_dir_all(&seed_dir).unwrap();
-    let zip = seed_dir.join("microscopy.zip");
-    make_zip(&zip, 32, 4);
-    let md5 = md5_hex(&zip);
-    let store = work.join("store");
-    std::fs::create_dir_all(&store).unwrap();
-    let torrent_name = format!("{md5}.torrent");
-    let torrent = store.join(&torrent_name);
-    create_torrent(&zip, &torrent);
+    let Dataset {
+        seed_dir,
+        zip,
+        md5,
+        store,
+        torrent_name,
+        torrent,
+    } = dataset(work, "microscopy.zip", 32, 4);
     let size = std::fs::metadata(&zip).unwrap().len();
     let pieces = size.div_ceil(PIECE);
     let good = pieces / 2;
@@ -602,29 +648,17 @@ fn publish_then_aria2_and_pow_load_fetch_it() {
 fn load_digests_the_content_while_it_downloads() {
     // The lab's lock (the load's peer port is a lab port) and its tracker (the torrent's).
     let lab = Lab::new("loader-follow");
-    let work = &lab.work;
-    let seed_dir = work.path().join("seed");
-    std::fs::create_dir_all(&seed_dir).unwrap();
-    let zip = seed_dir.join("connectome.zip");
-    make_zip(&zip, 24, 7);
-    let md5 = md5_hex(&zip);
-    let store = work.path().join("store");
-    std::fs::create_dir_all(&store).unwrap();
-    let torrent_name = format!("{md5}.torrent");
-    create_torrent(&zip, &store.join(&torrent_name));
-    let (mut seed, seed_port) = pow_seed(&store.join(&torrent_name), &seed_dir);
+    let work = lab.work.path();
+    let d = dataset(work, "connectome.zip", 24, 7);
+    let (mut seed, seed_port) = pow_seed(&d.torrent, &d.seed_dir);
 
-    let pow_dir = project(
-        work.path(),
-        "follow",
-        &format!("torrent_file_name = \"{torrent_name}\"\nmd5 = \"{md5}\"\n"),
-    );
+    let pow_dir = project(work, "follow", &d.fields());
     let out = load(
         &pow_dir,
         "ConnectomeCSVDataSource:follow",
         &[
             "--torrent-store",
-            store.to_str().unwrap(),
+            d.store.to_str().unwrap(),
             "--peer",
             &format!("127.0.0.1:{seed_port}"),
             "--max-download-rate",
@@ -633,10 +667,8 @@ fn load_digests_the_content_while_it_downloads() {
     );
     assert!(out.status.success(), "load: {}", text(&out.stderr));
     let json = json_of(&out);
-    for name in ["sha1-pieces", "md5-torrent-name", "md5-field"] {
-        assert_eq!(check(&json, name)["outcome"], "passed", "{name}: {json}");
-    }
-    common::same_bytes(&zip, Path::new(json["content"].as_str().unwrap())).unwrap();
+    assert_passed(&json, &["sha1-pieces", "md5-torrent-name", "md5-field"]);
+    common::same_bytes(&d.zip, Path::new(json["content"].as_str().unwrap())).unwrap();
     let bytes = json["bytes"].as_u64().unwrap();
     let during = json["digested_during_transfer"].as_u64().unwrap();
     println!(
@@ -661,7 +693,7 @@ fn load_digests_the_content_while_it_downloads() {
         "ConnectomeCSVDataSource:follow",
         &[
             "--torrent-store",
-            store.to_str().unwrap(),
+            d.store.to_str().unwrap(),
             "--peer",
             &format!("127.0.0.1:{seed_port}"),
         ],
@@ -670,13 +702,11 @@ fn load_digests_the_content_while_it_downloads() {
     seed.wait().unwrap();
     assert!(out.status.success(), "reload: {}", text(&out.stderr));
     let json = json_of(&out);
-    for name in ["sha1-pieces", "md5-torrent-name", "md5-field"] {
-        assert_eq!(check(&json, name)["outcome"], "passed", "{name}: {json}");
-    }
+    assert_passed(&json, &["sha1-pieces", "md5-torrent-name", "md5-field"]);
     let pieces = json["pieces_total"].as_u64().unwrap();
     assert_eq!(json["pieces_already_on_disk"].as_u64().unwrap(), pieces - 1);
     assert_eq!(json["downloaded"].as_u64().unwrap(), PIECE);
-    common::same_bytes(&zip, &content).unwrap();
+    common::same_bytes(&d.zip, &content).unwrap();
 }
 
 /// A full disk under a load stops it at once with an error naming the file and the pieces kept
@@ -686,21 +716,9 @@ fn load_digests_the_content_while_it_downloads() {
 fn a_full_disk_stops_a_load_clearly_and_a_rerun_with_room_completes_it() {
     let lab = Lab::new("loader-full");
     let work = lab.work.path();
-    let seed_dir = work.join("seed");
-    std::fs::create_dir_all(&seed_dir).unwrap();
-    let zip = seed_dir.join("microscopy.zip");
-    make_zip(&zip, 12, 5);
-    let md5 = md5_hex(&zip);
-    let store = work.join("store");
-    std::fs::create_dir_all(&store).unwrap();
-    let torrent_name = format!("{md5}.torrent");
-    create_torrent(&zip, &store.join(&torrent_name));
-    let (mut seed, seed_port) = pow_seed(&store.join(&torrent_name), &seed_dir);
-    let pow_dir = project(
-        work,
-        "full",
-        &format!("torrent_file_name = \"{torrent_name}\"\nmd5 = \"{md5}\"\n"),
-    );
+    let d = dataset(work, "microscopy.zip", 12, 5);
+    let (mut seed, seed_port) = pow_seed(&d.torrent, &d.seed_dir);
+    let pow_dir = project(work, "full", &d.fields());
     let base = work.join("small");
     // 60 % of the content.
     let disk = match Tmpfs::mount(&base, "7373k") {
@@ -715,7 +733,7 @@ fn a_full_disk_stops_a_load_clearly_and_a_rerun_with_room_completes_it() {
     let peer = format!("127.0.0.1:{seed_port}");
     let args = [
         "--torrent-store",
-        store.to_str().unwrap(),
+        d.store.to_str().unwrap(),
         "--peer",
         &peer,
         "--base-dir",
@@ -753,15 +771,13 @@ fn a_full_disk_stops_a_load_clearly_and_a_rerun_with_room_completes_it() {
     seed.wait().unwrap();
     assert!(second.status.success(), "rerun: {}", text(&second.stderr));
     let json = json_of(&second);
-    for name in ["sha1-pieces", "md5-torrent-name", "md5-field"] {
-        assert_eq!(check(&json, name)["outcome"], "passed", "{name}: {json}");
-    }
+    assert_passed(&json, &["sha1-pieces", "md5-torrent-name", "md5-field"]);
     let on_disk = json["pieces_already_on_disk"].as_u64().unwrap();
     assert!(
         on_disk >= verified,
         "{verified} pieces were verified before the disk filled, the rerun found {on_disk}"
     );
-    common::same_bytes(&zip, &base.join("microscopy.zip")).unwrap();
+    common::same_bytes(&d.zip, &base.join("microscopy.zip")).unwrap();
     println!(
         "rerun with room: {on_disk} pieces already on disk, {} bytes fetched, every check passed",
         json["downloaded"]
