@@ -97,15 +97,7 @@ async fn download(args: DownloadArgs) -> CmdResult {
     torrent.add_web_seeds(metainfo.url_list.iter().cloned());
 
     let progress = Progress::new(&metainfo, args.json);
-    let mut ticker = tokio::time::interval(Duration::from_millis(500));
-    let outcome: Outcome = loop {
-        tokio::select! {
-            _ = torrent.wait_complete() => break Outcome::Complete,
-            error = torrent.wait_failed() => break Outcome::Failed(error),
-            _ = ticker.tick() => progress.update(&torrent.snapshot()),
-            _ = shutdown_signal() => break Outcome::Interrupted,
-        }
-    };
+    let outcome = until_done(&torrent, &progress).await;
     let snapshot = torrent.snapshot();
     progress.finish(&snapshot);
     // What it records is what the next start can skip checking. Unsynced, as every other
@@ -274,12 +266,28 @@ fn torrent_file(info: &[u8], tiers: &[Vec<String>], web_seeds: &[String]) -> Vec
     out
 }
 
+/// How a download ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Complete,
     Interrupted,
-    /// A disk write failed (the error names the path).
+    /// A disk write failed (the error names the path): full, read-only or gone. Every peer
+    /// would meet it too, so the download cannot go on.
     Failed(String),
+}
+
+/// Runs a download until every wanted piece is verified, a write fails, or SIGINT/SIGTERM
+/// comes, showing `progress` twice a second (`pow download` and `pow source load`).
+pub(crate) async fn until_done(torrent: &Torrent, progress: &Progress) -> Outcome {
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = torrent.wait_complete() => return Outcome::Complete,
+            error = torrent.wait_failed() => return Outcome::Failed(error),
+            _ = ticker.tick() => progress.update(&torrent.snapshot()),
+            _ = shutdown_signal() => return Outcome::Interrupted,
+        }
+    }
 }
 
 /// SIGINT or SIGTERM.

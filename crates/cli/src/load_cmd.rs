@@ -5,7 +5,7 @@
 //! meanwhile (RocksDB allows one process at a time); it is reopened to record the result.
 
 use crate::announce::SwarmArgs;
-use crate::download_cmd::{shutdown_signal, Progress};
+use crate::download_cmd::{until_done, Outcome as Ended, Progress};
 use clap::Args;
 use pow_datasource::integrity::{Check, ContentDigester, Outcome};
 use pow_datasource::loader::IntegrityReport;
@@ -87,9 +87,8 @@ struct Transfer {
     pieces_verified: u32,
     snapshot: Option<Snapshot>,
     seconds: f64,
-    interrupted: bool,
-    /// The first write error (a full disk), which stopped the transfer.
-    write_failed: Option<String>,
+    /// How the transfer ended (`Complete` when nothing needed fetching).
+    ended: Ended,
     /// The content digested while it downloaded (see [`DigestFollower`]), to be finished from
     /// disk; `None` when nothing was downloaded or the follower failed (then the checks read
     /// the whole content, and meet any error themselves).
@@ -104,30 +103,26 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
         pow.plan_load(&args.id, &store, args.base_dir.as_deref())?
     };
     let transfer = fetch_content(&plan, &args)?;
-    if let Some(error) = &transfer.write_failed {
+    let stopped = match &transfer.ended {
+        Ended::Complete => None,
+        Ended::Interrupted => Some("interrupted".to_string()),
+        Ended::Failed(error) => Some(format!("cannot write {error}; stopped")),
+    };
+    if let Some(stopped) = stopped {
+        let free_space = matches!(transfer.ended, Ended::Failed(_)).then_some("free space and ");
         return Err(format!(
-            "{}: cannot write {error}; stopped with {} of {} pieces verified (kept in {}; free \
-             space and run again to resume)",
+            "{}: {stopped} with {} of {} pieces verified (kept in {}; {}run again to resume)",
             plan.id,
             transfer.pieces_verified,
             plan.metainfo.geometry.piece_count(),
-            plan.base_dir.display()
-        )
-        .into());
-    }
-    if transfer.interrupted {
-        return Err(format!(
-            "{}: interrupted with {} of {} pieces verified (kept in {}; run again to resume)",
-            plan.id,
-            transfer.pieces_verified,
-            plan.metainfo.geometry.piece_count(),
-            plan.base_dir.display()
+            plan.base_dir.display(),
+            free_space.unwrap_or("")
         )
         .into());
     }
     let hashing = Instant::now();
     let digested_during_transfer = transfer.digester.as_ref().map_or(0, |d| d.position());
-    let report = plan.check_integrity_continuing(transfer.pieces_verified, transfer.digester);
+    let report = plan.check_integrity(transfer.pieces_verified, transfer.digester);
     let digest_seconds = hashing.elapsed().as_secs_f64();
     let bytes = plan.metainfo.total_length();
     if report.failure().is_none() {
@@ -194,8 +189,7 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
             pieces_verified: before,
             snapshot: None,
             seconds: started.elapsed().as_secs_f64(),
-            interrupted: false,
-            write_failed: None,
+            ended: Ended::Complete,
             digester,
         });
     }
@@ -218,15 +212,7 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
         };
         torrent.add_peers(args.peers.iter().copied());
         let progress = Progress::new(&plan.metainfo, args.json);
-        let mut ticker = tokio::time::interval(Duration::from_millis(500));
-        let ended = loop {
-            tokio::select! {
-                _ = torrent.wait_complete() => break Ended::Complete,
-                error = torrent.wait_failed() => break Ended::WriteFailed(error),
-                _ = ticker.tick() => progress.update(&torrent.snapshot()),
-                _ = shutdown_signal() => break Ended::Interrupted,
-            }
-        };
+        let ended = until_done(&torrent, &progress).await;
         let snapshot = torrent.snapshot();
         progress.finish(&snapshot);
         // BEP 3: no `completed` for what was complete when we started.
@@ -244,7 +230,7 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
     let digester = follower.stop();
     // After a failed write the error to report is that one, not what a sync then meets.
     if let Err(e) = storage.sync() {
-        if !matches!(ended, Ended::WriteFailed(_)) {
+        if !matches!(ended, Ended::Failed(_)) {
             return Err(e.into());
         }
     }
@@ -253,21 +239,9 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
         pieces_verified: snapshot.pieces_have,
         snapshot: Some(snapshot),
         seconds: started.elapsed().as_secs_f64(),
-        interrupted: matches!(ended, Ended::Interrupted),
-        write_failed: match ended {
-            Ended::WriteFailed(error) => Some(error),
-            _ => None,
-        },
+        ended,
         digester,
     })
-}
-
-/// How a load's transfer ended.
-enum Ended {
-    Complete,
-    Interrupted,
-    /// The disk could not take a write (full, read-only, gone): every peer would meet it too.
-    WriteFailed(String),
 }
 
 /// Pieces past the first missing one that the picker takes in order during a load: 16 MiB of
@@ -388,7 +362,7 @@ pub fn verify(pow_dir: Option<&Path>, args: SourceVerifyArgs) -> CmdResult {
         pow.plan_load(&args.id, &store, args.base_dir.as_deref())?
     };
     let Checked { have, digester, .. } = check_and_digest(&plan)?;
-    let report: IntegrityReport = plan.check_integrity_continuing(have.count(), digester);
+    let report: IntegrityReport = plan.check_integrity(have.count(), digester);
     let directory = std::path::absolute(&plan.base_dir).unwrap_or(plan.base_dir.clone());
     if args.json {
         let value = serde_json::json!({

@@ -310,13 +310,6 @@ impl PowDir {
 }
 
 impl LoadPlan {
-    /// Runs the integrity checks on what is on disk, given how many pieces passed SHA-1
-    /// (checked by the engine while downloading, or by a full re-check). The content is read
-    /// once, for MD5 (and SHA-256 when the graph has one to compare with).
-    pub fn check_integrity(&self, pieces_verified: u32) -> IntegrityReport {
-        self.check_integrity_continuing(pieces_verified, None)
-    }
-
     /// A digester of this source's content by the MD5 rule (with SHA-256 when the graph has
     /// one to compare with), to feed while the content is checked or downloaded.
     pub fn content_digester(&self) -> ContentDigester {
@@ -327,9 +320,12 @@ impl LoadPlan {
         )
     }
 
-    /// [`LoadPlan::check_integrity`] continuing `digested`, a [`LoadPlan::content_digester`]
-    /// fed part of the content already; the rest is read from disk.
-    pub fn check_integrity_continuing(
+    /// Runs the integrity checks on what is on disk, given how many pieces passed SHA-1
+    /// (checked by the engine while downloading, or by a full re-check). The content is read
+    /// once, for MD5 (and SHA-256 when the graph has one to compare with): `digested` is a
+    /// [`LoadPlan::content_digester`] already fed part of it while it was checked or
+    /// downloaded (`None`: from the start), and the rest is read from disk.
+    pub fn check_integrity(
         &self,
         pieces_verified: u32,
         digested: Option<ContentDigester>,
