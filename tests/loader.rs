@@ -580,6 +580,7 @@ fn publish_then_aria2_and_pow_load_fetch_it() {
     let torrent_name = format!("{md5}.torrent");
     assert_eq!(summary["torrent_file_name"], torrent_name.as_str());
     assert_eq!(summary["md5"], md5.as_str());
+    assert_eq!(summary["sha256"], sha256_hex(&zip).as_str());
     assert_eq!(summary["stored"], "written");
     let torrent = store.join(&torrent_name);
     assert!(torrent.is_file());
@@ -636,6 +637,82 @@ fn publish_then_aria2_and_pow_load_fetch_it() {
         "second publish: stored={}, graph unchanged",
         again["stored"]
     );
+}
+
+/// libtorrent reads the torrent's files in its order; their bytes joined, MD5 and SHA-256 by
+/// Python's hashlib. Prints "<md5> <sha256> <files>".
+const LT_CONTENT_DIGESTS: &str = r#"
+import sys, os, hashlib, libtorrent as lt
+torrent, root = sys.argv[1], sys.argv[2]
+files = lt.torrent_info(torrent).files()
+md5, sha256, count = hashlib.md5(), hashlib.sha256(), 0
+for i in range(files.num_files()):
+    if files.file_flags(i) & lt.file_storage.flag_pad_file:
+        continue
+    with open(os.path.join(root, files.file_path(i)), 'rb') as f:
+        data = f.read()
+    md5.update(data); sha256.update(data); count += 1
+print(md5.hexdigest(), sha256.hexdigest(), count)
+"#;
+
+/// `pow publish` of a directory: the torrent is named by the MD5 of its files' bytes in the
+/// order the torrent lists them (digested while the pieces are hashed, before the torrent
+/// exists), as libtorrent reads that order. The names sort differently as byte strings of
+/// whole paths ("sub-notes" before "sub/") and of path components (`sub/` first, as
+/// torrents list them); the files cross the digest's 1 MiB reads, and one is empty.
+#[test]
+fn publishing_a_directory_names_it_by_the_md5_of_its_files_in_torrent_order() {
+    let work = TempDir::new("publish-dir");
+    let data = work.path().join("cells");
+    std::fs::create_dir_all(data.join("sub/deeper")).unwrap();
+    let files: [(&str, usize); 6] = [
+        ("sub-notes.txt", 300 * 1024 + 7),
+        ("sub/deeper/z.csv", 1_600_000),
+        ("sub/a.csv", 2_300_001),
+        ("B.csv", 9),
+        ("a.csv", 700_000),
+        ("empty", 0),
+    ];
+    for (i, (name, len)) in files.iter().enumerate() {
+        std::fs::write(data.join(name), common::pseudo_random_bytes(*len, i as u64)).unwrap();
+    }
+    let pow_dir = work.path().join("pow");
+    assert!(run(pow().arg("--pow-dir").arg(&pow_dir).arg("init"))
+        .status
+        .success());
+    let store = work.path().join("store");
+    let o = run(pow()
+        .arg("--pow-dir")
+        .arg(&pow_dir)
+        .arg("publish")
+        .arg(&data)
+        .args(["--no-seed", "--json", "--piece-length", "65536"])
+        .arg("--torrent-store")
+        .arg(&store));
+    assert!(o.status.success(), "publish: {}", text(&o.stderr));
+    let summary = json_of(&o);
+    let torrent = store.join(summary["torrent_file_name"].as_str().unwrap());
+
+    let lt = run(Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(LT_CONTENT_DIGESTS)
+        .arg(&torrent)
+        .arg(work.path()));
+    assert!(lt.status.success(), "libtorrent: {}", text(&lt.stderr));
+    let lt = text(&lt.stdout);
+    let [md5, sha256, count]: [&str; 3] = lt.split_whitespace().collect::<Vec<_>>()[..]
+        .try_into()
+        .unwrap();
+    println!("libtorrent's order: md5 {md5}, sha256 {sha256}, {count} files");
+    assert_eq!(count, "6");
+    assert_eq!(summary["md5"], md5);
+    assert_eq!(summary["sha256"], sha256);
+    assert_eq!(
+        torrent.file_name().unwrap(),
+        format!("{md5}.torrent").as_str()
+    );
+    let size: usize = files.iter().map(|f| f.1).sum();
+    assert_eq!(summary["size"], size);
 }
 
 /// The content's MD5 is computed while it downloads, not in a second pass after it: with the

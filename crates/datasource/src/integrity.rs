@@ -55,12 +55,24 @@ pub struct ContentDigester {
 
 impl ContentDigester {
     pub fn new(metainfo: &Metainfo, root: &Path, with_sha256: bool) -> ContentDigester {
-        ContentDigester {
-            files: metainfo
+        ContentDigester::of_files(
+            metainfo
                 .files
                 .iter()
-                .map(|f| (f.path.under(root), f.length, f.attr.pad))
-                .collect(),
+                .map(|f| (f.path.under(root), f.length, f.attr.pad)),
+            with_sha256,
+        )
+    }
+
+    /// A digester of `files` (path, length, whether a padding file) in that order: the
+    /// content before there is a torrent of it, as `pow publish` digests it while the pieces
+    /// are hashed.
+    pub fn of_files(
+        files: impl IntoIterator<Item = (PathBuf, u64, bool)>,
+        with_sha256: bool,
+    ) -> ContentDigester {
+        ContentDigester {
+            files: files.into_iter().collect(),
             position: 0,
             file: 0,
             file_start: 0,
@@ -79,11 +91,34 @@ impl ContentDigester {
 
     /// Digests the content from [`ContentDigester::position`] up to torrent offset `end`
     /// (padding files are skipped, as the rule says). A file shorter than the torrent says is
-    /// an `UnexpectedEof` error naming it.
+    /// an `UnexpectedEof` error naming it. After an error the digester is spent.
     pub fn advance_to(&mut self, end: u64) -> std::io::Result<()> {
-        while self.position < end {
-            let Some((path, length, pad)) = self.files.get(self.file) else {
+        loop {
+            let filled = self.fill(end)?;
+            if filled == 0 {
                 return Ok(());
+            }
+            let data = &self.buf[..filled];
+            match self.sha256.as_mut() {
+                // MD5 is the slow one (md-5 about 570 MiB/s here, sha2's SHA-NI code about
+                // 1.7 GiB/s): with SHA-256 on another core the pair takes MD5's time alone.
+                Some(sha256) => std::thread::scope(|scope| {
+                    scope.spawn(|| sha256.update(data));
+                    self.md5.update(data);
+                }),
+                None => self.md5.update(data),
+            }
+            self.bytes += filled as u64;
+        }
+    }
+
+    /// Reads the content from `position` towards `end` into the buffer until it is full, across
+    /// files (many small files are digested a buffer at a time, not a file at a time).
+    fn fill(&mut self, end: u64) -> std::io::Result<usize> {
+        let mut filled = 0;
+        while self.position < end && filled < self.buf.len() {
+            let Some((path, length, pad)) = self.files.get(self.file) else {
+                break;
             };
             let file_end = self.file_start + length;
             if self.position >= file_end {
@@ -106,8 +141,8 @@ impl ContentDigester {
                     self.open.insert(handle)
                 }
             };
-            let chunk = want.min(self.buf.len());
-            let n = handle.read(&mut self.buf[..chunk])?;
+            let room = want.min(self.buf.len() - filled);
+            let n = handle.read(&mut self.buf[filled..filled + room])?;
             if n == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -118,14 +153,10 @@ impl ContentDigester {
                     ),
                 ));
             }
-            self.md5.update(&self.buf[..n]);
-            if let Some(h) = self.sha256.as_mut() {
-                h.update(&self.buf[..n]);
-            }
+            filled += n;
             self.position += n as u64;
-            self.bytes += n as u64;
         }
-        Ok(())
+        Ok(filled)
     }
 
     /// Digests the rest of the content and returns the digests.
@@ -237,9 +268,15 @@ mod tests {
             .output()
             .unwrap();
         let expected = String::from_utf8(md5sum.stdout).unwrap()[..32].to_string();
+        let sha256sum = std::process::Command::new("sha256sum")
+            .arg(&joined)
+            .output()
+            .unwrap();
+        let expected_sha256 = String::from_utf8(sha256sum.stdout).unwrap()[..64].to_string();
 
         let one_pass = content_digests(&metainfo, &root, true).unwrap();
         assert_eq!(one_pass.md5, expected);
+        assert_eq!(one_pass.sha256.as_deref(), Some(expected_sha256.as_str()));
         assert_eq!(one_pass.bytes, all.len() as u64);
         let mut steps = ContentDigester::new(&metainfo, &root, true);
         let mut end = 0;

@@ -66,6 +66,7 @@ pub fn auto_piece_length(total_length: u64) -> u64 {
         .clamp(16 * 1024, 16 * 1024 * 1024)
 }
 
+#[derive(Debug)]
 struct SourceFile {
     /// Components below the torrent root (empty for a single-file torrent).
     components: Vec<String>,
@@ -75,36 +76,68 @@ struct SourceFile {
 
 /// Builds a torrent of the file or directory at `path`.
 pub fn create(path: &Path, options: &CreateOptions) -> Result<Created, CreateError> {
-    let io = |source| CreateError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| CreateError::NonUtf8Name(path.to_path_buf()))?
-        .to_string();
-    let files = if meta.is_dir() {
-        let mut files = Vec::new();
-        collect_dir(path, &mut Vec::new(), &mut files)?;
-        files.sort_by(|a, b| {
-            let a: Vec<&[u8]> = a.components.iter().map(|c| c.as_bytes()).collect();
-            let b: Vec<&[u8]> = b.components.iter().map(|c| c.as_bytes()).collect();
-            a.cmp(&b)
-        });
-        files
-    } else {
-        vec![SourceFile {
-            components: Vec::new(),
-            disk_path: path.to_path_buf(),
-            length: meta.len(),
-        }]
-    };
-    let total: u64 = files.iter().map(|f| f.length).sum();
-    if total == 0 {
-        return Err(CreateError::Empty(path.to_path_buf()));
+    create_from(&Content::scan(path)?, options)
+}
+
+/// What a torrent of a file or directory will hold, found before any piece is hashed.
+#[derive(Debug)]
+pub struct Content {
+    name: String,
+    is_dir: bool,
+    /// In torrent order.
+    files: Vec<SourceFile>,
+}
+
+impl Content {
+    /// The files under `path` in the order a torrent of it lists them (a single file: itself).
+    /// Empty content is an error.
+    pub fn scan(path: &Path) -> Result<Content, CreateError> {
+        let io = |source| CreateError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| CreateError::NonUtf8Name(path.to_path_buf()))?
+            .to_string();
+        let files = if meta.is_dir() {
+            let mut files = Vec::new();
+            collect_dir(path, &mut Vec::new(), &mut files)?;
+            files.sort_by(|a, b| {
+                let a: Vec<&[u8]> = a.components.iter().map(|c| c.as_bytes()).collect();
+                let b: Vec<&[u8]> = b.components.iter().map(|c| c.as_bytes()).collect();
+                a.cmp(&b)
+            });
+            files
+        } else {
+            vec![SourceFile {
+                components: Vec::new(),
+                disk_path: path.to_path_buf(),
+                length: meta.len(),
+            }]
+        };
+        if files.iter().all(|f| f.length == 0) {
+            return Err(CreateError::Empty(path.to_path_buf()));
+        }
+        Ok(Content {
+            name,
+            is_dir: meta.is_dir(),
+            files,
+        })
     }
+
+    /// Each file's path on disk and length, in torrent order.
+    pub fn files(&self) -> impl Iterator<Item = (&Path, u64)> {
+        self.files.iter().map(|f| (f.disk_path.as_path(), f.length))
+    }
+}
+
+/// Builds a torrent of scanned `content`.
+pub fn create_from(content: &Content, options: &CreateOptions) -> Result<Created, CreateError> {
+    let files = &content.files;
+    let total: u64 = files.iter().map(|f| f.length).sum();
     let piece_length = options
         .piece_length
         .unwrap_or_else(|| auto_piece_length(total));
@@ -113,14 +146,14 @@ pub fn create(path: &Path, options: &CreateOptions) -> Result<Created, CreateErr
     let threads = options
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let pieces = hash_pieces(&files, &geometry, threads)?;
+    let pieces = hash_pieces(files, &geometry, threads)?;
 
     let mut info = vec![
-        ("name", Value::str(&name)),
+        ("name", Value::str(&content.name)),
         ("piece length", Value::Int(piece_length as i64)),
         ("pieces", Value::Bytes(pieces)),
     ];
-    if meta.is_dir() {
+    if content.is_dir {
         let list = files
             .iter()
             .map(|f| {
