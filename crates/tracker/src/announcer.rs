@@ -336,7 +336,9 @@ pub fn spawn(
                 Err(e) => {
                     failures += 1;
                     let retry = backoff_delay(failures, &timing, &mut rng);
-                    tracing::warn!(
+                    // Debug, not warn: the `Failed` update below is what the user is told of
+                    // (pow's commands print it), once.
+                    tracing::debug!(
                         "announce failed ({failures} in a row), retry in {retry:?}: {e}"
                     );
                     due = Instant::now() + retry;
