@@ -536,6 +536,110 @@ fn interrupted_load_resumes_without_refetching_verified_pieces() {
     );
 }
 
+/// The only seed goes away in the middle of a load: with `--stall-timeout 2` the load ends by
+/// itself 2 s after the last data, exit 1, saying how far it got; the verified pieces stay,
+/// and a rerun with a seed back finds them on disk and fetches only the rest.
+#[test]
+fn a_load_whose_seed_goes_away_gives_up_after_the_stall_timeout_and_a_rerun_resumes() {
+    // The lab's lock (the load's peer port is a lab port) and its tracker (the torrent's).
+    let lab = Lab::new("loader-stall");
+    let work = lab.work.path();
+    let d = dataset(work, "tracks.zip", 16, 9);
+    let pieces = std::fs::metadata(&d.zip).unwrap().len().div_ceil(PIECE);
+    let port = free_port();
+    let slow_seed = common::pow_seed(
+        &d.torrent,
+        &d.seed_dir,
+        port,
+        &["--max-upload-rate", "2M"],
+        Stdio::null(),
+    );
+
+    let pow_dir = project(work, "stall", &d.fields());
+    let id = "ConnectomeCSVDataSource:stall";
+    let trace = work.join("stall.trace");
+    let mut first = pow()
+        .arg("--pow-dir")
+        .arg(&pow_dir)
+        .args([
+            "source",
+            "load",
+            id,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            LOAD_PORT,
+        ])
+        .args(["--torrent-store", d.store.to_str().unwrap()])
+        .args(["--peer", &format!("127.0.0.1:{port}")])
+        .args(["--stall-timeout", "2"])
+        .env("POW_TRACE_VERIFIED", &trace)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&trace)
+        .map(|t| t.lines().filter(|l| l.starts_with("verified ")).count())
+        .unwrap_or(0)
+        < 8
+    {
+        assert!(Instant::now() < deadline, "the load got no 8 pieces");
+        assert!(first.try_wait().unwrap().is_none(), "the load ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(slow_seed);
+    let killed = Instant::now();
+    let first = first.wait_with_output().unwrap();
+    let gave_up_after = killed.elapsed();
+    let stderr = text(&first.stderr);
+    println!(
+        "gave up {:.1} s after the seed was killed: {stderr}",
+        gave_up_after.as_secs_f64()
+    );
+    assert_eq!(first.status.code(), Some(1), "{stderr}");
+    assert!(
+        gave_up_after >= Duration::from_secs(2) && gave_up_after < Duration::from_secs(10),
+        "{gave_up_after:?}"
+    );
+    let said = stderr
+        .lines()
+        .find(|l| l.contains("no data for 2 s (connected to 0 peers); stopped with "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let verified: u64 = said
+        .split("stopped with ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        said.contains(&format!("of {pieces} pieces verified (kept in ")),
+        "{said}"
+    );
+    assert!((8..pieces).contains(&verified), "{said}");
+
+    let (mut seed, seed_port) = pow_seed(&d.torrent, &d.seed_dir);
+    let out = load(
+        &pow_dir,
+        id,
+        &[
+            "--torrent-store",
+            d.store.to_str().unwrap(),
+            "--peer",
+            &format!("127.0.0.1:{seed_port}"),
+            "--stall-timeout",
+            "30",
+        ],
+    );
+    assert!(out.status.success(), "rerun: {}", text(&out.stderr));
+    let json = json_of(&out);
+    assert_eq!(json["pieces_already_on_disk"], verified);
+    assert_passed(&json, &["sha1-pieces", "md5-torrent-name", "md5-field"]);
+    common::same_bytes(&d.zip, Path::new(json["content"].as_str().unwrap())).unwrap();
+    seed.kill().unwrap();
+    seed.wait().unwrap();
+}
+
 /// `pow publish`: torrent named by the content MD5 into a directory store, the record in the
 /// graph, seeding; aria2 (a real client) downloads it through the tracker and `pow source load`
 /// in another project gets it from the store; publishing again changes nothing.

@@ -22,11 +22,8 @@ pub struct DownloadArgs {
     output: PathBuf,
     #[command(flatten)]
     swarm: crate::announce::SwarmArgs,
-    /// Download at most this many bytes per second, from all peers and web seeds together;
-    /// a K, M or G suffix means KiB, MiB or GiB (as aria2's --max-download-limit). Default: no
-    /// limit.
-    #[arg(long, value_name = "RATE", value_parser = crate::announce::bytes_per_second)]
-    max_download_rate: Option<u64>,
+    #[command(flatten)]
+    leech: LeechArgs,
     /// Connect to this peer directly, no tracker needed; repeatable.
     #[arg(long = "peer")]
     peers: Vec<SocketAddr>,
@@ -42,6 +39,22 @@ pub struct DownloadArgs {
     /// Seconds to wait for a magnet link's metadata from peers.
     #[arg(long, default_value_t = 120)]
     metadata_timeout: u64,
+}
+
+/// How the commands that download (`download`, `source load`) fetch, besides the swarm.
+#[derive(Args)]
+pub struct LeechArgs {
+    /// Download at most this many bytes per second, from all peers and web seeds together;
+    /// a K, M or G suffix means KiB, MiB or GiB (as aria2's --max-download-limit). Default: no
+    /// limit.
+    #[arg(long, value_name = "RATE", value_parser = crate::announce::bytes_per_second)]
+    pub max_download_rate: Option<u64>,
+    /// Give up when no data has come from any peer or web seed for this many seconds: exit 1,
+    /// the verified pieces kept for a rerun to resume. For scripts: a torrent or source nobody seeds, or
+    /// one whose only tracker is dead, ends instead of waiting. Default: wait until complete
+    /// or interrupted (as aria2's --bt-stop-timeout 0).
+    #[arg(long, value_name = "SECS", value_parser = crate::download_cmd::seconds)]
+    pub stall_timeout: Option<Duration>,
 }
 
 pub fn run(args: DownloadArgs) -> CmdResult {
@@ -90,14 +103,14 @@ async fn download(args: DownloadArgs) -> CmdResult {
 
     let (torrent, announcer) = args
         .swarm
-        .join(storage.clone(), picker, args.max_download_rate)
+        .join(storage.clone(), picker, args.leech.max_download_rate)
         .await?;
     torrent.add_peers(args.peers.iter().chain(&link_peers).copied());
     // BEP 19: the torrent's `url-list` (for a magnet link, its `ws=` kept in the fetched file).
     torrent.add_web_seeds(metainfo.url_list.iter().cloned());
 
     let progress = Progress::new(&metainfo, args.json);
-    let outcome = until_done(&torrent, &progress).await;
+    let outcome = until_done(&torrent, &progress, args.leech.stall_timeout).await;
     let snapshot = torrent.snapshot();
     progress.finish(&snapshot);
     // What it records is what the next start can skip checking. Unsynced, as every other
@@ -131,16 +144,10 @@ async fn download(args: DownloadArgs) -> CmdResult {
     if let Some(a) = announcer {
         a.stop().await;
     }
-    match outcome {
-        Outcome::Complete => Ok(()),
-        Outcome::Interrupted => Err(format!(
-            "interrupted with {} of {} pieces verified (kept on disk; run again to resume)",
-            snapshot.pieces_have, snapshot.pieces_total
-        )
-        .into()),
-        Outcome::Failed(error) => Err(format!(
-            "cannot write {error}; stopped with {} of {} pieces verified (kept on disk; free \
-             space and run again to resume)",
+    match outcome.stopped() {
+        None => Ok(()),
+        Some((why, then)) => Err(format!(
+            "{why} with {} of {} pieces verified (kept on disk; {then})",
             snapshot.pieces_have, snapshot.pieces_total
         )
         .into()),
@@ -211,7 +218,8 @@ async fn metainfo_of_magnet(
         peers,
         Duration::from_secs(args.metadata_timeout),
         args.swarm.encryption.engine(),
-        args.max_download_rate
+        args.leech
+            .max_download_rate
             .map(|rate| std::sync::Arc::new(pow_engine::RateLimit::new(rate))),
         metadata_utp,
     )
@@ -274,19 +282,69 @@ pub(crate) enum Outcome {
     /// A disk write failed (the error names the path): full, read-only or gone. Every peer
     /// would meet it too, so the download cannot go on.
     Failed(String),
+    /// No payload came for the `--stall-timeout`, `after`; `peers` were connected then.
+    Stalled {
+        after: Duration,
+        peers: usize,
+    },
 }
 
-/// Runs a download until every wanted piece is verified, a write fails, or SIGINT/SIGTERM
-/// comes, showing `progress` twice a second (`pow download` and `pow source load`).
-pub(crate) async fn until_done(torrent: &Torrent, progress: &Progress) -> Outcome {
+impl Outcome {
+    /// Why the download stopped short, and what lets a rerun finish it; `None` if complete.
+    pub(crate) fn stopped(&self) -> Option<(String, &'static str)> {
+        let resume = "run again to resume";
+        match self {
+            Outcome::Complete => None,
+            Outcome::Interrupted => Some(("interrupted".to_string(), resume)),
+            Outcome::Failed(error) => Some((
+                format!("cannot write {error}; stopped"),
+                "free space and run again to resume",
+            )),
+            Outcome::Stalled { after, peers } => Some((
+                format!(
+                    "no data for {} s (connected to {peers} peer{}); stopped",
+                    after.as_secs_f64(),
+                    if *peers == 1 { "" } else { "s" }
+                ),
+                resume,
+            )),
+        }
+    }
+}
+
+/// Runs a download until every wanted piece is verified, a write fails, no data comes for
+/// `stall_timeout`, or SIGINT/SIGTERM comes, showing `progress` twice a second (`pow
+/// download` and `pow source load`).
+pub(crate) async fn until_done(
+    torrent: &Torrent,
+    progress: &Progress,
+    stall_timeout: Option<Duration>,
+) -> Outcome {
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    let (mut downloaded, mut last_data) = (0, Instant::now());
     loop {
         tokio::select! {
             _ = torrent.wait_complete() => return Outcome::Complete,
             error = torrent.wait_failed() => return Outcome::Failed(error),
-            _ = ticker.tick() => progress.update(&torrent.snapshot()),
+            _ = ticker.tick() => {
+                let snapshot = torrent.snapshot();
+                progress.update(&snapshot);
+                if snapshot.downloaded != downloaded {
+                    (downloaded, last_data) = (snapshot.downloaded, Instant::now());
+                } else if let Some(after) = stall_timeout.filter(|t| last_data.elapsed() >= *t) {
+                    return Outcome::Stalled { after, peers: snapshot.peers };
+                }
+            }
             _ = shutdown_signal() => return Outcome::Interrupted,
         }
+    }
+}
+
+/// A `--stall-timeout`: whole or fractional seconds, more than 0.
+pub(crate) fn seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!("{text}: expected seconds, more than 0")),
     }
 }
 
@@ -332,7 +390,11 @@ fn report(
             "info_hash": metainfo.info_hash.to_hex(),
             "name": metainfo.name,
             "complete": *outcome == Outcome::Complete,
-            "error": match outcome { Outcome::Failed(e) => Some(e.as_str()), _ => None },
+            "error": match outcome {
+                Outcome::Failed(e) => Some(e.clone()),
+                Outcome::Stalled { .. } => outcome.stopped().map(|(why, _)| why),
+                _ => None,
+            },
             "pieces_verified": s.pieces_have,
             "pieces_total": s.pieces_total,
             "pieces_already_on_disk": resumed_pieces,

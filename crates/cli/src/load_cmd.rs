@@ -38,11 +38,8 @@ pub struct LoadArgs {
     torrent_store: Option<String>,
     #[command(flatten)]
     swarm: SwarmArgs,
-    /// Download at most this many bytes per second, from all peers and web seeds together;
-    /// a K, M or G suffix means KiB, MiB or GiB (as aria2's --max-download-limit). Default: no
-    /// limit.
-    #[arg(long, value_name = "RATE", value_parser = crate::announce::bytes_per_second)]
-    max_download_rate: Option<u64>,
+    #[command(flatten)]
+    leech: crate::download_cmd::LeechArgs,
     /// Connect to this peer directly, besides the trackers; repeatable.
     #[arg(long = "peer")]
     peers: Vec<SocketAddr>,
@@ -103,20 +100,13 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
         pow.plan_load(&args.id, &store, args.base_dir.as_deref())?
     };
     let transfer = fetch_content(&plan, &args)?;
-    let stopped = match &transfer.ended {
-        Ended::Complete => None,
-        Ended::Interrupted => Some("interrupted".to_string()),
-        Ended::Failed(error) => Some(format!("cannot write {error}; stopped")),
-    };
-    if let Some(stopped) = stopped {
-        let free_space = matches!(transfer.ended, Ended::Failed(_)).then_some("free space and ");
+    if let Some((why, then)) = transfer.ended.stopped() {
         return Err(format!(
-            "{}: {stopped} with {} of {} pieces verified (kept in {}; {}run again to resume)",
+            "{}: {why} with {} of {} pieces verified (kept in {}; {then})",
             plan.id,
             transfer.pieces_verified,
             plan.metainfo.geometry.piece_count(),
             plan.base_dir.display(),
-            free_space.unwrap_or("")
         )
         .into());
     }
@@ -200,7 +190,7 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
         picker.prefer_in_order(in_order_window(plan.metainfo.geometry.piece_length()));
         let (torrent, announcer) = args
             .swarm
-            .join(storage.clone(), picker, args.max_download_rate)
+            .join(storage.clone(), picker, args.leech.max_download_rate)
             .await?;
         let follower = {
             let torrent = torrent.clone();
@@ -212,7 +202,7 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
         };
         torrent.add_peers(args.peers.iter().copied());
         let progress = Progress::new(&plan.metainfo, args.json);
-        let ended = until_done(&torrent, &progress).await;
+        let ended = until_done(&torrent, &progress, args.leech.stall_timeout).await;
         let snapshot = torrent.snapshot();
         progress.finish(&snapshot);
         // BEP 3: no `completed` for what was complete when we started.
