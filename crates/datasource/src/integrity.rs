@@ -7,10 +7,11 @@
 //! the zip it published. For a multi-file torrent it is the MD5 of the same byte stream the
 //! pieces hash, so it needs no extra convention about paths or separators.
 
-use md5::{Digest, Md5};
+// md-5 0.11 (8% faster here than 0.10) implements digest 0.11; sha2 is still on digest 0.10.
+use md5::{Digest as _, Md5};
 use pow_metainfo::Metainfo;
 use serde::Serialize;
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 

@@ -5,8 +5,9 @@
 
 use crate::MAX_DESCRIPTION_BYTES;
 use axum::extract::multipart::{Field, Multipart, MultipartError};
-use md5::{Digest, Md5};
-use sha2::Sha256;
+// md-5 0.11 (8% faster here than 0.10) implements digest 0.11; sha2 is still on digest 0.10.
+use md5::{Digest as _, Md5};
+use sha2::{Digest as _, Sha256};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
