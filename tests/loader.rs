@@ -20,6 +20,16 @@ fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
 }
 
+/// A torrent's v1 info-hash as swarm-lab's `torrentinfo.py` (Python's hashlib) computes it.
+fn info_hash_of(torrent: &Path) -> String {
+    let o = run(Command::new("python3")
+        .arg(common::swarm_lab().join("torrentinfo.py"))
+        .arg(torrent)
+        .arg("infohash"));
+    assert!(o.status.success(), "torrentinfo.py: {}", text(&o.stderr));
+    text(&o.stdout).trim().to_string()
+}
+
 /// `pow torrent create DATA -o STORE/NAME` with the lab tracker, 256 KiB pieces.
 fn create_torrent(data: &Path, out: &Path) {
     let o = run(pow()
@@ -428,6 +438,35 @@ fn tampered_content_missing_torrent_and_dead_store_fail_clearly() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("has no torrent_file_name"), "{stderr}");
     println!("no torrent: {}", stderr.trim());
+
+    // The record names the info-hash of a torrent of the real bytes: the store's torrent (of
+    // other bytes, under the real MD5's name) is refused before anything is downloaded.
+    let real_torrent = work.join("real.torrent");
+    create_torrent(&real, &real_torrent);
+    let (real_hash, store_hash) = (
+        info_hash_of(&real_torrent),
+        info_hash_of(&store.join(&torrent_name)),
+    );
+    let pow_named = project(
+        work,
+        "named",
+        &format!("torrent_file_name = \"{torrent_name}\"\ninfo_hash = \"{real_hash}\"\n"),
+    );
+    let out = load(
+        &pow_named,
+        "ConnectomeCSVDataSource:named",
+        &["--torrent-store", s],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let expected = format!(
+        "has info-hash {store_hash}, but the record's info_hash is {real_hash}; nothing \
+         downloaded"
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    let base_dir = pow_named.join("data_source_data/BitTorrentDataSourceDirLoader/named");
+    assert!(!base_dir.exists(), "nothing written");
+    println!("another torrent: {}", stderr.trim());
 }
 
 /// Acceptance 3: a load killed (-9) half way, then run again, fetches only what was missing.
@@ -707,10 +746,14 @@ fn publish_then_aria2_and_pow_load_fetch_it() {
     println!("aria2: {}", common::result_line(&stdout));
 
     // Another project loads the published record's torrent from the store.
+    let info_hash = info_hash_of(&torrent);
+    assert_eq!(summary["info_hash"], info_hash.as_str());
     let reader = project(
         work,
         "tracks",
-        &format!("torrent_file_name = \"{torrent_name}\"\nmd5 = \"{md5}\"\n"),
+        &format!(
+            "torrent_file_name = \"{torrent_name}\"\nmd5 = \"{md5}\"\ninfo_hash = \"{info_hash}\"\n"
+        ),
     );
     let o = load(
         &reader,
@@ -719,6 +762,7 @@ fn publish_then_aria2_and_pow_load_fetch_it() {
     );
     assert!(o.status.success(), "load: {}", text(&o.stderr));
     let json = json_of(&o);
+    assert_passed(&json, &["info-hash-field", "md5-torrent-name", "md5-field"]);
     common::same_bytes(&zip, Path::new(json["content"].as_str().unwrap())).unwrap();
     let _ = Command::new("kill")
         .args(["-TERM", &seeding.id().to_string()])
@@ -737,6 +781,10 @@ fn publish_then_aria2_and_pow_load_fetch_it() {
     assert_eq!(export(), before, "graph unchanged");
     assert_eq!(std::fs::read(&torrent).unwrap(), torrent_before);
     assert!(before.contains(&md5) && before.contains("Worm tracks, test upload"));
+    assert!(
+        before.contains(&format!("<urn:x-pow:vocab#infoHash> \"{info_hash}\"")),
+        "the record names its torrent: {before}"
+    );
     println!(
         "second publish: stored={}, graph unchanged",
         again["stored"]

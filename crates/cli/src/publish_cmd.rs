@@ -4,7 +4,7 @@
 use crate::announce::SwarmArgs;
 use clap::Args;
 use pow_datasource::integrity::ContentDigester;
-use pow_datasource::publish::store_torrent;
+use pow_datasource::publish::{store_torrent, Stored};
 use pow_metainfo::create::{create_from, Content, CreateOptions};
 use pow_metainfo::Metainfo;
 use pow_picker::Picker;
@@ -98,13 +98,12 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
         &created.bytes,
         args.token.as_deref(),
     )?;
-    // Seed exactly what the store holds (an earlier publish may have used other options).
-    let metainfo = match &store {
-        pow_datasource::TorrentStore::Dir(dir) => {
-            Arc::new(Metainfo::from_file(&dir.join(&torrent_file_name))?)
-        }
-        pow_datasource::TorrentStore::Http(_) => Arc::new(created.metainfo),
-    };
+    // Seed, and record, exactly what the store holds: an earlier publish of the same bytes
+    // may have used other options (another piece length: another info-hash).
+    let metainfo = Arc::new(match stored {
+        Stored::Written => created.metainfo,
+        Stored::Existing => Metainfo::from_bytes(&store.fetch(&torrent_file_name)?)?,
+    });
 
     let key = match &args.key {
         Some(k) => k.clone(),
@@ -116,6 +115,7 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
     };
     let mut fields = vec![
         ("torrent_file_name".to_string(), torrent_file_name.clone()),
+        ("info_hash".to_string(), metainfo.info_hash.to_hex()),
         ("md5".to_string(), digests.md5.clone()),
         (
             "sha256".to_string(),
@@ -158,8 +158,8 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
         println!(
             "published {id}: {torrent_file_name} ({} in {}), info-hash {}, {} bytes",
             match stored {
-                pow_datasource::publish::Stored::Written => "written",
-                pow_datasource::publish::Stored::Existing => "already",
+                Stored::Written => "written",
+                Stored::Existing => "already",
             },
             store.describe(),
             metainfo.info_hash.to_hex(),

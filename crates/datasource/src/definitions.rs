@@ -344,9 +344,10 @@ fn check_value(at: &str, field: &str, value: &Term) -> Result<()> {
                 });
             }
         }
-        "md5" | "sha256" | "sha512" => {
+        "md5" | "sha256" | "sha512" | "info_hash" => {
             let digits = match field {
                 "md5" => 32,
+                "info_hash" => 40,
                 "sha256" => 64,
                 _ => 128,
             };
@@ -432,6 +433,21 @@ torrent_file_name = "d9da5ce947c6f1c127dfcdc2ede63320.torrent"
     fn bad_torrent_file_name() {
         let err = parse(&SEED.replace("d9da5ce947c6f1c127dfcdc2ede63320", "d9da")).unwrap_err();
         assert!(matches!(err, Error::BadTorrentFileName { .. }), "{err}");
+    }
+
+    /// `info_hash` is pow's field, in pow's namespace: 40 hex digits.
+    #[test]
+    fn info_hash_is_checked_and_in_pows_namespace() {
+        let hash = "7bf7bcde0f2e63d1eca190e9149eea2853449e08";
+        let quads = parse(&format!("{SEED}info_hash = \"{hash}\"\n")).unwrap();
+        let q = quads
+            .iter()
+            .find(|q| q.object.to_string() == format!("\"{hash}\""))
+            .unwrap();
+        assert_eq!(q.predicate.as_str(), "urn:x-pow:vocab#infoHash");
+        assert!(q.predicate.as_str().starts_with(crate::schema::POW_VOCAB));
+        let err = parse(&format!("{SEED}info_hash = \"{}\"\n", &hash[..39])).unwrap_err();
+        assert!(matches!(err, Error::BadHash { digits: 40, .. }), "{err}");
     }
 
     #[test]

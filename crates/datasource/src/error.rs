@@ -96,7 +96,7 @@ pub enum Error {
     BadHash {
         /// Which source.
         at: String,
-        /// md5, sha256 or sha512.
+        /// md5, sha256, sha512 or info_hash.
         field: String,
         /// The bad value.
         value: String,

@@ -215,7 +215,8 @@ pub enum Outcome {
 /// One integrity check as reported to the user (and in `--json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
-    /// `sha1-pieces`, `md5-torrent-name`, `md5-field`, `sha256-field`, `file-name`.
+    /// `info-hash-field`, `sha1-pieces`, `md5-torrent-name`, `md5-field`, `sha256-field`,
+    /// `file-name`.
     pub name: &'static str,
     /// What happened.
     pub outcome: Outcome,

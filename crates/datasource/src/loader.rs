@@ -54,6 +54,8 @@ pub struct LoadPlan {
     pub md5_field: Vec<String>,
     /// `sha256` values in the graph (lowercase hex).
     pub sha256_field: Vec<String>,
+    /// `info_hash` values in the graph (lowercase hex); the torrent is one of them.
+    pub info_hash_field: Vec<String>,
     /// `file_name` values in the graph.
     pub file_names: Vec<String>,
 }
@@ -140,15 +142,35 @@ impl PowDir {
                 }
             };
         check_file_name(&torrent_file_name)?;
-        let (torrent_path, torrent_from, metainfo) =
-            self.fetch_torrent(&torrent_file_name, store)?;
+        let lower = |v: Vec<String>| v.into_iter().map(|s| s.to_ascii_lowercase()).collect();
+        let info_hash_field: Vec<String> = lower(field("info_hash"));
+        let named = |m: &Metainfo| {
+            info_hash_field.is_empty() || info_hash_field.contains(&m.info_hash.to_hex())
+        };
+        let (mut torrent_path, mut torrent_from, mut metainfo) =
+            self.fetch_torrent(&torrent_file_name, store, false)?;
+        if !named(&metainfo) && torrent_from == "cache" {
+            // Cached before the record named its torrent: the store decides.
+            (torrent_path, torrent_from, metainfo) =
+                self.fetch_torrent(&torrent_file_name, store, true)?;
+        }
+        if !named(&metainfo) {
+            return Err(Error::NotLoadable {
+                id: shown.id.clone(),
+                why: format!(
+                    "{torrent_file_name} from {torrent_from} has info-hash {}, but the \
+                     record's info_hash is {}; nothing downloaded",
+                    metainfo.info_hash.to_hex(),
+                    info_hash_field.join(", ")
+                ),
+            });
+        }
         let previous = self.load_record(&shown.iri)?;
         let base_dir = match (base_dir, previous) {
             (Some(dir), _) => dir.to_path_buf(),
             (None, Some(record)) => PathBuf::from(record.directory),
             (None, None) => self.default_base_dir(&shown.iri),
         };
-        let lower = |v: Vec<String>| v.into_iter().map(|s| s.to_ascii_lowercase()).collect();
         Ok(LoadPlan {
             id: shown.id.clone(),
             iri: shown.iri.clone(),
@@ -159,6 +181,7 @@ impl PowDir {
             base_dir,
             md5_field: lower(field("md5")),
             sha256_field: lower(field("sha256")),
+            info_hash_field,
             file_names: field("file_name"),
         })
     }
@@ -185,18 +208,22 @@ impl PowDir {
             .join(key)
     }
 
-    /// The cached torrent if it parses, else the store's copy (then cached atomically).
+    /// The cached torrent if it parses (unless `refresh`), else the store's copy (then
+    /// cached atomically).
     fn fetch_torrent(
         &self,
         name: &str,
         store: &TorrentStore,
+        refresh: bool,
     ) -> Result<(PathBuf, String, Metainfo)> {
         let cache_dir = self.dir().join(TORRENT_CACHE_DIR);
         let cached = cache_dir.join(name);
-        if let Ok(bytes) = std::fs::read(&cached) {
-            if let Ok(metainfo) = Metainfo::from_bytes(&bytes) {
-                return Ok((cached, "cache".into(), metainfo));
-            }
+        if let Some(Ok(metainfo)) = (!refresh)
+            .then(|| std::fs::read(&cached).ok())
+            .flatten()
+            .map(|bytes| Metainfo::from_bytes(&bytes))
+        {
+            return Ok((cached, "cache".into(), metainfo));
         }
         let bytes = store.fetch(name)?;
         let metainfo = Metainfo::from_bytes(&bytes).map_err(|e| Error::Store {
@@ -331,7 +358,15 @@ impl LoadPlan {
         digested: Option<ContentDigester>,
     ) -> IntegrityReport {
         let total = self.metainfo.geometry.piece_count();
-        let mut checks = vec![Check::new(
+        let info_hash = self.metainfo.info_hash.to_hex();
+        let mut checks = vec![compare_field(
+            "info-hash-field",
+            "info_hash",
+            "torrent info-hash",
+            &self.info_hash_field,
+            &info_hash,
+        )];
+        checks.push(Check::new(
             "sha1-pieces",
             if pieces_verified == total {
                 Outcome::Passed
@@ -339,7 +374,7 @@ impl LoadPlan {
                 Outcome::Failed
             },
             format!("{pieces_verified} of {total} pieces match their SHA-1"),
-        )];
+        ));
         if pieces_verified != total {
             return IntegrityReport {
                 checks,
@@ -387,6 +422,7 @@ impl LoadPlan {
         checks.push(compare_field(
             "md5-field",
             "md5",
+            "content md5",
             &self.md5_field,
             &digests.md5,
         ));
@@ -394,6 +430,7 @@ impl LoadPlan {
         checks.push(compare_field(
             "sha256-field",
             "sha256",
+            "content sha256",
             &self.sha256_field,
             sha256,
         ));
@@ -455,19 +492,26 @@ impl LoadPlan {
     }
 }
 
-fn compare_field(check: &'static str, field: &str, values: &[String], actual: &str) -> Check {
+/// `what` (e.g. "content md5") is `actual`, which must be among the graph's `field` values.
+fn compare_field(
+    check: &'static str,
+    field: &str,
+    what: &str,
+    values: &[String],
+    actual: &str,
+) -> Check {
     match values {
         [] => Check::new(check, Outcome::Skipped, format!("no {field} in the graph")),
         values if values.iter().any(|v| v == actual) => Check::new(
             check,
             Outcome::Passed,
-            format!("content {field} {actual} matches the graph"),
+            format!("{what} {actual} matches the graph"),
         ),
         values => Check::new(
             check,
             Outcome::Failed,
             format!(
-                "content {field} {actual} does not match the graph's {}",
+                "{what} {actual} does not match the graph's {}",
                 values.join(", ")
             ),
         ),

@@ -18,6 +18,9 @@ pub const SCHEMA_GRAPH: &str = "http://openworm.org/schema";
 pub const IMPORTS_GRAPH: &str = "http://openworm.org/data/imports";
 /// Predicate of a context-import edge.
 pub const CONTEXT_IMPORTS: &str = "http://openworm.org/schema/Context/imports";
+/// Namespace of the fields pow added to the 2019 classes (new terms stay out of OpenWorm's
+/// namespaces, so data written by pow stays readable by the 2019 tools).
+pub const POW_VOCAB: &str = "urn:x-pow:vocab#";
 
 /// Whether a field holds literals or points to other resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +42,9 @@ pub struct Field {
     pub kind: FieldKind,
     /// Another field of the same object that receives the same value.
     pub also: Option<&'static str>,
+    /// The predicate of a field pow added: in pow's own namespace ([`POW_VOCAB`]), not the
+    /// 2019 class's. `None`: the class namespace followed by `name`, as in 2019.
+    pub predicate: Option<&'static str>,
 }
 
 /// One DataSource class.
@@ -60,6 +66,7 @@ const fn lit(name: &'static str, display_name: &'static str) -> Field {
         display_name,
         kind: FieldKind::Datatype,
         also: None,
+        predicate: None,
     }
 }
 
@@ -75,12 +82,14 @@ pub static CLASSES: &[Class] = &[
                 display_name: "Input source",
                 kind: FieldKind::Object,
                 also: None,
+                predicate: None,
             },
             Field {
                 name: "translation",
                 display_name: "Translation",
                 kind: FieldKind::Object,
                 also: None,
+                predicate: None,
             },
             lit("description", "Description"),
         ],
@@ -102,6 +111,15 @@ pub static CLASSES: &[Class] = &[
         own_fields: &[
             lit("file_name", "File name"),
             lit("torrent_file_name", "Torrent file name"),
+            // The torrent's v1 info-hash, hex: `pow publish` records it, and a load refuses a
+            // torrent from the store that is not this one, before downloading anything.
+            Field {
+                name: "info_hash",
+                display_name: "BitTorrent info-hash",
+                kind: FieldKind::Datatype,
+                also: None,
+                predicate: Some("urn:x-pow:vocab#infoHash"),
+            },
         ],
     },
     Class {
@@ -114,6 +132,7 @@ pub static CLASSES: &[Class] = &[
                 display_name: "CSV file name",
                 kind: FieldKind::Datatype,
                 also: Some("file_name"),
+                predicate: None,
             },
             lit("csv_header", "Header column names"),
             lit("csv_field_delimiter", "CSV field delimiter"),
@@ -139,7 +158,10 @@ pub struct FieldRef {
 impl FieldRef {
     /// The predicate IRI of this field.
     pub fn predicate(&self) -> String {
-        format!("{}{}", self.declared_by.namespace, self.field.name)
+        match self.field.predicate {
+            Some(iri) => iri.to_string(),
+            None => format!("{}{}", self.declared_by.namespace, self.field.name),
+        }
     }
 }
 
@@ -279,7 +301,13 @@ pub fn schema_quads(data_graph: &str) -> Vec<Quad> {
             );
         }
         for field in class.own_fields {
-            let p = node(&format!("{}{}", class.namespace, field.name));
+            let p = node(
+                &FieldRef {
+                    field,
+                    declared_by: class,
+                }
+                .predicate(),
+            );
             add(
                 &mut quads,
                 p.clone(),
@@ -346,6 +374,7 @@ mod tests {
                 "csv_field_delimiter",
                 "file_name",
                 "torrent_file_name",
+                "info_hash",
                 "md5",
                 "sha256",
                 "sha512",
