@@ -679,6 +679,87 @@ fn a_load_whose_seed_goes_away_gives_up_after_the_stall_timeout_and_a_rerun_resu
     seed.wait().unwrap();
 }
 
+/// The torrent store does not have the torrent (here: an empty one), but the record names its
+/// info-hash: the load fetches the torrent's info from the swarm (libtorrent's seed, found
+/// through the lab tracker; BEP 9) and goes on. A record with an info-hash and no
+/// torrent_file_name loads the same way; with no peer that has it, the load fails clearly.
+#[test]
+fn a_source_the_store_lacks_is_fetched_from_peers_by_its_info_hash() {
+    let lab = Lab::new("loader-by-hash");
+    let work = lab.work.path();
+    let d = dataset(work, "cells.zip", 8, 11);
+    seed_with_libtorrent(&lab, &d.torrent, &d.seed_dir);
+    let info_hash = info_hash_of(&d.torrent);
+    let empty = work.join("empty-store");
+    std::fs::create_dir_all(&empty).unwrap();
+    let by_hash = [
+        "--torrent-store",
+        empty.to_str().unwrap(),
+        "--tracker",
+        TRACKER,
+    ];
+
+    let named = project(
+        work,
+        "named",
+        &format!("{}info_hash = \"{info_hash}\"\n", d.fields()),
+    );
+    let out = load(&named, "ConnectomeCSVDataSource:named", &by_hash);
+    assert!(out.status.success(), "load: {}", text(&out.stderr));
+    let json = json_of(&out);
+    assert_eq!(json["torrent_from"], "peers");
+    assert_passed(
+        &json,
+        &[
+            "info-hash-field",
+            "sha1-pieces",
+            "md5-torrent-name",
+            "md5-field",
+        ],
+    );
+    common::same_bytes(&d.zip, Path::new(json["content"].as_str().unwrap())).unwrap();
+    println!(
+        "by info-hash, with its torrent_file_name: {}",
+        json["checks"]
+    );
+
+    let hash_only = project(
+        work,
+        "hash-only",
+        &format!("info_hash = \"{info_hash}\"\nmd5 = \"{}\"\n", d.md5),
+    );
+    let out = load(&hash_only, "ConnectomeCSVDataSource:hash-only", &by_hash);
+    assert!(out.status.success(), "load: {}", text(&out.stderr));
+    let json = json_of(&out);
+    assert_eq!(
+        json["torrent_file_name"],
+        format!("{info_hash}.torrent").as_str()
+    );
+    assert_passed(&json, &["info-hash-field", "sha1-pieces", "md5-field"]);
+    assert_eq!(check(&json, "md5-torrent-name")["outcome"], "skipped");
+    common::same_bytes(&d.zip, Path::new(json["content"].as_str().unwrap())).unwrap();
+
+    let nobody = project(
+        work,
+        "nobody",
+        "info_hash = \"0123456789abcdef0123456789abcdef01234567\"\n",
+    );
+    let out = load(
+        &nobody,
+        "ConnectomeCSVDataSource:nobody",
+        &[&by_hash[..], &["--metadata-timeout", "3"]].concat(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let nobody_hash = "0123456789abcdef0123456789abcdef01234567";
+    let expected = format!(
+        "has no {nobody_hash}.torrent, nor did peers give info-hash {nobody_hash}: no peer sent \
+         the metadata within 3s"
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    println!("nobody has it: {}", stderr.trim());
+}
+
 /// `pow publish`: torrent named by the content MD5 into a directory store, the record in the
 /// graph, seeding; aria2 (a real client) downloads it through the tracker and `pow source load`
 /// in another project gets it from the store; publishing again changes nothing.

@@ -36,9 +36,6 @@ pub struct DownloadArgs {
     /// Print the final summary as JSON.
     #[arg(long)]
     json: bool,
-    /// Seconds to wait for a magnet link's metadata from peers.
-    #[arg(long, default_value_t = 120)]
-    metadata_timeout: u64,
 }
 
 /// How the commands that download (`download`, `source load`) fetch, besides the swarm.
@@ -55,6 +52,10 @@ pub struct LeechArgs {
     /// or interrupted (as aria2's --bt-stop-timeout 0).
     #[arg(long, value_name = "SECS", value_parser = crate::download_cmd::seconds)]
     pub stall_timeout: Option<Duration>,
+    /// Seconds to wait for a torrent's metadata from peers: a magnet link's, or that of a
+    /// data source whose torrent the store cannot give (fetched by the record's info_hash).
+    #[arg(long, value_name = "SECS", default_value = "120", value_parser = crate::download_cmd::seconds)]
+    pub metadata_timeout: Duration,
 }
 
 pub fn run(args: DownloadArgs) -> CmdResult {
@@ -175,22 +176,53 @@ async fn metainfo_of_magnet(
         }
     }
     let mut tiers: Vec<Vec<String>> = Vec::new();
-    for tracker in &magnet.trackers {
+    for tracker in magnet.trackers.iter().chain(&args.swarm.trackers) {
         // A link may name a tracker twice (libtorrent keeps both when parsing, too).
         if !tiers.iter().any(|tier| tier.contains(tracker)) {
             tiers.push(vec![tracker.clone()]);
         }
     }
-    tiers.extend(args.swarm.trackers.iter().map(|t| vec![t.clone()]));
+    let peers: Vec<SocketAddr> = magnet.peers.iter().chain(&args.peers).copied().collect();
+    let wanted = ByInfoHash {
+        info_hash,
+        tiers,
+        peers: &peers,
+        web_seeds: &magnet.web_seeds,
+    };
+    let (bytes, metainfo) = torrent_from_peers(wanted, &args.swarm, &args.leech, args.json).await?;
+    std::fs::create_dir_all(&args.output)?;
+    std::fs::write(&kept, &bytes)?;
+    Ok(metainfo)
+}
+
+/// A torrent wanted by its info-hash: where to look for peers that have it, and what else
+/// its .torrent file lists.
+pub(crate) struct ByInfoHash<'a> {
+    pub info_hash: pow_metainfo::InfoHash,
+    /// Trackers to ask for peers, a tier each; the file lists them.
+    pub tiers: Vec<Vec<String>>,
+    pub peers: &'a [SocketAddr],
+    pub web_seeds: &'a [String],
+}
+
+/// The .torrent of `wanted`: its info dictionary fetched (BEP 9) from the peers that its
+/// trackers, its `peers` and the DHT (with --dht) name, and checked against the info-hash.
+pub(crate) async fn torrent_from_peers(
+    wanted: ByInfoHash<'_>,
+    swarm: &crate::announce::SwarmArgs,
+    leech: &LeechArgs,
+    quiet: bool,
+) -> Result<(Vec<u8>, Metainfo), Box<dyn std::error::Error>> {
+    let info_hash = wanted.info_hash;
     let (found, peers) = tokio::sync::mpsc::unbounded_channel();
-    for peer in magnet.peers.iter().chain(&args.peers) {
+    for peer in wanted.peers {
         let _ = found.send(*peer);
     }
     // Before the DHT node, so that the two share the peer port's UDP socket.
-    let metadata_utp = metadata_utp(&args.swarm).await;
-    if let Some(plan) = args.swarm.dht_plan() {
+    let metadata_utp = metadata_utp(swarm).await;
+    if let Some(plan) = swarm.dht_plan() {
         let found = found.clone();
-        crate::dht_peers::start(&plan, info_hash.0, args.swarm.port, &[], move |peers| {
+        crate::dht_peers::start(&plan, info_hash.0, swarm.port, &[], move |peers| {
             for peer in peers {
                 let _ = found.send(peer);
             }
@@ -202,13 +234,13 @@ async fn metainfo_of_magnet(
     let peer_id = pow_engine::new_peer_id();
     let announcer = crate::announce::start_for_peers(
         info_hash.0,
-        tiers.clone(),
+        wanted.tiers.clone(),
         peer_id,
-        args.swarm.port,
-        args.swarm.timing(),
+        swarm.port,
+        swarm.timing(),
         found,
     );
-    if !args.json {
+    if !quiet {
         eprintln!("fetching the metadata of {} from peers", info_hash.to_hex());
     }
     let started = Instant::now();
@@ -216,9 +248,9 @@ async fn metainfo_of_magnet(
         info_hash.0,
         peer_id,
         peers,
-        Duration::from_secs(args.metadata_timeout),
-        args.swarm.encryption.engine(),
-        args.leech
+        leech.metadata_timeout,
+        swarm.encryption.engine(),
+        leech
             .max_download_rate
             .map(|rate| std::sync::Arc::new(pow_engine::RateLimit::new(rate))),
         metadata_utp,
@@ -228,14 +260,12 @@ async fn metainfo_of_magnet(
         a.stop().await;
     }
     let info = fetched?;
-    let bytes = torrent_file(&info, &tiers, &magnet.web_seeds);
+    let bytes = torrent_file(&info, &wanted.tiers, wanted.web_seeds);
     let metainfo = Metainfo::from_bytes(&bytes)?;
     if metainfo.info_hash != info_hash {
-        return Err("the fetched metadata does not match the magnet link's info-hash".into());
+        return Err("the fetched metadata does not match the info-hash".into());
     }
-    std::fs::create_dir_all(&args.output)?;
-    std::fs::write(&kept, &bytes)?;
-    if !args.json {
+    if !quiet {
         eprintln!(
             "metadata: {} ({} bytes of info) in {:.2} s",
             metainfo.name,
@@ -243,7 +273,7 @@ async fn metainfo_of_magnet(
             started.elapsed().as_secs_f64()
         );
     }
-    Ok(metainfo)
+    Ok((bytes, metainfo))
 }
 
 /// A .torrent of a fetched info dictionary (kept byte for byte: its SHA-1 is the info-hash)

@@ -5,13 +5,13 @@
 //! meanwhile (RocksDB allows one process at a time); it is reopened to record the result.
 
 use crate::announce::SwarmArgs;
-use crate::download_cmd::{until_done, Outcome as Ended, Progress};
+use crate::download_cmd::{torrent_from_peers, until_done, ByInfoHash, Outcome as Ended, Progress};
 use clap::Args;
 use pow_datasource::integrity::{Check, ContentDigester, Outcome};
 use pow_datasource::loader::IntegrityReport;
 use pow_datasource::LoadPlan;
 use pow_engine::Snapshot;
-use pow_metainfo::Geometry;
+use pow_metainfo::{Geometry, InfoHash};
 use pow_picker::Picker;
 use pow_storage::Storage;
 use pow_wire::Bitfield;
@@ -78,6 +78,77 @@ pub enum StoreCommand {
     },
 }
 
+/// The load's plan. When the torrent store cannot give the torrent (down, or without it) and
+/// the record names its info-hash, the torrent's info is fetched from peers instead (BEP 9, as
+/// for a magnet link: the trackers of pow.toml and --tracker, --peer, the DHT with --dht), kept
+/// in the torrent cache, and planned from there.
+fn plan(
+    pow_dir: Option<&Path>,
+    args: &LoadArgs,
+    runtime: &EngineRuntime,
+) -> Result<LoadPlan, Box<dyn std::error::Error>> {
+    let plan_load = |pow: &pow_datasource::PowDir| {
+        let store = pow.torrent_store(args.torrent_store.as_deref())?;
+        pow.plan_load(&args.id, &store, args.base_dir.as_deref())
+    };
+    // The project's store is closed while peers are asked, as during the download.
+    let (failure, wanted, tiers) = {
+        let pow = crate::source_cmd::open(pow_dir)?;
+        match plan_load(&pow) {
+            Err(e) if e.store_failed() => {
+                let tiers: Vec<Vec<String>> = (pow.config().trackers.iter())
+                    .chain(&args.swarm.trackers)
+                    .map(|t| vec![t.clone()])
+                    .collect();
+                (e, pow.source_torrent(&args.id)?, tiers)
+            }
+            plan => return Ok(plan?),
+        }
+    };
+    let Some(info_hash) = wanted.info_hash() else {
+        return Err(failure.into());
+    };
+    if !args.json {
+        eprintln!("pow: {failure}; the record names info-hash {info_hash}");
+    }
+    let by_hash = ByInfoHash {
+        info_hash: InfoHash::from_hex(info_hash).ok_or("bad info_hash")?,
+        tiers,
+        peers: &args.peers,
+        web_seeds: &[],
+    };
+    let (bytes, _) = runtime
+        .get()?
+        .block_on(torrent_from_peers(
+            by_hash,
+            &args.swarm,
+            &args.leech,
+            args.json,
+        ))
+        .map_err(|e| format!("{failure}, nor did peers give info-hash {info_hash}: {e}"))?;
+    let pow = crate::source_cmd::open(pow_dir)?;
+    pow.cache_torrent(&wanted.file_name, &bytes)?;
+    let mut plan = plan_load(&pow)?;
+    plan.torrent_from = "peers".into();
+    Ok(plan)
+}
+
+/// The engine's runtime, made when first needed. A load that fetches its torrent from peers
+/// and then the content runs both on one: the peer port's uTP socket, bound once per process,
+/// belongs to the runtime that bound it.
+#[derive(Default)]
+struct EngineRuntime(std::cell::OnceCell<tokio::runtime::Runtime>);
+
+impl EngineRuntime {
+    fn get(&self) -> std::io::Result<&tokio::runtime::Runtime> {
+        if let Some(runtime) = self.0.get() {
+            return Ok(runtime);
+        }
+        let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Download)?;
+        Ok(self.0.get_or_init(|| runtime))
+    }
+}
+
 /// How the content got onto the disk in this run.
 struct Transfer {
     pieces_on_disk_before: u32,
@@ -94,12 +165,9 @@ struct Transfer {
 
 pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
     let started = Instant::now();
-    let plan = {
-        let pow = crate::source_cmd::open(pow_dir)?;
-        let store = pow.torrent_store(args.torrent_store.as_deref())?;
-        pow.plan_load(&args.id, &store, args.base_dir.as_deref())?
-    };
-    let transfer = fetch_content(&plan, &args)?;
+    let runtime = EngineRuntime::default();
+    let plan = plan(pow_dir, &args, &runtime)?;
+    let transfer = fetch_content(&plan, &args, &runtime)?;
     if let Some((why, then)) = transfer.ended.stopped() {
         return Err(format!(
             "{}: {why} with {} of {} pieces verified (kept in {}; {then})",
@@ -164,7 +232,11 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
 }
 
 /// Checks what is on disk; downloads the rest by BitTorrent if anything is missing.
-fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn std::error::Error>> {
+fn fetch_content(
+    plan: &LoadPlan,
+    args: &LoadArgs,
+    runtime: &EngineRuntime,
+) -> Result<Transfer, Box<dyn std::error::Error>> {
     let started = Instant::now();
     let Checked {
         storage,
@@ -184,8 +256,7 @@ fn fetch_content(plan: &LoadPlan, args: &LoadArgs) -> Result<Transfer, Box<dyn s
         });
     }
     storage.prepare_files(None)?;
-    let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Download)?;
-    let (snapshot, ended, follower) = runtime.block_on(async {
+    let (snapshot, ended, follower) = runtime.get()?.block_on(async {
         let mut picker = Picker::new(plan.metainfo.geometry.clone(), have);
         picker.prefer_in_order(in_order_window(plan.metainfo.geometry.piece_length()));
         let (torrent, announcer) = args

@@ -170,6 +170,12 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The torrent store could not give the torrent (down, misbehaving, or without it): a
+    /// torrent named by info-hash can still come from peers.
+    pub fn store_failed(&self) -> bool {
+        matches!(self, Error::Store { .. } | Error::TorrentNotInStore { .. })
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }

@@ -13,7 +13,7 @@
 use crate::error::{Error, Result};
 use crate::integrity::{md5_named_by, Check, ContentDigester, ContentDigests, Outcome};
 use crate::schema::shorten;
-use crate::show::Value;
+use crate::show::{Shown, Value};
 use crate::store::PowDir;
 use crate::torrent_store::{check_file_name, TorrentStore};
 use oxigraph::model::vocab::xsd;
@@ -60,6 +60,80 @@ pub struct LoadPlan {
     pub file_names: Vec<String>,
 }
 
+/// The torrent a data source names: by file name in a torrent store, and by info-hash.
+#[derive(Debug, Clone)]
+pub struct SourceTorrent {
+    /// `Type:key`.
+    pub id: String,
+    /// `torrent_file_name`; for a record with an `info_hash` alone, `<info_hash>.torrent`
+    /// (the name it is cached under).
+    pub file_name: String,
+    /// The record's `info_hash` values (lowercase hex).
+    pub info_hashes: Vec<String>,
+}
+
+impl SourceTorrent {
+    fn of(shown: &Shown) -> Result<SourceTorrent> {
+        let info_hashes = lowercase(literals(shown, "info_hash"));
+        let not_loadable = |why: String| Error::NotLoadable {
+            id: shown.id.clone(),
+            why,
+        };
+        let file_name = match (
+            literals(shown, "torrent_file_name").as_slice(),
+            &info_hashes[..],
+        ) {
+            ([one], _) => one.clone(),
+            ([], [hash]) => format!("{hash}.torrent"),
+            ([], _) => {
+                return Err(not_loadable(
+                    "it has no torrent_file_name or info_hash, so there is nothing to fetch \
+                     by BitTorrent"
+                        .into(),
+                ))
+            }
+            (many, _) => {
+                return Err(not_loadable(format!(
+                    "it has {} torrent_file_name values",
+                    many.len()
+                )))
+            }
+        };
+        check_file_name(&file_name)?;
+        Ok(SourceTorrent {
+            id: shown.id.clone(),
+            file_name,
+            info_hashes,
+        })
+    }
+
+    /// The one info-hash the record names, by which the torrent can be fetched from peers.
+    pub fn info_hash(&self) -> Option<&str> {
+        match self.info_hashes.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+}
+
+/// The literal values of field `name` of a shown source.
+fn literals(shown: &Shown, name: &str) -> Vec<String> {
+    shown
+        .fields
+        .iter()
+        .filter(|f| f.name == name)
+        .flat_map(|f| f.values.iter())
+        .filter_map(|v| match v {
+            Value::Term(Term::Literal(l)) => Some(l.value().to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn lowercase(values: Vec<String>) -> Vec<String> {
+    values.into_iter().map(|s| s.to_ascii_lowercase()).collect()
+}
+
 /// What a previous successful load recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LoadRecord {
@@ -103,6 +177,20 @@ impl PowDir {
         }
     }
 
+    /// Which torrent data source `id` names.
+    pub fn source_torrent(&self, id: &str) -> Result<SourceTorrent> {
+        SourceTorrent::of(&self.show(id)?)
+    }
+
+    /// Keeps `bytes` as the cached torrent `name` (written atomically), where a load finds it
+    /// before asking the store: for a torrent fetched from peers by its info-hash.
+    pub fn cache_torrent(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        check_file_name(name)?;
+        let cache_dir = self.dir().join(TORRENT_CACHE_DIR);
+        remove_interrupted_writes(&cache_dir)?;
+        write_atomically(&cache_dir, name, bytes)
+    }
+
     /// Resolves data source `id` and fetches its torrent (the cached copy if there is one,
     /// else from `store`). `base_dir` overrides the directory the content goes into; without
     /// it, a previous load's directory is reused, else the default
@@ -114,54 +202,26 @@ impl PowDir {
         base_dir: Option<&Path>,
     ) -> Result<LoadPlan> {
         let shown = self.show(id)?;
-        let field = |name: &str| -> Vec<String> {
-            shown
-                .fields
-                .iter()
-                .filter(|f| f.name == name)
-                .flat_map(|f| f.values.iter())
-                .filter_map(|v| match v {
-                    Value::Term(Term::Literal(l)) => Some(l.value().to_string()),
-                    _ => None,
-                })
-                .collect()
-        };
-        let torrent_file_name =
-            match field("torrent_file_name").as_slice() {
-                [] => return Err(Error::NotLoadable {
-                    id: shown.id.clone(),
-                    why: "it has no torrent_file_name, so there is nothing to fetch by BitTorrent"
-                        .into(),
-                }),
-                [one] => one.clone(),
-                many => {
-                    return Err(Error::NotLoadable {
-                        id: shown.id.clone(),
-                        why: format!("it has {} torrent_file_name values", many.len()),
-                    })
-                }
-            };
-        check_file_name(&torrent_file_name)?;
-        let lower = |v: Vec<String>| v.into_iter().map(|s| s.to_ascii_lowercase()).collect();
-        let info_hash_field: Vec<String> = lower(field("info_hash"));
+        let wanted = SourceTorrent::of(&shown)?;
         let named = |m: &Metainfo| {
-            info_hash_field.is_empty() || info_hash_field.contains(&m.info_hash.to_hex())
+            wanted.info_hashes.is_empty() || wanted.info_hashes.contains(&m.info_hash.to_hex())
         };
         let (mut torrent_path, mut torrent_from, mut metainfo) =
-            self.fetch_torrent(&torrent_file_name, store, false)?;
+            self.fetch_torrent(&wanted.file_name, store, false)?;
         if !named(&metainfo) && torrent_from == "cache" {
             // Cached before the record named its torrent: the store decides.
             (torrent_path, torrent_from, metainfo) =
-                self.fetch_torrent(&torrent_file_name, store, true)?;
+                self.fetch_torrent(&wanted.file_name, store, true)?;
         }
         if !named(&metainfo) {
             return Err(Error::NotLoadable {
                 id: shown.id.clone(),
                 why: format!(
-                    "{torrent_file_name} from {torrent_from} has info-hash {}, but the \
-                     record's info_hash is {}; nothing downloaded",
+                    "{} from {torrent_from} has info-hash {}, but the record's info_hash is \
+                     {}; nothing downloaded",
+                    wanted.file_name,
                     metainfo.info_hash.to_hex(),
-                    info_hash_field.join(", ")
+                    wanted.info_hashes.join(", ")
                 ),
             });
         }
@@ -174,15 +234,15 @@ impl PowDir {
         Ok(LoadPlan {
             id: shown.id.clone(),
             iri: shown.iri.clone(),
-            torrent_file_name,
+            torrent_file_name: wanted.file_name,
             torrent_path,
             torrent_from,
             metainfo: Arc::new(metainfo),
             base_dir,
-            md5_field: lower(field("md5")),
-            sha256_field: lower(field("sha256")),
-            info_hash_field,
-            file_names: field("file_name"),
+            md5_field: lowercase(literals(&shown, "md5")),
+            sha256_field: lowercase(literals(&shown, "sha256")),
+            info_hash_field: wanted.info_hashes,
+            file_names: literals(&shown, "file_name"),
         })
     }
 
