@@ -47,14 +47,14 @@ pub struct LeechArgs {
     #[arg(long, value_name = "RATE", value_parser = crate::announce::bytes_per_second)]
     pub max_download_rate: Option<u64>,
     /// Give up when no data has come from any peer or web seed for this many seconds: exit 1,
-    /// the verified pieces kept for a rerun to resume. For scripts: a torrent or source nobody seeds, or
-    /// one whose only tracker is dead, ends instead of waiting. Default: wait until complete
-    /// or interrupted (as aria2's --bt-stop-timeout 0).
-    #[arg(long, value_name = "SECS", value_parser = crate::download_cmd::seconds)]
+    /// the verified pieces kept for a rerun to resume. For scripts: a torrent or source
+    /// nobody seeds, or one whose only tracker is dead, ends instead of waiting. Default: wait
+    /// until complete or interrupted (as aria2's --bt-stop-timeout 0).
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub stall_timeout: Option<Duration>,
     /// Seconds to wait for a torrent's metadata from peers: a magnet link's, or that of a
     /// data source whose torrent the store cannot give (fetched by the record's info_hash).
-    #[arg(long, value_name = "SECS", default_value = "120", value_parser = crate::download_cmd::seconds)]
+    #[arg(long, value_name = "SECS", default_value = "120", value_parser = seconds)]
     pub metadata_timeout: Duration,
 }
 
@@ -175,13 +175,8 @@ async fn metainfo_of_magnet(
             return Ok(metainfo);
         }
     }
-    let mut tiers: Vec<Vec<String>> = Vec::new();
-    for tracker in magnet.trackers.iter().chain(&args.swarm.trackers) {
-        // A link may name a tracker twice (libtorrent keeps both when parsing, too).
-        if !tiers.iter().any(|tier| tier.contains(tracker)) {
-            tiers.push(vec![tracker.clone()]);
-        }
-    }
+    // A link may name a tracker twice (libtorrent keeps both when parsing, too).
+    let tiers = one_tier_each(magnet.trackers.iter().chain(&args.swarm.trackers));
     let peers: Vec<SocketAddr> = magnet.peers.iter().chain(&args.peers).copied().collect();
     let wanted = ByInfoHash {
         info_hash,
@@ -193,6 +188,17 @@ async fn metainfo_of_magnet(
     std::fs::create_dir_all(&args.output)?;
     std::fs::write(&kept, &bytes)?;
     Ok(metainfo)
+}
+
+/// Each tracker URL a tier of its own, in order, each once.
+pub(crate) fn one_tier_each<'a>(urls: impl IntoIterator<Item = &'a String>) -> Vec<Vec<String>> {
+    let mut tiers: Vec<Vec<String>> = Vec::new();
+    for url in urls {
+        if !tiers.iter().any(|tier| tier.contains(url)) {
+            tiers.push(vec![url.clone()]);
+        }
+    }
+    tiers
 }
 
 /// A torrent wanted by its info-hash: where to look for peers that have it, and what else

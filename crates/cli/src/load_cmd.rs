@@ -5,7 +5,9 @@
 //! meanwhile (RocksDB allows one process at a time); it is reopened to record the result.
 
 use crate::announce::SwarmArgs;
-use crate::download_cmd::{torrent_from_peers, until_done, ByInfoHash, Outcome as Ended, Progress};
+use crate::download_cmd::{
+    one_tier_each, torrent_from_peers, until_done, ByInfoHash, Outcome as Ended, Progress,
+};
 use clap::Args;
 use pow_datasource::integrity::{Check, ContentDigester, Outcome};
 use pow_datasource::loader::IntegrityReport;
@@ -96,10 +98,7 @@ fn plan(
         let pow = crate::source_cmd::open(pow_dir)?;
         match plan_load(&pow) {
             Err(e) if e.store_failed() => {
-                let tiers: Vec<Vec<String>> = (pow.config().trackers.iter())
-                    .chain(&args.swarm.trackers)
-                    .map(|t| vec![t.clone()])
-                    .collect();
+                let tiers = one_tier_each(pow.config().trackers.iter().chain(&args.swarm.trackers));
                 (e, pow.source_torrent(&args.id)?, tiers)
             }
             plan => return Ok(plan?),

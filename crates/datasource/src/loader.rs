@@ -63,8 +63,6 @@ pub struct LoadPlan {
 /// The torrent a data source names: by file name in a torrent store, and by info-hash.
 #[derive(Debug, Clone)]
 pub struct SourceTorrent {
-    /// `Type:key`.
-    pub id: String,
     /// `torrent_file_name`; for a record with an `info_hash` alone, `<info_hash>.torrent`
     /// (the name it is cached under).
     pub file_name: String,
@@ -101,7 +99,6 @@ impl SourceTorrent {
         };
         check_file_name(&file_name)?;
         Ok(SourceTorrent {
-            id: shown.id.clone(),
             file_name,
             info_hashes,
         })
@@ -278,12 +275,13 @@ impl PowDir {
     ) -> Result<(PathBuf, String, Metainfo)> {
         let cache_dir = self.dir().join(TORRENT_CACHE_DIR);
         let cached = cache_dir.join(name);
-        if let Some(Ok(metainfo)) = (!refresh)
-            .then(|| std::fs::read(&cached).ok())
-            .flatten()
-            .map(|bytes| Metainfo::from_bytes(&bytes))
-        {
-            return Ok((cached, "cache".into(), metainfo));
+        if !refresh {
+            let parsed = std::fs::read(&cached)
+                .ok()
+                .and_then(|bytes| Metainfo::from_bytes(&bytes).ok());
+            if let Some(metainfo) = parsed {
+                return Ok((cached, "cache".into(), metainfo));
+            }
         }
         let bytes = store.fetch(name)?;
         let metainfo = Metainfo::from_bytes(&bytes).map_err(|e| Error::Store {
