@@ -395,49 +395,34 @@ fn tampered_content_missing_torrent_and_dead_store_fail_clearly() {
     common::same_bytes(&other, &kept).unwrap();
     println!("tampered: {}", stderr.trim());
 
+    // A fresh project whose source `tag` has `fields`, loaded with `extra`: it must fail with
+    // exit 1; its stderr.
+    let failed_load = |tag: &str, fields: &str, extra: &[&str]| -> String {
+        let pow_dir = project(work, tag, fields);
+        let out = load(&pow_dir, &format!("ConnectomeCSVDataSource:{tag}"), extra);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        println!("{tag}: {}", stderr.trim());
+        stderr
+    };
+
     // Missing torrent: the error names the store and the file.
     let missing = "0123456789abcdef0123456789abcdef.torrent";
-    let pow_missing = project(
-        work,
-        "missing",
-        &format!("torrent_file_name = \"{missing}\"\n"),
-    );
-    let out = load(
-        &pow_missing,
-        "ConnectomeCSVDataSource:missing",
-        &["--torrent-store", s],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
+    let missing_field = format!("torrent_file_name = \"{missing}\"\n");
+    let stderr = failed_load("missing", &missing_field, &["--torrent-store", s]);
     assert!(stderr.contains(missing) && stderr.contains(s), "{stderr}");
-    println!("missing: {}", stderr.trim());
 
     // A store that is down.
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let out = load(
-        &pow_missing,
-        "ConnectomeCSVDataSource:missing",
-        &["--torrent-store", &dead],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
+    let stderr = failed_load("store-down", &missing_field, &["--torrent-store", &dead]);
     assert!(
         stderr.contains(&dead) && stderr.contains("cannot connect"),
         "{stderr}"
     );
-    println!("store down: {}", stderr.trim());
 
     // No torrent_file_name at all.
-    let pow_none = project(
-        work,
-        "plain",
-        "md5 = \"0123456789abcdef0123456789abcdef\"\n",
-    );
-    let out = load(&pow_none, "ConnectomeCSVDataSource:plain", &[]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
+    let stderr = failed_load("plain", "md5 = \"0123456789abcdef0123456789abcdef\"\n", &[]);
     assert!(stderr.contains("has no torrent_file_name"), "{stderr}");
-    println!("no torrent: {}", stderr.trim());
 
     // The record names the info-hash of a torrent of the real bytes: the store's torrent (of
     // other bytes, under the real MD5's name) is refused before anything is downloaded.
@@ -447,26 +432,18 @@ fn tampered_content_missing_torrent_and_dead_store_fail_clearly() {
         info_hash_of(&real_torrent),
         info_hash_of(&store.join(&torrent_name)),
     );
-    let pow_named = project(
-        work,
+    let stderr = failed_load(
         "named",
         &format!("torrent_file_name = \"{torrent_name}\"\ninfo_hash = \"{real_hash}\"\n"),
-    );
-    let out = load(
-        &pow_named,
-        "ConnectomeCSVDataSource:named",
         &["--torrent-store", s],
     );
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
     let expected = format!(
         "has info-hash {store_hash}, but the record's info_hash is {real_hash}; nothing \
          downloaded"
     );
     assert!(stderr.contains(&expected), "{stderr}");
-    let base_dir = pow_named.join("data_source_data/BitTorrentDataSourceDirLoader/named");
+    let base_dir = work.join("pow-named/data_source_data/BitTorrentDataSourceDirLoader/named");
     assert!(!base_dir.exists(), "nothing written");
-    println!("another torrent: {}", stderr.trim());
 }
 
 /// Acceptance 3: a load killed (-9) half way, then run again, fetches only what was missing.
