@@ -196,6 +196,57 @@ fn pow_seed(torrent: &Path, data_dir: &Path) -> (Child, u16) {
     (child, port)
 }
 
+/// A `pow source load` running in the background, on the lab's port, that reports each
+/// piece it verifies (the engine's `POW_TRACE_VERIFIED` file; a download allocates the
+/// content file in full at the first write, so its size says nothing). Stderr is piped.
+struct TracedLoad(Child, PathBuf);
+
+fn traced_load(pow_dir: &Path, id: &str, extra: &[&str]) -> TracedLoad {
+    let trace = pow_dir.with_extension("trace");
+    let child = pow()
+        .arg("--pow-dir")
+        .arg(pow_dir)
+        .args([
+            "source",
+            "load",
+            id,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            LOAD_PORT,
+        ])
+        .args(extra)
+        .env("POW_TRACE_VERIFIED", &trace)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    TracedLoad(child, trace)
+}
+
+impl TracedLoad {
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    /// Waits until `pieces` are verified; the load must still be running.
+    fn wait_verified(&mut self, pieces: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let verified = std::fs::read_to_string(&self.1)
+                .map(|t| t.lines().filter(|l| l.starts_with("verified ")).count())
+                .unwrap_or(0);
+            if verified >= pieces {
+                return;
+            }
+            assert!(Instant::now() < deadline, "load stuck at {verified} pieces");
+            assert!(self.0.try_wait().unwrap().is_none(), "the load ended early");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 fn seed_with_libtorrent(lab: &Lab, torrent: &Path, data_dir: &Path) {
     let (ok, _, err) = lab.script(
         "seed.sh",
@@ -484,51 +535,20 @@ fn interrupted_load_resumes_without_refetching_verified_pieces() {
         &format!("torrent_file_name = \"{torrent_name}\"\nmd5 = \"{md5}\"\n"),
     );
     let id = "ConnectomeCSVDataSource:micro";
-    // Progress is read from the engine's verified-piece trace (the content file's allocated
-    // size says nothing: a download allocates it in full at the first write).
-    let trace = work.join("micro.trace");
-    let mut first = pow()
-        .arg("--pow-dir")
-        .arg(&pow_dir)
-        .args([
-            "source",
-            "load",
-            id,
-            "--json",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            LOAD_PORT,
-        ])
-        .args(["--torrent-store", store.to_str().unwrap()])
-        .args(["--peer", &format!("127.0.0.1:{seed_port}")])
-        .env("POW_TRACE_VERIFIED", &trace)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = traced_load(
+        &pow_dir,
+        id,
+        &[
+            "--torrent-store",
+            store.to_str().unwrap(),
+            "--peer",
+            &format!("127.0.0.1:{seed_port}"),
+        ],
+    );
     let content =
         pow_dir.join("data_source_data/BitTorrentDataSourceDirLoader/micro/microscopy.zip");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let verified = std::fs::read_to_string(&trace)
-            .map(|t| t.lines().filter(|l| l.starts_with("verified ")).count() as u64)
-            .unwrap_or(0);
-        if verified >= good {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "first load stuck at {verified} verified pieces"
-        );
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "first load ended early"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.wait_verified(good as usize);
+    first.kill();
     half_seed.kill().unwrap();
     half_seed.wait().unwrap();
 
@@ -573,40 +593,22 @@ fn a_load_whose_seed_goes_away_gives_up_after_the_stall_timeout_and_a_rerun_resu
 
     let pow_dir = project(work, "stall", &d.fields());
     let id = "ConnectomeCSVDataSource:stall";
-    let trace = work.join("stall.trace");
-    let mut first = pow()
-        .arg("--pow-dir")
-        .arg(&pow_dir)
-        .args([
-            "source",
-            "load",
-            id,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            LOAD_PORT,
-        ])
-        .args(["--torrent-store", d.store.to_str().unwrap()])
-        .args(["--peer", &format!("127.0.0.1:{port}")])
-        .args(["--stall-timeout", "2"])
-        .env("POW_TRACE_VERIFIED", &trace)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(&trace)
-        .map(|t| t.lines().filter(|l| l.starts_with("verified ")).count())
-        .unwrap_or(0)
-        < 8
-    {
-        assert!(Instant::now() < deadline, "the load got no 8 pieces");
-        assert!(first.try_wait().unwrap().is_none(), "the load ended early");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut first = traced_load(
+        &pow_dir,
+        id,
+        &[
+            "--torrent-store",
+            d.store.to_str().unwrap(),
+            "--peer",
+            &format!("127.0.0.1:{port}"),
+            "--stall-timeout",
+            "2",
+        ],
+    );
+    first.wait_verified(8);
     drop(slow_seed);
     let killed = Instant::now();
-    let first = first.wait_with_output().unwrap();
+    let first = first.0.wait_with_output().unwrap();
     let gave_up_after = killed.elapsed();
     let stderr = text(&first.stderr);
     println!(
