@@ -16,7 +16,8 @@
 #   5. 1 pow seed + 8 pow leechers on 256 MiB (benches/swarm8.sh): seed upload <= 1.5x payload,
 #      with a plain seed and with `--super-seed`
 #   6. the main job, `pow source load` of 1 GiB from a pow seed (benches/source_load.sh): wall
-#      and transfer time, and how much of the content's MD5 was done while it downloaded
+#      and transfer time, and how much of the content's MD5 was done while it downloaded; the
+#      same for a record as `pow publish` writes it (SHA-256 too), and `pow publish` itself
 # --ci: what `scripts/test-all` runs: the 256 MiB matrix once per pair (about 10 min in all).
 # --quick: 64 MiB matrix, one run per pair, 256 MiB verify (a smoke run of the same script).
 set -euo pipefail
@@ -114,6 +115,6 @@ bash benches/swarm8.sh "$swarm8_size" 8 || true
 super_seed_status=0
 SUPER_SEED=1 bash benches/swarm8.sh "$swarm8_size" 8 || super_seed_status=$?
 
-echo "## 6. pow source load (the main job)"
+echo "## 6. pow source load (the main job) and pow publish"
 bash benches/source_load.sh "$([ $quick = 1 ] && echo 256 || echo 1024)" 3 || true
 exit "$super_seed_status"
