@@ -669,6 +669,12 @@ fn bad_uploads_get_their_status_and_leave_nothing_half_written() {
         .bytes()
         .unwrap();
     assert_eq!(fetched.as_ref(), torrent.as_slice());
+    let (status, _) = raw_request(&server.addr, "PUT", &path, &auth, &torrent);
+    assert_eq!(status, 200, "the same bytes again");
+    let other = std::fs::read(common::fixtures().join("torrents/valid/alice.torrent")).unwrap();
+    let (status, reply) = raw_request(&server.addr, "PUT", &path, &auth, &other);
+    println!("PUT of other bytes under a stored name: {status} {reply}");
+    assert_eq!(status, 409, "never replaced");
     let index = http_get(format!("{}/torrents/index.json", server.url))
         .unwrap()
         .text()
@@ -785,7 +791,7 @@ fn pow_publish_puts_its_torrent_into_a_server_store_with_the_token() {
         .unwrap()
         .success());
     let store = format!("{}/torrents", server.url);
-    let publish = |token: &str| {
+    let publish = |token: &str, extra: &[&str]| {
         pow()
             .arg("--pow-dir")
             .arg(&project)
@@ -793,17 +799,18 @@ fn pow_publish_puts_its_torrent_into_a_server_store_with_the_token() {
             .arg(&zip)
             .args(["--torrent-store", &store, "--no-seed", "--json"])
             .args(["--key", "worms", "--token", token])
+            .args(extra)
             .output()
             .unwrap()
     };
-    let refused = publish("wrong");
+    let refused = publish("wrong", &[]);
     let error = String::from_utf8_lossy(&refused.stderr);
     println!("publish with a wrong token: {}", error.trim());
     assert!(!refused.status.success());
     assert!(error.contains("401"), "{error}");
     assert!(server.files_in("torrents").is_empty());
 
-    let out = publish("publish-token");
+    let out = publish("publish-token", &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -823,9 +830,14 @@ fn pow_publish_puts_its_torrent_into_a_server_store_with_the_token() {
         metainfo.info_hash.to_hex(),
         report["info_hash"].as_str().unwrap()
     );
-    // Publishing the same bytes again changes nothing.
-    let again = publish("publish-token");
-    assert!(again.status.success());
+    // Publishing the same bytes again changes nothing, even with another piece length: the
+    // record names the torrent the store holds.
+    let again = publish("publish-token", &["--piece-length", "65536"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     let report: serde_json::Value = serde_json::from_str(
         String::from_utf8_lossy(&again.stdout)
             .lines()
@@ -834,6 +846,24 @@ fn pow_publish_puts_its_torrent_into_a_server_store_with_the_token() {
     )
     .unwrap();
     assert_eq!(report["stored"], "existing");
+    assert_eq!(
+        report["info_hash"].as_str().unwrap(),
+        metainfo.info_hash.to_hex()
+    );
+    let shown = pow()
+        .arg("--pow-dir")
+        .arg(&project)
+        .args(["source", "show", "LocalFileDataSource:worms"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(&format!(
+            "BitTorrent info-hash: '{}'",
+            metainfo.info_hash.to_hex()
+        )),
+        "{shown}"
+    );
 }
 
 #[test]

@@ -175,7 +175,9 @@ impl TorrentStore {
         let status = response.status();
         match status.as_u16() {
             201 => Ok(true),
-            200 => Ok(false),
+            // 409: the store has this name with other bytes (the same content, other torrent
+            // options) and keeps it, as a directory store does.
+            200 | 409 => Ok(false),
             _ => {
                 let body = response.text().unwrap_or_default();
                 let detail = serde_json::from_str::<serde_json::Value>(&body)

@@ -59,6 +59,10 @@ pub enum LibraryError {
     Store(#[from] pow_datasource::Error),
     #[error("{0}")]
     Invalid(String),
+    /// The name is taken by a torrent with other bytes (made with other options: the name is
+    /// the content's MD5); the store keeps the one it has.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LibraryError + '_ {
@@ -299,7 +303,7 @@ impl Library {
             return if same {
                 Ok(false)
             } else {
-                Err(LibraryError::Invalid(format!(
+                Err(LibraryError::Conflict(format!(
                     "{name} is already stored with other bytes; the store never replaces a torrent"
                 )))
             };

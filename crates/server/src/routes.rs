@@ -1,7 +1,7 @@
 //! HTTP handlers. Errors are JSON (`{"error": ...}`) unless the client asked for HTML (a plain
 //! form post from a browser), which gets a small page or a redirect back to the list.
 
-use crate::library::{is_md5_hex, Library, Published};
+use crate::library::{is_md5_hex, Library, LibraryError, Published};
 use crate::page::{self, Row};
 use crate::upload::{self, UploadError};
 use crate::{magnet_link, Dataset, Seeder, ServeConfig, FORM_OVERHEAD};
@@ -291,6 +291,9 @@ async fn put_torrent(
             Json(serde_json::json!({"stored": "existing"})),
         )
             .into_response(),
+        Ok(Err(e @ LibraryError::Conflict(_))) => {
+            failure(false, StatusCode::CONFLICT, &e.to_string())
+        }
         Ok(Err(e)) => failure(false, StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
         Err(e) => failure(false, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
