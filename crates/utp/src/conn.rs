@@ -1,6 +1,7 @@
-//! One uTP connection as a state machine, no I/O: packets in ([`Connection::on_packet`]),
-//! time passing ([`Connection::on_tick`]), bytes written and read by the application; the
-//! datagrams to send collect in [`Connection::outgoing`].
+//! One uTP connection as a state machine, no I/O: packets in ([`Connection::on_packet`],
+//! then one [`Connection::flush`] for the batch), time passing ([`Connection::on_tick`]),
+//! bytes written and read by the application; the datagrams to send collect in
+//! [`Connection::outgoing`].
 //!
 //! Congestion control is LEDBAT as BEP 29 describes it: the window grows while the one-way
 //! delay the peer measures stays under [`TARGET_DELAY`] and shrinks as it passes it, halves
@@ -384,13 +385,16 @@ impl Connection {
         }
     }
 
+    /// Takes one packet in. It sends nothing itself, not even the ack it owes: the caller
+    /// [`flush`](Connection::flush)es once it has handed over every packet that arrived
+    /// together, so a burst of data packets is acked once (libutp's deferred acks), not once
+    /// a packet, which cost the receiver a `sendto` for every datagram it read.
     pub fn on_packet(&mut self, p: &Packet<'_>, now: Instant) {
         let h = &p.header;
         if self.state == State::Closed {
             if self.error.is_none() && matches!(h.kind, Kind::Data | Kind::Fin) {
                 // Closed cleanly, but our last ack was lost: the peer sends again.
                 self.need_ack = true;
-                self.flush(now);
             }
             return;
         }
@@ -414,7 +418,6 @@ impl Connection {
             (_, Kind::Syn) => {
                 // Our answer was lost: the peer dials again.
                 self.need_ack = true;
-                self.flush(now);
                 return;
             }
             _ => {}
@@ -431,7 +434,6 @@ impl Connection {
         if self.fin_sent && self.inflight.is_empty() && self.eof {
             self.state = State::Closed;
         }
-        self.flush(now);
     }
 
     fn delay_sample(&mut self, sample: u32, now: Instant) {
@@ -747,6 +749,8 @@ mod tests {
                 );
                 conn.on_packet(&p, now);
             }
+            self.a.flush(now);
+            self.b.flush(now);
             if now
                 .duration_since(self.a.epoch)
                 .as_millis()
