@@ -6,6 +6,7 @@
 //! each is a [`UtpStream`] that reads and writes like a TCP stream.
 
 pub mod conn;
+mod offload;
 pub mod packet;
 mod socket;
 

@@ -7,6 +7,7 @@
 //! held back.
 
 use crate::conn::{Connection, State};
+use crate::offload;
 use crate::packet::{self, Header, Kind};
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -35,6 +36,7 @@ type Key = (SocketAddr, u16);
 
 struct Shared {
     udp: Arc<UdpSocket>,
+    sender: offload::Sender,
     conns: Mutex<HashMap<Key, Arc<Handle>>>,
     /// Where datagrams that are not uTP go (a DHT node on the same port), if anywhere.
     others: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>,
@@ -75,21 +77,10 @@ impl Handle {
 
 impl Inner {
     /// Sends what the connection has queued; what does not fit waits for the next tick.
-    fn send(&mut self, udp: &UdpSocket, addr: SocketAddr) {
+    fn send(&mut self, shared: &Shared, addr: SocketAddr) {
         let mut queued = std::mem::take(&mut self.backlog);
         queued.append(&mut self.conn.outgoing);
-        let mut sent = 0;
-        for datagram in &queued {
-            match udp.try_send_to(datagram, addr) {
-                Ok(_) => sent += 1,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    // An unreachable peer (ICMP) or a vanished interface: the RTO decides.
-                    tracing::debug!("uTP send to {addr}: {e}");
-                    sent += 1;
-                }
-            }
-        }
+        let sent = shared.sender.send(&shared.udp, addr, &queued);
         queued.drain(..sent);
         self.backlog = queued;
     }
@@ -163,6 +154,7 @@ impl UtpSocket {
         let local = udp.local_addr()?;
         let shared = Arc::new(Shared {
             udp: Arc::new(udp),
+            sender: offload::Sender::new(),
             conns: Mutex::new(HashMap::new()),
             others,
         });
@@ -218,7 +210,7 @@ impl UtpSocket {
             conns.insert((addr, recv_id), handle.clone());
             handle
         };
-        handle.lock().send(&self.shared.udp, addr);
+        handle.lock().send(&self.shared, addr);
         let stream = UtpStream {
             shared: self.shared.clone(),
             handle,
@@ -311,7 +303,7 @@ async fn drive(shared: Weak<Shared>, accepted: mpsc::Sender<UtpStream>) {
                     for handle in touched.drain(..) {
                         let mut inner = handle.lock();
                         inner.conn.flush(now());
-                        inner.send(&shared.udp, handle.addr);
+                        inner.send(&shared, handle.addr);
                         inner.wake();
                     }
                 }
@@ -324,7 +316,7 @@ async fn drive(shared: Weak<Shared>, accepted: mpsc::Sender<UtpStream>) {
                 for (key, handle) in all {
                     let mut inner = handle.lock();
                     inner.conn.on_tick(now);
-                    inner.send(&shared.udp, handle.addr);
+                    inner.send(&shared, handle.addr);
                     inner.wake();
                     if inner.finished(now) {
                         finished.push(key);
@@ -426,7 +418,7 @@ impl UtpStream {
         if !inner.conn.readable.is_empty() {
             let data = inner.conn.read(buf.remaining(), now);
             buf.put_slice(&data);
-            inner.send(&self.shared.udp, self.handle.addr);
+            inner.send(&self.shared, self.handle.addr);
             return Poll::Ready(Ok(()));
         }
         if inner.conn.eof {
@@ -452,14 +444,14 @@ impl UtpStream {
             inner.write_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
-        inner.send(&self.shared.udp, self.handle.addr);
+        inner.send(&self.shared, self.handle.addr);
         Poll::Ready(Ok(n))
     }
 
     fn close_our_side(&self) {
         let mut inner = self.handle.lock();
         inner.conn.close(now());
-        inner.send(&self.shared.udp, self.handle.addr);
+        inner.send(&self.shared, self.handle.addr);
     }
 }
 
