@@ -18,6 +18,7 @@
 #   6. the main job, `pow source load` of 1 GiB from a pow seed (benches/source_load.sh): wall
 #      and transfer time, and how much of the content's MD5 was done while it downloaded; the
 #      same for a record as `pow publish` writes it (SHA-256 too), and `pow publish` itself
+#   7. uTP on loopback, pow and libtorrent each way (benches/utp.sh): a figure, no target
 # --ci: what `scripts/test-all` runs: the 256 MiB matrix once per pair (about 10 min in all).
 # --quick: 64 MiB matrix, one run per pair, 256 MiB verify (a smoke run of the same script).
 set -euo pipefail
@@ -117,4 +118,7 @@ SUPER_SEED=1 bash benches/swarm8.sh "$swarm8_size" 8 || super_seed_status=$?
 
 echo "## 6. pow source load (the main job) and pow publish"
 bash benches/source_load.sh "$([ $quick = 1 ] && echo 256 || echo 1024)" 3 || true
+
+echo "## 7. uTP: pow and libtorrent over BEP 29 on loopback"
+bash benches/utp.sh "$([ $quick = 1 ] && echo 64 || echo 256)" 3 || true
 exit "$super_seed_status"
