@@ -611,7 +611,10 @@ impl Connection {
             self.fin_seq = Some(h.seq);
             self.reorder.insert(h.seq, None);
         } else if !self.reorder.contains_key(&h.seq) {
-            if distance > 1 && self.reorder_bytes + payload.len() > self.receive_window() {
+            // The window already counts what waits in the reorder map: adding it again here
+            // dropped every packet past a hole once half the buffer was held, resends into
+            // later holes included, so a burst loss cost one RTO per hole.
+            if distance > 1 && payload.len() > self.receive_window() {
                 return;
             }
             self.reorder_bytes += payload.len();
@@ -891,6 +894,40 @@ mod tests {
             (Kind::State, a.seq_nr.wrapping_sub(1))
         );
         assert_eq!(b.read(usize::MAX, now).len(), 16 * MAX_PAYLOAD);
+    }
+
+    #[test]
+    fn packets_past_a_hole_are_kept_up_to_the_whole_receive_buffer() {
+        let now = Instant::now();
+        let mut a = Connection::dial(7, now);
+        let syn = a.outgoing.remove(0);
+        let mut b = Connection::accept(&packet::decode(&syn).unwrap().header, 40_000, now);
+        let conn_id = b.recv_id;
+        let data_packet = |seq: u16| {
+            let header = Header {
+                kind: Kind::Data,
+                conn_id,
+                timestamp: 0,
+                timestamp_diff: 0,
+                wnd: RECV_BUFFER as u32,
+                seq,
+                ack: 40_000,
+            };
+            let mut out = Vec::new();
+            packet::encode(&header, None, &[seq as u8; MAX_PAYLOAD], &mut out);
+            out
+        };
+        // The first data packet (seq 2) is lost; 700 after it (930 KiB) arrive.
+        for seq in 3..703 {
+            b.on_packet(&packet::decode(&data_packet(seq)).unwrap(), now);
+        }
+        b.on_packet(&packet::decode(&data_packet(2)).unwrap(), now);
+        let got = b.read(usize::MAX, now);
+        assert_eq!(
+            got.len(),
+            701 * MAX_PAYLOAD,
+            "every packet past the hole was kept"
+        );
     }
 
     #[test]
