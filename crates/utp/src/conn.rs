@@ -22,7 +22,8 @@ pub const MAX_PAYLOAD: usize = MAX_PACKET - HEADER - 2 - MAX_SACK_BYTES;
 const MAX_SACK_BYTES: usize = 16;
 /// Bytes the application may write ahead of what is sent (the send buffer).
 pub const SEND_BUFFER: usize = 512 * 1024;
-/// Bytes received and not yet read by the application, in order or not: the window we offer.
+/// Bytes received and not yet read by the application, in order or not: the window we offer
+/// (unless [`Connection::set_receive_buffer`] makes it smaller).
 pub const RECV_BUFFER: usize = 1024 * 1024;
 /// LEDBAT's target queuing delay: the window grows below it and shrinks above it.
 const TARGET_DELAY: Duration = Duration::from_millis(100);
@@ -103,6 +104,8 @@ pub struct Connection {
 
     reorder: HashMap<u16, Option<Bytes>>,
     reorder_bytes: usize,
+    /// Bytes we hold for the application at most, in order or not (the window we offer).
+    recv_buffer: usize,
     pub readable: BytesMut,
     /// The peer's FIN is received and every packet before it: reads end.
     pub eof: bool,
@@ -161,6 +164,7 @@ impl Connection {
             fin_sent: false,
             reorder: HashMap::new(),
             reorder_bytes: 0,
+            recv_buffer: RECV_BUFFER,
             readable: BytesMut::new(),
             eof: false,
             fin_seq: None,
@@ -209,7 +213,15 @@ impl Connection {
     }
 
     fn receive_window(&self) -> usize {
-        RECV_BUFFER.saturating_sub(self.readable.len() + self.reorder_bytes)
+        self.recv_buffer
+            .saturating_sub(self.readable.len() + self.reorder_bytes)
+    }
+
+    /// Offers the peer a window of at most `bytes` from now on (at most [`RECV_BUFFER`]):
+    /// what the UDP socket underneath can queue, so that a window's burst is not dropped
+    /// there before we read it.
+    pub fn set_receive_buffer(&mut self, bytes: usize) {
+        self.recv_buffer = bytes.min(RECV_BUFFER);
     }
 
     /// Room in the send buffer.
@@ -235,8 +247,8 @@ impl Connection {
         let data = self.readable.split_to(n).freeze();
         let window = self.receive_window();
         if self.state == State::Connected
-            && self.advertised < RECV_BUFFER / 2
-            && window >= self.advertised + RECV_BUFFER / 4
+            && self.advertised < self.recv_buffer / 2
+            && window >= self.advertised + self.recv_buffer / 4
         {
             self.need_ack = true;
             self.flush(now);
@@ -927,6 +939,25 @@ mod tests {
             got.len(),
             701 * MAX_PAYLOAD,
             "every packet past the hole was kept"
+        );
+    }
+
+    #[test]
+    fn the_window_offered_is_the_receive_buffer_set() {
+        let now = Instant::now();
+        let mut a = Connection::dial(7, now);
+        let syn = a.outgoing.remove(0);
+        let mut b = Connection::accept(&packet::decode(&syn).unwrap().header, 40_000, now);
+        b.set_receive_buffer(200_000);
+        b.need_ack = true;
+        b.flush(now);
+        let ack = packet::decode(b.outgoing.last().unwrap()).unwrap();
+        assert_eq!(ack.header.wnd, 200_000);
+        b.set_receive_buffer(usize::MAX);
+        assert_eq!(
+            b.receive_window(),
+            RECV_BUFFER,
+            "never more than RECV_BUFFER"
         );
     }
 

@@ -29,6 +29,8 @@ const ACK_EVERY: usize = 64;
 /// Connections accepted and not yet taken by [`UtpSocket::accept`]; SYNs past this are dropped.
 const ACCEPT_BACKLOG: usize = 64;
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+/// The smallest window a connection offers, however small the socket's buffer.
+const MIN_RECEIVE_WINDOW: usize = 64 * 1024;
 /// A stream dropped with data still unacked gets this long to deliver it.
 const LINGER: Duration = Duration::from_secs(30);
 
@@ -36,6 +38,8 @@ type Key = (SocketAddr, u16);
 
 struct Shared {
     udp: Arc<UdpSocket>,
+    /// What each connection offers its peer (see [`enlarge_buffers`]).
+    receive_window: usize,
     sender: offload::Sender,
     conns: Mutex<HashMap<Key, Arc<Handle>>>,
     /// Where datagrams that are not uTP go (a DHT node on the same port), if anywhere.
@@ -150,9 +154,10 @@ impl UtpSocket {
         others: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>,
     ) -> io::Result<UtpSocket> {
         let udp = UdpSocket::bind(addr).await?;
-        enlarge_buffers(&udp);
+        let receive_window = enlarge_buffers(&udp);
         let local = udp.local_addr()?;
         let shared = Arc::new(Shared {
+            receive_window,
             udp: Arc::new(udp),
             sender: offload::Sender::new(),
             conns: Mutex::new(HashMap::new()),
@@ -200,7 +205,11 @@ impl UtpSocket {
             let handle = Arc::new(Handle {
                 addr,
                 inner: Mutex::new(Inner {
-                    conn: Connection::dial(recv_id, now),
+                    conn: {
+                        let mut conn = Connection::dial(recv_id, now);
+                        conn.set_receive_buffer(self.shared.receive_window);
+                        conn
+                    },
                     backlog: Vec::new(),
                     read_waker: None,
                     write_waker: None,
@@ -236,7 +245,10 @@ impl UtpSocket {
 /// Socket buffers of a few hundred KiB (the default) overflow at a window's burst of
 /// datagrams even on loopback; ask for [`SOCKET_BUFFER`] (the kernel caps it at
 /// `net.core.rmem_max` / `wmem_max`). Best effort: a smaller buffer only costs resends.
-fn enlarge_buffers(udp: &UdpSocket) {
+/// Returns the window a connection on this socket may offer: half the receive buffer the
+/// kernel granted (it counts a datagram's whole allocation, about twice a data packet's
+/// payload), so one peer's burst fits in it.
+fn enlarge_buffers(udp: &UdpSocket) -> usize {
     use std::os::fd::AsRawFd;
     let size = SOCKET_BUFFER as libc::c_int;
     for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
@@ -250,6 +262,23 @@ fn enlarge_buffers(udp: &UdpSocket) {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
         }
+    }
+    let mut granted: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: as above, with room for the c_int the kernel writes back.
+    let ok = unsafe {
+        libc::getsockopt(
+            udp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut granted as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    } == 0;
+    if ok && granted > 0 {
+        (granted as usize / 2).max(MIN_RECEIVE_WINDOW)
+    } else {
+        crate::conn::RECV_BUFFER
     }
 }
 
@@ -362,7 +391,11 @@ fn incoming(
         let handle = Arc::new(Handle {
             addr: from,
             inner: Mutex::new(Inner {
-                conn: Connection::accept(&packet.header, rand::random(), now),
+                conn: {
+                    let mut conn = Connection::accept(&packet.header, rand::random(), now);
+                    conn.set_receive_buffer(shared.receive_window);
+                    conn
+                },
                 backlog: Vec::new(),
                 read_waker: None,
                 write_waker: None,
