@@ -883,12 +883,18 @@ mod tests {
         assert_eq!(&a.read(100, now)[..], b"hello");
     }
 
+    /// A dialer `a` and the connection `b` that accepted its SYN (`b`'s answer not yet read).
+    fn dialed(now: Instant) -> (Connection, Connection) {
+        let mut a = Connection::dial(7, now);
+        let syn = a.outgoing.remove(0);
+        let b = Connection::accept(&packet::decode(&syn).unwrap().header, 40_000, now);
+        (a, b)
+    }
+
     #[test]
     fn a_burst_of_data_packets_is_acked_once() {
         let now = Instant::now();
-        let mut a = Connection::dial(7, now);
-        let syn = a.outgoing.remove(0);
-        let mut b = Connection::accept(&packet::decode(&syn).unwrap().header, 40_000, now);
+        let (mut a, mut b) = dialed(now);
         let answer = b.outgoing.remove(0);
         a.on_packet(&packet::decode(&answer).unwrap(), now);
         a.write(&[5u8; 20 * MAX_PAYLOAD], now);
@@ -911,9 +917,7 @@ mod tests {
     #[test]
     fn packets_past_a_hole_are_kept_up_to_the_whole_receive_buffer() {
         let now = Instant::now();
-        let mut a = Connection::dial(7, now);
-        let syn = a.outgoing.remove(0);
-        let mut b = Connection::accept(&packet::decode(&syn).unwrap().header, 40_000, now);
+        let (_, mut b) = dialed(now);
         let conn_id = b.recv_id;
         let data_packet = |seq: u16| {
             let header = Header {
@@ -945,9 +949,7 @@ mod tests {
     #[test]
     fn the_window_offered_is_the_receive_buffer_set() {
         let now = Instant::now();
-        let mut a = Connection::dial(7, now);
-        let syn = a.outgoing.remove(0);
-        let mut b = Connection::accept(&packet::decode(&syn).unwrap().header, 40_000, now);
+        let (_, mut b) = dialed(now);
         b.set_receive_buffer(200_000);
         b.need_ack = true;
         b.flush(now);
