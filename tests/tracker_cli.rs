@@ -246,3 +246,82 @@ fn a_download_that_completes_at_once_tells_the_tracker_it_has_nothing_left() {
     assert_eq!(completed.len(), 1, "one `completed`");
     assert!(completed[0].contains(" left=0 "), "{}", completed[0]);
 }
+
+/// A download that finds no peers asks the tracker again as soon as `min interval` allows,
+/// not after the regular interval. Here the seed announces after the download did and cannot
+/// be found any other way: Transmission does not dial loopback peers a tracker names, as a
+/// seed cannot dial a downloader behind NAT. Before, the download waited for its next
+/// regular announce (600 s here; trackers often say 30 minutes).
+#[test]
+fn a_download_without_peers_announces_again_at_min_interval() {
+    let tmp = TempDir::new("trk-cli-no-peers");
+    let tracker_port = common::free_port();
+    let _tracker = common::Killed(
+        Command::new("python3")
+            .arg(common::swarm_lab().join("tiny-tracker.py"))
+            .args(["--port", &tracker_port.to_string(), "--interval", "600"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::wait_listening(tracker_port, "tiny-tracker.py");
+    let url = format!("http://127.0.0.1:{tracker_port}/announce");
+    let (data, torrent) = common::mib_payload(tmp.path(), "blob", 4, Some(&url));
+    let out = tmp.path().join("out");
+    let log_path = tmp.path().join("download.log");
+    let started = std::time::Instant::now();
+    let mut download = common::Killed(
+        pow()
+            .arg("download")
+            .arg(&torrent)
+            .arg("-o")
+            .arg(&out)
+            .args(["--port", &common::free_port().to_string()])
+            .args(["--bind", "127.0.0.1", "--announce-min", "1"])
+            .env("POW_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || strip_ansi(&std::fs::read_to_string(&log_path).unwrap());
+    while !log().contains("0 peers, next announce in 600s") {
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "no first announce: {}",
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let seeder = common::transmission::Transmission::start(
+        tmp.path(),
+        &torrent,
+        data.parent().unwrap(),
+        true,
+        &[],
+    );
+    seeder.wait_done(std::time::Duration::from_secs(30));
+    let status = loop {
+        if let Some(status) = download.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed().as_secs() < 90,
+            "the download did not find the seed: {}",
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "{}", log());
+    assert_eq!(
+        common::same_bytes(&data, &out.join("blob")),
+        Ok(4 << 20),
+        "{}",
+        log()
+    );
+    println!(
+        "  downloaded from a seed that announced after it, in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}

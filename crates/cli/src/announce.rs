@@ -252,14 +252,21 @@ pub(crate) fn start(
     port: u16,
     timing: Timing,
 ) -> Option<Handle> {
-    let progress = {
+    // Without peers a download asks again after `min interval`, not the regular interval
+    // (as aria2 does below its minimum of peers): the seed may have announced just after us,
+    // and a seed that cannot dial us (behind NAT, or Transmission, which ignores loopback
+    // peers) would otherwise wait for our next regular announce to be found.
+    let state = {
         let torrent = torrent.clone();
         move || {
             let s = torrent.snapshot();
-            Progress {
-                uploaded: s.uploaded,
-                downloaded: s.downloaded,
-                left: s.left,
+            State {
+                progress: Progress {
+                    uploaded: s.uploaded,
+                    downloaded: s.downloaded,
+                    left: s.left,
+                },
+                wants_peers: s.left > 0 && s.peers == 0,
             }
         }
     };
@@ -270,7 +277,7 @@ pub(crate) fn start(
         peer_id,
         port,
         timing,
-        progress,
+        state,
         move |peers| torrent.add_peers(peers),
     )
 }
@@ -286,10 +293,13 @@ pub(crate) fn start_for_peers(
     found: tokio::sync::mpsc::UnboundedSender<SocketAddr>,
 ) -> Option<Handle> {
     // Unknown size: any non-zero `left` says "leecher" to the tracker.
-    let progress = || Progress {
-        uploaded: 0,
-        downloaded: 0,
-        left: 1 << 30,
+    let state = || State {
+        progress: Progress {
+            uploaded: 0,
+            downloaded: 0,
+            left: 1 << 30,
+        },
+        wants_peers: false,
     };
     spawn(
         info_hash,
@@ -297,7 +307,7 @@ pub(crate) fn start_for_peers(
         peer_id,
         port,
         timing,
-        progress,
+        state,
         move |peers| {
             for peer in peers {
                 let _ = found.send(peer);
@@ -312,7 +322,7 @@ fn spawn(
     peer_id: [u8; 20],
     port: u16,
     timing: Timing,
-    progress: impl Fn() -> Progress + Send + Sync + 'static,
+    state: impl Fn() -> State + Send + Sync + 'static,
     on_peers: impl Fn(Vec<SocketAddr>) + Send + 'static,
 ) -> Option<Handle> {
     if tiers.iter().all(Vec::is_empty) {
@@ -321,15 +331,16 @@ fn spawn(
     let client = Arc::new(Client::new(ClientConfig::default()));
     let tiers = Tiers::new(tiers, &mut rand::rng());
     let announcer = Announcer::new(client, tiers, info_hash, peer_id, port);
-    let progress: Arc<ProgressFn> = Arc::new(progress);
-    let (progress_tx, progress_rx) = tokio::sync::watch::channel(progress());
+    let state: Arc<StateFn> = Arc::new(state);
+    let (progress_tx, progress_rx) = tokio::sync::watch::channel(state().progress);
     let progress_tx = Arc::new(progress_tx);
     let mut handle = announcer::spawn(announcer, progress_rx, timing);
     let mut updates = std::mem::replace(
         &mut handle.updates,
         tokio::sync::mpsc::unbounded_channel().1,
     );
-    let (feed, feed_tx) = (progress.clone(), progress_tx.clone());
+    let (feed, feed_tx) = (state.clone(), progress_tx.clone());
+    let reannouncer = handle.reannouncer();
     let feeder = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -344,19 +355,32 @@ fn spawn(
                     }
                     Some(Update::Stopped) | None => return,
                 },
-                _ = tick.tick() => { let _ = feed_tx.send(feed()); }
+                _ = tick.tick() => {
+                    let now = feed();
+                    let _ = feed_tx.send(now.progress);
+                    if now.wants_peers {
+                        reannouncer.reannounce();
+                    }
+                }
             }
         }
     });
     Some(Handle {
         handle,
         feeder,
-        progress,
+        state,
         progress_tx,
     })
 }
 
-type ProgressFn = dyn Fn() -> Progress + Send + Sync;
+/// What the announce loop is fed each second: the counters to send, and whether to announce
+/// again as soon as `min interval` allows.
+struct State {
+    progress: Progress,
+    wants_peers: bool,
+}
+
+type StateFn = dyn Fn() -> State + Send + Sync;
 
 pub struct Handle {
     handle: AnnounceHandle,
@@ -364,7 +388,7 @@ pub struct Handle {
     /// Read afresh for `completed` and `stopped`: the feeder's copy is up to a second old, and
     /// a tracker told `completed` with bytes still left counts a seed as a leecher until its
     /// next announce.
-    progress: Arc<ProgressFn>,
+    state: Arc<StateFn>,
     progress_tx: Arc<tokio::sync::watch::Sender<Progress>>,
 }
 
@@ -382,7 +406,7 @@ impl Handle {
     }
 
     fn refresh(&self) {
-        let _ = self.progress_tx.send((self.progress)());
+        let _ = self.progress_tx.send((self.state)().progress);
     }
 }
 

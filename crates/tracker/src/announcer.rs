@@ -273,6 +273,19 @@ enum Command {
     Stop,
 }
 
+/// Asks a running announce loop for its next announce as soon as `min interval` allows (a
+/// download without peers: a tracker's regular interval is often 30 minutes).
+#[derive(Clone)]
+pub struct Reannouncer(mpsc::WeakUnboundedSender<Command>);
+
+impl Reannouncer {
+    pub fn reannounce(&self) {
+        if let Some(commands) = self.0.upgrade() {
+            let _ = commands.send(Command::Reannounce);
+        }
+    }
+}
+
 /// Controls a running announce loop. Dropping it stops the loop (with `stopped`).
 pub struct AnnounceHandle {
     commands: mpsc::UnboundedSender<Command>,
@@ -285,9 +298,10 @@ impl AnnounceHandle {
     pub fn completed(&self) {
         let _ = self.commands.send(Command::Completed);
     }
-    /// Ask for an announce as soon as `min interval` allows (e.g. we need peers).
-    pub fn reannounce(&self) {
-        let _ = self.commands.send(Command::Reannounce);
+    /// Asks for early announces on behalf of a task that watches the swarm; it does not keep
+    /// the loop alive (dropping this handle still stops it).
+    pub fn reannouncer(&self) -> Reannouncer {
+        Reannouncer(self.commands.downgrade())
     }
     /// Send `stopped` and end the loop; waits for it.
     pub async fn stop(mut self) {

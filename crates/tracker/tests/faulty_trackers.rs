@@ -426,6 +426,58 @@ async fn announce_loop_events_and_intervals_against_the_test_server() {
     }
 }
 
+/// A reannouncer brings the next announce forward to `min interval` (the server says half
+/// its interval), and does not keep the loop alive: dropping the handle still sends `stopped`.
+#[tokio::test]
+async fn reannounce_comes_at_min_interval_and_does_not_keep_the_loop_alive() {
+    let server = TrackerServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig {
+            interval: Duration::from_secs(4),
+            ..ServerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let hash = [7; 20];
+    let a = Announcer::new(
+        Arc::new(Client::new(cfg())),
+        Tiers::new(vec![vec![server.http_announce_url()]], &mut rand::rng()),
+        hash,
+        [8; 20],
+        7003,
+    );
+    let (_tx, rx) = tokio::sync::watch::channel(Progress {
+        left: 100,
+        ..Progress::default()
+    });
+    let mut h = announcer::spawn(a, rx, fast_timing());
+    match h.updates.recv().await.unwrap() {
+        Update::Peers { next_in, .. } => assert_eq!(next_in, Duration::from_secs(4)),
+        other => panic!("{other:?}"),
+    }
+    let t0 = Instant::now();
+    let reannouncer = h.reannouncer();
+    reannouncer.reannounce();
+    assert!(matches!(h.updates.recv().await, Some(Update::Peers { .. })));
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_millis(3500),
+        "{took:?}"
+    );
+    assert_eq!(server.scrape(&hash).incomplete, 1);
+    drop(h);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.scrape(&hash).incomplete == 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no `stopped` after the handle was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reannouncer.reannounce();
+}
+
 #[tokio::test]
 async fn tracker_id_is_echoed_and_events_follow_bep3() {
     // a recording tracker that hands out a tracker id
