@@ -293,7 +293,13 @@ fn transmission_over_utp_downloads_from_pow_and_seeds_to_it() {
     seeder.wait_done(Duration::from_secs(30));
     let out = tmp.path().join("pow-from-transmission");
     let started = Instant::now();
-    let report = pow_download_json(torrent.to_str().unwrap(), &out, &["--utp", "prefer"]);
+    // Transmission announces a few seconds after it starts seeding, so the download's first
+    // announce may find nobody; it asks again each second (the tracker's min interval).
+    let report = pow_download_json(
+        torrent.to_str().unwrap(),
+        &out,
+        &["--utp", "prefer", "--announce-min", "1"],
+    );
     let bytes = same_bytes(&data, &out.join("blob")).unwrap();
     println!(
         "  Transmission (uTP on) -> pow download (--utp prefer): {bytes} bytes verified in {:.2} s; connections {}",
