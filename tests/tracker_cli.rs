@@ -248,10 +248,12 @@ fn a_download_that_completes_at_once_tells_the_tracker_it_has_nothing_left() {
 }
 
 /// A download that finds no peers asks the tracker again as soon as `min interval` allows,
-/// not after the regular interval. Here the seed announces after the download did and cannot
-/// be found any other way: Transmission does not dial loopback peers a tracker names, as a
-/// seed cannot dial a downloader behind NAT. Before, the download waited for its next
-/// regular announce (600 s here; trackers often say 30 minutes).
+/// not after the regular interval; so does a magnet link's download while it waits for the
+/// metadata. Here the seed announces after the downloads did and cannot be found any other
+/// way: Transmission does not dial loopback peers a tracker names, as a seed cannot dial a
+/// downloader behind NAT. Before, a download waited for its next regular announce (600 s
+/// here; trackers often say 30 minutes), and the magnet's gave up at its metadata timeout.
+/// The two downloads are of different torrents, so that they do not find each other.
 #[test]
 fn a_download_without_peers_announces_again_at_min_interval() {
     let tmp = TempDir::new("trk-cli-no-peers");
@@ -268,31 +270,46 @@ fn a_download_without_peers_announces_again_at_min_interval() {
     common::wait_listening(tracker_port, "tiny-tracker.py");
     let url = format!("http://127.0.0.1:{tracker_port}/announce");
     let (data, torrent) = common::mib_payload(tmp.path(), "blob", 4, Some(&url));
-    let out = tmp.path().join("out");
-    let log_path = tmp.path().join("download.log");
+    let (magnet_data, magnet_torrent) = common::mib_payload(tmp.path(), "blob5", 5, Some(&url));
+    let info_hash = pow_metainfo::Metainfo::from_file(&magnet_torrent)
+        .unwrap()
+        .info_hash
+        .to_hex();
+    let magnet = format!("magnet:?xt=urn:btih:{info_hash}&tr={url}");
     let started = std::time::Instant::now();
-    let mut download = common::Killed(
-        pow()
-            .arg("download")
-            .arg(&torrent)
-            .arg("-o")
-            .arg(&out)
-            .args(["--port", &common::free_port().to_string()])
-            .args(["--bind", "127.0.0.1", "--announce-min", "1"])
-            .env("POW_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let log = || strip_ansi(&std::fs::read_to_string(&log_path).unwrap());
-    while !log().contains("0 peers, next announce in 600s") {
-        assert!(
-            started.elapsed().as_secs() < 20,
-            "no first announce: {}",
-            log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let downloads: Vec<_> = [(torrent.to_str().unwrap(), &data), (&magnet, &magnet_data)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (target, data))| {
+            let out = tmp.path().join(format!("out{i}"));
+            let log_path = tmp.path().join(format!("download{i}.log"));
+            let child = common::Killed(
+                pow()
+                    .arg("download")
+                    .arg(target)
+                    .arg("-o")
+                    .arg(&out)
+                    .args(["--port", &common::free_port().to_string()])
+                    .args(["--bind", "127.0.0.1", "--announce-min", "1"])
+                    .env("POW_LOG", "info")
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log_path).unwrap())
+                    .spawn()
+                    .unwrap(),
+            );
+            (child, data.clone(), out, log_path)
+        })
+        .collect();
+    let log = |path: &Path| strip_ansi(&std::fs::read_to_string(path).unwrap());
+    for (_, _, _, log_path) in &downloads {
+        while !log(log_path).contains("0 peers, next announce in 600s") {
+            assert!(
+                started.elapsed().as_secs() < 20,
+                "no first announce: {}",
+                log(log_path)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
     let seeder = common::transmission::Transmission::start(
         tmp.path(),
@@ -301,27 +318,115 @@ fn a_download_without_peers_announces_again_at_min_interval() {
         true,
         &[],
     );
-    seeder.wait_done(std::time::Duration::from_secs(30));
+    let added = seeder.remote(&[
+        "-a",
+        magnet_torrent.to_str().unwrap(),
+        "-w",
+        data.parent().unwrap().to_str().unwrap(),
+    ]);
+    assert!(added.0, "{}", added.1);
+    seeder.remote(&["-t", "2", "-v"]);
+    for (mut download, data, out, log_path) in downloads {
+        let status = loop {
+            if let Some(status) = download.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed().as_secs() < 90,
+                "the download did not find the seed: {}",
+                log(&log_path)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        assert!(status.success(), "{}", log(&log_path));
+        let name = data.file_name().unwrap();
+        assert_eq!(
+            common::same_bytes(&data, &out.join(name)),
+            Ok(std::fs::metadata(&data).unwrap().len()),
+            "{}",
+            log(&log_path)
+        );
+        println!(
+            "  {} downloaded from a seed that announced after it, in {:.1} s",
+            out.join(name).display(),
+            started.elapsed().as_secs_f64()
+        );
+        for line in log(&log_path).lines().filter(|l| l.contains("metadata")) {
+            println!("    {line}");
+        }
+    }
+}
+
+/// A magnet link's download dials again, 10 s later, a peer that was down when first dialed,
+/// while its tracker keeps the search open (it used to try each address once: here the link's
+/// only peer, so it waited for its metadata timeout).
+#[test]
+fn a_magnet_download_dials_again_a_peer_that_was_down() {
+    let tmp = TempDir::new("trk-cli-redial");
+    let tracker = common::PowTracker::start();
+    let (data, torrent) = common::mib_payload(tmp.path(), "blob", 2, None);
+    let info_hash = pow_metainfo::Metainfo::from_file(&torrent)
+        .unwrap()
+        .info_hash
+        .to_hex();
+    let seed_port = common::free_port();
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{info_hash}&x.pe=127.0.0.1:{seed_port}&tr={}",
+        tracker.url
+    );
+    let out = tmp.path().join("out");
+    let log_path = tmp.path().join("download.log");
+    let started = std::time::Instant::now();
+    let mut download = common::Killed(
+        pow()
+            .arg("download")
+            .arg(&magnet)
+            .arg("-o")
+            .arg(&out)
+            .args(["--port", &common::free_port().to_string()])
+            .args(["--bind", "127.0.0.1", "--metadata-timeout", "60"])
+            .env("POW_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || strip_ansi(&std::fs::read_to_string(&log_path).unwrap());
+    let refused = format!("metadata: 127.0.0.1:{seed_port}:");
+    while !log().contains(&refused) {
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "no failed dial: {}",
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let down_for = started.elapsed().as_secs_f64();
+    let _seed = common::pow_seed(
+        &torrent,
+        data.parent().unwrap(),
+        seed_port,
+        &["--no-pex"],
+        Stdio::null(),
+    );
     let status = loop {
         if let Some(status) = download.0.try_wait().unwrap() {
             break status;
         }
         assert!(
-            started.elapsed().as_secs() < 90,
-            "the download did not find the seed: {}",
+            started.elapsed().as_secs() < 50,
+            "the peer was not dialed again: {}",
             log()
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     assert!(status.success(), "{}", log());
-    assert_eq!(
-        common::same_bytes(&data, &out.join("blob")),
-        Ok(4 << 20),
-        "{}",
-        log()
-    );
+    assert_eq!(common::same_bytes(&data, &out.join("blob")), Ok(2 << 20));
     println!(
-        "  downloaded from a seed that announced after it, in {:.1} s",
+        "  the seed was down for the first dial ({down_for:.1} s in); downloaded in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    for line in log().lines().filter(|l| l.contains("metadata")) {
+        println!("    {line}");
+    }
 }

@@ -292,14 +292,15 @@ pub(crate) fn start_for_peers(
     timing: Timing,
     found: tokio::sync::mpsc::UnboundedSender<SocketAddr>,
 ) -> Option<Handle> {
-    // Unknown size: any non-zero `left` says "leecher" to the tracker.
+    // Unknown size: any non-zero `left` says "leecher" to the tracker. Every announce until
+    // the metadata comes is for peers (the loop stops then).
     let state = || State {
         progress: Progress {
             uploaded: 0,
             downloaded: 0,
             left: 1 << 30,
         },
-        wants_peers: false,
+        wants_peers: true,
     };
     spawn(
         info_hash,

@@ -1,13 +1,15 @@
 //! Fetching a torrent's info dictionary from peers (BEP 9) when all we have is its info-hash
 //! (a magnet link). Several peers are asked at once; the first complete copy whose SHA-1 is the
 //! info-hash wins. A peer that sends a wrong copy, rejects, or stalls is dropped and others are
-//! tried as addresses arrive (from trackers or the link's `x.pe`). Peers are dialed over TCP
+//! tried as addresses arrive (from trackers or the link's `x.pe`); while trackers or the DHT
+//! still look, a failed address is dialed again 10 s later, then 20, 40, ... s, at most every
+//! 5 minutes, as the session redials. Peers are dialed over TCP
 //! and uTP in the order [`crate::Utp`] says, as the session dials them.
 
 use crate::encryption::{self, Ciphers, Encryption};
 use crate::peer::{read_handshake, PeerError};
 use crate::transport::{self, DialOutcome, Next, PeerStream, Transport};
-use crate::{RateLimit, Utp};
+use crate::{KnownPeer, RateLimit, Utp};
 use bytes::{Buf, Bytes, BytesMut};
 use pow_utp::UtpSocket;
 use pow_wire::extension::{
@@ -16,7 +18,7 @@ use pow_wire::extension::{
 };
 use pow_wire::Handshake;
 use sha1::{Digest, Sha1};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,16 +61,26 @@ pub async fn fetch_metadata(
     utp: Option<(Utp, Arc<UtpSocket>)>,
 ) -> Result<Vec<u8>, MetadataError> {
     let deadline = Instant::now() + timeout;
-    let mut tried = HashSet::new();
-    let mut waiting: Vec<SocketAddr> = Vec::new();
+    // Every address heard of, dialed again as the session dials peers ([`KnownPeer::due`]):
+    // a seed still checking its data when first dialed (Transmission times the handshake
+    // out then) is asked again 10 s later, not never.
+    let mut known: HashMap<SocketAddr, KnownPeer> = HashMap::new();
+    let mut in_flight: HashSet<SocketAddr> = HashSet::new();
     let mut running = JoinSet::new();
     let mut last_error = String::from("no peers yet");
     let mut sources_open = true;
     loop {
-        while running.len() < PARALLEL_PEERS {
-            let Some(addr) = waiting.pop() else { break };
-            let limit = limit.clone();
-            let utp = utp.clone();
+        let now = Instant::now();
+        for (addr, peer) in known.iter_mut() {
+            if running.len() >= PARALLEL_PEERS {
+                break;
+            }
+            if in_flight.contains(addr) || !peer.due(now) {
+                continue;
+            }
+            peer.last_dial = Some(now);
+            in_flight.insert(*addr);
+            let (addr, limit, utp) = (*addr, limit.clone(), utp.clone());
             running.spawn(async move {
                 let fetch = fetch_from(addr, info_hash, peer_id, encryption, limit, utp);
                 let result = tokio::time::timeout(PER_PEER_TIMEOUT, fetch)
@@ -77,15 +89,14 @@ pub async fn fetch_metadata(
                 (addr, result)
             });
         }
-        if !sources_open && running.is_empty() && waiting.is_empty() {
+        let untried = known.values().any(|p| p.last_dial.is_none());
+        if !sources_open && running.is_empty() && !untried {
             return Err(MetadataError::NoPeers(last_error));
         }
         tokio::select! {
             addr = peers.recv(), if sources_open => match addr {
                 Some(addr) => {
-                    if tried.insert(addr) {
-                        waiting.push(addr);
-                    }
+                    known.entry(addr).or_default();
                 }
                 None => sources_open = false,
             },
@@ -94,12 +105,18 @@ pub async fn fetch_metadata(
                     tracing::info!("{addr}: metadata received ({} bytes)", info.len());
                     return Ok(info);
                 }
-                Ok((_, Err(e))) => {
+                Ok((addr, Err(e))) => {
                     tracing::info!("metadata: {e}");
                     last_error = e;
+                    in_flight.remove(&addr);
+                    if let Some(peer) = known.get_mut(&addr) {
+                        peer.dialed(false);
+                    }
                 }
                 Err(e) => last_error = e.to_string(),
             },
+            // Redials come due with time alone.
+            _ = tokio::time::sleep(Duration::from_secs(1)), if sources_open => {}
             _ = tokio::time::sleep_until(deadline.into()) => {
                 return Err(MetadataError::TimedOut(timeout, last_error));
             }
