@@ -23,9 +23,6 @@ use tokio::sync::mpsc;
 
 /// How often timers are checked (RTOs are at least 500 ms).
 const TICK: Duration = Duration::from_millis(20);
-/// Datagrams read before the connections they touched answer: one ack for up to this many
-/// data packets (about 85 KiB of payload).
-const ACK_EVERY: usize = 64;
 /// Connections accepted and not yet taken by [`UtpSocket::accept`]; SYNs past this are dropped.
 const ACCEPT_BACKLOG: usize = 64;
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
@@ -294,7 +291,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 async fn drive(shared: Weak<Shared>, accepted: mpsc::Sender<UtpStream>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut receiver = offload::Receiver::new();
     let mut touched: Vec<Arc<Handle>> = Vec::new();
     loop {
         let Some(shared) = shared.upgrade() else {
@@ -305,28 +302,27 @@ async fn drive(shared: Weak<Shared>, accepted: mpsc::Sender<UtpStream>) {
                 if ready.is_err() {
                     return;
                 }
-                // What arrived together is handled before any answer goes out, so a burst of
-                // data packets is acked once; at most ACK_EVERY of them, so that a long
-                // drain still acks as it goes and the sender's window keeps moving.
-                let mut drained = false;
-                while !drained {
-                    for _ in 0..ACK_EVERY {
-                        match shared.udp.try_recv_from(&mut buf) {
-                            Ok((n, from)) => {
-                                if let Some(handle) = incoming(&shared, &accepted, &buf[..n], from) {
+                // What arrived together (one recvmmsg, at most RECEIVE_BATCH datagrams) is
+                // handled before any answer goes out, so a burst of data packets is acked
+                // once, and a long drain still acks as it goes and the sender's window keeps
+                // moving.
+                loop {
+                    match receiver.receive(&shared.udp) {
+                        Ok(n) => {
+                            for i in 0..n {
+                                let (datagram, from) = receiver.datagram(i);
+                                let Some(from) = from else { continue };
+                                if let Some(handle) = incoming(&shared, &accepted, datagram, from) {
                                     if !touched.iter().any(|h| Arc::ptr_eq(h, &handle)) {
                                         touched.push(handle);
                                     }
                                 }
                             }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                drained = true;
-                                break;
-                            }
-                            Err(e) => {
-                                // Linux reports an ICMP error of an earlier send here.
-                                tracing::debug!("uTP receive: {e}");
-                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            // Linux reports an ICMP error of an earlier send here.
+                            tracing::debug!("uTP receive: {e}");
                         }
                     }
                     for handle in touched.drain(..) {
