@@ -247,6 +247,69 @@ fn a_download_that_completes_at_once_tells_the_tracker_it_has_nothing_left() {
     assert!(completed[0].contains(" left=0 "), "{}", completed[0]);
 }
 
+/// `pow download TARGET -o OUT` on a free port of 127.0.0.1 with `extra` arguments, its
+/// info-level log written to `log`; killed when dropped.
+fn download_logging(target: &str, out: &Path, log: &Path, extra: &[&str]) -> common::Killed {
+    common::Killed(
+        pow()
+            .arg("download")
+            .arg(target)
+            .arg("-o")
+            .arg(out)
+            .args([
+                "--port",
+                &common::free_port().to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(extra)
+            .env("POW_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn log_of(path: &Path) -> String {
+    strip_ansi(&std::fs::read_to_string(path).unwrap())
+}
+
+/// Waits until the log at `path` contains `needle`, at most until `started` is `limit` s old.
+fn wait_for_line(path: &Path, needle: &str, started: std::time::Instant, limit: u64) {
+    while !log_of(path).contains(needle) {
+        assert!(
+            started.elapsed().as_secs() < limit,
+            "no {needle:?} in: {}",
+            log_of(path)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Waits until `download` exits, which it must do successfully before `started` is `limit` s
+/// old; `why` says what a timeout means.
+fn wait_success(
+    download: &mut common::Killed,
+    log: &Path,
+    started: std::time::Instant,
+    limit: u64,
+    why: &str,
+) {
+    let status = loop {
+        if let Some(status) = download.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed().as_secs() < limit,
+            "{why}: {}",
+            log_of(log)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "{}", log_of(log));
+}
+
 /// A download that finds no peers asks the tracker again as soon as `min interval` allows,
 /// not after the regular interval; so does a magnet link's download while it waits for the
 /// metadata. Here the seed announces after the downloads did and cannot be found any other
@@ -282,34 +345,13 @@ fn a_download_without_peers_announces_again_at_min_interval() {
         .enumerate()
         .map(|(i, (target, data))| {
             let out = tmp.path().join(format!("out{i}"));
-            let log_path = tmp.path().join(format!("download{i}.log"));
-            let child = common::Killed(
-                pow()
-                    .arg("download")
-                    .arg(target)
-                    .arg("-o")
-                    .arg(&out)
-                    .args(["--port", &common::free_port().to_string()])
-                    .args(["--bind", "127.0.0.1", "--announce-min", "1"])
-                    .env("POW_LOG", "info")
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(&log_path).unwrap())
-                    .spawn()
-                    .unwrap(),
-            );
-            (child, data.clone(), out, log_path)
+            let log = tmp.path().join(format!("download{i}.log"));
+            let child = download_logging(target, &out, &log, &["--announce-min", "1"]);
+            (child, data.clone(), out, log)
         })
         .collect();
-    let log = |path: &Path| strip_ansi(&std::fs::read_to_string(path).unwrap());
-    for (_, _, _, log_path) in &downloads {
-        while !log(log_path).contains("0 peers, next announce in 600s") {
-            assert!(
-                started.elapsed().as_secs() < 20,
-                "no first announce: {}",
-                log(log_path)
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+    for (_, _, _, log) in &downloads {
+        wait_for_line(log, "0 peers, next announce in 600s", started, 20);
     }
     let seeder = common::transmission::Transmission::start(
         tmp.path(),
@@ -326,32 +368,27 @@ fn a_download_without_peers_announces_again_at_min_interval() {
     ]);
     assert!(added.0, "{}", added.1);
     seeder.remote(&["-t", "2", "-v"]);
-    for (mut download, data, out, log_path) in downloads {
-        let status = loop {
-            if let Some(status) = download.0.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                started.elapsed().as_secs() < 90,
-                "the download did not find the seed: {}",
-                log(&log_path)
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        };
-        assert!(status.success(), "{}", log(&log_path));
+    for (mut download, data, out, log) in downloads {
+        wait_success(
+            &mut download,
+            &log,
+            started,
+            90,
+            "the download did not find the seed",
+        );
         let name = data.file_name().unwrap();
         assert_eq!(
             common::same_bytes(&data, &out.join(name)),
             Ok(std::fs::metadata(&data).unwrap().len()),
             "{}",
-            log(&log_path)
+            log_of(&log)
         );
         println!(
             "  {} downloaded from a seed that announced after it, in {:.1} s",
             out.join(name).display(),
             started.elapsed().as_secs_f64()
         );
-        for line in log(&log_path).lines().filter(|l| l.contains("metadata")) {
+        for line in log_of(&log).lines().filter(|l| l.contains("metadata")) {
             println!("    {line}");
         }
     }
@@ -375,32 +412,15 @@ fn a_magnet_download_dials_again_a_peer_that_was_down() {
         tracker.url
     );
     let out = tmp.path().join("out");
-    let log_path = tmp.path().join("download.log");
+    let log = tmp.path().join("download.log");
     let started = std::time::Instant::now();
-    let mut download = common::Killed(
-        pow()
-            .arg("download")
-            .arg(&magnet)
-            .arg("-o")
-            .arg(&out)
-            .args(["--port", &common::free_port().to_string()])
-            .args(["--bind", "127.0.0.1", "--metadata-timeout", "60"])
-            .env("POW_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
+    let mut download = download_logging(&magnet, &out, &log, &["--metadata-timeout", "60"]);
+    wait_for_line(
+        &log,
+        &format!("metadata: 127.0.0.1:{seed_port}:"),
+        started,
+        20,
     );
-    let log = || strip_ansi(&std::fs::read_to_string(&log_path).unwrap());
-    let refused = format!("metadata: 127.0.0.1:{seed_port}:");
-    while !log().contains(&refused) {
-        assert!(
-            started.elapsed().as_secs() < 20,
-            "no failed dial: {}",
-            log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
     let down_for = started.elapsed().as_secs_f64();
     let _seed = common::pow_seed(
         &torrent,
@@ -409,24 +429,19 @@ fn a_magnet_download_dials_again_a_peer_that_was_down() {
         &["--no-pex"],
         Stdio::null(),
     );
-    let status = loop {
-        if let Some(status) = download.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed().as_secs() < 50,
-            "the peer was not dialed again: {}",
-            log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    assert!(status.success(), "{}", log());
+    wait_success(
+        &mut download,
+        &log,
+        started,
+        50,
+        "the peer was not dialed again",
+    );
     assert_eq!(common::same_bytes(&data, &out.join("blob")), Ok(2 << 20));
     println!(
         "  the seed was down for the first dial ({down_for:.1} s in); downloaded in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    for line in log().lines().filter(|l| l.contains("metadata")) {
+    for line in log_of(&log).lines().filter(|l| l.contains("metadata")) {
         println!("    {line}");
     }
 }
