@@ -251,17 +251,7 @@ fn a_download_that_completes_at_once_tells_the_tracker_it_has_nothing_left() {
 /// info-level log written to `log`; killed when dropped.
 fn download_logging(target: &str, out: &Path, log: &Path, extra: &[&str]) -> common::Killed {
     common::Killed(
-        pow()
-            .arg("download")
-            .arg(target)
-            .arg("-o")
-            .arg(out)
-            .args([
-                "--port",
-                &common::free_port().to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
+        common::pow_download(target, out)
             .args(extra)
             .env("POW_LOG", "info")
             .stdout(Stdio::null())

@@ -561,22 +561,24 @@ pub fn pow_seed(
     seed
 }
 
-/// `pow download TARGET -o OUT --json` on a free port of 127.0.0.1 with `extra` arguments;
-/// it must succeed. Returns its JSON report. With `POW_TEST_SHOW_STDERR` set, its stderr is
-/// printed (with `POW_LOG=debug`: the connection's story, when a test needs debugging).
-pub fn pow_download_json(target: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
-    let o = pow()
+/// `pow download TARGET -o OUT` on a free port of 127.0.0.1, to add arguments to.
+pub fn pow_download(target: &str, out: &Path) -> Command {
+    let mut command = pow();
+    command
         .arg("download")
         .arg(target)
         .arg("-o")
         .arg(out)
-        .args([
-            "--port",
-            &free_port().to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--json",
-        ])
+        .args(["--port", &free_port().to_string(), "--bind", "127.0.0.1"]);
+    command
+}
+
+/// `pow download TARGET -o OUT --json` on a free port of 127.0.0.1 with `extra` arguments;
+/// it must succeed. Returns its JSON report. With `POW_TEST_SHOW_STDERR` set, its stderr is
+/// printed (with `POW_LOG=debug`: the connection's story, when a test needs debugging).
+pub fn pow_download_json(target: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let o = pow_download(target, out)
+        .arg("--json")
         .args(extra)
         .output()
         .unwrap();
