@@ -252,10 +252,11 @@ pub(crate) fn start(
     port: u16,
     timing: Timing,
 ) -> Option<Handle> {
-    // Without peers a download asks again after `min interval`, not the regular interval
-    // (as aria2 does below its minimum of peers): the seed may have announced just after us,
-    // and a seed that cannot dial us (behind NAT, or Transmission, which ignores loopback
-    // peers) would otherwise wait for our next regular announce to be found.
+    // While no peer sends it anything (none connected, or only others that lack what it
+    // lacks) a download asks again after `min interval`, not the regular interval (as aria2
+    // does below its minimum of peers): the seed may have announced just after us, and a seed
+    // that cannot dial us (behind NAT, or Transmission, which ignores loopback peers) would
+    // otherwise wait for our next regular announce to be found.
     let state = {
         let torrent = torrent.clone();
         move || {
@@ -266,7 +267,7 @@ pub(crate) fn start(
                     downloaded: s.downloaded,
                     left: s.left,
                 },
-                wants_peers: s.left > 0 && s.peers == 0,
+                wants_peers: s.left > 0 && s.peers_sending == 0,
             }
         }
     };
