@@ -8,16 +8,10 @@
 # load digests SHA-256 too), and `pow publish --no-seed` of the file (SHA-1 pieces, MD5 and
 # SHA-256 together). Prints figures only; nothing is asserted.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/pow-target}"
-[ "${POW_BENCH_NO_BUILD:-0}" = 1 ] || cargo build --release -p pow-cli >&2
-pow="$CARGO_TARGET_DIR/release/pow"
+source "$(dirname "$0")/common.sh"
+bench_start pow-source-load
 size=${1:-1024} rounds=${2:-3}
 tracker_port=17969 seed_port=17881 load_port=17882
-work="$(mktemp -d /tmp/pow-source-load.XXXXXX)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 
 mkdir -p "$work/seed" "$work/store"
 head -c $((size << 20)) /dev/urandom >"$work/seed/data.bin"

@@ -9,16 +9,10 @@
 # Figures only; nothing is asserted. libtorrent's own uTP takes tens of seconds at 256 MiB
 # here, so its pair runs on a quarter of the data.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/pow-target}"
-[ "${POW_BENCH_NO_BUILD:-0}" = 1 ] || cargo build --release -p pow-cli >&2
-pow="$CARGO_TARGET_DIR/release/pow"
+source "$(dirname "$0")/common.sh"
+bench_start pow-utp-bench
 size=${1:-256} rounds=${2:-3}
 seed_port=17891 leech_port=17892
-work="$(mktemp -d /tmp/pow-utp-bench.XXXXXX)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 
 # A libtorrent session with TCP off: seeds, or leeches from 127.0.0.1:PEER and prints the
 # seconds from the first byte it had to the last.
@@ -89,7 +83,7 @@ leech() { # CLIENT NAME
 }
 
 pair() { # SEEDER LEECHER NAME MIB LABEL
-  local runs=() line
+  local runs=()
   for _ in $(seq "$rounds"); do
     start_seed "$1" "$3"
     runs+=("$(leech "$2" "$3")")
