@@ -391,8 +391,9 @@ fn a_download_nobody_serves_announces_again_at_min_interval() {
 }
 
 /// A magnet link's download dials again, 10 s later, a peer that was down when first dialed,
-/// while its tracker keeps the search open (it used to try each address once: here the link's
-/// only peer, so it waited for its metadata timeout).
+/// until its metadata timeout: one link with a tracker that keeps the search open, one with
+/// its `x.pe` peer alone. Each used to try each address once: the first waited for its
+/// metadata timeout, the second ended at once with "every peer source ended".
 #[test]
 fn a_magnet_download_dials_again_a_peer_that_was_down() {
     let tmp = TempDir::new("trk-cli-redial");
@@ -403,20 +404,26 @@ fn a_magnet_download_dials_again_a_peer_that_was_down() {
         .info_hash
         .to_hex();
     let seed_port = common::free_port();
-    let magnet = format!(
-        "magnet:?xt=urn:btih:{info_hash}&x.pe=127.0.0.1:{seed_port}&tr={}",
-        tracker.url
-    );
-    let out = tmp.path().join("out");
-    let log = tmp.path().join("download.log");
+    let x_pe_only = format!("magnet:?xt=urn:btih:{info_hash}&x.pe=127.0.0.1:{seed_port}");
+    let with_tracker = format!("{x_pe_only}&tr={}", tracker.url);
     let started = std::time::Instant::now();
-    let mut download = download_logging(&magnet, &out, &log, &["--metadata-timeout", "60"]);
-    wait_for_line(
-        &log,
-        &format!("metadata: 127.0.0.1:{seed_port}:"),
-        started,
-        20,
-    );
+    let mut downloads: Vec<_> = [("with-tracker", &with_tracker), ("x-pe-only", &x_pe_only)]
+        .into_iter()
+        .map(|(name, magnet)| {
+            let out = tmp.path().join(name);
+            let log = tmp.path().join(format!("{name}.log"));
+            let download = download_logging(magnet, &out, &log, &["--metadata-timeout", "60"]);
+            (name, out, log, download)
+        })
+        .collect();
+    for (_, _, log, _) in &downloads {
+        wait_for_line(
+            log,
+            &format!("metadata: 127.0.0.1:{seed_port}:"),
+            started,
+            20,
+        );
+    }
     let down_for = started.elapsed().as_secs_f64();
     let _seed = common::pow_seed(
         &torrent,
@@ -425,19 +432,42 @@ fn a_magnet_download_dials_again_a_peer_that_was_down() {
         &["--no-pex"],
         Stdio::null(),
     );
-    wait_success(
-        &mut download,
-        &log,
-        started,
-        50,
-        "the peer was not dialed again",
-    );
-    assert_eq!(common::same_bytes(&data, &out.join("blob")), Ok(2 << 20));
-    println!(
-        "  the seed was down for the first dial ({down_for:.1} s in); downloaded in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    for line in log_of(&log).lines().filter(|l| l.contains("metadata")) {
-        println!("    {line}");
+    for (name, out, log, download) in &mut downloads {
+        wait_success(download, log, started, 50, "the peer was not dialed again");
+        assert_eq!(common::same_bytes(&data, &out.join("blob")), Ok(2 << 20));
+        println!(
+            "  {name}: the seed was down for the first dial ({down_for:.1} s in); downloaded in \
+             {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        for line in log_of(log).lines().filter(|l| l.contains("metadata")) {
+            println!("    {line}");
+        }
     }
+}
+
+/// A magnet link that names no tracker and no peer, without `--dht`, cannot find anyone: it
+/// ends at once and says what would give it peers, rather than waiting out the metadata
+/// timeout.
+#[test]
+fn a_magnet_link_with_nowhere_to_look_ends_at_once_with_a_hint() {
+    let tmp = TempDir::new("trk-cli-nowhere");
+    let hash = "0123456789abcdef0123456789abcdef01234567";
+    let started = std::time::Instant::now();
+    let o = common::pow_download(
+        &format!("magnet:?xt=urn:btih:{hash}"),
+        &tmp.path().join("out"),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "nowhere to look for peers of {hash}: no tracker, no peer, and the DHT is off (give \
+             --tracker URL, --peer IP:PORT or --dht)"
+        )),
+        "{stderr}"
+    );
+    assert!(started.elapsed().as_secs() < 5);
 }

@@ -220,6 +220,14 @@ pub(crate) async fn torrent_from_peers(
     quiet: bool,
 ) -> Result<(Vec<u8>, Metainfo), Box<dyn std::error::Error>> {
     let info_hash = wanted.info_hash;
+    if wanted.tiers.is_empty() && wanted.peers.is_empty() && swarm.dht_plan().is_none() {
+        return Err(format!(
+            "nowhere to look for peers of {}: no tracker, no peer, and the DHT is off \
+             (give --tracker URL, --peer IP:PORT or --dht)",
+            info_hash.to_hex()
+        )
+        .into());
+    }
     let (found, peers) = tokio::sync::mpsc::unbounded_channel();
     for peer in wanted.peers {
         let _ = found.send(*peer);

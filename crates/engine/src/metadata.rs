@@ -41,8 +41,8 @@ const MAX_FRAME: usize = 8 << 20;
 pub enum MetadataError {
     #[error("no peer sent the metadata within {0:?} ({1})")]
     TimedOut(Duration, String),
-    #[error("every peer source ended and no peer sent the metadata ({0})")]
-    NoPeers(String),
+    #[error("no peer to ask for the metadata: every peer source ended without naming one")]
+    NoPeers,
 }
 
 /// Fetches the info dictionary for `info_hash` from peers received on `peers`, within
@@ -61,9 +61,11 @@ pub async fn fetch_metadata(
     utp: Option<(Utp, Arc<UtpSocket>)>,
 ) -> Result<Vec<u8>, MetadataError> {
     let deadline = Instant::now() + timeout;
-    // Every address heard of, dialed again as the session dials peers ([`KnownPeer::due`]):
-    // a seed still checking its data when first dialed (Transmission times the handshake
-    // out then) is asked again 10 s later, not never.
+    // Every address heard of, dialed again as the session dials peers ([`KnownPeer::due`])
+    // until the metadata comes or the time is up, also once the sources are done (a magnet
+    // link's `x.pe` peers alone): a seed still checking its data when first dialed
+    // (Transmission times the handshake out then), or restarting, is asked again 10 s later,
+    // not never.
     let mut known: HashMap<SocketAddr, KnownPeer> = HashMap::new();
     let mut in_flight: HashSet<SocketAddr> = HashSet::new();
     let mut running = JoinSet::new();
@@ -89,9 +91,8 @@ pub async fn fetch_metadata(
                 (addr, result)
             });
         }
-        let untried = known.values().any(|p| p.last_dial.is_none());
-        if !sources_open && running.is_empty() && !untried {
-            return Err(MetadataError::NoPeers(last_error));
+        if !sources_open && known.is_empty() {
+            return Err(MetadataError::NoPeers);
         }
         tokio::select! {
             addr = peers.recv(), if sources_open => match addr {
@@ -116,7 +117,7 @@ pub async fn fetch_metadata(
                 Err(e) => last_error = e.to_string(),
             },
             // Redials come due with time alone.
-            _ = tokio::time::sleep(Duration::from_secs(1)), if sources_open => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = tokio::time::sleep_until(deadline.into()) => {
                 return Err(MetadataError::TimedOut(timeout, last_error));
             }
