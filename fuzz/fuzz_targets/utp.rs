@@ -5,7 +5,7 @@
 //! resets, a zero window), while the application writes, reads and time passes.
 
 use libfuzzer_sys::fuzz_target;
-use pow_utp::conn::{Connection, State};
+use pow_utp::conn::{Connection, State, RECV_BUFFER};
 use pow_utp::packet::{self, Header, Kind};
 use std::time::{Duration, Instant};
 
@@ -24,9 +24,9 @@ fuzz_target!(|data: &[u8]| {
             seq: 1,
             ack: 0,
         };
-        Connection::accept(&syn, 500, now)
+        Connection::accept(&syn, 500, RECV_BUFFER, now)
     } else {
-        Connection::dial(1000, now)
+        Connection::dial(1000, RECV_BUFFER, now)
     };
     while let Some((&len, tail)) = rest.split_first() {
         let len = usize::from(len).min(tail.len());

@@ -22,8 +22,8 @@ pub const MAX_PAYLOAD: usize = MAX_PACKET - HEADER - 2 - MAX_SACK_BYTES;
 const MAX_SACK_BYTES: usize = 16;
 /// Bytes the application may write ahead of what is sent (the send buffer).
 pub const SEND_BUFFER: usize = 512 * 1024;
-/// Bytes received and not yet read by the application, in order or not: the window we offer
-/// (unless [`Connection::set_receive_buffer`] makes it smaller).
+/// Bytes received and not yet read by the application, in order or not: the largest window we
+/// offer (a connection is given its own, at most this, when it is made).
 pub const RECV_BUFFER: usize = 1024 * 1024;
 /// LEDBAT's target queuing delay: the window grows below it and shrinks above it.
 const TARGET_DELAY: Duration = Duration::from_millis(100);
@@ -136,8 +136,10 @@ impl Connection {
         seq_nr: u16,
         ack_nr: u16,
         state: State,
+        receive_buffer: usize,
         now: Instant,
     ) -> Self {
+        let receive_buffer = receive_buffer.min(RECV_BUFFER);
         Connection {
             state,
             recv_id,
@@ -164,13 +166,13 @@ impl Connection {
             fin_sent: false,
             reorder: HashMap::new(),
             reorder_bytes: 0,
-            recv_buffer: RECV_BUFFER,
+            recv_buffer: receive_buffer,
             readable: BytesMut::new(),
             eof: false,
             fin_seq: None,
             error: None,
             need_ack: false,
-            advertised: RECV_BUFFER,
+            advertised: receive_buffer,
             reply_micros: 0,
             delay_samples: VecDeque::new(),
             our_delay: Duration::ZERO,
@@ -181,20 +183,33 @@ impl Connection {
     }
 
     /// The dialing end: sends a SYN announcing `recv_id`, the id the peer will send to.
-    pub fn dial(recv_id: u16, now: Instant) -> Self {
-        let mut conn = Connection::new(recv_id, recv_id.wrapping_add(1), 1, 0, State::SynSent, now);
+    /// `receive_buffer` (at most [`RECV_BUFFER`]) is the window it offers from the SYN on:
+    /// what the UDP socket underneath can queue, so that a window's burst is not dropped
+    /// there before we read it.
+    pub fn dial(recv_id: u16, receive_buffer: usize, now: Instant) -> Self {
+        let mut conn = Connection::new(
+            recv_id,
+            recv_id.wrapping_add(1),
+            1,
+            0,
+            State::SynSent,
+            receive_buffer,
+            now,
+        );
         conn.send_new(Kind::Syn, Bytes::new(), now);
         conn
     }
 
-    /// The accepting end of `syn`, answered at once; `seq_nr` is our random first number.
-    pub fn accept(syn: &Header, seq_nr: u16, now: Instant) -> Self {
+    /// The accepting end of `syn`, answered at once; `seq_nr` is our random first number,
+    /// `receive_buffer` the window offered, as for [`Connection::dial`].
+    pub fn accept(syn: &Header, seq_nr: u16, receive_buffer: usize, now: Instant) -> Self {
         let mut conn = Connection::new(
             syn.conn_id.wrapping_add(1),
             syn.conn_id,
             seq_nr,
             syn.seq,
             State::Connected,
+            receive_buffer,
             now,
         );
         conn.note_timestamp(syn.timestamp, now);
@@ -215,13 +230,6 @@ impl Connection {
     fn receive_window(&self) -> usize {
         self.recv_buffer
             .saturating_sub(self.readable.len() + self.reorder_bytes)
-    }
-
-    /// Offers the peer a window of at most `bytes` from now on (at most [`RECV_BUFFER`]):
-    /// what the UDP socket underneath can queue, so that a window's burst is not dropped
-    /// there before we read it.
-    pub fn set_receive_buffer(&mut self, bytes: usize) {
-        self.recv_buffer = bytes.min(RECV_BUFFER);
     }
 
     /// Room in the send buffer.
@@ -718,8 +726,8 @@ mod tests {
     impl Link {
         fn new(loss: f64, reorder: f64, seed: u64) -> Link {
             let now = Instant::now();
-            let a = Connection::dial(100, now);
-            let b_placeholder = Connection::new(0, 0, 0, 0, State::Closed, now);
+            let a = Connection::dial(100, RECV_BUFFER, now);
+            let b_placeholder = Connection::new(0, 0, 0, 0, State::Closed, RECV_BUFFER, now);
             let mut link = Link {
                 a,
                 b: b_placeholder,
@@ -734,7 +742,7 @@ mod tests {
             let p = packet::decode(&syn).unwrap();
             assert_eq!(p.header.kind, Kind::Syn);
             assert_eq!(p.header.conn_id, 100);
-            link.b = Connection::accept(&p.header, 5000, now);
+            link.b = Connection::accept(&p.header, 5000, RECV_BUFFER, now);
             link
         }
 
@@ -857,11 +865,11 @@ mod tests {
     #[test]
     fn the_answer_to_a_syn_names_the_first_data_packet() {
         let now = Instant::now();
-        let mut a = Connection::dial(7, now);
+        let mut a = Connection::dial(7, RECV_BUFFER, now);
         let syn = a.outgoing.remove(0);
         let syn = packet::decode(&syn).unwrap();
         assert_eq!((syn.header.seq, syn.header.ack), (1, 0));
-        let mut b = Connection::accept(&syn.header, 40_000, now);
+        let mut b = Connection::accept(&syn.header, 40_000, RECV_BUFFER, now);
         let answer = b.outgoing.remove(0);
         let answer = packet::decode(&answer).unwrap();
         assert_eq!(answer.header.kind, Kind::State);
@@ -885,9 +893,14 @@ mod tests {
 
     /// A dialer `a` and the connection `b` that accepted its SYN (`b`'s answer not yet read).
     fn dialed(now: Instant) -> (Connection, Connection) {
-        let mut a = Connection::dial(7, now);
+        let mut a = Connection::dial(7, RECV_BUFFER, now);
         let syn = a.outgoing.remove(0);
-        let b = Connection::accept(&packet::decode(&syn).unwrap().header, 40_000, now);
+        let b = Connection::accept(
+            &packet::decode(&syn).unwrap().header,
+            40_000,
+            RECV_BUFFER,
+            now,
+        );
         (a, b)
     }
 
@@ -946,18 +959,31 @@ mod tests {
         );
     }
 
+    /// From the SYN and its answer on, not only from the first packet after them: a peer
+    /// that sent a whole 1 MiB window at once into a socket that queues 200 KB lost its tail.
     #[test]
-    fn the_window_offered_is_the_receive_buffer_set() {
+    fn the_window_offered_from_the_syn_on_is_the_receive_buffer_given() {
         let now = Instant::now();
-        let (_, mut b) = dialed(now);
-        b.set_receive_buffer(200_000);
+        let mut a = Connection::dial(7, 200_000, now);
+        let syn = a.outgoing.remove(0);
+        let syn = packet::decode(&syn).unwrap();
+        assert_eq!((syn.header.kind, syn.header.wnd), (Kind::Syn, 200_000));
+        let mut b = Connection::accept(&syn.header, 40_000, 150_000, now);
+        let answer = b.outgoing.remove(0);
+        let answer = packet::decode(&answer).unwrap();
+        assert_eq!(
+            (answer.header.kind, answer.header.wnd),
+            (Kind::State, 150_000)
+        );
+        a.on_packet(&answer, now);
+        assert_eq!(a.peer_window, 150_000);
         b.need_ack = true;
         b.flush(now);
         let ack = packet::decode(b.outgoing.last().unwrap()).unwrap();
-        assert_eq!(ack.header.wnd, 200_000);
-        b.set_receive_buffer(usize::MAX);
+        assert_eq!(ack.header.wnd, 150_000);
+        let c = Connection::dial(8, usize::MAX, now);
         assert_eq!(
-            b.receive_window(),
+            c.receive_window(),
             RECV_BUFFER,
             "never more than RECV_BUFFER"
         );
@@ -966,7 +992,7 @@ mod tests {
     #[test]
     fn an_unanswered_syn_fails_the_dial() {
         let mut now = Instant::now();
-        let mut a = Connection::dial(7, now);
+        let mut a = Connection::dial(7, RECV_BUFFER, now);
         for _ in 0..100 {
             now += Duration::from_millis(250);
             a.on_tick(now);
@@ -978,7 +1004,7 @@ mod tests {
     #[test]
     fn a_reset_ends_the_connection() {
         let now = Instant::now();
-        let mut a = Connection::dial(7, now);
+        let mut a = Connection::dial(7, RECV_BUFFER, now);
         let reset = Header {
             kind: Kind::Reset,
             conn_id: 7,

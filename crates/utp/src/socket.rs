@@ -202,11 +202,7 @@ impl UtpSocket {
             let handle = Arc::new(Handle {
                 addr,
                 inner: Mutex::new(Inner {
-                    conn: {
-                        let mut conn = Connection::dial(recv_id, now);
-                        conn.set_receive_buffer(self.shared.receive_window);
-                        conn
-                    },
+                    conn: Connection::dial(recv_id, self.shared.receive_window, now),
                     backlog: Vec::new(),
                     read_waker: None,
                     write_waker: None,
@@ -387,11 +383,12 @@ fn incoming(
         let handle = Arc::new(Handle {
             addr: from,
             inner: Mutex::new(Inner {
-                conn: {
-                    let mut conn = Connection::accept(&packet.header, rand::random(), now);
-                    conn.set_receive_buffer(shared.receive_window);
-                    conn
-                },
+                conn: Connection::accept(
+                    &packet.header,
+                    rand::random(),
+                    shared.receive_window,
+                    now,
+                ),
                 backlog: Vec::new(),
                 read_waker: None,
                 write_waker: None,
