@@ -692,6 +692,57 @@ fn bad_pieces_from_one_peer_get_it_banned() {
     );
 }
 
+/// A block that answers a request with the right piece and offset but not the length asked
+/// (here half of it) ends the connection at once. It used to be counted as wasted while the
+/// request stayed booked to the peer, its pipeline slot free again: a peer answering every
+/// request so booked every block of the torrent and was never dropped.
+#[test]
+fn blocks_of_another_length_than_asked_end_the_connection() {
+    run_case(
+        "wrong-length",
+        |setup, listener, _port, gate| {
+            let mut peer = RawPeer::accept(&listener, setup.info_hash, setup.info_hash);
+            peer.send(BITFIELD, &setup.full_bitfield()).unwrap();
+            peer.send(UNCHOKE, &[]).unwrap();
+            let mut answered = 0;
+            let mut last = Instant::now();
+            let closed = loop {
+                match peer.read(Duration::from_secs(10)) {
+                    Ok((REQUEST, p)) => {
+                        let (index, begin, length) = (word(&p, 0), word(&p, 4), word(&p, 8));
+                        let data = &setup.block(index, begin, length)[..length as usize / 2];
+                        last = Instant::now();
+                        if peer
+                            .stream
+                            .write_all(&piece_frame(index, begin, data))
+                            .is_err()
+                        {
+                            break Some(last.elapsed());
+                        }
+                        answered += 1;
+                    }
+                    Ok(_) => {}
+                    Err(End::Closed) => break Some(last.elapsed()),
+                    Err(End::Quiet) => break None,
+                }
+            };
+            gate.open();
+            Hostile {
+                drops: vec![(
+                    format!("blocks of half the length asked ({answered} answers)"),
+                    closed,
+                )],
+                note: String::new(),
+            }
+        },
+        AT_ONCE,
+        |summary, log, hostile| {
+            no_hash_failures(summary);
+            assert_closed_for(log, hostile, "sent a block of another length than asked");
+        },
+    );
+}
+
 #[test]
 fn a_request_flood_while_choked_ends_the_connection() {
     run_case(

@@ -1423,7 +1423,19 @@ impl Peer {
     fn receive(&mut self, index: u32, begin: u32, data: Bytes) -> Result<(), PeerError> {
         let len = data.len() as u64;
         let stats = &self.inner.stats;
-        let asked = self.inflight.remove(&(index, begin)).is_some();
+        let asked = match self.inflight.remove(&(index, begin)) {
+            // Left unchecked, the picker refuses the block but keeps it booked to this peer,
+            // whose pipeline slot is free again: a peer answering every request so would book
+            // every block of the torrent while it stays.
+            Some(block) if block.length as usize != data.len() => {
+                stats.wasted.fetch_add(len, Ordering::Relaxed);
+                return Err(PeerError::Protocol(
+                    "sent a block of another length than asked",
+                ));
+            }
+            Some(_) => true,
+            None => false,
+        };
         if !asked && !self.withdrawn.remove(&(index, begin)) {
             // Never asked of this peer: not written, not credited, and only a few allowed.
             stats.wasted.fetch_add(len, Ordering::Relaxed);
