@@ -49,12 +49,30 @@ impl SafePath {
         dir.join(rel)
     }
 
-    /// Adds `.n` to the last component (used to separate duplicate paths).
+    /// Puts `.n` before the last component's extension, as libtorrent 2.0.8 separates
+    /// duplicate paths (`x.tar.gz` -> `x.tar.1.gz`, `.bashrc` -> `.1.bashrc`, `a` -> `a.1`),
+    /// shortening the name before it if the component would pass [`MAX_COMPONENT_BYTES`].
     pub(crate) fn with_suffix(&self, n: usize) -> SafePath {
         let mut parts = self.0.clone();
         let last = parts.last_mut().expect("never empty");
-        last.push_str(&format!(".{n}"));
+        let suffix = format!(".{n}");
+        let (base, extension) = last.split_at(last.rfind('.').unwrap_or(last.len()));
+        let (base, extension) = if suffix.len() + extension.len() <= MAX_COMPONENT_BYTES {
+            (base, extension)
+        } else {
+            (last.as_str(), "")
+        };
+        let room = MAX_COMPONENT_BYTES - suffix.len() - extension.len();
+        let base = &base[..floor_char_boundary(base, room)];
+        *last = format!("{base}{suffix}{extension}");
         SafePath(parts)
+    }
+
+    /// Every directory this path lies in, the nearest first.
+    pub(crate) fn ancestors(&self) -> impl Iterator<Item = SafePath> + '_ {
+        (1..self.0.len())
+            .rev()
+            .map(|n| SafePath(self.0[..n].to_vec()))
     }
 
     pub(crate) fn prefixed(&self, first: &str) -> SafePath {
@@ -69,6 +87,14 @@ impl std::fmt::Display for SafePath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0.join("/"))
     }
+}
+
+/// The largest char boundary of `s` at or below `at`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    (0..=at.min(s.len()))
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
 }
 
 /// One component by rules 1-4; `None` when rule 3 drops it.
