@@ -184,3 +184,70 @@ fn a_piece_the_seed_lacks_is_never_sent() {
     assert_eq!(end, End::Quiet, "one such request is ignored, not punished");
     println!("request for missing piece 5: no data; piece 6 served; connection kept");
 }
+
+/// 300 connections from one host (127.0.0.2) that never send a handshake, against a `pow
+/// seed`: it holds 32 of them (`pow_engine::MAX_PENDING_HANDSHAKES_PER_HOST`, each a task and a
+/// buffer until the 20 s handshake timeout) and closes the rest at once, and a download from
+/// another host (127.0.0.1) completes meanwhile. Before, the seed's own listener held every
+/// one; a shared listener (`pow serve`'s) held 256 from anyone, and then no one else got in.
+#[test]
+fn a_flood_of_silent_connections_from_one_host_leaves_room_for_others() {
+    use std::io::Read;
+    const PER_HOST: usize = 32; // pow_engine::MAX_PENDING_HANDSHAKES_PER_HOST
+    let work = TempDir::new("silent");
+    let (data, torrent) = common::mib_payload(work.path(), "blob", 4, None);
+    let port = common::free_port();
+    let _seed = common::pow_seed(
+        &torrent,
+        data.parent().unwrap(),
+        port,
+        &[],
+        std::process::Stdio::null(),
+    );
+    // std cannot bind a socket before connecting it; tokio's `TcpSocket` can.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let silent: Vec<std::net::TcpStream> = runtime.block_on(async {
+        let mut streams = Vec::new();
+        for _ in 0..300 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(([127, 0, 0, 2], 0).into()).unwrap();
+            let stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+            streams.push(stream.into_std().unwrap());
+        }
+        streams
+    });
+    let (mut closed, mut held) = (0, 0);
+    for mut stream in silent.iter() {
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        match stream.read(&mut [0u8; 1]) {
+            Ok(0) => closed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+            _ => held += 1,
+        }
+    }
+    let started = std::time::Instant::now();
+    let out = work.path().join("out");
+    let report = common::pow_download_json(
+        torrent.to_str().unwrap(),
+        &out,
+        &["--peer", &format!("127.0.0.1:{port}")],
+    );
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(same_bytes(&data, &out.join("blob")), Ok(4 << 20));
+    println!(
+        "300 silent connections from 127.0.0.2: {held} held, {closed} closed at once; a download \
+         from 127.0.0.1 meanwhile in {took:.2} s"
+    );
+    assert_eq!((held, closed), (PER_HOST, 300 - PER_HOST));
+    assert!(
+        took < 10.0,
+        "the download waited for the silent connections: {took:.1} s"
+    );
+}

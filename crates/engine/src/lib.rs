@@ -32,7 +32,7 @@ mod transport;
 pub mod webseed;
 
 pub use encryption::Encryption;
-pub use listener::{SharedListener, MAX_PENDING_HANDSHAKES};
+pub use listener::{SharedListener, MAX_PENDING_HANDSHAKES, MAX_PENDING_HANDSHAKES_PER_HOST};
 pub use ratelimit::RateLimit;
 pub use transport::Utp;
 
@@ -648,9 +648,11 @@ impl Torrent {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             // uTP on the port of the same number, where peers look for it.
             let utp_addr = listener.local_addr()?;
+            let pending = Arc::new(listener::PendingHandshakes::default());
             tokio::spawn(peer::accept_loop(
                 inner.clone(),
                 PeerListener::Tcp(listener),
+                pending.clone(),
             ));
             if inner.config.utp != Utp::Off {
                 let socket = match inner.config.utp_socket.clone() {
@@ -659,7 +661,11 @@ impl Torrent {
                 };
                 if let Some(socket) = socket {
                     let _ = inner.utp.set(socket.clone());
-                    tokio::spawn(peer::accept_loop(inner.clone(), PeerListener::Utp(socket)));
+                    tokio::spawn(peer::accept_loop(
+                        inner.clone(),
+                        PeerListener::Utp(socket),
+                        pending,
+                    ));
                 }
             }
         }

@@ -10,17 +10,69 @@ use crate::transport::{self, PeerListener, PeerStream};
 use crate::{Inner, Torrent};
 use bytes::BytesMut;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 /// Time an incoming peer has to send its handshake before we know which torrent it wants.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Incoming connections still owing their handshake; more are closed at once, so a flood of
 /// silent connections costs at most this many tasks and buffers.
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// The same from one host: a flood from one address leaves room for everyone else's.
+/// Handshakes take milliseconds, so even many peers behind one NAT seldom owe this many.
+pub const MAX_PENDING_HANDSHAKES_PER_HOST: usize = 32;
+
+/// The incoming connections that still owe their handshake, in all and per host, shared by a
+/// port's TCP and uTP listeners.
+#[derive(Default)]
+pub(crate) struct PendingHandshakes {
+    by_host: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One pending handshake, counted until dropped.
+pub(crate) struct Pending {
+    handshakes: Arc<PendingHandshakes>,
+    host: IpAddr,
+}
+
+impl PendingHandshakes {
+    /// Counts a handshake from `addr` in, or `None` (the connection is to be closed) when there
+    /// are too many, from everyone or from its host.
+    pub fn admit(self: &Arc<Self>, addr: SocketAddr) -> Option<Pending> {
+        let host = addr.ip().to_canonical();
+        let mut by_host = lock(&self.by_host);
+        let total: usize = by_host.values().sum();
+        let from_host = by_host.entry(host).or_default();
+        if total >= MAX_PENDING_HANDSHAKES || *from_host >= MAX_PENDING_HANDSHAKES_PER_HOST {
+            tracing::debug!("{addr}: too many pending handshakes, closed");
+            return None;
+        }
+        *from_host += 1;
+        Some(Pending {
+            handshakes: self.clone(),
+            host,
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut by_host = lock(&self.handshakes.by_host);
+        if let Some(count) = by_host.get_mut(&self.host) {
+            *count -= 1;
+            if *count == 0 {
+                by_host.remove(&self.host);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 type Routes = Arc<Mutex<HashMap<[u8; 20], Weak<Inner>>>>;
 
@@ -48,7 +100,7 @@ impl SharedListener {
         let local_addr = listener.local_addr()?;
         let routes: Routes = Arc::default();
         let stop = watch::channel(false).0;
-        let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+        let pending = Arc::new(PendingHandshakes::default());
         let accepting = accept_loop(
             PeerListener::Tcp(listener),
             routes.clone(),
@@ -137,15 +189,14 @@ async fn accept_loop(
     listener: PeerListener,
     routes: Routes,
     encryption: Encryption,
-    pending: Arc<Semaphore>,
+    pending: Arc<PendingHandshakes>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
-                    let Ok(permit) = pending.clone().try_acquire_owned() else {
-                        tracing::debug!("{addr}: too many pending handshakes, closed");
+                    let Some(permit) = pending.admit(addr) else {
                         continue;
                     };
                     let routes = routes.clone();
@@ -168,7 +219,7 @@ async fn route(
     addr: SocketAddr,
     routes: Routes,
     encryption: Encryption,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: Pending,
 ) {
     let routed = read_route(stream, addr, &routes, encryption).await;
     drop(permit);

@@ -18,6 +18,7 @@
 
 use crate::encryption::{self, Ciphers};
 use crate::inorder::InOrderHashes;
+use crate::listener::{Pending, PendingHandshakes};
 use crate::pex::PexLink;
 use crate::received::{self, Unwritten, Writer};
 use crate::transport::{self, Next, PeerListener, PeerStream, Transport};
@@ -90,16 +91,25 @@ const MAX_WITHDRAWN: usize = 2 * MAX_PIPELINE;
 const LOSS_ALLOWANCE: u64 = 4;
 
 /// Accepts connections from `listener` (TCP, or uTP on the UDP port of the same number) for as
-/// long as the torrent runs.
-pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: PeerListener) {
+/// long as the torrent runs. `pending` caps the handshakes still owed, over both listeners, as
+/// a shared listener's are ([`crate::MAX_PENDING_HANDSHAKES`], and per host
+/// [`crate::MAX_PENDING_HANDSHAKES_PER_HOST`]); more are closed at once.
+pub(crate) async fn accept_loop(
+    inner: Arc<Inner>,
+    listener: PeerListener,
+    pending: Arc<PendingHandshakes>,
+) {
     let mut shutdown = inner.shutdown.subscribe();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     let full = inner.lock().peers.len() >= inner.config.max_peers;
+                    let Some(permit) = pending.admit(addr) else {
+                        continue;
+                    };
                     if !full {
-                        tokio::spawn(run(inner.clone(), stream, addr, Side::Accepted));
+                        tokio::spawn(run(inner.clone(), stream, addr, Side::Accepted(permit)));
                     }
                 }
                 Err(_) if listener.gone() => return,
@@ -178,8 +188,9 @@ async fn dial(
 enum Side {
     /// We dialed it, with an encrypted handshake or a plaintext one.
     Dialed { encrypted: bool },
-    /// Our listener accepted it.
-    Accepted,
+    /// Our listener accepted it; the permit is one of the pending handshakes, given back once
+    /// the handshake is read.
+    Accepted(Pending),
     /// A shared listener accepted it and read the handshake.
     Routed(Box<Routed>),
 }
@@ -415,7 +426,7 @@ async fn handshake(inner: &Inner, mut stream: PeerStream, side: Side) -> Result<
             let theirs = read_handshake(&mut stream, &mut buf, &mut ciphers, deadline).await?;
             (theirs, ciphers, buf)
         }
-        Side::Accepted => {
+        Side::Accepted(_pending) => {
             let mut ciphers =
                 encryption::accept(&mut stream, &mut buf, || vec![info_hash], policy, deadline)
                     .await?;
