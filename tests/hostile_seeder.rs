@@ -743,6 +743,75 @@ fn blocks_of_another_length_than_asked_end_the_connection() {
     );
 }
 
+/// A peer that slips a bad block into pieces an honest seed serves the rest of: each such piece
+/// fails and is fetched again from the honest seed, and once it verifies, the block that differs
+/// from the good one names its sender, which is banned; the honest seed takes no strike.
+/// Striking every sender (as before) banned the honest seed with it after three such pieces,
+/// and the download could not finish.
+#[test]
+fn a_bad_block_in_a_piece_others_served_bans_only_its_sender() {
+    const CHOKE: u8 = 0;
+    run_case(
+        "smart-ban",
+        |setup, listener, _port, gate| {
+            // Answers only the first block of the first 3 pieces it is asked for, each with a
+            // byte flipped, then chokes: the rest of those pieces comes from the honest seed.
+            let mut peer = RawPeer::accept(&listener, setup.info_hash, setup.info_hash);
+            peer.send(BITFIELD, &setup.full_bitfield()).unwrap();
+            peer.send(UNCHOKE, &[]).unwrap();
+            let mut poisoned: Vec<u32> = Vec::new();
+            while poisoned.len() < 3 {
+                match peer.read(Duration::from_secs(10)) {
+                    Ok((REQUEST, p)) => {
+                        let (index, begin, length) = (word(&p, 0), word(&p, 4), word(&p, 8));
+                        if begin == 0 && !poisoned.contains(&index) {
+                            let mut data = setup.block(index, begin, length).to_vec();
+                            data[100] ^= 0x01;
+                            peer.stream
+                                .write_all(&piece_frame(index, begin, &data))
+                                .unwrap();
+                            poisoned.push(index);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(end) => panic!("waiting for requests: {end:?}"),
+                }
+            }
+            peer.send(CHOKE, &[]).unwrap();
+            gate.open();
+            let closed = peer.closed_within(Duration::from_secs(20));
+            Hostile {
+                drops: vec![(
+                    format!(
+                        "a bad first block in pieces {poisoned:?}, the rest from the honest seed"
+                    ),
+                    closed,
+                )],
+                note: String::new(),
+            }
+        },
+        Duration::from_secs(5),
+        |summary, log, hostile| {
+            assert!(
+                log.contains(&format!("{hostile}: banned: its block at 0 of piece")),
+                "not banned by its block:\n{log}"
+            );
+            assert_eq!(summary["hash_failures"], 3, "{summary}");
+            // The honest seed took no strike: it was never banned.
+            assert_eq!(log.matches(": banned").count(), 1, "{log}");
+            // The failed pieces were fetched again at once (0.01 s here). Before, the honest
+            // seed, told `not interested` while the last pieces were being checked, was not
+            // told `interested` again when they failed: it sat idle until the idle timeout
+            // closed it, and the download waited for a redial (12 s).
+            let seconds = summary["seconds"].as_f64().unwrap();
+            assert!(
+                seconds < 5.0,
+                "the failed pieces waited: {seconds:.2} s\n{log}"
+            );
+        },
+    );
+}
+
 #[test]
 fn a_request_flood_while_choked_ends_the_connection() {
     run_case(

@@ -6,8 +6,9 @@
 //! are written with positioned writes and hashed in piece order as they arrive, beside the
 //! peer's socket loop ([`received`]); a piece that one peer's in-order hash cannot decide is
 //! read back and SHA-1 checked on the blocking pool; a failed piece is discarded and
-//! re-requested, and every peer that sent part of it gets a strike (banned after
-//! [`MAX_STRIKES`]).
+//! re-requested. A bad piece all from one peer gives it a strike (banned after
+//! [`MAX_STRIKES`]); one from several peers keeps each sender's block hash, and once the piece
+//! verifies, whoever sent a block that differs is banned (libtorrent's smart ban).
 //!
 //! The engine knows nothing of trackers: callers feed it peer addresses with
 //! [`Torrent::add_peers`] (from a tracker client, or given by hand); peers tell each other of
@@ -251,6 +252,10 @@ pub(crate) enum PeerCmd {
     Have(u32),
     /// End-game: another peer delivered this block first.
     Cancel(pow_metainfo::Block),
+    /// This piece failed its hash check and is wanted again: a peer that has it and that we
+    /// told `not interested` (once every piece was ours or being checked) must say
+    /// `interested` again, or nobody would fetch it.
+    Wanted,
     /// Leave (banned or shutting down).
     Close,
     /// The choker took its upload slot ([`choker`]).
@@ -342,6 +347,38 @@ pub(crate) struct WireLink {
     pub utp: bool,
 }
 
+/// The blocks of a piece's current attempt, each with its sender.
+#[derive(Default)]
+pub(crate) struct Senders {
+    pub blocks: Vec<Sender>,
+    /// Not all from one peer.
+    pub mixed: bool,
+}
+
+impl Senders {
+    /// The peers that sent blocks, each once.
+    pub fn peers(&self) -> Vec<(PeerKey, SocketAddr)> {
+        let mut peers: Vec<_> = self.blocks.iter().map(|b| (b.key, b.addr)).collect();
+        peers.sort_unstable();
+        peers.dedup();
+        peers
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct Sender {
+    pub begin: u32,
+    pub key: PeerKey,
+    pub addr: SocketAddr,
+}
+
+/// A block of a failed attempt at a piece: who sent it and the SHA-1 of what they sent.
+pub(crate) struct Suspect {
+    pub begin: u32,
+    pub addr: SocketAddr,
+    pub sha1: [u8; 20],
+}
+
 pub(crate) struct State {
     pub picker: Picker,
     pub peers: HashMap<PeerKey, PeerEntry>,
@@ -351,8 +388,12 @@ pub(crate) struct State {
     pub connecting: HashSet<SocketAddr>,
     pub banned: HashSet<SocketAddr>,
     pub strikes: HashMap<SocketAddr, u32>,
-    /// Peers that sent blocks of each piece still being assembled.
-    pub contributors: HashMap<u32, HashSet<PeerKey>>,
+    /// Who sent each block of each piece still being assembled.
+    pub senders: HashMap<u32, Senders>,
+    /// The blocks of failed attempts at pieces whose blocks came from more than one peer, by
+    /// sender and hash: once the piece verifies, whoever sent a block that differs from the
+    /// good one is banned, and nobody else (libtorrent's smart ban).
+    pub suspects: HashMap<u32, Vec<Suspect>>,
     /// Bytes received per peer address, for reports ("who sent what").
     pub received_from: HashMap<SocketAddr, u64>,
     /// Bytes served per peer address.
@@ -474,9 +515,10 @@ impl State {
             Received::Stored { cancel } | Received::PieceDone { cancel } => cancel.clone(),
             Received::Unwanted => return (received, false),
         };
-        let contributors = self.contributors.entry(index).or_default();
-        contributors.insert(key);
-        let sole = contributors.len() == 1;
+        let senders = self.senders.entry(index).or_default();
+        senders.mixed |= senders.blocks.first().is_some_and(|first| first.key != key);
+        senders.blocks.push(Sender { begin, key, addr });
+        let sole = !senders.mixed;
         *self.received_from.entry(addr).or_default() += u64::from(length);
         *self.unwritten.entry(index).or_default() += 1;
         if let Some(entry) = self.peers.get_mut(&key) {
@@ -623,7 +665,8 @@ impl Torrent {
                 connecting: HashSet::new(),
                 banned: HashSet::new(),
                 strikes: HashMap::new(),
-                contributors: HashMap::new(),
+                senders: HashMap::new(),
+                suspects: HashMap::new(),
                 received_from: HashMap::new(),
                 sent_to: HashMap::new(),
                 web_seeds: HashMap::new(),
@@ -1085,7 +1128,7 @@ mod tests {
             let torrent = Torrent::start(storage, picker, EngineConfig::default())
                 .await
                 .unwrap();
-            peer::record_verdict(&torrent.inner, 0, true);
+            peer::record_verdict(&torrent.inner, 0, true, None);
             let waited =
                 tokio::time::timeout(Duration::from_secs(5), torrent.wait_complete()).await;
             assert!(waited.is_ok(), "wait_complete missed the completion");

@@ -731,6 +731,10 @@ impl Peer {
                         }
                     }
                     Some(PeerCmd::Close) | None => return Err(PeerError::Closed),
+                    Some(PeerCmd::Wanted) => {
+                        self.spared_dry = false;
+                        self.update_interest();
+                    }
                     Some(PeerCmd::Choke) => self.choke(),
                     Some(PeerCmd::Unchoke) => {
                         // Unless this task choked it since (it lost interest): the slot is
@@ -1621,22 +1625,53 @@ async fn wait_until(at: Option<Instant>) {
     }
 }
 
-/// Hashes a completed piece on the blocking pool and records the verdict.
+/// Hashes a completed piece on the blocking pool and records the verdict; a bad piece's
+/// blocks are hashed too, for [`record_verdict`]'s smart ban.
 pub(crate) async fn verify_piece(inner: Arc<Inner>, index: u32) {
     // Other peers (or web seeds) may have booked blocks of it that they have yet to write.
     inner.until_written(index).await;
     let storage = inner.storage.clone();
     let piece = inner.metainfo.geometry.piece(index).expect("valid piece");
-    let verdict = tokio::task::spawn_blocking(move || storage.verify_piece(piece)).await;
-    record_verdict(&inner, index, matches!(verdict, Ok(Ok(true))));
+    let expected = *inner.metainfo.piece_hash(piece);
+    let verdict = tokio::task::spawn_blocking(move || {
+        use sha1::Digest;
+        let data = storage.read_piece(piece).ok()?;
+        let good = sha1::Sha1::digest(&data).as_slice() == expected;
+        Some((good, (!good).then(|| block_hashes(&data))))
+    })
+    .await;
+    match verdict {
+        Ok(Some((good, bad_blocks))) => record_verdict(&inner, index, good, bad_blocks),
+        _ => record_verdict(&inner, index, false, None),
+    }
+}
+
+/// SHA-1 of each block of a piece's bytes.
+fn block_hashes(piece: &[u8]) -> Vec<[u8; 20]> {
+    use sha1::Digest;
+    piece
+        .chunks(pow_metainfo::BLOCK_SIZE as usize)
+        .map(|block| sha1::Sha1::digest(block).into())
+        .collect()
 }
 
 /// Records a piece's hash check: good, it is ours and every peer hears `have`; bad, its blocks
-/// are freed for re-request and each peer that sent part of it gets a strike.
-pub(crate) fn record_verdict(inner: &Arc<Inner>, index: u32, ok: bool) {
+/// are freed for re-request. A bad piece all from one peer gives it a strike. One whose blocks
+/// came from several peers gives none: with `bad_blocks` (the SHA-1 of each block of the bad
+/// attempt) each sender's block is kept as a suspect, and once the piece verifies, whoever
+/// sent a block that differs from the good one is banned (libtorrent's smart ban). Striking
+/// every sender instead let a peer that slipped bad blocks into an honest seed's pieces get
+/// that seed banned; without `bad_blocks` (a web seed's in-memory check) every sender is
+/// struck, as before.
+pub(crate) fn record_verdict(
+    inner: &Arc<Inner>,
+    index: u32,
+    ok: bool,
+    bad_blocks: Option<Vec<[u8; 20]>>,
+) {
     let piece = inner.metainfo.geometry.piece(index).expect("valid piece");
     let mut state = inner.lock();
-    let contributors = state.contributors.remove(&index).unwrap_or_default();
+    let senders = state.senders.remove(&index).unwrap_or_default();
     if ok {
         state.picker.piece_verified(index);
         crate::trace::event(&format!("verified {index}"));
@@ -1649,9 +1684,15 @@ pub(crate) fn record_verdict(inner: &Arc<Inner>, index: u32, ok: bool) {
         for peer in state.peers.values() {
             let _ = peer.tx.send(PeerCmd::Have(index));
         }
+        if let Some(suspects) = state.suspects.remove(&index) {
+            tokio::spawn(smart_ban(inner.clone(), index, suspects));
+        }
         return;
     }
     state.picker.piece_failed(index);
+    for peer in state.peers.values().filter(|p| p.bits.get(index)) {
+        let _ = peer.tx.send(PeerCmd::Wanted);
+    }
     let size = u64::from(inner.metainfo.geometry.piece_size(piece));
     inner.stats.hash_failures.fetch_add(1, Ordering::Relaxed);
     inner.stats.wasted.fetch_add(size, Ordering::Relaxed);
@@ -1659,20 +1700,74 @@ pub(crate) fn record_verdict(inner: &Arc<Inner>, index: u32, ok: bool) {
         size.min(inner.stats.downloaded.load(Ordering::Relaxed)),
         Ordering::Relaxed,
     );
-    tracing::warn!("piece {index} failed its hash check; fetching it again");
-    for key in contributors {
-        let Some(addr) = state.peers.get(&key).map(|p| p.addr) else {
-            continue;
-        };
-        let strikes = state.strikes.entry(addr).or_default();
-        *strikes += 1;
-        // Pieces already in flight may fail after the ban, before the peer's task has closed:
-        // ban (and log) once.
-        if *strikes >= MAX_STRIKES && state.banned.insert(addr) {
-            tracing::warn!("{addr}: banned after {MAX_STRIKES} bad pieces");
-            if let Some(peer) = state.peers.get(&key) {
-                let _ = peer.tx.send(PeerCmd::Close);
+    match bad_blocks {
+        Some(hashes) if senders.mixed => {
+            tracing::warn!(
+                "piece {index} failed its hash check; fetching it again (its blocks came from \
+                 {} peers: whoever sent a bad one is banned once it verifies)",
+                senders.peers().len()
+            );
+            let suspects = state.suspects.entry(index).or_default();
+            for sender in &senders.blocks {
+                // Bounded: a piece fails at most a few times before its blocks come from
+                // honest peers alone, and each attempt adds one entry per block.
+                if let Some(&sha1) = hashes.get((sender.begin / pow_metainfo::BLOCK_SIZE) as usize)
+                {
+                    suspects.push(crate::Suspect {
+                        begin: sender.begin,
+                        addr: sender.addr,
+                        sha1,
+                    });
+                }
             }
+        }
+        _ => {
+            tracing::warn!("piece {index} failed its hash check; fetching it again");
+            for (key, addr) in senders.peers() {
+                strike(&mut state, key, addr);
+            }
+        }
+    }
+}
+
+/// A strike against the peer at `addr`; the last one bans it and closes its connection.
+fn strike(state: &mut crate::State, key: PeerKey, addr: SocketAddr) {
+    let strikes = state.strikes.entry(addr).or_default();
+    *strikes += 1;
+    // Pieces already in flight may fail after the ban, before the peer's task has closed:
+    // ban (and log) once.
+    if *strikes >= MAX_STRIKES && state.banned.insert(addr) {
+        tracing::warn!("{addr}: banned after {MAX_STRIKES} bad pieces");
+        if let Some(peer) = state.peers.get(&key) {
+            let _ = peer.tx.send(PeerCmd::Close);
+        }
+    }
+}
+
+/// Compares the blocks of failed attempts at piece `index` with the piece now verified on
+/// disk, and bans every sender of a block that differs.
+async fn smart_ban(inner: Arc<Inner>, index: u32, suspects: Vec<crate::Suspect>) {
+    let storage = inner.storage.clone();
+    let piece = inner.metainfo.geometry.piece(index).expect("valid piece");
+    let good =
+        tokio::task::spawn_blocking(move || storage.read_piece(piece).map(|d| block_hashes(&d)))
+            .await;
+    let Ok(Ok(good)) = good else {
+        return;
+    };
+    let mut state = inner.lock();
+    for suspect in suspects {
+        let block = (suspect.begin / pow_metainfo::BLOCK_SIZE) as usize;
+        if good.get(block) == Some(&suspect.sha1) || !state.banned.insert(suspect.addr) {
+            continue;
+        }
+        tracing::warn!(
+            "{}: banned: its block at {} of piece {index} differs from the verified piece's",
+            suspect.addr,
+            suspect.begin
+        );
+        for peer in state.peers.values().filter(|p| p.addr == suspect.addr) {
+            let _ = peer.tx.send(PeerCmd::Close);
         }
     }
 }

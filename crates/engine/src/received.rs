@@ -175,7 +175,7 @@ fn decide(inner: &Arc<Inner>, hashes: &mut InOrderHashes, index: u32, sole: bool
             .stats
             .hashed_as_received
             .fetch_add(1, Ordering::Relaxed);
-        crate::peer::record_verdict(inner, index, true);
+        crate::peer::record_verdict(inner, index, true, None);
     } else {
         tokio::spawn(verify_piece(inner.clone(), index));
     }

@@ -459,11 +459,10 @@ impl Job {
             };
             let mut bad = Vec::new();
             for piece in done {
-                let only_us = inner
-                    .lock()
-                    .contributors
-                    .get(&piece)
-                    .is_some_and(|c| c.len() == 1 && c.contains(&key));
+                let only_us =
+                    inner.lock().senders.get(&piece).is_some_and(|s| {
+                        !s.mixed && s.blocks.first().is_some_and(|b| b.key == key)
+                    });
                 match in_memory {
                     Some((hashed, good)) if hashed == piece => {
                         if good {
@@ -472,7 +471,7 @@ impl Job {
                                 .hashed_as_received
                                 .fetch_add(1, Ordering::Relaxed);
                         }
-                        crate::peer::record_verdict(&inner, piece, good);
+                        crate::peer::record_verdict(&inner, piece, good, None);
                     }
                     _ => crate::peer::verify_piece(inner.clone(), piece).await,
                 }

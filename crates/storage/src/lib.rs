@@ -442,12 +442,17 @@ impl Storage {
         Ok(geometry.piece_offset(piece) + u64::from(begin))
     }
 
-    /// SHA-1 of the piece as it is on disk.
-    pub fn hash_piece(&self, piece: PieceIndex) -> Result<[u8; 20], StorageError> {
+    /// The piece's bytes as they are on disk.
+    pub fn read_piece(&self, piece: PieceIndex) -> Result<Vec<u8>, StorageError> {
         let size = self.metainfo.geometry.piece_size(piece) as usize;
         let mut buf = vec![0u8; size];
         self.read_at(self.metainfo.geometry.piece_offset(piece), &mut buf)?;
-        Ok(Sha1::digest(&buf).into())
+        Ok(buf)
+    }
+
+    /// SHA-1 of the piece as it is on disk.
+    pub fn hash_piece(&self, piece: PieceIndex) -> Result<[u8; 20], StorageError> {
+        Ok(Sha1::digest(self.read_piece(piece)?).into())
     }
 
     /// True when the piece on disk has the hash the torrent gives.
