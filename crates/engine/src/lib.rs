@@ -52,8 +52,9 @@ use transport::PeerListener;
 
 /// Bad pieces a peer may take part in before it is banned.
 pub const MAX_STRIKES: u32 = 3;
-/// Addresses remembered to dial: trackers and peer exchange add no more past this, so a
-/// peer that names thousands of addresses cannot grow the session without bound.
+/// Addresses remembered to dial, so a peer that names thousands of addresses cannot grow the
+/// session without bound. Past it, a new address takes the place of one whose dials failed
+/// (the most in a row), or is dropped while none has.
 pub const MAX_KNOWN_PEERS: usize = 2000;
 /// A spared seed with nothing left that sparing lets us ask it for (see
 /// `peer::Peer::pick_from_seed`) is asked for anything once the peers lending to us send less
@@ -455,6 +456,20 @@ impl State {
         Some(entry)
     }
 
+    /// Forgets the known peer whose dials failed the most times in a row (not one being
+    /// dialed now), to make room for another: fake addresses that peer exchange named fill
+    /// the table only until they are dialed, and trackers' peers still get in. False when no
+    /// dial to any of them has failed.
+    fn forget_a_failed_peer(&mut self) -> bool {
+        let worst = self
+            .known
+            .iter()
+            .filter(|(addr, peer)| peer.failed_dials > 0 && !self.connecting.contains(addr))
+            .max_by_key(|(_, peer)| peer.failed_dials)
+            .map(|(addr, _)| *addr);
+        worst.is_some_and(|addr| self.known.remove(&addr).is_some())
+    }
+
     /// What the peers lending to us (unchoking us, not spared seeds) send us together, bytes
     /// per second.
     pub fn lending_rate(&self) -> f64 {
@@ -590,11 +605,10 @@ impl Inner {
             if Some(addr) == self.config.listen || state.banned.contains(&addr) {
                 continue;
             }
-            if state.known.len() >= MAX_KNOWN_PEERS {
-                break;
-            }
-            if let std::collections::hash_map::Entry::Vacant(slot) = state.known.entry(addr) {
-                slot.insert(KnownPeer::default());
+            if !state.known.contains_key(&addr)
+                && (state.known.len() < MAX_KNOWN_PEERS || state.forget_a_failed_peer())
+            {
+                state.known.insert(addr, KnownPeer::default());
                 new += 1;
             }
         }
@@ -1111,6 +1125,56 @@ mod tests {
             picker,
             runtime,
         }
+    }
+
+    /// With the known peers full, a new address takes the place of the one whose dials failed
+    /// most, and is dropped while none has failed (it used to be dropped always: addresses
+    /// that peer exchange named and that never answer kept trackers' peers out for good).
+    #[test]
+    fn a_full_peer_table_makes_room_by_forgetting_a_failed_peer() {
+        let OnePiece {
+            dir,
+            storage,
+            picker,
+            runtime,
+            ..
+        } = one_piece("known");
+        runtime.block_on(async {
+            let torrent = Torrent::start(storage, picker, EngineConfig::default())
+                .await
+                .unwrap();
+            let inner = &torrent.inner;
+            let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+            {
+                // Dialed just now, so none is due again while the test runs.
+                let mut state = inner.lock();
+                for port in 0..MAX_KNOWN_PEERS as u16 {
+                    let peer = KnownPeer {
+                        last_dial: Some(Instant::now()),
+                        failed_dials: 0,
+                    };
+                    state.known.insert(addr(10_000 + port), peer);
+                }
+            }
+            assert_eq!(inner.learn_peers([addr(9)]), 0, "no failed peer to forget");
+            {
+                let mut state = inner.lock();
+                state.known.get_mut(&addr(10_001)).unwrap().failed_dials = 1;
+                state.known.get_mut(&addr(10_002)).unwrap().failed_dials = 3;
+            }
+            assert_eq!(inner.learn_peers([addr(9)]), 1);
+            let state = inner.lock();
+            assert_eq!(state.known.len(), MAX_KNOWN_PEERS);
+            assert!(state.known.contains_key(&addr(9)));
+            assert!(
+                !state.known.contains_key(&addr(10_002)),
+                "the most failed is forgotten"
+            );
+            assert!(state.known.contains_key(&addr(10_001)));
+            drop(state);
+            torrent.shutdown();
+        });
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// A completion that happens while nobody waits is still seen by a later `wait_complete`
