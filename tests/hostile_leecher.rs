@@ -251,3 +251,57 @@ fn a_flood_of_silent_connections_from_one_host_leaves_room_for_others() {
         "the download waited for the silent connections: {took:.1} s"
     );
 }
+
+/// A peer that asks for metadata pieces (BEP 9) and never reads: once a send buffer's worth
+/// (1 MiB) waits for it, the rest of its asks get rejects, not 16 KiB each. A torrent of 32,768
+/// pieces (a 655 KB info dictionary, 41 metadata pieces) lets a peer ask 164 times: it used to
+/// get 164 answers queued, 2.6 MB, and 4 times the dictionary in general (160 MiB per
+/// connection for a 40 MiB one).
+#[test]
+fn metadata_asked_for_and_never_read_is_rejected_past_a_send_buffer() {
+    const ASKS: u32 = 164; // pow's cap for 41 metadata pieces: 4 each
+    const OURS: u8 = 3; // the id we name for ut_metadata
+    let work = TempDir::new("metadata-unread");
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let file = data.join("zeros.bin");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    let torrent = work.path().join("zeros.torrent");
+    let metainfo = common::create_torrent(&file, &torrent, 16384);
+    assert_eq!(metainfo.info_bytes.len().div_ceil(16384), 41);
+    let port = common::free_port();
+    let _seed = common::pow_seed(&torrent, &data, port, &[], std::process::Stdio::null());
+    let mut reserved = [0u8; 8];
+    reserved[5] |= 0x10; // BEP 10
+    let mut peer = RawPeer::connect_with(port, metainfo.info_hash.0, reserved);
+    let m = format!("d1:md11:ut_metadatai{OURS}eee");
+    peer.send_extended(0, m.as_bytes()).unwrap();
+    let theirs = peer.next_extended(0, Duration::from_secs(10)).unwrap();
+    assert!(String::from_utf8_lossy(&theirs).contains("11:ut_metadatai1e"));
+    for ask in 0..ASKS {
+        let request = format!("d8:msg_typei0e5:piecei{}ee", ask % 41);
+        peer.send_extended(1, request.as_bytes()).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (mut data_replies, mut rejects) = (0, 0);
+    while let Ok(body) = peer.next_extended(OURS, Duration::from_secs(2)) {
+        let text = String::from_utf8_lossy(&body);
+        if text.starts_with("d8:msg_typei1e") {
+            data_replies += 1;
+        } else if text.starts_with("d8:msg_typei2e") {
+            rejects += 1;
+        }
+    }
+    println!(
+        "{ASKS} metadata asks, none read for 1 s: {data_replies} pieces sent, {rejects} rejects"
+    );
+    assert_eq!(data_replies + rejects, ASKS);
+    assert!(rejects > 0, "every ask answered with 16 KiB");
+    assert!(
+        data_replies >= 64,
+        "at least a send buffer's worth: {data_replies}"
+    );
+}

@@ -950,7 +950,10 @@ impl Peer {
         if self.metadata_requests > MAX_METADATA_REQUESTS.max(4 * pieces) {
             return Err(PeerError::Protocol("too many metadata requests"));
         }
-        let reply = if piece < pieces {
+        // A peer that asks and does not read gets rejects once a send buffer's worth waits
+        // for it: at most 4 asks per piece, unread, held 4 times the info dictionary (160 MiB
+        // for a 40 MiB one) per connection.
+        let reply = if piece < pieces && self.out.len() < SEND_WATERMARK {
             let start = piece as usize * extension::METADATA_PIECE_LEN;
             let end = (start + extension::METADATA_PIECE_LEN).min(info.len());
             MetadataMessage::Data {
