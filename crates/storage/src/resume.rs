@@ -336,7 +336,11 @@ impl Storage {
             let slot = stamps
                 .get_mut(index)
                 .ok_or_else(|| format!("no file {index}"))?;
-            *slot = Some((len, secs * 1_000_000_000 + nanos));
+            let stamp = secs
+                .checked_mul(1_000_000_000)
+                .and_then(|ns| ns.checked_add(nanos))
+                .ok_or_else(|| format!("bad line `{line}`"))?;
+            *slot = Some((len, stamp));
         }
         Ok((have, saved, stamps))
     }
