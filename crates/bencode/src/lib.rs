@@ -13,13 +13,18 @@
 //! Strict means: no leading zeros (`i03e`, `03:abc`), no `-0`, no `i-e`/`ie`, dictionary keys
 //! sorted by raw bytes with no duplicates, no trailing data, string lengths checked against the
 //! remaining input before anything is allocated, integers outside i64 rejected, nesting depth
-//! bounded without recursion on the native stack beyond that bound.
+//! bounded without recursion on the native stack beyond that bound, and the number of values
+//! bounded (each decoded value costs about 48 bytes, 24 times the 2 bytes of an empty list).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 /// Default bound on list/dict nesting. Real torrents nest 4-6 deep; 100-deep samples exist in tests.
 pub const DEFAULT_MAX_DEPTH: usize = 256;
+/// Default bound on the number of values in one input: libtorrent's `max_decode_tokens`
+/// (2,000,000, which also counts keys), so whatever libtorrent loads, we do. Without it a 48 MiB
+/// info dictionary of empty lists decoded into about 2 GiB of nodes.
+pub const DEFAULT_MAX_VALUES: usize = 2_000_000;
 
 /// What went wrong, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +58,9 @@ pub enum ErrorKind {
     TooDeep {
         limit: usize,
     },
+    TooManyValues {
+        limit: usize,
+    },
     TrailingData,
 }
 
@@ -78,6 +86,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::UnsortedKey => write!(f, "dictionary keys are not in sorted order"),
             ErrorKind::DuplicateKey => write!(f, "duplicate dictionary key"),
             ErrorKind::TooDeep { limit } => write!(f, "nesting deeper than {limit} levels"),
+            ErrorKind::TooManyValues { limit } => write!(f, "more than {limit} values"),
             ErrorKind::TrailingData => write!(f, "trailing data after the value"),
         }
     }
@@ -103,6 +112,8 @@ impl std::error::Error for Error {}
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub max_depth: usize,
+    /// Values (integers, strings, lists, dictionaries) decoded at most, in all.
+    pub max_values: usize,
     /// Accept dictionaries whose keys are not in sorted order (duplicates are still refused).
     /// Real `.torrent` files written by old tools do this; libtorrent loads them and hashes
     /// the bytes as they are, so the metainfo reader does too.
@@ -116,6 +127,7 @@ impl Options {
     pub const fn strict() -> Self {
         Options {
             max_depth: DEFAULT_MAX_DEPTH,
+            max_values: DEFAULT_MAX_VALUES,
             allow_unsorted_keys: false,
             allow_trailing_data: false,
         }
@@ -123,6 +135,7 @@ impl Options {
     pub const fn torrent_file() -> Self {
         Options {
             max_depth: DEFAULT_MAX_DEPTH,
+            max_values: DEFAULT_MAX_VALUES,
             allow_unsorted_keys: true,
             allow_trailing_data: true,
         }
@@ -296,6 +309,7 @@ pub fn decode_prefix(input: &[u8], options: Options) -> Result<(Node<'_>, usize)
     let mut parser = Parser {
         input,
         pos: 0,
+        values: 0,
         options,
     };
     let node = parser.value(0)?;
@@ -305,6 +319,7 @@ pub fn decode_prefix(input: &[u8], options: Options) -> Result<(Node<'_>, usize)
 struct Parser<'a> {
     input: &'a [u8],
     pos: usize,
+    values: usize,
     options: Options,
 }
 
@@ -324,6 +339,11 @@ impl<'a> Parser<'a> {
     /// bounded by `max_depth`, which keeps the native stack use small and fixed.
     fn value(&mut self, depth: usize) -> Result<Node<'a>, Error> {
         let start = self.pos;
+        self.values += 1;
+        if self.values > self.options.max_values {
+            let limit = self.options.max_values;
+            return self.err(start, ErrorKind::TooManyValues { limit });
+        }
         let kind = match self.peek()? {
             b'i' => Kind::Int(self.integer()?),
             b'0'..=b'9' => Kind::Bytes(self.bytes()?),
@@ -564,6 +584,26 @@ mod tests {
         let info = node.get("info").unwrap();
         assert_eq!(info.raw, b"d1:ai1ee");
         assert_eq!(info.span, (7, 15));
+    }
+
+    /// 2,000,001 empty lists inside one: 4 MB of input, refused at the value past the limit
+    /// (it decoded into about 100 MB of nodes, and 48 MiB of them into 2 GiB).
+    #[test]
+    fn the_number_of_values_is_bounded() {
+        let many = |n: usize| format!("l{}e", "le".repeat(n));
+        let limit = DEFAULT_MAX_VALUES;
+        let input = many(limit - 1);
+        let at_limit = decode_with(input.as_bytes(), Options::torrent_file()).unwrap();
+        assert_eq!(at_limit.as_list().unwrap().len(), limit - 1);
+        let err = decode_with(many(limit).as_bytes(), Options::torrent_file()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::TooManyValues { limit });
+        assert_eq!(err.offset, 1 + 2 * (limit - 1));
+        let small = Options {
+            max_values: 3,
+            ..Options::strict()
+        };
+        assert!(decode_with(b"li1ei2ee", small).is_ok());
+        assert!(decode_with(b"li1ei2ei3ee", small).is_err());
     }
 
     #[test]
