@@ -46,6 +46,8 @@ const MAX_REORDER: u16 = 1024;
 const KEEPALIVE: Duration = Duration::from_secs(29);
 /// How long one-way delay samples count for the base delay (LEDBAT's "base history").
 const BASE_DELAY_WINDOW: Duration = Duration::from_secs(120);
+/// Delay samples kept for the base delay are at least this far apart.
+const DELAY_SAMPLE_SPACING: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -468,7 +470,16 @@ impl Connection {
         while self.delay_samples.back().is_some_and(|(_, s)| *s >= sample) {
             self.delay_samples.pop_back();
         }
-        self.delay_samples.push_back((now, sample));
+        // And at most one a second: a peer whose timestamps only grow would otherwise add one
+        // per packet (hundreds of MB in the window). The minimum's age is then off by at most
+        // that second.
+        let recent = self
+            .delay_samples
+            .back()
+            .is_some_and(|(at, _)| now.duration_since(*at) < DELAY_SAMPLE_SPACING);
+        if !recent {
+            self.delay_samples.push_back((now, sample));
+        }
         let base = self.delay_samples.front().map_or(sample, |(_, s)| *s);
         self.our_delay = Duration::from_micros(sample.wrapping_sub(base) as u64);
     }
@@ -622,7 +633,12 @@ impl Connection {
         }
         if distance == 1 && h.kind == Kind::Data && self.reorder.is_empty() {
             // The common case, the next packet with none waiting behind a hole: straight to
-            // the readable bytes, without a copy of its own in the reorder map.
+            // the readable bytes, without a copy of its own in the reorder map. Unless it is
+            // past the window we offered (the reader has stopped): dropped, as TCP drops
+            // what its window cannot take, and sent again once the reader opens the window.
+            if payload.len() > self.receive_window() {
+                return;
+            }
             self.ack_nr = h.seq;
             self.readable.extend_from_slice(payload);
             return;
@@ -987,6 +1003,69 @@ mod tests {
             RECV_BUFFER,
             "never more than RECV_BUFFER"
         );
+    }
+
+    /// A data packet of the connection `b` accepted from `dialed`, carrying `timestamp_diff`.
+    fn data_packet(b: &Connection, seq: u16, timestamp_diff: u32, payload: &[u8]) -> Vec<u8> {
+        let header = Header {
+            kind: Kind::Data,
+            conn_id: b.recv_id,
+            timestamp: 0,
+            timestamp_diff,
+            wnd: RECV_BUFFER as u32,
+            seq,
+            ack: 40_000,
+        };
+        let mut out = Vec::new();
+        packet::encode(&header, None, payload, &mut out);
+        out
+    }
+
+    /// A peer whose timestamps only grow (each sample larger than the last) keeps at most
+    /// one delay sample a second: it used to add one per packet for the 120 s window.
+    #[test]
+    fn growing_delay_samples_are_kept_one_a_second() {
+        let mut now = Instant::now();
+        let (_, mut b) = dialed(now);
+        for i in 0..100_000u32 {
+            let datagram = data_packet(&b, 2, 1_000 + i, b"");
+            b.on_packet(&packet::decode(&datagram).unwrap(), now);
+            now += Duration::from_micros(100); // 10 s in all
+        }
+        assert!(
+            b.delay_samples.len() <= 11,
+            "{} samples",
+            b.delay_samples.len()
+        );
+        assert_eq!(
+            b.delay_samples.front().unwrap().1,
+            1_000,
+            "the minimum is kept"
+        );
+    }
+
+    /// In-order data past the window offered is dropped, not taken: a peer that ignores the
+    /// window cannot grow what waits for a reader that stopped (it used to grow without
+    /// bound; only packets past a hole were held to the window).
+    #[test]
+    fn in_order_data_past_the_window_is_dropped() {
+        let now = Instant::now();
+        let mut a = Connection::dial(7, RECV_BUFFER, now);
+        let syn = a.outgoing.remove(0);
+        let mut b = Connection::accept(&packet::decode(&syn).unwrap().header, 40_000, 100_000, now);
+        for seq in 2..200u16 {
+            let datagram = data_packet(&b, seq, 0, &[seq as u8; MAX_PAYLOAD]);
+            b.on_packet(&packet::decode(&datagram).unwrap(), now);
+        }
+        let taken = b.readable.len();
+        assert!(taken <= 100_000, "{taken} bytes held");
+        assert_eq!(taken, 100_000 / MAX_PAYLOAD * MAX_PAYLOAD);
+        // Read, the window opens, and the next packet in order is taken.
+        assert_eq!(b.read(usize::MAX, now).len(), taken);
+        let next = b.ack_nr.wrapping_add(1);
+        let datagram = data_packet(&b, next, 0, &[1; MAX_PAYLOAD]);
+        b.on_packet(&packet::decode(&datagram).unwrap(), now);
+        assert_eq!(b.readable.len(), MAX_PAYLOAD);
     }
 
     #[test]

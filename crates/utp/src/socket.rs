@@ -30,6 +30,8 @@ const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 const MIN_RECEIVE_WINDOW: usize = 64 * 1024;
 /// A stream dropped with data still unacked gets this long to deliver it.
 const LINGER: Duration = Duration::from_secs(30);
+/// Connections on one socket, lingering ones included; SYNs past it are not answered.
+const MAX_CONNECTIONS: usize = 4096;
 
 type Key = (SocketAddr, u16);
 
@@ -379,6 +381,20 @@ fn incoming(
     if packet.header.kind == Kind::Syn {
         // Filed under the id the peer will send to: its SYN's id plus one.
         let key = (from, packet.header.conn_id.wrapping_add(1));
+        let mut conns = lock(&shared.conns);
+        if let Some(handle) = conns.get(&key).cloned() {
+            // The same SYN again (our answer was lost, or is slower than the peer's 1 s
+            // resend): answered again by the connection it made. A new one in its place
+            // answered with another sequence number and left the first, whose stream the
+            // engine holds, never fed again.
+            drop(conns);
+            handle.lock().conn.on_packet(&packet, now);
+            return Some(handle);
+        }
+        if conns.len() >= MAX_CONNECTIONS {
+            // SYNs from spoofed addresses stay for the linger time each.
+            return None;
+        }
         let permit = accepted.try_reserve().ok()?;
         let handle = Arc::new(Handle {
             addr: from,
@@ -395,7 +411,8 @@ fn incoming(
                 dropped_at: None,
             }),
         });
-        lock(&shared.conns).insert(key, handle.clone());
+        conns.insert(key, handle.clone());
+        drop(conns);
         permit.send(UtpStream {
             shared: shared.clone(),
             handle: handle.clone(),
@@ -629,6 +646,48 @@ mod tests {
             others.incoming.try_recv().is_err(),
             "uTP packets went to the other node"
         );
+    }
+
+    /// A SYN that comes again (its answer lost, or slower than the dialer's 1 s resend) is
+    /// answered by the connection it made, with the same sequence number, and makes no
+    /// second stream; it used to replace the first connection with a new one.
+    #[tokio::test]
+    async fn a_repeated_syn_is_answered_by_the_connection_it_made() {
+        let b = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let dialer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let syn = Header {
+            kind: Kind::Syn,
+            conn_id: 500,
+            timestamp: 0,
+            timestamp_diff: 0,
+            wnd: 1 << 20,
+            seq: 1,
+            ack: 0,
+        };
+        let mut datagram = Vec::new();
+        packet::encode(&syn, None, &[], &mut datagram);
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            dialer.send_to(&datagram, b.local_addr()).await.unwrap();
+            let mut buf = [0u8; 1500];
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), dialer.recv_from(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            let answer = packet::decode(&buf[..n]).unwrap().header;
+            assert_eq!(
+                (answer.kind, answer.conn_id, answer.ack),
+                (Kind::State, 500, 1)
+            );
+            answers.push(answer.seq);
+        }
+        assert_eq!(answers[0], answers[1], "the same connection answered");
+        let first = tokio::time::timeout(Duration::from_secs(1), b.accept()).await;
+        assert!(first.is_ok(), "the SYN made a stream");
+        let second = tokio::time::timeout(Duration::from_millis(300), b.accept()).await;
+        assert!(second.is_err(), "the repeated SYN made a second stream");
     }
 
     #[tokio::test]
