@@ -59,6 +59,12 @@ impl Table {
             return false; // our own id
         };
         if let Some(entry) = self.buckets[b].iter_mut().find(|e| e.node.id == node.id) {
+            if entry.node.addr != node.addr && entry.failures < MAX_FAILURES {
+                // An id we know at another address that still answers: kept there. Our
+                // `find_node` answers name the table's ids, so anyone could otherwise claim
+                // each of them from its own address and have every lookup go through it.
+                return false;
+            }
             entry.node.addr = node.addr;
             entry.last_seen = now;
             entry.failures = 0;
@@ -142,6 +148,26 @@ mod tests {
             id,
             addr: SocketAddrV4::new([127, 0, 0, 1].into(), port),
         }
+    }
+
+    /// A known id from another address is ignored while the node at the first answers, and
+    /// taken once that one has stopped answering (a node that moved).
+    #[test]
+    fn a_known_id_from_another_address_is_ignored_while_the_first_answers() {
+        let now = Instant::now();
+        let mut table = Table::new([0u8; 20]);
+        assert!(table.seen(node(0x80, 1, 1000), now));
+        assert!(
+            !table.seen(node(0x80, 1, 6666), now),
+            "an impostor took the id"
+        );
+        let addr = |port| SocketAddrV4::new([127, 0, 0, 1].into(), port);
+        assert_eq!(table.closest(&[0x80; 20], 8)[0].addr, addr(1000));
+        for _ in 0..MAX_FAILURES {
+            table.failed(addr(1000));
+        }
+        assert!(table.seen(node(0x80, 1, 6666), now));
+        assert_eq!(table.closest(&[0x80; 20], 8)[0].addr, addr(6666));
     }
 
     #[test]
