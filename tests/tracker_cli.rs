@@ -471,3 +471,45 @@ fn a_magnet_link_with_nowhere_to_look_ends_at_once_with_a_hint() {
     );
     assert!(started.elapsed().as_secs() < 5);
 }
+
+/// A download whose only tracker is a UDP one that never answers stops within the stop
+/// timeout (5 s) of SIGTERM. The stop used to wait for the announce round under way: BEP 15's
+/// retries (15 + 30 + 60 s) took 105 s.
+#[test]
+fn a_download_stops_at_once_while_its_udp_tracker_does_not_answer() {
+    let tmp = TempDir::new("trk-cli-stop");
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let tracker = format!("udp://{}/announce", silent.local_addr().unwrap());
+    let (_, torrent) = common::mib_payload(tmp.path(), "blob", 1, None);
+    let log = tmp.path().join("download.log");
+    let mut download = download_logging(
+        torrent.to_str().unwrap(),
+        &tmp.path().join("out"),
+        &log,
+        &["--tracker", &tracker],
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let mut buf = [0u8; 64];
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .unwrap();
+    assert!(
+        silent.recv_from(&mut buf).is_ok(),
+        "no announce reached the tracker"
+    );
+    // SAFETY: kill(2) on the child's pid, which is still ours to wait for.
+    unsafe { libc::kill(download.0.id() as i32, libc::SIGTERM) };
+    let stopping = std::time::Instant::now();
+    while download.0.try_wait().unwrap().is_none() {
+        assert!(
+            stopping.elapsed().as_secs() < 15,
+            "still running 15 s after SIGTERM: {}",
+            log_of(&log)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    println!(
+        "stopped {:.1} s after SIGTERM, with its UDP tracker silent",
+        stopping.elapsed().as_secs_f64()
+    );
+}

@@ -315,6 +315,28 @@ impl AnnounceHandle {
     }
 }
 
+/// The loop's end: `stopped` to the trackers (after the `completed` still owed), within the
+/// stop timeout, then [`Update::Stopped`].
+async fn announce_stopped(
+    announcer: &mut Announcer,
+    progress: &watch::Receiver<Progress>,
+    timing: &Timing,
+    up_tx: &mpsc::UnboundedSender<Update>,
+) {
+    let p = *progress.borrow();
+    // A download that stops right after it completed (before `min interval` allowed the
+    // `completed` announce) still owes it: trackers count downloads by it (scrape's
+    // `downloaded`).
+    let _ = tokio::time::timeout(timing.stop_timeout, async {
+        if announcer.owes_completed() {
+            let _ = announcer.announce(p, false).await;
+        }
+        announcer.announce(p, true).await
+    })
+    .await;
+    let _ = up_tx.send(Update::Stopped);
+}
+
 /// Starts the announce loop: `started` first, re-announces at the interval (never faster than
 /// `min interval`), `completed` once when told, `stopped` on [`AnnounceHandle::stop`] or drop,
 /// exponential back-off with jitter while every tracker fails.
@@ -333,7 +355,29 @@ pub fn spawn(
         let mut rng = rand::rngs::StdRng::from_os_rng();
         loop {
             let p = *progress.borrow();
-            match announcer.announce(p, false).await {
+            // A stop is heard during the round too: trackers are asked one after another, and
+            // a UDP tracker that never answers takes 105 s (15 + 30 + 60), so Ctrl-C waited
+            // minutes. Other commands wait for the round's end.
+            let (round, asked) = {
+                let round = announcer.announce(p, false);
+                tokio::pin!(round);
+                let mut asked = Vec::new();
+                let round = loop {
+                    tokio::select! {
+                        result = &mut round => break Some(result),
+                        cmd = cmd_rx.recv() => match cmd {
+                            Some(Command::Stop) | None => break None,
+                            Some(other) => asked.push(other),
+                        }
+                    }
+                };
+                (round, asked)
+            };
+            let Some(round) = round else {
+                announce_stopped(&mut announcer, &progress, &timing, &up_tx).await;
+                return;
+            };
+            match round {
                 Ok(a) => {
                     failures = 0;
                     let next = reannounce_delay(&a.response, &timing);
@@ -363,35 +407,34 @@ pub fn spawn(
                     });
                 }
             }
-            // wait for the next regular announce, or a command
+            // The commands that came during the round, then the wait for the next regular
+            // announce, or a command.
+            let mut asked = asked.into_iter().map(Some);
             let stop = loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(due) => break false,
-                    cmd = cmd_rx.recv() => match cmd {
-                        Some(Command::Completed) => {
-                            announcer.mark_completed();
-                            if failures == 0 { due = due.min(earliest); }
+                let cmd = match asked.next() {
+                    Some(cmd) => cmd,
+                    None => tokio::select! {
+                        _ = tokio::time::sleep_until(due) => break false,
+                        cmd = cmd_rx.recv() => cmd,
+                    },
+                };
+                match cmd {
+                    Some(Command::Completed) => {
+                        announcer.mark_completed();
+                        if failures == 0 {
+                            due = due.min(earliest);
                         }
-                        Some(Command::Reannounce) => {
-                            if failures == 0 { due = due.min(earliest); }
-                        }
-                        Some(Command::Stop) | None => break true,
                     }
+                    Some(Command::Reannounce) => {
+                        if failures == 0 {
+                            due = due.min(earliest);
+                        }
+                    }
+                    Some(Command::Stop) | None => break true,
                 }
             };
             if stop {
-                let p = *progress.borrow();
-                // A download that stops right after it completed (before `min interval`
-                // allowed the `completed` announce) still owes it: trackers count downloads
-                // by it (scrape's `downloaded`).
-                let _ = tokio::time::timeout(timing.stop_timeout, async {
-                    if announcer.owes_completed() {
-                        let _ = announcer.announce(p, false).await;
-                    }
-                    announcer.announce(p, true).await
-                })
-                .await;
-                let _ = up_tx.send(Update::Stopped);
+                announce_stopped(&mut announcer, &progress, &timing, &up_tx).await;
                 return;
             }
         }
