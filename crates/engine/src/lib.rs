@@ -995,12 +995,32 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// A peer address we may dial, and how our dials to it went.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct KnownPeer {
     /// When we last dialed it (`None`: never).
     pub last_dial: Option<Instant>,
     /// Dials in a row that reached nobody (refused or timed out on every transport).
     pub failed_dials: u32,
+    /// Added to each wait before a redial, drawn once per address (up to
+    /// [`MAX_REDIAL_JITTER`]): peers that learned of an address in the same announce do not
+    /// redial it in step for ever. Transmission closes a handshake from an address while
+    /// another from it is under way, so two pow downloads on one host that dialed a
+    /// Transmission seed at the same moment kept colliding every 10 s (one never connected in
+    /// 90 s in a CI run).
+    pub jitter: Duration,
+}
+
+/// See [`KnownPeer::jitter`].
+const MAX_REDIAL_JITTER: Duration = Duration::from_secs(2);
+
+impl Default for KnownPeer {
+    fn default() -> Self {
+        KnownPeer {
+            last_dial: None,
+            failed_dials: 0,
+            jitter: MAX_REDIAL_JITTER.mul_f64(rand::random::<f64>()),
+        }
+    }
 }
 
 impl KnownPeer {
@@ -1008,7 +1028,8 @@ impl KnownPeer {
     fn due(&self, now: Instant) -> bool {
         let wait = RETRY_AFTER
             .saturating_mul(1 << self.failed_dials.saturating_sub(1).min(16))
-            .min(MAX_RETRY_AFTER);
+            .min(MAX_RETRY_AFTER)
+            + self.jitter;
         self.last_dial
             .is_none_or(|t| now.saturating_duration_since(t) >= wait)
     }
@@ -1151,7 +1172,7 @@ mod tests {
                 for port in 0..MAX_KNOWN_PEERS as u16 {
                     let peer = KnownPeer {
                         last_dial: Some(Instant::now()),
-                        failed_dials: 0,
+                        ..KnownPeer::default()
                     };
                     state.known.insert(addr(10_000 + port), peer);
                 }
@@ -1275,7 +1296,10 @@ mod tests {
     #[test]
     fn a_dead_address_is_dialed_less_and_less_often() {
         let t0 = Instant::now();
-        let mut known = KnownPeer::default();
+        let mut known = KnownPeer {
+            jitter: Duration::ZERO,
+            ..KnownPeer::default()
+        };
         let mut dials: Vec<u64> = Vec::new();
         for second in 0..3600 {
             let now = t0 + Duration::from_secs(second);
@@ -1293,6 +1317,14 @@ mod tests {
         known.dialed(true);
         assert!(!known.due(now + Duration::from_secs(9)));
         assert!(known.due(now + Duration::from_secs(10)));
+        // Each address waits its own extra, up to 2 s, so that peers that learned of it at
+        // once do not redial it in step.
+        known.jitter = Duration::from_millis(1500);
+        assert!(!known.due(now + Duration::from_millis(11_400)));
+        assert!(known.due(now + Duration::from_millis(11_500)));
+        let jitters: Vec<Duration> = (0..100).map(|_| KnownPeer::default().jitter).collect();
+        assert!(jitters.iter().all(|j| *j < MAX_REDIAL_JITTER));
+        assert!(jitters.iter().any(|j| *j != jitters[0]), "{jitters:?}");
     }
 
     /// One piece of two blocks. The first peer's block is written; the second peer's block,
