@@ -927,6 +927,56 @@ fn publishing_a_directory_names_it_by_the_md5_of_its_files_in_torrent_order() {
     assert_eq!(summary["size"], size);
 }
 
+/// `pow publish` of bytes the store already holds under another name (as `pow serve` stores an
+/// upload, or a renamed copy): refused with both names, and nothing recorded. It used to record
+/// the local name beside the store's torrent, marked as loaded here, a record no other machine
+/// could load (its `file-name` check failed), and then fail to seed ("only 0 of 16 pieces
+/// verify").
+#[test]
+fn publishing_bytes_the_store_holds_under_another_name_is_refused() {
+    let work = TempDir::new("publish-renamed");
+    let store = work.path().join("store");
+    let publish = |pow_dir: &Path, file: &Path| {
+        assert!(run(pow().arg("--pow-dir").arg(pow_dir).arg("init"))
+            .status
+            .success());
+        run(pow()
+            .arg("--pow-dir")
+            .arg(pow_dir)
+            .arg("publish")
+            .arg(file)
+            .args(["--no-seed", "--json", "--torrent-store"])
+            .arg(&store))
+    };
+    let first = work.path().join("a/nuclei_data.zip");
+    std::fs::create_dir_all(first.parent().unwrap()).unwrap();
+    make_zip(&first, 4, 3);
+    let o = publish(&work.path().join("pow-a"), &first);
+    assert!(o.status.success(), "publish: {}", text(&o.stderr));
+    let md5 = md5_hex(&first);
+
+    let renamed = work.path().join("b/nuclei data.zip");
+    std::fs::create_dir_all(renamed.parent().unwrap()).unwrap();
+    std::fs::copy(&first, &renamed).unwrap();
+    let pow_b = work.path().join("pow-b");
+    let o = publish(&pow_b, &renamed);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    let stderr = text(&o.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "already holds {md5}.torrent for these bytes, as `nuclei_data.zip`, not `nuclei data.zip`"
+        )),
+        "{stderr}"
+    );
+    let listed = run(pow().arg("--pow-dir").arg(&pow_b).args(["source", "list"]));
+    assert!(
+        !text(&listed.stdout).contains("nuclei"),
+        "{}",
+        text(&listed.stdout)
+    );
+    println!("{}", stderr.trim());
+}
+
 /// The content's MD5 is computed while it downloads, not in a second pass after it: with the
 /// transfer held to 8 MiB/s, the picker takes pieces front to back and the digest follows the
 /// verified ones, so most of the content is digested before the transfer ends. The result is

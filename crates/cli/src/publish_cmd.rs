@@ -104,6 +104,19 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
         Stored::Written => created.metainfo,
         Stored::Existing => Metainfo::from_bytes(&store.fetch(&torrent_file_name)?)?,
     });
+    if metainfo.name != file_name {
+        // The same bytes, published before under another name (`pow serve` stores uploads
+        // under names of its own): recorded and seeded as they are here, the record would name
+        // a file its torrent does not have, and no piece would verify under the torrent's name.
+        return Err(format!(
+            "{} already holds {torrent_file_name} for these bytes, as `{}`, not `{file_name}`: \
+             rename it to `{}` to publish it here (or publish to another store)",
+            store.describe(),
+            metainfo.name,
+            metainfo.name
+        )
+        .into());
+    }
 
     let key = match &args.key {
         Some(k) => k.clone(),
