@@ -211,6 +211,22 @@ fn toml_term(at: &str, field: &str, value: &toml::Value, kind: FieldKind) -> Res
 /// of a known class, malformed `torrent_file_name` and hashes, and conflicting `also` values are
 /// errors. With `complete`, a missing `also` target gets the source field's values.
 pub fn check(quads: &mut Vec<Quad>, data_graph: &str, complete: bool) -> Result<()> {
+    // Where sources were loaded and verified on this machine is written by `source load` and
+    // `publish` only: imported, it would choose where a load writes (its recorded directory)
+    // and what `source seed --all` serves.
+    let local = crate::loader::LOADER_STATE_GRAPH;
+    if let Some(q) = quads
+        .iter()
+        .find(|q| matches!(&q.graph_name, GraphName::NamedNode(n) if n.as_str() == local))
+    {
+        return Err(Error::Definition {
+            at: q.subject.to_string(),
+            message: format!(
+                "the graph <{local}> is this machine's load state, written by `pow source load` \
+                 and `pow publish`; it is not saved or imported (`pow export` leaves it out)"
+            ),
+        });
+    }
     let graph = GraphName::NamedNode(NamedNode::new_unchecked(data_graph));
     let mut by_subject: HashMap<NamedOrBlankNode, Vec<usize>> = HashMap::new();
     for (i, q) in quads.iter().enumerate() {
@@ -471,5 +487,27 @@ torrent_file_name = "d9da5ce947c6f1c127dfcdc2ede63320.torrent"
         .unwrap();
         let err = check(&mut quads, DATA_GRAPH, true).unwrap_err();
         assert!(matches!(err, Error::UnknownField { .. }), "{err}");
+    }
+
+    /// Load state in a saved or imported file is refused: it would choose where `source load`
+    /// writes (it was stored, and a load then wrote into the directory it named).
+    #[test]
+    fn load_state_is_not_saved_or_imported() {
+        let trig = "<urn:x-local:loader-state> { <http://openworm.org/entities/ConnectomeCSVDataSource/x> <urn:x-pow:vocab#localDirectory> \"/home/u\" . }";
+        for complete in [true, false] {
+            let mut quads = parse_rdf(
+                Path::new("x.trig"),
+                trig.as_bytes(),
+                RdfFormat::TriG,
+                DATA_GRAPH,
+                complete,
+            )
+            .unwrap();
+            let err = check(&mut quads, DATA_GRAPH, complete).unwrap_err();
+            assert!(
+                err.to_string().contains("is this machine's load state"),
+                "{err}"
+            );
+        }
     }
 }
