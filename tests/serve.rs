@@ -675,6 +675,36 @@ fn bad_uploads_get_their_status_and_leave_nothing_half_written() {
     let (status, reply) = raw_request(&server.addr, "PUT", &path, &auth, &other);
     println!("PUT of other bytes under a stored name: {status} {reply}");
     assert_eq!(status, 409, "never replaced");
+    // Two PUTs of other bytes under one new name at once: one is stored, the other refused
+    // (each passed the "not there yet" check before either wrote, and both were stored,
+    // the last one winning, sometimes through one shared temp file).
+    for round in 0..8 {
+        let name = format!("{round:032x}.torrent");
+        let path = format!("/torrents/{name}");
+        let barrier = std::sync::Barrier::new(2);
+        let statuses: Vec<(u16, &[u8])> = std::thread::scope(|scope| {
+            let put = |bytes: &'static [u8]| {
+                let (path, barrier, addr) = (&path, &barrier, &server.addr);
+                scope.spawn(move || {
+                    barrier.wait();
+                    (raw_request(addr, "PUT", path, &auth, bytes).0, bytes)
+                })
+            };
+            let first: &'static [u8] = torrent.clone().leak();
+            let second: &'static [u8] = other.clone().leak();
+            let handles = [put(first), put(second)];
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut codes: Vec<u16> = statuses.iter().map(|s| s.0).collect();
+        codes.sort_unstable();
+        assert_eq!(codes, [201, 409], "round {round}");
+        let stored = std::fs::read(server.data.join("torrents").join(&name)).unwrap();
+        let written = statuses.iter().find(|s| s.0 == 201).unwrap().1;
+        assert_eq!(
+            stored, written,
+            "round {round}: the bytes stored are the 201's"
+        );
+    }
     let index = http_get(format!("{}/torrents/index.json", server.url))
         .unwrap()
         .text()

@@ -251,6 +251,14 @@ impl Library {
             .map_err(io(&temp))?;
         std::fs::rename(&temp, &content_path).map_err(io(&content_path))?;
         received.file.forget();
+        // The moved file's entry and its new directory's are on disk before the record and
+        // the torrent that make the dataset visible: a crash must not leave a torrent whose
+        // content vanished with an unsynced directory.
+        for dir in [&content_dir, content_dir.parent().expect("under content/")] {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
+        }
 
         let options = CreateOptions {
             trackers: self.trackers.iter().map(|t| vec![t.clone()]).collect(),
@@ -285,8 +293,22 @@ impl Library {
     }
 
     /// Stores a torrent given by `PUT` (no content here, so it is not seeded). Returns whether
-    /// it was new.
-    pub fn put_torrent(&self, name: &str, bytes: &[u8]) -> Result<bool, LibraryError> {
+    /// it was new. One at a time with other PUTs and uploads: two PUTs of other bytes under
+    /// one name both found it free and both wrote it (through one temp file name, as the
+    /// server is one process).
+    pub async fn put_torrent(
+        self: &Arc<Self>,
+        name: String,
+        bytes: axum::body::Bytes,
+    ) -> Result<bool, LibraryError> {
+        let _one_at_a_time = self.publishing.lock().await;
+        let library = self.clone();
+        tokio::task::spawn_blocking(move || library.put_torrent_blocking(&name, &bytes))
+            .await
+            .map_err(|e| LibraryError::Invalid(format!("storing panicked: {e}")))?
+    }
+
+    fn put_torrent_blocking(&self, name: &str, bytes: &[u8]) -> Result<bool, LibraryError> {
         let md5 = name
             .strip_suffix(".torrent")
             .filter(|stem| is_md5_hex(stem))

@@ -278,24 +278,19 @@ async fn put_torrent(
             "a valid bearer token is required",
         );
     }
-    let library = app.library.clone();
-    let stored = tokio::task::spawn_blocking(move || library.put_torrent(&name, &body)).await;
-    match stored {
-        Ok(Ok(true)) => (
+    match app.library.put_torrent(name, body).await {
+        Ok(true) => (
             StatusCode::CREATED,
             Json(serde_json::json!({"stored": "written"})),
         )
             .into_response(),
-        Ok(Ok(false)) => (
+        Ok(false) => (
             StatusCode::OK,
             Json(serde_json::json!({"stored": "existing"})),
         )
             .into_response(),
-        Ok(Err(e @ LibraryError::Conflict(_))) => {
-            failure(false, StatusCode::CONFLICT, &e.to_string())
-        }
-        Ok(Err(e)) => failure(false, StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
-        Err(e) => failure(false, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e @ LibraryError::Conflict(_)) => failure(false, StatusCode::CONFLICT, &e.to_string()),
+        Err(e) => failure(false, StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
     }
 }
 
