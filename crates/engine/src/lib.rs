@@ -8,7 +8,8 @@
 //! read back and SHA-1 checked on the blocking pool; a failed piece is discarded and
 //! re-requested. A bad piece all from one peer gives it a strike (banned after
 //! [`MAX_STRIKES`]); one from several peers keeps each sender's block hash, and once the piece
-//! verifies, whoever sent a block that differs is banned (libtorrent's smart ban).
+//! verifies, whoever sent a block that differs is banned (libtorrent's smart ban), as is at once
+//! a peer that sends one block of it with other bytes in two attempts.
 //!
 //! The engine knows nothing of trackers: callers feed it peer addresses with
 //! [`Torrent::add_peers`] (from a tracker client, or given by hand); peers tell each other of
@@ -43,7 +44,7 @@ use pow_storage::{Durability, Storage};
 use pow_wire::Bitfield;
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -602,7 +603,7 @@ impl Inner {
         let mut state = self.lock();
         let mut new = 0;
         for addr in addrs {
-            if Some(addr) == self.config.listen || state.banned.contains(&addr) {
+            if Some(addr) == self.config.listen || !dialable(addr) || state.banned.contains(&addr) {
                 continue;
             }
             if !state.known.contains_key(&addr)
@@ -1045,6 +1046,16 @@ impl KnownPeer {
     }
 }
 
+/// An address a peer can listen at: trackers and peer exchange have named port 0, `0.0.0.0`
+/// and multicast addresses, where a dial fails or goes where it should not.
+fn dialable(addr: SocketAddr) -> bool {
+    let ip_ok = match addr.ip() {
+        IpAddr::V4(ip) => !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast()),
+        IpAddr::V6(ip) => !(ip.is_unspecified() || ip.is_multicast()),
+    };
+    addr.port() != 0 && ip_ok
+}
+
 fn try_connect(inner: &Arc<Inner>) {
     if *inner.shutdown.borrow() {
         return;
@@ -1148,9 +1159,10 @@ mod tests {
         }
     }
 
-    /// With the known peers full, a new address takes the place of the one whose dials failed
-    /// most, and is dropped while none has failed (it used to be dropped always: addresses
-    /// that peer exchange named and that never answer kept trackers' peers out for good).
+    /// Undialable addresses are never known. With the known peers full, a new address takes
+    /// the place of the one whose dials failed most, and is dropped while none has failed (it
+    /// used to be dropped always: addresses that peer exchange named and that never answer
+    /// kept trackers' peers out for good).
     #[test]
     fn a_full_peer_table_makes_room_by_forgetting_a_failed_peer() {
         let OnePiece {
@@ -1166,6 +1178,11 @@ mod tests {
                 .unwrap();
             let inner = &torrent.inner;
             let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+            // Trackers and peer exchange have named these; none can be dialed.
+            let undialable = ["127.0.0.1:0", "0.0.0.0:6881", "224.0.0.1:6881", "[::]:6881"]
+                .map(|a| a.parse::<SocketAddr>().unwrap());
+            assert_eq!(inner.learn_peers(undialable), 0);
+            assert!(inner.lock().known.is_empty());
             {
                 // Dialed just now, so none is due again while the test runs.
                 let mut state = inner.lock();
@@ -1325,6 +1342,60 @@ mod tests {
         let jitters: Vec<Duration> = (0..100).map(|_| KnownPeer::default().jitter).collect();
         assert!(jitters.iter().all(|j| *j < MAX_REDIAL_JITTER));
         assert!(jitters.iter().any(|j| *j != jitters[0]), "{jitters:?}");
+    }
+
+    /// Smart-ban suspects of a piece that fails again and again: a sender that sends its block
+    /// again with the same bytes adds no entry (they used to pile up, one per block per
+    /// failure); one that sends other bytes than the first time is banned at once, before
+    /// the piece ever verifies.
+    #[test]
+    fn a_block_sent_twice_with_other_bytes_bans_its_sender() {
+        let OnePiece {
+            dir,
+            storage,
+            picker,
+            runtime,
+            ..
+        } = one_piece("two-faced");
+        runtime.block_on(async {
+            let torrent = Torrent::start(storage, picker, EngineConfig::default())
+                .await
+                .unwrap();
+            let inner = torrent.inner.clone();
+            let (first, second) = (100, 101);
+            let addr = |port| SocketAddr::from(([127, 0, 0, 2], port));
+            let mut all = Bitfield::new(1);
+            all.set(0);
+            let attempt = |first_block: [u8; 20]| {
+                let mut state = inner.lock();
+                assert_eq!(state.picker.pick(first, &all, 1).len(), 1);
+                assert_eq!(state.picker.pick(second, &all, 1).len(), 1);
+                state.book_block(first, addr(1), 0, 0, 16384);
+                state.book_block(second, addr(2), 0, 16384, 16384);
+                state.unwritten.clear();
+                drop(state);
+                peer::record_verdict(&inner, 0, false, Some(vec![first_block, [2; 20]]));
+            };
+            attempt([1; 20]);
+            attempt([1; 20]);
+            attempt([1; 20]);
+            {
+                let state = inner.lock();
+                assert_eq!(
+                    state.suspects[&0].len(),
+                    2,
+                    "one entry per block and sender"
+                );
+                assert!(state.banned.is_empty());
+            }
+            attempt([3; 20]);
+            let state = inner.lock();
+            assert_eq!(state.banned, HashSet::from([addr(1)]));
+            assert_eq!(state.suspects[&0].len(), 2);
+            drop(state);
+            torrent.shutdown();
+        });
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// One piece of two blocks. The first peer's block is written; the second peer's block,

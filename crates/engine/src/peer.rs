@@ -1710,18 +1710,38 @@ pub(crate) fn record_verdict(
                  {} peers: whoever sent a bad one is banned once it verifies)",
                 senders.peers().len()
             );
+            let mut two_faced = Vec::new();
             let suspects = state.suspects.entry(index).or_default();
             for sender in &senders.blocks {
-                // Bounded: a piece fails at most a few times before its blocks come from
-                // honest peers alone, and each attempt adds one entry per block.
-                if let Some(&sha1) = hashes.get((sender.begin / pow_metainfo::BLOCK_SIZE) as usize)
+                let block = (sender.begin / pow_metainfo::BLOCK_SIZE) as usize;
+                let Some(&sha1) = hashes.get(block) else {
+                    continue;
+                };
+                // One entry per block and sender, however often the piece fails: a peer
+                // that sends it again with the same bytes adds nothing, and one that sends
+                // other bytes than before sent a bad block at least once (libtorrent bans
+                // it as well).
+                match suspects
+                    .iter()
+                    .find(|s| s.begin == sender.begin && s.addr == sender.addr)
                 {
-                    suspects.push(crate::Suspect {
+                    Some(earlier) if earlier.sha1 != sha1 => {
+                        two_faced.push((sender.addr, sender.begin))
+                    }
+                    Some(_) => {}
+                    None => suspects.push(crate::Suspect {
                         begin: sender.begin,
                         addr: sender.addr,
                         sha1,
-                    });
+                    }),
                 }
+            }
+            for (addr, begin) in two_faced {
+                ban(
+                    &mut state,
+                    addr,
+                    &format!("it sent the block at {begin} of piece {index} twice, with other bytes each time"),
+                );
             }
         }
         _ => {
@@ -1761,17 +1781,24 @@ async fn smart_ban(inner: Arc<Inner>, index: u32, suspects: Vec<crate::Suspect>)
     let mut state = inner.lock();
     for suspect in suspects {
         let block = (suspect.begin / pow_metainfo::BLOCK_SIZE) as usize;
-        if good.get(block) == Some(&suspect.sha1) || !state.banned.insert(suspect.addr) {
-            continue;
+        if good.get(block) != Some(&suspect.sha1) {
+            let why = format!(
+                "its block at {} of piece {index} differs from the verified piece's",
+                suspect.begin
+            );
+            ban(&mut state, suspect.addr, &why);
         }
-        tracing::warn!(
-            "{}: banned: its block at {} of piece {index} differs from the verified piece's",
-            suspect.addr,
-            suspect.begin
-        );
-        for peer in state.peers.values().filter(|p| p.addr == suspect.addr) {
-            let _ = peer.tx.send(PeerCmd::Close);
-        }
+    }
+}
+
+/// Bans the peer at `addr` (once: logged the first time) and closes its connections.
+fn ban(state: &mut crate::State, addr: SocketAddr, why: &str) {
+    if !state.banned.insert(addr) {
+        return;
+    }
+    tracing::warn!("{addr}: banned: {why}");
+    for peer in state.peers.values().filter(|p| p.addr == addr) {
+        let _ = peer.tx.send(PeerCmd::Close);
     }
 }
 
