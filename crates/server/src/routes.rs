@@ -120,6 +120,16 @@ async fn api_datasets(State(app): Shared) -> Json<serde_json::Value> {
     Json(serde_json::Value::Array(all))
 }
 
+/// A refusal sent before the request body is read: the connection cannot be reused.
+fn refused_unread(html: bool, status: StatusCode, message: &str) -> Response {
+    let mut response = failure(html, status, message);
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 async fn upload(State(app): Shared, request: Request) -> Response {
     let html = wants_html(request.headers());
     let limit = app.config.max_upload_size;
@@ -129,17 +139,18 @@ async fn upload(State(app): Shared, request: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit.saturating_add(FORM_OVERHEAD)) {
-        let mut response = failure(
-            html,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &UploadError::TooLarge(limit).to_string(),
-        );
-        // The body is not read: the connection cannot be reused.
-        response.headers_mut().insert(
-            header::CONNECTION,
-            header::HeaderValue::from_static("close"),
-        );
-        return response;
+        let too_large = UploadError::TooLarge(limit).to_string();
+        return refused_unread(html, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
+    }
+    let free = upload::free_space(&app.library.incoming_dir());
+    if let (Some(len), Some(free)) = (declared, free) {
+        if len > free {
+            let why = format!(
+                "the server's disk has {free} bytes free, and this upload is {len} bytes; \
+                 nothing was read"
+            );
+            return refused_unread(html, StatusCode::INSUFFICIENT_STORAGE, &why);
+        }
     }
     let form = match Multipart::from_request(request, &()).await {
         Ok(form) => form,
@@ -161,6 +172,7 @@ async fn upload(State(app): Shared, request: Request) -> Response {
                     UploadError::Empty | UploadError::NoFile | UploadError::BadForm(_) => {
                         StatusCode::BAD_REQUEST
                     }
+                    UploadError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
                     UploadError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 tracing::info!("upload refused ({status}): {e}");
@@ -171,7 +183,13 @@ async fn upload(State(app): Shared, request: Request) -> Response {
         Ok(done) => done,
         Err(e) => {
             tracing::warn!("publishing failed: {e}");
-            return failure(html, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
+            let status = match &e {
+                LibraryError::Io { source, .. } if upload::is_disk_full(source) => {
+                    StatusCode::INSUFFICIENT_STORAGE
+                }
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return failure(html, status, &e.to_string());
         }
     };
     if published == Published::New {

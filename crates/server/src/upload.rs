@@ -66,8 +66,34 @@ pub enum UploadError {
     NoFile,
     #[error("{0}")]
     BadForm(String),
+    #[error(
+        "the server's disk is full: the upload did not fit (its first {received} bytes did); \
+         nothing was kept"
+    )]
+    DiskFull { received: u64 },
     #[error("cannot store the upload: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Bytes free for unprivileged writes on the file system that holds `dir`.
+pub fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is NUL-terminated and `stat` is written by statvfs before it is read.
+    if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    // u64 on 64-bit Linux, narrower elsewhere.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, block_size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+    Some(blocks.saturating_mul(block_size))
+}
+
+pub fn is_disk_full(error: &std::io::Error) -> bool {
+    error.raw_os_error() == Some(libc::ENOSPC) || error.raw_os_error() == Some(libc::EDQUOT)
 }
 
 impl From<MultipartError> for UploadError {
@@ -140,9 +166,20 @@ async fn receive_file(
         }
         md5.update(&chunk);
         sha256.update(&chunk);
-        out.write_all(&chunk).await?;
+        let received = size - chunk.len() as u64;
+        let disk_full = |e: std::io::Error| {
+            if is_disk_full(&e) {
+                UploadError::DiskFull { received }
+            } else {
+                UploadError::Io(e)
+            }
+        };
+        out.write_all(&chunk).await.map_err(disk_full)?;
     }
-    out.flush().await?;
+    out.flush().await.map_err(|e| match is_disk_full(&e) {
+        true => UploadError::DiskFull { received: size },
+        false => UploadError::Io(e),
+    })?;
     drop(out);
     if size == 0 {
         return Err(UploadError::Empty);
