@@ -271,7 +271,19 @@ fn run_case(
     drop_limit: Duration,
     check: impl FnOnce(&serde_json::Value, &str, SocketAddr),
 ) {
+    run_prepared_case(name, |_| {}, script, drop_limit, check);
+}
+
+/// [`run_case`], with `prepare` run on the setup before the downloader starts.
+fn run_prepared_case(
+    name: &str,
+    prepare: impl FnOnce(&Setup),
+    script: impl FnOnce(&Setup, TcpListener, u16, Gate) -> Hostile + Send,
+    drop_limit: Duration,
+    check: impl FnOnce(&serde_json::Value, &str, SocketAddr),
+) {
     let setup = Setup::new(name);
+    prepare(&setup);
     let gate = Gate::default();
     let honest = honest_seed(&setup, gate.clone());
     let hostile_listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -807,6 +819,64 @@ fn a_bad_block_in_a_piece_others_served_bans_only_its_sender() {
             assert!(
                 seconds < 5.0,
                 "the failed pieces waited: {seconds:.2} s\n{log}"
+            );
+        },
+    );
+}
+
+/// A peer that has every piece the downloader still wants (not all: it lacks the last, which
+/// the downloader already has on disk), unchokes it, and then sends nothing but keep-alives.
+/// Its requests time out (snubbed), yet it stays a lender; the honest seed, spared while
+/// lenders have the pieces, must still be asked. It never was: the seed had sent nothing, so
+/// its best rate was 0, and "the lenders send less than half the seed's best rate" never held.
+#[test]
+fn a_lender_that_sends_nothing_does_not_keep_the_seed_from_being_asked() {
+    const NOT_INTERESTED: u8 = 3;
+    run_prepared_case(
+        "silent-lender",
+        |setup| {
+            // The last piece already downloaded: zeros before it, its bytes in place.
+            let last = 64 * PIECE_LEN as usize;
+            let mut on_disk = vec![0u8; PAYLOAD_LEN];
+            on_disk[last..].copy_from_slice(&setup.payload[last..]);
+            std::fs::create_dir_all(setup.out_dir()).unwrap();
+            std::fs::write(setup.out_dir().join("payload.bin"), on_disk).unwrap();
+        },
+        |setup, listener, _port, gate| {
+            let mut peer = RawPeer::accept(&listener, setup.info_hash, setup.info_hash);
+            let mut bits = setup.full_bitfield();
+            bits[8] = 0; // piece 64 of 65
+            peer.send(BITFIELD, &bits).unwrap();
+            peer.send(UNCHOKE, &[]).unwrap();
+            // The seed unchokes once the downloader is asking this peer: a lender by then.
+            let mut requests = peer.wait_for(REQUEST).len();
+            gate.open();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(60) {
+                match peer.read(Duration::from_secs(1)) {
+                    Ok((REQUEST, _)) => requests += 1,
+                    Ok((NOT_INTERESTED, _)) => break,
+                    Ok(_) => {}
+                    Err(End::Quiet) => {
+                        if peer.stream.write_all(&[0; 4]).is_err() {
+                            break;
+                        }
+                    }
+                    Err(End::Closed) => break,
+                }
+            }
+            Hostile {
+                drops: Vec::new(),
+                note: format!("the silent lender was sent {requests} requests"),
+            }
+        },
+        AT_ONCE,
+        |summary, log, _hostile| {
+            no_hash_failures(summary);
+            let seconds = summary["seconds"].as_f64().unwrap();
+            assert!(
+                seconds < 10.0,
+                "the seed was asked late: {seconds:.2} s\n{log}"
             );
         },
     );

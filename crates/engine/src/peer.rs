@@ -1536,8 +1536,8 @@ impl Peer {
     /// that no peer lending to us has and that are ours by [`Share`] (the swarm's pow leechers
     /// split what only seeds have, so two of them rarely fetch the same piece from one). With
     /// none of those left, it is asked for anything once the lending peers send less than
-    /// [`SPARE_SEED_AT`] of its best rate: a leecher does not wait long on slow peers, or for
-    /// a share whose owner is not fetching it.
+    /// [`SPARE_SEED_AT`] of its best rate (or it has sent nothing yet): a leecher does not
+    /// wait long on slow peers, or for a share whose owner is not fetching it.
     fn pick_from_seed(&mut self, state: &mut State, want: usize) -> Vec<Block> {
         let mut blocks = Vec::new();
         if !self.spared_dry {
@@ -1553,8 +1553,18 @@ impl Peer {
             blocks = picker.pick_sparing(self.key, &entry.bits, want, share);
             self.spared_dry = blocks.is_empty();
         }
-        // The lenders' rate walks every peer: only asked when the sparing pick is empty.
-        if blocks.is_empty() && state.lending_rate() < SPARE_SEED_AT * self.best_rate {
+        // The lenders' rate walks every peer: only asked when the sparing pick is empty. A
+        // seed that has sent nothing yet counts as fast: else lenders that send nothing at all
+        // (0 < 0.5 * 0 never holds) kept it from ever being asked.
+        // (Its first second's bytes are not in `best_rate` yet: that one it must wait for, or
+        // a swarm's leechers all go back to the seed for anything in their first second.)
+        let sent_nothing = self.best_rate == 0.0 && self.bytes_this_tick == 0;
+        let seed_rate = if sent_nothing {
+            f64::INFINITY
+        } else {
+            self.best_rate
+        };
+        if blocks.is_empty() && state.lending_rate() < SPARE_SEED_AT * seed_rate {
             let State { picker, peers, .. } = &mut *state;
             if let Some(entry) = peers.get(&self.key) {
                 blocks = picker.pick(self.key, &entry.bits, want);
