@@ -11,7 +11,7 @@
 mod common;
 
 use common::nginx::Nginx;
-use common::{free_port, pow, pseudo_random_bytes, same_tree, TempDir};
+use common::{free_port, pow, pseudo_random_bytes, same_tree, TempDir, Tmpfs};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -317,6 +317,63 @@ fn single_file_from_web_seed_alone() {
         "{summary}"
     );
     assert_eq!(std::fs::read(out.join("payload.bin")).unwrap(), data);
+}
+
+/// A web seed's data onto a full disk (a 1 MiB tmpfs under a 3 MiB download, no peers): the
+/// download stops with the write error, as it does with peers' data. It used to fail the
+/// piece, log the error and fetch the same piece again at once, for ever, counting every
+/// fetch as downloaded (so `--stall-timeout` never fired either).
+#[test]
+fn a_full_disk_under_a_web_seed_download_stops_it_with_the_error() {
+    let tmp = TempDir::new("webseed-full");
+    let data = bytes(3 * 1024 * 1024, 5);
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("payload.bin"), &data).unwrap();
+    let server = Server::start(&src, None);
+    let torrent = tmp.path().join("t.torrent");
+    create_torrent(
+        &src.join("payload.bin"),
+        &torrent,
+        &server.url("/payload.bin"),
+    );
+    let out = tmp.path().join("small");
+    let _disk = match Tmpfs::mount(&out, "1m") {
+        Ok(disk) => disk,
+        Err(e) => {
+            println!("SKIPPED: cannot mount a tmpfs here ({e}); the disk-full case needs root");
+            return;
+        }
+    };
+    let mut child = start_download(&torrent, &out, &[]);
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("pow: cannot write"))
+        .unwrap_or_else(|| panic!("no clear error within 30 s: {err}"));
+    println!(
+        "full disk under a web seed: {status} after {:.2} s; {line}; server sent {} B",
+        started.elapsed().as_secs_f64(),
+        server.served.bytes.load(Ordering::Relaxed)
+    );
+    assert!(!status.success());
+    assert!(line.contains("No space left on device"), "{line}");
+    assert!(
+        server.served.bytes.load(Ordering::Relaxed) < 2 * data.len() as u64,
+        "it kept fetching"
+    );
 }
 
 /// (b) A multi-file torrent (files smaller and larger than a piece, so pieces span files; names

@@ -624,6 +624,13 @@ impl Inner {
         self.config.pex && !self.metainfo.private
     }
 
+    /// Ends the download with `error` (a write that failed: a full disk, a read-only or
+    /// vanished directory); the first error is the one reported.
+    pub fn fail_download(&self, error: String) {
+        self.failed
+            .send_if_modified(|failed| failed.is_none() && failed.replace(error).is_none());
+    }
+
     /// Waits until no booked block of piece `index` is still to be written.
     pub async fn until_written(&self, index: u32) {
         loop {

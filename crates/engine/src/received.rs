@@ -116,10 +116,7 @@ pub(crate) fn write_blocks(
             // A disk error is not the peer's fault, but the download cannot go on without it.
             // This run and the ones after it were booked, not written.
             tracing::error!("write failed: {e}");
-            let error = e.to_string();
-            inner
-                .failed
-                .send_if_modified(|failed| failed.is_none() && failed.replace(error).is_none());
+            inner.fail_download(e.to_string());
             let mut failed: Vec<u32> = blocks[start..end].iter().map(|b| b.index).collect();
             failed.dedup();
             for &index in &failed {

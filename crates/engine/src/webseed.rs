@@ -452,7 +452,8 @@ impl Job {
             let (in_memory, done) = match stored {
                 Ok(stored) => stored,
                 Err(e) => {
-                    // A disk error is not the server's fault; the run's piece was failed.
+                    // A disk error is not the server's fault; the run's piece was failed, and
+                    // the download ends with the error (as with peers' data).
                     tracing::error!("write failed: {e}");
                     return Vec::new();
                 }
@@ -660,13 +661,14 @@ fn store(
             all_written = false;
             continue;
         }
-        stats.downloaded.fetch_add(len, Ordering::Relaxed);
         let result = inner.storage.write_block(block.piece, block.begin, bytes);
         inner.written(index, 1);
         if let Err(e) = result {
             inner.lock().picker.piece_failed(index);
+            inner.fail_download(e.to_string());
             return Err(e.to_string());
         }
+        stats.downloaded.fetch_add(len, Ordering::Relaxed);
         if matches!(received, Received::PieceDone { .. }) {
             done.push(index);
         }
