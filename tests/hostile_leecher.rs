@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::raw_peer::{request_payload, vm_hwm_kib, End, RawPeer, BITFIELD, PIECE, REQUEST};
+use common::raw_peer::{
+    request_payload, vm_hwm_kib, End, RawPeer, BITFIELD, INTERESTED, PIECE, REQUEST, UNCHOKE,
+};
 use common::{pow_bin, same_bytes, Lab, TempDir};
 use std::io::Write;
 use std::time::Duration;
@@ -177,12 +179,28 @@ fn a_piece_the_seed_lacks_is_never_sent() {
         }
     }
     let (later, end) = peer.drain(Duration::from_secs(1));
-    let _ = seed.kill();
-    let _ = seed.wait();
     assert_eq!(got, vec![6], "only the piece the seed has was sent");
     assert!(!later.contains(&PIECE), "{later:?}");
     assert_eq!(end, End::Quiet, "one such request is ignored, not punished");
     println!("request for missing piece 5: no data; piece 6 served; connection kept");
+
+    // A peer with every piece, unchoking the seed: `pow seed` serves what it has and fetches
+    // nothing (it used to ask for piece 5 and write it over the local file).
+    let mut full = RawPeer::connect(port, info_hash);
+    full.send(BITFIELD, &[0xff, 0xff]).unwrap();
+    full.send(UNCHOKE, &[]).unwrap();
+    let (seen, _) = full.drain(Duration::from_secs(2));
+    let _ = seed.kill();
+    let _ = seed.wait();
+    println!("a peer with every piece unchoking the seed: it sent {seen:?}");
+    assert!(
+        !seen.contains(&INTERESTED) && !seen.contains(&REQUEST),
+        "the seed wants piece 5: {seen:?}"
+    );
+    assert!(
+        std::fs::read(set.join("a.bin")).unwrap() == corrupt,
+        "the local file was changed"
+    );
 }
 
 /// 300 connections from one host (127.0.0.2) that never send a handshake, against a `pow

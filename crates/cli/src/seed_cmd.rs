@@ -174,12 +174,16 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
     let good = have.count();
     if good < have.len() {
         eprintln!(
-            "pow: warning: {} of {} pieces are bad or missing and will not be served",
+            "pow: warning: {} of {} pieces are bad or missing: they are neither served nor \
+             fetched (`pow download` into the same directory repairs them)",
             have.len() - good,
             have.len()
         );
     }
-    let picker = Picker::new(metainfo.geometry.clone(), have);
+    let mut picker = Picker::new(metainfo.geometry.clone(), have);
+    // A seed serves what it has and fetches nothing: the bad pieces may be local edits, and
+    // `pow download` into the same directory is the way to repair them.
+    picker.select_files(&[]);
     let (torrent, announcer) = args.swarm.join(storage, picker, None).await?;
     if args.json {
         println!(
