@@ -991,9 +991,15 @@ impl Peer {
                     self.addr,
                     self.inflight.len()
                 );
-                self.peer_choking = true;
+                let was_choking = std::mem::replace(&mut self.peer_choking, true);
+                // Releasing our bookings walks every partial piece under the session lock:
+                // a choke repeated while nothing was asked since the last has none to release,
+                // and a stream of them must not buy that walk each time.
+                let booked = !was_choking || !self.inflight.is_empty();
                 self.withdraw_all();
-                self.inner.lock().picker.peer_choked(self.key);
+                if booked {
+                    self.inner.lock().picker.peer_choked(self.key);
+                }
             }
             Message::Unchoke => {
                 // `withdrawn` stays: requests we sent before its choke reached us may reach
