@@ -124,8 +124,11 @@ impl UtpArg {
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(s) if s > 0.0 && s.is_finite() => Ok(s),
-        _ => Err(format!("`{text}` is not a positive number of seconds")),
+        // Up to about 31 years: beyond that a `Duration` cannot hold it.
+        Ok(s) if s > 0.0 && s < 1e9 => Ok(s),
+        _ => Err(format!(
+            "`{text}` is not a positive number of seconds (under 1e9)"
+        )),
     }
 }
 
@@ -414,7 +417,7 @@ impl Handle {
 
 #[cfg(test)]
 mod tests {
-    use super::bytes_per_second;
+    use super::{bytes_per_second, positive_seconds};
 
     #[test]
     fn upload_rates_take_binary_suffixes() {
@@ -424,6 +427,15 @@ mod tests {
         assert_eq!(bytes_per_second("2G"), Ok(2 << 30));
         for bad in ["", "0", "-5M", "1.5M", "10X", "M", "99999999999999G"] {
             assert!(bytes_per_second(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Each becomes a `Duration`: what one cannot hold is refused here, not a panic later.
+    #[test]
+    fn seconds_options_fit_a_duration() {
+        assert_eq!(positive_seconds("0.25"), Ok(0.25));
+        for bad in ["0", "-2", "NaN", "inf", "1e20", "x"] {
+            assert!(positive_seconds(bad).is_err(), "{bad}");
         }
     }
 }

@@ -366,6 +366,10 @@ pub(crate) async fn until_done(
 ) -> Outcome {
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     let (mut downloaded, mut last_data) = (0, Instant::now());
+    // Listening from here to the end: a listener made anew in each round missed a signal that
+    // came while the round's tick ran.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = torrent.wait_complete() => return Outcome::Complete,
@@ -379,7 +383,7 @@ pub(crate) async fn until_done(
                     return Outcome::Stalled { after, peers: snapshot.peers };
                 }
             }
-            _ = shutdown_signal() => return Outcome::Interrupted,
+            _ = &mut shutdown => return Outcome::Interrupted,
         }
     }
 }
@@ -387,7 +391,8 @@ pub(crate) async fn until_done(
 /// A `--stall-timeout`: whole or fractional seconds, more than 0.
 pub(crate) fn seconds(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {
-        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
+        Ok(secs) if secs > 0.0 => Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{text}: too many seconds to wait")),
         _ => Err(format!("{text}: expected seconds, more than 0")),
     }
 }
@@ -526,17 +531,35 @@ fn select_files(metainfo: &Metainfo, globs: &[String]) -> Result<Vec<usize>, Str
     Ok(wanted)
 }
 
-/// `*` matches any run of characters (also `/`), `?` any one.
+/// `*` matches any run of characters (also `/`), `?` any one. Backtracks to the last `*`
+/// only: time is at most pattern length x text length (a recursive match took exponential time
+/// on `*a*a*a*a*b` over long paths).
 fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    match (pattern.first(), text.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            glob_match(&pattern[1..], text) || (!text.is_empty() && glob_match(pattern, &text[1..]))
+    let (mut p, mut t) = (0, 0);
+    // The last `*` seen, and the text position its current match ends at.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                // Let the last `*` take one more character, and try again after it.
+                Some((star_p, star_t)) => {
+                    star = Some((star_p, star_t + 1));
+                    p = star_p + 1;
+                    t = star_t + 1;
+                }
+                None => return false,
+            },
         }
-        (Some(b'?'), Some(_)) => glob_match(&pattern[1..], &text[1..]),
-        (Some(p), Some(t)) if p == t => glob_match(&pattern[1..], &text[1..]),
-        _ => false,
     }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// A progress bar on a terminal; nothing otherwise (the summary line says it all).
@@ -601,12 +624,20 @@ async fn metadata_utp(
 
 #[cfg(test)]
 mod tests {
-    use super::{glob_match, human_rate};
+    use super::{glob_match, human_rate, seconds};
 
     #[test]
     fn rates_below_a_mebibyte_per_second_read_in_kibibytes() {
         assert_eq!(human_rate(36_800.0), "35.9 KiB/s");
         assert_eq!(human_rate(3.5 * 1024.0 * 1024.0), "3.5 MiB/s");
+    }
+
+    /// Values a `Duration` cannot hold are refused, not a panic.
+    #[test]
+    fn stall_timeouts() {
+        assert_eq!(seconds("2.5"), Ok(std::time::Duration::from_millis(2500)));
+        assert!(seconds("0").is_err() && seconds("-1").is_err() && seconds("inf").is_err());
+        assert!(seconds("1e20").unwrap_err().contains("too many seconds"));
     }
 
     #[test]
@@ -616,5 +647,20 @@ mod tests {
         assert!(!glob_match(b"a/?.dat", b"a/xy.dat"));
         assert!(glob_match(b"*", b""));
         assert!(!glob_match(b"b*", b"ab"));
+        assert!(glob_match(b"a*b*c", b"a/xbyb/c"));
+        assert!(!glob_match(b"a*b*c", b"a/xbyb/d"));
+        assert!(glob_match(b"*?", b"x"));
+        assert!(!glob_match(b"?", b""));
+        assert!(glob_match(b"**", b""));
+        // Exponential for a recursive matcher (2^30 paths); this is 30 x 2,000 steps.
+        let long = vec![b'a'; 2000];
+        assert!(!glob_match(
+            &b"*a"
+                .repeat(15)
+                .into_iter()
+                .chain(*b"*b")
+                .collect::<Vec<_>>(),
+            &long
+        ));
     }
 }
