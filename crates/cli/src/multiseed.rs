@@ -11,6 +11,7 @@ use pow_picker::Picker;
 use pow_tracker::announcer::Timing;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub struct MultiSeed {
@@ -27,6 +28,8 @@ pub struct MultiSeed {
     dht: Option<DhtPlan>,
     /// Peers each torrent uploads to at once (`--upload-slots`).
     upload_slots: usize,
+    /// Set by [`MultiSeed::stop`]: a start that finishes later shuts its session down.
+    stopped: AtomicBool,
 }
 
 enum Seeding {
@@ -61,6 +64,7 @@ impl MultiSeed {
             torrents: Mutex::new(HashMap::new()),
             dht: None,
             upload_slots: EngineConfig::default().upload_slots,
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -111,6 +115,17 @@ impl MultiSeed {
         let result = self.start_checked(metainfo, data_dir).await;
         let mut torrents = self.lock();
         match result {
+            Ok(running) if self.stopped.load(Ordering::SeqCst) => {
+                // `stop` ran while this one was checked: it did not see the session.
+                drop(torrents);
+                if let Seeding::Running { torrent, announcer } = running {
+                    torrent.shutdown();
+                    if let Some(a) = announcer {
+                        a.stop().await;
+                    }
+                }
+                Err("stopped while starting".into())
+            }
             Ok(running) => {
                 torrents.insert(key, running);
                 Ok(())
@@ -196,7 +211,13 @@ impl MultiSeed {
     /// Stops every session (announcing `stopped`); returns what each had uploaded, by
     /// info-hash.
     pub async fn stop(&self) -> Vec<(String, u64)> {
-        let running: Vec<(String, Seeding)> = self.lock().drain().collect();
+        let running: Vec<(String, Seeding)> = {
+            let mut torrents = self.lock();
+            // Under the lock: a start either finished before (its session is drained here) or
+            // sees the flag when it finishes.
+            self.stopped.store(true, Ordering::SeqCst);
+            torrents.drain().collect()
+        };
         let mut uploaded = Vec::new();
         for (key, seeding) in running {
             if let Seeding::Running { torrent, announcer } = seeding {
