@@ -29,7 +29,16 @@ pub const MAX_PENDING_HANDSHAKES_PER_HOST: usize = 32;
 /// port's TCP and uTP listeners.
 #[derive(Default)]
 pub(crate) struct PendingHandshakes {
-    by_host: Mutex<HashMap<IpAddr, usize>>,
+    counts: Mutex<Counts>,
+}
+
+/// Only hosts with a pending handshake have an entry: one refused gets none (entries left at
+/// 0 by refusals grew without bound under SYNs from ever-new addresses, and each admission
+/// summed them all).
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    by_host: HashMap<IpAddr, usize>,
 }
 
 /// One pending handshake, counted until dropped.
@@ -43,14 +52,14 @@ impl PendingHandshakes {
     /// are too many, from everyone or from its host.
     pub fn admit(self: &Arc<Self>, addr: SocketAddr) -> Option<Pending> {
         let host = addr.ip().to_canonical();
-        let mut by_host = lock(&self.by_host);
-        let total: usize = by_host.values().sum();
-        let from_host = by_host.entry(host).or_default();
-        if total >= MAX_PENDING_HANDSHAKES || *from_host >= MAX_PENDING_HANDSHAKES_PER_HOST {
+        let mut counts = lock(&self.counts);
+        let from_host = counts.by_host.get(&host).copied().unwrap_or(0);
+        if counts.total >= MAX_PENDING_HANDSHAKES || from_host >= MAX_PENDING_HANDSHAKES_PER_HOST {
             tracing::debug!("{addr}: too many pending handshakes, closed");
             return None;
         }
-        *from_host += 1;
+        counts.total += 1;
+        *counts.by_host.entry(host).or_default() += 1;
         Some(Pending {
             handshakes: self.clone(),
             host,
@@ -60,12 +69,13 @@ impl PendingHandshakes {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let mut by_host = lock(&self.handshakes.by_host);
-        if let Some(count) = by_host.get_mut(&self.host) {
+        let mut counts = lock(&self.handshakes.counts);
+        if let Some(count) = counts.by_host.get_mut(&self.host) {
             *count -= 1;
             if *count == 0 {
-                by_host.remove(&self.host);
+                counts.by_host.remove(&self.host);
             }
+            counts.total -= 1;
         }
     }
 }
@@ -293,4 +303,42 @@ async fn read_route(
 
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The caps, and no trace of what was refused: once the total is full, connections from
+    /// 10,000 other hosts are refused and leave no entry behind; as pending ones finish, their
+    /// room is free again.
+    #[test]
+    fn pending_handshakes_are_capped_and_refusals_leave_nothing() {
+        let pending = Arc::new(PendingHandshakes::default());
+        let at = |host: u32, port: u16| SocketAddr::from((std::net::Ipv4Addr::from(host), port));
+        let one_host: Vec<Pending> = (0..MAX_PENDING_HANDSHAKES_PER_HOST as u16)
+            .map(|port| pending.admit(at(1, port)).expect("under the per-host cap"))
+            .collect();
+        assert!(pending.admit(at(1, 9999)).is_none(), "per-host cap");
+        let others: Vec<Pending> = (0..(MAX_PENDING_HANDSHAKES - MAX_PENDING_HANDSHAKES_PER_HOST))
+            .map(|i| {
+                pending
+                    .admit(at(100 + i as u32, 1))
+                    .expect("under the total")
+            })
+            .collect();
+        for host in 1_000_000..1_010_000 {
+            assert!(pending.admit(at(host, 1)).is_none(), "total cap");
+        }
+        {
+            let counts = lock(&pending.counts);
+            assert_eq!(counts.total, MAX_PENDING_HANDSHAKES);
+            assert_eq!(counts.by_host.len(), 1 + others.len());
+        }
+        drop(one_host);
+        assert!(pending.admit(at(2_000_000, 1)).is_some());
+        drop(others);
+        let counts = lock(&pending.counts);
+        assert_eq!((counts.total, counts.by_host.len()), (0, 0));
+    }
 }

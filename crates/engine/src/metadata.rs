@@ -325,7 +325,9 @@ async fn exchange(
                 {
                     return Err(fail("sent a metadata piece that does not fit"));
                 }
-                pieces[piece as usize] = Some(data);
+                // A copy: a slice would keep the whole frame (up to 8 MiB, padded with
+                // unknown keys) alive for 16 KiB of metadata.
+                pieces[piece as usize] = Some(Bytes::copy_from_slice(&data));
             }
             MetadataMessage::Reject { piece } => {
                 return Err(fail(&format!("rejected metadata piece {piece}")))
