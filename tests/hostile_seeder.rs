@@ -704,6 +704,65 @@ fn bad_pieces_from_one_peer_get_it_banned() {
     );
 }
 
+/// A peer that connects to the downloader itself (it is not dialed) and serves bad pieces is
+/// banned by its host: back from another port, it is closed at once. Banned by address alone
+/// (a port its own system picked), it started over with each new connection.
+#[test]
+fn a_banned_peer_that_connected_to_us_is_not_let_back_in_from_another_port() {
+    run_case(
+        "incoming-ban",
+        |setup, listener, port, gate| {
+            // Not dialed: it dials the downloader.
+            drop(listener);
+            common::wait_listening(port, "pow download");
+            let mut peer = RawPeer::connect(port, setup.info_hash);
+            peer.send(BITFIELD, &setup.full_bitfield()).unwrap();
+            peer.send(UNCHOKE, &[]).unwrap();
+            let mut served = 0;
+            let mut last = Instant::now();
+            let closed = loop {
+                match peer.read(Duration::from_secs(10)) {
+                    Ok((REQUEST, p)) => {
+                        let (index, begin, length) = (word(&p, 0), word(&p, 4), word(&p, 8));
+                        let mut data = setup.block(index, begin, length).to_vec();
+                        data[100] ^= 0x01;
+                        last = Instant::now();
+                        if peer
+                            .stream
+                            .write_all(&piece_frame(index, begin, &data))
+                            .is_err()
+                        {
+                            break Some(last.elapsed());
+                        }
+                        served += 1;
+                    }
+                    Ok(_) => {}
+                    Err(End::Closed) => break Some(last.elapsed()),
+                    Err(End::Quiet) => break None,
+                }
+            };
+            let mut back = RawPeer::dial(port, setup.info_hash);
+            // At once: the idle timeout (3 s) would close it too, later.
+            let back_closed = back.closed_within(AT_ONCE);
+            gate.open();
+            Hostile {
+                drops: vec![
+                    (format!("every block bad ({served} served)"), closed),
+                    ("back from another port".to_string(), back_closed),
+                ],
+                note: String::new(),
+            }
+        },
+        Duration::from_secs(5),
+        |_summary, log, _hostile| {
+            assert!(
+                log.contains("banned after 3 bad pieces; no more connections from 127.0.0.1"),
+                "{log}"
+            );
+        },
+    );
+}
+
 /// A block that answers a request with the right piece and offset but not the length asked
 /// (here half of it) ends the connection at once. It used to be counted as wasted while the
 /// request stayed booked to the peer, its pipeline slot free again: a peer answering every

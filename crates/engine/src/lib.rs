@@ -389,6 +389,8 @@ pub(crate) struct State {
     pub known: HashMap<SocketAddr, KnownPeer>,
     pub connecting: HashSet<SocketAddr>,
     pub banned: HashSet<SocketAddr>,
+    /// Hosts of banned peers that had connected to us: their incoming connections are closed.
+    pub banned_hosts: HashSet<IpAddr>,
     pub strikes: HashMap<SocketAddr, u32>,
     /// Who sent each block of each piece still being assembled.
     pub senders: HashMap<u32, Senders>,
@@ -686,6 +688,7 @@ impl Torrent {
                 known: HashMap::new(),
                 connecting: HashSet::new(),
                 banned: HashSet::new(),
+                banned_hosts: HashSet::new(),
                 strikes: HashMap::new(),
                 senders: HashMap::new(),
                 suspects: HashMap::new(),

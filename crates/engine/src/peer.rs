@@ -239,7 +239,9 @@ async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side
     let (tx, rx) = mpsc::unbounded_channel();
     let key = {
         let mut state = inner.lock();
-        if state.banned.contains(&addr) {
+        let banned_host = !outgoing && state.banned_hosts.contains(&addr.ip().to_canonical());
+        if state.banned.contains(&addr) || banned_host {
+            tracing::debug!("{addr}: banned, closed");
             return Dialed::Failed;
         }
         let link = WireLink {
@@ -1756,7 +1758,10 @@ pub(crate) fn record_verdict(
                 ban(
                     &mut state,
                     addr,
-                    &format!("it sent the block at {begin} of piece {index} twice, with other bytes each time"),
+                    &format!(
+                        "banned: it sent the block at {begin} of piece {index} twice, with \
+                         other bytes each time"
+                    ),
                 );
             }
         }
@@ -1775,8 +1780,12 @@ fn strike(state: &mut crate::State, key: PeerKey, addr: SocketAddr) {
     *strikes += 1;
     // Pieces already in flight may fail after the ban, before the peer's task has closed:
     // ban (and log) once.
-    if *strikes >= MAX_STRIKES && state.banned.insert(addr) {
-        tracing::warn!("{addr}: banned after {MAX_STRIKES} bad pieces");
+    if *strikes >= MAX_STRIKES {
+        ban(
+            state,
+            addr,
+            &format!("banned after {MAX_STRIKES} bad pieces"),
+        );
         if let Some(peer) = state.peers.get(&key) {
             let _ = peer.tx.send(PeerCmd::Close);
         }
@@ -1802,17 +1811,30 @@ async fn smart_ban(inner: Arc<Inner>, index: u32, suspects: Vec<crate::Suspect>)
                 "its block at {} of piece {index} differs from the verified piece's",
                 suspect.begin
             );
-            ban(&mut state, suspect.addr, &why);
+            ban(&mut state, suspect.addr, &format!("banned: {why}"));
         }
     }
 }
 
-/// Bans the peer at `addr` (once: logged the first time) and closes its connections.
-fn ban(state: &mut crate::State, addr: SocketAddr, why: &str) {
+/// Bans the peer at `addr` (once: logged the first time, `what` saying why) and closes its
+/// connections. A peer that connected to us is banned by its host as well: it came from a
+/// port of its choosing, and would come back from another (libtorrent bans by address too).
+/// One we dialed is banned at the address we dial, and others on its host stay welcome.
+fn ban(state: &mut crate::State, addr: SocketAddr, what: &str) {
     if !state.banned.insert(addr) {
         return;
     }
-    tracing::warn!("{addr}: banned: {why}");
+    let connected_to_us = match state.peers.values().find(|p| p.addr == addr) {
+        Some(peer) => peer.wire.is_some_and(|wire| !wire.outgoing),
+        // Gone already (a smart ban decides later): we dial only addresses we know.
+        None => !state.known.contains_key(&addr),
+    };
+    if connected_to_us {
+        state.banned_hosts.insert(addr.ip().to_canonical());
+        tracing::warn!("{addr}: {what}; no more connections from {}", addr.ip());
+    } else {
+        tracing::warn!("{addr}: {what}");
+    }
     for peer in state.peers.values().filter(|p| p.addr == addr) {
         let _ = peer.tx.send(PeerCmd::Close);
     }
