@@ -307,7 +307,11 @@ fn wait_success(
 /// downloader behind NAT. Before, a download waited for its next regular announce (600 s
 /// here; trackers often say 30 minutes), and the magnet's gave up at its metadata timeout.
 /// Two of the downloads are of one torrent: they find each other at once, and, having nothing
-/// to trade, go on asking; the magnet link is of another torrent.
+/// to trade, go on asking; the magnet link is of another torrent. Each runs on its own loopback
+/// address (`--bind`, which its dials start from), as peers on other hosts would: Transmission
+/// keeps one connection per address and torrent, and closed the second download's while the
+/// first's was open; the first then finished and left, and the second was once not let in
+/// for 90 s.
 #[test]
 fn a_download_nobody_serves_announces_again_at_min_interval() {
     let tmp = TempDir::new("trk-cli-no-peers");
@@ -336,13 +340,34 @@ fn a_download_nobody_serves_announces_again_at_min_interval() {
         (torrent.to_str().unwrap(), &data),
         (&magnet, &magnet_data),
     ];
+    let ports = targets.map(|_| common::free_port());
     let downloads: Vec<_> = targets
         .into_iter()
         .enumerate()
         .map(|(i, (target, data))| {
             let out = tmp.path().join(format!("out{i}"));
             let log = tmp.path().join(format!("download{i}.log"));
-            let child = download_logging(target, &out, &log, &["--announce-min", "1"]);
+            let mut command = pow();
+            command
+                .arg("download")
+                .arg(target)
+                .arg("-o")
+                .arg(&out)
+                .args(["--port", &ports[i].to_string()])
+                .args(["--bind", &format!("127.0.0.{}", i + 1)])
+                .args(["--announce-min", "1"]);
+            if i == 0 {
+                // The tracker sees every announce come from 127.0.0.1.
+                command.args(["--peer", &format!("127.0.0.2:{}", ports[1])]);
+            }
+            let child = common::Killed(
+                command
+                    .env("POW_LOG", "info")
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log).unwrap())
+                    .spawn()
+                    .unwrap(),
+            );
             (child, data.clone(), out, log)
         })
         .collect();

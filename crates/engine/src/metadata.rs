@@ -200,7 +200,9 @@ async fn fetch_once(
 ) -> Result<Vec<u8>, Attempt> {
     let addr = dial.addr;
     let fail = |what: &str| format!("{addr}: {what}");
-    let mut stream = transport::connect(dial.transport, addr, dial.socket, CONNECT_TIMEOUT)
+    // From the address the uTP socket is bound to (the session's), if any.
+    let from = dial.socket.map(|socket| socket.local_addr().ip());
+    let mut stream = transport::connect(dial.transport, addr, dial.socket, from, CONNECT_TIMEOUT)
         .await
         .map_err(|e| Attempt::Unreachable(fail(&format!("connect: {e}"))))?;
     let mut ours = Handshake::new(info_hash, peer_id);

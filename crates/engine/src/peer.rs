@@ -175,7 +175,9 @@ async fn dial(
     encrypted: bool,
 ) -> Dialed {
     let socket = inner.utp.get().map(Arc::as_ref);
-    match transport::connect(transport, addr, socket, inner.config.connect_timeout).await {
+    let from = inner.config.listen.map(|listen| listen.ip());
+    let timeout = inner.config.connect_timeout;
+    match transport::connect(transport, addr, socket, from, timeout).await {
         Ok(stream) => run(inner.clone(), stream, addr, Side::Dialed { encrypted }).await,
         Err(e) => {
             tracing::debug!("connect {addr} ({transport:?}): {e}");

@@ -4,7 +4,7 @@
 use crate::encryption::Encryption;
 use pow_utp::{UtpSocket, UtpStream};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -97,16 +97,20 @@ where
     last
 }
 
-/// Opens a connection to `addr` over `transport` within `timeout` (uTP from `socket`).
+/// Opens a connection to `addr` over `transport` within `timeout` (uTP from `socket`). A TCP
+/// connection starts from address `from` when it is a specific one of `addr`'s family (`--bind
+/// 127.0.0.2`: peers see that address, as the uTP socket bound to it shows them, and as
+/// Transmission's bind address does).
 pub(crate) async fn connect(
     transport: Transport,
     addr: SocketAddr,
     socket: Option<&UtpSocket>,
+    from: Option<IpAddr>,
     timeout: Duration,
 ) -> io::Result<PeerStream> {
     let timed_out = |_| io::Error::new(io::ErrorKind::TimedOut, "timed out");
     match (transport, socket) {
-        (Transport::Tcp, _) => tokio::time::timeout(timeout, TcpStream::connect(addr))
+        (Transport::Tcp, _) => tokio::time::timeout(timeout, connect_tcp(addr, from))
             .await
             .map_err(timed_out)?
             .map(PeerStream::Tcp),
@@ -119,6 +123,20 @@ pub(crate) async fn connect(
             "no uTP socket to dial from",
         )),
     }
+}
+
+async fn connect_tcp(addr: SocketAddr, from: Option<IpAddr>) -> io::Result<TcpStream> {
+    let from = from.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4());
+    let Some(from) = from else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(addr).await
 }
 
 impl Utp {
@@ -415,6 +433,35 @@ mod tests {
             ),
             [(Utp, false), (Tcp, false)]
         );
+    }
+
+    /// A dial starts from the bound address when there is one (the peer sees 127.0.0.2), and
+    /// from wherever the system picks when it is unspecified or of the other family.
+    #[test]
+    fn a_tcp_dial_starts_from_the_bound_address() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let to = listener.local_addr().unwrap();
+            let seen_from = |from: Option<&str>| {
+                let from = from.map(|f| f.parse::<IpAddr>().unwrap());
+                let listener = &listener;
+                async move {
+                    let timeout = Duration::from_secs(5);
+                    let _dialed = connect(Transport::Tcp, to, None, from, timeout)
+                        .await
+                        .unwrap();
+                    listener.accept().await.unwrap().1.ip().to_string()
+                }
+            };
+            assert_eq!(seen_from(Some("127.0.0.2")).await, "127.0.0.2");
+            assert_eq!(seen_from(Some("0.0.0.0")).await, "127.0.0.1");
+            assert_eq!(seen_from(Some("::1")).await, "127.0.0.1");
+            assert_eq!(seen_from(None).await, "127.0.0.1");
+        });
     }
 
     #[cfg(target_os = "linux")]
