@@ -817,6 +817,58 @@ fn uploads_that_do_not_fit_on_the_disk_get_507_and_leave_nothing() {
     server.wait_seeding(reply["md5"].as_str().unwrap());
 }
 
+/// The embedded tracker listening on every address (0.0.0.0): new torrents name it by
+/// --public-url's host, not as `http://0.0.0.0:PORT/announce`, which no other machine reaches.
+#[test]
+fn a_tracker_on_every_address_is_named_by_the_public_url_host() {
+    let work = TempDir::new("serve-public");
+    let data = work.path().join("server");
+    let tracker_port = free_port();
+    let mut child = Command::new(pow_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--peer-port",
+            "0",
+            "--json",
+        ])
+        .args(["--tracker-listen", &format!("0.0.0.0:{tracker_port}")])
+        .args(["--public-url", "http://localhost:8080"])
+        .arg("--data")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = common::first_stdout_line(&mut child);
+    let json: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    let url = json["url"].as_str().unwrap().to_string();
+    let server = Server {
+        child,
+        addr: url.trim_start_matches("http://").to_string(),
+        url,
+        data,
+        datasets_at_start: 0,
+        peer_port: json["peer_port"].as_u64().unwrap() as u16,
+    };
+    let zip = work.path().join("one.zip");
+    make_zip(&zip, 1, 41);
+    let (status, reply) = upload(&server, "one.zip", &std::fs::read(&zip).unwrap());
+    assert_eq!(status, 201, "{reply}");
+    let torrent = work.path().join("one.torrent");
+    save_torrent(&server, &reply, &torrent);
+    let metainfo = pow_metainfo::Metainfo::from_file(&torrent).unwrap();
+    println!(
+        "tracker on 0.0.0.0:{tracker_port}: torrents name {:?}",
+        metainfo.announce
+    );
+    assert_eq!(
+        metainfo.announce.as_deref(),
+        Some(format!("http://localhost:{tracker_port}/announce").as_str())
+    );
+}
+
 #[test]
 fn server_killed_with_sigkill_seeds_every_dataset_again_without_reupload() {
     let work = TempDir::new("serve-restart");
@@ -847,11 +899,36 @@ fn server_killed_with_sigkill_seeds_every_dataset_again_without_reupload() {
     write!(
         in_flight,
         "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-        body.len() * 4
+        body.len()
     )
     .unwrap();
-    in_flight.write_all(&body).unwrap();
+    // Half of it: the form's end is still to come (the whole body, end boundary and all,
+    // under a larger Content-Length, was a finished upload, refused as not a zip).
+    in_flight.write_all(&body[..body.len() / 2]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        server.files_in("incoming").len(),
+        1,
+        "the upload is in flight"
+    );
+    // A second server on the same directory is refused before it touches anything: opening
+    // it used to clear incoming/ (the first one's upload in flight) and unpublished content.
+    let second = pow()
+        .args(["serve", "--listen", "127.0.0.1:0", "--peer-port", "0"])
+        .args(["--tracker-listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    println!("a second server on the same --data: {}", stderr.trim());
+    assert!(!second.status.success());
+    assert!(stderr.contains("in use by another pow serve"), "{stderr}");
+    assert_eq!(
+        server.files_in("incoming").len(),
+        1,
+        "the upload in flight was removed"
+    );
     let mtimes: Vec<_> = md5s
         .iter()
         .map(|m| {

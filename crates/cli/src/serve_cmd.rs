@@ -30,6 +30,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 6881)]
     peer_port: u16,
     /// Address of the embedded tracker (HTTP and UDP); default: the --listen host, port 6969.
+    /// New torrents name it by this address, or by --public-url's host if this is 0.0.0.0.
     #[arg(long)]
     tracker_listen: Option<SocketAddr>,
     /// Announce URL of a running tracker to put in new torrents instead of running one;
@@ -70,6 +71,29 @@ pub struct ServeArgs {
     json: bool,
 }
 
+/// The embedded tracker's announce URL for new torrents. Listening on every address
+/// (0.0.0.0), it is named by --public-url's host: `http://0.0.0.0:6969/announce` in a torrent
+/// sends every other machine nowhere.
+fn embedded_announce_url(tracker: &TrackerServer, public_url: Option<&str>) -> String {
+    let addr = tracker.local_addr();
+    if !addr.ip().is_unspecified() {
+        return tracker.http_announce_url();
+    }
+    match public_url.and_then(|url| pow_tracker::TrackerUrl::parse(url).ok()) {
+        Some(url) if url.host().contains(':') => {
+            format!("http://[{}]:{}/announce", url.host(), addr.port())
+        }
+        Some(url) => format!("http://{}:{}/announce", url.host(), addr.port()),
+        None => {
+            eprintln!(
+                "pow: warning: the tracker listens on {addr}, and new torrents name it so, which \
+                 no other machine can reach: give --public-url (its host names the tracker)"
+            );
+            tracker.http_announce_url()
+        }
+    }
+}
+
 pub fn serve(args: ServeArgs) -> CmdResult {
     let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Seed)?;
     runtime.block_on(serve_async(args))
@@ -88,7 +112,7 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
         None
     };
     let announce_urls = match &tracker {
-        Some(t) => vec![t.http_announce_url()],
+        Some(t) => vec![embedded_announce_url(t, args.public_url.as_deref())],
         None => args.trackers.clone(),
     };
     let http = tokio::net::TcpListener::bind(args.listen)

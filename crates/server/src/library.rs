@@ -83,6 +83,38 @@ pub struct Library {
     /// Publishing (hash check, create, rename) one at a time: two uploads of the same bytes
     /// must not race for the same names, and hashing is disk-bound anyway.
     publishing: tokio::sync::Mutex<()>,
+    /// `DATA/.lock`, held (flock) while this library is open: a second server on the same
+    /// directory would clear what this one is receiving and publishing.
+    _lock: std::fs::File,
+}
+
+/// Takes `DATA/.lock` for this process, or says who to blame.
+fn lock_data_dir(root: &Path) -> Result<std::fs::File, LibraryError> {
+    use std::os::fd::AsRawFd;
+    let path = root.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    // SAFETY: flock on a file descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            LibraryError::Invalid(format!(
+                "{} is in use by another pow serve (it holds {}); give this one another --data",
+                root.display(),
+                path.display()
+            ))
+        } else {
+            LibraryError::Io {
+                path,
+                source: error,
+            }
+        });
+    }
+    Ok(file)
 }
 
 impl Library {
@@ -93,6 +125,8 @@ impl Library {
         web_seed_base: Option<String>,
     ) -> Result<Library, LibraryError> {
         let root = std::path::absolute(root).map_err(io(root))?;
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        let lock = lock_data_dir(&root)?;
         for sub in ["incoming", "content", "datasets", "torrents"] {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir).map_err(io(&dir))?;
@@ -115,6 +149,7 @@ impl Library {
             web_seed_base,
             datasets: RwLock::new(BTreeMap::new()),
             publishing: tokio::sync::Mutex::new(()),
+            _lock: lock,
         };
         let mut datasets = BTreeMap::new();
         for md5 in hex_names(&library.root.join("content"), "")? {
