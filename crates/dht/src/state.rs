@@ -64,8 +64,10 @@ pub fn save(path: &Path, saved: &Saved) -> std::io::Result<()> {
     for node in saved.nodes.iter().take(MAX_SAVED_NODES) {
         text.push_str(&format!("node {node}\n"));
     }
+    // Named per process: two pow processes sharing the default state file must not write
+    // into one temporary file (the rename would then install a mix of both).
     let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
+    temporary.push(format!(".{}.tmp", std::process::id()));
     std::fs::write(&temporary, text)?;
     std::fs::rename(&temporary, path)
 }
