@@ -361,6 +361,22 @@ fn loads_a_zip_seeded_by_libtorrent_from_directory_and_http_stores() {
         .arg(&pow_dir)
         .args(["source", "verify", id, "--json"]));
     assert!(o.status.success(), "verify: {}", text(&o.stderr));
+    // ... and a --base-dir that does not exist is an error; it is not made.
+    let typo = work.join("no-such-dir");
+    let o = pow()
+        .arg("--pow-dir")
+        .arg(&pow_dir)
+        .args(["source", "verify", id, "--base-dir"])
+        .arg(&typo)
+        .output()
+        .unwrap();
+    println!(
+        "verify --base-dir {}: {}",
+        typo.display(),
+        text(&o.stderr).trim()
+    );
+    assert!(!o.status.success() && text(&o.stderr).contains("no directory"));
+    assert!(!typo.exists(), "verify made the directory");
 
     // HTTP store, fresh project, plain text output prints the directory.
     std::fs::write(

@@ -179,7 +179,20 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
     }
     let hashing = Instant::now();
     let digested_during_transfer = transfer.digester.as_ref().map_or(0, |d| d.position());
+    // The transfer's signal listener is gone, and tokio keeps its handlers installed: without
+    // a listener a Ctrl-C during the checks (a whole MD5 pass at worst) would be ignored.
+    // They only read; stopping them leaves nothing half done.
+    let interrupt = runtime.0.get().map(|runtime| {
+        runtime.spawn(async {
+            crate::download_cmd::shutdown_signal().await;
+            eprintln!("pow: interrupted during the integrity checks; nothing recorded");
+            std::process::exit(130);
+        })
+    });
     let report = plan.check_integrity(transfer.pieces_verified, transfer.digester);
+    if let Some(interrupt) = interrupt {
+        interrupt.abort();
+    }
     let digest_seconds = hashing.elapsed().as_secs_f64();
     let bytes = plan.metainfo.total_length();
     if report.failure().is_none() {
@@ -421,6 +434,17 @@ pub fn verify(pow_dir: Option<&Path>, args: SourceVerifyArgs) -> CmdResult {
         let store = pow.torrent_store(args.torrent_store.as_deref())?;
         pow.plan_load(&args.id, &store, args.base_dir.as_deref())?
     };
+    // Checking creates the directory (and empty files) to read from: a mistyped --base-dir
+    // would be made and reported as 0 pieces verified.
+    if !plan.base_dir.is_dir() {
+        return Err(format!(
+            "{}: no directory {} to verify (has it been loaded? `pow source load {}`)",
+            plan.id,
+            plan.base_dir.display(),
+            plan.id
+        )
+        .into());
+    }
     let Checked { have, digester, .. } = check_and_digest(&plan)?;
     let report: IntegrityReport = plan.check_integrity(have.count(), digester);
     let directory = std::path::absolute(&plan.base_dir).unwrap_or(plan.base_dir.clone());
