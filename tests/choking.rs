@@ -122,7 +122,8 @@ fn a_seed_with_two_upload_slots_serves_four_leechers_in_turn() {
     );
     // The seed's own account: never more than two unchoked. A round's chokes and unchokes go
     // to the peers' tasks at once and are logged in whatever order the tasks run, so the
-    // count is taken after each burst of them (events under 50 ms apart).
+    // count is taken after each burst of them (events under 200 ms apart; rounds are 500 ms
+    // apart, and a loaded machine ran one round's tasks over 50 ms apart).
     drop(seed);
     let log = std::fs::read_to_string(&seed_log).unwrap();
     let most = most_unchoked(&log);
@@ -146,7 +147,7 @@ fn a_seed_with_two_upload_slots_serves_four_leechers_in_turn() {
 }
 
 /// The most peers a seed's debug log shows unchoked at once, counted after each burst of
-/// choke/unchoke/close lines (a burst: lines under 50 ms apart).
+/// choke/unchoke/close lines (a burst: lines under 200 ms apart).
 fn most_unchoked(log: &str) -> usize {
     let mut unchoked = std::collections::HashSet::new();
     let (mut most, mut last_at) = (0, None::<f64>);
@@ -176,7 +177,7 @@ fn most_unchoked(log: &str) -> usize {
                 Some(h * 3600.0 + m * 60.0 + s)
             })
             .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
-        if last_at.is_some_and(|last| at - last >= 0.05) {
+        if last_at.is_some_and(|last| at - last >= 0.2) {
             most = most.max(unchoked.len());
         }
         last_at = Some(at);

@@ -154,7 +154,9 @@ fn a_connection_that_carries_payload_is_not_displaced_by_a_later_dial() {
     let mut block = common::raw_peer::request_payload(index, begin, 0)[..8].to_vec();
     block.extend_from_slice(&content[start..start + length as usize]);
     busy.send(PIECE, &block).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Time for pow to book the block (it sends nothing back for one); ample on a loaded
+    // machine.
+    std::thread::sleep(Duration::from_millis(1000));
     let mut late = pow.accept(&id);
     assert_eq!(fate(&mut late), End::Closed, "the later dial was kept");
     assert_eq!(

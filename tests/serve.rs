@@ -447,11 +447,16 @@ fn make_small_zips(dir: &Path, count: usize, kib: usize) -> Vec<PathBuf> {
 
 /// Waits until `incoming/` is empty (a dropped upload is cleaned when the server notices).
 fn wait_incoming_empty(server: &Server) {
+    wait_incoming(server, 0);
+}
+
+/// Waits (up to 10 s) until `incoming/` holds `count` files.
+fn wait_incoming(server: &Server, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !server.files_in("incoming").is_empty() {
+    while server.files_in("incoming").len() != count {
         assert!(
             Instant::now() < deadline,
-            "left in incoming/: {:?}",
+            "in incoming/: {:?}, not {count} files",
             server.files_in("incoming")
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -541,12 +546,8 @@ fn bad_uploads_get_their_status_and_leave_nothing_half_written() {
     )
     .unwrap();
     stream.write_all(&body[..body.len() / 2]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        server.files_in("incoming").len(),
-        1,
-        "the upload is being received"
-    );
+    // The upload is being received.
+    wait_incoming(&server, 1);
     drop(stream);
     wait_incoming_empty(&server);
     assert!(server.files_in("torrents").is_empty());
@@ -905,12 +906,8 @@ fn server_killed_with_sigkill_seeds_every_dataset_again_without_reupload() {
     // Half of it: the form's end is still to come (the whole body, end boundary and all,
     // under a larger Content-Length, was a finished upload, refused as not a zip).
     in_flight.write_all(&body[..body.len() / 2]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        server.files_in("incoming").len(),
-        1,
-        "the upload is in flight"
-    );
+    // The upload is in flight.
+    wait_incoming(&server, 1);
     // A second server on the same directory is refused before it touches anything: opening
     // it used to clear incoming/ (the first one's upload in flight) and unpublished content.
     let second = pow()

@@ -494,7 +494,8 @@ fn a_magnet_link_with_nowhere_to_look_ends_at_once_with_a_hint() {
         )),
         "{stderr}"
     );
-    assert!(started.elapsed().as_secs() < 5);
+    // At once: waiting for the metadata timeout would take 60 s and more.
+    assert!(started.elapsed().as_secs() < 15);
 }
 
 /// A download whose only tracker is a UDP one that never answers stops within the stop
