@@ -40,6 +40,12 @@ fn raw_request(
     stream.write_all(head.as_bytes()).unwrap();
     // The server may answer (413) and close before taking the whole body.
     let _ = stream.write_all(body);
+    read_response(&mut stream)
+}
+
+/// Reads an HTTP/1.1 response to its end (the request said `Connection: close`): its status
+/// and body.
+fn read_response(stream: &mut TcpStream) -> (u16, String) {
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     let text = String::from_utf8_lossy(&response).into_owned();
@@ -747,16 +753,8 @@ fn upload_chunked(server: &Server, file_name: &str, bytes: &[u8]) -> (u16, serde
     if sent {
         let _ = stream.write_all(b"0\r\n\r\n");
     }
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
-    let reply = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let json = serde_json::from_str(reply).unwrap_or_else(|e| panic!("{e}: {reply:?}"));
+    let (status, reply) = read_response(&mut stream);
+    let json = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply:?}"));
     (status, json)
 }
 
@@ -825,34 +823,11 @@ fn a_tracker_on_every_address_is_named_by_the_public_url_host() {
     let work = TempDir::new("serve-public");
     let data = work.path().join("server");
     let tracker_port = free_port();
-    let mut child = Command::new(pow_bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--peer-port",
-            "0",
-            "--json",
-        ])
-        .args(["--tracker-listen", &format!("0.0.0.0:{tracker_port}")])
-        .args(["--public-url", "http://localhost:8080"])
-        .arg("--data")
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = common::first_stdout_line(&mut child);
-    let json: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-    let url = json["url"].as_str().unwrap().to_string();
-    let server = Server {
-        child,
-        addr: url.trim_start_matches("http://").to_string(),
-        url,
-        data,
-        datasets_at_start: 0,
-        peer_port: json["peer_port"].as_u64().unwrap() as u16,
-    };
+    let server = Server::start_with_tracker(
+        &data,
+        &format!("0.0.0.0:{tracker_port}"),
+        &["--public-url", "http://localhost:8080"],
+    );
     let zip = work.path().join("one.zip");
     make_zip(&zip, 1, 41);
     let (status, reply) = upload(&server, "one.zip", &std::fs::read(&zip).unwrap());

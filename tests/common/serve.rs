@@ -19,6 +19,11 @@ pub struct Server {
 impl Server {
     /// Starts with a fixed tracker port (the torrents name it, so a restart must keep it).
     pub fn start(data: &Path, tracker_port: u16, extra: &[&str]) -> Server {
+        Self::start_with_tracker(data, &format!("127.0.0.1:{tracker_port}"), extra)
+    }
+
+    /// As [`Server::start`], its tracker listening at `tracker_listen`.
+    pub fn start_with_tracker(data: &Path, tracker_listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(pow_bin())
             .args([
                 "serve",
@@ -28,7 +33,7 @@ impl Server {
                 "0",
                 "--json",
             ])
-            .args(["--tracker-listen", &format!("127.0.0.1:{tracker_port}")])
+            .args(["--tracker-listen", tracker_listen])
             .arg("--data")
             .arg(data)
             .args(extra)
