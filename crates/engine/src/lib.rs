@@ -358,9 +358,9 @@ pub(crate) struct Senders {
 }
 
 impl Senders {
-    /// The peers that sent blocks, each once.
-    pub fn peers(&self) -> Vec<(PeerKey, SocketAddr)> {
-        let mut peers: Vec<_> = self.blocks.iter().map(|b| (b.key, b.addr)).collect();
+    /// The addresses that sent blocks, each once (a peer that reconnected mid-piece is one).
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        let mut peers: Vec<_> = self.blocks.iter().map(|b| b.addr).collect();
         peers.sort_unstable();
         peers.dedup();
         peers
@@ -1058,7 +1058,7 @@ impl KnownPeer {
 
 /// An address a peer can listen at: trackers and peer exchange have named port 0, `0.0.0.0`
 /// and multicast addresses, where a dial fails or goes where it should not.
-fn dialable(addr: SocketAddr) -> bool {
+pub fn dialable(addr: SocketAddr) -> bool {
     let ip_ok = match addr.ip() {
         IpAddr::V4(ip) => !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast()),
         IpAddr::V6(ip) => !(ip.is_unspecified() || ip.is_multicast()),
@@ -1402,6 +1402,68 @@ mod tests {
             let state = inner.lock();
             assert_eq!(state.banned, HashSet::from([addr(1)]));
             assert_eq!(state.suspects[&0].len(), 2);
+            drop(state);
+            torrent.shutdown();
+        });
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A write that fails (here: a directory where the second file goes) ends the download;
+    /// a piece that the same batch completed before it is on disk whole, and is verified and
+    /// kept, not dropped with the batch (it used to be neither decided nor released).
+    #[test]
+    fn a_write_error_keeps_the_pieces_its_batch_completed_before_it() {
+        let dir = std::env::temp_dir().join(format!("pow-engine-batch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let source = dir.join("set");
+        std::fs::create_dir_all(&source).unwrap();
+        let first: Vec<u8> = (0..16384u32).map(|i| (i % 253) as u8).collect();
+        let second: Vec<u8> = (0..16384u32).map(|i| (i % 241) as u8).collect();
+        std::fs::write(source.join("a.bin"), &first).unwrap();
+        std::fs::write(source.join("b.bin"), &second).unwrap();
+        let options = CreateOptions {
+            piece_length: Some(16384),
+            ..CreateOptions::default()
+        };
+        let metainfo = Arc::new(create(&source, &options).unwrap().metainfo);
+        let out = dir.join("out");
+        std::fs::create_dir_all(out.join("set").join("b.bin")).unwrap();
+        let storage = Arc::new(Storage::new(metainfo.clone(), &out).unwrap());
+        let picker = Picker::new(metainfo.geometry.clone(), Bitfield::new(2));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let torrent = Torrent::start(storage, picker, EngineConfig::default())
+                .await
+                .unwrap();
+            let inner = torrent.inner.clone();
+            let (key, addr) = (100, SocketAddr::from(([127, 0, 0, 2], 1)));
+            let mut all = Bitfield::new(2);
+            all.set(0);
+            all.set(1);
+            assert_eq!(inner.lock().picker.pick(key, &all, 2).len(), 2);
+            let mut blocks = Vec::new();
+            for (index, data) in [(0, &first), (1, &second)] {
+                let mut state = inner.lock();
+                let (received, sole) = state.book_block(key, addr, index, 0, 16384);
+                assert!(matches!(received, pow_picker::Received::PieceDone { .. }) && sole);
+                blocks.push(received::Unwritten {
+                    index,
+                    begin: 0,
+                    data: bytes::Bytes::copy_from_slice(data),
+                    piece_done: true,
+                    sole,
+                });
+            }
+            let mut hashes = inorder::InOrderHashes::default();
+            let written = received::write_blocks(&inner, &mut hashes, &mut blocks);
+            assert!(written.is_err());
+            assert!(inner.failed.borrow().is_some(), "the download is over");
+            let state = inner.lock();
+            assert!(state.picker.have().get(0), "piece 0 was written whole");
+            assert!(!state.picker.have().get(1));
             drop(state);
             torrent.shutdown();
         });

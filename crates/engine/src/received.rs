@@ -75,8 +75,8 @@ impl Writer {
 
 /// Writes `blocks` (emptied, capacity kept), each run of consecutive blocks of a piece with one
 /// vectored write, then feeds them to their in-order hashes and decides the pieces they
-/// complete. On a write error every block not written is released to the picker and the error
-/// is recorded in `Inner::failed`.
+/// complete. On a write error every block not written is released to the picker, the pieces
+/// completed before it are still decided, and the error is recorded in `Inner::failed`.
 pub(crate) fn write_blocks(
     inner: &Arc<Inner>,
     hashes: &mut InOrderHashes,
@@ -124,6 +124,11 @@ pub(crate) fn write_blocks(
             }
             blocks.drain(..end);
             release(inner, blocks);
+            // Pieces the runs before this one completed are on disk whole: decided, a good
+            // one is recorded and kept for the next run instead of being fetched again.
+            for (index, sole) in done {
+                decide(inner, hashes, index, sole);
+            }
             return Err(e.to_string());
         }
         for block in run {
