@@ -132,6 +132,19 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
+/// A `--peer`: an address a dial can reach, not one the engine would skip without a word.
+pub(crate) fn peer_address(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not IP:PORT (e.g. 127.0.0.1:6881 or [::1]:6881)"))?;
+    if !pow_engine::dialable(addr) {
+        return Err(format!(
+            "`{text}` cannot be dialed: port 0, an unspecified, broadcast or multicast address"
+        ));
+    }
+    Ok(addr)
+}
+
 const RATE_FORM: &str =
     "expected a positive whole number of bytes per second, with K, M or G for KiB, MiB or GiB (e.g. 32M)";
 
@@ -417,7 +430,7 @@ impl Handle {
 
 #[cfg(test)]
 mod tests {
-    use super::{bytes_per_second, positive_seconds};
+    use super::{bytes_per_second, peer_address, positive_seconds};
 
     #[test]
     fn upload_rates_take_binary_suffixes() {
@@ -436,6 +449,24 @@ mod tests {
         assert_eq!(positive_seconds("0.25"), Ok(0.25));
         for bad in ["0", "-2", "NaN", "inf", "1e20", "x"] {
             assert!(positive_seconds(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn peers_given_by_hand_must_be_dialable() {
+        assert_eq!(
+            peer_address("[::1]:6881"),
+            Ok("[::1]:6881".parse().unwrap())
+        );
+        for bad in [
+            "127.0.0.1:0",
+            "0.0.0.0:6881",
+            "224.0.0.1:6881",
+            "[::]:1",
+            "x:1",
+            "1.2.3.4",
+        ] {
+            assert!(peer_address(bad).is_err(), "{bad}");
         }
     }
 }

@@ -25,7 +25,7 @@ pub struct DownloadArgs {
     #[command(flatten)]
     leech: LeechArgs,
     /// Connect to this peer directly, no tracker needed; repeatable.
-    #[arg(long = "peer")]
+    #[arg(long = "peer", value_name = "IP:PORT", value_parser = crate::announce::peer_address)]
     peers: Vec<SocketAddr>,
     /// Download only files whose path inside the torrent matches this glob (`*`, `?`); repeatable.
     #[arg(long = "only")]

@@ -43,7 +43,7 @@ pub struct LoadArgs {
     #[command(flatten)]
     leech: crate::download_cmd::LeechArgs,
     /// Connect to this peer directly, besides the trackers; repeatable.
-    #[arg(long = "peer")]
+    #[arg(long = "peer", value_name = "IP:PORT", value_parser = crate::announce::peer_address)]
     peers: Vec<SocketAddr>,
     /// Print the result as JSON.
     #[arg(long)]

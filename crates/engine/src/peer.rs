@@ -1769,15 +1769,15 @@ pub(crate) fn record_verdict(
         }
         _ => {
             tracing::warn!("piece {index} failed its hash check; fetching it again");
-            for (key, addr) in senders.peers() {
-                strike(&mut state, key, addr);
+            for addr in senders.peers() {
+                strike(&mut state, addr);
             }
         }
     }
 }
 
 /// A strike against the peer at `addr`; the last one bans it and closes its connection.
-fn strike(state: &mut crate::State, key: PeerKey, addr: SocketAddr) {
+fn strike(state: &mut crate::State, addr: SocketAddr) {
     let strikes = state.strikes.entry(addr).or_default();
     *strikes += 1;
     // Pieces already in flight may fail after the ban, before the peer's task has closed:
@@ -1788,9 +1788,6 @@ fn strike(state: &mut crate::State, key: PeerKey, addr: SocketAddr) {
             addr,
             &format!("banned after {MAX_STRIKES} bad pieces"),
         );
-        if let Some(peer) = state.peers.get(&key) {
-            let _ = peer.tx.send(PeerCmd::Close);
-        }
     }
 }
 

@@ -184,7 +184,7 @@ async fn upload(State(app): Shared, request: Request) -> Response {
         Err(e) => {
             tracing::warn!("publishing failed: {e}");
             let status = match &e {
-                LibraryError::Io { source, .. } if upload::is_disk_full(source) => {
+                LibraryError::Io { source, .. } if pow_storage::is_disk_full(source) => {
                     StatusCode::INSUFFICIENT_STORAGE
                 }
                 _ => StatusCode::INTERNAL_SERVER_ERROR,

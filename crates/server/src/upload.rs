@@ -67,10 +67,10 @@ pub enum UploadError {
     #[error("{0}")]
     BadForm(String),
     #[error(
-        "the server's disk is full: the upload did not fit (its first {received} bytes did); \
-         nothing was kept"
+        "the server's disk is full: the upload did not fit (the disk filled once {arrived} of \
+         its bytes had arrived); nothing was kept"
     )]
-    DiskFull { received: u64 },
+    DiskFull { arrived: u64 },
     #[error("cannot store the upload: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -90,10 +90,6 @@ pub fn free_space(dir: &Path) -> Option<u64> {
     #[allow(clippy::useless_conversion)]
     let (blocks, block_size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
     Some(blocks.saturating_mul(block_size))
-}
-
-pub fn is_disk_full(error: &std::io::Error) -> bool {
-    error.raw_os_error() == Some(libc::ENOSPC) || error.raw_os_error() == Some(libc::EDQUOT)
 }
 
 impl From<MultipartError> for UploadError {
@@ -149,6 +145,14 @@ async fn read_text(mut field: Field<'_>, cap: usize, what: &str) -> Result<Strin
     String::from_utf8(bytes).map_err(|_| UploadError::BadForm(format!("the {what} is not UTF-8")))
 }
 
+/// A write error as the upload's answer: 507 when the disk has no room for it.
+fn disk_full(error: std::io::Error, arrived: u64) -> UploadError {
+    match pow_storage::is_disk_full(&error) {
+        true => UploadError::DiskFull { arrived },
+        false => UploadError::Io(error),
+    }
+}
+
 async fn receive_file(
     mut field: Field<'_>,
     incoming: &Path,
@@ -166,20 +170,11 @@ async fn receive_file(
         }
         md5.update(&chunk);
         sha256.update(&chunk);
-        let received = size - chunk.len() as u64;
-        let disk_full = |e: std::io::Error| {
-            if is_disk_full(&e) {
-                UploadError::DiskFull { received }
-            } else {
-                UploadError::Io(e)
-            }
-        };
-        out.write_all(&chunk).await.map_err(disk_full)?;
+        out.write_all(&chunk)
+            .await
+            .map_err(|e| disk_full(e, size))?;
     }
-    out.flush().await.map_err(|e| match is_disk_full(&e) {
-        true => UploadError::DiskFull { received: size },
-        false => UploadError::Io(e),
-    })?;
+    out.flush().await.map_err(|e| disk_full(e, size))?;
     drop(out);
     if size == 0 {
         return Err(UploadError::Empty);

@@ -27,6 +27,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// The file system has no room left for the write, or the user's quota none.
+pub fn is_disk_full(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
 /// Gives `handle`, a new or short file, its full length with every block allocated
 /// (`fallocate`). False when the system cannot (no support, or no room: then a warning says
 /// so, and the caller makes the file sparse and writes what fits).
@@ -42,7 +47,7 @@ fn allocate(handle: &File, file: &ContentFile) -> bool {
             return true;
         }
         let error = std::io::Error::last_os_error();
-        if error.raw_os_error() == Some(libc::ENOSPC) {
+        if is_disk_full(&error) {
             tracing::warn!(
                 "no room to allocate {} in full ({} bytes); writing what fits",
                 file.path.display(),
