@@ -476,7 +476,15 @@ fn bad_uploads_get_their_status_and_leave_nothing_half_written() {
     let server = Server::start(
         &work.path().join("server"),
         free_port(),
-        &["--max-upload-size", &LIMIT.to_string(), "--token", "s3cret"],
+        &[
+            "--max-upload-size",
+            &LIMIT.to_string(),
+            "--token",
+            "s3cret",
+            // The 50 concurrent uploads below are all taken at once.
+            "--max-concurrent-uploads",
+            "50",
+        ],
     );
     let zips = make_small_zips(work.path(), 51, 16);
     let good = std::fs::read(&zips[50]).unwrap();
@@ -842,6 +850,125 @@ fn a_tracker_on_every_address_is_named_by_the_public_url_host() {
     assert_eq!(
         metainfo.announce.as_deref(),
         Some(format!("http://localhost:{tracker_port}/announce").as_str())
+    );
+}
+
+/// Opens an upload of `bytes` and sends half its body: an upload in flight, for as long as
+/// the returned stream is left alone.
+fn upload_half(server: &Server, file_name: &str, bytes: &[u8]) -> TcpStream {
+    let (content_type, body) = form(file_name, bytes, None);
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n\
+         Accept: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(&body[..body.len() / 2]).unwrap();
+    stream
+}
+
+/// A server that takes one upload at a time refuses a second one while the first is in
+/// flight (503, with Retry-After), before reading it; the first, stalled, is dropped after
+/// the idle timeout (408) and leaves no part file; then an upload is taken again. Before,
+/// uploads had neither limit: any number of clients could each hold a part file and a task
+/// for as long as they kept their connections open.
+#[test]
+fn uploads_are_limited_in_number_and_a_stalled_one_is_dropped() {
+    let work = TempDir::new("serve-limits");
+    let server = Server::start(
+        &work.path().join("server"),
+        free_port(),
+        &[
+            "--max-concurrent-uploads",
+            "1",
+            "--upload-idle-timeout",
+            "2",
+        ],
+    );
+    let zip = work.path().join("a.zip");
+    make_zip(&zip, 2, 31);
+    let bytes = std::fs::read(&zip).unwrap();
+    let mut stalled = upload_half(&server, "stalled.zip", &bytes);
+    wait_incoming(&server, 1);
+    let stalled_at = Instant::now();
+
+    let (content_type, body) = form("second.zip", &bytes, None);
+    let mut second = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        second,
+        "POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: {content_type}\r\n\
+         Accept: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    let _ = second.read_to_string(&mut reply);
+    println!(
+        "a second upload while one is in flight: {}",
+        reply.lines().next().unwrap_or("")
+    );
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(
+        reply
+            .to_ascii_lowercase()
+            .contains("\r\nretry-after: 10\r\n"),
+        "{reply}"
+    );
+    assert!(reply.contains("as many as it takes at once"), "{reply}");
+
+    let (status, reply) = read_response(&mut stalled);
+    let waited = stalled_at.elapsed().as_secs_f64();
+    println!("the stalled upload: {status} after {waited:.1} s: {reply}");
+    assert_eq!(status, 408, "{reply}");
+    assert!(reply.contains("sent nothing for 2 s"), "{reply}");
+    assert!(waited < 30.0);
+    wait_incoming_empty(&server);
+
+    let (status, reply) = upload(&server, "a.zip", &bytes);
+    assert_eq!(status, 201, "{reply}");
+}
+
+/// SIGTERM with an upload in flight that never ends: the server gives it a grace period
+/// (10 s) and stops, leaving no part file. It used to wait for every request in flight to
+/// finish, so a stalled client kept it from stopping for as long as it liked.
+#[test]
+fn a_stalled_upload_does_not_keep_the_server_from_stopping() {
+    let work = TempDir::new("serve-stop");
+    let mut server = Server::start(&work.path().join("server"), free_port(), &[]);
+    let zip = work.path().join("a.zip");
+    make_zip(&zip, 2, 32);
+    let _in_flight = upload_half(&server, "a.zip", &std::fs::read(&zip).unwrap());
+    wait_incoming(&server, 1);
+    let stop = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            stop.elapsed() < Duration::from_secs(40),
+            "still running {:.0} s after SIGTERM",
+            stop.elapsed().as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!(
+        "stopped {:.1} s after SIGTERM, with an upload in flight: {exit}",
+        stop.elapsed().as_secs_f64()
+    );
+    assert!(exit.success(), "{exit}");
+    assert!(
+        server.files_in("incoming").is_empty(),
+        "the part file is left"
     );
 }
 

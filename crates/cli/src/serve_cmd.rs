@@ -26,6 +26,13 @@ pub struct ServeArgs {
     /// zip), in bytes. Not a bandwidth limit: that is --max-upload-rate.
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 30)]
     max_upload_size: u64,
+    /// Uploads received at once; one more is refused (503 with Retry-After) before it is read.
+    #[arg(long, value_name = "N", default_value_t = pow_server::DEFAULT_MAX_CONCURRENT_UPLOADS,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_uploads: u16,
+    /// An upload that sends nothing for this many seconds is dropped (408), with its part file.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = crate::download_cmd::seconds)]
+    upload_idle_timeout: std::time::Duration,
     /// Peer port every dataset is seeded on.
     #[arg(long, default_value_t = 6881)]
     peer_port: u16,
@@ -192,13 +199,49 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
             content_pacer: upload_limit.map(|limit| {
                 Arc::new(move |bytes: usize| limit.take_owing(bytes)) as pow_server::ContentPacer
             }),
+            max_concurrent_uploads: usize::from(args.max_concurrent_uploads),
+            upload_idle_timeout: args.upload_idle_timeout,
         },
     );
-    pow_server::run(http, app, crate::download_cmd::shutdown_signal()).await?;
-    seeder.0.stop().await;
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+    let server = pow_server::run(http, app, async move {
+        crate::download_cmd::shutdown_signal().await;
+        let _ = stopping_tx.send(());
+    });
+    // Requests in flight (an upload, a web-seed body) get a grace period to finish; a slow or
+    // stalled one must not keep the server from stopping, and a second signal stops it at once.
+    let grace_over = async move {
+        if stopping.await.is_err() {
+            return std::future::pending().await;
+        }
+        eprintln!(
+            "pow: stopping: requests in flight get {} s to finish; signal again to stop now",
+            SHUTDOWN_GRACE.as_secs()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(SHUTDOWN_GRACE) => {}
+            _ = crate::download_cmd::shutdown_signal() => {}
+        }
+        eprintln!("pow: requests still in flight are dropped (an upload leaves nothing)");
+    };
+    tokio::select! {
+        served = server => served?,
+        _ = grace_over => {}
+    }
+    // Stopping the seeds tells their trackers; a dead tracker is waited for only until the
+    // next signal.
+    tokio::select! {
+        _ = seeder.0.stop() => {}
+        _ = crate::download_cmd::shutdown_signal() => {
+            eprintln!("pow: stopped without telling the trackers");
+        }
+    }
     drop(tracker);
     Ok(())
 }
+
+/// How long requests in flight may take to finish once the server is told to stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone)]
 struct EngineSeeder(Arc<MultiSeed>);

@@ -46,7 +46,15 @@ pub struct ServeConfig {
     /// it is sent, it says how long to wait first (`pow serve --max-upload-rate` shares one
     /// budget between these bodies and the BitTorrent seeds).
     pub content_pacer: Option<ContentPacer>,
+    /// Uploads received at once; one more is refused (503, `Retry-After`) before it is read.
+    pub max_concurrent_uploads: usize,
+    /// An upload whose body sends nothing for this long is dropped (408), with what it sent.
+    pub upload_idle_timeout: std::time::Duration,
 }
+
+/// What `pow serve` takes unless told otherwise.
+pub const DEFAULT_MAX_CONCURRENT_UPLOADS: u16 = 16;
+pub const DEFAULT_UPLOAD_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// See [`ServeConfig::content_pacer`].
 pub type ContentPacer = Arc<dyn Fn(usize) -> Option<std::time::Duration> + Send + Sync>;

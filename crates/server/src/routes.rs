@@ -17,8 +17,13 @@ use std::sync::Arc;
 struct App {
     library: Arc<Library>,
     seeder: Arc<dyn Seeder>,
+    /// One permit per upload being received (`ServeConfig::max_concurrent_uploads`).
+    upload_slots: Arc<tokio::sync::Semaphore>,
     config: ServeConfig,
 }
+
+/// Seconds a client refused for want of an upload slot is told to wait.
+const RETRY_UPLOAD_AFTER_SECS: u32 = 10;
 
 type Shared = State<Arc<App>>;
 
@@ -27,6 +32,7 @@ pub fn router(library: Arc<Library>, seeder: Arc<dyn Seeder>, config: ServeConfi
     let app = Arc::new(App {
         library,
         seeder,
+        upload_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads)),
         config,
     });
     Router::new()
@@ -142,6 +148,19 @@ async fn upload(State(app): Shared, request: Request) -> Response {
         let too_large = UploadError::TooLarge(limit).to_string();
         return refused_unread(html, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
     }
+    // Held until the upload is received and published (or refused).
+    let Ok(_slot) = app.upload_slots.clone().try_acquire_owned() else {
+        let busy = format!(
+            "the server is receiving {} uploads, as many as it takes at once; try again in \
+             {RETRY_UPLOAD_AFTER_SECS} s",
+            app.config.max_concurrent_uploads
+        );
+        let mut response = refused_unread(html, StatusCode::SERVICE_UNAVAILABLE, &busy);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, RETRY_UPLOAD_AFTER_SECS.into());
+        return response;
+    };
     let free = upload::free_space(&app.library.incoming_dir());
     if let (Some(len), Some(free)) = (declared, free) {
         if len > free {
@@ -162,23 +181,34 @@ async fn upload(State(app): Shared, request: Request) -> Response {
             )
         }
     };
-    let (received, description) =
-        match upload::receive(form, &app.library.incoming_dir(), limit).await {
-            Ok(r) => r,
-            Err(e) => {
-                let status = match &e {
-                    UploadError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                    UploadError::NotZip(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    UploadError::Empty | UploadError::NoFile | UploadError::BadForm(_) => {
-                        StatusCode::BAD_REQUEST
-                    }
-                    UploadError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
-                    UploadError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                tracing::info!("upload refused ({status}): {e}");
-                return failure(html, status, &e.to_string());
+    let (received, description) = match upload::receive(
+        form,
+        &app.library.incoming_dir(),
+        limit,
+        app.config.upload_idle_timeout,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let status = match &e {
+                UploadError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                UploadError::NotZip(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                UploadError::Empty | UploadError::NoFile | UploadError::BadForm(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                UploadError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
+                UploadError::Stalled(_) => StatusCode::REQUEST_TIMEOUT,
+                UploadError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            tracing::info!("upload refused ({status}): {e}");
+            if matches!(e, UploadError::Stalled(_)) {
+                // The rest of its body is not waited for.
+                return refused_unread(html, status, &e.to_string());
             }
-        };
+            return failure(html, status, &e.to_string());
+        }
+    };
     let (dataset, published) = match app.library.publish(received, description).await {
         Ok(done) => done,
         Err(e) => {

@@ -71,8 +71,21 @@ pub enum UploadError {
          its bytes had arrived); nothing was kept"
     )]
     DiskFull { arrived: u64 },
+    #[error("the upload sent nothing for {} s, and was dropped", .0.as_secs_f64())]
+    Stalled(std::time::Duration),
     #[error("cannot store the upload: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// `next`, the form's next part or chunk, unless the client sends nothing for `idle`.
+async fn within<T>(
+    idle: std::time::Duration,
+    next: impl std::future::Future<Output = Result<T, MultipartError>>,
+) -> Result<T, UploadError> {
+    match tokio::time::timeout(idle, next).await {
+        Ok(part) => Ok(part?),
+        Err(_) => Err(UploadError::Stalled(idle)),
+    }
 }
 
 /// Bytes free for unprivileged writes on the file system that holds `dir`.
@@ -108,23 +121,24 @@ pub async fn receive(
     mut form: Multipart,
     incoming: &Path,
     limit: u64,
+    idle: std::time::Duration,
 ) -> Result<(Received, String), UploadError> {
     let mut received = None;
     let mut description = String::new();
-    while let Some(field) = form.next_field().await? {
+    while let Some(field) = within(idle, form.next_field()).await? {
         match field.name() {
             Some("file") => {
                 if received.is_some() {
                     return Err(UploadError::BadForm("one file per upload".into()));
                 }
-                received = Some(receive_file(field, incoming, limit).await?);
+                received = Some(receive_file(field, incoming, limit, idle).await?);
             }
             Some("description") => {
-                description = read_text(field, MAX_DESCRIPTION_BYTES, "description").await?;
+                description = read_text(field, MAX_DESCRIPTION_BYTES, "description", idle).await?;
             }
             _ => {
                 // Unknown fields are read and dropped (bounded like a description).
-                read_text(field, MAX_DESCRIPTION_BYTES, "form field").await?;
+                read_text(field, MAX_DESCRIPTION_BYTES, "form field", idle).await?;
             }
         }
     }
@@ -132,9 +146,14 @@ pub async fn receive(
     Ok((received, description.trim().to_string()))
 }
 
-async fn read_text(mut field: Field<'_>, cap: usize, what: &str) -> Result<String, UploadError> {
+async fn read_text(
+    mut field: Field<'_>,
+    cap: usize,
+    what: &str,
+    idle: std::time::Duration,
+) -> Result<String, UploadError> {
     let mut bytes = Vec::new();
-    while let Some(chunk) = field.chunk().await? {
+    while let Some(chunk) = within(idle, field.chunk()).await? {
         if bytes.len() + chunk.len() > cap {
             return Err(UploadError::BadForm(format!(
                 "the {what} is longer than {cap} bytes"
@@ -157,13 +176,14 @@ async fn receive_file(
     mut field: Field<'_>,
     incoming: &Path,
     limit: u64,
+    idle: std::time::Duration,
 ) -> Result<Received, UploadError> {
     let name = stored_name(field.file_name().unwrap_or(""));
     let file = TempFile::new(incoming);
     let mut out =
         tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(file.path()).await?);
     let (mut md5, mut sha256, mut size) = (Md5::new(), Sha256::new(), 0u64);
-    while let Some(chunk) = field.chunk().await? {
+    while let Some(chunk) = within(idle, field.chunk()).await? {
         size += chunk.len() as u64;
         if size > limit {
             return Err(UploadError::TooLarge(limit));
