@@ -993,6 +993,53 @@ fn publishing_bytes_the_store_holds_under_another_name_is_refused() {
     println!("{}", stderr.trim());
 }
 
+/// A publish whose seed cannot start (its peer port is taken) still publishes, and says so
+/// honestly: the summary has `"seeding": false` and why, and the exit status is 1. The summary
+/// used to say `"seeding": true` before the seed's check and bind, which then failed.
+#[test]
+fn a_publish_that_cannot_seed_says_so_in_its_summary() {
+    let work = TempDir::new("publish-port-taken");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let zip = work.path().join("tracks.zip");
+    make_zip(&zip, 2, 9);
+    let pow_dir = work.path().join("pow");
+    assert!(run(pow().arg("--pow-dir").arg(&pow_dir).arg("init"))
+        .status
+        .success());
+    let o = run(pow()
+        .arg("--pow-dir")
+        .arg(&pow_dir)
+        .arg("publish")
+        .arg(&zip)
+        .args([
+            "--json",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--torrent-store",
+        ])
+        .arg(work.path().join("store")));
+    println!("{}{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(1));
+    let summary: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
+    assert_eq!(summary["seeding"], false, "{summary}");
+    assert!(
+        summary["seed_error"].as_str().unwrap().contains(&port),
+        "{summary}"
+    );
+    assert!(text(&o.stderr).contains("published, but cannot seed it"));
+    let listed = run(pow()
+        .arg("--pow-dir")
+        .arg(&pow_dir)
+        .args(["source", "list"]));
+    assert!(
+        text(&listed.stdout).contains("tracks"),
+        "the record is kept"
+    );
+}
+
 /// The content's MD5 is computed while it downloads, not in a second pass after it: with the
 /// transfer held to 8 MiB/s, the picker takes pieces front to back and the digest follows the
 /// verified ones, so most of the content is digested before the transfer ends. The result is

@@ -153,7 +153,24 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
     pow.record_load(&plan, digests.bytes)?;
     drop(pow);
 
-    let summary = serde_json::json!({
+    // The seed starts (its content checked, its port bound) before the summary is printed, so
+    // the summary says whether it is seeding, not whether it was asked to.
+    let seeding = match args.no_seed {
+        true => None,
+        false => {
+            // The trackers are in the torrent now; do not announce to them twice.
+            let swarm = SwarmArgs {
+                trackers: Vec::new(),
+                ..args.swarm
+            };
+            Some(Seeding::start(metainfo.clone(), &parent, swarm))
+        }
+    };
+    let seed_error = match &seeding {
+        Some(Err(e)) => Some(e.to_string()),
+        _ => None,
+    };
+    let mut summary = serde_json::json!({
         "id": id,
         "iri": iri,
         "torrent_file_name": torrent_file_name,
@@ -163,8 +180,11 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
         "md5": digests.md5,
         "sha256": digests.sha256,
         "size": digests.bytes,
-        "seeding": !args.no_seed,
+        "seeding": matches!(seeding, Some(Ok(_))),
     });
+    if let Some(why) = &seed_error {
+        summary["seed_error"] = why.clone().into();
+    }
     if args.json {
         println!("{summary}");
     } else {
@@ -179,40 +199,59 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
             digests.bytes
         );
     }
-    if args.no_seed {
-        return Ok(());
+    match seeding {
+        None => Ok(()),
+        Some(Ok(seeding)) => seeding.until_signal(),
+        Some(Err(e)) => Err(format!("published, but cannot seed it: {e}").into()),
     }
-    // The trackers are in the torrent now; do not announce to them twice.
-    let swarm = SwarmArgs {
-        trackers: Vec::new(),
-        ..args.swarm
-    };
-    seed(metainfo, &parent, &swarm)
 }
 
-/// Serves the published content until interrupted.
-fn seed(metainfo: Arc<Metainfo>, data: &Path, swarm: &SwarmArgs) -> CmdResult {
-    let (storage, have) = crate::seed_cmd::check(&metainfo, data)?;
-    let total = metainfo.geometry.piece_count();
-    if have.count() != total {
-        return Err(format!(
-            "{}: only {} of {total} pieces verify; it changed while publishing?",
-            data.display(),
-            have.count()
-        )
-        .into());
-    }
-    let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Seed)?;
-    runtime.block_on(async {
-        let picker = Picker::new(metainfo.geometry.clone(), have);
-        let (torrent, announcer) = swarm.join(storage, picker, None).await?;
-        eprintln!("seeding on port {}; Ctrl-C to stop", swarm.port);
-        crate::download_cmd::shutdown_signal().await;
-        torrent.shutdown();
-        if let Some(a) = announcer {
-            a.stop().await;
+/// The published content, served.
+struct Seeding {
+    runtime: tokio::runtime::Runtime,
+    torrent: pow_engine::Torrent,
+    announcer: Option<crate::announce::Handle>,
+    port: u16,
+}
+
+impl Seeding {
+    /// Checks the content and starts serving it.
+    fn start(
+        metainfo: Arc<Metainfo>,
+        data: &Path,
+        swarm: SwarmArgs,
+    ) -> Result<Seeding, Box<dyn std::error::Error>> {
+        let (storage, have) = crate::seed_cmd::check(&metainfo, data)?;
+        let total = metainfo.geometry.piece_count();
+        if have.count() != total {
+            return Err(format!(
+                "{}: only {} of {total} pieces verify; it changed while publishing?",
+                data.display(),
+                have.count()
+            )
+            .into());
         }
-        Ok::<_, std::io::Error>(())
-    })?;
-    Ok(())
+        let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Seed)?;
+        let picker = Picker::new(metainfo.geometry.clone(), have);
+        let (torrent, announcer) = runtime.block_on(swarm.join(storage, picker, None))?;
+        Ok(Seeding {
+            runtime,
+            torrent,
+            announcer,
+            port: swarm.port,
+        })
+    }
+
+    /// Serves until interrupted.
+    fn until_signal(self) -> CmdResult {
+        eprintln!("seeding on port {}; Ctrl-C to stop", self.port);
+        self.runtime.block_on(async {
+            crate::download_cmd::shutdown_signal().await;
+            self.torrent.shutdown();
+            if let Some(a) = self.announcer {
+                a.stop().await;
+            }
+        });
+        Ok(())
+    }
 }

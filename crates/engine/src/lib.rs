@@ -713,7 +713,9 @@ impl Torrent {
             config,
         });
         if let Some(addr) = inner.config.listen {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen for peers on {addr}: {e}"))
+            })?;
             // uTP on the port of the same number, where peers look for it.
             let utp_addr = listener.local_addr()?;
             let pending = Arc::new(listener::PendingHandshakes::default());
