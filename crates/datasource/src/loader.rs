@@ -580,16 +580,51 @@ fn compare_field(
 /// The temp file's name carries the writer's PID, so two processes writing the same name
 /// never share one, and [`remove_interrupted_writes`] can tell a dead writer's file.
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    write_via_temp(dir, name, bytes, |temp, target| {
+        std::fs::rename(temp, target).map(|()| true)
+    })
+    .map(drop)
+}
+
+/// As [`write_atomically`], but never replaces `dir/name`: false, and nothing written, when
+/// it is there already, also when another writer put it there a moment ago (the temp file is
+/// hard-linked to the name, which fails if the name exists; a check and a rename would let
+/// two writers both write, the second replacing the first).
+pub fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<bool> {
+    write_via_temp(dir, name, bytes, |temp, target| {
+        let linked = match std::fs::hard_link(temp, target) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            // A file system without hard links: a check and a rename, the best it allows.
+            Err(_) if target.exists() => false,
+            Err(_) => return std::fs::rename(temp, target).map(|()| true),
+        };
+        std::fs::remove_file(temp)?;
+        Ok(linked)
+    })
+}
+
+/// Writes `bytes` to a temp file in `dir`, fsyncs it, and has `commit` move it to `dir/name`
+/// (true: it did, and the directory is fsynced). The temp file never outlives a failure.
+fn write_via_temp(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    commit: impl FnOnce(&Path, &Path) -> std::io::Result<bool>,
+) -> Result<bool> {
     use std::io::Write;
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let target = dir.join(name);
     let temp = dir.join(temp_name(name, std::process::id()));
-    let write = || -> std::io::Result<()> {
+    let write = || -> std::io::Result<bool> {
         let mut file = std::fs::File::create(&temp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&temp, &target)?;
-        std::fs::File::open(dir)?.sync_all()
+        let committed = commit(&temp, &target)?;
+        if committed {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(committed)
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&temp);
@@ -597,8 +632,12 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// `.NAME.N.PID.tmp`: N counts this process's writes, so two threads writing one name at
+/// once do not share a temp file either.
 fn temp_name(name: &str, pid: u32) -> String {
-    format!(".{name}.{pid}.tmp")
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".{name}.{n}.{pid}.tmp")
 }
 
 /// The writer's PID in a name [`temp_name`] made.
@@ -671,6 +710,38 @@ fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two writers of one name at once, with other bytes: exactly one writes, the file holds
+    /// its bytes, and the other is told so (a check and a rename let both write, round after
+    /// round here, and the file held whichever renamed last).
+    #[test]
+    fn write_new_lets_one_of_two_writers_at_once_write() {
+        let dir = std::env::temp_dir().join(format!("pow-write-new-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for round in 0..200 {
+            let name = format!("{round}.torrent");
+            let start = std::sync::Barrier::new(2);
+            let wrote: Vec<bool> = std::thread::scope(|scope| {
+                let writers: Vec<_> = [b"first", b"other"]
+                    .map(|bytes| {
+                        let (dir, name, start) = (&dir, &name, &start);
+                        scope.spawn(move || {
+                            start.wait();
+                            write_new(dir, name, bytes).unwrap()
+                        })
+                    })
+                    .into_iter()
+                    .collect();
+                writers.into_iter().map(|w| w.join().unwrap()).collect()
+            });
+            assert_eq!(wrote.iter().filter(|&&w| w).count(), 1, "round {round}");
+            let winner: &[u8] = if wrote[0] { b"first" } else { b"other" };
+            assert_eq!(std::fs::read(dir.join(&name)).unwrap(), winner);
+        }
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(names.len(), 200, "temp files left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn only_a_dead_writers_temp_files_are_removed() {

@@ -4,7 +4,7 @@
 
 use crate::definitions::{check, parse_toml};
 use crate::error::Result;
-use crate::loader::{remove_interrupted_writes, write_atomically};
+use crate::loader::{remove_interrupted_writes, write_new};
 use crate::schema::schema_quads;
 use crate::store::PowDir;
 use crate::torrent_store::{check_file_name, TorrentStore};
@@ -38,8 +38,12 @@ pub fn store_torrent(
                 return Ok(Stored::Existing);
             }
             remove_interrupted_writes(dir)?;
-            write_atomically(dir, name, bytes)?;
-            Ok(Stored::Written)
+            // Two publishes of the same bytes at once (with other options: other bytes of
+            // torrent) both get here; one writes, the other finds its torrent and uses it.
+            Ok(match write_new(dir, name, bytes)? {
+                true => Stored::Written,
+                false => Stored::Existing,
+            })
         }
         TorrentStore::Http(_) => Ok(if store.http_put(name, bytes, token)? {
             Stored::Written
