@@ -33,7 +33,8 @@ pub struct ServeArgs {
     /// An upload that sends nothing for this many seconds is dropped (408), with its part file.
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = crate::download_cmd::seconds)]
     upload_idle_timeout: std::time::Duration,
-    /// Peer port every dataset is seeded on.
+    /// Peer port every dataset is seeded on (TCP and uTP), on --listen's IP address, as are
+    /// the DHT node and the embedded tracker unless --tracker-listen says otherwise.
     #[arg(long, default_value_t = 6881)]
     peer_port: u16,
     /// Address of the embedded tracker (HTTP and UDP); default: the --listen host, port 6969.

@@ -215,10 +215,7 @@ pub fn check(quads: &mut Vec<Quad>, data_graph: &str, complete: bool) -> Result<
     // `publish` only: imported, it would choose where a load writes (its recorded directory)
     // and what `source seed --all` serves.
     let local = crate::loader::LOADER_STATE_GRAPH;
-    if let Some(q) = quads
-        .iter()
-        .find(|q| matches!(&q.graph_name, GraphName::NamedNode(n) if n.as_str() == local))
-    {
+    if let Some(q) = quads.iter().find(|q| crate::loader::is_load_state(q)) {
         return Err(Error::Definition {
             at: q.subject.to_string(),
             message: format!(

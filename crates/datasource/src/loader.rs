@@ -28,6 +28,13 @@ use std::sync::Arc;
 pub const LOADER_KEY: &str = "BitTorrentDataSourceDirLoader";
 /// Named graph of machine-local load state.
 pub const LOADER_STATE_GRAPH: &str = "urn:x-local:loader-state";
+
+/// Whether `quad` is this machine's load state ([`LOADER_STATE_GRAPH`]): never exported,
+/// saved or imported.
+pub(crate) fn is_load_state(quad: &oxigraph::model::Quad) -> bool {
+    matches!(&quad.graph_name, oxigraph::model::GraphName::NamedNode(n)
+        if n.as_str() == LOADER_STATE_GRAPH)
+}
 /// Namespace of the load-state predicates.
 pub const LOADER_VOCAB: &str = "urn:x-pow:loader#";
 /// Where fetched torrents are cached inside `.pow/`.

@@ -485,6 +485,5 @@ impl PowDir {
 
 /// Load state is about this machine (local paths), not about the data: exports leave it out.
 fn is_exported(quad: &Quad) -> bool {
-    !matches!(&quad.graph_name, oxigraph::model::GraphName::NamedNode(n)
-        if n.as_str() == crate::loader::LOADER_STATE_GRAPH)
+    !crate::loader::is_load_state(quad)
 }
