@@ -606,7 +606,9 @@ pub fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<bool> {
             Err(_) if target.exists() => false,
             Err(_) => return std::fs::rename(temp, target).map(|()| true),
         };
-        std::fs::remove_file(temp)?;
+        // Linked, the file is written: a temp name left behind is only untidy (the next
+        // write into `dir` after this process ends removes it).
+        let _ = std::fs::remove_file(temp);
         Ok(linked)
     })
 }

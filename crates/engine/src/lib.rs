@@ -1410,55 +1410,96 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    /// A write that fails (here: a directory where the second file goes) ends the download;
-    /// a piece that the same batch completed before it is on disk whole, and is verified and
-    /// kept, not dropped with the batch (it used to be neither decided nor released).
-    #[test]
-    fn a_write_error_keeps_the_pieces_its_batch_completed_before_it() {
-        let dir = std::env::temp_dir().join(format!("pow-engine-batch-{}", std::process::id()));
+    /// A torrent of two files, `a.bin` and `b.bin` (their lengths given), to download with
+    /// pieces of `piece_length`, where a directory stands at `b.bin`'s path: every write into
+    /// it fails.
+    struct BlockedSecondFile {
+        dir: std::path::PathBuf,
+        content: Vec<u8>,
+        torrent: Torrent,
+        runtime: tokio::runtime::Runtime,
+    }
+
+    fn blocked_second_file(tag: &str, lengths: [usize; 2], piece_length: u64) -> BlockedSecondFile {
+        let dir = std::env::temp_dir().join(format!("pow-engine-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let source = dir.join("set");
         std::fs::create_dir_all(&source).unwrap();
-        let first: Vec<u8> = (0..16384u32).map(|i| (i % 253) as u8).collect();
-        let second: Vec<u8> = (0..16384u32).map(|i| (i % 241) as u8).collect();
-        std::fs::write(source.join("a.bin"), &first).unwrap();
-        std::fs::write(source.join("b.bin"), &second).unwrap();
+        let content: Vec<u8> = (0..lengths[0] + lengths[1])
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(source.join("a.bin"), &content[..lengths[0]]).unwrap();
+        std::fs::write(source.join("b.bin"), &content[lengths[0]..]).unwrap();
         let options = CreateOptions {
-            piece_length: Some(16384),
+            piece_length: Some(piece_length),
             ..CreateOptions::default()
         };
         let metainfo = Arc::new(create(&source, &options).unwrap().metainfo);
         let out = dir.join("out");
         std::fs::create_dir_all(out.join("set").join("b.bin")).unwrap();
         let storage = Arc::new(Storage::new(metainfo.clone(), &out).unwrap());
-        let picker = Picker::new(metainfo.geometry.clone(), Bitfield::new(2));
+        let pieces = metainfo.geometry.piece_count();
+        let picker = Picker::new(metainfo.geometry.clone(), Bitfield::new(pieces));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        runtime.block_on(async {
-            let torrent = Torrent::start(storage, picker, EngineConfig::default())
-                .await
-                .unwrap();
-            let inner = torrent.inner.clone();
-            let (key, addr) = (100, SocketAddr::from(([127, 0, 0, 2], 1)));
-            let mut all = Bitfield::new(2);
-            all.set(0);
-            all.set(1);
-            assert_eq!(inner.lock().picker.pick(key, &all, 2).len(), 2);
-            let mut blocks = Vec::new();
-            for (index, data) in [(0, &first), (1, &second)] {
-                let mut state = inner.lock();
-                let (received, sole) = state.book_block(key, addr, index, 0, 16384);
-                assert!(matches!(received, pow_picker::Received::PieceDone { .. }) && sole);
-                blocks.push(received::Unwritten {
+        let torrent = runtime
+            .block_on(Torrent::start(storage, picker, EngineConfig::default()))
+            .unwrap();
+        BlockedSecondFile {
+            dir,
+            content,
+            torrent,
+            runtime,
+        }
+    }
+
+    /// Books every piece's blocks from one peer (all of them picked first), and returns
+    /// them as a peer task hands them to be written, in `order` (piece, block number).
+    fn booked(inner: &Inner, content: &[u8], order: &[(u32, u32)]) -> Vec<received::Unwritten> {
+        let (key, addr) = (100, SocketAddr::from(([127, 0, 0, 2], 1)));
+        let geometry = &inner.metainfo.geometry;
+        let mut all = Bitfield::new(geometry.piece_count());
+        for piece in 0..geometry.piece_count() {
+            all.set(piece);
+        }
+        let mut state = inner.lock();
+        assert!(!state.picker.pick(key, &all, 64).is_empty());
+        order
+            .iter()
+            .map(|&(index, block)| {
+                let begin = block * pow_metainfo::BLOCK_SIZE;
+                let at = (u64::from(geometry.piece_length()) * u64::from(index)) as usize
+                    + begin as usize;
+                let data = &content[at..at + pow_metainfo::BLOCK_SIZE as usize];
+                let (received, sole) = state.book_block(key, addr, index, begin, data.len() as u32);
+                received::Unwritten {
                     index,
-                    begin: 0,
+                    begin,
                     data: bytes::Bytes::copy_from_slice(data),
-                    piece_done: true,
+                    piece_done: matches!(received, pow_picker::Received::PieceDone { .. }),
                     sole,
-                });
-            }
+                }
+            })
+            .collect()
+    }
+
+    /// A write that fails ends the download; a piece that the same batch completed before it
+    /// is on disk whole, and is verified and kept, not dropped with the batch (it used to be
+    /// neither decided nor released).
+    #[test]
+    fn a_write_error_keeps_the_pieces_its_batch_completed_before_it() {
+        let BlockedSecondFile {
+            dir,
+            content,
+            torrent,
+            runtime,
+        } = blocked_second_file("batch", [16384, 16384], 16384);
+        runtime.block_on(async {
+            let inner = torrent.inner.clone();
+            let mut blocks = booked(&inner, &content, &[(0, 0), (1, 0)]);
+            assert!(blocks.iter().all(|b| b.piece_done && b.sole));
             let mut hashes = inorder::InOrderHashes::default();
             let written = received::write_blocks(&inner, &mut hashes, &mut blocks);
             assert!(written.is_err());
@@ -1467,6 +1508,35 @@ mod tests {
             assert!(state.picker.have().get(0), "piece 0 was written whole");
             assert!(!state.picker.have().get(1));
             drop(state);
+            torrent.shutdown();
+        });
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// One piece across both files: its blocks 0 and 2 are written, then a batch brings block
+    /// 3 (in the file that cannot be written) and block 1, which completes the piece. Sorted,
+    /// block 1's run is written and block 3's fails: the piece is not whole, so it must not be
+    /// checked. Checked, it failed and counted a hash failure against an honest peer.
+    #[test]
+    fn a_piece_whose_later_block_failed_to_write_is_not_checked() {
+        let BlockedSecondFile {
+            dir,
+            content,
+            torrent,
+            runtime,
+        } = blocked_second_file("later-block", [49152, 16384], 65536);
+        runtime.block_on(async {
+            let inner = torrent.inner.clone();
+            let mut blocks = booked(&inner, &content, &[(0, 0), (0, 2), (0, 3), (0, 1)]);
+            let mut earlier: Vec<_> = blocks.drain(..2).collect();
+            assert!(blocks[1].piece_done);
+            let mut hashes = inorder::InOrderHashes::default();
+            received::write_blocks(&inner, &mut hashes, &mut earlier).unwrap();
+            assert!(received::write_blocks(&inner, &mut hashes, &mut blocks).is_err());
+            // Ample time for a read-back check of 64 KiB on the blocking pool.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(inner.stats.hash_failures.load(Ordering::Relaxed), 0);
+            assert!(!inner.lock().picker.have().get(0));
             torrent.shutdown();
         });
         std::fs::remove_dir_all(dir).unwrap();

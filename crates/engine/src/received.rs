@@ -116,7 +116,7 @@ pub(crate) fn write_blocks(
             // A disk error is not the peer's fault, but the download cannot go on without it.
             // This run and the ones after it were booked, not written.
             tracing::error!("write failed: {e}");
-            inner.fail_download(e.to_string());
+            let not_written: Vec<u32> = blocks[start..].iter().map(|b| b.index).collect();
             let mut failed: Vec<u32> = blocks[start..end].iter().map(|b| b.index).collect();
             failed.dedup();
             for &index in &failed {
@@ -124,11 +124,16 @@ pub(crate) fn write_blocks(
             }
             blocks.drain(..end);
             release(inner, blocks);
-            // Pieces the runs before this one completed are on disk whole: decided, a good
-            // one is recorded and kept for the next run instead of being fetched again.
+            // Pieces the runs before this one completed are on disk whole, unless a later
+            // block of theirs is among those not written: decided before the download is
+            // failed, so that the resume file saved as it ends counts a good one (a piece
+            // that needs a read-back check may still be decided after that save).
             for (index, sole) in done {
-                decide(inner, hashes, index, sole);
+                if !not_written.contains(&index) {
+                    decide(inner, hashes, index, sole);
+                }
             }
+            inner.fail_download(e.to_string());
             return Err(e.to_string());
         }
         for block in run {
