@@ -888,6 +888,8 @@ fn uploads_are_limited_in_number_and_a_stalled_one_is_dropped() {
             "1",
             "--upload-idle-timeout",
             "2",
+            "--upload-min-rate",
+            "2K",
         ],
     );
     let zip = work.path().join("a.zip");
@@ -929,47 +931,88 @@ fn uploads_are_limited_in_number_and_a_stalled_one_is_dropped() {
     assert!(waited < 30.0);
     wait_incoming_empty(&server);
 
+    // A trickle, 100 bytes every 0.2 s (500 B/s), never idle for 2 s, under the 2 KiB/s
+    // asked for after the first 2 s: dropped once it owes more than it sent.
+    let (content_type, body) = form("trickle.zip", &bytes, None);
+    let mut trickle = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        trickle,
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n\
+         Accept: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let trickled_at = Instant::now();
+    for chunk in body.chunks(100) {
+        if trickle.write_all(chunk).is_err() || trickled_at.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, reply) = read_response(&mut trickle);
+    let waited = trickled_at.elapsed().as_secs_f64();
+    println!("a trickle: {status} after {waited:.1} s: {reply}");
+    assert_eq!(status, 408, "{reply}");
+    assert!(reply.contains("too slow"), "{reply}");
+    assert!(waited < 10.0, "{waited}");
+    wait_incoming_empty(&server);
+
     let (status, reply) = upload(&server, "a.zip", &bytes);
     assert_eq!(status, 201, "{reply}");
 }
 
 /// SIGTERM with an upload in flight that never ends: the server gives it a grace period
 /// (10 s) and stops, leaving no part file. It used to wait for every request in flight to
-/// finish, so a stalled client kept it from stopping for as long as it liked.
+/// finish, so a stalled client kept it from stopping for as long as it liked. A second
+/// signal stops it at once.
 #[test]
 fn a_stalled_upload_does_not_keep_the_server_from_stopping() {
     let work = TempDir::new("serve-stop");
-    let mut server = Server::start(&work.path().join("server"), free_port(), &[]);
     let zip = work.path().join("a.zip");
     make_zip(&zip, 2, 32);
-    let _in_flight = upload_half(&server, "a.zip", &std::fs::read(&zip).unwrap());
-    wait_incoming(&server, 1);
-    let stop = Instant::now();
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
-        0
-    );
-    let exit = loop {
-        if let Some(exit) = server.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            stop.elapsed() < Duration::from_secs(40),
-            "still running {:.0} s after SIGTERM",
-            stop.elapsed().as_secs_f64()
+    let bytes = std::fs::read(&zip).unwrap();
+    for signals in [1, 2] {
+        let mut server = Server::start(
+            &work.path().join(format!("server{signals}")),
+            free_port(),
+            &[],
         );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    println!(
-        "stopped {:.1} s after SIGTERM, with an upload in flight: {exit}",
-        stop.elapsed().as_secs_f64()
-    );
-    assert!(exit.success(), "{exit}");
-    assert!(
-        server.files_in("incoming").is_empty(),
-        "the part file is left"
-    );
+        let _in_flight = upload_half(&server, "a.zip", &bytes);
+        wait_incoming(&server, 1);
+        let stop = Instant::now();
+        for _ in 0..signals {
+            // SAFETY: kill(2) on our own child's pid.
+            assert_eq!(
+                unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
+                0
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let exit = loop {
+            if let Some(exit) = server.child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(
+                stop.elapsed() < Duration::from_secs(40),
+                "still running {:.0} s after SIGTERM",
+                stop.elapsed().as_secs_f64()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let took = stop.elapsed().as_secs_f64();
+        println!("{signals} SIGTERM: stopped {took:.1} s after the first, with an upload in flight: {exit}");
+        assert!(exit.success(), "{exit}");
+        assert!(
+            server.files_in("incoming").is_empty(),
+            "the part file is left"
+        );
+        if signals == 2 {
+            assert!(
+                took < 5.0,
+                "the second signal did not stop it at once: {took:.1} s"
+            );
+        }
+    }
 }
 
 #[test]

@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// An upload that sends nothing for this many seconds is dropped (408), with its part file.
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = crate::download_cmd::seconds)]
     upload_idle_timeout: std::time::Duration,
+    /// Bytes a second an upload must average after its first --upload-idle-timeout, or it is
+    /// dropped (408): a client sending a byte now and then cannot hold an upload slot.
+    #[arg(long, value_name = "RATE", default_value = "8K", value_parser = crate::announce::bytes_per_second)]
+    upload_min_rate: u64,
     /// Peer port every dataset is seeded on (TCP and uTP), on --listen's IP address, as are
     /// the DHT node and the embedded tracker unless --tracker-listen says otherwise.
     #[arg(long, default_value_t = 6881)]
@@ -104,10 +108,41 @@ fn embedded_announce_url(tracker: &TrackerServer, public_url: Option<&str>) -> S
 
 pub fn serve(args: ServeArgs) -> CmdResult {
     let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Seed)?;
-    runtime.block_on(serve_async(args))
+    let served = runtime.block_on(serve_async(args));
+    // Blocking work still running (hashing an upload whose request was dropped, checking a
+    // dataset before seeding it) is not waited for: a dataset is published by its torrent,
+    // written last, so what such work leaves is cleared at the next start.
+    runtime.shutdown_background();
+    served
+}
+
+/// SIGINT and SIGTERM received so far. Counted on one stream from the start, so none is
+/// lost between the steps of a stop: the first one stops the server, the second stops it at
+/// once.
+fn count_signals() -> std::io::Result<tokio::sync::watch::Receiver<u32>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let (count, counted) = tokio::sync::watch::channel(0);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            count.send_modify(|n| *n += 1);
+        }
+    });
+    Ok(counted)
+}
+
+/// Resolves once `n` signals have come.
+async fn signals(mut counted: tokio::sync::watch::Receiver<u32>, n: u32) {
+    let _ = counted.wait_for(|&got| got >= n).await;
 }
 
 async fn serve_async(args: ServeArgs) -> CmdResult {
+    let counted = count_signals()?;
     let tracker = if args.trackers.is_empty() {
         let addr = args
             .tracker_listen
@@ -202,26 +237,21 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
             }),
             max_concurrent_uploads: usize::from(args.max_concurrent_uploads),
             upload_idle_timeout: args.upload_idle_timeout,
+            upload_min_rate: args.upload_min_rate,
         },
     );
-    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
-    let server = pow_server::run(http, app, async move {
-        crate::download_cmd::shutdown_signal().await;
-        let _ = stopping_tx.send(());
-    });
+    let server = pow_server::run(http, app, signals(counted.clone(), 1));
     // Requests in flight (an upload, a web-seed body) get a grace period to finish; a slow or
     // stalled one must not keep the server from stopping, and a second signal stops it at once.
-    let grace_over = async move {
-        if stopping.await.is_err() {
-            return std::future::pending().await;
-        }
+    let grace_over = async {
+        signals(counted.clone(), 1).await;
         eprintln!(
             "pow: stopping: requests in flight get {} s to finish; signal again to stop now",
             SHUTDOWN_GRACE.as_secs()
         );
         tokio::select! {
             _ = tokio::time::sleep(SHUTDOWN_GRACE) => {}
-            _ = crate::download_cmd::shutdown_signal() => {}
+            _ = signals(counted.clone(), 2) => {}
         }
         eprintln!("pow: requests still in flight are dropped (an upload leaves nothing)");
     };
@@ -230,12 +260,10 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
         _ = grace_over => {}
     }
     // Stopping the seeds tells their trackers; a dead tracker is waited for only until the
-    // next signal.
+    // second signal.
     tokio::select! {
         _ = seeder.0.stop() => {}
-        _ = crate::download_cmd::shutdown_signal() => {
-            eprintln!("pow: stopped without telling the trackers");
-        }
+        _ = signals(counted, 2) => eprintln!("pow: stopped without telling the trackers"),
     }
     drop(tracker);
     Ok(())

@@ -50,11 +50,12 @@ pub struct ServeConfig {
     pub max_concurrent_uploads: usize,
     /// An upload whose body sends nothing for this long is dropped (408), with what it sent.
     pub upload_idle_timeout: std::time::Duration,
+    /// Bytes a second an upload must average after its first `upload_idle_timeout` (408).
+    pub upload_min_rate: u64,
 }
 
-/// What `pow serve` takes unless told otherwise.
+/// Uploads `pow serve` receives at once unless told otherwise.
 pub const DEFAULT_MAX_CONCURRENT_UPLOADS: u16 = 16;
-pub const DEFAULT_UPLOAD_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// See [`ServeConfig::content_pacer`].
 pub type ContentPacer = Arc<dyn Fn(usize) -> Option<std::time::Duration> + Send + Sync>;

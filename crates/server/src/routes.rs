@@ -185,7 +185,7 @@ async fn upload(State(app): Shared, request: Request) -> Response {
         form,
         &app.library.incoming_dir(),
         limit,
-        app.config.upload_idle_timeout,
+        upload::Pace::new(app.config.upload_idle_timeout, app.config.upload_min_rate),
     )
     .await
     {
@@ -198,11 +198,13 @@ async fn upload(State(app): Shared, request: Request) -> Response {
                     StatusCode::BAD_REQUEST
                 }
                 UploadError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
-                UploadError::Stalled(_) => StatusCode::REQUEST_TIMEOUT,
+                UploadError::Stalled(_) | UploadError::TooSlow { .. } => {
+                    StatusCode::REQUEST_TIMEOUT
+                }
                 UploadError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             tracing::info!("upload refused ({status}): {e}");
-            if matches!(e, UploadError::Stalled(_)) {
+            if matches!(e, UploadError::Stalled(_) | UploadError::TooSlow { .. }) {
                 // The rest of its body is not waited for.
                 return refused_unread(html, status, &e.to_string());
             }

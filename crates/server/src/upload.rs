@@ -73,18 +73,66 @@ pub enum UploadError {
     DiskFull { arrived: u64 },
     #[error("the upload sent nothing for {} s, and was dropped", .0.as_secs_f64())]
     Stalled(std::time::Duration),
+    #[error(
+        "the upload was too slow, and was dropped: {received} bytes in {seconds:.1} s, where the \
+         server asks for {min_rate} bytes a second"
+    )]
+    TooSlow {
+        received: u64,
+        seconds: f64,
+        min_rate: u64,
+    },
     #[error("cannot store the upload: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// `next`, the form's next part or chunk, unless the client sends nothing for `idle`.
-async fn within<T>(
+/// How fast an upload must come: something every `idle`, and on average `min_rate` bytes a
+/// second after its first `idle` (as Apache's `mod_reqtimeout` MinRate). Without the average,
+/// a client sending a byte now and then held an upload slot for ever.
+pub struct Pace {
+    started: tokio::time::Instant,
     idle: std::time::Duration,
-    next: impl std::future::Future<Output = Result<T, MultipartError>>,
-) -> Result<T, UploadError> {
-    match tokio::time::timeout(idle, next).await {
-        Ok(part) => Ok(part?),
-        Err(_) => Err(UploadError::Stalled(idle)),
+    min_rate: u64,
+    received: u64,
+}
+
+impl Pace {
+    pub fn new(idle: std::time::Duration, min_rate: u64) -> Pace {
+        Pace {
+            started: tokio::time::Instant::now(),
+            idle,
+            min_rate: min_rate.max(1),
+            received: 0,
+        }
+    }
+
+    /// `next`, the form's next part, if it comes in time.
+    async fn next<T>(
+        &self,
+        next: impl std::future::Future<Output = Result<T, MultipartError>>,
+    ) -> Result<T, UploadError> {
+        let owed = std::time::Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        let too_slow_at = self.started + self.idle + owed;
+        let idle_at = tokio::time::Instant::now() + self.idle;
+        match tokio::time::timeout_at(idle_at.min(too_slow_at), next).await {
+            Ok(part) => Ok(part?),
+            Err(_) if idle_at <= too_slow_at => Err(UploadError::Stalled(self.idle)),
+            Err(_) => Err(UploadError::TooSlow {
+                received: self.received,
+                seconds: self.started.elapsed().as_secs_f64(),
+                min_rate: self.min_rate,
+            }),
+        }
+    }
+
+    /// The field's next chunk, if it comes in time.
+    async fn chunk(
+        &mut self,
+        field: &mut Field<'_>,
+    ) -> Result<Option<axum::body::Bytes>, UploadError> {
+        let chunk = self.next(field.chunk()).await?;
+        self.received += chunk.as_ref().map_or(0, |c| c.len() as u64);
+        Ok(chunk)
     }
 }
 
@@ -121,24 +169,25 @@ pub async fn receive(
     mut form: Multipart,
     incoming: &Path,
     limit: u64,
-    idle: std::time::Duration,
+    mut pace: Pace,
 ) -> Result<(Received, String), UploadError> {
     let mut received = None;
     let mut description = String::new();
-    while let Some(field) = within(idle, form.next_field()).await? {
+    while let Some(field) = pace.next(form.next_field()).await? {
         match field.name() {
             Some("file") => {
                 if received.is_some() {
                     return Err(UploadError::BadForm("one file per upload".into()));
                 }
-                received = Some(receive_file(field, incoming, limit, idle).await?);
+                received = Some(receive_file(field, incoming, limit, &mut pace).await?);
             }
             Some("description") => {
-                description = read_text(field, MAX_DESCRIPTION_BYTES, "description", idle).await?;
+                description =
+                    read_text(field, MAX_DESCRIPTION_BYTES, "description", &mut pace).await?;
             }
             _ => {
                 // Unknown fields are read and dropped (bounded like a description).
-                read_text(field, MAX_DESCRIPTION_BYTES, "form field", idle).await?;
+                read_text(field, MAX_DESCRIPTION_BYTES, "form field", &mut pace).await?;
             }
         }
     }
@@ -150,10 +199,10 @@ async fn read_text(
     mut field: Field<'_>,
     cap: usize,
     what: &str,
-    idle: std::time::Duration,
+    pace: &mut Pace,
 ) -> Result<String, UploadError> {
     let mut bytes = Vec::new();
-    while let Some(chunk) = within(idle, field.chunk()).await? {
+    while let Some(chunk) = pace.chunk(&mut field).await? {
         if bytes.len() + chunk.len() > cap {
             return Err(UploadError::BadForm(format!(
                 "the {what} is longer than {cap} bytes"
@@ -176,14 +225,14 @@ async fn receive_file(
     mut field: Field<'_>,
     incoming: &Path,
     limit: u64,
-    idle: std::time::Duration,
+    pace: &mut Pace,
 ) -> Result<Received, UploadError> {
     let name = stored_name(field.file_name().unwrap_or(""));
     let file = TempFile::new(incoming);
     let mut out =
         tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(file.path()).await?);
     let (mut md5, mut sha256, mut size) = (Md5::new(), Sha256::new(), 0u64);
-    while let Some(chunk) = within(idle, field.chunk()).await? {
+    while let Some(chunk) = pace.chunk(&mut field).await? {
         size += chunk.len() as u64;
         if size > limit {
             return Err(UploadError::TooLarge(limit));
