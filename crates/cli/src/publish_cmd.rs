@@ -153,24 +153,7 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
     pow.record_load(&plan, digests.bytes)?;
     drop(pow);
 
-    // The seed starts (its content checked, its port bound) before the summary is printed, so
-    // the summary says whether it is seeding, not whether it was asked to.
-    let seeding = match args.no_seed {
-        true => None,
-        false => {
-            // The trackers are in the torrent now; do not announce to them twice.
-            let swarm = SwarmArgs {
-                trackers: Vec::new(),
-                ..args.swarm
-            };
-            Some(Seeding::start(metainfo.clone(), &parent, swarm))
-        }
-    };
-    let seed_error = match &seeding {
-        Some(Err(e)) => Some(e.to_string()),
-        _ => None,
-    };
-    let mut summary = serde_json::json!({
+    let summary = serde_json::json!({
         "id": id,
         "iri": iri,
         "torrent_file_name": torrent_file_name,
@@ -180,29 +163,63 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
         "md5": digests.md5,
         "sha256": digests.sha256,
         "size": digests.bytes,
-        "seeding": matches!(seeding, Some(Ok(_))),
+        "seeding": false,
     });
-    if let Some(why) = &seed_error {
-        summary["seed_error"] = why.clone().into();
+    let line = format!(
+        "published {id}: {torrent_file_name} ({} in {}), info-hash {}, {} bytes",
+        match stored {
+            Stored::Written => "written",
+            Stored::Existing => "already",
+        },
+        store.describe(),
+        metainfo.info_hash.to_hex(),
+        digests.bytes
+    );
+    let json = args.json;
+    let print = move |summary: &serde_json::Value, seeding: Result<bool, &str>| {
+        let mut summary = summary.clone();
+        summary["seeding"] = seeding.unwrap_or(false).into();
+        if let Err(why) = seeding {
+            summary["seed_error"] = why.into();
+        }
+        match json {
+            true => println!("{summary}"),
+            false => println!("{line}"),
+        }
+    };
+    if args.no_seed {
+        print(&summary, Ok(false));
+        return Ok(());
     }
-    if args.json {
-        println!("{summary}");
-    } else {
-        println!(
-            "published {id}: {torrent_file_name} ({} in {}), info-hash {}, {} bytes",
-            match stored {
-                Stored::Written => "written",
-                Stored::Existing => "already",
-            },
-            store.describe(),
-            metainfo.info_hash.to_hex(),
-            digests.bytes
-        );
-    }
+    // The seed starts (its content checked, its port bound) before the summary is printed, so
+    // the summary says whether it is seeding, not whether it was asked to. A signal during
+    // the check still prints it.
+    let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Seed)?;
+    let interrupt = {
+        let (summary, print) = (summary.clone(), print.clone());
+        runtime.spawn(async move {
+            crate::download_cmd::shutdown_signal().await;
+            print(&summary, Err("interrupted before the seed started"));
+            eprintln!("pow: interrupted: published, not seeding");
+            std::process::exit(130);
+        })
+    };
+    // The trackers are in the torrent now; do not announce to them twice.
+    let swarm = SwarmArgs {
+        trackers: Vec::new(),
+        ..args.swarm
+    };
+    let seeding = Seeding::start(runtime, metainfo, &parent, swarm);
+    interrupt.abort();
     match seeding {
-        None => Ok(()),
-        Some(Ok(seeding)) => seeding.until_signal(),
-        Some(Err(e)) => Err(format!("published, but cannot seed it: {e}").into()),
+        Ok(seeding) => {
+            print(&summary, Ok(true));
+            seeding.until_signal()
+        }
+        Err(e) => {
+            print(&summary, Err(&e.to_string()));
+            Err(format!("published, but cannot seed it: {e}").into())
+        }
     }
 }
 
@@ -217,6 +234,7 @@ struct Seeding {
 impl Seeding {
     /// Checks the content and starts serving it.
     fn start(
+        runtime: tokio::runtime::Runtime,
         metainfo: Arc<Metainfo>,
         data: &Path,
         swarm: SwarmArgs,
@@ -231,7 +249,6 @@ impl Seeding {
             )
             .into());
         }
-        let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Seed)?;
         let picker = Picker::new(metainfo.geometry.clone(), have);
         let (torrent, announcer) = runtime.block_on(swarm.join(storage, picker, None))?;
         Ok(Seeding {
