@@ -19,7 +19,8 @@
 #      and transfer time, and how much of the content's MD5 was done while it downloaded; the
 #      same for a record as `pow publish` writes it (SHA-256 too), and `pow publish` itself
 #   7. uTP on loopback, pow and libtorrent each way (benches/utp.sh): a figure, no target
-# --ci: what `scripts/test-all` runs: the 256 MiB matrix once per pair (about 10 min in all).
+# --ci: a shorter run: the 256 MiB matrix once per pair (about 10 min in all); `scripts/test-all`
+#   runs the full script.
 # --quick: 64 MiB matrix, one run per pair, 256 MiB verify (a smoke run of the same script).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,9 +1,10 @@
 //! A torrent's content on disk: blocks written where they belong as they arrive, pieces read
 //! back and SHA-1 checked, existing data checked piece by piece on start (resume).
 //!
-//! Every byte range goes through `metainfo::Geometry::spans`, so a block that crosses a file
-//! boundary becomes one positioned write (`pwrite`) per file, with no whole-file buffering. Files
-//! are created on first write, sparse, at their full length. Paths come from the metainfo's
+//! Every byte range goes through `metainfo::Geometry::spans`, so a run of blocks that crosses a
+//! file boundary becomes one positioned vectored write (`pwritev`) per file, with no whole-file
+//! buffering. Files are created on first write at their full length, their blocks allocated
+//! (`fallocate`) where the file system can, else sparse. Paths come from the metainfo's
 //! `SafePath`s joined to the output directory, and a file is only opened after checking that
 //! its real parent directory (symlinks resolved) is inside the output directory. BEP 47 pad files
 //! are never created: they read as zeros and writes to them are dropped.
