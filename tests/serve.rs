@@ -735,6 +735,29 @@ fn bad_uploads_get_their_status_and_leave_nothing_half_written() {
         b"",
     );
     assert_eq!(status, 404);
+
+    // A torrent put under a zip's MD5 that describes other content: an upload of that zip
+    // cannot be published under it, and the store never replaces it: 409, nothing kept.
+    let zip = work.path().join("put-first.zip");
+    make_zip(&zip, 1, 77);
+    let md5 = md5_hex(&zip);
+    let path = format!("/torrents/{md5}.torrent");
+    let (status, _) = raw_request(&server.addr, "PUT", &path, &auth, &other);
+    assert_eq!(status, 201);
+    let (status, reply) = upload(&server, "put-first.zip", &std::fs::read(&zip).unwrap());
+    println!("an upload whose MD5 names a torrent of other content: {status} {reply}");
+    assert_eq!(status, 409, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("never replaces"),
+        "{reply}"
+    );
+    let stored = std::fs::read(server.data.join("torrents").join(format!("{md5}.torrent")));
+    assert!(
+        stored.unwrap() == other,
+        "the torrent put there was replaced"
+    );
+    assert!(!server.files_in("content").contains(&md5));
+    wait_incoming_empty(&server);
 }
 
 /// `POST /upload` with a chunked body (no Content-Length for the server to check first), sent
@@ -1156,7 +1179,8 @@ fn pow_publish_puts_its_torrent_into_a_server_store_with_the_token() {
     assert!(error.contains("401"), "{error}");
     assert!(server.files_in("torrents").is_empty());
 
-    let out = publish("publish-token", &[]);
+    // Not the piece length the server picks for an upload: another info-hash than its own.
+    let out = publish("publish-token", &["--piece-length", "65536"]);
     assert!(
         out.status.success(),
         "{}",
@@ -1178,7 +1202,7 @@ fn pow_publish_puts_its_torrent_into_a_server_store_with_the_token() {
     );
     // Publishing the same bytes again changes nothing, even with another piece length: the
     // record names the torrent the store holds.
-    let again = publish("publish-token", &["--piece-length", "65536"]);
+    let again = publish("publish-token", &[]);
     assert!(
         again.status.success(),
         "{}",
@@ -1209,6 +1233,43 @@ fn pow_publish_puts_its_torrent_into_a_server_store_with_the_token() {
             metainfo.info_hash.to_hex()
         )),
         "{shown}"
+    );
+
+    // The same bytes uploaded through the page are published under the torrent put there:
+    // the store never replaces a torrent, and the publisher's record names it. The upload
+    // used to write the server's own torrent over it, and the record no longer loaded.
+    let (status, reply) = upload(&server, "worms.zip", &std::fs::read(&zip).unwrap());
+    println!("the same bytes uploaded: {status} {reply}");
+    assert_eq!(status, 201, "{reply}");
+    assert_eq!(reply["info_hash"], metainfo.info_hash.to_hex().as_str());
+    let stored = std::fs::read(server.data.join("torrents").join(format!("{md5}.torrent")));
+    assert!(
+        stored.unwrap() == served,
+        "the torrent put there was replaced"
+    );
+    server.wait_seeding(&md5);
+    // The publisher's record loads: its torrent from the store, its bytes from the server.
+    let base = work.path().join("loaded");
+    let out = pow()
+        .arg("--pow-dir")
+        .arg(&project)
+        .args(["source", "load", "LocalFileDataSource:worms", "--json"])
+        .args(["--bind", "127.0.0.1", "--port", &free_port().to_string()])
+        .args(["--torrent-store", &store])
+        .args(["--peer", &format!("127.0.0.1:{}", server.peer_port)])
+        .arg("--base-dir")
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "load: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(base.join("worms.zip")).unwrap(),
+        std::fs::read(&zip).unwrap()
     );
 }
 

@@ -227,7 +227,7 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
         );
     }
     let app = pow_server::router(
-        library,
+        library.clone(),
         Arc::new(seeder.clone()),
         ServeConfig {
             max_upload_size: args.max_upload_size,
@@ -258,6 +258,9 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
     tokio::select! {
         served = server => served?,
         _ = grace_over => {}
+    }
+    if let Err(e) = library.drop_uploads_in_flight() {
+        eprintln!("pow: {e}");
     }
     // Stopping the seeds tells their trackers; a dead tracker is waited for only until the
     // second signal.

@@ -131,9 +131,7 @@ impl Library {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
-        let incoming = root.join("incoming");
-        std::fs::remove_dir_all(&incoming).map_err(io(&incoming))?;
-        std::fs::create_dir_all(&incoming).map_err(io(&incoming))?;
+        clear_incoming(&root.join("incoming"))?;
         for sub in ["datasets", "torrents"] {
             for path in remove_interrupted_writes(&root.join(sub))? {
                 tracing::info!(
@@ -152,13 +150,6 @@ impl Library {
             _lock: lock,
         };
         let mut datasets = BTreeMap::new();
-        for md5 in hex_names(&library.root.join("content"), "")? {
-            if !library.torrent_path(&md5).is_file() {
-                let dir = library.content_dir(&md5);
-                tracing::info!("removing {}: never published (interrupted)", dir.display());
-                std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
-            }
-        }
         for md5 in hex_names(&library.root.join("datasets"), ".json")? {
             let path = library.record_path(&md5);
             if !library.torrent_path(&md5).is_file() {
@@ -169,6 +160,15 @@ impl Library {
             let dataset: Dataset = serde_json::from_str(&text)
                 .map_err(|e| LibraryError::Invalid(format!("{}: {e}", path.display())))?;
             datasets.insert(md5, dataset);
+        }
+        // Content is published by its record and its torrent (the torrent written last, or
+        // put there before by PUT): without both, a publish was interrupted.
+        for md5 in hex_names(&library.root.join("content"), "")? {
+            if !datasets.contains_key(&md5) {
+                let dir = library.content_dir(&md5);
+                tracing::info!("removing {}: never published (interrupted)", dir.display());
+                std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            }
         }
         *library.datasets.write().expect("datasets lock") = datasets;
         Ok(library)
@@ -184,6 +184,12 @@ impl Library {
 
     pub fn incoming_dir(&self) -> PathBuf {
         self.root.join("incoming")
+    }
+
+    /// Removes the part files of uploads still in flight, for a server that stops without
+    /// waiting for them (their tasks may never get to remove their own).
+    pub fn drop_uploads_in_flight(&self) -> Result<(), LibraryError> {
+        clear_incoming(&self.incoming_dir())
     }
 
     pub fn content_dir(&self, md5: &str) -> PathBuf {
@@ -273,13 +279,21 @@ impl Library {
         description: String,
     ) -> Result<Dataset, LibraryError> {
         let md5 = received.md5.clone();
+        // A torrent put here for these bytes (by `pow publish`, with the token) is kept: the
+        // store never replaces one, and records elsewhere name it. The upload is published
+        // under it, as long as it describes exactly these bytes; the record is then what
+        // makes the dataset visible.
+        let put = self.put_torrent_for(&md5, received.size)?;
         let content_dir = self.content_dir(&md5);
         if content_dir.exists() {
             // Left by a publish that failed after the move: start it again.
             std::fs::remove_dir_all(&content_dir).map_err(io(&content_dir))?;
         }
         std::fs::create_dir_all(&content_dir).map_err(io(&content_dir))?;
-        let content_path = content_dir.join(&received.name);
+        let name = put
+            .as_ref()
+            .map_or(received.name.clone(), |m| m.name.clone());
+        let content_path = content_dir.join(&name);
         let temp = received.file.path().to_path_buf();
         std::fs::File::open(&temp)
             .and_then(|f| f.sync_all())
@@ -295,6 +309,96 @@ impl Library {
                 .map_err(io(dir))?;
         }
 
+        let (info_hash, torrent) = match put {
+            Some(metainfo) => {
+                self.check_put_torrent(metainfo.clone(), &content_dir, &md5)?;
+                (metainfo.info_hash.to_hex(), None)
+            }
+            None => {
+                let created = self.create_torrent(&content_path, &md5)?;
+                (created.metainfo.info_hash.to_hex(), Some(created.bytes))
+            }
+        };
+        let torrent_file_name = format!("{md5}.torrent");
+        let dataset = Dataset {
+            md5: md5.clone(),
+            sha256: received.sha256,
+            name,
+            size: received.size,
+            info_hash,
+            torrent_file_name: torrent_file_name.clone(),
+            description,
+            uploaded_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        let record = serde_json::to_vec_pretty(&dataset).expect("dataset serializes");
+        write_atomically(&self.root.join("datasets"), &format!("{md5}.json"), &record)?;
+        // Last: from here on the dataset exists.
+        if let Some(bytes) = torrent {
+            write_atomically(&self.torrents_dir(), &torrent_file_name, &bytes)?;
+        }
+        Ok(dataset)
+    }
+
+    /// The torrent already stored for content `md5` (put there with the token), if any: it
+    /// must be of one file of `size` bytes, else this upload cannot be published under it.
+    fn put_torrent_for(&self, md5: &str, size: u64) -> Result<Option<Arc<Metainfo>>, LibraryError> {
+        let path = self.torrent_path(md5);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let metainfo = Metainfo::from_bytes(&bytes)
+            .map_err(|e| LibraryError::Invalid(format!("{}: {e}", path.display())))?;
+        let one_plain_name = matches!(
+            std::path::Path::new(&metainfo.name)
+                .components()
+                .collect::<Vec<_>>()[..],
+            [std::path::Component::Normal(_)]
+        );
+        if metainfo.multi_file || metainfo.total_length() != size || !one_plain_name {
+            return Err(LibraryError::Conflict(format!(
+                "the store already holds {md5}.torrent, put there before, and it does not \
+                 describe this upload (one file of {size} bytes); the store never replaces a \
+                 torrent, so nothing was published"
+            )));
+        }
+        Ok(Some(Arc::new(metainfo)))
+    }
+
+    /// Every piece of the stored torrent verifies against the upload moved into
+    /// `content_dir`; if not, the upload is removed and refused.
+    fn check_put_torrent(
+        &self,
+        metainfo: Arc<Metainfo>,
+        content_dir: &Path,
+        md5: &str,
+    ) -> Result<(), LibraryError> {
+        let pieces = metainfo.geometry.piece_count();
+        let verified = pow_storage::Storage::new(metainfo, content_dir)
+            .and_then(|storage| storage.check_existing(1, &|_| {}))
+            .map_err(|e| LibraryError::Invalid(format!("checking the upload: {e}")))?;
+        if verified.count() == pieces {
+            return Ok(());
+        }
+        std::fs::remove_dir_all(content_dir).map_err(io(content_dir))?;
+        Err(LibraryError::Conflict(format!(
+            "the store already holds {md5}.torrent, put there before, and only {} of its {pieces} \
+             pieces verify against this upload; the store never replaces a torrent, so nothing \
+             was published",
+            verified.count()
+        )))
+    }
+
+    /// A new torrent of the upload at `content_path`: the server's trackers, and the server
+    /// as its web seed.
+    fn create_torrent(
+        &self,
+        content_path: &Path,
+        md5: &str,
+    ) -> Result<pow_metainfo::create::Created, LibraryError> {
         let options = CreateOptions {
             trackers: self.trackers.iter().map(|t| vec![t.clone()]).collect(),
             web_seeds: self
@@ -306,25 +410,7 @@ impl Library {
             creation_date: None,
             ..CreateOptions::default()
         };
-        let created = create(&content_path, &options)?;
-        let torrent_file_name = format!("{md5}.torrent");
-        let dataset = Dataset {
-            md5: md5.clone(),
-            sha256: received.sha256,
-            name: received.name,
-            size: received.size,
-            info_hash: created.metainfo.info_hash.to_hex(),
-            torrent_file_name: torrent_file_name.clone(),
-            description,
-            uploaded_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        };
-        let record = serde_json::to_vec_pretty(&dataset).expect("dataset serializes");
-        write_atomically(&self.root.join("datasets"), &format!("{md5}.json"), &record)?;
-        // Last: from here on the dataset exists.
-        write_atomically(&self.torrents_dir(), &torrent_file_name, &created.bytes)?;
-        Ok(dataset)
+        Ok(create(content_path, &options)?)
     }
 
     /// Stores a torrent given by `PUT` (no content here, so it is not seeded). Returns whether
@@ -368,6 +454,12 @@ impl Library {
         write_atomically(&self.torrents_dir(), name, bytes)?;
         Ok(true)
     }
+}
+
+/// Empties `incoming/`, where uploads are received: nothing in it is published.
+fn clear_incoming(incoming: &Path) -> Result<(), LibraryError> {
+    std::fs::remove_dir_all(incoming).map_err(io(incoming))?;
+    std::fs::create_dir_all(incoming).map_err(io(incoming))
 }
 
 pub(crate) fn is_md5_hex(text: &str) -> bool {

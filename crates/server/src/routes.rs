@@ -219,6 +219,7 @@ async fn upload(State(app): Shared, request: Request) -> Response {
                 LibraryError::Io { source, .. } if pow_storage::is_disk_full(source) => {
                     StatusCode::INSUFFICIENT_STORAGE
                 }
+                LibraryError::Conflict(_) => StatusCode::CONFLICT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             return failure(html, status, &e.to_string());
