@@ -758,6 +758,29 @@ fn bad_uploads_get_their_status_and_leave_nothing_half_written() {
     );
     assert!(!server.files_in("content").contains(&md5));
     wait_incoming_empty(&server);
+    // The same, with a torrent of a file of the same size and one byte changed: its pieces
+    // are checked against the upload, which is removed again.
+    let zip = work.path().join("put-second.zip");
+    make_zip(&zip, 1, 79);
+    let md5 = md5_hex(&zip);
+    let mut changed = std::fs::read(&zip).unwrap();
+    changed[1000] ^= 1;
+    let changed_path = work.path().join("changed.zip");
+    std::fs::write(&changed_path, &changed).unwrap();
+    let options = pow_metainfo::create::CreateOptions::default();
+    let torrent = pow_metainfo::create::create(&changed_path, &options).unwrap();
+    let path = format!("/torrents/{md5}.torrent");
+    let (status, _) = raw_request(&server.addr, "PUT", &path, &auth, &torrent.bytes);
+    assert_eq!(status, 201);
+    let (status, reply) = upload(&server, "put-second.zip", &std::fs::read(&zip).unwrap());
+    println!("an upload one byte off the torrent its MD5 names: {status} {reply}");
+    assert_eq!(status, 409, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("pieces verify"),
+        "{reply}"
+    );
+    assert!(!server.files_in("content").contains(&md5));
+    wait_incoming_empty(&server);
 }
 
 /// `POST /upload` with a chunked body (no Content-Length for the server to check first), sent

@@ -397,6 +397,31 @@ pub(crate) fn seconds(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// SIGINT and SIGTERM received so far (runs on the current runtime). Counted on one stream
+/// from the start, so none is lost between the steps of a stop (`pow serve`: the first one
+/// stops the server, the second stops it at once).
+pub(crate) fn count_signals() -> std::io::Result<tokio::sync::watch::Receiver<u32>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let (count, counted) = tokio::sync::watch::channel(0);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            count.send_modify(|n| *n += 1);
+        }
+    });
+    Ok(counted)
+}
+
+/// Resolves once `n` signals have come.
+pub(crate) async fn signals(mut counted: tokio::sync::watch::Receiver<u32>, n: u32) {
+    let _ = counted.wait_for(|&got| got >= n).await;
+}
+
 /// SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -193,15 +193,21 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
     }
     // The seed starts (its content checked, its port bound) before the summary is printed, so
     // the summary says whether it is seeding, not whether it was asked to. A signal during
-    // the check still prints it.
+    // the check still prints it; signals are counted on one stream for both phases, and one
+    // summary is printed, whichever phase takes the signal.
     let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Seed)?;
+    let counted = runtime.block_on(async { crate::download_cmd::count_signals() })?;
+    let summarized = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let interrupt = {
-        let (summary, print) = (summary.clone(), print.clone());
+        let (summary, print, summarized) = (summary.clone(), print.clone(), summarized.clone());
+        let counted = counted.clone();
         runtime.spawn(async move {
-            crate::download_cmd::shutdown_signal().await;
-            print(&summary, Err("interrupted before the seed started"));
-            eprintln!("pow: interrupted: published, not seeding");
-            std::process::exit(130);
+            crate::download_cmd::signals(counted, 1).await;
+            if !summarized.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                print(&summary, Err("interrupted before the seed started"));
+                eprintln!("pow: interrupted: published, not seeding");
+                std::process::exit(130);
+            }
         })
     };
     // The trackers are in the torrent now; do not announce to them twice.
@@ -211,10 +217,16 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
     };
     let seeding = Seeding::start(runtime, metainfo, &parent, swarm);
     interrupt.abort();
+    if summarized.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        // The interrupt has printed the summary, and ends the process.
+        loop {
+            std::thread::park();
+        }
+    }
     match seeding {
         Ok(seeding) => {
             print(&summary, Ok(true));
-            seeding.until_signal()
+            seeding.until_signal(counted)
         }
         Err(e) => {
             print(&summary, Err(&e.to_string()));
@@ -259,11 +271,11 @@ impl Seeding {
         })
     }
 
-    /// Serves until interrupted.
-    fn until_signal(self) -> CmdResult {
+    /// Serves until a signal is `counted` (one that came already counts).
+    fn until_signal(self, counted: tokio::sync::watch::Receiver<u32>) -> CmdResult {
         eprintln!("seeding on port {}; Ctrl-C to stop", self.port);
         self.runtime.block_on(async {
-            crate::download_cmd::shutdown_signal().await;
+            crate::download_cmd::signals(counted, 1).await;
             self.torrent.shutdown();
             if let Some(a) = self.announcer {
                 a.stop().await;

@@ -110,39 +110,14 @@ pub fn serve(args: ServeArgs) -> CmdResult {
     let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Seed)?;
     let served = runtime.block_on(serve_async(args));
     // Blocking work still running (hashing an upload whose request was dropped, checking a
-    // dataset before seeding it) is not waited for: a dataset is published by its torrent,
-    // written last, so what such work leaves is cleared at the next start.
+    // dataset before seeding it) is not waited for: a dataset is published by its record and
+    // torrent, written last, so what such work leaves is cleared at the next start.
     runtime.shutdown_background();
     served
 }
 
-/// SIGINT and SIGTERM received so far. Counted on one stream from the start, so none is
-/// lost between the steps of a stop: the first one stops the server, the second stops it at
-/// once.
-fn count_signals() -> std::io::Result<tokio::sync::watch::Receiver<u32>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let (count, counted) = tokio::sync::watch::channel(0);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-            count.send_modify(|n| *n += 1);
-        }
-    });
-    Ok(counted)
-}
-
-/// Resolves once `n` signals have come.
-async fn signals(mut counted: tokio::sync::watch::Receiver<u32>, n: u32) {
-    let _ = counted.wait_for(|&got| got >= n).await;
-}
-
 async fn serve_async(args: ServeArgs) -> CmdResult {
-    let counted = count_signals()?;
+    let counted = crate::download_cmd::count_signals()?;
     let tracker = if args.trackers.is_empty() {
         let addr = args
             .tracker_listen
@@ -240,18 +215,18 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
             upload_min_rate: args.upload_min_rate,
         },
     );
-    let server = pow_server::run(http, app, signals(counted.clone(), 1));
+    let server = pow_server::run(http, app, crate::download_cmd::signals(counted.clone(), 1));
     // Requests in flight (an upload, a web-seed body) get a grace period to finish; a slow or
     // stalled one must not keep the server from stopping, and a second signal stops it at once.
     let grace_over = async {
-        signals(counted.clone(), 1).await;
+        crate::download_cmd::signals(counted.clone(), 1).await;
         eprintln!(
             "pow: stopping: requests in flight get {} s to finish; signal again to stop now",
             SHUTDOWN_GRACE.as_secs()
         );
         tokio::select! {
             _ = tokio::time::sleep(SHUTDOWN_GRACE) => {}
-            _ = signals(counted.clone(), 2) => {}
+            _ = crate::download_cmd::signals(counted.clone(), 2) => {}
         }
         eprintln!("pow: requests still in flight are dropped (an upload leaves nothing)");
     };
@@ -266,7 +241,7 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
     // second signal.
     tokio::select! {
         _ = seeder.0.stop() => {}
-        _ = signals(counted, 2) => eprintln!("pow: stopped without telling the trackers"),
+        _ = crate::download_cmd::signals(counted, 2) => eprintln!("pow: stopped without telling the trackers"),
     }
     drop(tracker);
     Ok(())

@@ -3,8 +3,9 @@
 //! A researcher uploads a `.zip` (`POST /upload`, multipart, streamed to disk while its MD5 and
 //! SHA-256 are computed, never held in memory); the server checks it is a zip by its bytes,
 //! creates the torrent, names it `<md5>.torrent`, stores it and has it seeded. Everything lives
-//! under one data directory ([`Library`]); the torrent written last is the commit point, so a
-//! crash at any moment leaves either a whole dataset or nothing visible.
+//! under one data directory ([`Library`]); the torrent written last (or, for a torrent put into
+//! the store before, the dataset's record) is the commit point, so a crash at any moment leaves
+//! either a whole dataset or nothing visible.
 //!
 //! This crate knows HTTP and files, not peers: seeding goes through the [`Seeder`] the caller
 //! gives (the `pow` binary runs the engine behind it).

@@ -7,12 +7,14 @@
 //! DIR/torrents/<md5>.torrent  the torrent store, served at /torrents/
 //! ```
 //!
-//! Publishing writes content, then the record, then the torrent (each by rename after fsync).
-//! A dataset exists once its torrent is in the store; a content directory without a torrent is
-//! what a crash left and is removed at the next start, as are temporary files never renamed.
+//! Publishing writes content, then the record, then the torrent (each by rename after fsync;
+//! the torrent never over one already there). A dataset exists once its record and its torrent
+//! are both there: the torrent written last, or, for bytes whose torrent was put into the store
+//! before (PUT), the record. A record without its torrent, and content without its record, are
+//! what a crash left and are removed at the next start, as are temporary files never renamed.
 
 use crate::upload::Received;
-use pow_datasource::loader::{remove_interrupted_writes, write_atomically};
+use pow_datasource::loader::{remove_interrupted_writes, write_atomically, write_new};
 use pow_datasource::torrent_store::IndexEntry;
 use pow_metainfo::create::{create, CreateOptions};
 use pow_metainfo::Metainfo;
@@ -300,6 +302,8 @@ impl Library {
             .map_err(io(&temp))?;
         std::fs::rename(&temp, &content_path).map_err(io(&content_path))?;
         received.file.forget();
+        // Until the dataset is published, a failure takes the moved upload away with it.
+        let unpublished = Unpublished(Some(content_dir.clone()));
         // The moved file's entry and its new directory's are on disk before the record and
         // the torrent that make the dataset visible: a crash must not leave a torrent whose
         // content vanished with an unsynced directory.
@@ -336,8 +340,25 @@ impl Library {
         write_atomically(&self.root.join("datasets"), &format!("{md5}.json"), &record)?;
         // Last: from here on the dataset exists.
         if let Some(bytes) = torrent {
-            write_atomically(&self.torrents_dir(), &torrent_file_name, &bytes)?;
+            let record_path = self.record_path(&md5);
+            let written = write_new(&self.torrents_dir(), &torrent_file_name, &bytes)
+                .map_err(LibraryError::from)
+                .and_then(|written| match written {
+                    true => Ok(()),
+                    // Another writer of the directory (not this server: its PUTs take the
+                    // publishing lock) stored a torrent for these bytes meanwhile.
+                    false => Err(LibraryError::Conflict(format!(
+                        "{torrent_file_name} was stored by someone else while this upload was \
+                         published; nothing was published: upload it again to publish it under \
+                         that torrent"
+                    ))),
+                });
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&record_path);
+                return Err(e);
+            }
         }
+        unpublished.done();
         Ok(dataset)
     }
 
@@ -358,7 +379,13 @@ impl Library {
                 .collect::<Vec<_>>()[..],
             [std::path::Component::Normal(_)]
         );
-        if metainfo.multi_file || metainfo.total_length() != size || !one_plain_name {
+        let attr = metainfo.files.first().map(|f| f.attr).unwrap_or_default();
+        if metainfo.multi_file
+            || metainfo.total_length() != size
+            || !one_plain_name
+            || attr.pad
+            || attr.symlink
+        {
             return Err(LibraryError::Conflict(format!(
                 "the store already holds {md5}.torrent, put there before, and it does not \
                  describe this upload (one file of {size} bytes); the store never replaces a \
@@ -383,7 +410,6 @@ impl Library {
         if verified.count() == pieces {
             return Ok(());
         }
-        std::fs::remove_dir_all(content_dir).map_err(io(content_dir))?;
         Err(LibraryError::Conflict(format!(
             "the store already holds {md5}.torrent, put there before, and only {} of its {pieces} \
              pieces verify against this upload; the store never replaces a torrent, so nothing \
@@ -451,8 +477,34 @@ impl Library {
                 )))
             };
         }
-        write_atomically(&self.torrents_dir(), name, bytes)?;
-        Ok(true)
+        // Never over a torrent another writer of the directory stored meanwhile.
+        if write_new(&self.torrents_dir(), name, bytes)? {
+            return Ok(true);
+        }
+        let same = std::fs::read(&path).map_err(io(&path))? == bytes;
+        match same {
+            true => Ok(false),
+            false => Err(LibraryError::Conflict(format!(
+                "{name} was stored with other bytes meanwhile; the store never replaces a torrent"
+            ))),
+        }
+    }
+}
+
+/// A content directory being published: removed when dropped, unless [`Unpublished::done`].
+struct Unpublished(Option<PathBuf>);
+
+impl Unpublished {
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unpublished {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
