@@ -740,47 +740,44 @@ fn bad_uploads_get_their_status_and_leave_nothing_half_written() {
     // cannot be published under it, and the store never replaces it: 409, nothing kept.
     let zip = work.path().join("put-first.zip");
     make_zip(&zip, 1, 77);
-    let md5 = md5_hex(&zip);
-    let path = format!("/torrents/{md5}.torrent");
-    let (status, _) = raw_request(&server.addr, "PUT", &path, &auth, &other);
-    assert_eq!(status, 201);
-    let (status, reply) = upload(&server, "put-first.zip", &std::fs::read(&zip).unwrap());
-    println!("an upload whose MD5 names a torrent of other content: {status} {reply}");
-    assert_eq!(status, 409, "{reply}");
-    assert!(
-        reply["error"].as_str().unwrap().contains("never replaces"),
-        "{reply}"
-    );
-    let stored = std::fs::read(server.data.join("torrents").join(format!("{md5}.torrent")));
-    assert!(
-        stored.unwrap() == other,
-        "the torrent put there was replaced"
-    );
-    assert!(!server.files_in("content").contains(&md5));
-    wait_incoming_empty(&server);
+    upload_conflicts_with_put_torrent(&server, &auth, &zip, &other, "never replaces");
     // The same, with a torrent of a file of the same size and one byte changed: its pieces
     // are checked against the upload, which is removed again.
     let zip = work.path().join("put-second.zip");
     make_zip(&zip, 1, 79);
-    let md5 = md5_hex(&zip);
     let mut changed = std::fs::read(&zip).unwrap();
     changed[1000] ^= 1;
     let changed_path = work.path().join("changed.zip");
     std::fs::write(&changed_path, &changed).unwrap();
     let options = pow_metainfo::create::CreateOptions::default();
     let torrent = pow_metainfo::create::create(&changed_path, &options).unwrap();
-    let path = format!("/torrents/{md5}.torrent");
-    let (status, _) = raw_request(&server.addr, "PUT", &path, &auth, &torrent.bytes);
+    upload_conflicts_with_put_torrent(&server, &auth, &zip, &torrent.bytes, "pieces verify");
+}
+
+/// PUTs `put` as `<md5 of zip>.torrent`, then uploads `zip`: 409 saying `why`, the put torrent
+/// unchanged, and neither content nor a part file left.
+fn upload_conflicts_with_put_torrent(
+    server: &Server,
+    auth: &[(&str, &str)],
+    zip: &Path,
+    put: &[u8],
+    why: &str,
+) {
+    let md5 = md5_hex(zip);
+    let name = format!("{md5}.torrent");
+    let (status, _) = raw_request(&server.addr, "PUT", &format!("/torrents/{name}"), auth, put);
     assert_eq!(status, 201);
-    let (status, reply) = upload(&server, "put-second.zip", &std::fs::read(&zip).unwrap());
-    println!("an upload one byte off the torrent its MD5 names: {status} {reply}");
-    assert_eq!(status, 409, "{reply}");
-    assert!(
-        reply["error"].as_str().unwrap().contains("pieces verify"),
-        "{reply}"
+    let file_name = zip.file_name().unwrap().to_str().unwrap();
+    let (status, reply) = upload(server, file_name, &std::fs::read(zip).unwrap());
+    println!(
+        "an upload of {file_name} under a put torrent that does not describe it: {status} {reply}"
     );
+    assert_eq!(status, 409, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains(why), "{reply}");
+    let stored = std::fs::read(server.data.join("torrents").join(&name)).unwrap();
+    assert!(stored == put, "the torrent put there was replaced");
     assert!(!server.files_in("content").contains(&md5));
-    wait_incoming_empty(&server);
+    wait_incoming_empty(server);
 }
 
 /// `POST /upload` with a chunked body (no Content-Length for the server to check first), sent
