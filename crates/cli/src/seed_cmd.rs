@@ -52,8 +52,7 @@ pub(crate) fn check_in_order(
 ) -> Result<(Arc<Storage>, Bitfield), Box<dyn std::error::Error>> {
     let storage = Arc::new(Storage::new(metainfo.clone(), data)?);
     let have = with_check_bar(metainfo, |progress| {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        storage.check_existing_in_order(threads, progress, verified_prefix)
+        storage.check_existing_in_order(pow_storage::check_threads(), progress, verified_prefix)
     })?;
     Ok((storage, have))
 }
@@ -67,8 +66,7 @@ pub(crate) fn resume_or_check(
 ) -> Result<(Arc<Storage>, Resume), Box<dyn std::error::Error>> {
     let storage = Arc::new(Storage::new(metainfo.clone(), data)?);
     let check = |progress: &(dyn Fn(u32) + Sync)| {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        storage.resume_or_check(threads, progress)
+        storage.resume_or_check(pow_storage::check_threads(), progress)
     };
     let resume = if quiet {
         check(&|_| {})?

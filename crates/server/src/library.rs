@@ -19,7 +19,7 @@ use pow_datasource::torrent_store::IndexEntry;
 use pow_metainfo::create::{create, CreateOptions};
 use pow_metainfo::Metainfo;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -82,9 +82,11 @@ pub struct Library {
     /// (`<base>/content/<md5>/`).
     web_seed_base: Option<String>,
     datasets: RwLock<BTreeMap<String, Dataset>>,
-    /// Publishing (hash check, create, rename) one at a time: two uploads of the same bytes
-    /// must not race for the same names, and hashing is disk-bound anyway.
-    publishing: tokio::sync::Mutex<()>,
+    /// Publishing (hash check, create, rename) and PUTs one at a time per content MD5: two
+    /// uploads of the same bytes, or an upload and a PUT of its torrent, must not race for the
+    /// same names. Other datasets go on meanwhile: one researcher's 16 GiB upload, hashed
+    /// under its lock, does not hold back another's small one.
+    publishing: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// `DATA/.lock`, held (flock) while this library is open: a second server on the same
     /// directory would clear what this one is receiving and publishing.
     _lock: std::fs::File,
@@ -148,7 +150,7 @@ impl Library {
             trackers,
             web_seed_base,
             datasets: RwLock::new(BTreeMap::new()),
-            publishing: tokio::sync::Mutex::new(()),
+            publishing: std::sync::Mutex::new(HashMap::new()),
             _lock: lock,
         };
         let mut datasets = BTreeMap::new();
@@ -259,7 +261,7 @@ impl Library {
         received: Received,
         description: String,
     ) -> Result<(Dataset, Published), LibraryError> {
-        let _one_at_a_time = self.publishing.lock().await;
+        let _one_at_a_time = self.publishing(&received.md5).await;
         if let Some(existing) = self.dataset(&received.md5) {
             return Ok((existing, Published::Existing));
         }
@@ -273,6 +275,17 @@ impl Library {
             .expect("datasets lock")
             .insert(dataset.md5.clone(), dataset.clone());
         Ok((dataset, Published::New))
+    }
+
+    /// Waits for the publishing lock of content `md5` (see [`Library::publishing`]).
+    async fn publishing(&self, md5: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.publishing.lock().expect("publishing locks");
+            // Locks nobody holds or waits for (the map's is the only reference) are dropped.
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            locks.entry(md5.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     fn publish_blocking(
@@ -405,7 +418,7 @@ impl Library {
     ) -> Result<(), LibraryError> {
         let pieces = metainfo.geometry.piece_count();
         let verified = pow_storage::Storage::new(metainfo, content_dir)
-            .and_then(|storage| storage.check_existing(1, &|_| {}))
+            .and_then(|storage| storage.check_existing(pow_storage::check_threads(), &|_| {}))
             .map_err(|e| LibraryError::Invalid(format!("checking the upload: {e}")))?;
         if verified.count() == pieces {
             return Ok(());
@@ -440,15 +453,15 @@ impl Library {
     }
 
     /// Stores a torrent given by `PUT` (no content here, so it is not seeded). Returns whether
-    /// it was new. One at a time with other PUTs and uploads: two PUTs of other bytes under
-    /// one name both found it free and both wrote it (through one temp file name, as the
-    /// server is one process).
+    /// it was new. One at a time with other PUTs and uploads of the same name: two PUTs of
+    /// other bytes under one name both found it free and both wrote it.
     pub async fn put_torrent(
         self: &Arc<Self>,
         name: String,
         bytes: axum::body::Bytes,
     ) -> Result<bool, LibraryError> {
-        let _one_at_a_time = self.publishing.lock().await;
+        let md5 = name.strip_suffix(".torrent").unwrap_or(&name);
+        let _one_at_a_time = self.publishing(md5).await;
         let library = self.clone();
         tokio::task::spawn_blocking(move || library.put_torrent_blocking(&name, &bytes))
             .await
@@ -562,6 +575,47 @@ mod tests {
         Library::open(&root, Vec::new(), None).unwrap();
         assert!(!left.exists() && !record.exists(), "temporary files left");
         assert!(kept.exists(), "only write_atomically's names are removed");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    /// A PUT (or an upload: the same lock) of one dataset waits for another publish of the
+    /// same MD5, and for nothing else: with one lock for all, the second PUT below hung.
+    #[tokio::test]
+    async fn publishing_waits_only_for_the_same_dataset() {
+        let root = std::env::temp_dir().join(format!("pow-library-locks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let content = root.join("slice.csv");
+        std::fs::write(&content, vec![7u8; 40_000]).unwrap();
+        let torrent = create(&content, &CreateOptions::default()).unwrap().bytes;
+        let library = Arc::new(Library::open(&root.join("data"), Vec::new(), None).unwrap());
+        let busy = "0123456789abcdef0123456789abcdef";
+        let other = "fedcba9876543210fedcba9876543210";
+        let held = library.publishing(busy).await;
+
+        let within = std::time::Duration::from_secs(10);
+        let put = library.put_torrent(format!("{other}.torrent"), torrent.clone().into());
+        let stored = tokio::time::timeout(within, put).await;
+        assert!(
+            matches!(stored, Ok(Ok(true))),
+            "another dataset's PUT waited for the held lock: {stored:?}"
+        );
+
+        let same = tokio::spawn({
+            let library = library.clone();
+            let bytes = torrent.clone().into();
+            async move { library.put_torrent(format!("{busy}.torrent"), bytes).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!same.is_finished(), "a PUT of the held name did not wait");
+        drop(held);
+        let stored = tokio::time::timeout(within, same).await;
+        assert!(matches!(stored, Ok(Ok(Ok(true)))), "{stored:?}");
+        // The locks of names nobody holds any more are dropped at the next lookup.
+        let last = "0000000000000000000000000000000a";
+        drop(library.publishing(last).await);
+        let names: Vec<String> = library.publishing.lock().unwrap().keys().cloned().collect();
+        assert_eq!(names, [last]);
         std::fs::remove_dir_all(root).unwrap();
     }
 }

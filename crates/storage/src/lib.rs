@@ -28,6 +28,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Threads a check of data on disk ([`Storage::check_existing`]) is given: one per core, as
+/// hashing from the page cache is CPU-bound.
+pub fn check_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The file system has no room left for the write, or the user's quota none.
 pub fn is_disk_full(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
