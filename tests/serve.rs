@@ -1567,3 +1567,61 @@ fn each_dataset_downloads_over_utp_from_the_one_peer_port() {
         assert_eq!(report["connections"]["utp"], 1, "{report}");
     }
 }
+
+/// A client that hangs up once its upload is sent (a closed tab): the server still publishes
+/// and seeds it, and a retry gets the dataset. The publish used to run on after the handler was
+/// dropped with the hang-up, without listing the dataset or seeding it, and without its lock:
+/// the retry then removed the content of a published dataset (and the record with it), leaving
+/// a torrent in the store with nothing behind it.
+#[test]
+fn an_upload_whose_client_hangs_up_is_still_published_and_seeded() {
+    let work = TempDir::new("serve-hang-up");
+    let server = Server::start(&work.path().join("server"), free_port(), &[]);
+    let zip = work.path().join("closed-tab.zip");
+    make_zip(&zip, 256, 91);
+    let md5 = md5_hex(&zip);
+    let bytes = std::fs::read(&zip).unwrap();
+    let (content_type, body) = form("closed-tab.zip", &bytes, None);
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\n\
+         Accept: application/json\r\nContent-Length: {}\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body).unwrap();
+    // Hang up once the server is publishing it (the upload moved into content/), before
+    // the answer: a hang-up while the body is still being taken in drops the upload.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.files_in("content").contains(&md5) {
+        assert!(Instant::now() < deadline, "never published");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stream.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(stream);
+
+    let dataset = server.wait_seeding(&md5);
+    println!(
+        "published and seeding after its client hung up: {} ({} bytes)",
+        dataset["name"], dataset["size"]
+    );
+    let (status, reply) = upload(&server, "closed-tab.zip", &bytes);
+    println!("the retry: {status} {reply}");
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["published"], "existing", "{reply}");
+    let stored = server
+        .data
+        .join("content")
+        .join(&md5)
+        .join(dataset["name"].as_str().unwrap());
+    assert_eq!(
+        std::fs::metadata(&stored).unwrap().len(),
+        bytes.len() as u64
+    );
+    assert!(server.files_in("datasets").contains(&format!("{md5}.json")));
+    assert!(server
+        .files_in("torrents")
+        .contains(&format!("{md5}.torrent")));
+    server.wait_seeding(&md5);
+}

@@ -261,19 +261,27 @@ impl Library {
         received: Received,
         description: String,
     ) -> Result<(Dataset, Published), LibraryError> {
-        let _one_at_a_time = self.publishing(&received.md5).await;
+        let one_at_a_time = self.publishing(&received.md5).await;
         if let Some(existing) = self.dataset(&received.md5) {
             return Ok((existing, Published::Existing));
         }
         let library = self.clone();
-        let dataset =
-            tokio::task::spawn_blocking(move || library.publish_blocking(received, description))
-                .await
-                .map_err(|e| LibraryError::Invalid(format!("publishing panicked: {e}")))??;
-        self.datasets
-            .write()
-            .expect("datasets lock")
-            .insert(dataset.md5.clone(), dataset.clone());
+        // The lock goes with the blocking work, which runs to its end whether or not this
+        // future is still awaited, and the dataset is listed there: a caller dropped midway
+        // (a client that hung up) must leave neither a published dataset unlisted nor its
+        // names unguarded.
+        let dataset = tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = one_at_a_time;
+            let dataset = library.publish_blocking(received, description)?;
+            library
+                .datasets
+                .write()
+                .expect("datasets lock")
+                .insert(dataset.md5.clone(), dataset.clone());
+            Ok::<_, LibraryError>(dataset)
+        })
+        .await
+        .map_err(|e| LibraryError::Invalid(format!("publishing panicked: {e}")))??;
         Ok((dataset, Published::New))
     }
 
@@ -461,11 +469,14 @@ impl Library {
         bytes: axum::body::Bytes,
     ) -> Result<bool, LibraryError> {
         let md5 = name.strip_suffix(".torrent").unwrap_or(&name);
-        let _one_at_a_time = self.publishing(md5).await;
+        let one_at_a_time = self.publishing(md5).await;
         let library = self.clone();
-        tokio::task::spawn_blocking(move || library.put_torrent_blocking(&name, &bytes))
-            .await
-            .map_err(|e| LibraryError::Invalid(format!("storing panicked: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = one_at_a_time;
+            library.put_torrent_blocking(&name, &bytes)
+        })
+        .await
+        .map_err(|e| LibraryError::Invalid(format!("storing panicked: {e}")))?
     }
 
     fn put_torrent_blocking(&self, name: &str, bytes: &[u8]) -> Result<bool, LibraryError> {

@@ -149,7 +149,7 @@ async fn upload(State(app): Shared, request: Request) -> Response {
         return refused_unread(html, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
     }
     // Held until the upload is received and published (or refused).
-    let Ok(_slot) = app.upload_slots.clone().try_acquire_owned() else {
+    let Ok(slot) = app.upload_slots.clone().try_acquire_owned() else {
         let busy = format!(
             "the server is receiving {} uploads, as many as it takes at once; try again in \
              {RETRY_UPLOAD_AFTER_SECS} s",
@@ -211,7 +211,27 @@ async fn upload(State(app): Shared, request: Request) -> Response {
             return failure(html, status, &e.to_string());
         }
     };
-    let (dataset, published) = match app.library.publish(received, description).await {
+    // From here the upload is the server's: published and seeded to the end even if the
+    // client hangs up (a closed tab), which drops this handler. One task, holding the slot.
+    let work = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let _slot = slot;
+            let (dataset, published) = app.library.publish(received, description).await?;
+            if published == Published::New {
+                if let Err(e) = start_seeding(&app, &dataset).await {
+                    tracing::warn!("{}: cannot seed: {e}", dataset.md5);
+                }
+            }
+            Ok::<_, LibraryError>((dataset, published))
+        }
+    });
+    let done = work.await.unwrap_or_else(|panicked| {
+        Err(LibraryError::Invalid(format!(
+            "publishing panicked: {panicked}"
+        )))
+    });
+    let (dataset, published) = match done {
         Ok(done) => done,
         Err(e) => {
             tracing::warn!("publishing failed: {e}");
@@ -225,11 +245,6 @@ async fn upload(State(app): Shared, request: Request) -> Response {
             return failure(html, status, &e.to_string());
         }
     };
-    if published == Published::New {
-        if let Err(e) = start_seeding(&app, &dataset).await {
-            tracing::warn!("{}: cannot seed: {e}", dataset.md5);
-        }
-    }
     tracing::info!(
         "published {} ({}, {} bytes, {:?})",
         dataset.name,
