@@ -215,3 +215,44 @@ fn the_download_rate_limit_holds_for_the_metadata() {
         .count();
     assert_eq!(files, 4000);
 }
+
+/// An info dictionary of 1.2 MiB (77 metadata pieces) from a `pow seed`, which rejects metadata
+/// requests once 1 MiB waits for the reader (Transmission queues 64 and rejects the rest): the
+/// leecher keeps 16 asks in flight and gets it. Asking for every piece at once was rejected,
+/// and a reject ended the peer, so the magnet download never started.
+#[test]
+fn metadata_of_more_pieces_than_a_seed_queues_is_fetched() {
+    let work = common::TempDir::new("magnet-large-info");
+    let data = work.path().join("data");
+    let set = data.join("deep");
+    // Few files, long paths: a 1.2 MiB dictionary without thousands of open files.
+    let mut dir = set.clone();
+    for level in 0..7 {
+        dir = dir.join(format!("{level}-{}", "level-of-a-deep-dataset-".repeat(10)));
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..640 {
+        let name = format!("{i:04}-{}", "a-long-file-name-".repeat(14));
+        std::fs::write(dir.join(name), [i as u8; 3]).unwrap();
+    }
+    let torrent = work.path().join("deep.torrent");
+    let metainfo = common::create_torrent(&set, &torrent, 16384);
+    let info_len = metainfo.info_bytes.len();
+    assert!(info_len > 64 * 16384 + 16384, "{info_len} bytes of info");
+    let port = common::free_port();
+    let _seed = common::pow_seed(&torrent, &data, port, &[], Stdio::null());
+    let magnet = format!("{}&x.pe=127.0.0.1:{port}", magnet_of(&torrent));
+    let out = work.path().join("out");
+    let report = common::pow_download_json(&magnet, &out, &[]);
+    println!(
+        "metadata of {info_len} bytes ({} pieces) in {:.2} s, then {} files",
+        info_len.div_ceil(16384),
+        report["metadata_seconds"].as_f64().unwrap(),
+        metainfo.files.len()
+    );
+    let mut fetched = out.join("deep");
+    for level in 0..7 {
+        fetched = fetched.join(format!("{level}-{}", "level-of-a-deep-dataset-".repeat(10)));
+    }
+    assert_eq!(std::fs::read_dir(&fetched).unwrap().count(), 640);
+}

@@ -273,6 +273,8 @@ async fn exchange(
 
     let mut pieces: Vec<Option<Bytes>> = Vec::new();
     let mut size = 0u64;
+    let mut their_id = 0u8;
+    let mut asks = MetadataAsks::default();
     loop {
         let payload = read_frame(&mut stream, &mut buf, &mut ciphers, limit)
             .await
@@ -283,22 +285,71 @@ async fn exchange(
         let (ext_id, body) =
             extension::split_extended(&payload).map_err(|e| fail(&e.to_string()))?;
         if ext_id == EXTENDED_HANDSHAKE {
+            // A later handshake (a pow leecher sends one when it completes) may move the id;
+            // the dictionary and what was asked stay.
             let hs = ExtHandshake::decode(&body).map_err(|e| fail(&e.to_string()))?;
-            let their_id = hs
+            their_id = hs
                 .ut_metadata
                 .ok_or_else(|| fail("does not serve metadata (no ut_metadata)"))?;
-            size = hs
-                .metadata_size
-                .ok_or_else(|| fail("did not say the metadata size"))?;
-            if size == 0 || size > MAX_METADATA_SIZE {
-                return Err(fail(&format!(
-                    "metadata size {size} outside 1..={MAX_METADATA_SIZE}"
-                )));
+            if pieces.is_empty() {
+                size = hs
+                    .metadata_size
+                    .ok_or_else(|| fail("did not say the metadata size"))?;
+                if size == 0 || size > MAX_METADATA_SIZE {
+                    return Err(fail(&format!(
+                        "metadata size {size} outside 1..={MAX_METADATA_SIZE}"
+                    )));
+                }
+                let count = extension::metadata_pieces(size);
+                pieces = vec![None; count as usize];
+                asks = MetadataAsks::new(count);
+            } else if hs.metadata_size.is_some_and(|s| s != size) {
+                return Err(fail("changed its metadata size"));
             }
-            let count = extension::metadata_pieces(size);
-            pieces = vec![None; count as usize];
+        } else if ext_id == OUR_UT_METADATA && !pieces.is_empty() {
+            match MetadataMessage::decode(&body).map_err(|e| fail(&e.to_string()))? {
+                MetadataMessage::Data {
+                    piece,
+                    total_size,
+                    data,
+                } => {
+                    let start = piece as u64 * METADATA_PIECE_LEN as u64;
+                    let expected = (size.saturating_sub(start)).min(METADATA_PIECE_LEN as u64);
+                    if total_size != size
+                        || piece as usize >= pieces.len()
+                        || data.len() as u64 != expected
+                    {
+                        return Err(fail("sent a metadata piece that does not fit"));
+                    }
+                    asks.answered(piece);
+                    // A copy: a slice would keep the whole frame (up to 8 MiB, padded with
+                    // unknown keys) alive for 16 KiB of metadata.
+                    pieces[piece as usize] = Some(Bytes::copy_from_slice(&data));
+                }
+                MetadataMessage::Reject { piece } => {
+                    if !asks.rejected(piece, pieces.get(piece as usize)) {
+                        return Err(fail(&format!(
+                            "rejected metadata piece {piece} {METADATA_REJECTS_IN_A_ROW} times \
+                             in a row"
+                        )));
+                    }
+                }
+                MetadataMessage::Request { .. } | MetadataMessage::Unknown { .. } => {}
+            }
+            if pieces.iter().all(Option::is_some) {
+                let info: Vec<u8> = pieces.into_iter().flatten().flatten().collect();
+                if <[u8; 20]>::from(Sha1::digest(&info)) != info_hash {
+                    return Err(fail("sent metadata whose SHA-1 is not the info-hash"));
+                }
+                return Ok(info);
+            }
+        } else {
+            continue;
+        }
+        let more = asks.next(&pieces);
+        if !more.is_empty() {
             let mut requests = BytesMut::new();
-            for piece in 0..count {
+            for piece in more {
                 MetadataMessage::Request { piece }
                     .to_message(their_id)
                     .encode(&mut requests);
@@ -308,41 +359,60 @@ async fn exchange(
                 .write_all(&requests)
                 .await
                 .map_err(|e| fail(&e.to_string()))?;
-            continue;
         }
-        if ext_id != OUR_UT_METADATA || pieces.is_empty() {
-            continue;
+    }
+}
+
+/// Metadata requests a peer has at once: Transmission queues 64 and rejects the rest, pow's
+/// seed rejects once 1 MiB waits for the reader. Asking for a 1.2 MiB dictionary all at once
+/// (76 pieces) was rejected by both.
+const METADATA_REQUESTS_IN_FLIGHT: usize = 16;
+/// Rejects with no piece between them after which the peer is given up (one that does not
+/// have the dictionary rejects everything).
+const METADATA_REJECTS_IN_A_ROW: u32 = 3;
+
+/// Which metadata pieces are asked for, and which wait to be.
+#[derive(Default)]
+struct MetadataAsks {
+    waiting: std::collections::VecDeque<u32>,
+    in_flight: HashSet<u32>,
+    rejects_in_a_row: u32,
+}
+
+impl MetadataAsks {
+    fn new(count: u32) -> MetadataAsks {
+        MetadataAsks {
+            waiting: (0..count).collect(),
+            ..MetadataAsks::default()
         }
-        match MetadataMessage::decode(&body).map_err(|e| fail(&e.to_string()))? {
-            MetadataMessage::Data {
-                piece,
-                total_size,
-                data,
-            } => {
-                let start = piece as u64 * METADATA_PIECE_LEN as u64;
-                let expected = (size.saturating_sub(start)).min(METADATA_PIECE_LEN as u64);
-                if total_size != size
-                    || piece as usize >= pieces.len()
-                    || data.len() as u64 != expected
-                {
-                    return Err(fail("sent a metadata piece that does not fit"));
-                }
-                // A copy: a slice would keep the whole frame (up to 8 MiB, padded with
-                // unknown keys) alive for 16 KiB of metadata.
-                pieces[piece as usize] = Some(Bytes::copy_from_slice(&data));
+    }
+
+    fn answered(&mut self, piece: u32) {
+        self.in_flight.remove(&piece);
+        self.rejects_in_a_row = 0;
+    }
+
+    /// A rejected piece is asked again later; false once the peer rejected too often.
+    fn rejected(&mut self, piece: u32, have: Option<&Option<Bytes>>) -> bool {
+        if self.in_flight.remove(&piece) && matches!(have, Some(None)) {
+            self.waiting.push_back(piece);
+        }
+        self.rejects_in_a_row += 1;
+        self.rejects_in_a_row < METADATA_REJECTS_IN_A_ROW
+    }
+
+    /// Pieces to ask for now, up to the window.
+    fn next(&mut self, pieces: &[Option<Bytes>]) -> Vec<u32> {
+        let mut asks = Vec::new();
+        while self.in_flight.len() < METADATA_REQUESTS_IN_FLIGHT {
+            let Some(piece) = self.waiting.pop_front() else {
+                break;
+            };
+            if pieces[piece as usize].is_none() && self.in_flight.insert(piece) {
+                asks.push(piece);
             }
-            MetadataMessage::Reject { piece } => {
-                return Err(fail(&format!("rejected metadata piece {piece}")))
-            }
-            MetadataMessage::Request { .. } => {}
         }
-        if pieces.iter().all(Option::is_some) {
-            let info: Vec<u8> = pieces.into_iter().flatten().flatten().collect();
-            if <[u8; 20]>::from(Sha1::digest(&info)) != info_hash {
-                return Err(fail("sent metadata whose SHA-1 is not the info-hash"));
-            }
-            return Ok(info);
-        }
+        asks
     }
 }
 

@@ -149,6 +149,10 @@ pub enum MetadataMessage {
     Reject {
         piece: u32,
     },
+    /// A `msg_type` this side does not know: BEP 9 says to ignore it.
+    Unknown {
+        msg_type: i64,
+    },
 }
 
 impl MetadataMessage {
@@ -172,6 +176,11 @@ impl MetadataMessage {
                 data,
             } => extended(their_id, &head(1, *piece, Some(*total_size)), data),
             MetadataMessage::Reject { piece } => extended(their_id, &head(2, *piece, None), &[]),
+            MetadataMessage::Unknown { msg_type } => extended(
+                their_id,
+                &dict(vec![("msg_type", Value::Int(*msg_type))]).encode(),
+                &[],
+            ),
         }
     }
 
@@ -180,12 +189,17 @@ impl MetadataMessage {
         let (root, end) =
             decode_prefix(body, lenient()).map_err(|e| ExtensionError::Bencode(e.to_string()))?;
         let int = |key: &str| root.get(key).and_then(|n| n.as_int());
+        let msg_type =
+            int("msg_type").ok_or(ExtensionError::Invalid("ut_metadata without a msg_type"))?;
+        if !(0..=2).contains(&msg_type) {
+            return Ok(MetadataMessage::Unknown { msg_type });
+        }
         let piece = int("piece")
             .and_then(|p| u32::try_from(p).ok())
             .ok_or(ExtensionError::Invalid("ut_metadata without a valid piece"))?;
-        match int("msg_type") {
-            Some(0) => Ok(MetadataMessage::Request { piece }),
-            Some(1) => {
+        match msg_type {
+            0 => Ok(MetadataMessage::Request { piece }),
+            1 => {
                 let total_size = int("total_size")
                     .and_then(|n| u64::try_from(n).ok())
                     .ok_or(ExtensionError::Invalid(
@@ -197,8 +211,7 @@ impl MetadataMessage {
                     data: body.slice(end..),
                 })
             }
-            Some(2) => Ok(MetadataMessage::Reject { piece }),
-            _ => Err(ExtensionError::Invalid("unknown ut_metadata msg_type")),
+            _ => Ok(MetadataMessage::Reject { piece }),
         }
     }
 }
@@ -304,10 +317,13 @@ mod tests {
             assert_eq!(id, 5);
             assert_eq!(MetadataMessage::decode(&body).unwrap(), message);
         }
-        assert!(
-            MetadataMessage::decode(&Bytes::from_static(b"d8:msg_typei9e5:piecei0ee")).is_err()
+        assert_eq!(
+            MetadataMessage::decode(&Bytes::from_static(b"d8:msg_typei9e5:piecei0ee")).unwrap(),
+            MetadataMessage::Unknown { msg_type: 9 },
+            "BEP 9: an unknown msg_type is ignored, not an error"
         );
         assert!(MetadataMessage::decode(&Bytes::from_static(b"d8:msg_typei0ee")).is_err());
+        assert!(MetadataMessage::decode(&Bytes::from_static(b"d5:piecei0ee")).is_err());
         assert_eq!(metadata_pieces(16_384), 1);
         assert_eq!(metadata_pieces(16_385), 2);
     }
