@@ -1,8 +1,8 @@
 //! Fast extension (BEP 6, issue #11 acceptance 3): a libtorrent seed says have-all to pow, and
 //! when it chokes pow mid-transfer it rejects every request pow has in flight (pow counts them
 //! and re-requests those blocks); a `pow seed` says have-all to a peer that set the fast bit (and
-//! a bitfield to one that did not), and rejects a request made while choked instead of dropping
-//! it in silence.
+//! a bitfield to one that did not), rejects a request made while choked instead of dropping
+//! it in silence, and answers a cancelled request with a reject.
 
 mod common;
 
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 const HAVE_ALL: u8 = 0x0E;
 const REJECT: u8 = 0x10;
+const CANCEL: u8 = 8;
 
 #[test]
 fn a_libtorrent_seed_says_have_all_to_pow() {
@@ -58,23 +59,7 @@ fn pow_seed_says_have_all_and_rejects_requests_while_choking() {
         .info_hash
         .0;
     let port = common::free_port();
-    let mut seed = pow()
-        .arg("seed")
-        .arg(&torrent)
-        .arg("--data")
-        .arg(&data)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pow seed did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let seed = common::pow_seed(&torrent, &data, port, &[], std::process::Stdio::null());
 
     // A fast peer: have-all instead of a bitfield, and a reject for a request while choked.
     let mut fast_bit = [0u8; 8];
@@ -108,6 +93,52 @@ fn pow_seed_says_have_all_and_rejects_requests_while_choking() {
     println!(
         "fast peer: have-all, reject for a request while choked, then the block once unchoked"
     );
+    // Every block requested and at once cancelled, in one write: each request is answered
+    // once, by its block (sent before the cancel was read) or by a reject (BEP 6; a client
+    // that waits for that answer keeps the slot until then).
+    let mut burst = Vec::new();
+    let blocks: Vec<Vec<u8>> = (0..64)
+        .map(|i| request_payload(i / 4, (i % 4) * 16384, 16384))
+        .collect();
+    for block in &blocks {
+        burst.extend(common::raw_peer::frame(common::raw_peer::REQUEST, block));
+    }
+    for block in &blocks {
+        burst.extend(common::raw_peer::frame(CANCEL, block));
+    }
+    std::io::Write::write_all(&mut fast.stream, &burst).unwrap();
+    let (mut pieces, mut rejects) = (Vec::new(), Vec::new());
+    while pieces.len() + rejects.len() < blocks.len() {
+        match fast.read(Duration::from_secs(10)) {
+            Ok((PIECE, payload)) => pieces.push(payload[..8].to_vec()),
+            Ok((REJECT, payload)) => rejects.push(payload),
+            Ok(_) => {}
+            Err(end) => panic!(
+                "{end:?} after {} blocks and {} rejects for {} cancelled requests",
+                pieces.len(),
+                rejects.len(),
+                blocks.len()
+            ),
+        }
+    }
+    let mut answered: Vec<Vec<u8>> = pieces
+        .iter()
+        .chain(&rejects)
+        .map(|a| a[..8].to_vec())
+        .collect();
+    answered.sort();
+    let mut cancelled: Vec<Vec<u8>> = blocks.iter().map(|b| b[..8].to_vec()).collect();
+    cancelled.sort();
+    assert_eq!(answered, cancelled, "each request answered once");
+    assert!(
+        !rejects.is_empty(),
+        "no request was still queued when cancelled"
+    );
+    println!(
+        "64 requests cancelled at once: {} blocks already sent, {} rejects",
+        pieces.len(),
+        rejects.len()
+    );
 
     // A peer without the fast bit: a bitfield, and the same request is ignored, not rejected.
     let mut plain = RawPeer::connect(port, info_hash);
@@ -115,8 +146,7 @@ fn pow_seed_says_have_all_and_rejects_requests_while_choking() {
     assert_eq!(first, BITFIELD);
     plain.send(common::raw_peer::REQUEST, &asked).unwrap();
     let (later, end) = plain.drain(Duration::from_secs(1));
-    let _ = seed.kill();
-    let _ = seed.wait();
+    drop(seed);
     assert!(!later.contains(&REJECT), "{later:?}");
     assert_eq!(end, End::Quiet);
     println!("plain peer: bitfield; the request while choked is ignored, connection kept");

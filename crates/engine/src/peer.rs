@@ -1103,6 +1103,11 @@ impl Peer {
             Message::Cancel(r) => {
                 if self.queued.remove(&r) {
                     self.requests.retain(|q| *q != r);
+                    // BEP 6: a request is answered once, by its piece or a reject, even when
+                    // cancelled; clients that wait for it keep the slot until then.
+                    if self.fast {
+                        Message::Reject(r).encode(&mut self.out);
+                    }
                 }
             }
             Message::Piece { index, begin, data } => self.receive(index, begin, data)?,
