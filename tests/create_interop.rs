@@ -260,3 +260,168 @@ fn cli_exit_codes_and_errors() {
         assert!(!json[key].is_null(), "{key}");
     }
 }
+
+/// `pow torrent create` never writes over a file unless given --force (and never over the
+/// file it shares), checks that before hashing, and names a torrent of `.` after the directory.
+/// `pow publish --piece-length` takes only what `torrent create` takes.
+#[test]
+fn torrent_create_keeps_existing_files_and_names_the_current_directory() {
+    let work = common::TempDir::new("create-output");
+    let data = work.path().join("worm-slices");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.csv"), b"1,2,3\n").unwrap();
+    let run = |dir: &Path, args: &[&str]| {
+        let out = common::pow()
+            .current_dir(dir)
+            .args(["torrent", "create"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&data, &["."]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let made = data.join("worm-slices.torrent");
+    assert_eq!(pow_show(&made)["name"], "worm-slices");
+    let before = std::fs::read(&made).unwrap();
+    let (code, stderr) = run(
+        work.path(),
+        &["worm-slices/a.csv", "-o", "worm-slices/worm-slices.torrent"],
+    );
+    println!("over an existing file: {code:?} {stderr}");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("exists; give --force"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&made).unwrap(),
+        before,
+        "replaced without --force"
+    );
+    let (code, stderr) = run(
+        work.path(),
+        &["worm-slices/a.csv", "-o", "worm-slices/a.csv", "--force"],
+    );
+    println!("over the file it shares: {code:?} {stderr}");
+    assert_eq!(code, Some(1));
+    assert_eq!(std::fs::read(data.join("a.csv")).unwrap(), b"1,2,3\n");
+    let (code, stderr) = run(
+        work.path(),
+        &[
+            "worm-slices/a.csv",
+            "-o",
+            "worm-slices/worm-slices.torrent",
+            "--force",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(pow_show(&made)["name"], "a.csv");
+    let out = common::pow()
+        .args(["publish", "--no-seed", "--piece-length", "0"])
+        .arg(data.join("a.csv"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A dataset of 1,500 files, created, seeded and downloaded by pow under a soft limit of 256
+/// open files (Debian's default is 1,024, with a far higher hard limit): pow lifts the soft
+/// limit to the hard one, as every file is open while a torrent is hashed or transferred.
+/// Without that, `torrent create` failed with "Too many open files" at the 250th or so.
+#[test]
+fn thousands_of_files_under_a_low_soft_limit_of_open_files() {
+    let hard = Command::new("sh")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .unwrap();
+    let hard = String::from_utf8_lossy(&hard.stdout).trim().to_string();
+    if hard != "unlimited" && hard.parse::<u64>().unwrap_or(0) < 4096 {
+        println!("SKIPPED: the hard limit of open files here is {hard}");
+        return;
+    }
+    let work = common::TempDir::new("many-files");
+    let data = work.path().join("data");
+    let set = data.join("slices");
+    std::fs::create_dir_all(&set).unwrap();
+    for i in 0..1500 {
+        std::fs::write(
+            set.join(format!("slice-{i:04}.csv")),
+            format!("{i},{}\n", i * i),
+        )
+        .unwrap();
+    }
+    let limited = |args: &[&str]| {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "ulimit -Sn 256 && exec \"$@\"", "sh"])
+            .arg(common::pow_bin())
+            .args(args);
+        command
+    };
+    let torrent = work.path().join("slices.torrent");
+    let out = limited(&[
+        "torrent",
+        "create",
+        set.to_str().unwrap(),
+        "-o",
+        torrent.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = common::free_port();
+    let _seed = common::Killed(
+        limited(&[
+            "seed",
+            torrent.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    common::wait_listening(port, "pow seed");
+    let out_dir = work.path().join("out");
+    let peer = format!("127.0.0.1:{port}");
+    let out = limited(&[
+        "download",
+        torrent.to_str().unwrap(),
+        "-o",
+        out_dir.to_str().unwrap(),
+    ])
+    .args([
+        "--peer",
+        &peer,
+        "--port",
+        &common::free_port().to_string(),
+        "--bind",
+        "127.0.0.1",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in [0, 749, 1499] {
+        let name = format!("slice-{i:04}.csv");
+        assert_eq!(
+            std::fs::read(out_dir.join("slices").join(&name)).unwrap(),
+            std::fs::read(set.join(&name)).unwrap()
+        );
+    }
+    println!("1,500 files created, seeded and downloaded under `ulimit -Sn 256` (hard: {hard})");
+}

@@ -1,6 +1,7 @@
 //! The `pow` command-line tool: one subcommand module per concern, each a thin layer over a crate.
 //!
-//! Exit codes: 0 success, 2 bad usage (clap), 1 any other error with one line on stderr.
+//! Exit codes: 0 success, 2 bad usage (clap), 1 any other error with one line on stderr, 130
+//! for `publish` and `source load` stopped by Ctrl-C/SIGTERM before they finished.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -118,9 +119,28 @@ fn die_quietly_when_stdout_closes(command: &Command) {
     }
 }
 
+/// Lifts the soft limit of open files to the hard one, as Go programs and rqbit do: a torrent's
+/// files are all open while it is created, checked or downloaded, and a dataset of a few
+/// thousand files is past Debian's default soft limit of 1,024 (the hard one is far higher).
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     die_quietly_when_stdout_closes(&cli.command);
+    raise_open_file_limit();
     init_logging(match cli.command {
         Command::Tracker(_) => tracing::Level::INFO,
         _ => tracing::Level::WARN,
@@ -147,7 +167,11 @@ fn main() -> ExitCode {
             let mut line = format!("pow: {err}");
             let mut source = err.source();
             while let Some(cause) = source {
-                line.push_str(&format!(": {cause}"));
+                // Errors that name their cause in their own message are not repeated.
+                let cause_text = cause.to_string();
+                if !line.contains(&cause_text) {
+                    line.push_str(&format!(": {cause_text}"));
+                }
                 source = cause.source();
             }
             eprintln!("{line}");

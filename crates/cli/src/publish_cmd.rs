@@ -29,8 +29,8 @@ pub struct PublishArgs {
     /// Torrent store to write to (default: pow.toml's).
     #[arg(long)]
     torrent_store: Option<String>,
-    /// Bytes per piece (default: automatic).
-    #[arg(long)]
+    /// Bytes per piece: a power of two from 16384 up to 128 MiB (default: picked from the size).
+    #[arg(long, value_parser = crate::torrent_cmd::parse_piece_length)]
     piece_length: Option<u64>,
     /// Web seed URL for the torrent (BEP 19); repeatable.
     #[arg(long = "web-seed")]

@@ -2,7 +2,7 @@
 
 use crate::CmdResult;
 use clap::{Args, Subcommand};
-use pow_datasource::loader::write_atomically;
+use pow_datasource::loader::{write_atomically, write_new};
 use pow_metainfo::create::{create, CreateOptions};
 use pow_metainfo::Metainfo;
 use serde_json::json;
@@ -27,9 +27,13 @@ pub enum TorrentCommand {
 pub struct CreateArgs {
     /// The file or directory to share.
     path: PathBuf,
-    /// Where to write the .torrent.
+    /// Where to write the .torrent (default: NAME.torrent here, NAME the file's or directory's).
     #[arg(short, long)]
-    output: PathBuf,
+    output: Option<PathBuf>,
+    /// Replace the output file if it exists (without it, an existing file is an error,
+    /// found before anything is hashed).
+    #[arg(short, long)]
+    force: bool,
     /// Bytes per piece: a power of two from 16384 up to 128 MiB (default: picked from the size).
     #[arg(long, value_parser = parse_piece_length)]
     piece_length: Option<u64>,
@@ -46,6 +50,7 @@ pub struct CreateArgs {
     /// Mark the torrent private (BEP 27): peers only from its trackers.
     #[arg(long)]
     private: bool,
+    /// A comment for people who read the torrent (`comment`).
     #[arg(long)]
     comment: Option<String>,
     /// Leave out the creation date, so the same input always gives the same file.
@@ -69,7 +74,8 @@ fn parse_host_port(text: &str) -> Result<(String, u16), String> {
     }
 }
 
-fn parse_piece_length(text: &str) -> Result<u64, String> {
+/// A `--piece-length` value (also `pow publish`'s).
+pub(crate) fn parse_piece_length(text: &str) -> Result<u64, String> {
     let value: u64 = text
         .parse()
         .map_err(|_| format!("'{text}' is not a number"))?;
@@ -119,15 +125,29 @@ fn create_cmd(args: CreateArgs) -> CmdResult {
         created_by: None,
         threads: None,
     };
+    let output = match args.output {
+        Some(output) => output,
+        None => PathBuf::from(format!("{}.torrent", content_name(&args.path)?)),
+    };
+    // Before hashing, which can take minutes: not over a file unless told, never over the input.
+    if output.exists() {
+        let same = |a: &Path, b: &Path| matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(a), Ok(b)) if a == b);
+        if same(&output, &args.path) {
+            return Err(format!("{}: the output is the file to share", output.display()).into());
+        }
+        if !args.force {
+            return Err(format!("{} exists; give --force to replace it", output.display()).into());
+        }
+    }
     let created = create(&args.path, &options)?;
-    write_torrent(&args.output, &created.bytes)?;
+    write_torrent(&output, &created.bytes, args.force)?;
     let m = &created.metainfo;
     if args.json {
         let mut value = to_json(m);
-        value["torrent_file"] = json!(args.output.display().to_string());
+        value["torrent_file"] = json!(output.display().to_string());
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!("{}", args.output.display());
+        println!("{}", output.display());
         println!("info_hash {}", m.info_hash);
         println!(
             "{} bytes, {} pieces of {} bytes, {} file(s)",
@@ -140,9 +160,18 @@ fn create_cmd(args: CreateArgs) -> CmdResult {
     Ok(())
 }
 
+/// The name a torrent of `path` gets (its last component, also for `.` and `..`).
+fn content_name(path: &Path) -> Result<String, Box<dyn std::error::Error>> {
+    Ok(pow_metainfo::create::content_name(path)?)
+}
+
 /// Writes the .torrent as the torrent stores do (temp file, fsync, rename), so a crash never
-/// leaves half of one behind.
-fn write_torrent(path: &Path, bytes: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+/// leaves half of one behind; unless `replace`, never over a file that appeared meanwhile.
+fn write_torrent(
+    path: &Path,
+    bytes: &[u8],
+    replace: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
     let name = path
         .file_name()
         .ok_or_else(|| format!("{}: names no file", path.display()))?
@@ -152,7 +181,13 @@ fn write_torrent(path: &Path, bytes: &[u8]) -> Result<(), Box<dyn std::error::Er
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    Ok(write_atomically(dir, name, bytes)?)
+    if replace {
+        return Ok(write_atomically(dir, name, bytes)?);
+    }
+    match write_new(dir, name, bytes)? {
+        true => Ok(()),
+        false => Err(format!("{} exists; give --force to replace it", path.display()).into()),
+    }
 }
 
 fn unix_now() -> i64 {

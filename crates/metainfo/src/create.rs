@@ -43,6 +43,8 @@ pub enum CreateError {
     Empty(PathBuf),
     #[error("{}: file name is not valid UTF-8", .0.display())]
     NonUtf8Name(PathBuf),
+    #[error("{}: has no name to give the torrent", .0.display())]
+    NoName(PathBuf),
     #[error("{}: changed while it was being hashed", .0.display())]
     Changed(PathBuf),
     #[error("invalid torrent: {0}")]
@@ -88,6 +90,19 @@ pub struct Content {
     files: Vec<SourceFile>,
 }
 
+/// The torrent's `name` for content at `path`: its last component, also when given as `.`,
+/// `..` or `dir/` (as mktorrent takes the basename).
+pub fn content_name(path: &Path) -> Result<String, CreateError> {
+    let last = |p: &Path| p.file_name().map(|n| n.to_owned());
+    let name = std::path::absolute(path)
+        .ok()
+        .and_then(|p| last(&p))
+        .or_else(|| std::fs::canonicalize(path).ok().and_then(|p| last(&p)))
+        .ok_or_else(|| CreateError::NoName(path.to_path_buf()))?;
+    name.into_string()
+        .map_err(|_| CreateError::NonUtf8Name(path.to_path_buf()))
+}
+
 impl Content {
     /// The files under `path` in the order a torrent of it lists them (a single file: itself).
     /// Empty content is an error.
@@ -97,11 +112,7 @@ impl Content {
             source,
         };
         let meta = std::fs::metadata(path).map_err(io)?;
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| CreateError::NonUtf8Name(path.to_path_buf()))?
-            .to_string();
+        let name = content_name(path)?;
         let files = if meta.is_dir() {
             let mut files = Vec::new();
             collect_dir(path, &mut Vec::new(), &mut files)?;
