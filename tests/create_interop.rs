@@ -425,3 +425,89 @@ fn thousands_of_files_under_a_low_soft_limit_of_open_files() {
     }
     println!("1,500 files created, seeded and downloaded under `ulimit -Sn 256` (hard: {hard})");
 }
+
+/// Names that share a prefix with a directory (`a.txt` and `a/x`: '.' sorts below '/') and
+/// symlinks to a file and a directory: pow's torrent has mktorrent's info-hash and
+/// transmission-create's file order (both order by the whole path as bytes and follow links).
+/// pow ordered by components (`a/x` first) and left links out, so the hashes differed.
+#[test]
+fn prefixed_names_and_symlinks_as_mktorrent_and_transmission_create_have_them() {
+    let work = common::TempDir::new("create-order");
+    let set = work.path().join("set");
+    let other = work.path().join("other");
+    for dir in [set.join("a"), set.join("a-b"), other.join("d")] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    for (path, text) in [
+        ("set/a.txt", "1"),
+        ("set/a/x", "22"),
+        ("set/a-b/y", "333"),
+        ("set/ab", "4444"),
+        ("set/a b", "55555"),
+        ("other/f", "linked file"),
+        ("other/d/g", "linked directory"),
+    ] {
+        std::fs::write(work.path().join(path), text).unwrap();
+    }
+    std::os::unix::fs::symlink("../other/f", set.join("link-f")).unwrap();
+    std::os::unix::fs::symlink("../other/d", set.join("link-d")).unwrap();
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .current_dir(work.path())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run("mktorrent", &["-l", "15", "-o", "mk.torrent", "set"]);
+    run(
+        "transmission-create",
+        &["-s", "32", "-o", "tr.torrent", "set"],
+    );
+    let pow_bin = common::pow_bin();
+    run(
+        pow_bin.to_str().unwrap(),
+        &[
+            "torrent",
+            "create",
+            "set",
+            "-o",
+            "pow.torrent",
+            "--piece-length",
+            "32768",
+        ],
+    );
+    let [mk, tr, ours] =
+        ["mk", "tr", "pow"].map(|t| pow_show(&work.path().join(format!("{t}.torrent"))));
+    let paths = |j: &serde_json::Value| -> Vec<String> {
+        j["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["path"].to_string())
+            .collect()
+    };
+    println!(
+        "pow {} mktorrent {}: {:?}",
+        ours["info_hash"],
+        mk["info_hash"],
+        paths(&ours)
+    );
+    assert_eq!(ours["info_hash"], mk["info_hash"]);
+    assert_eq!(paths(&ours), paths(&tr));
+    assert_eq!(paths(&ours).len(), 7);
+    // A link back up the tree is an error that names it, not an endless walk.
+    std::os::unix::fs::symlink("..", set.join("a").join("up")).unwrap();
+    let out = common::pow()
+        .current_dir(work.path())
+        .args(["torrent", "create", "set", "-o", "loop.torrent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("set/a/up: a symlink to a directory it is in"));
+}

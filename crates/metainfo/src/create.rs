@@ -1,14 +1,15 @@
 //! Creating v1 torrents from a file or a directory.
 //!
-//! Files of a directory are ordered by their path components compared as raw bytes (the order
-//! libtorrent, mktorrent and BitTorrent v2 file trees use), empty files included, symlinks and
-//! special files skipped. Piece hashes are computed by one thread per core, each reading its own
+//! Files of a directory are ordered by their whole path as bytes, '/' between components (the
+//! order mktorrent and transmission-create give, so the info-hash is theirs), empty files
+//! included, symlinks followed (as they do; a loop is an error), special files (FIFOs, sockets,
+//! devices) skipped. Piece hashes are computed by one thread per core, each reading its own
 //! contiguous run of pieces with positioned reads, so nothing is buffered beyond one piece per thread.
 
 use crate::{Geometry, Metainfo, MetainfoError, PieceIndex};
 use pow_bencode::{dict, Value};
 use sha1::{Digest, Sha1};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default)]
@@ -45,6 +46,8 @@ pub enum CreateError {
     NonUtf8Name(PathBuf),
     #[error("{}: has no name to give the torrent", .0.display())]
     NoName(PathBuf),
+    #[error("{}: a symlink to a directory it is in (a loop)", .0.display())]
+    Loop(PathBuf),
     #[error("{}: changed while it was being hashed", .0.display())]
     Changed(PathBuf),
     #[error("invalid torrent: {0}")]
@@ -115,12 +118,12 @@ impl Content {
         let name = content_name(path)?;
         let files = if meta.is_dir() {
             let mut files = Vec::new();
-            collect_dir(path, &mut Vec::new(), &mut files)?;
-            files.sort_by(|a, b| {
-                let a: Vec<&[u8]> = a.components.iter().map(|c| c.as_bytes()).collect();
-                let b: Vec<&[u8]> = b.components.iter().map(|c| c.as_bytes()).collect();
-                a.cmp(&b)
-            });
+            let mut ancestors = vec![(meta.dev(), meta.ino())];
+            collect_dir(path, &mut Vec::new(), &mut ancestors, &mut files)?;
+            // By the whole path as bytes, '/' between components, as mktorrent (strcmp) and
+            // transmission-create order them: `a b`, `a-b/y`, `a.txt`, `a/x`, `ab`. By
+            // components `a/x` came first, and the info-hash differed from theirs.
+            files.sort_by_cached_key(|f| f.components.join("/").into_bytes());
             files
         } else {
             vec![SourceFile {
@@ -233,9 +236,13 @@ pub fn create_from(content: &Content, options: &CreateOptions) -> Result<Created
     Ok(Created { bytes, metainfo })
 }
 
+/// The files under `dir`, symlinks followed (as mktorrent and libtorrent do: the torrent holds
+/// what they point at); `ancestors` are the directories (device, inode) above, so a link back
+/// to one of them is an error instead of an endless walk.
 fn collect_dir(
     dir: &Path,
     prefix: &mut Vec<String>,
+    ancestors: &mut Vec<(u64, u64)>,
     out: &mut Vec<SourceFile>,
 ) -> Result<(), CreateError> {
     let io = |source| CreateError::Io {
@@ -249,14 +256,22 @@ fn collect_dir(
             .file_name()
             .into_string()
             .map_err(|_| CreateError::NonUtf8Name(path.clone()))?;
-        // file_type() does not follow symlinks: links and special files are left out.
-        let kind = entry.file_type().map_err(io)?;
-        if kind.is_dir() {
+        let meta = std::fs::metadata(&path).map_err(|source| CreateError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            let id = (meta.dev(), meta.ino());
+            if ancestors.contains(&id) {
+                return Err(CreateError::Loop(path));
+            }
+            ancestors.push(id);
             prefix.push(name);
-            collect_dir(&path, prefix, out)?;
+            collect_dir(&path, prefix, ancestors, out)?;
             prefix.pop();
-        } else if kind.is_file() {
-            let length = entry.metadata().map_err(io)?.len();
+            ancestors.pop();
+        } else if meta.is_file() {
+            let length = meta.len();
             let mut components = prefix.clone();
             components.push(name);
             out.push(SourceFile {
