@@ -178,13 +178,16 @@ impl Announcer {
 
     /// One BEP 12 round: tiers in order, trackers within a tier in order; the first that
     /// answers is moved to the front of its tier and its answer returned. `stopping` sends
-    /// `stopped` (only to trackers that saw our `started`).
+    /// `stopped` to every tracker that saw our `started` (as libtorrent does: after a
+    /// fail-over, the trackers before it would list us until they time us out), and returns
+    /// the first answer.
     pub async fn announce(
         &mut self,
         progress: Progress,
         stopping: bool,
     ) -> Result<Announced, Error> {
         let mut last_err: Option<Error> = None;
+        let mut stopped: Option<Announced> = None;
         for ti in 0..self.tiers.tiers.len() {
             for i in 0..self.tiers.tiers[ti].len() {
                 let tr = &self.tiers.tiers[ti][i];
@@ -214,6 +217,11 @@ impl Announcer {
                 };
                 let url = tr.url.clone();
                 match self.client.announce(&url, &req).await {
+                    Ok(response) if stopping => {
+                        tracing::debug!(tracker = %url, "announced stopped");
+                        self.tiers.tiers[ti][i].started = false;
+                        stopped.get_or_insert(Announced { url, response });
+                    }
                     Ok(response) => {
                         if let Some(w) = &response.warning {
                             tracing::warn!(tracker = %url, "tracker warning: {w}");
@@ -239,6 +247,9 @@ impl Announcer {
                     }
                 }
             }
+        }
+        if let Some(answer) = stopped {
+            return Ok(answer);
         }
         Err(Error::AllFailed(Box::new(last_err.unwrap_or(
             Error::Malformed("no tracker to announce to".into()),

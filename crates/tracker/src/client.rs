@@ -7,6 +7,9 @@ use crate::{AnnounceRequest, AnnounceResponse, Error, InfoHash, Result, ScrapeSt
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// Redirects an HTTP announce or scrape follows (libtorrent's and curl's default is 5).
+pub const MAX_REDIRECTS: usize = 5;
+
 /// Limits for talking to trackers. The defaults are for the real world; tests shrink them.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -61,7 +64,7 @@ impl Client {
                 path_and_query,
             } => {
                 let path = with_query(&path_and_query, &announce_query(req));
-                let resp = http::get(tls, &host, port, &path, &self.config).await?;
+                let resp = self.get_following_redirects(tls, host, port, path).await?;
                 check_status(resp.status, &resp.body)?;
                 parse_announce(&resp.body)
             }
@@ -90,7 +93,7 @@ impl Client {
                     return Err(Error::NoScrape);
                 };
                 let path = with_query(&path_and_query, &scrape_query(hashes));
-                let resp = http::get(tls, &host, port, &path, &self.config).await?;
+                let resp = self.get_following_redirects(tls, host, port, path).await?;
                 check_status(resp.status, &resp.body)?;
                 parse_scrape(&resp.body)
             }
@@ -98,6 +101,48 @@ impl Client {
                 udp::scrape(&host, port, hashes, &self.config, &self.udp_ids).await
             }
         }
+    }
+
+    /// A GET that follows up to [`MAX_REDIRECTS`] redirects, as libtorrent, Transmission and
+    /// aria2 do (a tracker moved to another host or to https answers 301 with its new URL,
+    /// the query included). Never from https to plain http.
+    async fn get_following_redirects(
+        &self,
+        mut tls: bool,
+        mut host: String,
+        mut port: u16,
+        mut path: String,
+    ) -> Result<http::HttpResponse> {
+        for _ in 0..=MAX_REDIRECTS {
+            let resp = http::get(tls, &host, port, &path, &self.config).await?;
+            let (true, Some(location)) = (
+                matches!(resp.status, 301 | 302 | 303 | 307 | 308),
+                resp.location.as_deref(),
+            ) else {
+                return Ok(resp);
+            };
+            if location.starts_with('/') {
+                path = location.to_string();
+                continue;
+            }
+            match TrackerUrl::parse(location) {
+                Ok(TrackerUrl::Http {
+                    tls: to_tls,
+                    host: to_host,
+                    port: to_port,
+                    path_and_query,
+                }) if to_tls || !tls => {
+                    (tls, host, port, path) = (to_tls, to_host, to_port, path_and_query);
+                }
+                _ => {
+                    return Err(Error::Http(format!(
+                        "redirected ({}) to {location:?}, which is not followed",
+                        resp.status
+                    )))
+                }
+            }
+        }
+        Err(Error::Http(format!("more than {MAX_REDIRECTS} redirects")))
     }
 
     /// Whether a UDP connection id for this tracker is cached (ids are reused for 60 s).

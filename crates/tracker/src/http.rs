@@ -105,6 +105,8 @@ async fn connect(host: &str, port: u16, cfg: &ClientConfig) -> Result<TcpStream>
 pub(crate) struct HttpResponse {
     pub status: u16,
     pub body: Vec<u8>,
+    /// The `Location` header (where a redirect points).
+    pub location: Option<String>,
 }
 
 /// One `GET` with `Connection: close`, over TLS with `tls`. The whole exchange after
@@ -211,6 +213,7 @@ pub(crate) async fn read_response<R: tokio::io::AsyncRead + Unpin>(
         .ok_or_else(|| Error::Http("bad status code".into()))?;
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
+    let mut location = None;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
@@ -226,6 +229,8 @@ pub(crate) async fn read_response<R: tokio::io::AsyncRead + Unpin>(
             content_length = Some(len as usize);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = value.to_ascii_lowercase().contains("chunked");
+        } else if name.eq_ignore_ascii_case("location") {
+            location = Some(value.to_string());
         }
     }
     let mut body = buf.split_off(head_end);
@@ -270,7 +275,11 @@ pub(crate) async fn read_response<R: tokio::io::AsyncRead + Unpin>(
     if chunked {
         body = dechunk(&body, max_body)?;
     }
-    Ok(HttpResponse { status, body })
+    Ok(HttpResponse {
+        status,
+        body,
+        location,
+    })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

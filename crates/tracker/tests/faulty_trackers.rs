@@ -361,6 +361,100 @@ async fn multitracker_falls_through_tiers_and_promotes_the_working_url() {
     assert_eq!(server.scrape(&[3; 20]).incomplete, 0);
 }
 
+/// A small real HTTP server that answers every request with a redirect: to `target` (a base
+/// URL, the request's path and query appended), or to itself when `target` is None.
+async fn redirector(status: u16, target: Option<String>) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    let target = target.unwrap_or_else(|| base.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                let reply = format!(
+                    "HTTP/1.1 {status} Moved\r\nLocation: {target}{path}\r\nContent-Length: 0\r\n\
+                     Connection: close\r\n\r\n"
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    format!("{base}/announce")
+}
+
+/// A tracker that moved answers 301 or 307 with its new URL: the announce and the scrape
+/// follow it (as libtorrent, Transmission and aria2 do); a redirect loop is an error after 5.
+/// Redirects were an error ("status 301"), so a moved tracker was never used again.
+#[tokio::test]
+async fn redirects_are_followed_up_to_five() {
+    let server = TrackerServer::start("127.0.0.1:0".parse().unwrap(), ServerConfig::default())
+        .await
+        .unwrap();
+    let client = Client::new(cfg());
+    for status in [301, 307] {
+        let moved = redirector(status, Some(format!("http://{}", server.local_addr()))).await;
+        let mut r = req();
+        r.info_hash = [status as u8; 20];
+        client.announce(&moved, &r).await.unwrap();
+        assert_eq!(server.scrape(&[status as u8; 20]).incomplete, 1, "{status}");
+        let scraped = client.scrape(&moved, &[[status as u8; 20]]).await.unwrap();
+        assert_eq!(scraped[&[status as u8; 20]].incomplete, 1);
+    }
+    let looping = redirector(302, None).await;
+    match client.announce(&looping, &req()).await {
+        Err(Error::Http(why)) => assert!(why.contains("more than 5 redirects"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `stopped` goes to every tracker that saw `started`, not only the first that answers: after
+/// tier 0's tracker was down for a round (tier 1's got `started`) and came back (it got
+/// `started` too), both hear `stopped`. Tier 1's kept listing us until it timed us out.
+#[tokio::test]
+async fn stopped_reaches_every_tracker_that_saw_started() {
+    let first = TrackerServer::start("127.0.0.1:0".parse().unwrap(), ServerConfig::default())
+        .await
+        .unwrap();
+    let first_addr = first.local_addr();
+    let first_url = first.http_announce_url();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = TrackerServer::start("127.0.0.1:0".parse().unwrap(), ServerConfig::default())
+        .await
+        .unwrap();
+    let mut rng = rand::rng();
+    let tiers = Tiers::new(
+        vec![vec![first_url.clone()], vec![second.http_announce_url()]],
+        &mut rng,
+    );
+    let mut a = Announcer::new(Arc::new(Client::new(cfg())), tiers, [5; 20], [6; 20], 7002);
+    let p = Progress {
+        left: 10,
+        ..Progress::default()
+    };
+    let r = a.announce(p, false).await.unwrap();
+    assert_eq!(
+        r.url,
+        second.http_announce_url(),
+        "the first tracker is down"
+    );
+    let first = TrackerServer::start(first_addr, ServerConfig::default())
+        .await
+        .unwrap();
+    let r = a.announce(p, false).await.unwrap();
+    assert_eq!(r.url, first_url, "back, it gets started");
+    assert_eq!(first.scrape(&[5; 20]).incomplete, 1);
+    assert_eq!(second.scrape(&[5; 20]).incomplete, 1);
+    a.announce(p, true).await.unwrap();
+    assert_eq!(first.scrape(&[5; 20]).incomplete, 0);
+    assert_eq!(second.scrape(&[5; 20]).incomplete, 0, "never told stopped");
+}
+
 #[tokio::test]
 async fn announce_loop_events_and_intervals_against_the_test_server() {
     let server = TrackerServer::start(
