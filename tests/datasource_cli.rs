@@ -141,6 +141,12 @@ fn init_creates_layout_and_other_commands_need_it() {
     // A second init refuses.
     let err = fails(&dir, &["init"]);
     assert!(err.contains("already exists"), "{err}");
+    // An init killed after the store and before pow.toml (written last, whole or not at all)
+    // left a .pow that init refused ("already exists") and every other command did not know
+    // ("no .pow directory"): init takes it up again.
+    std::fs::remove_file(dir.join("pow.toml")).unwrap();
+    ok(&dir, &["init"]);
+    ok(&dir, &["source", "list"]);
 
     // `pow init` with no flag creates ./.pow; POW_DIR is honoured.
     let cwd = tmp.path().join("cwd");

@@ -42,12 +42,11 @@ impl Config {
         toml::from_str(&text).map_err(|source| Error::Config { path, source })
     }
 
-    /// Writes `pow.toml` into a `.pow` directory.
+    /// Writes `pow.toml` into a `.pow` directory, whole or not at all (temp file, rename).
     pub fn write(&self, pow_dir: &Path) -> Result<()> {
-        let path = pow_dir.join(CONFIG_FILE);
         let body = toml::to_string(self).expect("config serialises");
         let text = format!("# pow project configuration (see `pow init`).\n{body}");
-        std::fs::write(&path, text).map_err(Error::io(&path))
+        crate::loader::write_atomically(pow_dir, CONFIG_FILE, text.as_bytes())
     }
 }
 

@@ -68,7 +68,9 @@ pub enum QueryOutput {
 impl PowDir {
     /// Creates a `.pow` directory: `pow.toml`, the store (with the schema graph) and `graphs/`.
     pub fn init(dir: &Path) -> Result<PowDir> {
-        if dir.join(CONFIG_FILE).exists() || dir.join(STORE_DIR).exists() {
+        // `pow.toml`, written last, says it is initialised: a store without it is what an
+        // init killed midway left, and is taken up again (the schema quads are a set).
+        if dir.join(CONFIG_FILE).exists() {
             return Err(Error::AlreadyInitialised(dir.to_path_buf()));
         }
         let config = Config::default();
