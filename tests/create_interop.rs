@@ -262,7 +262,8 @@ fn cli_exit_codes_and_errors() {
 }
 
 /// `pow torrent create` never writes over a file unless given --force (and never over the
-/// file it shares), checks that before hashing, and names a torrent of `.` after the directory.
+/// file it shares, nor into the directory it shares), checks that before hashing, and names a
+/// torrent of `.` after the directory.
 /// `pow publish --piece-length` takes only what `torrent create` takes.
 #[test]
 fn torrent_create_keeps_existing_files_and_names_the_current_directory() {
@@ -282,14 +283,19 @@ fn torrent_create_keeps_existing_files_and_names_the_current_directory() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    // Not into the shared directory: its next torrent would hash this one.
     let (code, stderr) = run(&data, &["."]);
+    println!("`create .` into the shared directory: {code:?} {stderr}");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("inside"), "{stderr}");
+    let (code, stderr) = run(&data, &[".", "-o", "../worm-slices.torrent"]);
     assert_eq!(code, Some(0), "{stderr}");
-    let made = data.join("worm-slices.torrent");
+    let made = work.path().join("worm-slices.torrent");
     assert_eq!(pow_show(&made)["name"], "worm-slices");
     let before = std::fs::read(&made).unwrap();
     let (code, stderr) = run(
         work.path(),
-        &["worm-slices/a.csv", "-o", "worm-slices/worm-slices.torrent"],
+        &["worm-slices/a.csv", "-o", "worm-slices.torrent"],
     );
     println!("over an existing file: {code:?} {stderr}");
     assert_eq!(code, Some(1));
@@ -308,12 +314,7 @@ fn torrent_create_keeps_existing_files_and_names_the_current_directory() {
     assert_eq!(std::fs::read(data.join("a.csv")).unwrap(), b"1,2,3\n");
     let (code, stderr) = run(
         work.path(),
-        &[
-            "worm-slices/a.csv",
-            "-o",
-            "worm-slices/worm-slices.torrent",
-            "--force",
-        ],
+        &["worm-slices/a.csv", "-o", "worm-slices.torrent", "--force"],
     );
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(pow_show(&made)["name"], "a.csv");
@@ -427,8 +428,9 @@ fn thousands_of_files_under_a_low_soft_limit_of_open_files() {
 }
 
 /// Names that share a prefix with a directory (`a.txt` and `a/x`: '.' sorts below '/') and
-/// symlinks to a file and a directory: pow's torrent has mktorrent's info-hash and
-/// transmission-create's file order (both order by the whole path as bytes and follow links).
+/// symlinks to a file out of the tree and to a directory in it: pow's torrent has mktorrent's
+/// info-hash and transmission-create's file order (both order by the whole path as bytes and
+/// follow links).
 /// pow ordered by components (`a/x` first) and left links out, so the hashes differed.
 #[test]
 fn prefixed_names_and_symlinks_as_mktorrent_and_transmission_create_have_them() {
@@ -450,7 +452,7 @@ fn prefixed_names_and_symlinks_as_mktorrent_and_transmission_create_have_them() 
         std::fs::write(work.path().join(path), text).unwrap();
     }
     std::os::unix::fs::symlink("../other/f", set.join("link-f")).unwrap();
-    std::os::unix::fs::symlink("../other/d", set.join("link-d")).unwrap();
+    std::os::unix::fs::symlink("a-b", set.join("link-d")).unwrap();
     let run = |program: &str, args: &[&str]| {
         let out = Command::new(program)
             .current_dir(work.path())
@@ -468,6 +470,8 @@ fn prefixed_names_and_symlinks_as_mktorrent_and_transmission_create_have_them() 
         "transmission-create",
         &["-s", "32", "-o", "tr.torrent", "set"],
     );
+    // A link to nothing (an editor's lock file; mktorrent stops at it) is left out.
+    std::os::unix::fs::symlink("someone@host.1234", set.join(".#ab")).unwrap();
     let pow_bin = common::pow_bin();
     run(
         pow_bin.to_str().unwrap(),
@@ -499,7 +503,22 @@ fn prefixed_names_and_symlinks_as_mktorrent_and_transmission_create_have_them() 
     );
     assert_eq!(ours["info_hash"], mk["info_hash"]);
     assert_eq!(paths(&ours), paths(&tr));
-    assert_eq!(paths(&ours).len(), 7);
+    assert_eq!(paths(&ours).len(), 7, "the dangling link is left out");
+    // A directory link out of the shared one: pow could not seed from it, so an error.
+    std::fs::remove_file(set.join("link-d")).unwrap();
+    std::os::unix::fs::symlink("../other/d", set.join("link-d")).unwrap();
+    let out = common::pow()
+        .current_dir(work.path())
+        .args(["torrent", "create", "set", "-o", "out.torrent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("set/link-d: a symlink to a directory outside"),
+        "{stderr}"
+    );
+    std::fs::remove_file(set.join("link-d")).unwrap();
     // A link back up the tree is an error that names it, not an endless walk.
     std::os::unix::fs::symlink("..", set.join("a").join("up")).unwrap();
     let out = common::pow()

@@ -129,7 +129,16 @@ fn create_cmd(args: CreateArgs) -> CmdResult {
         Some(output) => output,
         None => PathBuf::from(format!("{}.torrent", content_name(&args.path)?)),
     };
-    // Before hashing, which can take minutes: not over a file unless told, never over the input.
+    // Before hashing, which can take minutes: not over a file unless told, never over the input,
+    // never inside a shared directory (its next torrent would hash this one).
+    if args.path.is_dir() && inside(&output, &args.path) {
+        return Err(format!(
+            "{} is inside {}, the directory shared: write the torrent elsewhere (-o)",
+            output.display(),
+            args.path.display()
+        )
+        .into());
+    }
     if output.exists() {
         let same = |a: &Path, b: &Path| matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(a), Ok(b)) if a == b);
         if same(&output, &args.path) {
@@ -158,6 +167,33 @@ fn create_cmd(args: CreateArgs) -> CmdResult {
         );
     }
     Ok(())
+}
+
+/// Whether `path` (which may not exist yet) lies under directory `dir`, both by real paths.
+fn inside(path: &Path, dir: &Path) -> bool {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return false;
+    };
+    let Ok(path) = std::path::absolute(path) else {
+        return false;
+    };
+    // The nearest part of the path that exists, resolved; the rest appended.
+    let mut existing = path.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return false,
+        }
+    }
+    let Ok(mut real) = std::fs::canonicalize(existing) else {
+        return false;
+    };
+    real.extend(rest.iter().rev());
+    real.starts_with(&dir)
 }
 
 /// The name a torrent of `path` gets (its last component, also for `.` and `..`).

@@ -288,9 +288,12 @@ async fn exchange(
             // A later handshake (a pow leecher sends one when it completes) may move the id;
             // the dictionary and what was asked stay.
             let hs = ExtHandshake::decode(&body).map_err(|e| fail(&e.to_string()))?;
-            their_id = hs
-                .ut_metadata
-                .ok_or_else(|| fail("does not serve metadata (no ut_metadata)"))?;
+            // A later handshake lists changes only (BEP 10): without ut_metadata, it stays.
+            their_id = match (hs.ut_metadata, pieces.is_empty()) {
+                (Some(id), _) => id,
+                (None, false) => their_id,
+                (None, true) => return Err(fail("does not serve metadata (no ut_metadata)")),
+            };
             if pieces.is_empty() {
                 size = hs
                     .metadata_size

@@ -2,8 +2,9 @@
 //!
 //! Files of a directory are ordered by their whole path as bytes, '/' between components (the
 //! order mktorrent and transmission-create give, so the info-hash is theirs), empty files
-//! included, symlinks followed (as they do; a loop is an error), special files (FIFOs, sockets,
-//! devices) skipped. Piece hashes are computed by one thread per core, each reading its own
+//! included, symlinks followed (as they do; a loop, or a directory link out of the shared
+//! directory, which pow's storage would not seed from, is an error; a dangling link is
+//! skipped), special files (FIFOs, sockets, devices) skipped. Piece hashes are computed by one thread per core, each reading its own
 //! contiguous run of pieces with positioned reads, so nothing is buffered beyond one piece per thread.
 
 use crate::{Geometry, Metainfo, MetainfoError, PieceIndex};
@@ -48,6 +49,12 @@ pub enum CreateError {
     NoName(PathBuf),
     #[error("{}: a symlink to a directory it is in (a loop)", .0.display())]
     Loop(PathBuf),
+    #[error(
+        "{}: a symlink to a directory outside the one shared (pow seeds only files under it; \
+         copy or move that directory in)",
+        .0.display()
+    )]
+    OutsideTree(PathBuf),
     #[error("{}: changed while it was being hashed", .0.display())]
     Changed(PathBuf),
     #[error("invalid torrent: {0}")]
@@ -119,7 +126,14 @@ impl Content {
         let files = if meta.is_dir() {
             let mut files = Vec::new();
             let mut ancestors = vec![(meta.dev(), meta.ino())];
-            collect_dir(path, &mut Vec::new(), &mut ancestors, &mut files)?;
+            let root = std::fs::canonicalize(path).map_err(io)?;
+            let mut walk = Walk {
+                root: &root,
+                prefix: Vec::new(),
+                ancestors: &mut ancestors,
+                out: &mut files,
+            };
+            walk.dir(path)?;
             // By the whole path as bytes, '/' between components, as mktorrent (strcmp) and
             // transmission-create order them: `a b`, `a-b/y`, `a.txt`, `a/x`, `ab`. By
             // components `a/x` came first, and the info-hash differed from theirs.
@@ -236,52 +250,70 @@ pub fn create_from(content: &Content, options: &CreateOptions) -> Result<Created
     Ok(Created { bytes, metainfo })
 }
 
-/// The files under `dir`, symlinks followed (as mktorrent and libtorrent do: the torrent holds
-/// what they point at); `ancestors` are the directories (device, inode) above, so a link back
-/// to one of them is an error instead of an endless walk.
-fn collect_dir(
-    dir: &Path,
-    prefix: &mut Vec<String>,
-    ancestors: &mut Vec<(u64, u64)>,
-    out: &mut Vec<SourceFile>,
-) -> Result<(), CreateError> {
-    let io = |source| CreateError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
-        let path = entry.path();
-        let name = entry
-            .file_name()
-            .into_string()
-            .map_err(|_| CreateError::NonUtf8Name(path.clone()))?;
-        let meta = std::fs::metadata(&path).map_err(|source| CreateError::Io {
-            path: path.clone(),
+/// The walk of a shared directory: symlinks followed (as mktorrent and libtorrent do: the
+/// torrent holds what they point at), a directory link only within the tree (pow seeds a
+/// torrent's files only under its directory, its real path checked), dangling links skipped.
+struct Walk<'a> {
+    /// The shared directory, its real path.
+    root: &'a Path,
+    prefix: Vec<String>,
+    /// The directories (device, inode) above: a link back to one is an error, not an endless
+    /// walk.
+    ancestors: &'a mut Vec<(u64, u64)>,
+    out: &'a mut Vec<SourceFile>,
+}
+
+impl Walk<'_> {
+    fn dir(&mut self, dir: &Path) -> Result<(), CreateError> {
+        let io = |source| CreateError::Io {
+            path: dir.to_path_buf(),
             source,
-        })?;
-        if meta.is_dir() {
-            let id = (meta.dev(), meta.ino());
-            if ancestors.contains(&id) {
-                return Err(CreateError::Loop(path));
+        };
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let path = entry.path();
+            let name = entry
+                .file_name()
+                .into_string()
+                .map_err(|_| CreateError::NonUtf8Name(path.clone()))?;
+            let link = entry.file_type().map_err(io)?.is_symlink();
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                // A link to nothing (an editor's lock file `.#x`): there is nothing to share.
+                Err(_) if link => continue,
+                Err(source) => return Err(CreateError::Io { path, source }),
+            };
+            if meta.is_dir() {
+                let id = (meta.dev(), meta.ino());
+                if self.ancestors.contains(&id) {
+                    return Err(CreateError::Loop(path));
+                }
+                if link {
+                    let real = std::fs::canonicalize(&path).map_err(|source| CreateError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    if !real.starts_with(self.root) {
+                        return Err(CreateError::OutsideTree(path));
+                    }
+                }
+                self.ancestors.push(id);
+                self.prefix.push(name);
+                self.dir(&path)?;
+                self.prefix.pop();
+                self.ancestors.pop();
+            } else if meta.is_file() {
+                let mut components = self.prefix.clone();
+                components.push(name);
+                self.out.push(SourceFile {
+                    components,
+                    disk_path: path,
+                    length: meta.len(),
+                });
             }
-            ancestors.push(id);
-            prefix.push(name);
-            collect_dir(&path, prefix, ancestors, out)?;
-            prefix.pop();
-            ancestors.pop();
-        } else if meta.is_file() {
-            let length = meta.len();
-            let mut components = prefix.clone();
-            components.push(name);
-            out.push(SourceFile {
-                components,
-                disk_path: path,
-                length,
-            });
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// SHA-1 of every piece, concatenated. Each thread takes a contiguous run of pieces.

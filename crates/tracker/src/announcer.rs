@@ -179,24 +179,21 @@ impl Announcer {
     /// One BEP 12 round: tiers in order, trackers within a tier in order; the first that
     /// answers is moved to the front of its tier and its answer returned. `stopping` sends
     /// `stopped` to every tracker that saw our `started` (as libtorrent does: after a
-    /// fail-over, the trackers before it would list us until they time us out), and returns
-    /// the first answer.
+    /// fail-over, the trackers before it would list us until they time us out), all at once
+    /// (a dead one must not use up the stop's time), and returns the first answer.
     pub async fn announce(
         &mut self,
         progress: Progress,
         stopping: bool,
     ) -> Result<Announced, Error> {
+        if stopping {
+            return self.announce_stopped(progress).await;
+        }
         let mut last_err: Option<Error> = None;
-        let mut stopped: Option<Announced> = None;
         for ti in 0..self.tiers.tiers.len() {
             for i in 0..self.tiers.tiers[ti].len() {
                 let tr = &self.tiers.tiers[ti][i];
-                let event = if stopping {
-                    if !tr.started {
-                        continue;
-                    }
-                    Event::Stopped
-                } else if !tr.started {
+                let event = if !tr.started {
                     Event::Started
                 } else if self.completed_pending {
                     Event::Completed
@@ -211,17 +208,12 @@ impl Announcer {
                     downloaded: progress.downloaded,
                     left: progress.left,
                     event,
-                    numwant: if stopping { Some(0) } else { self.numwant },
+                    numwant: self.numwant,
                     key: self.key,
                     tracker_id: tr.tracker_id.clone(),
                 };
                 let url = tr.url.clone();
                 match self.client.announce(&url, &req).await {
-                    Ok(response) if stopping => {
-                        tracing::debug!(tracker = %url, "announced stopped");
-                        self.tiers.tiers[ti][i].started = false;
-                        stopped.get_or_insert(Announced { url, response });
-                    }
                     Ok(response) => {
                         if let Some(w) = &response.warning {
                             tracing::warn!(tracker = %url, "tracker warning: {w}");
@@ -248,12 +240,62 @@ impl Announcer {
                 }
             }
         }
-        if let Some(answer) = stopped {
-            return Ok(answer);
-        }
         Err(Error::AllFailed(Box::new(last_err.unwrap_or(
             Error::Malformed("no tracker to announce to".into()),
         ))))
+    }
+}
+
+impl Announcer {
+    /// `stopped`, at once, to every tracker that saw `started`; the first answer in tier order.
+    async fn announce_stopped(&mut self, progress: Progress) -> Result<Announced, Error> {
+        let mut asked = tokio::task::JoinSet::new();
+        for (ti, tier) in self.tiers.tiers.iter().enumerate() {
+            for (i, tr) in tier.iter().enumerate().filter(|(_, tr)| tr.started) {
+                let req = AnnounceRequest {
+                    info_hash: self.info_hash,
+                    peer_id: self.peer_id,
+                    port: self.port,
+                    uploaded: progress.uploaded,
+                    downloaded: progress.downloaded,
+                    left: progress.left,
+                    event: Event::Stopped,
+                    numwant: Some(0),
+                    key: self.key,
+                    tracker_id: tr.tracker_id.clone(),
+                };
+                let (client, url) = (self.client.clone(), tr.url.clone());
+                asked.spawn(async move {
+                    let answer = client.announce(&url, &req).await;
+                    ((ti, i), url, answer)
+                });
+            }
+        }
+        let mut answers = Vec::new();
+        let mut last_err = None;
+        while let Some(done) = asked.join_next().await {
+            let Ok((at, url, answer)) = done else {
+                continue;
+            };
+            match answer {
+                Ok(response) => {
+                    tracing::debug!(tracker = %url, "announced stopped");
+                    self.tiers.tiers[at.0][at.1].started = false;
+                    answers.push((at, Announced { url, response }));
+                }
+                Err(e) => {
+                    tracing::info!(tracker = %url, "announcing stopped failed: {e}");
+                    last_err = Some(e);
+                }
+            }
+        }
+        answers.sort_by_key(|(at, _)| *at);
+        match answers.into_iter().next() {
+            Some((_, answer)) => Ok(answer),
+            None => Err(Error::AllFailed(Box::new(
+                last_err.unwrap_or(Error::Malformed("no tracker saw started".into())),
+            ))),
+        }
     }
 }
 

@@ -23,6 +23,8 @@ pub struct ClientConfig {
     pub udp_base_timeout: Duration,
     /// Retransmissions after the first UDP attempt (8 in the BEP: about an hour in all).
     pub udp_max_retries: u32,
+    /// How long a UDP connection id is used (BEP 15: one minute); tests shrink it.
+    pub udp_connection_lifetime: Duration,
     pub user_agent: String,
 }
 
@@ -34,6 +36,7 @@ impl Default for ClientConfig {
             max_response_bytes: 1024 * 1024,
             udp_base_timeout: Duration::from_secs(15),
             udp_max_retries: 2,
+            udp_connection_lifetime: crate::udp::CONNECTION_ID_LIFETIME,
             user_agent: concat!("pow/", env!("CARGO_PKG_VERSION")).to_string(),
         }
     }
@@ -121,11 +124,21 @@ impl Client {
             ) else {
                 return Ok(resp);
             };
-            if location.starts_with('/') {
-                path = location.to_string();
-                continue;
+            if location.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err(Error::Http(format!(
+                    "redirected to {location:?}, which is not a URL"
+                )));
             }
-            match TrackerUrl::parse(location) {
+            // `//host/path` keeps the scheme; `/path` the scheme and the host.
+            let location = match location {
+                l if l.starts_with("//") => format!("{}:{l}", if tls { "https" } else { "http" }),
+                l if l.starts_with('/') => {
+                    path = l.to_string();
+                    continue;
+                }
+                l => l.to_string(),
+            };
+            match TrackerUrl::parse(&location) {
                 Ok(TrackerUrl::Http {
                     tls: to_tls,
                     host: to_host,
@@ -151,7 +164,10 @@ impl Client {
             return false;
         };
         let found = match tokio::net::lookup_host((host.as_str(), port)).await {
-            Ok(mut addrs) => addrs.next().is_some_and(|a| self.udp_ids.contains(a)),
+            Ok(mut addrs) => addrs.next().is_some_and(|a| {
+                self.udp_ids
+                    .contains(a, self.config.udp_connection_lifetime)
+            }),
             Err(_) => false,
         };
         found

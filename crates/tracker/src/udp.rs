@@ -20,7 +20,7 @@ pub(crate) const CONNECTION_ID_LIFETIME: Duration = Duration::from_secs(60);
 /// At most this many info-hashes fit in one scrape request.
 pub const MAX_SCRAPE_HASHES: usize = 74;
 
-/// Connection ids per tracker address, reused for [`CONNECTION_ID_LIFETIME`]. A tracker may
+/// Connection ids per tracker address, reused for [`ClientConfig::udp_connection_lifetime`]. A tracker may
 /// bind the id to our address and port, so the id is kept together with the socket it was
 /// obtained on; a request takes both out exclusively and puts them back after a success
 /// (concurrent requests to one tracker simply connect on their own socket).
@@ -36,21 +36,19 @@ struct Cached {
 }
 
 impl ConnectionCache {
-    fn take(&self, addr: SocketAddr) -> Option<Cached> {
+    fn take(&self, addr: SocketAddr, lifetime: Duration) -> Option<Cached> {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        ids.remove(&addr)
-            .filter(|c| c.at.elapsed() < CONNECTION_ID_LIFETIME)
+        ids.remove(&addr).filter(|c| c.at.elapsed() < lifetime)
     }
-    fn put(&self, addr: SocketAddr, c: Cached) {
+    fn put(&self, addr: SocketAddr, c: Cached, lifetime: Duration) {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        ids.retain(|_, c| c.at.elapsed() < CONNECTION_ID_LIFETIME);
+        ids.retain(|_, c| c.at.elapsed() < lifetime);
         ids.insert(addr, c);
     }
     /// Whether a fresh connection id for this tracker is cached.
-    pub(crate) fn contains(&self, addr: SocketAddr) -> bool {
+    pub(crate) fn contains(&self, addr: SocketAddr, lifetime: Duration) -> bool {
         let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        ids.get(&addr)
-            .is_some_and(|c| c.at.elapsed() < CONNECTION_ID_LIFETIME)
+        ids.get(&addr).is_some_and(|c| c.at.elapsed() < lifetime)
     }
 }
 
@@ -76,9 +74,19 @@ impl Session<'_> {
     /// BEP 15 schedule: timeout `base * 2^n` for attempt n, `udp_max_retries` retransmissions.
     /// Replies from other addresses or with another transaction id are ignored.
     async fn exchange(&self, build: &(dyn Fn(u32) -> Vec<u8> + Sync)) -> Result<Vec<u8>> {
+        self.exchange_attempts(0..=self.cfg.udp_max_retries, build)
+            .await
+    }
+
+    /// [`Session::exchange`]'s attempts `attempts` only (their timeouts as in the schedule).
+    async fn exchange_attempts(
+        &self,
+        attempts: std::ops::RangeInclusive<u32>,
+        build: &(dyn Fn(u32) -> Vec<u8> + Sync),
+    ) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut waited = Duration::ZERO;
-        for attempt in 0..=self.cfg.udp_max_retries {
+        for attempt in attempts {
             let tid: u32 = rand::random();
             let packet = build(tid);
             if let Err(e) = self.socket.send(&packet).await {
@@ -129,9 +137,28 @@ impl Session<'_> {
         Err(Error::Timeout(waited))
     }
 
+    /// A request that carries the connection id, on [`Session::exchange`]'s schedule, but
+    /// with the id obtained again before an attempt once it expired: retransmissions 15 and
+    /// 45 s later can outlive the minute an id is good for, and a tracker drops or refuses
+    /// an expired one (BEP 15: ask for a new id then).
+    async fn request(&mut self, build: &(dyn Fn(u64, u32) -> Vec<u8> + Sync)) -> Result<Vec<u8>> {
+        let mut waited = Duration::ZERO;
+        for attempt in 0..=self.cfg.udp_max_retries {
+            let conn = self.connection_id().await?;
+            match self
+                .exchange_attempts(attempt..=attempt, &|tid| build(conn, tid))
+                .await
+            {
+                Err(Error::Timeout(w)) => waited += w,
+                other => return other,
+            }
+        }
+        Err(Error::Timeout(waited))
+    }
+
     async fn connection_id(&mut self) -> Result<u64> {
         if let Some((id, at)) = self.conn {
-            if at.elapsed() < CONNECTION_ID_LIFETIME {
+            if at.elapsed() < self.cfg.udp_connection_lifetime {
                 return Ok(id);
             }
         }
@@ -162,7 +189,7 @@ async fn session<'a>(
         .map_err(|_| Error::Resolve(host.to_string()))?
         .next()
         .ok_or_else(|| Error::Resolve(host.to_string()))?;
-    if let Some(c) = cache.take(addr) {
+    if let Some(c) = cache.take(addr, cfg.udp_connection_lifetime) {
         return Ok(Session {
             socket: c.socket,
             addr,
@@ -197,6 +224,7 @@ impl Session<'_> {
                     at,
                     socket: self.socket,
                 },
+                self.cfg.udp_connection_lifetime,
             );
         }
     }
@@ -210,8 +238,7 @@ pub(crate) async fn announce(
     cache: &ConnectionCache,
 ) -> Result<AnnounceResponse> {
     let mut s = session(host, port, cfg, cache).await?;
-    let conn = s.connection_id().await?;
-    let build = |tid: u32| {
+    let build = |conn: u64, tid: u32| {
         let mut p = Vec::with_capacity(98);
         p.extend_from_slice(&conn.to_be_bytes());
         p.extend_from_slice(&ACTION_ANNOUNCE.to_be_bytes());
@@ -233,7 +260,7 @@ pub(crate) async fn announce(
         p
     };
     // on any error the session is dropped: a stale id is the usual cause of an error action
-    let reply = s.exchange(&build).await?;
+    let reply = s.request(&build).await?;
     let response = parse_announce_reply(&reply, s.addr.is_ipv4())?;
     s.keep(cache);
     Ok(response)
@@ -249,9 +276,8 @@ pub(crate) async fn scrape(
     let mut s = session(host, port, cfg, cache).await?;
     let mut out = HashMap::new();
     for group in hashes.chunks(MAX_SCRAPE_HASHES) {
-        let conn = s.connection_id().await?;
         let reply = s
-            .exchange(&|tid| {
+            .request(&|conn, tid| {
                 let mut p = Vec::with_capacity(16 + 20 * group.len());
                 p.extend_from_slice(&conn.to_be_bytes());
                 p.extend_from_slice(&ACTION_SCRAPE.to_be_bytes());

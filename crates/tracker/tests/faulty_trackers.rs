@@ -272,6 +272,67 @@ async fn udp_silent_garbage_wrong_transaction_and_error_action() {
     }
 }
 
+/// A UDP tracker whose connection ids expire after 400 ms (a real tracker's after 1-2 minutes,
+/// the client's after one) and that loses the first two announces: the second attempt comes
+/// 200 ms after the id was obtained, the third 600 ms after, so the client must connect again
+/// before it, as BEP 15 says.
+/// It sent the expired id, and the tracker's error ended the announce.
+#[tokio::test]
+async fn udp_retransmissions_connect_again_once_the_id_expired() {
+    let tracker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("udp://{}", tracker.local_addr().unwrap());
+    let connects = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    tokio::spawn({
+        let connects = connects.clone();
+        async move {
+            let mut issued: Vec<(u64, Instant)> = Vec::new();
+            let mut announces = 0;
+            let mut buf = [0u8; 256];
+            while let Ok((n, from)) = tracker.recv_from(&mut buf).await {
+                let (conn, action, tid) = (&buf[..8], &buf[8..12], &buf[12..16]);
+                let mut reply = Vec::new();
+                if action == [0, 0, 0, 0] {
+                    let id = 1000 + issued.len() as u64;
+                    issued.push((id, Instant::now()));
+                    connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    reply.extend_from_slice(&0u32.to_be_bytes());
+                    reply.extend_from_slice(tid);
+                    reply.extend_from_slice(&id.to_be_bytes());
+                } else if n >= 98 && action == [0, 0, 0, 1] {
+                    announces += 1;
+                    if announces <= 2 {
+                        continue; // lost
+                    }
+                    let id = u64::from_be_bytes(conn.try_into().unwrap());
+                    let fresh = issued
+                        .iter()
+                        .any(|&(i, at)| i == id && at.elapsed() < Duration::from_millis(400));
+                    if fresh {
+                        reply.extend_from_slice(&1u32.to_be_bytes());
+                        reply.extend_from_slice(tid);
+                        for field in [60u32, 0, 1] {
+                            reply.extend_from_slice(&field.to_be_bytes());
+                        }
+                    } else {
+                        reply.extend_from_slice(&3u32.to_be_bytes());
+                        reply.extend_from_slice(tid);
+                        reply.extend_from_slice(b"connection id expired");
+                    }
+                }
+                let _ = tracker.send_to(&reply, from).await;
+            }
+        }
+    });
+    let client = Client::new(ClientConfig {
+        udp_connection_lifetime: Duration::from_millis(400),
+        udp_base_timeout: Duration::from_millis(200),
+        ..cfg()
+    });
+    let answer = client.announce(&url, &req()).await.unwrap();
+    assert_eq!(answer.interval, Some(60));
+    assert!(connects.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+}
+
 fn fast_timing() -> Timing {
     Timing {
         default_interval: Duration::from_secs(1),
@@ -387,8 +448,9 @@ async fn redirector(status: u16, target: Option<String>) -> String {
     format!("{base}/announce")
 }
 
-/// A tracker that moved answers 301 or 307 with its new URL: the announce and the scrape
-/// follow it (as libtorrent, Transmission and aria2 do); a redirect loop is an error after 5.
+/// A tracker that moved answers 301, 307 or 302 (`//host/...`) with its new URL: the announce
+/// and the scrape follow it (as libtorrent, Transmission and aria2 do); a redirect loop is an
+/// error after 5.
 /// Redirects were an error ("status 301"), so a moved tracker was never used again.
 #[tokio::test]
 async fn redirects_are_followed_up_to_five() {
@@ -396,8 +458,13 @@ async fn redirects_are_followed_up_to_five() {
         .await
         .unwrap();
     let client = Client::new(cfg());
-    for status in [301, 307] {
-        let moved = redirector(status, Some(format!("http://{}", server.local_addr()))).await;
+    let to = server.local_addr();
+    for (status, target) in [
+        (301, format!("http://{to}")),
+        (307, format!("http://{to}")),
+        (302, format!("//{to}")),
+    ] {
+        let moved = redirector(status, Some(target)).await;
         let mut r = req();
         r.info_hash = [status as u8; 20];
         client.announce(&moved, &r).await.unwrap();
@@ -443,9 +510,16 @@ async fn stopped_reaches_every_tracker_that_saw_started() {
         second.http_announce_url(),
         "the first tracker is down"
     );
-    let first = TrackerServer::start(first_addr, ServerConfig::default())
-        .await
-        .unwrap();
+    // Back on its port: the aborted tasks release it as the runtime drops them.
+    let first = loop {
+        match TrackerServer::start(first_addr, ServerConfig::default()).await {
+            Ok(server) => break server,
+            Err(e) => {
+                assert!(e.kind() == std::io::ErrorKind::AddrInUse, "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     let r = a.announce(p, false).await.unwrap();
     assert_eq!(r.url, first_url, "back, it gets started");
     assert_eq!(first.scrape(&[5; 20]).incomplete, 1);
