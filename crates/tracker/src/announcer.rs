@@ -200,18 +200,7 @@ impl Announcer {
                 } else {
                     Event::None
                 };
-                let req = AnnounceRequest {
-                    info_hash: self.info_hash,
-                    peer_id: self.peer_id,
-                    port: self.port,
-                    uploaded: progress.uploaded,
-                    downloaded: progress.downloaded,
-                    left: progress.left,
-                    event,
-                    numwant: self.numwant,
-                    key: self.key,
-                    tracker_id: tr.tracker_id.clone(),
-                };
+                let req = self.request(tr, progress, event);
                 let url = tr.url.clone();
                 match self.client.announce(&url, &req).await {
                     Ok(response) => {
@@ -247,23 +236,31 @@ impl Announcer {
 }
 
 impl Announcer {
+    /// The announce to `tr` with `event` (no peers asked for with `stopped`).
+    fn request(&self, tr: &Tracker, progress: Progress, event: Event) -> AnnounceRequest {
+        AnnounceRequest {
+            info_hash: self.info_hash,
+            peer_id: self.peer_id,
+            port: self.port,
+            uploaded: progress.uploaded,
+            downloaded: progress.downloaded,
+            left: progress.left,
+            event,
+            numwant: match event {
+                Event::Stopped => Some(0),
+                _ => self.numwant,
+            },
+            key: self.key,
+            tracker_id: tr.tracker_id.clone(),
+        }
+    }
+
     /// `stopped`, at once, to every tracker that saw `started`; the first answer in tier order.
     async fn announce_stopped(&mut self, progress: Progress) -> Result<Announced, Error> {
         let mut asked = tokio::task::JoinSet::new();
         for (ti, tier) in self.tiers.tiers.iter().enumerate() {
             for (i, tr) in tier.iter().enumerate().filter(|(_, tr)| tr.started) {
-                let req = AnnounceRequest {
-                    info_hash: self.info_hash,
-                    peer_id: self.peer_id,
-                    port: self.port,
-                    uploaded: progress.uploaded,
-                    downloaded: progress.downloaded,
-                    left: progress.left,
-                    event: Event::Stopped,
-                    numwant: Some(0),
-                    key: self.key,
-                    tracker_id: tr.tracker_id.clone(),
-                };
+                let req = self.request(tr, progress, Event::Stopped);
                 let (client, url) = (self.client.clone(), tr.url.clone());
                 asked.spawn(async move {
                     let answer = client.announce(&url, &req).await;
