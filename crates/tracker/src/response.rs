@@ -39,32 +39,22 @@ pub(crate) fn failure_reason(body: &[u8]) -> Option<String> {
         .map(lossy)
 }
 
-/// BEP 23 compact IPv4 peers: 6 bytes each (address, port big-endian).
-pub fn parse_compact_v4(bytes: &[u8]) -> Result<Vec<SocketAddr>> {
-    if !bytes.chunks_exact(6).remainder().is_empty() {
-        return Err(malformed(format!(
-            "compact peers length {} is not a multiple of 6",
-            bytes.len()
-        )));
-    }
-    Ok(bytes
+/// BEP 23 compact IPv4 peers: 6 bytes each (address, port big-endian). A trailing partial
+/// entry is ignored, as libtorrent and Transmission do: one truncated address must not cost
+/// the whole list.
+pub fn parse_compact_v4(bytes: &[u8]) -> Vec<SocketAddr> {
+    bytes
         .chunks_exact(6)
         .map(|c| {
             let ip = Ipv4Addr::new(c[0], c[1], c[2], c[3]);
             SocketAddr::new(IpAddr::V4(ip), u16::from_be_bytes([c[4], c[5]]))
         })
-        .collect())
+        .collect()
 }
 
-/// BEP 7 compact IPv6 peers: 18 bytes each.
-pub fn parse_compact_v6(bytes: &[u8]) -> Result<Vec<SocketAddr>> {
-    if !bytes.chunks_exact(18).remainder().is_empty() {
-        return Err(malformed(format!(
-            "peers6 length {} is not a multiple of 18",
-            bytes.len()
-        )));
-    }
-    Ok(bytes
+/// BEP 7 compact IPv6 peers: 18 bytes each; a trailing partial entry is ignored.
+pub fn parse_compact_v6(bytes: &[u8]) -> Vec<SocketAddr> {
+    bytes
         .chunks_exact(18)
         .map(|c| {
             let mut a = [0u8; 16];
@@ -74,7 +64,26 @@ pub fn parse_compact_v6(bytes: &[u8]) -> Result<Vec<SocketAddr>> {
                 u16::from_be_bytes([c[16], c[17]]),
             )
         })
-        .collect())
+        .collect()
+}
+
+/// One entry of a non-compact `peers` list: `None` for a host name (legal but rare, and
+/// not dialled), an error for an entry without a string `ip` or a valid `port`.
+fn dict_peer(p: &Node) -> Result<Option<SocketAddr>> {
+    let ip = p
+        .get("ip")
+        .and_then(Node::as_str)
+        .ok_or_else(|| malformed("peer dict without a string \"ip\""))?;
+    let port = p
+        .get("port")
+        .and_then(Node::as_int)
+        .and_then(|i| u16::try_from(i).ok())
+        .ok_or_else(|| malformed("peer dict without a valid \"port\""))?;
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    Ok(ip
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, port)))
 }
 
 /// Parses an announce response body. A `failure reason` becomes [`Error::Failure`].
@@ -108,38 +117,32 @@ pub fn parse_announce(body: &[u8]) -> Result<AnnounceResponse> {
             .map(<[u8]>::to_vec),
         peers: Vec::new(),
     };
-    match root.get("peers") {
+    // Like libtorrent, a bad entry is skipped and only a list with no usable entry at all is
+    // an error: one broken peer must not cost the other peers of the answer.
+    match root.get("peers").map(|n| (n, n.as_bytes(), n.as_list())) {
         None => {}
-        Some(n) => match n.as_bytes() {
-            Some(b) => resp.peers = parse_compact_v4(b)?,
-            None => {
-                let list = n
-                    .as_list()
-                    .ok_or_else(|| malformed(format!("peers is a {}", n.type_name())))?;
-                for p in list {
-                    let ip = p
-                        .get("ip")
-                        .and_then(Node::as_str)
-                        .ok_or_else(|| malformed("peer dict without a string \"ip\""))?;
-                    let port = p
-                        .get("port")
-                        .and_then(Node::as_int)
-                        .and_then(|i| u16::try_from(i).ok())
-                        .ok_or_else(|| malformed("peer dict without a valid \"port\""))?;
-                    // Host names in peer lists are legal but rare; skip what is not an address.
-                    let ip = ip.trim_start_matches('[').trim_end_matches(']');
-                    if let Ok(ip) = ip.parse::<IpAddr>() {
-                        resp.peers.push(SocketAddr::new(ip, port));
+        Some((_, Some(compact), _)) => resp.peers = parse_compact_v4(compact),
+        Some((_, None, Some(list))) => {
+            let mut first_error = None;
+            for p in list {
+                match dict_peer(p) {
+                    Ok(addr) => resp.peers.extend(addr),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
                     }
                 }
             }
-        },
+            if let (true, Some(e)) = (resp.peers.is_empty(), first_error) {
+                return Err(e);
+            }
+        }
+        Some((n, None, None)) => return Err(malformed(format!("peers is a {}", n.type_name()))),
     }
     if let Some(n) = root.get("peers6") {
         let b = n
             .as_bytes()
             .ok_or_else(|| malformed(format!("peers6 is a {}", n.type_name())))?;
-        resp.peers.extend(parse_compact_v6(b)?);
+        resp.peers.extend(parse_compact_v6(b));
     }
     Ok(resp)
 }
@@ -253,12 +256,18 @@ mod tests {
         }
         let bad = |v: Value| parse_announce(&v.encode()).unwrap_err();
         assert!(matches!(
-            bad(dict([("peers", Value::Bytes(vec![1; 7]))])),
+            bad(dict([("peers", Value::Int(7))])),
             Error::Malformed(_)
         ));
         assert!(matches!(
-            bad(dict([("peers6", Value::Bytes(vec![1; 17]))])),
+            bad(dict([("peers6", Value::List(vec![]))])),
             Error::Malformed(_)
+        ));
+        // a list whose every entry is broken is an error, not an empty swarm
+        let no_ip = dict([("port", Value::Int(6881))]);
+        assert!(matches!(
+            bad(dict([("peers", Value::List(vec![no_ip]))])),
+            Error::Malformed(m) if m.contains("without a string \"ip\"")
         ));
         assert!(matches!(
             bad(dict([("interval", Value::Int(-5))])),
@@ -275,6 +284,36 @@ mod tests {
                 .unwrap()
                 .interval,
             Some(5)
+        );
+    }
+
+    /// What libtorrent's `parse_tracker_response` does: whole compact entries are kept and a
+    /// trailing part ignored; broken dictionary entries are skipped.
+    #[test]
+    fn one_broken_peer_entry_does_not_cost_the_others() {
+        let mut v4 = vec![127, 0, 0, 1, 0x1a, 0xe1, 10, 1, 2, 3, 0xff, 0xff];
+        v4.extend_from_slice(&[9, 9, 9]);
+        let mut v6 = Ipv6Addr::LOCALHOST.octets().to_vec();
+        v6.extend_from_slice(&[0, 80, 1, 2]);
+        let body = dict([("peers", Value::Bytes(v4)), ("peers6", Value::Bytes(v6))]).encode();
+        assert_eq!(
+            parse_announce(&body).unwrap().peers,
+            vec![sa("127.0.0.1:6881"), sa("10.1.2.3:65535"), sa("[::1]:80")]
+        );
+
+        let peer = |ip: Value, port: i64| dict([("ip", ip), ("port", Value::Int(port))]);
+        let list = vec![
+            dict([("port", Value::Int(1))]),
+            peer(Value::str("127.0.0.1"), 70_000),
+            peer(Value::Int(4), 1),
+            peer(Value::str("127.0.0.1"), 51101),
+            Value::Int(3),
+            peer(Value::str("::1"), 51102),
+        ];
+        let body = dict([("peers", Value::List(list))]).encode();
+        assert_eq!(
+            parse_announce(&body).unwrap().peers,
+            vec![sa("127.0.0.1:51101"), sa("[::1]:51102")]
         );
     }
 

@@ -337,9 +337,9 @@ pub(crate) fn parse_announce_reply(reply: &[u8], ipv4: bool) -> Result<AnnounceR
         )));
     }
     let peers = if ipv4 {
-        parse_compact_v4(&reply[20..])?
+        parse_compact_v4(&reply[20..])
     } else {
-        parse_compact_v6(&reply[20..])?
+        parse_compact_v6(&reply[20..])
     };
     Ok(AnnounceResponse {
         interval: Some(u32_at(reply, 8)),
