@@ -530,3 +530,90 @@ fn prefixed_names_and_symlinks_as_mktorrent_and_transmission_create_have_them() 
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("set/a/up: a symlink to a directory it is in"));
 }
+
+/// mktorrent's `-s` (source), `-n` (name) and `-p` (private): pow's `--source`, `-n` and `-p`
+/// give the same info-hash, and `-n` names the default output. A tracker list with an empty
+/// URL (`-t "a,"`) or a URL without a scheme is refused before anything is written; pow wrote
+/// an empty URL into the torrent.
+#[test]
+fn source_name_and_private_as_mktorrent_has_them() {
+    let work = common::TempDir::new("create-source");
+    let set = work.path().join("set");
+    std::fs::create_dir_all(set.join("d")).unwrap();
+    std::fs::write(set.join("a.csv"), vec![7u8; 70_000]).unwrap();
+    std::fs::write(set.join("d/b.txt"), "neurons").unwrap();
+    let run = |program: &std::ffi::OsStr, args: &[&str]| {
+        let out = Command::new(program)
+            .current_dir(work.path())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let pow_bin = common::pow_bin();
+    for target in ["set", "set/a.csv"] {
+        let mk = format!("mk-{}.torrent", target.len());
+        run(
+            "mktorrent".as_ref(),
+            &["-l", "15", "-s", "OpenWorm", "-n", "connectome v2", "-p"]
+                .into_iter()
+                .chain(["-o", &mk, target])
+                .collect::<Vec<_>>(),
+        );
+        let ours = work.path().join("connectome v2.torrent");
+        let _ = std::fs::remove_file(&ours);
+        run(
+            pow_bin.as_os_str(),
+            &[
+                "torrent",
+                "create",
+                target,
+                "--piece-length",
+                "32768",
+                "--source",
+                "OpenWorm",
+                "-n",
+                "connectome v2",
+                "-p",
+            ],
+        );
+        let [mk, ours] = [work.path().join(&mk), ours].map(|t| pow_show(&t));
+        println!(
+            "{target}: pow {} mktorrent {}",
+            ours["info_hash"], mk["info_hash"]
+        );
+        assert_eq!(ours["info_hash"], mk["info_hash"], "{target}");
+        assert_eq!(ours["source"], "OpenWorm");
+        assert_eq!(ours["name"], "connectome v2");
+        assert_eq!(ours["private"], true);
+    }
+    for (trackers, bad) in [
+        ("http://127.0.0.1:6969/announce,", "\"\""),
+        ("127.0.0.1:6969/announce", "\"127.0.0.1:6969/announce\""),
+    ] {
+        let out = common::pow()
+            .current_dir(work.path())
+            .args([
+                "torrent",
+                "create",
+                "set",
+                "-o",
+                "bad.torrent",
+                "-t",
+                trackers,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("tracker {bad} is not a URL")),
+            "{stderr}"
+        );
+        assert!(!work.path().join("bad.torrent").exists());
+    }
+}

@@ -5,7 +5,7 @@ use crate::announce::SwarmArgs;
 use clap::Args;
 use pow_datasource::integrity::ContentDigester;
 use pow_datasource::publish::{store_torrent, Stored};
-use pow_metainfo::create::{create_from, Content, CreateOptions};
+use pow_metainfo::create::{check_options, create_from, Content, CreateOptions};
 use pow_metainfo::Metainfo;
 use pow_picker::Picker;
 use std::path::{Path, PathBuf};
@@ -78,6 +78,8 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
         threads: Some(1),
         ..CreateOptions::default()
     };
+    // Before the digest thread below, which would read the whole file before the error.
+    check_options(&options)?;
     let content = Content::scan(&file)?;
     // The content's MD5 and SHA-256 are computed beside the piece hashes, not after them: the
     // MD5 is the slowest of the three, and its thread alone then decides how long this takes.

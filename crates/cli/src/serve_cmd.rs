@@ -5,6 +5,7 @@
 use crate::multiseed::{MultiSeed, Status};
 use clap::Args;
 use pow_engine::SharedListener;
+use pow_metainfo::create::{check_options, CreateOptions};
 use pow_metainfo::Metainfo;
 use pow_server::{Library, SeedFuture, SeedStatus, Seeder, ServeConfig};
 use pow_tracker::server::{ServerConfig, TrackerServer};
@@ -118,6 +119,12 @@ pub fn serve(args: ServeArgs) -> CmdResult {
 
 async fn serve_async(args: ServeArgs) -> CmdResult {
     let counted = crate::download_cmd::count_signals()?;
+    // What every upload's torrent will carry: refused now, not at each upload.
+    check_options(&CreateOptions {
+        trackers: args.trackers.iter().map(|t| vec![t.clone()]).collect(),
+        web_seeds: args.public_url.iter().cloned().collect(),
+        ..CreateOptions::default()
+    })?;
     let tracker = if args.trackers.is_empty() {
         let addr = args
             .tracker_listen

@@ -3,7 +3,7 @@
 use crate::CmdResult;
 use clap::{Args, Subcommand};
 use pow_datasource::loader::{write_atomically, write_new};
-use pow_metainfo::create::{create, CreateOptions};
+use pow_metainfo::create::{check_options, create, CreateOptions};
 use pow_metainfo::Metainfo;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -48,10 +48,17 @@ pub struct CreateArgs {
     #[arg(long = "dht-node", value_name = "HOST:PORT", value_parser = parse_host_port)]
     dht_nodes: Vec<(String, u16)>,
     /// Mark the torrent private (BEP 27): peers only from its trackers.
-    #[arg(long)]
+    #[arg(short, long)]
     private: bool,
-    /// A comment for people who read the torrent (`comment`).
+    /// A tag in the info dictionary (`source`, as mktorrent's and transmission-create's), often
+    /// a private tracker's: the same files get a different info-hash.
     #[arg(long)]
+    source: Option<String>,
+    /// The torrent's name (default: the file's or directory's name).
+    #[arg(short, long)]
+    name: Option<String>,
+    /// A comment for people who read the torrent (`comment`).
+    #[arg(short, long)]
     comment: Option<String>,
     /// Leave out the creation date, so the same input always gives the same file.
     #[arg(long)]
@@ -120,14 +127,18 @@ fn create_cmd(args: CreateArgs) -> CmdResult {
         web_seeds: args.web_seeds,
         dht_nodes: args.dht_nodes,
         private: args.private,
+        source: args.source,
+        name: args.name,
         comment: args.comment,
         creation_date: (!args.no_date).then(unix_now),
         created_by: None,
         threads: None,
     };
-    let output = match args.output {
-        Some(output) => output,
-        None => PathBuf::from(format!("{}.torrent", content_name(&args.path)?)),
+    check_options(&options)?;
+    let output = match (args.output, &options.name) {
+        (Some(output), _) => output,
+        (None, Some(name)) => PathBuf::from(format!("{name}.torrent")),
+        (None, None) => PathBuf::from(format!("{}.torrent", content_name(&args.path)?)),
     };
     // Before hashing, which can take minutes: not over a file unless told, never over the input,
     // never inside a shared directory (its next torrent would hash this one).
@@ -259,6 +270,7 @@ pub fn to_json(m: &Metainfo) -> serde_json::Value {
         "multi_file": m.multi_file,
         "hybrid_v2": m.hybrid,
         "private": m.private,
+        "source": m.source,
         "files": files,
         "announce": m.announce,
         "announce_list": m.announce_list,
@@ -286,6 +298,9 @@ fn print_text(m: &Metainfo) {
         m.geometry.piece_length(),
         m.geometry.last_piece_size()
     );
+    if let Some(source) = &m.source {
+        println!("source:       {source}");
+    }
     if m.private {
         println!("private:      yes");
     }

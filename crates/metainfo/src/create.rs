@@ -25,6 +25,10 @@ pub struct CreateOptions {
     /// bootstrap from.
     pub dht_nodes: Vec<(String, u16)>,
     pub private: bool,
+    /// The info dictionary's `source` (mktorrent's `-s`).
+    pub source: Option<String>,
+    /// The torrent's `name` instead of the file's or directory's (mktorrent's `-n`).
+    pub name: Option<String>,
     pub comment: Option<String>,
     /// Seconds since the epoch; `None` leaves `creation date` out.
     pub creation_date: Option<i64>,
@@ -57,6 +61,14 @@ pub enum CreateError {
     OutsideTree(PathBuf),
     #[error("{}: changed while it was being hashed", .0.display())]
     Changed(PathBuf),
+    #[error("{what} {url:?} is not a URL that clients can use ({expected})")]
+    BadUrl {
+        what: &'static str,
+        url: String,
+        expected: &'static str,
+    },
+    #[error("name {0:?} is not one file or directory name (empty, `.`, `..`, or with `/`)")]
+    BadName(String),
     #[error("invalid torrent: {0}")]
     Invalid(#[from] MetainfoError),
     #[error(transparent)]
@@ -164,6 +176,7 @@ impl Content {
 
 /// Builds a torrent of scanned `content`.
 pub fn create_from(content: &Content, options: &CreateOptions) -> Result<Created, CreateError> {
+    check_options(options)?;
     let files = &content.files;
     let total: u64 = files.iter().map(|f| f.length).sum();
     let piece_length = options
@@ -177,7 +190,10 @@ pub fn create_from(content: &Content, options: &CreateOptions) -> Result<Created
     let pieces = hash_pieces(files, &geometry, threads)?;
 
     let mut info = vec![
-        ("name", Value::str(&content.name)),
+        (
+            "name",
+            Value::str(options.name.as_ref().unwrap_or(&content.name)),
+        ),
         ("piece length", Value::Int(piece_length as i64)),
         ("pieces", Value::Bytes(pieces)),
     ];
@@ -200,6 +216,9 @@ pub fn create_from(content: &Content, options: &CreateOptions) -> Result<Created
     }
     if options.private {
         info.push(("private", Value::Int(1)));
+    }
+    if let Some(source) = &options.source {
+        info.push(("source", Value::str(source)));
     }
 
     let mut top = vec![("info", dict(info))];
@@ -248,6 +267,56 @@ pub fn create_from(content: &Content, options: &CreateOptions) -> Result<Created
     let bytes = dict(top).encode();
     let metainfo = Metainfo::from_bytes(&bytes)?;
     Ok(Created { bytes, metainfo })
+}
+
+/// Refuses, before anything is hashed, what would make a torrent other clients cannot use:
+/// an empty or scheme-less tracker URL (`-t "a,"` gave an empty one), or a name that is not
+/// one path component.
+pub fn check_options(options: &CreateOptions) -> Result<(), CreateError> {
+    for url in options.trackers.iter().flatten() {
+        check_url(
+            url,
+            "tracker",
+            &["http", "https", "udp"],
+            "http, https or udp",
+        )?;
+    }
+    for url in &options.web_seeds {
+        check_url(url, "web seed", &["http", "https"], "http or https")?;
+    }
+    if let Some(name) = &options.name {
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+            return Err(CreateError::BadName(name.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// `scheme://host...` with one of `schemes` (any case), a host, and no control character.
+fn check_url(
+    url: &str,
+    what: &'static str,
+    schemes: &[&str],
+    expected: &'static str,
+) -> Result<(), CreateError> {
+    let usable = url.split_once("://").is_some_and(|(scheme, rest)| {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme))
+            && !host.is_empty()
+            && !host.starts_with(':')
+            && !host.contains(' ')
+            && !url.chars().any(char::is_control)
+    });
+    if usable {
+        Ok(())
+    } else {
+        Err(CreateError::BadUrl {
+            what,
+            url: url.to_string(),
+            expected,
+        })
+    }
 }
 
 /// The walk of a shared directory: symlinks followed (as mktorrent and libtorrent do: the
@@ -386,4 +455,64 @@ fn read_piece<'b>(
     }
     debug_assert_eq!(filled, size);
     Ok(&buf[..size])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trackers(tiers: &[&[&str]]) -> CreateOptions {
+        CreateOptions {
+            trackers: tiers
+                .iter()
+                .map(|t| t.iter().map(|u| u.to_string()).collect())
+                .collect(),
+            ..CreateOptions::default()
+        }
+    }
+
+    #[test]
+    fn tracker_web_seed_and_name_checks() {
+        for good in [
+            "http://127.0.0.1:6969/announce",
+            "HTTPS://tracker.example/a?k=1",
+            "udp://[::1]:6969",
+            "http://user@host/announce",
+        ] {
+            check_options(&trackers(&[&[good]])).unwrap();
+        }
+        for bad in [
+            "",
+            "tracker.example:6969/announce",
+            "ftp://tracker.example/",
+            "http://",
+            "http:///announce",
+            "http://:6969/announce",
+            "http://a b/announce",
+            "http://a/\nannounce",
+        ] {
+            let e = check_options(&trackers(&[&["http://ok/"], &["udp://ok:1", bad]])).unwrap_err();
+            assert!(
+                matches!(&e, CreateError::BadUrl { what: "tracker", url, .. } if url == bad),
+                "{bad:?}: {e}"
+            );
+        }
+        let seeds = |url: &str| CreateOptions {
+            web_seeds: vec![url.to_string()],
+            ..CreateOptions::default()
+        };
+        check_options(&seeds("http://mirror.example/files/a b")).unwrap();
+        assert!(check_options(&seeds("udp://mirror.example/")).is_err());
+        let named = |name: &str| CreateOptions {
+            name: Some(name.to_string()),
+            ..CreateOptions::default()
+        };
+        check_options(&named("set 2 (final)")).unwrap();
+        for bad in ["", ".", "..", "a/b", "a\0"] {
+            assert!(
+                matches!(check_options(&named(bad)), Err(CreateError::BadName(_))),
+                "{bad:?}"
+            );
+        }
+    }
 }

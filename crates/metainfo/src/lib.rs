@@ -141,6 +141,9 @@ pub struct Metainfo {
     pub piece_hashes: Vec<[u8; 20]>,
     pub geometry: Geometry,
     pub private: bool,
+    /// The info dictionary's `source` (mktorrent's and transmission-create's `-s`): a tag,
+    /// usually a private tracker's, that gives the same files a different info-hash.
+    pub source: Option<String>,
     /// Set when the info dict also carries v2 fields (`meta version` 2).
     pub hybrid: bool,
     pub announce: Option<String>,
@@ -292,6 +295,10 @@ impl Metainfo {
             piece_hashes,
             geometry,
             private,
+            source: info
+                .get("source")
+                .and_then(Node::as_str)
+                .map(str::to_string),
             hybrid,
             announce,
             announce_list,
