@@ -178,8 +178,11 @@ fn magnet_downloads_from_real_seeders_and_real_clients_fetch_metadata_from_pow()
 
 /// `--max-download-rate` holds for a magnet link's metadata too, not only for the content
 /// after it: 4,000 one-byte files with long names make an info dictionary of about 300 KB,
-/// fetched from a `pow seed` at 64 KiB/s in no less than (its size less the first burst and
-/// the last read) / 64 KiB/s. Unlimited, the same takes a fraction of a second.
+/// fetched from a `pow seed` at 3,000 B/s in no less than (its size less the first burst and
+/// the last read) / 2,500 B/s, over a minute. Unlimited, the same takes a fraction of a second.
+/// A peer had a minute for the whole dictionary, so this fetch never ended.
+/// The link (its scheme in capitals, which `download` took for a file name) also names our
+/// own address, which the metadata phase dialed (the tracker lists it back to us too).
 #[test]
 fn the_download_rate_limit_holds_for_the_metadata() {
     let work = common::TempDir::new("magnet-rate");
@@ -196,24 +199,47 @@ fn the_download_rate_limit_holds_for_the_metadata() {
     let port = common::free_port();
     let _seed = common::pow_seed(&torrent, &data, port, &[], Stdio::null());
     let magnet = format!("{}&x.pe=127.0.0.1:{port}", magnet_of(&torrent));
-    let fetch = |out: &str, extra: &[&str]| -> f64 {
-        let report = common::pow_download_json(&magnet, &work.path().join(out), extra);
-        report["metadata_seconds"].as_f64().unwrap()
-    };
-    let unlimited = fetch("unlimited", &[]);
-    let limited = fetch("limited", &["--max-download-rate", "64K"]);
-    // The bucket starts full (128 KiB, engine::RateLimit), and the last read (at most an
-    // eighth of a second's worth) is paid after it arrived.
-    let bound = (info_len - 131072.0 - 8192.0) / 65536.0;
+    let unlimited = common::pow_download_json(&magnet, &work.path().join("unlimited"), &[]);
+    let unlimited = unlimited["metadata_seconds"].as_f64().unwrap();
+
+    let ours = common::free_port();
+    let magnet = format!(
+        "MAGNET:{}&x.pe=127.0.0.1:{ours}",
+        magnet.strip_prefix("magnet:").unwrap()
+    );
+    let out = common::pow()
+        .args(["download", &magnet, "-o"])
+        .arg(work.path().join("limited"))
+        .args(["--port", &ours.to_string(), "--bind", "127.0.0.1", "--json"])
+        .args(["--max-download-rate", "3000"])
+        .env("POW_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let limited = report["metadata_seconds"].as_f64().unwrap();
+    // The bucket starts full (128 KiB, engine::RateLimit), and the last read (at most 4 KiB,
+    // the least a read takes) is paid after it arrived.
+    let bound = (info_len - 131072.0 - 4096.0) / 3000.0;
     println!(
-        "metadata of {info_len} bytes: {unlimited:.2} s unlimited, {limited:.2} s at 64 KiB/s \
+        "metadata of {info_len} bytes: {unlimited:.2} s unlimited, {limited:.2} s at 3,000 B/s \
          (bound {bound:.2} s)"
     );
-    assert!(limited >= bound, "{limited:.2} s < {bound:.2} s");
+    assert!(
+        limited >= bound && bound > 60.0,
+        "{limited:.2} s, bound {bound:.2} s"
+    );
     let files = std::fs::read_dir(work.path().join("limited").join("many"))
         .unwrap()
         .count();
     assert_eq!(files, 4000);
+    let own = format!("127.0.0.1:{ours}:");
+    assert!(
+        !stderr.lines().any(|l| l.contains(&own)),
+        "our own address was dialed: {stderr}"
+    );
 }
 
 /// An info dictionary of 1.2 MiB (77 metadata pieces) from a `pow seed`, which rejects metadata

@@ -161,7 +161,7 @@ fn target_of(target: &str) -> Result<(InfoHash, Vec<String>), Box<dyn std::error
     if let Some(hash) = InfoHash::from_hex(target) {
         return Ok((hash, Vec::new()));
     }
-    if target.starts_with("magnet:") {
+    if pow_metainfo::magnet::is_magnet_link(target) {
         return Ok((
             pow_metainfo::magnet::Magnet::parse(target)?.v1()?,
             Vec::new(),

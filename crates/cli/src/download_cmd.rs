@@ -67,7 +67,11 @@ async fn download(args: DownloadArgs) -> CmdResult {
     let started = Instant::now();
     // A magnet link's `x.pe` peers serve the download as well as its metadata.
     let mut metadata_seconds = None;
-    let (metainfo, link_peers) = match args.torrent.to_str().filter(|t| t.starts_with("magnet:")) {
+    let (metainfo, link_peers) = match args
+        .torrent
+        .to_str()
+        .filter(|t| pow_metainfo::magnet::is_magnet_link(t))
+    {
         Some(link) => (
             {
                 let metainfo = metainfo_of_magnet(&args, link).await?;
@@ -258,18 +262,16 @@ pub(crate) async fn torrent_from_peers(
         eprintln!("fetching the metadata of {} from peers", info_hash.to_hex());
     }
     let started = Instant::now();
-    let fetched = pow_engine::metadata::fetch_metadata(
-        info_hash.0,
-        peer_id,
-        peers,
-        leech.metadata_timeout,
-        swarm.encryption.engine(),
-        leech
+    let settings = pow_engine::metadata::FetchSettings {
+        timeout: leech.metadata_timeout,
+        encryption: swarm.encryption.engine(),
+        limit: leech
             .max_download_rate
             .map(|rate| std::sync::Arc::new(pow_engine::RateLimit::new(rate))),
-        metadata_utp,
-    )
-    .await;
+        utp: metadata_utp,
+        listen: Some(SocketAddr::new(swarm.bind, swarm.port)),
+    };
+    let fetched = pow_engine::metadata::fetch_metadata(info_hash.0, peer_id, peers, settings).await;
     if let Some(a) = announcer {
         a.stop().await;
     }

@@ -605,7 +605,8 @@ impl Inner {
         let mut state = self.lock();
         let mut new = 0;
         for addr in addrs {
-            if Some(addr) == self.config.listen || !dialable(addr) || state.banned.contains(&addr) {
+            let own = self.config.listen.is_some_and(|l| is_own_address(addr, l));
+            if own || !dialable(addr) || state.banned.contains(&addr) {
                 continue;
             }
             if !state.known.contains_key(&addr)
@@ -1066,6 +1067,17 @@ pub fn dialable(addr: SocketAddr) -> bool {
         IpAddr::V6(ip) => !(ip.is_unspecified() || ip.is_multicast()),
     };
     addr.port() != 0 && ip_ok
+}
+
+/// Whether `addr` is our own `listen` address, as a tracker lists it back to us: its port at
+/// the address bound, or, bound to every address, at a loopback one. (At a public address it
+/// is caught by the peer id in the handshake.)
+pub fn is_own_address(addr: SocketAddr, listen: SocketAddr) -> bool {
+    let ip = addr.ip();
+    addr.port() == listen.port()
+        && (ip == listen.ip()
+            || ip.is_unspecified()
+            || (listen.ip().is_unspecified() && ip.is_loopback()))
 }
 
 fn try_connect(inner: &Arc<Inner>) {

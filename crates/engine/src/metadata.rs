@@ -31,8 +31,9 @@ use tokio::task::JoinSet;
 pub const MAX_METADATA_SIZE: u64 = 48 << 20;
 /// Peers asked at once.
 const PARALLEL_PEERS: usize = 8;
-/// Time one peer has to deliver the whole dictionary.
-const PER_PEER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time a peer has for each metadata piece after its extension handshake: not for the whole
+/// dictionary, which under a rate limit or from a slow peer can take minutes.
+const PIECE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Other messages (a bitfield of a big torrent) may come first; anything longer is refused.
 const MAX_FRAME: usize = 8 << 20;
@@ -45,21 +46,36 @@ pub enum MetadataError {
     NoPeers,
 }
 
-/// Fetches the info dictionary for `info_hash` from peers received on `peers`, within
-/// `timeout`. Returns the raw bencoded dictionary (its SHA-1 is `info_hash`).
-/// Peers are dialed with encrypted or plaintext handshakes as `encryption` says; with `limit`,
-/// what they all send is paid to it as the download's reads are (`--max-download-rate`).
-/// With `utp`, peers are dialed over uTP from that socket too, first or after TCP as its
-/// mode says.
+/// How peers are dialed for the metadata, as the session will dial them.
+pub struct FetchSettings {
+    /// The whole fetch's time.
+    pub timeout: Duration,
+    /// Encrypted or plaintext handshakes.
+    pub encryption: Encryption,
+    /// What all peers send is paid to it as the download's reads are (`--max-download-rate`).
+    pub limit: Option<Arc<RateLimit>>,
+    /// Peers are dialed over uTP from that socket too, first or after TCP as its mode says.
+    pub utp: Option<(Utp, Arc<UtpSocket>)>,
+    /// The address the download will listen on: a tracker lists it back to us, and it is not
+    /// dialed.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Fetches the info dictionary for `info_hash` from peers received on `peers`. Returns the raw
+/// bencoded dictionary (its SHA-1 is `info_hash`).
 pub async fn fetch_metadata(
     info_hash: [u8; 20],
     peer_id: [u8; 20],
     mut peers: mpsc::UnboundedReceiver<SocketAddr>,
-    timeout: Duration,
-    encryption: Encryption,
-    limit: Option<Arc<RateLimit>>,
-    utp: Option<(Utp, Arc<UtpSocket>)>,
+    settings: FetchSettings,
 ) -> Result<Vec<u8>, MetadataError> {
+    let FetchSettings {
+        timeout,
+        encryption,
+        limit,
+        utp,
+        listen,
+    } = settings;
     let deadline = Instant::now() + timeout;
     // Every address heard of, dialed again as the session dials peers ([`KnownPeer::due`])
     // until the metadata comes or the time is up, also once the sources are done (a magnet
@@ -68,6 +84,9 @@ pub async fn fetch_metadata(
     // not never.
     let mut known: HashMap<SocketAddr, KnownPeer> = HashMap::new();
     let mut in_flight: HashSet<SocketAddr> = HashSet::new();
+    // Peers that sent a wrong dictionary (or are ourselves): not dialed again, though sources
+    // name them again.
+    let mut given_up: HashSet<SocketAddr> = HashSet::new();
     let mut running = JoinSet::new();
     let mut last_error = String::from("no peers yet");
     let mut sources_open = true;
@@ -77,17 +96,14 @@ pub async fn fetch_metadata(
             if running.len() >= PARALLEL_PEERS {
                 break;
             }
-            if in_flight.contains(addr) || !peer.due(now) {
+            if in_flight.contains(addr) || given_up.contains(addr) || !peer.due(now) {
                 continue;
             }
             peer.last_dial = Some(now);
             in_flight.insert(*addr);
             let (addr, limit, utp) = (*addr, limit.clone(), utp.clone());
             running.spawn(async move {
-                let fetch = fetch_from(addr, info_hash, peer_id, encryption, limit, utp);
-                let result = tokio::time::timeout(PER_PEER_TIMEOUT, fetch)
-                    .await
-                    .unwrap_or_else(|_| Err(format!("{addr}: timed out")));
+                let result = fetch_from(addr, info_hash, peer_id, encryption, limit, utp).await;
                 (addr, result)
             });
         }
@@ -97,7 +113,10 @@ pub async fn fetch_metadata(
         tokio::select! {
             addr = peers.recv(), if sources_open => match addr {
                 Some(addr) => {
-                    known.entry(addr).or_default();
+                    let own = listen.is_some_and(|l| crate::is_own_address(addr, l));
+                    if !own && crate::dialable(addr) {
+                        known.entry(addr).or_default();
+                    }
                 }
                 None => sources_open = false,
             },
@@ -106,13 +125,15 @@ pub async fn fetch_metadata(
                     tracing::info!("{addr}: metadata received ({} bytes)", info.len());
                     return Ok(info);
                 }
-                Ok((addr, Err(e))) => {
-                    tracing::info!("metadata: {e}");
-                    last_error = e;
+                Ok((addr, Err(failure))) => {
+                    tracing::info!("metadata: {}", failure.message);
                     in_flight.remove(&addr);
-                    if let Some(peer) = known.get_mut(&addr) {
+                    if failure.for_good {
+                        given_up.insert(addr);
+                    } else if let Some(peer) = known.get_mut(&addr) {
                         peer.dialed(false);
                     }
+                    last_error = failure.message;
                 }
                 Err(e) => last_error = e.to_string(),
             },
@@ -132,7 +153,7 @@ async fn fetch_from(
     encryption: Encryption,
     limit: Option<Arc<RateLimit>>,
     utp: Option<(Utp, Arc<UtpSocket>)>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, Failure> {
     let limit = limit.as_deref();
     let (mode, socket) = match &utp {
         Some((mode, socket)) => (*mode, Some(socket.as_ref())),
@@ -154,13 +175,22 @@ async fn fetch_from(
         },
     )
     .await;
-    match fetched {
-        Some(Ok(info)) => Ok(info),
+    let (message, for_good) = match fetched {
+        Some(Ok(info)) => return Ok(info),
+        Some(Err(Attempt::Bad(message))) => (message, true),
         Some(Err(
             Attempt::Unreachable(message) | Attempt::Refused(message) | Attempt::Failed(message),
-        )) => Err(message),
-        None => Err(format!("{addr}: no transport to dial")),
-    }
+        )) => (message, false),
+        None => (format!("{addr}: no transport to dial"), false),
+    };
+    Err(Failure { message, for_good })
+}
+
+/// Why a peer gave no metadata.
+struct Failure {
+    message: String,
+    /// Not worth dialing again (it sent a wrong dictionary, or it is ourselves).
+    for_good: bool,
 }
 
 /// Where and how one connection is dialed.
@@ -178,12 +208,14 @@ enum Attempt {
     /// the other transport).
     Refused(String),
     Failed(String),
+    /// A wrong dictionary, or ourselves: not dialed again.
+    Bad(String),
 }
 
 impl DialOutcome for Result<Vec<u8>, Attempt> {
     fn next(&self) -> Next {
         match self {
-            Ok(_) | Err(Attempt::Failed(_)) => Next::Stop,
+            Ok(_) | Err(Attempt::Failed(_) | Attempt::Bad(_)) => Next::Stop,
             Err(Attempt::Unreachable(_)) => Next::OtherTransport,
             Err(Attempt::Refused(_)) => Next::OtherHandshake,
         }
@@ -235,9 +267,10 @@ async fn fetch_once(
             false => Attempt::Failed(message),
         }
     })?;
-    exchange(addr, info_hash, stream, buf, ciphers, theirs, limit)
-        .await
-        .map_err(Attempt::Failed)
+    if theirs.peer_id == peer_id {
+        return Err(Attempt::Bad(fail("is ourselves")));
+    }
+    exchange(addr, info_hash, stream, buf, ciphers, theirs, limit).await
 }
 
 /// The extension handshake and the metadata requests, after the BitTorrent handshake.
@@ -249,8 +282,8 @@ async fn exchange(
     mut ciphers: Ciphers,
     theirs: Handshake,
     limit: Option<&RateLimit>,
-) -> Result<Vec<u8>, String> {
-    let fail = |what: &str| format!("{addr}: {what}");
+) -> Result<Vec<u8>, Attempt> {
+    let fail = |what: &str| Attempt::Failed(format!("{addr}: {what}"));
     if theirs.info_hash != info_hash {
         return Err(fail("handshake for another torrent"));
     }
@@ -275,9 +308,12 @@ async fn exchange(
     let mut size = 0u64;
     let mut their_id = 0u8;
     let mut asks = MetadataAsks::default();
+    let mut piece_deadline = Instant::now() + PIECE_TIMEOUT;
     loop {
-        let payload = read_frame(&mut stream, &mut buf, &mut ciphers, limit)
+        let read = read_frame(&mut stream, &mut buf, &mut ciphers, limit);
+        let payload = tokio::time::timeout_at(piece_deadline.into(), read)
             .await
+            .map_err(|_| fail(&format!("no metadata piece for {PIECE_TIMEOUT:?}")))?
             .map_err(|e| fail(&e))?;
         let Some((EXTENDED, payload)) = payload else {
             continue;
@@ -306,6 +342,7 @@ async fn exchange(
                 let count = extension::metadata_pieces(size);
                 pieces = vec![None; count as usize];
                 asks = MetadataAsks::new(count);
+                piece_deadline = Instant::now() + PIECE_TIMEOUT;
             } else if hs.metadata_size.is_some_and(|s| s != size) {
                 return Err(fail("changed its metadata size"));
             }
@@ -324,10 +361,13 @@ async fn exchange(
                     {
                         return Err(fail("sent a metadata piece that does not fit"));
                     }
-                    asks.answered(piece);
-                    // A copy: a slice would keep the whole frame (up to 8 MiB, padded with
-                    // unknown keys) alive for 16 KiB of metadata.
-                    pieces[piece as usize] = Some(Bytes::copy_from_slice(&data));
+                    // One not asked for is ignored, as libtorrent does.
+                    if asks.answered(piece) {
+                        // A copy: a slice would keep the whole frame (up to 8 MiB, padded with
+                        // unknown keys) alive for 16 KiB of metadata.
+                        pieces[piece as usize] = Some(Bytes::copy_from_slice(&data));
+                        piece_deadline = Instant::now() + PIECE_TIMEOUT;
+                    }
                 }
                 MetadataMessage::Reject { piece } => {
                     if !asks.rejected(piece, pieces.get(piece as usize)) {
@@ -342,7 +382,9 @@ async fn exchange(
             if pieces.iter().all(Option::is_some) {
                 let info: Vec<u8> = pieces.into_iter().flatten().flatten().collect();
                 if <[u8; 20]>::from(Sha1::digest(&info)) != info_hash {
-                    return Err(fail("sent metadata whose SHA-1 is not the info-hash"));
+                    return Err(Attempt::Bad(format!(
+                        "{addr}: sent metadata whose SHA-1 is not the info-hash"
+                    )));
                 }
                 return Ok(info);
             }
@@ -390,9 +432,13 @@ impl MetadataAsks {
         }
     }
 
-    fn answered(&mut self, piece: u32) {
-        self.in_flight.remove(&piece);
-        self.rejects_in_a_row = 0;
+    /// False for a piece that was not asked for.
+    fn answered(&mut self, piece: u32) -> bool {
+        let asked = self.in_flight.remove(&piece);
+        if asked {
+            self.rejects_in_a_row = 0;
+        }
+        asked
     }
 
     /// A rejected piece is asked again later; false once the peer rejected too often.

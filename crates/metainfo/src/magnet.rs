@@ -86,6 +86,13 @@ pub struct Magnet {
     pub unusable_info_hashes: Vec<String>,
 }
 
+/// Whether `text` is meant as a magnet link rather than a file path: its scheme is
+/// `magnet:`, in any case (as [`Magnet::parse`] takes it).
+pub fn is_magnet_link(text: &str) -> bool {
+    text.get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("magnet:"))
+}
+
 impl Magnet {
     /// Parses a magnet link. See the module documentation for the rules.
     pub fn parse(uri: &str) -> Result<Magnet, MagnetError> {
