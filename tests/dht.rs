@@ -227,7 +227,7 @@ fn peers_that_run_a_dht_node_swap_ports() {
 
 /// A torrent's own BEP 5 `nodes` (`pow torrent create --dht-node`) are asked besides the
 /// routers: a pow leecher whose only `--dht-bootstrap` never answers still finds the pow seed
-/// that announced itself to the node the torrent names.
+/// that announced itself to the node the torrent names, and so does a magnet link's `dht=`.
 #[test]
 fn a_torrents_own_nodes_bootstrap_the_dht() {
     let work = TempDir::new("dht-nodes");
@@ -266,7 +266,7 @@ at = announced_to(c, info_hash, 60)
 print('pow announced from %s' % at, flush=True)
 time.sleep(300)
 ";
-    let mut lt = common::lt_dht_python(script, &[info_hash, pc.to_string()]);
+    let mut lt = common::lt_dht_python(script, &[info_hash.clone(), pc.to_string()]);
     let mut lines = BufReader::new(lt.0.stdout.take().unwrap());
     let mut line = String::new();
     lines.read_line(&mut line).unwrap();
@@ -303,6 +303,20 @@ time.sleep(300)
     assert_eq!(
         report["received_by_peer"][0]["peer"],
         format!("127.0.0.1:{seed_port}")
+    );
+    // A magnet link's `dht=` names the node the same way (libtorrent asks it); pow left it
+    // out, and found nobody.
+    let link = format!("magnet:?xt=urn:btih:{info_hash}&dht=127.0.0.1:{pc}");
+    let out = work.path().join("from-magnet");
+    let report = common::pow_download_json(
+        &link,
+        &out,
+        &["--dht-bootstrap", &silent, "--metadata-timeout", "30"],
+    );
+    let bytes = same_bytes(&data.join("set.zip"), &out.join("set.zip")).unwrap();
+    println!(
+        "magnet dht= only: {bytes} bytes from {}",
+        report["received_by_peer"]
     );
 }
 

@@ -282,3 +282,46 @@ fn metadata_of_more_pieces_than_a_seed_queues_is_fetched() {
     }
     assert_eq!(std::fs::read_dir(&fetched).unwrap().count(), 640);
 }
+
+/// A rerun of a magnet download uses the dictionary an earlier run kept, with this link's
+/// trackers: the kept file named the earlier run's tracker, now dead, and the rerun, whose link
+/// names a live tracker, stalled.
+#[test]
+fn a_rerun_takes_the_trackers_of_its_link_not_of_the_kept_metadata() {
+    let work = common::TempDir::new("magnet-rerun");
+    let live = common::PowTracker::start();
+    let (data, torrent) = common::mib_payload(work.path(), "set.bin", 4, Some(&live.url));
+    let _seed = common::pow_seed(
+        &torrent,
+        data.parent().unwrap(),
+        common::free_port(),
+        &[],
+        Stdio::null(),
+    );
+    // What a run killed after the metadata leaves: the dictionary, with its link's tracker,
+    // since gone.
+    let dead = format!("http://127.0.0.1:{}/announce", common::free_port());
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let info_hash = pow_metainfo::Metainfo::from_file(&torrent)
+        .unwrap()
+        .info_hash;
+    let kept = out.join(format!(".{}.pow-metadata.torrent", info_hash.to_hex()));
+    let o = pow()
+        .args(["torrent", "create"])
+        .arg(&data)
+        .arg("-o")
+        .arg(&kept)
+        .args(["--piece-length", "65536", "-t", &dead])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o.stderr));
+    let link = magnet_of(&torrent);
+    assert!(link.contains("&tr="), "{link}");
+    let report = common::pow_download_json(&link, &out, &["--stall-timeout", "20"]);
+    let bytes = same_bytes(&data, &out.join("set.bin")).unwrap();
+    println!(
+        "rerun with a live tracker in its link: {bytes} bytes in {:.2} s",
+        report["seconds"].as_f64().unwrap_or(f64::NAN)
+    );
+}

@@ -162,10 +162,8 @@ fn target_of(target: &str) -> Result<(InfoHash, Vec<String>), Box<dyn std::error
         return Ok((hash, Vec::new()));
     }
     if pow_metainfo::magnet::is_magnet_link(target) {
-        return Ok((
-            pow_metainfo::magnet::Magnet::parse(target)?.v1()?,
-            Vec::new(),
-        ));
+        let magnet = pow_metainfo::magnet::Magnet::parse(target)?;
+        return Ok((magnet.v1()?, magnet.dht_node_names()));
     }
     let metainfo = Metainfo::from_file(std::path::Path::new(target))?;
     Ok((metainfo.info_hash, metainfo.dht_nodes))

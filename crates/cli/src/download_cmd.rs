@@ -171,12 +171,21 @@ async fn metainfo_of_magnet(
         eprintln!("pow: warning: magnet link: {warning}");
     }
     let info_hash = magnet.v1()?;
+    // The torrent of this link: the dictionary fetched, with the link's own trackers and web
+    // seeds (`--tracker`s are added by the session). A kept dictionary gets this link's too: an
+    // earlier run's tracker may be dead now, and this link names a live one.
+    let dht_nodes = magnet.dht_node_names();
+    let of_this_link = |info: &[u8]| {
+        let tiers = one_tier_each(&magnet.trackers);
+        let file = torrent_file(info, &tiers, &magnet.web_seeds, &magnet.dht_nodes);
+        Metainfo::from_bytes(&file)
+    };
     let kept = args
         .output
         .join(format!(".{}.pow-metadata.torrent", info_hash.to_hex()));
     if let Ok(metainfo) = Metainfo::from_file(&kept) {
         if metainfo.info_hash == info_hash {
-            return Ok(metainfo);
+            return Ok(of_this_link(&metainfo.info_bytes)?);
         }
     }
     // A link may name a tracker twice (libtorrent keeps both when parsing, too).
@@ -187,11 +196,12 @@ async fn metainfo_of_magnet(
         tiers,
         peers: &peers,
         web_seeds: &magnet.web_seeds,
+        dht_nodes: &dht_nodes,
     };
     let (bytes, metainfo) = torrent_from_peers(wanted, &args.swarm, &args.leech, args.json).await?;
     std::fs::create_dir_all(&args.output)?;
     std::fs::write(&kept, &bytes)?;
-    Ok(metainfo)
+    Ok(of_this_link(&metainfo.info_bytes)?)
 }
 
 /// Each tracker URL a tier of its own, in order, each once.
@@ -213,6 +223,8 @@ pub(crate) struct ByInfoHash<'a> {
     pub tiers: Vec<Vec<String>>,
     pub peers: &'a [SocketAddr],
     pub web_seeds: &'a [String],
+    /// DHT nodes to ask besides the routers (a magnet link's `dht=`), `host:port`.
+    pub dht_nodes: &'a [String],
 }
 
 /// The .torrent of `wanted`: its info dictionary fetched (BEP 9) from the peers that its
@@ -240,13 +252,19 @@ pub(crate) async fn torrent_from_peers(
     let metadata_utp = metadata_utp(swarm).await;
     if let Some(plan) = swarm.dht_plan() {
         let found = found.clone();
-        crate::dht_peers::start(&plan, info_hash.0, swarm.port, &[], move |peers| {
-            for peer in peers {
-                let _ = found.send(peer);
-            }
-            // The metadata phase is over once nobody reads what is found.
-            !found.is_closed()
-        })
+        crate::dht_peers::start(
+            &plan,
+            info_hash.0,
+            swarm.port,
+            wanted.dht_nodes,
+            move |peers| {
+                for peer in peers {
+                    let _ = found.send(peer);
+                }
+                // The metadata phase is over once nobody reads what is found.
+                !found.is_closed()
+            },
+        )
         .await?;
     }
     let peer_id = pow_engine::new_peer_id();
@@ -276,7 +294,7 @@ pub(crate) async fn torrent_from_peers(
         a.stop().await;
     }
     let info = fetched?;
-    let bytes = torrent_file(&info, &wanted.tiers, wanted.web_seeds);
+    let bytes = torrent_file(&info, &wanted.tiers, wanted.web_seeds, &[]);
     let metainfo = Metainfo::from_bytes(&bytes)?;
     if metainfo.info_hash != info_hash {
         return Err("the fetched metadata does not match the info-hash".into());
@@ -293,8 +311,13 @@ pub(crate) async fn torrent_from_peers(
 }
 
 /// A .torrent of a fetched info dictionary (kept byte for byte: its SHA-1 is the info-hash)
-/// and the magnet link's trackers and web seeds.
-fn torrent_file(info: &[u8], tiers: &[Vec<String>], web_seeds: &[String]) -> Vec<u8> {
+/// and the magnet link's trackers, DHT nodes (BEP 5 `nodes`) and web seeds.
+fn torrent_file(
+    info: &[u8],
+    tiers: &[Vec<String>],
+    web_seeds: &[String],
+    dht_nodes: &[(String, u16)],
+) -> Vec<u8> {
     use pow_bencode::Value;
     let mut out = b"d".to_vec();
     if let Some(first) = tiers.iter().flatten().next() {
@@ -311,7 +334,14 @@ fn torrent_file(info: &[u8], tiers: &[Vec<String>], web_seeds: &[String]) -> Vec
     }
     Value::str("info").encode_into(&mut out);
     out.extend_from_slice(info);
-    // Keys in order: "announce" < "announce-list" < "info" < "url-list".
+    // Keys in order: "announce" < "announce-list" < "info" < "nodes" < "url-list".
+    if !dht_nodes.is_empty() {
+        Value::str("nodes").encode_into(&mut out);
+        let nodes = dht_nodes
+            .iter()
+            .map(|(host, port)| Value::List(vec![Value::str(host), Value::Int(i64::from(*port))]));
+        Value::List(nodes.collect()).encode_into(&mut out);
+    }
     if !web_seeds.is_empty() {
         Value::str("url-list").encode_into(&mut out);
         Value::List(web_seeds.iter().map(|u| Value::str(u)).collect()).encode_into(&mut out);

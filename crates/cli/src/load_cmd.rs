@@ -115,6 +115,7 @@ fn plan(
         tiers,
         peers: &args.peers,
         web_seeds: &[],
+        dht_nodes: &[],
     };
     let (bytes, _) = runtime
         .get()?

@@ -161,6 +161,14 @@ pub struct Metainfo {
     pub created_by: Option<String>,
 }
 
+/// A DHT node as `host:port`, an IPv6 address in brackets (`[::1]:6881`).
+pub fn dht_node_name(host: &str, port: u16) -> String {
+    match host.contains(':') && !host.starts_with('[') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    }
+}
+
 impl Metainfo {
     /// Parses a `.torrent` file's bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Metainfo, MetainfoError> {
@@ -278,10 +286,7 @@ impl Metainfo {
                 if host.is_empty() || port == 0 {
                     return None;
                 }
-                Some(match host.contains(':') && !host.starts_with('[') {
-                    true => format!("[{host}]:{port}"),
-                    false => format!("{host}:{port}"),
-                })
+                Some(dht_node_name(host, port))
             })
             .collect();
 

@@ -94,6 +94,14 @@ pub fn is_magnet_link(text: &str) -> bool {
 }
 
 impl Magnet {
+    /// The link's `dht=` nodes as `host:port`, as a torrent's `nodes` are named.
+    pub fn dht_node_names(&self) -> Vec<String> {
+        self.dht_nodes
+            .iter()
+            .map(|(host, port)| crate::dht_node_name(host, *port))
+            .collect()
+    }
+
     /// Parses a magnet link. See the module documentation for the rules.
     pub fn parse(uri: &str) -> Result<Magnet, MagnetError> {
         if uri.len() > MAX_URI_LEN {
