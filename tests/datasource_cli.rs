@@ -680,10 +680,21 @@ fn export_graphs_writes_the_2019_layout() {
     assert!(data.starts_with(&format!(
         "<{SEED_IRI}> <http://openworm.org/entities/data_sources/CSVDataSource#csv_file_name> \"connectome.csv\" .\n"
     )));
-    // Stable: a second run writes the same bytes.
+    // Stable: a second run writes the same bytes. A graph no longer in the store goes, and so
+    // does what a killed export left (files are written whole, by temp file and rename).
+    let gone = dir.join("graphs").join(format!("{}.nt", "0".repeat(64)));
+    let left = dir.join("graphs").join(".index.0.4194305.tmp");
+    std::fs::write(&gone, "<a> <b> <c> .\n").unwrap();
+    std::fs::write(&left, "half an ind").unwrap();
     ok(&dir, &["export", "--graphs"]);
     assert_eq!(
         std::fs::read_to_string(dir.join("graphs").join(data_file)).unwrap(),
         data
     );
+    assert!(!gone.exists() && !left.exists());
+    assert_eq!(std::fs::read_dir(dir.join("graphs")).unwrap().count(), 4);
+    // `-o FILE`: what stdout gets.
+    let out = dir.join("export.nq");
+    ok(&dir, &["export", "-o", path_str(&out)]);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), ok(&dir, &["export"]));
 }

@@ -237,8 +237,19 @@ pub fn export(pow_dir: Option<&Path>, args: ExportArgs) -> CmdResult {
     };
     let text = pow.export(format)?;
     match args.output {
-        Some(path) => std::fs::write(&path, text)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+        // Whole or not at all: a killed export leaves the last one as it was.
+        Some(path) => {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| format!("{}: not a file name in UTF-8", path.display()))?;
+            let dir = match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => Path::new("."),
+            };
+            pow_datasource::loader::write_atomically(dir, name, text.as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?
+        }
         None => print!("{text}"),
     }
     Ok(())

@@ -429,24 +429,25 @@ impl PowDir {
                 .or_default()
                 .push(format!("{} {} {} .\n", q.subject, q.predicate, q.object));
         }
-        for entry in std::fs::read_dir(&dir).map_err(Error::io(&dir))? {
-            let path = entry.map_err(Error::io(&dir))?.path();
-            if path.extension().is_some_and(|e| e == "nt") {
-                std::fs::remove_file(&path).map_err(Error::io(&path))?;
-            }
-        }
+        // Each file whole or not at all, the index last, and the graphs gone from the store
+        // removed only then: a killed export leaves every file as it was or as it is now.
+        crate::loader::remove_interrupted_writes(&dir)?;
         let mut index = String::new();
         let mut written = Vec::new();
         for (graph, mut lines) in graphs {
             lines.sort();
             let file = format!("{}.nt", hex::encode(Sha256::digest(graph.as_bytes())));
-            let path = dir.join(&file);
-            std::fs::write(&path, lines.concat()).map_err(Error::io(&path))?;
+            crate::loader::write_atomically(&dir, &file, lines.concat().as_bytes())?;
             index.push_str(&format!("{file} {graph}\n"));
-            written.push(path);
+            written.push(dir.join(file));
         }
-        let path = dir.join("index");
-        std::fs::write(&path, index).map_err(Error::io(&path))?;
+        crate::loader::write_atomically(&dir, "index", index.as_bytes())?;
+        for entry in std::fs::read_dir(&dir).map_err(Error::io(&dir))? {
+            let path = entry.map_err(Error::io(&dir))?.path();
+            if path.extension().is_some_and(|e| e == "nt") && !written.contains(&path) {
+                std::fs::remove_file(&path).map_err(Error::io(&path))?;
+            }
+        }
         Ok(written)
     }
 
