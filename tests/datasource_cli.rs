@@ -696,5 +696,8 @@ fn export_graphs_writes_the_2019_layout() {
     // `-o FILE`: what stdout gets.
     let out = dir.join("export.nq");
     ok(&dir, &["export", "-o", path_str(&out)]);
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), ok(&dir, &["export"]));
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        ok(&dir, &["export"])
+    );
 }

@@ -5,7 +5,7 @@ use crate::announce::SwarmArgs;
 use clap::Args;
 use pow_datasource::integrity::ContentDigester;
 use pow_datasource::publish::{store_torrent, Stored};
-use pow_metainfo::create::{check_options, create_from, Content, CreateOptions};
+use pow_metainfo::create::{check_options, create_with_progress, Content, CreateOptions};
 use pow_metainfo::Metainfo;
 use pow_picker::Picker;
 use std::path::{Path, PathBuf};
@@ -89,7 +89,10 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
             .map(|(path, length)| (path.to_path_buf(), length, false));
         let digester = ContentDigester::of_files(files, true);
         let digests = scope.spawn(move || digester.finish_from_disk());
-        let created = create_from(&content, &options);
+        let created =
+            crate::seed_cmd::with_piece_bar("hashing", content.piece_count(&options), |hashed| {
+                create_with_progress(&content, &options, hashed)
+            });
         (created, digests.join().expect("digest thread panicked"))
     });
     let (created, digests) = (created?, digests?);

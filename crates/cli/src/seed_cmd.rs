@@ -51,7 +51,8 @@ pub(crate) fn check_in_order(
     verified_prefix: &std::sync::atomic::AtomicU32,
 ) -> Result<(Arc<Storage>, Bitfield), Box<dyn std::error::Error>> {
     let storage = Arc::new(Storage::new(metainfo.clone(), data)?);
-    let have = with_check_bar(metainfo, |progress| {
+    let pieces = u64::from(metainfo.geometry.piece_count());
+    let have = with_piece_bar("checking", pieces, |progress| {
         storage.check_existing_in_order(pow_storage::check_threads(), progress, verified_prefix)
     })?;
     Ok((storage, have))
@@ -71,7 +72,11 @@ pub(crate) fn resume_or_check(
     let resume = if quiet {
         check(&|_| {})?
     } else {
-        with_check_bar(metainfo, check)?
+        with_piece_bar(
+            "checking",
+            u64::from(metainfo.geometry.piece_count()),
+            check,
+        )?
     };
     if let Some(why) = &resume.rejected {
         eprintln!("pow: resume file not used ({why}); checked the data instead");
@@ -79,24 +84,29 @@ pub(crate) fn resume_or_check(
     Ok((storage, resume))
 }
 
-/// Runs `check` with a progress bar on a terminal.
-fn with_check_bar<T>(
-    metainfo: &Metainfo,
-    check: impl FnOnce(&(dyn Fn(u32) + Sync)) -> Result<T, pow_storage::StorageError>,
-) -> Result<T, pow_storage::StorageError> {
+/// Runs `work` on `pieces` pieces (checking or hashing them, as `doing` says) with a progress
+/// bar on a terminal; `work` tells it how many are done.
+pub(crate) fn with_piece_bar<T, E>(
+    doing: &str,
+    pieces: u64,
+    work: impl FnOnce(&(dyn Fn(u32) + Sync)) -> Result<T, E>,
+) -> Result<T, E> {
     let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(u64::from(metainfo.geometry.piece_count()));
+        let bar = indicatif::ProgressBar::new(pieces);
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "checking {bar:40} {pos}/{len} pieces {per_sec}",
-            )
+            indicatif::ProgressStyle::with_template(&format!(
+                "{doing} {{bar:40}} {{pos}}/{{len}} pieces, eta {{eta}}"
+            ))
             .expect("valid template"),
         );
         bar
     });
-    let result = check(&|n| {
+    let result = work(&|n| {
         if let Some(bar) = &bar {
-            bar.set_position(u64::from(n));
+            // Threads report out of order: the bar only moves on.
+            if u64::from(n) > bar.position() {
+                bar.set_position(u64::from(n));
+            }
         }
     });
     if let Some(bar) = bar {

@@ -3,7 +3,7 @@
 use crate::CmdResult;
 use clap::{Args, Subcommand};
 use pow_datasource::loader::{write_atomically, write_new};
-use pow_metainfo::create::{check_options, create, CreateOptions};
+use pow_metainfo::create::{check_options, create_with_progress, Content, CreateOptions};
 use pow_metainfo::Metainfo;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -159,7 +159,11 @@ fn create_cmd(args: CreateArgs) -> CmdResult {
             return Err(format!("{} exists; give --force to replace it", output.display()).into());
         }
     }
-    let created = create(&args.path, &options)?;
+    let content = Content::scan(&args.path)?;
+    let created =
+        crate::seed_cmd::with_piece_bar("hashing", content.piece_count(&options), |hashed| {
+            create_with_progress(&content, &options, hashed)
+        })?;
     write_torrent(&output, &created.bytes, args.force)?;
     let m = &created.metainfo;
     if args.json {

@@ -172,22 +172,46 @@ impl Content {
     pub fn files(&self) -> impl Iterator<Item = (&Path, u64)> {
         self.files.iter().map(|f| (f.disk_path.as_path(), f.length))
     }
+
+    /// Bytes in all files.
+    pub fn total_length(&self) -> u64 {
+        self.files.iter().map(|f| f.length).sum()
+    }
+
+    /// The piece length a torrent of it made with `options` has.
+    pub fn piece_length(&self, options: &CreateOptions) -> u64 {
+        options
+            .piece_length
+            .unwrap_or_else(|| auto_piece_length(self.total_length()))
+    }
+
+    /// How many pieces a torrent of it made with `options` has.
+    pub fn piece_count(&self, options: &CreateOptions) -> u64 {
+        self.total_length().div_ceil(self.piece_length(options))
+    }
 }
 
 /// Builds a torrent of scanned `content`.
 pub fn create_from(content: &Content, options: &CreateOptions) -> Result<Created, CreateError> {
+    create_with_progress(content, options, &|_| {})
+}
+
+/// As [`create_from`], telling `hashed` how many pieces are hashed so far as it goes (from
+/// several threads; a count, not a piece index).
+pub fn create_with_progress(
+    content: &Content,
+    options: &CreateOptions,
+    hashed: &(dyn Fn(u32) + Sync),
+) -> Result<Created, CreateError> {
     check_options(options)?;
     let files = &content.files;
-    let total: u64 = files.iter().map(|f| f.length).sum();
-    let piece_length = options
-        .piece_length
-        .unwrap_or_else(|| auto_piece_length(total));
+    let piece_length = content.piece_length(options);
     let lengths: Vec<u64> = files.iter().map(|f| f.length).collect();
-    let geometry = Geometry::new(piece_length, lengths, total.div_ceil(piece_length), true)?;
+    let geometry = Geometry::new(piece_length, lengths, content.piece_count(options), true)?;
     let threads = options
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let pieces = hash_pieces(files, &geometry, threads)?;
+    let pieces = hash_pieces(files, &geometry, threads, hashed)?;
 
     let mut info = vec![
         (
@@ -212,7 +236,7 @@ pub fn create_from(content: &Content, options: &CreateOptions) -> Result<Created
             .collect();
         info.push(("files", Value::List(list)));
     } else {
-        info.push(("length", Value::Int(total as i64)));
+        info.push(("length", Value::Int(content.total_length() as i64)));
     }
     if options.private {
         info.push(("private", Value::Int(1)));
@@ -390,7 +414,9 @@ fn hash_pieces(
     files: &[SourceFile],
     geometry: &Geometry,
     threads: usize,
+    hashed: &(dyn Fn(u32) + Sync),
 ) -> Result<Vec<u8>, CreateError> {
+    let done = std::sync::atomic::AtomicU32::new(0);
     let handles: Vec<std::fs::File> = files
         .iter()
         .map(|f| {
@@ -409,7 +435,7 @@ fn hash_pieces(
             .chunks_mut(per_thread * 20)
             .enumerate()
             .map(|(t, chunk)| {
-                let handles = &handles;
+                let (handles, done) = (&handles, &done);
                 scope.spawn(move || -> Result<(), CreateError> {
                     let mut buf = vec![0u8; geometry.piece_length() as usize];
                     for (i, slot) in chunk.chunks_mut(20).enumerate() {
@@ -418,6 +444,7 @@ fn hash_pieces(
                             .expect("in range");
                         let data = read_piece(files, handles, geometry, piece, &mut buf)?;
                         slot.copy_from_slice(&Sha1::digest(data));
+                        hashed(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
                     }
                     Ok(())
                 })
