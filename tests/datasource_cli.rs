@@ -693,11 +693,24 @@ fn export_graphs_writes_the_2019_layout() {
     );
     assert!(!gone.exists() && !left.exists());
     assert_eq!(std::fs::read_dir(dir.join("graphs")).unwrap().count(), 4);
-    // `-o FILE`: what stdout gets.
+    // `-o FILE`: what stdout gets, written whole (by rename), keeping the file's permissions;
+    // through a symlink, the file it names.
+    use std::os::unix::fs::PermissionsExt;
     let out = dir.join("export.nq");
+    std::fs::write(&out, "old").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o600)).unwrap();
     ok(&dir, &["export", "-o", path_str(&out)]);
-    assert_eq!(
-        std::fs::read_to_string(&out).unwrap(),
-        ok(&dir, &["export"])
-    );
+    let stdout = ok(&dir, &["export"]);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), stdout);
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let link = dir.join("latest.nq");
+    std::os::unix::fs::symlink("export.nq", &link).unwrap();
+    std::fs::write(&out, "old").unwrap();
+    ok(&dir, &["export", "-o", path_str(&link)]);
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), stdout);
 }

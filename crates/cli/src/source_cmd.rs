@@ -237,20 +237,32 @@ pub fn export(pow_dir: Option<&Path>, args: ExportArgs) -> CmdResult {
     };
     let text = pow.export(format)?;
     match args.output {
-        // Whole or not at all: a killed export leaves the last one as it was.
-        Some(path) => {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| format!("{}: not a file name in UTF-8", path.display()))?;
-            let dir = match path.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => dir,
-                _ => Path::new("."),
-            };
-            pow_datasource::loader::write_atomically(dir, name, text.as_bytes())
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?
-        }
+        Some(path) => write_export(&path, text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
         None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// Writes an export to `path`: a regular file (or a new one) whole or not at all, by temp
+/// file and rename, so a killed export leaves the last one as it was, with the old file's
+/// permissions; anything else (`/dev/stdout`, a pipe, a symlink) written to as it is.
+fn write_export(path: &Path, bytes: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+    let old = std::fs::symlink_metadata(path).ok();
+    let name = path.file_name().and_then(|n| n.to_str());
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let replaceable = old.as_ref().is_none_or(|m| m.file_type().is_file());
+    match (name, replaceable && dir.is_dir()) {
+        (Some(name), true) => {
+            pow_datasource::loader::write_atomically(dir, name, bytes)?;
+            if let Some(old) = old {
+                std::fs::set_permissions(path, old.permissions())?;
+            }
+        }
+        _ => std::fs::write(path, bytes)?,
     }
     Ok(())
 }
