@@ -117,32 +117,37 @@ pub fn parse_announce(body: &[u8]) -> Result<AnnounceResponse> {
             .map(<[u8]>::to_vec),
         peers: Vec::new(),
     };
-    // Like libtorrent, a bad entry is skipped and only a list with no usable entry at all is
-    // an error: one broken peer must not cost the other peers of the answer.
-    match root.get("peers").map(|n| (n, n.as_bytes(), n.as_list())) {
-        None => {}
-        Some((_, Some(compact), _)) => resp.peers = parse_compact_v4(compact),
-        Some((_, None, Some(list))) => {
-            let mut first_error = None;
+    // As libtorrent's parser: a bad entry is skipped, a `peers` or `peers6` of another type
+    // ignored, and only an answer whose every entry is broken is an error. One broken peer must
+    // not cost the other peers of the answer.
+    let mut first_error = None;
+    match root.get("peers").map(|n| (n.as_bytes(), n.as_list())) {
+        Some((Some(compact), _)) => resp.peers = parse_compact_v4(compact),
+        Some((None, Some(list))) => {
+            let mut usable = false;
             for p in list {
                 match dict_peer(p) {
-                    Ok(addr) => resp.peers.extend(addr),
+                    Ok(addr) => {
+                        // A host name is usable, though not dialled.
+                        usable = true;
+                        resp.peers.extend(addr);
+                    }
                     Err(e) => {
                         first_error.get_or_insert(e);
                     }
                 }
             }
-            if let (true, Some(e)) = (resp.peers.is_empty(), first_error) {
-                return Err(e);
+            if usable {
+                first_error = None;
             }
         }
-        Some((n, None, None)) => return Err(malformed(format!("peers is a {}", n.type_name()))),
+        _ => {}
     }
-    if let Some(n) = root.get("peers6") {
-        let b = n
-            .as_bytes()
-            .ok_or_else(|| malformed(format!("peers6 is a {}", n.type_name())))?;
+    if let Some(b) = root.get("peers6").and_then(Node::as_bytes) {
         resp.peers.extend(parse_compact_v6(b));
+    }
+    if let (true, Some(e)) = (resp.peers.is_empty(), first_error) {
+        return Err(e);
     }
     Ok(resp)
 }
@@ -255,14 +260,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let bad = |v: Value| parse_announce(&v.encode()).unwrap_err();
-        assert!(matches!(
-            bad(dict([("peers", Value::Int(7))])),
-            Error::Malformed(_)
-        ));
-        assert!(matches!(
-            bad(dict([("peers6", Value::List(vec![]))])),
-            Error::Malformed(_)
-        ));
+        // a `peers` or `peers6` of another type is ignored, as libtorrent does
+        let odd_types = dict([("peers", Value::Int(7)), ("peers6", Value::List(vec![]))]);
+        assert_eq!(parse_announce(&odd_types.encode()).unwrap().peers, vec![]);
         // a list whose every entry is broken is an error, not an empty swarm
         let no_ip = dict([("port", Value::Int(6881))]);
         assert!(matches!(
@@ -315,6 +315,18 @@ mod tests {
             parse_announce(&body).unwrap().peers,
             vec![sa("127.0.0.1:51101"), sa("[::1]:51102")]
         );
+        // Every dictionary entry broken, but `peers6` has one; or a host name beside the
+        // broken one: not an error.
+        let broken = || Value::List(vec![dict([("port", Value::Int(1))])]);
+        let v6 = [Ipv6Addr::LOCALHOST.octets().to_vec(), vec![0, 80]].concat();
+        let body = dict([("peers", broken()), ("peers6", Value::Bytes(v6))]).encode();
+        assert_eq!(parse_announce(&body).unwrap().peers, vec![sa("[::1]:80")]);
+        let named = Value::List(vec![
+            dict([("port", Value::Int(1))]),
+            peer(Value::str("tracker.example"), 1),
+        ]);
+        let body = dict([("peers", named)]).encode();
+        assert_eq!(parse_announce(&body).unwrap().peers, vec![]);
     }
 
     #[test]
