@@ -311,7 +311,7 @@ time.sleep(300)
     let report = common::pow_download_json(
         &link,
         &out,
-        &["--dht-bootstrap", &silent, "--metadata-timeout", "30"],
+        &["--dht-bootstrap", &silent, "--metadata-timeout", "90"],
     );
     let bytes = same_bytes(&data.join("set.zip"), &out.join("set.zip")).unwrap();
     println!(

@@ -171,21 +171,35 @@ async fn metainfo_of_magnet(
         eprintln!("pow: warning: magnet link: {warning}");
     }
     let info_hash = magnet.v1()?;
-    // The torrent of this link: the dictionary fetched, with the link's own trackers and web
-    // seeds (`--tracker`s are added by the session). A kept dictionary gets this link's too: an
-    // earlier run's tracker may be dead now, and this link names a live one.
+    // The torrent of this link: the dictionary fetched, with the link's own trackers, web
+    // seeds and DHT nodes (`--tracker`s are added by the session). A kept dictionary gets this
+    // link's first, then those kept with it: an earlier run's tracker may be dead now and this
+    // link name a live one, or this link may name none and the earlier run's `--tracker` be
+    // the only one.
     let dht_nodes = magnet.dht_node_names();
-    let of_this_link = |info: &[u8]| {
-        let tiers = one_tier_each(&magnet.trackers);
-        let file = torrent_file(info, &tiers, &magnet.web_seeds, &magnet.dht_nodes);
-        Metainfo::from_bytes(&file)
+    let of_this_link = |info: &[u8], kept: Option<&Metainfo>| {
+        let (kept_tiers, kept_seeds, kept_nodes) = match kept {
+            Some(m) => (m.tracker_tiers(), &m.url_list[..], &m.dht_nodes[..]),
+            None => (Vec::new(), &[][..], &[][..]),
+        };
+        let tiers = one_tier_each(magnet.trackers.iter().chain(kept_tiers.iter().flatten()));
+        let mut web_seeds = magnet.web_seeds.clone();
+        let mut nodes = dht_nodes.clone();
+        for (all, more) in [(&mut web_seeds, kept_seeds), (&mut nodes, kept_nodes)] {
+            for item in more {
+                if !all.contains(item) {
+                    all.push(item.clone());
+                }
+            }
+        }
+        Metainfo::from_bytes(&torrent_file(info, &tiers, &web_seeds, &nodes))
     };
     let kept = args
         .output
         .join(format!(".{}.pow-metadata.torrent", info_hash.to_hex()));
     if let Ok(metainfo) = Metainfo::from_file(&kept) {
         if metainfo.info_hash == info_hash {
-            return Ok(of_this_link(&metainfo.info_bytes)?);
+            return Ok(of_this_link(&metainfo.info_bytes, Some(&metainfo))?);
         }
     }
     // A link may name a tracker twice (libtorrent keeps both when parsing, too).
@@ -201,7 +215,7 @@ async fn metainfo_of_magnet(
     let (bytes, metainfo) = torrent_from_peers(wanted, &args.swarm, &args.leech, args.json).await?;
     std::fs::create_dir_all(&args.output)?;
     std::fs::write(&kept, &bytes)?;
-    Ok(of_this_link(&metainfo.info_bytes)?)
+    Ok(of_this_link(&metainfo.info_bytes, None)?)
 }
 
 /// Each tracker URL a tier of its own, in order, each once.
@@ -316,7 +330,7 @@ fn torrent_file(
     info: &[u8],
     tiers: &[Vec<String>],
     web_seeds: &[String],
-    dht_nodes: &[(String, u16)],
+    dht_nodes: &[String],
 ) -> Vec<u8> {
     use pow_bencode::Value;
     let mut out = b"d".to_vec();
@@ -337,9 +351,15 @@ fn torrent_file(
     // Keys in order: "announce" < "announce-list" < "info" < "nodes" < "url-list".
     if !dht_nodes.is_empty() {
         Value::str("nodes").encode_into(&mut out);
-        let nodes = dht_nodes
-            .iter()
-            .map(|(host, port)| Value::List(vec![Value::str(host), Value::Int(i64::from(*port))]));
+        let nodes = dht_nodes.iter().filter_map(|name| {
+            let (host, port) = name.rsplit_once(':')?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port: u16 = port.parse().ok()?;
+            Some(Value::List(vec![
+                Value::str(host),
+                Value::Int(i64::from(port)),
+            ]))
+        });
         Value::List(nodes.collect()).encode_into(&mut out);
     }
     if !web_seeds.is_empty() {

@@ -31,8 +31,9 @@ use tokio::task::JoinSet;
 pub const MAX_METADATA_SIZE: u64 = 48 << 20;
 /// Peers asked at once.
 const PARALLEL_PEERS: usize = 8;
-/// Time a peer has for each metadata piece after its extension handshake: not for the whole
-/// dictionary, which under a rate limit or from a slow peer can take minutes.
+/// Time a peer has for each metadata piece after its extension handshake (more under a rate
+/// limit, [`piece_timeout`]): not for the whole dictionary, which under a rate limit or from a
+/// slow peer can take minutes.
 const PIECE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Other messages (a bitfield of a big torrent) may come first; anything longer is refused.
@@ -44,6 +45,26 @@ pub enum MetadataError {
     TimedOut(Duration, String),
     #[error("no peer to ask for the metadata: every peer source ended without naming one")]
     NoPeers,
+    #[error("no peer left to ask for the metadata ({0})")]
+    NoneLeft(String),
+}
+
+/// Peers asked at once: all [`PARALLEL_PEERS`], but under a rate limit one per 64 KiB/s of it.
+/// Each fetches the whole dictionary, so more would only split the limit between copies.
+fn parallel_peers(limit: Option<&RateLimit>) -> usize {
+    limit.map_or(PARALLEL_PEERS, |l| {
+        (l.bytes_per_second() / (64 * 1024)).clamp(1, PARALLEL_PEERS as u64) as usize
+    })
+}
+
+/// [`PIECE_TIMEOUT`], plus, under a rate limit, the time a piece takes at the share of it each
+/// peer asked at once gets.
+fn piece_timeout(limit: Option<&RateLimit>) -> Duration {
+    PIECE_TIMEOUT
+        + limit.map_or(Duration::ZERO, |l| {
+            let share = l.bytes_per_second() as f64 / parallel_peers(Some(l)) as f64;
+            Duration::from_secs_f64(METADATA_PIECE_LEN as f64 / share.max(1.0))
+        })
 }
 
 /// How peers are dialed for the metadata, as the session will dial them.
@@ -93,7 +114,7 @@ pub async fn fetch_metadata(
     loop {
         let now = Instant::now();
         for (addr, peer) in known.iter_mut() {
-            if running.len() >= PARALLEL_PEERS {
+            if running.len() >= parallel_peers(limit.as_deref()) {
                 break;
             }
             if in_flight.contains(addr) || given_up.contains(addr) || !peer.due(now) {
@@ -109,6 +130,9 @@ pub async fn fetch_metadata(
         }
         if !sources_open && known.is_empty() {
             return Err(MetadataError::NoPeers);
+        }
+        if !sources_open && running.is_empty() && known.keys().all(|a| given_up.contains(a)) {
+            return Err(MetadataError::NoneLeft(last_error));
         }
         tokio::select! {
             addr = peers.recv(), if sources_open => match addr {
@@ -308,12 +332,13 @@ async fn exchange(
     let mut size = 0u64;
     let mut their_id = 0u8;
     let mut asks = MetadataAsks::default();
-    let mut piece_deadline = Instant::now() + PIECE_TIMEOUT;
+    let piece_timeout = piece_timeout(limit);
+    let mut piece_deadline = Instant::now() + piece_timeout;
     loop {
         let read = read_frame(&mut stream, &mut buf, &mut ciphers, limit);
         let payload = tokio::time::timeout_at(piece_deadline.into(), read)
             .await
-            .map_err(|_| fail(&format!("no metadata piece for {PIECE_TIMEOUT:?}")))?
+            .map_err(|_| fail(&format!("no metadata piece for {piece_timeout:.0?}")))?
             .map_err(|e| fail(&e))?;
         let Some((EXTENDED, payload)) = payload else {
             continue;
@@ -342,7 +367,7 @@ async fn exchange(
                 let count = extension::metadata_pieces(size);
                 pieces = vec![None; count as usize];
                 asks = MetadataAsks::new(count);
-                piece_deadline = Instant::now() + PIECE_TIMEOUT;
+                piece_deadline = Instant::now() + piece_timeout;
             } else if hs.metadata_size.is_some_and(|s| s != size) {
                 return Err(fail("changed its metadata size"));
             }
@@ -366,7 +391,7 @@ async fn exchange(
                         // A copy: a slice would keep the whole frame (up to 8 MiB, padded with
                         // unknown keys) alive for 16 KiB of metadata.
                         pieces[piece as usize] = Some(Bytes::copy_from_slice(&data));
-                        piece_deadline = Instant::now() + PIECE_TIMEOUT;
+                        piece_deadline = Instant::now() + piece_timeout;
                     }
                 }
                 MetadataMessage::Reject { piece } => {
