@@ -616,10 +616,26 @@ fn source_name_and_private_as_mktorrent_has_them() {
         );
         assert!(!work.path().join("bad.torrent").exists());
     }
+    // A WebTorrent tracker goes in, with a warning: pow cannot announce to it, others can.
+    let out = common::pow()
+        .current_dir(work.path())
+        .args(["torrent", "create", "set", "-o", "wss.torrent"])
+        .args(["-t", "wss://tracker.example/announce"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("pow cannot announce to this tracker"),
+        "{stderr}"
+    );
+    let shown = pow_show(&work.path().join("wss.torrent"));
+    assert_eq!(shown["announce"], "wss://tracker.example/announce");
 }
 
-/// On a terminal, `torrent create` shows how far hashing is, as transmission-create does (a
-/// 16 GiB dataset takes minutes); it showed nothing until done. `script` gives it a terminal.
+/// On a terminal, `torrent create` and `publish` show how far hashing is, as
+/// transmission-create does (a 16 GiB dataset takes minutes); they showed nothing until done.
+/// `script` gives them a terminal.
 #[test]
 fn torrent_create_shows_hashing_progress_on_a_terminal() {
     let work = common::TempDir::new("create-progress");
@@ -642,6 +658,34 @@ fn torrent_create_shows_hashing_progress_on_a_terminal() {
         .find(|l| l.starts_with("hashing ") && l.contains("/4096 pieces"));
     assert!(progress.is_some(), "{shown}");
     println!("{}", progress.unwrap().trim_end());
+    // `publish` too (its bar follows the slower of the piece hashes and the content's MD5).
+    let pow_dir = work.path().join("pow");
+    let init = common::pow()
+        .arg("--pow-dir")
+        .arg(&pow_dir)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let command = format!(
+        "'{}' --pow-dir '{}' publish '{}' --no-seed --piece-length 16384 --torrent-store '{}'",
+        common::pow_bin().display(),
+        pow_dir.display(),
+        data.display(),
+        work.path().join("store").display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .unwrap();
+    let shown = common::strip_ansi(&String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown
+            .split(['\r', '\n'])
+            .any(|l| l.starts_with("hashing ") && l.contains("/4096 pieces")),
+        "{shown}"
+    );
     // Not on a pipe.
     let piped = common::pow()
         .args(["torrent", "create", "--force", "--piece-length", "16384"])

@@ -80,21 +80,48 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
     };
     // Before the digest thread below, which would read the whole file before the error.
     check_options(&options)?;
+    crate::torrent_cmd::warn_of_trackers_pow_cannot_use(&options.trackers);
     let content = Content::scan(&file)?;
     // The content's MD5 and SHA-256 are computed beside the piece hashes, not after them: the
     // MD5 is the slowest of the three, and its thread alone then decides how long this takes.
-    let (created, digests) = std::thread::scope(|scope| {
-        let files = content
-            .files()
-            .map(|(path, length)| (path.to_path_buf(), length, false));
-        let digester = ContentDigester::of_files(files, true);
-        let digests = scope.spawn(move || digester.finish_from_disk());
-        let created =
-            crate::seed_cmd::with_piece_bar("hashing", content.piece_count(&options), |hashed| {
-                create_with_progress(&content, &options, hashed)
-            });
-        (created, digests.join().expect("digest thread panicked"))
-    });
+    // The bar shows the slower of the two: pieces hashed, or pieces' worth digested.
+    let piece_length = content.piece_length(&options);
+    let hashed = std::sync::atomic::AtomicU32::new(0);
+    let digested = std::sync::atomic::AtomicU64::new(0);
+    let both = crate::seed_cmd::with_piece_bar(
+        "hashing",
+        content.piece_count(&options),
+        args.json,
+        |progress| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let report = || {
+                let digested = digested.load(Relaxed).div_ceil(piece_length);
+                progress(hashed.load(Relaxed).min(digested as u32));
+            };
+            Ok::<_, std::convert::Infallible>(std::thread::scope(|scope| {
+                let files = content
+                    .files()
+                    .map(|(path, length)| (path.to_path_buf(), length, false));
+                let mut digester = ContentDigester::of_files(files, true);
+                let total = content.total_length();
+                let (digested, report) = (&digested, &report);
+                let digests = scope.spawn(move || {
+                    while digester.position() < total {
+                        digester.advance_to((digester.position() + (64 << 20)).min(total))?;
+                        digested.store(digester.position(), Relaxed);
+                        report();
+                    }
+                    digester.finish()
+                });
+                let created = create_with_progress(&content, &options, &|n| {
+                    hashed.fetch_max(n, Relaxed);
+                    report();
+                });
+                (created, digests.join().expect("digest thread panicked"))
+            }))
+        },
+    );
+    let Ok((created, digests)) = both;
     let (created, digests) = (created?, digests?);
     let torrent_file_name = format!("{}.torrent", digests.md5);
     let stored = store_torrent(

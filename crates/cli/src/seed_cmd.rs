@@ -52,7 +52,7 @@ pub(crate) fn check_in_order(
 ) -> Result<(Arc<Storage>, Bitfield), Box<dyn std::error::Error>> {
     let storage = Arc::new(Storage::new(metainfo.clone(), data)?);
     let pieces = u64::from(metainfo.geometry.piece_count());
-    let have = with_piece_bar("checking", pieces, |progress| {
+    let have = with_piece_bar("checking", pieces, false, |progress| {
         storage.check_existing_in_order(pow_storage::check_threads(), progress, verified_prefix)
     })?;
     Ok((storage, have))
@@ -75,6 +75,7 @@ pub(crate) fn resume_or_check(
         with_piece_bar(
             "checking",
             u64::from(metainfo.geometry.piece_count()),
+            false,
             check,
         )?
     };
@@ -85,13 +86,14 @@ pub(crate) fn resume_or_check(
 }
 
 /// Runs `work` on `pieces` pieces (checking or hashing them, as `doing` says) with a progress
-/// bar on a terminal; `work` tells it how many are done.
+/// bar on a terminal, unless `quiet`; `work` tells it how many are done.
 pub(crate) fn with_piece_bar<T, E>(
     doing: &str,
     pieces: u64,
+    quiet: bool,
     work: impl FnOnce(&(dyn Fn(u32) + Sync)) -> Result<T, E>,
 ) -> Result<T, E> {
-    let bar = std::io::stderr().is_terminal().then(|| {
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(pieces);
         bar.set_style(
             indicatif::ProgressStyle::with_template(&format!(
@@ -101,11 +103,14 @@ pub(crate) fn with_piece_bar<T, E>(
         );
         bar
     });
+    // Threads report out of order: the bar only moves on.
+    let shown = std::sync::Mutex::new(0u64);
     let result = work(&|n| {
         if let Some(bar) = &bar {
-            // Threads report out of order: the bar only moves on.
-            if u64::from(n) > bar.position() {
-                bar.set_position(u64::from(n));
+            let mut shown = shown.lock().unwrap_or_else(|e| e.into_inner());
+            if u64::from(n) > *shown {
+                *shown = u64::from(n);
+                bar.set_position(*shown);
             }
         }
     });

@@ -120,11 +120,13 @@ pub fn serve(args: ServeArgs) -> CmdResult {
 async fn serve_async(args: ServeArgs) -> CmdResult {
     let counted = crate::download_cmd::count_signals()?;
     // What every upload's torrent will carry: refused now, not at each upload.
-    check_options(&CreateOptions {
+    let options = CreateOptions {
         trackers: args.trackers.iter().map(|t| vec![t.clone()]).collect(),
         web_seeds: args.public_url.iter().cloned().collect(),
         ..CreateOptions::default()
-    })?;
+    };
+    check_options(&options)?;
+    crate::torrent_cmd::warn_of_trackers_pow_cannot_use(&options.trackers);
     let tracker = if args.trackers.is_empty() {
         let addr = args
             .tracker_listen

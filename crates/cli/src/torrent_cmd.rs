@@ -81,6 +81,18 @@ fn parse_host_port(text: &str) -> Result<(String, u16), String> {
     }
 }
 
+/// Warns of each tracker URL in `tiers` that pow itself cannot announce to (a WebTorrent `wss`
+/// tracker, user info, a UDP URL without a port): other clients may, so the torrent keeps it.
+pub(crate) fn warn_of_trackers_pow_cannot_use(tiers: &[Vec<String>]) {
+    for url in tiers.iter().flatten() {
+        if let Err(e) = pow_tracker::TrackerUrl::parse(url) {
+            eprintln!(
+                "pow: warning: pow cannot announce to this tracker, though other clients may: {e}"
+            );
+        }
+    }
+}
+
 /// A `--piece-length` value (also `pow publish`'s).
 pub(crate) fn parse_piece_length(text: &str) -> Result<u64, String> {
     let value: u64 = text
@@ -135,6 +147,7 @@ fn create_cmd(args: CreateArgs) -> CmdResult {
         threads: None,
     };
     check_options(&options)?;
+    warn_of_trackers_pow_cannot_use(&options.trackers);
     let output = match (args.output, &options.name) {
         (Some(output), _) => output,
         (None, Some(name)) => PathBuf::from(format!("{name}.torrent")),
@@ -160,10 +173,12 @@ fn create_cmd(args: CreateArgs) -> CmdResult {
         }
     }
     let content = Content::scan(&args.path)?;
-    let created =
-        crate::seed_cmd::with_piece_bar("hashing", content.piece_count(&options), |hashed| {
-            create_with_progress(&content, &options, hashed)
-        })?;
+    let created = crate::seed_cmd::with_piece_bar(
+        "hashing",
+        content.piece_count(&options),
+        args.json,
+        |hashed| create_with_progress(&content, &options, hashed),
+    )?;
     write_torrent(&output, &created.bytes, args.force)?;
     let m = &created.metainfo;
     if args.json {

@@ -293,17 +293,13 @@ pub fn create_with_progress(
     Ok(Created { bytes, metainfo })
 }
 
-/// Refuses, before anything is hashed, what would make a torrent other clients cannot use:
-/// an empty or scheme-less tracker URL (`-t "a,"` gave an empty one), or a name that is not
-/// one path component.
+/// Refuses, before anything is hashed, what would make a torrent no client can use: an empty
+/// or scheme-less tracker URL (`-t "a,"` gave an empty one), or a name that is not one path
+/// component. (WebTorrent's `ws`/`wss` trackers pass: other clients announce to them.)
 pub fn check_options(options: &CreateOptions) -> Result<(), CreateError> {
     for url in options.trackers.iter().flatten() {
-        check_url(
-            url,
-            "tracker",
-            &["http", "https", "udp"],
-            "http, https or udp",
-        )?;
+        let schemes = ["http", "https", "udp", "ws", "wss"];
+        check_url(url, "tracker", &schemes, "http, https, udp, ws or wss")?;
     }
     for url in &options.web_seeds {
         check_url(url, "web seed", &["http", "https"], "http or https")?;
@@ -316,7 +312,8 @@ pub fn check_options(options: &CreateOptions) -> Result<(), CreateError> {
     Ok(())
 }
 
-/// `scheme://host...` with one of `schemes` (any case), a host, and no control character.
+/// `scheme://host...` with one of `schemes` (any case), a host, no white space at either end
+/// and no control character.
 fn check_url(
     url: &str,
     what: &'static str,
@@ -330,6 +327,7 @@ fn check_url(
             && !host.is_empty()
             && !host.starts_with(':')
             && !host.contains(' ')
+            && url.trim() == url
             && !url.chars().any(char::is_control)
     });
     if usable {
@@ -505,6 +503,7 @@ mod tests {
             "HTTPS://tracker.example/a?k=1",
             "udp://[::1]:6969",
             "http://user@host/announce",
+            "wss://tracker.webtorrent.dev",
         ] {
             check_options(&trackers(&[&[good]])).unwrap();
         }
@@ -517,6 +516,7 @@ mod tests {
             "http://:6969/announce",
             "http://a b/announce",
             "http://a/\nannounce",
+            "http://a/announce ",
         ] {
             let e = check_options(&trackers(&[&["http://ok/"], &["udp://ok:1", bad]])).unwrap_err();
             assert!(
