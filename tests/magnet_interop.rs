@@ -341,3 +341,76 @@ fn a_rerun_takes_the_trackers_of_its_link_not_of_the_kept_metadata() {
     let bytes = same_bytes(&data, &out.join("set.bin")).unwrap();
     println!("rerun of a bare link after a run with --tracker: {bytes} bytes");
 }
+
+/// A peer that serves a wrong info dictionary for a magnet link (the size it names, other
+/// bytes) is asked once: pow does not dial it again, and with nobody else to ask it ends at
+/// once, saying why. It was dialed again 10 s later, then 20 s, ... until `--metadata-timeout`.
+#[test]
+fn a_peer_that_sends_a_wrong_dictionary_is_not_asked_again() {
+    use common::raw_peer::{accept_within, handshake, unique_peer_id, RawPeer, EXTENSION_BIT};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const SIZE: usize = 20_000; // two metadata pieces
+    let info_hash = [0x5a; 20];
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dials = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = dials.clone();
+    std::thread::spawn(move || {
+        while let Some(stream) = accept_within(&listener, Duration::from_secs(120)) {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut peer = RawPeer { stream };
+            peer.read_handshake();
+            let ours = handshake(EXTENSION_BIT, info_hash, unique_peer_id());
+            std::io::Write::write_all(&mut peer.stream, &ours).unwrap();
+            let theirs = peer.next_extended(0, Duration::from_secs(5)).unwrap();
+            let theirs = String::from_utf8_lossy(&theirs).into_owned();
+            let at = theirs.find("11:ut_metadatai").unwrap() + 15;
+            let their_id: u8 = theirs[at..].split('e').next().unwrap().parse().unwrap();
+            let hs = format!("d1:md11:ut_metadatai1ee13:metadata_sizei{SIZE}ee");
+            peer.send_extended(0, hs.as_bytes()).unwrap();
+            while let Ok(ask) = peer.next_extended(1, Duration::from_secs(5)) {
+                let ask = String::from_utf8_lossy(&ask).into_owned();
+                let piece: usize = ask
+                    .split("5:piecei")
+                    .nth(1)
+                    .unwrap()
+                    .split('e')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let len = (SIZE - piece * 16384).min(16384);
+                let mut data =
+                    format!("d8:msg_typei1e5:piecei{piece}e10:total_sizei{SIZE}ee").into_bytes();
+                data.extend(std::iter::repeat_n(b'x', len));
+                if peer.send_extended(their_id, &data).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let link = format!(
+        "magnet:?xt=urn:btih:{}&x.pe=127.0.0.1:{port}",
+        hex::encode(info_hash)
+    );
+    let started = Instant::now();
+    let out = common::pow_download(&link, &common::TempDir::new("wrong-dict").path().join("o"))
+        .args(["--utp", "off", "--metadata-timeout", "60"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!(
+        "{:.2} s, {} dial(s): {}",
+        took.as_secs_f64(),
+        dials.load(Ordering::SeqCst),
+        stderr.trim()
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sent metadata whose SHA-1 is not the info-hash"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(9), "{took:?}");
+    assert_eq!(dials.load(Ordering::SeqCst), 1);
+}
