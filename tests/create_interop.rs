@@ -7,6 +7,20 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+/// Runs `program` with `args` in `dir`; it must succeed.
+fn run_in(dir: &Path, program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// make-payload.sh: deterministic data + a mktorrent .torrent. Returns (data path, torrent path).
 fn payload(
     work: &Path,
@@ -453,18 +467,7 @@ fn prefixed_names_and_symlinks_as_mktorrent_and_transmission_create_have_them() 
     }
     std::os::unix::fs::symlink("../other/f", set.join("link-f")).unwrap();
     std::os::unix::fs::symlink("a-b", set.join("link-d")).unwrap();
-    let run = |program: &str, args: &[&str]| {
-        let out = Command::new(program)
-            .current_dir(work.path())
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{program}: {e}"));
-        assert!(
-            out.status.success(),
-            "{program}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |program: &str, args: &[&str]| run_in(work.path(), program, args);
     run("mktorrent", &["-l", "15", "-o", "mk.torrent", "set"]);
     run(
         "transmission-create",
@@ -542,23 +545,12 @@ fn source_name_and_private_as_mktorrent_has_them() {
     std::fs::create_dir_all(set.join("d")).unwrap();
     std::fs::write(set.join("a.csv"), vec![7u8; 70_000]).unwrap();
     std::fs::write(set.join("d/b.txt"), "neurons").unwrap();
-    let run = |program: &std::ffi::OsStr, args: &[&str]| {
-        let out = Command::new(program)
-            .current_dir(work.path())
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{program:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "{program:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |program: &str, args: &[&str]| run_in(work.path(), program, args);
     let pow_bin = common::pow_bin();
     for target in ["set", "set/a.csv"] {
         let mk = format!("mk-{}.torrent", target.len());
         run(
-            "mktorrent".as_ref(),
+            "mktorrent",
             &["-l", "15", "-s", "OpenWorm", "-n", "connectome v2", "-p"]
                 .into_iter()
                 .chain(["-o", &mk, target])
@@ -567,7 +559,7 @@ fn source_name_and_private_as_mktorrent_has_them() {
         let ours = work.path().join("connectome v2.torrent");
         let _ = std::fs::remove_file(&ours);
         run(
-            pow_bin.as_os_str(),
+            pow_bin.to_str().unwrap(),
             &[
                 "torrent",
                 "create",
