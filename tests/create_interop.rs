@@ -625,6 +625,23 @@ fn source_name_and_private_as_mktorrent_has_them() {
     assert_eq!(shown["announce"], "wss://tracker.example/announce");
 }
 
+/// Runs the shell `command` on a terminal (`script` gives it one); it must succeed and draw a
+/// `hashing` bar line containing `count`, which is returned.
+fn hashing_line_on_a_terminal(command: &str, count: &str) -> String {
+    let out = Command::new("script")
+        .args(["-qec", command, "/dev/null"])
+        .output()
+        .unwrap();
+    let shown = common::strip_ansi(&String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{shown}");
+    let line = shown
+        .split(['\r', '\n'])
+        .find(|l| l.starts_with("hashing ") && l.contains(count));
+    line.unwrap_or_else(|| panic!("no hashing bar: {shown}"))
+        .trim_end()
+        .to_string()
+}
+
 /// On a terminal, `torrent create` and `publish` show how far hashing is, as
 /// transmission-create does (a 16 GiB dataset takes minutes); they showed nothing until done.
 /// `script` gives them a terminal.
@@ -639,17 +656,7 @@ fn torrent_create_shows_hashing_progress_on_a_terminal() {
         data.display(),
         work.path().join("big.torrent").display()
     );
-    let out = Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .output()
-        .unwrap();
-    let shown = common::strip_ansi(&String::from_utf8_lossy(&out.stdout));
-    assert!(out.status.success(), "{shown}");
-    let progress = shown
-        .split(['\r', '\n'])
-        .find(|l| l.starts_with("hashing ") && l.contains("/4096 pieces"));
-    assert!(progress.is_some(), "{shown}");
-    println!("{}", progress.unwrap().trim_end());
+    println!("{}", hashing_line_on_a_terminal(&command, "/4096 pieces"));
     // `publish` too (its bar follows the slower of the piece hashes and the content's MD5).
     let pow_dir = work.path().join("pow");
     let init = common::pow()
@@ -666,18 +673,7 @@ fn torrent_create_shows_hashing_progress_on_a_terminal() {
         data.display(),
         work.path().join("store").display()
     );
-    let out = Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .output()
-        .unwrap();
-    let shown = common::strip_ansi(&String::from_utf8_lossy(&out.stdout));
-    assert!(out.status.success(), "{shown}");
-    assert!(
-        shown
-            .split(['\r', '\n'])
-            .any(|l| l.starts_with("hashing ") && l.contains("/4096 pieces")),
-        "{shown}"
-    );
+    hashing_line_on_a_terminal(&command, "/4096 pieces");
     // Not on a pipe.
     let piped = common::pow()
         .args(["torrent", "create", "--force", "--piece-length", "16384"])
