@@ -10,6 +10,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The peer id of this process, for every torrent and for a magnet link's metadata phase
+/// (libtorrent too has one per session): the connection the metadata came over goes on as the
+/// session's, so both must say the same.
+pub fn peer_id() -> [u8; 20] {
+    static PEER_ID: std::sync::OnceLock<[u8; 20]> = std::sync::OnceLock::new();
+    *PEER_ID.get_or_init(pow_engine::new_peer_id)
+}
+
 /// Where a torrent listens and which extra trackers it announces to (`download` and `seed`).
 #[derive(clap::Args)]
 pub struct SwarmArgs {
@@ -203,6 +211,7 @@ impl SwarmArgs {
         if let Some(secs) = self.snub_timeout {
             config.snub_timeout = Duration::from_secs_f64(secs);
         }
+        config.peer_id = peer_id();
         config.utp_socket = self.peer_port_utp().await;
         let mut dht = self.dht_plan();
         if let Some(plan) = &dht {

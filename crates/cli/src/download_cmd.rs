@@ -67,6 +67,8 @@ async fn download(args: DownloadArgs) -> CmdResult {
     let started = Instant::now();
     // A magnet link's `x.pe` peers serve the download as well as its metadata.
     let mut metadata_seconds = None;
+    // What the metadata phase found goes on into the session: its connection and addresses.
+    let mut found = Found::default();
     let (metainfo, link_peers) = match args
         .torrent
         .to_str()
@@ -74,7 +76,8 @@ async fn download(args: DownloadArgs) -> CmdResult {
     {
         Some(link) => (
             {
-                let metainfo = metainfo_of_magnet(&args, link).await?;
+                let (metainfo, from_peers) = metainfo_of_magnet(&args, link).await?;
+                found = from_peers;
                 metadata_seconds = Some(started.elapsed().as_secs_f64());
                 Arc::new(metainfo)
             },
@@ -110,7 +113,16 @@ async fn download(args: DownloadArgs) -> CmdResult {
         .swarm
         .join(storage.clone(), picker, args.leech.max_download_rate)
         .await?;
-    torrent.add_peers(args.peers.iter().chain(&link_peers).copied());
+    if let Some(handed) = found.peer {
+        torrent.adopt(handed);
+    }
+    torrent.add_peers(
+        args.peers
+            .iter()
+            .chain(&link_peers)
+            .chain(&found.peers)
+            .copied(),
+    );
     // BEP 19: the torrent's `url-list` (for a magnet link, its `ws=` kept in the fetched file).
     torrent.add_web_seeds(metainfo.url_list.iter().cloned());
 
@@ -165,7 +177,7 @@ async fn download(args: DownloadArgs) -> CmdResult {
 async fn metainfo_of_magnet(
     args: &DownloadArgs,
     link: &str,
-) -> Result<Metainfo, Box<dyn std::error::Error>> {
+) -> Result<(Metainfo, Found), Box<dyn std::error::Error>> {
     let magnet = pow_metainfo::magnet::Magnet::parse(link)?;
     for warning in &magnet.warnings {
         eprintln!("pow: warning: magnet link: {warning}");
@@ -199,7 +211,10 @@ async fn metainfo_of_magnet(
         .join(format!(".{}.pow-metadata.torrent", info_hash.to_hex()));
     if let Ok(metainfo) = Metainfo::from_file(&kept) {
         if metainfo.info_hash == info_hash {
-            return Ok(of_this_link(&metainfo.info_bytes, Some(&metainfo))?);
+            return Ok((
+                of_this_link(&metainfo.info_bytes, Some(&metainfo))?,
+                Found::default(),
+            ));
         }
     }
     // A link may name a tracker twice (libtorrent keeps both when parsing, too).
@@ -212,10 +227,20 @@ async fn metainfo_of_magnet(
         web_seeds: &magnet.web_seeds,
         dht_nodes: &dht_nodes,
     };
-    let (bytes, metainfo) = torrent_from_peers(wanted, &args.swarm, &args.leech, args.json).await?;
+    let (bytes, metainfo, found) =
+        torrent_from_peers(wanted, &args.swarm, &args.leech, args.json).await?;
     std::fs::create_dir_all(&args.output)?;
     std::fs::write(&kept, &bytes)?;
-    Ok(of_this_link(&metainfo.info_bytes, None)?)
+    Ok((of_this_link(&metainfo.info_bytes, None)?, found))
+}
+
+/// What the metadata phase found besides the dictionary, for the session.
+#[derive(Default)]
+pub(crate) struct Found {
+    /// The connection the dictionary came over.
+    pub peer: Option<pow_engine::metadata::HandedPeer>,
+    /// Every address heard of.
+    pub peers: Vec<SocketAddr>,
 }
 
 /// Each tracker URL a tier of its own, in order, each once.
@@ -248,7 +273,7 @@ pub(crate) async fn torrent_from_peers(
     swarm: &crate::announce::SwarmArgs,
     leech: &LeechArgs,
     quiet: bool,
-) -> Result<(Vec<u8>, Metainfo), Box<dyn std::error::Error>> {
+) -> Result<(Vec<u8>, Metainfo, Found), Box<dyn std::error::Error>> {
     let info_hash = wanted.info_hash;
     if wanted.tiers.is_empty() && wanted.peers.is_empty() && swarm.dht_plan().is_none() {
         return Err(format!(
@@ -281,7 +306,7 @@ pub(crate) async fn torrent_from_peers(
         )
         .await?;
     }
-    let peer_id = pow_engine::new_peer_id();
+    let peer_id = crate::announce::peer_id();
     let announcer = crate::announce::start_for_peers(
         info_hash.0,
         wanted.tiers.clone(),
@@ -302,12 +327,13 @@ pub(crate) async fn torrent_from_peers(
             .map(|rate| std::sync::Arc::new(pow_engine::RateLimit::new(rate))),
         utp: metadata_utp,
         listen: Some(SocketAddr::new(swarm.bind, swarm.port)),
+        dht: swarm.dht_plan().is_some(),
     };
     let fetched = pow_engine::metadata::fetch_metadata(info_hash.0, peer_id, peers, settings).await;
     if let Some(a) = announcer {
         a.stop().await;
     }
-    let info = fetched?;
+    let pow_engine::metadata::Fetched { info, peer, peers } = fetched?;
     let bytes = torrent_file(&info, &wanted.tiers, wanted.web_seeds, &[]);
     let metainfo = Metainfo::from_bytes(&bytes)?;
     if metainfo.info_hash != info_hash {
@@ -321,7 +347,7 @@ pub(crate) async fn torrent_from_peers(
             started.elapsed().as_secs_f64()
         );
     }
-    Ok((bytes, metainfo))
+    Ok((bytes, metainfo, Found { peer, peers }))
 }
 
 /// A .torrent of a fetched info dictionary (kept byte for byte: its SHA-1 is the info-hash)

@@ -117,7 +117,9 @@ fn plan(
         web_seeds: &[],
         dht_nodes: &[],
     };
-    let (bytes, _) = runtime
+    // The connection and addresses found are not handed on: the store and the plan come
+    // between, and the session finds the peers again.
+    let (bytes, _, _) = runtime
         .get()?
         .block_on(torrent_from_peers(
             by_hash,

@@ -783,6 +783,22 @@ impl Torrent {
         self.inner.learn_peers(addrs);
     }
 
+    /// Goes on with the connection a magnet link's metadata came over, as a peer connection
+    /// dialed by this session (its peer id and handshake bits are the session's). Its address
+    /// is booked as being dialed, so that [`Torrent::add_peers`] does not dial it again.
+    pub fn adopt(&self, handed: metadata::HandedPeer) {
+        let addr = handed.addr();
+        {
+            let mut state = self.inner.lock();
+            if *self.inner.shutdown.borrow() || state.banned.contains(&addr) {
+                return;
+            }
+            state.known.entry(addr).or_default().last_dial = Some(Instant::now());
+            state.connecting.insert(addr);
+        }
+        tokio::spawn(peer::adopt(self.inner.clone(), handed));
+    }
+
     /// BEP 19 web seeds to fetch pieces from alongside peers (each URL once; not http: ignored).
     /// Each runs until the torrent is complete, it is banned, or it has nothing left we want.
     pub fn add_web_seeds(&self, urls: impl IntoIterator<Item = String>) {

@@ -5,9 +5,15 @@
 //! still look, a failed address is dialed again 10 s later, then 20, 40, ... s, at most every
 //! 5 minutes, as the session redials. Peers are dialed over TCP
 //! and uTP in the order [`crate::Utp`] says, as the session dials them.
+//!
+//! The connection the dictionary came over is handed to the session ([`HandedPeer`]), as
+//! libtorrent keeps it: the handshake already says what the session's says (the same peer id,
+//! extensions), and what the peer sent besides metadata (its bitfield, extension handshake) is
+//! kept for the session to read. A second dial would cost a round trip, and Transmission
+//! refuses a new connection from an address it just saw close for about 10 s.
 
 use crate::encryption::{self, Ciphers, Encryption};
-use crate::peer::{read_handshake, PeerError};
+use crate::peer::{our_reserved, read_handshake, PeerError};
 use crate::transport::{self, DialOutcome, Next, PeerStream, Transport};
 use crate::{KnownPeer, RateLimit, Utp};
 use bytes::{Buf, Bytes, BytesMut};
@@ -38,6 +44,10 @@ const PIECE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Other messages (a bitfield of a big torrent) may come first; anything longer is refused.
 const MAX_FRAME: usize = 8 << 20;
+/// The peer's other messages kept for the session, at most: a bitfield of a dictionary of
+/// [`MAX_METADATA_SIZE`] (2.5 million pieces) is 315 KB. Past it the connection is not handed
+/// over.
+const MAX_KEPT: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
@@ -80,23 +90,61 @@ pub struct FetchSettings {
     /// The address the download will listen on: a tracker lists it back to us, and it is not
     /// dialed.
     pub listen: Option<SocketAddr>,
+    /// The download will run a DHT node: the handshake says so, as the session's will.
+    pub dht: bool,
 }
 
-/// Fetches the info dictionary for `info_hash` from peers received on `peers`. Returns the raw
-/// bencoded dictionary (its SHA-1 is `info_hash`).
+/// What a fetch found: the dictionary, the connection it came over, and every address heard
+/// of, for the session to go on with.
+pub struct Fetched {
+    /// The raw bencoded info dictionary (its SHA-1 is the info-hash).
+    pub info: Vec<u8>,
+    /// None when the peer sent more than [`MAX_KEPT`] besides metadata.
+    pub peer: Option<HandedPeer>,
+    /// Every address heard of, the handed peer's included, but not those given up.
+    pub peers: Vec<SocketAddr>,
+}
+
+/// A connection whose handshakes are done, for [`crate::Torrent::adopt`].
+pub struct HandedPeer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) stream: PeerStream,
+    /// The peer's handshake (ours said what the session's says: [`our_reserved`]).
+    pub(crate) handshake: Handshake,
+    /// The peer's messages the fetch read and did not use, then what it read after them;
+    /// decrypted.
+    pub(crate) buf: BytesMut,
+    pub(crate) ciphers: Ciphers,
+}
+
+impl HandedPeer {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Fetches the info dictionary for `info_hash` from peers received on `peers`, with the
+/// session's `peer_id`.
 pub async fn fetch_metadata(
     info_hash: [u8; 20],
     peer_id: [u8; 20],
     mut peers: mpsc::UnboundedReceiver<SocketAddr>,
     settings: FetchSettings,
-) -> Result<Vec<u8>, MetadataError> {
+) -> Result<Fetched, MetadataError> {
     let FetchSettings {
         timeout,
         encryption,
         limit,
         utp,
         listen,
+        dht,
     } = settings;
+    let ours = Ours {
+        info_hash,
+        peer_id,
+        reserved: our_reserved(dht),
+        encryption,
+    };
     let deadline = Instant::now() + timeout;
     // Every address heard of, dialed again as the session dials peers ([`KnownPeer::due`])
     // until the metadata comes or the time is up, also once the sources are done (a magnet
@@ -124,7 +172,7 @@ pub async fn fetch_metadata(
             in_flight.insert(*addr);
             let (addr, limit, utp) = (*addr, limit.clone(), utp.clone());
             running.spawn(async move {
-                let result = fetch_from(addr, info_hash, peer_id, encryption, limit, utp).await;
+                let result = fetch_from(addr, ours, limit, utp).await;
                 (addr, result)
             });
         }
@@ -145,9 +193,13 @@ pub async fn fetch_metadata(
                 None => sources_open = false,
             },
             Some(done) = running.join_next(), if !running.is_empty() => match done {
-                Ok((addr, Ok(info))) => {
+                Ok((addr, Ok((info, peer)))) => {
                     tracing::info!("{addr}: metadata received ({} bytes)", info.len());
-                    return Ok(info);
+                    return Ok(Fetched {
+                        info,
+                        peer,
+                        peers: known.into_keys().filter(|a| !given_up.contains(a)).collect(),
+                    });
                 }
                 Ok((addr, Err(failure))) => {
                     tracing::info!("metadata: {}", failure.message);
@@ -170,14 +222,24 @@ pub async fn fetch_metadata(
     }
 }
 
-async fn fetch_from(
-    addr: SocketAddr,
+/// Who we say we are in a handshake: what the session will say.
+#[derive(Clone, Copy)]
+struct Ours {
     info_hash: [u8; 20],
     peer_id: [u8; 20],
+    reserved: [u8; 8],
     encryption: Encryption,
+}
+
+/// The dictionary, and the connection it came over if it can be handed on.
+type Got = (Vec<u8>, Option<HandedPeer>);
+
+async fn fetch_from(
+    addr: SocketAddr,
+    ours: Ours,
     limit: Option<Arc<RateLimit>>,
     utp: Option<(Utp, Arc<UtpSocket>)>,
-) -> Result<Vec<u8>, Failure> {
+) -> Result<Got, Failure> {
     let limit = limit.as_deref();
     let (mode, socket) = match &utp {
         Some((mode, socket)) => (*mode, Some(socket.as_ref())),
@@ -187,7 +249,7 @@ async fn fetch_from(
     let fetched = transport::dial_in_turn(
         addr,
         order,
-        encryption,
+        ours.encryption,
         || false,
         |transport, encrypted| {
             let dial = Dial {
@@ -195,12 +257,12 @@ async fn fetch_from(
                 transport,
                 socket,
             };
-            async move { fetch_once(&dial, info_hash, peer_id, encryption, encrypted, limit).await }
+            async move { fetch_once(&dial, ours, encrypted, limit).await }
         },
     )
     .await;
     let (message, for_good) = match fetched {
-        Some(Ok(info)) => return Ok(info),
+        Some(Ok(got)) => return Ok(got),
         Some(Err(Attempt::Bad(message))) => (message, true),
         Some(Err(
             Attempt::Unreachable(message) | Attempt::Refused(message) | Attempt::Failed(message),
@@ -236,7 +298,7 @@ enum Attempt {
     Bad(String),
 }
 
-impl DialOutcome for Result<Vec<u8>, Attempt> {
+impl DialOutcome for Result<Got, Attempt> {
     fn next(&self) -> Next {
         match self {
             Ok(_) | Err(Attempt::Failed(_) | Attempt::Bad(_)) => Next::Stop,
@@ -248,12 +310,16 @@ impl DialOutcome for Result<Vec<u8>, Attempt> {
 
 async fn fetch_once(
     dial: &Dial<'_>,
-    info_hash: [u8; 20],
-    peer_id: [u8; 20],
-    encryption: Encryption,
+    ours: Ours,
     encrypted: bool,
     limit: Option<&RateLimit>,
-) -> Result<Vec<u8>, Attempt> {
+) -> Result<Got, Attempt> {
+    let Ours {
+        info_hash,
+        peer_id,
+        reserved,
+        encryption,
+    } = ours;
     let addr = dial.addr;
     let fail = |what: &str| format!("{addr}: {what}");
     // From the address the uTP socket is bound to (the session's), if any.
@@ -262,7 +328,7 @@ async fn fetch_once(
         .await
         .map_err(|e| Attempt::Unreachable(fail(&format!("connect: {e}"))))?;
     let mut ours = Handshake::new(info_hash, peer_id);
-    extension::set_extension_bit(&mut ours.reserved);
+    ours.reserved = reserved;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let deadline = Instant::now() + CONNECT_TIMEOUT * 2;
     let handshake = async {
@@ -294,19 +360,30 @@ async fn fetch_once(
     if theirs.peer_id == peer_id {
         return Err(Attempt::Bad(fail("is ourselves")));
     }
-    exchange(addr, info_hash, stream, buf, ciphers, theirs, limit).await
+    let connection = HandedPeer {
+        addr,
+        stream,
+        buf,
+        ciphers,
+        handshake: theirs,
+    };
+    exchange(connection, info_hash, limit).await
 }
 
 /// The extension handshake and the metadata requests, after the BitTorrent handshake.
 async fn exchange(
-    addr: SocketAddr,
+    mut connection: HandedPeer,
     info_hash: [u8; 20],
-    mut stream: PeerStream,
-    mut buf: BytesMut,
-    mut ciphers: Ciphers,
-    theirs: Handshake,
     limit: Option<&RateLimit>,
-) -> Result<Vec<u8>, Attempt> {
+) -> Result<Got, Attempt> {
+    let HandedPeer {
+        addr,
+        ref mut stream,
+        ref mut buf,
+        ref mut ciphers,
+        handshake: ref theirs,
+        ..
+    } = connection;
     let fail = |what: &str| Attempt::Failed(format!("{addr}: {what}"));
     if theirs.info_hash != info_hash {
         return Err(fail("handshake for another torrent"));
@@ -328,6 +405,9 @@ async fn exchange(
         .await
         .map_err(|e| fail(&e.to_string()))?;
 
+    // The peer's messages other than metadata, as they came, for the session; None once
+    // past [`MAX_KEPT`].
+    let mut kept = Some(BytesMut::new());
     let mut pieces: Vec<Option<Bytes>> = Vec::new();
     let mut size = 0u64;
     let mut their_id = 0u8;
@@ -335,16 +415,26 @@ async fn exchange(
     let piece_timeout = piece_timeout(limit);
     let mut piece_deadline = Instant::now() + piece_timeout;
     loop {
-        let read = read_frame(&mut stream, &mut buf, &mut ciphers, limit);
-        let payload = tokio::time::timeout_at(piece_deadline.into(), read)
+        let read = read_frame(stream, buf, ciphers, limit);
+        let frame = tokio::time::timeout_at(piece_deadline.into(), read)
             .await
             .map_err(|_| fail(&format!("no metadata piece for {piece_timeout:.0?}")))?
             .map_err(|e| fail(&e))?;
-        let Some((EXTENDED, payload)) = payload else {
+        let Some((id, payload)) = frame else {
             continue;
         };
-        let (ext_id, body) =
-            extension::split_extended(&payload).map_err(|e| fail(&e.to_string()))?;
+        let extended = match id {
+            EXTENDED => {
+                Some(extension::split_extended(&payload).map_err(|e| fail(&e.to_string()))?)
+            }
+            _ => None,
+        };
+        if !matches!(extended, Some((OUR_UT_METADATA, _))) {
+            keep(&mut kept, id, &payload);
+        }
+        let Some((ext_id, body)) = extended else {
+            continue;
+        };
         if ext_id == EXTENDED_HANDSHAKE {
             // A later handshake (a pow leecher sends one when it completes) may move the id;
             // the dictionary and what was asked stay.
@@ -411,7 +501,14 @@ async fn exchange(
                         "{addr}: sent metadata whose SHA-1 is not the info-hash"
                     )));
                 }
-                return Ok(info);
+                let handed = kept.map(|mut kept| {
+                    kept.extend_from_slice(&connection.buf);
+                    HandedPeer {
+                        buf: kept,
+                        ..connection
+                    }
+                });
+                return Ok((info, handed));
             }
         } else {
             continue;
@@ -431,6 +528,20 @@ async fn exchange(
                 .map_err(|e| fail(&e.to_string()))?;
         }
     }
+}
+
+/// Adds a message to those kept for the session, unless that passes [`MAX_KEPT`].
+fn keep(kept: &mut Option<BytesMut>, id: u8, payload: &[u8]) {
+    let Some(buf) = kept else {
+        return;
+    };
+    if buf.len() + 5 + payload.len() > MAX_KEPT {
+        *kept = None;
+        return;
+    }
+    buf.extend_from_slice(&(1 + payload.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&[id]);
+    buf.extend_from_slice(payload);
 }
 
 /// Metadata requests a peer has at once: Transmission queues 64 and rejects the rest, pow's
@@ -530,5 +641,29 @@ async fn read_frame(
         if let Some(wait) = limit.and_then(|limit| limit.take_owing(n)) {
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{keep, MAX_KEPT};
+    use bytes::BytesMut;
+    use pow_wire::{Decoder, Message};
+
+    /// Kept messages read back as the peer sent them; past [`MAX_KEPT`] nothing is handed on.
+    #[test]
+    fn kept_messages_are_read_back_whole_and_bounded() {
+        let mut kept = Some(BytesMut::new());
+        keep(&mut kept, 1, &[]);
+        keep(&mut kept, 4, &7u32.to_be_bytes());
+        let mut buf = kept.clone().unwrap();
+        let mut decoder = Decoder::new(16);
+        assert_eq!(decoder.decode(&mut buf).unwrap(), Some(Message::Unchoke));
+        assert_eq!(decoder.decode(&mut buf).unwrap(), Some(Message::Have(7)));
+        assert!(buf.is_empty());
+        keep(&mut kept, 5, &vec![0xff; MAX_KEPT]);
+        assert!(kept.is_none());
+        keep(&mut kept, 1, &[]);
+        assert!(kept.is_none());
     }
 }

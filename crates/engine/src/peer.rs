@@ -19,6 +19,7 @@
 use crate::encryption::{self, Ciphers};
 use crate::inorder::InOrderHashes;
 use crate::listener::{Pending, PendingHandshakes};
+use crate::metadata::HandedPeer;
 use crate::pex::PexLink;
 use crate::received::{self, Unwritten, Writer};
 use crate::transport::{self, Next, PeerListener, PeerStream, Transport};
@@ -186,10 +187,42 @@ async fn dial(
     }
 }
 
+/// Runs a connection whose handshakes the metadata phase did (a magnet link's), then books
+/// the address as [`connect`] does.
+pub(crate) async fn adopt(inner: Arc<Inner>, handed: HandedPeer) {
+    let addr = handed.addr;
+    let stream = handed.stream;
+    let handed = Box::new(Routed {
+        handshake: handed.handshake,
+        buf: handed.buf,
+        ciphers: handed.ciphers,
+    });
+    run(inner.clone(), stream, addr, Side::Handed(handed)).await;
+    let mut state = inner.lock();
+    state.connecting.remove(&addr);
+    if let Some(known) = state.known.get_mut(&addr) {
+        known.dialed(true);
+    }
+}
+
+/// The reserved bytes of our handshake: the extension protocol (BEP 10), the fast extension
+/// (BEP 6), and the DHT (BEP 5) when we run a node.
+pub(crate) fn our_reserved(dht: bool) -> [u8; 8] {
+    let mut reserved = [0; 8];
+    extension::set_extension_bit(&mut reserved);
+    pow_wire::set_fast_bit(&mut reserved);
+    if dht {
+        pow_wire::set_dht_bit(&mut reserved);
+    }
+    reserved
+}
+
 /// How a connection began.
 enum Side {
     /// We dialed it, with an encrypted handshake or a plaintext one.
     Dialed { encrypted: bool },
+    /// We dialed it and the metadata phase did both handshakes ([`adopt`]).
+    Handed(Box<Routed>),
     /// Our listener accepted it; the permit is one of the pending handshakes, given back once
     /// the handshake is read.
     Accepted(Pending),
@@ -197,7 +230,8 @@ enum Side {
     Routed(Box<Routed>),
 }
 
-/// An incoming connection whose handshake a shared listener already read, to route it.
+/// An incoming connection whose handshake a shared listener already read, to route it; or
+/// one the metadata phase handed over (then ours was sent too).
 pub(crate) struct Routed {
     pub handshake: Handshake,
     /// Bytes read after the handshake (the peer may send its bitfield at once), decrypted.
@@ -221,7 +255,12 @@ pub(crate) async fn accept_routed(
 /// Runs a connection to its end.
 async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side) -> Dialed {
     stream.tune();
-    let outgoing = matches!(side, Side::Dialed { .. });
+    let outgoing = matches!(side, Side::Dialed { .. } | Side::Handed(_));
+    let direction = match side {
+        Side::Dialed { .. } => "out",
+        Side::Handed(_) => "out, kept from the metadata phase",
+        Side::Accepted(_) | Side::Routed(_) => "in",
+    };
     let mut conn = match handshake(&inner, stream, side).await {
         Ok(conn) => conn,
         Err(e) => {
@@ -314,8 +353,7 @@ async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side
         inner.stats.connections_utp.fetch_add(1, Ordering::Relaxed);
     }
     tracing::info!(
-        "{addr}: connected ({}, {}, {stream_kind}), peer id {}",
-        if outgoing { "out" } else { "in" },
+        "{addr}: connected ({direction}, {}, {stream_kind}), peer id {}",
         if utp { "uTP" } else { "TCP" },
         String::from_utf8_lossy(&conn.peer_id[..8])
     );
@@ -396,11 +434,7 @@ pub(crate) const CLOSED_DURING_HANDSHAKE: &str = "closed during handshake";
 async fn handshake(inner: &Inner, mut stream: PeerStream, side: Side) -> Result<Conn, PeerError> {
     let info_hash = inner.metainfo.info_hash.0;
     let mut ours = Handshake::new(info_hash, inner.config.peer_id);
-    extension::set_extension_bit(&mut ours.reserved);
-    pow_wire::set_fast_bit(&mut ours.reserved);
-    if inner.config.dht_port.is_some() {
-        pow_wire::set_dht_bit(&mut ours.reserved);
-    }
+    ours.reserved = our_reserved(inner.config.dht_port.is_some());
     let mut ours = ours.encode();
     let policy = inner.config.encryption;
     let deadline = Instant::now() + inner.config.handshake_timeout;
@@ -414,6 +448,14 @@ async fn handshake(inner: &Inner, mut stream: PeerStream, side: Side) -> Result<
             } = *routed;
             ciphers.seal(&mut ours);
             stream.write_all(&ours).await?;
+            (handshake, ciphers, buf)
+        }
+        Side::Handed(handed) => {
+            let Routed {
+                handshake,
+                buf,
+                ciphers,
+            } = *handed;
             (handshake, ciphers, buf)
         }
         Side::Dialed { encrypted: true } => {
