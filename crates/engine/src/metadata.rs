@@ -657,7 +657,7 @@ mod tests {
         keep(&mut kept, 1, &[]);
         keep(&mut kept, 4, &7u32.to_be_bytes());
         let mut buf = kept.clone().unwrap();
-        let mut decoder = Decoder::new(16);
+        let decoder = Decoder::new(16);
         assert_eq!(decoder.decode(&mut buf).unwrap(), Some(Message::Unchoke));
         assert_eq!(decoder.decode(&mut buf).unwrap(), Some(Message::Have(7)));
         assert!(buf.is_empty());
