@@ -41,6 +41,10 @@ struct Shared {
     receive_window: usize,
     sender: offload::Sender,
     conns: Mutex<HashMap<Key, Arc<Handle>>>,
+    /// Told when [`UtpSocket::connect`] adds a connection: the driver ticks only while there
+    /// are connections, so that an idle socket (a seed nobody dials over uTP) does not wake 50
+    /// times a second.
+    dialed: tokio::sync::Notify,
     /// Where datagrams that are not uTP go (a DHT node on the same port), if anywhere.
     others: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>,
 }
@@ -160,6 +164,7 @@ impl UtpSocket {
             udp: Arc::new(udp),
             sender: offload::Sender::new(),
             conns: Mutex::new(HashMap::new()),
+            dialed: tokio::sync::Notify::new(),
             others,
         });
         let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
@@ -214,6 +219,7 @@ impl UtpSocket {
             conns.insert((addr, recv_id), handle.clone());
             handle
         };
+        self.shared.dialed.notify_one();
         handle.lock().send(&self.shared, addr);
         let stream = UtpStream {
             shared: self.shared.clone(),
@@ -295,6 +301,8 @@ async fn drive(shared: Weak<Shared>, accepted: mpsc::Sender<UtpStream>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        // Connections are added only here (a SYN) and by `connect`, which notifies.
+        let idle = lock(&shared.conns).is_empty();
         tokio::select! {
             ready = shared.udp.readable() => {
                 if ready.is_err() {
@@ -331,7 +339,8 @@ async fn drive(shared: Weak<Shared>, accepted: mpsc::Sender<UtpStream>) {
                     }
                 }
             }
-            _ = tick.tick() => {
+            _ = shared.dialed.notified(), if idle => {}
+            _ = tick.tick(), if !idle => {
                 let now = now();
                 let all: Vec<(Key, Arc<Handle>)> =
                     lock(&shared.conns).iter().map(|(k, h)| (*k, h.clone())).collect();
