@@ -61,12 +61,18 @@ fn project(work: &Path, tag: &str, fields: &str) -> PathBuf {
 }
 
 fn load(pow_dir: &Path, id: &str, extra: &[&str]) -> Output {
-    run(pow()
+    run(&mut load_command(pow_dir, id, extra))
+}
+
+fn load_command(pow_dir: &Path, id: &str, extra: &[&str]) -> Command {
+    let mut command = pow();
+    command
         .arg("--pow-dir")
         .arg(pow_dir)
         .args(["source", "load", id, "--json", "--bind", "127.0.0.1"])
         .args(["--port", LOAD_PORT])
-        .args(extra))
+        .args(extra);
+    command
 }
 
 fn json_of(out: &Output) -> serde_json::Value {
@@ -699,10 +705,14 @@ fn a_source_the_store_lacks_is_fetched_from_peers_by_its_info_hash() {
         "named",
         &format!("{}info_hash = \"{info_hash}\"\n", d.fields()),
     );
-    let out = load(&named, "ConnectomeCSVDataSource:named", &by_hash);
+    let out = run(
+        load_command(&named, "ConnectomeCSVDataSource:named", &by_hash).env("POW_LOG", "debug"),
+    );
     assert!(out.status.success(), "load: {}", text(&out.stderr));
     let json = json_of(&out);
     assert_eq!(json["torrent_from"], "peers");
+    // The content came over the connection the torrent's info came over.
+    common::assert_metadata_connection_kept(&text(&out.stderr), "127.0.0.1:51103", "load");
     assert_passed(
         &json,
         &[

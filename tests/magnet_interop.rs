@@ -102,22 +102,7 @@ fn magnet_downloads_from_real_seeders_and_real_clients_fetch_metadata_from_pow()
         // The session went on with the metadata's connection: it dialed the seed no more.
         // Transmission closed a second connection from the same address at once and let the
         // third through 12 s later, which made a 64 MiB download take 33 s.
-        let seed = format!("127.0.0.1:{port}");
-        let dials: Vec<&str> = text
-            .lines()
-            .skip_while(|l| !l.contains("metadata received"))
-            .filter(|l| l.contains(&seed))
-            .filter(|l| {
-                ["connected (out", "handshake", "connect 127"]
-                    .iter()
-                    .any(|d| l.contains(d))
-            })
-            .collect();
-        assert!(
-            dials.len() == 1 && dials[0].contains("connected (out, kept from the metadata phase"),
-            "{seeder}: the seed was dialed again after the metadata:\n{}",
-            dials.join("\n")
-        );
+        common::assert_metadata_connection_kept(&text, &format!("127.0.0.1:{port}"), seeder);
         println!(
             "{seeder:>12} -> pow  magnet: metadata + {bytes} bytes verified in {:.2} s",
             started.elapsed().as_secs_f64()

@@ -673,3 +673,28 @@ impl Drop for Tmpfs {
         }
     }
 }
+
+/// The lines of a `POW_LOG=debug` log in which the session dials `peer` (`IP:PORT`) or
+/// handshakes with it after a magnet link's metadata came: one, "connected (out, kept from the
+/// metadata phase", when the session went on with the connection the metadata came over.
+pub fn dials_after_metadata<'a>(log: &'a str, peer: &str) -> Vec<&'a str> {
+    log.lines()
+        .skip_while(|l| !l.contains("metadata received"))
+        .filter(|l| l.contains(peer))
+        .filter(|l| {
+            ["connected (out", "handshake", "connect 1"]
+                .iter()
+                .any(|d| l.contains(d))
+        })
+        .collect()
+}
+
+/// Asserts that `log` shows the session going on with the metadata's connection to `peer`.
+pub fn assert_metadata_connection_kept(log: &str, peer: &str, what: &str) {
+    let dials = dials_after_metadata(log, peer);
+    assert!(
+        dials.len() == 1 && dials[0].contains("connected (out, kept from the metadata phase"),
+        "{what}: {peer} was dialed again after the metadata:\n{}",
+        dials.join("\n")
+    );
+}

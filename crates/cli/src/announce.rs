@@ -18,6 +18,15 @@ pub fn peer_id() -> [u8; 20] {
     *PEER_ID.get_or_init(pow_engine::new_peer_id)
 }
 
+/// What a magnet link's metadata phase found besides the dictionary, for the session.
+#[derive(Default)]
+pub struct Found {
+    /// The connection the dictionary came over.
+    pub peer: Option<pow_engine::metadata::HandedPeer>,
+    /// Every address heard of.
+    pub peers: Vec<SocketAddr>,
+}
+
 /// Where a torrent listens and which extra trackers it announces to (`download` and `seed`).
 #[derive(clap::Args)]
 pub struct SwarmArgs {
@@ -186,6 +195,20 @@ impl SwarmArgs {
         picker: Picker,
         max_download_rate: Option<u64>,
     ) -> std::io::Result<(Torrent, Option<Handle>)> {
+        self.join_with(storage, picker, max_download_rate, Found::default())
+            .await
+    }
+
+    /// [`SwarmArgs::join`], going on with what a magnet link's metadata phase `found`: its
+    /// connection is adopted and its addresses learnt before any tracker or DHT answer can
+    /// name the same peer (which would dial it a second time).
+    pub async fn join_with(
+        &self,
+        storage: Arc<Storage>,
+        picker: Picker,
+        max_download_rate: Option<u64>,
+        found: Found,
+    ) -> std::io::Result<(Torrent, Option<Handle>)> {
         let limit = |rate: Option<u64>| rate.map(|r| Arc::new(RateLimit::new(r)));
         let mut config = EngineConfig {
             listen: Some(SocketAddr::new(self.bind, self.port)),
@@ -224,6 +247,10 @@ impl SwarmArgs {
         let mut tiers = storage.metainfo().tracker_tiers();
         tiers.extend(self.trackers.iter().map(|t| vec![t.clone()]));
         let torrent = Torrent::start(storage, picker, config).await?;
+        if let Some(handed) = found.peer {
+            torrent.adopt(handed);
+        }
+        torrent.add_peers(found.peers);
         let announcer = start(&torrent, tiers, peer_id, self.port, self.timing());
         if let Some(plan) = dht {
             crate::dht_peers::feed(&plan, &torrent, self.port).await?;

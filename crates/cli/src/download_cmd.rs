@@ -1,5 +1,6 @@
 //! `pow download`: fetch a torrent's content, every piece verified, then optionally seed.
 
+use crate::announce::Found;
 use crate::CmdResult;
 use clap::Args;
 use pow_engine::{Snapshot, Torrent};
@@ -111,18 +112,9 @@ async fn download(args: DownloadArgs) -> CmdResult {
 
     let (torrent, announcer) = args
         .swarm
-        .join(storage.clone(), picker, args.leech.max_download_rate)
+        .join_with(storage.clone(), picker, args.leech.max_download_rate, found)
         .await?;
-    if let Some(handed) = found.peer {
-        torrent.adopt(handed);
-    }
-    torrent.add_peers(
-        args.peers
-            .iter()
-            .chain(&link_peers)
-            .chain(&found.peers)
-            .copied(),
-    );
+    torrent.add_peers(args.peers.iter().chain(&link_peers).copied());
     // BEP 19: the torrent's `url-list` (for a magnet link, its `ws=` kept in the fetched file).
     torrent.add_web_seeds(metainfo.url_list.iter().cloned());
 
@@ -232,15 +224,6 @@ async fn metainfo_of_magnet(
     std::fs::create_dir_all(&args.output)?;
     std::fs::write(&kept, &bytes)?;
     Ok((of_this_link(&metainfo.info_bytes, None)?, found))
-}
-
-/// What the metadata phase found besides the dictionary, for the session.
-#[derive(Default)]
-pub(crate) struct Found {
-    /// The connection the dictionary came over.
-    pub peer: Option<pow_engine::metadata::HandedPeer>,
-    /// Every address heard of.
-    pub peers: Vec<SocketAddr>,
 }
 
 /// Each tracker URL a tier of its own, in order, each once.

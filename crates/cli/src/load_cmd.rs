@@ -4,7 +4,7 @@
 //! The graph store is closed while the download runs, so other `pow` commands can read it
 //! meanwhile (RocksDB allows one process at a time); it is reopened to record the result.
 
-use crate::announce::SwarmArgs;
+use crate::announce::{Found, SwarmArgs};
 use crate::download_cmd::{
     one_tier_each, torrent_from_peers, until_done, ByInfoHash, Outcome as Ended, Progress,
 };
@@ -83,12 +83,13 @@ pub enum StoreCommand {
 /// The load's plan. When the torrent store cannot give the torrent (down, or without it) and
 /// the record names its info-hash, the torrent's info is fetched from peers instead (BEP 9, as
 /// for a magnet link: the trackers of pow.toml and --tracker, --peer, the DHT with --dht), kept
-/// in the torrent cache, and planned from there.
+/// in the torrent cache, and planned from there; the download then goes on with what that
+/// found.
 fn plan(
     pow_dir: Option<&Path>,
     args: &LoadArgs,
     runtime: &EngineRuntime,
-) -> Result<LoadPlan, Box<dyn std::error::Error>> {
+) -> Result<(LoadPlan, Found), Box<dyn std::error::Error>> {
     let plan_load = |pow: &pow_datasource::PowDir| {
         let store = pow.torrent_store(args.torrent_store.as_deref())?;
         pow.plan_load(&args.id, &store, args.base_dir.as_deref())
@@ -101,7 +102,7 @@ fn plan(
                 let tiers = one_tier_each(pow.config().trackers.iter().chain(&args.swarm.trackers));
                 (e, pow.source_torrent(&args.id)?, tiers)
             }
-            plan => return Ok(plan?),
+            plan => return Ok((plan?, Found::default())),
         }
     };
     let Some(info_hash) = wanted.info_hash() else {
@@ -117,9 +118,7 @@ fn plan(
         web_seeds: &[],
         dht_nodes: &[],
     };
-    // The connection and addresses found are not handed on: the store and the plan come
-    // between, and the session finds the peers again.
-    let (bytes, _, _) = runtime
+    let (bytes, _, found) = runtime
         .get()?
         .block_on(torrent_from_peers(
             by_hash,
@@ -132,7 +131,7 @@ fn plan(
     pow.cache_torrent(&wanted.file_name, &bytes)?;
     let mut plan = plan_load(&pow)?;
     plan.torrent_from = "peers".into();
-    Ok(plan)
+    Ok((plan, found))
 }
 
 /// The engine's runtime, made when first needed. A load that fetches its torrent from peers
@@ -168,8 +167,8 @@ struct Transfer {
 pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
     let started = Instant::now();
     let runtime = EngineRuntime::default();
-    let plan = plan(pow_dir, &args, &runtime)?;
-    let transfer = fetch_content(&plan, &args, &runtime)?;
+    let (plan, found) = plan(pow_dir, &args, &runtime)?;
+    let transfer = fetch_content(&plan, &args, &runtime, found)?;
     if let Some((why, then)) = transfer.ended.stopped() {
         return Err(format!(
             "{}: {why} with {} of {} pieces verified (kept in {}; {then})",
@@ -251,6 +250,7 @@ fn fetch_content(
     plan: &LoadPlan,
     args: &LoadArgs,
     runtime: &EngineRuntime,
+    found: Found,
 ) -> Result<Transfer, Box<dyn std::error::Error>> {
     let started = Instant::now();
     let Checked {
@@ -276,7 +276,7 @@ fn fetch_content(
         picker.prefer_in_order(in_order_window(plan.metainfo.geometry.piece_length()));
         let (torrent, announcer) = args
             .swarm
-            .join(storage.clone(), picker, args.leech.max_download_rate)
+            .join_with(storage.clone(), picker, args.leech.max_download_rate, found)
             .await?;
         let follower = {
             let torrent = torrent.clone();

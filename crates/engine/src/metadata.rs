@@ -22,7 +22,7 @@ use pow_wire::extension::{
     self, ExtHandshake, MetadataMessage, EXTENDED, EXTENDED_HANDSHAKE, METADATA_PIECE_LEN,
     OUR_UT_METADATA,
 };
-use pow_wire::Handshake;
+use pow_wire::{Handshake, Message};
 use sha1::{Digest, Sha1};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -115,6 +115,9 @@ pub struct HandedPeer {
     /// decrypted.
     pub(crate) buf: BytesMut,
     pub(crate) ciphers: Ciphers,
+    /// The socket a uTP stream runs on, kept as long as the connection: the metadata phase's
+    /// own, when the peer port's was taken, would otherwise close with the fetch.
+    pub(crate) utp_socket: Option<Arc<UtpSocket>>,
 }
 
 impl HandedPeer {
@@ -246,7 +249,7 @@ async fn fetch_from(
         None => (Utp::Off, None),
     };
     let order = mode.dial_order(socket);
-    let fetched = transport::dial_in_turn(
+    let mut fetched = transport::dial_in_turn(
         addr,
         order,
         ours.encryption,
@@ -261,6 +264,11 @@ async fn fetch_from(
         },
     )
     .await;
+    if let Some(Ok((_, Some(handed)))) = &mut fetched {
+        if handed.stream.is_utp() {
+            handed.utp_socket = utp.as_ref().map(|(_, socket)| socket.clone());
+        }
+    }
     let (message, for_good) = match fetched {
         Some(Ok(got)) => return Ok(got),
         Some(Err(Attempt::Bad(message))) => (message, true),
@@ -366,6 +374,7 @@ async fn fetch_once(
         buf,
         ciphers,
         handshake: theirs,
+        utp_socket: None,
     };
     exchange(connection, info_hash, limit).await
 }
@@ -392,6 +401,11 @@ async fn exchange(
         return Err(fail("does not speak the extension protocol (BEP 10)"));
     }
     let mut out = BytesMut::new();
+    // BEP 6 wants what we have right after the handshake; the session, if it takes this
+    // connection over, tells its pieces by `have`s.
+    if pow_wire::has_fast_bit(&theirs.reserved) {
+        Message::HaveNone.encode(&mut out);
+    }
     ExtHandshake {
         ut_metadata: Some(OUR_UT_METADATA),
         client: Some(concat!("pow ", env!("CARGO_PKG_VERSION")).to_string()),

@@ -192,6 +192,7 @@ async fn dial(
 pub(crate) async fn adopt(inner: Arc<Inner>, handed: HandedPeer) {
     let addr = handed.addr;
     let stream = handed.stream;
+    let _utp_socket = handed.utp_socket;
     let handed = Box::new(Routed {
         handshake: handed.handshake,
         buf: handed.buf,
@@ -392,6 +393,9 @@ struct Conn {
     peer_id: [u8; 20],
     /// The peer's handshake reserved bytes (which extensions it speaks).
     reserved: [u8; 8],
+    /// The metadata phase sent our opening (have-none to a BEP 6 peer): what we have is told
+    /// by `have`s, since a bitfield may only open a connection.
+    opened: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -439,6 +443,7 @@ async fn handshake(inner: &Inner, mut stream: PeerStream, side: Side) -> Result<
     let policy = inner.config.encryption;
     let deadline = Instant::now() + inner.config.handshake_timeout;
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let opened = matches!(side, Side::Handed(_));
     let (theirs, ciphers, buf) = match side {
         Side::Routed(routed) => {
             let Routed {
@@ -495,6 +500,7 @@ async fn handshake(inner: &Inner, mut stream: PeerStream, side: Side) -> Result<
         sealed: 0,
         peer_id: theirs.peer_id,
         reserved: theirs.reserved,
+        opened,
     })
 }
 
@@ -680,7 +686,11 @@ impl Peer {
         };
         self.fast = pow_wire::has_fast_bit(&conn.reserved);
         self.super_seeded = super_seeded;
-        if super_seeded {
+        if conn.opened {
+            for piece in have.ones() {
+                Message::Have(piece).encode(&mut self.out);
+            }
+        } else if super_seeded {
             // Pieces are told one `have` at a time (see `reveal`).
             if self.fast {
                 Message::HaveNone.encode(&mut self.out);
