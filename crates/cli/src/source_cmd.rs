@@ -257,10 +257,8 @@ fn write_export(path: &Path, bytes: &[u8]) -> Result<(), Box<dyn std::error::Err
     let replaceable = old.as_ref().is_none_or(|m| m.file_type().is_file());
     match (name, replaceable && dir.is_dir()) {
         (Some(name), true) => {
-            pow_datasource::loader::write_atomically(dir, name, bytes)?;
-            if let Some(old) = old {
-                std::fs::set_permissions(path, old.permissions())?;
-            }
+            let permissions = old.map(|old| old.permissions());
+            pow_datasource::loader::write_atomically_as(dir, name, bytes, permissions)?;
         }
         _ => std::fs::write(path, bytes)?,
     }

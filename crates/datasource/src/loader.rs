@@ -587,10 +587,19 @@ fn compare_field(
 /// The temp file's name carries the writer's PID, so two processes writing the same name
 /// never share one, and [`remove_interrupted_writes`] can tell a dead writer's file.
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    write_via_temp(dir, name, bytes, |temp, target| {
-        std::fs::rename(temp, target).map(|()| true)
-    })
-    .map(drop)
+    write_atomically_as(dir, name, bytes, None)
+}
+
+/// As [`write_atomically`], the file given `permissions` before anything is written to it
+/// (set after the rename, a file the user keeps private was readable by others for a moment).
+pub fn write_atomically_as(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    permissions: Option<std::fs::Permissions>,
+) -> Result<()> {
+    let commit = |temp: &Path, target: &Path| std::fs::rename(temp, target).map(|()| true);
+    write_via_temp(dir, name, bytes, permissions, commit).map(drop)
 }
 
 /// As [`write_atomically`], but never replaces `dir/name`: false, and nothing written, when
@@ -598,7 +607,7 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 /// hard-linked to the name, which fails if the name exists; a check and a rename would let
 /// two writers both write, the second replacing the first).
 pub fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<bool> {
-    write_via_temp(dir, name, bytes, |temp, target| {
+    write_via_temp(dir, name, bytes, None, |temp, target| {
         let linked = match std::fs::hard_link(temp, target) {
             Ok(()) => true,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
@@ -613,12 +622,14 @@ pub fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<bool> {
     })
 }
 
-/// Writes `bytes` to a temp file in `dir`, fsyncs it, and has `commit` move it to `dir/name`
-/// (true: it did, and the directory is fsynced). The temp file never outlives a failure.
+/// Writes `bytes` to a temp file in `dir` (given `permissions` first, if any), fsyncs it,
+/// and has `commit` move it to `dir/name` (true: it did, and the directory is fsynced). The
+/// temp file never outlives a failure.
 fn write_via_temp(
     dir: &Path,
     name: &str,
     bytes: &[u8],
+    permissions: Option<std::fs::Permissions>,
     commit: impl FnOnce(&Path, &Path) -> std::io::Result<bool>,
 ) -> Result<bool> {
     use std::io::Write;
@@ -627,6 +638,9 @@ fn write_via_temp(
     let temp = dir.join(temp_name(name, std::process::id()));
     let write = || -> std::io::Result<bool> {
         let mut file = std::fs::File::create(&temp)?;
+        if let Some(permissions) = permissions {
+            file.set_permissions(permissions)?;
+        }
         file.write_all(bytes)?;
         file.sync_all()?;
         let committed = commit(&temp, &target)?;
@@ -719,6 +733,35 @@ fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The permissions are the temp file's before it takes the name: a private file replaced
+    /// by `pow export -o` is never readable by others, not even for a moment.
+    #[test]
+    fn a_file_written_as_private_is_private_before_it_is_renamed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pow-write-as-{}", std::process::id()));
+        let private = std::fs::Permissions::from_mode(0o600);
+        let mode_at_rename = std::cell::Cell::new(0);
+        write_via_temp(
+            &dir,
+            "export.nq",
+            b"<a> <b> <c> .",
+            Some(private.clone()),
+            |temp, target| {
+                mode_at_rename.set(std::fs::metadata(temp)?.permissions().mode() & 0o777);
+                std::fs::rename(temp, target).map(|()| true)
+            },
+        )
+        .unwrap();
+        assert_eq!(mode_at_rename.get(), 0o600);
+        write_atomically_as(&dir, "export.nq", b"<a> <b> <d> .", Some(private)).unwrap();
+        let mode = std::fs::metadata(dir.join("export.nq"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// Two writers of one name at once, with other bytes: exactly one writes, the file holds
     /// its bytes, and the other is told so (a check and a rename let both write, round after
