@@ -426,3 +426,42 @@ fn a_peer_that_sends_a_wrong_dictionary_is_not_asked_again() {
     assert!(took < Duration::from_secs(9), "{took:?}");
     assert_eq!(dials.load(Ordering::SeqCst), 1);
 }
+
+/// Every connection the metadata phase has past its handshakes goes on in the download, not
+/// only the one the dictionary came over: three `pow seed`s named by `x.pe` are each dialed
+/// once, and each sends content. Closing the others and dialing them again cost a round trip
+/// each, and a Transmission seed refuses a quick reconnect for about 10 s.
+#[test]
+fn every_connection_of_the_metadata_phase_goes_on_in_the_download() {
+    let work = common::TempDir::new("magnet-every-connection");
+    let (data, torrent) = common::mib_payload(work.path(), "blob", 16, None);
+    let ports = [
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    ];
+    let _seeds: Vec<common::Killed> = ports
+        .iter()
+        .map(|&port| common::pow_seed(&torrent, data.parent().unwrap(), port, &[], Stdio::null()))
+        .collect();
+    let mut link = magnet_of(&torrent);
+    for port in ports {
+        link.push_str(&format!("&x.pe=127.0.0.1:{port}"));
+    }
+    let out = work.path().join("out");
+    let o = common::pow_download(&link, &out)
+        .arg("--json")
+        .env("POW_LOG", "debug")
+        .output()
+        .unwrap();
+    let log = common::text(&o.stderr);
+    assert!(o.status.success(), "pow download: {log}");
+    same_bytes(&data, &out.join("blob")).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(common::text(&o.stdout).lines().last().unwrap()).unwrap();
+    for port in ports {
+        common::assert_metadata_connection_kept(&log, &format!("127.0.0.1:{port}"), "seed");
+        let bytes = common::peer_bytes(&report, "received_by_peer", port);
+        println!("127.0.0.1:{port}: one connection, {bytes} bytes of content");
+    }
+}

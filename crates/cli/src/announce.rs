@@ -21,8 +21,8 @@ pub fn peer_id() -> [u8; 20] {
 /// What a magnet link's metadata phase found besides the dictionary, for the session.
 #[derive(Default)]
 pub struct Found {
-    /// The connection the dictionary came over.
-    pub peer: Option<pow_engine::metadata::HandedPeer>,
+    /// The connections past their handshakes, the one the dictionary came over first.
+    pub connections: Vec<pow_engine::metadata::HandedPeer>,
     /// Every address heard of.
     pub peers: Vec<SocketAddr>,
 }
@@ -247,7 +247,7 @@ impl SwarmArgs {
         let mut tiers = storage.metainfo().tracker_tiers();
         tiers.extend(self.trackers.iter().map(|t| vec![t.clone()]));
         let torrent = Torrent::start(storage, picker, config).await?;
-        if let Some(handed) = found.peer {
+        for handed in found.connections {
             torrent.adopt(handed);
         }
         torrent.add_peers(found.peers);

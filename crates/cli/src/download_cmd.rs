@@ -316,7 +316,11 @@ pub(crate) async fn torrent_from_peers(
     if let Some(a) = announcer {
         a.stop().await;
     }
-    let pow_engine::metadata::Fetched { info, peer, peers } = fetched?;
+    let pow_engine::metadata::Fetched {
+        info,
+        connections,
+        peers,
+    } = fetched?;
     let bytes = torrent_file(&info, &wanted.tiers, wanted.web_seeds, &[]);
     let metainfo = Metainfo::from_bytes(&bytes)?;
     if metainfo.info_hash != info_hash {
@@ -330,7 +334,7 @@ pub(crate) async fn torrent_from_peers(
             started.elapsed().as_secs_f64()
         );
     }
-    Ok((bytes, metainfo, Found { peer, peers }))
+    Ok((bytes, metainfo, Found { connections, peers }))
 }
 
 /// A .torrent of a fetched info dictionary (kept byte for byte: its SHA-1 is the info-hash)

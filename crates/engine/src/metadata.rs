@@ -6,11 +6,12 @@
 //! 5 minutes, as the session redials. Peers are dialed over TCP
 //! and uTP in the order [`crate::Utp`] says, as the session dials them.
 //!
-//! The connection the dictionary came over is handed to the session ([`HandedPeer`]), as
-//! libtorrent keeps it: the handshake already says what the session's says (the same peer id,
-//! extensions), and what the peer sent besides metadata (its bitfield, extension handshake) is
-//! kept for the session to read. A second dial would cost a round trip, and Transmission
-//! refuses a new connection from an address it just saw close for about 10 s.
+//! The connection the dictionary came over, and every other one past its handshakes, is
+//! handed to the session ([`HandedPeer`]), as libtorrent keeps them: the handshake already
+//! says what the session's says (the same peer id, extensions), and what the peer sent besides
+//! metadata (its bitfield, extension handshake) is kept for the session to read. A second dial
+//! would cost a round trip, and Transmission refuses a new connection from an address it just
+//! saw close for about 10 s.
 
 use crate::encryption::{self, Ciphers, Encryption};
 use crate::peer::{our_reserved, read_handshake, PeerError};
@@ -29,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 /// Largest info dictionary accepted (libtorrent's default limit is also in the tens of MiB;
@@ -44,6 +45,9 @@ const PIECE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Other messages (a bitfield of a big torrent) may come first; anything longer is refused.
 const MAX_FRAME: usize = 8 << 20;
+/// Once the dictionary came, how long the other connections have to stop at a message's end and
+/// be handed over (those still dialing or in their handshake are closed).
+const HAND_OVER_WAIT: Duration = Duration::from_millis(100);
 /// The peer's other messages kept for the session, at most: a bitfield of a dictionary of
 /// [`MAX_METADATA_SIZE`] (2.5 million pieces) is 315 KB. Past it the connection is not handed
 /// over.
@@ -99,8 +103,9 @@ pub struct FetchSettings {
 pub struct Fetched {
     /// The raw bencoded info dictionary (its SHA-1 is the info-hash).
     pub info: Vec<u8>,
-    /// None when the peer sent more than [`MAX_KEPT`] besides metadata.
-    pub peer: Option<HandedPeer>,
+    /// The connections past their handshakes, the one the dictionary came over first (unless
+    /// its peer sent more than [`MAX_KEPT`] besides metadata).
+    pub connections: Vec<HandedPeer>,
     /// Every address heard of, the handed peer's included, but not those given up.
     pub peers: Vec<SocketAddr>,
 }
@@ -160,6 +165,8 @@ pub async fn fetch_metadata(
     // name them again.
     let mut given_up: HashSet<SocketAddr> = HashSet::new();
     let mut running = JoinSet::new();
+    // Set once the dictionary came: the other connections stop and are handed over.
+    let (got_it, stop) = tokio::sync::watch::channel(false);
     let mut last_error = String::from("no peers yet");
     let mut sources_open = true;
     loop {
@@ -173,9 +180,9 @@ pub async fn fetch_metadata(
             }
             peer.last_dial = Some(now);
             in_flight.insert(*addr);
-            let (addr, limit, utp) = (*addr, limit.clone(), utp.clone());
+            let (addr, limit, utp, stop) = (*addr, limit.clone(), utp.clone(), stop.clone());
             running.spawn(async move {
-                let result = fetch_from(addr, ours, limit, utp).await;
+                let result = fetch_from(addr, ours, limit, utp, stop).await;
                 (addr, result)
             });
         }
@@ -196,14 +203,23 @@ pub async fn fetch_metadata(
                 None => sources_open = false,
             },
             Some(done) = running.join_next(), if !running.is_empty() => match done {
-                Ok((addr, Ok((info, peer)))) => {
+                Ok((addr, Ok(Got::Dictionary(info, peer)))) => {
                     tracing::info!("{addr}: metadata received ({} bytes)", info.len());
+                    let _ = got_it.send(true);
+                    let mut connections: Vec<HandedPeer> = peer.into_iter().collect();
+                    let until = tokio::time::Instant::now() + HAND_OVER_WAIT;
+                    while let Ok(Some(done)) = tokio::time::timeout_at(until, running.join_next()).await {
+                        if let Ok((_, Ok(Got::Dictionary(_, Some(peer)) | Got::Stopped(Some(peer))))) = done {
+                            connections.push(peer);
+                        }
+                    }
                     return Ok(Fetched {
                         info,
-                        peer,
+                        connections,
                         peers: known.into_keys().filter(|a| !given_up.contains(a)).collect(),
                     });
                 }
+                Ok((_, Ok(Got::Stopped(_)))) => {}
                 Ok((addr, Err(failure))) => {
                     tracing::info!("metadata: {}", failure.message);
                     in_flight.remove(&addr);
@@ -234,14 +250,21 @@ struct Ours {
     encryption: Encryption,
 }
 
-/// The dictionary, and the connection it came over if it can be handed on.
-type Got = (Vec<u8>, Option<HandedPeer>);
+/// What a connection ended with, when not with a failure. The connection is `None` when it
+/// cannot be handed on (its peer sent more than [`MAX_KEPT`] besides metadata).
+enum Got {
+    /// The dictionary, and the connection it came over.
+    Dictionary(Vec<u8>, Option<HandedPeer>),
+    /// Another connection's dictionary came first: this one stopped at a message's end.
+    Stopped(Option<HandedPeer>),
+}
 
 async fn fetch_from(
     addr: SocketAddr,
     ours: Ours,
     limit: Option<Arc<RateLimit>>,
     utp: Option<(Utp, Arc<UtpSocket>)>,
+    stop: watch::Receiver<bool>,
 ) -> Result<Got, Failure> {
     let limit = limit.as_deref();
     let (mode, socket) = match &utp {
@@ -260,11 +283,12 @@ async fn fetch_from(
                 transport,
                 socket,
             };
-            async move { fetch_once(&dial, ours, encrypted, limit).await }
+            let stop = stop.clone();
+            async move { fetch_once(&dial, ours, encrypted, limit, stop).await }
         },
     )
     .await;
-    if let Some(Ok((_, Some(handed)))) = &mut fetched {
+    if let Some(Ok(Got::Dictionary(_, Some(handed)) | Got::Stopped(Some(handed)))) = &mut fetched {
         if handed.stream.is_utp() {
             handed.utp_socket = utp.as_ref().map(|(_, socket)| socket.clone());
         }
@@ -321,6 +345,7 @@ async fn fetch_once(
     ours: Ours,
     encrypted: bool,
     limit: Option<&RateLimit>,
+    stop: watch::Receiver<bool>,
 ) -> Result<Got, Attempt> {
     let Ours {
         info_hash,
@@ -376,7 +401,7 @@ async fn fetch_once(
         handshake: theirs,
         utp_socket: None,
     };
-    exchange(connection, info_hash, limit).await
+    exchange(connection, info_hash, limit, stop).await
 }
 
 /// The extension handshake and the metadata requests, after the BitTorrent handshake.
@@ -384,6 +409,7 @@ async fn exchange(
     mut connection: HandedPeer,
     info_hash: [u8; 20],
     limit: Option<&RateLimit>,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<Got, Attempt> {
     let HandedPeer {
         addr,
@@ -429,9 +455,19 @@ async fn exchange(
     let piece_timeout = piece_timeout(limit);
     let mut piece_deadline = Instant::now() + piece_timeout;
     loop {
-        let read = read_frame(stream, buf, ciphers, limit);
-        let frame = tokio::time::timeout_at(piece_deadline.into(), read)
-            .await
+        let read = tokio::time::timeout_at(
+            piece_deadline.into(),
+            read_frame(stream, buf, ciphers, limit),
+        );
+        // Reading stops between messages (what was read of the next stays in `buf`).
+        let read = tokio::select! {
+            read = read => Some(read),
+            _ = crate::until_true(&mut stop) => None,
+        };
+        let Some(read) = read else {
+            return Ok(Got::Stopped(hand_over(kept, connection)));
+        };
+        let frame = read
             .map_err(|_| fail(&format!("no metadata piece for {piece_timeout:.0?}")))?
             .map_err(|e| fail(&e))?;
         let Some((id, payload)) = frame else {
@@ -515,14 +551,7 @@ async fn exchange(
                         "{addr}: sent metadata whose SHA-1 is not the info-hash"
                     )));
                 }
-                let handed = kept.map(|mut kept| {
-                    kept.extend_from_slice(&connection.buf);
-                    HandedPeer {
-                        buf: kept,
-                        ..connection
-                    }
-                });
-                return Ok((info, handed));
+                return Ok(Got::Dictionary(info, hand_over(kept, connection)));
             }
         } else {
             continue;
@@ -542,6 +571,17 @@ async fn exchange(
                 .map_err(|e| fail(&e.to_string()))?;
         }
     }
+}
+
+/// The connection for the session, with the messages kept from it in front of what it read
+/// after them; None if they were too many to keep.
+fn hand_over(kept: Option<BytesMut>, connection: HandedPeer) -> Option<HandedPeer> {
+    let mut kept = kept?;
+    kept.extend_from_slice(&connection.buf);
+    Some(HandedPeer {
+        buf: kept,
+        ..connection
+    })
 }
 
 /// Adds a message to those kept for the session, unless that passes [`MAX_KEPT`].
