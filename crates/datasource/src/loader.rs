@@ -637,10 +637,7 @@ fn write_via_temp(
     let target = dir.join(name);
     let temp = dir.join(temp_name(name, std::process::id()));
     let write = || -> std::io::Result<bool> {
-        let mut file = std::fs::File::create(&temp)?;
-        if let Some(permissions) = permissions {
-            file.set_permissions(permissions)?;
-        }
+        let mut file = create_temp(&temp, permissions.as_ref())?;
         file.write_all(bytes)?;
         file.sync_all()?;
         let committed = commit(&temp, &target)?;
@@ -653,6 +650,36 @@ fn write_via_temp(
         let _ = std::fs::remove_file(&temp);
         Error::io(&target)(e)
     })
+}
+
+/// Creates `temp`, never through a link planted at its name (a dead writer's file there, of a
+/// reused PID, is removed first), with `permissions` (their rwx bits) from its creation: set
+/// after, another user could open it in between and read what is written next.
+fn create_temp(
+    temp: &Path,
+    permissions: Option<&std::fs::Permissions>,
+) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mode = permissions.map_or(0o666, |p| p.mode() & 0o777);
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(temp)
+    };
+    let file = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(temp)?;
+            create()?
+        }
+        created => created?,
+    };
+    if permissions.is_some() {
+        // The umask took bits away from `mode`; the old file had them.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(file)
 }
 
 /// `.NAME.N.PID.tmp`: N counts this process's writes, so two threads writing one name at
@@ -734,8 +761,9 @@ fn now_rfc3339() -> String {
 mod tests {
     use super::*;
 
-    /// The permissions are the temp file's before it takes the name: a private file replaced
-    /// by `pow export -o` is never readable by others, not even for a moment.
+    /// The permissions are the temp file's from its creation: a private file replaced by
+    /// `pow export -o` is never open to others, not even for a moment. Only the rwx bits are
+    /// copied (not setuid).
     #[test]
     fn a_file_written_as_private_is_private_before_it_is_renamed() {
         use std::os::unix::fs::PermissionsExt;
@@ -760,6 +788,23 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+
+        // Private from its creation, before a byte is written; setuid is not copied; a link
+        // planted at the temp name is replaced, its target untouched.
+        let temp = dir.join(".export.nq.0.1.tmp");
+        let elsewhere = dir.join("elsewhere");
+        std::fs::write(&elsewhere, b"theirs").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &temp).unwrap();
+        let file = create_temp(&temp, Some(&std::fs::Permissions::from_mode(0o4600))).unwrap();
+        assert_eq!(
+            file.metadata().unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
+        assert!(std::fs::symlink_metadata(&temp)
+            .unwrap()
+            .file_type()
+            .is_file());
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"theirs");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -94,7 +94,9 @@ pub struct FetchSettings {
     /// The address the download will listen on: a tracker lists it back to us, and it is not
     /// dialed.
     pub listen: Option<SocketAddr>,
-    /// The download will run a DHT node: the handshake says so, as the session's will.
+    /// The download will run a DHT node: the handshake says so, as the session's will (unless
+    /// the torrent turns out private: then the session sends no `port`, which a peer takes as
+    /// no DHT).
     pub dht: bool,
 }
 

@@ -192,19 +192,31 @@ async fn dial(
 pub(crate) async fn adopt(inner: Arc<Inner>, handed: HandedPeer) {
     let addr = handed.addr;
     let stream = handed.stream;
-    let _utp_socket = handed.utp_socket;
+    let utp_socket = handed.utp_socket;
     let handed = Box::new(Routed {
         handshake: handed.handshake,
         buf: handed.buf,
         ciphers: handed.ciphers,
     });
     run(inner.clone(), stream, addr, Side::Handed(handed)).await;
+    if let Some(socket) = utp_socket {
+        // The metadata phase's own socket (the peer port's was taken): it closes when the
+        // last holder lets go, and the closed stream still has its FIN (and maybe data) to
+        // deliver.
+        tokio::spawn(async move {
+            tokio::time::sleep(CLOSED_UTP_SOCKET_LINGER).await;
+            drop(socket);
+        });
+    }
     let mut state = inner.lock();
     state.connecting.remove(&addr);
     if let Some(known) = state.known.get_mut(&addr) {
         known.dialed(true);
     }
 }
+
+/// How long a handed-over uTP connection's own socket outlives it (its FIN's resends).
+const CLOSED_UTP_SOCKET_LINGER: Duration = Duration::from_secs(30);
 
 /// The reserved bytes of our handshake: the extension protocol (BEP 10), the fast extension
 /// (BEP 6), and the DHT (BEP 5) when we run a node.
@@ -686,14 +698,14 @@ impl Peer {
         };
         self.fast = pow_wire::has_fast_bit(&conn.reserved);
         self.super_seeded = super_seeded;
-        if conn.opened {
+        if super_seeded {
+            // Pieces are told one `have` at a time (see `reveal`).
+            if self.fast && !conn.opened {
+                Message::HaveNone.encode(&mut self.out);
+            }
+        } else if conn.opened {
             for piece in have.ones() {
                 Message::Have(piece).encode(&mut self.out);
-            }
-        } else if super_seeded {
-            // Pieces are told one `have` at a time (see `reveal`).
-            if self.fast {
-                Message::HaveNone.encode(&mut self.out);
             }
         } else if self.fast && have.is_full() {
             Message::HaveAll.encode(&mut self.out);
