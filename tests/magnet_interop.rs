@@ -465,3 +465,40 @@ fn every_connection_of_the_metadata_phase_goes_on_in_the_download() {
         println!("127.0.0.1:{port}: one connection, {bytes} bytes of content");
     }
 }
+
+/// A peer that announces a message longer than any the metadata phase needs (here 1 MiB; the
+/// longest is the bitfield of the largest dictionary accepted, 314,573 bytes) is dropped at
+/// once, saying so. Up to 8 MiB was read from each of up to 8 peers at once.
+#[test]
+fn a_peer_that_announces_an_oversized_message_is_dropped_at_once() {
+    use common::raw_peer::{accept_within, handshake, unique_peer_id, RawPeer, EXTENSION_BIT};
+    let info_hash = [0x6b; 20];
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        while let Some(stream) = accept_within(&listener, Duration::from_secs(30)) {
+            let mut peer = RawPeer { stream };
+            peer.read_handshake();
+            let ours = handshake(EXTENSION_BIT, info_hash, unique_peer_id());
+            std::io::Write::write_all(&mut peer.stream, &ours).unwrap();
+            let _ = peer.next_extended(0, Duration::from_secs(5));
+            let oversized = (1u32 << 20) + 1;
+            let mut head = oversized.to_be_bytes().to_vec();
+            head.push(5);
+            let _ = std::io::Write::write_all(&mut peer.stream, &head);
+            std::thread::sleep(Duration::from_secs(10));
+        }
+    });
+    let link = format!(
+        "magnet:?xt=urn:btih:{}&x.pe=127.0.0.1:{port}",
+        hex::encode(info_hash)
+    );
+    let out = common::pow_download(&link, &common::TempDir::new("oversized").path().join("o"))
+        .args(["--utp", "off", "--metadata-timeout", "4"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{}", stderr.trim());
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("message of 1048577 bytes"), "{stderr}");
+}

@@ -43,8 +43,10 @@ const PARALLEL_PEERS: usize = 8;
 /// slow peer can take minutes.
 const PIECE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Other messages (a bitfield of a big torrent) may come first; anything longer is refused.
-const MAX_FRAME: usize = 8 << 20;
+/// The longest message read: the bitfield of a torrent whose dictionary is
+/// [`MAX_METADATA_SIZE`] (20 bytes a piece), which may come before the metadata; metadata
+/// pieces are 16 KiB. It was 8 MiB, held for each of up to 8 peers at once.
+const MAX_FRAME: usize = 1 + (MAX_METADATA_SIZE as usize / 20).div_ceil(8);
 /// Once the dictionary came, how long the other connections have to stop at a message's end and
 /// be handed over (those still dialing or in their handshake are closed).
 const HAND_OVER_WAIT: Duration = Duration::from_millis(100);
