@@ -129,11 +129,16 @@ impl Client {
                     "redirected to {location:?}, which is not a URL"
                 )));
             }
-            // `//host/path` keeps the scheme; `/path` the scheme and the host.
+            // `//host/path` keeps the scheme; `/path` the scheme and the host; a relative
+            // reference (`announce2?...`, `../x`) is resolved against the path (RFC 3986 5.2).
             let location = match location {
                 l if l.starts_with("//") => format!("{}:{l}", if tls { "https" } else { "http" }),
                 l if l.starts_with('/') => {
                     path = l.to_string();
+                    continue;
+                }
+                l if !has_scheme(l) => {
+                    path = resolve_relative(&path, l);
                     continue;
                 }
                 l => l.to_string(),
@@ -174,6 +179,64 @@ impl Client {
     }
 }
 
+/// Whether a URI reference starts with a scheme (`http:`), as RFC 3986 3.1 spells one.
+fn has_scheme(reference: &str) -> bool {
+    let end = reference.find([':', '/', '?', '#']);
+    match end {
+        Some(at) if reference[at..].starts_with(':') && at > 0 => {
+            let scheme = &reference[..at];
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        }
+        _ => false,
+    }
+}
+
+/// The path and query a relative reference (no scheme, not starting with `/`) names from
+/// `base` (a path and query): RFC 3986 5.2.2 and 5.2.3, dot segments removed.
+fn resolve_relative(base: &str, reference: &str) -> String {
+    let reference = reference.split('#').next().unwrap_or_default();
+    let base_path = base.split('?').next().unwrap_or_default();
+    if reference.is_empty() {
+        return base.to_string();
+    }
+    if reference.starts_with('?') {
+        return format!("{base_path}{reference}");
+    }
+    let (reference_path, query) = match reference.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (reference, None),
+    };
+    let directory = &base_path[..base_path.rfind('/').map_or(0, |at| at + 1)];
+    let merged = format!("{directory}{reference_path}");
+    let mut segments: Vec<&str> = Vec::new();
+    let parts: Vec<&str> = merged.split('/').collect();
+    for (i, segment) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        match *segment {
+            "." | ".." => {
+                if *segment == ".." && segments.len() > 1 {
+                    segments.pop();
+                }
+                if last {
+                    segments.push("");
+                }
+            }
+            segment => segments.push(segment),
+        }
+    }
+    let mut path = segments.join("/");
+    if !path.starts_with('/') {
+        path.insert(0, '/');
+    }
+    match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    }
+}
+
 /// Non-200: the bencoded `failure reason` if the body has one, else the status.
 fn check_status(status: u16, body: &[u8]) -> Result<()> {
     if status == 200 {
@@ -185,5 +248,61 @@ fn check_status(status: u16, body: &[u8]) -> Result<()> {
             status: Some(status),
         }),
         None => Err(Error::Status { status }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{has_scheme, resolve_relative};
+
+    /// RFC 3986 5.4.1's examples of relative references against `http://a/b/c/d;p?q`, those
+    /// without a scheme or a leading `/` (which the redirect code resolves before this).
+    #[test]
+    fn relative_redirects_resolve_as_rfc_3986_says() {
+        let base = "/b/c/d;p?q";
+        for (reference, resolved) in [
+            ("g", "/b/c/g"),
+            ("./g", "/b/c/g"),
+            ("g/", "/b/c/g/"),
+            ("?y", "/b/c/d;p?y"),
+            ("g?y", "/b/c/g?y"),
+            ("#s", "/b/c/d;p?q"),
+            ("g#s", "/b/c/g"),
+            (";x", "/b/c/;x"),
+            ("", "/b/c/d;p?q"),
+            (".", "/b/c/"),
+            ("./", "/b/c/"),
+            ("..", "/b/"),
+            ("../", "/b/"),
+            ("../g", "/b/g"),
+            ("../..", "/"),
+            ("../../", "/"),
+            ("../../g", "/g"),
+            ("../../../g", "/g"),
+            ("../../../../g", "/g"),
+            ("g.", "/b/c/g."),
+            (".g", "/b/c/.g"),
+            ("g..", "/b/c/g.."),
+            ("..g", "/b/c/..g"),
+            ("./../g", "/b/g"),
+            ("./g/.", "/b/c/g/"),
+            ("g/./h", "/b/c/g/h"),
+            ("g/../h", "/b/c/h"),
+            ("g;x=1/./y", "/b/c/g;x=1/y"),
+            ("g;x=1/../y", "/b/c/y"),
+            ("g?y/./x", "/b/c/g?y/./x"),
+            ("g?y/../x", "/b/c/g?y/../x"),
+        ] {
+            assert!(!has_scheme(reference), "{reference}");
+            assert_eq!(resolve_relative(base, reference), resolved, "{reference}");
+        }
+        for absolute in [
+            "http://a/b",
+            "https://t.example/announce",
+            "g:h",
+            "udp+x://y",
+        ] {
+            assert!(has_scheme(absolute), "{absolute}");
+        }
     }
 }

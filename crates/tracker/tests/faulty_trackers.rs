@@ -448,9 +448,40 @@ async fn redirector(status: u16, target: Option<String>) -> String {
     format!("{base}/announce")
 }
 
+/// A small real HTTP server at `/a/b/announce` (and `/a/b/scrape`) that redirects relatively,
+/// to `../moved/announce?QUERY`, and from `/a/moved/...` to the tracker at `to`.
+async fn relative_redirector(to: std::net::SocketAddr) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let target = head.split(' ').nth(1).unwrap_or("/").to_string();
+                let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+                let last = path.rsplit('/').next().unwrap_or_default();
+                let location = match path.starts_with("/a/moved/") {
+                    true => format!("http://{to}/{last}?{query}"),
+                    false => format!("../moved/{last}?{query}"),
+                };
+                let reply = format!(
+                    "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\
+                     Connection: close\r\n\r\n"
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    format!("{base}/a/b/announce")
+}
+
 /// A tracker that moved answers 301, 307 or 302 (`//host/...`) with its new URL: the announce
 /// and the scrape follow it (as libtorrent, Transmission and aria2 do); a redirect loop is an
-/// error after 5.
+/// error after 5. A relative location (`../moved/announce?...`) is resolved against the path,
+/// as RFC 3986 says; it was "not followed".
 /// Redirects were an error ("status 301"), so a moved tracker was never used again.
 #[tokio::test]
 async fn redirects_are_followed_up_to_five() {
@@ -472,6 +503,13 @@ async fn redirects_are_followed_up_to_five() {
         let scraped = client.scrape(&moved, &[[status as u8; 20]]).await.unwrap();
         assert_eq!(scraped[&[status as u8; 20]].incomplete, 1);
     }
+    let relative = relative_redirector(to).await;
+    let mut r = req();
+    r.info_hash = [0x2e; 20];
+    client.announce(&relative, &r).await.unwrap();
+    assert_eq!(server.scrape(&[0x2e; 20]).incomplete, 1, "relative");
+    let scraped = client.scrape(&relative, &[[0x2e; 20]]).await.unwrap();
+    assert_eq!(scraped[&[0x2e; 20]].incomplete, 1);
     let looping = redirector(302, None).await;
     match client.announce(&looping, &req()).await {
         Err(Error::Http(why)) => assert!(why.contains("more than 5 redirects"), "{why}"),
