@@ -211,19 +211,16 @@ pub async fn fetch_metadata(
                     tracing::info!("{addr}: metadata received ({} bytes)", info.len());
                     let _ = got_it.send(true);
                     let mut connections: Vec<HandedPeer> = peer.into_iter().collect();
-                    let until = tokio::time::Instant::now() + HAND_OVER_WAIT;
-                    while let Ok(Some(done)) = tokio::time::timeout_at(until, running.join_next()).await {
-                        if let Ok((_, Ok(Got::Dictionary(_, Some(peer)) | Got::Stopped(Some(peer))))) = done {
-                            connections.push(peer);
-                        }
-                    }
+                    connections.extend(stopped_connections(&mut running, &mut given_up).await);
                     return Ok(Fetched {
                         info,
                         connections,
                         peers: known.into_keys().filter(|a| !given_up.contains(a)).collect(),
                     });
                 }
-                Ok((_, Ok(Got::Stopped(_)))) => {}
+                Ok((addr, Ok(Got::Stopped(_)))) => {
+                    in_flight.remove(&addr);
+                }
                 Ok((addr, Err(failure))) => {
                     tracing::info!("metadata: {}", failure.message);
                     in_flight.remove(&addr);
@@ -243,6 +240,29 @@ pub async fn fetch_metadata(
             }
         }
     }
+}
+
+/// The other connections, stopped at a message's end once the dictionary came: those that
+/// answer within [`HAND_OVER_WAIT`] (the rest are closed with `running`). A peer that sent a
+/// wrong dictionary meanwhile is given up, as before.
+async fn stopped_connections(
+    running: &mut JoinSet<(SocketAddr, Result<Got, Failure>)>,
+    given_up: &mut HashSet<SocketAddr>,
+) -> Vec<HandedPeer> {
+    let mut connections = Vec::new();
+    let until = tokio::time::Instant::now() + HAND_OVER_WAIT;
+    while let Ok(Some(done)) = tokio::time::timeout_at(until, running.join_next()).await {
+        match done {
+            Ok((_, Ok(Got::Dictionary(_, Some(peer)) | Got::Stopped(Some(peer))))) => {
+                connections.push(peer);
+            }
+            Ok((addr, Err(failure))) if failure.for_good => {
+                given_up.insert(addr);
+            }
+            _ => {}
+        }
+    }
+    connections
 }
 
 /// Who we say we are in a handshake: what the session will say.
@@ -280,7 +300,8 @@ async fn fetch_from(
         addr,
         order,
         ours.encryption,
-        || false,
+        // Once the dictionary came, a connection that failed is not tried another way.
+        || *stop.borrow(),
         |transport, encrypted| {
             let dial = Dial {
                 addr,
@@ -532,8 +553,8 @@ async fn exchange(
                     }
                     // One not asked for is ignored, as libtorrent does.
                     if asks.answered(piece) {
-                        // A copy: a slice would keep the whole frame (up to 8 MiB, padded with
-                        // unknown keys) alive for 16 KiB of metadata.
+                        // A copy: a slice would keep the whole frame (up to `MAX_FRAME`,
+                        // padded with unknown keys) alive for 16 KiB of metadata.
                         pieces[piece as usize] = Some(Bytes::copy_from_slice(&data));
                         piece_deadline = Instant::now() + piece_timeout;
                     }

@@ -133,12 +133,15 @@ impl Client {
             // reference (`announce2?...`, `../x`) is resolved against the path (RFC 3986 5.2).
             let location = match location {
                 l if l.starts_with("//") => format!("{}:{l}", if tls { "https" } else { "http" }),
-                l if l.starts_with('/') => {
-                    path = l.to_string();
-                    continue;
-                }
                 l if !has_scheme(l) => {
-                    path = resolve_relative(&path, l);
+                    let to = resolve_relative(&path, l);
+                    if to == path {
+                        return Err(Error::Http(format!(
+                            "redirected ({}) to {location:?}, the same URL",
+                            resp.status
+                        )));
+                    }
+                    path = to;
                     continue;
                 }
                 l => l.to_string(),
@@ -194,8 +197,8 @@ fn has_scheme(reference: &str) -> bool {
     }
 }
 
-/// The path and query a relative reference (no scheme, not starting with `/`) names from
-/// `base` (a path and query): RFC 3986 5.2.2 and 5.2.3, dot segments removed.
+/// The path and query a reference without a scheme or host (`/path`, `path`, `?query`) names
+/// from `base` (a path and query): RFC 3986 5.2.2 and 5.2.3, dot segments removed.
 fn resolve_relative(base: &str, reference: &str) -> String {
     let reference = reference.split('#').next().unwrap_or_default();
     let base_path = base.split('?').next().unwrap_or_default();
@@ -209,7 +212,10 @@ fn resolve_relative(base: &str, reference: &str) -> String {
         Some((path, query)) => (path, Some(query)),
         None => (reference, None),
     };
-    let directory = &base_path[..base_path.rfind('/').map_or(0, |at| at + 1)];
+    let directory = match reference_path.starts_with('/') {
+        true => "",
+        false => &base_path[..base_path.rfind('/').map_or(0, |at| at + 1)],
+    };
     let merged = format!("{directory}{reference_path}");
     let mut segments: Vec<&str> = Vec::new();
     let parts: Vec<&str> = merged.split('/').collect();
@@ -255,14 +261,18 @@ fn check_status(status: u16, body: &[u8]) -> Result<()> {
 mod tests {
     use super::{has_scheme, resolve_relative};
 
-    /// RFC 3986 5.4.1's examples of relative references against `http://a/b/c/d;p?q`, those
-    /// without a scheme or a leading `/` (which the redirect code resolves before this).
+    /// RFC 3986 5.4.1's examples of references against `http://a/b/c/d;p?q`, those without a
+    /// scheme or a host.
     #[test]
     fn relative_redirects_resolve_as_rfc_3986_says() {
         let base = "/b/c/d;p?q";
         for (reference, resolved) in [
             ("g", "/b/c/g"),
             ("./g", "/b/c/g"),
+            ("/g", "/g"),
+            ("/./g", "/g"),
+            ("/../g", "/g"),
+            ("/announce#x", "/announce"),
             ("g/", "/b/c/g/"),
             ("?y", "/b/c/d;p?y"),
             ("g?y", "/b/c/g?y"),

@@ -510,6 +510,26 @@ async fn redirects_are_followed_up_to_five() {
     assert_eq!(server.scrape(&[0x2e; 20]).incomplete, 1, "relative");
     let scraped = client.scrape(&relative, &[[0x2e; 20]]).await.unwrap();
     assert_eq!(scraped[&[0x2e; 20]].incomplete, 1);
+    // A relative location naming the same URL (`#top`) is refused at once, not asked 5 times.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let same = format!("http://{}/announce", l.local_addr().unwrap());
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = vec![0u8; 8192];
+            let _ = s.read(&mut buf).await;
+            let reply = "HTTP/1.1 302 Found\r\nLocation: #top\r\nContent-Length: 0\r\n\r\n";
+            let _ = s.write_all(reply.as_bytes()).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    match client.announce(&same, &req()).await {
+        Err(Error::Http(why)) => assert!(why.contains("the same URL"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
     let looping = redirector(302, None).await;
     match client.announce(&looping, &req()).await {
         Err(Error::Http(why)) => assert!(why.contains("more than 5 redirects"), "{why}"),
