@@ -441,6 +441,147 @@ fn thousands_of_files_under_a_low_soft_limit_of_open_files() {
     println!("1,500 files created, seeded and downloaded under `ulimit -Sn 256` (hard: {hard})");
 }
 
+/// libtorrent downloads TORRENT into OUT from the seed at 127.0.0.1:SEED alone; exits 0 once
+/// it is a seed, 1 after 90 s.
+const LT_LEECH: &str = "import libtorrent as lt, sys, time
+torrent, seed, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = lt.session({'listen_interfaces': '127.0.0.1:0', 'enable_dht': False, 'enable_lsd': False,
+                'enable_upnp': False, 'enable_natpmp': False})
+h = s.add_torrent({'ti': lt.torrent_info(torrent), 'save_path': out})
+h.connect_peer(('127.0.0.1', seed))
+t0 = time.time()
+while not h.status().is_seeding and time.time() - t0 < 90:
+    time.sleep(0.1)
+st = h.status()
+print('libtorrent', st.total_payload_download, 'bytes in %.1f s' % (time.time() - t0))
+sys.exit(0 if st.is_seeding else 1)
+";
+
+/// A dataset of 3,000 files under a hard limit of 256 open files, the soft one the same (a
+/// container's or a batch system's): `torrent create` gives mktorrent's info-hash, libtorrent
+/// and pow download it from a `pow seed`, and `pow verify` checks it, each under that limit.
+/// pow keeps at most a quarter of the limit open and closes the least recently used file to
+/// open another. Before, every file stayed open, and `torrent create` failed with "Too many
+/// open files" at about the 250th.
+#[test]
+fn more_files_than_the_process_may_open_are_created_seeded_downloaded_and_verified() {
+    let work = common::TempDir::new("more-files-than-fds");
+    let data = work.path().join("data");
+    let set = data.join("slices");
+    std::fs::create_dir_all(&set).unwrap();
+    // 1 to 3,000 bytes each: a 32 KiB piece spans from 11 to hundreds of files.
+    for i in 0..3000u64 {
+        let length = (i * 1237 % 3000 + 1) as usize;
+        std::fs::write(
+            set.join(format!("slice-{i:04}.tif")),
+            common::pseudo_random_bytes(length, i),
+        )
+        .unwrap();
+    }
+    run_in(
+        &data,
+        "mktorrent",
+        &["-l", "15", "-o", "../mk.torrent", "slices"],
+    );
+    let mk = work.path().join("mk.torrent");
+    let limited = |args: &[&str]| {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "ulimit -n 256 && exec \"$@\"", "sh"])
+            .arg(common::pow_bin())
+            .args(args);
+        command
+    };
+    let succeeded = |what: &str, out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{what}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let made = work.path().join("pow.torrent");
+    succeeded(
+        "torrent create",
+        limited(&["torrent", "create", set.to_str().unwrap(), "-o"])
+            .arg(&made)
+            .args(["--piece-length", "32768"])
+            .output()
+            .unwrap(),
+    );
+    let info_hash = pow_show(&made)["info_hash"].clone();
+    assert_eq!(
+        info_hash,
+        pow_show(&mk)["info_hash"],
+        "mktorrent's info-hash"
+    );
+
+    let port = common::free_port();
+    let _seed = common::Killed(
+        limited(&[
+            "seed",
+            mk.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    common::wait_listening(port, "pow seed");
+    let lt_out = work.path().join("lt");
+    let said = succeeded(
+        "libtorrent from the pow seed",
+        Command::new("/usr/bin/python3")
+            .args(["-c", LT_LEECH])
+            .arg(&mk)
+            .arg(port.to_string())
+            .arg(&lt_out)
+            .output()
+            .unwrap(),
+    );
+    let bytes = common::same_tree(&set, &lt_out.join("slices")).unwrap();
+
+    let pow_out = work.path().join("pow");
+    let peer = format!("127.0.0.1:{port}");
+    succeeded(
+        "pow download",
+        limited(&[
+            "download",
+            mk.to_str().unwrap(),
+            "-o",
+            pow_out.to_str().unwrap(),
+        ])
+        .args(["--peer", &peer, "--port", &common::free_port().to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(
+        common::same_tree(&set, &pow_out.join("slices")).unwrap(),
+        bytes
+    );
+    let verified = succeeded(
+        "pow verify",
+        limited(&[
+            "verify",
+            mk.to_str().unwrap(),
+            "--data",
+            pow_out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap(),
+    );
+    println!(
+        "3,000 files ({bytes} bytes, info-hash {info_hash}) under `ulimit -n 256`: created, \
+         seeded to {} and to pow, verified: {}",
+        said.trim(),
+        verified.trim()
+    );
+}
+
 /// Names that share a prefix with a directory (`a.txt` and `a/x`: '.' sorts below '/') and
 /// symlinks to a file out of the tree and to a directory in it: pow's torrent has mktorrent's
 /// info-hash and transmission-create's file order (both order by the whole path as bytes and

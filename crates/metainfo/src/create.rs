@@ -407,7 +407,9 @@ impl Walk<'_> {
     }
 }
 
-/// SHA-1 of every piece, concatenated. Each thread takes a contiguous run of pieces.
+/// SHA-1 of every piece, concatenated. Each thread takes a contiguous run of pieces, so it
+/// meets the files in order and keeps one open at a time: a dataset of more files than the
+/// process may open is hashed all the same.
 fn hash_pieces(
     files: &[SourceFile],
     geometry: &Geometry,
@@ -415,15 +417,6 @@ fn hash_pieces(
     hashed: &(dyn Fn(u32) + Sync),
 ) -> Result<Vec<u8>, CreateError> {
     let done = std::sync::atomic::AtomicU32::new(0);
-    let handles: Vec<std::fs::File> = files
-        .iter()
-        .map(|f| {
-            std::fs::File::open(&f.disk_path).map_err(|source| CreateError::Io {
-                path: f.disk_path.clone(),
-                source,
-            })
-        })
-        .collect::<Result<_, _>>()?;
     let count = geometry.piece_count() as usize;
     let threads = threads.clamp(1, count);
     let per_thread = count.div_ceil(threads);
@@ -433,14 +426,15 @@ fn hash_pieces(
             .chunks_mut(per_thread * 20)
             .enumerate()
             .map(|(t, chunk)| {
-                let (handles, done) = (&handles, &done);
+                let done = &done;
                 scope.spawn(move || -> Result<(), CreateError> {
                     let mut buf = vec![0u8; geometry.piece_length() as usize];
+                    let mut open = None;
                     for (i, slot) in chunk.chunks_mut(20).enumerate() {
                         let piece = geometry
                             .piece((t * per_thread + i) as u32)
                             .expect("in range");
-                        let data = read_piece(files, handles, geometry, piece, &mut buf)?;
+                        let data = read_piece(files, &mut open, geometry, piece, &mut buf)?;
                         slot.copy_from_slice(&Sha1::digest(data));
                         hashed(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
                     }
@@ -455,9 +449,11 @@ fn hash_pieces(
     Ok(out)
 }
 
+/// Reads the piece into `buf`; `open` is the file last read (its index and handle), kept for
+/// the next piece.
 fn read_piece<'b>(
     files: &[SourceFile],
-    handles: &[std::fs::File],
+    open: &mut Option<(usize, std::fs::File)>,
     geometry: &Geometry,
     piece: PieceIndex,
     buf: &'b mut [u8],
@@ -466,16 +462,27 @@ fn read_piece<'b>(
     let mut filled = 0;
     for span in geometry.piece_spans(piece) {
         let dest = &mut buf[filled..filled + span.length as usize];
-        handles[span.file]
-            .read_exact_at(dest, span.offset)
-            .map_err(|source| {
-                let path = files[span.file].disk_path.clone();
-                if source.kind() == std::io::ErrorKind::UnexpectedEof {
-                    CreateError::Changed(path)
-                } else {
-                    CreateError::Io { path, source }
+        let path = &files[span.file].disk_path;
+        let handle = match open {
+            Some((index, handle)) if *index == span.file => handle,
+            _ => {
+                let handle = std::fs::File::open(path).map_err(|source| CreateError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                &open.insert((span.file, handle)).1
+            }
+        };
+        handle.read_exact_at(dest, span.offset).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::UnexpectedEof {
+                CreateError::Changed(path.clone())
+            } else {
+                CreateError::Io {
+                    path: path.clone(),
+                    source,
                 }
-            })?;
+            }
+        })?;
         filled += span.length as usize;
     }
     debug_assert_eq!(filled, size);

@@ -9,14 +9,22 @@
 //! its real parent directory (symlinks resolved) is inside the output directory. BEP 47 pad files
 //! are never created: they read as zeros and writes to them are dropped.
 //!
+//! Handles are opened on first use and shared through the process's [`OpenFiles`] budget, so a
+//! torrent of more files than the process may open still downloads and seeds: the least
+//! recently used are closed and opened again when next needed.
+//!
 //! The resume file ([`resume`]) records the verified pieces so a restart can skip the full
 //! check when nothing changed.
 //!
 //! All calls are blocking; the engine runs them on a blocking thread pool.
 
+mod open_files;
 pub mod resume;
 
+pub use open_files::OpenFiles;
 pub use resume::{Durability, Resume, ResumeSource};
+
+use open_files::Slot;
 
 use pow_metainfo::{Metainfo, PieceIndex};
 use pow_wire::Bitfield;
@@ -190,14 +198,18 @@ struct ContentFile {
     pad: bool,
     /// Created with its blocks allocated in full ([`Storage::prepare_files`]), not sparse.
     allocate: AtomicBool,
-    /// Opened (and created) on first use.
-    handle: Mutex<Option<Arc<File>>>,
+    /// Opened (and created) on first use; closed when the pool needs room.
+    slot: Arc<Slot>,
+    /// Written since the last [`Storage::sync`]: its handle may have been closed since, and
+    /// the sync must still reach it.
+    dirty: AtomicBool,
 }
 
 pub struct Storage {
     root: PathBuf,
     metainfo: Arc<Metainfo>,
     files: Vec<ContentFile>,
+    open_files: Arc<OpenFiles>,
     /// Resume saves run one at a time (they share a temporary file name).
     resume_lock: Mutex<()>,
 }
@@ -206,6 +218,15 @@ impl Storage {
     /// Prepares storage for `metainfo` under `root` (created if missing). Nothing else touches
     /// the disk until the first write or check.
     pub fn new(metainfo: Arc<Metainfo>, root: &Path) -> Result<Storage, StorageError> {
+        Storage::with_open_files(metainfo, root, OpenFiles::global())
+    }
+
+    /// As [`Storage::new`], its handles counted in `open_files` instead of the process's pool.
+    pub fn with_open_files(
+        metainfo: Arc<Metainfo>,
+        root: &Path,
+        open_files: Arc<OpenFiles>,
+    ) -> Result<Storage, StorageError> {
         std::fs::create_dir_all(root).map_err(|source| StorageError::Io {
             path: root.to_path_buf(),
             source,
@@ -222,13 +243,15 @@ impl Storage {
                 length: f.length,
                 pad: f.attr.pad,
                 allocate: AtomicBool::new(false),
-                handle: Mutex::new(None),
+                slot: Arc::default(),
+                dirty: AtomicBool::new(false),
             })
             .collect();
         Ok(Storage {
             root,
             metainfo,
             files,
+            open_files,
             resume_lock: Mutex::new(()),
         })
     }
@@ -257,8 +280,9 @@ impl Storage {
     /// and its directories if needed. `Ok(None)` when it does not exist and `create` is false.
     fn handle(&self, index: usize, create: bool) -> Result<Option<Arc<File>>, StorageError> {
         let file = &self.files[index];
-        let mut slot = file.handle.lock().expect("file handle lock");
+        let mut slot = file.slot.handle.lock().expect("file handle lock");
         if let Some(handle) = slot.as_ref() {
+            file.slot.touch();
             return Ok(Some(handle.clone()));
         }
         let parent = file.path.parent().expect("below root");
@@ -274,12 +298,21 @@ impl Storage {
                 root: self.root.clone(),
             });
         }
-        let opened = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(&file.path);
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(create)
+                .truncate(false)
+                .open(&file.path)
+        };
+        let opened = match open() {
+            Err(e) if open_files::is_out_of_descriptors(&e) => {
+                self.open_files.relieve();
+                open()
+            }
+            opened => opened,
+        };
         let handle = match opened {
             Ok(handle) => handle,
             Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -293,6 +326,9 @@ impl Storage {
         }
         let handle = Arc::new(handle);
         *slot = Some(handle.clone());
+        // Not while holding the slot: the pool may close others, never waiting on one.
+        drop(slot);
+        self.open_files.admit(&file.slot);
         Ok(Some(handle))
     }
 
@@ -347,6 +383,9 @@ impl Storage {
                 continue;
             }
             let handle = self.handle(span.file, true)?.expect("created");
+            if !file.dirty.load(Ordering::Relaxed) {
+                file.dirty.store(true, Ordering::Relaxed);
+            }
             write_all_vectored_at(&handle, &mut parts, span.offset)
                 .map_err(Self::io(&file.path))?;
         }
@@ -578,15 +617,48 @@ impl Storage {
         Ok(())
     }
 
-    /// Flushes written data to disk.
+    /// Flushes the data this storage wrote to disk: every file written since the last sync,
+    /// opened again if the pool closed it meanwhile (`fsync` reaches a file's pages through
+    /// any handle).
     pub fn sync(&self) -> Result<(), StorageError> {
-        for file in &self.files {
-            let handle = file.handle.lock().expect("file handle lock").clone();
-            if let Some(handle) = handle {
-                handle.sync_data().map_err(Self::io(&file.path))?;
+        for (index, file) in self.files.iter().enumerate() {
+            if file.dirty.swap(false, Ordering::Relaxed) {
+                self.sync_file(index)
+                    .inspect_err(|_| file.dirty.store(true, Ordering::Relaxed))?;
             }
         }
         Ok(())
+    }
+
+    /// Flushes every file of the torrent, whoever wrote it (an earlier run may have left its
+    /// data unsynced).
+    fn sync_every_file(&self) -> Result<(), StorageError> {
+        for (index, file) in self.files.iter().enumerate() {
+            if !file.pad {
+                file.dirty.store(false, Ordering::Relaxed);
+                self.sync_file(index)
+                    .inspect_err(|_| file.dirty.store(true, Ordering::Relaxed))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_file(&self, index: usize) -> Result<(), StorageError> {
+        match self.handle(index, false)? {
+            Some(handle) => handle
+                .sync_data()
+                .map_err(Self::io(&self.files[index].path)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Storage {
+    /// Closes this storage's files now rather than when the pool's clock passes them.
+    fn drop(&mut self) {
+        for file in &self.files {
+            file.slot.close();
+        }
     }
 }
 
@@ -653,6 +725,84 @@ mod tests {
         // SAFETY: a plain system call on a file descriptor we hold.
         let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         assert_eq!(rc, 0);
+    }
+
+    /// Descriptors this process has open on `dir`'s files, as /proc lists them.
+    fn descriptors_under(dir: &std::path::Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.starts_with(dir))
+            .count()
+    }
+
+    #[test]
+    fn a_torrent_of_more_files_than_the_pool_keeps_open_is_written_read_and_synced() {
+        // 40 files of 4,000 to 11,800 bytes, 16 KiB pieces: each piece spans two to five files.
+        let names: Vec<String> = (0..40).map(|i| format!("f{i:02}")).collect();
+        let files: Vec<(&str, usize)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.as_str(), 4000 + i * 200))
+            .collect();
+        let PatternTorrent {
+            dir,
+            metainfo,
+            content,
+            ..
+        } = pattern_torrent("pool", &files, 16384);
+        let out = dir.join("out");
+        let pool = OpenFiles::with_capacity(4);
+        let storage = Storage::with_open_files(metainfo.clone(), &out, pool.clone()).unwrap();
+        storage.prepare_files(None).unwrap();
+        let geometry = &metainfo.geometry;
+        let count = geometry.piece_count();
+        // Rarest-first order is no order: odd pieces first, then even ones backwards.
+        let order: Vec<u32> = (0..count)
+            .filter(|i| i % 2 == 1)
+            .chain((0..count).filter(|i| i % 2 == 0).rev())
+            .collect();
+        let mut most_open = 0;
+        for &index in &order {
+            let piece = geometry.piece(index).unwrap();
+            let start = geometry.piece_offset(piece) as usize;
+            let size = geometry.piece_size(piece) as usize;
+            storage
+                .write_block(piece, 0, &content[start..start + size])
+                .unwrap();
+            most_open = most_open.max(pool.open());
+            assert!(
+                descriptors_under(&out) <= 4,
+                "{} descriptors open on the download after piece {index}",
+                descriptors_under(&out)
+            );
+        }
+        assert_eq!(most_open, 4, "the pool is used up to its capacity");
+        // Every file closed by the pool is synced all the same, and every piece reads back.
+        storage.sync().unwrap();
+        assert!(storage
+            .files
+            .iter()
+            .all(|f| !f.dirty.load(Ordering::Relaxed)));
+        for index in 0..count {
+            let piece = geometry.piece(index).unwrap();
+            assert!(storage.verify_piece(piece).unwrap(), "piece {index}");
+        }
+        let have = storage.check_existing(2, &|_| {}).unwrap();
+        assert_eq!(have.count(), count);
+        assert!(descriptors_under(&out) <= 4);
+        let mut concatenated = Vec::new();
+        for name in &names {
+            concatenated.extend(std::fs::read(out.join("set").join(name)).unwrap());
+        }
+        assert_eq!(concatenated, content);
+        drop(storage);
+        assert_eq!(
+            descriptors_under(&out),
+            0,
+            "a dropped storage closes its files"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -154,23 +154,22 @@ impl Storage {
             Durability::Synced => Saved::Synced,
         };
         let sync = saved == Saved::Synced;
+        if sync {
+            self.sync_every_file()?;
+        }
         let mut stamps = Vec::with_capacity(self.files.len());
-        for (index, file) in self.files.iter().enumerate() {
+        for file in &self.files {
             if file.pad {
                 stamps.push(None);
                 continue;
             }
-            match self.handle(index, false)? {
-                Some(handle) => {
-                    if sync {
-                        handle.sync_data().map_err(Self::io(&file.path))?;
-                    }
-                    // Taken after the writes it vouches for (and the sync, if any): a later
-                    // write changes the mtime, and the file is then not trusted.
-                    let meta = handle.metadata().map_err(Self::io(&file.path))?;
-                    stamps.push(Some((meta.len(), mtime_nanos(&meta))));
-                }
-                None => stamps.push(None),
+            // Taken after the writes it vouches for (and the sync, if any): a later write
+            // changes the mtime, and the file is then not trusted. A `stat`, not an open: a
+            // torrent's files may be more than the pool keeps open.
+            match std::fs::metadata(&file.path) {
+                Ok(meta) => stamps.push(Some((meta.len(), mtime_nanos(&meta)))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => stamps.push(None),
+                Err(e) => return Err(Self::io(&file.path)(e)),
             }
         }
         let text = self.render(have, &saved, &stamps);
