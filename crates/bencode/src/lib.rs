@@ -142,11 +142,13 @@ impl Options {
     }
 }
 
-/// A decoded value borrowing from the input, with the byte span it was decoded from.
+/// A decoded value borrowing from the input: the bytes it was decoded from, and what they say.
+///
+/// Kept small (40 bytes; lists and dictionaries hold exactly their items): a torrent of
+/// 100,000 files is half a million nodes, and at 64 bytes with vectors' spare room they took
+/// 96 MB to read a 4 MB file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node<'a> {
-    /// `[start, end)` of this value in the input.
-    pub span: (usize, usize),
     pub raw: &'a [u8],
     pub kind: Kind<'a>,
 }
@@ -155,9 +157,9 @@ pub struct Node<'a> {
 pub enum Kind<'a> {
     Int(i64),
     Bytes(&'a [u8]),
-    List(Vec<Node<'a>>),
+    List(Box<[Node<'a>]>),
     /// In input order (sorted, unless decoded with `allow_unsorted_keys`).
-    Dict(Vec<(&'a [u8], Node<'a>)>),
+    Dict(Box<[(&'a [u8], Node<'a>)]>),
 }
 
 impl<'a> Node<'a> {
@@ -355,17 +357,16 @@ impl<'a> Parser<'a> {
                     items.push(self.value(depth + 1)?);
                 }
                 self.pos += 1;
-                Kind::List(items)
+                Kind::List(items.into_boxed_slice())
             }
             b'd' => {
                 self.enter(depth)?;
                 self.pos += 1;
-                Kind::Dict(self.dict_entries(depth)?)
+                Kind::Dict(self.dict_entries(depth)?.into_boxed_slice())
             }
             other => return self.err(self.pos, ErrorKind::UnexpectedByte(other)),
         };
         Ok(Node {
-            span: (start, self.pos),
             raw: &self.input[start..self.pos],
             kind,
         })
@@ -583,7 +584,12 @@ mod tests {
         let node = decode(input).unwrap();
         let info = node.get("info").unwrap();
         assert_eq!(info.raw, b"d1:ai1ee");
-        assert_eq!(info.span, (7, 15));
+        assert_eq!(info.raw.as_ptr_range().start, input[7..].as_ptr());
+    }
+
+    #[test]
+    fn a_node_is_40_bytes() {
+        assert_eq!(std::mem::size_of::<Node<'_>>(), 40);
     }
 
     /// 2,000,001 empty lists inside one: 4 MB of input, refused at the value past the limit
