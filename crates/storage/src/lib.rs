@@ -203,6 +203,21 @@ struct ContentFile {
     /// Written since the last [`Storage::sync`]: its handle may have been closed since, and
     /// the sync must still reach it.
     dirty: AtomicBool,
+    /// Written since the resume file's stamp of it (its size and mtime) was taken; true until
+    /// the first is.
+    restamp: AtomicBool,
+}
+
+impl ContentFile {
+    /// After a write to the file has completed (so a sync or stamp that sees the mark
+    /// covers it).
+    fn mark_written(&self) {
+        for flag in [&self.dirty, &self.restamp] {
+            if !flag.load(Ordering::Relaxed) {
+                flag.store(true, Ordering::Release);
+            }
+        }
+    }
 }
 
 pub struct Storage {
@@ -210,8 +225,11 @@ pub struct Storage {
     metainfo: Arc<Metainfo>,
     files: Vec<ContentFile>,
     open_files: Arc<OpenFiles>,
-    /// Resume saves run one at a time (they share a temporary file name).
-    resume_lock: Mutex<()>,
+    /// Directories found inside the root ([`Storage::check_parent`]).
+    checked_dirs: Mutex<std::collections::HashSet<PathBuf>>,
+    /// Resume saves run one at a time (they share a temporary file name); each file's stamp
+    /// as the last save took it.
+    resume_lock: Mutex<Vec<resume::FileStamp>>,
 }
 
 impl Storage {
@@ -245,14 +263,16 @@ impl Storage {
                 allocate: AtomicBool::new(false),
                 slot: Arc::default(),
                 dirty: AtomicBool::new(false),
+                restamp: AtomicBool::new(true),
             })
-            .collect();
+            .collect::<Vec<_>>();
         Ok(Storage {
             root,
             metainfo,
+            resume_lock: Mutex::new(vec![None; files.len()]),
             files,
             open_files,
-            resume_lock: Mutex::new(()),
+            checked_dirs: Mutex::default(),
         })
     }
 
@@ -285,18 +305,8 @@ impl Storage {
             file.slot.touch();
             return Ok(Some(handle.clone()));
         }
-        let parent = file.path.parent().expect("below root");
-        if create {
-            std::fs::create_dir_all(parent).map_err(Self::io(parent))?;
-        } else if !parent.exists() {
+        if !self.check_parent(&file.path, create)? {
             return Ok(None);
-        }
-        let real_parent = parent.canonicalize().map_err(Self::io(parent))?;
-        if !real_parent.starts_with(&self.root) {
-            return Err(StorageError::OutsideRoot {
-                path: file.path.clone(),
-                root: self.root.clone(),
-            });
         }
         let open = || {
             OpenOptions::new()
@@ -309,6 +319,15 @@ impl Storage {
         let opened = match open() {
             Err(e) if open_files::is_out_of_descriptors(&e) => {
                 self.open_files.relieve();
+                open()
+            }
+            Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
+                // Its directory was removed since it was checked: make and check it again.
+                self.checked_dirs
+                    .lock()
+                    .expect("checked directories lock")
+                    .remove(file.path.parent().expect("below root"));
+                self.check_parent(&file.path, create)?;
                 open()
             }
             opened => opened,
@@ -330,6 +349,32 @@ impl Storage {
         drop(slot);
         self.open_files.admit(&file.slot);
         Ok(Some(handle))
+    }
+
+    /// Makes sure the directory of `path` exists (with `create`, else false when it does not)
+    /// and lies inside the root once symlinks are resolved. Each directory is checked once: a
+    /// dataset of a thousand files in a directory cost 18 `stat`s and 5 `readlink`s a file
+    /// before, a third of a 100,000-file download's system time.
+    fn check_parent(&self, path: &Path, create: bool) -> Result<bool, StorageError> {
+        let parent = path.parent().expect("below root");
+        let checked = || self.checked_dirs.lock().expect("checked directories lock");
+        if checked().contains(parent) {
+            return Ok(true);
+        }
+        if create {
+            std::fs::create_dir_all(parent).map_err(Self::io(parent))?;
+        } else if !parent.exists() {
+            return Ok(false);
+        }
+        let real_parent = parent.canonicalize().map_err(Self::io(parent))?;
+        if !real_parent.starts_with(&self.root) {
+            return Err(StorageError::OutsideRoot {
+                path: path.to_path_buf(),
+                root: self.root.clone(),
+            });
+        }
+        checked().insert(parent.to_path_buf());
+        Ok(true)
     }
 
     /// Writes a block where it belongs, across file boundaries.
@@ -383,11 +428,9 @@ impl Storage {
                 continue;
             }
             let handle = self.handle(span.file, true)?.expect("created");
-            if !file.dirty.load(Ordering::Relaxed) {
-                file.dirty.store(true, Ordering::Relaxed);
-            }
             write_all_vectored_at(&handle, &mut parts, span.offset)
                 .map_err(Self::io(&file.path))?;
+            file.mark_written();
         }
         Ok(())
     }
@@ -622,7 +665,7 @@ impl Storage {
     /// any handle).
     pub fn sync(&self) -> Result<(), StorageError> {
         for (index, file) in self.files.iter().enumerate() {
-            if file.dirty.swap(false, Ordering::Relaxed) {
+            if file.dirty.swap(false, Ordering::Acquire) {
                 self.sync_file(index)
                     .inspect_err(|_| file.dirty.store(true, Ordering::Relaxed))?;
             }
@@ -802,6 +845,33 @@ mod tests {
             0,
             "a dropped storage closes its files"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_directory_removed_after_its_check_is_made_again_for_the_next_file_opened_in_it() {
+        let PatternTorrent {
+            dir,
+            metainfo,
+            content,
+            ..
+        } = pattern_torrent("removed-dir", &[("a", 40_000), ("b", 40_000)], 16384);
+        let out = dir.join("out");
+        let storage =
+            Storage::with_open_files(metainfo.clone(), &out, OpenFiles::with_capacity(1)).unwrap();
+        let geometry = &metainfo.geometry;
+        let write = |index: u32| {
+            let piece = geometry.piece(index).unwrap();
+            let start = geometry.piece_offset(piece) as usize;
+            let size = geometry.piece_size(piece) as usize;
+            storage.write_block(piece, 0, &content[start..start + size])
+        };
+        write(0).unwrap();
+        // b's file takes the pool's one handle: a's is closed.
+        write(geometry.piece_count() - 1).unwrap();
+        std::fs::remove_dir_all(out.join("set")).unwrap();
+        write(0).unwrap();
+        assert!(storage.verify_piece(geometry.piece(0).unwrap()).unwrap());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
