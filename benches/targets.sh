@@ -19,6 +19,8 @@
 #      and transfer time, and how much of the content's MD5 was done while it downloaded; the
 #      same for a record as `pow publish` writes it (SHA-256 too), and `pow publish` itself
 #   7. uTP on loopback, pow and libtorrent each way (benches/utp.sh): a figure, no target
+#   8. a dataset of 100,000 small files (benches/many_files.sh): create against mktorrent,
+#      download from a pow and a libtorrent seed against the real leechers; figures, no target
 # --ci: a shorter run: the 256 MiB matrix once per pair (about 10 min in all); `scripts/test-all`
 #   runs the full script.
 # --quick: 64 MiB matrix, one run per pair, 256 MiB verify (a smoke run of the same script).
@@ -122,4 +124,7 @@ bash benches/source_load.sh "$([ $quick = 1 ] && echo 256 || echo 1024)" 3 || tr
 
 echo "## 7. uTP: pow and libtorrent over BEP 29 on loopback"
 bash benches/utp.sh "$([ $quick = 1 ] && echo 64 || echo 256)" 3 || true
+
+echo "## 8. a dataset of many small files"
+bash benches/many_files.sh "$([ $quick = 1 ] && echo 10000 || echo 100000)" "$([ $quick = 1 ] && echo 1 || echo 3)" || true
 exit "$super_seed_status"
