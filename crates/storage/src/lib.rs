@@ -352,9 +352,9 @@ impl Storage {
     }
 
     /// Makes sure the directory of `path` exists (with `create`, else false when it does not)
-    /// and lies inside the root once symlinks are resolved. Each directory is checked once: a
-    /// dataset of a thousand files in a directory cost 18 `stat`s and 5 `readlink`s a file
-    /// before, a third of a 100,000-file download's system time.
+    /// and lies inside the root once symlinks are resolved. Each directory is checked once:
+    /// checking it for every file cost a 100,000-file download 18 `stat`s and 5 `readlink`s a
+    /// file (now under 4 `stat`s, no `readlink`).
     fn check_parent(&self, path: &Path, create: bool) -> Result<bool, StorageError> {
         let parent = path.parent().expect("below root");
         let checked = || self.checked_dirs.lock().expect("checked directories lock");
