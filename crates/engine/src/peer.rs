@@ -1456,6 +1456,13 @@ impl Peer {
                     self.start_warming();
                     break;
                 }
+                Err(e) if e.is_out_of_descriptors() => {
+                    // Not the data's fault: this connection goes (its socket frees a
+                    // descriptor too), the piece stays served.
+                    self.out.truncate(start);
+                    tracing::warn!("{}: cannot read piece {}: {e}", self.addr, r.index);
+                    return Err(PeerError::Protocol("out of file descriptors"));
+                }
                 Err(e) => {
                     self.out.truncate(start);
                     self.lose_piece(r.index, &e);

@@ -417,6 +417,13 @@ fn hash_pieces(
     hashed: &(dyn Fn(u32) + Sync),
 ) -> Result<Vec<u8>, CreateError> {
     let done = std::sync::atomic::AtomicU32::new(0);
+    // Empty files are in no piece, so no thread opens them: each must still be readable.
+    for f in files.iter().filter(|f| f.length == 0) {
+        std::fs::File::open(&f.disk_path).map_err(|source| CreateError::Io {
+            path: f.disk_path.clone(),
+            source,
+        })?;
+    }
     let count = geometry.piece_count() as usize;
     let threads = threads.clamp(1, count);
     let per_thread = count.div_ceil(threads);

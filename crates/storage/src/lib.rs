@@ -192,6 +192,14 @@ pub enum StorageError {
     BadBlock { piece: u32, begin: u32, length: u32 },
 }
 
+impl StorageError {
+    /// The process (or the system) had no file descriptor left: a passing state, not a
+    /// fault of the data.
+    pub fn is_out_of_descriptors(&self) -> bool {
+        matches!(self, StorageError::Io { source, .. } if open_files::is_out_of_descriptors(source))
+    }
+}
+
 struct ContentFile {
     path: PathBuf,
     length: u64,
@@ -212,11 +220,10 @@ impl ContentFile {
     /// After a write to the file has completed (so a sync or stamp that sees the mark
     /// covers it).
     fn mark_written(&self) {
-        for flag in [&self.dirty, &self.restamp] {
-            if !flag.load(Ordering::Relaxed) {
-                flag.store(true, Ordering::Release);
-            }
-        }
+        // A swap, not a load and a store only if false: a load could see the `true` that a
+        // sync is about to clear, and that sync would not cover this write.
+        self.dirty.swap(true, Ordering::AcqRel);
+        self.restamp.swap(true, Ordering::AcqRel);
     }
 }
 
@@ -316,22 +323,24 @@ impl Storage {
                 .truncate(false)
                 .open(&file.path)
         };
-        let opened = match open() {
-            Err(e) if open_files::is_out_of_descriptors(&e) => {
-                self.open_files.relieve();
-                open()
+        let mut opened = open();
+        for _retry in 0..2 {
+            match &opened {
+                Err(e) if open_files::is_out_of_descriptors(e) => {
+                    self.open_files.relieve();
+                }
+                Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
+                    // Its directory was removed since it was checked: make and check it again.
+                    self.checked_dirs
+                        .lock()
+                        .expect("checked directories lock")
+                        .remove(file.path.parent().expect("below root"));
+                    self.check_parent(&file.path, create)?;
+                }
+                _ => break,
             }
-            Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
-                // Its directory was removed since it was checked: make and check it again.
-                self.checked_dirs
-                    .lock()
-                    .expect("checked directories lock")
-                    .remove(file.path.parent().expect("below root"));
-                self.check_parent(&file.path, create)?;
-                open()
-            }
-            opened => opened,
-        };
+            opened = open();
+        }
         let handle = match opened {
             Ok(handle) => handle,
             Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -462,12 +471,19 @@ impl Storage {
                 part.fill(MaybeUninit::new(0));
                 continue;
             }
-            let handle = self
-                .handle(span.file, false)?
-                .ok_or_else(|| StorageError::Io {
+            let handle = if cached_only {
+                // Opening may wait on the device too (a cold directory): left to `warm`.
+                file.slot.open_handle().ok_or_else(|| StorageError::Io {
                     path: file.path.clone(),
-                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
-                })?;
+                    source: std::io::ErrorKind::WouldBlock.into(),
+                })?
+            } else {
+                self.handle(span.file, false)?
+                    .ok_or_else(|| StorageError::Io {
+                        path: file.path.clone(),
+                        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                    })?
+            };
             read_exact_at(&handle, part, span.offset, cached_only).map_err(Self::io(&file.path))?;
         }
         Ok(())
@@ -845,6 +861,42 @@ mod tests {
             0,
             "a dropped storage closes its files"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A seed's peer tasks read on the async runtime, cached pages only: a file the pool
+    /// has closed is opened again by `warm` on a blocking thread, never by that read.
+    #[test]
+    fn a_cached_only_read_never_opens_a_file() {
+        let PatternTorrent {
+            dir,
+            src,
+            metainfo,
+            content,
+        } = pattern_torrent("cached-open", &[("a", 40_000), ("b", 40_000)], 16384);
+        let storage = Storage::with_open_files(
+            metainfo.clone(),
+            src.parent().unwrap(),
+            OpenFiles::with_capacity(1),
+        )
+        .unwrap();
+        let geometry = &metainfo.geometry;
+        let (first, last) = (
+            geometry.piece(0).unwrap(),
+            geometry.piece(geometry.piece_count() - 1).unwrap(),
+        );
+        let mut buf = vec![MaybeUninit::<u8>::uninit(); 1000];
+        assert!(!storage.read_block_cached(first, 0, &mut buf).unwrap());
+        assert_eq!(descriptors_under(&src), 0, "not opened by the cached read");
+        storage.warm(&[(first, 0, 1000)]).unwrap();
+        assert!(storage.read_block_cached(first, 0, &mut buf).unwrap());
+        // b's file takes the one handle: a's is closed, and a cached read of it waits again.
+        storage.warm(&[(last, 0, 1000)]).unwrap();
+        assert!(!storage.read_block_cached(first, 0, &mut buf).unwrap());
+        assert!(storage.read_block_cached(last, 0, &mut buf).unwrap());
+        let start = geometry.piece_offset(last) as usize;
+        let read: Vec<u8> = buf.iter().map(|b| unsafe { b.assume_init() }).collect();
+        assert_eq!(read, content[start..start + 1000]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 
 /// One content file's handle, while it is open.
 #[derive(Default)]
@@ -29,9 +29,23 @@ impl Slot {
         }
     }
 
-    /// Closes the handle; one in use elsewhere closes when that use ends.
+    /// The handle if the file is open now (waiting only for another thread's open of it).
+    pub(crate) fn open_handle(&self) -> Option<Arc<File>> {
+        let handle = self.handle.lock().expect("file handle lock").clone();
+        if handle.is_some() {
+            self.touch();
+        }
+        handle
+    }
+
+    /// Closes the handle; one in use elsewhere closes when that use ends. The clock then
+    /// drops the slot at its first pass.
     pub(crate) fn close(&self) {
-        self.handle.lock().expect("file handle lock").take();
+        self.handle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        self.used.store(false, Ordering::Relaxed);
     }
 }
 
@@ -102,7 +116,12 @@ impl OpenFiles {
                     handle.take();
                     true
                 }
-                Err(_) => false,
+                // A thread panicked holding it: the handle is still a handle to close.
+                Err(TryLockError::Poisoned(poisoned)) => {
+                    poisoned.into_inner().take();
+                    true
+                }
+                Err(TryLockError::WouldBlock) => false,
             };
             if !closed {
                 ring.push_back(slot);
