@@ -345,6 +345,39 @@ fn torrent_create_keeps_existing_files_and_names_the_current_directory() {
     );
 }
 
+/// `pow ARGS`, run by `sh` after `ulimit LIMIT` (`-Sn 256`: the soft limit only).
+fn pow_under_ulimit(limit: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", &format!("ulimit {limit} && exec \"$@\""), "sh"])
+        .arg(common::pow_bin())
+        .args(args);
+    command
+}
+
+/// `pow seed TORRENT --data DATA` under `ulimit LIMIT` on a free port of 127.0.0.1, once it
+/// listens; killed when dropped.
+fn seed_under_ulimit(limit: &str, torrent: &Path, data: &Path) -> (common::Killed, u16) {
+    let port = common::free_port();
+    let seed = common::Killed(
+        pow_under_ulimit(
+            limit,
+            &[
+                "seed",
+                torrent.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+            ],
+        )
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    common::wait_listening(port, "pow seed");
+    (seed, port)
+}
+
 /// A dataset of 1,500 files, created, seeded and downloaded by pow under a soft limit of 256
 /// open files (Debian's default is 1,024, with a far higher hard limit): pow lifts the soft
 /// limit to the hard one, as every file is open while a torrent is hashed or transferred.
@@ -371,14 +404,7 @@ fn thousands_of_files_under_a_low_soft_limit_of_open_files() {
         )
         .unwrap();
     }
-    let limited = |args: &[&str]| {
-        let mut command = Command::new("sh");
-        command
-            .args(["-c", "ulimit -Sn 256 && exec \"$@\"", "sh"])
-            .arg(common::pow_bin())
-            .args(args);
-        command
-    };
+    let limited = |args: &[&str]| pow_under_ulimit("-Sn 256", args);
     let torrent = work.path().join("slices.torrent");
     let out = limited(&[
         "torrent",
@@ -394,20 +420,7 @@ fn thousands_of_files_under_a_low_soft_limit_of_open_files() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let port = common::free_port();
-    let _seed = common::Killed(
-        limited(&[
-            "seed",
-            torrent.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-        ])
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
-    common::wait_listening(port, "pow seed");
+    let (_seed, port) = seed_under_ulimit("-Sn 256", &torrent, &data);
     let out_dir = work.path().join("out");
     let peer = format!("127.0.0.1:{port}");
     let out = limited(&[
@@ -484,14 +497,7 @@ fn more_files_than_the_process_may_open_are_created_seeded_downloaded_and_verifi
         &["-l", "15", "-o", "../mk.torrent", "slices"],
     );
     let mk = work.path().join("mk.torrent");
-    let limited = |args: &[&str]| {
-        let mut command = Command::new("sh");
-        command
-            .args(["-c", "ulimit -n 256 && exec \"$@\"", "sh"])
-            .arg(common::pow_bin())
-            .args(args);
-        command
-    };
+    let limited = |args: &[&str]| pow_under_ulimit("-n 256", args);
     let succeeded = |what: &str, out: std::process::Output| {
         assert!(
             out.status.success(),
@@ -517,20 +523,7 @@ fn more_files_than_the_process_may_open_are_created_seeded_downloaded_and_verifi
         "mktorrent's info-hash"
     );
 
-    let port = common::free_port();
-    let _seed = common::Killed(
-        limited(&[
-            "seed",
-            mk.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-        ])
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
-    common::wait_listening(port, "pow seed");
+    let (_seed, port) = seed_under_ulimit("-n 256", &mk, &data);
     let lt_out = work.path().join("lt");
     let said = succeeded(
         "libtorrent from the pow seed",

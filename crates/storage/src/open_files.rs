@@ -29,15 +29,6 @@ impl Slot {
         }
     }
 
-    /// The handle if the file is open now (waiting only for another thread's open of it).
-    pub(crate) fn open_handle(&self) -> Option<Arc<File>> {
-        let handle = self.handle.lock().expect("file handle lock").clone();
-        if handle.is_some() {
-            self.touch();
-        }
-        handle
-    }
-
     /// Closes the handle; one in use elsewhere closes when that use ends. The clock then
     /// drops the slot at its first pass.
     pub(crate) fn close(&self) {

@@ -386,14 +386,8 @@ mod tests {
     }
 
     fn write_pieces(storage: &Storage, content: &[u8], pieces: &[u32]) {
-        let geometry = &storage.metainfo().geometry;
         for &i in pieces {
-            let piece = geometry.piece(i).unwrap();
-            let start = geometry.piece_offset(piece) as usize;
-            let size = geometry.piece_size(piece) as usize;
-            storage
-                .write_block(piece, 0, &content[start..start + size])
-                .unwrap();
+            crate::test_torrent::write_piece(storage, content, i).unwrap();
         }
     }
 
