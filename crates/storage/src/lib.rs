@@ -474,7 +474,7 @@ impl Storage {
             // Opened here even for a cached-only read, as a file's first open always was: a
             // file the pool closed went to `warm` for a while, and a seed of 100,000 small
             // files thrashed (a block's warming opened more files than the pool holds; a
-            // download from it took libtorrent 35 s instead of 2.5).
+            // download from it took libtorrent 35 s instead of about 3).
             let handle = self
                 .handle(span.file, false)?
                 .ok_or_else(|| StorageError::Io {
