@@ -4,7 +4,7 @@
 //! Every byte range goes through `metainfo::Geometry::spans`, so a run of blocks that crosses a
 //! file boundary becomes one positioned vectored write (`pwritev`) per file, with no whole-file
 //! buffering. Files are created on first write at their full length, their blocks allocated
-//! (`fallocate`) where the file system can, else sparse. Paths come from the metainfo's
+//! (`fallocate`) where the file system can, else sparse; a file one write fills is just written. Paths come from the metainfo's
 //! `SafePath`s joined to the output directory, and a file is only opened after checking that
 //! its real parent directory (symlinks resolved) is inside the output directory. BEP 47 pad files
 //! are never created: they read as zeros and writes to them are dropped.
@@ -227,6 +227,20 @@ impl ContentFile {
     }
 }
 
+/// How [`Storage::handle`] opens a file that is not open yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    /// Only if it exists.
+    Existing,
+    /// Made if missing (with its directories), and given its full length: allocated if
+    /// [`Storage::prepare_files`] marked it, else sparse.
+    Create,
+    /// Made if missing for a write of the whole file, which gives it its length and blocks:
+    /// no `fstat`, no `fallocate`. Those were two of a small file's five system calls, and
+    /// `fallocate` a journalled block allocation of its own.
+    CreateWhole,
+}
+
 pub struct Storage {
     root: PathBuf,
     metainfo: Arc<Metainfo>,
@@ -303,9 +317,10 @@ impl Storage {
         }
     }
 
-    /// The open handle of file `index`; with `create`, makes the file (sparse, full length)
-    /// and its directories if needed. `Ok(None)` when it does not exist and `create` is false.
-    fn handle(&self, index: usize, create: bool) -> Result<Option<Arc<File>>, StorageError> {
+    /// The open handle of file `index`, opened as `open` says. `Ok(None)` when it does not
+    /// exist and `open` is [`Open::Existing`].
+    fn handle(&self, index: usize, open: Open) -> Result<Option<Arc<File>>, StorageError> {
+        let create = open != Open::Existing;
         let file = &self.files[index];
         let mut slot = file.slot.handle.lock().expect("file handle lock");
         if let Some(handle) = slot.as_ref() {
@@ -315,7 +330,7 @@ impl Storage {
         if !self.check_parent(&file.path, create)? {
             return Ok(None);
         }
-        let open = || {
+        let open_file = || {
             OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -323,7 +338,7 @@ impl Storage {
                 .truncate(false)
                 .open(&file.path)
         };
-        let mut opened = open();
+        let mut opened = open_file();
         for _retry in 0..2 {
             match &opened {
                 Err(e) if open_files::is_out_of_descriptors(e) => {
@@ -339,18 +354,25 @@ impl Storage {
                 }
                 _ => break,
             }
-            opened = open();
+            opened = open_file();
         }
         let handle = match opened {
             Ok(handle) => handle,
             Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Self::io(&file.path)(e)),
         };
-        let len = handle.metadata().map_err(Self::io(&file.path))?.len();
-        let allocated = || file.allocate.load(Ordering::Relaxed) && allocate(&handle, file);
-        if create && len < file.length && !allocated() {
-            // Sparse: no blocks are allocated until data is written.
-            handle.set_len(file.length).map_err(Self::io(&file.path))?;
+        if open == Open::Create {
+            let len = handle.metadata().map_err(Self::io(&file.path))?.len();
+            let allocated = || file.allocate.load(Ordering::Relaxed) && allocate(&handle, file);
+            if len < file.length && !allocated() {
+                // Sparse: no blocks are allocated until data is written.
+                handle.set_len(file.length).map_err(Self::io(&file.path))?;
+            }
+        }
+        if create {
+            // It may have just been made: a zero-length file is never written, and its stamp
+            // must still say it exists.
+            file.restamp.store(true, Ordering::Relaxed);
         }
         let handle = Arc::new(handle);
         *slot = Some(handle.clone());
@@ -436,7 +458,14 @@ impl Storage {
             if file.pad {
                 continue;
             }
-            let handle = self.handle(span.file, true)?.expect("created");
+            // A file this write fills from its first byte to its last (every small file of
+            // a dataset of many) gets its length and blocks from the write itself.
+            let open = if span.offset == 0 && span.length == file.length {
+                Open::CreateWhole
+            } else {
+                Open::Create
+            };
+            let handle = self.handle(span.file, open)?.expect("created");
             write_all_vectored_at(&handle, &mut parts, span.offset)
                 .map_err(Self::io(&file.path))?;
             file.mark_written();
@@ -475,12 +504,12 @@ impl Storage {
             // file the pool closed went to `warm` for a while, and a seed of 100,000 small
             // files thrashed (a block's warming opened more files than the pool holds; a
             // download from it took libtorrent 35 s instead of about 3).
-            let handle = self
-                .handle(span.file, false)?
-                .ok_or_else(|| StorageError::Io {
-                    path: file.path.clone(),
-                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
-                })?;
+            let handle =
+                self.handle(span.file, Open::Existing)?
+                    .ok_or_else(|| StorageError::Io {
+                        path: file.path.clone(),
+                        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                    })?;
             read_exact_at(&handle, part, span.offset, cached_only).map_err(Self::io(&file.path))?;
         }
         Ok(())
@@ -665,7 +694,7 @@ impl Storage {
                 continue;
             }
             if file.length == 0 {
-                self.handle(index, true)?;
+                self.handle(index, Open::Create)?;
             } else if wanted.is_none_or(|w| w.contains(&index)) {
                 file.allocate.store(true, Ordering::Relaxed);
             }
@@ -700,7 +729,7 @@ impl Storage {
     }
 
     fn sync_file(&self, index: usize) -> Result<(), StorageError> {
-        match self.handle(index, false)? {
+        match self.handle(index, Open::Existing)? {
             Some(handle) => handle
                 .sync_data()
                 .map_err(Self::io(&self.files[index].path)),
@@ -764,7 +793,9 @@ pub(crate) mod test_torrent {
         let content: Vec<u8> = (0..total as u32).map(|i| (i * 7 % 251) as u8).collect();
         let mut start = 0;
         for (name, len) in files {
-            std::fs::write(src.join(name), &content[start..start + len]).unwrap();
+            let path = src.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, &content[start..start + len]).unwrap();
             start += len;
         }
         let options = CreateOptions {
@@ -998,6 +1029,38 @@ mod tests {
             blocks_b < 100_000,
             "b is not wanted: sparse ({blocks_b} bytes)"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn files_a_write_fills_are_just_written_and_the_file_it_starts_gets_its_full_length() {
+        let PatternTorrent {
+            dir,
+            metainfo,
+            content,
+            ..
+        } = pattern_torrent("whole", &[("a", 100), ("b", 200), ("c", 50_000)], 16384);
+        let storage = Storage::new(metainfo.clone(), &dir.join("out")).unwrap();
+        storage.prepare_files(None).unwrap();
+        // Piece 0 holds all of a and b and the start of c.
+        write_piece(&storage, &content, 0).unwrap();
+        assert_eq!(std::fs::read(storage.file_path(0)).unwrap(), content[..100]);
+        assert_eq!(
+            std::fs::read(storage.file_path(1)).unwrap(),
+            content[100..300]
+        );
+        let c = std::fs::metadata(storage.file_path(2)).unwrap();
+        assert_eq!(
+            c.len(),
+            50_000,
+            "c is made at its full length at its first write"
+        );
+        assert!(c.blocks() * 512 >= 50_000, "and allocated in full");
+        for index in 1..metainfo.geometry.piece_count() {
+            write_piece(&storage, &content, index).unwrap();
+        }
+        let have = storage.check_existing(1, &|_| {}).unwrap();
+        assert_eq!(have.count(), metainfo.geometry.piece_count());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -119,18 +119,20 @@ impl Storage {
         progress: &(dyn Fn(u32) + Sync),
     ) -> Result<Resume, StorageError> {
         let rejected = match self.load_resume() {
-            Ok(have) => {
+            Ok((have, stamps)) => {
+                self.adopt_stamps(stamps);
                 return Ok(Resume {
                     have,
                     source: ResumeSource::File,
                     rejected: None,
-                })
+                });
             }
             Err(LoadError::Missing) => None,
             Err(LoadError::Rejected(why)) => Some(why),
         };
-        let anything_on_disk = self.files.iter().any(|f| !f.pad && f.path.exists());
-        if rejected.is_none() && !anything_on_disk {
+        if rejected.is_none() && !self.any_file_on_disk() {
+            // Every stamp is "missing", as recorded: the first save need not look again.
+            self.adopt_stamps(vec![None; self.files.len()]);
             return Ok(Resume {
                 have: Bitfield::new(self.metainfo.geometry.piece_count()),
                 source: ResumeSource::None,
@@ -142,6 +144,34 @@ impl Storage {
             source: ResumeSource::FullCheck,
             rejected,
         })
+    }
+
+    /// Whether any file of the torrent exists. A directory found missing answers for every
+    /// file in it: a fresh download of 100,000 files in 100 directories looks 100 times, not
+    /// 100,000.
+    fn any_file_on_disk(&self) -> bool {
+        let mut missing_dirs = std::collections::HashSet::new();
+        self.files.iter().filter(|f| !f.pad).any(|f| {
+            let parent = f.path.parent().expect("below root");
+            if missing_dirs.contains(parent) {
+                return false;
+            }
+            if !parent.exists() {
+                missing_dirs.insert(parent);
+                return false;
+            }
+            f.path.exists()
+        })
+    }
+
+    /// Takes `stamps` as every file's stamp as it is now (the start's own look at them), so
+    /// the first save looks again only at the files written since.
+    fn adopt_stamps(&self, stamps: Vec<FileStamp>) {
+        let mut kept = self.resume_lock.lock().expect("resume lock");
+        for file in &self.files {
+            file.restamp.store(false, Ordering::Relaxed);
+        }
+        *kept = stamps;
     }
 
     /// Records `have` atomically. Every piece in `have` must have been written (and verified)
@@ -223,12 +253,16 @@ impl Storage {
     }
 
     /// Reads and checks the resume file; the have-set it claims if it can be trusted.
-    fn load_resume(&self) -> Result<Bitfield, LoadError> {
+    fn load_resume(&self) -> Result<(Bitfield, Vec<FileStamp>), LoadError> {
         self.load_resume_in_boot(current_boot_id().as_deref())
     }
 
-    /// [`Self::load_resume`] as if the machine's boot were `boot`.
-    fn load_resume_in_boot(&self, boot: Option<&str>) -> Result<Bitfield, LoadError> {
+    /// [`Self::load_resume`] as if the machine's boot were `boot`: the pieces it claims, and
+    /// every file's stamp (each found as recorded).
+    fn load_resume_in_boot(
+        &self,
+        boot: Option<&str>,
+    ) -> Result<(Bitfield, Vec<FileStamp>), LoadError> {
         let path = self.resume_path();
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
@@ -283,7 +317,7 @@ impl Storage {
                 )));
             }
         }
-        Ok(have)
+        Ok((have, stamps))
     }
 
     fn parse(&self, text: &str) -> Result<(Bitfield, Saved, Vec<FileStamp>), String> {
@@ -417,6 +451,49 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_start_finds_a_file_in_its_one_directory_on_disk_and_stamps_what_it_makes() {
+        // Files in torrent order (sorted) in three directories.
+        let torrent = pattern_torrent(
+            "fresh",
+            &[
+                ("x/a", 70_000),
+                ("y/e", 0),
+                ("y/f", 30_000),
+                ("z/b", 63_840),
+            ],
+            16384,
+        );
+        let out = torrent.dir.join("out");
+        let storage = Storage::new(torrent.metainfo.clone(), &out).unwrap();
+        assert_eq!(
+            storage.resume_or_check(1, &|_| {}).unwrap().source,
+            ResumeSource::None
+        );
+        // The zero-length e is made here and never written: its stamp must still say it
+        // exists, or the next start would find it "changed".
+        storage.prepare_files(None).unwrap();
+        write_pieces(&storage, &torrent.content, &(0..10).collect::<Vec<_>>());
+        storage
+            .save_resume(&have_of(&(0..10).collect::<Vec<_>>()), Durability::ThisBoot)
+            .unwrap();
+        let again = Storage::new(torrent.metainfo.clone(), &out).unwrap();
+        let resume = again.resume_or_check(1, &|_| {}).unwrap();
+        assert_eq!(resume.source, ResumeSource::File, "{:?}", resume.rejected);
+
+        // Only z/b on disk, its directory the last one looked at (x and y are missing).
+        let set = out.join("set");
+        std::fs::remove_dir_all(set.join("x")).unwrap();
+        std::fs::remove_dir_all(set.join("y")).unwrap();
+        std::fs::remove_file(again.resume_path()).unwrap();
+        let third = Storage::new(torrent.metainfo, &out).unwrap();
+        let resume = third.resume_or_check(1, &|_| {}).unwrap();
+        assert_eq!(resume.source, ResumeSource::FullCheck);
+        // Pieces 7-9 lie in b alone (from byte 100,000 = piece 6's middle).
+        assert_eq!(resume.have, have_of(&[7, 8, 9]));
+        std::fs::remove_dir_all(torrent.dir).unwrap();
+    }
+
+    #[test]
     fn a_save_restamps_the_files_written_since_and_keeps_a_file_changed_behind_its_back() {
         let (dir, metainfo, content) = setup("restamp");
         let storage = Storage::new(metainfo.clone(), &dir.join("out")).unwrap();
@@ -433,7 +510,7 @@ mod tests {
         storage
             .save_resume(&have_of(&[0, 3, 9]), Durability::ThisBoot)
             .unwrap();
-        assert_eq!(storage.load_resume().unwrap(), have_of(&[0, 3, 9]));
+        assert_eq!(storage.load_resume().unwrap().0, have_of(&[0, 3, 9]));
         // Written by someone else: the save keeps b's old stamp, so b is not trusted.
         tick();
         let b = std::fs::OpenOptions::new()
