@@ -608,7 +608,10 @@ fn select_files(metainfo: &Metainfo, globs: &[String]) -> Result<Vec<usize>, Str
         .iter()
         .enumerate()
         .filter(|(_, f)| {
-            let inside = f.path.components()[usize::from(metainfo.multi_file)..].join("/");
+            let inside = match metainfo.multi_file {
+                true => f.path.as_str().split_once('/').map_or("", |(_, rest)| rest),
+                false => f.path.as_str(),
+            };
             globs
                 .iter()
                 .any(|g| glob_match(g.as_bytes(), inside.as_bytes()))

@@ -269,13 +269,13 @@ pub fn to_json(m: &Metainfo) -> serde_json::Value {
         .map(|f| {
             json!({
                 "path": f.raw_path_lossy(),
-                "disk_path": f.path.components(),
+                "disk_path": f.path.components().collect::<Vec<_>>(),
                 "length": f.length,
                 "offset": f.offset,
                 "pad": f.attr.pad,
                 "executable": f.attr.executable,
                 "hidden": f.attr.hidden,
-                "symlink": f.symlink_target.as_ref().map(|t| t.components().to_vec()),
+                "symlink": f.symlink_target.as_ref().map(|t| t.components().collect::<Vec<_>>()),
             })
         })
         .collect();

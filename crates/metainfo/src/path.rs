@@ -19,32 +19,64 @@ use std::path::{Component, Path, PathBuf};
 /// Longest file-name component most file systems accept.
 pub const MAX_COMPONENT_BYTES: usize = 255;
 
-/// A relative path made only of clean components.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SafePath(Vec<String>);
+/// A relative path made only of clean components, kept as one string with `/` between them
+/// (a clean component holds no `/`): one allocation a file, where a vector of strings took one
+/// a component and one more, and a torrent of 100,000 files holds 100,000 of them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SafePath(Box<str>);
 
 impl SafePath {
     /// Cleans raw components by the rule above. Never empty: all dropped gives `_`.
     pub fn from_components<'a>(raw: impl IntoIterator<Item = &'a [u8]>) -> SafePath {
-        let mut parts: Vec<String> = raw.into_iter().filter_map(clean_component).collect();
-        if parts.is_empty() {
-            parts.push("_".to_string());
-        }
-        SafePath(parts)
+        SafePath::build(None, raw)
     }
 
-    pub fn components(&self) -> &[String] {
+    /// `first` (a clean component: the torrent's name), then `raw` cleaned as by
+    /// [`SafePath::from_components`].
+    pub(crate) fn prefixed<'a>(first: &str, raw: impl IntoIterator<Item = &'a [u8]>) -> SafePath {
+        SafePath::build(Some(first), raw)
+    }
+
+    fn build<'a>(first: Option<&str>, raw: impl IntoIterator<Item = &'a [u8]>) -> SafePath {
+        let mut joined = String::new();
+        if let Some(first) = first {
+            joined.push_str(first);
+        }
+        let mut any = false;
+        for component in raw.into_iter().filter_map(clean_component) {
+            if !joined.is_empty() {
+                joined.push('/');
+            }
+            joined.push_str(&component);
+            any = true;
+        }
+        if !any {
+            if !joined.is_empty() {
+                joined.push('/');
+            }
+            joined.push('_');
+        }
+        SafePath(joined.into_boxed_str())
+    }
+
+    /// The clean components, in order.
+    pub fn components(&self) -> impl DoubleEndedIterator<Item = &str> + '_ {
+        self.0.split('/')
+    }
+
+    /// The components with `/` between them.
+    pub fn as_str(&self) -> &str {
         &self.0
     }
 
     /// The path relative to the content root, with `/` between components.
     pub fn to_path_buf(&self) -> PathBuf {
-        self.0.iter().collect()
+        PathBuf::from(&*self.0)
     }
 
     /// This path under `dir`. Always inside `dir`.
     pub fn under(&self, dir: &Path) -> PathBuf {
-        let rel = self.to_path_buf();
+        let rel = Path::new(&*self.0);
         debug_assert!(rel.components().all(|c| matches!(c, Component::Normal(_))));
         dir.join(rel)
     }
@@ -53,39 +85,55 @@ impl SafePath {
     /// duplicate paths (`x.tar.gz` -> `x.tar.1.gz`, `.bashrc` -> `.1.bashrc`, `a` -> `a.1`),
     /// shortening the name before it if the component would pass [`MAX_COMPONENT_BYTES`].
     pub(crate) fn with_suffix(&self, n: usize) -> SafePath {
-        let mut parts = self.0.clone();
-        let last = parts.last_mut().expect("never empty");
+        let (dir, last) = match self.0.rfind('/') {
+            Some(slash) => self.0.split_at(slash + 1),
+            None => ("", &*self.0),
+        };
         let suffix = format!(".{n}");
         let (base, extension) = last.split_at(last.rfind('.').unwrap_or(last.len()));
         let (base, extension) = if suffix.len() + extension.len() <= MAX_COMPONENT_BYTES {
             (base, extension)
         } else {
-            (last.as_str(), "")
+            (last, "")
         };
         let room = MAX_COMPONENT_BYTES - suffix.len() - extension.len();
         let base = &base[..floor_char_boundary(base, room)];
-        *last = format!("{base}{suffix}{extension}");
-        SafePath(parts)
+        SafePath(format!("{dir}{base}{suffix}{extension}").into_boxed_str())
     }
 
-    /// Every directory this path lies in, the nearest first.
-    pub(crate) fn ancestors(&self) -> impl Iterator<Item = SafePath> + '_ {
-        (1..self.0.len())
-            .rev()
-            .map(|n| SafePath(self.0[..n].to_vec()))
+    /// Every directory this path lies in, the nearest first, each as its components with `/`
+    /// between them.
+    pub(crate) fn ancestors(&self) -> impl Iterator<Item = &str> + '_ {
+        self.0
+            .rmatch_indices('/')
+            .map(|(slash, _)| &self.0[..slash])
     }
+}
 
-    pub(crate) fn prefixed(&self, first: &str) -> SafePath {
-        let mut parts = Vec::with_capacity(self.0.len() + 1);
-        parts.push(first.to_string());
-        parts.extend(self.0.iter().cloned());
-        SafePath(parts)
+/// Component by component, as the paths' order in a torrent is (`a/b` before `a.b`, where the
+/// text alone would put `.` first).
+impl Ord for SafePath {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.components().cmp(other.components())
+    }
+}
+
+impl PartialOrd for SafePath {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Looked up by its text in sets of paths (it hashes as its text does).
+impl std::borrow::Borrow<str> for SafePath {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
 impl std::fmt::Display for SafePath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0.join("/"))
+        f.write_str(&self.0)
     }
 }
 

@@ -1001,7 +1001,7 @@ mod tests {
             metainfo
                 .files
                 .iter()
-                .position(|f| f.path.components().last().map(String::as_str) == Some(name))
+                .position(|f| f.path.components().next_back() == Some(name))
                 .unwrap()
         };
         let storage = Storage::new(metainfo.clone(), &dir.join("out")).unwrap();
