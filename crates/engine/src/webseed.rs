@@ -141,7 +141,7 @@ pub fn file_urls(base: &str, metainfo: &Metainfo) -> Vec<Option<String>> {
         .map(|f| {
             (!f.attr.pad).then(|| {
                 let mut url = root.clone();
-                for component in &f.raw_path {
+                for component in f.raw_components() {
                     url.push('/');
                     url.push_str(&percent_encode(component));
                 }

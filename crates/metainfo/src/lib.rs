@@ -102,8 +102,11 @@ impl FileAttr {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileEntry {
-    /// Path components exactly as stored (for a single-file torrent: the name).
-    pub raw_path: Vec<Vec<u8>>,
+    /// Path components exactly as stored (for a single-file torrent: the name), when they
+    /// differ from `path`'s after the name ([`FileEntry::raw_components`]); `None` when they
+    /// are the same, as nearly always (a second copy of every path was a fifth of the memory
+    /// a torrent of 100,000 files took).
+    raw_path: Option<Box<[Box<[u8]>]>>,
     /// Where the file goes, relative to the download directory (starts with the torrent's
     /// cleaned name, for single- and multi-file torrents alike). See [`path`] for the rule.
     pub path: SafePath,
@@ -116,12 +119,35 @@ pub struct FileEntry {
 }
 
 impl FileEntry {
+    /// The path components exactly as stored in the torrent (for a single-file torrent: its
+    /// name).
+    pub fn raw_components(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let (stored, cleaned) = match &self.raw_path {
+            Some(raw) => (Some(raw.iter().map(|c| &c[..])), None),
+            // Only a multi-file torrent's files go without: their path is the name, then these.
+            None => (
+                None,
+                Some(self.path.components().skip(1).map(str::as_bytes)),
+            ),
+        };
+        stored
+            .into_iter()
+            .flatten()
+            .chain(cleaned.into_iter().flatten())
+    }
+
     /// The stored path as text (lossy for bytes that are not UTF-8), for display.
     pub fn raw_path_lossy(&self) -> Vec<String> {
-        self.raw_path
-            .iter()
+        self.raw_components()
             .map(|c| String::from_utf8_lossy(c).into_owned())
             .collect()
+    }
+
+    /// Keeps the raw components where they are about to differ from `path`'s.
+    fn keep_raw_path(&mut self) {
+        if self.raw_path.is_none() {
+            self.raw_path = Some(self.raw_components().map(Box::from).collect());
+        }
     }
 }
 
@@ -222,7 +248,7 @@ impl Metainfo {
                     .map(FileAttr::parse)
                     .unwrap_or_default();
                 let single = FileEntry {
-                    raw_path: vec![raw_name.to_vec()],
+                    raw_path: Some(Box::new([Box::from(raw_name)])),
                     path: SafePath::from_components([name.as_bytes()]),
                     length,
                     offset: 0,
@@ -401,17 +427,21 @@ fn parse_files(list: &Node<'_>, name: &str) -> Result<Vec<FileEntry>, MetainfoEr
         };
         let length = u64::try_from(length).map_err(|_| bad("negative length"))?;
         let path_node = entry.get("path.utf-8").or_else(|| entry.get("path"));
-        let raw_path: Vec<Vec<u8>> = match path_node {
+        let pad_name;
+        let raw_path: Vec<&[u8]> = match path_node {
             Some(node) => {
                 let parts = node.as_list().ok_or(bad("path is not a list"))?;
                 parts
                     .iter()
-                    .map(|p| p.as_bytes().map(<[u8]>::to_vec))
+                    .map(Node::as_bytes)
                     .collect::<Option<_>>()
                     .ok_or(bad("path component is not a string"))?
             }
             // BEP 47 pad files need no real path; give them one under `.pad` like libtorrent.
-            None if attr.pad => vec![b".pad".to_vec(), length.to_string().into_bytes()],
+            None if attr.pad => {
+                pad_name = length.to_string();
+                vec![b".pad", pad_name.as_bytes()]
+            }
             None => return Err(bad("missing path")),
         };
         let symlink_target = if attr.symlink {
@@ -424,9 +454,14 @@ fn parse_files(list: &Node<'_>, name: &str) -> Result<Vec<FileEntry>, MetainfoEr
         } else {
             None
         };
-        let path = SafePath::prefixed(name, raw_path.iter().map(Vec::as_slice));
+        let path = SafePath::prefixed(name, raw_path.iter().copied());
+        let as_cleaned = path
+            .components()
+            .skip(1)
+            .map(str::as_bytes)
+            .eq(raw_path.iter().copied());
         files.push(FileEntry {
-            raw_path,
+            raw_path: (!as_cleaned).then(|| raw_path.into_iter().map(Box::from).collect()),
             path,
             length,
             offset: 0,
@@ -475,6 +510,7 @@ fn separate_paths(files: &mut [FileEntry]) {
         }
     }
     for (index, name) in renamed {
+        files[index].keep_raw_path();
         files[index].path = name;
     }
 }
@@ -491,7 +527,7 @@ fn check_hybrid_files(info: &Node<'_>, files: &[FileEntry]) -> Result<(), Metain
     let v1_files: Vec<(Vec<Vec<u8>>, u64)> = files
         .iter()
         .filter(|f| !f.attr.pad)
-        .map(|f| (f.raw_path.clone(), f.length))
+        .map(|f| (f.raw_components().map(<[u8]>::to_vec).collect(), f.length))
         .collect();
     // A single-file v1 torrent keeps the name as its one component; v2 does the same.
     if v1_files != v2_files {

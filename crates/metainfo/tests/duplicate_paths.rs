@@ -110,3 +110,28 @@ fn many_files_of_one_path_are_renamed_in_linear_time() {
     assert_eq!(renamed[39_999], "n/a.39999");
     assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
 }
+
+/// A renamed file, and one whose path was cleaned, still give the path stored in the torrent
+/// (what a web seed's URL is made of); a clean path gives its own components.
+#[test]
+fn the_stored_path_survives_renaming_and_cleaning() {
+    let metainfo = Metainfo::from_bytes(&torrent(&[
+        (&["d", "a"], 5),
+        (&["d", "a"], 5),
+        (&["..", "x"], 5),
+    ]))
+    .unwrap();
+    let stored: Vec<(String, Vec<&[u8]>)> = metainfo
+        .files
+        .iter()
+        .map(|f| (f.path.to_string(), f.raw_components().collect()))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            ("n/d/a".to_string(), vec![&b"d"[..], b"a"]),
+            ("n/d/a.1".to_string(), vec![&b"d"[..], b"a"]),
+            ("n/x".to_string(), vec![&b".."[..], b"x"]),
+        ]
+    );
+}
