@@ -5,7 +5,6 @@ use clap::{Args, Subcommand};
 use pow_datasource::loader::{write_atomically, write_new};
 use pow_metainfo::create::{check_options, create_with_progress, Content, CreateOptions};
 use pow_metainfo::Metainfo;
-use serde_json::json;
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
@@ -118,7 +117,7 @@ pub fn run(command: TorrentCommand) -> CmdResult {
         TorrentCommand::Show { file, json } => {
             let metainfo = Metainfo::from_file(&file)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&to_json(&metainfo))?);
+                print_json(&to_json(&metainfo))?;
             } else {
                 print_text(&metainfo);
             }
@@ -183,8 +182,8 @@ fn create_cmd(args: CreateArgs) -> CmdResult {
     let m = &created.metainfo;
     if args.json {
         let mut value = to_json(m);
-        value["torrent_file"] = json!(output.display().to_string());
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        value.torrent_file = Some(output.display().to_string());
+        print_json(&value)?;
     } else {
         println!("{}", output.display());
         println!("info_hash {}", m.info_hash);
@@ -262,45 +261,98 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-pub fn to_json(m: &Metainfo) -> serde_json::Value {
-    let files: Vec<_> = m
-        .files
-        .iter()
-        .map(|f| {
-            json!({
-                "path": f.raw_path_lossy(),
-                "disk_path": f.path.components().collect::<Vec<_>>(),
-                "length": f.length,
-                "offset": f.offset,
-                "pad": f.attr.pad,
-                "executable": f.attr.executable,
-                "hidden": f.attr.hidden,
-                "symlink": f.symlink_target.as_ref().map(|t| t.components().collect::<Vec<_>>()),
-            })
-        })
-        .collect();
-    json!({
-        "info_hash": m.info_hash.to_hex(),
-        "name": m.name,
-        "total_length": m.total_length(),
-        "piece_length": m.geometry.piece_length(),
-        "piece_count": m.geometry.piece_count(),
-        "last_piece_length": m.geometry.last_piece_size(),
-        "multi_file": m.multi_file,
-        "hybrid_v2": m.hybrid,
-        "private": m.private,
-        "source": m.source,
-        "files": files,
-        "announce": m.announce,
-        "announce_list": m.announce_list,
-        "trackers": m.tracker_tiers(),
-        "url_list": m.url_list,
-        "http_seeds": m.http_seeds,
-        "dht_nodes": m.dht_nodes,
-        "creation_date": m.creation_date,
-        "comment": m.comment,
-        "created_by": m.created_by,
-    })
+/// A torrent as `--json` prints it. Serialized straight to the output, file by file: a
+/// `serde_json::Value` of a torrent of 100,000 files took 313 MB. Fields in the order of
+/// their names, as a `Value` (a sorted map) printed them.
+#[derive(serde::Serialize)]
+pub struct TorrentJson<'a> {
+    announce: &'a Option<String>,
+    announce_list: &'a Vec<Vec<String>>,
+    comment: &'a Option<String>,
+    created_by: &'a Option<String>,
+    creation_date: &'a Option<i64>,
+    dht_nodes: &'a Vec<String>,
+    files: FilesJson<'a>,
+    http_seeds: &'a Vec<String>,
+    hybrid_v2: bool,
+    info_hash: String,
+    last_piece_length: u32,
+    multi_file: bool,
+    name: &'a str,
+    piece_count: u32,
+    piece_length: u32,
+    private: bool,
+    source: &'a Option<String>,
+    total_length: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    torrent_file: Option<String>,
+    trackers: Vec<Vec<String>>,
+    url_list: &'a Vec<String>,
+}
+
+/// The files, each serialized when its turn comes.
+pub struct FilesJson<'a>(&'a [pow_metainfo::FileEntry]);
+
+impl serde::Serialize for FilesJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct FileJson<'a> {
+            disk_path: Vec<&'a str>,
+            executable: bool,
+            hidden: bool,
+            length: u64,
+            offset: u64,
+            pad: bool,
+            path: Vec<String>,
+            symlink: Option<Vec<&'a str>>,
+        }
+        serializer.collect_seq(self.0.iter().map(|f| FileJson {
+            disk_path: f.path.components().collect(),
+            executable: f.attr.executable,
+            hidden: f.attr.hidden,
+            length: f.length,
+            offset: f.offset,
+            pad: f.attr.pad,
+            path: f.raw_path_lossy(),
+            symlink: f.symlink_target.as_ref().map(|t| t.components().collect()),
+        }))
+    }
+}
+
+pub fn to_json(m: &Metainfo) -> TorrentJson<'_> {
+    TorrentJson {
+        announce: &m.announce,
+        announce_list: &m.announce_list,
+        comment: &m.comment,
+        created_by: &m.created_by,
+        creation_date: &m.creation_date,
+        dht_nodes: &m.dht_nodes,
+        files: FilesJson(&m.files),
+        http_seeds: &m.http_seeds,
+        hybrid_v2: m.hybrid,
+        info_hash: m.info_hash.to_hex(),
+        last_piece_length: m.geometry.last_piece_size(),
+        multi_file: m.multi_file,
+        name: &m.name,
+        piece_count: m.geometry.piece_count(),
+        piece_length: m.geometry.piece_length(),
+        private: m.private,
+        source: &m.source,
+        total_length: m.total_length(),
+        torrent_file: None,
+        trackers: m.tracker_tiers(),
+        url_list: &m.url_list,
+    }
+}
+
+/// Prints `value` as indented JSON and a newline, written out as it is serialized.
+fn print_json(value: &impl serde::Serialize) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
 }
 
 fn print_text(m: &Metainfo) {
