@@ -283,9 +283,9 @@ pub struct TorrentJson<'a> {
     piece_length: u32,
     private: bool,
     source: &'a Option<String>,
-    total_length: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     torrent_file: Option<String>,
+    total_length: u64,
     trackers: Vec<Vec<String>>,
     url_list: &'a Vec<String>,
 }
@@ -338,8 +338,8 @@ pub fn to_json(m: &Metainfo) -> TorrentJson<'_> {
         piece_length: m.geometry.piece_length(),
         private: m.private,
         source: &m.source,
-        total_length: m.total_length(),
         torrent_file: None,
+        total_length: m.total_length(),
         trackers: m.tracker_tiers(),
         url_list: &m.url_list,
     }

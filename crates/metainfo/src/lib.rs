@@ -492,7 +492,7 @@ fn separate_paths(files: &mut [FileEntry]) {
                 }
             }
         }
-        let mut new_names: HashSet<SafePath> = HashSet::new();
+        let mut new_names: HashSet<String> = HashSet::new();
         let mut next_suffix: HashMap<&str, usize> = HashMap::new();
         for (index, file) in files.iter().enumerate() {
             // A name an earlier file was renamed to is taken as well.
@@ -501,7 +501,7 @@ fn separate_paths(files: &mut [FileEntry]) {
             }
             let n = next_suffix.entry(file.path.as_str()).or_insert(1);
             let mut name = file.path.with_suffix(*n);
-            while taken.contains(name.as_str()) || !new_names.insert(name.clone()) {
+            while taken.contains(name.as_str()) || !new_names.insert(name.to_string()) {
                 *n += 1;
                 name = file.path.with_suffix(*n);
             }

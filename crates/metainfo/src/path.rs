@@ -110,8 +110,8 @@ impl SafePath {
     }
 }
 
-/// Component by component, as the paths' order in a torrent is (`a/b` before `a.b`, where the
-/// text alone would put `.` first).
+/// Component by component, as when a path was a list of components (`a/b` before `a.b`,
+/// where the text alone would put `.` first).
 impl Ord for SafePath {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.components().cmp(other.components())
@@ -121,13 +121,6 @@ impl Ord for SafePath {
 impl PartialOrd for SafePath {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
-    }
-}
-
-/// Looked up by its text in sets of paths (it hashes as its text does).
-impl std::borrow::Borrow<str> for SafePath {
-    fn borrow(&self) -> &str {
-        &self.0
     }
 }
 

@@ -369,9 +369,9 @@ impl Storage {
                 handle.set_len(file.length).map_err(Self::io(&file.path))?;
             }
         }
-        if create {
-            // It may have just been made: a zero-length file is never written, and its stamp
-            // must still say it exists.
+        if create && file.length == 0 {
+            // It may have just been made, and is never written: its stamp must still say it
+            // exists. (Any other file is restamped after a write that succeeded.)
             file.restamp.store(true, Ordering::Relaxed);
         }
         let handle = Arc::new(handle);
