@@ -1195,3 +1195,100 @@ fn a_full_disk_stops_a_load_clearly_and_a_rerun_with_room_completes_it() {
         json["downloaded"]
     );
 }
+
+/// Two data sources whose torrents both hold a `worms.zip` (two versions of a dataset
+/// published under two keys), loaded with one `--base-dir`: the second load is refused before
+/// anything is downloaded, naming the first source, whose verified file stays as it was. The
+/// second loads into its own directory; the first loads into the shared one again.
+#[test]
+fn a_load_never_overwrites_another_sources_verified_content() {
+    let lab = Lab::new("loader-collide");
+    let work = lab.work.path();
+    let v1 = dataset(&work.join("v1"), "worms.zip", 4, 21);
+    let v2 = dataset(&work.join("v2"), "worms.zip", 4, 22);
+    let pow_dir = project(work, "worms-2019", &v1.fields());
+    let defs = work.join("worms-2020.toml");
+    std::fs::write(
+        &defs,
+        format!(
+            "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"worms-2020\"\n{}",
+            v2.fields()
+        ),
+    )
+    .unwrap();
+    let o = run(pow().arg("--pow-dir").arg(&pow_dir).arg("save").arg(&defs));
+    assert!(o.status.success(), "save: {}", text(&o.stderr));
+    let (first_id, second_id) = (
+        "ConnectomeCSVDataSource:worms-2019",
+        "ConnectomeCSVDataSource:worms-2020",
+    );
+    let shared = work.join("shared");
+    let shared_args = |d: &Dataset, peer: &str| -> Vec<String> {
+        [
+            "--torrent-store",
+            d.store.to_str().unwrap(),
+            "--peer",
+            peer,
+            "--base-dir",
+            shared.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+
+    let (mut seed, port) = pow_seed(&v1.torrent, &v1.seed_dir);
+    let first = load(
+        &pow_dir,
+        first_id,
+        &strs(&shared_args(&v1, &format!("127.0.0.1:{port}"))),
+    );
+    seed.kill().unwrap();
+    seed.wait().unwrap();
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let shared_zip = shared.join("worms.zip");
+    common::same_bytes(&v1.zip, &shared_zip).unwrap();
+
+    let (mut seed, port) = pow_seed(&v2.torrent, &v2.seed_dir);
+    let peer = format!("127.0.0.1:{port}");
+    let refused = load(&pow_dir, second_id, &strs(&shared_args(&v2, &peer)));
+    let stderr = text(&refused.stderr);
+    println!("second source into the shared directory: {}", stderr.trim());
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    let (h1, h2) = (info_hash_of(&v1.torrent), info_hash_of(&v2.torrent));
+    let expected = format!(
+        "cannot load {second_id}: {} holds {first_id}'s verified content (info-hash {h1}), \
+         which this torrent ({h2}) would overwrite; nothing downloaded",
+        std::path::absolute(&shared_zip).unwrap().display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    common::same_bytes(&v1.zip, &shared_zip).unwrap();
+    let written: Vec<_> = std::fs::read_dir(&shared)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(&h2))
+        .collect();
+    assert!(written.is_empty(), "{written:?}");
+
+    let own = load(
+        &pow_dir,
+        second_id,
+        &[
+            "--torrent-store",
+            v2.store.to_str().unwrap(),
+            "--peer",
+            &peer,
+        ],
+    );
+    seed.kill().unwrap();
+    seed.wait().unwrap();
+    assert!(own.status.success(), "{}", text(&own.stderr));
+    let own = json_of(&own);
+    common::same_bytes(&v2.zip, Path::new(own["content"].as_str().unwrap())).unwrap();
+
+    let again = load(&pow_dir, first_id, &strs(&shared_args(&v1, "127.0.0.1:9")));
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(json_of(&again)["network"], false);
+}

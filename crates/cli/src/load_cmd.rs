@@ -92,7 +92,9 @@ fn plan(
 ) -> Result<(LoadPlan, Found), Box<dyn std::error::Error>> {
     let plan_load = |pow: &pow_datasource::PowDir| {
         let store = pow.torrent_store(args.torrent_store.as_deref())?;
-        pow.plan_load(&args.id, &store, args.base_dir.as_deref())
+        let plan = pow.plan_load(&args.id, &store, args.base_dir.as_deref())?;
+        pow.refuse_overwriting_others(&plan)?;
+        Ok::<_, pow_datasource::Error>(plan)
     };
     // The project's store is closed while peers are asked, as during the download.
     let (failure, wanted, tiers) = {

@@ -145,6 +145,8 @@ pub struct LoadRecord {
     pub directory: String,
     /// Info-hash, hex.
     pub info_hash: String,
+    /// The torrent's file name in the store (and in `.pow/torrents/`).
+    pub torrent_file_name: Option<String>,
 }
 
 /// The integrity checks' results plus the digests they computed.
@@ -300,6 +302,63 @@ impl PowDir {
         Ok((cached, store.describe(), metainfo))
     }
 
+    /// Refuses a load whose content would overwrite another data source's verified content:
+    /// a load into a directory where a load or a publish of another source recorded content
+    /// under the same name (two versions of `worms.zip` published under two keys, say, and
+    /// loaded with one `--base-dir`). Nothing is downloaded; the error names the other source.
+    pub fn refuse_overwriting_others(&self, plan: &LoadPlan) -> Result<()> {
+        let Some((other, other_hash)) =
+            self.other_content_at(&plan.iri, &plan.base_dir, &plan.metainfo)?
+        else {
+            return Ok(());
+        };
+        Err(Error::NotLoadable {
+            id: plan.id.clone(),
+            why: format!(
+                "{} holds {other}'s verified content (info-hash {other_hash}), which this \
+                 torrent ({}) would overwrite; nothing downloaded (give another --base-dir)",
+                plan.content_path().display(),
+                plan.metainfo.info_hash.to_hex(),
+            ),
+        })
+    }
+
+    /// Another data source (not `iri`) whose verified content a load or a publish recorded in
+    /// `directory` under the name this torrent's content takes there, if the two differ: its
+    /// ID and info-hash. Its name is its cached torrent's; without that torrent, any file or
+    /// directory at that path counts.
+    fn other_content_at(
+        &self,
+        iri: &str,
+        directory: &Path,
+        metainfo: &Metainfo,
+    ) -> Result<Option<(String, String)>> {
+        let directory = std::path::absolute(directory).unwrap_or(directory.to_path_buf());
+        let ours = metainfo.info_hash.to_hex();
+        for other in self.loaded_sources()? {
+            let Some(record) = self.load_record(&other)? else {
+                continue;
+            };
+            if other == iri || record.info_hash == ours || Path::new(&record.directory) != directory
+            {
+                continue;
+            }
+            let their_name = record
+                .torrent_file_name
+                .and_then(|name| std::fs::read(self.dir().join(TORRENT_CACHE_DIR).join(name)).ok())
+                .and_then(|bytes| Metainfo::from_bytes(&bytes).ok())
+                .map(|theirs| theirs.name);
+            let collides = match their_name {
+                Some(name) => name == metainfo.name,
+                None => std::fs::symlink_metadata(directory.join(&metainfo.name)).is_ok(),
+            };
+            if collides {
+                return Ok(Some((shorten(&other), record.info_hash)));
+            }
+        }
+        Ok(None)
+    }
+
     /// The IRIs of the data sources a load verified on this machine, sorted.
     pub fn loaded_sources(&self) -> Result<Vec<String>> {
         let graph = state_graph();
@@ -345,6 +404,7 @@ impl PowDir {
             (Some(directory), Some(info_hash)) => Some(LoadRecord {
                 directory,
                 info_hash,
+                torrent_file_name: value("torrentFileName")?,
             }),
             _ => None,
         })
