@@ -380,8 +380,9 @@ fn seed_under_ulimit(limit: &str, torrent: &Path, data: &Path) -> (common::Kille
 
 /// A dataset of 1,500 files, created, seeded and downloaded by pow under a soft limit of 256
 /// open files (Debian's default is 1,024, with a far higher hard limit): pow lifts the soft
-/// limit to the hard one, as every file is open while a torrent is hashed or transferred.
-/// Without that, `torrent create` failed with "Too many open files" at the 250th or so.
+/// limit to the hard one and keeps at most a quarter of it of the content's files open (the
+/// storage's file pool). Before either, `torrent create` failed with "Too many open files" at
+/// the 250th or so.
 #[test]
 fn thousands_of_files_under_a_low_soft_limit_of_open_files() {
     let hard = Command::new("sh")

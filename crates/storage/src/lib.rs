@@ -4,10 +4,11 @@
 //! Every byte range goes through `metainfo::Geometry::spans`, so a run of blocks that crosses a
 //! file boundary becomes one positioned vectored write (`pwritev`) per file, with no whole-file
 //! buffering. Files are created on first write at their full length, their blocks allocated
-//! (`fallocate`) where the file system can, else sparse; a file one write fills is just written. Paths come from the metainfo's
-//! `SafePath`s joined to the output directory, and a file is only opened after checking that
-//! its real parent directory (symlinks resolved) is inside the output directory. BEP 47 pad files
-//! are never created: they read as zeros and writes to them are dropped.
+//! (`fallocate`) where the file system can, else sparse; a file one write fills is just
+//! written. Paths come from the metainfo's `SafePath`s joined to the output directory, and a
+//! file is only opened after checking that its real parent directory (symlinks resolved) is
+//! inside the output directory. BEP 47 pad files are never created: they read as zeros and
+//! writes to them are dropped.
 //!
 //! Handles are opened on first use and shared through the process's [`OpenFiles`] budget, so a
 //! torrent of more files than the process may open still downloads and seeds: the least
@@ -529,8 +530,9 @@ impl Storage {
 
     /// As [`Storage::read_block`], but only from the page cache: `Ok(false)` when part of the
     /// block would have to come from the device (nothing waits for it, `buf` is not filled).
-    /// A seed's peer tasks read this way, so a cold disk never holds up the async runtime;
-    /// [`Storage::warm`] on a blocking thread brings the blocks in.
+    /// A seed's peer tasks read this way, so a cold disk's reads do not hold up the async
+    /// runtime; [`Storage::warm`] on a blocking thread brings the blocks in. (Opening a file
+    /// the pool has closed is still done here, and may wait on the device for its inode.)
     pub fn read_block_cached(
         &self,
         piece: PieceIndex,
