@@ -234,6 +234,42 @@ fn seed_example_as_toml_saves_shows_and_lists() {
     assert_eq!(triples(&dir), before);
 }
 
+/// A TOML definition saved again with other values is the source's new state for the fields
+/// it gives: their old values are replaced and the fields it leaves out kept, as `pow publish`
+/// updates a record (a record with two torrents could not be loaded). An RDF file is merged:
+/// its statements are added to those stored.
+#[test]
+fn saving_a_toml_definition_again_replaces_the_fields_it_gives() {
+    let (tmp, dir) = init("ds-resave");
+    ok(&dir, &["save", path_str(&fixture("seed.toml"))]);
+    let v2 = tmp.path().join("v2.toml");
+    std::fs::write(
+        &v2,
+        "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"2000_connections\"\n\
+         torrent_file_name = \"0123456789abcdef0123456789abcdef.torrent\"\n\
+         comment = \"version 2\"\n",
+    )
+    .unwrap();
+    ok(&dir, &["save", path_str(&v2)]);
+    let id = "ConnectomeCSVDataSource:2000_connections";
+    assert_eq!(
+        ok(&dir, &["source", "show", id]),
+        "ConnectomeCSVDataSource
+    CSV file name: 'connectome.csv'
+    File name: 'connectome.csv'
+    Torrent file name: '0123456789abcdef0123456789abcdef.torrent'
+"
+    );
+    let comment = "SELECT ?c WHERE { ?s <http://www.w3.org/2000/01/rdf-schema#comment> ?c }";
+    assert!(ok(&dir, &["source", "query", comment]).contains("version 2"));
+    // The first version as Turtle is merged: both torrents are stated.
+    ok(&dir, &["save", path_str(&fixture("seed.ttl"))]);
+    assert!(ok(&dir, &["source", "show", id]).contains(
+        "Torrent file name: '0123456789abcdef0123456789abcdef.torrent' \
+         'd9da5ce947c6f1c127dfcdc2ede63320.torrent'"
+    ));
+}
+
 /// `pow source create`, the ad-hoc form of the same definition: the same show output and the
 /// same graph as `pow save seed.toml`; a second create, an unknown field and a malformed
 /// `--set` are refused with one line and store nothing.

@@ -6,10 +6,10 @@ use crate::definitions::{check, parse_toml};
 use crate::error::Result;
 use crate::loader::{remove_interrupted_writes, write_new};
 use crate::schema::schema_quads;
-use crate::store::PowDir;
+use crate::store::{replaced_values, PowDir};
 use crate::torrent_store::{check_file_name, TorrentStore};
 use oxigraph::model::vocab::rdf;
-use oxigraph::model::{GraphNameRef, NamedNode, Quad};
+use oxigraph::model::NamedNode;
 use std::path::Path;
 
 /// What happened to the torrent in the store.
@@ -85,25 +85,8 @@ impl PowDir {
             .expect("a source has a type");
         let graph = NamedNode::new_unchecked(&data_graph);
         let mut txn = self.store().start_transaction()?;
-        let mut replaced: Vec<Quad> = Vec::new();
-        for q in quads.iter().filter(|q| q.subject == subject) {
-            if q.predicate.as_ref() == rdf::TYPE {
-                continue;
-            }
-            for old in txn.quads_for_pattern(
-                Some(subject.as_ref()),
-                Some(q.predicate.as_ref()),
-                None,
-                Some(GraphNameRef::NamedNode(graph.as_ref())),
-            ) {
-                let old = old?;
-                if !quads.contains(&old) {
-                    replaced.push(old);
-                }
-            }
-        }
-        for old in &replaced {
-            txn.remove(old);
+        for old in replaced_values(&txn, &quads, &graph)? {
+            txn.remove(&old);
         }
         txn.extend(&schema_quads(&data_graph));
         txn.extend(&quads);

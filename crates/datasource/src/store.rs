@@ -139,10 +139,14 @@ impl PowDir {
     }
 
     /// `pow save FILE`: reads a TOML or RDF definitions file, validates it, then writes it in
-    /// one transaction. On any error nothing is written.
+    /// one transaction. On any error nothing is written. A TOML definition is the source's
+    /// state for the fields it gives: their stored values are replaced (as `pow publish` does),
+    /// the other fields kept. An RDF file is merged, statements added to those stored, as RDF
+    /// tools (and `pow import`) do.
     pub fn save_file(&self, path: &Path) -> Result<SaveReport> {
         let quads = self.read_definitions(path)?;
-        self.write_all(quads)
+        let replace = matches!(FileFormat::from_path(path)?, FileFormat::Toml);
+        self.write_all(quads, replace)
     }
 
     /// Reads and validates a definitions file without writing anything.
@@ -174,10 +178,12 @@ impl PowDir {
         let bytes = std::fs::read(path).map_err(Error::io(path))?;
         let mut quads = parse_rdf(path, &bytes, format, &self.config.data_graph, false)?;
         check(&mut quads, &self.config.data_graph, false)?;
-        self.write_all(quads)
+        self.write_all(quads, false)
     }
 
-    fn write_all(&self, quads: Vec<Quad>) -> Result<SaveReport> {
+    /// Writes `quads` in one transaction; with `replace_fields`, first removes the stored
+    /// values of each field they give a source ([`replaced_values`]).
+    fn write_all(&self, quads: Vec<Quad>, replace_fields: bool) -> Result<SaveReport> {
         let sources = quads
             .iter()
             .filter(|q| {
@@ -186,6 +192,11 @@ impl PowDir {
             })
             .count();
         let mut txn = self.store.start_transaction()?;
+        if replace_fields {
+            for old in replaced_values(&txn, &quads, &self.data_graph())? {
+                txn.remove(&old);
+            }
+        }
         txn.extend(&schema_quads(&self.config.data_graph));
         txn.extend(&quads);
         txn.commit()?;
@@ -489,4 +500,38 @@ impl PowDir {
 /// Load state is about this machine (local paths), not about the data: exports leave it out.
 fn is_exported(quad: &Quad) -> bool {
     !crate::loader::is_load_state(quad)
+}
+
+/// The stored values in `graph` that `quads` replace: for each subject and predicate they give
+/// (but `rdf:type`), the values stored that `quads` do not have.
+pub(crate) fn replaced_values(
+    txn: &oxigraph::store::Transaction<'_>,
+    quads: &[Quad],
+    graph: &NamedNode,
+) -> Result<Vec<Quad>> {
+    let new: std::collections::HashSet<&Quad> = quads.iter().collect();
+    let mut fields = std::collections::HashSet::new();
+    let mut replaced = Vec::new();
+    for q in quads {
+        let in_graph =
+            matches!(&q.graph_name, oxigraph::model::GraphName::NamedNode(g) if g == graph);
+        if !in_graph || q.predicate.as_ref() == rdf::TYPE {
+            continue;
+        }
+        if !fields.insert((&q.subject, &q.predicate)) {
+            continue;
+        }
+        for old in txn.quads_for_pattern(
+            Some(q.subject.as_ref()),
+            Some(q.predicate.as_ref()),
+            None,
+            Some(GraphNameRef::NamedNode(graph.as_ref())),
+        ) {
+            let old = old?;
+            if !new.contains(&old) {
+                replaced.push(old);
+            }
+        }
+    }
+    Ok(replaced)
 }
