@@ -1292,3 +1292,123 @@ fn a_load_never_overwrites_another_sources_verified_content() {
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert_eq!(json_of(&again)["network"], false);
 }
+
+/// A record changed to name new content (its TOML definition saved again with the torrent of
+/// version 2) after version 1 was loaded: the load of version 2 goes beside version 1, with the
+/// files the two share copied rather than downloaded, and takes its place only once verified.
+/// A load of it that cannot finish leaves version 1 whole, and recorded as loaded.
+#[test]
+fn an_updated_source_replaces_its_loaded_content_only_once_the_new_is_verified() {
+    let lab = Lab::new("loader-update");
+    let work = lab.work.path();
+    let d = dataset(work, "worms.zip", 8, 11);
+    let store = d.store.to_str().unwrap();
+    let pow_dir = project(work, "update", &d.fields());
+    let id = "ConnectomeCSVDataSource:update";
+    let recorded_hash = || {
+        let iri = "http://openworm.org/entities/ConnectomeCSVDataSource/update";
+        let query = format!(
+            "SELECT ?hash WHERE {{ GRAPH <urn:x-local:loader-state> {{ <{iri}> \
+             <urn:x-pow:loader#infoHash> ?hash }} }}"
+        );
+        let o = run(pow()
+            .arg("--pow-dir")
+            .arg(&pow_dir)
+            .args(["source", "query", &query]));
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        text(&o.stdout)
+    };
+
+    let (mut seed, seed_port) = pow_seed(&d.torrent, &d.seed_dir);
+    let peer = format!("127.0.0.1:{seed_port}");
+    let first = load(&pow_dir, id, &["--torrent-store", store, "--peer", &peer]);
+    seed.kill().unwrap();
+    seed.wait().unwrap();
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let first = json_of(&first);
+    let base = PathBuf::from(first["directory"].as_str().unwrap());
+    let content = PathBuf::from(first["content"].as_str().unwrap());
+    common::same_bytes(&d.zip, &content).unwrap();
+
+    // Version 2: the same zip but for one byte of piece 5; its definition saved over the first.
+    let v2_dir = work.join("v2");
+    std::fs::create_dir_all(&v2_dir).unwrap();
+    let v2 = v2_dir.join("worms.zip");
+    let mut bytes = std::fs::read(&d.zip).unwrap();
+    bytes[5 * PIECE as usize + 7] ^= 0xff;
+    std::fs::write(&v2, &bytes).unwrap();
+    let pieces = bytes.len().div_ceil(PIECE as usize);
+    let v2_md5 = md5_hex(&v2);
+    let v2_torrent = d.store.join(format!("{v2_md5}.torrent"));
+    create_torrent(&v2, &v2_torrent);
+    let defs = work.join("update-v2.toml");
+    std::fs::write(
+        &defs,
+        format!(
+            "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"update\"\n\
+             torrent_file_name = \"{v2_md5}.torrent\"\nmd5 = \"{v2_md5}\"\n"
+        ),
+    )
+    .unwrap();
+    let o = run(pow().arg("--pow-dir").arg(&pow_dir).arg("save").arg(&defs));
+    assert!(o.status.success(), "save: {}", text(&o.stderr));
+    let (v1_hash, v2_hash) = (info_hash_of(&d.torrent), info_hash_of(&v2_torrent));
+    let update_dir = base.join(format!(".pow-update-{v2_hash}"));
+
+    // No peer has version 2: the load stops with the pieces the copy of version 1 gave, and
+    // version 1 stays whole and recorded.
+    let stopped = load(
+        &pow_dir,
+        id,
+        &["--torrent-store", store, "--stall-timeout", "2"],
+    );
+    let stderr = text(&stopped.stderr);
+    println!("update without a seed: {}", stderr.trim());
+    assert_eq!(stopped.status.code(), Some(1), "{stderr}");
+    let kept = format!(
+        "with {} of {pieces} pieces verified (kept in {}; ",
+        pieces - 1,
+        update_dir.display()
+    );
+    assert!(stderr.contains(&kept), "{stderr}");
+    common::same_bytes(&d.zip, &content).unwrap();
+    let recorded = recorded_hash();
+    assert!(
+        recorded.contains(&v1_hash) && !recorded.contains(&v2_hash),
+        "{recorded}"
+    );
+
+    // With a seed of version 2, the rerun fetches the changed piece alone and puts version 2
+    // in place of version 1.
+    let (mut seed, seed_port) = pow_seed(&v2_torrent, &v2_dir);
+    let peer = format!("127.0.0.1:{seed_port}");
+    let second = load(&pow_dir, id, &["--torrent-store", store, "--peer", &peer]);
+    seed.kill().unwrap();
+    seed.wait().unwrap();
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    let json = json_of(&second);
+    assert_passed(&json, &["sha1-pieces", "md5-torrent-name", "md5-field"]);
+    assert_eq!(
+        json["pieces_already_on_disk"].as_u64(),
+        Some(pieces as u64 - 1)
+    );
+    assert_eq!(json["downloaded"].as_u64(), Some(PIECE));
+    assert_eq!(json["content"], first["content"]);
+    common::same_bytes(&v2, &content).unwrap();
+    let recorded = recorded_hash();
+    assert!(
+        recorded.contains(&v2_hash) && !recorded.contains(&v1_hash),
+        "{recorded}"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&base)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    println!("in the base directory after the update: {left:?}");
+    assert!(!update_dir.exists(), "{left:?}");
+    assert!(
+        !left.iter().any(|name| name.contains(&v1_hash)),
+        "no resume file of version 1: {left:?}"
+    );
+}

@@ -170,14 +170,31 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
     let started = Instant::now();
     let runtime = EngineRuntime::default();
     let (plan, found) = plan(pow_dir, &args, &runtime)?;
-    let transfer = fetch_content(&plan, &args, &runtime, found)?;
+    let staged = plan.staged();
+    // What this run downloads and checks: for an update, the new content beside the old.
+    let target = staged.as_ref().unwrap_or(&plan);
+    if let Some(staged) = &staged {
+        let copied = plan.reuse_unchanged_files(staged)?;
+        if !args.json {
+            eprintln!(
+                "pow: {} replaces the content verified in {} (info-hash {}): it is loaded into \
+                 {} ({copied} bytes of unchanged files copied there) and takes its place once \
+                 verified",
+                plan.metainfo.info_hash.to_hex(),
+                plan.base_dir.display(),
+                plan.replaces.as_deref().unwrap_or_default(),
+                staged.base_dir.display(),
+            );
+        }
+    }
+    let transfer = fetch_content(target, &args, &runtime, found)?;
     if let Some((why, then)) = transfer.ended.stopped() {
         return Err(format!(
             "{}: {why} with {} of {} pieces verified (kept in {}; {then})",
             plan.id,
             transfer.pieces_verified,
             plan.metainfo.geometry.piece_count(),
-            plan.base_dir.display(),
+            target.base_dir.display(),
         )
         .into());
     }
@@ -193,17 +210,24 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
             std::process::exit(130);
         })
     });
-    let report = plan.check_integrity(transfer.pieces_verified, transfer.digester);
+    let report = target.check_integrity(transfer.pieces_verified, transfer.digester);
     if let Some(interrupt) = interrupt {
         interrupt.abort();
     }
     let digest_seconds = hashing.elapsed().as_secs_f64();
     let bytes = plan.metainfo.total_length();
     if report.failure().is_none() {
+        if let Some(staged) = &staged {
+            plan.install_update(staged)?;
+        }
         let pow = crate::source_cmd::open(pow_dir)?;
         pow.record_load(&plan, bytes)?;
     }
-    let directory = std::path::absolute(&plan.base_dir).unwrap_or(plan.base_dir.clone());
+    let directory = match report.failure() {
+        None => &plan.base_dir,
+        Some(_) => &target.base_dir,
+    };
+    let directory = std::path::absolute(directory).unwrap_or(directory.clone());
     if args.json {
         let s = transfer.snapshot.as_ref();
         let value = serde_json::json!({

@@ -65,6 +65,10 @@ pub struct LoadPlan {
     pub info_hash_field: Vec<String>,
     /// `file_name` values in the graph.
     pub file_names: Vec<String>,
+    /// The info-hash (hex) of other content that an earlier load of this source verified in
+    /// `base_dir` (the record named another torrent then): this load is an update, and
+    /// downloads beside that content ([`LoadPlan::staged`]).
+    pub replaces: Option<String>,
 }
 
 /// The torrent a data source names: by file name in a torrent store, and by info-hash.
@@ -232,11 +236,18 @@ impl PowDir {
             });
         }
         let previous = self.load_record(&shown.iri)?;
-        let base_dir = match (base_dir, previous) {
+        let base_dir = match (base_dir, &previous) {
             (Some(dir), _) => dir.to_path_buf(),
-            (None, Some(record)) => PathBuf::from(record.directory),
+            (None, Some(record)) => PathBuf::from(&record.directory),
             (None, None) => self.default_base_dir(&shown.iri),
         };
+        let absolute_base = std::path::absolute(&base_dir).unwrap_or(base_dir.clone());
+        let replaces = previous
+            .filter(|record| {
+                record.info_hash != metainfo.info_hash.to_hex()
+                    && Path::new(&record.directory) == absolute_base
+            })
+            .map(|record| record.info_hash);
         Ok(LoadPlan {
             id: shown.id.clone(),
             iri: shown.iri.clone(),
@@ -249,6 +260,7 @@ impl PowDir {
             sha256_field: lowercase(literals(&shown, "sha256")),
             info_hash_field: wanted.info_hashes,
             file_names: literals(&shown, "file_name"),
+            replaces,
         })
     }
 
@@ -615,6 +627,94 @@ impl LoadPlan {
     pub fn content_path(&self) -> PathBuf {
         self.base_dir.join(&self.metainfo.name)
     }
+
+    /// For an update (see [`LoadPlan::replaces`]), the plan that downloads and checks the new
+    /// content in `<base_dir>/.pow-update-<info-hash>/` instead, where a stopped or failed
+    /// load leaves it for the next one: the verified content in `base_dir` stays whole, and
+    /// recorded, until [`LoadPlan::install_update`] puts the new in its place. `None` when the
+    /// load goes straight into `base_dir`.
+    pub fn staged(&self) -> Option<LoadPlan> {
+        self.replaces.as_ref()?;
+        let update_dir = self
+            .base_dir
+            .join(format!(".pow-update-{}", self.metainfo.info_hash.to_hex()));
+        Some(LoadPlan {
+            base_dir: update_dir,
+            replaces: None,
+            ..self.clone()
+        })
+    }
+
+    /// Copies into `staged`'s directory each file of this torrent that is in `base_dir` at the
+    /// same path with the same length and not in `staged`'s yet, so that what the two versions
+    /// share is found there by the check, not downloaded again. The kernel copies
+    /// (`copy_file_range`: a reflink on file systems that have them). Returns the bytes copied.
+    pub fn reuse_unchanged_files(&self, staged: &LoadPlan) -> Result<u64> {
+        let mut copied = 0;
+        for file in &self.metainfo.files {
+            if file.attr.pad || file.symlink_target.is_some() || file.length == 0 {
+                continue;
+            }
+            let old = self.base_dir.join(file.path.as_str());
+            let new = staged.base_dir.join(file.path.as_str());
+            let same_length = std::fs::symlink_metadata(&old)
+                .is_ok_and(|m| m.is_file() && m.len() == file.length);
+            if !same_length || std::fs::symlink_metadata(&new).is_ok() {
+                continue;
+            }
+            if let Some(parent) = new.parent() {
+                std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
+            }
+            copied += std::fs::copy(&old, &new).map_err(Error::io(&new))?;
+        }
+        Ok(copied)
+    }
+
+    /// Puts the verified content of `staged` (this plan's [`LoadPlan::staged`]) in place of
+    /// the earlier content at [`LoadPlan::content_path`], then removes the update directory
+    /// and the earlier torrent's resume file. A file replaces a file in one rename; a
+    /// directory (or a change of kind) takes two, the earlier moved aside first, and a load
+    /// stopped between them finds the new content verified in the update directory and puts
+    /// it in place again.
+    pub fn install_update(&self, staged: &LoadPlan) -> Result<()> {
+        let content = self.content_path();
+        let new = staged.content_path();
+        let replaces_in_one_rename = match std::fs::symlink_metadata(&content) {
+            Ok(old) => old.is_file() && new.is_file(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(Error::io(&content)(e)),
+        };
+        if !replaces_in_one_rename {
+            let aside = staged.base_dir.join(".pow-replaced");
+            remove_any(&aside)?;
+            std::fs::rename(&content, &aside).map_err(Error::io(&content))?;
+        }
+        std::fs::rename(&new, &content).map_err(Error::io(&content))?;
+        let hex = self.metainfo.info_hash.to_hex();
+        let resume = pow_storage::resume::resume_file_in(&staged.base_dir, &hex);
+        if resume.exists() {
+            let to = pow_storage::resume::resume_file_in(&self.base_dir, &hex);
+            std::fs::rename(&resume, &to).map_err(Error::io(&to))?;
+        }
+        if let Some(earlier) = &self.replaces {
+            remove_any(&pow_storage::resume::resume_file_in(
+                &self.base_dir,
+                earlier,
+            ))?;
+        }
+        remove_any(&staged.base_dir)
+    }
+}
+
+/// Removes `path` (a file, or a directory and all in it) if it exists.
+fn remove_any(path: &Path) -> Result<()> {
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+    };
+    removed.map_err(Error::io(path))
 }
 
 /// `what` (e.g. "content md5") is `actual`, which must be among the graph's `field` values.
@@ -820,6 +920,87 @@ fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plan of a torrent of the directory `set` (files `a` and `c`) that replaces other
+    /// content loaded in `base`.
+    fn update_plan(base: &Path, src: &Path) -> LoadPlan {
+        let created =
+            pow_metainfo::create::create(src, &pow_metainfo::create::CreateOptions::default())
+                .unwrap();
+        LoadPlan {
+            id: "LocalFileDataSource:set".into(),
+            iri: "http://openworm.org/entities/LocalFileDataSource/set".into(),
+            torrent_file_name: "0123456789abcdef0123456789abcdef.torrent".into(),
+            torrent_path: PathBuf::new(),
+            torrent_from: "cache".into(),
+            metainfo: Arc::new(created.metainfo),
+            base_dir: base.to_path_buf(),
+            md5_field: vec![],
+            sha256_field: vec![],
+            info_hash_field: vec![],
+            file_names: vec![],
+            replaces: Some("00".repeat(20)),
+        }
+    }
+
+    /// A directory's update: the files it keeps unchanged are copied beside it, and once the
+    /// new version is in the update directory, it takes the old one's place whole (the old
+    /// moved aside, then removed), also after a stop between the two renames.
+    #[test]
+    fn a_directory_update_is_put_in_place_whole_and_again_after_a_stop_between_renames() {
+        let dir = std::env::temp_dir().join(format!("pow-update-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let write = |path: PathBuf, bytes: &[u8]| {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        };
+        write(dir.join("src/set/a"), b"unchanged a");
+        write(dir.join("src/set/c"), b"new file c");
+        let base = dir.join("base");
+        write(base.join("set/a"), b"unchanged a");
+        write(base.join("set/b"), b"old file b");
+        let earlier_resume = pow_storage::resume::resume_file_in(&base, &"00".repeat(20));
+        write(earlier_resume.clone(), b"stale");
+        let plan = update_plan(&base, &dir.join("src/set"));
+        let staged = plan.staged().unwrap();
+        assert!(staged.base_dir.starts_with(&base));
+
+        assert_eq!(plan.reuse_unchanged_files(&staged).unwrap(), 11);
+        assert_eq!(
+            std::fs::read(staged.base_dir.join("set/a")).unwrap(),
+            b"unchanged a"
+        );
+        // The download's part: c.
+        write(staged.base_dir.join("set/c"), b"new file c");
+        assert_eq!(
+            plan.reuse_unchanged_files(&staged).unwrap(),
+            0,
+            "already there"
+        );
+
+        // Stopped after the old version was moved aside, before the new took its place.
+        std::fs::rename(base.join("set"), staged.base_dir.join(".pow-replaced")).unwrap();
+        plan.install_update(&staged).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(base.join("set"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "c"]);
+        assert!(!staged.base_dir.exists());
+        assert!(!earlier_resume.exists());
+
+        // And a whole update, from the old directory in place.
+        write(base.join("set/b"), b"old file b");
+        write(staged.base_dir.join("set/a"), b"unchanged a");
+        write(staged.base_dir.join("set/c"), b"new file c");
+        plan.install_update(&staged).unwrap();
+        assert!(!base.join("set/b").exists());
+        assert_eq!(std::fs::read(base.join("set/c")).unwrap(), b"new file c");
+        let left: Vec<_> = std::fs::read_dir(&base).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the content is left: {left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// The permissions are the temp file's from its creation: a private file replaced by
     /// `pow export -o` is never open to others, not even for a moment. Only the rwx bits are
