@@ -1197,9 +1197,12 @@ fn a_full_disk_stops_a_load_clearly_and_a_rerun_with_room_completes_it() {
 }
 
 /// Two data sources whose torrents both hold a `worms.zip` (two versions of a dataset
-/// published under two keys), loaded with one `--base-dir`: the second load is refused before
-/// anything is downloaded, naming the first source, whose verified file stays as it was. The
-/// second loads into its own directory; the first loads into the shared one again.
+/// published under two keys), loaded with one `--base-dir` (the second time through a
+/// symlink): the second load is refused before anything is downloaded, naming the first
+/// source, whose verified file stays as it was. The second loads into its own directory; the
+/// first loads into the shared one again. And a file published, edited and published again
+/// under another key: the second key's load finds its content in place, and the first key's
+/// record of that path is gone.
 #[test]
 fn a_load_never_overwrites_another_sources_verified_content() {
     let lab = Lab::new("loader-collide");
@@ -1223,14 +1226,16 @@ fn a_load_never_overwrites_another_sources_verified_content() {
         "ConnectomeCSVDataSource:worms-2020",
     );
     let shared = work.join("shared");
-    let shared_args = |d: &Dataset, peer: &str| -> Vec<String> {
+    let also_shared = work.join("also-shared");
+    std::os::unix::fs::symlink(&shared, &also_shared).unwrap();
+    let shared_args = |d: &Dataset, peer: &str, base: &Path| -> Vec<String> {
         [
             "--torrent-store",
             d.store.to_str().unwrap(),
             "--peer",
             peer,
             "--base-dir",
-            shared.to_str().unwrap(),
+            base.to_str().unwrap(),
         ]
         .map(String::from)
         .to_vec()
@@ -1243,7 +1248,7 @@ fn a_load_never_overwrites_another_sources_verified_content() {
     let first = load(
         &pow_dir,
         first_id,
-        &strs(&shared_args(&v1, &format!("127.0.0.1:{port}"))),
+        &strs(&shared_args(&v1, &format!("127.0.0.1:{port}"), &shared)),
     );
     seed.kill().unwrap();
     seed.wait().unwrap();
@@ -1253,7 +1258,11 @@ fn a_load_never_overwrites_another_sources_verified_content() {
 
     let (mut seed, port) = pow_seed(&v2.torrent, &v2.seed_dir);
     let peer = format!("127.0.0.1:{port}");
-    let refused = load(&pow_dir, second_id, &strs(&shared_args(&v2, &peer)));
+    let refused = load(
+        &pow_dir,
+        second_id,
+        &strs(&shared_args(&v2, &peer, &also_shared)),
+    );
     let stderr = text(&refused.stderr);
     println!("second source into the shared directory: {}", stderr.trim());
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
@@ -1261,7 +1270,7 @@ fn a_load_never_overwrites_another_sources_verified_content() {
     let expected = format!(
         "cannot load {second_id}: {} holds {first_id}'s verified content (info-hash {h1}), \
          which this torrent ({h2}) would overwrite; nothing downloaded",
-        std::path::absolute(&shared_zip).unwrap().display()
+        also_shared.join("worms.zip").display()
     );
     assert!(stderr.contains(&expected), "{stderr}");
     common::same_bytes(&v1.zip, &shared_zip).unwrap();
@@ -1288,9 +1297,53 @@ fn a_load_never_overwrites_another_sources_verified_content() {
     let own = json_of(&own);
     common::same_bytes(&v2.zip, Path::new(own["content"].as_str().unwrap())).unwrap();
 
-    let again = load(&pow_dir, first_id, &strs(&shared_args(&v1, "127.0.0.1:9")));
+    let again = load(
+        &pow_dir,
+        first_id,
+        &strs(&shared_args(&v1, "127.0.0.1:9", &shared)),
+    );
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert_eq!(json_of(&again)["network"], false);
+
+    let published = work.join("published");
+    std::fs::create_dir_all(&published).unwrap();
+    let zip = published.join("worms.zip");
+    let publish = |key: &str| {
+        let o = run(pow()
+            .arg("--pow-dir")
+            .arg(&pow_dir)
+            .arg("publish")
+            .arg(&zip)
+            .args(["--type", "ConnectomeCSVDataSource", "--key", key])
+            .args(["--no-seed", "--torrent-store", v1.store.to_str().unwrap()]));
+        assert!(o.status.success(), "publish {key}: {}", text(&o.stderr));
+    };
+    std::fs::copy(&v1.zip, &zip).unwrap();
+    publish("pub-1");
+    std::fs::copy(&v2.zip, &zip).unwrap();
+    publish("pub-2");
+    let own = load(
+        &pow_dir,
+        "ConnectomeCSVDataSource:pub-2",
+        &["--torrent-store", v1.store.to_str().unwrap()],
+    );
+    assert!(own.status.success(), "{}", text(&own.stderr));
+    let own = json_of(&own);
+    assert_eq!(own["network"], false);
+    assert_eq!(own["content"].as_str(), zip.to_str());
+    let query = "SELECT ?dir WHERE { GRAPH <urn:x-local:loader-state> { \
+                 <http://openworm.org/entities/ConnectomeCSVDataSource/pub-1> \
+                 <urn:x-pow:loader#localDirectory> ?dir } }";
+    let o = run(pow()
+        .arg("--pow-dir")
+        .arg(&pow_dir)
+        .args(["source", "query", query]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        !text(&o.stdout).contains("published"),
+        "{}",
+        text(&o.stdout)
+    );
 }
 
 /// A record changed to name new content (its TOML definition saved again with the torrent of

@@ -217,11 +217,21 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
     let digest_seconds = hashing.elapsed().as_secs_f64();
     let bytes = plan.metainfo.total_length();
     if report.failure().is_none() {
+        let pow = crate::source_cmd::open(pow_dir)?;
+        // Another source may have claimed the path during a long download.
+        pow.refuse_overwriting_others(&plan)?;
         if let Some(staged) = &staged {
             plan.install_update(staged)?;
         }
-        let pow = crate::source_cmd::open(pow_dir)?;
         pow.record_load(&plan, bytes)?;
+        if let Some(staged) = &staged {
+            if let Err(e) = plan.remove_update(staged) {
+                let cause = std::error::Error::source(&e)
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default();
+                eprintln!("pow: warning: the update is in place, but not cleaned up: {e}{cause}");
+            }
+        }
     }
     let directory = match report.failure() {
         None => &plan.base_dir,

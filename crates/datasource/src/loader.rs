@@ -241,11 +241,10 @@ impl PowDir {
             (None, Some(record)) => PathBuf::from(&record.directory),
             (None, None) => self.default_base_dir(&shown.iri),
         };
-        let absolute_base = std::path::absolute(&base_dir).unwrap_or(base_dir.clone());
         let replaces = previous
             .filter(|record| {
                 record.info_hash != metainfo.info_hash.to_hex()
-                    && Path::new(&record.directory) == absolute_base
+                    && same_directory(Path::new(&record.directory), &base_dir)
             })
             .map(|record| record.info_hash);
         Ok(LoadPlan {
@@ -318,40 +317,55 @@ impl PowDir {
     /// a load into a directory where a load or a publish of another source recorded content
     /// under the same name (two versions of `worms.zip` published under two keys, say, and
     /// loaded with one `--base-dir`). Nothing is downloaded; the error names the other source.
+    /// A torrent whose name starts with `.pow-` is refused too: such names in a base directory
+    /// are pow's own (an update's directory).
     pub fn refuse_overwriting_others(&self, plan: &LoadPlan) -> Result<()> {
-        let Some((other, other_hash)) =
-            self.other_content_at(&plan.iri, &plan.base_dir, &plan.metainfo)?
-        else {
+        if plan.metainfo.name.starts_with(RESERVED_PREFIX) {
+            return Err(Error::NotLoadable {
+                id: plan.id.clone(),
+                why: format!(
+                    "its torrent's name {} starts with {RESERVED_PREFIX}, which pow keeps for its \
+                     own files in a base directory; nothing downloaded",
+                    plan.metainfo.name
+                ),
+            });
+        }
+        let others = self.others_with_content_at(&plan.iri, &plan.base_dir, &plan.metainfo)?;
+        let Some((other, other_hash)) = others.first() else {
             return Ok(());
         };
         Err(Error::NotLoadable {
             id: plan.id.clone(),
             why: format!(
-                "{} holds {other}'s verified content (info-hash {other_hash}), which this \
-                 torrent ({}) would overwrite; nothing downloaded (give another --base-dir)",
+                "{} holds {}'s verified content (info-hash {other_hash}), which this torrent \
+                 ({}) would overwrite; nothing downloaded (give another --base-dir)",
                 plan.content_path().display(),
+                shorten(other),
                 plan.metainfo.info_hash.to_hex(),
             ),
         })
     }
 
-    /// Another data source (not `iri`) whose verified content a load or a publish recorded in
-    /// `directory` under the name this torrent's content takes there, if the two differ: its
-    /// ID and info-hash. Its name is its cached torrent's; without that torrent, any file or
+    /// Other data sources (not `iri`) whose verified content a load or a publish recorded in
+    /// `directory` (the same directory, however named) under the name this torrent's content
+    /// takes there, with other content: their IRIs and info-hashes. A record's name is its
+    /// cached torrent's (when that torrent is the recorded one); without it, any file or
     /// directory at that path counts.
-    fn other_content_at(
+    fn others_with_content_at(
         &self,
         iri: &str,
         directory: &Path,
         metainfo: &Metainfo,
-    ) -> Result<Option<(String, String)>> {
-        let directory = std::path::absolute(directory).unwrap_or(directory.to_path_buf());
+    ) -> Result<Vec<(String, String)>> {
         let ours = metainfo.info_hash.to_hex();
+        let mut others = Vec::new();
         for other in self.loaded_sources()? {
             let Some(record) = self.load_record(&other)? else {
                 continue;
             };
-            if other == iri || record.info_hash == ours || Path::new(&record.directory) != directory
+            if other == iri
+                || record.info_hash == ours
+                || !same_directory(Path::new(&record.directory), directory)
             {
                 continue;
             }
@@ -359,16 +373,17 @@ impl PowDir {
                 .torrent_file_name
                 .and_then(|name| std::fs::read(self.dir().join(TORRENT_CACHE_DIR).join(name)).ok())
                 .and_then(|bytes| Metainfo::from_bytes(&bytes).ok())
+                .filter(|theirs| theirs.info_hash.to_hex() == record.info_hash)
                 .map(|theirs| theirs.name);
             let collides = match their_name {
                 Some(name) => name == metainfo.name,
                 None => std::fs::symlink_metadata(directory.join(&metainfo.name)).is_ok(),
             };
             if collides {
-                return Ok(Some((shorten(&other), record.info_hash)));
+                others.push((other, record.info_hash));
             }
         }
-        Ok(None)
+        Ok(others)
     }
 
     /// The IRIs of the data sources a load verified on this machine, sorted.
@@ -455,15 +470,25 @@ impl PowDir {
             ),
             quad("loader", Literal::new_simple_literal(LOADER_KEY)),
         ];
+        // Another source recorded here under this content's name no longer has its content
+        // here (a publish of an edited file under another key, say): its record goes.
+        let superseded: Vec<NamedNode> = self
+            .others_with_content_at(&plan.iri, &plan.base_dir, &plan.metainfo)?
+            .into_iter()
+            .map(|(iri, _)| NamedNode::new_unchecked(iri))
+            .collect();
         let mut txn = self.store().start_transaction()?;
-        let old: Vec<Quad> = txn
-            .quads_for_pattern(
+        let mut old: Vec<Quad> = Vec::new();
+        for subject in std::iter::once(&subject).chain(&superseded) {
+            for q in txn.quads_for_pattern(
                 Some(subject.as_ref().into()),
                 None,
                 None,
                 Some(GraphNameRef::NamedNode(graph.as_ref())),
-            )
-            .collect::<std::result::Result<_, _>>()?;
+            ) {
+                old.push(q?);
+            }
+        }
         for q in &old {
             txn.remove(q);
         }
@@ -635,9 +660,10 @@ impl LoadPlan {
     /// load goes straight into `base_dir`.
     pub fn staged(&self) -> Option<LoadPlan> {
         self.replaces.as_ref()?;
-        let update_dir = self
-            .base_dir
-            .join(format!(".pow-update-{}", self.metainfo.info_hash.to_hex()));
+        let update_dir = self.base_dir.join(format!(
+            "{RESERVED_PREFIX}update-{}",
+            self.metainfo.info_hash.to_hex()
+        ));
         Some(LoadPlan {
             base_dir: update_dir,
             replaces: None,
@@ -647,35 +673,59 @@ impl LoadPlan {
 
     /// Copies into `staged`'s directory each file of this torrent that is in `base_dir` at the
     /// same path with the same length and not in `staged`'s yet, so that what the two versions
-    /// share is found there by the check, not downloaded again. The kernel copies
-    /// (`copy_file_range`: a reflink on file systems that have them). Returns the bytes copied.
+    /// share is found there by the check, not downloaded again, and makes its empty files
+    /// (no piece covers them). The kernel copies (`copy_file_range`: a reflink on file systems
+    /// that have them) to a temporary name, syncs and renames, so a copy cut short is never
+    /// taken for a whole one; a copy is writable by its owner whatever the original's mode.
+    /// Returns the bytes copied.
     pub fn reuse_unchanged_files(&self, staged: &LoadPlan) -> Result<u64> {
+        use std::os::unix::fs::PermissionsExt;
         let mut copied = 0;
         for file in &self.metainfo.files {
-            if file.attr.pad || file.symlink_target.is_some() || file.length == 0 {
+            if file.attr.pad || file.symlink_target.is_some() {
                 continue;
             }
             let old = self.base_dir.join(file.path.as_str());
             let new = staged.base_dir.join(file.path.as_str());
-            let same_length = std::fs::symlink_metadata(&old)
-                .is_ok_and(|m| m.is_file() && m.len() == file.length);
-            if !same_length || std::fs::symlink_metadata(&new).is_ok() {
+            if std::fs::symlink_metadata(&new).is_ok() {
                 continue;
             }
-            if let Some(parent) = new.parent() {
-                std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
+            let same_length = std::fs::symlink_metadata(&old)
+                .is_ok_and(|m| m.is_file() && m.len() == file.length);
+            if file.length > 0 && !same_length {
+                continue;
             }
-            copied += std::fs::copy(&old, &new).map_err(Error::io(&new))?;
+            let parent = new.parent().expect("below the update directory");
+            std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
+            if file.length == 0 {
+                std::fs::File::create(&new).map_err(Error::io(&new))?;
+                continue;
+            }
+            let temp = new.with_file_name(format!(
+                "{RESERVED_PREFIX}copy-{}",
+                new.file_name().expect("a file").to_string_lossy()
+            ));
+            let copy = || -> std::io::Result<u64> {
+                let bytes = std::fs::copy(&old, &temp)?;
+                let written = std::fs::File::open(&temp)?;
+                let mut permissions = written.metadata()?.permissions();
+                permissions.set_mode(permissions.mode() | 0o200);
+                std::fs::set_permissions(&temp, permissions)?;
+                written.sync_all()?;
+                std::fs::rename(&temp, &new)?;
+                Ok(bytes)
+            };
+            copied += copy().map_err(Error::io(&new))?;
         }
         Ok(copied)
     }
 
     /// Puts the verified content of `staged` (this plan's [`LoadPlan::staged`]) in place of
-    /// the earlier content at [`LoadPlan::content_path`], then removes the update directory
-    /// and the earlier torrent's resume file. A file replaces a file in one rename; a
-    /// directory (or a change of kind) takes two, the earlier moved aside first, and a load
+    /// the earlier content at [`LoadPlan::content_path`], with the new content's resume file,
+    /// and syncs the directory. A file replaces a file in one rename; a directory (or a change
+    /// of kind) takes two, the earlier moved aside into the update directory first, and a load
     /// stopped between them finds the new content verified in the update directory and puts
-    /// it in place again.
+    /// it in place again. The update directory is left for [`LoadPlan::remove_update`].
     pub fn install_update(&self, staged: &LoadPlan) -> Result<()> {
         let content = self.content_path();
         let new = staged.content_path();
@@ -685,7 +735,7 @@ impl LoadPlan {
             Err(e) => return Err(Error::io(&content)(e)),
         };
         if !replaces_in_one_rename {
-            let aside = staged.base_dir.join(".pow-replaced");
+            let aside = staged.base_dir.join(format!("{RESERVED_PREFIX}replaced"));
             remove_any(&aside)?;
             std::fs::rename(&content, &aside).map_err(Error::io(&content))?;
         }
@@ -696,6 +746,14 @@ impl LoadPlan {
             let to = pow_storage::resume::resume_file_in(&self.base_dir, &hex);
             std::fs::rename(&resume, &to).map_err(Error::io(&to))?;
         }
+        std::fs::File::open(&self.base_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(Error::io(&self.base_dir))
+    }
+
+    /// After [`LoadPlan::install_update`] and the record: removes the update directory (with
+    /// the earlier content, when it was moved aside) and the earlier torrent's resume file.
+    pub fn remove_update(&self, staged: &LoadPlan) -> Result<()> {
         if let Some(earlier) = &self.replaces {
             remove_any(&pow_storage::resume::resume_file_in(
                 &self.base_dir,
@@ -703,6 +761,18 @@ impl LoadPlan {
             ))?;
         }
         remove_any(&staged.base_dir)
+    }
+}
+
+/// What names in a base directory that start with this are pow's own.
+const RESERVED_PREFIX: &str = ".pow-";
+
+/// Whether `a` and `b` name the same existing directory (however reached: `..`, symlinks).
+fn same_directory(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.is_dir() && a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -943,11 +1013,13 @@ mod tests {
         }
     }
 
-    /// A directory's update: the files it keeps unchanged are copied beside it, and once the
-    /// new version is in the update directory, it takes the old one's place whole (the old
-    /// moved aside, then removed), also after a stop between the two renames.
+    /// A directory's update: the files it keeps unchanged are copied beside it (a read-only
+    /// one made writable) and its empty file made, and once the new version is in the update
+    /// directory, it takes the old one's place whole (the old moved aside, then removed), also
+    /// after a stop between the two renames.
     #[test]
     fn a_directory_update_is_put_in_place_whole_and_again_after_a_stop_between_renames() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("pow-update-dir-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let write = |path: PathBuf, bytes: &[u8]| {
@@ -956,8 +1028,11 @@ mod tests {
         };
         write(dir.join("src/set/a"), b"unchanged a");
         write(dir.join("src/set/c"), b"new file c");
+        write(dir.join("src/set/empty"), b"");
         let base = dir.join("base");
         write(base.join("set/a"), b"unchanged a");
+        std::fs::set_permissions(base.join("set/a"), std::fs::Permissions::from_mode(0o444))
+            .unwrap();
         write(base.join("set/b"), b"old file b");
         let earlier_resume = pow_storage::resume::resume_file_in(&base, &"00".repeat(20));
         write(earlier_resume.clone(), b"stale");
@@ -966,27 +1041,33 @@ mod tests {
         assert!(staged.base_dir.starts_with(&base));
 
         assert_eq!(plan.reuse_unchanged_files(&staged).unwrap(), 11);
+        let copy = staged.base_dir.join("set/a");
+        assert_eq!(std::fs::read(&copy).unwrap(), b"unchanged a");
+        let mode = std::fs::metadata(&copy).unwrap().permissions().mode();
         assert_eq!(
-            std::fs::read(staged.base_dir.join("set/a")).unwrap(),
-            b"unchanged a"
+            mode & 0o200,
+            0o200,
+            "writable: a piece may straddle into it"
+        );
+        assert_eq!(
+            std::fs::read(staged.base_dir.join("set/empty")).unwrap(),
+            b""
         );
         // The download's part: c.
         write(staged.base_dir.join("set/c"), b"new file c");
-        assert_eq!(
-            plan.reuse_unchanged_files(&staged).unwrap(),
-            0,
-            "already there"
-        );
+        let again = plan.reuse_unchanged_files(&staged).unwrap();
+        assert_eq!(again, 0, "already there");
 
         // Stopped after the old version was moved aside, before the new took its place.
         std::fs::rename(base.join("set"), staged.base_dir.join(".pow-replaced")).unwrap();
         plan.install_update(&staged).unwrap();
+        plan.remove_update(&staged).unwrap();
         let mut names: Vec<_> = std::fs::read_dir(base.join("set"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, ["a", "c"]);
+        assert_eq!(names, ["a", "c", "empty"]);
         assert!(!staged.base_dir.exists());
         assert!(!earlier_resume.exists());
 
@@ -995,6 +1076,11 @@ mod tests {
         write(staged.base_dir.join("set/a"), b"unchanged a");
         write(staged.base_dir.join("set/c"), b"new file c");
         plan.install_update(&staged).unwrap();
+        assert!(
+            staged.base_dir.join(".pow-replaced/b").exists(),
+            "moved aside"
+        );
+        plan.remove_update(&staged).unwrap();
         assert!(!base.join("set/b").exists());
         assert_eq!(std::fs::read(base.join("set/c")).unwrap(), b"new file c");
         let left: Vec<_> = std::fs::read_dir(&base).unwrap().collect();

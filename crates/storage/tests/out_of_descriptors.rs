@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 const FILES: usize = 64;
 const FILE_LENGTH: usize = 3000;
-/// Descriptors the process may open beyond those open when the limit is lowered.
+/// About how many more descriptors the process may open once the limit is lowered (the limit
+/// caps descriptor numbers, so a gap below the highest one open adds to it).
 const ROOM: u64 = 12;
 
 fn descriptors_open() -> u64 {
@@ -64,12 +65,14 @@ fn a_write_that_meets_too_many_open_files_closes_pool_handles_and_goes_on() {
             break;
         }
     }
-    let most_open = pool.open();
+    let open_at_end = pool.open();
     set_soft_limit(before);
     written.unwrap();
+    // The pool closes files only when told to make room: fewer open than written means the
+    // kernel's refusals did.
     assert!(
-        most_open < FILES && most_open as u64 <= ROOM,
-        "{most_open} handles open under a limit of {ROOM} more descriptors"
+        open_at_end < FILES,
+        "{open_at_end} of {FILES} files open: none was closed"
     );
     for index in 0..geometry.piece_count() {
         let piece = geometry.piece(index).unwrap();
