@@ -1349,7 +1349,8 @@ fn a_load_never_overwrites_another_sources_verified_content() {
 /// A record changed to name new content (its TOML definition saved again with the torrent of
 /// version 2) after version 1 was loaded: the load of version 2 goes beside version 1, with the
 /// files the two share copied rather than downloaded, and takes its place only once verified.
-/// A load of it that cannot finish leaves version 1 whole, and recorded as loaded.
+/// A load of it that cannot finish leaves version 1 whole, and recorded as loaded (and
+/// `source verify` says the new content is not loaded yet).
 #[test]
 fn an_updated_source_replaces_its_loaded_content_only_once_the_new_is_verified() {
     let lab = Lab::new("loader-update");
@@ -1429,6 +1430,24 @@ fn an_updated_source_replaces_its_loaded_content_only_once_the_new_is_verified()
     assert!(
         recorded.contains(&v1_hash) && !recorded.contains(&v2_hash),
         "{recorded}"
+    );
+    // `source verify` says why the directory does not hold what the record names.
+    let o = run(pow().arg("--pow-dir").arg(&pow_dir).args([
+        "source",
+        "verify",
+        id,
+        "--torrent-store",
+        store,
+    ]));
+    let stderr = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the record names content not loaded yet (info-hash {v2_hash}); {} holds the \
+             content loaded before (info-hash {v1_hash})",
+            base.display()
+        )),
+        "{stderr}"
     );
 
     // With a seed of version 2, the rerun fetches the changed piece alone and puts version 2

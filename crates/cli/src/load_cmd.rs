@@ -473,6 +473,18 @@ pub fn verify(pow_dir: Option<&Path>, args: SourceVerifyArgs) -> CmdResult {
         let store = pow.torrent_store(args.torrent_store.as_deref())?;
         pow.plan_load(&args.id, &store, args.base_dir.as_deref())?
     };
+    if let Some(earlier) = &plan.replaces {
+        return Err(format!(
+            "{}: the record names content not loaded yet (info-hash {}); {} holds the content \
+             loaded before (info-hash {earlier}) until `pow source load {}` puts the new in \
+             its place",
+            plan.id,
+            plan.metainfo.info_hash.to_hex(),
+            plan.base_dir.display(),
+            plan.id
+        )
+        .into());
+    }
     // Checking creates the directory (and empty files) to read from: a mistyped --base-dir
     // would be made and reported as 0 pieces verified.
     if !plan.base_dir.is_dir() {
