@@ -12,8 +12,8 @@
 mod common;
 
 use common::raw_peer::{
-    frame, handshake, vm_hwm_kib, word, End, RawPeer, BITFIELD, HAVE, INTERESTED, PIECE, REQUEST,
-    UNCHOKE,
+    accept_within, frame, handshake, unique_peer_id, vm_hwm_kib, word, End, RawPeer, BITFIELD,
+    HAVE, INTERESTED, PIECE, REQUEST, UNCHOKE,
 };
 use common::{pow, pseudo_random_bytes, TempDir};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -548,6 +548,69 @@ fn have_out_of_range_is_refused() {
         |summary, log, hostile| {
             no_hash_failures(summary);
             assert_closed_for(log, hostile, "have for a piece that does not exist");
+        },
+    );
+}
+
+/// A peer we dial that breaks the protocol on every connection is dialed again later each
+/// time (10 s, then 20 s, as after failed dials), and after the third breach no more. Before,
+/// each connection that had got past the handshake counted as a good dial, and the address was
+/// redialed every 10 s for as long as the session ran.
+#[test]
+fn a_peer_breaking_the_protocol_each_time_is_redialed_later_each_time_then_banned() {
+    const WATCH_AFTER_BAN: Duration = Duration::from_secs(25);
+    run_case(
+        "violations",
+        |setup, listener, _port, gate| {
+            let started = Instant::now();
+            let mut dials: Vec<Duration> = Vec::new();
+            let mut drops = Vec::new();
+            while dials.len() < 3 {
+                let stream = accept_within(&listener, Duration::from_secs(40))
+                    .unwrap_or_else(|| panic!("dialed only at {dials:?}"));
+                dials.push(started.elapsed());
+                let mut peer = RawPeer { stream };
+                peer.read_handshake();
+                let answer = handshake([0; 8], setup.info_hash, unique_peer_id());
+                peer.stream.write_all(&answer).unwrap();
+                peer.send(HAVE, &setup.pieces.to_be_bytes()).unwrap();
+                drops.push((
+                    format!("have 65 of 65 pieces (dial {})", dials.len()),
+                    peer.closed_within(AT_ONCE * 5),
+                ));
+                gate.open();
+            }
+            let fourth = accept_within(&listener, WATCH_AFTER_BAN);
+            let at: Vec<String> = dials
+                .iter()
+                .map(|d| format!("{:.1} s", d.as_secs_f64()))
+                .collect();
+            assert!(
+                fourth.is_none(),
+                "dialed again after the third breach (dials at {at:?})"
+            );
+            let waits = [dials[1] - dials[0], dials[2] - dials[1]];
+            assert!(
+                waits[0] >= Duration::from_secs(9) && waits[1] >= Duration::from_secs(19),
+                "redials did not back off: dials at {at:?}"
+            );
+            Hostile {
+                drops,
+                note: format!(
+                    "dialed at {}, not again in the {} s after",
+                    at.join(", "),
+                    WATCH_AFTER_BAN.as_secs()
+                ),
+            }
+        },
+        AT_ONCE,
+        |summary, log, hostile| {
+            no_hash_failures(summary);
+            assert_closed_for(log, hostile, "have for a piece that does not exist");
+            assert!(
+                log.contains(&format!("{hostile}: banned after 3 protocol violations")),
+                "not banned:\n{log}"
+            );
         },
     );
 }

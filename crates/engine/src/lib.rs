@@ -53,6 +53,10 @@ use transport::PeerListener;
 
 /// Bad pieces a peer may take part in before it is banned.
 pub const MAX_STRIKES: u32 = 3;
+/// Connections we dialed to one address that may end in a breach of the protocol before the
+/// address is banned; each also backs off its next dial as a failed dial does (libtorrent
+/// stops dialing a peer after 3 failures).
+pub const MAX_VIOLATIONS: u32 = 3;
 /// Addresses remembered to dial, so a peer that names thousands of addresses cannot grow the
 /// session without bound. Past it, a new address takes the place of one whose dials failed
 /// (the most in a row), or is dropped while none has.
@@ -1031,6 +1035,8 @@ pub(crate) struct KnownPeer {
     pub last_dial: Option<Instant>,
     /// Dials in a row that reached nobody (refused or timed out on every transport).
     pub failed_dials: u32,
+    /// Connections to it that ended in a breach of the protocol (see [`MAX_VIOLATIONS`]).
+    pub violations: u32,
     /// Added to each wait before a redial, drawn once per address (up to
     /// [`MAX_REDIAL_JITTER`]): peers that learned of an address in the same announce do not
     /// redial it in step for ever. Transmission closes a handshake from an address while
@@ -1048,6 +1054,7 @@ impl Default for KnownPeer {
         KnownPeer {
             last_dial: None,
             failed_dials: 0,
+            violations: 0,
             jitter: MAX_REDIAL_JITTER.mul_f64(rand::random::<f64>()),
         }
     }
@@ -1072,6 +1079,15 @@ impl KnownPeer {
         } else {
             self.failed_dials.saturating_add(1)
         };
+    }
+
+    /// Records a connection that ended in a breach of the protocol: its next dial waits as
+    /// after a failed one (a peer that breaks the protocol on every connection was redialed
+    /// every 10 s for as long as the session ran). Returns the breaches so far.
+    pub fn violated(&mut self) -> u32 {
+        self.failed_dials = self.failed_dials.saturating_add(1);
+        self.violations = self.violations.saturating_add(1);
+        self.violations
     }
 }
 

@@ -134,14 +134,16 @@ enum Dialed {
     /// The peer closed it during the handshake: worth the other kind of handshake, then the
     /// other transport.
     Refused,
-    /// The handshake failed otherwise (another torrent, ourselves, a protocol error).
+    /// The handshake failed otherwise (ourselves, a timeout, an encryption error).
     Failed,
+    /// The peer broke the protocol, in the handshake (another torrent) or after it.
+    Violated,
 }
 
 impl transport::DialOutcome for Dialed {
     fn next(&self) -> Next {
         match self {
-            Dialed::Connected | Dialed::Failed => Next::Stop,
+            Dialed::Connected | Dialed::Failed | Dialed::Violated => Next::Stop,
             Dialed::Unreachable => Next::OtherTransport,
             Dialed::Refused => Next::OtherHandshake,
         }
@@ -163,8 +165,18 @@ pub(crate) async fn connect(inner: Arc<Inner>, addr: SocketAddr) {
     .await;
     let mut state = inner.lock();
     state.connecting.remove(&addr);
-    if let Some(known) = state.known.get_mut(&addr) {
-        known.dialed(outcome != Some(Dialed::Unreachable));
+    let Some(known) = state.known.get_mut(&addr) else {
+        return;
+    };
+    match outcome {
+        Some(Dialed::Violated) => {
+            let violations = known.violated();
+            if violations >= crate::MAX_VIOLATIONS {
+                let why = format!("banned after {violations} protocol violations");
+                ban(&mut state, addr, &why);
+            }
+        }
+        outcome => known.dialed(outcome != Some(Dialed::Unreachable)),
     }
 }
 
@@ -285,6 +297,8 @@ async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side
             }
             return if e.is_closed_by_peer() {
                 Dialed::Refused
+            } else if e.is_violation() {
+                Dialed::Violated
             } else {
                 Dialed::Failed
             };
@@ -376,6 +390,7 @@ async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side
     if let Err(e) = &result {
         tracing::info!("{addr}: closed: {e}");
     }
+    let violated = result.as_ref().is_err_and(PeerError::is_violation);
     let mut state = inner.lock();
     if let Some(entry) = state.remove_peer(key) {
         if entry.unchoked_by_us {
@@ -392,7 +407,11 @@ async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side
             }
         }
     }
-    Dialed::Connected
+    if violated {
+        Dialed::Violated
+    } else {
+        Dialed::Connected
+    }
 }
 
 struct Conn {
@@ -418,8 +437,14 @@ pub(crate) enum PeerError {
     Wire(#[from] pow_wire::WireError),
     #[error("protocol: {0}")]
     Extension(#[from] extension::ExtensionError),
+    /// Ends the connection for a reason that is no breach of the protocol (the peer closed
+    /// it, went silent, asked for a piece we lost).
     #[error("{0}")]
     Protocol(&'static str),
+    /// The peer broke the protocol: a strike against its address (see
+    /// [`crate::MAX_VIOLATIONS`]).
+    #[error("{0}")]
+    Violation(&'static str),
     #[error("timed out")]
     Timeout,
     #[error("closed by us")]
@@ -441,6 +466,15 @@ impl PeerError {
             ),
             _ => false,
         }
+    }
+
+    /// The peer broke the protocol (a message our codec refuses, or one the session may not
+    /// take from it), as opposed to a connection that ended for want of anything to do.
+    pub(crate) fn is_violation(&self) -> bool {
+        matches!(
+            self,
+            PeerError::Wire(_) | PeerError::Extension(_) | PeerError::Violation(_)
+        )
     }
 }
 
@@ -500,7 +534,7 @@ async fn handshake(inner: &Inner, mut stream: PeerStream, side: Side) -> Result<
         }
     };
     if theirs.info_hash != inner.metainfo.info_hash.0 {
-        return Err(PeerError::Protocol("handshake for another torrent"));
+        return Err(PeerError::Violation("handshake for another torrent"));
     }
     if theirs.peer_id == inner.config.peer_id {
         return Err(PeerError::Protocol(CONNECTED_TO_OURSELVES));
@@ -1016,7 +1050,7 @@ impl Peer {
         let pieces = extension::metadata_pieces(info.len() as u64);
         self.metadata_requests += 1;
         if self.metadata_requests > MAX_METADATA_REQUESTS.max(4 * pieces) {
-            return Err(PeerError::Protocol("too many metadata requests"));
+            return Err(PeerError::Violation("too many metadata requests"));
         }
         // A peer that asks and does not read gets rejects once a send buffer's worth waits
         // for it: at most 4 asks per piece, unread, held 4 times the info dictionary (160 MiB
@@ -1106,7 +1140,7 @@ impl Peer {
                 let mut state = self.inner.lock();
                 let entry = state.peers.get_mut(&self.key).expect("registered");
                 if piece >= entry.bits.len() {
-                    return Err(PeerError::Protocol("have for a piece that does not exist"));
+                    return Err(PeerError::Violation("have for a piece that does not exist"));
                 }
                 let new = !entry.bits.get(piece);
                 if new {
@@ -1137,7 +1171,7 @@ impl Peer {
             | Message::Reject(_)
                 if !self.fast =>
             {
-                return Err(PeerError::Protocol(
+                return Err(PeerError::Violation(
                     "fast extension message from a peer that did not negotiate it",
                 ));
             }
@@ -1265,7 +1299,7 @@ impl Peer {
         state.recount_share(self.key, false);
         drop(state);
         if self.pieces_lost > LOSS_ALLOWANCE * u64::from(pieces.max(1)) {
-            return Err(PeerError::Protocol(
+            return Err(PeerError::Violation(
                 "says again and again that it lost pieces it had",
             ));
         }
@@ -1344,7 +1378,7 @@ impl Peer {
             .block(r.index, r.begin, r.length)
             .is_none()
         {
-            return Err(PeerError::Protocol("request outside the torrent"));
+            return Err(PeerError::Violation("request outside the torrent"));
         }
         // The queue has room: the read loop stops decoding when it is full.
         let (have, lost) = {
@@ -1372,7 +1406,7 @@ impl Peer {
         }
         self.ignored += 1;
         if self.ignored > MAX_IGNORED_REQUESTS {
-            return Err(PeerError::Protocol(
+            return Err(PeerError::Violation(
                 "too many requests while choked or for pieces we lack",
             ));
         }
@@ -1533,7 +1567,7 @@ impl Peer {
             // every block of the torrent while it stays.
             Some(block) if block.length as usize != data.len() => {
                 stats.wasted.fetch_add(len, Ordering::Relaxed);
-                return Err(PeerError::Protocol(
+                return Err(PeerError::Violation(
                     "sent a block of another length than asked",
                 ));
             }
@@ -1545,7 +1579,7 @@ impl Peer {
             stats.wasted.fetch_add(len, Ordering::Relaxed);
             self.unrequested += 1;
             if self.unrequested > MAX_UNREQUESTED_BLOCKS {
-                return Err(PeerError::Protocol("too many blocks we did not request"));
+                return Err(PeerError::Violation("too many blocks we did not request"));
             }
             return Ok(());
         }
