@@ -953,6 +953,92 @@ fn publishing_a_directory_names_it_by_the_md5_of_its_files_in_torrent_order() {
     assert_eq!(summary["size"], size);
 }
 
+/// A load whose `--base-dir` lies inside another source's verified directory is refused where
+/// it would write one of that directory's files (it used to check that file against its own
+/// torrent and write over it), and goes ahead where it only puts a file beside them.
+#[test]
+fn a_load_inside_another_sources_directory_never_overwrites_its_files() {
+    let lab = Lab::new("loader-nested");
+    let work = lab.work.path();
+    let cells = work.join("published/cells");
+    std::fs::create_dir_all(&cells).unwrap();
+    make_zip(&cells.join("a.zip"), 2, 31);
+    make_zip(&cells.join("b.zip"), 1, 32);
+    let pow_dir = work.join("pow");
+    assert!(run(pow().arg("--pow-dir").arg(&pow_dir).arg("init"))
+        .status
+        .success());
+    let store = work.join("store");
+    let publish = |path: &Path, key: &str| {
+        let o = run(pow()
+            .arg("--pow-dir")
+            .arg(&pow_dir)
+            .arg("publish")
+            .arg(path)
+            .args(["--type", "ConnectomeCSVDataSource", "--key", key])
+            .args(["--no-seed", "--json", "--torrent-store"])
+            .arg(&store));
+        assert!(o.status.success(), "publish {key}: {}", text(&o.stderr));
+        store.join(json_of(&o)["torrent_file_name"].as_str().unwrap())
+    };
+    publish(&cells, "cells");
+    let before = std::fs::read(cells.join("a.zip")).unwrap();
+    // Another version of a.zip, and a file the directory lacks, each published on its own.
+    let other = work.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    make_zip(&other.join("a.zip"), 2, 33);
+    make_zip(&other.join("c.zip"), 1, 34);
+    let a2 = publish(&other.join("a.zip"), "a-2");
+    let c = publish(&other.join("c.zip"), "c");
+
+    let cells_arg = cells.to_str().unwrap();
+    let (mut seed, port) = pow_seed(&a2, &other);
+    let peer = format!("127.0.0.1:{port}");
+    let store_arg = store.to_str().unwrap();
+    let args = [
+        "--torrent-store",
+        store_arg,
+        "--peer",
+        &peer,
+        "--base-dir",
+        cells_arg,
+    ];
+    let refused = load(&pow_dir, "ConnectomeCSVDataSource:a-2", &args);
+    seed.kill().unwrap();
+    seed.wait().unwrap();
+    let stderr = text(&refused.stderr);
+    println!("a.zip into the cells directory: {}", stderr.trim());
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    let expected = format!(
+        "{} holds ConnectomeCSVDataSource:cells's verified content",
+        cells.join("a.zip").display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(std::fs::read(cells.join("a.zip")).unwrap() == before);
+
+    let (mut seed, port) = pow_seed(&c, &other);
+    let peer = format!("127.0.0.1:{port}");
+    let args = [
+        "--torrent-store",
+        store_arg,
+        "--peer",
+        &peer,
+        "--base-dir",
+        cells_arg,
+    ];
+    let beside = load(&pow_dir, "ConnectomeCSVDataSource:c", &args);
+    seed.kill().unwrap();
+    seed.wait().unwrap();
+    assert!(beside.status.success(), "{}", text(&beside.stderr));
+    common::same_bytes(&other.join("c.zip"), &cells.join("c.zip")).unwrap();
+    let o = run(pow().arg("--pow-dir").arg(&pow_dir).args([
+        "source",
+        "verify",
+        "ConnectomeCSVDataSource:cells",
+    ]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
 /// `pow publish` of bytes the store already holds under another name (as `pow serve` stores an
 /// upload, or a renamed copy): refused with both names, and nothing recorded. It used to record
 /// the local name beside the store's torrent, marked as loaded here, a record no other machine

@@ -331,56 +331,74 @@ impl PowDir {
             });
         }
         let others = self.others_with_content_at(&plan.iri, &plan.base_dir, &plan.metainfo)?;
-        let Some((other, other_hash)) = others.first() else {
+        let Some(other) = others.first() else {
             return Ok(());
         };
         Err(Error::NotLoadable {
             id: plan.id.clone(),
             why: format!(
-                "{} holds {}'s verified content (info-hash {other_hash}), which this torrent \
-                 ({}) would overwrite; nothing downloaded (give another --base-dir)",
-                plan.content_path().display(),
-                shorten(other),
+                "{} holds {}'s verified content (info-hash {}), which this torrent ({}) would \
+                 overwrite; nothing downloaded (give another --base-dir)",
+                other.at.display(),
+                shorten(&other.iri),
+                other.info_hash,
                 plan.metainfo.info_hash.to_hex(),
             ),
         })
     }
 
-    /// Other data sources (not `iri`) whose verified content a load or a publish recorded in
-    /// `directory` (the same directory, however named) under the name this torrent's content
-    /// takes there, with other content: their IRIs and info-hashes. A record's name is its
-    /// cached torrent's (when that torrent is the recorded one); without it, any file or
-    /// directory at that path counts.
+    /// Other data sources (not `iri`) whose verified content, as a load or a publish recorded
+    /// it, this torrent's content in `directory` would overlap, with other content. Two
+    /// overlap where they take the same name in the same directory (however named), or where
+    /// one lies inside the other's and a path is a file of both, or a file of one and a
+    /// directory of the other (a load with `--base-dir` inside another source's directory).
+    /// A record's files are its cached torrent's (when that torrent is the recorded one);
+    /// without it, any file or directory at this content's path counts.
     fn others_with_content_at(
         &self,
         iri: &str,
         directory: &Path,
         metainfo: &Metainfo,
-    ) -> Result<Vec<(String, String)>> {
+    ) -> Result<Vec<Overlap>> {
         let ours = metainfo.info_hash.to_hex();
+        let our_directory = resolved(directory);
         let mut others = Vec::new();
         for other in self.loaded_sources()? {
             let Some(record) = self.load_record(&other)? else {
                 continue;
             };
-            if other == iri
-                || record.info_hash == ours
-                || !same_directory(Path::new(&record.directory), directory)
-            {
+            if other == iri || record.info_hash == ours {
                 continue;
             }
-            let their_name = record
+            let theirs = record
                 .torrent_file_name
                 .and_then(|name| std::fs::read(self.dir().join(TORRENT_CACHE_DIR).join(name)).ok())
                 .and_then(|bytes| Metainfo::from_bytes(&bytes).ok())
-                .filter(|theirs| theirs.info_hash.to_hex() == record.info_hash)
-                .map(|theirs| theirs.name);
-            let collides = match their_name {
-                Some(name) => name == metainfo.name,
-                None => std::fs::symlink_metadata(directory.join(&metainfo.name)).is_ok(),
+                .filter(|theirs| theirs.info_hash.to_hex() == record.info_hash);
+            let their_directory = Path::new(&record.directory);
+            let at = match theirs {
+                Some(theirs) => overlap(
+                    &resolved(their_directory),
+                    &theirs,
+                    &our_directory,
+                    metainfo,
+                ),
+                None => Some(our_directory.join(&metainfo.name)).filter(|path| {
+                    same_directory(their_directory, directory)
+                        && std::fs::symlink_metadata(path).is_ok()
+                }),
             };
-            if collides {
-                others.push((other, record.info_hash));
+            if let Some(at) = at {
+                // Named as the caller gave the directory (through a symlink, say).
+                let at = match at.strip_prefix(&our_directory) {
+                    Ok(inside) => directory.join(inside),
+                    Err(_) => at,
+                };
+                others.push(Overlap {
+                    iri: other,
+                    info_hash: record.info_hash,
+                    at,
+                });
             }
         }
         Ok(others)
@@ -475,7 +493,7 @@ impl PowDir {
         let superseded: Vec<NamedNode> = self
             .others_with_content_at(&plan.iri, &plan.base_dir, &plan.metainfo)?
             .into_iter()
-            .map(|(iri, _)| NamedNode::new_unchecked(iri))
+            .map(|other| NamedNode::new_unchecked(other.iri))
             .collect();
         let mut txn = self.store().start_transaction()?;
         let mut old: Vec<Quad> = Vec::new();
@@ -768,6 +786,69 @@ impl LoadPlan {
 const RESERVED_PREFIX: &str = ".pow-";
 
 /// Whether `a` and `b` name the same existing directory (however reached: `..`, symlinks).
+/// Another data source's verified content that a load's would overlap (see
+/// [`Loader::others_with_content_at`]).
+struct Overlap {
+    iri: String,
+    info_hash: String,
+    /// The first path found that both would claim.
+    at: PathBuf,
+}
+
+/// Where the content of torrent `b` in directory `b_dir` would overlap that of `a` in `a_dir`
+/// (both directories resolved): the same content path, or a path that is a file of both, or
+/// a file of one and a directory of the other. `None` when neither content lies inside the
+/// other's, or when one does and no such path exists (files beside the other's are no harm).
+fn overlap(a_dir: &Path, a: &Metainfo, b_dir: &Path, b: &Metainfo) -> Option<PathBuf> {
+    let (a_root, b_root) = (a_dir.join(&a.name), b_dir.join(&b.name));
+    if a_root == b_root {
+        return Some(b_root);
+    }
+    if !a_root.starts_with(&b_root) && !b_root.starts_with(&a_root) {
+        return None;
+    }
+    let a_files: std::collections::HashSet<PathBuf> =
+        a.files.iter().map(|f| f.path.under(a_dir)).collect();
+    let mut a_directories = std::collections::HashSet::new();
+    for file in &a_files {
+        for ancestor in file.ancestors().skip(1) {
+            if !a_directories.insert(ancestor.to_path_buf()) {
+                break;
+            }
+        }
+    }
+    b.files.iter().find_map(|file| {
+        let path = file.path.under(b_dir);
+        if a_files.contains(&path) || a_directories.contains(&path) {
+            return Some(path);
+        }
+        path.ancestors()
+            .skip(1)
+            .find(|ancestor| a_files.contains(*ancestor))
+            .map(Path::to_path_buf)
+    })
+}
+
+/// `path` made absolute with symlinks and `..` resolved as far as it exists (a base directory
+/// a load has not made yet), the rest joined as given.
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut rest = Vec::new();
+    let mut existing = absolute.as_path();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |path, part| path.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
 fn same_directory(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
@@ -1091,6 +1172,57 @@ mod tests {
     /// The permissions are the temp file's from its creation: a private file replaced by
     /// `pow export -o` is never open to others, not even for a moment. Only the rwx bits are
     /// copied (not setuid).
+    /// Contents overlap where one lies inside the other's and they would share a file, or a
+    /// file of one is a directory of the other; a file beside the other's is no overlap.
+    #[test]
+    fn contents_overlap_where_they_share_a_path_not_where_they_only_nest() {
+        let work = std::env::temp_dir().join(format!("pow-overlap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        let torrent_of = |path: &str, files: &[&str]| -> Metainfo {
+            let src = work.join("src").join(path);
+            for file in files {
+                let file = src.join(file);
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(&file, file.display().to_string()).unwrap();
+            }
+            if files.is_empty() {
+                std::fs::create_dir_all(src.parent().unwrap()).unwrap();
+                std::fs::write(&src, path).unwrap();
+            }
+            let options = pow_metainfo::create::CreateOptions::default();
+            pow_metainfo::create::create(&src, &options)
+                .unwrap()
+                .metainfo
+        };
+        // A directory `cells` with `a.csv` and `sub/b.csv`, loaded into /base.
+        let cells = torrent_of("1/cells", &["a.csv", "sub/b.csv"]);
+        let a_csv = torrent_of("2/a.csv", &[]);
+        let c_csv = torrent_of("3/c.csv", &[]);
+        let sub = torrent_of("4/sub", &[]);
+        let base = Path::new("/base");
+        let at = |dir: &str, m: &Metainfo| overlap(base, &cells, Path::new(dir), m);
+        assert_eq!(at("/base", &cells), Some(PathBuf::from("/base/cells")));
+        assert_eq!(at("/base/cells", &a_csv), Some("/base/cells/a.csv".into()));
+        assert_eq!(at("/base/cells", &c_csv), None, "beside its files");
+        assert_eq!(at("/base/cells", &sub), Some("/base/cells/sub".into()));
+        assert_eq!(at("/base/cells/sub", &c_csv), None);
+        assert_eq!(at("/elsewhere", &a_csv), None);
+        assert_eq!(at("/base", &a_csv), None, "a sibling of the directory");
+        // The other way round: loaded where the `cells` directory goes, a file of it...
+        let other = |dir: &str, m: &Metainfo| overlap(Path::new(dir), m, base, &cells);
+        assert_eq!(
+            other("/base/cells", &a_csv),
+            Some("/base/cells/a.csv".into())
+        );
+        assert_eq!(other("/base/cells/sub", &c_csv), None);
+        // ...and a file where it needs a directory.
+        let cells_file = torrent_of("5/cells", &[]);
+        assert_eq!(other("/base", &cells_file), Some("/base/cells".into()));
+        let sub_file_inside = overlap(Path::new("/base/cells"), &sub, base, &cells);
+        assert_eq!(sub_file_inside, Some("/base/cells/sub".into()));
+        std::fs::remove_dir_all(&work).unwrap();
+    }
+
     #[test]
     fn a_file_written_as_private_is_private_before_it_is_renamed() {
         use std::os::unix::fs::PermissionsExt;
