@@ -1536,6 +1536,51 @@ fn an_updated_source_replaces_its_loaded_content_only_once_the_new_is_verified()
         "{stderr}"
     );
 
+    // Version 3 saved and loaded without a seed, then version 2 saved again: version 3's
+    // update directory is abandoned, and goes once version 2 is in place.
+    let v3_dir = work.join("v3");
+    std::fs::create_dir_all(&v3_dir).unwrap();
+    let v3 = v3_dir.join("worms.zip");
+    let mut v3_bytes = bytes.clone();
+    v3_bytes[6 * PIECE as usize] ^= 0xff;
+    std::fs::write(&v3, &v3_bytes).unwrap();
+    let v3_md5 = md5_hex(&v3);
+    let v3_torrent = d.store.join(format!("{v3_md5}.torrent"));
+    create_torrent(&v3, &v3_torrent);
+    let save = |md5: &str| {
+        let defs = work.join("update-again.toml");
+        std::fs::write(
+            &defs,
+            format!(
+                "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"update\"\n\
+                 torrent_file_name = \"{md5}.torrent\"\nmd5 = \"{md5}\"\n"
+            ),
+        )
+        .unwrap();
+        let o = run(pow().arg("--pow-dir").arg(&pow_dir).arg("save").arg(&defs));
+        assert!(o.status.success(), "save: {}", text(&o.stderr));
+    };
+    save(&v3_md5);
+    let stopped = load(
+        &pow_dir,
+        id,
+        &["--torrent-store", store, "--stall-timeout", "2"],
+    );
+    assert_eq!(stopped.status.code(), Some(1), "{}", text(&stopped.stderr));
+    let v3_update_dir = base.join(format!(".pow-update-{}", info_hash_of(&v3_torrent)));
+    assert!(v3_update_dir.is_dir());
+    // Another source's update directory, and one without a mark, are not this source's.
+    let others_update = base.join(format!(".pow-update-{}", "ab".repeat(20)));
+    std::fs::create_dir_all(&others_update).unwrap();
+    std::fs::write(
+        others_update.join(".pow-source"),
+        "http://openworm.org/entities/ConnectomeCSVDataSource/other",
+    )
+    .unwrap();
+    let unmarked_update = base.join(format!(".pow-update-{}", "cd".repeat(20)));
+    std::fs::create_dir_all(&unmarked_update).unwrap();
+    save(&v2_md5);
+
     // With a seed of version 2, the rerun fetches the changed piece alone and puts version 2
     // in place of version 1.
     let (mut seed, seed_port) = pow_seed(&v2_torrent, &v2_dir);
@@ -1565,6 +1610,14 @@ fn an_updated_source_replaces_its_loaded_content_only_once_the_new_is_verified()
     left.sort();
     println!("in the base directory after the update: {left:?}");
     assert!(!update_dir.exists(), "{left:?}");
+    assert!(
+        !v3_update_dir.exists(),
+        "version 3's abandoned update: {left:?}"
+    );
+    assert!(
+        others_update.is_dir() && unmarked_update.is_dir(),
+        "{left:?}"
+    );
     assert!(
         !left.iter().any(|name| name.contains(&v1_hash)),
         "no resume file of version 1: {left:?}"

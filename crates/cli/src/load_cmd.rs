@@ -232,6 +232,18 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
                 eprintln!("pow: warning: the update is in place, but not cleaned up: {e}{cause}");
             }
         }
+        match plan.remove_abandoned_updates() {
+            Ok(removed) if !args.json => {
+                for path in removed {
+                    eprintln!(
+                        "pow: removed {}, an update of this source never finished",
+                        path.display()
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("pow: warning: an abandoned update is not removed: {e}"),
+        }
     }
     let directory = match report.failure() {
         None => &plan.base_dir,

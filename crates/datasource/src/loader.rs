@@ -695,9 +695,15 @@ impl LoadPlan {
     /// (no piece covers them). The kernel copies (`copy_file_range`: a reflink on file systems
     /// that have them) to a temporary name, syncs and renames, so a copy cut short is never
     /// taken for a whole one; a copy is writable by its owner whatever the original's mode.
-    /// Returns the bytes copied.
+    /// Returns the bytes copied. The update directory is marked as this source's first (see
+    /// [`LoadPlan::remove_abandoned_updates`]).
     pub fn reuse_unchanged_files(&self, staged: &LoadPlan) -> Result<u64> {
         use std::os::unix::fs::PermissionsExt;
+        let marker = staged.base_dir.join(UPDATE_OWNER);
+        if !marker.exists() {
+            std::fs::create_dir_all(&staged.base_dir).map_err(Error::io(&staged.base_dir))?;
+            std::fs::write(&marker, &self.iri).map_err(Error::io(&marker))?;
+        }
         let mut copied = 0;
         for file in &self.metainfo.files {
             if file.attr.pad || file.symlink_target.is_some() {
@@ -780,12 +786,40 @@ impl LoadPlan {
         }
         remove_any(&staged.base_dir)
     }
+
+    /// After a load of this source is in place and recorded: removes the update directories in
+    /// `base_dir` that an earlier load of it began for other content and never finished (its
+    /// definition changed again before the update was loaded, or back). Each is marked with
+    /// the source's IRI; other sources' (and unmarked) ones stay. Returns what it removed.
+    pub fn remove_abandoned_updates(&self) -> Result<Vec<PathBuf>> {
+        let prefix = format!("{RESERVED_PREFIX}update-");
+        let entries = match std::fs::read_dir(&self.base_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&self.base_dir)(e)),
+        };
+        let mut removed = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(Error::io(&self.base_dir))?;
+            let path = entry.path();
+            let ours = entry.file_name().to_string_lossy().starts_with(&prefix)
+                && std::fs::read_to_string(path.join(UPDATE_OWNER))
+                    .is_ok_and(|iri| iri == self.iri);
+            if ours {
+                remove_any(&path)?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
 }
+
+/// The file in an update directory that names the data source it was begun for.
+const UPDATE_OWNER: &str = ".pow-source";
 
 /// What names in a base directory that start with this are pow's own.
 const RESERVED_PREFIX: &str = ".pow-";
 
-/// Whether `a` and `b` name the same existing directory (however reached: `..`, symlinks).
 /// Another data source's verified content that a load's would overlap (see
 /// [`Loader::others_with_content_at`]).
 struct Overlap {
@@ -849,6 +883,7 @@ fn resolved(path: &Path) -> PathBuf {
     }
 }
 
+/// Whether `a` and `b` name the same existing directory (however reached: `..`, symlinks).
 fn same_directory(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
