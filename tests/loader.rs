@@ -1031,12 +1031,20 @@ fn a_load_inside_another_sources_directory_never_overwrites_its_files() {
     seed.wait().unwrap();
     assert!(beside.status.success(), "{}", text(&beside.stderr));
     common::same_bytes(&other.join("c.zip"), &cells.join("c.zip")).unwrap();
-    let o = run(pow().arg("--pow-dir").arg(&pow_dir).args([
-        "source",
-        "verify",
-        "ConnectomeCSVDataSource:cells",
-    ]));
-    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // A file of the directory published on its own: both records stay, and each source loads
+    // in place, without network.
+    publish(&cells.join("b.zip"), "b");
+    for key in ["b", "cells"] {
+        let id = format!("ConnectomeCSVDataSource:{key}");
+        let in_place = ["--torrent-store", store_arg, "--stall-timeout", "5"];
+        let again = load(&pow_dir, &id, &in_place);
+        assert!(again.status.success(), "{key}: {}", text(&again.stderr));
+        assert_eq!(json_of(&again)["network"], false, "{key}");
+        let verify = ["source", "verify", &id];
+        let o = run(pow().arg("--pow-dir").arg(&pow_dir).args(verify));
+        assert!(o.status.success(), "{key}: {}", text(&o.stderr));
+    }
 }
 
 /// `pow publish` of bytes the store already holds under another name (as `pow serve` stores an

@@ -316,9 +316,13 @@ impl PowDir {
     /// Refuses a load whose content would overwrite another data source's verified content:
     /// a load into a directory where a load or a publish of another source recorded content
     /// under the same name (two versions of `worms.zip` published under two keys, say, and
-    /// loaded with one `--base-dir`). Nothing is downloaded; the error names the other source.
-    /// A torrent whose name starts with `.pow-` is refused too: such names in a base directory
-    /// are pow's own (an update's directory).
+    /// loaded with one `--base-dir`), or one inside such content, or around it, that shares a
+    /// path with it (see [`PowDir::others_with_content_at`]). Nothing is downloaded; the
+    /// error names the other source and the path. A load of content this source's own record
+    /// names in that directory is let through: it is there already, verified (a file
+    /// published, then its directory published under another key). A torrent whose name
+    /// starts with `.pow-` is refused too: such names in a base directory are pow's own (an
+    /// update's directory).
     pub fn refuse_overwriting_others(&self, plan: &LoadPlan) -> Result<()> {
         if plan.metainfo.name.starts_with(RESERVED_PREFIX) {
             return Err(Error::NotLoadable {
@@ -330,8 +334,15 @@ impl PowDir {
                 ),
             });
         }
+        let verified_here = self.load_record(&plan.iri)?.is_some_and(|record| {
+            record.info_hash == plan.metainfo.info_hash.to_hex()
+                && same_directory(Path::new(&record.directory), &plan.base_dir)
+        });
+        if verified_here {
+            return Ok(());
+        }
         let others = self.others_with_content_at(&plan.iri, &plan.base_dir, &plan.metainfo)?;
-        let Some(other) = others.first() else {
+        let Some(other) = others.iter().find(|other| other.there) else {
             return Ok(());
         };
         Err(Error::NotLoadable {
@@ -348,12 +359,12 @@ impl PowDir {
     }
 
     /// Other data sources (not `iri`) whose verified content, as a load or a publish recorded
-    /// it, this torrent's content in `directory` would overlap, with other content. Two
-    /// overlap where they take the same name in the same directory (however named), or where
-    /// one lies inside the other's and a path is a file of both, or a file of one and a
-    /// directory of the other (a load with `--base-dir` inside another source's directory).
-    /// A record's files are its cached torrent's (when that torrent is the recorded one);
-    /// without it, any file or directory at this content's path counts.
+    /// it, this torrent's content in `directory` would overlap, with other content. Two overlap where they take the same path (the same name
+    /// in the same directory, however named), or where one lies inside the other's and a path
+    /// is a file of both, or a file of one and a directory of the other (a load with
+    /// `--base-dir` inside another source's directory). Paths are compared resolved (symlinks,
+    /// `..`). A record's files are its cached torrent's (when that torrent is the recorded
+    /// one); without it, any file or directory at this content's path counts.
     fn others_with_content_at(
         &self,
         iri: &str,
@@ -362,6 +373,7 @@ impl PowDir {
     ) -> Result<Vec<Overlap>> {
         let ours = metainfo.info_hash.to_hex();
         let our_directory = resolved(directory);
+        let our_root = resolved(&directory.join(&metainfo.name));
         let mut others = Vec::new();
         for other in self.loaded_sources()? {
             let Some(record) = self.load_record(&other)? else {
@@ -376,17 +388,20 @@ impl PowDir {
                 .and_then(|bytes| Metainfo::from_bytes(&bytes).ok())
                 .filter(|theirs| theirs.info_hash.to_hex() == record.info_hash);
             let their_directory = Path::new(&record.directory);
-            let at = match theirs {
-                Some(theirs) => overlap(
-                    &resolved(their_directory),
-                    &theirs,
-                    &our_directory,
-                    metainfo,
-                ),
-                None => Some(our_directory.join(&metainfo.name)).filter(|path| {
-                    same_directory(their_directory, directory)
-                        && std::fs::symlink_metadata(path).is_ok()
-                }),
+            let (at, same_path, there) = match theirs {
+                Some(theirs) => {
+                    let their_root = resolved(&their_directory.join(&theirs.name));
+                    let there = std::fs::symlink_metadata(&their_root).is_ok();
+                    let at = overlap(&their_root, &theirs, &our_root, metainfo);
+                    (at, their_root == our_root, there)
+                }
+                None => {
+                    let at = Some(our_directory.join(&metainfo.name)).filter(|path| {
+                        same_directory(their_directory, directory)
+                            && std::fs::symlink_metadata(path).is_ok()
+                    });
+                    (at, true, true)
+                }
             };
             if let Some(at) = at {
                 // Named as the caller gave the directory (through a symlink, say).
@@ -398,6 +413,8 @@ impl PowDir {
                     iri: other,
                     info_hash: record.info_hash,
                     at,
+                    same_path,
+                    there,
                 });
             }
         }
@@ -489,10 +506,13 @@ impl PowDir {
             quad("loader", Literal::new_simple_literal(LOADER_KEY)),
         ];
         // Another source recorded here under this content's name no longer has its content
-        // here (a publish of an edited file under another key, say): its record goes.
+        // here (a publish of an edited file under another key, say): its record goes. One
+        // whose content only overlaps this (a file of a directory published under another
+        // key) keeps its record: refused loads aside, the bytes they share are the same.
         let superseded: Vec<NamedNode> = self
             .others_with_content_at(&plan.iri, &plan.base_dir, &plan.metainfo)?
             .into_iter()
+            .filter(|other| other.same_path)
             .map(|other| NamedNode::new_unchecked(other.iri))
             .collect();
         let mut txn = self.store().start_transaction()?;
@@ -798,11 +818,15 @@ impl LoadPlan {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io(&self.base_dir)(e)),
         };
+        // This load's own (see `remove_update`) is not abandoned.
+        let own = format!("{prefix}{}", self.metainfo.info_hash.to_hex());
         let mut removed = Vec::new();
         for entry in entries {
             let entry = entry.map_err(Error::io(&self.base_dir))?;
             let path = entry.path();
-            let ours = entry.file_name().to_string_lossy().starts_with(&prefix)
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = name.starts_with(&prefix)
+                && name != own
                 && std::fs::read_to_string(path.join(UPDATE_OWNER))
                     .is_ok_and(|iri| iri == self.iri);
             if ours {
@@ -821,28 +845,38 @@ const UPDATE_OWNER: &str = ".pow-source";
 const RESERVED_PREFIX: &str = ".pow-";
 
 /// Another data source's verified content that a load's would overlap (see
-/// [`Loader::others_with_content_at`]).
+/// [`PowDir::others_with_content_at`]).
 struct Overlap {
     iri: String,
     info_hash: String,
     /// The first path found that both would claim.
     at: PathBuf,
+    /// Both contents are at the same path (the same name in the same directory).
+    same_path: bool,
+    /// The other's content is still there (its file or directory exists).
+    there: bool,
 }
 
-/// Where the content of torrent `b` in directory `b_dir` would overlap that of `a` in `a_dir`
-/// (both directories resolved): the same content path, or a path that is a file of both, or
-/// a file of one and a directory of the other. `None` when neither content lies inside the
-/// other's, or when one does and no such path exists (files beside the other's are no harm).
-fn overlap(a_dir: &Path, a: &Metainfo, b_dir: &Path, b: &Metainfo) -> Option<PathBuf> {
-    let (a_root, b_root) = (a_dir.join(&a.name), b_dir.join(&b.name));
+/// Where the content of torrent `b` at `b_root` (its file or directory) would overlap that of
+/// `a` at `a_root` (both resolved): the same root, or a path that is a file of both, or a file
+/// of one and a directory of the other. `None` when neither content lies inside the other's,
+/// or when one does and no such path exists (files beside the other's are no harm).
+fn overlap(a_root: &Path, a: &Metainfo, b_root: &Path, b: &Metainfo) -> Option<PathBuf> {
     if a_root == b_root {
-        return Some(b_root);
+        return Some(b_root.to_path_buf());
     }
-    if !a_root.starts_with(&b_root) && !b_root.starts_with(&a_root) {
+    if !a_root.starts_with(b_root) && !b_root.starts_with(a_root) {
         return None;
     }
+    // A torrent's paths start with its name, which is the root here.
+    let under = |root: &Path, file: &pow_metainfo::FileEntry| -> PathBuf {
+        file.path
+            .components()
+            .skip(1)
+            .fold(root.to_path_buf(), |path, c| path.join(c))
+    };
     let a_files: std::collections::HashSet<PathBuf> =
-        a.files.iter().map(|f| f.path.under(a_dir)).collect();
+        a.files.iter().map(|f| under(a_root, f)).collect();
     let mut a_directories = std::collections::HashSet::new();
     for file in &a_files {
         for ancestor in file.ancestors().skip(1) {
@@ -852,7 +886,7 @@ fn overlap(a_dir: &Path, a: &Metainfo, b_dir: &Path, b: &Metainfo) -> Option<Pat
         }
     }
     b.files.iter().find_map(|file| {
-        let path = file.path.under(b_dir);
+        let path = under(b_root, file);
         if a_files.contains(&path) || a_directories.contains(&path) {
             return Some(path);
         }
@@ -863,24 +897,31 @@ fn overlap(a_dir: &Path, a: &Metainfo, b_dir: &Path, b: &Metainfo) -> Option<Pat
     })
 }
 
-/// `path` made absolute with symlinks and `..` resolved as far as it exists (a base directory
-/// a load has not made yet), the rest joined as given.
+/// `path` made absolute, with symlinks and `..` resolved as far as it exists, and `..` and
+/// `.` taken away lexically past that (a base directory a load has not made yet).
 fn resolved(path: &Path) -> PathBuf {
+    use std::path::Component;
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut rest = Vec::new();
-    let mut existing = absolute.as_path();
-    loop {
-        if let Ok(real) = existing.canonicalize() {
-            return rest.iter().rev().fold(real, |path, part| path.join(part));
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
+    let mut out = PathBuf::new();
+    let mut exists = true;
+    for component in absolute.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir if !exists => {
+                out.pop();
             }
-            _ => return absolute,
+            component => {
+                out.push(component);
+                if exists {
+                    match out.canonicalize() {
+                        Ok(real) => out = real,
+                        Err(_) => exists = false,
+                    }
+                }
+            }
         }
     }
+    out
 }
 
 /// Whether `a` and `b` name the same existing directory (however reached: `..`, symlinks).
@@ -1204,9 +1245,6 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// The permissions are the temp file's from its creation: a private file replaced by
-    /// `pow export -o` is never open to others, not even for a moment. Only the rwx bits are
-    /// copied (not setuid).
     /// Contents overlap where one lies inside the other's and they would share a file, or a
     /// file of one is a directory of the other; a file beside the other's is no overlap.
     #[test]
@@ -1234,8 +1272,9 @@ mod tests {
         let a_csv = torrent_of("2/a.csv", &[]);
         let c_csv = torrent_of("3/c.csv", &[]);
         let sub = torrent_of("4/sub", &[]);
-        let base = Path::new("/base");
-        let at = |dir: &str, m: &Metainfo| overlap(base, &cells, Path::new(dir), m);
+        let cells_root = Path::new("/base/cells");
+        let root = |dir: &str, m: &Metainfo| Path::new(dir).join(&m.name);
+        let at = |dir: &str, m: &Metainfo| overlap(cells_root, &cells, &root(dir, m), m);
         assert_eq!(at("/base", &cells), Some(PathBuf::from("/base/cells")));
         assert_eq!(at("/base/cells", &a_csv), Some("/base/cells/a.csv".into()));
         assert_eq!(at("/base/cells", &c_csv), None, "beside its files");
@@ -1244,7 +1283,7 @@ mod tests {
         assert_eq!(at("/elsewhere", &a_csv), None);
         assert_eq!(at("/base", &a_csv), None, "a sibling of the directory");
         // The other way round: loaded where the `cells` directory goes, a file of it...
-        let other = |dir: &str, m: &Metainfo| overlap(Path::new(dir), m, base, &cells);
+        let other = |dir: &str, m: &Metainfo| overlap(&root(dir, m), m, cells_root, &cells);
         assert_eq!(
             other("/base/cells", &a_csv),
             Some("/base/cells/a.csv".into())
@@ -1253,11 +1292,36 @@ mod tests {
         // ...and a file where it needs a directory.
         let cells_file = torrent_of("5/cells", &[]);
         assert_eq!(other("/base", &cells_file), Some("/base/cells".into()));
-        let sub_file_inside = overlap(Path::new("/base/cells"), &sub, base, &cells);
+        let sub_file_inside = other("/base/cells", &sub);
         assert_eq!(sub_file_inside, Some("/base/cells/sub".into()));
         std::fs::remove_dir_all(&work).unwrap();
     }
 
+    /// Resolved as far as the path exists (symlinks and `..` by the file system), lexically
+    /// past that.
+    #[test]
+    fn a_path_is_resolved_through_symlinks_and_dot_dots_also_past_what_exists() {
+        let work = std::env::temp_dir().join(format!("pow-resolved-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(work.join("real/cells")).unwrap();
+        std::os::unix::fs::symlink(work.join("real"), work.join("link")).unwrap();
+        let real = work.join("real").canonicalize().unwrap();
+        assert_eq!(resolved(&work.join("link/cells")), real.join("cells"));
+        assert_eq!(resolved(&work.join("link/cells/../x")), real.join("x"));
+        assert_eq!(
+            resolved(&work.join("link/new/../cells/./a")),
+            real.join("cells/a")
+        );
+        assert_eq!(
+            resolved(&work.join("link/new/deeper/../../b")),
+            real.join("b")
+        );
+        std::fs::remove_dir_all(&work).unwrap();
+    }
+
+    /// The permissions are the temp file's from its creation: a private file replaced by
+    /// `pow export -o` is never open to others, not even for a moment. Only the rwx bits are
+    /// copied (not setuid).
     #[test]
     fn a_file_written_as_private_is_private_before_it_is_renamed() {
         use std::os::unix::fs::PermissionsExt;

@@ -1033,7 +1033,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 pub(crate) struct KnownPeer {
     /// When we last dialed it (`None`: never).
     pub last_dial: Option<Instant>,
-    /// Dials in a row that reached nobody (refused or timed out on every transport).
+    /// Dials in a row that reached nobody (refused or timed out on every transport), or whose
+    /// connection ended in a breach of the protocol: each doubles the wait before the next.
     pub failed_dials: u32,
     /// Connections to it that ended in a breach of the protocol (see [`MAX_VIOLATIONS`]).
     pub violations: u32,

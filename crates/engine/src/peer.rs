@@ -163,6 +163,12 @@ pub(crate) async fn connect(inner: Arc<Inner>, addr: SocketAddr) {
         |transport, encrypted| dial(&inner, addr, transport, encrypted),
     )
     .await;
+    book_dial(&inner, addr, outcome);
+}
+
+/// Books how a dial of `addr` ended (`None`: no transport tried) on its known address: a
+/// breach of the protocol is a strike, and [`crate::MAX_VIOLATIONS`] of them ban it.
+fn book_dial(inner: &Inner, addr: SocketAddr, outcome: Option<Dialed>) {
     let mut state = inner.lock();
     state.connecting.remove(&addr);
     let Some(known) = state.known.get_mut(&addr) else {
@@ -210,7 +216,7 @@ pub(crate) async fn adopt(inner: Arc<Inner>, handed: HandedPeer) {
         buf: handed.buf,
         ciphers: handed.ciphers,
     });
-    run(inner.clone(), stream, addr, Side::Handed(handed)).await;
+    let outcome = run(inner.clone(), stream, addr, Side::Handed(handed)).await;
     if let Some(socket) = utp_socket {
         // The metadata phase's own socket (the peer port's was taken): it closes when the
         // last holder lets go, and the closed stream still has its FIN (and maybe data) to
@@ -220,11 +226,7 @@ pub(crate) async fn adopt(inner: Arc<Inner>, handed: HandedPeer) {
             drop(socket);
         });
     }
-    let mut state = inner.lock();
-    state.connecting.remove(&addr);
-    if let Some(known) = state.known.get_mut(&addr) {
-        known.dialed(true);
-    }
+    book_dial(&inner, addr, Some(outcome));
 }
 
 /// How long a handed-over uTP connection's own socket outlives it (its FIN's resends).
