@@ -636,6 +636,54 @@ fn kill_9_during_large_save_keeps_all_or_nothing() {
     );
 }
 
+/// Commands started together take turns at the graph store, which one process at a time may
+/// open: a `source list` started while a large save holds it waits, and lists what the save
+/// stored. It used to fail at once ("While lock file: ... Resource temporarily unavailable").
+#[test]
+fn a_command_waits_while_another_holds_the_graph_store() {
+    use std::os::unix::fs::MetadataExt;
+    const N: usize = 20_000;
+    let tmp = TempDir::new("ds-busy");
+    let defs = tmp.path().join("big.toml");
+    big_definitions(&defs, N);
+    let dir = tmp.path().join("pow");
+    ok(&dir, &["init"]);
+    let lock_inode = std::fs::metadata(dir.join("store/LOCK")).unwrap().ino();
+    let save = pow()
+        .arg("--pow-dir")
+        .arg(&dir)
+        .arg("save")
+        .arg(&defs)
+        .env_remove("POW_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The save holds the store once /proc/locks lists its lock on the store's LOCK file.
+    let (pid, inode) = (format!(" {} ", save.id()), format!(":{lock_inode} "));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        if locks
+            .lines()
+            .any(|l| l.contains(&pid) && l.contains(&inode))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the save never locked the store");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    let listed = run(&dir, &["source", "list"]);
+    let waited = started.elapsed();
+    let save = save.wait_with_output().unwrap();
+    assert!(save.status.success(), "save: {}", stderr(&save));
+    assert!(listed.status.success(), "list: {}", stderr(&listed));
+    let lines = stdout(&listed).lines().count();
+    println!("source list started during the save: {lines} sources after {waited:?}");
+    assert_eq!(lines, N);
+}
+
 /// Acceptance 6: export, then import into a fresh .pow, round-trips the graph exactly.
 #[test]
 fn export_import_round_trips_exactly() {

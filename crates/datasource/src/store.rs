@@ -65,6 +65,38 @@ pub enum QueryOutput {
     Json,
 }
 
+/// How long opening the graph store waits for another process to let go of it.
+const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens the graph store, waiting while another `pow` process has it open: RocksDB lets one
+/// process at a time open it, and commands hold it for short spells (a save, a load's plan
+/// and record), so jobs started together (a cluster array loading its data sources) take
+/// turns instead of failing with "While lock file: ... Resource temporarily unavailable".
+fn open_store(path: &Path) -> Result<Store> {
+    let started = std::time::Instant::now();
+    loop {
+        match Store::open(path) {
+            Err(e) if e.to_string().contains("While lock file") => {
+                if started.elapsed() >= STORE_WAIT {
+                    return Err(Error::StoreBusy(path.to_path_buf(), STORE_WAIT.as_secs()));
+                }
+                let jitter = rand_millis(20, 100);
+                std::thread::sleep(std::time::Duration::from_millis(jitter));
+            }
+            opened => return Ok(opened?),
+        }
+    }
+}
+
+/// A number of milliseconds in `low..high`, drawn from the clock (no generator needed for
+/// spreading retries apart).
+fn rand_millis(low: u64, high: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    low + u64::from(nanos) % (high - low)
+}
+
 impl PowDir {
     /// Creates a `.pow` directory: `pow.toml`, the store (with the schema graph) and `graphs/`.
     pub fn init(dir: &Path) -> Result<PowDir> {
@@ -105,7 +137,7 @@ impl PowDir {
             });
         }
         let config = Config::load(dir)?;
-        let store = Store::open(dir.join(STORE_DIR))?;
+        let store = open_store(&dir.join(STORE_DIR))?;
         Ok(PowDir {
             dir: dir.to_path_buf(),
             config,
