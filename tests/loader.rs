@@ -1047,6 +1047,70 @@ fn a_load_inside_another_sources_directory_never_overwrites_its_files() {
     }
 }
 
+/// Two loads of one source into one directory at once (jobs of a cluster array, say): the
+/// second waits for the first (a lock in the base directory), then finds the content verified
+/// and loads it without network. Both used to download it at once into the same file.
+#[test]
+fn a_second_load_into_the_same_directory_waits_and_then_needs_no_network() {
+    let lab = Lab::new("loader-lock");
+    let work = lab.work.path();
+    let d = dataset(work, "worms.zip", 8, 41);
+    let pow_dir = project(work, "lock", &d.fields());
+    let id = "ConnectomeCSVDataSource:lock";
+    // Held to 2 MiB/s, the seed keeps the first load busy for about 4 s.
+    let port = free_port();
+    let mut seed = pow()
+        .arg("seed")
+        .arg(&d.torrent)
+        .arg("--data")
+        .arg(&d.seed_dir)
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--max-upload-rate", "2M"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "pow seed did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let peer = format!("127.0.0.1:{port}");
+    let store = d.store.to_str().unwrap();
+    let args = ["--torrent-store", store, "--peer", &peer];
+    let first = load_command(&pow_dir, id, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first holds the lock once its base directory has one with its pid in it.
+    let base = pow_dir.join("data_source_data/BitTorrentDataSourceDirLoader/lock");
+    let lock = base.join(".pow-load.lock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&lock).map_or(true, |pid| pid != first.id().to_string()) {
+        assert!(Instant::now() < deadline, "the first load took no lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first_pid = first.id();
+    let second = load(
+        &pow_dir,
+        id,
+        &["--torrent-store", store, "--stall-timeout", "5"],
+    );
+    let first = first.wait_with_output().unwrap();
+    seed.kill().unwrap();
+    seed.wait().unwrap();
+    assert!(first.status.success(), "first: {}", text(&first.stderr));
+    let stderr = text(&second.stderr);
+    println!("second load: {}", stderr.trim());
+    assert!(second.status.success(), "second: {stderr}");
+    let waiting = format!("waiting for another pow process (pid {first_pid}) loading into");
+    assert!(stderr.contains(&waiting), "{stderr}");
+    assert_eq!(json_of(&first)["network"], true);
+    assert_eq!(json_of(&second)["network"], false);
+    common::same_bytes(&d.zip, &base.join("worms.zip")).unwrap();
+}
+
 /// `pow publish` of bytes the store already holds under another name (as `pow serve` stores an
 /// upload, or a renamed copy): refused with both names, and nothing recorded. It used to record
 /// the local name beside the store's torrent, marked as loaded here, a record no other machine

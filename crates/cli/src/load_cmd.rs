@@ -136,6 +136,54 @@ fn plan(
     Ok((plan, found))
 }
 
+/// Holds `<base_dir>/.pow-load.lock` (a `flock`, let go when the process ends however it
+/// ends) for the rest of a load, so that loads into one base directory run one after another:
+/// jobs of a cluster array that each load the same dataset into a shared directory would
+/// otherwise all download it at once, and one could put an update in place while another
+/// writes into it. A load that finds the lock held says so and waits; then the content is
+/// usually there, verified, and the next load needs no network. Returns the lock and whether
+/// it waited. The file stays (removing it would let a waiter and a newcomer both lock).
+fn lock_base_dir(base_dir: &Path) -> Result<(std::fs::File, bool), Box<dyn std::error::Error>> {
+    use std::io::{Read, Seek, Write};
+    let io = |e: std::io::Error| format!("{}: {e}", base_dir.display());
+    std::fs::create_dir_all(base_dir).map_err(io)?;
+    let path = base_dir.join(".pow-load.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let waited = match file.try_lock() {
+        Ok(()) => false,
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (pid {pid})"),
+            };
+            eprintln!(
+                "pow: waiting for another pow process{holder} loading into {}",
+                base_dir.display()
+            );
+            file.lock()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            true
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(format!("{}: {e}", path.display()).into())
+        }
+    };
+    // Whose it is, for a load that waits on it (best effort).
+    let _ = file.set_len(0).and_then(|()| {
+        file.rewind()?;
+        write!(file, "{}", std::process::id())
+    });
+    Ok((file, waited))
+}
+
 /// The engine's runtime, made when first needed. A load that fetches its torrent from peers
 /// and then the content runs both on one: the peer port's uTP socket, bound once per process,
 /// belongs to the runtime that bound it.
@@ -169,7 +217,13 @@ struct Transfer {
 pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
     let started = Instant::now();
     let runtime = EngineRuntime::default();
-    let (plan, found) = plan(pow_dir, &args, &runtime)?;
+    let (mut plan, mut found) = plan(pow_dir, &args, &runtime)?;
+    let (_lock, waited) = lock_base_dir(&plan.base_dir)?;
+    if waited {
+        // What the other load did decides this one's plan (an update put in place, content
+        // verified and recorded).
+        (plan, found) = self::plan(pow_dir, &args, &runtime)?;
+    }
     let staged = plan.staged();
     // What this run downloads and checks: for an update, the new content beside the old.
     let target = staged.as_ref().unwrap_or(&plan);
