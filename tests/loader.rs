@@ -183,6 +183,11 @@ fn dataset(work: &Path, name: &str, mib: u64, seed: u64) -> Dataset {
 
 /// `pow seed TORRENT --data DIR` on a free loopback port, once it accepts connections.
 fn pow_seed(torrent: &Path, data_dir: &Path) -> (Child, u16) {
+    pow_seed_with(torrent, data_dir, &[])
+}
+
+/// [`pow_seed`] with more options.
+fn pow_seed_with(torrent: &Path, data_dir: &Path, extra: &[&str]) -> (Child, u16) {
     let port = free_port();
     let child = pow()
         .arg("seed")
@@ -190,6 +195,7 @@ fn pow_seed(torrent: &Path, data_dir: &Path) -> (Child, u16) {
         .arg("--data")
         .arg(data_dir)
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -991,21 +997,23 @@ fn a_load_inside_another_sources_directory_never_overwrites_its_files() {
     let a2 = publish(&other.join("a.zip"), "a-2");
     let c = publish(&other.join("c.zip"), "c");
 
-    let cells_arg = cells.to_str().unwrap();
-    let (mut seed, port) = pow_seed(&a2, &other);
-    let peer = format!("127.0.0.1:{port}");
     let store_arg = store.to_str().unwrap();
-    let args = [
-        "--torrent-store",
-        store_arg,
-        "--peer",
-        &peer,
-        "--base-dir",
-        cells_arg,
-    ];
-    let refused = load(&pow_dir, "ConnectomeCSVDataSource:a-2", &args);
-    seed.kill().unwrap();
-    seed.wait().unwrap();
+    // A load with --base-dir the cells directory, from a seed of `torrent` alone.
+    let load_into_cells = |torrent: &Path, id: &str| {
+        let (mut seed, port) = pow_seed(torrent, &other);
+        let peer = format!("127.0.0.1:{port}");
+        let cells_arg = cells.to_str().unwrap();
+        let args = ["--torrent-store", store_arg, "--peer", &peer];
+        let out = load(
+            &pow_dir,
+            id,
+            &[&args[..], &["--base-dir", cells_arg]].concat(),
+        );
+        seed.kill().unwrap();
+        seed.wait().unwrap();
+        out
+    };
+    let refused = load_into_cells(&a2, "ConnectomeCSVDataSource:a-2");
     let stderr = text(&refused.stderr);
     println!("a.zip into the cells directory: {}", stderr.trim());
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
@@ -1016,19 +1024,7 @@ fn a_load_inside_another_sources_directory_never_overwrites_its_files() {
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(std::fs::read(cells.join("a.zip")).unwrap() == before);
 
-    let (mut seed, port) = pow_seed(&c, &other);
-    let peer = format!("127.0.0.1:{port}");
-    let args = [
-        "--torrent-store",
-        store_arg,
-        "--peer",
-        &peer,
-        "--base-dir",
-        cells_arg,
-    ];
-    let beside = load(&pow_dir, "ConnectomeCSVDataSource:c", &args);
-    seed.kill().unwrap();
-    seed.wait().unwrap();
+    let beside = load_into_cells(&c, "ConnectomeCSVDataSource:c");
     assert!(beside.status.success(), "{}", text(&beside.stderr));
     common::same_bytes(&other.join("c.zip"), &cells.join("c.zip")).unwrap();
 
@@ -1058,23 +1054,7 @@ fn a_second_load_into_the_same_directory_waits_and_then_needs_no_network() {
     let pow_dir = project(work, "lock", &d.fields());
     let id = "ConnectomeCSVDataSource:lock";
     // Held to 2 MiB/s, the seed keeps the first load busy for about 4 s.
-    let port = free_port();
-    let mut seed = pow()
-        .arg("seed")
-        .arg(&d.torrent)
-        .arg("--data")
-        .arg(&d.seed_dir)
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--max-upload-rate", "2M"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "pow seed did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut seed, port) = pow_seed_with(&d.torrent, &d.seed_dir, &["--max-upload-rate", "2M"]);
     let peer = format!("127.0.0.1:{port}");
     let store = d.store.to_str().unwrap();
     let args = ["--torrent-store", store, "--peer", &peer];
