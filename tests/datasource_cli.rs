@@ -566,6 +566,20 @@ fn big_definitions(path: &Path, n: usize) {
     std::fs::write(path, text).unwrap();
 }
 
+/// `pow save DEFS` into `dir`, running in the background (stderr piped).
+fn spawn_save(dir: &Path, defs: &Path) -> std::process::Child {
+    pow()
+        .arg("--pow-dir")
+        .arg(dir)
+        .arg("save")
+        .arg(defs)
+        .env_remove("POW_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Acceptance 5: `kill -9` during a save of 10,000 sources leaves all or none of it.
 #[test]
 fn kill_9_during_large_save_keeps_all_or_nothing() {
@@ -598,16 +612,7 @@ fn kill_9_during_large_save_keeps_all_or_nothing() {
     for (i, percent) in [5u32, 25, 50, 75, 95].iter().enumerate() {
         let dir = tmp.path().join(format!("kill{i}"));
         ok(&dir, &["init"]);
-        let mut child = pow()
-            .arg("--pow-dir")
-            .arg(&dir)
-            .arg("save")
-            .arg(&defs)
-            .env_remove("POW_DIR")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_save(&dir, &defs);
         std::thread::sleep(took * *percent / 100);
         if child.try_wait().unwrap().is_none() {
             killed_while_running += 1;
@@ -649,16 +654,7 @@ fn a_command_waits_while_another_holds_the_graph_store() {
     let dir = tmp.path().join("pow");
     ok(&dir, &["init"]);
     let lock_inode = std::fs::metadata(dir.join("store/LOCK")).unwrap().ino();
-    let save = pow()
-        .arg("--pow-dir")
-        .arg(&dir)
-        .arg("save")
-        .arg(&defs)
-        .env_remove("POW_DIR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let save = spawn_save(&dir, &defs);
     // The save holds the store once /proc/locks lists its lock on the store's LOCK file.
     let (pid, inode) = (format!(" {} ", save.id()), format!(":{lock_inode} "));
     let deadline = Instant::now() + Duration::from_secs(30);
