@@ -142,8 +142,11 @@ fn plan(
 /// otherwise all download it at once, and one could put an update in place while another
 /// writes into it. A load that finds the lock held says so and waits; then the content is
 /// usually there, verified, and the next load needs no network. Returns the lock and whether
-/// it waited. The file stays (removing it would let a waiter and a newcomer both lock).
-fn lock_base_dir(base_dir: &Path) -> Result<(std::fs::File, bool), Box<dyn std::error::Error>> {
+/// it waited. The file stays (removing it would let a waiter and a newcomer both lock). On a
+/// file system without locks (`flock` unsupported) the load goes on unlocked, with a warning.
+fn lock_base_dir(
+    base_dir: &Path,
+) -> Result<(Option<std::fs::File>, bool), Box<dyn std::error::Error>> {
     use std::io::{Read, Seek, Write};
     let io = |e: std::io::Error| format!("{}: {e}", base_dir.display());
     std::fs::create_dir_all(base_dir).map_err(io)?;
@@ -173,7 +176,12 @@ fn lock_base_dir(base_dir: &Path) -> Result<(std::fs::File, bool), Box<dyn std::
             true
         }
         Err(std::fs::TryLockError::Error(e)) => {
-            return Err(format!("{}: {e}", path.display()).into())
+            eprintln!(
+                "pow: warning: {}: {e}; loading without the lock that keeps loads into one \
+                 directory from running at once",
+                path.display()
+            );
+            return Ok((None, false));
         }
     };
     // Whose it is, for a load that waits on it (best effort).
@@ -181,7 +189,7 @@ fn lock_base_dir(base_dir: &Path) -> Result<(std::fs::File, bool), Box<dyn std::
         file.rewind()?;
         write!(file, "{}", std::process::id())
     });
-    Ok((file, waited))
+    Ok((Some(file), waited))
 }
 
 /// The engine's runtime, made when first needed. A load that fetches its torrent from peers
@@ -218,12 +226,19 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
     let started = Instant::now();
     let runtime = EngineRuntime::default();
     let (mut plan, mut found) = plan(pow_dir, &args, &runtime)?;
-    let (_lock, waited) = lock_base_dir(&plan.base_dir)?;
-    if waited {
+    let _lock = loop {
+        let (lock, waited) = lock_base_dir(&plan.base_dir)?;
+        if !waited {
+            break lock;
+        }
         // What the other load did decides this one's plan (an update put in place, content
-        // verified and recorded).
+        // verified and recorded, another directory recorded).
+        let locked_dir = plan.base_dir.clone();
         (plan, found) = self::plan(pow_dir, &args, &runtime)?;
-    }
+        if plan.base_dir == locked_dir {
+            break lock;
+        }
+    };
     let staged = plan.staged();
     // What this run downloads and checks: for an update, the new content beside the old.
     let target = staged.as_ref().unwrap_or(&plan);

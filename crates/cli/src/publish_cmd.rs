@@ -66,6 +66,9 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
         .map(|t| vec![t.clone()])
         .collect();
     trackers.extend(args.swarm.trackers.iter().map(|t| vec![t.clone()]));
+    // Closed while the content is hashed (minutes for a large dataset): other pow commands
+    // wait for the graph store only as long as a command writes to it.
+    drop(pow);
     let options = CreateOptions {
         piece_length: args.piece_length,
         trackers,
@@ -176,6 +179,7 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
             .ok_or_else(|| format!("--set {pair}: expected FIELD=VALUE"))?;
         fields.push((name.to_string(), value.to_string()));
     }
+    let pow = crate::source_cmd::open(pow_dir)?;
     let iri = pow.upsert_source(&args.kind, &key, &fields)?;
     let id = pow_datasource::schema::shorten(&iri);
     // The publisher already holds the verified content: record it, so `source load` here

@@ -76,7 +76,8 @@ fn open_store(path: &Path) -> Result<Store> {
     let started = std::time::Instant::now();
     loop {
         match Store::open(path) {
-            Err(e) if e.to_string().contains("While lock file") => {
+            // EAGAIN: held by another process (not a file system without locks).
+            Err(e) if e.to_string().contains("Resource temporarily unavailable") => {
                 if started.elapsed() >= STORE_WAIT {
                     return Err(Error::StoreBusy(path.to_path_buf(), STORE_WAIT.as_secs()));
                 }
