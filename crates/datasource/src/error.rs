@@ -12,10 +12,7 @@ pub enum Error {
     #[error("no .pow directory at {0}; run pow init")]
     NoPowDir(PathBuf),
     /// Another process kept the graph store open for longer than a command waits.
-    #[error(
-        "{0}: the project's graph store is in use by another pow process (waited {1} s; a \
-         `pow publish` holds it while it hashes)"
-    )]
+    #[error("{0}: the project's graph store is in use by another pow process (waited {1} s)")]
     StoreBusy(PathBuf, u64),
     /// `pow init` on an existing `.pow`.
     #[error("{0} already exists")]
