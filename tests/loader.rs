@@ -1522,28 +1522,40 @@ fn an_updated_source_replaces_its_loaded_content_only_once_the_new_is_verified()
     let content = PathBuf::from(first["content"].as_str().unwrap());
     common::same_bytes(&d.zip, &content).unwrap();
 
+    // Another version of the zip in `work/<tag>/worms.zip`, and its torrent in the store: the
+    // file, its MD5 and the torrent.
+    let version = |tag: &str, bytes: &[u8]| {
+        let dir = work.join(tag);
+        std::fs::create_dir_all(&dir).unwrap();
+        let zip = dir.join("worms.zip");
+        std::fs::write(&zip, bytes).unwrap();
+        let md5 = md5_hex(&zip);
+        let torrent = d.store.join(format!("{md5}.torrent"));
+        create_torrent(&zip, &torrent);
+        (zip, md5, torrent)
+    };
+    // The source's definition saved over, naming the version with this MD5.
+    let save = |md5: &str| {
+        let defs = work.join("update-again.toml");
+        std::fs::write(
+            &defs,
+            format!(
+                "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"update\"\n\
+                 torrent_file_name = \"{md5}.torrent\"\nmd5 = \"{md5}\"\n"
+            ),
+        )
+        .unwrap();
+        let o = run(pow().arg("--pow-dir").arg(&pow_dir).arg("save").arg(&defs));
+        assert!(o.status.success(), "save: {}", text(&o.stderr));
+    };
+
     // Version 2: the same zip but for one byte of piece 5; its definition saved over the first.
-    let v2_dir = work.join("v2");
-    std::fs::create_dir_all(&v2_dir).unwrap();
-    let v2 = v2_dir.join("worms.zip");
     let mut bytes = std::fs::read(&d.zip).unwrap();
     bytes[5 * PIECE as usize + 7] ^= 0xff;
-    std::fs::write(&v2, &bytes).unwrap();
+    let (v2, v2_md5, v2_torrent) = version("v2", &bytes);
+    let v2_dir = v2.parent().unwrap().to_path_buf();
     let pieces = bytes.len().div_ceil(PIECE as usize);
-    let v2_md5 = md5_hex(&v2);
-    let v2_torrent = d.store.join(format!("{v2_md5}.torrent"));
-    create_torrent(&v2, &v2_torrent);
-    let defs = work.join("update-v2.toml");
-    std::fs::write(
-        &defs,
-        format!(
-            "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"update\"\n\
-             torrent_file_name = \"{v2_md5}.torrent\"\nmd5 = \"{v2_md5}\"\n"
-        ),
-    )
-    .unwrap();
-    let o = run(pow().arg("--pow-dir").arg(&pow_dir).arg("save").arg(&defs));
-    assert!(o.status.success(), "save: {}", text(&o.stderr));
+    save(&v2_md5);
     let (v1_hash, v2_hash) = (info_hash_of(&d.torrent), info_hash_of(&v2_torrent));
     let update_dir = base.join(format!(".pow-update-{v2_hash}"));
 
@@ -1590,28 +1602,9 @@ fn an_updated_source_replaces_its_loaded_content_only_once_the_new_is_verified()
 
     // Version 3 saved and loaded without a seed, then version 2 saved again: version 3's
     // update directory is abandoned, and goes once version 2 is in place.
-    let v3_dir = work.join("v3");
-    std::fs::create_dir_all(&v3_dir).unwrap();
-    let v3 = v3_dir.join("worms.zip");
     let mut v3_bytes = bytes.clone();
     v3_bytes[6 * PIECE as usize] ^= 0xff;
-    std::fs::write(&v3, &v3_bytes).unwrap();
-    let v3_md5 = md5_hex(&v3);
-    let v3_torrent = d.store.join(format!("{v3_md5}.torrent"));
-    create_torrent(&v3, &v3_torrent);
-    let save = |md5: &str| {
-        let defs = work.join("update-again.toml");
-        std::fs::write(
-            &defs,
-            format!(
-                "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"update\"\n\
-                 torrent_file_name = \"{md5}.torrent\"\nmd5 = \"{md5}\"\n"
-            ),
-        )
-        .unwrap();
-        let o = run(pow().arg("--pow-dir").arg(&pow_dir).arg("save").arg(&defs));
-        assert!(o.status.success(), "save: {}", text(&o.stderr));
-    };
+    let (_, v3_md5, v3_torrent) = version("v3", &v3_bytes);
     save(&v3_md5);
     let stopped = load(
         &pow_dir,
