@@ -61,6 +61,21 @@ fn read_response(stream: &mut TcpStream) -> (u16, String) {
     (status, body)
 }
 
+/// Sends `head` (a request line and headers, without the blank line) and `part` of a body
+/// that would be longer, and keeps the connection open: the answer must come before the body
+/// ends. Returns the status and the response body (panics if none comes in 20 s).
+fn answer_before_body_ends(addr: &str, head: &str, part: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(format!("{head}Host: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let _ = stream.write_all(part);
+    read_response(&mut stream)
+}
+
 fn upload(server: &Server, file_name: &str, bytes: &[u8]) -> (u16, serde_json::Value) {
     let (content_type, body) = form(file_name, bytes, None);
     let (status, reply) = raw_request(
@@ -520,6 +535,31 @@ fn bad_uploads_get_their_status_and_leave_nothing_half_written() {
     let (status, reply) = upload(&server, "huge.zip", &huge);
     println!("over the limit (Content-Length): {status} {reply}");
     assert_eq!(status, 413);
+    // A form posted by another site's page (a browser says whose page in `Origin`): refused
+    // unread. The server's own page (its `Origin` is the host it was reached by) is taken.
+    let (content_type, body) = form("planted.zip", &good, None);
+    let (status, reply) = raw_request(
+        &server.addr,
+        "POST",
+        "/upload",
+        &[
+            ("Content-Type", &content_type),
+            ("Origin", "https://example.com"),
+        ],
+        &body,
+    );
+    println!("upload from another site's page: {status} {reply}");
+    assert_eq!(status, 403);
+    let own = format!("http://{}", server.addr);
+    let (content_type, body) = form("empty.zip", b"", None);
+    let (status, _) = raw_request(
+        &server.addr,
+        "POST",
+        "/upload",
+        &[("Content-Type", &content_type), ("Origin", &own)],
+        &body,
+    );
+    assert_eq!(status, 400, "the own page's upload is read (and is empty)");
     // Not multipart at all; a form without a file.
     let (status, _) = raw_request(
         &server.addr,
@@ -541,6 +581,29 @@ fn bad_uploads_get_their_status_and_leave_nothing_half_written() {
         body.as_bytes(),
     );
     println!("no file field: {status} {reply}");
+    assert_eq!(status, 400);
+    // A form that never sends its boundary: the parser would hold everything before it in
+    // memory (up to the declared length, or without end when chunked), waiting for one. It
+    // is stopped once more than the form's overhead has come that is not the file.
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n\
+         Accept: application/json\r\nContent-Length: {}\r\n",
+        LIMIT
+    );
+    let (status, reply) = answer_before_body_ends(&server.addr, &head, &vec![b'a'; 256 << 10]);
+    println!("no boundary in 256 KiB: {status} {reply}");
+    assert_eq!(status, 400);
+    assert!(reply.contains("are not the file's"), "{reply}");
+    let chunked = "POST /upload HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n\
+                   Transfer-Encoding: chunked\r\n";
+    let mut chunks = Vec::new();
+    for _ in 0..64 {
+        chunks.extend_from_slice(format!("{:x}\r\n", 4096).as_bytes());
+        chunks.extend_from_slice(&[b'-'; 4096]);
+        chunks.extend_from_slice(b"\r\n");
+    }
+    let (status, reply) = answer_before_body_ends(&server.addr, chunked, &chunks);
+    println!("chunked, no boundary in 256 KiB: {status} {reply}");
     assert_eq!(status, 400);
     wait_incoming_empty(&server);
     assert!(
@@ -659,6 +722,18 @@ fn bad_uploads_get_their_status_and_leave_nothing_half_written() {
     let path = format!("/torrents/{name}");
     let (status, _) = raw_request(&server.addr, "PUT", &path, &[], &torrent);
     assert_eq!(status, 401);
+    // Without the token, the body is never read: the answer comes before it.
+    let head = format!("PUT {path} HTTP/1.1\r\nContent-Length: 1000000\r\n");
+    let (status, _) = answer_before_body_ends(&server.addr, &head, b"d8:announce");
+    assert_eq!(status, 401);
+    // With it, a body larger than any torrent the store takes is refused unread.
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nAuthorization: Bearer s3cret\r\nContent-Length: {}\r\n",
+        200 << 20
+    );
+    let (status, reply) = answer_before_body_ends(&server.addr, &head, b"d8:announce");
+    println!("PUT of 200 MiB: {status} {reply}");
+    assert_eq!(status, 413);
     let (status, _) = raw_request(
         &server.addr,
         "PUT",

@@ -4,8 +4,7 @@
 use crate::library::{is_md5_hex, Library, LibraryError, Published};
 use crate::page::{self, Row};
 use crate::upload::{self, UploadError};
-use crate::{magnet_link, Dataset, Seeder, ServeConfig, FORM_OVERHEAD};
-use axum::body::Bytes;
+use crate::{Dataset, Seeder, ServeConfig, FORM_OVERHEAD};
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -72,11 +71,7 @@ fn rows(app: &App) -> Vec<Row> {
         .datasets()
         .into_iter()
         .map(|dataset| {
-            let magnet = app
-                .library
-                .metainfo(&dataset)
-                .map(|m| magnet_link(&m))
-                .unwrap_or_default();
+            let magnet = app.library.magnet(&dataset);
             let status = app.seeder.status(&dataset.info_hash);
             Row {
                 dataset,
@@ -136,8 +131,36 @@ fn refused_unread(html: bool, status: StatusCode, message: &str) -> Response {
     response
 }
 
+/// Whether the request comes from a page of another site. A browser posts a form to any
+/// address a page names, this server's on 127.0.0.1 too, and says whose page it was in
+/// `Origin`: without this check any site a researcher visits could upload (and have
+/// published and seeded) files of its choosing. The server's own page, reached by its host
+/// name or by its `--public-url` (behind a proxy), is not another site; a request without
+/// `Origin` (curl, `pow`) is not from a page.
+fn from_another_site(headers: &HeaderMap, public_url: Option<&str>) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let Some(origin) = origin.to_str().ok().and_then(|o| o.split_once("://")) else {
+        return true; // "null" (a sandboxed page or a local file), or not a URL
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let public = public_url
+        .and_then(|url| url.split_once("://"))
+        .map(|(scheme, rest)| (scheme, rest.split('/').next().unwrap_or("")));
+    let own_page = host.is_some_and(|host| origin.1.eq_ignore_ascii_case(host))
+        || public.is_some_and(|(scheme, authority)| {
+            origin.0.eq_ignore_ascii_case(scheme) && origin.1.eq_ignore_ascii_case(authority)
+        });
+    !own_page
+}
+
 async fn upload(State(app): Shared, request: Request) -> Response {
     let html = wants_html(request.headers());
+    if from_another_site(request.headers(), app.library.public_url()) {
+        let why = "uploads come from this server's own page, not from another site's";
+        return refused_unread(html, StatusCode::FORBIDDEN, why);
+    }
     let limit = app.config.max_upload_size;
     let declared = request
         .headers()
@@ -171,6 +194,9 @@ async fn upload(State(app): Shared, request: Request) -> Response {
             return refused_unread(html, StatusCode::INSUFFICIENT_STORAGE, &why);
         }
     }
+    let meter = Arc::new(upload::FormMeter::default());
+    let (parts, body) = request.into_parts();
+    let request = Request::from_parts(parts, meter.meter(body));
     let form = match Multipart::from_request(request, &()).await {
         Ok(form) => form,
         Err(rejection) => {
@@ -183,6 +209,7 @@ async fn upload(State(app): Shared, request: Request) -> Response {
     };
     let (received, description) = match upload::receive(
         form,
+        &meter,
         &app.library.incoming_dir(),
         limit,
         upload::Pace::new(app.config.upload_idle_timeout, app.config.upload_min_rate),
@@ -257,11 +284,7 @@ async fn upload(State(app): Shared, request: Request) -> Response {
             .into_response();
     }
     let row = Row {
-        magnet: app
-            .library
-            .metainfo(&dataset)
-            .map(|m| magnet_link(&m))
-            .unwrap_or_default(),
+        magnet: app.library.magnet(&dataset),
         status: app.seeder.status(&dataset.info_hash),
         dataset,
     };
@@ -320,12 +343,11 @@ async fn get_torrent(State(app): Shared, Path(name): Path<String>) -> Response {
     }
 }
 
-async fn put_torrent(
-    State(app): Shared,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// Time a `PUT` has to send its body (a torrent of at most [`MAX_TORRENT_BYTES`]).
+const PUT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn put_torrent(State(app): Shared, Path(name): Path<String>, request: Request) -> Response {
+    let headers = request.headers();
     let Some(token) = &app.config.token else {
         return failure(
             false,
@@ -344,6 +366,31 @@ async fn put_torrent(
             "a valid bearer token is required",
         );
     }
+    // Read only now: a client without the token never has its body read, let alone held.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_TORRENT_BYTES) {
+        let too_large = format!("a torrent is at most {MAX_TORRENT_BYTES} bytes");
+        return refused_unread(false, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
+    }
+    let read = axum::body::to_bytes(request.into_body(), MAX_TORRENT_BYTES as usize);
+    let body = match tokio::time::timeout(PUT_BODY_TIMEOUT, read).await {
+        Ok(Ok(body)) => body,
+        // A chunked body over the limit ends here too ("length limit exceeded").
+        Ok(Err(e)) => {
+            let why = format!("cannot read the torrent: {e}");
+            return refused_unread(false, StatusCode::BAD_REQUEST, &why);
+        }
+        Err(_) => {
+            let slow = format!(
+                "the torrent did not come in {} s",
+                PUT_BODY_TIMEOUT.as_secs()
+            );
+            return refused_unread(false, StatusCode::REQUEST_TIMEOUT, &slow);
+        }
+    };
     match app.library.put_torrent(name, body).await {
         Ok(true) => (
             StatusCode::CREATED,

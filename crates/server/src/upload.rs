@@ -3,8 +3,15 @@
 //! checked to be a zip by its bytes. Whatever goes wrong, the temporary file is removed (also
 //! when the client goes away and the request is dropped mid-stream).
 
-use crate::MAX_DESCRIPTION_BYTES;
+use crate::{FORM_OVERHEAD, MAX_DESCRIPTION_BYTES};
+use axum::body::Body;
 use axum::extract::multipart::{Field, Multipart, MultipartError};
+use futures_util::StreamExt as _;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 // md-5 0.11 (8% faster here than 0.10) implements digest 0.11; sha2 is still on digest 0.10.
 use md5::{Digest as _, Md5};
 use sha2::{Digest as _, Sha256};
@@ -136,6 +143,70 @@ impl Pace {
     }
 }
 
+/// Counts an upload's body as it is read, against the file bytes the form has handed over.
+/// Everything else (multipart framing, part headers, the description, unknown fields) may
+/// take [`FORM_OVERHEAD`] bytes. The multipart parser keeps what comes before a boundary in
+/// memory until it finds one, so without this a body that never sends the boundary was held
+/// whole (up to the upload limit, or without end when chunked).
+#[derive(Default)]
+pub struct FormMeter {
+    read: AtomicU64,
+    file: AtomicU64,
+    over: AtomicBool,
+}
+
+impl FormMeter {
+    /// `body`, counted here; it fails once the bytes that are not the file's exceed
+    /// [`FORM_OVERHEAD`]. It hands over one chunk per poll, so the parser looks at each chunk
+    /// (and gives the file's bytes on) before it takes the next.
+    pub fn meter(self: &Arc<Self>, body: Body) -> Body {
+        Body::from_stream(Metered {
+            body: body.into_data_stream(),
+            meter: self.clone(),
+            yield_next: false,
+        })
+    }
+
+    fn file_bytes(&self, len: usize) {
+        self.file.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the body was stopped for too much that is not the file.
+    fn stopped(&self) -> bool {
+        self.over.load(Ordering::Relaxed)
+    }
+}
+
+struct Metered {
+    body: axum::body::BodyDataStream,
+    meter: Arc<FormMeter>,
+    yield_next: bool,
+}
+
+impl futures_util::Stream for Metered {
+    type Item = Result<axum::body::Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if std::mem::take(&mut self.yield_next) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let meter = self.meter.clone();
+        let read = meter.read.load(Ordering::Relaxed);
+        let not_file = read.saturating_sub(meter.file.load(Ordering::Relaxed));
+        if not_file > FORM_OVERHEAD {
+            meter.over.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(std::io::Error::other("too much form overhead"))));
+        }
+        let next = std::pin::pin!(self.body.next()).poll(cx);
+        if let Poll::Ready(Some(Ok(chunk))) = &next {
+            meter.read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.yield_next = true;
+        }
+        next.map(|item| item.map(|chunk| chunk.map_err(std::io::Error::other)))
+    }
+}
+
 /// Bytes free for unprivileged writes on the file system that holds `dir`.
 pub fn free_space(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -166,7 +237,27 @@ impl From<MultipartError> for UploadError {
 
 /// Reads the form: field `file` (required, once) and `description` (optional).
 pub async fn receive(
+    form: Multipart,
+    meter: &FormMeter,
+    incoming: &Path,
+    limit: u64,
+    pace: Pace,
+) -> Result<(Received, String), UploadError> {
+    receive_form(form, meter, incoming, limit, pace)
+        .await
+        .map_err(|e| match meter.stopped() {
+            // The parser reports the stop as a failed read; this says why.
+            true => UploadError::BadForm(format!(
+                "more than {FORM_OVERHEAD} bytes of the form are not the file's (multipart \
+                 framing and other fields); the upload was dropped"
+            )),
+            false => e,
+        })
+}
+
+async fn receive_form(
     mut form: Multipart,
+    meter: &FormMeter,
     incoming: &Path,
     limit: u64,
     mut pace: Pace,
@@ -179,7 +270,7 @@ pub async fn receive(
                 if received.is_some() {
                     return Err(UploadError::BadForm("one file per upload".into()));
                 }
-                received = Some(receive_file(field, incoming, limit, &mut pace).await?);
+                received = Some(receive_file(field, meter, incoming, limit, &mut pace).await?);
             }
             Some("description") => {
                 description =
@@ -223,6 +314,7 @@ fn disk_full(error: std::io::Error, arrived: u64) -> UploadError {
 
 async fn receive_file(
     mut field: Field<'_>,
+    meter: &FormMeter,
     incoming: &Path,
     limit: u64,
     pace: &mut Pace,
@@ -233,6 +325,7 @@ async fn receive_file(
         tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(file.path()).await?);
     let (mut md5, mut sha256, mut size) = (Md5::new(), Sha256::new(), 0u64);
     while let Some(chunk) = pace.chunk(&mut field).await? {
+        meter.file_bytes(chunk.len());
         size += chunk.len() as u64;
         if size > limit {
             return Err(UploadError::TooLarge(limit));
