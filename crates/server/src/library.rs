@@ -82,6 +82,10 @@ pub struct Library {
     /// (`<base>/content/<md5>/`).
     web_seed_base: Option<String>,
     datasets: RwLock<BTreeMap<String, Dataset>>,
+    /// Each dataset's magnet link, by MD5, made once: the page and `/api/datasets` list every
+    /// dataset on each request, and parsing each torrent (megabytes for a large one) each time
+    /// held up the runtime. A stored torrent is never replaced, so neither is its link.
+    magnets: RwLock<HashMap<String, String>>,
     /// Publishing (hash check, create, rename) and PUTs one at a time per content MD5: two
     /// uploads of the same bytes, or an upload and a PUT of its torrent, must not race for the
     /// same names. Other datasets go on meanwhile: one researcher's 16 GiB upload, hashed
@@ -150,19 +154,27 @@ impl Library {
             trackers,
             web_seed_base,
             datasets: RwLock::new(BTreeMap::new()),
+            magnets: RwLock::new(HashMap::new()),
             publishing: std::sync::Mutex::new(HashMap::new()),
             _lock: lock,
         };
         let mut datasets = BTreeMap::new();
         for md5 in hex_names(&library.root.join("datasets"), ".json")? {
             let path = library.record_path(&md5);
-            if !library.torrent_path(&md5).is_file() {
-                std::fs::remove_file(&path).map_err(io(&path))?;
-                continue;
-            }
             let text = std::fs::read_to_string(&path).map_err(io(&path))?;
             let dataset: Dataset = serde_json::from_str(&text)
                 .map_err(|e| LibraryError::Invalid(format!("{}: {e}", path.display())))?;
+            let torrent = library.torrent_path(&md5);
+            match std::fs::metadata(&torrent) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if !library.recreate_torrent(&dataset)? {
+                        continue;
+                    }
+                }
+                // Not "gone": a torrent we cannot look at says nothing about its content.
+                Err(e) => return Err(io(&torrent)(e)),
+            }
             datasets.insert(md5, dataset);
         }
         // Content is published by its record and its torrent (the torrent written last, or
@@ -176,6 +188,81 @@ impl Library {
         }
         *library.datasets.write().expect("datasets lock") = datasets;
         Ok(library)
+    }
+
+    /// A record whose torrent is missing: a publish killed between the two (the torrent is
+    /// written last), or a torrent removed by hand. The torrent is made again from the
+    /// content; if its info-hash is the recorded one (every piece's SHA-1 as published), the
+    /// dataset is back, and true is returned. Content that no longer makes that torrent is
+    /// moved, with its record, to `set-aside/<md5>/`: never deleted, as it may be the only
+    /// copy. A record without content is removed.
+    fn recreate_torrent(&self, dataset: &Dataset) -> Result<bool, LibraryError> {
+        let md5 = &dataset.md5;
+        let record = self.record_path(md5);
+        let content_dir = self.content_dir(md5);
+        let content = content_dir.join(&dataset.name);
+        let plain_name = Path::new(&dataset.name).components().count() == 1
+            && matches!(
+                Path::new(&dataset.name).components().next(),
+                Some(std::path::Component::Normal(_))
+            );
+        if !plain_name || !content.is_file() {
+            if content_dir.exists() {
+                return self.set_aside(
+                    md5,
+                    "its torrent is missing and its content is not the file its record names",
+                );
+            }
+            tracing::info!("removing {}: no torrent and no content", record.display());
+            std::fs::remove_file(&record).map_err(io(&record))?;
+            return Ok(false);
+        }
+        let created = self.create_torrent(&content, md5)?;
+        if created.metainfo.info_hash.to_hex() != dataset.info_hash {
+            return self.set_aside(
+                md5,
+                &format!(
+                    "its torrent is missing, and its content makes one of info-hash {}, not the \
+                     recorded {}",
+                    created.metainfo.info_hash.to_hex(),
+                    dataset.info_hash
+                ),
+            );
+        }
+        write_new(
+            &self.torrents_dir(),
+            &dataset.torrent_file_name,
+            &created.bytes,
+        )?;
+        tracing::warn!(
+            "{md5}: its torrent was missing; made again from its content (info-hash {})",
+            dataset.info_hash
+        );
+        Ok(true)
+    }
+
+    /// Moves a dataset's content and record out of the published ones, to `set-aside/<md5>/`.
+    fn set_aside(&self, md5: &str, why: &str) -> Result<bool, LibraryError> {
+        let aside = self.root.join("set-aside").join(md5);
+        std::fs::create_dir_all(&aside).map_err(io(&aside))?;
+        let content_dir = self.content_dir(md5);
+        if content_dir.exists() {
+            let to = aside.join("content");
+            std::fs::rename(&content_dir, &to).map_err(io(&to))?;
+        }
+        let record = self.record_path(md5);
+        let to = aside.join(format!("{md5}.json"));
+        std::fs::rename(&record, &to).map_err(io(&to))?;
+        tracing::warn!(
+            "{md5} is no longer published: {why}; its content and record are kept in {}",
+            aside.display()
+        );
+        Ok(false)
+    }
+
+    /// The server's public base URL (`--public-url`), if it has one.
+    pub fn public_url(&self) -> Option<&str> {
+        self.web_seed_base.as_deref()
     }
 
     pub fn root(&self) -> &Path {
@@ -234,6 +321,27 @@ impl Library {
         Metainfo::from_file(&path)
             .map(Arc::new)
             .map_err(|e| LibraryError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// The dataset's magnet link ("" if its torrent cannot be read).
+    pub fn magnet(&self, dataset: &Dataset) -> String {
+        if let Some(link) = self.magnets.read().expect("magnets lock").get(&dataset.md5) {
+            return link.clone();
+        }
+        match self.metainfo(dataset) {
+            Ok(metainfo) => {
+                let link = crate::magnet_link(&metainfo);
+                self.magnets
+                    .write()
+                    .expect("magnets lock")
+                    .insert(dataset.md5.clone(), link.clone());
+                link
+            }
+            Err(e) => {
+                tracing::warn!("{}: no magnet link: {e}", dataset.md5);
+                String::new()
+            }
+        }
     }
 
     /// The store's `index.json`: every torrent in it, with what is known of each.
@@ -586,6 +694,67 @@ mod tests {
         Library::open(&root, Vec::new(), None).unwrap();
         assert!(!left.exists() && !record.exists(), "temporary files left");
         assert!(kept.exists(), "only write_atomically's names are removed");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    /// A dataset whose torrent went missing (removed by hand, or a publish killed between its
+    /// record and its torrent) is published again from its content when that content still
+    /// makes the recorded torrent, and set aside, never deleted, when it does not. Before,
+    /// the record was removed and then the whole content directory with it.
+    #[test]
+    fn a_missing_torrent_is_made_again_or_its_content_set_aside() {
+        let root = std::env::temp_dir().join(format!("pow-library-gone-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let library = Library::open(&root, Vec::new(), None).unwrap();
+        let md5 = "00112233445566778899aabbccddeeff";
+        let content_dir = library.content_dir(md5);
+        std::fs::create_dir_all(&content_dir).unwrap();
+        let content = content_dir.join("cells.zip");
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&content, &bytes).unwrap();
+        let created = library.create_torrent(&content, md5).unwrap();
+        let dataset = Dataset {
+            md5: md5.into(),
+            sha256: String::new(),
+            name: "cells.zip".into(),
+            size: bytes.len() as u64,
+            info_hash: created.metainfo.info_hash.to_hex(),
+            torrent_file_name: format!("{md5}.torrent"),
+            description: String::new(),
+            uploaded_at: 1,
+        };
+        let record = library.record_path(md5);
+        std::fs::write(&record, serde_json::to_vec(&dataset).unwrap()).unwrap();
+        let torrent = library.torrent_path(md5);
+        drop(library);
+
+        // The torrent is missing, the content intact: made again, the same bytes.
+        let library = Library::open(&root, Vec::new(), None).unwrap();
+        assert_eq!(library.datasets(), std::slice::from_ref(&dataset));
+        assert_eq!(std::fs::read(&torrent).unwrap(), created.bytes);
+        drop(library);
+
+        // Missing again, and the content changed: kept, set aside with its record.
+        std::fs::remove_file(&torrent).unwrap();
+        let mut changed = bytes.clone();
+        changed[1000] ^= 1;
+        std::fs::write(&content, &changed).unwrap();
+        let library = Library::open(&root, Vec::new(), None).unwrap();
+        assert!(library.datasets().is_empty());
+        assert!(!torrent.exists() && !record.exists() && !content_dir.exists());
+        let aside = root.join("set-aside").join(md5);
+        assert_eq!(
+            std::fs::read(aside.join("content/cells.zip")).unwrap(),
+            changed
+        );
+        assert!(aside.join(format!("{md5}.json")).is_file());
+        drop(library);
+
+        // A record with neither torrent nor content is just removed.
+        std::fs::write(&record, serde_json::to_vec(&dataset).unwrap()).unwrap();
+        let library = Library::open(&root, Vec::new(), None).unwrap();
+        assert!(library.datasets().is_empty() && !record.exists());
+        drop(library);
         std::fs::remove_dir_all(root).unwrap();
     }
 
