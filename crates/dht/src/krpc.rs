@@ -4,7 +4,7 @@
 //!
 //! Decoding is lenient where real nodes differ (unsorted keys, extra keys, a `values` entry of
 //! the wrong size is skipped) and strict where a wrong value would mislead us (ids of exactly
-//! 20 bytes, ports not 0).
+//! 20 bytes, node addresses where a node can be).
 
 use pow_bencode::{decode_prefix, dict, Node, Options, Value};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
@@ -212,6 +212,9 @@ impl Message {
                         let SocketAddr::V4(addr) = peer else {
                             return None;
                         };
+                        if !dialable(&addr) {
+                            return None;
+                        }
                         Some(NodeInfo {
                             id: entry[..20].try_into().expect("20 bytes"),
                             addr,
@@ -280,6 +283,14 @@ fn compact_peer(addr: SocketAddr) -> Vec<u8> {
     };
     out.extend_from_slice(&addr.port().to_be_bytes());
     out
+}
+
+/// Whether a node can be at `addr`: not port 0, nor an unspecified, multicast or broadcast
+/// address, which a hostile node would name to have us send where no node is (or everywhere on
+/// a local network). Loopback is kept: local test swarms live there.
+pub fn dialable(addr: &SocketAddrV4) -> bool {
+    let ip = addr.ip();
+    addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !ip.is_broadcast()
 }
 
 /// An IPv4 address of a socket address, if it has one (IPv4-mapped IPv6 included).
@@ -388,5 +399,41 @@ mod tests {
             panic!()
         };
         assert!(r.nodes.is_empty() && r.values.is_empty());
+    }
+
+    /// Node entries where no node can be (unspecified, multicast, broadcast) are dropped at
+    /// decoding; loopback and private addresses are kept.
+    #[test]
+    fn node_entries_at_no_node_address_are_dropped() {
+        let addrs: [SocketAddrV4; 6] = [
+            "0.0.0.0:6881".parse().unwrap(),
+            "224.0.0.1:6881".parse().unwrap(),
+            "239.255.255.250:1900".parse().unwrap(),
+            "255.255.255.255:6881".parse().unwrap(),
+            "127.0.0.1:6881".parse().unwrap(),
+            "10.0.0.1:6881".parse().unwrap(),
+        ];
+        let nodes: Vec<NodeInfo> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| NodeInfo {
+                id: [i as u8; 20],
+                addr: *addr,
+            })
+            .collect();
+        let bytes = Message {
+            tid: b"aa".to_vec(),
+            body: Body::Response(Response {
+                id: [7; 20],
+                nodes: nodes.clone(),
+                ..Response::default()
+            }),
+        }
+        .encode();
+        let Body::Response(r) = Message::decode(&bytes).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(r.nodes, nodes[4..]);
+        assert!(!dialable(&"127.0.0.1:0".parse().unwrap()));
     }
 }

@@ -9,7 +9,9 @@
 //! or failed) and then `announce_peer`s to the closest that gave a token.
 //!
 //! Bounds against hostile nodes: a lookup queries at most [`MAX_LOOKUP_NODES`] nodes, takes
-//! at most [`LOOKUP_TIME`] and keeps at most [`MAX_LOOKUP_PEERS`] peers; a response is matched only from the address the query went to;
+//! at most [`LOOKUP_TIME`], keeps at most [`MAX_LOOKUP_PEERS`] peers and takes at most
+//! [`table::K`] nodes from one response; a response is matched only from the address the query
+//! went to, by a random transaction id;
 //! announces are accepted only with a token we gave that address (SHA-1 of a secret that
 //! changes every 5 minutes and the address), and we keep at most [`MAX_PEERS_PER_HASH`] peers
 //! for each of at most [`MAX_HASHES`] info-hashes, 30 minutes each.
@@ -26,7 +28,6 @@ use rand::Rng;
 use sha1::{Digest, Sha1};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use table::{distance, Table, K};
@@ -52,6 +53,9 @@ const PEER_TTL: Duration = Duration::from_secs(30 * 60);
 const SECRET_LIFETIME: Duration = Duration::from_secs(5 * 60);
 /// Peers returned in one `get_peers` response (a UDP datagram must stay well under 1,500 bytes).
 const VALUES_PER_RESPONSE: usize = 50;
+/// Nodes one lookup keeps in view, asked or not (when full, a nearer one takes the place of the
+/// farthest not asked yet).
+const MAX_CANDIDATES: usize = 4 * MAX_LOOKUP_NODES;
 
 /// The routers of the public DHT, for `--dht` without `--dht-bootstrap`.
 pub const PUBLIC_ROUTERS: &[&str] = &[
@@ -77,7 +81,6 @@ struct Inner {
     local: SocketAddr,
     id: Id,
     state: Mutex<State>,
-    next_tid: AtomicU16,
     stop: watch::Sender<bool>,
 }
 
@@ -153,7 +156,6 @@ impl Dht {
                 previous_secret: rng.random(),
                 secret_since: Instant::now(),
             }),
-            next_tid: AtomicU16::new(rng.random()),
             stop: watch::channel(false).0,
         });
         tokio::spawn(receive_loop(inner.clone()));
@@ -195,7 +197,7 @@ impl Dht {
     /// A node someone told us of (a peer's BEP 5 `port` message): pinged, and kept in the
     /// routing table if it answers.
     pub fn add_node(&self, addr: SocketAddr) {
-        let Some(addr) = krpc::v4(addr) else {
+        let Some(addr) = krpc::v4(addr).filter(krpc::dialable) else {
             return;
         };
         let dht = self.clone();
@@ -273,11 +275,7 @@ impl Dht {
                             peers.push(*value);
                         }
                     }
-                    for node in &response.nodes {
-                        if node.id != self.inner.id {
-                            candidates.add(Some(node.id), node.addr);
-                        }
-                    }
+                    candidates.add_named(&response.nodes, &self.inner.id);
                     candidates.answered(addr, response.id, response.token);
                 }
                 Err(_) => candidates.failed(addr),
@@ -314,16 +312,17 @@ impl Dht {
 
     /// One query; the response, or why there is none.
     async fn query(&self, addr: SocketAddrV4, query: Query) -> Result<Response, String> {
-        let tid = self
-            .inner
-            .next_tid
-            .fetch_add(1, Ordering::Relaxed)
-            .to_be_bytes();
+        if !krpc::dialable(&addr) {
+            return Err("not a node address".into());
+        }
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .lock()
-            .pending
-            .insert(tid, (SocketAddr::V4(addr), tx));
+        let tid = {
+            let mut state = self.inner.lock();
+            let tid = unused_tid(&state.pending, rand::rng().random())
+                .ok_or("every transaction id is in flight")?;
+            state.pending.insert(tid, (SocketAddr::V4(addr), tx));
+            tid
+        };
         // Removes the entry however this ends, a lookup that is done aborting us included.
         let _pending = Pending {
             inner: &self.inner,
@@ -350,6 +349,15 @@ impl Dht {
             }
         }
     }
+}
+
+/// The first transaction id from `start` on that no query in flight has. Random (`start` is),
+/// so that an off-path node cannot guess the id of a query to answer it in the asked node's
+/// place with a spoofed address; never one in flight, whose answer would go to the other query.
+fn unused_tid<V>(pending: &HashMap<[u8; 2], V>, start: u16) -> Option<[u8; 2]> {
+    (0..=u16::MAX)
+        .map(|i| start.wrapping_add(i).to_be_bytes())
+        .find(|tid| !pending.contains_key(tid))
 }
 
 /// A query's entry in [`State::pending`], removed when dropped.
@@ -399,21 +407,51 @@ impl Candidates {
     }
 
     fn add(&mut self, id: Option<Id>, addr: SocketAddrV4) {
-        if addr.port() == 0 || self.list.iter().any(|c| c.addr == addr) {
+        if !krpc::dialable(&addr) || self.list.iter().any(|c| c.addr == addr) {
             return;
         }
-        if self.list.len() >= 4 * MAX_LOOKUP_NODES {
-            return;
-        }
-        self.list.push(Candidate {
+        let candidate = Candidate {
             addr,
             id,
             state: Asked::Not,
             token: None,
-        });
+        };
+        if self.list.len() >= MAX_CANDIDATES {
+            // Full: a nearer node takes the place of the farthest not asked yet, so that the
+            // list cannot be closed to the nodes we are looking for. Nodes asked are kept: the
+            // tokens of those that answered are what we announce with.
+            let Some((farthest, _)) = self
+                .list
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.state == Asked::Not)
+                .max_by_key(|(_, c)| self.distance(c))
+            else {
+                return;
+            };
+            if self.distance(&self.list[farthest]) <= self.distance(&candidate) {
+                return;
+            }
+            self.list.remove(farthest);
+        }
+        self.list.push(candidate);
         let target = self.target;
         self.list
             .sort_by_key(|c| c.id.map_or([0xff; 20], |id| distance(&id, &target)));
+    }
+
+    /// The nodes named in one response, but only the [`K`] of them nearest the target, as many
+    /// as an honest node names: a hostile one naming thousands of made-up nodes near the target
+    /// must not crowd out the nodes the others name.
+    fn add_named(&mut self, nodes: &[NodeInfo], own: &Id) {
+        let mut named: Vec<&NodeInfo> = nodes
+            .iter()
+            .filter(|n| n.id != *own && krpc::dialable(&n.addr))
+            .collect();
+        named.sort_by_key(|n| distance(&n.id, &self.target));
+        for node in named.into_iter().take(K) {
+            self.add(Some(node.id), node.addr);
+        }
     }
 
     /// The nearest node not yet asked, if it is among the K nearest that have not failed (a
@@ -691,6 +729,7 @@ pub async fn resolve(names: &[String]) -> Vec<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU16, Ordering};
 
     async fn node() -> Dht {
         Dht::bind("127.0.0.1:0".parse().unwrap()).await.unwrap()
@@ -823,6 +862,172 @@ mod tests {
         liar.send_to(&lie.encode(), dht.local_addr()).await.unwrap();
         assert_eq!(query.await.unwrap(), Err("no answer".to_string()));
         dht.shutdown();
+    }
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> SocketAddrV4 {
+        SocketAddrV4::new([a, b, c, d].into(), 6881)
+    }
+
+    /// One hostile node answers with 2,500 made-up nodes nearer the target than any real one;
+    /// an honest node names the real ones. Only K of the made-up nodes are taken, so once they
+    /// have failed the lookup goes on to the real ones within its query budget.
+    #[test]
+    fn a_flood_of_named_nodes_does_not_crowd_out_the_others() {
+        let target = [0x42; 20];
+        let mut candidates = Candidates::new(target);
+        let (hostile, honest) = (v4(10, 0, 0, 1), v4(10, 0, 0, 2));
+        candidates.add(Some([0xf0; 20]), hostile);
+        candidates.add(Some([0xf1; 20]), honest);
+        assert_eq!(candidates.next_to_ask(), Some(hostile));
+        assert_eq!(candidates.next_to_ask(), Some(honest));
+        let made_up: Vec<NodeInfo> = (0..2500u16)
+            .map(|i| {
+                let mut id = target;
+                id[18..].copy_from_slice(&(i + 1).to_be_bytes());
+                let [hi, lo] = i.to_be_bytes();
+                NodeInfo {
+                    id,
+                    addr: v4(10, 1, hi, lo),
+                }
+            })
+            .collect();
+        candidates.add_named(&made_up, &[0; 20]);
+        candidates.answered(hostile, [0xf0; 20], Some(b"t".to_vec()));
+        let real: Vec<NodeInfo> = (0..8u8)
+            .map(|i| {
+                let mut id = target;
+                id[10] ^= 0x80;
+                id[19] = i;
+                NodeInfo {
+                    id,
+                    addr: v4(10, 2, 0, i),
+                }
+            })
+            .collect();
+        candidates.add_named(&real, &[0; 20]);
+        candidates.answered(honest, [0xf1; 20], Some(b"t".to_vec()));
+        // The made-up nodes never answer; the real ones do.
+        let (mut asked_made_up, mut asked_real) = (0, 0);
+        for _ in 2..MAX_LOOKUP_NODES {
+            let Some(addr) = candidates.next_to_ask() else {
+                break;
+            };
+            match real.iter().find(|n| n.addr == addr) {
+                Some(node) => {
+                    asked_real += 1;
+                    candidates.answered(addr, node.id, Some(b"t".to_vec()));
+                }
+                None => {
+                    asked_made_up += 1;
+                    candidates.failed(addr);
+                }
+            }
+        }
+        assert_eq!((asked_made_up, asked_real), (K, real.len()));
+        let mut announce_to: Vec<SocketAddrV4> = candidates
+            .closest_with_tokens(K)
+            .into_iter()
+            .map(|(addr, _)| addr)
+            .collect();
+        announce_to.sort();
+        assert_eq!(announce_to, real.iter().map(|n| n.addr).collect::<Vec<_>>());
+    }
+
+    /// A full list takes a nearer node in place of the farthest one not asked yet, never in
+    /// place of one asked (its token is needed to announce), and refuses a farther one.
+    #[test]
+    fn a_full_candidate_list_takes_nearer_nodes_in_place_of_unasked_ones() {
+        let target = [0; 20];
+        let mut candidates = Candidates::new(target);
+        for i in 0..MAX_CANDIDATES as u16 {
+            let mut id = [0x80; 20];
+            id[18..].copy_from_slice(&i.to_be_bytes());
+            let [hi, lo] = i.to_be_bytes();
+            candidates.add(Some(id), v4(10, 0, hi, lo + 1));
+        }
+        assert_eq!(candidates.list.len(), MAX_CANDIDATES);
+        // The five farthest have answered.
+        for c in &mut candidates.list[MAX_CANDIDATES - 5..] {
+            c.state = Asked::Answered;
+            c.token = Some(b"t".to_vec());
+        }
+        let farthest_unasked = candidates.list[MAX_CANDIDATES - 6].addr;
+        let near = v4(10, 9, 9, 9);
+        candidates.add(Some([0x01; 20]), near);
+        let addrs = |c: &Candidates| c.list.iter().map(|c| c.addr).collect::<Vec<_>>();
+        assert_eq!(candidates.list.len(), MAX_CANDIDATES);
+        assert_eq!(candidates.list[0].addr, near);
+        assert!(!addrs(&candidates).contains(&farthest_unasked));
+        assert_eq!(candidates.closest_with_tokens(K).len(), 5);
+        // Farther than every node not asked: refused.
+        candidates.add(Some([0xff; 20]), v4(10, 9, 9, 8));
+        assert!(!addrs(&candidates).contains(&v4(10, 9, 9, 8)));
+        assert_eq!(candidates.list.len(), MAX_CANDIDATES);
+    }
+
+    /// Addresses where no node can be are neither candidates nor asked.
+    #[tokio::test]
+    async fn no_node_address_is_asked() {
+        let mut candidates = Candidates::new([0; 20]);
+        for addr in [
+            v4(0, 0, 0, 0),
+            v4(224, 0, 0, 1),
+            v4(255, 255, 255, 255),
+            SocketAddrV4::new([10, 0, 0, 1].into(), 0),
+        ] {
+            candidates.add(Some([1; 20]), addr);
+        }
+        assert!(candidates.list.is_empty());
+        let dht = node().await;
+        let started = Instant::now();
+        let answer = dht.query(v4(0, 0, 0, 0), Query::Ping).await;
+        assert_eq!(answer, Err("not a node address".to_string()));
+        assert!(started.elapsed() < QUERY_TIMEOUT);
+        dht.shutdown();
+    }
+
+    /// Transaction ids are random (one query after another does not give the next number),
+    /// and never one in flight.
+    #[tokio::test]
+    async fn transaction_ids_are_random_and_never_one_in_flight() {
+        let dht = node().await;
+        let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let asked = krpc::v4(other.local_addr().unwrap()).unwrap();
+        let mut tids = Vec::new();
+        for _ in 0..16 {
+            let query = tokio::spawn({
+                let dht = dht.clone();
+                async move { dht.query(asked, Query::Ping).await }
+            });
+            let mut buf = [0u8; 2048];
+            let (n, from) = other.recv_from(&mut buf).await.unwrap();
+            let tid = Message::decode(&buf[..n]).unwrap().tid;
+            let pong = Message {
+                tid: tid.clone(),
+                body: Body::Response(Response {
+                    id: [9; 20],
+                    ..Response::default()
+                }),
+            };
+            other.send_to(&pong.encode(), from).await.unwrap();
+            assert!(query.await.unwrap().is_ok());
+            tids.push(u16::from_be_bytes(tid.try_into().unwrap()));
+        }
+        let steps_of_one = tids
+            .windows(2)
+            .filter(|w| w[1] == w[0].wrapping_add(1))
+            .count();
+        assert!(steps_of_one <= 1, "{tids:?}");
+        dht.shutdown();
+
+        let mut pending: HashMap<[u8; 2], ()> = HashMap::new();
+        assert_eq!(unused_tid(&pending, 77), Some(77u16.to_be_bytes()));
+        pending.extend((0..=u16::MAX).map(|t| (t.to_be_bytes(), ())));
+        pending.remove(&[0x12, 0x34]);
+        assert_eq!(unused_tid(&pending, 0), Some([0x12, 0x34]));
+        assert_eq!(unused_tid(&pending, 0x1235), Some([0x12, 0x34]));
+        pending.insert([0x12, 0x34], ());
+        assert_eq!(unused_tid(&pending, 0), None);
     }
 
     #[tokio::test]

@@ -4,8 +4,11 @@
 //!
 //! A full bucket takes a new node only in place of one that failed to answer
 //! [`MAX_FAILURES`] times in a row: long-lived nodes are kept, as Kademlia prefers them.
+//!
+//! One entry per IP address (libtorrent's `restrict_routing_ips`), loopback excepted: else one
+//! host, querying us from a thousand source ports, could fill every bucket.
 
-use crate::krpc::{Id, NodeInfo};
+use crate::krpc::{self, Id, NodeInfo};
 use std::net::SocketAddrV4;
 use std::time::Instant;
 
@@ -55,6 +58,9 @@ impl Table {
     /// A node answered (or queried us): remember it, or refresh it. Returns whether it is in
     /// the table now.
     pub fn seen(&mut self, node: NodeInfo, now: Instant) -> bool {
+        if !krpc::dialable(&node.addr) {
+            return false;
+        }
         let Some(b) = self.bucket_of(&node.id) else {
             return false; // our own id
         };
@@ -71,9 +77,21 @@ impl Table {
             return true;
         }
         // One entry per address: a node that restarted with a new id replaces its old self,
-        // and one address cannot fill the table by naming itself with many ids.
+        // and one address cannot fill the table by naming itself with many ids. One per IP
+        // too, kept while it answers. Loopback is exempt: only local test swarms, many nodes
+        // on one IP, live there, and packets from it never come from another host.
+        let same_ip =
+            |e: &Entry| e.node.addr.ip() == node.addr.ip() && !node.addr.ip().is_loopback();
+        if self
+            .buckets
+            .iter()
+            .flatten()
+            .any(|e| same_ip(e) && e.node.addr != node.addr && e.failures < MAX_FAILURES)
+        {
+            return false;
+        }
         for bucket in &mut self.buckets {
-            bucket.retain(|e| e.node.addr != node.addr);
+            bucket.retain(|e| e.node.addr != node.addr && !same_ip(e));
         }
         let bucket = &mut self.buckets[b];
         let entry = Entry {
@@ -204,5 +222,53 @@ mod tests {
         // The same address with a new id replaces the old entry.
         assert!(table.seen(node(0x01, 9, 3000), now));
         assert_eq!(table.len(), K + 1);
+    }
+
+    /// One host querying us from many source ports holds one entry, until that one stops
+    /// answering; loopback (local test swarms) holds many.
+    #[test]
+    fn one_ip_holds_one_entry_but_loopback_many() {
+        let now = Instant::now();
+        let mut table = Table::new([0u8; 20]);
+        // Ids spread over the buckets, so that none is refused for a full bucket.
+        let at = |ip: [u8; 4], port: u16| {
+            let bit = usize::from(port) % 144;
+            let mut id = [0u8; 20];
+            id[bit / 8] = 0x80 >> (bit % 8);
+            id[18..].copy_from_slice(&port.to_be_bytes());
+            NodeInfo {
+                id,
+                addr: SocketAddrV4::new(ip.into(), port),
+            }
+        };
+        assert!(table.seen(at([10, 0, 0, 1], 1), now));
+        for port in 2..1282 {
+            assert!(!table.seen(at([10, 0, 0, 1], port), now), "port {port}");
+        }
+        assert_eq!(table.len(), 1);
+        // The same address is refreshed; another host is welcome.
+        assert!(table.seen(at([10, 0, 0, 1], 1), now));
+        assert!(table.seen(at([10, 0, 0, 2], 7), now));
+        assert_eq!(table.len(), 2);
+        // A node that moved to another port takes its place once the old one fails.
+        for _ in 0..MAX_FAILURES {
+            table.failed(SocketAddrV4::new([10, 0, 0, 1].into(), 1));
+        }
+        assert!(table.seen(at([10, 0, 0, 1], 9), now));
+        assert_eq!(table.len(), 2);
+        let ips: Vec<SocketAddrV4> = table.closest(&[0; 20], 8).iter().map(|n| n.addr).collect();
+        assert!(
+            ips.contains(&SocketAddrV4::new([10, 0, 0, 1].into(), 9)),
+            "{ips:?}"
+        );
+        for port in 100..140 {
+            assert!(table.seen(at([127, 0, 0, 1], port), now), "port {port}");
+        }
+        assert_eq!(table.len(), 42);
+        // Addresses where no node can be are not kept.
+        for ip in [[0, 0, 0, 0], [224, 0, 0, 1], [255, 255, 255, 255]] {
+            assert!(!table.seen(at(ip, 6881), now), "{ip:?}");
+        }
+        assert_eq!(table.len(), 42);
     }
 }
