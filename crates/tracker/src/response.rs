@@ -15,8 +15,36 @@ fn decode_body(body: &[u8]) -> Result<Node<'_>> {
     decode_with(body, Options::torrent_file()).map_err(|e| malformed(e.to_string()))
 }
 
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// Characters kept of a text a tracker sends (a failure reason, a warning, a UDP error).
+const MAX_TRACKER_TEXT: usize = 200;
+
+/// A text a tracker sends, made fit to print: it reaches the terminal and the logs, so control
+/// characters (escape sequences, carriage returns, new lines) and Unicode's bidirectional
+/// overrides become U+FFFD, and a long text is cut, with "…", instead of filling the screen.
+pub(crate) fn tracker_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut chars = text.chars();
+    let mut out: String = chars
+        .by_ref()
+        .take(MAX_TRACKER_TEXT)
+        .map(|c| if unprintable(c) { '\u{fffd}' } else { c })
+        .collect();
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// C0 and C1 controls and DEL, the bidirectional marks, embeddings, overrides and isolates
+/// (which can make a terminal show text in another order than it is), and the line and
+/// paragraph separators.
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+                | '\u{2028}' | '\u{2029}'
+        )
 }
 
 /// A non-negative integer that fits u32 (counts, intervals); larger values saturate.
@@ -36,7 +64,7 @@ pub(crate) fn failure_reason(body: &[u8]) -> Option<String> {
     let root = decode_body(body).ok()?;
     root.get("failure reason")
         .and_then(Node::as_bytes)
-        .map(lossy)
+        .map(tracker_text)
 }
 
 /// BEP 23 compact IPv4 peers: 6 bytes each (address, port big-endian). A trailing partial
@@ -95,7 +123,7 @@ pub fn parse_announce(body: &[u8]) -> Result<AnnounceResponse> {
     if let Some(reason) = root.get("failure reason") {
         let reason = reason
             .as_bytes()
-            .map(lossy)
+            .map(tracker_text)
             .unwrap_or_else(|| "(failure reason is not a string)".into());
         return Err(Error::Failure {
             reason,
@@ -110,7 +138,7 @@ pub fn parse_announce(body: &[u8]) -> Result<AnnounceResponse> {
         warning: root
             .get("warning message")
             .and_then(Node::as_bytes)
-            .map(lossy),
+            .map(tracker_text),
         tracker_id: root
             .get("tracker id")
             .and_then(Node::as_bytes)
@@ -157,7 +185,7 @@ pub fn parse_scrape(body: &[u8]) -> Result<HashMap<InfoHash, ScrapeStats>> {
     let root = decode_body(body)?;
     if let Some(reason) = root.get("failure reason") {
         return Err(Error::Failure {
-            reason: reason.as_bytes().map(lossy).unwrap_or_default(),
+            reason: reason.as_bytes().map(tracker_text).unwrap_or_default(),
             status: Some(200),
         });
     }
@@ -327,6 +355,41 @@ mod tests {
         ]);
         let body = dict([("peers", named)]).encode();
         assert_eq!(parse_announce(&body).unwrap().peers, vec![]);
+    }
+
+    /// What a hostile tracker writes in a failure reason or a warning cannot drive the
+    /// terminal it is printed on, nor fill it.
+    #[test]
+    fn tracker_text_is_made_fit_to_print() {
+        assert_eq!(tracker_text(b"go away"), "go away");
+        assert_eq!(
+            tracker_text("\x1b[2J\x1b]0;pwned\x07a\r\nb\u{202e}c\u{9b}d\u{7f}é".as_bytes()),
+            "\u{fffd}[2J\u{fffd}]0;pwned\u{fffd}a\u{fffd}\u{fffd}b\u{fffd}c\u{fffd}d\u{fffd}é"
+        );
+        assert_eq!(tracker_text(b"ok\xffok"), "ok\u{fffd}ok");
+        let exactly = "é".repeat(MAX_TRACKER_TEXT);
+        assert_eq!(tracker_text(exactly.as_bytes()), exactly);
+        let long = format!("{exactly}x").repeat(5_000);
+        assert_eq!(tracker_text(long.as_bytes()), format!("{exactly}…"));
+
+        let reason = format!("\x1b[31m{}", "x".repeat(1_000_000));
+        let body = dict([("failure reason", Value::str(&reason))]).encode();
+        let short = format!("\u{fffd}[31m{}…", "x".repeat(MAX_TRACKER_TEXT - 5));
+        match parse_announce(&body) {
+            Err(Error::Failure { reason, .. }) => assert_eq!(reason, short),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(failure_reason(&body), Some(short.clone()));
+        match parse_scrape(&body) {
+            Err(Error::Failure { reason, .. }) => assert_eq!(reason, short),
+            other => panic!("{other:?}"),
+        }
+        let body = dict([
+            ("peers", Value::Bytes(vec![])),
+            ("warning message", Value::str(&reason)),
+        ])
+        .encode();
+        assert_eq!(parse_announce(&body).unwrap().warning, Some(short));
     }
 
     #[test]

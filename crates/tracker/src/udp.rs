@@ -2,7 +2,7 @@
 //! with the test server.
 
 use crate::client::ClientConfig;
-use crate::response::{parse_compact_v4, parse_compact_v6};
+use crate::response::{parse_compact_v4, parse_compact_v6, tracker_text};
 use crate::{AnnounceRequest, AnnounceResponse, Error, InfoHash, Result, ScrapeStats};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -310,7 +310,7 @@ pub(crate) fn classify_reply(reply: &[u8], tid: u32) -> Reply<'_> {
         return Reply::Ignore;
     }
     if u32_at(reply, 0) == ACTION_ERROR {
-        return Reply::Error(String::from_utf8_lossy(&reply[8..]).into_owned());
+        return Reply::Error(tracker_text(&reply[8..]));
     }
     Reply::Answer(reply)
 }
@@ -370,4 +370,25 @@ pub(crate) fn parse_scrape_reply(reply: &[u8], hashes: usize) -> Result<Vec<Scra
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A UDP tracker's error text is made fit to print, as an HTTP tracker's failure reason.
+    #[test]
+    fn an_error_reply_is_made_fit_to_print() {
+        let mut reply = ACTION_ERROR.to_be_bytes().to_vec();
+        reply.extend_from_slice(&7u32.to_be_bytes());
+        reply.extend_from_slice(b"\x1b[2Jgone\r\n");
+        reply.extend_from_slice(&[b'x'; 70_000]);
+        let Reply::Error(reason) = classify_reply(&reply, 7) else {
+            panic!("not an error reply");
+        };
+        assert_eq!(
+            reason,
+            format!("\u{fffd}[2Jgone\u{fffd}\u{fffd}{}…", "x".repeat(190))
+        );
+    }
 }
