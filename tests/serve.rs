@@ -1399,6 +1399,11 @@ fn the_server_is_a_web_seed_for_what_it_publishes() {
         b"",
     );
     assert_eq!(status, 416);
+    // Anyone's bytes, from the page's origin: saved, never sniffed into a page to show.
+    let response = http_get(format!("{}{path}", server.url)).unwrap();
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_string();
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    assert_eq!(header("content-disposition"), "attachment");
     // aria2 with every tracker excluded has only the web seed.
     let downloaded = aria2_download(&server, &dataset, work.path(), &["--bt-exclude-tracker=*"]);
     assert_eq!(std::fs::read(&downloaded).unwrap(), bytes);

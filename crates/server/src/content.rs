@@ -118,6 +118,16 @@ pub(crate) async fn serve(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/zip"),
     );
+    // Anyone's bytes, served from the page's own origin: never sniffed into something a
+    // browser would run there, and saved rather than shown.
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment"),
+    );
     if status == StatusCode::PARTIAL_CONTENT {
         let value = format!("bytes {start}-{end}/{len}");
         h.insert(

@@ -32,7 +32,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 /// Multipart framing and the description field on top of the file itself: a request whose
-/// `Content-Length` exceeds the upload limit by more than this is refused before it is read.
+/// `Content-Length` exceeds the upload limit by more than this is refused before it is read,
+/// and a body in which more than this is not the file is stopped as it comes.
 pub const FORM_OVERHEAD: u64 = 64 * 1024;
 /// Longest description kept with a dataset.
 pub const MAX_DESCRIPTION_BYTES: usize = 4096;
