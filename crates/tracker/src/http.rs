@@ -78,6 +78,9 @@ pub fn scrape_url(announce: &str) -> Option<String> {
     Some(format!("{}/scrape{rest}{query}", &base[..slash]))
 }
 
+/// Addresses of a tracker's host name tried, in the resolver's order, before giving up.
+const MAX_CONNECT_ADDRESSES: usize = 3;
+
 async fn connect(host: &str, port: u16, cfg: &ClientConfig) -> Result<TcpStream> {
     let addrs: Vec<SocketAddr> =
         timeout(cfg.connect_timeout, tokio::net::lookup_host((host, port)))
@@ -86,7 +89,9 @@ async fn connect(host: &str, port: u16, cfg: &ClientConfig) -> Result<TcpStream>
             .map_err(|_| Error::Resolve(host.to_string()))?
             .collect();
     let mut last = Error::Resolve(host.to_string());
-    for addr in addrs {
+    // A name (from a torrent anyone wrote) may resolve to dozens of addresses that drop
+    // packets: each would take the whole connect timeout.
+    for addr in addrs.into_iter().take(MAX_CONNECT_ADDRESSES) {
         match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => return Ok(s),
             Ok(Err(source)) => last = Error::Connect { addr, source },
