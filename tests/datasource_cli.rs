@@ -680,6 +680,42 @@ fn a_command_waits_while_another_holds_the_graph_store() {
     assert_eq!(lines, N);
 }
 
+/// Two `pow init` of one directory at once: one initialises it, the other says it already
+/// exists. The second used to fail with RocksDB's own "While lock file: ... Resource
+/// temporarily unavailable" whenever the two overlapped.
+#[test]
+fn two_inits_at_once_initialise_once_and_say_so() {
+    let tmp = TempDir::new("ds-init-race");
+    for round in 0..6 {
+        let dir = tmp.path().join(format!("pow-{round}"));
+        let spawn = || {
+            pow()
+                .arg("--pow-dir")
+                .arg(&dir)
+                .arg("init")
+                .env_remove("POW_DIR")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        let succeeded = outs.iter().filter(|o| o.status.success()).count();
+        let errors: Vec<String> = outs
+            .iter()
+            .filter(|o| !o.status.success())
+            .map(stderr)
+            .collect();
+        assert_eq!(succeeded, 1, "round {round}: {errors:?}");
+        assert!(
+            errors[0].contains("already exists"),
+            "round {round}: {errors:?}"
+        );
+        ok(&dir, &["source", "list"]);
+    }
+}
+
 /// Acceptance 6: export, then import into a fresh .pow, round-trips the graph exactly.
 #[test]
 fn export_import_round_trips_exactly() {

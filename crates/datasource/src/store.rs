@@ -115,7 +115,11 @@ impl PowDir {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path).map_err(Error::io(path))?;
         }
-        let store = Store::open(dir.join(STORE_DIR))?;
+        let store = open_store(&dir.join(STORE_DIR))?;
+        // Another init may have finished while this one waited for the store.
+        if dir.join(CONFIG_FILE).exists() {
+            return Err(Error::AlreadyInitialised(dir.to_path_buf()));
+        }
         let mut txn = store.start_transaction()?;
         txn.extend(&schema_quads(&config.data_graph));
         txn.commit()?;
