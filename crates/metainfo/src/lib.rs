@@ -522,25 +522,35 @@ fn check_hybrid_files(info: &Node<'_>, files: &[FileEntry]) -> Result<(), Metain
     let Some(tree) = info.get("file tree") else {
         return Ok(());
     };
-    let mut v2_files = Vec::new();
-    walk_file_tree(tree, &mut Vec::new(), &mut v2_files, 0)?;
-    let v1_files: Vec<(Vec<Vec<u8>>, u64)> = files
+    let v1_files: Vec<(Vec<&[u8]>, u64)> = files
         .iter()
         .filter(|f| !f.attr.pad)
-        .map(|f| (f.raw_components().map(<[u8]>::to_vec).collect(), f.length))
+        .map(|f| (f.raw_components().collect(), f.length))
         .collect();
-    // A single-file v1 torrent keeps the name as its one component; v2 does the same.
-    if v1_files != v2_files {
+    // A single-file v1 torrent keeps the name as its one component; v2 does the same. Each
+    // v2 file is compared as the walk reaches it, its path borrowed: a copy of each path
+    // made a 1 MB tree of long, deeply nested names cost gigabytes.
+    let mut next = 0;
+    walk_file_tree(tree, &mut Vec::new(), 0, &mut |path, length| {
+        let same = v1_files
+            .get(next)
+            .is_some_and(|(v1_path, v1_length)| *v1_length == length && v1_path[..] == *path);
+        next += 1;
+        same
+    })?;
+    if next != v1_files.len() {
         return Err(MetainfoError::HybridMismatch);
     }
     Ok(())
 }
 
-fn walk_file_tree(
-    node: &Node<'_>,
-    prefix: &mut Vec<Vec<u8>>,
-    out: &mut Vec<(Vec<Vec<u8>>, u64)>,
+/// Calls `visit` with each file of a v2 `file tree` (its path and length), in order; stops
+/// with `HybridMismatch` at the first for which it returns false.
+fn walk_file_tree<'a>(
+    node: &Node<'a>,
+    prefix: &mut Vec<&'a [u8]>,
     depth: usize,
+    visit: &mut impl FnMut(&[&'a [u8]], u64) -> bool,
 ) -> Result<(), MetainfoError> {
     let dict = node.as_dict().ok_or(MetainfoError::BadField("file tree"))?;
     for (key, child) in dict {
@@ -550,14 +560,16 @@ fn walk_file_tree(
                 .and_then(Node::as_int)
                 .and_then(|l| u64::try_from(l).ok())
                 .ok_or(MetainfoError::BadField("file tree"))?;
-            out.push((prefix.clone(), length));
+            if !visit(prefix, length) {
+                return Err(MetainfoError::HybridMismatch);
+            }
             continue;
         }
         if depth > 64 {
             return Err(MetainfoError::BadField("file tree"));
         }
-        prefix.push(key.to_vec());
-        walk_file_tree(child, prefix, out, depth + 1)?;
+        prefix.push(key);
+        walk_file_tree(child, prefix, depth + 1, visit)?;
         prefix.pop();
     }
     Ok(())

@@ -257,3 +257,56 @@ fn optional_fields_are_read() {
     let m = load("valid/dht_nodes.torrent").unwrap();
     assert_eq!(m.dht_nodes, ["127.0.0.1:6881", "192.168.1.1:6881"]);
 }
+
+/// Peak resident memory of this process so far, in KiB (`VmHWM`).
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A hybrid torrent whose v2 file tree differs from its v1 files is refused; and a small one
+/// (about 1 MB) whose tree nests 50 directories of 6,400-byte names over 3,000 files is
+/// refused without copying that 320 KB path for each file (about 1 GB, once).
+#[test]
+fn hybrid_file_lists_must_agree_and_a_deep_tree_costs_no_memory() {
+    use pow_bencode::{dict, Value};
+    let info = |tree: Value| {
+        dict([
+            ("file tree", tree),
+            ("length", Value::Int(1)),
+            ("meta version", Value::Int(2)),
+            ("name", Value::str("x")),
+            ("piece length", Value::Int(16384)),
+            ("pieces", Value::Bytes(vec![7; 20])),
+        ])
+    };
+    let torrent = |tree: Value| dict([("info", info(tree))]).encode();
+    let leaf = |length: i64| dict([("", dict([("length", Value::Int(length))]))]);
+    assert!(Metainfo::from_bytes(&torrent(dict([("x", leaf(1))]))).is_ok());
+    for other in [
+        dict([("x", leaf(2))]),
+        dict([("y", leaf(1))]),
+        dict([("x", leaf(1)), ("y", leaf(1))]),
+    ] {
+        assert!(matches!(
+            Metainfo::from_bytes(&torrent(other)),
+            Err(MetainfoError::HybridMismatch)
+        ));
+    }
+
+    let files = dict((0..3000).map(|i| (format!("f{i:04}"), leaf(1))));
+    let deep = (0..50u8).fold(files, |tree, level| {
+        dict([(vec![b'a' + level % 26; 6400], tree)])
+    });
+    let bytes = torrent(deep);
+    let before = peak_rss_kib();
+    let parsed = Metainfo::from_bytes(&bytes);
+    let grew_mib = (peak_rss_kib() - before) / 1024;
+    println!(
+        "{} KB torrent: {parsed:?}, peak RSS grew {grew_mib} MiB",
+        bytes.len() / 1000
+    );
+    assert!(matches!(parsed, Err(MetainfoError::HybridMismatch)));
+    assert!(grew_mib < 100, "peak RSS grew {grew_mib} MiB");
+}
