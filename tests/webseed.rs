@@ -646,3 +646,57 @@ fn download_rate_limit_holds_for_a_web_seed() {
         "4 MiB in {seconds:.2} s: faster than 1 MiB/s allows"
     );
 }
+
+/// A torrent listing 60 web seeds (here all at a closed port): only the first
+/// `MAX_WEB_SEEDS` (8) are fetched from, and web seeds take no peer slot. They counted
+/// against the 50 peer connections, so such a torrent took every slot: the download dialed
+/// no peer and closed every peer that dialed it.
+#[test]
+fn many_web_seeds_leave_the_peer_slots_to_peers() {
+    let tmp = TempDir::new("webseed-many");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("data.bin"), bytes(1024 * 1024, 9)).unwrap();
+    let closed = free_port();
+    let urls: Vec<String> = (0..60)
+        .map(|i| format!("http://127.0.0.1:{closed}/{i}/data.bin"))
+        .collect();
+    let torrent = tmp.path().join("t.torrent");
+    let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+    create_torrent_seeds(&src.join("data.bin"), &torrent, &refs);
+    let info_hash = pow_metainfo::Metainfo::from_file(&torrent)
+        .unwrap()
+        .info_hash
+        .0;
+    let port = free_port();
+    let _download = Killed(
+        pow()
+            .arg("download")
+            .arg(&torrent)
+            .arg("-o")
+            .arg(tmp.path().join("out"))
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the download never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The web seeds are registered just after the port opens.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut peer = common::raw_peer::RawPeer::dial(port, info_hash);
+    peer.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut theirs = [0u8; 68];
+    let answered = std::io::Read::read_exact(&mut peer.stream, &mut theirs);
+    assert!(
+        answered.is_ok(),
+        "a peer dialing the download was closed: {answered:?}"
+    );
+    assert_eq!(&theirs[28..48], &info_hash);
+}

@@ -463,16 +463,19 @@ impl State {
         Some(entry)
     }
 
-    /// Forgets the known peer whose dials failed the most times in a row (not one being
-    /// dialed now), to make room for another: fake addresses that peer exchange named fill
-    /// the table only until they are dialed, and trackers' peers still get in. False when no
-    /// dial to any of them has failed.
+    /// Forgets the known peer whose dials failed (or never completed a handshake) the most
+    /// times in a row (not one being dialed now), to make room for another: fake addresses
+    /// that peer exchange named fill the table only until they are dialed, and trackers'
+    /// peers still get in. False when no dial to any of them has failed.
     fn forget_a_failed_peer(&mut self) -> bool {
         let worst = self
             .known
             .iter()
-            .filter(|(addr, peer)| peer.failed_dials > 0 && !self.connecting.contains(addr))
-            .max_by_key(|(_, peer)| peer.failed_dials)
+            .filter(|(addr, peer)| {
+                (peer.failed_dials > 0 || peer.unfinished_dials > 0)
+                    && !self.connecting.contains(addr)
+            })
+            .max_by_key(|(_, peer)| peer.failed_dials.max(peer.unfinished_dials))
             .map(|(addr, _)| *addr);
         worst.is_some_and(|addr| self.known.remove(&addr).is_some())
     }
@@ -508,6 +511,12 @@ impl State {
             self.pow_leechers.swap_remove(at);
         }
         self.share = Share::among(&self.own_id, &self.pow_leechers);
+    }
+
+    /// Wire connections (web seeds, which are in `peers` too, are not): what
+    /// [`EngineConfig::max_peers`] caps. A torrent listing 50 mirrors took every slot.
+    pub fn wire_peers(&self) -> usize {
+        self.peers.len().saturating_sub(self.web_seeds.len())
     }
 
     /// Adds a connection (or web seed) under the next key, which it returns.
@@ -803,13 +812,14 @@ impl Torrent {
         tokio::spawn(peer::adopt(self.inner.clone(), handed));
     }
 
-    /// BEP 19 web seeds to fetch pieces from alongside peers (each URL once; not http: ignored).
+    /// BEP 19 web seeds to fetch pieces from alongside peers (each URL once; not http: ignored;
+    /// the first [`MAX_WEB_SEEDS`]).
     /// Each runs until the torrent is complete, it is banned, or it has nothing left we want.
     pub fn add_web_seeds(&self, urls: impl IntoIterator<Item = String>) {
         if *self.inner.shutdown.borrow() || self.inner.lock().picker.is_complete() {
             return;
         }
-        for url in urls {
+        for url in urls.into_iter().take(MAX_WEB_SEEDS) {
             webseed::start(&self.inner, url);
         }
     }
@@ -1026,6 +1036,9 @@ async fn connect_loop(inner: Arc<Inner>) {
 /// the session runs. A peer that answers keeps the 10 s: in one CI run Transmission (encryption
 /// required) never connected to a pow seed in 65 s once such dials were backed off too.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Web seeds of a torrent fetched from: each holds up to 16 MiB of requests in flight, and a
+/// torrent (or magnet link) may list any number.
+pub const MAX_WEB_SEEDS: usize = 8;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// A peer address we may dial, and how our dials to it went.
@@ -1038,6 +1051,12 @@ pub(crate) struct KnownPeer {
     pub failed_dials: u32,
     /// Connections to it that ended in a breach of the protocol (see [`MAX_VIOLATIONS`]).
     pub violations: u32,
+    /// Dials in a row that did not complete the BitTorrent handshake (nobody there, or a
+    /// close or silence during it). Such an address keeps the short redial wait (a peer that
+    /// answers may take a few tries: Transmission with encryption required), but is the first
+    /// forgotten when the table is full: one peer's exchange named 2,000 ports of its host
+    /// that accept and then say nothing, and they held the table for the whole session.
+    pub unfinished_dials: u32,
     /// Added to each wait before a redial, drawn once per address (up to
     /// [`MAX_REDIAL_JITTER`]): peers that learned of an address in the same announce do not
     /// redial it in step for ever. Transmission closes a handshake from an address while
@@ -1056,6 +1075,7 @@ impl Default for KnownPeer {
             last_dial: None,
             failed_dials: 0,
             violations: 0,
+            unfinished_dials: 0,
             jitter: MAX_REDIAL_JITTER.mul_f64(rand::random::<f64>()),
         }
     }
@@ -1079,6 +1099,15 @@ impl KnownPeer {
             0
         } else {
             self.failed_dials.saturating_add(1)
+        };
+    }
+
+    /// Records whether a dial's handshake completed (see [`KnownPeer::unfinished_dials`]).
+    pub fn handshake_ended(&mut self, completed: bool) {
+        self.unfinished_dials = if completed {
+            0
+        } else {
+            self.unfinished_dials.saturating_add(1)
         };
     }
 
@@ -1131,7 +1160,7 @@ fn try_connect(inner: &Arc<Inner>) {
     let mut slots = inner
         .config
         .max_peers
-        .saturating_sub(state.peers.len() + state.connecting.len());
+        .saturating_sub(state.wire_peers() + state.connecting.len());
     let candidates: Vec<SocketAddr> = state
         .known
         .iter()
@@ -1267,6 +1296,18 @@ mod tests {
             );
             assert!(state.known.contains_key(&addr(10_001)));
             drop(state);
+            // An address that accepts but never completes a handshake goes too, though its
+            // dials "reached" it (it held the table for the session before).
+            {
+                let mut state = inner.lock();
+                let silent = state.known.get_mut(&addr(10_003)).unwrap();
+                silent.dialed(true);
+                silent.handshake_ended(false);
+                silent.handshake_ended(false);
+                state.known.get_mut(&addr(10_001)).unwrap().failed_dials = 0;
+            }
+            assert_eq!(inner.learn_peers([addr(8)]), 1);
+            assert!(!inner.lock().known.contains_key(&addr(10_003)));
             torrent.shutdown();
         });
         std::fs::remove_dir_all(dir).unwrap();

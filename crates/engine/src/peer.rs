@@ -105,7 +105,7 @@ pub(crate) async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
-                    let full = inner.lock().peers.len() >= inner.config.max_peers;
+                    let full = inner.lock().wire_peers() >= inner.config.max_peers;
                     let Some(permit) = pending.admit(addr) else {
                         continue;
                     };
@@ -182,7 +182,12 @@ fn book_dial(inner: &Inner, addr: SocketAddr, outcome: Option<Dialed>) {
                 ban(&mut state, addr, &why);
             }
         }
-        outcome => known.dialed(outcome != Some(Dialed::Unreachable)),
+        outcome => {
+            known.dialed(outcome != Some(Dialed::Unreachable));
+            if let Some(outcome) = outcome {
+                known.handshake_ended(outcome == Dialed::Connected);
+            }
+        }
     }
 }
 
@@ -273,7 +278,7 @@ pub(crate) async fn accept_routed(
     addr: SocketAddr,
     routed: Routed,
 ) {
-    let full = inner.lock().peers.len() >= inner.config.max_peers;
+    let full = inner.lock().wire_peers() >= inner.config.max_peers;
     if !full && !*inner.shutdown.borrow() {
         run(inner, stream, addr, Side::Routed(Box::new(routed))).await;
     }

@@ -141,6 +141,7 @@ impl PexLink {
             .iter()
             .filter(|(_, f)| !(seeding && f & flags::SEED != 0))
             .map(|(addr, _)| *addr)
+            .filter(|addr| reachable_from(from, *addr))
             .take(MAX_PEERS_PER_LIST)
             .collect();
         let new = inner.learn_peers(addrs);
@@ -153,5 +154,56 @@ impl PexLink {
             message.added.len()
         );
         Ok(())
+    }
+}
+
+/// Whether a peer at `from` can have seen a peer at `addr`: a peer on the internet names no
+/// loopback, private or link-local address that is not ours to dial (it would have us dial
+/// our own host or our network for it). Peers on such networks may name each other.
+fn reachable_from(from: SocketAddr, addr: SocketAddr) -> bool {
+    !local_scope(addr.ip()) || local_scope(from.ip())
+}
+
+/// Loopback, private (RFC 1918, unique local) and link-local addresses.
+fn local_scope(ip: std::net::IpAddr) -> bool {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    /// A peer on the internet cannot have us dial our own host or network; peers on loopback
+    /// or a private network name one another (local swarms, tests).
+    #[test]
+    fn only_peers_on_local_networks_name_local_addresses() {
+        let at = |a: &str| a.parse::<SocketAddr>().unwrap();
+        let internet = at("203.0.113.7:6881");
+        for local in [
+            "127.0.0.1:22",
+            "10.0.0.5:80",
+            "192.168.1.1:6881",
+            "169.254.1.1:1",
+            "[::1]:22",
+            "[fd00::1]:1",
+            "[fe80::1]:1",
+            "[::ffff:127.0.0.1]:22",
+        ] {
+            assert!(!reachable_from(internet, at(local)), "{local}");
+            assert!(reachable_from(at("127.0.0.1:51413"), at(local)), "{local}");
+            assert!(
+                reachable_from(at("192.168.1.9:51413"), at(local)),
+                "{local}"
+            );
+        }
+        assert!(reachable_from(internet, at("198.51.100.1:6881")));
+        assert!(reachable_from(at("127.0.0.1:1"), at("198.51.100.1:6881")));
     }
 }
