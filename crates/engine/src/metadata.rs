@@ -200,7 +200,10 @@ pub async fn fetch_metadata(
             addr = peers.recv(), if sources_open => match addr {
                 Some(addr) => {
                     let own = listen.is_some_and(|l| crate::is_own_address(addr, l));
-                    if !own && crate::dialable(addr) {
+                    // As many as a session keeps: a tracker's answer of a megabyte names
+                    // 170,000 addresses.
+                    let room = known.len() < crate::MAX_KNOWN_PEERS;
+                    if !own && crate::dialable(addr) && (room || known.contains_key(&addr)) {
                         known.entry(addr).or_default();
                     }
                 }
