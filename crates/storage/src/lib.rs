@@ -7,8 +7,12 @@
 //! (`fallocate`) where the file system can, else sparse; a file one write fills is just
 //! written. Paths come from the metainfo's `SafePath`s joined to the output directory, and a
 //! file is only opened after checking that its real parent directory (symlinks resolved) is
-//! inside the output directory. BEP 47 pad files are never created: they read as zeros and
-//! writes to them are dropped.
+//! inside the output directory; missing directories are made one at a time, none through a link
+//! that leads out of it. A file that is itself a symbolic link is written only if it leads
+//! inside too, but read wherever it leads (data linked in from elsewhere is seeded). Data that
+//! cannot be written (a read-only file or mount) is opened to read. A file longer than the
+//! torrent says holds the pieces within its length, and is cut to it when opened for a write.
+//! BEP 47 pad files are never created: they read as zeros and writes to them are dropped.
 //!
 //! Handles are opened on first use and shared through the process's [`OpenFiles`] budget, so a
 //! torrent of more files than the process may open still downloads and seeds: the least
@@ -34,7 +38,7 @@ use std::fs::{File, OpenOptions};
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Threads a check of data on disk ([`Storage::check_existing`]) is given: one per core, as
@@ -215,7 +219,21 @@ struct ContentFile {
     /// Written since the resume file's stamp of it (its size and mtime) was taken; true until
     /// the first is.
     restamp: AtomicBool,
+    /// Found longer than the torrent says by the last check ([`Storage::prepare_files`] cuts
+    /// it).
+    long: AtomicBool,
+    /// What the handle in `slot` may do: [`READ_ONLY`], [`READ_WRITE`] or [`SIZED`]. Kept
+    /// under the slot's lock.
+    opened: AtomicU8,
 }
+
+/// A handle that can only read: data linked in from outside the root, or a read-only file or
+/// file system.
+const READ_ONLY: u8 = 0;
+/// A handle opened to read that can also write, the file not yet given its length.
+const READ_WRITE: u8 = 1;
+/// A handle opened for writing, its file given its length ([`Storage::fit_length`]).
+const SIZED: u8 = 2;
 
 impl ContentFile {
     /// After a write to the file has completed (so a sync or stamp that sees the mark
@@ -240,6 +258,20 @@ enum Open {
     /// no `fstat`, no `fallocate`. Those were two of a small file's five system calls, and
     /// `fallocate` a journalled block allocation of its own.
     CreateWhole,
+}
+
+/// How [`Storage::handle`] opens a file, as it finds what is at its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Made new for a write that fills it ([`Open::CreateWhole`]); never through a link.
+    New,
+    /// Read and write (made if missing, for a write), but not through a symbolic link at the
+    /// file's own path: such a link is followed only as [`Storage::through_link`] allows.
+    NoFollow,
+    /// Read and write through a symbolic link that leads inside the root.
+    Follow,
+    /// Read only, through any link.
+    Read,
 }
 
 pub struct Storage {
@@ -286,6 +318,8 @@ impl Storage {
                 slot: Arc::default(),
                 dirty: AtomicBool::new(false),
                 restamp: AtomicBool::new(true),
+                long: AtomicBool::new(false),
+                opened: AtomicU8::new(READ_ONLY),
             })
             .collect::<Vec<_>>();
         Ok(Storage {
@@ -321,89 +355,229 @@ impl Storage {
     /// The open handle of file `index`, opened as `open` says. `Ok(None)` when it does not
     /// exist and `open` is [`Open::Existing`].
     fn handle(&self, index: usize, open: Open) -> Result<Option<Arc<File>>, StorageError> {
-        let create = open != Open::Existing;
+        let write = open != Open::Existing;
         let file = &self.files[index];
         let mut slot = file.slot.handle.lock().expect("file handle lock");
         if let Some(handle) = slot.as_ref() {
-            file.slot.touch();
-            return Ok(Some(handle.clone()));
+            let usable = match file.opened.load(Ordering::Relaxed) {
+                _ if !write => true,
+                SIZED => true,
+                READ_WRITE => {
+                    // Opened by a read (the start-up check): sized at its first write.
+                    self.fit_length(handle, file, open)?;
+                    file.opened.store(SIZED, Ordering::Relaxed);
+                    true
+                }
+                // Opened again for the write, which may be refused.
+                _ => false,
+            };
+            if usable {
+                file.slot.touch();
+                return Ok(Some(handle.clone()));
+            }
         }
-        if !self.check_parent(&file.path, create)? {
+        // Its read-only handle is replaced: the slot is already in the pool.
+        let admitted = slot.is_some();
+        if !self.check_parent(&file.path, write)? {
             return Ok(None);
         }
-        let open_file = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(create)
-                .truncate(false)
-                .open(&file.path)
+        let open_file = |access: Access| {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut options = OpenOptions::new();
+            options.read(true).write(access != Access::Read);
+            match access {
+                Access::New => {
+                    options.create_new(true);
+                }
+                Access::NoFollow => {
+                    options
+                        .create(write)
+                        .truncate(false)
+                        .custom_flags(libc::O_NOFOLLOW);
+                }
+                Access::Follow | Access::Read => {}
+            }
+            options.open(&file.path)
         };
-        let mut opened = open_file();
-        for _retry in 0..2 {
+        let mut access = match open {
+            Open::CreateWhole => Access::New,
+            Open::Create | Open::Existing => Access::NoFollow,
+        };
+        let mut opened = open_file(access);
+        // Each of the first two is retried up to twice, each of the others once.
+        for _retry in 0..5 {
             match &opened {
                 Err(e) if open_files::is_out_of_descriptors(e) => {
                     self.open_files.relieve();
                 }
-                Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
+                Err(e) if write && e.kind() == std::io::ErrorKind::NotFound => {
                     // Its directory was removed since it was checked: make and check it again.
                     self.checked_dirs
                         .lock()
                         .expect("checked directories lock")
                         .remove(file.path.parent().expect("below root"));
-                    self.check_parent(&file.path, create)?;
+                    self.check_parent(&file.path, write)?;
+                }
+                Err(e)
+                    if access == Access::New && e.kind() == std::io::ErrorKind::AlreadyExists =>
+                {
+                    access = Access::NoFollow;
+                }
+                Err(e) if access == Access::NoFollow && e.raw_os_error() == Some(libc::ELOOP) => {
+                    access = self.through_link(&file.path, write)?;
+                }
+                Err(e)
+                    if !write
+                        && access != Access::Read
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::PermissionDenied
+                                | std::io::ErrorKind::ReadOnlyFilesystem
+                        ) =>
+                {
+                    // Data made read-only (`chmod a-w`, a read-only mount) is still read.
+                    access = Access::Read;
                 }
                 _ => break,
             }
-            opened = open_file();
+            opened = open_file(access);
         }
         let handle = match opened {
             Ok(handle) => handle,
-            Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if !write && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Self::io(&file.path)(e)),
         };
-        if open == Open::Create {
-            let len = handle.metadata().map_err(Self::io(&file.path))?.len();
-            let allocated = || file.allocate.load(Ordering::Relaxed) && allocate(&handle, file);
-            if len < file.length && !allocated() {
-                // Sparse: no blocks are allocated until data is written.
-                handle.set_len(file.length).map_err(Self::io(&file.path))?;
+        let state = match access {
+            Access::Read => READ_ONLY,
+            _ if !write => READ_WRITE,
+            // Just made: the write gives it its length and blocks.
+            Access::New => SIZED,
+            _ => {
+                self.fit_length(&handle, file, open)?;
+                SIZED
             }
-        }
-        if create && file.length == 0 {
+        };
+        if write && file.length == 0 {
             // It may have just been made, and is never written: its stamp must still say it
             // exists. (Any other file is restamped after a write that succeeded.)
             file.restamp.store(true, Ordering::Relaxed);
         }
         let handle = Arc::new(handle);
         *slot = Some(handle.clone());
+        file.opened.store(state, Ordering::Relaxed);
         // Not while holding the slot: the pool may close others, never waiting on one.
         drop(slot);
-        self.open_files.admit(&file.slot);
+        if admitted {
+            file.slot.touch();
+        } else {
+            self.open_files.admit(&file.slot);
+        }
         Ok(Some(handle))
+    }
+
+    /// Gives a file opened for a write its length in the torrent. A short one is extended
+    /// (allocated if [`Storage::prepare_files`] marked it, else sparse) unless the write fills
+    /// it. A longer one is cut: its tail is not the torrent's, and left there it kept every
+    /// resume file from being trusted and `pow verify` from passing.
+    fn fit_length(
+        &self,
+        handle: &File,
+        file: &ContentFile,
+        open: Open,
+    ) -> Result<(), StorageError> {
+        let len = handle.metadata().map_err(Self::io(&file.path))?.len();
+        if len > file.length {
+            tracing::warn!(
+                "{} is longer than the torrent says ({len} bytes, not {}): cut to its length",
+                file.path.display(),
+                file.length
+            );
+            handle.set_len(file.length).map_err(Self::io(&file.path))?;
+            file.long.store(false, Ordering::Relaxed);
+            file.restamp.store(true, Ordering::Relaxed);
+        } else if len < file.length && open == Open::Create {
+            let allocated = file.allocate.load(Ordering::Relaxed) && allocate(handle, file);
+            if !allocated {
+                // Sparse: no blocks are allocated until data is written.
+                handle.set_len(file.length).map_err(Self::io(&file.path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How to open a file whose own path is a symbolic link. To write, only if it leads inside
+    /// the root: one to a file outside (`~/.bashrc`) would take the torrent's data. To read,
+    /// wherever it leads: researchers link large files into a data directory to seed them.
+    fn through_link(&self, path: &Path, write: bool) -> Result<Access, StorageError> {
+        match path.canonicalize() {
+            Ok(real) if real.starts_with(&self.root) => Ok(Access::Follow),
+            _ if !write => Ok(Access::Read),
+            Ok(_) => Err(StorageError::OutsideRoot {
+                path: path.to_path_buf(),
+                root: self.root.clone(),
+            }),
+            Err(e) => Err(StorageError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    e.kind(),
+                    format!("a symbolic link not followed to write ({e})"),
+                ),
+            }),
+        }
     }
 
     /// Makes sure the directory of `path` exists (with `create`, else false when it does not)
     /// and lies inside the root once symlinks are resolved. Each directory is checked once:
     /// checking it for every file cost a 100,000-file download 18 `stat`s and 5 `readlink`s a
-    /// file (now under 4 `stat`s, no `readlink`).
+    /// file (now under 4 `stat`s, no `readlink`). Missing directories are made one at a time,
+    /// each in one found inside the root, so none is made through a link that leads out of it.
     fn check_parent(&self, path: &Path, create: bool) -> Result<bool, StorageError> {
+        use std::io::ErrorKind::{AlreadyExists, NotADirectory, NotFound};
         let parent = path.parent().expect("below root");
         let checked = || self.checked_dirs.lock().expect("checked directories lock");
         if checked().contains(parent) {
             return Ok(true);
         }
-        if create {
-            std::fs::create_dir_all(parent).map_err(Self::io(parent))?;
-        } else if !parent.exists() {
-            return Ok(false);
-        }
-        let real_parent = parent.canonicalize().map_err(Self::io(parent))?;
-        if !real_parent.starts_with(&self.root) {
-            return Err(StorageError::OutsideRoot {
+        let inside = |dir: &Path| match dir.canonicalize() {
+            Ok(real) if real.starts_with(&self.root) => Ok(()),
+            Ok(_) => Err(StorageError::OutsideRoot {
                 path: path.to_path_buf(),
                 root: self.root.clone(),
-            });
+            }),
+            Err(e) => Err(Self::io(dir)(e)),
+        };
+        // The directories to make, deepest first, below the deepest one that exists.
+        let mut missing = Vec::new();
+        let mut dir = parent;
+        loop {
+            match inside(dir) {
+                Ok(()) => break,
+                Err(StorageError::Io { source, .. })
+                    if !create && matches!(source.kind(), NotFound | NotADirectory) =>
+                {
+                    return Ok(false);
+                }
+                Err(StorageError::Io { source, .. })
+                    if source.kind() == NotFound && dir != self.root =>
+                {
+                    missing.push(dir);
+                    dir = dir.parent().expect("below root");
+                }
+                Err(StorageError::Io { source, .. }) if source.kind() == NotFound => {
+                    // The root itself was removed: made again, as at the start.
+                    std::fs::create_dir_all(dir).map_err(Self::io(dir))?;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for dir in missing.into_iter().rev() {
+            match std::fs::create_dir(dir) {
+                Ok(()) => {}
+                // Made meanwhile by another thread, or a link: checked as any that exists.
+                Err(e) if e.kind() == AlreadyExists => inside(dir)?,
+                Err(e) => return Err(Self::io(dir)(e)),
+            }
         }
         checked().insert(parent.to_path_buf());
         Ok(true)
@@ -599,8 +773,9 @@ impl Storage {
     }
 
     /// Checks what is already on disk, piece by piece, on `threads` threads. A piece counts only
-    /// if every file it touches exists with its full length and its hash matches. `progress` is
-    /// called with the number of pieces checked so far (from any thread).
+    /// if every file it touches holds its bytes and its hash matches; a file missing or too short
+    /// for it does not, and any other failure to read is returned. `progress` is called with the
+    /// number of pieces checked so far (from any thread).
     pub fn check_existing(
         &self,
         threads: usize,
@@ -622,16 +797,31 @@ impl Storage {
         let geometry = &self.metainfo.geometry;
         let count = geometry.piece_count();
         // A file shorter than the torrent says (an interrupted copy, another client's partial
-        // download) holds the pieces wholly inside it; a longer one is some other file.
-        let sizes_ok: Vec<bool> = self
+        // download) holds the pieces wholly inside it; a longer one those in its length (the
+        // tail is not the torrent's). A missing one holds none; one that cannot be looked at
+        // is read all the same, and the read says why.
+        let worth_reading: Vec<bool> = self
             .files
             .iter()
             .map(|f| {
-                f.pad
-                    || f.length == 0
-                    || std::fs::metadata(&f.path).is_ok_and(|m| m.is_file() && m.len() <= f.length)
+                if f.pad || f.length == 0 {
+                    return true;
+                }
+                match std::fs::metadata(&f.path) {
+                    Ok(m) => {
+                        f.long.store(m.len() > f.length, Ordering::Relaxed);
+                        m.is_file()
+                    }
+                    Err(e) => !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ),
+                }
             })
             .collect();
+        // A read that failed other than for a missing or short file: not a bad piece but data
+        // that cannot be checked (unreadable, a failing disk), which the caller must hear of.
+        let failed = Mutex::new(None);
         let next = AtomicU32::new(0);
         let done = AtomicU32::new(0);
         // What is verified, what is checked, and how far from the start both hold.
@@ -649,12 +839,26 @@ impl Storage {
                         };
                         let spans = geometry.piece_spans(piece);
                         let mut good = false;
-                        if spans.iter().all(|s| sizes_ok[s.file]) {
+                        if spans.iter().all(|s| worth_reading[s.file]) {
                             let size = geometry.piece_size(piece) as usize;
                             let data = &mut buf[..size];
-                            good = self.read_at(geometry.piece_offset(piece), data).is_ok()
-                                && Sha1::digest(&*data).as_slice()
-                                    == self.metainfo.piece_hash(piece);
+                            match self.read_at(geometry.piece_offset(piece), data) {
+                                Ok(()) => {
+                                    good = Sha1::digest(&*data).as_slice()
+                                        == self.metainfo.piece_hash(piece);
+                                }
+                                Err(StorageError::Io { source, .. })
+                                    if matches!(
+                                        source.kind(),
+                                        std::io::ErrorKind::NotFound
+                                            | std::io::ErrorKind::UnexpectedEof
+                                    ) => {}
+                                Err(e) => {
+                                    failed.lock().expect("check lock").get_or_insert(e);
+                                    next.store(count, Ordering::Relaxed);
+                                    break;
+                                }
+                            }
                         }
                         {
                             let mut found = found.lock().expect("check lock");
@@ -677,6 +881,9 @@ impl Storage {
                 });
             }
         });
+        if let Some(error) = failed.into_inner().expect("check lock") {
+            return Err(error);
+        }
         Ok(found.into_inner().expect("check lock").0)
     }
 
@@ -684,7 +891,8 @@ impl Storage {
     /// piece, so no write would create them), and marks the `wanted` ones (all, for `None`)
     /// to have their blocks allocated in full when their first block is written. A file only
     /// touched by a wanted file's piece stays sparse, so `--only` never fills the disk with
-    /// files nobody asked for.
+    /// files nobody asked for. A wanted file the check found longer than the torrent says is
+    /// cut now ([`Storage::fit_length`]): when all its pieces were found good, no write would.
     ///
     /// Why allocate: writing into allocated blocks skips ext4's per-page delayed-allocation
     /// work, which cut a 1 GiB download's system time from 1.48 to 1.17 s here; the file is
@@ -699,6 +907,9 @@ impl Storage {
                 self.handle(index, Open::Create)?;
             } else if wanted.is_none_or(|w| w.contains(&index)) {
                 file.allocate.store(true, Ordering::Relaxed);
+                if file.long.load(Ordering::Relaxed) {
+                    self.handle(index, Open::Create)?;
+                }
             }
         }
         Ok(())
@@ -1095,5 +1306,141 @@ mod tests {
         let error = storage.read_block(last, 0, &mut block).unwrap_err();
         assert!(error.to_string().contains("set/b"), "{error}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::test_torrent::{pattern_torrent, write_piece, PatternTorrent};
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_file_linked_out_of_the_root_is_read_through_but_never_written() {
+        let PatternTorrent {
+            dir,
+            src,
+            metainfo,
+            content,
+        } = pattern_torrent("link-out", &[("a", 40_000), ("b", 40_000)], 16384);
+        // A seed's data with a large file linked in from elsewhere: every piece is there.
+        let elsewhere = dir.join("elsewhere-a");
+        std::fs::rename(src.join("a"), &elsewhere).unwrap();
+        symlink(&elsewhere, src.join("a")).unwrap();
+        let seed = Storage::new(metainfo.clone(), src.parent().unwrap()).unwrap();
+        let have = seed.check_existing(1, &|_| {}).unwrap();
+        assert_eq!(have.count(), metainfo.geometry.piece_count());
+        // A download whose a links to a file of someone else's: read (by the start-up check),
+        // then never written, nor lengthened.
+        let precious = dir.join("precious");
+        std::fs::write(&precious, b"keep me").unwrap();
+        let out = dir.join("out");
+        std::fs::create_dir_all(out.join("set")).unwrap();
+        symlink(&precious, out.join("set/a")).unwrap();
+        let download = Storage::new(metainfo.clone(), &out).unwrap();
+        assert_eq!(download.check_existing(1, &|_| {}).unwrap().count(), 0);
+        let error = write_piece(&download, &content, 0).unwrap_err();
+        assert!(matches!(error, StorageError::OutsideRoot { .. }), "{error}");
+        assert!(error.to_string().contains("set/a"), "{error}");
+        assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
+        // b, no link, is written as ever.
+        write_piece(&download, &content, metainfo.geometry.piece_count() - 1).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn no_directory_is_made_through_a_link_out_of_the_root() {
+        let PatternTorrent {
+            dir,
+            metainfo,
+            content,
+            ..
+        } = pattern_torrent("dir-out", &[("d/a", 20_000), ("d/b", 20_000)], 16384);
+        let elsewhere = dir.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let out = dir.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        symlink(&elsewhere, out.join("set")).unwrap();
+        let storage = Storage::new(metainfo, &out).unwrap();
+        let error = write_piece(&storage, &content, 0).unwrap_err();
+        assert!(matches!(error, StorageError::OutsideRoot { .. }), "{error}");
+        assert!(
+            !elsewhere.join("d").exists(),
+            "a directory was made outside the root"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_check_that_cannot_read_a_file_says_why() {
+        let PatternTorrent {
+            dir, src, metainfo, ..
+        } = pattern_torrent("unreadable", &[("a", 40_000), ("b", 40_000)], 16384);
+        // A link to itself: neither missing nor short, and unreadable even by root.
+        std::fs::remove_file(src.join("a")).unwrap();
+        symlink("a", src.join("a")).unwrap();
+        let storage = Storage::new(metainfo, src.parent().unwrap()).unwrap();
+        let error = storage.check_existing(2, &|_| {}).unwrap_err();
+        assert!(error.to_string().contains("set/a"), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Mounts a tmpfs on `dir`; `None` where that is not allowed (not root).
+    fn mount_tmpfs(dir: &Path) -> Option<()> {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+        status.is_ok_and(|s| s.success()).then_some(())
+    }
+
+    fn remount(dir: &Path, options: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", options])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -o {options} {}", dir.display());
+    }
+
+    #[test]
+    fn read_only_data_is_checked_and_read_and_a_write_to_it_says_why() {
+        let PatternTorrent {
+            dir,
+            src,
+            metainfo,
+            content,
+        } = pattern_torrent("read-only", &[("a", 40_000), ("b", 40_000)], 16384);
+        let data = dir.join("data");
+        if mount_tmpfs(&data).is_none() {
+            println!("SKIPPED: cannot mount a tmpfs here (needs root)");
+            std::fs::remove_dir_all(dir).unwrap();
+            return;
+        }
+        std::fs::create_dir_all(data.join("set")).unwrap();
+        for name in ["a", "b"] {
+            std::fs::copy(src.join(name), data.join("set").join(name)).unwrap();
+        }
+        remount(&data, "remount,ro");
+        let result = std::panic::catch_unwind(|| {
+            let storage = Storage::new(metainfo.clone(), &data).unwrap();
+            let have = storage.check_existing(2, &|_| {}).unwrap();
+            assert_eq!(have.count(), metainfo.geometry.piece_count());
+            let mut block = vec![MaybeUninit::<u8>::uninit(); 16384];
+            let piece = metainfo.geometry.piece(2).unwrap();
+            storage.read_block(piece, 0, &mut block).unwrap();
+            let error = write_piece(&storage, &content, 0).unwrap_err();
+            assert!(
+                error.to_string().contains("set/a") && error.to_string().contains("Read-only"),
+                "{error}"
+            );
+        });
+        let _ = std::process::Command::new("umount").arg(&data).status();
+        std::fs::remove_dir_all(&dir).unwrap();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
     }
 }

@@ -297,13 +297,20 @@ impl Storage {
             let piece = geometry
                 .piece(piece)
                 .expect("bitfield sized to the torrent");
-            let whole = geometry.piece_spans(piece).iter().all(|s| {
+            let wrong = geometry.piece_spans(piece).iter().find_map(|s| {
                 let f = &self.files[s.file];
-                f.pad || stamps[s.file].is_some_and(|(len, _)| len == f.length)
+                let state = match stamps[s.file] {
+                    _ if f.pad => return None,
+                    Some((len, _)) if len == f.length => return None,
+                    Some((len, _)) if len > f.length => "longer than the torrent says",
+                    Some(_) => "shorter than the torrent says",
+                    None => "missing",
+                };
+                Some(format!("{} is {state}", f.path.display()))
             });
-            if !whole {
+            if let Some(wrong) = wrong {
                 return Err(LoadError::Rejected(format!(
-                    "piece {} is claimed but a file of it is short",
+                    "piece {} is claimed but {wrong}",
                     piece.get()
                 )));
             }
@@ -561,7 +568,7 @@ mod tests {
     }
 
     #[test]
-    fn a_short_file_holds_the_pieces_inside_it_and_a_long_one_none() {
+    fn a_short_file_holds_the_pieces_inside_it_and_a_long_one_those_in_its_length() {
         let (dir, metainfo, content) = setup("short");
         let storage = Storage::new(metainfo.clone(), &dir.join("out")).unwrap();
         write_pieces(&storage, &content, &(0..10).collect::<Vec<_>>());
@@ -575,10 +582,53 @@ mod tests {
         set_len(30_000);
         let have = storage.check_existing(1, &|_| {}).unwrap();
         assert_eq!(have, have_of(&[0, 1, 2, 3, 4, 5, 6]));
-        // Longer than the torrent says: not this torrent's b; pieces 6-9 touch it.
-        set_len(63_840 + 10);
-        let have = storage.check_existing(1, &|_| {}).unwrap();
-        assert_eq!(have, have_of(&[0, 1, 2, 3, 4, 5]));
+        storage
+            .save_resume(&have_of(&[6, 7]), Durability::Synced)
+            .unwrap();
+        let Err(LoadError::Rejected(why)) = storage.load_resume() else {
+            panic!("a piece past the end of a short file was trusted");
+        };
+        assert!(why.contains("/b is shorter"), "{why}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_longer_file_holds_the_pieces_in_its_length_and_a_download_cuts_it_to_that() {
+        let (dir, metainfo, content) = setup("long");
+        let out = dir.join("out");
+        let all = have_of(&(0..10).collect::<Vec<_>>());
+        let storage = Storage::new(metainfo.clone(), &out).unwrap();
+        write_pieces(&storage, &content, &(0..10).collect::<Vec<_>>());
+        let b = storage.file_path(1).to_path_buf();
+        let set_len = |len: u64| {
+            let file = std::fs::OpenOptions::new().write(true).open(&b).unwrap();
+            file.set_len(len).unwrap();
+        };
+        // 10 bytes more than the torrent's 63,840: not the torrent's, and no piece lies in them.
+        set_len(63_850);
+        assert_eq!(storage.check_existing(1, &|_| {}).unwrap(), all);
+        storage.save_resume(&all, Durability::Synced).unwrap();
+        let Err(LoadError::Rejected(why)) = storage.load_resume() else {
+            panic!("a file longer than the torrent says was trusted");
+        };
+        assert!(why.contains("/b is longer"), "{why}");
+        // A download's start checks it all again, and cuts b, which then holds as saved.
+        let again = Storage::new(metainfo.clone(), &out).unwrap();
+        let resume = again.resume_or_check(1, &|_| {}).unwrap();
+        assert_eq!(resume.source, ResumeSource::FullCheck);
+        assert_eq!(resume.have, all);
+        again.prepare_files(None).unwrap();
+        assert_eq!(std::fs::metadata(&b).unwrap().len(), 63_840);
+        again.save_resume(&all, Durability::Synced).unwrap();
+        let third = Storage::new(metainfo.clone(), &out).unwrap();
+        let resume = third.resume_or_check(1, &|_| {}).unwrap();
+        assert_eq!(resume.source, ResumeSource::File, "{:?}", resume.rejected);
+        // Without a check, the first write to it cuts it (piece 9 lies in b).
+        set_len(70_000);
+        let fourth = Storage::new(metainfo, &out).unwrap();
+        write_pieces(&fourth, &content, &[9]);
+        assert_eq!(std::fs::metadata(&b).unwrap().len(), 63_840);
+        assert_eq!(fourth.check_existing(1, &|_| {}).unwrap(), all);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
