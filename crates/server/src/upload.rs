@@ -164,6 +164,7 @@ impl FormMeter {
             body: body.into_data_stream(),
             meter: self.clone(),
             yield_next: false,
+            last: 0,
         })
     }
 
@@ -181,6 +182,10 @@ struct Metered {
     body: axum::body::BodyDataStream,
     meter: Arc<FormMeter>,
     yield_next: bool,
+    /// The size of the chunk handed over last: the parser may still hold the file's bytes
+    /// of it when it asks for the next (a chunk that ends a part's headers and starts its
+    /// file; hyper's chunks grow to 400 KiB on a connection that carried a large body).
+    last: u64,
 }
 
 impl futures_util::Stream for Metered {
@@ -193,7 +198,9 @@ impl futures_util::Stream for Metered {
         }
         let meter = self.meter.clone();
         let read = meter.read.load(Ordering::Relaxed);
-        let not_file = read.saturating_sub(meter.file.load(Ordering::Relaxed));
+        let not_file = read
+            .saturating_sub(self.last)
+            .saturating_sub(meter.file.load(Ordering::Relaxed));
         if not_file > FORM_OVERHEAD {
             meter.over.store(true, Ordering::Relaxed);
             return Poll::Ready(Some(Err(std::io::Error::other("too much form overhead"))));
@@ -201,6 +208,7 @@ impl futures_util::Stream for Metered {
         let next = std::pin::pin!(self.body.next()).poll(cx);
         if let Poll::Ready(Some(Ok(chunk))) = &next {
             meter.read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.last = chunk.len() as u64;
             self.yield_next = true;
         }
         next.map(|item| item.map(|chunk| chunk.map_err(std::io::Error::other)))
@@ -441,6 +449,70 @@ mod tests {
         let result = check_zip(&dir);
         std::fs::remove_file(&dir).unwrap();
         result
+    }
+
+    /// A form whose body comes in one large chunk (hyper's reads grow to 400 KiB on a
+    /// connection that carried a large body before) is not mistaken for one that is mostly
+    /// not the file: the chunk that ends the file part's headers holds its first bytes too.
+    /// And a body that never sends a boundary is still stopped.
+    #[tokio::test]
+    async fn the_meter_takes_a_form_in_one_large_chunk() {
+        use axum::extract::FromRequest as _;
+        let dir = std::env::temp_dir().join(format!("pow-meter-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut zip = b"PK\x03\x04".to_vec();
+        zip.resize(300 << 10, 7);
+        zip.extend_from_slice(b"PK\x05\x06\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0");
+        let form = |body: Vec<u8>| {
+            let meter = Arc::new(FormMeter::default());
+            let request = axum::http::Request::builder()
+                .method("POST")
+                .header("content-type", "multipart/form-data; boundary=XyZ")
+                .body(meter.meter(Body::from(body)))
+                .unwrap();
+            (meter, request)
+        };
+        let mut body =
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"description\"\r\n\r\nslices\r\n\
+            --XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.zip\"\r\n\r\n"
+                .to_vec();
+        body.extend_from_slice(&zip);
+        body.extend_from_slice(b"\r\n--XyZ--\r\n");
+        let (meter, request) = form(body);
+        let multipart = Multipart::from_request(request, &()).await.unwrap();
+        let pace = Pace::new(std::time::Duration::from_secs(10), 1);
+        let (received, description) = receive(multipart, &meter, &dir, 1 << 30, pace)
+            .await
+            .unwrap();
+        assert_eq!(
+            (received.size, description.as_str()),
+            (zip.len() as u64, "slices")
+        );
+        drop(received);
+
+        let mut endless =
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.zip\"\r\n"
+                .to_vec();
+        endless.resize(300 << 10, b'h');
+        let chunks = [endless.clone(), endless];
+        let (meter, _) = form(Vec::new());
+        let stream = futures_util::stream::iter(
+            chunks.map(|c| Ok::<_, std::io::Error>(axum::body::Bytes::from(c))),
+        );
+        let request = axum::http::Request::builder()
+            .method("POST")
+            .header("content-type", "multipart/form-data; boundary=XyZ")
+            .body(meter.meter(Body::from_stream(stream)))
+            .unwrap();
+        let multipart = Multipart::from_request(request, &()).await.unwrap();
+        let pace = Pace::new(std::time::Duration::from_secs(10), 1);
+        let refused = receive(multipart, &meter, &dir, 1 << 30, pace).await;
+        assert!(
+            matches!(&refused, Err(UploadError::BadForm(m)) if m.contains("not the file's")),
+            "{:?}",
+            refused.err()
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
