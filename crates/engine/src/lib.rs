@@ -516,7 +516,11 @@ impl State {
     /// Wire connections (web seeds, which are in `peers` too, are not): what
     /// [`EngineConfig::max_peers`] caps. A torrent listing 50 mirrors took every slot.
     pub fn wire_peers(&self) -> usize {
-        self.peers.len().saturating_sub(self.web_seeds.len())
+        // `web_seeds` keeps a stopped web seed's URL (for its figures) after it left `peers`.
+        self.peers
+            .values()
+            .filter(|p| !self.web_seeds.contains_key(&p.addr))
+            .count()
     }
 
     /// Adds a connection (or web seed) under the next key, which it returns.
@@ -819,7 +823,16 @@ impl Torrent {
         if *self.inner.shutdown.borrow() || self.inner.lock().picker.is_complete() {
             return;
         }
-        for url in urls.into_iter().take(MAX_WEB_SEEDS) {
+        let mut usable: Vec<String> = Vec::new();
+        for url in urls {
+            let http = url.starts_with("http://") || url.starts_with("https://");
+            if !http {
+                tracing::warn!("web seed {url}: not an http URL; ignored");
+            } else if !usable.contains(&url) && usable.len() < MAX_WEB_SEEDS {
+                usable.push(url);
+            }
+        }
+        for url in usable {
             webseed::start(&self.inner, url);
         }
     }

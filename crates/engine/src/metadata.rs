@@ -200,11 +200,15 @@ pub async fn fetch_metadata(
             addr = peers.recv(), if sources_open => match addr {
                 Some(addr) => {
                     let own = listen.is_some_and(|l| crate::is_own_address(addr, l));
-                    // As many as a session keeps: a tracker's answer of a megabyte names
-                    // 170,000 addresses.
-                    let room = known.len() < crate::MAX_KNOWN_PEERS;
-                    if !own && crate::dialable(addr) && (room || known.contains_key(&addr)) {
-                        known.entry(addr).or_default();
+                    if !own && crate::dialable(addr) && !known.contains_key(&addr) {
+                        // As many as a session keeps (a tracker's answer of a megabyte names
+                        // 170,000); when full, one given up on or failed goes, so that a
+                        // source of dead addresses cannot keep out the peers others name.
+                        let room = known.len() < crate::MAX_KNOWN_PEERS
+                            || forget_one(&mut known, &in_flight, &given_up);
+                        if room {
+                            known.insert(addr, KnownPeer::default());
+                        }
                     }
                 }
                 None => sources_open = false,
@@ -747,5 +751,48 @@ mod tests {
         assert!(kept.is_none());
         keep(&mut kept, 1, &[]);
         assert!(kept.is_none());
+    }
+}
+
+/// Forgets the known address most worth forgetting, to make room: one given up on, else the
+/// one whose dials failed the most times in a row (not one being asked now). False when none
+/// has failed.
+fn forget_one(
+    known: &mut HashMap<SocketAddr, KnownPeer>,
+    in_flight: &HashSet<SocketAddr>,
+    given_up: &HashSet<SocketAddr>,
+) -> bool {
+    let worst = known
+        .iter()
+        .filter(|(addr, peer)| {
+            !in_flight.contains(*addr) && (given_up.contains(*addr) || peer.failed_dials > 0)
+        })
+        .max_by_key(|(addr, peer)| (given_up.contains(*addr), peer.failed_dials))
+        .map(|(addr, _)| *addr);
+    worst.is_some_and(|addr| known.remove(&addr).is_some())
+}
+
+#[cfg(test)]
+mod forget_tests {
+    use super::*;
+
+    /// A full table of addresses makes room by forgetting one given up on, else the most
+    /// failed, never one being asked; with none failed, nothing is forgotten.
+    #[test]
+    fn a_full_table_forgets_the_address_given_up_on_or_failed_most() {
+        let at = |port: u16| SocketAddr::from(([10, 0, 0, 1], port));
+        let mut known: HashMap<SocketAddr, KnownPeer> =
+            (1..=4).map(|p| (at(p), KnownPeer::default())).collect();
+        let (mut in_flight, mut given_up) = (HashSet::new(), HashSet::new());
+        assert!(!forget_one(&mut known, &in_flight, &given_up));
+        known.get_mut(&at(1)).unwrap().failed_dials = 5;
+        known.get_mut(&at(2)).unwrap().failed_dials = 2;
+        given_up.insert(at(3));
+        in_flight.insert(at(3));
+        assert!(forget_one(&mut known, &in_flight, &given_up));
+        assert!(!known.contains_key(&at(1)) && known.contains_key(&at(3)));
+        in_flight.clear();
+        assert!(forget_one(&mut known, &in_flight, &given_up));
+        assert!(!known.contains_key(&at(3)) && known.contains_key(&at(2)));
     }
 }

@@ -158,10 +158,16 @@ impl PexLink {
 }
 
 /// Whether a peer at `from` can have seen a peer at `addr`: a peer on the internet names no
-/// loopback, private or link-local address that is not ours to dial (it would have us dial
-/// our own host or our network for it). Peers on such networks may name each other.
+/// loopback, private or link-local address (it would have us dial our own host or our network
+/// for it), and one on a local network no loopback address. Peers on one host, or one
+/// network, may name each other.
 fn reachable_from(from: SocketAddr, addr: SocketAddr) -> bool {
-    !local_scope(addr.ip()) || local_scope(from.ip())
+    let loopback = |a: SocketAddr| a.ip().to_canonical().is_loopback();
+    match (loopback(addr), local_scope(addr.ip())) {
+        (true, _) => loopback(from),
+        (false, true) => local_scope(from.ip()),
+        (false, false) => true,
+    }
 }
 
 /// Loopback, private (RFC 1918, unique local) and link-local addresses.
@@ -198,10 +204,19 @@ mod scope_tests {
         ] {
             assert!(!reachable_from(internet, at(local)), "{local}");
             assert!(reachable_from(at("127.0.0.1:51413"), at(local)), "{local}");
-            assert!(
-                reachable_from(at("192.168.1.9:51413"), at(local)),
-                "{local}"
-            );
+        }
+        // A peer on the local network may name others there, not our own host.
+        let lan = at("192.168.1.9:51413");
+        for own_host in ["127.0.0.1:22", "[::1]:22", "[::ffff:127.0.0.1]:22"] {
+            assert!(!reachable_from(lan, at(own_host)), "{own_host}");
+        }
+        for network in [
+            "10.0.0.5:80",
+            "192.168.1.1:6881",
+            "[fd00::1]:1",
+            "[fe80::1]:1",
+        ] {
+            assert!(reachable_from(lan, at(network)), "{network}");
         }
         assert!(reachable_from(internet, at("198.51.100.1:6881")));
         assert!(reachable_from(at("127.0.0.1:1"), at("198.51.100.1:6881")));
