@@ -193,9 +193,10 @@ impl Library {
     /// A record whose torrent is missing: a publish killed between the two (the torrent is
     /// written last), or a torrent removed by hand. The torrent is made again from the
     /// content; if its info-hash is the recorded one (every piece's SHA-1 as published), the
-    /// dataset is back, and true is returned. Content that no longer makes that torrent is
-    /// moved, with its record, to `set-aside/<md5>/`: never deleted, as it may be the only
-    /// copy. A record without content is removed.
+    /// dataset is back, and true is returned. Content that does not make that torrent (it
+    /// changed, or was published under a torrent made elsewhere, with other options) is
+    /// moved, with its record, to `set-aside/<md5>-<time>/`: never deleted, as it may be the
+    /// only copy. A record without content is removed.
     fn recreate_torrent(&self, dataset: &Dataset) -> Result<bool, LibraryError> {
         let md5 = &dataset.md5;
         let record = self.record_path(md5);
@@ -241,9 +242,20 @@ impl Library {
         Ok(true)
     }
 
-    /// Moves a dataset's content and record out of the published ones, to `set-aside/<md5>/`.
+    /// Moves a dataset's content and record out of the published ones, to
+    /// `set-aside/<md5>-<seconds since the epoch>/` (the same bytes may be set aside again
+    /// after they were uploaded anew).
     fn set_aside(&self, md5: &str, why: &str) -> Result<bool, LibraryError> {
-        let aside = self.root.join("set-aside").join(md5);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut aside = self.root.join("set-aside").join(format!("{md5}-{now}"));
+        for n in 1.. {
+            if !aside.exists() {
+                break;
+            }
+            aside = self.root.join("set-aside").join(format!("{md5}-{now}.{n}"));
+        }
         std::fs::create_dir_all(&aside).map_err(io(&aside))?;
         let content_dir = self.content_dir(md5);
         if content_dir.exists() {
@@ -742,12 +754,32 @@ mod tests {
         let library = Library::open(&root, Vec::new(), None).unwrap();
         assert!(library.datasets().is_empty());
         assert!(!torrent.exists() && !record.exists() && !content_dir.exists());
-        let aside = root.join("set-aside").join(md5);
+        let set_aside = || -> Vec<PathBuf> {
+            let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join("set-aside"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            dirs.sort();
+            dirs
+        };
+        let aside = set_aside();
+        assert_eq!(aside.len(), 1);
         assert_eq!(
-            std::fs::read(aside.join("content/cells.zip")).unwrap(),
+            std::fs::read(aside[0].join("content/cells.zip")).unwrap(),
             changed
         );
-        assert!(aside.join(format!("{md5}.json")).is_file());
+        assert!(aside[0].join(format!("{md5}.json")).is_file());
+        drop(library);
+
+        // The same again (uploaded anew, torrent removed, content changed): set aside beside
+        // the first, which stays (a second move into the same place failed, and the server
+        // did not start).
+        std::fs::create_dir_all(&content_dir).unwrap();
+        std::fs::write(&content, &changed).unwrap();
+        std::fs::write(&record, serde_json::to_vec(&dataset).unwrap()).unwrap();
+        let library = Library::open(&root, Vec::new(), None).unwrap();
+        assert!(library.datasets().is_empty());
+        assert_eq!(set_aside().len(), 2);
         drop(library);
 
         // A record with neither torrent nor content is just removed.

@@ -134,25 +134,68 @@ fn refused_unread(html: bool, status: StatusCode, message: &str) -> Response {
 /// Whether the request comes from a page of another site. A browser posts a form to any
 /// address a page names, this server's on 127.0.0.1 too, and says whose page it was in
 /// `Origin`: without this check any site a researcher visits could upload (and have
-/// published and seeded) files of its choosing. The server's own page, reached by its host
-/// name or by its `--public-url` (behind a proxy), is not another site; a request without
-/// `Origin` (curl, `pow`) is not from a page.
+/// published and seeded) files of its choosing. The server's own page is reached by an
+/// address (`127.0.0.1:8080`, `[::1]:8080`, a LAN address), `localhost`, or `--public-url`
+/// (behind a proxy), and its `Origin` names that. Another name, even one that resolves to
+/// this server (DNS rebinding), is another site. A request without `Origin` (curl, `pow`) is
+/// not from a page.
 fn from_another_site(headers: &HeaderMap, public_url: Option<&str>) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return false;
     };
-    let Some(origin) = origin.to_str().ok().and_then(|o| o.split_once("://")) else {
-        return true; // "null" (a sandboxed page or a local file), or not a URL
+    // "null" (a sandboxed page or a local file), or not a URL.
+    let Some(origin) = origin.to_str().ok().and_then(Site::parse) else {
+        return true;
     };
+    if public_url.and_then(Site::parse).as_ref() == Some(&origin) {
+        return false;
+    }
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    let public = public_url
-        .and_then(|url| url.split_once("://"))
-        .map(|(scheme, rest)| (scheme, rest.split('/').next().unwrap_or("")));
-    let own_page = host.is_some_and(|host| origin.1.eq_ignore_ascii_case(host))
-        || public.is_some_and(|(scheme, authority)| {
-            origin.0.eq_ignore_ascii_case(scheme) && origin.1.eq_ignore_ascii_case(authority)
-        });
-    !own_page
+    // The server speaks plain HTTP (https only through a proxy, named by --public-url).
+    let reached = host.and_then(|host| Site::parse(&format!("http://{host}")));
+    !reached.is_some_and(|reached| reached.is_address_or_localhost() && reached == origin)
+}
+
+/// A web origin: scheme, host and port (the scheme's default when not given).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Site {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Site {
+    fn parse(url: &str) -> Option<Site> {
+        let (scheme, rest) = url.split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return None,
+        };
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port))
+                if port.chars().all(|c| c.is_ascii_digit()) && !host.ends_with(':') =>
+            {
+                (host, port.parse().ok()?)
+            }
+            _ => (authority, default),
+        };
+        if host.is_empty() {
+            return None;
+        }
+        Some(Site {
+            scheme,
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    fn is_address_or_localhost(&self) -> bool {
+        let name = self.host.trim_start_matches('[').trim_end_matches(']');
+        name == "localhost" || name.parse::<std::net::IpAddr>().is_ok()
+    }
 }
 
 async fn upload(State(app): Shared, request: Request) -> Response {
@@ -410,4 +453,55 @@ async fn put_torrent(State(app): Shared, Path(name): Path<String>, request: Requ
 /// Compares without an early exit, so response time says nothing about a token's prefix.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, host.parse().unwrap());
+        if let Some(origin) = origin {
+            h.insert(header::ORIGIN, origin.parse().unwrap());
+        }
+        h
+    }
+
+    /// The page reached by an address, `localhost` or `--public-url` posts uploads; other
+    /// sites do not, a name of another site's that resolves here (DNS rebinding) included.
+    #[test]
+    fn only_the_servers_own_page_may_post_uploads() {
+        let own = [
+            ("http://127.0.0.1:8080", "127.0.0.1:8080"),
+            ("http://localhost:8080", "localhost:8080"),
+            ("http://[::1]:8080", "[::1]:8080"),
+            ("http://192.168.1.5", "192.168.1.5"),
+            ("http://192.168.1.5", "192.168.1.5:80"),
+            ("http://LOCALHOST:8080", "localhost:8080"),
+        ];
+        for (origin, host) in own {
+            let h = headers(Some(origin), host);
+            assert!(!from_another_site(&h, None), "{origin} {host}");
+        }
+        assert!(!from_another_site(&headers(None, "127.0.0.1:8080"), None));
+        let other = [
+            ("https://example.com", "127.0.0.1:8080"),
+            ("http://127.0.0.1:9999", "127.0.0.1:8080"),
+            ("https://127.0.0.1:8080", "127.0.0.1:8080"),
+            ("null", "127.0.0.1:8080"),
+            ("http://rebind.example:8080", "rebind.example:8080"),
+        ];
+        for (origin, host) in other {
+            let h = headers(Some(origin), host);
+            assert!(from_another_site(&h, None), "{origin} {host}");
+        }
+        // Behind a proxy that sends its own Host: --public-url names the page's origin.
+        let proxied = headers(Some("https://data.example.org"), "127.0.0.1:8080");
+        assert!(!from_another_site(
+            &proxied,
+            Some("https://data.example.org:443/")
+        ));
+        assert!(from_another_site(&proxied, None));
+    }
 }

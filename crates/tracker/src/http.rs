@@ -78,8 +78,24 @@ pub fn scrape_url(announce: &str) -> Option<String> {
     Some(format!("{}/scrape{rest}{query}", &base[..slash]))
 }
 
-/// Addresses of a tracker's host name tried, in the resolver's order, before giving up.
+/// Addresses of a tracker's host name tried before giving up.
 const MAX_CONNECT_ADDRESSES: usize = 3;
+
+/// The addresses to try, in the resolver's order: at most [`MAX_CONNECT_ADDRESSES`] (a name
+/// from a torrent anyone wrote may resolve to dozens that drop packets, each taking the whole
+/// connect timeout), the first of each family among them (IPv6 listed first and broken must
+/// not leave IPv4 untried).
+fn connect_order(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let mut chosen: Vec<SocketAddr> = addrs.iter().copied().take(MAX_CONNECT_ADDRESSES).collect();
+    for v4 in [true, false] {
+        let missing = !chosen.iter().any(|a| a.is_ipv4() == v4);
+        if let Some(first) = addrs.iter().find(|a| a.is_ipv4() == v4).filter(|_| missing) {
+            let last = chosen.len() - 1;
+            chosen[last] = *first;
+        }
+    }
+    chosen
+}
 
 async fn connect(host: &str, port: u16, cfg: &ClientConfig) -> Result<TcpStream> {
     let addrs: Vec<SocketAddr> =
@@ -89,9 +105,7 @@ async fn connect(host: &str, port: u16, cfg: &ClientConfig) -> Result<TcpStream>
             .map_err(|_| Error::Resolve(host.to_string()))?
             .collect();
     let mut last = Error::Resolve(host.to_string());
-    // A name (from a torrent anyone wrote) may resolve to dozens of addresses that drop
-    // packets: each would take the whole connect timeout.
-    for addr in addrs.into_iter().take(MAX_CONNECT_ADDRESSES) {
+    for addr in connect_order(addrs) {
         match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => return Ok(s),
             Ok(Err(source)) => last = Error::Connect { addr, source },
@@ -326,6 +340,21 @@ fn dechunk(mut input: &[u8], max_body: usize) -> Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    /// At most three addresses of a name are tried, the first of each family among them.
+    #[test]
+    fn a_name_of_many_addresses_is_tried_at_three_of_each_family() {
+        let at = |a: &str| a.parse::<std::net::SocketAddr>().unwrap();
+        let v6: Vec<_> = (1..=5)
+            .map(|i| at(&format!("[2001:db8::{i}]:80")))
+            .collect();
+        let v4: Vec<_> = (1..=5).map(|i| at(&format!("192.0.2.{i}:80"))).collect();
+        assert_eq!(super::connect_order(v4.clone()), v4[..3]);
+        let mixed: Vec<_> = v6.iter().chain(&v4).copied().collect();
+        assert_eq!(super::connect_order(mixed), [v6[0], v6[1], v4[0]]);
+        assert_eq!(super::connect_order(vec![v4[0]]), [v4[0]]);
+        assert!(super::connect_order(Vec::new()).is_empty());
+    }
+
     use super::*;
     use crate::Event;
 
