@@ -1,6 +1,6 @@
 //! `pow verify` on data as researchers keep it: on a read-only mount, with a file longer than
 //! the torrent says, with a large file linked in from elsewhere. (The storage's own tests cover
-//! writes through links and the cutting of long files.)
+//! writes through links, and that a long file keeps its tail.)
 
 mod common;
 

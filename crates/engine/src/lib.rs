@@ -621,14 +621,21 @@ impl Inner {
     pub fn learn_peers(self: &Arc<Self>, addrs: impl IntoIterator<Item = SocketAddr>) -> usize {
         let mut state = self.lock();
         let mut new = 0;
+        // Once nothing could be forgotten, not looked for again in this call: each look is a
+        // pass over the table, and a tracker's answer may name 170,000 addresses.
+        let mut nothing_to_forget = false;
         for addr in addrs {
             let own = self.config.listen.is_some_and(|l| is_own_address(addr, l));
             if own || !dialable(addr) || state.banned.contains(&addr) {
                 continue;
             }
-            if !state.known.contains_key(&addr)
-                && (state.known.len() < MAX_KNOWN_PEERS || state.forget_a_failed_peer())
-            {
+            if state.known.contains_key(&addr) {
+                continue;
+            }
+            let room = state.known.len() < MAX_KNOWN_PEERS
+                || (!nothing_to_forget && state.forget_a_failed_peer());
+            nothing_to_forget = !room;
+            if room {
                 state.known.insert(addr, KnownPeer::default());
                 new += 1;
             }

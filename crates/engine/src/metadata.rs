@@ -173,6 +173,7 @@ pub async fn fetch_metadata(
     let (got_it, stop) = tokio::sync::watch::channel(false);
     let mut last_error = String::from("no peers yet");
     let mut sources_open = true;
+    let mut nothing_to_forget = false;
     loop {
         let now = Instant::now();
         for (addr, peer) in known.iter_mut() {
@@ -204,8 +205,12 @@ pub async fn fetch_metadata(
                         // As many as a session keeps (a tracker's answer of a megabyte names
                         // 170,000); when full, one given up on or failed goes, so that a
                         // source of dead addresses cannot keep out the peers others name.
+                        // (Once nothing could go, not looked for again until a dial fails: a
+                        // look is a pass over the whole table.)
                         let room = known.len() < crate::MAX_KNOWN_PEERS
-                            || forget_one(&mut known, &in_flight, &given_up);
+                            || (!nothing_to_forget
+                                && forget_one(&mut known, &in_flight, &given_up));
+                        nothing_to_forget = !room;
                         if room {
                             known.insert(addr, KnownPeer::default());
                         }
@@ -231,6 +236,7 @@ pub async fn fetch_metadata(
                 Ok((addr, Err(failure))) => {
                     tracing::info!("metadata: {}", failure.message);
                     in_flight.remove(&addr);
+                    nothing_to_forget = false;
                     if failure.for_good {
                         given_up.insert(addr);
                     } else if let Some(peer) = known.get_mut(&addr) {

@@ -201,7 +201,8 @@ impl Site {
 async fn upload(State(app): Shared, request: Request) -> Response {
     let html = wants_html(request.headers());
     if from_another_site(request.headers(), app.library.public_url()) {
-        let why = "uploads come from this server's own page, not from another site's";
+        let why = "uploads come from this server's own page, not from another site's (a server \
+                   reached by a host name takes them from the page at its --public-url)";
         return refused_unread(html, StatusCode::FORBIDDEN, why);
     }
     let limit = app.config.max_upload_size;

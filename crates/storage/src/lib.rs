@@ -11,7 +11,7 @@
 //! that leads out of it. A file that is itself a symbolic link is written only if it leads
 //! inside too, but read wherever it leads (data linked in from elsewhere is seeded). Data that
 //! cannot be written (a read-only file or mount) is opened to read. A file longer than the
-//! torrent says holds the pieces within its length, and is cut to it when opened for a write.
+//! torrent says holds the pieces within its length, and its tail is left alone.
 //! BEP 47 pad files are never created: they read as zeros and writes to them are dropped.
 //!
 //! Handles are opened on first use and shared through the process's [`OpenFiles`] budget, so a
@@ -219,12 +219,11 @@ struct ContentFile {
     /// Written since the resume file's stamp of it (its size and mtime) was taken; true until
     /// the first is.
     restamp: AtomicBool,
-    /// Found longer than the torrent says by the last check ([`Storage::prepare_files`] cuts
-    /// it).
-    long: AtomicBool,
     /// What the handle in `slot` may do: [`READ_ONLY`], [`READ_WRITE`] or [`SIZED`]. Kept
     /// under the slot's lock.
     opened: AtomicU8,
+    /// Last opened to read through a link or read-only: a reopen to read starts there.
+    read_only: AtomicBool,
 }
 
 /// A handle that can only read: data linked in from outside the root, or a read-only file or
@@ -258,6 +257,16 @@ enum Open {
     /// no `fstat`, no `fallocate`. Those were two of a small file's five system calls, and
     /// `fallocate` a journalled block allocation of its own.
     CreateWhole,
+}
+
+/// Where [`Storage::check_parent`] found a file's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parent {
+    Inside,
+    /// Outside the root, through a link (only when reading).
+    Outside,
+    /// Not there (only when reading).
+    Missing,
 }
 
 /// How [`Storage::handle`] opens a file, as it finds what is at its path.
@@ -318,8 +327,8 @@ impl Storage {
                 slot: Arc::default(),
                 dirty: AtomicBool::new(false),
                 restamp: AtomicBool::new(true),
-                long: AtomicBool::new(false),
                 opened: AtomicU8::new(READ_ONLY),
+                read_only: AtomicBool::new(false),
             })
             .collect::<Vec<_>>();
         Ok(Storage {
@@ -378,7 +387,8 @@ impl Storage {
         }
         // Its read-only handle is replaced: the slot is already in the pool.
         let admitted = slot.is_some();
-        if !self.check_parent(&file.path, write)? {
+        let parent = self.check_parent(&file.path, write)?;
+        if parent == Parent::Missing {
             return Ok(None);
         }
         let open_file = |access: Access| {
@@ -401,7 +411,15 @@ impl Storage {
         };
         let mut access = match open {
             Open::CreateWhole => Access::New,
-            Open::Create | Open::Existing => Access::NoFollow,
+            Open::Create => Access::NoFollow,
+            // Read where it was read last time (a reopen, the pool having closed it): a seed
+            // of read-only or linked data paid three opens and a `realpath` for each.
+            Open::Existing
+                if parent == Parent::Outside || file.read_only.load(Ordering::Relaxed) =>
+            {
+                Access::Read
+            }
+            Open::Existing => Access::NoFollow,
         };
         let mut opened = open_file(access);
         // Each of the first two is retried up to twice, each of the others once.
@@ -429,13 +447,10 @@ impl Storage {
                 Err(e)
                     if !write
                         && access != Access::Read
-                        && matches!(
-                            e.kind(),
-                            std::io::ErrorKind::PermissionDenied
-                                | std::io::ErrorKind::ReadOnlyFilesystem
-                        ) =>
+                        && e.kind() != std::io::ErrorKind::NotFound =>
                 {
-                    // Data made read-only (`chmod a-w`, a read-only mount) is still read.
+                    // Data that cannot be opened to write (`chmod a-w`, a read-only mount, a
+                    // running program's file: ETXTBSY) is still read.
                     access = Access::Read;
                 }
                 _ => break,
@@ -447,8 +462,15 @@ impl Storage {
             Err(e) if !write && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Self::io(&file.path)(e)),
         };
+        if !write {
+            file.read_only.store(
+                matches!(access, Access::Read | Access::Follow),
+                Ordering::Relaxed,
+            );
+        }
         let state = match access {
-            Access::Read => READ_ONLY,
+            // Through a link, even one inside the root: a write opens it again, and checks it.
+            Access::Read | Access::Follow if !write => READ_ONLY,
             _ if !write => READ_WRITE,
             // Just made: the write gives it its length and blocks.
             Access::New => SIZED,
@@ -475,10 +497,10 @@ impl Storage {
         Ok(Some(handle))
     }
 
-    /// Gives a file opened for a write its length in the torrent. A short one is extended
-    /// (allocated if [`Storage::prepare_files`] marked it, else sparse) unless the write fills
-    /// it. A longer one is cut: its tail is not the torrent's, and left there it kept every
-    /// resume file from being trusted and `pow verify` from passing.
+    /// Gives a short file opened for a write its length in the torrent: extended (allocated
+    /// if [`Storage::prepare_files`] marked it, else sparse) unless the write fills it. A
+    /// longer one is left as it is: its tail is not the torrent's, and may be someone's (rows
+    /// appended to a table since it was published), so nothing of it is cut.
     fn fit_length(
         &self,
         handle: &File,
@@ -486,16 +508,7 @@ impl Storage {
         open: Open,
     ) -> Result<(), StorageError> {
         let len = handle.metadata().map_err(Self::io(&file.path))?.len();
-        if len > file.length {
-            tracing::warn!(
-                "{} is longer than the torrent says ({len} bytes, not {}): cut to its length",
-                file.path.display(),
-                file.length
-            );
-            handle.set_len(file.length).map_err(Self::io(&file.path))?;
-            file.long.store(false, Ordering::Relaxed);
-            file.restamp.store(true, Ordering::Relaxed);
-        } else if len < file.length && open == Open::Create {
+        if len < file.length && open == Open::Create {
             let allocated = file.allocate.load(Ordering::Relaxed) && allocate(handle, file);
             if !allocated {
                 // Sparse: no blocks are allocated until data is written.
@@ -526,17 +539,19 @@ impl Storage {
         }
     }
 
-    /// Makes sure the directory of `path` exists (with `create`, else false when it does not)
-    /// and lies inside the root once symlinks are resolved. Each directory is checked once:
-    /// checking it for every file cost a 100,000-file download 18 `stat`s and 5 `readlink`s a
-    /// file (now under 4 `stat`s, no `readlink`). Missing directories are made one at a time,
-    /// each in one found inside the root, so none is made through a link that leads out of it.
-    fn check_parent(&self, path: &Path, create: bool) -> Result<bool, StorageError> {
+    /// Makes sure the directory of `path` exists (with `create`, else [`Parent::Missing`] when
+    /// it does not) and lies inside the root once symlinks are resolved. Each directory is
+    /// checked once: checking it for every file cost a 100,000-file download 18 `stat`s and 5
+    /// `readlink`s a file (now under 4 `stat`s, no `readlink`). Missing directories are made one
+    /// at a time, each in one found inside the root, so none is made through a link that leads
+    /// out of it. Without `create` (to read), a directory that leads out of the root is
+    /// [`Parent::Outside`]: data linked into a seed's directory is read, never written.
+    fn check_parent(&self, path: &Path, create: bool) -> Result<Parent, StorageError> {
         use std::io::ErrorKind::{AlreadyExists, NotADirectory, NotFound};
         let parent = path.parent().expect("below root");
         let checked = || self.checked_dirs.lock().expect("checked directories lock");
         if checked().contains(parent) {
-            return Ok(true);
+            return Ok(Parent::Inside);
         }
         let inside = |dir: &Path| match dir.canonicalize() {
             Ok(real) if real.starts_with(&self.root) => Ok(()),
@@ -552,10 +567,11 @@ impl Storage {
         loop {
             match inside(dir) {
                 Ok(()) => break,
+                Err(StorageError::OutsideRoot { .. }) if !create => return Ok(Parent::Outside),
                 Err(StorageError::Io { source, .. })
                     if !create && matches!(source.kind(), NotFound | NotADirectory) =>
                 {
-                    return Ok(false);
+                    return Ok(Parent::Missing);
                 }
                 Err(StorageError::Io { source, .. })
                     if source.kind() == NotFound && dir != self.root =>
@@ -580,7 +596,7 @@ impl Storage {
             }
         }
         checked().insert(parent.to_path_buf());
-        Ok(true)
+        Ok(Parent::Inside)
     }
 
     /// Writes a block where it belongs, across file boundaries.
@@ -808,10 +824,7 @@ impl Storage {
                     return true;
                 }
                 match std::fs::metadata(&f.path) {
-                    Ok(m) => {
-                        f.long.store(m.len() > f.length, Ordering::Relaxed);
-                        m.is_file()
-                    }
+                    Ok(m) => m.is_file(),
                     Err(e) => !matches!(
                         e.kind(),
                         std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
@@ -822,6 +835,7 @@ impl Storage {
         // A read that failed other than for a missing or short file: not a bad piece but data
         // that cannot be checked (unreadable, a failing disk), which the caller must hear of.
         let failed = Mutex::new(None);
+        let unreadable = Mutex::new(std::collections::HashSet::new());
         let next = AtomicU32::new(0);
         let done = AtomicU32::new(0);
         // What is verified, what is checked, and how far from the start both hold.
@@ -853,6 +867,19 @@ impl Storage {
                                         std::io::ErrorKind::NotFound
                                             | std::io::ErrorKind::UnexpectedEof
                                     ) => {}
+                                // Someone else's file we may not read (a shared directory):
+                                // its pieces are not held, as if it were missing.
+                                Err(StorageError::Io { path, source })
+                                    if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                                {
+                                    let mut warned = unreadable.lock().expect("check lock");
+                                    if warned.insert(path.clone()) {
+                                        tracing::warn!(
+                                            "{}: {source}; its pieces count as missing",
+                                            path.display()
+                                        );
+                                    }
+                                }
                                 Err(e) => {
                                     failed.lock().expect("check lock").get_or_insert(e);
                                     next.store(count, Ordering::Relaxed);
@@ -891,8 +918,7 @@ impl Storage {
     /// piece, so no write would create them), and marks the `wanted` ones (all, for `None`)
     /// to have their blocks allocated in full when their first block is written. A file only
     /// touched by a wanted file's piece stays sparse, so `--only` never fills the disk with
-    /// files nobody asked for. A wanted file the check found longer than the torrent says is
-    /// cut now ([`Storage::fit_length`]): when all its pieces were found good, no write would.
+    /// files nobody asked for.
     ///
     /// Why allocate: writing into allocated blocks skips ext4's per-page delayed-allocation
     /// work, which cut a 1 GiB download's system time from 1.48 to 1.17 s here; the file is
@@ -907,9 +933,6 @@ impl Storage {
                 self.handle(index, Open::Create)?;
             } else if wanted.is_none_or(|w| w.contains(&index)) {
                 file.allocate.store(true, Ordering::Relaxed);
-                if file.long.load(Ordering::Relaxed) {
-                    self.handle(index, Open::Create)?;
-                }
             }
         }
         Ok(())
@@ -1352,22 +1375,33 @@ mod path_tests {
     fn no_directory_is_made_through_a_link_out_of_the_root() {
         let PatternTorrent {
             dir,
+            src,
             metainfo,
             content,
-            ..
         } = pattern_torrent("dir-out", &[("d/a", 20_000), ("d/b", 20_000)], 16384);
         let elsewhere = dir.join("elsewhere");
         std::fs::create_dir_all(&elsewhere).unwrap();
         let out = dir.join("out");
         std::fs::create_dir_all(&out).unwrap();
         symlink(&elsewhere, out.join("set")).unwrap();
-        let storage = Storage::new(metainfo, &out).unwrap();
+        let storage = Storage::new(metainfo.clone(), &out).unwrap();
         let error = write_piece(&storage, &content, 0).unwrap_err();
         assert!(matches!(error, StorageError::OutsideRoot { .. }), "{error}");
         assert!(
             !elsewhere.join("d").exists(),
             "a directory was made outside the root"
         );
+        // A seed's data directory linked in from elsewhere (`~/seeds/set -> /mnt/big/set`)
+        // is read, every piece, and still never written (it was a hard error, and before that
+        // every piece counted bad).
+        let seeds = dir.join("seeds");
+        std::fs::create_dir_all(&seeds).unwrap();
+        symlink(&src, seeds.join("set")).unwrap();
+        let seed = Storage::new(metainfo.clone(), &seeds).unwrap();
+        let have = seed.check_existing(1, &|_| {}).unwrap();
+        assert_eq!(have.count(), metainfo.geometry.piece_count());
+        let error = write_piece(&seed, &content, 0).unwrap_err();
+        assert!(matches!(error, StorageError::OutsideRoot { .. }), "{error}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -301,8 +301,9 @@ impl Storage {
                 let f = &self.files[s.file];
                 let state = match stamps[s.file] {
                     _ if f.pad => return None,
-                    Some((len, _)) if len == f.length => return None,
-                    Some((len, _)) if len > f.length => "longer than the torrent says",
+                    // A longer one holds the pieces in its length; its tail is not the
+                    // torrent's, and is kept.
+                    Some((len, _)) if len >= f.length => return None,
                     Some(_) => "shorter than the torrent says",
                     None => "missing",
                 };
@@ -593,42 +594,30 @@ mod tests {
     }
 
     #[test]
-    fn a_longer_file_holds_the_pieces_in_its_length_and_a_download_cuts_it_to_that() {
+    fn a_longer_file_holds_the_pieces_in_its_length_and_keeps_its_tail() {
         let (dir, metainfo, content) = setup("long");
         let out = dir.join("out");
         let all = have_of(&(0..10).collect::<Vec<_>>());
         let storage = Storage::new(metainfo.clone(), &out).unwrap();
         write_pieces(&storage, &content, &(0..10).collect::<Vec<_>>());
         let b = storage.file_path(1).to_path_buf();
-        let set_len = |len: u64| {
-            let file = std::fs::OpenOptions::new().write(true).open(&b).unwrap();
-            file.set_len(len).unwrap();
-        };
-        // 10 bytes more than the torrent's 63,840: not the torrent's, and no piece lies in them.
-        set_len(63_850);
+        // Rows appended to b since (63,840 bytes in the torrent): not the torrent's, and no
+        // piece lies in them. Before, b held no piece at all, and then was cut.
+        let mut file = std::fs::OpenOptions::new().append(true).open(&b).unwrap();
+        std::io::Write::write_all(&mut file, b"appended rows\n").unwrap();
+        drop(file);
+        let longer = std::fs::read(&b).unwrap();
         assert_eq!(storage.check_existing(1, &|_| {}).unwrap(), all);
         storage.save_resume(&all, Durability::Synced).unwrap();
-        let Err(LoadError::Rejected(why)) = storage.load_resume() else {
-            panic!("a file longer than the torrent says was trusted");
-        };
-        assert!(why.contains("/b is longer"), "{why}");
-        // A download's start checks it all again, and cuts b, which then holds as saved.
         let again = Storage::new(metainfo.clone(), &out).unwrap();
         let resume = again.resume_or_check(1, &|_| {}).unwrap();
-        assert_eq!(resume.source, ResumeSource::FullCheck);
+        assert_eq!(resume.source, ResumeSource::File, "{:?}", resume.rejected);
         assert_eq!(resume.have, all);
         again.prepare_files(None).unwrap();
-        assert_eq!(std::fs::metadata(&b).unwrap().len(), 63_840);
-        again.save_resume(&all, Durability::Synced).unwrap();
-        let third = Storage::new(metainfo.clone(), &out).unwrap();
-        let resume = third.resume_or_check(1, &|_| {}).unwrap();
-        assert_eq!(resume.source, ResumeSource::File, "{:?}", resume.rejected);
-        // Without a check, the first write to it cuts it (piece 9 lies in b).
-        set_len(70_000);
-        let fourth = Storage::new(metainfo, &out).unwrap();
-        write_pieces(&fourth, &content, &[9]);
-        assert_eq!(std::fs::metadata(&b).unwrap().len(), 63_840);
-        assert_eq!(fourth.check_existing(1, &|_| {}).unwrap(), all);
+        // A write into it (piece 9 lies in b) leaves the tail too.
+        write_pieces(&again, &content, &[9]);
+        assert_eq!(std::fs::read(&b).unwrap(), longer);
+        assert_eq!(again.check_existing(1, &|_| {}).unwrap(), all);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
