@@ -171,11 +171,6 @@ impl Announcer {
         self.completed_pending = true;
     }
 
-    /// `completed` is owed: marked and not yet announced.
-    pub fn owes_completed(&self) -> bool {
-        self.completed_pending
-    }
-
     /// One BEP 12 round: tiers in order, trackers within a tier in order; the first that
     /// answers is moved to the front of its tier and its answer returned. `stopping` sends
     /// `stopped` to every tracker that saw our `started` (as libtorrent does: after a
@@ -256,24 +251,40 @@ impl Announcer {
     }
 
     /// `stopped`, at once, to every tracker that saw `started`; the first answer in tier order.
+    /// A `completed` still owed goes first, to each of them on its own: asked tracker by
+    /// tracker, a dead first one used up the stop's time and no tracker heard either.
     async fn announce_stopped(&mut self, progress: Progress) -> Result<Announced, Error> {
         let mut asked = tokio::task::JoinSet::new();
         for (ti, tier) in self.tiers.tiers.iter().enumerate() {
             for (i, tr) in tier.iter().enumerate().filter(|(_, tr)| tr.started) {
-                let req = self.request(tr, progress, Event::Stopped);
+                let completed = self
+                    .completed_pending
+                    .then(|| self.request(tr, progress, Event::Completed));
+                let stopped = self.request(tr, progress, Event::Stopped);
                 let (client, url) = (self.client.clone(), tr.url.clone());
                 asked.spawn(async move {
-                    let answer = client.announce(&url, &req).await;
-                    ((ti, i), url, answer)
+                    let completed = match completed {
+                        Some(req) => Some(client.announce(&url, &req).await),
+                        None => None,
+                    };
+                    if let Some(Err(e)) = &completed {
+                        tracing::info!(tracker = %url, "announcing completed failed: {e}");
+                    }
+                    let completed = matches!(completed, Some(Ok(_)));
+                    let answer = client.announce(&url, &stopped).await;
+                    ((ti, i), url, completed, answer)
                 });
             }
         }
         let mut answers = Vec::new();
         let mut last_err = None;
         while let Some(done) = asked.join_next().await {
-            let Ok((at, url, answer)) = done else {
+            let Ok((at, url, completed, answer)) = done else {
                 continue;
             };
+            if completed {
+                self.completed_pending = false;
+            }
             match answer {
                 Ok(response) => {
                     tracing::debug!(tracker = %url, "announced stopped");
@@ -365,8 +376,8 @@ impl AnnounceHandle {
     }
 }
 
-/// The loop's end: `stopped` to the trackers (after the `completed` still owed), within the
-/// stop timeout, then [`Update::Stopped`].
+/// The loop's end: `stopped` to the trackers (each after the `completed` still owed), within
+/// the stop timeout, then [`Update::Stopped`].
 async fn announce_stopped(
     announcer: &mut Announcer,
     progress: &watch::Receiver<Progress>,
@@ -376,14 +387,8 @@ async fn announce_stopped(
     let p = *progress.borrow();
     // A download that stops right after it completed (before `min interval` allowed the
     // `completed` announce) still owes it: trackers count downloads by it (scrape's
-    // `downloaded`).
-    let _ = tokio::time::timeout(timing.stop_timeout, async {
-        if announcer.owes_completed() {
-            let _ = announcer.announce(p, false).await;
-        }
-        announcer.announce(p, true).await
-    })
-    .await;
+    // `downloaded`). `announce(.., true)` sends it.
+    let _ = tokio::time::timeout(timing.stop_timeout, announcer.announce(p, true)).await;
     let _ = up_tx.send(Update::Stopped);
 }
 

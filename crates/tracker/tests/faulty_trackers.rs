@@ -587,6 +587,66 @@ async fn stopped_reaches_every_tracker_that_saw_started() {
     assert_eq!(second.scrape(&[5; 20]).incomplete, 0, "never told stopped");
 }
 
+/// A download that stops right after it completed still owes `completed`. It went round the
+/// tiers in order inside the stop's time, so a silent first tracker (which never saw us) used
+/// that time up and the tracker that listed us heard neither `completed` nor `stopped`.
+#[tokio::test]
+async fn an_owed_completed_and_stopped_reach_the_tracker_past_a_silent_first_tier() {
+    let server = TrackerServer::start("127.0.0.1:0".parse().unwrap(), ServerConfig::default())
+        .await
+        .unwrap();
+    let tiers = Tiers::new(
+        vec![vec![silent_url().await], vec![server.http_announce_url()]],
+        &mut rand::rng(),
+    );
+    let client = Client::new(ClientConfig {
+        read_timeout: Duration::from_secs(3),
+        ..cfg()
+    });
+    let hash = [0x3c; 20];
+    let a = Announcer::new(Arc::new(client), tiers, hash, [7; 20], 7003);
+    let (tx, rx) = tokio::sync::watch::channel(Progress {
+        left: 100,
+        ..Progress::default()
+    });
+    let timing = Timing {
+        stop_timeout: Duration::from_secs(1),
+        ..fast_timing()
+    };
+    let mut h = announcer::spawn(a, rx, timing);
+    match h.updates.recv().await.unwrap() {
+        Update::Peers { url, .. } => assert_eq!(url, server.http_announce_url()),
+        other => panic!("{other:?}"),
+    }
+    // Another peer keeps the swarm (and its `downloaded` count) listed after our `stopped`.
+    let other = AnnounceRequest {
+        info_hash: hash,
+        ..req()
+    };
+    Client::new(cfg())
+        .announce(&server.http_announce_url(), &other)
+        .await
+        .unwrap();
+    assert_eq!(server.scrape(&hash).incomplete, 2);
+    // Completed within the tracker's `min interval`: owed when the stop comes.
+    tx.send(Progress {
+        left: 0,
+        downloaded: 100,
+        uploaded: 0,
+    })
+    .unwrap();
+    h.completed();
+    let t0 = Instant::now();
+    h.stop().await;
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    let s = server.scrape(&hash);
+    assert_eq!(
+        (s.downloaded, s.complete, s.incomplete),
+        (1, 0, 1),
+        "completed counted, then stopped"
+    );
+}
+
 #[tokio::test]
 async fn announce_loop_events_and_intervals_against_the_test_server() {
     let server = TrackerServer::start(
