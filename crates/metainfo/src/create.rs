@@ -67,8 +67,17 @@ pub enum CreateError {
         url: String,
         expected: &'static str,
     },
-    #[error("name {0:?} is not one file or directory name (empty, `.`, `..`, or with `/`)")]
+    #[error(
+        "name {0:?} is not one file or directory name that clients keep as it is (empty, `.`, \
+         `..`, or with `/`, `\\` or a control character)"
+    )]
     BadName(String),
+    #[error(
+        "{}: its name has a `\\` or a control character, which clients (pow too) take out of \
+         a torrent's names, so nobody could seed it from here; rename it",
+        .0.display()
+    )]
+    UnkeptName(PathBuf),
     #[error("invalid torrent: {0}")]
     Invalid(#[from] MetainfoError),
     #[error(transparent)]
@@ -204,6 +213,9 @@ pub fn create_with_progress(
     hashed: &(dyn Fn(u32) + Sync),
 ) -> Result<Created, CreateError> {
     check_options(options)?;
+    if options.name.is_none() && !kept_by_clients(&content.name) {
+        return Err(CreateError::UnkeptName(content.name.clone().into()));
+    }
     let files = &content.files;
     let piece_length = content.piece_length(options);
     let lengths: Vec<u64> = files.iter().map(|f| f.length).collect();
@@ -305,11 +317,18 @@ pub fn check_options(options: &CreateOptions) -> Result<(), CreateError> {
         check_url(url, "web seed", &["http", "https"], "http or https")?;
     }
     if let Some(name) = &options.name {
-        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        if !kept_by_clients(name) {
             return Err(CreateError::BadName(name.clone()));
         }
     }
     Ok(())
+}
+
+/// A name the parsers (pow's, libtorrent's, Transmission's) keep as it is: one component,
+/// without the separators or control characters they take out. A torrent made with another
+/// names files that are not where a client, pow included, looks for them.
+fn kept_by_clients(name: &str) -> bool {
+    crate::path::clean_component(name.as_bytes()).as_deref() == Some(name)
 }
 
 /// `scheme://host...` with one of `schemes` (any case), a host, no white space at either end
@@ -367,6 +386,9 @@ impl Walk<'_> {
                 .file_name()
                 .into_string()
                 .map_err(|_| CreateError::NonUtf8Name(path.clone()))?;
+            if !kept_by_clients(&name) {
+                return Err(CreateError::UnkeptName(path));
+            }
             let link = entry.file_type().map_err(io)?.is_symlink();
             let meta = match std::fs::metadata(&path) {
                 Ok(meta) => meta,
@@ -549,11 +571,61 @@ mod tests {
             ..CreateOptions::default()
         };
         check_options(&named("set 2 (final)")).unwrap();
-        for bad in ["", ".", "..", "a/b", "a\0"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a\0",
+            "a\\b",
+            "a\tb",
+            "a\u{9b}b",
+            &"n".repeat(256),
+        ] {
             assert!(
                 matches!(check_options(&named(bad)), Err(CreateError::BadName(_))),
                 "{bad:?}"
             );
         }
+    }
+
+    /// A name with `\` or a control character comes out of every parser changed (pow's cleans
+    /// it, as libtorrent and Transmission do), so the torrent would name files that are not on
+    /// disk, and its maker could not seed it: refused, naming the file.
+    #[test]
+    fn names_the_parsers_would_change_are_refused_naming_the_file() {
+        let tmp = std::env::temp_dir().join(format!("pow-unkept-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        for (dir, file) in [
+            ("data", "a\\b.csv"),
+            ("data", "bell\u{7}"),
+            ("tab\there", "x"),
+        ] {
+            let root = tmp.join(dir);
+            std::fs::create_dir_all(&root).unwrap();
+            std::fs::write(root.join("ok.csv"), b"fine").unwrap();
+            std::fs::write(root.join(file), b"data").unwrap();
+            let content = Content::scan(&root).and_then(|c| create_from(&c, &Default::default()));
+            let unkept = if dir == "data" {
+                root.join(file)
+            } else {
+                PathBuf::from(dir)
+            };
+            match content {
+                Err(CreateError::UnkeptName(path)) => assert_eq!(path, unkept),
+                other => panic!("{file:?}: {other:?}"),
+            }
+            std::fs::remove_dir_all(&root).unwrap();
+        }
+        let single = tmp.join("one\\file.bin");
+        std::fs::write(&single, b"data").unwrap();
+        let err = create(&single, &Default::default()).unwrap_err();
+        assert!(err.to_string().contains("rename it"), "{err}");
+        let renamed = CreateOptions {
+            name: Some("one file.bin".into()),
+            ..CreateOptions::default()
+        };
+        create(&single, &renamed).unwrap();
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }
