@@ -323,3 +323,58 @@ fn metadata_asked_for_and_never_read_is_rejected_past_a_send_buffer() {
         "at least a send buffer's worth: {data_replies}"
     );
 }
+
+/// 50 connections from one host (127.0.0.2) that finish their handshake and then say nothing,
+/// against a `pow seed` with 50 peer slots: it keeps 8 (`pow_engine::MAX_PEERS_PER_HOST`) and
+/// closes the rest, and a download from 127.0.0.1 completes. Before, the idle connections took
+/// every slot and the download was turned away.
+#[test]
+fn idle_peers_from_one_host_take_a_few_slots_and_leave_the_rest() {
+    const PER_HOST: usize = 8; // pow_engine::MAX_PEERS_PER_HOST
+    let work = TempDir::new("per-host");
+    let (data, torrent) = common::mib_payload(work.path(), "blob", 4, None);
+    let info_hash = pow_metainfo::Metainfo::from_file(&torrent)
+        .unwrap()
+        .info_hash
+        .0;
+    let port = common::free_port();
+    let _seed = common::pow_seed(
+        &torrent,
+        data.parent().unwrap(),
+        port,
+        &[],
+        std::process::Stdio::null(),
+    );
+    let mut idle: Vec<RawPeer> = (0..50u8)
+        .map(|i| {
+            let mut peer_id = *b"-XX0001-idle-peer-00";
+            peer_id[19] = i;
+            RawPeer::connect_from(
+                std::net::Ipv4Addr::new(127, 0, 0, 2),
+                port,
+                info_hash,
+                peer_id,
+            )
+        })
+        .collect();
+    let held = idle
+        .iter_mut()
+        .map(|peer| peer.closed_within(Duration::from_millis(300)))
+        .filter(Option::is_none)
+        .count();
+    let out = work.path().join("out");
+    let report = common::pow_download_json(
+        torrent.to_str().unwrap(),
+        &out,
+        &[
+            "--peer",
+            &format!("127.0.0.1:{port}"),
+            "--stall-timeout",
+            "10",
+        ],
+    );
+    println!("50 idle peers from 127.0.0.2: {held} kept; a download from 127.0.0.1: {report}");
+    assert_eq!(held, PER_HOST);
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(same_bytes(&data, &out.join("blob")), Ok(4 << 20));
+}

@@ -61,6 +61,12 @@ pub const MAX_VIOLATIONS: u32 = 3;
 /// session without bound. Past it, a new address takes the place of one whose dials failed
 /// (the most in a row), or is dropped while none has.
 pub const MAX_KNOWN_PEERS: usize = 2000;
+/// Connections from one host that finish their handshake with us; more are closed. 50 idle
+/// connections from one machine took every peer slot of a seed, and nobody else got in
+/// (libtorrent allows one per address unless told otherwise; peers behind one NAT share an
+/// address, hence a few). The loopback addresses `127.0.0.1` and `::1`, where every process of
+/// a local swarm comes from, are not capped.
+pub const MAX_PEERS_PER_HOST: usize = 8;
 /// A spared seed with nothing left that sparing lets us ask it for (see
 /// `peer::Peer::pick_from_seed`) is asked for anything once the peers lending to us send less
 /// than this fraction of the seed's best rate. Lower, a leecher waits on slow peers for pieces

@@ -31,7 +31,7 @@ use pow_wire::extension::{self, ExtHandshake, MetadataMessage, EXTENDED, EXTENDE
 use pow_wire::pex::OUR_UT_PEX;
 use pow_wire::{Bitfield, BlockRequest, Decoder, Handshake, Message};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -284,6 +284,37 @@ pub(crate) async fn accept_routed(
     }
 }
 
+/// Why a peer that connected to us and finished its handshake cannot stay, if it cannot: the
+/// peer slots were checked before the handshake, and a burst of connections passed that check
+/// together (up to 255 over `max_peers`), so they are counted again here, under the lock that
+/// adds the peer. A second connection of a peer already connected is let through to the
+/// duplicate rule, which keeps one of the two.
+fn no_room_for_incoming(
+    state: &crate::State,
+    addr: SocketAddr,
+    peer_id: [u8; 20],
+    config: &crate::EngineConfig,
+) -> Option<&'static str> {
+    let host = addr.ip().to_canonical();
+    let from_host = || {
+        state
+            .peers
+            .values()
+            .filter(|p| p.wire.is_some() && p.addr.ip().to_canonical() == host)
+    };
+    if from_host().any(|p| p.wire.is_some_and(|wire| wire.peer_id == peer_id)) {
+        return None;
+    }
+    if state.wire_peers() >= config.max_peers {
+        return Some("every peer slot taken");
+    }
+    let local_swarm = host == Ipv4Addr::LOCALHOST || host == Ipv6Addr::LOCALHOST;
+    if !local_swarm && from_host().count() >= crate::MAX_PEERS_PER_HOST {
+        return Some("as many connections from its host as one host may have");
+    }
+    None
+}
+
 /// Runs a connection to its end.
 async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side) -> Dialed {
     stream.tune();
@@ -318,6 +349,12 @@ async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side
         if state.banned.contains(&addr) || banned_host {
             tracing::debug!("{addr}: banned, closed");
             return Dialed::Failed;
+        }
+        if !outgoing {
+            if let Some(full) = no_room_for_incoming(&state, addr, conn.peer_id, &inner.config) {
+                tracing::debug!("{addr}: {full}, closed");
+                return Dialed::Failed;
+            }
         }
         let link = WireLink {
             peer_id: conn.peer_id,
