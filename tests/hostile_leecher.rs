@@ -8,7 +8,7 @@
 mod common;
 
 use common::raw_peer::{
-    request_payload, vm_hwm_kib, End, RawPeer, BITFIELD, INTERESTED, PIECE, REQUEST, UNCHOKE,
+    request_payload, vm_hwm_kib, End, RawPeer, BITFIELD, HAVE, INTERESTED, PIECE, REQUEST, UNCHOKE,
 };
 use common::{pow_bin, same_bytes, Lab, TempDir};
 use std::io::Write;
@@ -377,4 +377,53 @@ fn idle_peers_from_one_host_take_a_few_slots_and_leave_the_rest() {
     assert_eq!(held, PER_HOST);
     assert_eq!(report["complete"], true, "{report}");
     assert_eq!(same_bytes(&data, &out.join("blob")), Ok(4 << 20));
+}
+
+/// A peer that connects to us and breaks the protocol (a `have` for a piece the torrent does
+/// not have) on each of three connections, each from a new port: its host's next connection
+/// is closed after the handshake, and a peer elsewhere (127.0.0.1) is still served. Before,
+/// it could come back and break the protocol for as long as it liked.
+#[test]
+fn a_host_breaking_the_protocol_on_three_connections_is_closed_out() {
+    let work = TempDir::new("violator");
+    let (data, torrent) = common::mib_payload(work.path(), "blob", 1, None);
+    let metainfo = pow_metainfo::Metainfo::from_file(&torrent).unwrap();
+    let (info_hash, pieces) = (metainfo.info_hash.0, metainfo.geometry.piece_count());
+    let port = common::free_port();
+    let _seed = common::pow_seed(
+        &torrent,
+        data.parent().unwrap(),
+        port,
+        &[],
+        std::process::Stdio::null(),
+    );
+    let violator = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let connect = |i: u8| {
+        let mut peer_id = *b"-XX0001-violator-000";
+        peer_id[19] = i;
+        RawPeer::connect_from(violator, port, info_hash, peer_id)
+    };
+    let closed_at_once = |peer: &mut RawPeer| peer.closed_within(Duration::from_secs(2)).is_some();
+    for i in 0..3 {
+        let mut peer = connect(i);
+        assert!(
+            !closed_at_once(&mut peer),
+            "connection {i} closed before it did anything"
+        );
+        peer.send(HAVE, &pieces.to_be_bytes()).unwrap();
+        assert!(
+            closed_at_once(&mut peer),
+            "a have past the last piece kept connection {i}"
+        );
+    }
+    let mut after = connect(3);
+    assert!(
+        closed_at_once(&mut after),
+        "the fourth connection from 127.0.0.2 was kept"
+    );
+    let (mut elsewhere, _) = RawPeer::connect_reserved(port, info_hash, [0; 8]);
+    assert!(
+        !closed_at_once(&mut elsewhere),
+        "127.0.0.1 was closed out too"
+    );
 }

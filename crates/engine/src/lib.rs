@@ -401,6 +401,8 @@ pub(crate) struct State {
     pub banned: HashSet<SocketAddr>,
     /// Hosts of banned peers that had connected to us: their incoming connections are closed.
     pub banned_hosts: HashSet<IpAddr>,
+    /// Breaches of the protocol by connections from each host (see `peer::run_incoming`).
+    pub violations_by_host: HashMap<IpAddr, u32>,
     pub strikes: HashMap<SocketAddr, u32>,
     /// Who sent each block of each piece still being assembled.
     pub senders: HashMap<u32, Senders>,
@@ -720,6 +722,7 @@ impl Torrent {
                 connecting: HashSet::new(),
                 banned: HashSet::new(),
                 banned_hosts: HashSet::new(),
+                violations_by_host: HashMap::new(),
                 strikes: HashMap::new(),
                 senders: HashMap::new(),
                 suspects: HashMap::new(),

@@ -31,7 +31,7 @@ use pow_wire::extension::{self, ExtHandshake, MetadataMessage, EXTENDED, EXTENDE
 use pow_wire::pex::OUR_UT_PEX;
 use pow_wire::{Bitfield, BlockRequest, Decoder, Handshake, Message};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,7 +110,8 @@ pub(crate) async fn accept_loop(
                         continue;
                     };
                     if !full {
-                        tokio::spawn(run(inner.clone(), stream, addr, Side::Accepted(permit)));
+                        let side = Side::Accepted(permit);
+                        tokio::spawn(run_incoming(inner.clone(), stream, addr, side));
                     }
                 }
                 Err(_) if listener.gone() => return,
@@ -280,8 +281,38 @@ pub(crate) async fn accept_routed(
 ) {
     let full = inner.lock().wire_peers() >= inner.config.max_peers;
     if !full && !*inner.shutdown.borrow() {
-        run(inner, stream, addr, Side::Routed(Box::new(routed))).await;
+        run_incoming(inner, stream, addr, Side::Routed(Box::new(routed))).await;
     }
+}
+
+/// Runs a connection a peer made to us, and books a breach of the protocol on its host: it
+/// came from a port of its choosing and comes back from another, so its address is not worth
+/// counting; after [`crate::MAX_VIOLATIONS`] the host's connections are closed, as one we
+/// dial is banned by its address. Before, a peer could break the protocol on every connection
+/// for as long as it liked.
+async fn run_incoming(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side) {
+    let host = addr.ip().to_canonical();
+    if run(inner.clone(), stream, addr, side).await != Dialed::Violated || is_local_swarm(host) {
+        return;
+    }
+    let mut state = inner.lock();
+    let violations = &mut state.violations_by_host;
+    if violations.len() >= crate::MAX_KNOWN_PEERS && !violations.contains_key(&host) {
+        // Hosts that break the protocol once and never again need not be kept for ever.
+        violations.clear();
+    }
+    let count = violations.entry(host).or_default();
+    *count += 1;
+    let count = *count;
+    if count >= crate::MAX_VIOLATIONS && state.banned_hosts.insert(host) {
+        tracing::warn!("{addr}: banned after {count} protocol violations from {host}; no more connections from it");
+    }
+}
+
+/// `127.0.0.1` or `::1`: where every process of a swarm on this machine comes from, so not a
+/// host that caps or bans by address can single out.
+fn is_local_swarm(host: IpAddr) -> bool {
+    host == Ipv4Addr::LOCALHOST || host == Ipv6Addr::LOCALHOST
 }
 
 /// Why a peer that connected to us and finished its handshake cannot stay, if it cannot: the
@@ -308,8 +339,7 @@ fn no_room_for_incoming(
     if state.wire_peers() >= config.max_peers {
         return Some("every peer slot taken");
     }
-    let local_swarm = host == Ipv4Addr::LOCALHOST || host == Ipv6Addr::LOCALHOST;
-    if !local_swarm && from_host().count() >= crate::MAX_PEERS_PER_HOST {
+    if !is_local_swarm(host) && from_host().count() >= crate::MAX_PEERS_PER_HOST {
         return Some("as many connections from its host as one host may have");
     }
     None
