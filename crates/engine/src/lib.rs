@@ -471,23 +471,6 @@ impl State {
         Some(entry)
     }
 
-    /// Forgets the known peer whose dials failed (or never completed a handshake) the most
-    /// times in a row (not one being dialed now), to make room for another: fake addresses
-    /// that peer exchange named fill the table only until they are dialed, and trackers'
-    /// peers still get in. False when no dial to any of them has failed.
-    fn forget_a_failed_peer(&mut self) -> bool {
-        let worst = self
-            .known
-            .iter()
-            .filter(|(addr, peer)| {
-                (peer.failed_dials > 0 || peer.unfinished_dials > 0)
-                    && !self.connecting.contains(addr)
-            })
-            .max_by_key(|(_, peer)| peer.failed_dials.max(peer.unfinished_dials))
-            .map(|(addr, _)| *addr);
-        worst.is_some_and(|addr| self.known.remove(&addr).is_some())
-    }
-
     /// What the peers lending to us (unchoking us, not spared seeds) send us together, bytes
     /// per second.
     pub fn lending_rate(&self) -> f64 {
@@ -628,23 +611,28 @@ impl Inner {
     /// under the connection cap. Returns how many were new.
     pub fn learn_peers(self: &Arc<Self>, addrs: impl IntoIterator<Item = SocketAddr>) -> usize {
         let mut state = self.lock();
+        let State {
+            known,
+            connecting,
+            banned,
+            ..
+        } = &mut *state;
         let mut new = 0;
-        // Once nothing could be forgotten, not looked for again in this call: each look is a
-        // pass over the table, and a tracker's answer may name 170,000 addresses.
-        let mut nothing_to_forget = false;
+        let mut room = KnownRoom::default();
+        // When full, the peer whose dials failed (or never completed a handshake) the most
+        // times in a row goes (not one being dialed now): fake addresses that peer exchange
+        // named fill the table only until they are dialed, and trackers' peers still get in.
+        let forget = |addr: &SocketAddr, peer: &KnownPeer| {
+            let failures = peer.failed_dials.max(peer.unfinished_dials);
+            (failures > 0 && !connecting.contains(addr)).then_some(failures)
+        };
         for addr in addrs {
             let own = self.config.listen.is_some_and(|l| is_own_address(addr, l));
-            if own || !dialable(addr) || state.banned.contains(&addr) {
+            if own || !dialable(addr) || banned.contains(&addr) || known.contains_key(&addr) {
                 continue;
             }
-            if state.known.contains_key(&addr) {
-                continue;
-            }
-            let room = state.known.len() < MAX_KNOWN_PEERS
-                || (!nothing_to_forget && state.forget_a_failed_peer());
-            nothing_to_forget = !room;
-            if room {
-                state.known.insert(addr, KnownPeer::default());
+            if room.make(known, forget) {
+                known.insert(addr, KnownPeer::default());
                 new += 1;
             }
         }
@@ -1069,6 +1057,46 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// torrent (or magnet link) may list any number.
 pub const MAX_WEB_SEEDS: usize = 8;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Room for one more address in a table of known peers, which holds at most
+/// [`MAX_KNOWN_PEERS`] (a session's, and a magnet's metadata phase's). Once nothing could be
+/// forgotten, it is not looked for again until [`KnownRoom::dial_failed`]: each look is a pass
+/// over the table, and a tracker's answer may name 170,000 addresses.
+#[derive(Debug, Default)]
+pub(crate) struct KnownRoom {
+    nothing_to_forget: bool,
+}
+
+impl KnownRoom {
+    /// True when `known` has room for one more, made if need be by forgetting the address
+    /// that `forget` ranks highest (`None`: not to be forgotten).
+    pub fn make<R: Ord>(
+        &mut self,
+        known: &mut HashMap<SocketAddr, KnownPeer>,
+        forget: impl Fn(&SocketAddr, &KnownPeer) -> Option<R>,
+    ) -> bool {
+        if known.len() < MAX_KNOWN_PEERS {
+            self.nothing_to_forget = false;
+            return true;
+        }
+        if self.nothing_to_forget {
+            return false;
+        }
+        let worst = known
+            .iter()
+            .filter_map(|(addr, peer)| Some((forget(addr, peer)?, *addr)))
+            .max()
+            .map(|(_, addr)| addr);
+        let room = worst.is_some_and(|addr| known.remove(&addr).is_some());
+        self.nothing_to_forget = !room;
+        room
+    }
+
+    /// A dial failed, so an address may now be worth forgetting.
+    pub fn dial_failed(&mut self) {
+        self.nothing_to_forget = false;
+    }
+}
 
 /// A peer address we may dial, and how our dials to it went.
 #[derive(Debug, Clone, Copy)]

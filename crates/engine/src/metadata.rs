@@ -173,7 +173,7 @@ pub async fn fetch_metadata(
     let (got_it, stop) = tokio::sync::watch::channel(false);
     let mut last_error = String::from("no peers yet");
     let mut sources_open = true;
-    let mut nothing_to_forget = false;
+    let mut room = crate::KnownRoom::default();
     loop {
         let now = Instant::now();
         for (addr, peer) in known.iter_mut() {
@@ -205,13 +205,7 @@ pub async fn fetch_metadata(
                         // As many as a session keeps (a tracker's answer of a megabyte names
                         // 170,000); when full, one given up on or failed goes, so that a
                         // source of dead addresses cannot keep out the peers others name.
-                        // (Once nothing could go, not looked for again until a dial fails: a
-                        // look is a pass over the whole table.)
-                        let room = known.len() < crate::MAX_KNOWN_PEERS
-                            || (!nothing_to_forget
-                                && forget_one(&mut known, &in_flight, &given_up));
-                        nothing_to_forget = !room;
-                        if room {
+                        if room.make(&mut known, worth_forgetting(&in_flight, &given_up)) {
                             known.insert(addr, KnownPeer::default());
                         }
                     }
@@ -236,7 +230,7 @@ pub async fn fetch_metadata(
                 Ok((addr, Err(failure))) => {
                     tracing::info!("metadata: {}", failure.message);
                     in_flight.remove(&addr);
-                    nothing_to_forget = false;
+                    room.dial_failed();
                     if failure.for_good {
                         given_up.insert(addr);
                     } else if let Some(peer) = known.get_mut(&addr) {
@@ -760,22 +754,18 @@ mod tests {
     }
 }
 
-/// Forgets the known address most worth forgetting, to make room: one given up on, else the
-/// one whose dials failed the most times in a row (not one being asked now). False when none
-/// has failed.
-fn forget_one(
-    known: &mut HashMap<SocketAddr, KnownPeer>,
-    in_flight: &HashSet<SocketAddr>,
-    given_up: &HashSet<SocketAddr>,
-) -> bool {
-    let worst = known
-        .iter()
-        .filter(|(addr, peer)| {
-            !in_flight.contains(*addr) && (given_up.contains(*addr) || peer.failed_dials > 0)
-        })
-        .max_by_key(|(addr, peer)| (given_up.contains(*addr), peer.failed_dials))
-        .map(|(addr, _)| *addr);
-    worst.is_some_and(|addr| known.remove(&addr).is_some())
+/// How worth forgetting a known address is, to make room: one given up on most, then the
+/// ones whose dials failed the most times in a row; not one being asked now, nor one that has
+/// not failed.
+fn worth_forgetting<'a>(
+    in_flight: &'a HashSet<SocketAddr>,
+    given_up: &'a HashSet<SocketAddr>,
+) -> impl Fn(&SocketAddr, &KnownPeer) -> Option<(bool, u32)> + 'a {
+    |addr, peer| {
+        let given_up = given_up.contains(addr);
+        let failed = given_up || peer.failed_dials > 0;
+        (failed && !in_flight.contains(addr)).then_some((given_up, peer.failed_dials))
+    }
 }
 
 #[cfg(test)]
@@ -783,22 +773,35 @@ mod forget_tests {
     use super::*;
 
     /// A full table of addresses makes room by forgetting one given up on, else the most
-    /// failed, never one being asked; with none failed, nothing is forgotten.
+    /// failed, never one being asked; with none failed, nothing is forgotten, and that is not
+    /// looked for again until a dial fails.
     #[test]
     fn a_full_table_forgets_the_address_given_up_on_or_failed_most() {
         let at = |port: u16| SocketAddr::from(([10, 0, 0, 1], port));
-        let mut known: HashMap<SocketAddr, KnownPeer> =
-            (1..=4).map(|p| (at(p), KnownPeer::default())).collect();
+        let mut known: HashMap<SocketAddr, KnownPeer> = (1..=crate::MAX_KNOWN_PEERS as u16)
+            .map(|p| (at(p), KnownPeer::default()))
+            .collect();
         let (mut in_flight, mut given_up) = (HashSet::new(), HashSet::new());
-        assert!(!forget_one(&mut known, &in_flight, &given_up));
+        let mut room = crate::KnownRoom::default();
+        assert!(!room.make(&mut known, worth_forgetting(&in_flight, &given_up)));
         known.get_mut(&at(1)).unwrap().failed_dials = 5;
+        assert!(
+            !room.make(&mut known, worth_forgetting(&in_flight, &given_up)),
+            "looked for again before a dial failed"
+        );
+        room.dial_failed();
         known.get_mut(&at(2)).unwrap().failed_dials = 2;
         given_up.insert(at(3));
         in_flight.insert(at(3));
-        assert!(forget_one(&mut known, &in_flight, &given_up));
+        assert!(room.make(&mut known, worth_forgetting(&in_flight, &given_up)));
         assert!(!known.contains_key(&at(1)) && known.contains_key(&at(3)));
+        known.insert(at(1), KnownPeer::default());
         in_flight.clear();
-        assert!(forget_one(&mut known, &in_flight, &given_up));
+        assert!(room.make(&mut known, worth_forgetting(&in_flight, &given_up)));
         assert!(!known.contains_key(&at(3)) && known.contains_key(&at(2)));
+        known.insert(at(3), KnownPeer::default());
+        given_up.clear();
+        assert!(room.make(&mut known, worth_forgetting(&in_flight, &given_up)));
+        assert!(!known.contains_key(&at(2)), "the failed one went");
     }
 }
