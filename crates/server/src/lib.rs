@@ -85,6 +85,22 @@ pub trait Seeder: Send + Sync + 'static {
     fn status(&self, info_hash: &str) -> Option<SeedStatus>;
 }
 
+/// `error` and its causes, each named once (a cause its error's message already carries is
+/// not repeated): what the log says of a failure.
+pub(crate) fn detail(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let more = error.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = error.source();
+    }
+    text
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves (requests in flight are finished).
 pub async fn run(
     listener: tokio::net::TcpListener,

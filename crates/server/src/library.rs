@@ -61,10 +61,31 @@ pub enum LibraryError {
     Store(#[from] pow_datasource::Error),
     #[error("{0}")]
     Invalid(String),
+    /// A torrent given by PUT that the store does not take (its name or its bytes): the
+    /// client's to fix, and told as it is.
+    #[error("{0}")]
+    BadTorrent(String),
     /// The name is taken by a torrent with other bytes (made with other options: the name is
     /// the content's MD5); the store keeps the one it has.
     #[error("{0}")]
     Conflict(String),
+}
+
+impl LibraryError {
+    /// The disk (or the user's quota) had no room for a write, wherever in the causes.
+    pub fn is_disk_full(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = cause {
+            if error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(pow_storage::is_disk_full)
+            {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LibraryError + '_ {
@@ -246,9 +267,7 @@ impl Library {
     /// `set-aside/<md5>-<seconds since the epoch>/` (the same bytes may be set aside again
     /// after they were uploaded anew).
     fn set_aside(&self, md5: &str, why: &str) -> Result<bool, LibraryError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = seconds_since_epoch();
         let mut aside = self.root.join("set-aside").join(format!("{md5}-{now}"));
         for n in 1.. {
             if !aside.exists() {
@@ -421,6 +440,18 @@ impl Library {
         received: Received,
         description: String,
     ) -> Result<Dataset, LibraryError> {
+        self.publish_storing_with(received, description, write_new)
+    }
+
+    /// [`Library::publish_blocking`], the torrent stored by `write_torrent` (as [`write_new`]):
+    /// a test's fails after the torrent is linked, as a failed fsync of the store's directory
+    /// does, which no file system a test can mount is made to do.
+    fn publish_storing_with(
+        &self,
+        received: Received,
+        description: String,
+        write_torrent: impl FnOnce(&Path, &str, &[u8]) -> pow_datasource::Result<bool>,
+    ) -> Result<Dataset, LibraryError> {
         let md5 = received.md5.clone();
         // A torrent put here for these bytes (by `pow publish`, with the token) is kept: the
         // store never replaces one, and records elsewhere name it. The upload is published
@@ -473,34 +504,47 @@ impl Library {
             info_hash,
             torrent_file_name: torrent_file_name.clone(),
             description,
-            uploaded_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            uploaded_at: seconds_since_epoch(),
         };
         let record = serde_json::to_vec_pretty(&dataset).expect("dataset serializes");
         write_atomically(&self.root.join("datasets"), &format!("{md5}.json"), &record)?;
         // Last: from here on the dataset exists.
         if let Some(bytes) = torrent {
-            let record_path = self.record_path(&md5);
-            let written = write_new(&self.torrents_dir(), &torrent_file_name, &bytes)
-                .map_err(LibraryError::from)
-                .and_then(|written| match written {
-                    true => Ok(()),
-                    // Another writer of the directory (not this server: its PUTs take the
-                    // publishing lock) stored a torrent for these bytes meanwhile.
-                    false => Err(LibraryError::Conflict(format!(
-                        "{torrent_file_name} was stored by someone else while this upload was \
-                         published; nothing was published: upload it again to publish it under \
-                         that torrent"
-                    ))),
-                });
-            if let Err(e) = written {
-                let _ = std::fs::remove_file(&record_path);
+            let failed = match write_torrent(&self.torrents_dir(), &torrent_file_name, &bytes) {
+                Ok(true) => None,
+                // Stored under its name, and only what came after failed (the fsync of the
+                // store's directory): the torrent is listed and served, so the dataset is
+                // published and its content stays. A crash before the directory reaches the
+                // disk loses at most the torrent's name, which the next start makes again
+                // from the record and the content.
+                Err(e) if self.stores_torrent(&md5, &bytes) => {
+                    tracing::warn!(
+                        "{md5}: its torrent is stored, but {}; published all the same",
+                        crate::detail(&e)
+                    );
+                    None
+                }
+                // Another writer of the directory (not this server: its PUTs take the
+                // publishing lock) stored a torrent for these bytes meanwhile.
+                Ok(false) => Some(LibraryError::Conflict(format!(
+                    "{torrent_file_name} was stored by someone else while this upload was \
+                     published; nothing was published: upload it again to publish it under \
+                     that torrent"
+                ))),
+                Err(e) => Some(e.into()),
+            };
+            if let Some(e) = failed {
+                let _ = std::fs::remove_file(self.record_path(&md5));
                 return Err(e);
             }
         }
         unpublished.done();
         Ok(dataset)
+    }
+
+    /// Whether the store holds `bytes` as content `md5`'s torrent.
+    fn stores_torrent(&self, md5: &str, bytes: &[u8]) -> bool {
+        std::fs::read(self.torrent_path(md5)).is_ok_and(|stored| stored == bytes)
     }
 
     /// The torrent already stored for content `md5` (put there with the token), if any: it
@@ -604,12 +648,12 @@ impl Library {
             .strip_suffix(".torrent")
             .filter(|stem| is_md5_hex(stem))
             .ok_or_else(|| {
-                LibraryError::Invalid(format!(
+                LibraryError::BadTorrent(format!(
                     "{name:?}: a torrent in this store is named <md5 hex>.torrent"
                 ))
             })?;
         Metainfo::from_bytes(bytes)
-            .map_err(|e| LibraryError::Invalid(format!("not a valid torrent: {e}")))?;
+            .map_err(|e| LibraryError::BadTorrent(format!("not a valid torrent: {e}")))?;
         let path = self.torrent_path(md5);
         if path.is_file() {
             let same = std::fs::read(&path).map_err(io(&path))? == bytes;
@@ -656,6 +700,14 @@ impl Drop for Unpublished {
 fn clear_incoming(incoming: &Path) -> Result<(), LibraryError> {
     std::fs::remove_dir_all(incoming).map_err(io(incoming))?;
     std::fs::create_dir_all(incoming).map_err(io(incoming))
+}
+
+/// Now, as [`Dataset::uploaded_at`] and the set-aside directories count time (0 for a clock
+/// set before 1970).
+fn seconds_since_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 pub(crate) fn is_md5_hex(text: &str) -> bool {
@@ -786,6 +838,65 @@ mod tests {
         std::fs::write(&record, serde_json::to_vec(&dataset).unwrap()).unwrap();
         let library = Library::open(&root, Vec::new(), None).unwrap();
         assert!(library.datasets().is_empty() && !record.exists());
+        drop(library);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    /// The store's write of a torrent that links it under its name and then fails (as it
+    /// does when the fsync of the store's directory fails) has published the dataset: it is
+    /// listed, with its content, now and after a restart. Before, the content and the record
+    /// were removed while the torrent stayed in the store, listed in `index.json` and served.
+    /// A write that fails before the link still takes the upload away, record and all.
+    #[test]
+    fn a_torrent_stored_before_its_directory_failed_to_sync_keeps_its_content() {
+        use md5::{Digest as _, Md5};
+        let root = std::env::temp_dir().join(format!("pow-library-fsync-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let library = Library::open(&root, Vec::new(), None).unwrap();
+        let upload = |seed: u8| {
+            let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8 ^ seed).collect();
+            let file = crate::upload::TempFile::new(&library.incoming_dir());
+            std::fs::write(file.path(), &bytes).unwrap();
+            let received = Received {
+                file,
+                name: "cells.zip".into(),
+                size: bytes.len() as u64,
+                md5: hex::encode(Md5::digest(&bytes)),
+                sha256: String::new(),
+            };
+            (received, bytes)
+        };
+        let fsync_failed = |dir: &Path| pow_datasource::Error::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other("fsync failed"),
+        };
+
+        let (received, bytes) = upload(1);
+        let md5 = received.md5.clone();
+        let linked_then_failed = |dir: &Path, name: &str, bytes: &[u8]| {
+            assert!(write_new(dir, name, bytes)?);
+            Err(fsync_failed(dir))
+        };
+        let dataset = library
+            .publish_storing_with(received, String::new(), linked_then_failed)
+            .unwrap();
+        assert!(library.torrent_path(&md5).is_file());
+        let content = library.content_dir(&md5).join("cells.zip");
+        assert_eq!(std::fs::read(&content).unwrap(), bytes);
+
+        let (received, _) = upload(2);
+        let unstored = received.md5.clone();
+        let failed = library
+            .publish_storing_with(received, String::new(), |dir, _, _| Err(fsync_failed(dir)));
+        assert!(failed.is_err());
+        assert!(!library.content_dir(&unstored).exists());
+        assert!(!library.record_path(&unstored).exists());
+        assert!(!library.torrent_path(&unstored).exists());
+        drop(library);
+
+        let library = Library::open(&root, Vec::new(), None).unwrap();
+        assert_eq!(library.datasets(), [dataset]);
+        assert_eq!(std::fs::read(&content).unwrap(), bytes);
         drop(library);
         std::fs::remove_dir_all(root).unwrap();
     }

@@ -1,5 +1,7 @@
 //! HTTP handlers. Errors are JSON (`{"error": ...}`) unless the client asked for HTML (a plain
-//! form post from a browser), which gets a small page or a redirect back to the list.
+//! form post from a browser), which gets a small page or a redirect back to the list. A
+//! failure of the server's own is told without its detail, which names the server's files
+//! (the data directory's path, for one) and goes to the log.
 
 use crate::library::{is_md5_hex, Library, LibraryError, Published};
 use crate::page::{self, Row};
@@ -64,6 +66,54 @@ fn failure(html: bool, status: StatusCode, message: &str) -> Response {
     } else {
         (status, Json(serde_json::json!({ "error": message }))).into_response()
     }
+}
+
+/// A failure of the server's own (not of the request): the client hears `message`, the log
+/// gets `error` in full.
+fn server_fault(
+    html: bool,
+    status: StatusCode,
+    message: &str,
+    error: &dyn std::error::Error,
+) -> Response {
+    tracing::error!("{message} ({status}): {}", crate::detail(error));
+    failure(html, status, message)
+}
+
+/// A publish or a PUT that failed, as the client is told it: what the client can do something
+/// about as it is, a full disk as such, anything else as the server's fault.
+fn library_failure(html: bool, error: &LibraryError, what: &str) -> Response {
+    match error {
+        // Their messages name torrents and sizes, never the server's files.
+        LibraryError::Conflict(why) => {
+            tracing::warn!("{what}: {why}");
+            failure(html, StatusCode::CONFLICT, why)
+        }
+        LibraryError::BadTorrent(why) => {
+            tracing::warn!("{what}: {why}");
+            failure(html, StatusCode::UNPROCESSABLE_ENTITY, why)
+        }
+        e if e.is_disk_full() => server_fault(
+            html,
+            StatusCode::INSUFFICIENT_STORAGE,
+            &format!("the server's disk is full: {what}; nothing of it was kept"),
+            e,
+        ),
+        e => server_fault(
+            html,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("{what}: the server failed (its log says why); nothing of it was kept"),
+            e,
+        ),
+    }
+}
+
+/// The request's `Content-Length`, if it has a valid one (a chunked body has none).
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 fn rows(app: &App) -> Vec<Row> {
@@ -206,11 +256,7 @@ async fn upload(State(app): Shared, request: Request) -> Response {
         return refused_unread(html, StatusCode::FORBIDDEN, why);
     }
     let limit = app.config.max_upload_size;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(request.headers());
     if declared.is_some_and(|len| len > limit.saturating_add(FORM_OVERHEAD)) {
         let too_large = UploadError::TooLarge(limit).to_string();
         return refused_unread(html, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
@@ -274,6 +320,11 @@ async fn upload(State(app): Shared, request: Request) -> Response {
                 }
                 UploadError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
+            if let UploadError::Io(_) = e {
+                let why = "the server failed to receive the upload (its log says why); nothing \
+                           of it was kept";
+                return server_fault(html, status, why, &e);
+            }
             tracing::info!("upload refused ({status}): {e}");
             if matches!(e, UploadError::Stalled(_) | UploadError::TooSlow { .. }) {
                 // The rest of its body is not waited for.
@@ -304,17 +355,7 @@ async fn upload(State(app): Shared, request: Request) -> Response {
     });
     let (dataset, published) = match done {
         Ok(done) => done,
-        Err(e) => {
-            tracing::warn!("publishing failed: {e}");
-            let status = match &e {
-                LibraryError::Io { source, .. } if pow_storage::is_disk_full(source) => {
-                    StatusCode::INSUFFICIENT_STORAGE
-                }
-                LibraryError::Conflict(_) => StatusCode::CONFLICT,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            return failure(html, status, &e.to_string());
-        }
+        Err(e) => return library_failure(html, &e, "the upload arrived but was not published"),
     };
     tracing::info!(
         "published {} ({}, {} bytes, {:?})",
@@ -370,7 +411,10 @@ async fn get_torrent(State(app): Shared, Path(name): Path<String>) -> Response {
     if name == INDEX_FILE {
         return match app.library.index() {
             Ok(index) => Json(index).into_response(),
-            Err(e) => failure(false, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            Err(e) => {
+                let why = "the server cannot list its torrents (its log says why)";
+                server_fault(false, StatusCode::INTERNAL_SERVER_ERROR, why, &e)
+            }
         };
     }
     let Some(md5) = name.strip_suffix(".torrent").filter(|s| is_md5_hex(s)) else {
@@ -383,7 +427,10 @@ async fn get_torrent(State(app): Shared, Path(name): Path<String>) -> Response {
             StatusCode::NOT_FOUND,
             &format!("no torrent {name} here"),
         ),
-        Err(e) => failure(false, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => {
+            let why = format!("the server cannot read {name} (its log says why)");
+            server_fault(false, StatusCode::INTERNAL_SERVER_ERROR, &why, &e)
+        }
     }
 }
 
@@ -411,10 +458,7 @@ async fn put_torrent(State(app): Shared, Path(name): Path<String>, request: Requ
         );
     }
     // Read only now: a client without the token never has its body read, let alone held.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(headers);
     if declared.is_some_and(|len| len > MAX_TORRENT_BYTES) {
         let too_large = format!("a torrent is at most {MAX_TORRENT_BYTES} bytes");
         return refused_unread(false, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
@@ -446,8 +490,7 @@ async fn put_torrent(State(app): Shared, Path(name): Path<String>, request: Requ
             Json(serde_json::json!({"stored": "existing"})),
         )
             .into_response(),
-        Err(e @ LibraryError::Conflict(_)) => failure(false, StatusCode::CONFLICT, &e.to_string()),
-        Err(e) => failure(false, StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+        Err(e) => library_failure(false, &e, "the torrent was not stored"),
     }
 }
 
@@ -459,6 +502,280 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{SeedFuture, SeedStatus};
+    use md5::{Digest as _, Md5};
+    use pow_metainfo::Metainfo;
+    use std::path::{Path, PathBuf};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    struct NoSeeder;
+
+    impl Seeder for NoSeeder {
+        fn seed(&self, _: Arc<Metainfo>, _: PathBuf) -> SeedFuture {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn status(&self, _: &str) -> Option<SeedStatus> {
+            None
+        }
+    }
+
+    const TOKEN: &str = "sesame";
+
+    /// The routes over a library at `root`, served on 127.0.0.1 until [`TestServer::stop`].
+    struct TestServer {
+        addr: std::net::SocketAddr,
+        library: Arc<Library>,
+        serving: tokio::task::JoinHandle<()>,
+    }
+
+    impl TestServer {
+        async fn start(root: &Path) -> TestServer {
+            let library = Arc::new(Library::open(root, Vec::new(), None).unwrap());
+            let config = ServeConfig {
+                max_upload_size: 1 << 30,
+                token: Some(TOKEN.into()),
+                content_pacer: None,
+                max_concurrent_uploads: 4,
+                upload_idle_timeout: std::time::Duration::from_secs(30),
+                upload_min_rate: 1,
+            };
+            let app = router(library.clone(), Arc::new(NoSeeder), config);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let serving = tokio::spawn(async move {
+                axum::serve(listener, app).await.unwrap();
+            });
+            TestServer {
+                addr,
+                library,
+                serving,
+            }
+        }
+
+        /// One request on its own connection: the status and the body.
+        async fn request(&self, head: &str, body: &[u8]) -> (u16, String) {
+            let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+            let head = format!(
+                "{head}\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                self.addr,
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(body).await.unwrap();
+            let mut reply = Vec::new();
+            stream.read_to_end(&mut reply).await.unwrap();
+            let reply = String::from_utf8_lossy(&reply).into_owned();
+            let status = reply[9..12].parse().unwrap();
+            let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            (status, body.to_string())
+        }
+
+        async fn upload(&self, zip: &[u8], accept: &str) -> (u16, String) {
+            let (content_type, form) = form(zip);
+            let head = format!(
+                "POST /upload HTTP/1.1\r\nContent-Type: {content_type}\r\nAccept: {accept}"
+            );
+            self.request(&head, &form).await
+        }
+
+        /// Ends the server, and with it (once the last connection's task is done) the
+        /// library's hold on its directory, which keeps a tmpfs under it mounted.
+        async fn stop(self) {
+            self.serving.abort();
+            let _ = self.serving.await;
+            for _ in 0..100 {
+                if Arc::strong_count(&self.library) == 1 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    const BOUNDARY: &str = "XyZzY";
+
+    /// A multipart form of `zip` as field `file`: its content type and its bytes.
+    fn form(zip: &[u8]) -> (String, Vec<u8>) {
+        let mut form = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; \
+             filename=\"cells.zip\"\r\nContent-Type: application/zip\r\n\r\n"
+        )
+        .into_bytes();
+        form.extend_from_slice(zip);
+        form.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+        (format!("multipart/form-data; boundary={BOUNDARY}"), form)
+    }
+
+    /// `len` bytes the server takes for a zip (a local header first, an end record last),
+    /// different for each `seed`.
+    fn zip(len: usize, seed: u8) -> Vec<u8> {
+        let end = b"PK\x05\x06\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+        let mut zip = b"PK\x03\x04".to_vec();
+        zip.extend((0..len - 4 - end.len()).map(|i| (i % 251) as u8 ^ seed));
+        zip.extend_from_slice(end);
+        zip
+    }
+
+    fn error_of(body: &str) -> String {
+        let json: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        json["error"].as_str().unwrap().to_string()
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The server's store failing under it (here a directory where the upload's torrent
+    /// goes) is the server's fault: the uploader, or the browser's page, hears that it
+    /// failed, and the log where. Before, the body was the error itself, the data
+    /// directory's absolute path in it, and a PUT answered it with 422, as if the torrent
+    /// were at fault.
+    #[tokio::test]
+    async fn failures_of_the_servers_own_are_told_without_its_paths() {
+        let root = std::env::temp_dir().join(format!("pow-routes-paths-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let server = TestServer::start(&root).await;
+        let root = server.library.root().display().to_string();
+        let zip = zip(40_000, 1);
+        let md5 = hex::encode(Md5::digest(&zip));
+        std::fs::create_dir(server.library.torrent_path(&md5)).unwrap();
+
+        let (status, body) = server.upload(&zip, "application/json").await;
+        let error = error_of(&body);
+        assert_eq!(status, 500, "{body}");
+        assert!(!error.contains(&root), "{error}");
+        assert!(error.contains("not published"), "{error}");
+        let (status, page) = server.upload(&zip, "text/html").await;
+        assert_eq!(status, 500, "{page}");
+        assert!(!page.contains(&root), "{page}");
+
+        let content = std::path::PathBuf::from(&root).join("slice.csv");
+        std::fs::write(&content, vec![7u8; 40_000]).unwrap();
+        let torrent = pow_metainfo::create::create(&content, &Default::default())
+            .unwrap()
+            .bytes;
+        let head = format!("PUT /torrents/{md5}.torrent HTTP/1.1\r\nAuthorization: Bearer {TOKEN}");
+        let (status, body) = server.request(&head, &torrent).await;
+        let error = error_of(&body);
+        assert_eq!(status, 500, "{body}");
+        assert!(!error.contains(&root), "{error}");
+        // What the client got wrong is still told as it is.
+        let (status, body) = server.request(&head, b"not bencode").await;
+        assert_eq!(status, 422, "{body}");
+        assert!(error_of(&body).contains("not a valid torrent"), "{body}");
+        server.stop().await;
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    /// A tmpfs mounted for a test, unmounted when dropped (a failed test too).
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        fn mount(dir: &Path, options: &str) -> Result<Tmpfs, String> {
+            std::fs::create_dir_all(dir).unwrap();
+            let out = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+                .arg(dir)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                let _ = std::fs::remove_dir(dir);
+                return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+            }
+            Ok(Tmpfs(dir.to_path_buf()))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let unmount = |lazy: bool| {
+                let mut umount = std::process::Command::new("umount");
+                if lazy {
+                    // Still busy (a test that failed with the server running): detached now,
+                    // gone once the last file on it closes.
+                    umount.arg("-l");
+                }
+                umount.arg(&self.0).status().is_ok_and(|s| s.success())
+            };
+            if unmount(false) || unmount(true) {
+                let _ = std::fs::remove_dir(&self.0);
+            }
+        }
+    }
+
+    /// The server's disk full (a 1 MiB tmpfs) once the upload has arrived: there is no room
+    /// for its record, or, one page later, for its torrent. Either is a full disk to the
+    /// uploader (507), not a failure of the server (500, as it was, with the record's path
+    /// for its whole message); neither leaves a record, a torrent or content behind, nor the
+    /// dataset listed, and the upload that fits after is published.
+    #[tokio::test]
+    async fn an_upload_that_fills_the_disk_as_it_is_published_gets_507_and_leaves_nothing() {
+        let dir = std::env::temp_dir().join(format!("pow-routes-full-{}", std::process::id()));
+        let _disk = match Tmpfs::mount(&dir, "size=1m") {
+            Ok(disk) => disk,
+            Err(e) => {
+                println!("SKIPPED: cannot mount a tmpfs here ({e}); the disk-full case needs root");
+                return;
+            }
+        };
+        let server = TestServer::start(&dir).await;
+        let root = server.library.root().to_path_buf();
+        let free = crate::upload::free_space(&root).unwrap();
+        let framing = form(&[]).1.len() as u64;
+        // Content-Length is the free space: the upload is taken, and fills the disk (up to
+        // its last page, or all but one, which the record takes).
+        for (left, seed) in [(0, 1), (4096, 2)] {
+            let zip = zip((free - framing - left) as usize, seed);
+            let (status, body) = server.upload(&zip, "application/json").await;
+            let error = error_of(&body);
+            println!("{left} bytes left for the record and the torrent: {status} {error}");
+            assert_eq!(status, 507, "{body}");
+            assert!(error.contains("the server's disk is full"), "{error}");
+            assert!(!error.contains(root.to_str().unwrap()), "{error}");
+            assert!(server.library.datasets().is_empty());
+            for sub in ["incoming", "content", "datasets", "torrents"] {
+                assert_eq!(entries(&root.join(sub)), Vec::<String>::new(), "{sub}");
+            }
+        }
+        let (status, body) = server.request("GET /api/datasets HTTP/1.1", b"").await;
+        assert_eq!((status, body.as_str()), (200, "[]"));
+
+        let (status, body) = server.upload(&zip(100_000, 3), "application/json").await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(server.library.datasets().len(), 1);
+        server.stop().await;
+    }
+
+    /// A disk with room for the bytes but no inode left for the file that receives them is
+    /// as full (507), before any byte is read into it. Before, it was the server's failure
+    /// (500).
+    #[tokio::test]
+    async fn an_upload_with_no_inode_left_for_its_file_gets_507() {
+        let dir = std::env::temp_dir().join(format!("pow-routes-inodes-{}", std::process::id()));
+        // The root, .lock, and incoming/, content/, datasets/ and torrents/.
+        let _disk = match Tmpfs::mount(&dir, "size=1m,nr_inodes=6") {
+            Ok(disk) => disk,
+            Err(e) => {
+                println!("SKIPPED: cannot mount a tmpfs here ({e}); the disk-full case needs root");
+                return;
+            }
+        };
+        let server = TestServer::start(&dir).await;
+        let (status, body) = server.upload(&zip(40_000, 4), "application/json").await;
+        let error = error_of(&body);
+        assert_eq!(status, 507, "{body}");
+        assert!(error.contains("the server's disk is full"), "{error}");
+        let incoming = server.library.incoming_dir();
+        assert_eq!(entries(&incoming), Vec::<String>::new());
+        server.stop().await;
+    }
 
     fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -504,5 +821,15 @@ mod tests {
             Some("https://data.example.org:443/")
         ));
         assert!(from_another_site(&proxied, None));
+    }
+
+    #[test]
+    fn a_declared_length_is_a_number_or_none() {
+        let mut h = HeaderMap::new();
+        assert_eq!(declared_length(&h), None);
+        h.insert(header::CONTENT_LENGTH, "1048576".parse().unwrap());
+        assert_eq!(declared_length(&h), Some(1 << 20));
+        h.insert(header::CONTENT_LENGTH, "12 apples".parse().unwrap());
+        assert_eq!(declared_length(&h), None);
     }
 }

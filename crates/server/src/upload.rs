@@ -26,7 +26,7 @@ pub struct TempFile {
 }
 
 impl TempFile {
-    fn new(dir: &Path) -> TempFile {
+    pub(crate) fn new(dir: &Path) -> TempFile {
         let name = format!("{:016x}.part", rand::random::<u64>());
         TempFile {
             path: dir.join(name),
@@ -329,8 +329,10 @@ async fn receive_file(
 ) -> Result<Received, UploadError> {
     let name = stored_name(field.file_name().unwrap_or(""));
     let file = TempFile::new(incoming);
+    // A disk without a free inode refuses the file itself.
+    let created = tokio::fs::File::create(file.path()).await;
     let mut out =
-        tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(file.path()).await?);
+        tokio::io::BufWriter::with_capacity(1 << 20, created.map_err(|e| disk_full(e, 0))?);
     let (mut md5, mut sha256, mut size) = (Md5::new(), Sha256::new(), 0u64);
     while let Some(chunk) = pace.chunk(&mut field).await? {
         meter.file_bytes(chunk.len());
