@@ -1,12 +1,15 @@
 //! `pow verify` on data as researchers keep it: on a read-only mount, with a file longer than
-//! the torrent says, with a large file linked in from elsewhere. (The storage's own tests cover
-//! writes through links, and that a long file keeps its tail.)
+//! the torrent says, with a large file linked in from elsewhere, with a program that is running,
+//! with a file of someone else's it may not read; and `pow download` into a directory with a
+//! dangling link at a file's path. (The storage's own tests cover writes through links and loops
+//! of them, and that a long file keeps its tail.)
 
 mod common;
 
-use common::{create_torrent, pow, pseudo_random_bytes, text, TempDir, Tmpfs};
+use common::{create_torrent, pow, pow_bin, pseudo_random_bytes, text, Killed, TempDir, Tmpfs};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
 
 /// `data/set/{a,b}` (300,000 and 200,000 bytes) and their torrent of 64 KiB pieces (8 pieces).
 fn dataset(work: &Path, data: &Path) -> PathBuf {
@@ -75,4 +78,150 @@ fn verify_passes_a_file_longer_than_the_torrent_says_and_a_file_linked_in() {
     std::fs::rename(data.join("set/a"), &elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, data.join("set/a")).unwrap();
     assert_all_good(&verify(&torrent, &data), "a linked in");
+}
+
+#[test]
+fn verify_finds_every_piece_of_a_running_programs_file_good() {
+    // A tool shipped with its dataset, running while the data is checked or seeded: the kernel
+    // refuses to open it to write (ETXTBSY), which aborted the check ("Text file busy") when only
+    // EACCES and EROFS fell back to reading.
+    let work = TempDir::new("storage-running");
+    let set = work.path().join("data/set");
+    std::fs::create_dir_all(&set).unwrap();
+    let program = set.join("sleep");
+    std::fs::copy("/bin/sleep", &program).unwrap();
+    std::fs::write(set.join("notes"), pseudo_random_bytes(100_000, 3)).unwrap();
+    let torrent = work.path().join("set.torrent");
+    let pieces = create_torrent(&set, &torrent, 16384).geometry.piece_count();
+    // `spawn` returns once the exec is done: from then on the file is busy.
+    let _running = Killed(Command::new(&program).arg("30").spawn().unwrap());
+    let busy = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&program);
+    if busy.is_ok() {
+        // A kernel that lets it be opened to write has nothing to fall back from.
+        println!("SKIPPED: this kernel opens a running program's file to write (no ETXTBSY)");
+        return;
+    }
+    let busy = busy.unwrap_err();
+    assert_eq!(busy.raw_os_error(), Some(libc::ETXTBSY), "{busy}");
+    let out = verify(&torrent, &work.path().join("data"));
+    assert!(
+        out.status.success()
+            && text(&out.stdout).contains(&format!("set: {pieces}/{pieces} pieces good")),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn verify_counts_a_file_it_may_not_read_as_missing_and_says_so_once() {
+    // Someone else's file in a shared directory: its pieces are not held, as if it were missing,
+    // and a warning names it (it was a hard error, which stopped a seed of the rest).
+    let work = TempDir::new("storage-unreadable");
+    let data = work.path().join("data");
+    let torrent = dataset(work.path(), &data);
+    let a = data.join("set/a");
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o000)).unwrap();
+    // Root reads a file of any mode: the check then runs without the two capabilities that let
+    // it (as anyone else would), after proof that this makes a real EACCES here.
+    let as_anyone = |program: &Path| {
+        let mut command = Command::new("setpriv");
+        command
+            .args([
+                "--bounding-set=-dac_override,-dac_read_search",
+                "--inh-caps=-all",
+                "--",
+            ])
+            .arg(program);
+        command
+    };
+    let mut check = if std::fs::File::open(&a).is_err() {
+        pow()
+    } else {
+        match as_anyone(Path::new("cat")).arg(&a).output() {
+            Ok(cat)
+                if !cat.status.success()
+                    && text(&cat.stderr).contains("Permission denied")
+                    && as_anyone(&pow_bin())
+                        .arg("--version")
+                        .output()
+                        .is_ok_and(|o| o.status.success()) =>
+            {
+                as_anyone(&pow_bin())
+            }
+            Ok(cat) => {
+                println!(
+                    "SKIPPED: without CAP_DAC_OVERRIDE, a mode-000 file is still read, or pow \
+                     cannot be run ({})",
+                    text(&cat.stderr).trim()
+                );
+                return;
+            }
+            Err(e) => {
+                println!("SKIPPED: no setpriv to drop root's file capabilities ({e})");
+                return;
+            }
+        }
+    };
+    let out = check
+        .arg("verify")
+        .arg(&torrent)
+        .arg("--data")
+        .arg(&data)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    // a is 300,000 bytes: pieces 0-4 (64 KiB each) lie in it, 5-7 in b alone.
+    assert!(
+        !out.status.success() && stdout.contains("set: 3/8 pieces good"),
+        "{stdout}{stderr}"
+    );
+    let warning = format!(
+        "{}: Permission denied (os error 13); its pieces count as missing",
+        a.display()
+    );
+    assert_eq!(stderr.matches(&warning).count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_download_stops_at_a_dangling_link_at_a_files_path_naming_it_and_where_it_leads() {
+    // A link left at a file's path, to a file not there yet: following it would make the file
+    // wherever it leads (here, in someone's ~/.ssh), so the download stops, as libtorrent and
+    // Transmission stop a torrent at a file error, with the link and its target named (it said
+    // "a symbolic link not followed to write (No such file or directory)").
+    let work = TempDir::new("storage-dangling");
+    let data = work.path().join("data");
+    let torrent = dataset(work.path(), &data);
+    let ssh = work.path().join("home/.ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    let keys = ssh.join("authorized_keys");
+    let out = work.path().join("out");
+    std::fs::create_dir_all(out.join("set")).unwrap();
+    // As the storage names it: its directory's real path.
+    let out = out.canonicalize().unwrap();
+    std::os::unix::fs::symlink(&keys, out.join("set/a")).unwrap();
+    let port = common::free_port();
+    let _seed = common::pow_seed(&torrent, &data, port, &[], Stdio::null());
+    let o = common::pow_download(torrent.to_str().unwrap(), &out)
+        .args(["--peer", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    let named = format!(
+        "{}: a symbolic link to {}, which does not exist: not followed to write",
+        out.join("set/a").display(),
+        keys.display()
+    );
+    assert!(stderr.contains(&named), "{stderr}");
+    assert!(!keys.exists(), "a file was made through the link");
+    assert!(std::fs::symlink_metadata(out.join("set/a"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 }

@@ -9,9 +9,10 @@
 //! file is only opened after checking that its real parent directory (symlinks resolved) is
 //! inside the output directory; missing directories are made one at a time, none through a link
 //! that leads out of it. A file that is itself a symbolic link is written only if it leads
-//! inside too, but read wherever it leads (data linked in from elsewhere is seeded). Data that
-//! cannot be written (a read-only file or mount) is opened to read. A file longer than the
-//! torrent says holds the pieces within its length, and its tail is left alone.
+//! inside too (a dangling one never: it says where it leads), but read wherever it leads (data
+//! linked in from elsewhere is seeded); a loop of links is named as one. Data that cannot be
+//! written (a read-only file or mount, a running program's file) is opened to read. A file
+//! longer than the torrent says holds the pieces within its length, and its tail is left alone.
 //! BEP 47 pad files are never created: they read as zeros and writes to them are dropped.
 //!
 //! Handles are opened on first use and shared through the process's [`OpenFiles`] budget, so a
@@ -182,6 +183,29 @@ fn write_all_vectored_at(
         }
     }
     Ok(())
+}
+
+/// The error for `path`, which cannot be reached for a loop of symbolic links (ELOOP, "Too many
+/// levels of symbolic links", which read as if a link had not been followed): it names the
+/// first path on the way that loops, `path` itself or a directory above it.
+fn loop_error(path: &Path) -> StorageError {
+    let loops = |p: &Path| {
+        p.canonicalize()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ELOOP))
+    };
+    let mut on_the_way: Vec<&Path> = path.ancestors().collect();
+    on_the_way.reverse();
+    let at = on_the_way.into_iter().find(|p| loops(p)).unwrap_or(path);
+    let why = if at == path {
+        "a loop of symbolic links at this path".to_string()
+    } else {
+        format!("a loop of symbolic links at {}", at.display())
+    };
+    StorageError::Io {
+        path: path.to_path_buf(),
+        // Of ELOOP's kind, for any caller that tells errors apart by it.
+        source: std::io::Error::new(std::io::Error::from_raw_os_error(libc::ELOOP).kind(), why),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -518,10 +542,18 @@ impl Storage {
         Ok(())
     }
 
-    /// How to open a file whose own path is a symbolic link. To write, only if it leads inside
-    /// the root: one to a file outside (`~/.bashrc`) would take the torrent's data. To read,
-    /// wherever it leads: researchers link large files into a data directory to seed them.
+    /// How to open a file whose own path is a symbolic link (or, when a directory was replaced
+    /// since its check, lies past a loop of them: `O_NOFOLLOW` says ELOOP for both). To write,
+    /// only if it leads inside the root: one to a file outside (`~/.bashrc`) would take the
+    /// torrent's data. A dangling one is not written through either: where its target would be
+    /// made cannot be checked, and following it would make a file wherever it points (a missing
+    /// `~/.ssh/authorized_keys`); the error says where it leads. To read, wherever it leads:
+    /// researchers link large files into a data directory to seed them.
     fn through_link(&self, path: &Path, write: bool) -> Result<Access, StorageError> {
+        let refused = |e: std::io::Error, why: String| StorageError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(e.kind(), why),
+        };
         match path.canonicalize() {
             Ok(real) if real.starts_with(&self.root) => Ok(Access::Follow),
             _ if !write => Ok(Access::Read),
@@ -529,13 +561,21 @@ impl Storage {
                 path: path.to_path_buf(),
                 root: self.root.clone(),
             }),
-            Err(e) => Err(StorageError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::new(
-                    e.kind(),
-                    format!("a symbolic link not followed to write ({e})"),
-                ),
-            }),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(loop_error(path)),
+            Err(e) => match std::fs::read_link(path) {
+                Ok(target) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let why = format!(
+                        "a symbolic link to {}, which does not exist: not followed to write \
+                         (remove the link to download the file in its place)",
+                        target.display()
+                    );
+                    Err(refused(e, why))
+                }
+                _ => {
+                    let why = format!("a symbolic link not followed to write ({e})");
+                    Err(refused(e, why))
+                }
+            },
         }
     }
 
@@ -559,6 +599,7 @@ impl Storage {
                 path: path.to_path_buf(),
                 root: self.root.clone(),
             }),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(loop_error(path)),
             Err(e) => Err(Self::io(dir)(e)),
         };
         // The directories to make, deepest first, below the deepest one that exists.
@@ -1416,6 +1457,88 @@ mod path_tests {
         let storage = Storage::new(metainfo, src.parent().unwrap()).unwrap();
         let error = storage.check_existing(2, &|_| {}).unwrap_err();
         assert!(error.to_string().contains("set/a"), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_loop_of_symbolic_links_is_reported_as_one_where_it_lies() {
+        let PatternTorrent {
+            dir,
+            metainfo,
+            content,
+            ..
+        } = pattern_torrent("loop", &[("a", 20_000), ("b", 20_000)], 16384);
+        let out = dir.join("out");
+        std::fs::create_dir_all(out.join("set")).unwrap();
+        // A link to itself at a's path. ELOOP read "a symbolic link not followed to write (Too
+        // many levels of symbolic links)", as if it were a link out of the root.
+        symlink("a", out.join("set/a")).unwrap();
+        let storage = Storage::new(metainfo.clone(), &out).unwrap();
+        let set = storage.root().join("set");
+        let error = write_piece(&storage, &content, 0).unwrap_err().to_string();
+        assert!(
+            error.contains("set/a: a loop of symbolic links at this path"),
+            "{error}"
+        );
+        // The directory, found inside the root for a's write, then replaced by a link to itself:
+        // b's open with O_NOFOLLOW says ELOOP as for a link at b's own path, and the loop is
+        // named where it lies. (Piece 2 lies in b alone.)
+        std::fs::rename(&set, dir.join("set-moved")).unwrap();
+        symlink("set", &set).unwrap();
+        let error = write_piece(&storage, &content, 2).unwrap_err().to_string();
+        let at_set = format!("set/b: a loop of symbolic links at {}", set.display());
+        assert!(error.contains(&at_set), "{error}");
+        // A new start meets it when it checks the directory, to read or to write.
+        let again = Storage::new(metainfo, &out).unwrap();
+        let error = again.check_existing(1, &|_| {}).unwrap_err().to_string();
+        assert!(error.contains("a loop of symbolic links at"), "{error}");
+        let error = write_piece(&again, &content, 2).unwrap_err().to_string();
+        assert!(error.contains(&at_set), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_dangling_link_at_a_files_path_is_not_written_through_and_the_error_says_where_it_leads() {
+        let PatternTorrent {
+            dir,
+            metainfo,
+            content,
+            ..
+        } = pattern_torrent("dangling", &[("a", 20_000), ("b", 20_000)], 16384);
+        // a's link leads out of the root to a file not there yet, in a directory that is:
+        // following it would make the file there (here, someone's authorized_keys).
+        let ssh = dir.join("home/.ssh");
+        std::fs::create_dir_all(&ssh).unwrap();
+        let keys = ssh.join("authorized_keys");
+        let out = dir.join("out");
+        std::fs::create_dir_all(out.join("set")).unwrap();
+        symlink(&keys, out.join("set/a")).unwrap();
+        // b's leads inside, but where a missing target would be made is not checked either.
+        symlink("b.part", out.join("set/b")).unwrap();
+        let storage = Storage::new(metainfo.clone(), &out).unwrap();
+        // To read, each is a missing file: no piece, no error.
+        assert_eq!(storage.check_existing(1, &|_| {}).unwrap().count(), 0);
+        // To write, each is an error naming the file and where its link leads (it said "a
+        // symbolic link not followed to write (No such file or directory)").
+        let error = write_piece(&storage, &content, 0).unwrap_err().to_string();
+        let to_keys = format!(
+            "set/a: a symbolic link to {}, which does not exist: not followed to write",
+            keys.display()
+        );
+        assert!(error.contains(&to_keys), "{error}");
+        assert!(!keys.exists(), "a file was made through a dangling link");
+        let error = write_piece(&storage, &content, 2).unwrap_err().to_string();
+        assert!(
+            error.contains("set/b: a symbolic link to b.part, which does not exist"),
+            "{error}"
+        );
+        assert!(!out.join("set/b.part").exists());
+        // The link removed, the file is downloaded in its place.
+        std::fs::remove_file(out.join("set/a")).unwrap();
+        write_piece(&storage, &content, 0).unwrap();
+        assert!(storage
+            .verify_piece(metainfo.geometry.piece(0).unwrap())
+            .unwrap());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
