@@ -189,7 +189,8 @@ fn disk_full_stops_the_download_and_a_rerun_after_more_space_fetches_only_the_re
         .unwrap_or_else(|| panic!("no clear error: {stderr}"));
     assert!(
         error_line.contains(target.to_str().unwrap())
-            && error_line.contains("No space left on device"),
+            && error_line.contains("No space left on device")
+            && error_line.contains("free space and run again to resume"),
         "{error_line}"
     );
     let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();

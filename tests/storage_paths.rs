@@ -219,6 +219,11 @@ fn a_download_stops_at_a_dangling_link_at_a_files_path_naming_it_and_where_it_le
         keys.display()
     );
     assert!(stderr.contains(&named), "{stderr}");
+    // Not told to free space, as it was for every failed write.
+    assert!(
+        stderr.contains("see to that and run again to resume") && !stderr.contains("free space"),
+        "{stderr}"
+    );
     assert!(!keys.exists(), "a file was made through the link");
     assert!(std::fs::symlink_metadata(out.join("set/a"))
         .unwrap()

@@ -405,9 +405,14 @@ impl Outcome {
         match self {
             Outcome::Complete => None,
             Outcome::Interrupted => Some(("interrupted".to_string(), resume)),
-            Outcome::Failed(error) => Some((
+            Outcome::Failed(error) if names_a_full_disk(error) => Some((
                 format!("cannot write {error}; stopped"),
                 "free space and run again to resume",
+            )),
+            // A link not followed, a read-only file, a loop of links: space is not the cure.
+            Outcome::Failed(error) => Some((
+                format!("cannot write {error}; stopped"),
+                "see to that and run again to resume",
             )),
             Outcome::Stalled { after, peers } => Some((
                 format!(
@@ -419,6 +424,14 @@ impl Outcome {
             )),
         }
     }
+}
+
+/// Whether a write error, as the engine hands it over (as text), is a full disk or quota:
+/// ENOSPC or EDQUOT as `std::io::Error` prints them.
+fn names_a_full_disk(error: &str) -> bool {
+    ["(os error 28)", "(os error 122)"]
+        .iter()
+        .any(|code| error.contains(code))
 }
 
 /// Runs a download until every wanted piece is verified, a write fails, no data comes for
