@@ -57,13 +57,9 @@ pub(crate) fn pseudo_addr(key: PeerKey) -> SocketAddr {
     )
 }
 
-/// Registers a web seed as a pseudo-peer and starts its task. URLs that are not http(s) are
-/// refused with a warning.
+/// Registers a web seed (an http(s) URL: [`crate::Torrent::add_web_seeds`] keeps to those) as
+/// a pseudo-peer and starts its task.
 pub(crate) fn start(inner: &Arc<Inner>, url: String) {
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        tracing::warn!("web seed {url}: not an http URL; ignored");
-        return;
-    }
     let pieces = inner.metainfo.geometry.piece_count();
     let (tx, rx) = mpsc::unbounded_channel();
     let (key, addr) = {
