@@ -203,6 +203,41 @@ fn a_piece_the_seed_lacks_is_never_sent() {
     );
 }
 
+/// A `pow seed` of `mib` MiB of pseudo-random bytes (file `blob`, 64 KiB pieces) on
+/// 127.0.0.1:`port`, killed when dropped.
+struct SmallSeed {
+    work: TempDir,
+    data: std::path::PathBuf,
+    torrent: std::path::PathBuf,
+    metainfo: pow_metainfo::Metainfo,
+    port: u16,
+    _seed: common::Killed,
+}
+
+impl SmallSeed {
+    fn start(tag: &str, mib: usize) -> SmallSeed {
+        let work = TempDir::new(tag);
+        let (data, torrent) = common::mib_payload(work.path(), "blob", mib, None);
+        let metainfo = pow_metainfo::Metainfo::from_file(&torrent).unwrap();
+        let port = common::free_port();
+        let seed = common::pow_seed(
+            &torrent,
+            data.parent().unwrap(),
+            port,
+            &[],
+            std::process::Stdio::null(),
+        );
+        SmallSeed {
+            work,
+            data,
+            torrent,
+            metainfo,
+            port,
+            _seed: seed,
+        }
+    }
+}
+
 /// 300 connections from one host (127.0.0.2) that never send a handshake, against a `pow
 /// seed`: it holds 32 of them (`pow_engine::MAX_PENDING_HANDSHAKES_PER_HOST`, each a task and a
 /// buffer until the 20 s handshake timeout) and closes the rest at once, and a download from
@@ -212,16 +247,8 @@ fn a_piece_the_seed_lacks_is_never_sent() {
 fn a_flood_of_silent_connections_from_one_host_leaves_room_for_others() {
     use std::io::Read;
     const PER_HOST: usize = 32; // pow_engine::MAX_PENDING_HANDSHAKES_PER_HOST
-    let work = TempDir::new("silent");
-    let (data, torrent) = common::mib_payload(work.path(), "blob", 4, None);
-    let port = common::free_port();
-    let _seed = common::pow_seed(
-        &torrent,
-        data.parent().unwrap(),
-        port,
-        &[],
-        std::process::Stdio::null(),
-    );
+    let seed = SmallSeed::start("silent", 4);
+    let (work, data, torrent, port) = (&seed.work, &seed.data, &seed.torrent, seed.port);
     // std cannot bind a socket before connecting it; tokio's `TcpSocket` can.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -258,7 +285,7 @@ fn a_flood_of_silent_connections_from_one_host_leaves_room_for_others() {
     );
     let took = started.elapsed().as_secs_f64();
     assert_eq!(report["complete"], true, "{report}");
-    assert_eq!(same_bytes(&data, &out.join("blob")), Ok(4 << 20));
+    assert_eq!(same_bytes(data, &out.join("blob")), Ok(4 << 20));
     println!(
         "300 silent connections from 127.0.0.2: {held} held, {closed} closed at once; a download \
          from 127.0.0.1 meanwhile in {took:.2} s"
@@ -331,20 +358,9 @@ fn metadata_asked_for_and_never_read_is_rejected_past_a_send_buffer() {
 #[test]
 fn idle_peers_from_one_host_take_a_few_slots_and_leave_the_rest() {
     const PER_HOST: usize = 8; // pow_engine::MAX_PEERS_PER_HOST
-    let work = TempDir::new("per-host");
-    let (data, torrent) = common::mib_payload(work.path(), "blob", 4, None);
-    let info_hash = pow_metainfo::Metainfo::from_file(&torrent)
-        .unwrap()
-        .info_hash
-        .0;
-    let port = common::free_port();
-    let _seed = common::pow_seed(
-        &torrent,
-        data.parent().unwrap(),
-        port,
-        &[],
-        std::process::Stdio::null(),
-    );
+    let seed = SmallSeed::start("per-host", 4);
+    let (work, data, torrent, port) = (&seed.work, &seed.data, &seed.torrent, seed.port);
+    let info_hash = seed.metainfo.info_hash.0;
     let mut idle: Vec<RawPeer> = (0..50u8)
         .map(|i| {
             let mut peer_id = *b"-XX0001-idle-peer-00";
@@ -376,7 +392,7 @@ fn idle_peers_from_one_host_take_a_few_slots_and_leave_the_rest() {
     println!("50 idle peers from 127.0.0.2: {held} kept; a download from 127.0.0.1: {report}");
     assert_eq!(held, PER_HOST);
     assert_eq!(report["complete"], true, "{report}");
-    assert_eq!(same_bytes(&data, &out.join("blob")), Ok(4 << 20));
+    assert_eq!(same_bytes(data, &out.join("blob")), Ok(4 << 20));
 }
 
 /// A peer that connects to us and breaks the protocol (a `have` for a piece the torrent does
@@ -385,18 +401,9 @@ fn idle_peers_from_one_host_take_a_few_slots_and_leave_the_rest() {
 /// it could come back and break the protocol for as long as it liked.
 #[test]
 fn a_host_breaking_the_protocol_on_three_connections_is_closed_out() {
-    let work = TempDir::new("violator");
-    let (data, torrent) = common::mib_payload(work.path(), "blob", 1, None);
-    let metainfo = pow_metainfo::Metainfo::from_file(&torrent).unwrap();
-    let (info_hash, pieces) = (metainfo.info_hash.0, metainfo.geometry.piece_count());
-    let port = common::free_port();
-    let _seed = common::pow_seed(
-        &torrent,
-        data.parent().unwrap(),
-        port,
-        &[],
-        std::process::Stdio::null(),
-    );
+    let seed = SmallSeed::start("violator", 1);
+    let (info_hash, port) = (seed.metainfo.info_hash.0, seed.port);
+    let pieces = seed.metainfo.geometry.piece_count();
     let violator = std::net::Ipv4Addr::new(127, 0, 0, 2);
     let connect = |i: u8| {
         let mut peer_id = *b"-XX0001-violator-000";
