@@ -390,7 +390,7 @@ pub(crate) enum Outcome {
     Interrupted,
     /// A disk write failed (the error names the path): full, read-only or gone. Every peer
     /// would meet it too, so the download cannot go on.
-    Failed(String),
+    Failed(pow_engine::WriteFailed),
     /// No payload came for the `--stall-timeout`, `after`; `peers` were connected then.
     Stalled {
         after: Duration,
@@ -405,8 +405,8 @@ impl Outcome {
         match self {
             Outcome::Complete => None,
             Outcome::Interrupted => Some(("interrupted".to_string(), resume)),
-            Outcome::Failed(error) if names_a_full_disk(error) => Some((
-                format!("cannot write {error}; stopped"),
+            Outcome::Failed(failed) if failed.disk_full => Some((
+                format!("cannot write {failed}; stopped"),
                 "free space and run again to resume",
             )),
             // A link not followed, a read-only file, a loop of links: space is not the cure.
@@ -424,14 +424,6 @@ impl Outcome {
             )),
         }
     }
-}
-
-/// Whether a write error, as the engine hands it over (as text), is a full disk or quota:
-/// ENOSPC or EDQUOT as `std::io::Error` prints them.
-fn names_a_full_disk(error: &str) -> bool {
-    ["(os error 28)", "(os error 122)"]
-        .iter()
-        .any(|code| error.contains(code))
 }
 
 /// Runs a download until every wanted piece is verified, a write fails, no data comes for
@@ -543,7 +535,7 @@ fn report(
             "name": metainfo.name,
             "complete": *outcome == Outcome::Complete,
             "error": match outcome {
-                Outcome::Failed(e) => Some(e.clone()),
+                Outcome::Failed(failed) => Some(failed.error.clone()),
                 Outcome::Stalled { .. } => outcome.stopped().map(|(why, _)| why),
                 _ => None,
             },

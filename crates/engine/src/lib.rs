@@ -574,7 +574,7 @@ pub(crate) struct Inner {
     pub stats: Stats,
     pub complete: watch::Sender<bool>,
     /// The first disk write error: the download cannot go on (see [`Torrent::wait_failed`]).
-    pub failed: watch::Sender<Option<String>>,
+    pub failed: watch::Sender<Option<WriteFailed>>,
     pub shutdown: watch::Sender<bool>,
     /// Held while saving the resume file; holds the piece count last saved and how durably,
     /// so saves are in order and an unchanged set is not written again as durably.
@@ -649,9 +649,13 @@ impl Inner {
 
     /// Ends the download with `error` (a write that failed: a full disk, a read-only or
     /// vanished directory); the first error is the one reported.
-    pub fn fail_download(&self, error: String) {
+    pub fn fail_download(&self, error: &pow_storage::StorageError) {
+        let failure = WriteFailed {
+            error: error.to_string(),
+            disk_full: error.is_disk_full(),
+        };
         self.failed
-            .send_if_modified(|failed| failed.is_none() && failed.replace(error).is_none());
+            .send_if_modified(|failed| failed.is_none() && failed.replace(failure).is_none());
     }
 
     /// Waits until no booked block of piece `index` is still to be written.
@@ -940,7 +944,7 @@ impl Torrent {
     /// Resolves with the first write error (a full disk, a read-only or vanished directory).
     /// Every peer would hit it too, so the session cannot make progress: the caller stops.
     /// Pieces verified before it stay on disk.
-    pub async fn wait_failed(&self) -> String {
+    pub async fn wait_failed(&self) -> WriteFailed {
         let mut rx = self.inner.failed.subscribe();
         loop {
             if let Some(error) = rx.borrow_and_update().clone() {
@@ -1057,6 +1061,21 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// torrent (or magnet link) may list any number.
 pub const MAX_WEB_SEEDS: usize = 8;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// The disk write that ended a download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFailed {
+    /// The error, naming the file.
+    pub error: String,
+    /// For want of space (or quota): freeing some lets a rerun go on.
+    pub disk_full: bool,
+}
+
+impl std::fmt::Display for WriteFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
 
 /// Room for one more address in a table of known peers, which holds at most
 /// [`MAX_KNOWN_PEERS`] (a session's, and a magnet's metadata phase's). Once nothing could be

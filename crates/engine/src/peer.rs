@@ -291,7 +291,7 @@ pub(crate) async fn accept_routed(
 /// dial is banned by its address. Before, a peer could break the protocol on every connection
 /// for as long as it liked.
 async fn run_incoming(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side) {
-    let host = addr.ip().to_canonical();
+    let host = host_of(addr.ip());
     if run(inner.clone(), stream, addr, side).await != Dialed::Violated || is_local_swarm(host) {
         return;
     }
@@ -315,6 +315,19 @@ fn is_local_swarm(host: IpAddr) -> bool {
     host == Ipv4Addr::LOCALHOST || host == Ipv6Addr::LOCALHOST
 }
 
+/// The host an address counts as for caps and bans: an IPv4 address (also written as
+/// IPv6-mapped), or an IPv6 address's /64, which one machine is handed whole and may send from
+/// any address of (`::1` stays itself).
+pub(crate) fn host_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) if v6 != Ipv6Addr::LOCALHOST => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        host => host,
+    }
+}
+
 /// Why a peer that connected to us and finished its handshake cannot stay, if it cannot: the
 /// peer slots were checked before the handshake, and a burst of connections passed that check
 /// together (up to 255 over `max_peers`), so they are counted again here, under the lock that
@@ -326,14 +339,18 @@ fn no_room_for_incoming(
     peer_id: [u8; 20],
     config: &crate::EngineConfig,
 ) -> Option<&'static str> {
-    let host = addr.ip().to_canonical();
+    let host = host_of(addr.ip());
     let from_host = || {
         state
             .peers
             .values()
-            .filter(|p| p.wire.is_some() && p.addr.ip().to_canonical() == host)
+            .filter(|p| p.wire.is_some() && host_of(p.addr.ip()) == host)
     };
-    if from_host().any(|p| p.wire.is_some_and(|wire| wire.peer_id == peer_id)) {
+    let same_address = |p: &&PeerEntry| p.addr.ip().to_canonical() == addr.ip().to_canonical();
+    if from_host()
+        .filter(same_address)
+        .any(|p| p.wire.is_some_and(|wire| wire.peer_id == peer_id))
+    {
         return None;
     }
     if state.wire_peers() >= config.max_peers {
@@ -365,7 +382,10 @@ async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side
             }
             return if e.is_closed_by_peer() {
                 Dialed::Refused
-            } else if e.is_violation() {
+            } else if e.is_violation() && outgoing {
+                // Not for a peer that connected to us: a handshake for another torrent is what
+                // an honest peer of the one this port served before sends (a shared listener
+                // drops those uncounted too).
                 Dialed::Violated
             } else {
                 Dialed::Failed
@@ -375,7 +395,10 @@ async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side
     let (tx, rx) = mpsc::unbounded_channel();
     let key = {
         let mut state = inner.lock();
-        let banned_host = !outgoing && state.banned_hosts.contains(&addr.ip().to_canonical());
+        let banned_host = !outgoing
+            && [addr.ip().to_canonical(), host_of(addr.ip())]
+                .iter()
+                .any(|host| state.banned_hosts.contains(host));
         if state.banned.contains(&addr) || banned_host {
             tracing::debug!("{addr}: banned, closed");
             return Dialed::Failed;
@@ -1706,8 +1729,8 @@ impl Peer {
             .send(std::mem::take(&mut self.unwritten))
             .await
             .map_err(PeerError::Protocol)?;
-        match self.inner.failed.borrow().clone() {
-            Some(error) => Err(PeerError::Io(std::io::Error::other(error))),
+        match &*self.inner.failed.borrow() {
+            Some(failed) => Err(PeerError::Io(std::io::Error::other(failed.error.clone()))),
             None => Ok(()),
         }
     }
@@ -2061,4 +2084,30 @@ pub(crate) fn fuzz_session(
     }
     inner.lock().remove_peer(key);
     handled
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    /// Caps and bans count an IPv6 /64 as one host (one machine is handed one whole and may
+    /// send from any address of it), an IPv4 address as itself however it is written.
+    #[test]
+    fn a_host_is_an_ipv4_address_or_an_ipv6_64() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(host_of(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            host_of(ip("2001:db8:1:2:ffff:1:2:3")),
+            host_of(ip("2001:db8:1:2::9"))
+        );
+        assert_ne!(
+            host_of(ip("2001:db8:1:3::1")),
+            host_of(ip("2001:db8:1:2::1"))
+        );
+        assert_eq!(host_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(host_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(host_of(ip("::1")), ip("::1"));
+        assert!(is_local_swarm(host_of(ip("::ffff:127.0.0.1"))));
+        assert!(!is_local_swarm(host_of(ip("127.0.0.2"))));
+    }
 }

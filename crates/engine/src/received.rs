@@ -82,9 +82,9 @@ pub(crate) fn write_blocks(
     hashes: &mut InOrderHashes,
     blocks: &mut Vec<Unwritten>,
 ) -> Result<(), String> {
-    if let Some(error) = inner.failed.borrow().clone() {
+    if let Some(failed) = inner.failed.borrow().clone() {
         release(inner, blocks);
-        return Err(error);
+        return Err(failed.error);
     }
     // In piece order: seeds that read blocks from disk concurrently (rqbit, libtorrent) send a
     // piece's blocks a little out of order, and a block out of order costs its piece the
@@ -133,7 +133,7 @@ pub(crate) fn write_blocks(
                     decide(inner, hashes, index, sole);
                 }
             }
-            inner.fail_download(e.to_string());
+            inner.fail_download(&e);
             return Err(e.to_string());
         }
         for block in run {

@@ -222,6 +222,11 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The disk (or the user's quota) had no room for a write.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StorageError::Io { source, .. } if is_disk_full(source))
+    }
+
     /// The process (or the system) had no file descriptor left: a passing state, not a
     /// fault of the data.
     pub fn is_out_of_descriptors(&self) -> bool {
