@@ -72,10 +72,10 @@ pub enum CreateError {
          `..`, or with `/`, `\\` or a control character)"
     )]
     BadName(String),
+    /// The path is shown escaped (`{:?}`): its control character would act on the terminal.
     #[error(
-        "{}: its name has a `\\` or a control character, which clients (pow too) take out of \
-         a torrent's names, so nobody could seed it from here; rename it",
-        .0.display()
+        "{0:?}: its name has a `\\` or a control character, which clients (pow too) take out \
+         of a torrent's names, so nobody could seed it from here; rename it"
     )]
     UnkeptName(PathBuf),
     #[error("invalid torrent: {0}")]
@@ -386,9 +386,6 @@ impl Walk<'_> {
                 .file_name()
                 .into_string()
                 .map_err(|_| CreateError::NonUtf8Name(path.clone()))?;
-            if !kept_by_clients(&name) {
-                return Err(CreateError::UnkeptName(path));
-            }
             let link = entry.file_type().map_err(io)?.is_symlink();
             let meta = match std::fs::metadata(&path) {
                 Ok(meta) => meta,
@@ -396,6 +393,11 @@ impl Walk<'_> {
                 Err(_) if link => continue,
                 Err(source) => return Err(CreateError::Io { path, source }),
             };
+            // Only what goes into the torrent: a socket or a dangling link is left out whatever
+            // its name.
+            if (meta.is_dir() || meta.is_file()) && !kept_by_clients(&name) {
+                return Err(CreateError::UnkeptName(path));
+            }
             if meta.is_dir() {
                 let id = (meta.dev(), meta.ino());
                 if self.ancestors.contains(&id) {
@@ -617,10 +619,23 @@ mod tests {
             }
             std::fs::remove_dir_all(&root).unwrap();
         }
+        // A dangling link with such a name is not shared anyway: not in the way.
+        let root = tmp.join("data");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("ok.csv"), b"fine").unwrap();
+        std::os::unix::fs::symlink("gone", root.join(".#lock\u{7}")).unwrap();
+        create(&root, &Default::default()).unwrap();
         let single = tmp.join("one\\file.bin");
         std::fs::write(&single, b"data").unwrap();
         let err = create(&single, &Default::default()).unwrap_err();
         assert!(err.to_string().contains("rename it"), "{err}");
+        let bell = tmp.join("bell\u{7}.bin");
+        std::fs::write(&bell, b"data").unwrap();
+        let err = create(&bell, &Default::default()).unwrap_err().to_string();
+        assert!(
+            err.contains("bell\\u{7}.bin") && !err.contains('\u{7}'),
+            "{err}"
+        );
         let renamed = CreateOptions {
             name: Some("one file.bin".into()),
             ..CreateOptions::default()
