@@ -666,8 +666,16 @@ impl Library {
             };
         }
         // Never over a torrent another writer of the directory stored meanwhile.
-        if write_new(&self.torrents_dir(), name, bytes)? {
-            return Ok(true);
+        match write_new(&self.torrents_dir(), name, bytes) {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            // Stored under its name, and only the fsync of the directory after failed: it is
+            // listed and served, as after an upload's publish.
+            Err(e) if self.stores_torrent(md5, bytes) => {
+                tracing::warn!("{name}: stored, but {}", crate::detail(&e));
+                return Ok(true);
+            }
+            Err(e) => return Err(e.into()),
         }
         let same = std::fs::read(&path).map_err(io(&path))? == bytes;
         match same {
