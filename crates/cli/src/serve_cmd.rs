@@ -280,9 +280,33 @@ impl Seeder for EngineSeeder {
                 error: None,
             },
             Status::Failed(why) => SeedStatus {
-                error: Some(why),
+                error: Some(told_to_visitors(why)),
                 ..SeedStatus::default()
             },
         })
+    }
+}
+
+/// Why a dataset is not seeded, as the page and `/api/datasets` tell anyone who asks: a reason
+/// that names a path (a storage error names the server's files, the data directory's in it)
+/// is replaced; the server's log has it whole.
+fn told_to_visitors(why: String) -> String {
+    if why.contains('/') {
+        "seeding could not start (the server's log says why)".into()
+    } else {
+        why
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::told_to_visitors;
+
+    #[test]
+    fn a_seeding_failure_is_told_without_the_servers_paths() {
+        let storage = "/srv/pow/content/0cc1/cells.zip: Permission denied (os error 13)";
+        assert!(!told_to_visitors(storage.into()).contains("/srv"));
+        let pieces = "only 3 of 8 pieces verify on disk";
+        assert_eq!(told_to_visitors(pieces.into()), pieces);
     }
 }
