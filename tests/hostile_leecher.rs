@@ -375,7 +375,7 @@ fn idle_peers_from_one_host_take_a_few_slots_and_leave_the_rest() {
         .collect();
     let held = idle
         .iter_mut()
-        .map(|peer| peer.closed_within(Duration::from_millis(300)))
+        .map(|peer| peer.closed_within(Duration::from_secs(1)))
         .filter(Option::is_none)
         .count();
     let out = work.path().join("out");

@@ -93,8 +93,17 @@ fn verify_finds_every_piece_of_a_running_programs_file_good() {
     std::fs::write(set.join("notes"), pseudo_random_bytes(100_000, 3)).unwrap();
     let torrent = work.path().join("set.torrent");
     let pieces = create_torrent(&set, &torrent, 16384).geometry.piece_count();
-    // `spawn` returns once the exec is done: from then on the file is busy.
-    let _running = Killed(Command::new(&program).arg("30").spawn().unwrap());
+    // `spawn` returns once the exec is done: from then on the file is busy. The exec itself
+    // may meet ETXTBSY for a moment: another test's child, forked while the copy was open to
+    // write, holds that descriptor until its own exec.
+    let spawned = (0..100).find_map(|_| match Command::new(&program).arg("30").spawn() {
+        Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            None
+        }
+        spawned => Some(spawned),
+    });
+    let _running = Killed(spawned.expect("exec kept meeting ETXTBSY").unwrap());
     let busy = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
