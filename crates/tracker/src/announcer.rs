@@ -429,6 +429,10 @@ pub fn spawn(
                 (round, asked)
             };
             let Some(round) = round else {
+                // A `completed` told during the round, then the stop: still owed.
+                if asked.iter().any(|cmd| matches!(cmd, Command::Completed)) {
+                    announcer.mark_completed();
+                }
                 announce_stopped(&mut announcer, &progress, &timing, &up_tx).await;
                 return;
             };

@@ -647,6 +647,68 @@ async fn an_owed_completed_and_stopped_reach_the_tracker_past_a_silent_first_tie
     );
 }
 
+/// `completed` and then the stop told while a round is under way (here held by a silent first
+/// tier, as `pow download` tells both at once when it finishes): the `completed` still reaches
+/// the tracker before `stopped`. It was kept with the round's other commands and dropped when
+/// the stop ended the round.
+#[tokio::test]
+async fn completed_told_during_a_round_and_then_the_stop_is_still_announced() {
+    let server = TrackerServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig {
+            interval: Duration::from_secs(2),
+            ..ServerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let tiers = Tiers::new(
+        vec![vec![silent_url().await], vec![server.http_announce_url()]],
+        &mut rand::rng(),
+    );
+    let client = Client::new(ClientConfig {
+        read_timeout: Duration::from_secs(3),
+        ..cfg()
+    });
+    let hash = [0x4d; 20];
+    let a = Announcer::new(Arc::new(client), tiers, hash, [8; 20], 7004);
+    let (tx, rx) = tokio::sync::watch::channel(Progress {
+        left: 100,
+        ..Progress::default()
+    });
+    let mut h = announcer::spawn(a, rx, fast_timing());
+    match h.updates.recv().await.unwrap() {
+        Update::Peers { url, .. } => assert_eq!(url, server.http_announce_url()),
+        other => panic!("{other:?}"),
+    }
+    // The next round starts 2 s later (the tracker's interval) and waits 3 s on the silent
+    // tier: 2.5 s from now it is under way.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Another peer keeps the swarm (and its `downloaded` count) listed after our `stopped`.
+    let other = AnnounceRequest {
+        info_hash: hash,
+        ..req()
+    };
+    Client::new(cfg())
+        .announce(&server.http_announce_url(), &other)
+        .await
+        .unwrap();
+    tx.send(Progress {
+        left: 0,
+        downloaded: 100,
+        uploaded: 0,
+    })
+    .unwrap();
+    h.completed();
+    h.stop().await;
+    let s = server.scrape(&hash);
+    assert_eq!(
+        (s.downloaded, s.complete, s.incomplete),
+        (1, 0, 1),
+        "completed counted, then stopped"
+    );
+}
+
 #[tokio::test]
 async fn announce_loop_events_and_intervals_against_the_test_server() {
     let server = TrackerServer::start(
