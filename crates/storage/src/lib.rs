@@ -560,6 +560,16 @@ impl Storage {
             source: std::io::Error::new(e.kind(), why),
         };
         match path.canonicalize() {
+            Ok(real) if write && self.files.iter().any(|f| f.path == real && f.path != path) => {
+                // Each file's pieces would be written over the other's, each failing its
+                // check in turn, and the download would never end.
+                let why = format!(
+                    "a symbolic link to {}, another file of this torrent: not followed to write \
+                     (remove the link to download the file in its place)",
+                    real.display()
+                );
+                Err(refused(std::io::ErrorKind::AlreadyExists.into(), why))
+            }
             Ok(real) if real.starts_with(&self.root) => Ok(Access::Follow),
             _ if !write => Ok(Access::Read),
             Ok(_) => Err(StorageError::OutsideRoot {
@@ -1499,6 +1509,42 @@ mod path_tests {
         assert!(error.contains("a loop of symbolic links at"), "{error}");
         let error = write_piece(&again, &content, 2).unwrap_err().to_string();
         assert!(error.contains(&at_set), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A link at one file's path to another file of the same torrent: written through, each
+    /// file's pieces went over the other's, each failed its check in turn, and the download
+    /// never ended. Refused, naming both; the other file is written as usual.
+    #[test]
+    fn a_link_to_another_file_of_the_torrent_is_not_written_through() {
+        let PatternTorrent {
+            dir,
+            metainfo,
+            content,
+            ..
+        } = pattern_torrent("link-to-sibling", &[("a", 20_000), ("b", 20_000)], 16384);
+        let out = dir.join("out");
+        std::fs::create_dir_all(out.join("set")).unwrap();
+        symlink("b", out.join("set/a")).unwrap();
+        let storage = Storage::new(metainfo.clone(), &out).unwrap();
+        let b = storage.root().join("set/b");
+        // Piece 2 lies in b alone, piece 0 in a alone.
+        write_piece(&storage, &content, 2).unwrap();
+        let before = std::fs::read(&b).unwrap();
+        let error = write_piece(&storage, &content, 0).unwrap_err().to_string();
+        let named = format!(
+            "set/a: a symbolic link to {}, another file of this torrent",
+            b.display()
+        );
+        assert!(error.contains(&named), "{error}");
+        assert_eq!(
+            std::fs::read(&b).unwrap(),
+            before,
+            "b was written through a's link"
+        );
+        assert!(storage
+            .verify_piece(metainfo.geometry.piece(2).unwrap())
+            .unwrap());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
