@@ -981,13 +981,20 @@ impl Storage {
     /// also laid out in one piece whatever order pieces arrive in, and a disk that cannot hold
     /// it is reported when its first block arrives rather than when the disk fills.
     pub fn prepare_files(&self, wanted: Option<&[usize]>) -> Result<(), StorageError> {
+        // Looked up per file in a list, `--only '*'` over 100,000 files took 10^10 steps.
+        let mut is_wanted = vec![wanted.is_none(); self.files.len()];
+        for &index in wanted.unwrap_or_default() {
+            if let Some(file) = is_wanted.get_mut(index) {
+                *file = true;
+            }
+        }
         for (index, file) in self.files.iter().enumerate() {
             if file.pad {
                 continue;
             }
             if file.length == 0 {
                 self.handle(index, Open::Create)?;
-            } else if wanted.is_none_or(|w| w.contains(&index)) {
+            } else if is_wanted[index] {
                 file.allocate.store(true, Ordering::Relaxed);
             }
         }
