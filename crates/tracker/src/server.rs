@@ -1,31 +1,77 @@
 //! A small open tracker for tests and labs: HTTP `/announce` + `/scrape` and BEP 15 UDP on the
-//! same port, everything in memory, with caps on torrents and peers (oldest evicted) and on
-//! concurrent HTTP connections, so memory stays bounded whatever clients send.
+//! same port, everything in memory. Memory stays bounded whatever clients send: torrents and
+//! peers are capped in total (the least recently active evicted), per torrent (the least
+//! recently seen peer evicted) and per address (refused), and HTTP connections are capped in
+//! total and per address, each given a few seconds to send its request.
 
 use crate::percent::parse_query;
 use crate::udp::{ACTION_ANNOUNCE, ACTION_CONNECT, ACTION_ERROR, ACTION_SCRAPE, PROTOCOL_ID};
 use crate::{Event, InfoHash, PeerId, ScrapeStats};
 use pow_bencode::{dict, Value};
 use std::collections::hash_map::{DefaultHasher, Entry, RandomState};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
+/// The caps that bound the tracker's memory and its HTTP connections.
+///
+/// Caps "per address" count an IPv4 address, or an IPv6 /64 (one host is routinely given a
+/// whole /64), so that one host cannot take what is meant for all. `127.0.0.1` and `::1` are
+/// not capped: every process of a swarm on this machine comes from there (pow's lab swarms,
+/// and a `pow serve` whose datasets announce to its own tracker over loopback).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// `interval` sent to clients; peers not seen for two intervals expire.
     pub interval: Duration,
+    /// Torrents kept; past it, the least recently announced one is dropped with its peers.
     pub max_torrents: usize,
+    /// Peers kept per torrent; past it, the least recently seen peer of the torrent is dropped.
     pub max_peers_per_torrent: usize,
+    /// Peers kept over all torrents; past it, the least recently announced other torrent is
+    /// dropped with its peers.
+    ///
+    /// This bounds memory whatever `max_torrents` and `max_peers_per_torrent` say (the `pow
+    /// tracker` defaults, 10,000 x 2,000, would allow 20 million peers). Worst case on a 64-bit
+    /// target, with the defaults (100,000 peers, 10,000 torrents), about 90 MB:
+    ///
+    /// - a peer: an 88-byte entry and a control byte in its swarm's hash map, which holds at
+    ///   most 4 x 8/7 buckets per peer (it is shrunk when under a quarter full): 407 bytes;
+    ///   its place in the swarm's age index, 632-byte B-tree nodes at least 5 entries each:
+    ///   127 bytes; its address's counter, 33 bytes at up to 16/7 buckets each: 76 bytes.
+    ///   610 bytes x 100,000 = 61 MB.
+    /// - a torrent: the 16 spare entries its peer map may keep besides (16 x 8/7 x 89 = 1,627
+    ///   bytes), its age index's first node (632), its 129 bytes in the torrent map at up to
+    ///   16/7 buckets each (295) and its place in the activity index (496-byte nodes of at
+    ///   least 5: 99). 2.65 KB x 10,000 = 27 MB.
+    ///
+    /// `tests/server_memory.rs` counts the bytes of the costliest floods it knows: 71 MB at
+    /// most (every swarm's map grown to 60 peers and left with 10), 39 MB for ever-new peers.
+    /// That is the state; each open HTTP connection adds its request buffer (up to 10 KB).
+    pub max_peers_total: usize,
+    /// Peers one address may have listed over all torrents; past it, its announces that would
+    /// list it once more are refused (its listed peers still re-announce and stop). A torrent
+    /// exists only while it has a peer, so this also bounds the torrents one address creates.
+    /// 1,000 is 50 clients behind one address in 20 torrents each, and leaves any one address
+    /// at most 1% of `max_peers_total`.
+    pub max_peers_per_ip: usize,
     /// Most peers returned in one reply (and the default when numwant is absent: 50).
     pub max_numwant: usize,
+    /// HTTP connections served at once; more wait to be accepted.
     pub max_http_connections: usize,
+    /// HTTP connections one address may hold open; more are closed at once. 64 is above
+    /// libtorrent's 50 concurrent HTTP announces (`max_concurrent_http_announces`), and leaves
+    /// the others at least seven eighths of `max_http_connections`.
+    pub max_http_connections_per_ip: usize,
+    /// Time a connection has to send its request's head before it is closed unanswered: a
+    /// client sends it as soon as it connects, so a connection silent this long is holding a
+    /// slot, not asking.
+    pub http_header_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -34,8 +80,12 @@ impl Default for ServerConfig {
             interval: Duration::from_secs(60),
             max_torrents: 10_000,
             max_peers_per_torrent: 2_000,
+            max_peers_total: 100_000,
+            max_peers_per_ip: 1_000,
             max_numwant: 200,
             max_http_connections: 512,
+            max_http_connections_per_ip: 64,
+            http_header_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -130,26 +180,149 @@ pub fn parse_announce_query(query: &[u8]) -> Result<Announce, String> {
     })
 }
 
+/// When a peer or a torrent was last heard from. Stamps are handed out under the lock, never
+/// going back in time, and the sequence number makes each one unique: they are the keys of
+/// the age indexes, oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Seen {
+    at: Instant,
+    seq: u64,
+}
+
 struct PeerEntry {
     peer_id: PeerId,
     left: u64,
-    last_seen: Instant,
+    seen: Seen,
+}
+
+/// Peers listed over all torrents, in total and per address, for the caps that span torrents.
+#[derive(Default)]
+struct PeerCounts {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+impl PeerCounts {
+    fn of(&self, ip: IpAddr) -> usize {
+        self.per_address
+            .get(&address_block(ip))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn add(&mut self, ip: IpAddr) {
+        self.total += 1;
+        *self.per_address.entry(address_block(ip)).or_default() += 1;
+    }
+
+    fn remove(&mut self, ip: IpAddr) {
+        self.total -= 1;
+        if let Entry::Occupied(mut count) = self.per_address.entry(address_block(ip)) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+    }
 }
 
 struct Swarm {
     peers: HashMap<SocketAddr, PeerEntry>,
+    /// The same peers, least recently seen first: expiry and eviction take from the front
+    /// instead of scanning the swarm.
+    by_age: BTreeMap<Seen, SocketAddr>,
+    seeders: u32,
     downloaded: u32,
-    last_activity: Instant,
+    last_activity: Seen,
 }
 
 impl Swarm {
+    fn new(now: Seen) -> Swarm {
+        Swarm {
+            peers: HashMap::new(),
+            by_age: BTreeMap::new(),
+            seeders: 0,
+            downloaded: 0,
+            last_activity: now,
+        }
+    }
+
     fn counts(&self) -> ScrapeStats {
-        let complete = self.peers.values().filter(|p| p.left == 0).count() as u32;
         ScrapeStats {
-            complete,
-            incomplete: self.peers.len() as u32 - complete,
+            complete: self.seeders,
+            incomplete: self.peers.len() as u32 - self.seeders,
             downloaded: self.downloaded,
         }
+    }
+
+    /// Lists the peer at `key`, or refreshes it if listed.
+    fn upsert(&mut self, key: SocketAddr, a: &Announce, seen: Seen, counts: &mut PeerCounts) {
+        let entry = PeerEntry {
+            peer_id: a.peer_id,
+            left: a.left,
+            seen,
+        };
+        match self.peers.entry(key) {
+            Entry::Occupied(mut listed) => {
+                let old = listed.insert(entry);
+                self.by_age.remove(&old.seen);
+                self.seeders -= u32::from(old.left == 0);
+            }
+            Entry::Vacant(new) => {
+                new.insert(entry);
+                counts.add(key.ip());
+            }
+        }
+        self.seeders += u32::from(a.left == 0);
+        self.by_age.insert(seen, key);
+    }
+
+    fn remove(&mut self, key: &SocketAddr, counts: &mut PeerCounts) {
+        let Some(gone) = self.peers.remove(key) else {
+            return;
+        };
+        self.by_age.remove(&gone.seen);
+        self.seeders -= u32::from(gone.left == 0);
+        counts.remove(key.ip());
+        // A hash map keeps its room when entries leave: a swarm that once held 2,000 peers
+        // would hold room for 2,000 for good. Shrinking to half full once under a quarter
+        // full keeps the rehashing amortized O(1) per removal.
+        let len = self.peers.len();
+        if self.peers.capacity() > 4 * len + 16 {
+            self.peers.shrink_to(2 * len);
+        }
+    }
+
+    fn least_recently_seen(&self) -> Option<(Seen, SocketAddr)> {
+        self.by_age
+            .first_key_value()
+            .map(|(seen, key)| (*seen, *key))
+    }
+
+    /// Drops the peers last seen before `cutoff`, oldest first: O(1) when none has expired.
+    fn expire(&mut self, cutoff: Instant, counts: &mut PeerCounts) {
+        while let Some((seen, key)) = self.least_recently_seen() {
+            if seen.at >= cutoff {
+                break;
+            }
+            self.remove(&key, counts);
+        }
+    }
+
+    /// Takes the swarm's peers out of the counts, when the whole swarm is dropped.
+    fn uncount(&self, counts: &mut PeerCounts) {
+        for key in self.peers.keys() {
+            counts.remove(key.ip());
+        }
+    }
+}
+
+/// Caps per address count an IPv6 /64 as one address: one host is routinely given a whole
+/// /64 and may announce from any address in it.
+fn address_block(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::MAX >> 64))),
+        v4 => v4,
     }
 }
 
@@ -161,9 +334,19 @@ pub struct Reply {
 }
 
 /// The tracker's memory: swarms by info-hash.
+///
+/// Nothing under the lock scans all torrents or a whole swarm per announce: the least
+/// recently active torrent and the least recently seen peer of a swarm come off the front of
+/// age indexes (O(log n)), and counts are kept as peers come and go. What remains linear is
+/// `sweep`, once per interval, in the number of torrents, and picking the reply, which visits
+/// at most the swarm's peers (`max_peers_per_torrent`) to skip seeders for a seeder.
 pub struct State {
     cfg: ServerConfig,
     torrents: HashMap<InfoHash, Swarm>,
+    /// Info-hashes, least recently announced first: which torrent to evict.
+    by_activity: BTreeMap<Seen, InfoHash>,
+    counts: PeerCounts,
+    clock: Seen,
     stats: ServerStats,
 }
 
@@ -172,6 +355,12 @@ impl State {
         State {
             cfg,
             torrents: HashMap::new(),
+            by_activity: BTreeMap::new(),
+            counts: PeerCounts::default(),
+            clock: Seen {
+                at: Instant::now(),
+                seq: 0,
+            },
             stats: ServerStats::default(),
         }
     }
@@ -180,90 +369,138 @@ impl State {
         self.cfg.interval * 2
     }
 
+    fn stamp(&mut self, now: Instant) -> Seen {
+        self.clock = Seen {
+            at: now.max(self.clock.at),
+            seq: self.clock.seq + 1,
+        };
+        self.clock
+    }
+
     pub fn stats(&self) -> ServerStats {
         ServerStats {
             torrents: self.torrents.len(),
-            peers: self.torrents.values().map(|s| s.peers.len()).sum(),
+            peers: self.counts.total,
             ..self.stats
         }
     }
 
-    /// Drops expired peers and empty swarms.
+    /// Drops expired peers and empty swarms: O(torrents + expired peers).
     pub fn sweep(&mut self, now: Instant) {
-        let expiry = self.expiry();
-        self.torrents.retain(|_, s| {
-            s.peers
-                .retain(|_, p| now.saturating_duration_since(p.last_seen) <= expiry);
-            !s.peers.is_empty()
+        let Some(cutoff) = now.checked_sub(self.expiry()) else {
+            return;
+        };
+        let (counts, by_activity) = (&mut self.counts, &mut self.by_activity);
+        self.torrents.retain(|_, swarm| {
+            swarm.expire(cutoff, counts);
+            if swarm.peers.is_empty() {
+                by_activity.remove(&swarm.last_activity);
+            }
+            !swarm.peers.is_empty()
         });
     }
 
-    /// Applies one announce from `ip` and picks peers for the reply.
-    pub fn announce(&mut self, a: &Announce, ip: IpAddr, now: Instant) -> Reply {
-        self.stats.announces += 1;
-        let key = SocketAddr::new(ip, a.port);
-        if !self.torrents.contains_key(&a.info_hash) {
-            if a.event == Event::Stopped {
-                return Reply::default();
+    fn drop_torrent(&mut self, hash: &InfoHash) {
+        if let Some(swarm) = self.torrents.remove(hash) {
+            self.by_activity.remove(&swarm.last_activity);
+            swarm.uncount(&mut self.counts);
+        }
+    }
+
+    /// Drops the least recently announced torrent but `keep`; false if there is none.
+    fn evict_a_torrent(&mut self, keep: Option<&InfoHash>) -> bool {
+        let Some(victim) = self
+            .by_activity
+            .values()
+            .find(|hash| Some(*hash) != keep)
+            .copied()
+        else {
+            return false;
+        };
+        self.drop_torrent(&victim);
+        self.stats.evicted_torrents += 1;
+        true
+    }
+
+    /// Makes room for one more peer in the swarm of `hash`: a full swarm drops its least
+    /// recently seen peer, a full tracker the least recently announced other torrent.
+    fn make_room_for_a_peer(&mut self, hash: &InfoHash) {
+        // A swarm may not outgrow the total, or there would be no other torrent to evict.
+        let swarm_cap = self
+            .cfg
+            .max_peers_per_torrent
+            .min(self.cfg.max_peers_total)
+            .max(1);
+        let Some(swarm) = self.torrents.get_mut(hash) else {
+            return;
+        };
+        if swarm.peers.len() >= swarm_cap {
+            if let Some((_, oldest)) = swarm.least_recently_seen() {
+                swarm.remove(&oldest, &mut self.counts);
+                self.stats.evicted_peers += 1;
             }
-            if self.torrents.len() >= self.cfg.max_torrents {
-                if let Some(oldest) = self
-                    .torrents
-                    .iter()
-                    .min_by_key(|(_, s)| s.last_activity)
-                    .map(|(h, _)| *h)
-                {
-                    self.torrents.remove(&oldest);
-                    self.stats.evicted_torrents += 1;
-                }
+            return;
+        }
+        while self.counts.total >= self.cfg.max_peers_total.max(1) {
+            if !self.evict_a_torrent(Some(hash)) {
+                break;
             }
         }
-        let expiry = self.expiry();
-        let max_peers = self.cfg.max_peers_per_torrent.max(1);
-        let swarm = self.torrents.entry(a.info_hash).or_insert_with(|| Swarm {
-            peers: HashMap::new(),
-            downloaded: 0,
-            last_activity: now,
-        });
-        swarm.last_activity = now;
-        swarm
-            .peers
-            .retain(|_, p| now.saturating_duration_since(p.last_seen) <= expiry);
+    }
+
+    /// Applies one announce from `ip` and picks peers for the reply. Refused (with the reason
+    /// for the client) if it would list a peer from an address that has its share listed.
+    pub fn announce(&mut self, a: &Announce, ip: IpAddr, now: Instant) -> Result<Reply, String> {
+        self.stats.announces += 1;
+        let key = SocketAddr::new(ip, a.port);
+        let seen = self.stamp(now);
+        let cutoff = now.checked_sub(self.expiry());
+        if let (Some(swarm), Some(cutoff)) = (self.torrents.get_mut(&a.info_hash), cutoff) {
+            swarm.expire(cutoff, &mut self.counts);
+            if swarm.peers.is_empty() {
+                self.drop_torrent(&a.info_hash);
+            }
+        }
+        let listed = self
+            .torrents
+            .get(&a.info_hash)
+            .is_some_and(|swarm| swarm.peers.contains_key(&key));
+        let joins = !listed && a.event != Event::Stopped;
+        let per_ip = self.cfg.max_peers_per_ip.max(1);
+        if joins && !is_local_swarm(ip) && self.counts.of(ip) >= per_ip {
+            self.stats.rejected += 1;
+            return Err(format!(
+                "too many peers from your address (at most {per_ip} over all torrents)"
+            ));
+        }
+        if !self.torrents.contains_key(&a.info_hash) {
+            if a.event == Event::Stopped {
+                return Ok(Reply::default());
+            }
+            while self.torrents.len() >= self.cfg.max_torrents.max(1) {
+                if !self.evict_a_torrent(None) {
+                    break;
+                }
+            }
+            self.torrents.insert(a.info_hash, Swarm::new(seen));
+            self.by_activity.insert(seen, a.info_hash);
+        }
+        if joins {
+            self.make_room_for_a_peer(&a.info_hash);
+        }
+        let Some(swarm) = self.torrents.get_mut(&a.info_hash) else {
+            return Ok(Reply::default());
+        };
+        self.by_activity.remove(&swarm.last_activity);
+        swarm.last_activity = seen;
+        self.by_activity.insert(seen, a.info_hash);
         if a.event == Event::Stopped {
-            swarm.peers.remove(&key);
+            swarm.remove(&key, &mut self.counts);
         } else {
             if a.event == Event::Completed {
                 swarm.downloaded = swarm.downloaded.saturating_add(1);
             }
-            let len = swarm.peers.len();
-            match swarm.peers.entry(key) {
-                Entry::Occupied(mut e) => {
-                    let p = e.get_mut();
-                    p.peer_id = a.peer_id;
-                    p.left = a.left;
-                    p.last_seen = now;
-                }
-                Entry::Vacant(e) => {
-                    let full = len >= max_peers;
-                    e.insert(PeerEntry {
-                        peer_id: a.peer_id,
-                        left: a.left,
-                        last_seen: now,
-                    });
-                    if full {
-                        if let Some(oldest) = swarm
-                            .peers
-                            .iter()
-                            .filter(|(k, _)| **k != key)
-                            .min_by_key(|(_, p)| p.last_seen)
-                            .map(|(k, _)| *k)
-                        {
-                            swarm.peers.remove(&oldest);
-                            self.stats.evicted_peers += 1;
-                        }
-                    }
-                }
-            }
+            swarm.upsert(key, a, seen, &mut self.counts);
         }
         let want = a.numwant.unwrap_or(50).min(self.cfg.max_numwant);
         // A seeder gets only leechers. A peer with nothing left that has neither downloaded nor
@@ -278,11 +515,10 @@ impl State {
             .map(|(k, p)| (*k, p.peer_id))
             .collect();
         let counts = swarm.counts();
-        let swarm_empty = swarm.peers.is_empty();
-        if swarm_empty {
-            self.torrents.remove(&a.info_hash);
+        if swarm.peers.is_empty() {
+            self.drop_torrent(&a.info_hash);
         }
-        Reply { peers, counts }
+        Ok(Reply { peers, counts })
     }
 
     pub fn scrape(&self, hash: &InfoHash) -> ScrapeStats {
@@ -438,8 +674,58 @@ async fn bind_pair(addr: SocketAddr) -> io::Result<(TcpListener, UdpSocket)> {
 
 // ---------------------------------------------------------------- HTTP
 
+/// Longest a connection is served, request and reply: past the request head, which has
+/// `http_header_timeout`, only a client that reads the reply very slowly gets near it.
+const HTTP_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP connections open per address, so that one host's idle connections cannot take every
+/// slot.
+#[derive(Default)]
+struct OpenConnections(Mutex<HashMap<IpAddr, usize>>);
+
+/// A connection's place in [`OpenConnections`], given back when it is dropped.
+struct ConnectionSlot {
+    table: Arc<OpenConnections>,
+    address: IpAddr,
+}
+
+impl OpenConnections {
+    /// A place for a connection from `ip`, unless its address already holds `cap` of them.
+    fn claim(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<ConnectionSlot> {
+        let address = address_block(canonical_ip(ip));
+        let cap = if is_local_swarm(address) {
+            usize::MAX
+        } else {
+            cap
+        };
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(address).or_default();
+        if *count >= cap.max(1) {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot {
+            table: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Entry::Occupied(mut count) = open.entry(self.address) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+    }
+}
+
 async fn serve_http(listener: TcpListener, state: Arc<Mutex<State>>, cfg: ServerConfig) {
     let permits = Arc::new(Semaphore::new(cfg.max_http_connections.max(1)));
+    let open = Arc::new(OpenConnections::default());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -449,19 +735,51 @@ async fn serve_http(listener: TcpListener, state: Arc<Mutex<State>>, cfg: Server
                 continue;
             }
         };
+        // Checked before waiting for a slot: a host over its share is turned away at once,
+        // and never makes the others wait behind it.
+        let Some(slot) = open.claim(peer.ip(), cfg.max_http_connections_per_ip) else {
+            tracing::debug!(%peer, "HTTP connection closed: its address has its share open");
+            continue;
+        };
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
         let state = state.clone();
         let cfg = cfg.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (slot, permit);
             let _ = tokio::time::timeout(
-                Duration::from_secs(10),
+                HTTP_EXCHANGE_TIMEOUT,
                 handle_http(stream, peer, &state, &cfg),
             )
             .await;
         });
+    }
+}
+
+/// What reading a request's head came to.
+enum Head {
+    /// The bytes read and the length of the head within them (up to the blank line).
+    Complete(Vec<u8>, usize),
+    TooLarge,
+    Closed,
+}
+
+async fn read_head(stream: &mut TcpStream) -> io::Result<Head> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Ok(Head::Complete(buf, p));
+        }
+        if buf.len() > 8192 {
+            return Ok(Head::TooLarge);
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(Head::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -471,20 +789,18 @@ async fn handle_http(
     state: &Mutex<State>,
     cfg: &ServerConfig,
 ) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    let head_len = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p;
+    let Ok(head) = tokio::time::timeout(cfg.http_header_timeout, read_head(&mut stream)).await
+    else {
+        let waited = cfg.http_header_timeout;
+        tracing::debug!(%peer, "HTTP connection closed: no request within {waited:?}");
+        return Ok(());
+    };
+    let (buf, head_len) = match head? {
+        Head::Complete(buf, head_len) => (buf, head_len),
+        Head::TooLarge => {
+            return respond(&mut stream, 431, &failure("request headers too large")).await
         }
-        if buf.len() > 8192 {
-            return respond(&mut stream, 431, &failure("request headers too large")).await;
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        Head::Closed => return Ok(()),
     };
     let line_end = buf
         .windows(2)
@@ -505,11 +821,16 @@ async fn handle_http(
     let ip = canonical_ip(peer.ip());
     let body = if path.ends_with(b"/announce") {
         match parse_announce_query(query) {
-            Ok(a) => {
-                let reply = lock(state).announce(&a, ip, Instant::now());
-                log_announce("http", &a, ip, &reply);
-                encode_reply(&reply, a.compact, a.no_peer_id, cfg.interval)
-            }
+            Ok(a) => match lock(state).announce(&a, ip, Instant::now()) {
+                Ok(reply) => {
+                    log_announce("http", &a, ip, &reply);
+                    encode_reply(&reply, a.compact, a.no_peer_id, cfg.interval)
+                }
+                Err(reason) => {
+                    tracing::info!(%peer, "refused HTTP announce: {reason}");
+                    failure(&reason)
+                }
+            },
             Err(reason) => {
                 lock(state).reject();
                 tracing::info!(%peer, "rejected HTTP announce: {reason}");
@@ -556,6 +877,12 @@ fn scrape_http(query: &[u8], state: &Mutex<State>) -> Vec<u8> {
         ));
     }
     dict([("files", dict(files))]).encode()
+}
+
+/// `127.0.0.1` or `::1` (also as IPv4-mapped): not capped per address (see [`ServerConfig`]).
+fn is_local_swarm(ip: IpAddr) -> bool {
+    let ip = canonical_ip(ip);
+    ip == std::net::Ipv4Addr::LOCALHOST || ip == Ipv6Addr::LOCALHOST
 }
 
 fn canonical_ip(ip: IpAddr) -> IpAddr {
@@ -712,7 +1039,13 @@ fn handle_udp(
                 compact: true,
                 no_peer_id: true,
             };
-            let reply = lock(state).announce(&a, ip, Instant::now());
+            let reply = match lock(state).announce(&a, ip, Instant::now()) {
+                Ok(reply) => reply,
+                Err(reason) => {
+                    tracing::info!(%from, "refused UDP announce: {reason}");
+                    return Some(udp_error(tid, &reason));
+                }
+            };
             log_announce("udp", &a, ip, &reply);
             let mut r = ACTION_ANNOUNCE.to_be_bytes().to_vec();
             r.extend_from_slice(tid);
@@ -817,9 +1150,9 @@ mod tests {
             ..ServerConfig::default()
         });
         let t0 = Instant::now();
-        let r = st.announce(&ann(1, 0, Event::Started), ip, t0);
+        let r = st.announce(&ann(1, 0, Event::Started), ip, t0).unwrap();
         assert!(r.peers.is_empty());
-        let r = st.announce(&ann(2, 5, Event::Started), ip, t0);
+        let r = st.announce(&ann(2, 5, Event::Started), ip, t0).unwrap();
         assert_eq!(r.peers.len(), 1);
         assert_eq!((r.counts.complete, r.counts.incomplete), (1, 1));
         // a seeder is not given other seeders
@@ -827,17 +1160,17 @@ mod tests {
             uploaded: 1,
             ..ann(3, 0, Event::Started)
         };
-        let r = st.announce(&seeder, ip, t0);
+        let r = st.announce(&seeder, ip, t0).unwrap();
         assert_eq!(r.peers, vec![(SocketAddr::new(ip, 2), [2; 20])]);
         // ... unless it has moved no data at all (a magnet client before it knows the size)
-        let r = st.announce(&ann(4, 0, Event::Started), ip, t0);
+        let r = st.announce(&ann(4, 0, Event::Started), ip, t0).unwrap();
         assert_eq!(r.peers.len(), 3);
-        st.announce(&ann(4, 0, Event::Stopped), ip, t0);
+        st.announce(&ann(4, 0, Event::Stopped), ip, t0).unwrap();
         // stopped removes
-        st.announce(&ann(3, 0, Event::Stopped), ip, t0);
+        st.announce(&ann(3, 0, Event::Stopped), ip, t0).unwrap();
         assert_eq!(st.scrape(&[1; 20]).complete, 1);
         // completed counts downloads
-        st.announce(&ann(2, 0, Event::Completed), ip, t0);
+        st.announce(&ann(2, 0, Event::Completed), ip, t0).unwrap();
         assert_eq!(
             st.scrape(&[1; 20]),
             ScrapeStats {
@@ -852,7 +1185,8 @@ mod tests {
                 &ann(port, 1, Event::None),
                 ip,
                 t0 + Duration::from_secs(u64::from(port)),
-            );
+            )
+            .unwrap();
         }
         assert_eq!(st.stats().peers, 4);
         assert!(st.stats().evicted_peers >= 6);
@@ -864,7 +1198,8 @@ mod tests {
         for i in 0..10u8 {
             let mut a = ann(1, 1, Event::None);
             a.info_hash = [i; 20];
-            st.announce(&a, ip, t0 + Duration::from_secs(100 + u64::from(i)));
+            st.announce(&a, ip, t0 + Duration::from_secs(100 + u64::from(i)))
+                .unwrap();
         }
         assert_eq!(st.stats().torrents, 3);
         assert_eq!(st.scrape(&[9; 20]).incomplete, 1);
@@ -894,5 +1229,241 @@ mod tests {
         }
         let body = encode_reply(&reply, true, false, Duration::from_secs(30));
         assert!(pow_bencode::decode(&body).unwrap().get("peers6").is_some());
+    }
+
+    /// An announce of `event` from `port` on the torrent numbered `torrent`.
+    fn on(torrent: u32, port: u16, event: Event) -> Announce {
+        let mut a = ann(port, 1, event);
+        a.info_hash[..4].copy_from_slice(&torrent.to_be_bytes());
+        a
+    }
+
+    /// `ip` joins the torrent numbered `torrent` from `port`.
+    fn join(
+        st: &mut State,
+        ip: &str,
+        torrent: u32,
+        port: u16,
+        now: Instant,
+    ) -> Result<Reply, String> {
+        st.announce(&on(torrent, port, Event::Started), ip.parse().unwrap(), now)
+    }
+
+    /// The indexes and counters agree with the swarms they index.
+    fn assert_consistent(st: &State) {
+        let mut per_address: HashMap<IpAddr, usize> = HashMap::new();
+        for (hash, swarm) in &st.torrents {
+            assert!(
+                !swarm.peers.is_empty(),
+                "a torrent without peers is dropped"
+            );
+            assert_eq!(st.by_activity.get(&swarm.last_activity), Some(hash));
+            assert_eq!(swarm.by_age.len(), swarm.peers.len());
+            for (seen, key) in &swarm.by_age {
+                assert_eq!(swarm.peers[key].seen, *seen);
+            }
+            let seeders = swarm.peers.values().filter(|p| p.left == 0).count();
+            assert_eq!(swarm.seeders as usize, seeders);
+            for key in swarm.peers.keys() {
+                *per_address.entry(address_block(key.ip())).or_default() += 1;
+            }
+        }
+        assert_eq!(st.by_activity.len(), st.torrents.len());
+        assert_eq!(st.counts.total, per_address.values().sum::<usize>());
+        assert_eq!(st.counts.per_address, per_address);
+    }
+
+    #[test]
+    fn an_address_lists_at_most_its_share_of_peers_over_all_torrents() {
+        let mut st = State::new(ServerConfig {
+            max_peers_per_ip: 5,
+            ..ServerConfig::default()
+        });
+        let t0 = Instant::now();
+        // ever-new torrents from one address: past its share, refused, and nothing is created
+        for torrent in 0..5 {
+            join(&mut st, "10.0.0.1", torrent, 6881, t0).unwrap();
+        }
+        let refused = join(&mut st, "10.0.0.1", 5, 6881, t0).unwrap_err();
+        assert!(
+            refused.contains("too many peers from your address"),
+            "{refused}"
+        );
+        // ever-new ports in a torrent it is in: refused too
+        join(&mut st, "10.0.0.1", 0, 6882, t0).unwrap_err();
+        let s = st.stats();
+        assert_eq!((s.torrents, s.peers, s.rejected), (5, 5, 2));
+        // its listed peers still re-announce and stop, and a stop gives the room back
+        let ip = "10.0.0.1".parse().unwrap();
+        st.announce(&on(0, 6881, Event::None), ip, t0).unwrap();
+        st.announce(&on(0, 6881, Event::Stopped), ip, t0).unwrap();
+        join(&mut st, "10.0.0.1", 5, 6881, t0).unwrap();
+        // another address is not held back
+        let r = join(&mut st, "10.0.0.2", 5, 6881, t0).unwrap();
+        assert_eq!(r.peers.len(), 1);
+        // an IPv6 /64 is one address; the next /64 is another
+        for host in 1..=5 {
+            join(&mut st, &format!("2001:db8::{host}"), 9, 6881, t0).unwrap();
+        }
+        join(&mut st, "2001:db8::ffff:1", 9, 6881, t0).unwrap_err();
+        join(&mut st, "2001:db8:0:1::1", 9, 6881, t0).unwrap();
+        assert_consistent(&st);
+        // expired peers give their room back too
+        st.sweep(t0 + Duration::from_secs(121));
+        assert_eq!(st.stats().peers, 0);
+        join(&mut st, "10.0.0.1", 6, 6881, t0 + Duration::from_secs(121)).unwrap();
+        assert_consistent(&st);
+    }
+
+    #[test]
+    fn a_lab_swarm_on_loopback_is_listed_whole() {
+        // 20 peers in each of 5 torrents, every one from 127.0.0.1, with a share of 10 per
+        // address: 127.0.0.1 is every local process, not one host
+        let mut st = State::new(ServerConfig {
+            max_peers_per_ip: 10,
+            ..ServerConfig::default()
+        });
+        let t0 = Instant::now();
+        for torrent in 0..5 {
+            for n in 0..20 {
+                let r = join(&mut st, "127.0.0.1", torrent, 7000 + n, t0).unwrap();
+                assert_eq!(r.peers.len(), usize::from(n));
+            }
+        }
+        let s = st.stats();
+        assert_eq!((s.torrents, s.peers, s.rejected), (5, 100, 0));
+    }
+
+    #[test]
+    fn past_the_total_the_least_recently_announced_other_torrent_goes() {
+        let mut st = State::new(ServerConfig {
+            max_peers_total: 10,
+            max_peers_per_torrent: 4,
+            ..ServerConfig::default()
+        });
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut clock = 0;
+        let mut fill = |st: &mut State, torrent: u32, hosts: std::ops::Range<u32>| {
+            for host in hosts {
+                clock += 1;
+                join(
+                    st,
+                    &format!("10.0.{torrent}.{host}"),
+                    torrent,
+                    6881,
+                    at(clock),
+                )
+                .unwrap();
+            }
+        };
+        fill(&mut st, 0, 0..4);
+        fill(&mut st, 1, 0..4);
+        fill(&mut st, 2, 0..2);
+        assert_eq!(st.stats().peers, 10);
+        // torrent 0 is announced to again: torrent 1 is now the least recently announced
+        join(&mut st, "10.0.0.0", 0, 6881, at(20)).unwrap();
+        let r = join(&mut st, "10.0.2.2", 2, 6881, at(21)).unwrap();
+        assert_eq!(r.counts.incomplete, 3);
+        assert_eq!(st.scrape(&on(1, 0, Event::None).info_hash).incomplete, 0);
+        let s = st.stats();
+        assert_eq!((s.torrents, s.peers, s.evicted_torrents), (2, 7, 1));
+        // a swarm at its own cap drops its least recently seen peer instead
+        fill(&mut st, 2, 3..5);
+        assert_eq!(st.scrape(&on(2, 0, Event::None).info_hash).incomplete, 4);
+        assert_eq!(st.stats().evicted_peers, 1);
+        assert_consistent(&st);
+        // whatever comes, never more than the total
+        for n in 0..1_000u32 {
+            join(
+                &mut st,
+                &format!("10.1.{}.{}", n / 256, n % 256),
+                n % 7,
+                6881,
+                at(30 + u64::from(n)),
+            )
+            .unwrap();
+            assert!(st.stats().peers <= 10);
+        }
+        assert_consistent(&st);
+    }
+
+    #[test]
+    fn the_indexes_stay_true_to_the_swarms_whatever_the_announces() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut st = State::new(ServerConfig {
+            interval: Duration::from_secs(10),
+            max_torrents: 6,
+            max_peers_per_torrent: 8,
+            max_peers_total: 30,
+            max_peers_per_ip: 12,
+            ..ServerConfig::default()
+        });
+        let t0 = Instant::now();
+        for step in 0..20_000u64 {
+            let now = t0 + Duration::from_millis(step * 10);
+            if rng.random_ratio(1, 500) {
+                st.sweep(now);
+            } else {
+                let event = [
+                    Event::None,
+                    Event::Started,
+                    Event::Completed,
+                    Event::Stopped,
+                ][rng.random_range(0..4)];
+                let mut a = on(rng.random_range(0..10), rng.random_range(1..6), event);
+                a.left = rng.random_range(0..2);
+                let ip = IpAddr::from([10, 0, 0, rng.random_range(0..8)]);
+                let _ = st.announce(&a, ip, now);
+            }
+            assert_consistent(&st);
+            let s = st.stats();
+            assert!(s.torrents <= 6 && s.peers <= 30, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn a_full_tracker_takes_new_torrents_and_peers_without_scanning() {
+        // Finding what to evict by a scan would visit every torrent, then every peer of the
+        // swarm, on each of these announces: 2 billion visits for each phase, seconds. From
+        // the front of an age index, it is a few microseconds.
+        let mut st = State::new(ServerConfig {
+            max_torrents: 100_000,
+            max_peers_per_torrent: 50_000,
+            max_peers_total: 1_000_000,
+            max_peers_per_ip: usize::MAX,
+            ..ServerConfig::default()
+        });
+        let t0 = Instant::now();
+        let address = |n: u32| IpAddr::from((0x0a00_0000 + n).to_be_bytes());
+        for n in 0..100_000 {
+            st.announce(&on(n, 6881, Event::Started), address(n), t0)
+                .unwrap();
+        }
+        let started = Instant::now();
+        for n in 100_000..120_000 {
+            st.announce(&on(n, 6881, Event::Started), address(n), t0)
+                .unwrap();
+        }
+        let new_torrents = started.elapsed();
+        assert_eq!(st.stats().evicted_torrents, 20_000);
+        let swarm = u32::MAX;
+        for n in 0..50_000 {
+            st.announce(&on(swarm, 6881, Event::Started), address(n), t0)
+                .unwrap();
+        }
+        let started = Instant::now();
+        for n in 50_000..70_000 {
+            st.announce(&on(swarm, 6881, Event::Started), address(n), t0)
+                .unwrap();
+        }
+        let new_peers = started.elapsed();
+        assert_eq!(st.stats().evicted_peers, 20_000);
+        eprintln!("20,000 new torrents took {new_torrents:?}, 20,000 new peers {new_peers:?}");
+        assert!(
+            new_torrents < Duration::from_secs(1) && new_peers < Duration::from_secs(1),
+            "20,000 new torrents took {new_torrents:?}, 20,000 new peers {new_peers:?}"
+        );
     }
 }

@@ -243,3 +243,222 @@ async fn ten_thousand_announces_from_a_thousand_peers_stay_bounded() {
     assert_eq!(status, 200);
     eprintln!("stats after 10,000 announces: {s:?}, RSS growth {grown} KiB");
 }
+
+/// A BEP 15 client speaking raw packets from its own address, as another host would.
+struct UdpHost {
+    sock: UdpSocket,
+    connection_id: [u8; 8],
+}
+
+impl UdpHost {
+    async fn connect(from: &str, tracker: SocketAddr) -> UdpHost {
+        let sock = UdpSocket::bind((from, 0)).await.unwrap();
+        sock.connect(tracker).await.unwrap();
+        let mut p = 0x41727101980u64.to_be_bytes().to_vec();
+        p.extend_from_slice(&0u32.to_be_bytes());
+        p.extend_from_slice(&1u32.to_be_bytes());
+        sock.send(&p).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf))
+            .await
+            .expect("connect answered")
+            .unwrap();
+        assert_eq!(n, 16);
+        UdpHost {
+            sock,
+            connection_id: buf[8..16].try_into().unwrap(),
+        }
+    }
+
+    /// Announces `started`: Ok on an announce reply, Err with the message of an error reply.
+    async fn announce(&self, info_hash: [u8; 20], port: u16) -> Result<(), String> {
+        let mut p = self.connection_id.to_vec();
+        p.extend_from_slice(&1u32.to_be_bytes());
+        p.extend_from_slice(&9u32.to_be_bytes());
+        p.extend_from_slice(&info_hash);
+        p.extend_from_slice(b"-PW0001-flood0000000");
+        p.extend_from_slice(&[0; 16]); // downloaded, left
+        p.extend_from_slice(&[0; 8]); // uploaded
+        p.extend_from_slice(&2u32.to_be_bytes()); // started
+        p.extend_from_slice(&[0; 8]); // ip, key
+        p.extend_from_slice(&50u32.to_be_bytes());
+        p.extend_from_slice(&port.to_be_bytes());
+        self.sock.send(&p).await.unwrap();
+        let mut buf = [0u8; 2048];
+        let n = tokio::time::timeout(Duration::from_secs(2), self.sock.recv(&mut buf))
+            .await
+            .expect("announce answered")
+            .unwrap();
+        match buf[3] {
+            1 => Ok(()),
+            3 => Err(String::from_utf8_lossy(&buf[8..n]).into_owned()),
+            other => panic!("action {other}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_address_announcing_ever_new_torrents_and_ports_is_refused_past_its_share() {
+    let server = TrackerServer::start("127.0.0.1:0".parse().unwrap(), ServerConfig::default())
+        .await
+        .unwrap();
+    let per_ip = ServerConfig::default().max_peers_per_ip;
+    // 127.0.0.2 floods: each announce a new info-hash from a new port
+    let flood = UdpHost::connect("127.0.0.2", server.local_addr()).await;
+    let mut refused = Vec::new();
+    for n in 0..per_ip as u32 + 200 {
+        let mut info_hash = [0xf1; 20];
+        info_hash[..4].copy_from_slice(&n.to_be_bytes());
+        if let Err(reason) = flood.announce(info_hash, 10_000 + n as u16).await {
+            refused.push((n, reason));
+        }
+    }
+    assert_eq!(refused.len(), 200);
+    assert_eq!(
+        refused[0].0, per_ip as u32,
+        "refused from the first past its share"
+    );
+    assert!(
+        refused[0].1.starts_with("too many peers from your address"),
+        "{}",
+        refused[0].1
+    );
+    let s = server.stats();
+    assert_eq!((s.peers, s.torrents, s.rejected), (per_ip, per_ip, 200));
+    // 127.0.0.1 is not held back: it joins a torrent of the flood's and a new one
+    let mut floods_first = [0xf1; 20];
+    floods_first[..4].fill(0);
+    let client = Client::new(ClientConfig::default());
+    for info_hash in [floods_first, [1; 20]] {
+        let req = AnnounceRequest {
+            info_hash,
+            peer_id: [2; 20],
+            port: 6881,
+            uploaded: 0,
+            downloaded: 0,
+            left: 1,
+            event: Event::Started,
+            numwant: None,
+            key: 0,
+            tracker_id: None,
+        };
+        let r = client
+            .announce(&server.udp_announce_url(), &req)
+            .await
+            .expect("another address announces");
+        let flooders: Vec<SocketAddr> = if info_hash == floods_first {
+            vec!["127.0.0.2:10000".parse().unwrap()]
+        } else {
+            vec![]
+        };
+        assert_eq!(r.peers, flooders);
+    }
+    assert_eq!(server.stats().peers, per_ip + 2);
+}
+
+/// GET `target` from a socket bound to `from`, as another host.
+async fn get_from(from: &str, addr: SocketAddr, target: &str) -> (u16, Vec<u8>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let status = std::str::from_utf8(&buf[9..12]).unwrap().parse().unwrap();
+    (status, buf[head_end..].to_vec())
+}
+
+/// Whether the server closes `s` within `within`, reading and discarding what it sends.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn one_hosts_idle_connections_do_not_keep_another_host_from_announcing() {
+    let cfg = ServerConfig {
+        max_http_connections: 8,
+        max_http_connections_per_ip: 4,
+        ..ServerConfig::default()
+    };
+    let server = TrackerServer::start("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    // 127.0.0.3 opens as many connections as the server has slots, and sends nothing
+    // (127.0.0.1, where a local swarm's processes all come from, is not capped)
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        idle.push(socket.connect(addr).await.unwrap());
+    }
+    // 127.0.0.2 is answered at once (the idle ones would hold every slot for seconds)
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(2),
+        get_from("127.0.0.2", addr, &format!("/announce?{}", good_query())),
+    )
+    .await
+    .expect("127.0.0.2 answered while 127.0.0.3 holds its connections");
+    assert_eq!(status, 200);
+    assert!(pow_bencode::decode(&body)
+        .unwrap()
+        .get("interval")
+        .is_some());
+    // 127.0.0.3's connections past its share were closed at once; its share is kept open
+    for s in &mut idle[4..] {
+        assert!(closed_within(s, Duration::from_secs(2)).await);
+    }
+    for s in &mut idle[..4] {
+        assert!(!closed_within(s, Duration::from_millis(100)).await);
+    }
+    // and once they go, 127.0.0.3 is served again
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _) = get_from("127.0.0.3", addr, &format!("/announce?{}", good_query())).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_connection_that_trickles_its_request_is_closed_at_the_header_timeout() {
+    let cfg = ServerConfig {
+        http_header_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let server = TrackerServer::start("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let s = TcpStream::connect(server.local_addr()).await.unwrap();
+    let (mut reader, mut writer) = s.into_split();
+    // a byte every 100 ms: each read is quick, the head never comes
+    let trickle = tokio::spawn(async move {
+        for b in b"GET /announce?info_hash=".iter().cycle() {
+            if writer.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(3), reader.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "still open after 3 s: {closed:?}"
+    );
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    trickle.abort();
+}
