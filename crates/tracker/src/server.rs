@@ -22,9 +22,10 @@ use tokio::sync::Semaphore;
 /// The caps that bound the tracker's memory and its HTTP connections.
 ///
 /// Caps "per address" count an IPv4 address, or an IPv6 /64 (one host is routinely given a
-/// whole /64), so that one host cannot take what is meant for all. `127.0.0.1` and `::1` are
-/// not capped: every process of a swarm on this machine comes from there (pow's lab swarms,
-/// and a `pow serve` whose datasets announce to its own tracker over loopback).
+/// whole /64), so that one host cannot take what is meant for all. This machine is not capped:
+/// `127.0.0.1` and `::1`, where every process of a local swarm comes from, nor a client that
+/// reaches the tracker from the very address it listens on (a `pow serve` whose datasets'
+/// seeds announce to its own tracker through its public name: one peer per dataset).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// `interval` sent to clients; peers not seen for two intervals expire.
@@ -320,9 +321,29 @@ impl Swarm {
 /// Caps per address count an IPv6 /64 as one address: one host is routinely given a whole
 /// /64 and may announce from any address in it.
 fn address_block(ip: IpAddr) -> IpAddr {
-    match ip {
+    match canonical_ip(ip) {
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::MAX >> 64))),
         v4 => v4,
+    }
+}
+
+/// Where a client is, for the caps per address (see [`ServerConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// It reached the tracker from the address the tracker was reached at.
+    ThisMachine,
+    Elsewhere,
+}
+
+impl Origin {
+    /// `peer`, seen on a socket of this machine at `local` (unspecified: not known).
+    fn of(peer: IpAddr, local: IpAddr) -> Origin {
+        let same = !local.is_unspecified() && canonical_ip(peer) == canonical_ip(local);
+        if same {
+            Origin::ThisMachine
+        } else {
+            Origin::Elsewhere
+        }
     }
 }
 
@@ -451,6 +472,17 @@ impl State {
     /// Applies one announce from `ip` and picks peers for the reply. Refused (with the reason
     /// for the client) if it would list a peer from an address that has its share listed.
     pub fn announce(&mut self, a: &Announce, ip: IpAddr, now: Instant) -> Result<Reply, String> {
+        self.announce_from(a, ip, now, Origin::Elsewhere)
+    }
+
+    /// As [`State::announce`], from a client on this machine (`Origin::ThisMachine`) or not.
+    fn announce_from(
+        &mut self,
+        a: &Announce,
+        ip: IpAddr,
+        now: Instant,
+        origin: Origin,
+    ) -> Result<Reply, String> {
         self.stats.announces += 1;
         let key = SocketAddr::new(ip, a.port);
         let seen = self.stamp(now);
@@ -467,7 +499,8 @@ impl State {
             .is_some_and(|swarm| swarm.peers.contains_key(&key));
         let joins = !listed && a.event != Event::Stopped;
         let per_ip = self.cfg.max_peers_per_ip.max(1);
-        if joins && !is_local_swarm(ip) && self.counts.of(ip) >= per_ip {
+        let capped = origin == Origin::Elsewhere && !is_local_swarm(ip);
+        if joins && capped && self.counts.of(ip) >= per_ip {
             self.stats.rejected += 1;
             return Err(format!(
                 "too many peers from your address (at most {per_ip} over all torrents)"
@@ -491,9 +524,13 @@ impl State {
         let Some(swarm) = self.torrents.get_mut(&a.info_hash) else {
             return Ok(Reply::default());
         };
-        self.by_activity.remove(&swarm.last_activity);
-        swarm.last_activity = seen;
-        self.by_activity.insert(seen, a.info_hash);
+        // Only a peer of the swarm keeps it from eviction: a `stopped` from anyone else (which
+        // no cap holds back) kept any torrent listed for free.
+        if listed || joins {
+            self.by_activity.remove(&swarm.last_activity);
+            swarm.last_activity = seen;
+            self.by_activity.insert(seen, a.info_hash);
+        }
         if a.event == Event::Stopped {
             swarm.remove(&key, &mut self.counts);
         } else {
@@ -692,12 +729,9 @@ struct ConnectionSlot {
 impl OpenConnections {
     /// A place for a connection from `ip`, unless its address already holds `cap` of them.
     fn claim(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<ConnectionSlot> {
+        // Before the /64 is taken: `::1`'s is `::`.
+        let cap = if is_local_swarm(ip) { usize::MAX } else { cap };
         let address = address_block(canonical_ip(ip));
-        let cap = if is_local_swarm(address) {
-            usize::MAX
-        } else {
-            cap
-        };
         let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(address).or_default();
         if *count >= cap.max(1) {
@@ -735,9 +769,15 @@ async fn serve_http(listener: TcpListener, state: Arc<Mutex<State>>, cfg: Server
                 continue;
             }
         };
-        // Checked before waiting for a slot: a host over its share is turned away at once,
-        // and never makes the others wait behind it.
-        let Some(slot) = open.claim(peer.ip(), cfg.max_http_connections_per_ip) else {
+        // Checked before waiting for a slot: a host over its share is turned away at once
+        // (while every slot is taken, its connections wait in the backlog with the others').
+        let local = stream.local_addr().map_or(peer.ip(), |l| l.ip());
+        let origin = Origin::of(peer.ip(), local);
+        let cap = match origin {
+            Origin::ThisMachine => usize::MAX,
+            Origin::Elsewhere => cfg.max_http_connections_per_ip,
+        };
+        let Some(slot) = open.claim(peer.ip(), cap) else {
             tracing::debug!(%peer, "HTTP connection closed: its address has its share open");
             continue;
         };
@@ -750,7 +790,7 @@ async fn serve_http(listener: TcpListener, state: Arc<Mutex<State>>, cfg: Server
             let _held = (slot, permit);
             let _ = tokio::time::timeout(
                 HTTP_EXCHANGE_TIMEOUT,
-                handle_http(stream, peer, &state, &cfg),
+                handle_http(stream, peer, origin, &state, &cfg),
             )
             .await;
         });
@@ -786,6 +826,7 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Head> {
 async fn handle_http(
     mut stream: TcpStream,
     peer: SocketAddr,
+    origin: Origin,
     state: &Mutex<State>,
     cfg: &ServerConfig,
 ) -> io::Result<()> {
@@ -821,7 +862,7 @@ async fn handle_http(
     let ip = canonical_ip(peer.ip());
     let body = if path.ends_with(b"/announce") {
         match parse_announce_query(query) {
-            Ok(a) => match lock(state).announce(&a, ip, Instant::now()) {
+            Ok(a) => match lock(state).announce_from(&a, ip, Instant::now(), origin) {
                 Ok(reply) => {
                     log_announce("http", &a, ip, &reply);
                     encode_reply(&reply, a.compact, a.no_peer_id, cfg.interval)
@@ -949,6 +990,10 @@ async fn serve_udp(
     secret: RandomState,
 ) {
     let mut buf = vec![0u8; 2048];
+    // Known only when bound to one address (the destination of each datagram is not asked).
+    let local = socket
+        .local_addr()
+        .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |l| l.ip());
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
@@ -958,7 +1003,8 @@ async fn serve_udp(
                 continue;
             }
         };
-        if let Some(reply) = handle_udp(&buf[..n], from, &state, &cfg, &secret) {
+        let origin = Origin::of(from.ip(), local);
+        if let Some(reply) = handle_udp(&buf[..n], from, origin, &state, &cfg, &secret) {
             let _ = socket.send_to(&reply, from).await;
         }
     }
@@ -984,6 +1030,7 @@ fn be_u64(b: &[u8]) -> u64 {
 fn handle_udp(
     p: &[u8],
     from: SocketAddr,
+    origin: Origin,
     state: &Mutex<State>,
     cfg: &ServerConfig,
     secret: &RandomState,
@@ -1039,7 +1086,7 @@ fn handle_udp(
                 compact: true,
                 no_peer_id: true,
             };
-            let reply = match lock(state).announce(&a, ip, Instant::now()) {
+            let reply = match lock(state).announce_from(&a, ip, Instant::now(), origin) {
                 Ok(reply) => reply,
                 Err(reason) => {
                     tracing::info!(%from, "refused UDP announce: {reason}");
@@ -1332,6 +1379,28 @@ mod tests {
         }
         let s = st.stats();
         assert_eq!((s.torrents, s.peers, s.rejected), (5, 100, 0));
+    }
+
+    /// A `stopped` from a peer the swarm does not list changes nothing, and does not count as
+    /// the torrent's activity: anyone could keep any torrent from eviction so.
+    #[test]
+    fn a_stopped_from_outside_the_swarm_does_not_keep_it_from_eviction() {
+        let mut st = State::new(ServerConfig {
+            max_torrents: 2,
+            ..ServerConfig::default()
+        });
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        join(&mut st, "10.0.0.1", 1, 6881, at(1)).unwrap();
+        join(&mut st, "10.0.0.2", 2, 6881, at(2)).unwrap();
+        let outsider = "10.9.9.9".parse().unwrap();
+        st.announce(&on(1, 7000, Event::Stopped), outsider, at(3))
+            .unwrap();
+        join(&mut st, "10.0.0.3", 3, 6881, at(4)).unwrap();
+        let listed = |st: &State, torrent: u32| st.scrape(&on(torrent, 1, Event::None).info_hash);
+        assert_eq!(listed(&st, 1).incomplete, 0, "torrent 1 was the one to go");
+        assert_eq!(listed(&st, 2).incomplete, 1, "torrent 2 went instead");
+        assert_consistent(&st);
     }
 
     #[test]

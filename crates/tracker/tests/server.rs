@@ -462,3 +462,44 @@ async fn a_connection_that_trickles_its_request_is_closed_at_the_header_timeout(
     assert!(took >= Duration::from_millis(250), "{took:?}");
     trickle.abort();
 }
+
+/// A `pow serve` whose datasets' seeds announce to its own tracker through its public name
+/// reaches the tracker from the address the tracker listens on, one peer per dataset: not
+/// capped per address (a server of more datasets than an address's share had the rest
+/// refused). Another host is.
+#[tokio::test]
+async fn announces_from_the_trackers_own_address_are_not_capped() {
+    let cfg = ServerConfig {
+        max_peers_per_ip: 3,
+        ..ServerConfig::default()
+    };
+    let server = TrackerServer::start("127.0.0.2:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let announce = |n: u8| {
+        format!(
+            "/announce?info_hash={}&peer_id={}&port=6881&uploaded=0&downloaded=0&left=0&event=started",
+            encode(&[n; 20]),
+            encode(b"-PW0001-000000000000")
+        )
+    };
+    for n in 0..5 {
+        let (status, body) = get_from("127.0.0.2", addr, &announce(n)).await;
+        assert_eq!(status, 200);
+        let reply = pow_bencode::decode(&body).unwrap();
+        assert!(reply.get("failure reason").is_none(), "dataset {n} refused");
+    }
+    let refused = |body: &[u8]| {
+        pow_bencode::decode(body)
+            .unwrap()
+            .get("failure reason")
+            .is_some()
+    };
+    for n in 0..3 {
+        let (_, body) = get_from("127.0.0.3", addr, &announce(n)).await;
+        assert!(!refused(&body), "127.0.0.3's announce {n} refused");
+    }
+    let (_, body) = get_from("127.0.0.3", addr, &announce(3)).await;
+    assert!(refused(&body), "127.0.0.3 listed past its share");
+}
