@@ -21,7 +21,8 @@ const ROUTE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Incoming connections still owing their handshake; more are closed at once, so a flood of
 /// silent connections costs at most this many tasks and buffers.
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
-/// The same from one host: a flood from one address leaves room for everyone else's.
+/// The same from one host (an IPv6 /64 is one): a flood from one address leaves room for
+/// everyone else's.
 /// Handshakes take milliseconds, so even many peers behind one NAT seldom owe this many.
 pub const MAX_PENDING_HANDSHAKES_PER_HOST: usize = 32;
 
@@ -51,7 +52,7 @@ impl PendingHandshakes {
     /// Counts a handshake from `addr` in, or `None` (the connection is to be closed) when there
     /// are too many, from everyone or from its host.
     pub fn admit(self: &Arc<Self>, addr: SocketAddr) -> Option<Pending> {
-        let host = addr.ip().to_canonical();
+        let host = crate::peer::host_of(addr.ip());
         let mut counts = lock(&self.counts);
         let from_host = counts.by_host.get(&host).copied().unwrap_or(0);
         if counts.total >= MAX_PENDING_HANDSHAKES || from_host >= MAX_PENDING_HANDSHAKES_PER_HOST {
