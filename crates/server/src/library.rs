@@ -644,6 +644,17 @@ impl Library {
     }
 
     fn put_torrent_blocking(&self, name: &str, bytes: &[u8]) -> Result<bool, LibraryError> {
+        self.put_torrent_storing_with(name, bytes, write_new)
+    }
+
+    /// [`Library::put_torrent_blocking`], the torrent stored by `write_torrent` (as
+    /// [`Library::publish_storing_with`]).
+    fn put_torrent_storing_with(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        write_torrent: impl FnOnce(&Path, &str, &[u8]) -> pow_datasource::Result<bool>,
+    ) -> Result<bool, LibraryError> {
         let md5 = name
             .strip_suffix(".torrent")
             .filter(|stem| is_md5_hex(stem))
@@ -666,7 +677,7 @@ impl Library {
             };
         }
         // Never over a torrent another writer of the directory stored meanwhile.
-        match write_new(&self.torrents_dir(), name, bytes) {
+        match write_torrent(&self.torrents_dir(), name, bytes) {
             Ok(true) => return Ok(true),
             Ok(false) => {}
             // Stored under its name, and only the fsync of the directory after failed: it is
@@ -905,6 +916,26 @@ mod tests {
         let library = Library::open(&root, Vec::new(), None).unwrap();
         assert_eq!(library.datasets(), [dataset]);
         assert_eq!(std::fs::read(&content).unwrap(), bytes);
+
+        // A PUT alike: stored, though the fsync after failed (it answered 500, "nothing kept").
+        let put = pow_metainfo::create::create(&content, &Default::default())
+            .unwrap()
+            .bytes;
+        let name = format!("{}.torrent", "0".repeat(32));
+        let stored = library
+            .put_torrent_storing_with(&name, &put, linked_then_failed)
+            .unwrap();
+        assert!(stored);
+        assert_eq!(
+            std::fs::read(library.torrent_path(&"0".repeat(32))).unwrap(),
+            put
+        );
+        let failed = library.put_torrent_storing_with(
+            &format!("{}.torrent", "1".repeat(32)),
+            &put,
+            |dir, _, _| Err(fsync_failed(dir)),
+        );
+        assert!(failed.is_err());
         drop(library);
         std::fs::remove_dir_all(root).unwrap();
     }
