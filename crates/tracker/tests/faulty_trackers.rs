@@ -587,126 +587,116 @@ async fn stopped_reaches_every_tracker_that_saw_started() {
     assert_eq!(second.scrape(&[5; 20]).incomplete, 0, "never told stopped");
 }
 
+/// An announce loop for `hash` behind a silent first tier (3 s read timeout) and `server`'s
+/// tracker, once that tracker has its `started`; and another peer in the swarm, which keeps
+/// it (and its `downloaded` count) listed after our `stopped`.
+struct BehindASilentTier {
+    server: TrackerServer,
+    hash: [u8; 20],
+    progress: tokio::sync::watch::Sender<Progress>,
+    handle: announcer::AnnounceHandle,
+}
+
+impl BehindASilentTier {
+    async fn start(server: ServerConfig, hash: [u8; 20], timing: Timing) -> BehindASilentTier {
+        let server = TrackerServer::start("127.0.0.1:0".parse().unwrap(), server)
+            .await
+            .unwrap();
+        let tiers = Tiers::new(
+            vec![vec![silent_url().await], vec![server.http_announce_url()]],
+            &mut rand::rng(),
+        );
+        let client = Client::new(ClientConfig {
+            read_timeout: Duration::from_secs(3),
+            ..cfg()
+        });
+        let a = Announcer::new(Arc::new(client), tiers, hash, [7; 20], 7003);
+        let (progress, rx) = tokio::sync::watch::channel(Progress {
+            left: 100,
+            ..Progress::default()
+        });
+        let mut handle = announcer::spawn(a, rx, timing);
+        match handle.updates.recv().await.unwrap() {
+            Update::Peers { url, .. } => assert_eq!(url, server.http_announce_url()),
+            other => panic!("{other:?}"),
+        }
+        let other = AnnounceRequest {
+            info_hash: hash,
+            ..req()
+        };
+        Client::new(cfg())
+            .announce(&server.http_announce_url(), &other)
+            .await
+            .unwrap();
+        assert_eq!(server.scrape(&hash).incomplete, 2);
+        BehindASilentTier {
+            server,
+            hash,
+            progress,
+            handle,
+        }
+    }
+
+    /// The download completes and stops at once, as `pow download` tells both when it
+    /// finishes; returns how long the stop took.
+    async fn complete_and_stop(self) -> (Duration, TrackerServer) {
+        self.progress
+            .send(Progress {
+                left: 0,
+                downloaded: 100,
+                uploaded: 0,
+            })
+            .unwrap();
+        self.handle.completed();
+        let t0 = Instant::now();
+        self.handle.stop().await;
+        (t0.elapsed(), self.server)
+    }
+
+    /// The tracker heard `completed` (counted) and then `stopped` (only the other peer left).
+    fn assert_completed_then_stopped(server: &TrackerServer, hash: &[u8; 20]) {
+        let s = server.scrape(hash);
+        assert_eq!(
+            (s.downloaded, s.complete, s.incomplete),
+            (1, 0, 1),
+            "completed counted, then stopped"
+        );
+    }
+}
+
 /// A download that stops right after it completed still owes `completed`. It went round the
 /// tiers in order inside the stop's time, so a silent first tracker (which never saw us) used
 /// that time up and the tracker that listed us heard neither `completed` nor `stopped`.
 #[tokio::test]
 async fn an_owed_completed_and_stopped_reach_the_tracker_past_a_silent_first_tier() {
-    let server = TrackerServer::start("127.0.0.1:0".parse().unwrap(), ServerConfig::default())
-        .await
-        .unwrap();
-    let tiers = Tiers::new(
-        vec![vec![silent_url().await], vec![server.http_announce_url()]],
-        &mut rand::rng(),
-    );
-    let client = Client::new(ClientConfig {
-        read_timeout: Duration::from_secs(3),
-        ..cfg()
-    });
-    let hash = [0x3c; 20];
-    let a = Announcer::new(Arc::new(client), tiers, hash, [7; 20], 7003);
-    let (tx, rx) = tokio::sync::watch::channel(Progress {
-        left: 100,
-        ..Progress::default()
-    });
     let timing = Timing {
         stop_timeout: Duration::from_secs(1),
         ..fast_timing()
     };
-    let mut h = announcer::spawn(a, rx, timing);
-    match h.updates.recv().await.unwrap() {
-        Update::Peers { url, .. } => assert_eq!(url, server.http_announce_url()),
-        other => panic!("{other:?}"),
-    }
-    // Another peer keeps the swarm (and its `downloaded` count) listed after our `stopped`.
-    let other = AnnounceRequest {
-        info_hash: hash,
-        ..req()
-    };
-    Client::new(cfg())
-        .announce(&server.http_announce_url(), &other)
-        .await
-        .unwrap();
-    assert_eq!(server.scrape(&hash).incomplete, 2);
-    // Completed within the tracker's `min interval`: owed when the stop comes.
-    tx.send(Progress {
-        left: 0,
-        downloaded: 100,
-        uploaded: 0,
-    })
-    .unwrap();
-    h.completed();
-    let t0 = Instant::now();
-    h.stop().await;
-    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
-    let s = server.scrape(&hash);
-    assert_eq!(
-        (s.downloaded, s.complete, s.incomplete),
-        (1, 0, 1),
-        "completed counted, then stopped"
-    );
+    // The tracker's `min interval` (30 s) has not passed: `completed` is owed at the stop.
+    let swarm = BehindASilentTier::start(ServerConfig::default(), [0x3c; 20], timing).await;
+    let hash = swarm.hash;
+    let (took, server) = swarm.complete_and_stop().await;
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    BehindASilentTier::assert_completed_then_stopped(&server, &hash);
 }
 
-/// `completed` and then the stop told while a round is under way (here held by a silent first
-/// tier, as `pow download` tells both at once when it finishes): the `completed` still reaches
-/// the tracker before `stopped`. It was kept with the round's other commands and dropped when
-/// the stop ended the round.
+/// `completed` and then the stop told while a round is under way (here held by the silent
+/// first tier): the `completed` still reaches the tracker before `stopped`. It was kept with
+/// the round's other commands and dropped when the stop ended the round.
 #[tokio::test]
 async fn completed_told_during_a_round_and_then_the_stop_is_still_announced() {
-    let server = TrackerServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        ServerConfig {
-            interval: Duration::from_secs(2),
-            ..ServerConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let tiers = Tiers::new(
-        vec![vec![silent_url().await], vec![server.http_announce_url()]],
-        &mut rand::rng(),
-    );
-    let client = Client::new(ClientConfig {
-        read_timeout: Duration::from_secs(3),
-        ..cfg()
-    });
-    let hash = [0x4d; 20];
-    let a = Announcer::new(Arc::new(client), tiers, hash, [8; 20], 7004);
-    let (tx, rx) = tokio::sync::watch::channel(Progress {
-        left: 100,
-        ..Progress::default()
-    });
-    let mut h = announcer::spawn(a, rx, fast_timing());
-    match h.updates.recv().await.unwrap() {
-        Update::Peers { url, .. } => assert_eq!(url, server.http_announce_url()),
-        other => panic!("{other:?}"),
-    }
-    // The next round starts 2 s later (the tracker's interval) and waits 3 s on the silent
-    // tier: 2.5 s from now it is under way.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    // Another peer keeps the swarm (and its `downloaded` count) listed after our `stopped`.
-    let other = AnnounceRequest {
-        info_hash: hash,
-        ..req()
+    let server = ServerConfig {
+        interval: Duration::from_secs(2),
+        ..ServerConfig::default()
     };
-    Client::new(cfg())
-        .announce(&server.http_announce_url(), &other)
-        .await
-        .unwrap();
-    tx.send(Progress {
-        left: 0,
-        downloaded: 100,
-        uploaded: 0,
-    })
-    .unwrap();
-    h.completed();
-    h.stop().await;
-    let s = server.scrape(&hash);
-    assert_eq!(
-        (s.downloaded, s.complete, s.incomplete),
-        (1, 0, 1),
-        "completed counted, then stopped"
-    );
+    let swarm = BehindASilentTier::start(server, [0x4d; 20], fast_timing()).await;
+    // The next round starts 2 s after the first (the tracker's interval) and waits 3 s on the
+    // silent tier: 2.5 s from then it is under way.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let hash = swarm.hash;
+    let (_, server) = swarm.complete_and_stop().await;
+    BehindASilentTier::assert_completed_then_stopped(&server, &hash);
 }
 
 #[tokio::test]
