@@ -219,12 +219,26 @@ fn a_private_torrent_or_no_pex_has_no_peer_exchange() {
 fn a_connected_peers_listening_address_is_dialed_only_once_it_leaves() {
     let work = TempDir::new("pex-listening");
     let (data, torrent, info_hash) = payload(work.path(), false);
-    let (seed, port) = seed(&torrent, &data, &[]);
+    let (seed, port) = seed(&torrent, &data, &["--pex-interval", "1"]);
     // r1 dialed pow and listens at `a1`; r2 names `a1`. Dialing it would only reach r1 again
     // (a second connection, closed at the handshake), every 10 s while r1 stays.
     let (l1, a1) = listener();
     let (r1, _) = pex_peer(port, info_hash, a1.port());
     let (mut r2, _) = pex_peer(port, info_hash, free_port());
+    // pow's own exchange names `a1` to r2 once it has read r1's extension handshake: only
+    // then is r2's naming it a test of the rule (before, on a loaded machine, r2's message
+    // could be read first, and pow dialed an address it did not yet know as r1's).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !next_pex(&mut r2, Duration::from_secs(10))
+        .added
+        .iter()
+        .any(|(addr, _)| *addr == a1)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pow never named r1's address"
+        );
+    }
     r2.send_extended(OUR_UT_PEX, &pex_naming(&[a1])).unwrap();
     assert!(
         !dialed_within(&l1, Duration::from_secs(8)),
