@@ -7,6 +7,7 @@
 use crate::percent::parse_query;
 use crate::udp::{ACTION_ANNOUNCE, ACTION_CONNECT, ACTION_ERROR, ACTION_SCRAPE, PROTOCOL_ID};
 use crate::{Event, InfoHash, PeerId, ScrapeStats};
+use indexmap::IndexMap;
 use pow_bencode::{dict, Value};
 use std::collections::hash_map::{DefaultHasher, Entry, RandomState};
 use std::collections::{BTreeMap, HashMap};
@@ -41,18 +42,19 @@ pub struct ServerConfig {
     /// tracker` defaults, 10,000 x 2,000, would allow 20 million peers). Worst case on a 64-bit
     /// target, with the defaults (100,000 peers, 10,000 torrents), about 90 MB:
     ///
-    /// - a peer: an 88-byte entry and a control byte in its swarm's hash map, which holds at
-    ///   most 4 x 8/7 buckets per peer (it is shrunk when under a quarter full): 407 bytes;
-    ///   its place in the swarm's age index, 632-byte B-tree nodes at least 5 entries each:
-    ///   127 bytes; its address's counter, 33 bytes at up to 16/7 buckets each: 76 bytes.
-    ///   610 bytes x 100,000 = 61 MB.
-    /// - a torrent: the 16 spare entries its peer map may keep besides (16 x 8/7 x 89 = 1,627
-    ///   bytes), its age index's first node (632), its 129 bytes in the torrent map at up to
-    ///   16/7 buckets each (295) and its place in the activity index (496-byte nodes of at
-    ///   least 5: 99). 2.65 KB x 10,000 = 27 MB.
+    /// - a peer: an 88-byte entry in its swarm's seeds or leechers (an index map), which holds
+    ///   room for at most 4 entries per peer (it is shrunk when under a quarter full), each
+    ///   with 8/7 index buckets of 9 bytes: 393 bytes; its place in the swarm's age index,
+    ///   632-byte B-tree nodes at least 5 entries each: 127 bytes; its address's counter, 33
+    ///   bytes at up to 16/7 buckets each: 76 bytes. 596 bytes x 100,000 = 60 MB.
+    /// - a torrent: the 8 spare entries each of its two maps may keep besides (16 x 98 =
+    ///   1,573 bytes), its age index's first node (632), its 225 bytes in the torrent map at
+    ///   up to 16/7 buckets each (514) and its place in the activity index (496-byte nodes of
+    ///   at least 5: 99). 2.82 KB x 10,000 = 28 MB.
     ///
     /// `tests/server_memory.rs` counts the bytes of the costliest floods it knows: 71 MB at
-    /// most (every swarm's map grown to 60 peers and left with 10), 39 MB for ever-new peers.
+    /// most (every swarm's seeds and leechers grown to 25 each and left with 5), 40 MB for
+    /// ever-new peers.
     /// That is the state; each open HTTP connection adds its request buffer (up to 10 KB).
     pub max_peers_total: usize,
     /// Peers one address may have listed over all torrents; past it, its announces that would
@@ -192,7 +194,6 @@ struct Seen {
 
 struct PeerEntry {
     peer_id: PeerId,
-    left: u64,
     seen: Seen,
 }
 
@@ -228,11 +229,13 @@ impl PeerCounts {
 }
 
 struct Swarm {
-    peers: HashMap<SocketAddr, PeerEntry>,
+    /// The listed peers with nothing left to download, and the others: apart, so that a
+    /// seeder's reply draws from the leechers alone without passing over the seeds.
+    seeds: IndexMap<SocketAddr, PeerEntry>,
+    leechers: IndexMap<SocketAddr, PeerEntry>,
     /// The same peers, least recently seen first: expiry and eviction take from the front
     /// instead of scanning the swarm.
     by_age: BTreeMap<Seen, SocketAddr>,
-    seeders: u32,
     downloaded: u32,
     last_activity: Seen,
 }
@@ -240,58 +243,110 @@ struct Swarm {
 impl Swarm {
     fn new(now: Seen) -> Swarm {
         Swarm {
-            peers: HashMap::new(),
+            seeds: IndexMap::new(),
+            leechers: IndexMap::new(),
             by_age: BTreeMap::new(),
-            seeders: 0,
             downloaded: 0,
             last_activity: now,
         }
     }
 
+    fn len(&self) -> usize {
+        self.seeds.len() + self.leechers.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get(&self, key: &SocketAddr) -> Option<&PeerEntry> {
+        self.seeds.get(key).or_else(|| self.leechers.get(key))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.seeds.keys().chain(self.leechers.keys())
+    }
+
     fn counts(&self) -> ScrapeStats {
         ScrapeStats {
-            complete: self.seeders,
-            incomplete: self.peers.len() as u32 - self.seeders,
+            complete: self.seeds.len() as u32,
+            incomplete: self.leechers.len() as u32,
             downloaded: self.downloaded,
         }
     }
 
     /// Lists the peer at `key`, or refreshes it if listed.
     fn upsert(&mut self, key: SocketAddr, a: &Announce, seen: Seen, counts: &mut PeerCounts) {
+        match self.take(&key) {
+            Some(old) => {
+                self.by_age.remove(&old.seen);
+            }
+            None => counts.add(key.ip()),
+        }
         let entry = PeerEntry {
             peer_id: a.peer_id,
-            left: a.left,
             seen,
         };
-        match self.peers.entry(key) {
-            Entry::Occupied(mut listed) => {
-                let old = listed.insert(entry);
-                self.by_age.remove(&old.seen);
-                self.seeders -= u32::from(old.left == 0);
-            }
-            Entry::Vacant(new) => {
-                new.insert(entry);
-                counts.add(key.ip());
-            }
-        }
-        self.seeders += u32::from(a.left == 0);
+        let group = if a.left == 0 {
+            &mut self.seeds
+        } else {
+            &mut self.leechers
+        };
+        group.insert(key, entry);
         self.by_age.insert(seen, key);
     }
 
     fn remove(&mut self, key: &SocketAddr, counts: &mut PeerCounts) {
-        let Some(gone) = self.peers.remove(key) else {
+        let Some(gone) = self.take(key) else {
             return;
         };
         self.by_age.remove(&gone.seen);
-        self.seeders -= u32::from(gone.left == 0);
         counts.remove(key.ip());
         // A hash map keeps its room when entries leave: a swarm that once held 2,000 peers
         // would hold room for 2,000 for good. Shrinking to half full once under a quarter
         // full keeps the rehashing amortized O(1) per removal.
-        let len = self.peers.len();
-        if self.peers.capacity() > 4 * len + 16 {
-            self.peers.shrink_to(2 * len);
+        for group in [&mut self.seeds, &mut self.leechers] {
+            let len = group.len();
+            if group.capacity() > 4 * len + 8 {
+                group.shrink_to(2 * len);
+            }
         }
+    }
+
+    /// Takes the peer at `key` out of its group, moving the group's last entry into its place.
+    fn take(&mut self, key: &SocketAddr) -> Option<PeerEntry> {
+        self.seeds
+            .swap_remove(key)
+            .or_else(|| self.leechers.swap_remove(key))
+    }
+
+    /// Up to `want` listed peers other than `asker`, drawn at random (as opentracker does) in
+    /// O(`want`): leechers only when `leechers_only`. Drawn in the map's order, every client
+    /// of a swarm larger than a reply was sent the same few peers, who took every newcomer's
+    /// connections while the rest were named to nobody.
+    fn draw(
+        &self,
+        asker: &SocketAddr,
+        leechers_only: bool,
+        want: usize,
+    ) -> Vec<(SocketAddr, PeerId)> {
+        let leechers = self.leechers.len();
+        let pool = if leechers_only { leechers } else { self.len() };
+        // One more than wanted, in case the asker is among them.
+        let amount = want.saturating_add(1).min(pool);
+        rand::seq::index::sample(&mut rand::rng(), pool, amount)
+            .into_iter()
+            .filter_map(|i| {
+                if i < leechers {
+                    self.leechers.get_index(i)
+                } else {
+                    self.seeds.get_index(i - leechers)
+                }
+            })
+            .filter(|(key, _)| *key != asker)
+            .take(want)
+            .map(|(key, peer)| (*key, peer.peer_id))
+            .collect()
     }
 
     fn least_recently_seen(&self) -> Option<(Seen, SocketAddr)> {
@@ -312,7 +367,7 @@ impl Swarm {
 
     /// Takes the swarm's peers out of the counts, when the whole swarm is dropped.
     fn uncount(&self, counts: &mut PeerCounts) {
-        for key in self.peers.keys() {
+        for key in self.keys() {
             counts.remove(key.ip());
         }
     }
@@ -359,8 +414,8 @@ pub struct Reply {
 /// Nothing under the lock scans all torrents or a whole swarm per announce: the least
 /// recently active torrent and the least recently seen peer of a swarm come off the front of
 /// age indexes (O(log n)), and counts are kept as peers come and go. What remains linear is
-/// `sweep`, once per interval, in the number of torrents, and picking the reply, which visits
-/// at most the swarm's peers (`max_peers_per_torrent`) to skip seeders for a seeder.
+/// `sweep`, once per interval, in the number of torrents; a reply's peers are drawn in
+/// O(reply).
 pub struct State {
     cfg: ServerConfig,
     torrents: HashMap<InfoHash, Swarm>,
@@ -414,10 +469,10 @@ impl State {
         let (counts, by_activity) = (&mut self.counts, &mut self.by_activity);
         self.torrents.retain(|_, swarm| {
             swarm.expire(cutoff, counts);
-            if swarm.peers.is_empty() {
+            if swarm.is_empty() {
                 by_activity.remove(&swarm.last_activity);
             }
-            !swarm.peers.is_empty()
+            !swarm.is_empty()
         });
     }
 
@@ -455,7 +510,7 @@ impl State {
         let Some(swarm) = self.torrents.get_mut(hash) else {
             return;
         };
-        if swarm.peers.len() >= swarm_cap {
+        if swarm.len() >= swarm_cap {
             if let Some((_, oldest)) = swarm.least_recently_seen() {
                 swarm.remove(&oldest, &mut self.counts);
                 self.stats.evicted_peers += 1;
@@ -489,14 +544,14 @@ impl State {
         let cutoff = now.checked_sub(self.expiry());
         if let (Some(swarm), Some(cutoff)) = (self.torrents.get_mut(&a.info_hash), cutoff) {
             swarm.expire(cutoff, &mut self.counts);
-            if swarm.peers.is_empty() {
+            if swarm.is_empty() {
                 self.drop_torrent(&a.info_hash);
             }
         }
         let listed = self
             .torrents
             .get(&a.info_hash)
-            .is_some_and(|swarm| swarm.peers.contains_key(&key));
+            .is_some_and(|swarm| swarm.get(&key).is_some());
         let joins = !listed && a.event != Event::Stopped;
         let per_ip = self.cfg.max_peers_per_ip.max(1);
         let capped = origin == Origin::Elsewhere && !is_local_swarm(ip);
@@ -544,15 +599,9 @@ impl State {
         // uploaded anything may not know the size yet: aria2 fetching a magnet link's metadata
         // announces `left=0`, and it needs the seeders most.
         let seeding = a.left == 0 && (a.downloaded > 0 || a.uploaded > 0);
-        let peers = swarm
-            .peers
-            .iter()
-            .filter(|(k, p)| **k != key && !(seeding && p.left == 0))
-            .take(want)
-            .map(|(k, p)| (*k, p.peer_id))
-            .collect();
+        let peers = swarm.draw(&key, seeding, want);
         let counts = swarm.counts();
-        if swarm.peers.is_empty() {
+        if swarm.is_empty() {
             self.drop_torrent(&a.info_hash);
         }
         Ok(Reply { peers, counts })
@@ -1188,6 +1237,29 @@ mod tests {
     }
 
     #[test]
+    fn replies_name_different_peers_of_a_swarm_larger_than_a_reply() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut st = State::new(ServerConfig::default());
+        let t0 = Instant::now();
+        for port in 1000..1300 {
+            st.announce(&ann(port, 5, Event::Started), ip, t0).unwrap();
+        }
+        let mut named = std::collections::HashSet::new();
+        let mut firsts = std::collections::HashSet::new();
+        for port in 2000..2020 {
+            let r = st.announce(&ann(port, 5, Event::Started), ip, t0).unwrap();
+            assert_eq!(r.peers.len(), 50);
+            firsts.insert(r.peers[0].0);
+            named.extend(r.peers.iter().map(|(addr, _)| addr.port()));
+        }
+        // 20 replies of 50 from 300: a random choice names about 290 of them (the same 50 in
+        // the map's order, and a newcomer now and then).
+        let old = named.iter().filter(|p| (1000..1300).contains(*p)).count();
+        assert!(old > 200, "20 replies named only {old} of the 300 peers");
+        assert!(firsts.len() > 10, "{} different first peers", firsts.len());
+    }
+
+    #[test]
     fn swarm_rules_stopped_expiry_and_caps() {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let mut st = State::new(ServerConfig {
@@ -1300,18 +1372,13 @@ mod tests {
     fn assert_consistent(st: &State) {
         let mut per_address: HashMap<IpAddr, usize> = HashMap::new();
         for (hash, swarm) in &st.torrents {
-            assert!(
-                !swarm.peers.is_empty(),
-                "a torrent without peers is dropped"
-            );
+            assert!(!swarm.is_empty(), "a torrent without peers is dropped");
             assert_eq!(st.by_activity.get(&swarm.last_activity), Some(hash));
-            assert_eq!(swarm.by_age.len(), swarm.peers.len());
+            assert_eq!(swarm.by_age.len(), swarm.len());
             for (seen, key) in &swarm.by_age {
-                assert_eq!(swarm.peers[key].seen, *seen);
+                assert_eq!(swarm.get(key).unwrap().seen, *seen);
             }
-            let seeders = swarm.peers.values().filter(|p| p.left == 0).count();
-            assert_eq!(swarm.seeders as usize, seeders);
-            for key in swarm.peers.keys() {
+            for key in swarm.keys() {
                 *per_address.entry(address_block(key.ip())).or_default() += 1;
             }
         }

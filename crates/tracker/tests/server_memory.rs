@@ -92,7 +92,7 @@ fn bytes_held_after(flood: Flood) -> usize {
 fn peers_fill_the_caps_in_bounded_memory() {
     let cfg = ServerConfig::default();
     let (torrents, total) = (cfg.max_torrents as u32, cfg.max_peers_total as u32);
-    let shapes: [(&str, Flood); 4] = [
+    let shapes: [(&str, Flood); 5] = [
         (
             "every torrent, five times the total in peers",
             Box::new(move |st, now| {
@@ -122,6 +122,35 @@ fn peers_fill_the_caps_in_bounded_memory() {
                     }
                     for n in first + kept..first + grown {
                         let _ = st.announce(&announce(t, Event::Stopped), host(n), now);
+                    }
+                }
+            }),
+        ),
+        (
+            // A swarm keeps its seeds and its leechers in two maps: each grown to 25 (room
+            // for 28) and left with 5, which is not yet little enough to be shrunk.
+            "every torrent's seeds and leechers grown and left sparse",
+            Box::new(move |st, now| {
+                let (kept, grown) = (total / torrents / 2, 25);
+                for t in 0..torrents {
+                    let first = t * 2 * grown;
+                    for n in first..first + 2 * grown {
+                        let left = u64::from(n < first + grown);
+                        let a = Announce {
+                            left,
+                            ..announce(t, Event::Started)
+                        };
+                        let _ = st.announce(&a, host(n), now);
+                    }
+                    for n in
+                        (first + kept..first + grown).chain(first + grown + kept..first + 2 * grown)
+                    {
+                        let left = u64::from(n < first + grown);
+                        let a = Announce {
+                            left,
+                            ..announce(t, Event::Stopped)
+                        };
+                        let _ = st.announce(&a, host(n), now);
                     }
                 }
             }),
