@@ -295,7 +295,9 @@ t0 = time.time()
 while time.time() - t0 < 60:
     for (s, h, p) in handles:
         for peer in h.get_peer_info():
-            if peer.source & lt.peer_info.pex:
+            # Once the two have met they exchange peers too, and pow's own address gains
+            # the pex flag (libtorrent keeps every source that named a peer): not the sign.
+            if peer.source & lt.peer_info.pex and peer.ip[1] != pow_port:
                 print('session on %d: peer %s:%d from pex after %.1f s' % (p, peer.ip[0], peer.ip[1], time.time() - t0))
                 sys.exit(0)
     time.sleep(0.2)
