@@ -1668,3 +1668,147 @@ fn an_updated_source_replaces_its_loaded_content_only_once_the_new_is_verified()
         "no resume file of version 1: {left:?}"
     );
 }
+
+/// A directory's update takes the place of its earlier files alone: another source loaded
+/// with a `--base-dir` inside it, and the user's own file there, stay (the update used to move
+/// the whole directory aside and remove it, and them with it).
+#[test]
+fn a_directory_update_keeps_what_else_the_directory_holds() {
+    let lab = Lab::new("loader-update-dir");
+    let work = lab.work.path();
+    let store = work.join("store");
+    let (v1, v2, c_dir) = (work.join("v1"), work.join("v2"), work.join("c"));
+    for dir in [v1.join("cells"), v2.join("cells"), c_dir.clone()] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    make_zip(&v1.join("cells/a.zip"), 1, 41);
+    make_zip(&v1.join("cells/b.zip"), 1, 42);
+    make_zip(&v1.join("cells/old.zip"), 1, 43);
+    make_zip(&v2.join("cells/a.zip"), 1, 41);
+    make_zip(&v2.join("cells/b.zip"), 1, 44);
+    make_zip(&c_dir.join("c.zip"), 1, 45);
+    // The torrents, named by MD5, made by a publisher's own project.
+    let publisher = work.join("publisher");
+    assert!(run(pow().arg("--pow-dir").arg(&publisher).arg("init"))
+        .status
+        .success());
+    let publish = |path: &Path, key: &str| -> String {
+        let o = run(pow()
+            .arg("--pow-dir")
+            .arg(&publisher)
+            .arg("publish")
+            .arg(path)
+            .args(["--type", "ConnectomeCSVDataSource", "--key", key])
+            .args(["--no-seed", "--json", "--torrent-store"])
+            .arg(&store));
+        assert!(o.status.success(), "publish {key}: {}", text(&o.stderr));
+        json_of(&o)["torrent_file_name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (t1, t2, tc) = (
+        publish(&v1.join("cells"), "v1"),
+        publish(&v2.join("cells"), "v2"),
+        publish(&c_dir.join("c.zip"), "c"),
+    );
+    let fields = |name: &str| {
+        let md5 = name.trim_end_matches(".torrent");
+        format!("torrent_file_name = \"{name}\"\nmd5 = \"{md5}\"\n")
+    };
+    let pow_dir = project(work, "cells", &fields(&t1));
+    let save = |key: &str, torrent: &str| {
+        let defs = work.join(format!("{key}-again.toml"));
+        let body = format!(
+            "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"{key}\"\n{}",
+            fields(torrent)
+        );
+        std::fs::write(&defs, body).unwrap();
+        let o = run(pow().arg("--pow-dir").arg(&pow_dir).arg("save").arg(&defs));
+        assert!(o.status.success(), "save: {}", text(&o.stderr));
+    };
+    let store_arg = store.to_str().unwrap();
+    let load_from_seed = |id: &str, torrent: &str, data: &Path, extra: &[&str]| {
+        let (mut seed, port) = pow_seed(&store.join(torrent), data);
+        let peer = format!("127.0.0.1:{port}");
+        let args = ["--torrent-store", store_arg, "--peer", &peer];
+        let out = load(&pow_dir, id, &[&args[..], extra].concat());
+        seed.kill().unwrap();
+        seed.wait().unwrap();
+        assert!(out.status.success(), "{id}: {}", text(&out.stderr));
+        json_of(&out)
+    };
+
+    let first = load_from_seed("ConnectomeCSVDataSource:cells", &t1, &v1, &[]);
+    let cells = PathBuf::from(first["content"].as_str().unwrap());
+    std::fs::write(cells.join("notes.txt"), "my notes").unwrap();
+    save("c", &tc);
+    let inside = cells.to_str().unwrap();
+    load_from_seed(
+        "ConnectomeCSVDataSource:c",
+        &tc,
+        &c_dir,
+        &["--base-dir", inside],
+    );
+
+    save("cells", &t2);
+    let update = load_from_seed("ConnectomeCSVDataSource:cells", &t2, &v2, &[]);
+    assert_passed(&update, &["sha1-pieces", "md5-torrent-name"]);
+    common::same_bytes(&v2.join("cells/b.zip"), &cells.join("b.zip")).unwrap();
+    assert!(
+        !cells.join("old.zip").exists(),
+        "the earlier version's own file goes"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cells.join("notes.txt")).unwrap(),
+        "my notes"
+    );
+    common::same_bytes(&c_dir.join("c.zip"), &cells.join("c.zip")).unwrap();
+    let verify = ["source", "verify", "ConnectomeCSVDataSource:c"];
+    let o = run(pow().arg("--pow-dir").arg(&pow_dir).args(verify));
+    assert!(
+        o.status.success(),
+        "c after the update of cells: {}",
+        text(&o.stderr)
+    );
+    let mut left: Vec<String> = std::fs::read_dir(cells.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    println!("beside the content after the update: {left:?}");
+    assert!(
+        !left.iter().any(|name| name.starts_with(".pow-update-")),
+        "{left:?}"
+    );
+
+    // A load killed after it recorded the update, before it removed the update directory
+    // (with the earlier content moved aside in it): the next load removes it. It was left
+    // for good, as this content's own.
+    let leftover = cells.parent().unwrap().join(format!(
+        ".pow-update-{}",
+        update["info_hash"].as_str().unwrap()
+    ));
+    std::fs::create_dir_all(leftover.join(".pow-replaced")).unwrap();
+    std::fs::write(
+        leftover.join(".pow-source"),
+        "http://openworm.org/entities/ConnectomeCSVDataSource/cells",
+    )
+    .unwrap();
+    std::fs::copy(
+        v1.join("cells/old.zip"),
+        leftover.join(".pow-replaced/old.zip"),
+    )
+    .unwrap();
+    let again = load(
+        &pow_dir,
+        "ConnectomeCSVDataSource:cells",
+        &["--torrent-store", store_arg, "--stall-timeout", "5"],
+    );
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(json_of(&again)["network"], false);
+    assert!(
+        !leftover.exists(),
+        "the finished update's directory is removed"
+    );
+}

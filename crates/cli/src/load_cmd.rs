@@ -305,7 +305,7 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
             Ok(removed) if !args.json => {
                 for path in removed {
                     eprintln!(
-                        "pow: removed {}, an update of this source never finished",
+                        "pow: removed {}, left by an earlier update of this source",
                         path.display()
                     );
                 }

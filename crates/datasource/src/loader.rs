@@ -20,6 +20,7 @@ use oxigraph::model::vocab::xsd;
 use oxigraph::model::{GraphNameRef, Literal, NamedNode, Quad, Term};
 use pow_metainfo::Metainfo;
 use serde::Serialize;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -69,6 +70,10 @@ pub struct LoadPlan {
     /// `base_dir` (the record named another torrent then): this load is an update, and
     /// downloads beside that content ([`LoadPlan::staged`]).
     pub replaces: Option<String>,
+    /// The torrent of the content [`LoadPlan::replaces`] names, while the torrent cache holds
+    /// it: which entries of the earlier content are its own, and go with it in an update (see
+    /// [`LoadPlan::install_update`]).
+    pub replaced: Option<Arc<Metainfo>>,
 }
 
 /// The torrent a data source names: by file name in a torrent store, and by info-hash.
@@ -241,12 +246,15 @@ impl PowDir {
             (None, Some(record)) => PathBuf::from(&record.directory),
             (None, None) => self.default_base_dir(&shown.iri),
         };
-        let replaces = previous
-            .filter(|record| {
-                record.info_hash != metainfo.info_hash.to_hex()
-                    && same_directory(Path::new(&record.directory), &base_dir)
-            })
-            .map(|record| record.info_hash);
+        let previous = previous.filter(|record| {
+            record.info_hash != metainfo.info_hash.to_hex()
+                && same_directory(Path::new(&record.directory), &base_dir)
+        });
+        let replaced = previous
+            .as_ref()
+            .and_then(|record| self.recorded_torrent(record))
+            .map(Arc::new);
+        let replaces = previous.map(|record| record.info_hash);
         Ok(LoadPlan {
             id: shown.id.clone(),
             iri: shown.iri.clone(),
@@ -260,6 +268,7 @@ impl PowDir {
             info_hash_field: wanted.info_hashes,
             file_names: literals(&shown, "file_name"),
             replaces,
+            replaced,
         })
     }
 
@@ -382,11 +391,7 @@ impl PowDir {
             if other == iri || record.info_hash == ours {
                 continue;
             }
-            let theirs = record
-                .torrent_file_name
-                .and_then(|name| std::fs::read(self.dir().join(TORRENT_CACHE_DIR).join(name)).ok())
-                .and_then(|bytes| Metainfo::from_bytes(&bytes).ok())
-                .filter(|theirs| theirs.info_hash.to_hex() == record.info_hash);
+            let theirs = self.recorded_torrent(&record);
             let their_directory = Path::new(&record.directory);
             let (at, same_path, there) = match theirs {
                 Some(theirs) => {
@@ -419,6 +424,15 @@ impl PowDir {
             }
         }
         Ok(others)
+    }
+
+    /// The torrent a load record names, if the torrent cache still holds it.
+    fn recorded_torrent(&self, record: &LoadRecord) -> Option<Metainfo> {
+        let name = record.torrent_file_name.as_ref()?;
+        let bytes = std::fs::read(self.dir().join(TORRENT_CACHE_DIR).join(name)).ok()?;
+        Metainfo::from_bytes(&bytes)
+            .ok()
+            .filter(|torrent| torrent.info_hash.to_hex() == record.info_hash)
     }
 
     /// The IRIs of the data sources a load verified on this machine, sorted.
@@ -705,6 +719,7 @@ impl LoadPlan {
         Some(LoadPlan {
             base_dir: update_dir,
             replaces: None,
+            replaced: None,
             ..self.clone()
         })
     }
@@ -769,21 +784,43 @@ impl LoadPlan {
     /// and syncs the directory. A file replaces a file in one rename; a directory (or a change
     /// of kind) takes two, the earlier moved aside into the update directory first, and a load
     /// stopped between them finds the new content verified in the update directory and puts
-    /// it in place again. The update directory is left for [`LoadPlan::remove_update`].
+    /// it in place again. What the earlier directory held besides its torrent's files (another
+    /// source loaded with a `--base-dir` inside it, the user's own files) is then moved into
+    /// the new one ([`carry_over`]); a new content that is a file where such entries are is
+    /// refused, before anything moves. The update directory is left for
+    /// [`LoadPlan::remove_update`].
     pub fn install_update(&self, staged: &LoadPlan) -> Result<()> {
         let content = self.content_path();
         let new = staged.content_path();
+        let aside = staged.base_dir.join(format!("{RESERVED_PREFIX}replaced"));
+        let earlier = self.replaced.as_deref().and_then(EarlierFiles::of);
+        // A load stopped after both renames left entries to carry over in what is aside.
+        carry_over(&aside, Some(&content), earlier.as_ref())?;
         let replaces_in_one_rename = match std::fs::symlink_metadata(&content) {
             Ok(old) => old.is_file() && new.is_file(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
             Err(e) => return Err(Error::io(&content)(e)),
         };
         if !replaces_in_one_rename {
-            let aside = staged.base_dir.join(format!("{RESERVED_PREFIX}replaced"));
+            if !new.is_dir() {
+                let others = carry_over(&content, None, earlier.as_ref())?;
+                if let Some(first) = others.first() {
+                    return Err(Error::NotLoadable {
+                        id: self.id.clone(),
+                        why: format!(
+                            "its new content is a file, and the directory it replaces, {},                              holds {} besides the earlier content's files (such as {}): move                              them away and load again",
+                            content.display(),
+                            others.len(),
+                            first.display()
+                        ),
+                    });
+                }
+            }
             remove_any(&aside)?;
             std::fs::rename(&content, &aside).map_err(Error::io(&content))?;
         }
         std::fs::rename(&new, &content).map_err(Error::io(&content))?;
+        carry_over(&aside, Some(&content), earlier.as_ref())?;
         let hex = self.metainfo.info_hash.to_hex();
         let resume = pow_storage::resume::resume_file_in(&staged.base_dir, &hex);
         if resume.exists() {
@@ -809,8 +846,10 @@ impl LoadPlan {
 
     /// After a load of this source is in place and recorded: removes the update directories in
     /// `base_dir` that an earlier load of it began for other content and never finished (its
-    /// definition changed again before the update was loaded, or back). Each is marked with
-    /// the source's IRI; other sources' (and unmarked) ones stay. Returns what it removed.
+    /// definition changed again before the update was loaded, or back), and one for this very
+    /// content that a load stopped after recording it left (with the earlier content in it,
+    /// once moved aside). Each is marked with the source's IRI; other sources' (and unmarked)
+    /// ones stay. Returns what it removed.
     pub fn remove_abandoned_updates(&self) -> Result<Vec<PathBuf>> {
         let prefix = format!("{RESERVED_PREFIX}update-");
         let entries = match std::fs::read_dir(&self.base_dir) {
@@ -818,15 +857,12 @@ impl LoadPlan {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io(&self.base_dir)(e)),
         };
-        // This load's own (see `remove_update`) is not abandoned.
-        let own = format!("{prefix}{}", self.metainfo.info_hash.to_hex());
         let mut removed = Vec::new();
         for entry in entries {
             let entry = entry.map_err(Error::io(&self.base_dir))?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
             let ours = name.starts_with(&prefix)
-                && name != own
                 && std::fs::read_to_string(path.join(UPDATE_OWNER))
                     .is_ok_and(|iri| iri == self.iri);
             if ours {
@@ -836,6 +872,104 @@ impl LoadPlan {
         }
         Ok(removed)
     }
+}
+
+/// The files of an earlier content directory that are its torrent's, and the directories
+/// holding them, relative to the content's root.
+struct EarlierFiles {
+    files: HashSet<PathBuf>,
+    directories: HashSet<PathBuf>,
+}
+
+impl EarlierFiles {
+    /// `None` for a single-file torrent (its content is one file: nothing else is in it).
+    fn of(torrent: &Metainfo) -> Option<EarlierFiles> {
+        if !torrent.multi_file {
+            return None;
+        }
+        let mut earlier = EarlierFiles {
+            files: HashSet::new(),
+            directories: HashSet::new(),
+        };
+        for file in &torrent.files {
+            // A torrent's paths start with its name, which is the root here.
+            let path: PathBuf = file.path.components().skip(1).collect();
+            for directory in path.ancestors().skip(1) {
+                if !earlier.directories.insert(directory.to_path_buf()) {
+                    break;
+                }
+            }
+            earlier.files.insert(path);
+        }
+        Some(earlier)
+    }
+}
+
+/// Moves each entry of the directory `from` (earlier content moved aside) that is not one of
+/// `earlier`'s files to the same place under `to` (the new content), and returns where each
+/// went; with `to` `None`, only lists them. Without `earlier` (its torrent no longer cached)
+/// every entry counts, so files the earlier version alone had are kept too: better than
+/// removing what may not be its. An entry where the new content has a file stays behind,
+/// and goes with the earlier content. Nothing when `from` is not a directory.
+fn carry_over(
+    from: &Path,
+    to: Option<&Path>,
+    earlier: Option<&EarlierFiles>,
+) -> Result<Vec<PathBuf>> {
+    fn walk(
+        from: &Path,
+        to: Option<&Path>,
+        relative: &Path,
+        earlier: Option<&EarlierFiles>,
+        moved: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        let directory = from.join(relative);
+        for entry in std::fs::read_dir(&directory).map_err(Error::io(&directory))? {
+            let entry = entry.map_err(Error::io(&directory))?;
+            let path = relative.join(entry.file_name());
+            if earlier.is_some_and(|e| e.files.contains(&path)) {
+                continue;
+            }
+            let is_directory = entry
+                .file_type()
+                .map_err(Error::io(&entry.path()))?
+                .is_dir();
+            let Some(to) = to else {
+                if is_directory && earlier.is_some_and(|e| e.directories.contains(&path)) {
+                    walk(from, None, &path, earlier, moved)?;
+                } else {
+                    moved.push(from.join(&path));
+                }
+                continue;
+            };
+            let target = to.join(&path);
+            match std::fs::symlink_metadata(&target) {
+                Ok(there) if there.is_dir() && is_directory => {
+                    walk(from, Some(to), &path, earlier, moved)?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if is_directory && earlier.is_some_and(|e| e.directories.contains(&path)) {
+                        walk(from, Some(to), &path, earlier, moved)?;
+                    } else {
+                        let parent = target.parent().expect("below the content");
+                        std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
+                        std::fs::rename(entry.path(), &target).map_err(Error::io(&target))?;
+                        moved.push(target);
+                    }
+                }
+                Err(e) => return Err(Error::io(&target)(e)),
+            }
+        }
+        Ok(())
+    }
+    let is_directory = |path: &Path| std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+    let mut moved = Vec::new();
+    // A new content that is a file was let in place only if nothing was to be carried.
+    if is_directory(from) && to.is_none_or(is_directory) {
+        walk(from, to, Path::new(""), earlier, &mut moved)?;
+    }
+    Ok(moved)
 }
 
 /// The file in an update directory that names the data source it was begun for.
@@ -1148,25 +1282,29 @@ fn now_rfc3339() -> String {
 mod tests {
     use super::*;
 
-    /// A plan of a torrent of the directory `set` (files `a` and `c`) that replaces other
-    /// content loaded in `base`.
-    fn update_plan(base: &Path, src: &Path) -> LoadPlan {
-        let created =
-            pow_metainfo::create::create(src, &pow_metainfo::create::CreateOptions::default())
-                .unwrap();
+    fn torrent_of(src: &Path) -> Metainfo {
+        pow_metainfo::create::create(src, &pow_metainfo::create::CreateOptions::default())
+            .unwrap()
+            .metainfo
+    }
+
+    /// A plan of a torrent of the directory `src` that replaces other content loaded in
+    /// `base`, of the torrent `replaced` if known.
+    fn update_plan(base: &Path, src: &Path, replaced: Option<Metainfo>) -> LoadPlan {
         LoadPlan {
             id: "LocalFileDataSource:set".into(),
             iri: "http://openworm.org/entities/LocalFileDataSource/set".into(),
             torrent_file_name: "0123456789abcdef0123456789abcdef.torrent".into(),
             torrent_path: PathBuf::new(),
             torrent_from: "cache".into(),
-            metainfo: Arc::new(created.metainfo),
+            metainfo: Arc::new(torrent_of(src)),
             base_dir: base.to_path_buf(),
             md5_field: vec![],
             sha256_field: vec![],
             info_hash_field: vec![],
             file_names: vec![],
             replaces: Some("00".repeat(20)),
+            replaced: replaced.map(Arc::new),
         }
     }
 
@@ -1191,9 +1329,16 @@ mod tests {
         std::fs::set_permissions(base.join("set/a"), std::fs::Permissions::from_mode(0o444))
             .unwrap();
         write(base.join("set/b"), b"old file b");
+        let earlier = torrent_of(&base.join("set"));
+        // Not the earlier content's: the user's, and another source's with its resume file
+        // (loaded with a --base-dir inside this one).
+        let others = ["notes.txt", "more/x", "c.zip", ".pow-resume-ff"];
+        for name in others {
+            write(base.join("set").join(name), name.as_bytes());
+        }
         let earlier_resume = pow_storage::resume::resume_file_in(&base, &"00".repeat(20));
         write(earlier_resume.clone(), b"stale");
-        let plan = update_plan(&base, &dir.join("src/set"));
+        let plan = update_plan(&base, &dir.join("src/set"), Some(earlier));
         let staged = plan.staged().unwrap();
         assert!(staged.base_dir.starts_with(&base));
 
@@ -1224,7 +1369,24 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, ["a", "c", "empty"]);
+        assert_eq!(
+            names,
+            [
+                ".pow-resume-ff",
+                "a",
+                "c",
+                "c.zip",
+                "empty",
+                "more",
+                "notes.txt"
+            ]
+        );
+        for name in others {
+            assert_eq!(
+                std::fs::read(base.join("set").join(name)).unwrap(),
+                name.as_bytes()
+            );
+        }
         assert!(!staged.base_dir.exists());
         assert!(!earlier_resume.exists());
 
@@ -1240,8 +1402,78 @@ mod tests {
         plan.remove_update(&staged).unwrap();
         assert!(!base.join("set/b").exists());
         assert_eq!(std::fs::read(base.join("set/c")).unwrap(), b"new file c");
+        for name in others {
+            assert_eq!(
+                std::fs::read(base.join("set").join(name)).unwrap(),
+                name.as_bytes()
+            );
+        }
         let left: Vec<_> = std::fs::read_dir(&base).unwrap().collect();
         assert_eq!(left.len(), 1, "only the content is left: {left:?}");
+
+        // Stopped after both renames, before what was not the earlier content's was carried
+        // over: the rerun carries it over first.
+        write(base.join("set/b"), b"old file b");
+        write(staged.base_dir.join("set/a"), b"unchanged a");
+        write(staged.base_dir.join("set/c"), b"new file c");
+        std::fs::rename(base.join("set"), staged.base_dir.join(".pow-replaced")).unwrap();
+        std::fs::rename(staged.base_dir.join("set"), base.join("set")).unwrap();
+        write(staged.base_dir.join("set/a"), b"unchanged a");
+        write(staged.base_dir.join("set/c"), b"new file c");
+        plan.install_update(&staged).unwrap();
+        plan.remove_update(&staged).unwrap();
+        for name in others {
+            assert_eq!(
+                std::fs::read(base.join("set").join(name)).unwrap(),
+                name.as_bytes()
+            );
+        }
+        assert!(!base.join("set/b").exists());
+
+        // Without the earlier torrent, a file it alone had is kept too (it may not be its).
+        let unknown = update_plan(&base, &dir.join("src/set"), None);
+        write(base.join("set/b"), b"old file b");
+        write(staged.base_dir.join("set/a"), b"unchanged a");
+        write(staged.base_dir.join("set/c"), b"new file c");
+        unknown.install_update(&staged).unwrap();
+        unknown.remove_update(&staged).unwrap();
+        assert_eq!(std::fs::read(base.join("set/b")).unwrap(), b"old file b");
+        assert_eq!(std::fs::read(base.join("set/c")).unwrap(), b"new file c");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A directory replaced by a file cannot keep what it held besides its torrent's files:
+    /// the update is refused before anything moves.
+    #[test]
+    fn a_directory_holding_others_files_is_not_replaced_by_a_file() {
+        let dir = std::env::temp_dir().join(format!("pow-update-kind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let write = |path: PathBuf, bytes: &[u8]| {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        };
+        write(dir.join("base/set/a"), b"old a");
+        let earlier = torrent_of(&dir.join("base/set"));
+        write(dir.join("base/set/notes.txt"), b"mine");
+        write(dir.join("src/set"), b"now one file");
+        let plan = update_plan(&dir.join("base"), &dir.join("src/set"), Some(earlier));
+        let staged = plan.staged().unwrap();
+        write(staged.base_dir.join("set"), b"now one file");
+        let refused = plan.install_update(&staged).unwrap_err().to_string();
+        assert!(refused.contains("notes.txt"), "{refused}");
+        assert_eq!(
+            std::fs::read(dir.join("base/set/notes.txt")).unwrap(),
+            b"mine"
+        );
+        assert_eq!(std::fs::read(dir.join("base/set/a")).unwrap(), b"old a");
+        // Once they are moved away, the file takes the directory's place.
+        std::fs::remove_file(dir.join("base/set/notes.txt")).unwrap();
+        plan.install_update(&staged).unwrap();
+        plan.remove_update(&staged).unwrap();
+        assert_eq!(
+            std::fs::read(dir.join("base/set")).unwrap(),
+            b"now one file"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
