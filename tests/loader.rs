@@ -1686,6 +1686,7 @@ fn a_directory_update_keeps_what_else_the_directory_holds() {
     make_zip(&v1.join("cells/old.zip"), 1, 43);
     make_zip(&v2.join("cells/a.zip"), 1, 41);
     make_zip(&v2.join("cells/b.zip"), 1, 44);
+    std::fs::write(v2.join("cells/empty"), "").unwrap();
     make_zip(&c_dir.join("c.zip"), 1, 45);
     // The torrents, named by MD5, made by a publisher's own project.
     let publisher = work.join("publisher");
@@ -1811,4 +1812,54 @@ fn a_directory_update_keeps_what_else_the_directory_holds() {
         !leftover.exists(),
         "the finished update's directory is removed"
     );
+
+    let load_in_place = || {
+        load(
+            &pow_dir,
+            "ConnectomeCSVDataSource:cells",
+            &["--torrent-store", store_arg, "--stall-timeout", "5"],
+        )
+    };
+    // An empty file lost since: no piece covers it, so the load makes it. Every load failed
+    // on it ("cannot read the content").
+    std::fs::remove_file(cells.join("empty")).unwrap();
+    let again = load_in_place();
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(json_of(&again)["network"], false);
+    assert_eq!(std::fs::read(cells.join("empty")).unwrap(), b"");
+
+    // Bytes added past a file's end: every piece still verifies, but the file is not the
+    // content. It was reported verified, MD5 and all.
+    let a_zip = cells.join("a.zip");
+    let length = std::fs::metadata(&a_zip).unwrap().len();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&a_zip)
+        .unwrap()
+        .set_len(length + 10)
+        .unwrap();
+    let expected = format!(
+        "{} is {} bytes, the torrent says {length}",
+        a_zip.display(),
+        length + 10
+    );
+    let verify = ["source", "verify", "ConnectomeCSVDataSource:cells"];
+    let o = run(pow().arg("--pow-dir").arg(&pow_dir).args(verify));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains(&expected), "{}", text(&o.stderr));
+    let refused = load_in_place();
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains(&expected),
+        "{}",
+        text(&refused.stderr)
+    );
+    println!("a longer file: {}", text(&refused.stderr).trim());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&a_zip)
+        .unwrap()
+        .set_len(length)
+        .unwrap();
+    assert!(load_in_place().status.success());
 }

@@ -377,6 +377,9 @@ fn fetch_content(
     } = check_and_digest(plan)?;
     let total = plan.metainfo.geometry.piece_count();
     let before = have.count();
+    // Empty files hold no piece, so a check never misses them and no write makes them: one
+    // lost since the last load is made here, or every load would fail on it.
+    storage.prepare_files(None)?;
     if before == total {
         return Ok(Transfer {
             pieces_on_disk_before: before,
@@ -387,7 +390,6 @@ fn fetch_content(
             digester,
         });
     }
-    storage.prepare_files(None)?;
     let (snapshot, ended, follower) = runtime.get()?.block_on(async {
         let mut picker = Picker::new(plan.metainfo.geometry.clone(), have);
         picker.prefer_in_order(in_order_window(plan.metainfo.geometry.piece_length()));

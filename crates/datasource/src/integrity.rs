@@ -172,7 +172,9 @@ impl ContentDigester {
     }
 
     /// The digests, once the whole content is digested (an error before that). Empty files
-    /// add nothing to the digests but are content too: each must be there.
+    /// add nothing to the digests but are content too: each must be there. A file longer than
+    /// the torrent says is an `InvalidData` error naming it: the digests cover the torrent's
+    /// bytes, and the file on disk would not be the content they name.
     pub fn finish(self) -> std::io::Result<ContentDigests> {
         let total = self.total();
         if self.position < total {
@@ -181,9 +183,21 @@ impl ContentDigester {
                 self.position
             )));
         }
-        for (path, _, _) in self.files.iter().filter(|f| f.1 == 0 && !f.2) {
-            std::fs::File::open(path)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        for (path, length, _) in self.files.iter().filter(|f| !f.2) {
+            let on_disk = std::fs::metadata(path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?
+                .len();
+            if on_disk != *length {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is {on_disk} bytes, the torrent says {length}: the bytes past its \
+                         end are not the content (cut the file to {length} bytes, or move it \
+                         away, and load again)",
+                        path.display()
+                    ),
+                ));
+            }
         }
         Ok(ContentDigests {
             md5: hex::encode(self.md5.finalize()),
@@ -320,6 +334,19 @@ mod tests {
         std::fs::remove_file(&last_empty).unwrap();
         let err = content_digests(&metainfo, &root, false).unwrap_err();
         assert!(err.to_string().contains("6-empty"), "{err}");
+        // Bytes past a file's end: the digests would name the torrent's bytes, not the file's.
+        std::fs::write(&last_empty, b"").unwrap();
+        let first = metainfo.files[0].path.under(&root);
+        let mut longer = std::fs::read(&first).unwrap();
+        longer.push(b'!');
+        std::fs::write(&first, &longer).unwrap();
+        let err = content_digests(&metainfo, &root, false).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string()
+                .contains(&format!("{} is {} bytes", first.display(), longer.len())),
+            "{err}"
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 

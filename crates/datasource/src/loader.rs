@@ -599,11 +599,11 @@ impl LoadPlan {
         let digests = match digester.finish_from_disk() {
             Ok(d) => d,
             Err(e) => {
-                checks.push(Check::new(
-                    "md5-torrent-name",
-                    Outcome::Failed,
-                    format!("cannot read the content: {e}"),
-                ));
+                let detail = match e.kind() {
+                    std::io::ErrorKind::InvalidData => e.to_string(),
+                    _ => format!("cannot read the content: {e}"),
+                };
+                checks.push(Check::new("md5-torrent-name", Outcome::Failed, detail));
                 return IntegrityReport {
                     checks,
                     digests: None,
@@ -808,7 +808,9 @@ impl LoadPlan {
                     return Err(Error::NotLoadable {
                         id: self.id.clone(),
                         why: format!(
-                            "its new content is a file, and the directory it replaces, {},                              holds {} besides the earlier content's files (such as {}): move                              them away and load again",
+                            "its new content is a file, and the directory it replaces, {}, \
+                             holds {} besides the earlier content's files (such as {}): move \
+                             them away and load again",
                             content.display(),
                             others.len(),
                             first.display()
