@@ -141,12 +141,9 @@ fn plan(
 /// jobs of a cluster array that each load the same dataset into a shared directory would
 /// otherwise all download it at once, and one could put an update in place while another
 /// writes into it. A load that finds the lock held says so and waits; then the content is
-/// usually there, verified, and the next load needs no network. Returns the lock and whether
-/// it waited. The file stays (removing it would let a waiter and a newcomer both lock). On a
+/// usually there, verified, and the next load needs no network. The file stays (removing it would let a waiter and a newcomer both lock). On a
 /// file system without locks (`flock` unsupported) the load goes on unlocked, with a warning.
-fn lock_base_dir(
-    base_dir: &Path,
-) -> Result<(Option<std::fs::File>, bool), Box<dyn std::error::Error>> {
+fn lock_base_dir(base_dir: &Path) -> Result<Option<std::fs::File>, Box<dyn std::error::Error>> {
     use std::io::{Read, Seek, Write};
     let io = |e: std::io::Error| format!("{}: {e}", base_dir.display());
     std::fs::create_dir_all(base_dir).map_err(io)?;
@@ -158,8 +155,8 @@ fn lock_base_dir(
         .truncate(false)
         .open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let waited = match file.try_lock() {
-        Ok(()) => false,
+    match file.try_lock() {
+        Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
@@ -173,7 +170,6 @@ fn lock_base_dir(
             );
             file.lock()
                 .map_err(|e| format!("{}: {e}", path.display()))?;
-            true
         }
         Err(std::fs::TryLockError::Error(e)) => {
             eprintln!(
@@ -181,15 +177,15 @@ fn lock_base_dir(
                  directory from running at once",
                 path.display()
             );
-            return Ok((None, false));
+            return Ok(None);
         }
-    };
+    }
     // Whose it is, for a load that waits on it (best effort).
     let _ = file.set_len(0).and_then(|()| {
         file.rewind()?;
         write!(file, "{}", std::process::id())
     });
-    Ok((Some(file), waited))
+    Ok(Some(file))
 }
 
 /// The engine's runtime, made when first needed. A load that fetches its torrent from peers
@@ -227,14 +223,22 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
     let runtime = EngineRuntime::default();
     let (mut plan, mut found) = plan(pow_dir, &args, &runtime)?;
     let _lock = loop {
-        let (lock, waited) = lock_base_dir(&plan.base_dir)?;
-        if !waited {
-            break lock;
-        }
-        // What the other load did decides this one's plan (an update put in place, content
-        // verified and recorded, another directory recorded).
+        let lock = lock_base_dir(&plan.base_dir)?;
+        // Planned again under the lock, whether it was waited for or not: what another load
+        // did before this one held it (an update put in place, content verified and recorded,
+        // another directory recorded) decides this one's plan, and that load may have ended
+        // between this one's plan and its lock. The torrent is cached by now: no peer is
+        // asked again, and the peers the first plan found are kept.
         let locked_dir = plan.base_dir.clone();
-        (plan, found) = self::plan(pow_dir, &args, &runtime)?;
+        let (mut again, found_again) = self::plan(pow_dir, &args, &runtime)?;
+        if again.torrent_from == "cache" && again.metainfo.info_hash == plan.metainfo.info_hash {
+            // Read back from where the first plan put it: that one says where it came from.
+            again.torrent_from = std::mem::take(&mut plan.torrent_from);
+        }
+        plan = again;
+        if !found_again.connections.is_empty() || !found_again.peers.is_empty() {
+            found = found_again;
+        }
         if plan.base_dir == locked_dir {
             break lock;
         }
