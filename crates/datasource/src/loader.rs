@@ -655,7 +655,9 @@ impl LoadPlan {
         }
     }
 
-    /// The source's `file_name` must be among the files the torrent delivered.
+    /// The source's `file_name` must be among the files the torrent delivered: its path in the
+    /// torrent (`cells/a.zip`, a single file's name) or below the content's root (`a.zip`).
+    /// Only the torrent's own files count, not whatever else the base directory holds.
     fn check_file_names(&self) -> Check {
         if self.file_names.is_empty() {
             return Check::new(
@@ -664,18 +666,22 @@ impl LoadPlan {
                 "no file_name in the graph".into(),
             );
         }
+        let root = self.metainfo.name.as_str();
+        let delivered = |name: &str| {
+            self.metainfo.files.iter().any(|file| {
+                let path = file.path.as_str();
+                !file.attr.pad
+                    && (path == name
+                        || path
+                            .strip_prefix(root)
+                            .and_then(|below| below.strip_prefix('/'))
+                            == Some(name))
+            })
+        };
         let missing: Vec<&String> = self
             .file_names
             .iter()
-            .filter(|name| {
-                check_file_name(name).is_err()
-                    || !self.base_dir.join(name.as_str()).is_file()
-                        && !self
-                            .base_dir
-                            .join(&self.metainfo.name)
-                            .join(name.as_str())
-                            .is_file()
-            })
+            .filter(|name| !delivered(name))
             .collect();
         if missing.is_empty() {
             Check::new(
@@ -688,13 +694,12 @@ impl LoadPlan {
                 "file-name",
                 Outcome::Failed,
                 format!(
-                    "file_name {} is not among the torrent's files in {}",
+                    "file_name {} is not among the torrent's files",
                     missing
                         .iter()
                         .map(|s| s.as_str())
                         .collect::<Vec<_>>()
                         .join(", "),
-                    self.base_dir.display()
                 ),
             )
         }
@@ -1441,6 +1446,36 @@ mod tests {
         unknown.remove_update(&staged).unwrap();
         assert_eq!(std::fs::read(base.join("set/b")).unwrap(), b"old file b");
         assert_eq!(std::fs::read(base.join("set/c")).unwrap(), b"new file c");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A `file_name` counts when the torrent delivers it, by its path in the torrent or below
+    /// the content's root; a file of that name that the base directory holds otherwise does
+    /// not (it passed before).
+    #[test]
+    fn a_file_name_is_one_of_the_torrents_files() {
+        let dir = std::env::temp_dir().join(format!("pow-file-name-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for file in ["src/set/a", "src/set/sub/x", "base/README.md", "base/set/a"] {
+            let path = dir.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, file).unwrap();
+        }
+        let mut plan = update_plan(&dir.join("base"), &dir.join("src/set"), None);
+        let outcome = |plan: &mut LoadPlan, names: &[&str]| {
+            plan.file_names = names.iter().map(|n| n.to_string()).collect();
+            let check = plan.check_file_names();
+            (check.outcome, check.detail)
+        };
+        for delivered in ["a", "set/a", "sub/x", "set/sub/x"] {
+            let (outcome, detail) = outcome(&mut plan, &[delivered]);
+            assert_eq!(outcome, Outcome::Passed, "{delivered}: {detail}");
+        }
+        for other in ["README.md", "x", "set", "sub", "../base/README.md"] {
+            let (outcome, detail) = outcome(&mut plan, &[other]);
+            assert_eq!(outcome, Outcome::Failed, "{other}: {detail}");
+            assert!(detail.contains(other), "{detail}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
