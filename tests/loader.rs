@@ -1827,6 +1827,14 @@ fn a_directory_update_keeps_what_else_the_directory_holds() {
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert_eq!(json_of(&again)["network"], false);
     assert_eq!(std::fs::read(cells.join("empty")).unwrap(), b"");
+    // One linked in from elsewhere is read, not opened to write (the load failed on it).
+    let elsewhere = work.join("elsewhere-empty");
+    std::fs::write(&elsewhere, "").unwrap();
+    std::fs::remove_file(cells.join("empty")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, cells.join("empty")).unwrap();
+    let again = load_in_place();
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(json_of(&again)["network"], false);
 
     // Bytes added past a file's end: every piece still verifies, but the file is not the
     // content. It was reported verified, MD5 and all.

@@ -294,7 +294,13 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
         // Another source may have claimed the path during a long download.
         pow.refuse_overwriting_others(&plan)?;
         if let Some(staged) = &staged {
-            plan.install_update(staged)?;
+            // Warned of even with --json: what is left needs a person.
+            for left in plan.install_update(staged)? {
+                eprintln!(
+                    "pow: warning: not moved into the new content, left in {}: {left}",
+                    staged.base_dir.display()
+                );
+            }
         }
         pow.record_load(&plan, bytes)?;
         if let Some(staged) = &staged {
@@ -306,15 +312,23 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
             }
         }
         match plan.remove_abandoned_updates() {
-            Ok(removed) if !args.json => {
-                for path in removed {
+            Ok((removed, kept)) => {
+                if !args.json {
+                    for path in removed {
+                        eprintln!(
+                            "pow: removed {}, left by an earlier update of this source",
+                            path.display()
+                        );
+                    }
+                }
+                for path in kept {
                     eprintln!(
-                        "pow: removed {}, left by an earlier update of this source",
+                        "pow: warning: kept {}: an update stopped there while it moved files \
+                         that were not its content back into it; see to them",
                         path.display()
                     );
                 }
             }
-            Ok(_) => {}
             Err(e) => eprintln!("pow: warning: an abandoned update is not removed: {e}"),
         }
     }

@@ -60,7 +60,11 @@ impl ContentDigester {
             metainfo
                 .files
                 .iter()
-                .map(|f| (f.path.under(root), f.length, f.attr.pad)),
+                // A BEP 47 symbolic link holds no bytes of the content, as a padding file.
+                .map(|f| {
+                    let no_bytes = f.attr.pad || f.symlink_target.is_some();
+                    (f.path.under(root), f.length, no_bytes)
+                }),
             with_sha256,
         )
     }
@@ -192,8 +196,7 @@ impl ContentDigester {
                     std::io::ErrorKind::InvalidData,
                     format!(
                         "{} is {on_disk} bytes, the torrent says {length}: the bytes past its \
-                         end are not the content (cut the file to {length} bytes, or move it \
-                         away, and load again)",
+                         end are not the content",
                         path.display()
                     ),
                 ));

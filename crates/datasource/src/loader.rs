@@ -600,7 +600,10 @@ impl LoadPlan {
             Ok(d) => d,
             Err(e) => {
                 let detail = match e.kind() {
-                    std::io::ErrorKind::InvalidData => e.to_string(),
+                    std::io::ErrorKind::InvalidData => format!(
+                        "{e} (cut the file to the torrent's length, or move it away, and load \
+                         again)"
+                    ),
                     _ => format!("cannot read the content: {e}"),
                 };
                 checks.push(Check::new("md5-torrent-name", Outcome::Failed, detail));
@@ -788,46 +791,79 @@ impl LoadPlan {
     /// the earlier content at [`LoadPlan::content_path`], with the new content's resume file,
     /// and syncs the directory. A file replaces a file in one rename; a directory (or a change
     /// of kind) takes two, the earlier moved aside into the update directory first, and a load
-    /// stopped between them finds the new content verified in the update directory and puts
-    /// it in place again. What the earlier directory held besides its torrent's files (another
-    /// source loaded with a `--base-dir` inside it, the user's own files) is then moved into
-    /// the new one ([`carry_over`]); a new content that is a file where such entries are is
-    /// refused, before anything moves. The update directory is left for
-    /// [`LoadPlan::remove_update`].
-    pub fn install_update(&self, staged: &LoadPlan) -> Result<()> {
+    /// stopped between or after them finds the new content verified and finishes the install.
+    ///
+    /// Only the earlier torrent's own files go with it: what else the earlier directory holds
+    /// (another source loaded with a `--base-dir` inside it, the user's own files) is moved
+    /// into the new one, and where the new content has something at such a path (or is a
+    /// file) the update is refused before anything moves. Without the earlier torrent (no
+    /// longer cached) whatever the new content has no file at is kept, and the rest goes. While
+    /// entries are to be moved, the update directory is marked ([`MOVING`]) and nothing
+    /// removes it ([`LoadPlan::remove_update`], [`LoadPlan::remove_abandoned_updates`]): a
+    /// stop leaves them there for the next install. Returns what could not be moved (left in
+    /// the update directory, which is then kept), each with why.
+    pub fn install_update(&self, staged: &LoadPlan) -> Result<Vec<String>> {
         let content = self.content_path();
         let new = staged.content_path();
         let aside = staged.base_dir.join(format!("{RESERVED_PREFIX}replaced"));
-        let earlier = self.replaced.as_deref().and_then(EarlierFiles::of);
-        // A load stopped after both renames left entries to carry over in what is aside.
-        carry_over(&aside, Some(&content), earlier.as_ref())?;
-        let replaces_in_one_rename = match std::fs::symlink_metadata(&content) {
-            Ok(old) => old.is_file() && new.is_file(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-            Err(e) => return Err(Error::io(&content)(e)),
-        };
-        if !replaces_in_one_rename {
-            if !new.is_dir() {
-                let others = carry_over(&content, None, earlier.as_ref())?;
-                if let Some(first) = others.first() {
+        let moving = staged.base_dir.join(MOVING);
+        // Paths compare below the content's root: only an earlier torrent of the same name
+        // is known to be what is there.
+        let earlier = self
+            .replaced
+            .as_deref()
+            .filter(|torrent| torrent.name == self.metainfo.name)
+            .and_then(EarlierFiles::of);
+        let exists = |path: &Path| std::fs::symlink_metadata(path).is_ok();
+        if exists(&aside) {
+            if !exists(&content) {
+                // Stopped between the two renames.
+                std::fs::rename(&new, &content).map_err(Error::io(&content))?;
+            }
+            // Else stopped after both: the content is the new one already.
+        } else {
+            let replaces_in_one_rename = match std::fs::symlink_metadata(&content) {
+                Ok(old) => old.is_file() && new.is_file(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(e) => return Err(Error::io(&content)(e)),
+            };
+            if !replaces_in_one_rename {
+                let in_the_way =
+                    walk_others(&content, &new, earlier.as_ref(), Walk::Plan).in_the_way;
+                // Without the earlier torrent, what is in the way may be its own files, which
+                // go; but nothing can be kept inside a file.
+                if !in_the_way.is_empty() && (earlier.is_some() || !new.is_dir()) {
                     return Err(Error::NotLoadable {
                         id: self.id.clone(),
                         why: format!(
-                            "its new content is a file, and the directory it replaces, {}, \
-                             holds {} besides the earlier content's files (such as {}): move \
-                             them away and load again",
+                            "{} holds {} entries besides the earlier content's files where the \
+                             new content has its own (such as {}): move them away and load again",
                             content.display(),
-                            others.len(),
-                            first.display()
+                            in_the_way.len(),
+                            in_the_way[0].display()
                         ),
                     });
                 }
+                std::fs::write(&moving, b"").map_err(Error::io(&moving))?;
+                std::fs::rename(&content, &aside).map_err(Error::io(&content))?;
             }
-            remove_any(&aside)?;
-            std::fs::rename(&content, &aside).map_err(Error::io(&content))?;
+            std::fs::rename(&new, &content).map_err(Error::io(&content))?;
         }
-        std::fs::rename(&new, &content).map_err(Error::io(&content))?;
-        carry_over(&aside, Some(&content), earlier.as_ref())?;
+        let mut left = Vec::new();
+        if exists(&moving) {
+            let walked = walk_others(&aside, &content, earlier.as_ref(), Walk::Move);
+            left = walked.failed;
+            if earlier.is_some() {
+                left.extend(
+                    walked.in_the_way.iter().map(|path| {
+                        format!("{}: the new content has its own there", path.display())
+                    }),
+                );
+            }
+            if left.is_empty() {
+                remove_any(&moving)?;
+            }
+        }
         let hex = self.metainfo.info_hash.to_hex();
         let resume = pow_storage::resume::resume_file_in(&staged.base_dir, &hex);
         if resume.exists() {
@@ -836,19 +872,25 @@ impl LoadPlan {
         }
         std::fs::File::open(&self.base_dir)
             .and_then(|dir| dir.sync_all())
-            .map_err(Error::io(&self.base_dir))
+            .map_err(Error::io(&self.base_dir))?;
+        Ok(left)
     }
 
     /// After [`LoadPlan::install_update`] and the record: removes the update directory (with
     /// the earlier content, when it was moved aside) and the earlier torrent's resume file.
-    pub fn remove_update(&self, staged: &LoadPlan) -> Result<()> {
+    /// An update directory still holding entries to move ([`MOVING`]) is kept: false then.
+    pub fn remove_update(&self, staged: &LoadPlan) -> Result<bool> {
         if let Some(earlier) = &self.replaces {
             remove_any(&pow_storage::resume::resume_file_in(
                 &self.base_dir,
                 earlier,
             ))?;
         }
-        remove_any(&staged.base_dir)
+        if staged.base_dir.join(MOVING).exists() {
+            return Ok(false);
+        }
+        remove_any(&staged.base_dir)?;
+        Ok(true)
     }
 
     /// After a load of this source is in place and recorded: removes the update directories in
@@ -856,15 +898,18 @@ impl LoadPlan {
     /// definition changed again before the update was loaded, or back), and one for this very
     /// content that a load stopped after recording it left (with the earlier content in it,
     /// once moved aside). Each is marked with the source's IRI; other sources' (and unmarked)
-    /// ones stay. Returns what it removed.
-    pub fn remove_abandoned_updates(&self) -> Result<Vec<PathBuf>> {
+    /// ones stay, and so does one still holding entries an install was moving ([`MOVING`]).
+    /// Returns what it removed, and what it kept for that reason.
+    pub fn remove_abandoned_updates(&self) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
         let prefix = format!("{RESERVED_PREFIX}update-");
         let entries = match std::fs::read_dir(&self.base_dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Vec::new(), Vec::new()))
+            }
             Err(e) => return Err(Error::io(&self.base_dir)(e)),
         };
-        let mut removed = Vec::new();
+        let (mut removed, mut kept) = (Vec::new(), Vec::new());
         for entry in entries {
             let entry = entry.map_err(Error::io(&self.base_dir))?;
             let path = entry.path();
@@ -872,14 +917,23 @@ impl LoadPlan {
             let ours = name.starts_with(&prefix)
                 && std::fs::read_to_string(path.join(UPDATE_OWNER))
                     .is_ok_and(|iri| iri == self.iri);
-            if ours {
+            if !ours {
+                continue;
+            }
+            if path.join(MOVING).exists() {
+                kept.push(path);
+            } else {
                 remove_any(&path)?;
                 removed.push(path);
             }
         }
-        Ok(removed)
+        Ok((removed, kept))
     }
 }
+
+/// In an update directory: entries of the earlier content that are not its torrent's may
+/// still be aside in it (see [`LoadPlan::install_update`]).
+const MOVING: &str = ".pow-moving";
 
 /// The files of an earlier content directory that are its torrent's, and the directories
 /// holding them, relative to the content's root.
@@ -912,71 +966,87 @@ impl EarlierFiles {
     }
 }
 
-/// Moves each entry of the directory `from` (earlier content moved aside) that is not one of
-/// `earlier`'s files to the same place under `to` (the new content), and returns where each
-/// went; with `to` `None`, only lists them. Without `earlier` (its torrent no longer cached)
-/// every entry counts, so files the earlier version alone had are kept too: better than
-/// removing what may not be its. An entry where the new content has a file stays behind,
-/// and goes with the earlier content. Nothing when `from` is not a directory.
-fn carry_over(
-    from: &Path,
-    to: Option<&Path>,
-    earlier: Option<&EarlierFiles>,
-) -> Result<Vec<PathBuf>> {
-    fn walk(
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Only find what is in the way.
+    Plan,
+    Move,
+}
+
+/// What [`walk_others`] found.
+#[derive(Default)]
+struct Others {
+    /// Entries (paths in `from`) where `to` has something else: left where they are.
+    in_the_way: Vec<PathBuf>,
+    /// Moves that failed, each with why: left where they are.
+    failed: Vec<String>,
+}
+
+/// Walks the directory `from` (an earlier content) for the entries that are not one of
+/// `earlier`'s files and, with [`Walk::Move`], moves each to the same place under `to` (the
+/// new content), making its directories. Without `earlier`, every entry counts. A directory of
+/// both is walked into; an entry where `to` has something else (or where `to` is not a
+/// directory) is in the way. A symbolic link is moved as one, never followed.
+fn walk_others(from: &Path, to: &Path, earlier: Option<&EarlierFiles>, walk: Walk) -> Others {
+    fn visit(
         from: &Path,
-        to: Option<&Path>,
+        to: &Path,
         relative: &Path,
         earlier: Option<&EarlierFiles>,
-        moved: &mut Vec<PathBuf>,
-    ) -> Result<()> {
+        walk: Walk,
+        found: &mut Others,
+    ) {
         let directory = from.join(relative);
-        for entry in std::fs::read_dir(&directory).map_err(Error::io(&directory))? {
-            let entry = entry.map_err(Error::io(&directory))?;
+        let entries = match std::fs::read_dir(&directory) {
+            Ok(entries) => entries,
+            Err(e) => return found.failed.push(format!("{}: {e}", directory.display())),
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => return found.failed.push(format!("{}: {e}", directory.display())),
+            };
             let path = relative.join(entry.file_name());
             if earlier.is_some_and(|e| e.files.contains(&path)) {
                 continue;
             }
-            let is_directory = entry
-                .file_type()
-                .map_err(Error::io(&entry.path()))?
-                .is_dir();
-            let Some(to) = to else {
-                if is_directory && earlier.is_some_and(|e| e.directories.contains(&path)) {
-                    walk(from, None, &path, earlier, moved)?;
-                } else {
-                    moved.push(from.join(&path));
-                }
-                continue;
-            };
+            let is_directory = entry.file_type().is_ok_and(|t| t.is_dir());
+            let earlier_directory = earlier.is_some_and(|e| e.directories.contains(&path));
             let target = to.join(&path);
             match std::fs::symlink_metadata(&target) {
                 Ok(there) if there.is_dir() && is_directory => {
-                    walk(from, Some(to), &path, earlier, moved)?;
+                    visit(from, to, &path, earlier, walk, found);
                 }
-                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    if is_directory && earlier.is_some_and(|e| e.directories.contains(&path)) {
-                        walk(from, Some(to), &path, earlier, moved)?;
-                    } else {
-                        let parent = target.parent().expect("below the content");
-                        std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
-                        std::fs::rename(entry.path(), &target).map_err(Error::io(&target))?;
-                        moved.push(target);
+                    if is_directory && earlier_directory {
+                        // Gone from the new content: only what else it holds moves.
+                        visit(from, to, &path, earlier, walk, found);
+                    } else if walk == Walk::Move {
+                        let moved = target
+                            .parent()
+                            .map_or(Ok(()), std::fs::create_dir_all)
+                            .and_then(|()| std::fs::rename(entry.path(), &target));
+                        if let Err(e) = moved {
+                            found
+                                .failed
+                                .push(format!("{}: {e}", entry.path().display()));
+                        }
                     }
                 }
-                Err(e) => return Err(Error::io(&target)(e)),
+                // Something else there, or `to` is not a directory (ENOTDIR).
+                _ if is_directory && earlier_directory => {
+                    visit(from, to, &path, earlier, walk, found);
+                }
+                _ => found.in_the_way.push(from.join(&path)),
             }
         }
-        Ok(())
     }
+    let mut found = Others::default();
     let is_directory = |path: &Path| std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
-    let mut moved = Vec::new();
-    // A new content that is a file was let in place only if nothing was to be carried.
-    if is_directory(from) && to.is_none_or(is_directory) {
-        walk(from, to, Path::new(""), earlier, &mut moved)?;
+    if is_directory(from) {
+        visit(from, to, Path::new(""), earlier, walk, &mut found);
     }
-    Ok(moved)
+    found
 }
 
 /// The file in an update directory that names the data source it was begun for.
@@ -1367,81 +1437,90 @@ mod tests {
         let again = plan.reuse_unchanged_files(&staged).unwrap();
         assert_eq!(again, 0, "already there");
 
-        // Stopped after the old version was moved aside, before the new took its place.
-        std::fs::rename(base.join("set"), staged.base_dir.join(".pow-replaced")).unwrap();
-        plan.install_update(&staged).unwrap();
-        plan.remove_update(&staged).unwrap();
-        let mut names: Vec<_> = std::fs::read_dir(base.join("set"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(
-            names,
-            [
-                ".pow-resume-ff",
-                "a",
-                "c",
-                "c.zip",
-                "empty",
-                "more",
-                "notes.txt"
-            ]
-        );
-        for name in others {
+        // The earlier version in place again, with the others' entries.
+        let earlier_in_place = || {
+            let _ = std::fs::remove_dir_all(base.join("set"));
+            write(base.join("set/a"), b"unchanged a");
+            write(base.join("set/b"), b"old file b");
+            for name in others {
+                write(base.join("set").join(name), name.as_bytes());
+            }
+        };
+        let new_in_update_dir = || {
+            write(staged.base_dir.join("set/a"), b"unchanged a");
+            write(staged.base_dir.join("set/c"), b"new file c");
+            write(staged.base_dir.join("set/empty"), b"");
+        };
+        // The new version is in place with every other entry, and the rest is gone.
+        let updated = |plan: &LoadPlan| {
+            let left = plan.install_update(&staged).unwrap();
+            assert!(left.is_empty(), "{left:?}");
+            assert!(plan.remove_update(&staged).unwrap());
+            let mut names: Vec<_> = std::fs::read_dir(base.join("set"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
             assert_eq!(
-                std::fs::read(base.join("set").join(name)).unwrap(),
-                name.as_bytes()
+                names,
+                [
+                    ".pow-resume-ff",
+                    "a",
+                    "c",
+                    "c.zip",
+                    "empty",
+                    "more",
+                    "notes.txt"
+                ]
             );
-        }
-        assert!(!staged.base_dir.exists());
+            for name in others {
+                assert_eq!(
+                    std::fs::read(base.join("set").join(name)).unwrap(),
+                    name.as_bytes()
+                );
+            }
+            assert_eq!(std::fs::read(base.join("set/c")).unwrap(), b"new file c");
+            assert!(!staged.base_dir.exists());
+            let left: Vec<_> = std::fs::read_dir(&base).unwrap().collect();
+            assert_eq!(left.len(), 1, "only the content is left: {left:?}");
+        };
+
+        // Stopped after the old version was moved aside (the update directory marked), before
+        // the new took its place.
+        std::fs::write(staged.base_dir.join(MOVING), b"").unwrap();
+        std::fs::rename(base.join("set"), staged.base_dir.join(".pow-replaced")).unwrap();
+        updated(&plan);
         assert!(!earlier_resume.exists());
 
-        // And a whole update, from the old directory in place.
-        write(base.join("set/b"), b"old file b");
-        write(staged.base_dir.join("set/a"), b"unchanged a");
-        write(staged.base_dir.join("set/c"), b"new file c");
+        // A whole update, from the earlier version in place.
+        earlier_in_place();
+        new_in_update_dir();
         plan.install_update(&staged).unwrap();
         assert!(
             staged.base_dir.join(".pow-replaced/b").exists(),
             "moved aside"
         );
-        plan.remove_update(&staged).unwrap();
-        assert!(!base.join("set/b").exists());
-        assert_eq!(std::fs::read(base.join("set/c")).unwrap(), b"new file c");
-        for name in others {
-            assert_eq!(
-                std::fs::read(base.join("set").join(name)).unwrap(),
-                name.as_bytes()
-            );
-        }
-        let left: Vec<_> = std::fs::read_dir(&base).unwrap().collect();
-        assert_eq!(left.len(), 1, "only the content is left: {left:?}");
+        assert!(!staged.base_dir.join(MOVING).exists(), "all moved");
+        assert!(plan.remove_update(&staged).unwrap());
 
-        // Stopped after both renames, before what was not the earlier content's was carried
-        // over: the rerun carries it over first.
-        write(base.join("set/b"), b"old file b");
-        write(staged.base_dir.join("set/a"), b"unchanged a");
-        write(staged.base_dir.join("set/c"), b"new file c");
+        // Stopped after both renames, before the others' entries were moved back: the next
+        // install moves them.
+        earlier_in_place();
+        new_in_update_dir();
+        std::fs::write(staged.base_dir.join(MOVING), b"").unwrap();
         std::fs::rename(base.join("set"), staged.base_dir.join(".pow-replaced")).unwrap();
         std::fs::rename(staged.base_dir.join("set"), base.join("set")).unwrap();
-        write(staged.base_dir.join("set/a"), b"unchanged a");
-        write(staged.base_dir.join("set/c"), b"new file c");
-        plan.install_update(&staged).unwrap();
-        plan.remove_update(&staged).unwrap();
-        for name in others {
-            assert_eq!(
-                std::fs::read(base.join("set").join(name)).unwrap(),
-                name.as_bytes()
-            );
-        }
-        assert!(!base.join("set/b").exists());
+        // Nothing else removes the update directory meanwhile: it still holds their files.
+        assert!(!plan.remove_update(&staged).unwrap());
+        std::fs::write(staged.base_dir.join(UPDATE_OWNER), &plan.iri).unwrap();
+        let (removed, kept) = plan.remove_abandoned_updates().unwrap();
+        assert_eq!((removed, kept), (vec![], vec![staged.base_dir.clone()]));
+        updated(&plan);
 
         // Without the earlier torrent, a file it alone had is kept too (it may not be its).
         let unknown = update_plan(&base, &dir.join("src/set"), None);
-        write(base.join("set/b"), b"old file b");
-        write(staged.base_dir.join("set/a"), b"unchanged a");
-        write(staged.base_dir.join("set/c"), b"new file c");
+        earlier_in_place();
+        new_in_update_dir();
         unknown.install_update(&staged).unwrap();
         unknown.remove_update(&staged).unwrap();
         assert_eq!(std::fs::read(base.join("set/b")).unwrap(), b"old file b");
@@ -1449,33 +1528,49 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A `file_name` counts when the torrent delivers it, by its path in the torrent or below
-    /// the content's root; a file of that name that the base directory holds otherwise does
-    /// not (it passed before).
+    /// Where the new version has a file at the path of an entry that is not the earlier
+    /// torrent's (a directory of it now a file, holding the user's file; the user's file of
+    /// the same name), the update is refused before anything moves.
     #[test]
-    fn a_file_name_is_one_of_the_torrents_files() {
-        let dir = std::env::temp_dir().join(format!("pow-file-name-{}", std::process::id()));
+    fn an_update_that_would_take_the_place_of_others_files_is_refused() {
+        let dir = std::env::temp_dir().join(format!("pow-update-way-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        for file in ["src/set/a", "src/set/sub/x", "base/README.md", "base/set/a"] {
-            let path = dir.join(file);
+        let write = |path: PathBuf, bytes: &[u8]| {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, file).unwrap();
-        }
-        let mut plan = update_plan(&dir.join("base"), &dir.join("src/set"), None);
-        let outcome = |plan: &mut LoadPlan, names: &[&str]| {
-            plan.file_names = names.iter().map(|n| n.to_string()).collect();
-            let check = plan.check_file_names();
-            (check.outcome, check.detail)
+            std::fs::write(path, bytes).unwrap();
         };
-        for delivered in ["a", "set/a", "sub/x", "set/sub/x"] {
-            let (outcome, detail) = outcome(&mut plan, &[delivered]);
-            assert_eq!(outcome, Outcome::Passed, "{delivered}: {detail}");
+        write(dir.join("base/set/docs/x"), b"old x");
+        let earlier = torrent_of(&dir.join("base/set"));
+        write(dir.join("src/set/docs"), b"docs is a file now");
+        write(dir.join("src/set/notes.txt"), b"the new version's notes");
+        let plan = update_plan(&dir.join("base"), &dir.join("src/set"), Some(earlier));
+        let staged = plan.staged().unwrap();
+        write(staged.base_dir.join("set/docs"), b"docs is a file now");
+        write(
+            staged.base_dir.join("set/notes.txt"),
+            b"the new version's notes",
+        );
+        for mine in ["docs/mine.txt", "notes.txt"] {
+            write(dir.join("base/set").join(mine), b"mine");
+            let refused = plan.install_update(&staged).unwrap_err().to_string();
+            assert!(refused.contains(mine), "{refused}");
+            assert_eq!(
+                std::fs::read(dir.join("base/set").join(mine)).unwrap(),
+                b"mine"
+            );
+            assert_eq!(
+                std::fs::read(dir.join("base/set/docs/x")).unwrap(),
+                b"old x"
+            );
+            std::fs::remove_file(dir.join("base/set").join(mine)).unwrap();
         }
-        for other in ["README.md", "x", "set", "sub", "../base/README.md"] {
-            let (outcome, detail) = outcome(&mut plan, &[other]);
-            assert_eq!(outcome, Outcome::Failed, "{other}: {detail}");
-            assert!(detail.contains(other), "{detail}");
-        }
+        // Once they are moved away, the update goes through.
+        assert!(plan.install_update(&staged).unwrap().is_empty());
+        assert!(plan.remove_update(&staged).unwrap());
+        assert_eq!(
+            std::fs::read(dir.join("base/set/docs")).unwrap(),
+            b"docs is a file now"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

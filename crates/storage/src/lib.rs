@@ -970,8 +970,9 @@ impl Storage {
         Ok(found.into_inner().expect("check lock").0)
     }
 
-    /// Readies the files a download fills: creates every zero-length file now (they hold no
-    /// piece, so no write would create them), and marks the `wanted` ones (all, for `None`)
+    /// Readies the files a download fills: creates every zero-length file that is missing now
+    /// (they hold no piece, so no write would create them; one already there is left alone,
+    /// read-only or linked in from elsewhere as it may be), and marks the `wanted` ones (all, for `None`)
     /// to have their blocks allocated in full when their first block is written. A file only
     /// touched by a wanted file's piece stays sparse, so `--only` never fills the disk with
     /// files nobody asked for.
@@ -993,7 +994,9 @@ impl Storage {
                 continue;
             }
             if file.length == 0 {
-                self.handle(index, Open::Create)?;
+                if std::fs::symlink_metadata(&file.path).is_err() {
+                    self.handle(index, Open::Create)?;
+                }
             } else if is_wanted[index] {
                 file.allocate.store(true, Ordering::Relaxed);
             }
