@@ -50,14 +50,20 @@ struct Setup {
 
 impl Setup {
     fn new(tag: &str) -> Setup {
+        let setup = Setup::of_length(tag, PAYLOAD_LEN);
+        assert_eq!(setup.pieces, 65);
+        setup
+    }
+
+    /// A payload of `length` bytes, in pieces of [`PIECE_LEN`].
+    fn of_length(tag: &str, length: usize) -> Setup {
         let work = TempDir::new(&format!("hseed-{tag}"));
-        let payload = pseudo_random_bytes(PAYLOAD_LEN, 0x9e37_79b9_7f4a_7c15);
+        let payload = pseudo_random_bytes(length, 0x9e37_79b9_7f4a_7c15);
         let file = work.path().join("payload.bin");
         std::fs::write(&file, &payload).unwrap();
         let torrent = work.path().join("payload.torrent");
         let metainfo = common::create_torrent(&file, &torrent, PIECE_LEN);
         let pieces = metainfo.geometry.piece_count();
-        assert_eq!(pieces, 65);
         Setup {
             work,
             torrent,
@@ -127,6 +133,11 @@ fn piece_frame(index: u32, begin: u32, data: &[u8]) -> Vec<u8> {
 /// An honest seed: answers every request with the payload's bytes, but unchokes only once the
 /// gate opens. Serves every connection the downloader makes until it closes.
 fn honest_seed(setup: &Setup, gate: Gate) -> SocketAddr {
+    honest_seed_slow_on_first_blocks(setup, gate, Duration::ZERO)
+}
+
+/// [`honest_seed`], waiting `delay` before it sends the first block of a piece.
+fn honest_seed_slow_on_first_blocks(setup: &Setup, gate: Gate, delay: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let payload = setup.payload.clone();
@@ -137,7 +148,7 @@ fn honest_seed(setup: &Setup, gate: Gate) -> SocketAddr {
             let Ok(stream) = stream else { return };
             let (payload, gate, bitfield) = (payload.clone(), gate.clone(), bitfield.clone());
             std::thread::spawn(move || {
-                let _ = serve_honestly(stream, info_hash, &payload, &gate, &bitfield);
+                let _ = serve_honestly(stream, info_hash, &payload, &gate, &bitfield, delay);
             });
         }
     });
@@ -150,6 +161,7 @@ fn serve_honestly(
     payload: &[u8],
     gate: &Gate,
     bitfield: &[u8],
+    first_block_delay: Duration,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let mut theirs = [0u8; 68];
@@ -166,6 +178,9 @@ fn serve_honestly(
         reader.read_exact(&mut body)?;
         if body.first() == Some(&REQUEST) {
             let (index, begin, length) = (word(&body, 1), word(&body, 5), word(&body, 9));
+            if begin == 0 {
+                std::thread::sleep(first_block_delay);
+            }
             let start = index as usize * PIECE_LEN as usize + begin as usize;
             stream.write_all(&piece_frame(
                 index,
@@ -944,6 +959,75 @@ fn a_bad_block_in_a_piece_others_served_bans_only_its_sender() {
             );
         },
     );
+}
+
+/// A peer that answers only the first block of each piece it is asked for, at once and always
+/// with the same wrong bytes, while an honest seed sends that block a little later: in end-game
+/// its block wins every attempt at a piece the honest seed sends the rest of. Each such
+/// attempt failed with blocks from both, which strikes nobody (smart ban waits for the piece to
+/// verify), and the one-piece download never ended. Now both go on parole after the first:
+/// whole pieces of their own. The honest seed's verifies, and the block that differs bans the
+/// hostile peer; the hostile peer's own stalls after its bad block, each a strike.
+#[test]
+fn a_peer_that_poisons_every_attempt_at_a_piece_cannot_keep_it_from_verifying() {
+    let setup = Setup::of_length("parole", PIECE_LEN as usize);
+    assert_eq!(setup.pieces, 1);
+    let gate = Gate::default();
+    gate.open();
+    let honest = honest_seed_slow_on_first_blocks(&setup, gate, Duration::from_millis(300));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hostile_addr = listener.local_addr().unwrap();
+    let mut download = Downloader::start(&setup, &[hostile_addr, honest]);
+    let poisoned = std::thread::scope(|scope| {
+        let setup = &setup;
+        let hostile = scope.spawn(move || {
+            let mut peer = RawPeer::accept(&listener, setup.info_hash, setup.info_hash);
+            peer.send(BITFIELD, &setup.full_bitfield()).unwrap();
+            peer.send(UNCHOKE, &[]).unwrap();
+            let mut poisoned = 0;
+            loop {
+                match peer.read(Duration::from_secs(30)) {
+                    Ok((REQUEST, p)) if word(&p, 4) == 0 => {
+                        let (index, length) = (word(&p, 0), word(&p, 8));
+                        let mut data = setup.block(index, 0, length).to_vec();
+                        data[100] ^= 0x01;
+                        let sent = peer.stream.write_all(&piece_frame(index, 0, &data));
+                        if sent.is_err() {
+                            return poisoned;
+                        }
+                        poisoned += 1;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return poisoned,
+                }
+            }
+        });
+        let summary = download.summary(Duration::from_secs(40));
+        // The ban follows the piece's verdict by a read of it, which may come after the
+        // summary.
+        let banned = format!("{hostile_addr}: banned");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !download.log().contains(&banned) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = download.log();
+        println!(
+            "parole: complete in {:.2} s, {} hash failures",
+            summary["seconds"].as_f64().unwrap(),
+            summary["hash_failures"]
+        );
+        assert_eq!(summary["complete"], true, "{summary}");
+        assert!(log.contains(&banned), "the hostile peer is banned:\n{log}");
+        assert_eq!(
+            log.matches(": banned").count(),
+            1,
+            "the honest seed is not:\n{log}"
+        );
+        drop(download);
+        hostile.join().unwrap()
+    });
+    println!("parole: the hostile peer sent {poisoned} bad first blocks");
+    assert!(poisoned >= 1);
 }
 
 /// A peer that has every piece the downloader still wants (not all: it lacks the last, which

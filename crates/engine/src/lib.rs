@@ -1536,11 +1536,15 @@ mod tests {
                 .await
                 .unwrap();
             let inner = torrent.inner.clone();
-            let (first, second) = (100, 101);
             let addr = |port| SocketAddr::from(([127, 0, 0, 2], port));
             let mut all = Bitfield::new(1);
             all.set(0);
+            // The same two peers each time, connected again under new keys: on one connection
+            // each would be on parole after the first failure, fetching whole pieces alone.
+            let key = AtomicU64::new(100);
             let attempt = |first_block: [u8; 20]| {
+                let first = key.fetch_add(2, Ordering::Relaxed);
+                let second = first + 1;
                 let mut state = inner.lock();
                 assert_eq!(state.picker.pick(first, &all, 1).len(), 1);
                 assert_eq!(state.picker.pick(second, &all, 1).len(), 1);

@@ -1033,8 +1033,12 @@ impl Peer {
 
     fn release_requests(&mut self) {
         let mut state = self.inner.lock();
+        let mut abandoned = false;
         for block in self.inflight.values() {
-            state.picker.request_failed(self.key, block);
+            abandoned |= state.picker.request_failed(self.key, block);
+        }
+        if abandoned {
+            abandoned_on_parole(&mut state, self.addr);
         }
         drop(state);
         self.withdraw_all();
@@ -1291,7 +1295,10 @@ impl Peer {
                     .fetch_add(1, Ordering::Relaxed);
                 // The block goes back to the picker at once instead of waiting for a snub.
                 if let Some(block) = self.take_back((r.index, r.begin)) {
-                    self.inner.lock().picker.request_failed(self.key, &block);
+                    let mut state = self.inner.lock();
+                    if state.picker.request_failed(self.key, &block) {
+                        abandoned_on_parole(&mut state, self.addr);
+                    }
                 }
             }
             Message::Request(r) => self.queue_request(r)?,
@@ -1889,7 +1896,9 @@ fn block_hashes(piece: &[u8]) -> Vec<[u8; 20]> {
 /// are freed for re-request. A bad piece all from one peer gives it a strike. One whose blocks
 /// came from several peers gives none: with `bad_blocks` (the SHA-1 of each block of the bad
 /// attempt) each sender's block is kept as a suspect, and once the piece verifies, whoever
-/// sent a block that differs from the good one is banned (libtorrent's smart ban). Striking
+/// sent a block that differs from the good one is banned (libtorrent's smart ban); meanwhile
+/// each sender is on parole (whole pieces of its own, see `pow_picker`), so a peer that sends
+/// the same bad block into every attempt cannot keep the piece from ever verifying. Striking
 /// every sender instead let a peer that slipped bad blocks into an honest seed's pieces get
 /// that seed banned; without `bad_blocks` (a web seed's in-memory check) every sender is
 /// struck, as before.
@@ -1904,6 +1913,9 @@ pub(crate) fn record_verdict(
     let senders = state.senders.remove(&index).unwrap_or_default();
     if ok {
         state.picker.piece_verified(index);
+        if let (false, Some(sender)) = (senders.mixed, senders.blocks.first()) {
+            state.picker.end_parole(sender.key);
+        }
         crate::trace::event(&format!("verified {index}"));
         if state.picker.is_complete() {
             // Before the `have`s: a peer task reads it when it sends the last one (see
@@ -1934,9 +1946,13 @@ pub(crate) fn record_verdict(
         Some(hashes) if senders.mixed => {
             tracing::warn!(
                 "piece {index} failed its hash check; fetching it again (its blocks came from \
-                 {} peers: whoever sent a bad one is banned once it verifies)",
+                 {} peers: each gets whole pieces of its own until one verifies, and whoever \
+                 sent a bad block is banned once this one verifies)",
                 senders.peers().len()
             );
+            for sender in &senders.blocks {
+                state.picker.put_on_parole(sender.key);
+            }
             let mut two_faced = Vec::new();
             let suspects = state.suspects.entry(index).or_default();
             for sender in &senders.blocks {
@@ -1981,6 +1997,14 @@ pub(crate) fn record_verdict(
             }
         }
     }
+}
+
+/// The peer at `addr`, on parole, let a request of a piece of its own fail (a reject, a snub)
+/// instead of sending it whole: a strike, as for a bad piece it sent alone. Otherwise a peer
+/// that sends one bad block of each piece it opens and then stalls would never be singled out.
+fn abandoned_on_parole(state: &mut crate::State, addr: SocketAddr) {
+    tracing::warn!("{addr}: on parole, it did not send a piece of its own whole; a strike");
+    strike(state, addr);
 }
 
 /// A strike against the peer at `addr`; the last one bans it and closes its connection.

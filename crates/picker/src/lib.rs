@@ -9,6 +9,15 @@
 //! - End-game: once every missing block has been requested, blocks still in flight may be
 //!   requested again from other peers; when one arrives, [`Picker::block_received`] names the
 //!   other peers to send `cancel` to.
+//! - Parole ([`Picker::put_on_parole`], libtorrent's term): a peer that sent part of a piece
+//!   that failed its hash while others sent the rest gets whole pieces of its own until one
+//!   verifies. It opens pieces nobody else joins, joins none, and doubles up on nothing in
+//!   end-game; so its next piece fails on it alone (a strike) or verifies. Without it, a peer
+//!   that always sent the same bad block into pieces others served (end-game doubles it onto
+//!   the last pieces) was never singled out, and the download never ended. A piece of its own
+//!   is opened to others again when it chokes us, goes, or lets a request fail (the engine
+//!   counts the last as a strike); and with nothing of its own to fetch it joins others'
+//!   pieces, so peers that are all on parole cannot leave a piece waiting.
 //! - Priorities per piece (0 = skip), set from file selections by [`Picker::set_file_priority`].
 //! - In order, for a reader that follows the download ([`Picker::prefer_in_order`]): new pieces
 //!   come from a window of pieces past the first missing one, lowest first, before rarest first
@@ -39,7 +48,7 @@ pub use share::{Share, SHARE_BUCKETS};
 use candidates::Candidates;
 use pow_metainfo::{Block, Geometry, PieceIndex, BLOCK_SIZE};
 use pow_wire::Bitfield;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 pub const RANDOM_FIRST_PIECES: u32 = 4;
 
@@ -62,6 +71,8 @@ struct Partial {
     free: u32,
     /// The peer that opened this piece; it keeps going with it first.
     owner: Option<PeerKey>,
+    /// Opened by `owner` on parole: nobody else takes its blocks.
+    exclusive: bool,
 }
 
 /// What arrived block means.
@@ -96,6 +107,8 @@ pub struct Picker {
     missing: u32,
     bytes_left: u64,
     in_order: Option<InOrder>,
+    /// Peers on parole (see the module doc).
+    parole: HashSet<PeerKey>,
 }
 
 /// See [`Picker::prefer_in_order`].
@@ -125,6 +138,7 @@ impl Picker {
             missing: 0,
             bytes_left: 0,
             in_order: None,
+            parole: HashSet::new(),
         };
         picker.recount();
         picker
@@ -315,6 +329,22 @@ impl Picker {
             self.sub_availability(i);
         }
         self.peer_choked(peer);
+        self.parole.remove(&peer);
+    }
+
+    /// `peer` sent blocks of a piece that failed its hash, with others: from now on it gets
+    /// whole pieces of its own (see the module doc) until [`Picker::end_parole`].
+    pub fn put_on_parole(&mut self, peer: PeerKey) {
+        self.parole.insert(peer);
+    }
+
+    /// A piece `peer` sent alone verified.
+    pub fn end_parole(&mut self, peer: PeerKey) {
+        self.parole.remove(&peer);
+    }
+
+    pub fn on_parole(&self, peer: PeerKey) -> bool {
+        self.parole.contains(&peer)
     }
 
     /// The peer choked us (or went away): every request it had is free again.
@@ -334,18 +364,26 @@ impl Picker {
             }
             if partial.owner == Some(peer) {
                 partial.owner = None;
+                partial.exclusive = false;
             }
         }
     }
 
-    /// A request we sent was rejected or timed out.
-    pub fn request_failed(&mut self, peer: PeerKey, block: &Block) {
+    /// A request we sent was rejected or timed out. True when that ends the hold of a peer on
+    /// parole on a piece of its own: it did not deliver the whole piece, and others may now
+    /// take it (the caller may count that against it).
+    pub fn request_failed(&mut self, peer: PeerKey, block: &Block) -> bool {
         let piece = block.piece.get();
+        let mut abandoned = false;
         if let Some(partial) = self.partial.get_mut(&piece) {
             let Some(slot) = partial.blocks.get_mut((block.begin / BLOCK_SIZE) as usize) else {
-                return;
+                return false;
             };
             if let BlockState::Requested(peers) = slot {
+                if partial.exclusive && peers.contains(&peer) {
+                    partial.exclusive = false;
+                    abandoned = true;
+                }
                 peers.retain(|&p| p != peer);
                 if peers.is_empty() {
                     *slot = BlockState::Free;
@@ -354,6 +392,7 @@ impl Picker {
                 }
             }
         }
+        abandoned
     }
 
     /// Up to `max` blocks to request from `peer`, which has `bits`.
@@ -385,16 +424,23 @@ impl Picker {
         if max == 0 {
             return out;
         }
-        // 1. Pieces this peer opened, then 2. any other started piece it has.
+        let on_parole = self.parole.contains(&peer);
+        // 1. Pieces this peer opened, then 2. any other started piece it has (on parole, only
+        // its own; nobody joins a piece of a peer on parole).
         let mut started: Vec<u32> = self
             .open
             .iter()
             .copied()
             .filter(|&i| {
+                let partial = &self.partial[&i];
+                let own = partial.owner == Some(peer);
                 bits.get(i)
-                    && (spare.is_none()
-                        || self.lent[i as usize] == 0
-                        || self.partial[&i].owner == Some(peer))
+                    && (if on_parole {
+                        own && partial.exclusive
+                    } else {
+                        !partial.exclusive
+                    })
+                    && (spare.is_none() || self.lent[i as usize] == 0 || own)
             })
             .collect();
         started.sort_by_key(|i| (self.partial[i].owner != Some(peer), *i));
@@ -421,18 +467,42 @@ impl Picker {
                     received: 0,
                     free: blocks,
                     owner: Some(peer),
+                    exclusive: on_parole,
                 },
             );
             self.open.insert(piece);
             self.take_free(peer, piece, max, &mut out);
         }
+        // 2'. On parole with nothing of its own to fetch: the others' started pieces, rather
+        // than leave one waiting on peers that are all on parole.
+        if on_parole && out.is_empty() {
+            let others: Vec<u32> = self
+                .open
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    bits.get(i)
+                        && !self.partial[&i].exclusive
+                        && (spare.is_none() || self.lent[i as usize] == 0)
+                })
+                .collect();
+            for piece in others {
+                self.take_free(peer, piece, max, &mut out);
+                if out.len() >= max {
+                    return out;
+                }
+            }
+        }
         // 4. End-game: nothing free is left anywhere this peer could serve; double up on
         // blocks in flight with other peers.
-        if out.len() < max && self.all_requested() {
+        if out.len() < max && !on_parole && self.all_requested() {
             let mut in_flight: Vec<(u32, usize)> = Vec::new();
             for (&piece, partial) in &self.partial {
                 // A spared seed doubles only what no lender could send.
-                if !bits.get(piece) || (spare.is_some() && self.lent[piece as usize] > 0) {
+                if !bits.get(piece)
+                    || partial.exclusive
+                    || (spare.is_some() && self.lent[piece as usize] > 0)
+                {
                     continue;
                 }
                 for (i, block) in partial.blocks.iter().enumerate() {
@@ -658,6 +728,10 @@ impl Picker {
                 .filter(|b| **b == BlockState::Free)
                 .count() as u32;
             assert_eq!(partial.free, free, "free blocks of {piece}");
+            assert!(
+                !partial.exclusive || partial.owner.is_some(),
+                "exclusive {piece}"
+            );
             assert_eq!(self.open.contains(&piece), free > 0, "open {piece}");
         }
         assert!(self.open.iter().all(|p| self.partial.contains_key(p)));
@@ -886,6 +960,84 @@ mod tests {
             picker.block_received(1, 0, 16384, 16384),
             Received::PieceDone { .. }
         ));
+    }
+
+    /// A peer on parole opens pieces nobody joins, joins none, and doubles up on nothing in
+    /// end-game; its piece opens to others once it lets a request fail or chokes us.
+    #[test]
+    fn a_peer_on_parole_gets_whole_pieces_of_its_own() {
+        let g = geometry(2, 4 * 16384, 4 * 16384);
+        let mut picker = Picker::new(g, Bitfield::new(2));
+        let bits = full(2);
+        picker.peer_connected(&bits);
+        picker.peer_connected(&bits);
+        picker.put_on_parole(1);
+        let first = picker.pick(1, &bits, 2);
+        assert_eq!(first.len(), 2);
+        let own = first[0].piece.get();
+        assert!(first.iter().all(|b| b.piece.get() == own));
+        // The other peer opens the other piece, not the free half of the parole peer's.
+        let other = picker.pick(2, &bits, 8);
+        assert_eq!(other.len(), 4);
+        assert!(other.iter().all(|b| b.piece.get() != own), "{other:?}");
+        picker.check_invariants();
+        // Nothing else is free: no end-game for either on the other's piece.
+        assert!(picker.pick(2, &bits, 8).is_empty());
+        let rest = picker.pick(1, &bits, 8);
+        assert_eq!(rest.len(), 2, "the rest of its own piece, and no doubling");
+        assert!(rest.iter().all(|b| b.piece.get() == own));
+        assert!(picker.pick(1, &bits, 8).is_empty());
+        assert!(
+            picker.pick(2, &bits, 8).is_empty(),
+            "its blocks are not doubled"
+        );
+        // It lets one request fail (a reject, a snub): the piece is anyone's again.
+        assert!(
+            picker.request_failed(1, &rest[0]),
+            "its hold on the piece ends"
+        );
+        assert!(!picker.request_failed(1, &rest[1]), "once");
+        let taken = picker.pick(2, &bits, 8);
+        assert_eq!(taken[0], rest[0]);
+        assert!(
+            taken.contains(&rest[1]),
+            "and end-game doubles on it: {taken:?}"
+        );
+        picker.check_invariants();
+        // Once off parole, it doubles up in end-game like anyone.
+        picker.end_parole(1);
+        assert!(!picker.pick(1, &bits, 8).is_empty());
+        picker.check_invariants();
+    }
+
+    /// With nothing of its own to fetch, a peer on parole joins a piece another peer started
+    /// rather than leave it waiting (all the others may be on parole too).
+    #[test]
+    fn a_peer_on_parole_with_nothing_of_its_own_joins_others_pieces() {
+        let g = geometry(1, 4 * 16384, 4 * 16384);
+        let mut picker = Picker::new(g, Bitfield::new(1));
+        let bits = full(1);
+        picker.peer_connected(&bits);
+        assert_eq!(picker.pick(2, &bits, 1).len(), 1);
+        picker.put_on_parole(1);
+        assert_eq!(picker.pick(1, &bits, 8).len(), 3);
+        picker.check_invariants();
+    }
+
+    #[test]
+    fn a_piece_of_a_peer_on_parole_opens_to_others_when_it_chokes_us() {
+        let g = geometry(1, 4 * 16384, 4 * 16384);
+        let mut picker = Picker::new(g, Bitfield::new(1));
+        let bits = full(1);
+        picker.peer_connected(&bits);
+        picker.put_on_parole(1);
+        assert_eq!(picker.pick(1, &bits, 2).len(), 2);
+        assert!(picker.pick(2, &bits, 8).is_empty());
+        picker.peer_choked(1);
+        assert_eq!(picker.pick(2, &bits, 8).len(), 4);
+        picker.check_invariants();
+        picker.peer_disconnected(1, &bits);
+        assert!(!picker.on_parole(1));
     }
 
     #[test]
