@@ -971,10 +971,15 @@ async fn choke_loop(inner: Arc<Inner>) {
     let mut choker = choker::Choker::new(inner.config.upload_slots, inner.config.choke_interval);
     let mut shutdown = inner.shutdown.subscribe();
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(choker.round_length()) => {}
-            _ = inner.choke_wake.notified() => {}
+        let round_over = tokio::select! {
+            _ = tokio::time::sleep(choker.round_length()) => true,
+            _ = inner.choke_wake.notified() => false,
             _ = until_true(&mut shutdown) => return,
+        };
+        if round_over {
+            // A peer that rejected a block without choking us may have been busy for a
+            // moment: it is asked again, once a round at most.
+            inner.lock().picker.forget_refusals();
         }
         rechoke(&inner, &mut choker, Instant::now());
     }

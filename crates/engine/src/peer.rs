@@ -1296,7 +1296,7 @@ impl Peer {
                 // The block goes back to the picker at once instead of waiting for a snub.
                 if let Some(block) = self.take_back((r.index, r.begin)) {
                     let mut state = self.inner.lock();
-                    if state.picker.request_failed(self.key, &block) {
+                    if state.picker.request_rejected(self.key, &block) {
                         abandoned_on_parole(&mut state, self.addr);
                     }
                 }

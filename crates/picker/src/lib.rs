@@ -73,6 +73,9 @@ struct Partial {
     owner: Option<PeerKey>,
     /// Opened by `owner` on parole: nobody else takes its blocks.
     exclusive: bool,
+    /// Blocks (by index) a peer refused (a BEP 6 `reject`): not asked of it again while this
+    /// attempt lasts, unless it chokes us in between or [`Picker::forget_refusals`].
+    refused: Vec<(usize, PeerKey)>,
 }
 
 /// What arrived block means.
@@ -366,7 +369,31 @@ impl Picker {
                 partial.owner = None;
                 partial.exclusive = false;
             }
+            partial.refused.retain(|&(_, p)| p != peer);
         }
+    }
+
+    /// Every block refused may be asked again of the peer that refused it (the engine calls
+    /// this every choking round: a refusal may have been for a moment only).
+    pub fn forget_refusals(&mut self) {
+        for partial in self.partial.values_mut() {
+            partial.refused.clear();
+        }
+    }
+
+    /// `peer` refused the block (a BEP 6 `reject` without a choke: it will not send it, say
+    /// a seed that can no longer read it). As [`Picker::request_failed`], and the block is
+    /// not asked of it again this attempt: given back at once, as its own piece's block it
+    /// came straight back to it, request and reject each round trip.
+    pub fn request_rejected(&mut self, peer: PeerKey, block: &Block) -> bool {
+        let abandoned = self.request_failed(peer, block);
+        let i = (block.begin / BLOCK_SIZE) as usize;
+        if let Some(partial) = self.partial.get_mut(&block.piece.get()) {
+            if i < partial.blocks.len() && !partial.refused.contains(&(i, peer)) {
+                partial.refused.push((i, peer));
+            }
+        }
+        abandoned
     }
 
     /// A request we sent was rejected or timed out. True when that ends the hold of a peer on
@@ -468,6 +495,7 @@ impl Picker {
                     free: blocks,
                     owner: Some(peer),
                     exclusive: on_parole,
+                    refused: Vec::new(),
                 },
             );
             self.open.insert(piece);
@@ -507,7 +535,10 @@ impl Picker {
                 }
                 for (i, block) in partial.blocks.iter().enumerate() {
                     if let BlockState::Requested(peers) = block {
-                        if !peers.contains(&peer) && peers.len() < 3 {
+                        if !peers.contains(&peer)
+                            && peers.len() < 3
+                            && !partial.refused.contains(&(i, peer))
+                        {
                             in_flight.push((piece, i));
                         }
                     }
@@ -543,7 +574,7 @@ impl Picker {
                 if out.len() + taken.len() >= max || partial.free == 0 {
                     break;
                 }
-                if *block == BlockState::Free {
+                if *block == BlockState::Free && !partial.refused.contains(&(i, peer)) {
                     *block = BlockState::Requested(vec![peer]);
                     partial.free -= 1;
                     taken.push(i);
@@ -1038,6 +1069,39 @@ mod tests {
         picker.check_invariants();
         picker.peer_disconnected(1, &bits);
         assert!(!picker.on_parole(1));
+    }
+
+    /// A block a peer rejected goes to others, not back to it (its own piece's blocks came
+    /// first for it, so it was asked again at once, each round trip), until it chokes us.
+    #[test]
+    fn a_rejected_block_is_not_asked_of_the_same_peer_again() {
+        let g = geometry(2, 2 * 16384, 2 * 16384);
+        let mut picker = Picker::new(g, Bitfield::new(2));
+        let bits = full(2);
+        picker.peer_connected(&bits);
+        picker.peer_connected(&bits);
+        let first = picker.pick(1, &bits, 1);
+        assert!(!picker.request_rejected(1, &first[0]));
+        let next = picker.pick(1, &bits, 1);
+        assert_ne!(next, first, "not the rejected block again");
+        assert_eq!(next[0].piece, first[0].piece, "its piece's other block");
+        picker.check_invariants();
+        // Nor in end-game, once everything else is asked for.
+        let rest = picker.pick(1, &bits, 8);
+        assert!(!rest.contains(&first[0]), "{rest:?}");
+        assert!(picker.pick(1, &bits, 8).is_empty());
+        // Another peer takes it.
+        assert!(picker.pick(2, &bits, 1).contains(&first[0]));
+        // After a choke, it may be asked again.
+        picker.peer_choked(2);
+        picker.peer_choked(1);
+        assert!(picker.pick(1, &bits, 8).contains(&first[0]));
+        picker.check_invariants();
+        // And after the refusals are forgotten (every choking round).
+        assert!(!picker.request_rejected(1, &first[0]));
+        assert!(!picker.pick(1, &bits, 8).contains(&first[0]));
+        picker.forget_refusals();
+        assert!(picker.pick(1, &bits, 8).contains(&first[0]));
     }
 
     #[test]
