@@ -97,6 +97,24 @@ fn assert_passed(json: &serde_json::Value, names: &[&str]) {
     }
 }
 
+/// `pow publish PATH --no-seed` as ConnectomeCSVDataSource `key` into `store`: the torrent's
+/// file name there.
+fn publish_unseeded(pow_dir: &Path, path: &Path, key: &str, store: &Path) -> String {
+    let o = run(pow()
+        .arg("--pow-dir")
+        .arg(pow_dir)
+        .arg("publish")
+        .arg(path)
+        .args(["--type", "ConnectomeCSVDataSource", "--key", key])
+        .args(["--no-seed", "--json", "--torrent-store"])
+        .arg(store));
+    assert!(o.status.success(), "publish {key}: {}", text(&o.stderr));
+    json_of(&o)["torrent_file_name"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// `python3 -m http.server` on a free loopback port, killed when dropped.
 struct HttpStore {
     child: Child,
@@ -975,18 +993,8 @@ fn a_load_inside_another_sources_directory_never_overwrites_its_files() {
         .status
         .success());
     let store = work.join("store");
-    let publish = |path: &Path, key: &str| {
-        let o = run(pow()
-            .arg("--pow-dir")
-            .arg(&pow_dir)
-            .arg("publish")
-            .arg(path)
-            .args(["--type", "ConnectomeCSVDataSource", "--key", key])
-            .args(["--no-seed", "--json", "--torrent-store"])
-            .arg(&store));
-        assert!(o.status.success(), "publish {key}: {}", text(&o.stderr));
-        store.join(json_of(&o)["torrent_file_name"].as_str().unwrap())
-    };
+    let publish =
+        |path: &Path, key: &str| store.join(publish_unseeded(&pow_dir, path, key, &store));
     publish(&cells, "cells");
     let before = std::fs::read(cells.join("a.zip")).unwrap();
     // Another version of a.zip, and a file the directory lacks, each published on its own.
@@ -1693,21 +1701,7 @@ fn a_directory_update_keeps_what_else_the_directory_holds() {
     assert!(run(pow().arg("--pow-dir").arg(&publisher).arg("init"))
         .status
         .success());
-    let publish = |path: &Path, key: &str| -> String {
-        let o = run(pow()
-            .arg("--pow-dir")
-            .arg(&publisher)
-            .arg("publish")
-            .arg(path)
-            .args(["--type", "ConnectomeCSVDataSource", "--key", key])
-            .args(["--no-seed", "--json", "--torrent-store"])
-            .arg(&store));
-        assert!(o.status.success(), "publish {key}: {}", text(&o.stderr));
-        json_of(&o)["torrent_file_name"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let publish = |path: &Path, key: &str| publish_unseeded(&publisher, path, key, &store);
     let (t1, t2, tc) = (
         publish(&v1.join("cells"), "v1"),
         publish(&v2.join("cells"), "v2"),
