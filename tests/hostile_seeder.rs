@@ -967,7 +967,9 @@ fn a_bad_block_in_a_piece_others_served_bans_only_its_sender() {
 /// attempt failed with blocks from both, which strikes nobody (smart ban waits for the piece to
 /// verify), and the one-piece download never ended. Now both go on parole after the first:
 /// whole pieces of their own. The honest seed's verifies, and the block that differs bans the
-/// hostile peer; the hostile peer's own stalls after its bad block, each a strike.
+/// hostile peer. (When the hostile peer opens the piece first, it stalls after its bad block
+/// until the snub timeout gives the rest to the honest seed, and one more attempt fails: 5-12 s
+/// here instead of 0.6.)
 #[test]
 fn a_peer_that_poisons_every_attempt_at_a_piece_cannot_keep_it_from_verifying() {
     let setup = Setup::of_length("parole", PIECE_LEN as usize);

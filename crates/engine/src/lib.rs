@@ -970,16 +970,18 @@ impl Torrent {
 async fn choke_loop(inner: Arc<Inner>) {
     let mut choker = choker::Choker::new(inner.config.upload_slots, inner.config.choke_interval);
     let mut shutdown = inner.shutdown.subscribe();
+    let mut refusals_kept_since = Instant::now();
     loop {
-        let round_over = tokio::select! {
-            _ = tokio::time::sleep(choker.round_length()) => true,
-            _ = inner.choke_wake.notified() => false,
+        tokio::select! {
+            _ = tokio::time::sleep(choker.round_length()) => {}
+            _ = inner.choke_wake.notified() => {}
             _ = until_true(&mut shutdown) => return,
-        };
-        if round_over {
-            // A peer that rejected a block without choking us may have been busy for a
-            // moment: it is asked again, once a round at most.
+        }
+        // A peer that rejected a block without choking us may have been busy for a moment:
+        // it is asked again once a round (by the clock: wakes come at any time).
+        if refusals_kept_since.elapsed() >= choker.round_length() {
             inner.lock().picker.forget_refusals();
+            refusals_kept_since = Instant::now();
         }
         rechoke(&inner, &mut choker, Instant::now());
     }

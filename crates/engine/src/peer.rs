@@ -1033,12 +1033,8 @@ impl Peer {
 
     fn release_requests(&mut self) {
         let mut state = self.inner.lock();
-        let mut abandoned = false;
         for block in self.inflight.values() {
-            abandoned |= state.picker.request_failed(self.key, block);
-        }
-        if abandoned {
-            abandoned_on_parole(&mut state, self.addr);
+            state.picker.request_failed(self.key, block);
         }
         drop(state);
         self.withdraw_all();
@@ -1295,10 +1291,7 @@ impl Peer {
                     .fetch_add(1, Ordering::Relaxed);
                 // The block goes back to the picker at once instead of waiting for a snub.
                 if let Some(block) = self.take_back((r.index, r.begin)) {
-                    let mut state = self.inner.lock();
-                    if state.picker.request_rejected(self.key, &block) {
-                        abandoned_on_parole(&mut state, self.addr);
-                    }
+                    self.inner.lock().picker.request_rejected(self.key, &block);
                 }
             }
             Message::Request(r) => self.queue_request(r)?,
@@ -1997,14 +1990,6 @@ pub(crate) fn record_verdict(
             }
         }
     }
-}
-
-/// The peer at `addr`, on parole, let a request of a piece of its own fail (a reject, a snub)
-/// instead of sending it whole: a strike, as for a bad piece it sent alone. Otherwise a peer
-/// that sends one bad block of each piece it opens and then stalls would never be singled out.
-fn abandoned_on_parole(state: &mut crate::State, addr: SocketAddr) {
-    tracing::warn!("{addr}: on parole, it did not send a piece of its own whole; a strike");
-    strike(state, addr);
 }
 
 /// A strike against the peer at `addr`; the last one bans it and closes its connection.

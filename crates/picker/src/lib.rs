@@ -15,9 +15,12 @@
 //!   end-game; so its next piece fails on it alone (a strike) or verifies. Without it, a peer
 //!   that always sent the same bad block into pieces others served (end-game doubles it onto
 //!   the last pieces) was never singled out, and the download never ended. A piece of its own
-//!   is opened to others again when it chokes us, goes, or lets a request fail (the engine
-//!   counts the last as a strike); and with nothing of its own to fetch it joins others'
-//!   pieces, so peers that are all on parole cannot leave a piece waiting.
+//!   is opened to others again when it chokes us, goes, lets a request fail, or is off parole;
+//!   and with nothing of its own to fetch it joins others' pieces, so peers that are all on
+//!   parole cannot leave a piece waiting. (A peer that sends one bad block of a piece of its
+//!   own and then stalls is not singled out so: the piece fails with blocks from several
+//!   again. Striking a stall would strike honest peers that stall, or that reject before
+//!   they choke, as pow does.)
 //! - Priorities per piece (0 = skip), set from file selections by [`Picker::set_file_priority`].
 //! - In order, for a reader that follows the download ([`Picker::prefer_in_order`]): new pieces
 //!   come from a window of pieces past the first missing one, lowest first, before rarest first
@@ -341,9 +344,16 @@ impl Picker {
         self.parole.insert(peer);
     }
 
-    /// A piece `peer` sent alone verified.
+    /// A piece `peer` sent alone verified: its other pieces are anyone's again (it is not
+    /// on parole to go on with them alone, and nobody else could take them).
     pub fn end_parole(&mut self, peer: PeerKey) {
-        self.parole.remove(&peer);
+        if self.parole.remove(&peer) {
+            for partial in self.partial.values_mut() {
+                if partial.owner == Some(peer) {
+                    partial.exclusive = false;
+                }
+            }
+        }
     }
 
     pub fn on_parole(&self, peer: PeerKey) -> bool {
@@ -385,31 +395,27 @@ impl Picker {
     /// a seed that can no longer read it). As [`Picker::request_failed`], and the block is
     /// not asked of it again this attempt: given back at once, as its own piece's block it
     /// came straight back to it, request and reject each round trip.
-    pub fn request_rejected(&mut self, peer: PeerKey, block: &Block) -> bool {
-        let abandoned = self.request_failed(peer, block);
+    pub fn request_rejected(&mut self, peer: PeerKey, block: &Block) {
+        self.request_failed(peer, block);
         let i = (block.begin / BLOCK_SIZE) as usize;
         if let Some(partial) = self.partial.get_mut(&block.piece.get()) {
             if i < partial.blocks.len() && !partial.refused.contains(&(i, peer)) {
                 partial.refused.push((i, peer));
             }
         }
-        abandoned
     }
 
-    /// A request we sent was rejected or timed out. True when that ends the hold of a peer on
-    /// parole on a piece of its own: it did not deliver the whole piece, and others may now
-    /// take it (the caller may count that against it).
-    pub fn request_failed(&mut self, peer: PeerKey, block: &Block) -> bool {
+    /// A request we sent was rejected or timed out. A piece of its own that a peer on parole
+    /// lets a request of fail is anyone's again: it is not sending it whole.
+    pub fn request_failed(&mut self, peer: PeerKey, block: &Block) {
         let piece = block.piece.get();
-        let mut abandoned = false;
         if let Some(partial) = self.partial.get_mut(&piece) {
             let Some(slot) = partial.blocks.get_mut((block.begin / BLOCK_SIZE) as usize) else {
-                return false;
+                return;
             };
             if let BlockState::Requested(peers) = slot {
                 if partial.exclusive && peers.contains(&peer) {
                     partial.exclusive = false;
-                    abandoned = true;
                 }
                 peers.retain(|&p| p != peer);
                 if peers.is_empty() {
@@ -419,7 +425,6 @@ impl Picker {
                 }
             }
         }
-        abandoned
     }
 
     /// Up to `max` blocks to request from `peer`, which has `bits`.
@@ -1023,11 +1028,7 @@ mod tests {
             "its blocks are not doubled"
         );
         // It lets one request fail (a reject, a snub): the piece is anyone's again.
-        assert!(
-            picker.request_failed(1, &rest[0]),
-            "its hold on the piece ends"
-        );
-        assert!(!picker.request_failed(1, &rest[1]), "once");
+        picker.request_failed(1, &rest[0]);
         let taken = picker.pick(2, &bits, 8);
         assert_eq!(taken[0], rest[0]);
         assert!(
@@ -1038,6 +1039,43 @@ mod tests {
         // Once off parole, it doubles up in end-game like anyone.
         picker.end_parole(1);
         assert!(!picker.pick(1, &bits, 8).is_empty());
+        picker.check_invariants();
+    }
+
+    /// Parole ends with a piece it sent alone verified, while it has another piece of its own
+    /// started: that piece's free blocks are anyone's, its own too (nobody could take them).
+    #[test]
+    fn a_piece_of_its_own_is_anyones_once_its_parole_ends() {
+        let g = geometry(2, 4 * 16384, 4 * 16384);
+        let mut picker = Picker::new(g, Bitfield::new(2));
+        let bits = full(2);
+        picker.peer_connected(&bits);
+        picker.put_on_parole(1);
+        let first = picker.pick(1, &bits, 6);
+        assert_eq!(first.len(), 6, "a whole piece and half of another");
+        let done = first[0].piece.get();
+        for block in first.iter().filter(|b| b.piece.get() == done) {
+            picker.block_received(1, done, block.begin, block.length);
+        }
+        picker.piece_verified(done);
+        picker.end_parole(1);
+        let asked: Vec<u32> = first
+            .iter()
+            .filter(|b| b.piece.get() != done)
+            .map(|b| b.begin)
+            .collect();
+        let free_half = |taken: &[Block]| {
+            taken
+                .iter()
+                .filter(|b| b.piece.get() != done && !asked.contains(&b.begin))
+                .count()
+        };
+        // (It also doubles up on the half in flight: end-game.)
+        let taken = picker.pick(2, &bits, 8);
+        assert_eq!(free_half(&taken), 2, "the other peer takes the free half");
+        picker.peer_choked(2);
+        let taken = picker.pick(1, &bits, 8);
+        assert_eq!(free_half(&taken), 2, "and so does its owner");
         picker.check_invariants();
     }
 
@@ -1081,7 +1119,7 @@ mod tests {
         picker.peer_connected(&bits);
         picker.peer_connected(&bits);
         let first = picker.pick(1, &bits, 1);
-        assert!(!picker.request_rejected(1, &first[0]));
+        picker.request_rejected(1, &first[0]);
         let next = picker.pick(1, &bits, 1);
         assert_ne!(next, first, "not the rejected block again");
         assert_eq!(next[0].piece, first[0].piece, "its piece's other block");
@@ -1098,7 +1136,7 @@ mod tests {
         assert!(picker.pick(1, &bits, 8).contains(&first[0]));
         picker.check_invariants();
         // And after the refusals are forgotten (every choking round).
-        assert!(!picker.request_rejected(1, &first[0]));
+        picker.request_rejected(1, &first[0]);
         assert!(!picker.pick(1, &bits, 8).contains(&first[0]));
         picker.forget_refusals();
         assert!(picker.pick(1, &bits, 8).contains(&first[0]));
