@@ -141,7 +141,8 @@ fn plan(
 /// jobs of a cluster array that each load the same dataset into a shared directory would
 /// otherwise all download it at once, and one could put an update in place while another
 /// writes into it. A load that finds the lock held says so and waits; then the content is
-/// usually there, verified, and the next load needs no network. The file stays (removing it would let a waiter and a newcomer both lock). On a
+/// usually there, verified, and the next load needs no network. The file stays (removing it
+/// would let a waiter and a newcomer both lock). On a
 /// file system without locks (`flock` unsupported) the load goes on unlocked, with a warning.
 fn lock_base_dir(base_dir: &Path) -> Result<Option<std::fs::File>, Box<dyn std::error::Error>> {
     use std::io::{Read, Seek, Write};

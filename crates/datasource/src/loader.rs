@@ -1359,6 +1359,12 @@ fn now_rfc3339() -> String {
 mod tests {
     use super::*;
 
+    /// Writes `bytes` at `path`, making its directories.
+    fn write(path: PathBuf, bytes: &[u8]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
     fn torrent_of(src: &Path) -> Metainfo {
         pow_metainfo::create::create(src, &pow_metainfo::create::CreateOptions::default())
             .unwrap()
@@ -1394,10 +1400,6 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("pow-update-dir-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let write = |path: PathBuf, bytes: &[u8]| {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, bytes).unwrap();
-        };
         write(dir.join("src/set/a"), b"unchanged a");
         write(dir.join("src/set/c"), b"new file c");
         write(dir.join("src/set/empty"), b"");
@@ -1535,10 +1537,6 @@ mod tests {
     fn an_update_that_would_take_the_place_of_others_files_is_refused() {
         let dir = std::env::temp_dir().join(format!("pow-update-way-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let write = |path: PathBuf, bytes: &[u8]| {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, bytes).unwrap();
-        };
         write(dir.join("base/set/docs/x"), b"old x");
         let earlier = torrent_of(&dir.join("base/set"));
         write(dir.join("src/set/docs"), b"docs is a file now");
@@ -1574,16 +1572,40 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A `file_name` counts when the torrent delivers it, by its path in the torrent or below
+    /// the content's root; a file of that name that the base directory holds otherwise does
+    /// not (it passed before).
+    #[test]
+    fn a_file_name_is_one_of_the_torrents_files() {
+        let dir = std::env::temp_dir().join(format!("pow-file-name-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for file in ["src/set/a", "src/set/sub/x", "base/README.md", "base/set/a"] {
+            write(dir.join(file), file.as_bytes());
+        }
+        let mut plan = update_plan(&dir.join("base"), &dir.join("src/set"), None);
+        let outcome = |plan: &mut LoadPlan, names: &[&str]| {
+            plan.file_names = names.iter().map(|n| n.to_string()).collect();
+            let check = plan.check_file_names();
+            (check.outcome, check.detail)
+        };
+        for delivered in ["a", "set/a", "sub/x", "set/sub/x"] {
+            let (outcome, detail) = outcome(&mut plan, &[delivered]);
+            assert_eq!(outcome, Outcome::Passed, "{delivered}: {detail}");
+        }
+        for other in ["README.md", "x", "set", "sub", "../base/README.md"] {
+            let (outcome, detail) = outcome(&mut plan, &[other]);
+            assert_eq!(outcome, Outcome::Failed, "{other}: {detail}");
+            assert!(detail.contains(other), "{detail}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// A directory replaced by a file cannot keep what it held besides its torrent's files:
     /// the update is refused before anything moves.
     #[test]
     fn a_directory_holding_others_files_is_not_replaced_by_a_file() {
         let dir = std::env::temp_dir().join(format!("pow-update-kind-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let write = |path: PathBuf, bytes: &[u8]| {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, bytes).unwrap();
-        };
         write(dir.join("base/set/a"), b"old a");
         let earlier = torrent_of(&dir.join("base/set"));
         write(dir.join("base/set/notes.txt"), b"mine");

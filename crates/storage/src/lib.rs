@@ -972,7 +972,8 @@ impl Storage {
 
     /// Readies the files a download fills: creates every zero-length file that is missing now
     /// (they hold no piece, so no write would create them; one already there is left alone,
-    /// read-only or linked in from elsewhere as it may be), and marks the `wanted` ones (all, for `None`)
+    /// read-only or linked in from elsewhere as it may be), and marks the `wanted` ones (all,
+    /// for `None`)
     /// to have their blocks allocated in full when their first block is written. A file only
     /// touched by a wanted file's piece stays sparse, so `--only` never fills the disk with
     /// files nobody asked for.
