@@ -390,7 +390,7 @@ pub(crate) enum Outcome {
     Interrupted,
     /// A disk write failed (the error names the path): full, read-only or gone. Every peer
     /// would meet it too, so the download cannot go on.
-    Failed(pow_engine::WriteFailed),
+    Failed(pow_engine::DiskFailed),
     /// No payload came for the `--stall-timeout`, `after`; `peers` were connected then.
     Stalled {
         after: Duration,
@@ -406,12 +406,12 @@ impl Outcome {
             Outcome::Complete => None,
             Outcome::Interrupted => Some(("interrupted".to_string(), resume)),
             Outcome::Failed(failed) if failed.disk_full => Some((
-                format!("cannot write {failed}; stopped"),
+                format!("cannot {} {failed}; stopped", failed.doing),
                 "free space and run again to resume",
             )),
             // A link not followed, a read-only file, a loop of links: space is not the cure.
             Outcome::Failed(error) => Some((
-                format!("cannot write {error}; stopped"),
+                format!("cannot {} {error}; stopped", error.doing),
                 "see to that and run again to resume",
             )),
             Outcome::Stalled { after, peers } => Some((

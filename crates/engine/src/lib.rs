@@ -573,8 +573,8 @@ pub(crate) struct Inner {
     pub state: Mutex<State>,
     pub stats: Stats,
     pub complete: watch::Sender<bool>,
-    /// The first disk write error: the download cannot go on (see [`Torrent::wait_failed`]).
-    pub failed: watch::Sender<Option<WriteFailed>>,
+    /// The first disk error: the download cannot go on (see [`Torrent::wait_failed`]).
+    pub failed: watch::Sender<Option<DiskFailed>>,
     pub shutdown: watch::Sender<bool>,
     /// Held while saving the resume file; holds the piece count last saved and how durably,
     /// so saves are in order and an unchanged set is not written again as durably.
@@ -647,10 +647,12 @@ impl Inner {
         self.config.pex && !self.metainfo.private
     }
 
-    /// Ends the download with `error` (a write that failed: a full disk, a read-only or
-    /// vanished directory); the first error is the one reported.
-    pub fn fail_download(&self, error: &pow_storage::StorageError) {
-        let failure = WriteFailed {
+    /// Ends the download with `error`, met doing `doing` ([`DiskFailed::doing`]): a write that
+    /// failed (a full disk, a read-only or vanished directory) or a piece that could not be read
+    /// back; the first error is the one reported.
+    pub fn fail_download(&self, doing: &'static str, error: &pow_storage::StorageError) {
+        let failure = DiskFailed {
+            doing,
             error: error.to_string(),
             disk_full: error.is_disk_full(),
         };
@@ -941,10 +943,11 @@ impl Torrent {
         until_true(&mut self.inner.complete.subscribe()).await;
     }
 
-    /// Resolves with the first write error (a full disk, a read-only or vanished directory).
+    /// Resolves with the first disk error (a full disk, a read-only or vanished directory, a
+    /// piece that cannot be read back).
     /// Every peer would hit it too, so the session cannot make progress: the caller stops.
     /// Pieces verified before it stay on disk.
-    pub async fn wait_failed(&self) -> WriteFailed {
+    pub async fn wait_failed(&self) -> DiskFailed {
         let mut rx = self.inner.failed.subscribe();
         loop {
             if let Some(error) = rx.borrow_and_update().clone() {
@@ -1069,16 +1072,18 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 pub const MAX_WEB_SEEDS: usize = 8;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
-/// The disk write that ended a download.
+/// The disk error that ended a download.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteFailed {
+pub struct DiskFailed {
+    /// What failed: "write", or "read back" (a piece's check).
+    pub doing: &'static str,
     /// The error, naming the file.
     pub error: String,
     /// For want of space (or quota): freeing some lets a rerun go on.
     pub disk_full: bool,
 }
 
-impl std::fmt::Display for WriteFailed {
+impl std::fmt::Display for DiskFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.error)
     }
@@ -1764,6 +1769,64 @@ mod tests {
             inner.written(0, 1);
             check.await.unwrap();
             assert!(inner.lock().picker.have().get(0));
+            assert_eq!(inner.stats.hash_failures.load(Ordering::Relaxed), 0);
+            torrent.shutdown();
+        });
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A piece whose two blocks came from two peers is written whole, then its file is cut
+    /// short behind pow's back (another program), so the read-back check cannot read it. That
+    /// is our disk's fault: it used to count as a bad piece and strike both honest senders.
+    /// Now nobody is struck, no hash failure is counted, and the download ends naming the read.
+    #[test]
+    fn a_piece_that_cannot_be_read_back_strikes_nobody_and_ends_the_download() {
+        let OnePiece {
+            dir,
+            content,
+            metainfo,
+            storage,
+            picker,
+            runtime,
+        } = one_piece("unreadable");
+        runtime.block_on(async {
+            let torrent = Torrent::start(storage.clone(), picker, EngineConfig::default())
+                .await
+                .unwrap();
+            let inner = torrent.inner.clone();
+            let (first, second) = (100, 101);
+            let addr = |port| SocketAddr::from(([127, 0, 0, 2], port));
+            let mut all = Bitfield::new(1);
+            all.set(0);
+            {
+                let mut state = inner.lock();
+                assert_eq!(state.picker.pick(first, &all, 1).len(), 1);
+                assert_eq!(state.picker.pick(second, &all, 1).len(), 1);
+            }
+            let piece = metainfo.geometry.piece(0).unwrap();
+            for (key, port, begin) in [(first, 1, 0), (second, 2, 16384)] {
+                let _ = inner.lock().book_block(key, addr(port), 0, begin, 16384);
+                storage
+                    .write_block(piece, begin, &content[begin as usize..][..16384])
+                    .unwrap();
+                inner.written(0, 1);
+            }
+            let file = dir.join("out").join("piece.bin");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_len(1000)
+                .unwrap();
+
+            peer::verify_piece(inner.clone(), 0).await;
+            let failed = inner.failed.borrow().clone().expect("the download is over");
+            assert_eq!(failed.doing, "read back");
+            assert!(failed.error.contains("piece.bin"), "{}", failed.error);
+            let state = inner.lock();
+            assert!(state.strikes.is_empty(), "struck {:?}", state.strikes);
+            assert!(!state.picker.have().get(0));
+            drop(state);
             assert_eq!(inner.stats.hash_failures.load(Ordering::Relaxed), 0);
             torrent.shutdown();
         });

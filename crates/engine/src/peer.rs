@@ -1865,15 +1865,41 @@ pub(crate) async fn verify_piece(inner: Arc<Inner>, index: u32) {
     let expected = *inner.metainfo.piece_hash(piece);
     let verdict = tokio::task::spawn_blocking(move || {
         use sha1::Digest;
-        let data = storage.read_piece(piece).ok()?;
+        let data = storage.read_piece(piece)?;
         let good = sha1::Sha1::digest(&data).as_slice() == expected;
-        Some((good, (!good).then(|| block_hashes(&data))))
+        Ok((good, (!good).then(|| block_hashes(&data))))
     })
-    .await;
+    .await
+    .unwrap_or_else(|panicked| {
+        Err(pow_storage::StorageError::Io {
+            path: "the read-back check".into(),
+            source: std::io::Error::other(panicked.to_string()),
+        })
+    });
     match verdict {
-        Ok(Some((good, bad_blocks))) => record_verdict(&inner, index, good, bad_blocks),
-        _ => record_verdict(&inner, index, false, None),
+        Ok((good, bad_blocks)) => record_verdict(&inner, index, good, bad_blocks),
+        Err(e) => read_back_failed(&inner, index, &e),
     }
+}
+
+/// A piece could not be read back to be checked. That is our disk's doing, not its senders':
+/// none is struck (a read error used to count as a bad piece, and banned honest peers). Out of
+/// descriptors, a passing state, the piece is fetched again; any other error ends the download,
+/// as a write error does.
+fn read_back_failed(inner: &Arc<Inner>, index: u32, error: &pow_storage::StorageError) {
+    let mut state = inner.lock();
+    state.senders.remove(&index);
+    state.picker.piece_failed(index);
+    if error.is_out_of_descriptors() {
+        tracing::warn!("cannot read piece {index} back to check it ({error}); fetching it again");
+        for peer in state.peers.values().filter(|p| p.bits.get(index)) {
+            let _ = peer.tx.send(PeerCmd::Wanted);
+        }
+        return;
+    }
+    drop(state);
+    tracing::error!("cannot read piece {index} back to check it: {error}");
+    inner.fail_download("read back", error);
 }
 
 /// SHA-1 of each block of a piece's bytes.

@@ -133,7 +133,7 @@ pub(crate) fn write_blocks(
                     decide(inner, hashes, index, sole);
                 }
             }
-            inner.fail_download(&e);
+            inner.fail_download("write", &e);
             return Err(e.to_string());
         }
         for block in run {

@@ -661,7 +661,7 @@ fn store(
         inner.written(index, 1);
         if let Err(e) = result {
             inner.lock().picker.piece_failed(index);
-            inner.fail_download(&e);
+            inner.fail_download("write", &e);
             return Err(e.to_string());
         }
         stats.downloaded.fetch_add(len, Ordering::Relaxed);
