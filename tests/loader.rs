@@ -517,6 +517,27 @@ fn tampered_content_missing_torrent_and_dead_store_fail_clearly() {
         "{stderr}"
     );
 
+    // A "torrent" in a directory store that is a FIFO, or a link to a device: refused at once,
+    // not read (the FIFO hung the load, and with it every command waiting for the project's
+    // store, for good; /dev/zero would have been read until memory ran out).
+    let odd_store = work.join("odd-store");
+    std::fs::create_dir_all(&odd_store).unwrap();
+    let (fifo, zero) = (
+        "00000000000000000000000000000001.torrent",
+        "00000000000000000000000000000002.torrent",
+    );
+    assert!(run(Command::new("mkfifo").arg(odd_store.join(fifo)))
+        .status
+        .success());
+    std::os::unix::fs::symlink("/dev/zero", odd_store.join(zero)).unwrap();
+    for (tag, name) in [("fifo", fifo), ("zero", zero)] {
+        let started = Instant::now();
+        let field = format!("torrent_file_name = \"{name}\"\n");
+        let stderr = failed_load(tag, &field, &["--torrent-store", odd_store.to_str().unwrap()]);
+        assert!(stderr.contains(&format!("{name} is not a regular file")), "{stderr}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
     // No torrent_file_name at all.
     let stderr = failed_load("plain", "md5 = \"0123456789abcdef0123456789abcdef\"\n", &[]);
     assert!(stderr.contains("has no torrent_file_name"), "{stderr}");

@@ -91,6 +91,12 @@ impl TorrentStore {
                         })
                     }
                     Err(e) => return Err(Error::io(&path)(e)),
+                    // A FIFO hung the load (and every command waiting for the project's
+                    // store) for good, and a link to /dev/zero would have read until memory
+                    // ran out: both report a size of 0.
+                    Ok(m) if !m.is_file() => {
+                        return Err(self.error(format!("{name} is not a regular file")))
+                    }
                     Ok(m) if m.len() > MAX_TORRENT_BYTES => {
                         return Err(self.error(format!(
                         "{name} is {} bytes, over the {MAX_TORRENT_BYTES}-byte limit for a torrent",
@@ -99,7 +105,17 @@ impl TorrentStore {
                     }
                     Ok(_) => {}
                 }
-                std::fs::read(&path).map_err(Error::io(&path))
+                // Bounded as well: the file may grow after the look at its size.
+                let mut bytes = Vec::new();
+                std::fs::File::open(&path)
+                    .and_then(|file| file.take(MAX_TORRENT_BYTES + 1).read_to_end(&mut bytes))
+                    .map_err(Error::io(&path))?;
+                if bytes.len() as u64 > MAX_TORRENT_BYTES {
+                    return Err(self.error(format!(
+                        "{name} is over the {MAX_TORRENT_BYTES}-byte limit for a torrent"
+                    )));
+                }
+                Ok(bytes)
             }
             TorrentStore::Http(_) => {
                 self.http_get(name, MAX_TORRENT_BYTES)?
