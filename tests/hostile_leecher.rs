@@ -434,3 +434,48 @@ fn a_host_breaking_the_protocol_on_three_connections_is_closed_out() {
         "127.0.0.1 was closed out too"
     );
 }
+
+/// A BEP 6 peer, unchoked, that sends `request` + `cancel` for the same block in a loop and
+/// reads nothing: each pair queues a 17-byte reject for it. Once 2 MiB of replies wait
+/// (`MAX_UNSENT` in the engine's peer.rs) the seed stops reading from it, so its memory stays
+/// bounded; it used to decode every pair and grow its send buffer without limit (about half
+/// of what the peer sent), and the send stall took 60 s to drop the peer.
+#[test]
+fn a_peer_that_asks_and_cancels_in_a_loop_and_reads_nothing_holds_bounded_memory() {
+    const CANCEL: u8 = 8;
+    const FAST_BIT: [u8; 8] = [0, 0, 0, 0, 0, 0, 0, 0x04];
+    let seed = SmallSeed::start("ask-cancel", 4);
+    let pid = seed._seed.0.id();
+    let mut peer = RawPeer::connect_with(seed.port, seed.metainfo.info_hash.0, FAST_BIT);
+    peer.get_unchoked();
+    let before = vm_hwm_kib(pid);
+    let pair: Vec<u8> = [REQUEST, CANCEL]
+        .iter()
+        .flat_map(|&id| common::raw_peer::frame(id, &request_payload(0, 0, 16384)))
+        .collect();
+    let chunk = pair.repeat(30_000); // 1 MB
+    peer.stream
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    // 64 MB of pairs, or until the seed stops reading them (the write then times out).
+    let mut sent = 0usize;
+    for _ in 0..64 {
+        if peer.stream.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = vm_hwm_kib(pid);
+    println!(
+        "{} MB of request+cancel pairs taken, none of the rejects read; seed VmHWM {before} KiB \
+         before, {after} KiB after (+{} KiB)",
+        sent / 1_000_000,
+        after - before
+    );
+    assert!(
+        after - before < 8 * 1024,
+        "seed memory grew by {} KiB",
+        after - before
+    );
+}

@@ -533,8 +533,15 @@ fn tampered_content_missing_torrent_and_dead_store_fail_clearly() {
     for (tag, name) in [("fifo", fifo), ("zero", zero)] {
         let started = Instant::now();
         let field = format!("torrent_file_name = \"{name}\"\n");
-        let stderr = failed_load(tag, &field, &["--torrent-store", odd_store.to_str().unwrap()]);
-        assert!(stderr.contains(&format!("{name} is not a regular file")), "{stderr}");
+        let stderr = failed_load(
+            tag,
+            &field,
+            &["--torrent-store", odd_store.to_str().unwrap()],
+        );
+        assert!(
+            stderr.contains(&format!("{name} is not a regular file")),
+            "{stderr}"
+        );
         assert!(started.elapsed() < Duration::from_secs(30));
     }
 

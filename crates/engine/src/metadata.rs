@@ -616,11 +616,17 @@ fn hand_over(kept: Option<BytesMut>, connection: HandedPeer) -> Option<HandedPee
     })
 }
 
-/// Adds a message to those kept for the session, unless that passes [`MAX_KEPT`].
+/// Adds a message to those kept for the session, unless that passes [`MAX_KEPT`]. One longer
+/// than the session's limit (`MAX_EXTENDED_LEN`, a bitfield aside) is dropped: this phase reads
+/// frames under a larger one, and the session, decoding what was kept, counted such a message
+/// (an extension's it would never take) as a violation against a peer that broke no rule.
 fn keep(kept: &mut Option<BytesMut>, id: u8, payload: &[u8]) {
     let Some(buf) = kept else {
         return;
     };
+    if id != pow_wire::id::BITFIELD && 1 + payload.len() > extension::MAX_EXTENDED_LEN as usize {
+        return;
+    }
     if buf.len() + 5 + payload.len() > MAX_KEPT {
         *kept = None;
         return;
@@ -747,6 +753,14 @@ mod tests {
         assert_eq!(decoder.decode(&mut buf).unwrap(), Some(Message::Unchoke));
         assert_eq!(decoder.decode(&mut buf).unwrap(), Some(Message::Have(7)));
         assert!(buf.is_empty());
+        // An extension's message over the session's limit is dropped, not handed on to make
+        // the session's decoder (which the engine's peer sets up this way) fail.
+        keep(&mut kept, 20, &[0; 20_000]);
+        let session = Decoder::new(16).with_max_len(pow_wire::extension::MAX_EXTENDED_LEN);
+        let mut buf = kept.clone().unwrap();
+        assert_eq!(session.decode(&mut buf).unwrap(), Some(Message::Unchoke));
+        assert_eq!(session.decode(&mut buf).unwrap(), Some(Message::Have(7)));
+        assert_eq!(session.decode(&mut buf).unwrap(), None);
         keep(&mut kept, 5, &vec![0xff; MAX_KEPT]);
         assert!(kept.is_none());
         keep(&mut kept, 1, &[]);

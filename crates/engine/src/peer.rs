@@ -6,8 +6,9 @@
 //! queued; queued requests are read from disk only while less than [`SEND_WATERMARK`] bytes
 //! wait to be sent. Reading the socket does not wait for writing, so a peer that does not read
 //! still gets its messages decoded and its misbehaviour counted, except that with
-//! [`MAX_QUEUED_REQUESTS`] queued we stop reading until some are served: TCP then slows the
-//! peer down, and no honest request is dropped (Transmission sends over 1,000 at once).
+//! [`MAX_QUEUED_REQUESTS`] queued, or [`MAX_UNSENT`] bytes of replies waiting for it, we stop
+//! reading until some are served or sent: TCP then slows the peer down, and no honest request
+//! is dropped (Transmission sends over 1,000 at once).
 //! Requests outside the torrent end the connection at once; ignored requests (while choked,
 //! or for a piece we lack) end it after [`MAX_IGNORED_REQUESTS`].
 //!
@@ -74,6 +75,12 @@ const MIN_SEND_WATERMARK: usize = 128 * 1024;
 /// [`SEND_WATERMARK`] at once; the kernel's send buffer keeps the connection busy meanwhile.
 /// Before a refill the unsent rest moves to the buffer's front (see `serve_queued`).
 const SEND_REFILL_BELOW: usize = 64 * 1024;
+/// With this much waiting to be sent to a peer we stop decoding its messages and reading its
+/// socket until it takes some. Blocks stop at [`SEND_WATERMARK`]; only replies to its own
+/// messages (a reject for each `cancel`, a choke and unchoke for each flip of interest) can
+/// pass it, and a peer that sent those in a loop while reading nothing grew our memory
+/// without limit (the send stall took 60 s, and reading 64 KiB every 50 s never met it).
+const MAX_UNSENT: usize = 2 * SEND_WATERMARK;
 /// A peer that takes none of our bytes for this long, while we have some for it, is dropped.
 const SEND_STALL: Duration = Duration::from_secs(60);
 /// Blocks a peer may send that we never asked it for before it is dropped. Honest peers send
@@ -867,7 +874,7 @@ impl Peer {
         loop {
             // Whole messages already buffered are handled before reading more. Requests only
             // queue here, so this never waits for the peer to read.
-            while self.requests.len() < MAX_QUEUED_REQUESTS {
+            while self.requests.len() < MAX_QUEUED_REQUESTS && self.out.len() < MAX_UNSENT {
                 let Some(message) = self.decoder.decode(&mut conn.buf)? else {
                     break;
                 };
@@ -881,7 +888,7 @@ impl Peer {
             self.hand_received().await?;
             self.serve_queued()?;
             self.fill_pipeline();
-            let room = self.requests.len() < MAX_QUEUED_REQUESTS;
+            let room = self.requests.len() < MAX_QUEUED_REQUESTS && self.out.len() < MAX_UNSENT;
             if conn.ciphers.send.is_some() {
                 conn.ciphers.seal(&mut self.out[conn.sealed..]);
                 conn.sealed = self.out.len();
@@ -1253,12 +1260,19 @@ impl Peer {
                         state.recount_share(self.key, false);
                     }
                 }
+                // Its pieces only grow, so a `have` can only make it interesting, and only for a
+                // piece we need: checked for that piece alone. Re-checking every bit on each
+                // one let a peer repeating `have` on a big torrent hold the session lock for a
+                // pass over the whole bitfield per 9 bytes it sent.
+                let becomes_interesting = new && !self.am_interested && state.picker.needs(piece);
                 drop(state);
                 // A repeated `have` says nothing new (and must not count twice).
                 if self.super_seeded && new {
                     self.reveal(|ss, peers, key| ss.have(key, piece, peers));
                 }
-                self.update_interest();
+                if becomes_interesting {
+                    self.update_interest();
+                }
             }
             Message::Bitfield(bits) => self.replace_bits(Claim::These(bits))?,
             Message::HaveAll
@@ -1407,6 +1421,13 @@ impl Peer {
     /// Chokes the peer (if unchoked): its queued requests are dropped, as BEP 3 says.
     fn choke(&mut self) {
         if self.am_choking {
+            // The choker may have counted it in a slot since (its `Unchoke` command not yet
+            // handled): uncounted here, that command finds the flag clear and does not unchoke
+            // a peer that has lost interest. Left set, the peer was unchoked outside the
+            // count, and rounds, which choke only interested peers, never took the slot back.
+            if let Some(entry) = self.inner.lock().peers.get_mut(&self.key) {
+                entry.unchoked_by_us = false;
+            }
             return;
         }
         self.am_choking = true;

@@ -266,6 +266,11 @@ impl Picker {
         self.priority.get(piece as usize).is_some_and(|&p| p > 0) && !self.have.get(piece)
     }
 
+    /// Do we want `piece` from peers (wanted, not ours, not being checked)?
+    pub fn needs(&self, piece: u32) -> bool {
+        self.needed.get(piece)
+    }
+
     /// Would we want anything from a peer with `bits`?
     pub fn interesting(&self, bits: &Bitfield) -> bool {
         bits.intersects(&self.needed)
