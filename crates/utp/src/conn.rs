@@ -485,6 +485,11 @@ impl Connection {
     }
 
     fn on_ack(&mut self, ack: u16, sack: Option<&[u8]>, pure_ack: bool, now: Instant) {
+        if seq_before(self.seq_nr.wrapping_sub(1), ack) {
+            // An ack of a packet not sent yet (libutp ignores those too) took everything in
+            // flight, the FIN included, for delivered.
+            return;
+        }
         let mut acked_bytes = 0usize;
         let mut progressed = false;
         while let Some(front) = self.inflight.front() {
@@ -631,6 +636,9 @@ impl Connection {
         if distance == 0 || distance > MAX_REORDER {
             return; // a duplicate (acked again), or too far ahead to keep
         }
+        if self.eof || self.fin_seq.is_some_and(|fin| seq_before(fin, h.seq)) {
+            return; // past the end the peer gave: a reader that saw the end would get more
+        }
         if distance == 1 && h.kind == Kind::Data && self.reorder.is_empty() {
             // The common case, the next packet with none waiting behind a hole: straight to
             // the readable bytes, without a copy of its own in the reorder map. Unless it is
@@ -651,6 +659,13 @@ impl Connection {
             // dropped every packet past a hole once half the buffer was held, resends into
             // later holes included, so a burst loss cost one RTO per hole.
             if distance > 1 && payload.len() > self.receive_window() {
+                return;
+            }
+            // The packet that fills the hole is not held to the window (the packets behind
+            // it may fill that, and would then never drain), but to what waits for the
+            // reader: else a peer that kept one packet past a hole (an empty one will do)
+            // had every in-order packet taken whatever the window, without limit.
+            if distance == 1 && self.readable.len() + payload.len() > self.recv_buffer {
                 return;
             }
             self.reorder_bytes += payload.len();
@@ -1066,6 +1081,83 @@ mod tests {
         let datagram = data_packet(&b, next, 0, &[1; MAX_PAYLOAD]);
         b.on_packet(&packet::decode(&datagram).unwrap(), now);
         assert_eq!(b.readable.len(), MAX_PAYLOAD);
+    }
+
+    /// One packet kept past a hole (an empty one does) used to let every in-order packet
+    /// after it in whatever the window said: a peer could grow what waits for a reader that
+    /// stopped without limit. Now that is held to the receive buffer too.
+    #[test]
+    fn a_packet_past_a_hole_does_not_open_the_window_to_in_order_data() {
+        let now = Instant::now();
+        let mut a = Connection::dial(7, RECV_BUFFER, now);
+        let syn = a.outgoing.remove(0);
+        let mut b = Connection::accept(&packet::decode(&syn).unwrap().header, 40_000, 100_000, now);
+        let past_the_hole = data_packet(&b, 1_000, 0, b"");
+        b.on_packet(&packet::decode(&past_the_hole).unwrap(), now);
+        for seq in 2..900u16 {
+            let datagram = data_packet(&b, seq, 0, &[seq as u8; MAX_PAYLOAD]);
+            b.on_packet(&packet::decode(&datagram).unwrap(), now);
+        }
+        let held = b.readable.len() + b.reorder_bytes;
+        assert!(held <= 100_000, "{held} bytes held");
+    }
+
+    /// Data past the FIN is not the stream's: a reader that saw its end got more after it.
+    #[test]
+    fn data_after_the_fin_is_not_delivered() {
+        let now = Instant::now();
+        let (_, mut b) = dialed(now);
+        let header = Header {
+            kind: Kind::Fin,
+            conn_id: b.recv_id,
+            timestamp: 0,
+            timestamp_diff: 0,
+            wnd: RECV_BUFFER as u32,
+            seq: 2,
+            ack: 39_999,
+        };
+        let mut fin = Vec::new();
+        packet::encode(&header, None, b"", &mut fin);
+        b.on_packet(&packet::decode(&fin).unwrap(), now);
+        assert!(b.eof);
+        let after = data_packet(&b, 3, 0, b"more");
+        b.on_packet(&packet::decode(&after).unwrap(), now);
+        assert!(b.read(usize::MAX, now).is_empty());
+    }
+
+    /// An ack of a packet we never sent takes nothing out of flight (it took everything, the
+    /// FIN included, for delivered).
+    #[test]
+    fn an_ack_of_a_packet_never_sent_is_ignored() {
+        let now = Instant::now();
+        let (mut a, mut b) = dialed(now);
+        let answer = b.outgoing.remove(0);
+        a.on_packet(&packet::decode(&answer).unwrap(), now);
+        a.write(&[5u8; 4 * MAX_PAYLOAD], now);
+        let in_flight = a.inflight.len();
+        assert_eq!(in_flight, 4);
+        let header = Header {
+            kind: Kind::State,
+            conn_id: a.recv_id,
+            timestamp: 0,
+            timestamp_diff: 0,
+            wnd: RECV_BUFFER as u32,
+            seq: 40_000,
+            ack: a.seq_nr.wrapping_add(100),
+        };
+        let mut ack = Vec::new();
+        packet::encode(&header, None, b"", &mut ack);
+        a.on_packet(&packet::decode(&ack).unwrap(), now);
+        assert_eq!(a.inflight.len(), in_flight);
+        // Its true ack still counts.
+        let header = Header {
+            ack: a.seq_nr.wrapping_sub(1),
+            ..header
+        };
+        let mut ack = Vec::new();
+        packet::encode(&header, None, b"", &mut ack);
+        a.on_packet(&packet::decode(&ack).unwrap(), now);
+        assert!(a.inflight.is_empty());
     }
 
     #[test]
