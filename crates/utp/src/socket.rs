@@ -9,7 +9,7 @@
 use crate::conn::{Connection, State};
 use crate::offload;
 use crate::packet::{self, Header, Kind};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -28,6 +28,8 @@ const ACCEPT_BACKLOG: usize = 64;
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// The smallest window a connection offers, however small the socket's buffer.
 const MIN_RECEIVE_WINDOW: usize = 64 * 1024;
+/// recvmmsg calls (each up to a batch of datagrams) between two looks at the timer.
+const RECEIVES_PER_WAKE: usize = 64;
 /// A stream dropped with data still unacked gets this long to deliver it.
 const LINGER: Duration = Duration::from_secs(30);
 /// Connections on one socket, lingering ones included; SYNs past it are not answered.
@@ -41,6 +43,9 @@ struct Shared {
     receive_window: usize,
     sender: offload::Sender,
     conns: Mutex<HashMap<Key, Arc<Handle>>>,
+    /// Connections whose stream was dropped, oldest first (some may be gone already): when
+    /// `conns` is full, a SYN takes the place of the oldest of them.
+    dropped: Mutex<VecDeque<Key>>,
     /// Told when [`UtpSocket::connect`] adds a connection: the driver ticks only while there
     /// are connections, so that an idle socket (a seed nobody dials over uTP) does not wake 50
     /// times a second.
@@ -164,6 +169,7 @@ impl UtpSocket {
             udp: Arc::new(udp),
             sender: offload::Sender::new(),
             conns: Mutex::new(HashMap::new()),
+            dropped: Mutex::new(VecDeque::new()),
             dialed: tokio::sync::Notify::new(),
             others,
         });
@@ -311,8 +317,10 @@ async fn drive(shared: Weak<Shared>, accepted: mpsc::Sender<UtpStream>) {
                 // What arrived together (one recvmmsg, at most RECEIVE_BATCH datagrams) is
                 // handled before any answer goes out, so a burst of data packets is acked
                 // once, and a long drain still acks as it goes and the sender's window keeps
-                // moving.
-                loop {
+                // moving. At most RECEIVES_PER_WAKE of them, then back to the select: a flood
+                // that never let the socket run dry kept the timers (resends, dial timeouts,
+                // lingering connections' end) from ever running.
+                for _ in 0..RECEIVES_PER_WAKE {
                     match receiver.receive(&shared.udp) {
                         Ok(n) => {
                             for i in 0..n {
@@ -400,8 +408,8 @@ fn incoming(
             handle.lock().conn.on_packet(&packet, now);
             return Some(handle);
         }
-        if conns.len() >= MAX_CONNECTIONS {
-            // SYNs from spoofed addresses stay for the linger time each.
+        if conns.len() >= MAX_CONNECTIONS && !forget_oldest_dropped(shared, &mut conns) {
+            // Every one has a stream that someone holds.
             return None;
         }
         let permit = accepted.try_reserve().ok()?;
@@ -433,6 +441,25 @@ fn incoming(
         reset(shared, &packet.header, from);
     }
     None
+}
+
+/// Forgets the connection whose stream was dropped longest ago (it was lingering to deliver
+/// what it had left, up to [`LINGER`]); false if there is none. Streams the engine closed at
+/// once (over its cap of pending handshakes) each lingered 30 s for a FIN nobody acked, so
+/// about 137 SYNs a second filled the table and every uTP dial to us was refused.
+fn forget_oldest_dropped(shared: &Shared, conns: &mut HashMap<Key, Arc<Handle>>) -> bool {
+    let mut dropped = lock(&shared.dropped);
+    while let Some(key) = dropped.pop_front() {
+        // Its key may be a newer connection's by now (the same address and id).
+        let lingering = conns
+            .get(&key)
+            .is_some_and(|handle| handle.lock().dropped_at.is_some());
+        if lingering {
+            conns.remove(&key);
+            return true;
+        }
+    }
+    false
 }
 
 fn reset(shared: &Shared, to: &Header, addr: SocketAddr) {
@@ -510,7 +537,17 @@ impl UtpStream {
 impl Drop for UtpStream {
     fn drop(&mut self) {
         self.close_our_side();
-        self.handle.lock().dropped_at = Some(now());
+        let mut inner = self.handle.lock();
+        inner.dropped_at = Some(now());
+        let key = (self.handle.addr, inner.conn.recv_id);
+        drop(inner);
+        let mut dropped = lock(&self.shared.dropped);
+        // Keys of connections finished since are dropped here too, so this stays about as
+        // long as the table.
+        if dropped.len() >= MAX_CONNECTIONS {
+            dropped.pop_front();
+        }
+        dropped.push_back(key);
     }
 }
 
@@ -697,6 +734,63 @@ mod tests {
         assert!(first.is_ok(), "the SYN made a stream");
         let second = tokio::time::timeout(Duration::from_millis(300), b.accept()).await;
         assert!(second.is_err(), "the repeated SYN made a second stream");
+    }
+
+    /// Streams accepted and dropped at once (as the engine drops those over its cap of
+    /// pending handshakes) linger for a FIN their silent dialer never acks. With the table
+    /// full of them, a new dialer still gets in: it takes the place of the oldest. It used to
+    /// be refused until they timed out (30 s), so 137 SYNs a second shut out every dialer.
+    #[tokio::test]
+    async fn dropped_streams_make_room_for_a_new_dialer() {
+        let b = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let b_addr = b.local_addr();
+        let b = Arc::new(b);
+        let acceptor = b.clone();
+        let accepted = tokio::spawn(async move {
+            for n in 0..MAX_CONNECTIONS {
+                let stream = tokio::time::timeout(Duration::from_secs(10), acceptor.accept())
+                    .await
+                    .unwrap_or_else(|_| panic!("SYN {n} made no stream"))
+                    .unwrap();
+                drop(stream);
+            }
+        });
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for conn_id in 0..MAX_CONNECTIONS as u16 {
+            let syn = Header {
+                kind: Kind::Syn,
+                conn_id: conn_id * 2,
+                timestamp: 0,
+                timestamp_diff: 0,
+                wnd: 1 << 20,
+                seq: 1,
+                ack: 0,
+            };
+            let mut datagram = Vec::new();
+            packet::encode(&syn, None, &[], &mut datagram);
+            silent.send_to(&datagram, b_addr).await.unwrap();
+            if conn_id % 32 == 31 {
+                // Within the accept backlog (64), and in the socket's receive buffer.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        accepted.await.unwrap();
+        assert_eq!(
+            lock(&b.shared.conns).len(),
+            MAX_CONNECTIONS,
+            "the table is full"
+        );
+        let a = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let dialed = tokio::time::timeout(Duration::from_secs(5), a.connect(b_addr)).await;
+        match dialed {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("a new dialer was refused: {e}"),
+            Err(_) => panic!("a new dialer was not answered in 5 s"),
+        }
     }
 
     #[tokio::test]
