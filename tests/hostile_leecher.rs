@@ -479,3 +479,64 @@ fn a_peer_that_asks_and_cancels_in_a_loop_and_reads_nothing_holds_bounded_memory
         after - before
     );
 }
+
+/// 8 hosts (127.0.0.2 to 127.0.0.9) each open 32 connections that never send a handshake:
+/// together the 256 pending handshakes a seed holds (`pow_engine::MAX_PENDING_HANDSHAKES`).
+/// A download from another host (127.0.0.1) completes meanwhile: its connection takes the
+/// place of the oldest pending one of a host holding most. It used to be closed at once
+/// until the silent ones timed out (20 s), so 8 addresses could shut out everyone.
+#[test]
+fn silent_connections_from_a_few_hosts_cannot_fill_every_pending_place() {
+    use std::io::Read;
+    const PER_HOST: usize = 32; // pow_engine::MAX_PENDING_HANDSHAKES_PER_HOST
+    let seed = SmallSeed::start("silent-hosts", 4);
+    let (work, data, torrent, port) = (&seed.work, &seed.data, &seed.torrent, seed.port);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let silent: Vec<std::net::TcpStream> = runtime.block_on(async {
+        let mut streams = Vec::new();
+        for host in 2..10u8 {
+            for _ in 0..PER_HOST {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(([127, 0, 0, host], 0).into()).unwrap();
+                let stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+                streams.push(stream.into_std().unwrap());
+            }
+        }
+        streams
+    });
+    // Every one of them is held (none closed at once), so the seed's places are all taken.
+    let held = silent
+        .iter()
+        .filter(|&stream| {
+            let mut stream = stream;
+            stream.set_nonblocking(false).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            matches!(stream.read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    assert_eq!(held, 8 * PER_HOST);
+    let started = std::time::Instant::now();
+    let out = work.path().join("out");
+    let report = common::pow_download_json(
+        torrent.to_str().unwrap(),
+        &out,
+        &["--peer", &format!("127.0.0.1:{port}")],
+    );
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(same_bytes(data, &out.join("blob")), Ok(4 << 20));
+    println!(
+        "{} silent connections from 8 hosts ({held} held); a download from 127.0.0.1 \
+         meanwhile in {took:.2} s",
+        silent.len()
+    );
+    assert!(
+        took < 10.0,
+        "the download waited for the silent connections: {took:.1} s"
+    );
+}

@@ -9,8 +9,9 @@ use crate::peer::{self, Routed};
 use crate::transport::{self, PeerListener, PeerStream};
 use crate::{Inner, Torrent};
 use bytes::BytesMut;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -39,45 +40,109 @@ pub(crate) struct PendingHandshakes {
 #[derive(Default)]
 struct Counts {
     total: usize,
-    by_host: HashMap<IpAddr, usize>,
+    /// Each host's pending handshakes, oldest first: an id and how to give it up.
+    by_host: HashMap<IpAddr, VecDeque<(u64, Arc<Eviction>)>>,
+    next_id: u64,
 }
 
-/// One pending handshake, counted until dropped.
+/// Set when a pending handshake's place goes to another host's.
+#[derive(Default)]
+struct Eviction {
+    evicted: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+/// One pending handshake, counted until dropped, or until its place is given to another host's
+/// ([`Pending::evicted`]).
 pub(crate) struct Pending {
     handshakes: Arc<PendingHandshakes>,
     host: IpAddr,
+    id: u64,
+    eviction: Arc<Eviction>,
 }
 
 impl PendingHandshakes {
-    /// Counts a handshake from `addr` in, or `None` (the connection is to be closed) when there
-    /// are too many, from everyone or from its host.
+    /// Counts a handshake from `addr` in, or `None` (the connection is to be closed) when its
+    /// host has [`MAX_PENDING_HANDSHAKES_PER_HOST`], or all have [`MAX_PENDING_HANDSHAKES`] and
+    /// none holds two more than its host. Otherwise a full count makes room: the oldest
+    /// handshake of the host holding most is given up. Refusing every newcomer once the count
+    /// was full let 8 silent hosts (32 each, or one IPv6 /56) shut everyone out, at about 13
+    /// connections a second.
     pub fn admit(self: &Arc<Self>, addr: SocketAddr) -> Option<Pending> {
         let host = crate::peer::host_of(addr.ip());
         let mut counts = lock(&self.counts);
-        let from_host = counts.by_host.get(&host).copied().unwrap_or(0);
-        if counts.total >= MAX_PENDING_HANDSHAKES || from_host >= MAX_PENDING_HANDSHAKES_PER_HOST {
-            tracing::debug!("{addr}: too many pending handshakes, closed");
+        let from_host = counts.by_host.get(&host).map_or(0, VecDeque::len);
+        if from_host >= MAX_PENDING_HANDSHAKES_PER_HOST {
+            tracing::debug!("{addr}: too many pending handshakes from its host, closed");
             return None;
         }
+        if counts.total >= MAX_PENDING_HANDSHAKES {
+            let most = counts
+                .by_host
+                .iter()
+                .max_by_key(|(_, waiting)| waiting.len())
+                .filter(|(_, waiting)| waiting.len() > from_host + 1)
+                .map(|(&victim, _)| victim);
+            let Some(victim) = most else {
+                tracing::debug!("{addr}: too many pending handshakes, closed");
+                return None;
+            };
+            let waiting = counts.by_host.get_mut(&victim).expect("found");
+            let (_, eviction) = waiting.pop_front().expect("not empty");
+            if waiting.is_empty() {
+                counts.by_host.remove(&victim);
+            }
+            counts.total -= 1;
+            eviction.evicted.store(true, Ordering::Relaxed);
+            eviction.notify.notify_one();
+            tracing::debug!("{addr}: a pending handshake from {victim} given up for it");
+        }
         counts.total += 1;
-        *counts.by_host.entry(host).or_default() += 1;
+        let id = counts.next_id;
+        counts.next_id += 1;
+        let eviction = Arc::new(Eviction::default());
+        counts
+            .by_host
+            .entry(host)
+            .or_default()
+            .push_back((id, eviction.clone()));
         Some(Pending {
             handshakes: self.clone(),
             host,
+            id,
+            eviction,
         })
+    }
+}
+
+impl Pending {
+    /// Completes once this handshake's place went to another host's: the connection is to be
+    /// closed.
+    pub async fn evicted(&self) {
+        self.eviction.notify.notified().await;
+    }
+
+    #[cfg(test)]
+    fn is_evicted(&self) -> bool {
+        self.eviction.evicted.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         let mut counts = lock(&self.handshakes.counts);
-        if let Some(count) = counts.by_host.get_mut(&self.host) {
-            *count -= 1;
-            if *count == 0 {
-                counts.by_host.remove(&self.host);
-            }
-            counts.total -= 1;
+        let Some(waiting) = counts.by_host.get_mut(&self.host) else {
+            return;
+        };
+        // An evicted one was uncounted when it was given up.
+        let Some(at) = waiting.iter().position(|(id, _)| *id == self.id) else {
+            return;
+        };
+        waiting.remove(at);
+        if waiting.is_empty() {
+            counts.by_host.remove(&self.host);
         }
+        counts.total -= 1;
     }
 }
 
@@ -232,7 +297,13 @@ async fn route(
     encryption: Encryption,
     permit: Pending,
 ) {
-    let routed = read_route(stream, addr, &routes, encryption).await;
+    let routed = tokio::select! {
+        routed = read_route(stream, addr, &routes, encryption) => routed,
+        () = permit.evicted() => {
+            tracing::debug!("{addr}: handshake given up, its place went to another host's");
+            None
+        }
+    };
     drop(permit);
     if let Some((inner, stream, routed)) = routed {
         peer::accept_routed(inner, stream, addr, routed).await;
@@ -310,11 +381,12 @@ fn hex_of(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    /// The caps, and no trace of what was refused: once the total is full, connections from
-    /// 10,000 other hosts are refused and leave no entry behind; as pending ones finish, their
-    /// room is free again.
+    /// The caps, and no trace of what was refused: once the total is full, a newcomer takes
+    /// the place of the oldest handshake of the host holding most, until no host holds two
+    /// more than its own; then 10,000 other hosts are refused and leave no entry behind; as
+    /// pending ones finish (or are given up), their room is free again.
     #[test]
-    fn pending_handshakes_are_capped_and_refusals_leave_nothing() {
+    fn pending_handshakes_are_capped_shared_out_and_refusals_leave_nothing() {
         let pending = Arc::new(PendingHandshakes::default());
         let at = |host: u32, port: u16| SocketAddr::from((std::net::Ipv4Addr::from(host), port));
         let one_host: Vec<Pending> = (0..MAX_PENDING_HANDSHAKES_PER_HOST as u16)
@@ -328,17 +400,27 @@ mod tests {
                     .expect("under the total")
             })
             .collect();
+        assert!(one_host.iter().all(|p| !p.is_evicted()));
+        // Full: 31 newcomers each take the place of host 1's oldest, down to its last one.
+        let newcomers: Vec<Pending> = (0..MAX_PENDING_HANDSHAKES_PER_HOST as u32 - 1)
+            .map(|i| pending.admit(at(500_000 + i, 1)).expect("a place given up"))
+            .collect();
+        let evicted = one_host.iter().filter(|p| p.is_evicted()).count();
+        assert_eq!(evicted, MAX_PENDING_HANDSHAKES_PER_HOST - 1);
+        assert!(!one_host.last().unwrap().is_evicted(), "the newest stays");
+        assert!(others.iter().all(|p| !p.is_evicted()));
         for host in 1_000_000..1_010_000 {
             assert!(pending.admit(at(host, 1)).is_none(), "total cap");
         }
         {
             let counts = lock(&pending.counts);
             assert_eq!(counts.total, MAX_PENDING_HANDSHAKES);
-            assert_eq!(counts.by_host.len(), 1 + others.len());
+            assert_eq!(counts.by_host.len(), MAX_PENDING_HANDSHAKES);
         }
         drop(one_host);
         assert!(pending.admit(at(2_000_000, 1)).is_some());
         drop(others);
+        drop(newcomers);
         let counts = lock(&pending.counts);
         assert_eq!((counts.total, counts.by_host.len()), (0, 0));
     }

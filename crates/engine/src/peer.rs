@@ -627,13 +627,24 @@ async fn handshake(inner: &Inner, mut stream: PeerStream, side: Side) -> Result<
             let theirs = read_handshake(&mut stream, &mut buf, &mut ciphers, deadline).await?;
             (theirs, ciphers, buf)
         }
-        Side::Accepted(_pending) => {
-            let mut ciphers =
-                encryption::accept(&mut stream, &mut buf, || vec![info_hash], policy, deadline)
-                    .await?;
-            ciphers.seal(&mut ours);
-            stream.write_all(&ours).await?;
-            let theirs = read_handshake(&mut stream, &mut buf, &mut ciphers, deadline).await?;
+        Side::Accepted(pending) => {
+            let read = async {
+                let mut ciphers =
+                    encryption::accept(&mut stream, &mut buf, || vec![info_hash], policy, deadline)
+                        .await?;
+                ciphers.seal(&mut ours);
+                stream.write_all(&ours).await?;
+                let theirs = read_handshake(&mut stream, &mut buf, &mut ciphers, deadline).await?;
+                Ok::<_, PeerError>((theirs, ciphers))
+            };
+            let (theirs, ciphers) = tokio::select! {
+                read = read => read?,
+                () = pending.evicted() => {
+                    return Err(PeerError::Protocol(
+                        "handshake given up: its place went to another host's",
+                    ))
+                }
+            };
             (theirs, ciphers, buf)
         }
     };
