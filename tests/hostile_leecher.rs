@@ -395,6 +395,52 @@ fn idle_peers_from_one_host_take_a_few_slots_and_leave_the_rest() {
     assert_eq!(same_bytes(data, &out.join("blob")), Ok(4 << 20));
 }
 
+/// 7 hosts (127.0.0.2 to 127.0.0.8) each connect 8 peers that finish their handshake and then
+/// say nothing: 56 against a seed's 50 slots, so every slot is taken. A download from another
+/// host (127.0.0.1) still completes: the host holding most slots gives one up for it. Before,
+/// the idle peers kept every slot for good and the download was turned away.
+#[test]
+fn idle_peers_from_a_few_hosts_cannot_keep_every_slot() {
+    const PER_HOST: u8 = 8; // pow_engine::MAX_PEERS_PER_HOST
+    let seed = SmallSeed::start("few-hosts", 4);
+    let (work, data, torrent, port) = (&seed.work, &seed.data, &seed.torrent, seed.port);
+    let info_hash = seed.metainfo.info_hash.0;
+    // The last host's connections past its first two each take a slot from a host holding
+    // two more than it; its last one finds none and is closed before its handshake.
+    let mut idle: Vec<RawPeer> = (2..9u8)
+        .flat_map(|host| (0..PER_HOST).map(move |i| (host, i)))
+        .filter_map(|(host, i)| {
+            let mut peer_id = *b"-XX0001-idle-peer-00";
+            (peer_id[18], peer_id[19]) = (host, i);
+            let from = std::net::Ipv4Addr::new(127, 0, 0, host);
+            RawPeer::try_connect_from(from, port, info_hash, peer_id)
+        })
+        .collect();
+    let held = idle
+        .iter_mut()
+        .map(|peer| peer.closed_within(Duration::from_millis(100)))
+        .filter(Option::is_none)
+        .count();
+    assert_eq!(
+        held, 50,
+        "the seed's 50 slots (pow_engine's default max_peers) are taken"
+    );
+    let out = work.path().join("out");
+    let report = common::pow_download_json(
+        torrent.to_str().unwrap(),
+        &out,
+        &[
+            "--peer",
+            &format!("127.0.0.1:{port}"),
+            "--stall-timeout",
+            "10",
+        ],
+    );
+    println!("56 idle peers from 7 hosts: {held} kept; a download from 127.0.0.1: {report}");
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(same_bytes(data, &out.join("blob")), Ok(4 << 20));
+}
+
 /// A peer that connects to us and breaks the protocol (a `have` for a piece the torrent does
 /// not have) on each of three connections, each from a new port: its host's next connection
 /// is closed after the handshake, and a peer elsewhere (127.0.0.1) is still served. Before,

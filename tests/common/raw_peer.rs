@@ -90,6 +90,17 @@ impl RawPeer {
         info_hash: [u8; 20],
         peer_id: [u8; 20],
     ) -> RawPeer {
+        Self::try_connect_from(source, port, info_hash, peer_id).expect("pow closed the connection")
+    }
+
+    /// As [`RawPeer::connect_from`], or `None` when pow closes the connection before its
+    /// handshake (it has no room).
+    pub fn try_connect_from(
+        source: std::net::Ipv4Addr,
+        port: u16,
+        info_hash: [u8; 20],
+        peer_id: [u8; 20],
+    ) -> Option<RawPeer> {
         // std cannot bind a socket before connecting it; tokio's `TcpSocket` can.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -106,7 +117,14 @@ impl RawPeer {
             })
             .unwrap();
         stream.set_nonblocking(false).unwrap();
-        Self::greet(stream, info_hash, [0; 8], peer_id).0
+        let mut stream = stream;
+        stream
+            .write_all(&handshake([0; 8], info_hash, peer_id))
+            .ok()?;
+        let mut theirs = [0u8; 68];
+        stream.read_exact(&mut theirs).ok()?;
+        assert_eq!(theirs[28..48], info_hash);
+        Some(RawPeer { stream })
     }
 
     /// Sends our handshake, reads theirs (checking the info-hash); returns their reserved bytes.

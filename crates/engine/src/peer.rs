@@ -112,11 +112,15 @@ pub(crate) async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
-                    let full = inner.lock().wire_peers() >= inner.config.max_peers;
+                    let no_room = {
+                        let state = inner.lock();
+                        state.wire_peers() >= inner.config.max_peers
+                            && slot_to_give_up(&state, host_of(addr.ip())).is_none()
+                    };
                     let Some(permit) = pending.admit(addr) else {
                         continue;
                     };
-                    if !full {
+                    if !no_room {
                         let side = Side::Accepted(permit);
                         tokio::spawn(run_incoming(inner.clone(), stream, addr, side));
                     }
@@ -340,12 +344,37 @@ pub(crate) fn host_of(ip: IpAddr) -> IpAddr {
 /// together (up to 255 over `max_peers`), so they are counted again here, under the lock that
 /// adds the peer. A second connection of a peer already connected is let through to the
 /// duplicate rule, which keeps one of the two.
+/// With every slot taken, a connection from `host` may have one that another host gives up:
+/// the host holding most slots, if it holds two more than `host` does, gives up its least
+/// useful peer (one not interested before one that is, then the one that exchanged least).
+/// Without it, a few hosts that connected and sat idle (7 addresses with 8 connections each,
+/// or one IPv6 /56) kept every slot for good.
+fn slot_to_give_up(state: &crate::State, host: IpAddr) -> Option<PeerKey> {
+    let mut by_host: HashMap<IpAddr, usize> = HashMap::new();
+    for p in state.peers.values().filter(|p| p.wire.is_some()) {
+        *by_host.entry(host_of(p.addr.ip())).or_default() += 1;
+    }
+    let ours = by_host.get(&host).copied().unwrap_or(0);
+    let (&most, _) = by_host
+        .iter()
+        .filter(|&(_, &count)| count >= ours + 2)
+        .max_by_key(|&(_, &count)| count)?;
+    state
+        .peers
+        .iter()
+        .filter(|(_, p)| p.wire.is_some() && host_of(p.addr.ip()) == most)
+        .min_by_key(|(_, p)| (p.interested, p.received + p.sent))
+        .map(|(&key, _)| key)
+}
+
+/// Room for a connection from `addr` that finished its handshake: `Ok(None)`, or
+/// `Ok(Some(key))` once the peer `key` is closed to make it ([`slot_to_give_up`]); else why not.
 fn no_room_for_incoming(
     state: &crate::State,
     addr: SocketAddr,
     peer_id: [u8; 20],
     config: &crate::EngineConfig,
-) -> Option<&'static str> {
+) -> Result<Option<PeerKey>, &'static str> {
     let host = host_of(addr.ip());
     let from_host = || {
         state
@@ -358,15 +387,17 @@ fn no_room_for_incoming(
         .filter(same_address)
         .any(|p| p.wire.is_some_and(|wire| wire.peer_id == peer_id))
     {
-        return None;
-    }
-    if state.wire_peers() >= config.max_peers {
-        return Some("every peer slot taken");
+        return Ok(None);
     }
     if !is_local_swarm(host) && from_host().count() >= crate::MAX_PEERS_PER_HOST {
-        return Some("as many connections from its host as one host may have");
+        return Err("as many connections from its host as one host may have");
     }
-    None
+    if state.wire_peers() >= config.max_peers {
+        return slot_to_give_up(state, host)
+            .map(Some)
+            .ok_or("every peer slot taken");
+    }
+    Ok(None)
 }
 
 /// Runs a connection to its end.
@@ -411,9 +442,21 @@ async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side
             return Dialed::Failed;
         }
         if !outgoing {
-            if let Some(full) = no_room_for_incoming(&state, addr, conn.peer_id, &inner.config) {
-                tracing::debug!("{addr}: {full}, closed");
-                return Dialed::Failed;
+            match no_room_for_incoming(&state, addr, conn.peer_id, &inner.config) {
+                Ok(None) => {}
+                Ok(Some(given_up)) => {
+                    if let Some(other) = state.peers.get(&given_up) {
+                        tracing::debug!(
+                            "{}: closed, its host holds most slots; for {addr}",
+                            other.addr
+                        );
+                        let _ = other.tx.send(PeerCmd::Close);
+                    }
+                }
+                Err(full) => {
+                    tracing::debug!("{addr}: {full}, closed");
+                    return Dialed::Failed;
+                }
             }
         }
         let link = WireLink {
