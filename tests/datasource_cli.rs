@@ -341,7 +341,33 @@ fn source_create_makes_what_save_makes() {
         ],
     );
     assert!(malformed.contains("expected FIELD=VALUE"), "{malformed}");
+    // `--set key=` or `--set type=` named another source than TYPE KEY, past the check that
+    // it does not exist: `--set key=2000_connections` changed the existing one.
+    for field in ["key=2000_connections", "type=DataSource"] {
+        let args = [
+            "source",
+            "create",
+            "ConnectomeCSVDataSource",
+            "zz",
+            "--set",
+            field,
+        ];
+        let refused = fails(&dir, &args);
+        assert!(refused.contains("is given as TYPE KEY"), "{refused}");
+    }
     assert_eq!(triples(&dir), before, "nothing stored by the refusals");
+    // A key with `%` is checked under the IRI it is made under: created once, refused again.
+    let percent = [
+        "source",
+        "create",
+        "ConnectomeCSVDataSource",
+        "a%41",
+        "--set",
+        "comment=1",
+    ];
+    ok(&dir, &percent);
+    let again = fails(&dir, &percent);
+    assert!(again.contains("already exists"), "{again}");
 }
 
 /// `pow export | head -c 100`: the reader goes away after 100 bytes of a long export, and pow

@@ -124,7 +124,8 @@ struct HttpStore {
 impl HttpStore {
     fn start(dir: &Path) -> HttpStore {
         let port = free_port();
-        let child = Command::new("python3")
+        let mut command = Command::new("python3");
+        command
             .args([
                 "-m",
                 "http.server",
@@ -133,7 +134,24 @@ impl HttpStore {
                 "127.0.0.1",
             ])
             .arg("--directory")
-            .arg(dir)
+            .arg(dir);
+        HttpStore::spawn(command, port)
+    }
+
+    /// A Python `BaseHTTPRequestHandler` subclass body `handler` (class `H`), serving.
+    fn scripted(handler: &str) -> HttpStore {
+        let port = free_port();
+        let script = format!(
+            "import http.server\n{handler}\n\
+             http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
+        );
+        let mut command = Command::new("python3");
+        command.arg("-c").arg(script);
+        HttpStore::spawn(command, port)
+    }
+
+    fn spawn(mut command: Command, port: u16) -> HttpStore {
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -569,6 +587,51 @@ fn tampered_content_missing_torrent_and_dead_store_fail_clearly() {
     assert!(stderr.contains(&expected), "{stderr}");
     let base_dir = work.join("pow-named/data_source_data/BitTorrentDataSourceDirLoader/named");
     assert!(!base_dir.exists(), "nothing written");
+}
+
+/// A store that answers a PUT with `303 See Other` (to an HTML page) has not stored the
+/// torrent: `publish` fails naming the redirect and records nothing. The redirect used to be
+/// followed as a GET whose 200 read as "already stored", and publish then failed on the page
+/// with only "bencode: unexpected byte '<' at byte 0".
+#[test]
+fn a_store_that_redirects_a_put_has_not_stored_it() {
+    let work = TempDir::new("put-redirect");
+    let store = HttpStore::scripted(
+        "class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_PUT(self):\n\
+         \x20       self.rfile.read(int(self.headers['Content-Length']))\n\
+         \x20       self.send_response(303); self.send_header('Location', '/see/x')\n\
+         \x20       self.send_header('Content-Length', '0'); self.end_headers()\n\
+         \x20   def do_GET(self):\n\
+         \x20       body = b'<html>signed in?</html>'\n\
+         \x20       self.send_response(200); self.send_header('Content-Length', str(len(body)))\n\
+         \x20       self.end_headers(); self.wfile.write(body)\n",
+    );
+    let data = work.path().join("v1.csv");
+    std::fs::write(&data, "pre,post\nAVAL,AVAR\n").unwrap();
+    let pow_dir = work.path().join("pow");
+    let init = run(pow().arg("--pow-dir").arg(&pow_dir).arg("init"));
+    assert!(init.status.success(), "init: {}", text(&init.stderr));
+    let o = run(pow()
+        .arg("--pow-dir")
+        .arg(&pow_dir)
+        .arg("publish")
+        .arg(&data)
+        .args(["--type", "ConnectomeCSVDataSource", "--key", "redirected"])
+        .args(["--no-seed", "--torrent-store", &store.url]));
+    let stderr = text(&o.stderr);
+    println!("{}", stderr.trim());
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 303") && stderr.contains("redirects to /see/x"),
+        "{stderr}"
+    );
+    let shown = run(pow().arg("--pow-dir").arg(&pow_dir).args([
+        "source",
+        "show",
+        "ConnectomeCSVDataSource:redirected",
+    ]));
+    assert!(!shown.status.success(), "recorded: {}", text(&shown.stdout));
 }
 
 /// Acceptance 3: a load killed (-9) half way, then run again, fetches only what was missing.

@@ -191,7 +191,12 @@ pub fn source(pow_dir: Option<&Path>, cmd: SourceCommand) -> CmdResult {
             }
         }
         SourceCommand::Create { kind, key, set } => {
-            let id = format!("{kind}:{key}");
+            // The IRI it would be made under (a `Type:key` ID reads `%` as already quoted, so
+            // `a%41` was looked for as `aA` and an existing `a%2541` was changed).
+            let id = pow_datasource::Class::by_name(&kind).map_or_else(
+                || format!("{kind}:{key}"),
+                |c| format!("<{}>", c.instance_iri(&key)),
+            );
             if let Ok(existing) = pow.show(&id) {
                 return Err(format!(
                     "{} already exists (change it with pow save or pow publish)",
@@ -201,10 +206,14 @@ pub fn source(pow_dir: Option<&Path>, cmd: SourceCommand) -> CmdResult {
             }
             let fields = set
                 .iter()
-                .map(|pair| {
-                    pair.split_once('=')
-                        .map(|(f, v)| (f.to_string(), v.to_string()))
-                        .ok_or_else(|| format!("--set {pair}: expected FIELD=VALUE"))
+                .map(|pair| match pair.split_once('=') {
+                    // They would replace the TYPE and KEY given, past the check above: an
+                    // existing source was changed through `--set key=`.
+                    Some((field @ ("type" | "key"), _)) => Err(format!(
+                        "--set {pair}: the {field} is given as TYPE KEY, not with --set"
+                    )),
+                    Some((f, v)) => Ok((f.to_string(), v.to_string())),
+                    None => Err(format!("--set {pair}: expected FIELD=VALUE")),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let iri = pow.upsert_source(&kind, &key, &fields)?;

@@ -164,8 +164,30 @@ impl TorrentStore {
         }
     }
 
-    fn http_client(&self) -> Result<reqwest::blocking::Client> {
+    /// A client for the store. `follow`: redirects are followed (up to 10, never from https to
+    /// http, as for trackers); else a redirect is the answer. A PUT answered `303 See Other`
+    /// was followed as a GET, whose 200 read as "already stored".
+    fn http_client(&self, follow: bool) -> Result<reqwest::blocking::Client> {
+        let redirects = if follow {
+            reqwest::redirect::Policy::custom(|attempt| {
+                let downgrade = attempt.url().scheme() == "http"
+                    && attempt
+                        .previous()
+                        .last()
+                        .is_some_and(|from| from.scheme() == "https");
+                if downgrade {
+                    attempt.error("a redirect from https to http")
+                } else if attempt.previous().len() > 10 {
+                    attempt.error("more than 10 redirects")
+                } else {
+                    attempt.follow()
+                }
+            })
+        } else {
+            reqwest::redirect::Policy::none()
+        };
         reqwest::blocking::Client::builder()
+            .redirect(redirects)
             .tls_backend_preconfigured((*pow_tls::client_config()).clone())
             .timeout(HTTP_TIMEOUT)
             .connect_timeout(HTTP_TIMEOUT)
@@ -181,7 +203,7 @@ impl TorrentStore {
             unreachable!("http_put on a directory store")
         };
         let url = format!("{base}/{name}");
-        let mut request = self.http_client()?.put(&url).body(bytes.to_vec());
+        let mut request = self.http_client(false)?.put(&url).body(bytes.to_vec());
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -195,17 +217,27 @@ impl TorrentStore {
             // options) and keeps it, as a directory store does.
             200 | 409 => Ok(false),
             _ => {
+                let location = response
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .map(str::to_string);
                 let body = response.text().unwrap_or_default();
                 let detail = serde_json::from_str::<serde_json::Value>(&body)
                     .ok()
                     .and_then(|v| v["error"].as_str().map(str::to_string))
                     .unwrap_or(body);
-                let hint = if status.as_u16() == 401 {
-                    " (give the server's token with --token or POW_STORE_TOKEN)"
+                let detail = if detail.trim().is_empty() {
+                    String::new()
                 } else {
-                    ""
+                    format!(": {detail}")
                 };
-                Err(self.error(format!("PUT {url}: HTTP {status}: {detail}{hint}")))
+                let hint = match (status.as_u16(), location) {
+                    (401, _) => " (give the server's token with --token or POW_STORE_TOKEN)".into(),
+                    (300..=399, Some(to)) => format!(" (it redirects to {to}; nothing stored)"),
+                    _ => String::new(),
+                };
+                Err(self.error(format!("PUT {url}: HTTP {status}{detail}{hint}")))
             }
         }
     }
@@ -217,7 +249,7 @@ impl TorrentStore {
         };
         let url = format!("{base}/{name}");
         let response = self
-            .http_client()?
+            .http_client(true)?
             .get(&url)
             .send()
             .map_err(|e| self.error(format!("GET {url}: {}", describe_reqwest(&e))))?;
