@@ -73,12 +73,27 @@ pub fn parse_rdf(
 
 /// Parses the TOML form into quads in `data_graph`, checking classes, fields and value shapes.
 pub fn parse_toml(path: &Path, text: &str, data_graph: &str) -> Result<Vec<Quad>> {
+    Ok(parse_toml_fields(path, text, data_graph)?.0)
+}
+
+/// A source's field given as an empty list (`info_hash = []`): its stored values go.
+pub type Cleared = (NamedNode, NamedNode);
+
+/// As [`parse_toml`], and the fields given as empty lists. Without this, a value once saved
+/// could not be taken away: a record whose `info_hash` named an earlier version of its torrent
+/// refused every load of the new one until the store was deleted.
+pub fn parse_toml_fields(
+    path: &Path,
+    text: &str,
+    data_graph: &str,
+) -> Result<(Vec<Quad>, Vec<Cleared>)> {
     let table: toml::Table = toml::from_str(text).map_err(|source| Error::Toml {
         path: path.to_path_buf(),
         source,
     })?;
     let graph = NamedNode::new_unchecked(data_graph);
     let mut quads = Vec::new();
+    let mut cleared = Vec::new();
     for (key, value) in &table {
         if key != "source" {
             return Err(Error::Definition {
@@ -96,10 +111,10 @@ pub fn parse_toml(path: &Path, text: &str, data_graph: &str) -> Result<Vec<Quad>
                 at: at.clone(),
                 message: "expected a table".into(),
             })?;
-            source_quads(&at, source, &graph, &mut quads)?;
+            source_quads(&at, source, &graph, &mut quads, &mut cleared)?;
         }
     }
-    Ok(quads)
+    Ok((quads, cleared))
 }
 
 fn definition(at: &str, message: String) -> Error {
@@ -114,6 +129,7 @@ fn source_quads(
     source: &toml::Table,
     graph: &NamedNode,
     quads: &mut Vec<Quad>,
+    cleared: &mut Vec<Cleared>,
 ) -> Result<()> {
     let type_name = match source.get("type") {
         Some(toml::Value::String(s)) => s.as_str(),
@@ -164,6 +180,10 @@ fn source_quads(
             )
         };
         let values = match value {
+            toml::Value::Array(items) if items.is_empty() => {
+                cleared.push((subject.clone(), predicate.clone()));
+                continue;
+            }
             toml::Value::Array(items) => items.iter().collect(),
             single => vec![single],
         };

@@ -233,7 +233,8 @@ impl PowDir {
                 id: shown.id.clone(),
                 why: format!(
                     "{} from {torrent_from} has info-hash {}, but the record's info_hash is \
-                     {}; nothing downloaded",
+                     {}; nothing downloaded (if the record is of an earlier version, save it \
+                     with the new info_hash, or with `info_hash = []` to drop it)",
                     wanted.file_name,
                     metainfo.info_hash.to_hex(),
                     wanted.info_hashes.join(", ")

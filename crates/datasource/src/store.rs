@@ -2,7 +2,7 @@
 //! it (init, save, import, list, show, query, export).
 
 use crate::config::{Config, CONFIG_FILE};
-use crate::definitions::{check, parse_rdf, parse_toml, FileFormat};
+use crate::definitions::{check, parse_rdf, parse_toml_fields, Cleared, FileFormat};
 use crate::error::{Error, Result};
 use crate::schema::{resolve_id, schema_quads, shorten, Class, SCHEMA_GRAPH};
 use crate::show::{Shown, ShownField, Value};
@@ -180,29 +180,38 @@ impl PowDir {
     /// state for the fields it gives: their stored values are replaced (as `pow publish` does),
     /// the other fields kept. An RDF file is merged, statements added to those stored, as RDF
     /// tools (and `pow import`) do.
+    /// A field given as an empty list (`info_hash = []`) has its stored values removed.
     pub fn save_file(&self, path: &Path) -> Result<SaveReport> {
-        let quads = self.read_definitions(path)?;
+        let (quads, cleared) = self.read_definition_fields(path)?;
         let replace = matches!(FileFormat::from_path(path)?, FileFormat::Toml);
-        self.write_all(quads, replace)
+        self.write_all(quads, replace, &cleared)
     }
 
     /// Reads and validates a definitions file without writing anything.
     pub fn read_definitions(&self, path: &Path) -> Result<Vec<Quad>> {
+        Ok(self.read_definition_fields(path)?.0)
+    }
+
+    /// As [`PowDir::read_definitions`], and the fields a TOML file gives as empty lists.
+    fn read_definition_fields(&self, path: &Path) -> Result<(Vec<Quad>, Vec<Cleared>)> {
         let format = FileFormat::from_path(path)?;
         let bytes = std::fs::read(path).map_err(Error::io(path))?;
         let data_graph = &self.config.data_graph;
-        let mut quads = match format {
+        let (mut quads, cleared) = match format {
             FileFormat::Toml => {
                 let text = String::from_utf8(bytes).map_err(|e| Error::Definition {
                     at: path.display().to_string(),
                     message: format!("not UTF-8: {e}"),
                 })?;
-                parse_toml(path, &text, data_graph)?
+                parse_toml_fields(path, &text, data_graph)?
             }
-            FileFormat::Rdf(format) => parse_rdf(path, &bytes, format, data_graph, true)?,
+            FileFormat::Rdf(format) => (
+                parse_rdf(path, &bytes, format, data_graph, true)?,
+                Vec::new(),
+            ),
         };
         check(&mut quads, data_graph, true)?;
-        Ok(quads)
+        Ok((quads, cleared))
     }
 
     /// `pow import FILE`: loads an RDF file (typically a `pow export`) as is, blank node labels
@@ -215,12 +224,18 @@ impl PowDir {
         let bytes = std::fs::read(path).map_err(Error::io(path))?;
         let mut quads = parse_rdf(path, &bytes, format, &self.config.data_graph, false)?;
         check(&mut quads, &self.config.data_graph, false)?;
-        self.write_all(quads, false)
+        self.write_all(quads, false, &[])
     }
 
     /// Writes `quads` in one transaction; with `replace_fields`, first removes the stored
-    /// values of each field they give a source ([`replaced_values`]).
-    fn write_all(&self, quads: Vec<Quad>, replace_fields: bool) -> Result<SaveReport> {
+    /// values of each field they give a source ([`replaced_values`]), and of each field in
+    /// `cleared`.
+    fn write_all(
+        &self,
+        quads: Vec<Quad>,
+        replace_fields: bool,
+        cleared: &[Cleared],
+    ) -> Result<SaveReport> {
         let sources = quads
             .iter()
             .filter(|q| {
@@ -232,6 +247,20 @@ impl PowDir {
         if replace_fields {
             for old in replaced_values(&txn, &quads, &self.data_graph())? {
                 txn.remove(&old);
+            }
+            let graph = self.data_graph();
+            for (subject, predicate) in cleared {
+                let old = txn
+                    .quads_for_pattern(
+                        Some(subject.as_ref().into()),
+                        Some(predicate.as_ref()),
+                        None,
+                        Some(GraphNameRef::NamedNode(graph.as_ref())),
+                    )
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                for quad in old {
+                    txn.remove(&quad);
+                }
             }
         }
         txn.extend(&schema_quads(&self.config.data_graph));

@@ -141,3 +141,34 @@ source = "ConnectomeCSVDataSource:2000_connections"
         1
     );
 }
+
+/// A TOML field given as an empty list removes its stored values; the other fields stay.
+/// Before, `info_hash = []` saved nothing and the old value stayed: a record naming an earlier
+/// version's info-hash refused every load of the new torrent until the store was deleted.
+#[test]
+fn a_field_saved_as_an_empty_list_is_removed() {
+    let tmp = Tmp::new("clear");
+    let pow = PowDir::init(&tmp.0.join(".pow")).unwrap();
+    let defs = tmp.0.join("k2.toml");
+    let save = |fields: &str| {
+        std::fs::write(
+            &defs,
+            format!(
+                "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"k2\"\n\
+                 torrent_file_name = \"0123456789abcdef0123456789abcdef.torrent\"\n{fields}"
+            ),
+        )
+        .unwrap();
+        pow.save_file(&defs).unwrap();
+        pow.show("ConnectomeCSVDataSource:k2").unwrap().format()
+    };
+    let hash = "db4e1b1f2a70f0b8b7f0c8fe1b0c1d1e1f1a1b1c";
+    let with = save(&format!("info_hash = \"{hash}\"\n"));
+    assert!(with.contains(hash), "{with}");
+    let without = save("info_hash = []\n");
+    assert!(!without.contains(hash), "{without}");
+    assert!(
+        without.contains("0123456789abcdef0123456789abcdef.torrent"),
+        "{without}"
+    );
+}
