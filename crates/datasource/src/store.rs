@@ -210,8 +210,53 @@ impl PowDir {
                 Vec::new(),
             ),
         };
+        self.add_stored_types(&mut quads)?;
         check(&mut quads, data_graph, true)?;
         Ok((quads, cleared))
+    }
+
+    /// Adds to `quads` the stored `rdf:type`s of the subjects they give fields of in the data
+    /// graph without a type of their own, so that [`check`] knows what they are (written again,
+    /// the stored statements change nothing). An RDF file that gave a stored source fields and no
+    /// type was checked as nothing: `md5 "not-a-hash"` and unknown fields were saved. A subject
+    /// with data-source fields that is neither typed there nor stored is refused.
+    fn add_stored_types(&self, quads: &mut Vec<Quad>) -> Result<()> {
+        let graph = self.data_graph();
+        let in_graph = |q: &Quad| matches!(&q.graph_name, oxigraph::model::GraphName::NamedNode(g) if *g == graph);
+        let typed: std::collections::HashSet<_> = quads
+            .iter()
+            .filter(|q| in_graph(q) && q.predicate.as_ref() == rdf::TYPE)
+            .map(|q| q.subject.clone())
+            .collect();
+        let mut untyped: Vec<_> = quads
+            .iter()
+            .filter(|q| in_graph(q) && !typed.contains(&q.subject))
+            .filter(|q| q.predicate.as_str().starts_with(crate::schema::ENTITIES))
+            .map(|q| q.subject.clone())
+            .collect();
+        untyped.sort_by_key(|s| s.to_string());
+        untyped.dedup();
+        for subject in untyped {
+            let stored = self
+                .store
+                .quads_for_pattern(
+                    Some(subject.as_ref()),
+                    Some(rdf::TYPE),
+                    None,
+                    Some(GraphNameRef::NamedNode(graph.as_ref())),
+                )
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            if stored.is_empty() {
+                return Err(Error::Definition {
+                    at: subject.to_string(),
+                    message: "data-source fields of something that is no data source here: \
+                              give its rdf:type, or save the source first"
+                        .into(),
+                });
+            }
+            quads.extend(stored);
+        }
+        Ok(())
     }
 
     /// `pow import FILE`: loads an RDF file (typically a `pow export`) as is, blank node labels
@@ -223,6 +268,7 @@ impl PowDir {
         };
         let bytes = std::fs::read(path).map_err(Error::io(path))?;
         let mut quads = parse_rdf(path, &bytes, format, &self.config.data_graph, false)?;
+        self.add_stored_types(&mut quads)?;
         check(&mut quads, &self.config.data_graph, false)?;
         self.write_all(quads, false, &[])
     }

@@ -172,3 +172,37 @@ fn a_field_saved_as_an_empty_list_is_removed() {
         "{without}"
     );
 }
+
+/// An RDF file that gives a stored source fields without its type is checked as that source:
+/// a malformed MD5 is refused, as is a field of a source that does not exist. Before, such
+/// statements were checked as nothing, and `md5 "not-a-hash"` was saved.
+#[test]
+fn untyped_statements_are_checked_as_the_stored_source() {
+    let tmp = Tmp::new("untyped");
+    let pow = PowDir::init(&tmp.0.join(".pow")).unwrap();
+    pow.save_file(&fixture("seed.toml")).unwrap();
+    let class = pow_datasource::Class::by_name("ConnectomeCSVDataSource").unwrap();
+    let md5 = class.field("md5").unwrap().predicate();
+    let before = pow.len().unwrap();
+    let ttl = tmp.0.join("untyped.ttl");
+    for (key, value) in [
+        ("2000_connections", "not-a-hash"),
+        ("no_such_source", "0123456789abcdef0123456789abcdef"),
+    ] {
+        let subject = class.instance_iri(key);
+        std::fs::write(&ttl, format!("<{subject}> <{md5}> \"{value}\" .\n")).unwrap();
+        let refused = pow.save_file(&ttl);
+        assert!(refused.is_err(), "{key}: saved");
+        println!("{key}: {}", refused.unwrap_err());
+    }
+    assert_eq!(pow.len().unwrap(), before, "nothing written");
+    // A good value for the stored source is taken.
+    let subject = class.instance_iri("2000_connections");
+    let good = "0123456789abcdef0123456789abcdef";
+    std::fs::write(&ttl, format!("<{subject}> <{md5}> \"{good}\" .\n")).unwrap();
+    pow.save_file(&ttl).unwrap();
+    let shown = pow
+        .show("ConnectomeCSVDataSource:2000_connections")
+        .unwrap();
+    assert!(shown.format().contains(good), "{}", shown.format());
+}
