@@ -39,7 +39,20 @@ impl Config {
     pub fn load(pow_dir: &Path) -> Result<Config> {
         let path = pow_dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
-        toml::from_str(&text).map_err(|source| Error::Config { path, source })
+        let config: Config = toml::from_str(&text).map_err(|source| Error::Config {
+            path: path.clone(),
+            source,
+        })?;
+        // Every query and statement names this graph (unchecked from here on): a value that is
+        // no IRI was stored as one, and later commands failed with "bad SPARQL: ... expected
+        // {", nothing pointing at pow.toml.
+        if let Err(e) = oxigraph::model::NamedNode::new(&config.data_graph) {
+            return Err(Error::Definition {
+                at: path.display().to_string(),
+                message: format!("data_graph {:?} is not an IRI: {e}", config.data_graph),
+            });
+        }
+        Ok(config)
     }
 
     /// Writes `pow.toml` into a `.pow` directory, whole or not at all (temp file, rename).
@@ -63,5 +76,21 @@ mod tests {
         let text = toml::to_string(&config).unwrap();
         assert!(text.contains("data_graph = \"http://openworm.org/data\""));
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn a_data_graph_that_is_no_iri_is_refused_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("pow-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = toml::to_string(&Config::default())
+            .unwrap()
+            .replace("http://openworm.org/data", "http://x/a> } } #");
+        std::fs::write(dir.join(CONFIG_FILE), text).unwrap();
+        let error = Config::load(&dir).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            error.contains(CONFIG_FILE) && error.contains("is not an IRI"),
+            "{error}"
+        );
     }
 }
