@@ -120,6 +120,8 @@ pub struct Connection {
     delay_samples: VecDeque<(Instant, u32)>,
     our_delay: Duration,
     last_sent: Instant,
+    /// When the peer last sent anything.
+    last_heard: Instant,
     syn_tries: u32,
 
     /// Datagrams to send, in order.
@@ -179,6 +181,7 @@ impl Connection {
             delay_samples: VecDeque::new(),
             our_delay: Duration::ZERO,
             last_sent: now,
+            last_heard: now,
             syn_tries: 0,
             outgoing: Vec::new(),
         }
@@ -424,6 +427,7 @@ impl Connection {
             self.fail(io::ErrorKind::ConnectionReset);
             return;
         }
+        self.last_heard = now;
         self.note_timestamp(h.timestamp, now);
         if h.timestamp_diff != 0 {
             self.delay_sample(h.timestamp_diff, now);
@@ -703,7 +707,16 @@ impl Connection {
                     return;
                 }
             } else {
-                self.timeouts += 1;
+                // A probe into a window the peer closed, which it answered, is dropped by
+                // design, not lost (libutp does not count it either): counted, a peer whose
+                // reader stalled for about a minute lost its connection.
+                let probing = self.inflight.front().is_some_and(|oldest| {
+                    self.peer_window < oldest.payload.len().max(1)
+                        && self.last_heard >= oldest.sent_at
+                });
+                if !probing {
+                    self.timeouts += 1;
+                }
                 if self.timeouts > MAX_TIMEOUTS {
                     self.fail(io::ErrorKind::TimedOut);
                     return;
@@ -1158,6 +1171,52 @@ mod tests {
         packet::encode(&header, None, b"", &mut ack);
         a.on_packet(&packet::decode(&ack).unwrap(), now);
         assert!(a.inflight.is_empty());
+    }
+
+    /// A peer that keeps answering with a closed window (its reader stalled) is probed, not
+    /// given up on: each probe it drops used to count as a timeout, and the connection failed
+    /// after about a minute.
+    #[test]
+    fn a_peer_that_answers_with_a_closed_window_is_not_timed_out() {
+        let mut now = Instant::now();
+        let (mut a, mut b) = dialed(now);
+        let answer = b.outgoing.remove(0);
+        a.on_packet(&packet::decode(&answer).unwrap(), now);
+        a.write(&[5u8; 8 * MAX_PAYLOAD], now);
+        let closed = |a: &Connection| {
+            let header = Header {
+                kind: Kind::State,
+                conn_id: a.recv_id,
+                timestamp: 0,
+                timestamp_diff: 0,
+                wnd: 0,
+                seq: 40_000,
+                ack: 1, // the SYN: none of the data
+            };
+            let mut out = Vec::new();
+            packet::encode(&header, None, b"", &mut out);
+            out
+        };
+        for _ in 0..3_000 {
+            now += Duration::from_millis(100); // 300 s in all
+            a.on_tick(now);
+            if !std::mem::take(&mut a.outgoing).is_empty() {
+                // Whatever came (a probe), the peer answers: no room.
+                a.on_packet(&packet::decode(&closed(&a)).unwrap(), now);
+            }
+        }
+        assert!(
+            a.error.is_none(),
+            "{:?} after {} timeouts",
+            a.error,
+            a.timeouts
+        );
+        // Once it stops answering, it is given up on as before.
+        for _ in 0..3_000 {
+            now += Duration::from_millis(100);
+            a.on_tick(now);
+        }
+        assert_eq!(a.error, Some(io::ErrorKind::TimedOut));
     }
 
     #[test]
