@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${1:-30}"; shift || true
-targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(bencode metainfo wire tracker_response magnet peer_session krpc mse utp)
+targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(bencode metainfo wire tracker_response magnet peer_session krpc mse mse_initiator utp)
 toolchain=+nightly; rustup toolchain list 2>/dev/null | grep -q nightly || { toolchain=""; export RUSTC_BOOTSTRAP=1; }
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 for t in "${targets[@]}"; do

@@ -133,6 +133,11 @@ fn seq_before(a: u16, b: u16) -> bool {
     (a.wrapping_sub(b) as i16) < 0
 }
 
+/// `a` comes before `b` on a wrapping 32-bit microsecond clock.
+fn micros_before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
 impl Connection {
     fn new(
         recv_id: u16,
@@ -432,6 +437,10 @@ impl Connection {
         if h.timestamp_diff != 0 {
             self.delay_sample(h.timestamp_diff, now);
         }
+        // A state packet that changes the window is an update, not a duplicate ack (as in TCP):
+        // counted, three of them (a reader opening its window in steps) resent a packet that
+        // was not lost and halved the window.
+        let window_update = self.peer_window != h.wnd as usize;
         self.peer_window = h.wnd as usize;
         match (self.state, h.kind) {
             (State::SynSent, Kind::State) => {
@@ -451,7 +460,7 @@ impl Connection {
         self.on_ack(
             h.ack,
             p.sack,
-            h.kind == Kind::State && p.payload.is_empty(),
+            h.kind == Kind::State && p.payload.is_empty() && !window_update,
             now,
         );
         if matches!(h.kind, Kind::Data | Kind::Fin) {
@@ -471,7 +480,14 @@ impl Connection {
             self.delay_samples.pop_front();
         }
         // Keep the samples a minimum over the window needs: each newer one is at most as big.
-        while self.delay_samples.back().is_some_and(|(_, s)| *s >= sample) {
+        // Compared as the 32-bit microsecond clocks they come from, which wrap: samples near 0
+        // (two clocks started together, pow to pow) straddle it, and one just below it read as
+        // 71 minutes of delay and cut the window.
+        while self
+            .delay_samples
+            .back()
+            .is_some_and(|(_, s)| !micros_before(*s, sample))
+        {
             self.delay_samples.pop_back();
         }
         // And at most one a second: a peer whose timestamps only grow would otherwise add one
@@ -485,7 +501,12 @@ impl Connection {
             self.delay_samples.push_back((now, sample));
         }
         let base = self.delay_samples.front().map_or(sample, |(_, s)| *s);
-        self.our_delay = Duration::from_micros(sample.wrapping_sub(base) as u64);
+        let above_base = if micros_before(sample, base) {
+            0
+        } else {
+            sample.wrapping_sub(base)
+        };
+        self.our_delay = Duration::from_micros(u64::from(above_base));
     }
 
     fn on_ack(&mut self, ack: u16, sack: Option<&[u8]>, pure_ack: bool, now: Instant) {
@@ -1070,6 +1091,56 @@ mod tests {
             1_000,
             "the minimum is kept"
         );
+    }
+
+    /// Three acks that only change the window (a reader opening it in steps) are window
+    /// updates, not duplicate acks: nothing is resent, the window is not halved.
+    #[test]
+    fn window_updates_are_not_duplicate_acks() {
+        let now = Instant::now();
+        let (mut a, mut b) = dialed(now);
+        let answer = b.outgoing.remove(0);
+        a.on_packet(&packet::decode(&answer).unwrap(), now);
+        a.write(&[5u8; 4 * MAX_PAYLOAD], now);
+        a.outgoing.clear();
+        let window = a.window;
+        for wnd in [100_000u32, 200_000, 300_000] {
+            let header = Header {
+                kind: Kind::State,
+                conn_id: a.recv_id,
+                timestamp: 0,
+                timestamp_diff: 0,
+                wnd,
+                seq: 40_000,
+                ack: 1,
+            };
+            let mut out = Vec::new();
+            packet::encode(&header, None, b"", &mut out);
+            a.on_packet(&packet::decode(&out).unwrap(), now);
+        }
+        assert_eq!(a.dup_acks, 0);
+        assert!(a.outgoing.is_empty(), "resent {} packets", a.outgoing.len());
+        assert_eq!(a.window, window);
+    }
+
+    /// Delay samples on either side of the 32-bit clock's wrap are compared as close: one just
+    /// below it, after one just above, is the smaller delay (it read as 71 minutes more).
+    #[test]
+    fn delay_samples_across_the_clock_wrap_are_close() {
+        let mut now = Instant::now();
+        let (_, mut b) = dialed(now);
+        b.delay_sample(5, now);
+        now += Duration::from_secs(2);
+        b.delay_sample(u32::MAX - 10, now);
+        assert_eq!(b.our_delay, Duration::ZERO);
+        assert_eq!(
+            b.delay_samples.front().unwrap().1,
+            u32::MAX - 10,
+            "the new base"
+        );
+        now += Duration::from_secs(2);
+        b.delay_sample(5, now);
+        assert_eq!(b.our_delay, Duration::from_micros(16));
     }
 
     /// In-order data past the window offered is dropped, not taken: a peer that ignores the
