@@ -632,6 +632,48 @@ fn a_store_that_redirects_a_put_has_not_stored_it() {
         "ConnectomeCSVDataSource:redirected",
     ]));
     assert!(!shown.status.success(), "recorded: {}", text(&shown.stdout));
+
+    // A 307 (method and body kept) to the same host is followed: stored there, recorded.
+    let moved = HttpStore::scripted(
+        "class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   kept = {}\n\
+         \x20   def reply(self, code, body=b'', location=None):\n\
+         \x20       self.send_response(code)\n\
+         \x20       if location: self.send_header('Location', location)\n\
+         \x20       self.send_header('Content-Length', str(len(body))); self.end_headers()\n\
+         \x20       self.wfile.write(body)\n\
+         \x20   def do_PUT(self):\n\
+         \x20       body = self.rfile.read(int(self.headers['Content-Length']))\n\
+         \x20       if self.path.startswith('/real/'):\n\
+         \x20           H.kept[self.path] = body; self.reply(201)\n\
+         \x20       else: self.reply(307, location='/real' + self.path)\n\
+         \x20   def do_GET(self):\n\
+         \x20       path = self.path if self.path.startswith('/real/') else '/real' + self.path\n\
+         \x20       if path in H.kept: self.reply(200, H.kept[path])\n\
+         \x20       else: self.reply(404)\n",
+    );
+    let o = run(pow()
+        .arg("--pow-dir")
+        .arg(&pow_dir)
+        .arg("publish")
+        .arg(&data)
+        .args(["--type", "ConnectomeCSVDataSource", "--key", "moved"])
+        .args(["--no-seed", "--torrent-store", &moved.url]));
+    assert!(
+        o.status.success(),
+        "publish through a 307: {}",
+        text(&o.stderr)
+    );
+    let shown = run(pow().arg("--pow-dir").arg(&pow_dir).args([
+        "source",
+        "show",
+        "ConnectomeCSVDataSource:moved",
+    ]));
+    assert!(
+        shown.status.success(),
+        "not recorded: {}",
+        text(&shown.stderr)
+    );
 }
 
 /// Acceptance 3: a load killed (-9) half way, then run again, fetches only what was missing.

@@ -181,6 +181,21 @@ fn source_quads(
         };
         let values = match value {
             toml::Value::Array(items) if items.is_empty() => {
+                // A field another one names as `also` (file_name, for csv_file_name) goes
+                // only with it: cleared alone, the stored one would stand without it.
+                let kept_by = class.fields().into_iter().find(|f| {
+                    f.field.also == Some(name.as_str())
+                        && !matches!(source.get(f.field.name), Some(toml::Value::Array(a)) if a.is_empty())
+                });
+                if let Some(other) = kept_by {
+                    return Err(definition(
+                        at,
+                        format!(
+                            "{name} = [] would leave {}, which is {name} too: clear both",
+                            other.field.name
+                        ),
+                    ));
+                }
                 cleared.push((subject.clone(), predicate.clone()));
                 continue;
             }

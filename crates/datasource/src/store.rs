@@ -228,10 +228,17 @@ impl PowDir {
             .filter(|q| in_graph(q) && q.predicate.as_ref() == rdf::TYPE)
             .map(|q| q.subject.clone())
             .collect();
+        // Data-source fields only (their predicates), not anything else under the entities
+        // namespace (OpenWorm's own statements, typed elsewhere, pass as before).
+        let fields: std::collections::HashSet<String> = crate::schema::CLASSES
+            .iter()
+            .flat_map(|class| class.fields())
+            .map(|field| field.predicate())
+            .collect();
         let mut untyped: Vec<_> = quads
             .iter()
             .filter(|q| in_graph(q) && !typed.contains(&q.subject))
-            .filter(|q| q.predicate.as_str().starts_with(crate::schema::ENTITIES))
+            .filter(|q| fields.contains(q.predicate.as_str()))
             .map(|q| q.subject.clone())
             .collect();
         untyped.sort_by_key(|s| s.to_string());

@@ -105,10 +105,22 @@ impl TorrentStore {
                     }
                     Ok(_) => {}
                 }
-                // Bounded as well: the file may grow after the look at its size.
+                // Opened without waiting (a FIFO put there since the look would block the
+                // open) and looked at again as opened; bounded, as it may grow meanwhile.
+                let file = {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NONBLOCK)
+                        .open(&path)
+                        .map_err(Error::io(&path))?
+                };
+                if !file.metadata().map_err(Error::io(&path))?.is_file() {
+                    return Err(self.error(format!("{name} is not a regular file")));
+                }
                 let mut bytes = Vec::new();
-                std::fs::File::open(&path)
-                    .and_then(|file| file.take(MAX_TORRENT_BYTES + 1).read_to_end(&mut bytes))
+                file.take(MAX_TORRENT_BYTES + 1)
+                    .read_to_end(&mut bytes)
                     .map_err(Error::io(&path))?;
                 if bytes.len() as u64 > MAX_TORRENT_BYTES {
                     return Err(self.error(format!(
@@ -164,28 +176,29 @@ impl TorrentStore {
         }
     }
 
-    /// A client for the store. `follow`: redirects are followed (up to 10, never from https to
-    /// http, as for trackers); else a redirect is the answer. A PUT answered `303 See Other`
-    /// was followed as a GET, whose 200 read as "already stored".
-    fn http_client(&self, follow: bool) -> Result<reqwest::blocking::Client> {
-        let redirects = if follow {
-            reqwest::redirect::Policy::custom(|attempt| {
-                let downgrade = attempt.url().scheme() == "http"
-                    && attempt
-                        .previous()
-                        .last()
-                        .is_some_and(|from| from.scheme() == "https");
-                if downgrade {
-                    attempt.error("a redirect from https to http")
-                } else if attempt.previous().len() > 10 {
-                    attempt.error("more than 10 redirects")
-                } else {
-                    attempt.follow()
-                }
-            })
-        } else {
-            reqwest::redirect::Policy::none()
-        };
+    /// A client for the store. Redirects are followed up to 10, never from https to http (as
+    /// for trackers). For a `put`, only those that keep the method and body (307, 308) on the
+    /// same host: a PUT answered `303 See Other` was followed as a GET, whose 200 read as
+    /// "already stored"; any other redirect is the answer, an error naming where it points.
+    fn http_client(&self, put: bool) -> Result<reqwest::blocking::Client> {
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            let from = attempt.previous().last().cloned();
+            let downgrade = attempt.url().scheme() == "http"
+                && from.as_ref().is_some_and(|f| f.scheme() == "https");
+            let keeps_the_put = matches!(attempt.status().as_u16(), 307 | 308)
+                && from
+                    .as_ref()
+                    .is_some_and(|f| f.host_str() == attempt.url().host_str());
+            if downgrade {
+                attempt.error("a redirect from https to http")
+            } else if attempt.previous().len() > 10 {
+                attempt.error("more than 10 redirects")
+            } else if put && !keeps_the_put {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        });
         reqwest::blocking::Client::builder()
             .redirect(redirects)
             .tls_backend_preconfigured((*pow_tls::client_config()).clone())
@@ -203,7 +216,7 @@ impl TorrentStore {
             unreachable!("http_put on a directory store")
         };
         let url = format!("{base}/{name}");
-        let mut request = self.http_client(false)?.put(&url).body(bytes.to_vec());
+        let mut request = self.http_client(true)?.put(&url).body(bytes.to_vec());
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -249,7 +262,7 @@ impl TorrentStore {
         };
         let url = format!("{base}/{name}");
         let response = self
-            .http_client(true)?
+            .http_client(false)?
             .get(&url)
             .send()
             .map_err(|e| self.error(format!("GET {url}: {}", describe_reqwest(&e))))?;

@@ -171,6 +171,18 @@ fn a_field_saved_as_an_empty_list_is_removed() {
         without.contains("0123456789abcdef0123456789abcdef.torrent"),
         "{without}"
     );
+    // file_name is csv_file_name's too: cleared alone it is refused, with it both go.
+    let with_names = save("csv_file_name = \"c.csv\"\n");
+    assert!(with_names.contains("c.csv"), "{with_names}");
+    std::fs::write(
+        &defs,
+        "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"k2\"\nfile_name = []\n",
+    )
+    .unwrap();
+    let refused = pow.save_file(&defs).unwrap_err().to_string();
+    assert!(refused.contains("clear both"), "{refused}");
+    let neither = save("file_name = []\ncsv_file_name = []\n");
+    assert!(!neither.contains("c.csv"), "{neither}");
 }
 
 /// An RDF file that gives a stored source fields without its type is checked as that source:
@@ -185,12 +197,14 @@ fn untyped_statements_are_checked_as_the_stored_source() {
     let md5 = class.field("md5").unwrap().predicate();
     let before = pow.len().unwrap();
     let ttl = tmp.0.join("untyped.ttl");
-    for (key, value) in [
-        ("2000_connections", "not-a-hash"),
-        ("no_such_source", "0123456789abcdef0123456789abcdef"),
+    let info_hash = class.field("info_hash").unwrap().predicate();
+    for (key, field, value) in [
+        ("2000_connections", &md5, "not-a-hash"),
+        ("2000_connections", &info_hash, "zz"),
+        ("no_such_source", &md5, "0123456789abcdef0123456789abcdef"),
     ] {
         let subject = class.instance_iri(key);
-        std::fs::write(&ttl, format!("<{subject}> <{md5}> \"{value}\" .\n")).unwrap();
+        std::fs::write(&ttl, format!("<{subject}> <{field}> \"{value}\" .\n")).unwrap();
         let refused = pow.save_file(&ttl);
         assert!(refused.is_err(), "{key}: saved");
         println!("{key}: {}", refused.unwrap_err());

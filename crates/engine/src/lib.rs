@@ -308,6 +308,8 @@ pub(crate) struct PeerEntry {
     pub became_seed: bool,
     /// A pow leecher counted in our seed share (see [`State::recount_share`]).
     pub sharing: bool,
+    /// Closed to make room for a newcomer from another host; its slot is the newcomer's.
+    pub giving_up: bool,
 }
 
 impl PeerEntry {
@@ -334,6 +336,7 @@ impl PeerEntry {
             upload_only: false,
             became_seed: false,
             sharing: false,
+            giving_up: false,
         }
     }
 
@@ -514,6 +517,11 @@ impl State {
             .count()
     }
 
+    /// Wire connections but those given up for a newcomer (see `peer::slot_to_give_up`).
+    pub fn staying_wire_peers(&self) -> usize {
+        self.wire_peers() - self.peers.values().filter(|p| p.giving_up).count()
+    }
+
     /// Adds a connection (or web seed) under the next key, which it returns.
     pub fn add_peer(&mut self, entry: PeerEntry) -> PeerKey {
         let key = self.next_key;
@@ -688,8 +696,21 @@ impl Torrent {
     pub async fn start(
         storage: Arc<Storage>,
         picker: Picker,
-        config: EngineConfig,
+        mut config: EngineConfig,
     ) -> std::io::Result<Torrent> {
+        let listener = match config.listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot listen for peers on {addr}: {e}"))
+                })?;
+                // Port 0 asks the system for one; the extension handshake, our own address
+                // in trackers' answers and the trackers themselves need the one it gave (they
+                // were told port 0, and refused it).
+                config.listen = Some(listener.local_addr()?);
+                Some(listener)
+            }
+            None => None,
+        };
         let metainfo = storage.metainfo().clone();
         let complete = picker.is_complete();
         if config.super_seed && !complete {
@@ -740,10 +761,7 @@ impl Torrent {
             utp: std::sync::OnceLock::new(),
             config,
         });
-        if let Some(addr) = inner.config.listen {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen for peers on {addr}: {e}"))
-            })?;
+        if let Some(listener) = listener {
             // uTP on the port of the same number, where peers look for it.
             let utp_addr = listener.local_addr()?;
             let pending = Arc::new(listener::PendingHandshakes::default());
@@ -806,6 +824,11 @@ impl Torrent {
 
     /// Peers to connect to (from a tracker or the command line). Known and banned ones are
     /// skipped; connections start at once while under the connection cap.
+    /// Where it listens for peers (the port the system gave, for port 0); None if it does not.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.inner.config.listen
+    }
+
     pub fn add_peers(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
         self.inner.learn_peers(addrs);
     }
@@ -1819,7 +1842,7 @@ mod tests {
                 .set_len(1000)
                 .unwrap();
 
-            peer::verify_piece(inner.clone(), 0).await;
+            assert!(!peer::verify_piece(inner.clone(), 0).await, "no verdict");
             let failed = inner.failed.borrow().clone().expect("the download is over");
             assert_eq!(failed.doing, "read back");
             assert!(failed.error.contains("piece.bin"), "{}", failed.error);

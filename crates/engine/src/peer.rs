@@ -114,16 +114,18 @@ pub(crate) async fn accept_loop(
                 Ok((stream, addr)) => {
                     let no_room = {
                         let state = inner.lock();
-                        state.wire_peers() >= inner.config.max_peers
+                        state.staying_wire_peers() >= inner.config.max_peers
                             && slot_to_give_up(&state, host_of(addr.ip())).is_none()
                     };
+                    // Closed before it is counted, so it takes no other host's pending place.
+                    if no_room {
+                        continue;
+                    }
                     let Some(permit) = pending.admit(addr) else {
                         continue;
                     };
-                    if !no_room {
-                        let side = Side::Accepted(permit);
-                        tokio::spawn(run_incoming(inner.clone(), stream, addr, side));
-                    }
+                    let side = Side::Accepted(permit);
+                    tokio::spawn(run_incoming(inner.clone(), stream, addr, side));
                 }
                 Err(_) if listener.gone() => return,
                 Err(e) => {
@@ -346,12 +348,15 @@ pub(crate) fn host_of(ip: IpAddr) -> IpAddr {
 /// duplicate rule, which keeps one of the two.
 /// With every slot taken, a connection from `host` may have one that another host gives up:
 /// the host holding most slots, if it holds two more than `host` does, gives up its least
-/// useful peer (one not interested before one that is, then the one that exchanged least).
+/// useful peer (the one that exchanged least with us, one not interested first among equals).
 /// Without it, a few hosts that connected and sat idle (7 addresses with 8 connections each,
 /// or one IPv6 /56) kept every slot for good.
 fn slot_to_give_up(state: &crate::State, host: IpAddr) -> Option<PeerKey> {
+    // A peer already given up holds its slot until its task ends: it is not counted, nor
+    // given up twice (every newcomer meanwhile took the same one, past `max_peers`).
+    let staying = |p: &&PeerEntry| p.wire.is_some() && !p.giving_up;
     let mut by_host: HashMap<IpAddr, usize> = HashMap::new();
-    for p in state.peers.values().filter(|p| p.wire.is_some()) {
+    for p in state.peers.values().filter(staying) {
         *by_host.entry(host_of(p.addr.ip())).or_default() += 1;
     }
     let ours = by_host.get(&host).copied().unwrap_or(0);
@@ -362,8 +367,8 @@ fn slot_to_give_up(state: &crate::State, host: IpAddr) -> Option<PeerKey> {
     state
         .peers
         .iter()
-        .filter(|(_, p)| p.wire.is_some() && host_of(p.addr.ip()) == most)
-        .min_by_key(|(_, p)| (p.interested, p.received + p.sent))
+        .filter(|(_, p)| staying(p) && host_of(p.addr.ip()) == most)
+        .min_by_key(|(_, p)| (p.received + p.sent, p.interested))
         .map(|(&key, _)| key)
 }
 
@@ -392,7 +397,7 @@ fn no_room_for_incoming(
     if !is_local_swarm(host) && from_host().count() >= crate::MAX_PEERS_PER_HOST {
         return Err("as many connections from its host as one host may have");
     }
-    if state.wire_peers() >= config.max_peers {
+    if state.staying_wire_peers() >= config.max_peers {
         return slot_to_give_up(state, host)
             .map(Some)
             .ok_or("every peer slot taken");
@@ -445,11 +450,12 @@ async fn run(inner: Arc<Inner>, stream: PeerStream, addr: SocketAddr, side: Side
             match no_room_for_incoming(&state, addr, conn.peer_id, &inner.config) {
                 Ok(None) => {}
                 Ok(Some(given_up)) => {
-                    if let Some(other) = state.peers.get(&given_up) {
+                    if let Some(other) = state.peers.get_mut(&given_up) {
                         tracing::debug!(
                             "{}: closed, its host holds most slots; for {addr}",
                             other.addr
                         );
+                        other.giving_up = true;
                         let _ = other.tx.send(PeerCmd::Close);
                     }
                 }
@@ -1291,6 +1297,16 @@ impl Peer {
                 // told of, and regains it at the next `have`: choking it each time would
                 // only add round trips (and requests crossing the choke).
                 if !self.super_seeded {
+                    if self.am_choking {
+                        // The choker may have counted it in a slot since (its `Unchoke` not
+                        // yet handled): uncounted here, that command finds the flag clear and
+                        // does not unchoke a peer that has lost interest. Left set, the peer
+                        // was unchoked outside the count, and rounds, which choke only
+                        // interested peers, never took the slot back.
+                        if let Some(entry) = self.inner.lock().peers.get_mut(&self.key) {
+                            entry.unchoked_by_us = false;
+                        }
+                    }
                     self.choke();
                 }
             }
@@ -1475,13 +1491,6 @@ impl Peer {
     /// Chokes the peer (if unchoked): its queued requests are dropped, as BEP 3 says.
     fn choke(&mut self) {
         if self.am_choking {
-            // The choker may have counted it in a slot since (its `Unchoke` command not yet
-            // handled): uncounted here, that command finds the flag clear and does not unchoke
-            // a peer that has lost interest. Left set, the peer was unchoked outside the
-            // count, and rounds, which choke only interested peers, never took the slot back.
-            if let Some(entry) = self.inner.lock().peers.get_mut(&self.key) {
-                entry.unchoked_by_us = false;
-            }
             return;
         }
         self.am_choking = true;
@@ -1932,7 +1941,8 @@ async fn wait_until(at: Option<Instant>) {
 
 /// Hashes a completed piece on the blocking pool and records the verdict; a bad piece's
 /// blocks are hashed too, for [`record_verdict`]'s smart ban.
-pub(crate) async fn verify_piece(inner: Arc<Inner>, index: u32) {
+/// False when the piece could not be read back (no verdict: see [`read_back_failed`]).
+pub(crate) async fn verify_piece(inner: Arc<Inner>, index: u32) -> bool {
     // Other peers (or web seeds) may have booked blocks of it that they have yet to write.
     inner.until_written(index).await;
     let storage = inner.storage.clone();
@@ -1952,8 +1962,14 @@ pub(crate) async fn verify_piece(inner: Arc<Inner>, index: u32) {
         })
     });
     match verdict {
-        Ok((good, bad_blocks)) => record_verdict(&inner, index, good, bad_blocks),
-        Err(e) => read_back_failed(&inner, index, &e),
+        Ok((good, bad_blocks)) => {
+            record_verdict(&inner, index, good, bad_blocks);
+            true
+        }
+        Err(e) => {
+            read_back_failed(&inner, index, &e);
+            false
+        }
     }
 }
 

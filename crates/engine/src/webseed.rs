@@ -470,7 +470,12 @@ impl Job {
                         }
                         crate::peer::record_verdict(&inner, piece, good, None);
                     }
-                    _ => crate::peer::verify_piece(inner.clone(), piece).await,
+                    _ => {
+                        if !crate::peer::verify_piece(inner.clone(), piece).await {
+                            // Our disk's failure, not the web seed's: not counted as bad.
+                            continue;
+                        }
+                    }
                 }
                 if only_us && !inner.lock().picker.have().get(piece) {
                     bad.push(piece);
