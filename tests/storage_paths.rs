@@ -239,3 +239,61 @@ fn a_download_stops_at_a_dangling_link_at_a_files_path_naming_it_and_where_it_le
         .file_type()
         .is_symlink());
 }
+
+/// A `--data` that is mistyped: `pow verify` and `pow seed` say so and create nothing (both
+/// made the directory, with a resume file in it); `pow seed` of a directory that holds none of
+/// the torrent's pieces (the content folder given instead of its parent) ends with an error
+/// instead of serving nothing and ending with success.
+#[test]
+fn a_mistyped_data_directory_is_refused_not_made() {
+    let work = TempDir::new("data-typo");
+    let data = work.path().join("data");
+    let torrent = dataset(work.path(), &data);
+    let typo = work.path().join("dta");
+    let out = verify(&torrent, &typo);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no such directory"),
+        "{}",
+        text(&out.stderr)
+    );
+    let seed = |data: &Path| {
+        pow()
+            .arg("seed")
+            .arg(&torrent)
+            .arg("--data")
+            .arg(data)
+            .args(["--port", "0", "--bind", "127.0.0.1"])
+            .output()
+            .unwrap()
+    };
+    let out = seed(&typo);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(!typo.exists(), "the mistyped directory was made");
+    // The content folder itself: nothing of the torrent at data/set/set/...
+    let out = seed(&data.join("set"));
+    let stderr = text(&out.stderr);
+    println!("{}", stderr.trim());
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("nothing to seed: none of the 8 pieces"),
+        "{stderr}"
+    );
+    // `pow download -o` a file: said at once, nothing fetched.
+    let file = work.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let out = pow()
+        .arg("download")
+        .arg(&torrent)
+        .arg("-o")
+        .arg(&file)
+        .args(["--port", "0", "--bind", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not a directory"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -539,3 +539,124 @@ fn a_download_stops_at_once_while_its_udp_tracker_does_not_answer() {
         stopping.elapsed().as_secs_f64()
     );
 }
+
+/// `pow seed --port 0` listens on a port the system gives, and tells that one to its tracker
+/// (and in `--json`): a download that knows only the tracker completes from it. The tracker
+/// used to be told port 0, which it refused ("invalid port 0"), so nobody could find the seed.
+#[test]
+fn a_seed_on_port_0_tells_its_tracker_the_port_it_was_given() {
+    let tmp = TempDir::new("trk-port-0");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let file = data.join("given.bin");
+    std::fs::write(&file, common::pseudo_random_bytes(1 << 20, 0x0B07)).unwrap();
+    let torrent = tmp.path().join("given.torrent");
+    common::create_torrent(&file, &torrent, 65536);
+    let tracker = start();
+    let mut seed = common::Killed(
+        pow()
+            .arg("seed")
+            .arg(&torrent)
+            .arg("--data")
+            .arg(&data)
+            .args(["--port", "0", "--bind", "127.0.0.1", "--json", "--no-pex"])
+            .args(["--tracker", &tracker.1])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let line = common::first_stdout_line(&mut seed.0);
+    let seeding: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let port = seeding["port"].as_u64().unwrap();
+    assert_ne!(port, 0, "{line}");
+    // The tracker lists the seed at that port (asked as another peer, until the seed's first
+    // announce is in).
+    let seed_addr = format!("127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    loop {
+        let asked = pow()
+            .args(["tracker", "announce", &tracker.1])
+            .arg(&torrent)
+            .args(["--port", "5003", "--json"])
+            .output()
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&asked.stdout).unwrap();
+        let peers = answer["peers"].as_array().cloned().unwrap_or_default();
+        if peers.iter().any(|p| p == seed_addr.as_str()) {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "the tracker never listed {seed_addr}: {answer}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = tmp.path().join("out");
+    let report = common::pow_download_json(
+        torrent.to_str().unwrap(),
+        &out,
+        &["--no-pex", "--tracker", &tracker.1, "--stall-timeout", "20"],
+    );
+    println!("seed on port {port}; a download through the tracker alone: {report}");
+    assert_eq!(report["complete"], true, "{report}");
+}
+
+/// `pow download --json` whose reader is gone (`| true`): the report is dropped, the download
+/// ends with success, and the tracker is still told `stopped`. `println!` used to panic on
+/// the closed pipe (exit 101) before the tracker heard anything past `started`.
+#[test]
+fn a_download_whose_reader_is_gone_still_tells_its_tracker() {
+    let tmp = TempDir::new("trk-pipe");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let file = data.join("piped.bin");
+    std::fs::write(&file, common::pseudo_random_bytes(1 << 20, 0x919E)).unwrap();
+    let torrent = tmp.path().join("piped.torrent");
+    common::create_torrent(&file, &torrent, 65536);
+    let log_path = tmp.path().join("tracker.log");
+    let mut tracker = Server(
+        Command::new(pow_bin())
+            .args(["tracker", "--listen", "127.0.0.1:0", "--interval", "600"])
+            .env("POW_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+        String::new(),
+    );
+    let line = common::first_stdout_line(&mut tracker.0);
+    let url = line
+        .trim()
+        .strip_prefix("tracker listening on ")
+        .unwrap()
+        .to_string();
+    let seed_port = common::free_port();
+    let _seed = common::pow_seed(&torrent, &data, seed_port, &["--no-pex"], Stdio::null());
+    let out = tmp.path().join("out");
+    let mut download = common::pow_download(torrent.to_str().unwrap(), &out)
+        .args(["--json", "--no-pex", "--tracker", &url])
+        .args(["--peer", &format!("127.0.0.1:{seed_port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(download.stdout.take()); // the reader goes away before the report
+    let status = download.wait().unwrap();
+    let mut stderr = String::new();
+    download
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    drop(tracker);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let stopped = log
+        .lines()
+        .map(strip_ansi)
+        .any(|l| l.contains("announce") && l.contains("event=Stopped"));
+    assert!(stopped, "no `stopped` announce:\n{log}");
+}

@@ -251,9 +251,11 @@ impl SwarmArgs {
             torrent.adopt(handed);
         }
         torrent.add_peers(found.peers);
-        let announcer = start(&torrent, tiers, peer_id, self.port, self.timing());
+        // With --port 0, the one the system gave (trackers refused port 0).
+        let port = torrent.listen_addr().map_or(self.port, |a| a.port());
+        let announcer = start(&torrent, tiers, peer_id, port, self.timing());
         if let Some(plan) = dht {
-            crate::dht_peers::feed(&plan, &torrent, self.port).await?;
+            crate::dht_peers::feed(&plan, &torrent, port).await?;
         }
         Ok((torrent, announcer))
     }

@@ -66,6 +66,10 @@ pub fn run(args: DownloadArgs) -> CmdResult {
 
 async fn download(args: DownloadArgs) -> CmdResult {
     let started = Instant::now();
+    if args.output.exists() && !args.output.is_dir() {
+        // Said before anything is fetched ("File exists (os error 17)" said it after).
+        return Err(format!("-o {}: not a directory", args.output.display()).into());
+    }
     // A magnet link's `x.pe` peers serve the download as well as its metadata.
     let mut metadata_seconds = None;
     // What the metadata phase found goes on into the session: its connection and addresses.
@@ -534,10 +538,10 @@ fn report(
             "info_hash": metainfo.info_hash.to_hex(),
             "name": metainfo.name,
             "complete": *outcome == Outcome::Complete,
+            // Why it stopped short (null when complete): an interrupted run said null too.
             "error": match outcome {
                 Outcome::Failed(failed) => Some(failed.error.clone()),
-                Outcome::Stalled { .. } => outcome.stopped().map(|(why, _)| why),
-                _ => None,
+                _ => outcome.stopped().map(|(why, _)| why),
             },
             "pieces_verified": s.pieces_have,
             "pieces_total": s.pieces_total,
@@ -572,9 +576,9 @@ fn report(
             "web_seed_bytes": s.web_seed_bytes,
             "path": args.output.join(&metainfo.name).display().to_string(),
         });
-        println!("{value}");
+        report_line!("{value}");
     } else {
-        println!(
+        report_line!(
             "{}: {} {}/{} pieces verified, {} bytes downloaded in {:.1} s ({}), {} already on disk ({}), {} wasted{}",
             metainfo.name,
             if *outcome == Outcome::Complete { "complete," } else { "incomplete," },

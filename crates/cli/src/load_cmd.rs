@@ -361,11 +361,11 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
             "seconds": started.elapsed().as_secs_f64(),
             "checks": report.checks,
         });
-        println!("{value}");
+        report_line!("{value}");
     } else {
         print_checks(&report.checks);
         if report.failure().is_none() {
-            println!("{}", directory.display());
+            report_line!("{}", directory.display());
         }
     }
     match report.failure() {
@@ -609,7 +609,7 @@ pub fn verify(pow_dir: Option<&Path>, args: SourceVerifyArgs) -> CmdResult {
             "info_hash": plan.metainfo.info_hash.to_hex(),
             "checks": report.checks,
         });
-        println!("{value}");
+        report_line!("{value}");
     } else {
         print_checks(&report.checks);
     }
@@ -634,10 +634,10 @@ pub fn store(pow_dir: Option<&Path>, cmd: StoreCommand) -> CmdResult {
     };
     let entries = store.list()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        report_line!("{}", serde_json::to_string_pretty(&entries)?);
     } else {
         for e in entries {
-            println!(
+            report_line!(
                 "{}\t{}\t{}\t{}",
                 e.name,
                 e.size.map_or("-".into(), |s| s.to_string()),

@@ -6,6 +6,16 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// `println!` for the commands that run a swarm: they keep SIGPIPE ignored (a peer's closed
+/// socket must not end them), so with their reader gone (`pow download --json | true`)
+/// `println!` panicked, before the tracker was told `stopped`. The line is dropped instead.
+macro_rules! report_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod announce;
 mod dht_cmd;
 mod dht_peers;
@@ -138,6 +148,11 @@ fn raise_open_file_limit() {
 }
 
 fn main() -> ExitCode {
+    // Set but empty, as shells leave a variable cleared with `POW_DIR=`: unset, as for every
+    // other tool (clap took it for a missing value, and every command failed with usage).
+    if std::env::var_os("POW_DIR").is_some_and(|v| v.is_empty()) {
+        std::env::remove_var("POW_DIR"); // edition 2021: safe; no other thread runs yet
+    }
     let cli = Cli::parse();
     die_quietly_when_stdout_closes(&cli.command);
     raise_open_file_limit();

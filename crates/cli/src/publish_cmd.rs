@@ -52,11 +52,17 @@ pub struct PublishArgs {
 pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
     let pow = crate::source_cmd::open(pow_dir)?;
     let store = pow.torrent_store(args.torrent_store.as_deref())?;
-    let file = std::path::absolute(&args.file)?;
+    let mut file = std::path::absolute(&args.file)?;
+    if file.file_name().is_none() {
+        // `..` or `.`: named by the directory they are (`pow publish ..` said "the file name
+        // must be UTF-8"). Otherwise the name given is kept, a link's included.
+        file = std::fs::canonicalize(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
     let parent = file.parent().ok_or("cannot publish /")?.to_path_buf();
     let file_name = file
         .file_name()
-        .and_then(|n| n.to_str())
+        .ok_or("cannot publish /")?
+        .to_str()
         .ok_or("the file name must be UTF-8")?
         .to_string();
     let mut trackers: Vec<Vec<String>> = pow
@@ -219,8 +225,8 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
             summary["seed_error"] = why.into();
         }
         match json {
-            true => println!("{summary}"),
-            false => println!("{line}"),
+            true => report_line!("{summary}"),
+            false => report_line!("{line}"),
         }
     };
     if args.no_seed {
@@ -299,11 +305,12 @@ impl Seeding {
         }
         let picker = Picker::new(metainfo.geometry.clone(), have);
         let (torrent, announcer) = runtime.block_on(swarm.join(storage, picker, None))?;
+        let port = torrent.listen_addr().map_or(swarm.port, |addr| addr.port());
         Ok(Seeding {
             runtime,
             torrent,
             announcer,
-            port: swarm.port,
+            port,
         })
     }
 

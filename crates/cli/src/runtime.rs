@@ -24,6 +24,19 @@ pub enum Work {
 ///   where it uploaded 1.01-1.21x with two (leechers on one worker each, 6 runs each).
 pub fn engine_runtime(work: Work) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // tokio reads it itself, and panics on one that is no number of threads.
+    if let Some(set) = std::env::var_os("TOKIO_WORKER_THREADS") {
+        let threads = set.to_str().and_then(|s| s.trim().parse::<usize>().ok());
+        if threads.is_none_or(|n| n == 0) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "TOKIO_WORKER_THREADS={}: expected a number of threads",
+                    set.to_string_lossy()
+                ),
+            ));
+        }
+    }
     if let (Work::Download, None) = (work, std::env::var_os("TOKIO_WORKER_THREADS")) {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         builder.worker_threads((cores / 2).max(1));

@@ -120,8 +120,25 @@ pub(crate) fn with_piece_bar<T, E>(
     result
 }
 
+/// `--data` of `pow verify` and `pow seed`: a directory that exists. These read what is
+/// there; a mistyped one used to be created (with a resume file in it), and `pow seed` then
+/// served nothing and ended with success.
+fn existing_data_dir(data: &std::path::Path, metainfo: &Metainfo) -> Result<(), String> {
+    match std::fs::metadata(data) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!("--data {}: not a directory", data.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "--data {}: no such directory (give the one that holds {})",
+            data.display(),
+            metainfo.name
+        )),
+        Err(e) => Err(format!("--data {}: {e}", data.display())),
+    }
+}
+
 pub fn verify(args: VerifyArgs) -> CmdResult {
     let metainfo = Arc::new(Metainfo::from_file(&args.torrent)?);
+    existing_data_dir(&args.data, &metainfo)?;
     let (storage, have) = check(&metainfo, &args.data)?;
     let bad: Vec<u32> = (0..have.len()).filter(|&i| !have.get(i)).collect();
     let files_of = |piece: u32| -> Vec<String> {
@@ -175,6 +192,7 @@ pub fn seed(args: SeedArgs) -> CmdResult {
 
 async fn seed_async(args: SeedArgs) -> CmdResult {
     let metainfo = Arc::new(Metainfo::from_file(&args.torrent)?);
+    existing_data_dir(&args.data, &metainfo)?;
     let (storage, resume) = {
         let metainfo = metainfo.clone();
         let data = args.data.clone();
@@ -185,6 +203,17 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
     };
     let have = resume.have;
     let good = have.count();
+    if good == 0 && !have.is_empty() {
+        return Err(format!(
+            "nothing to seed: none of the {} pieces of {} is in {} (--data is the directory \
+             that holds {})",
+            have.len(),
+            metainfo.name,
+            args.data.display(),
+            metainfo.name
+        )
+        .into());
+    }
     if good < have.len() {
         eprintln!(
             "pow: warning: {} of {} pieces are bad or missing: they are neither served nor \
@@ -198,8 +227,11 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
     // `pow download` into the same directory is the way to repair them.
     picker.select_files(&[]);
     let (torrent, announcer) = args.swarm.join(storage, picker, None).await?;
+    let port = torrent
+        .listen_addr()
+        .map_or(args.swarm.port, |addr| addr.port());
     if args.json {
-        println!(
+        report_line!(
             "{}",
             serde_json::json!({
                 "seeding": metainfo.info_hash.to_hex(),
@@ -207,7 +239,7 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
                 "pieces_good": good,
                 "pieces_total": metainfo.geometry.piece_count(),
                 "resume": resume.source.as_str(),
-                "port": args.swarm.port,
+                "port": port,
             })
         );
     } else {
@@ -216,7 +248,7 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
             metainfo.name,
             good,
             metainfo.geometry.piece_count(),
-            args.swarm.port
+            port
         );
     }
     // Recorded now, so the next start skips the check (a seed writes nothing later).

@@ -44,7 +44,7 @@ pub struct ServeArgs {
     peer_port: u16,
     /// Address of the embedded tracker (HTTP and UDP); default: the --listen host, port 6969.
     /// New torrents name it by this address, or by --public-url's host if this is 0.0.0.0.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "trackers")]
     tracker_listen: Option<SocketAddr>,
     /// Announce URL of a running tracker to put in new torrents instead of running one;
     /// repeatable.
@@ -190,7 +190,7 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
         });
     }
     if args.json {
-        println!(
+        report_line!(
             "{}",
             serde_json::json!({
                 "url": url,

@@ -130,7 +130,13 @@ async fn seed_async(plans: Vec<Planned>, args: SourceSeedArgs) -> CmdResult {
         .with_upload_slots(args.upload_slots);
     let mut seeding = Vec::new();
     let mut failed = Vec::new();
+    // Counted from before the first source's check: a signal then used to kill the process,
+    // and the sources already announced never told their trackers `stopped`.
+    let counted = crate::download_cmd::count_signals()?;
     for (id, plan) in plans {
+        if *counted.borrow() > 0 {
+            break;
+        }
         let started = match plan {
             Ok(plan) => seeds
                 .start(plan.metainfo.clone(), plan.base_dir.clone())
@@ -162,11 +168,12 @@ async fn seed_async(plans: Vec<Planned>, args: SourceSeedArgs) -> CmdResult {
             }
         }
     }
-    if seeding.is_empty() {
+    let interrupted = *counted.borrow() > 0;
+    if seeding.is_empty() && !interrupted {
         return Err(format!("none of the {} data sources can be seeded", failed.len()).into());
     }
     if args.json {
-        println!(
+        report_line!(
             "{}",
             serde_json::json!({"port": seeds.port(), "seeding": seeding, "failed": failed})
         );
@@ -177,8 +184,15 @@ async fn seed_async(plans: Vec<Planned>, args: SourceSeedArgs) -> CmdResult {
             seeds.port()
         );
     }
-    crate::download_cmd::shutdown_signal().await;
-    for (info_hash, uploaded) in seeds.stop().await {
+    crate::download_cmd::signals(counted.clone(), 1).await;
+    // A second signal ends it at once, without waiting for the trackers.
+    let stopped = tokio::select! {
+        stopped = seeds.stop() => stopped,
+        () = crate::download_cmd::signals(counted, 2) => {
+            return Err("stopped at once by a second signal".into())
+        }
+    };
+    for (info_hash, uploaded) in stopped {
         let id = seeding
             .iter()
             .find(|s| s["info_hash"] == info_hash.as_str())

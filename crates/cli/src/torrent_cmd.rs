@@ -162,6 +162,18 @@ fn create_cmd(args: CreateArgs) -> CmdResult {
         )
         .into());
     }
+    if output.is_dir() {
+        // --force could not replace it either: it failed after all the hashing.
+        return Err(format!(
+            "{}: is a directory; give -o the torrent file's path (e.g. {}/{}.torrent)",
+            output.display(),
+            output.display(),
+            args.path
+                .file_name()
+                .map_or("out".into(), |n| n.to_string_lossy())
+        )
+        .into());
+    }
     if output.exists() {
         let same = |a: &Path, b: &Path| matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(a), Ok(b)) if a == b);
         if same(&output, &args.path) {

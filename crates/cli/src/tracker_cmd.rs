@@ -17,8 +17,10 @@ pub struct TrackerArgs {
     /// Run an open test tracker: HTTP /announce and /scrape plus UDP, on this address.
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
-    /// Announce interval sent to clients, in seconds (peers expire after two).
-    #[arg(long, default_value_t = 60, value_name = "S")]
+    /// Announce interval sent to clients, in seconds (peers expire after two), at most a day
+    /// (a larger one overflowed the expiry time and stopped peers from ever expiring).
+    #[arg(long, default_value_t = 60, value_name = "S",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     interval: u64,
     /// Most torrents kept in memory (oldest evicted).
     #[arg(long, default_value_t = 10_000)]
