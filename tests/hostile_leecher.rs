@@ -236,6 +236,26 @@ impl SmallSeed {
             _seed: seed,
         }
     }
+
+    /// Seconds a `pow download` from 127.0.0.1 of the whole torrent takes, with this seed as
+    /// its only peer; it must complete with the same bytes.
+    fn timed_download(&self) -> f64 {
+        let started = std::time::Instant::now();
+        let out = self.work.path().join("out");
+        let report = common::pow_download_json(
+            self.torrent.to_str().unwrap(),
+            &out,
+            &["--peer", &format!("127.0.0.1:{}", self.port)],
+        );
+        let took = started.elapsed().as_secs_f64();
+        assert_eq!(report["complete"], true, "{report}");
+        let name = self.data.file_name().unwrap();
+        assert_eq!(
+            same_bytes(&self.data, &out.join(name)),
+            Ok(std::fs::metadata(&self.data).unwrap().len())
+        );
+        took
+    }
 }
 
 /// 300 connections from one host (127.0.0.2) that never send a handshake, against a `pow
@@ -245,27 +265,52 @@ impl SmallSeed {
 /// one; a shared listener (`pow serve`'s) held 256 from anyone, and then no one else got in.
 #[test]
 fn a_flood_of_silent_connections_from_one_host_leaves_room_for_others() {
-    use std::io::Read;
     const PER_HOST: usize = 32; // pow_engine::MAX_PENDING_HANDSHAKES_PER_HOST
     let seed = SmallSeed::start("silent", 4);
-    let (work, data, torrent, port) = (&seed.work, &seed.data, &seed.torrent, seed.port);
+    let silent = silent_connections(seed.port, 2..3, 300);
+    let (held, closed) = held_and_closed(&silent);
+    let took = seed.timed_download();
+    println!(
+        "300 silent connections from 127.0.0.2: {held} held, {closed} closed at once; a download \
+         from 127.0.0.1 meanwhile in {took:.2} s"
+    );
+    assert_eq!((held, closed), (PER_HOST, 300 - PER_HOST));
+    assert!(
+        took < 10.0,
+        "the download waited for the silent connections: {took:.1} s"
+    );
+}
+
+/// `per_host` connections to `port` from each of 127.0.0.`hosts` that never send anything.
+fn silent_connections(
+    port: u16,
+    hosts: std::ops::Range<u8>,
+    per_host: usize,
+) -> Vec<std::net::TcpStream> {
     // std cannot bind a socket before connecting it; tokio's `TcpSocket` can.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
         .unwrap();
-    let silent: Vec<std::net::TcpStream> = runtime.block_on(async {
+    runtime.block_on(async {
         let mut streams = Vec::new();
-        for _ in 0..300 {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind(([127, 0, 0, 2], 0).into()).unwrap();
-            let stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
-            streams.push(stream.into_std().unwrap());
+        for host in hosts {
+            for _ in 0..per_host {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(([127, 0, 0, host], 0).into()).unwrap();
+                let stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+                streams.push(stream.into_std().unwrap());
+            }
         }
         streams
-    });
-    let (mut closed, mut held) = (0, 0);
-    for mut stream in silent.iter() {
+    })
+}
+
+/// How many of `streams` the other end holds open, and how many it closed.
+fn held_and_closed(streams: &[std::net::TcpStream]) -> (usize, usize) {
+    use std::io::Read;
+    let (mut held, mut closed) = (0, 0);
+    for mut stream in streams {
         stream.set_nonblocking(false).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_millis(20)))
@@ -276,25 +321,7 @@ fn a_flood_of_silent_connections_from_one_host_leaves_room_for_others() {
             _ => held += 1,
         }
     }
-    let started = std::time::Instant::now();
-    let out = work.path().join("out");
-    let report = common::pow_download_json(
-        torrent.to_str().unwrap(),
-        &out,
-        &["--peer", &format!("127.0.0.1:{port}")],
-    );
-    let took = started.elapsed().as_secs_f64();
-    assert_eq!(report["complete"], true, "{report}");
-    assert_eq!(same_bytes(data, &out.join("blob")), Ok(4 << 20));
-    println!(
-        "300 silent connections from 127.0.0.2: {held} held, {closed} closed at once; a download \
-         from 127.0.0.1 meanwhile in {took:.2} s"
-    );
-    assert_eq!((held, closed), (PER_HOST, 300 - PER_HOST));
-    assert!(
-        took < 10.0,
-        "the download waited for the silent connections: {took:.1} s"
-    );
+    (held, closed)
 }
 
 /// A peer that asks for metadata pieces (BEP 9) and never reads: once a send buffer's worth
@@ -533,49 +560,13 @@ fn a_peer_that_asks_and_cancels_in_a_loop_and_reads_nothing_holds_bounded_memory
 /// until the silent ones timed out (20 s), so 8 addresses could shut out everyone.
 #[test]
 fn silent_connections_from_a_few_hosts_cannot_fill_every_pending_place() {
-    use std::io::Read;
     const PER_HOST: usize = 32; // pow_engine::MAX_PENDING_HANDSHAKES_PER_HOST
     let seed = SmallSeed::start("silent-hosts", 4);
-    let (work, data, torrent, port) = (&seed.work, &seed.data, &seed.torrent, seed.port);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .unwrap();
-    let silent: Vec<std::net::TcpStream> = runtime.block_on(async {
-        let mut streams = Vec::new();
-        for host in 2..10u8 {
-            for _ in 0..PER_HOST {
-                let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                socket.bind(([127, 0, 0, host], 0).into()).unwrap();
-                let stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
-                streams.push(stream.into_std().unwrap());
-            }
-        }
-        streams
-    });
+    let silent = silent_connections(seed.port, 2..10, PER_HOST);
     // Every one of them is held (none closed at once), so the seed's places are all taken.
-    let held = silent
-        .iter()
-        .filter(|&stream| {
-            let mut stream = stream;
-            stream.set_nonblocking(false).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_millis(20)))
-                .unwrap();
-            matches!(stream.read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-        })
-        .count();
+    let (held, _) = held_and_closed(&silent);
     assert_eq!(held, 8 * PER_HOST);
-    let started = std::time::Instant::now();
-    let out = work.path().join("out");
-    let report = common::pow_download_json(
-        torrent.to_str().unwrap(),
-        &out,
-        &["--peer", &format!("127.0.0.1:{port}")],
-    );
-    let took = started.elapsed().as_secs_f64();
-    assert_eq!(report["complete"], true, "{report}");
-    assert_eq!(same_bytes(data, &out.join("blob")), Ok(4 << 20));
+    let took = seed.timed_download();
     println!(
         "{} silent connections from 8 hosts ({held} held); a download from 127.0.0.1 \
          meanwhile in {took:.2} s",

@@ -51,6 +51,46 @@ fn torrent(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// `tmp/data/NAME.bin` of `size` pseudo-random bytes (from `seed`) and its torrent
+/// `tmp/NAME.torrent` (64 KiB pieces): (the data directory, the torrent).
+fn one_file_torrent(
+    tmp: &Path,
+    name: &str,
+    size: usize,
+    seed: u64,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let data = tmp.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let file = data.join(format!("{name}.bin"));
+    std::fs::write(&file, common::pseudo_random_bytes(size, seed)).unwrap();
+    let torrent = tmp.join(format!("{name}.torrent"));
+    common::create_torrent(&file, &torrent, 65536);
+    (data, torrent)
+}
+
+/// `pow tracker` with a 600 s interval, its info-level log (every announce) written to `log`:
+/// the server and its announce URL.
+fn tracker_logging_to(log: &Path) -> (Server, String) {
+    let mut tracker = Server(
+        Command::new(pow_bin())
+            .args(["tracker", "--listen", "127.0.0.1:0", "--interval", "600"])
+            .env("POW_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+        String::new(),
+    );
+    let line = common::first_stdout_line(&mut tracker.0);
+    let url = line
+        .trim()
+        .strip_prefix("tracker listening on ")
+        .unwrap()
+        .to_string();
+    (tracker, url)
+}
+
 fn raw_get(url: &str, target: &str) -> String {
     let addr = url
         .trim_start_matches("http://")
@@ -191,30 +231,9 @@ fn announce_to_a_dead_tracker_is_one_clear_line() {
 #[test]
 fn a_download_that_completes_at_once_tells_the_tracker_it_has_nothing_left() {
     let tmp = TempDir::new("trk-cli-left");
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let file = data.join("quick.bin");
-    std::fs::write(&file, common::pseudo_random_bytes(4 << 20, 0x1EF7)).unwrap();
-    let torrent = tmp.path().join("quick.torrent");
-    common::create_torrent(&file, &torrent, 65536);
+    let (data, torrent) = one_file_torrent(tmp.path(), "quick", 4 << 20, 0x1EF7);
     let log_path = tmp.path().join("tracker.log");
-    let mut tracker = Server(
-        Command::new(pow_bin())
-            .args(["tracker", "--listen", "127.0.0.1:0", "--interval", "600"])
-            .env("POW_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-        String::new(),
-    );
-    let line = common::first_stdout_line(&mut tracker.0);
-    let url = line
-        .trim()
-        .strip_prefix("tracker listening on ")
-        .unwrap()
-        .to_string();
+    let (tracker, url) = tracker_logging_to(&log_path);
     let seed_port = common::free_port();
     let _seed = common::pow_seed(&torrent, &data, seed_port, &["--no-pex"], Stdio::null());
     let seed = format!("127.0.0.1:{seed_port}");
@@ -546,12 +565,7 @@ fn a_download_stops_at_once_while_its_udp_tracker_does_not_answer() {
 #[test]
 fn a_seed_on_port_0_tells_its_tracker_the_port_it_was_given() {
     let tmp = TempDir::new("trk-port-0");
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let file = data.join("given.bin");
-    std::fs::write(&file, common::pseudo_random_bytes(1 << 20, 0x0B07)).unwrap();
-    let torrent = tmp.path().join("given.torrent");
-    common::create_torrent(&file, &torrent, 65536);
+    let (data, torrent) = one_file_torrent(tmp.path(), "given", 1 << 20, 0x0B07);
     let tracker = start();
     let mut seed = common::Killed(
         pow()
@@ -608,30 +622,9 @@ fn a_seed_on_port_0_tells_its_tracker_the_port_it_was_given() {
 #[test]
 fn a_download_whose_reader_is_gone_still_tells_its_tracker() {
     let tmp = TempDir::new("trk-pipe");
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let file = data.join("piped.bin");
-    std::fs::write(&file, common::pseudo_random_bytes(1 << 20, 0x919E)).unwrap();
-    let torrent = tmp.path().join("piped.torrent");
-    common::create_torrent(&file, &torrent, 65536);
+    let (data, torrent) = one_file_torrent(tmp.path(), "piped", 1 << 20, 0x919E);
     let log_path = tmp.path().join("tracker.log");
-    let mut tracker = Server(
-        Command::new(pow_bin())
-            .args(["tracker", "--listen", "127.0.0.1:0", "--interval", "600"])
-            .env("POW_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-        String::new(),
-    );
-    let line = common::first_stdout_line(&mut tracker.0);
-    let url = line
-        .trim()
-        .strip_prefix("tracker listening on ")
-        .unwrap()
-        .to_string();
+    let (tracker, url) = tracker_logging_to(&log_path);
     let seed_port = common::free_port();
     let _seed = common::pow_seed(&torrent, &data, seed_port, &["--no-pex"], Stdio::null());
     let out = tmp.path().join("out");

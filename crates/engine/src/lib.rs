@@ -1743,6 +1743,23 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// Peers 100 and 101 (at 127.0.0.2, port 1 and port 2: [`addr`]) each pick a block of
+    /// piece 0 of a one-piece torrent: (100, 101).
+    fn both_pick_piece_0(inner: &Inner) -> (PeerKey, PeerKey) {
+        let (first, second) = (100, 101);
+        let mut all = Bitfield::new(1);
+        all.set(0);
+        let mut state = inner.lock();
+        assert_eq!(state.picker.pick(first, &all, 1).len(), 1);
+        assert_eq!(state.picker.pick(second, &all, 1).len(), 1);
+        (first, second)
+    }
+
+    /// The address of test peer `port`.
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 2], port))
+    }
+
     /// One piece of two blocks. The first peer's block is written; the second peer's block,
     /// which completes the piece, is booked but (as a peer task does until the end of its read)
     /// not yet written. The read-back check must wait for it: read now, it would see zeros,
@@ -1762,15 +1779,7 @@ mod tests {
                 .await
                 .unwrap();
             let inner = torrent.inner.clone();
-            let (first, second) = (100, 101);
-            let addr = |port| SocketAddr::from(([127, 0, 0, 2], port));
-            let mut all = Bitfield::new(1);
-            all.set(0);
-            {
-                let mut state = inner.lock();
-                assert_eq!(state.picker.pick(first, &all, 1).len(), 1);
-                assert_eq!(state.picker.pick(second, &all, 1).len(), 1);
-            }
+            let (first, second) = both_pick_piece_0(&inner);
             let piece = metainfo.geometry.piece(0).unwrap();
             let (received, _) = inner.lock().book_block(first, addr(1), 0, 0, 16384);
             assert!(matches!(received, pow_picker::Received::Stored { .. }));
@@ -1817,15 +1826,7 @@ mod tests {
                 .await
                 .unwrap();
             let inner = torrent.inner.clone();
-            let (first, second) = (100, 101);
-            let addr = |port| SocketAddr::from(([127, 0, 0, 2], port));
-            let mut all = Bitfield::new(1);
-            all.set(0);
-            {
-                let mut state = inner.lock();
-                assert_eq!(state.picker.pick(first, &all, 1).len(), 1);
-                assert_eq!(state.picker.pick(second, &all, 1).len(), 1);
-            }
+            let (first, second) = both_pick_piece_0(&inner);
             let piece = metainfo.geometry.piece(0).unwrap();
             for (key, port, begin) in [(first, 1, 0), (second, 2, 16384)] {
                 let _ = inner.lock().book_block(key, addr(port), 0, begin, 16384);

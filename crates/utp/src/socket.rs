@@ -694,6 +694,22 @@ mod tests {
         );
     }
 
+    /// A dialer's SYN announcing `conn_id`, as a datagram.
+    fn syn(conn_id: u16) -> Vec<u8> {
+        let header = Header {
+            kind: Kind::Syn,
+            conn_id,
+            timestamp: 0,
+            timestamp_diff: 0,
+            wnd: 1 << 20,
+            seq: 1,
+            ack: 0,
+        };
+        let mut datagram = Vec::new();
+        packet::encode(&header, None, &[], &mut datagram);
+        datagram
+    }
+
     /// A SYN that comes again (its answer lost, or slower than the dialer's 1 s resend) is
     /// answered by the connection it made, with the same sequence number, and makes no
     /// second stream; it used to replace the first connection with a new one.
@@ -703,17 +719,7 @@ mod tests {
             .await
             .unwrap();
         let dialer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let syn = Header {
-            kind: Kind::Syn,
-            conn_id: 500,
-            timestamp: 0,
-            timestamp_diff: 0,
-            wnd: 1 << 20,
-            seq: 1,
-            ack: 0,
-        };
-        let mut datagram = Vec::new();
-        packet::encode(&syn, None, &[], &mut datagram);
+        let datagram = syn(500);
         let mut answers = Vec::new();
         for _ in 0..2 {
             dialer.send_to(&datagram, b.local_addr()).await.unwrap();
@@ -759,18 +765,7 @@ mod tests {
         });
         let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         for conn_id in 0..MAX_CONNECTIONS as u16 {
-            let syn = Header {
-                kind: Kind::Syn,
-                conn_id: conn_id * 2,
-                timestamp: 0,
-                timestamp_diff: 0,
-                wnd: 1 << 20,
-                seq: 1,
-                ack: 0,
-            };
-            let mut datagram = Vec::new();
-            packet::encode(&syn, None, &[], &mut datagram);
-            silent.send_to(&datagram, b_addr).await.unwrap();
+            silent.send_to(&syn(conn_id * 2), b_addr).await.unwrap();
             if conn_id % 32 == 31 {
                 // Within the accept backlog (64), and in the socket's receive buffer.
                 tokio::time::sleep(Duration::from_millis(2)).await;
