@@ -473,15 +473,21 @@ fn seed_data_truncated_or_deleted_while_serving_never_sends_a_wrong_byte() {
             );
         } else {
             // Unlinked, the file lives on while the seed holds it open: the bytes it serves
-            // are still the right ones, so nothing is lost yet; a restart finds it gone.
+            // are still the right ones, so nothing is lost yet; a restart finds it gone, and
+            // refuses to seed nothing.
             assert!(after_lost.is_some() && advertised == payload.pieces as usize);
             seed.kill();
-            let restarted = Seed::start(&payload, &dir, free_port(), &[]);
-            println!(
-                "delete: restarted, the seed has {} of {} pieces",
-                restarted.started["pieces_good"], payload.pieces
-            );
-            assert_eq!(restarted.started["pieces_good"], 0);
+            let restarted = pow()
+                .args(["seed", payload.t(), "--data"])
+                .arg(&dir)
+                .args(["--port", "0", "--bind", "127.0.0.1"])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&restarted.stderr);
+            println!("delete: restarted: {}", stderr.trim());
+            assert_eq!(restarted.status.code(), Some(1), "{stderr}");
+            let none = format!("nothing to seed: none of the {} pieces", payload.pieces);
+            assert!(stderr.contains(&none), "{stderr}");
         }
     }
 }

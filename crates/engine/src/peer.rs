@@ -341,11 +341,6 @@ pub(crate) fn host_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Why a peer that connected to us and finished its handshake cannot stay, if it cannot: the
-/// peer slots were checked before the handshake, and a burst of connections passed that check
-/// together (up to 255 over `max_peers`), so they are counted again here, under the lock that
-/// adds the peer. A second connection of a peer already connected is let through to the
-/// duplicate rule, which keeps one of the two.
 /// With every slot taken, a connection from `host` may have one that another host gives up:
 /// the host holding most slots, if it holds two more than `host` does, gives up its least
 /// useful peer (the one that exchanged least with us, one not interested first among equals).
@@ -372,8 +367,12 @@ fn slot_to_give_up(state: &crate::State, host: IpAddr) -> Option<PeerKey> {
         .map(|(&key, _)| key)
 }
 
-/// Room for a connection from `addr` that finished its handshake: `Ok(None)`, or
-/// `Ok(Some(key))` once the peer `key` is closed to make it ([`slot_to_give_up`]); else why not.
+/// Room for a peer that connected to us and finished its handshake: `Ok(None)`, or
+/// `Ok(Some(key))` once the peer `key` is closed to make it ([`slot_to_give_up`]); else why it
+/// cannot stay. The peer slots were checked before the handshake, and a burst of connections
+/// passed that check together (up to 255 over `max_peers`), so they are counted again here,
+/// under the lock that adds the peer. A second connection of a peer already connected is let
+/// through to the duplicate rule, which keeps one of the two.
 fn no_room_for_incoming(
     state: &crate::State,
     addr: SocketAddr,
