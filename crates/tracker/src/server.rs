@@ -320,33 +320,53 @@ impl Swarm {
             .or_else(|| self.leechers.swap_remove(key))
     }
 
-    /// Up to `want` listed peers other than `asker`, drawn at random (as opentracker does) in
-    /// O(`want`): leechers only when `leechers_only`. Drawn in the map's order, every client
-    /// of a swarm larger than a reply was sent the same few peers, who took every newcomer's
-    /// connections while the rest were named to nobody.
+    /// Up to `want` listed peers other than `asker` that a reply to it carries, drawn at
+    /// random (as opentracker does) in O(`want`): leechers only when `leechers_only`. Drawn in
+    /// the map's order, every client of a swarm larger than a reply was sent the same few
+    /// peers, who took every newcomer's connections while the rest were named to nobody.
     fn draw(
         &self,
         asker: &SocketAddr,
         leechers_only: bool,
         want: usize,
+        families: Families,
     ) -> Vec<(SocketAddr, PeerId)> {
         let leechers = self.leechers.len();
         let pool = if leechers_only { leechers } else { self.len() };
+        let at = |i: usize| {
+            if i < leechers {
+                self.leechers.get_index(i)
+            } else {
+                self.seeds.get_index(i - leechers)
+            }
+        };
+        let fits = |key: &SocketAddr| key != asker && families.carry(key);
         // One more than wanted, in case the asker is among them.
         let amount = want.saturating_add(1).min(pool);
-        rand::seq::index::sample(&mut rand::rng(), pool, amount)
-            .into_iter()
-            .filter_map(|i| {
-                if i < leechers {
-                    self.leechers.get_index(i)
-                } else {
-                    self.seeds.get_index(i - leechers)
-                }
-            })
-            .filter(|(key, _)| *key != asker)
-            .take(want)
-            .map(|(key, peer)| (*key, peer.peer_id))
-            .collect()
+        let mut drawn: Vec<(SocketAddr, PeerId)> =
+            rand::seq::index::sample(&mut rand::rng(), pool, amount)
+                .into_iter()
+                .filter_map(at)
+                .filter(|(key, _)| fits(key))
+                .take(want)
+                .map(|(key, peer)| (*key, peer.peer_id))
+                .collect();
+        if drawn.len() < want && amount < pool && families != Families::Both {
+            // Peers of the other family took places in the draw (a UDP reply of 50 from a
+            // swarm of 300 IPv6 and 10 IPv4 peers named one or two of the 10): the rest in
+            // order from a random start, O(swarm) only then.
+            let taken: std::collections::HashSet<SocketAddr> =
+                drawn.iter().map(|(key, _)| *key).collect();
+            let start = rand::Rng::random_range(&mut rand::rng(), 0..pool);
+            let more = (start..pool)
+                .chain(0..start)
+                .filter_map(at)
+                .filter(|(key, _)| fits(key) && !taken.contains(*key))
+                .take(want - drawn.len())
+                .map(|(key, peer)| (*key, peer.peer_id));
+            drawn.extend(more.collect::<Vec<_>>());
+        }
+        drawn
     }
 
     fn least_recently_seen(&self) -> Option<(Seen, SocketAddr)> {
@@ -379,6 +399,25 @@ fn address_block(ip: IpAddr) -> IpAddr {
     match canonical_ip(ip) {
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::MAX >> 64))),
         v4 => v4,
+    }
+}
+
+/// The peers a reply can carry: an HTTP reply carries both families (`peers` and `peers6`), a
+/// UDP one only the requester's (BEP 15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Families {
+    Both,
+    Ipv4,
+    Ipv6,
+}
+
+impl Families {
+    fn carry(self, peer: &SocketAddr) -> bool {
+        match self {
+            Families::Both => true,
+            Families::Ipv4 => peer.is_ipv4(),
+            Families::Ipv6 => peer.is_ipv6(),
+        }
     }
 }
 
@@ -527,16 +566,18 @@ impl State {
     /// Applies one announce from `ip` and picks peers for the reply. Refused (with the reason
     /// for the client) if it would list a peer from an address that has its share listed.
     pub fn announce(&mut self, a: &Announce, ip: IpAddr, now: Instant) -> Result<Reply, String> {
-        self.announce_from(a, ip, now, Origin::Elsewhere)
+        self.announce_from(a, ip, now, Origin::Elsewhere, Families::Both)
     }
 
-    /// As [`State::announce`], from a client on this machine (`Origin::ThisMachine`) or not.
+    /// As [`State::announce`], from a client on this machine (`Origin::ThisMachine`) or not,
+    /// for a reply that carries `families`.
     fn announce_from(
         &mut self,
         a: &Announce,
         ip: IpAddr,
         now: Instant,
         origin: Origin,
+        families: Families,
     ) -> Result<Reply, String> {
         self.stats.announces += 1;
         let key = SocketAddr::new(ip, a.port);
@@ -589,7 +630,9 @@ impl State {
         if a.event == Event::Stopped {
             swarm.remove(&key, &mut self.counts);
         } else {
-            if a.event == Event::Completed {
+            // Once per peer, as opentracker counts: a client repeating `completed` made
+            // scrape's `downloaded` whatever it liked.
+            if a.event == Event::Completed && !swarm.seeds.contains_key(&key) {
                 swarm.downloaded = swarm.downloaded.saturating_add(1);
             }
             swarm.upsert(key, a, seen, &mut self.counts);
@@ -599,7 +642,7 @@ impl State {
         // uploaded anything may not know the size yet: aria2 fetching a magnet link's metadata
         // announces `left=0`, and it needs the seeders most.
         let seeding = a.left == 0 && (a.downloaded > 0 || a.uploaded > 0);
-        let peers = swarm.draw(&key, seeding, want);
+        let peers = swarm.draw(&key, seeding, want, families);
         let counts = swarm.counts();
         if swarm.is_empty() {
             self.drop_torrent(&a.info_hash);
@@ -911,16 +954,18 @@ async fn handle_http(
     let ip = canonical_ip(peer.ip());
     let body = if path.ends_with(b"/announce") {
         match parse_announce_query(query) {
-            Ok(a) => match lock(state).announce_from(&a, ip, Instant::now(), origin) {
-                Ok(reply) => {
-                    log_announce("http", &a, ip, &reply);
-                    encode_reply(&reply, a.compact, a.no_peer_id, cfg.interval)
+            Ok(a) => {
+                match lock(state).announce_from(&a, ip, Instant::now(), origin, Families::Both) {
+                    Ok(reply) => {
+                        log_announce("http", &a, ip, &reply);
+                        encode_reply(&reply, a.compact, a.no_peer_id, cfg.interval)
+                    }
+                    Err(reason) => {
+                        tracing::info!(%peer, "refused HTTP announce: {reason}");
+                        failure(&reason)
+                    }
                 }
-                Err(reason) => {
-                    tracing::info!(%peer, "refused HTTP announce: {reason}");
-                    failure(&reason)
-                }
-            },
+            }
             Err(reason) => {
                 lock(state).reject();
                 tracing::info!(%peer, "rejected HTTP announce: {reason}");
@@ -1100,6 +1145,12 @@ fn handle_udp(
         r.extend_from_slice(&connection_id(secret, from, minute).to_be_bytes());
         return Some(r);
     }
+    if action != ACTION_ANNOUNCE && action != ACTION_SCRAPE {
+        // Not a request: an error or a reply of another tracker's, which a packet with a forged
+        // source sends here; answered, with another error, two trackers kept each other
+        // answering without end.
+        return None;
+    }
     let valid = conn == connection_id(secret, from, minute)
         || conn == connection_id(secret, from, minute.wrapping_sub(1));
     if !valid {
@@ -1135,7 +1186,12 @@ fn handle_udp(
                 compact: true,
                 no_peer_id: true,
             };
-            let reply = match lock(state).announce_from(&a, ip, Instant::now(), origin) {
+            let families = if from.is_ipv4() || ip.is_ipv4() {
+                Families::Ipv4
+            } else {
+                Families::Ipv6
+            };
+            let reply = match lock(state).announce_from(&a, ip, Instant::now(), origin, families) {
                 Ok(reply) => reply,
                 Err(reason) => {
                     tracing::info!(%from, "refused UDP announce: {reason}");
@@ -1149,11 +1205,9 @@ fn handle_udp(
             r.extend_from_slice(&reply.counts.incomplete.to_be_bytes());
             r.extend_from_slice(&reply.counts.complete.to_be_bytes());
             for (addr, _) in &reply.peers {
-                // peers of the requester's address family only
-                match (addr.ip(), from.is_ipv4() || ip.is_ipv4()) {
-                    (IpAddr::V4(v4), true) => r.extend_from_slice(&v4.octets()),
-                    (IpAddr::V6(v6), false) => r.extend_from_slice(&v6.octets()),
-                    _ => continue,
+                match addr.ip() {
+                    IpAddr::V4(v4) => r.extend_from_slice(&v4.octets()),
+                    IpAddr::V6(v6) => r.extend_from_slice(&v6.octets()),
                 }
                 r.extend_from_slice(&addr.port().to_be_bytes());
             }
@@ -1178,7 +1232,7 @@ fn handle_udp(
             }
             Some(r)
         }
-        _ => Some(udp_error(tid, "unknown action")),
+        _ => None,
     }
 }
 
@@ -1257,6 +1311,53 @@ mod tests {
         let old = named.iter().filter(|p| (1000..1300).contains(*p)).count();
         assert!(old > 200, "20 replies named only {old} of the 300 peers");
         assert!(firsts.len() > 10, "{} different first peers", firsts.len());
+    }
+
+    /// A UDP reply carries the requester's family only: drawing from both and dropping the
+    /// other family after named 1 or 2 of 10 IPv4 peers among 300 IPv6 ones.
+    #[test]
+    fn a_udp_reply_names_every_peer_of_the_requesters_family_there_is() {
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let v4: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut st = State::new(ServerConfig::default());
+        let t0 = Instant::now();
+        for port in 1000..1300 {
+            st.announce(&ann(port, 5, Event::Started), v6, t0).unwrap();
+        }
+        for port in 3000..3010 {
+            st.announce(&ann(port, 5, Event::Started), v4, t0).unwrap();
+        }
+        for _ in 0..20 {
+            let asker = ann(4000, 5, Event::Started);
+            let r = st
+                .announce_from(&asker, v4, t0, Origin::Elsewhere, Families::Ipv4)
+                .unwrap();
+            let named: Vec<u16> = r.peers.iter().map(|(a, _)| a.port()).collect();
+            assert!(r.peers.iter().all(|(a, _)| a.is_ipv4()), "{named:?}");
+            assert_eq!(r.peers.len(), 10, "{named:?}");
+            let r = st
+                .announce_from(&asker, v6, t0, Origin::Elsewhere, Families::Ipv6)
+                .unwrap();
+            assert!(r.peers.iter().all(|(a, _)| a.is_ipv6()));
+            assert_eq!(r.peers.len(), 50);
+        }
+    }
+
+    /// scrape's `downloaded` counts a peer's `completed` once, as opentracker does.
+    #[test]
+    fn a_repeated_completed_is_counted_once() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut st = State::new(ServerConfig::default());
+        let t0 = Instant::now();
+        st.announce(&ann(1000, 5, Event::Started), ip, t0).unwrap();
+        for _ in 0..100 {
+            st.announce(&ann(1000, 0, Event::Completed), ip, t0)
+                .unwrap();
+        }
+        assert_eq!(st.scrape(&[1; 20]).downloaded, 1);
+        st.announce(&ann(1001, 0, Event::Completed), ip, t0)
+            .unwrap();
+        assert_eq!(st.scrape(&[1; 20]).downloaded, 2);
     }
 
     #[test]

@@ -159,6 +159,51 @@ async fn udp_rejects_bad_connection_ids_and_events() {
     assert_eq!(server.stats().rejected, 2);
 }
 
+/// What one tracker answers a bad packet with, sent on to another (as a packet with a forged
+/// source would have it), gets no answer: both answered every such packet with an error of
+/// their own, which the other took for another bad packet, without end.
+#[tokio::test]
+async fn a_trackers_error_reply_sent_to_another_tracker_gets_no_answer() {
+    let start = || TrackerServer::start("127.0.0.1:0".parse().unwrap(), ServerConfig::default());
+    let (a, b) = (start().await.unwrap(), start().await.unwrap());
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let mut bad_connect = 1u64.to_be_bytes().to_vec();
+    bad_connect.extend_from_slice(&0u32.to_be_bytes());
+    bad_connect.extend_from_slice(&7u32.to_be_bytes());
+    let connect = connect_request();
+    let mut bad_id = 12345u64.to_be_bytes().to_vec();
+    bad_id.extend_from_slice(&1u32.to_be_bytes());
+    bad_id.extend_from_slice(&9u32.to_be_bytes());
+    bad_id.resize(98, 1);
+    for request in [bad_connect, connect, bad_id] {
+        sock.send_to(&request, a.local_addr()).await.unwrap();
+        let n = sock.recv(&mut buf).await.unwrap();
+        let reply = buf[..n].to_vec();
+        println!(
+            "A answered {} bytes: {:?}",
+            n,
+            String::from_utf8_lossy(&reply[8..])
+        );
+        sock.send_to(&reply, b.local_addr()).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_millis(300), sock.recv(&mut buf)).await;
+        assert!(answer.is_err(), "B answered A's reply {reply:?}");
+    }
+    // B still answers requests.
+    sock.send_to(&connect_request(), b.local_addr())
+        .await
+        .unwrap();
+    let n = sock.recv(&mut buf).await.unwrap();
+    assert_eq!(n, 16);
+}
+
+fn connect_request() -> Vec<u8> {
+    let mut connect = 0x41727101980u64.to_be_bytes().to_vec();
+    connect.extend_from_slice(&0u32.to_be_bytes());
+    connect.extend_from_slice(&8u32.to_be_bytes());
+    connect
+}
+
 fn vm_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
