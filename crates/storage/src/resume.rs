@@ -208,7 +208,20 @@ impl Storage {
         let text = self.render(have, &saved, &stamps);
         let path = self.resume_path();
         let tmp = path.with_extension("pow-resume.tmp");
-        let written = std::fs::File::create(&tmp).and_then(|mut out| {
+        // Made new (O_EXCL follows no link): a link planted at this predictable name in a
+        // shared download directory had the save truncate and fill the file it pointed at.
+        // A temp file left by a stop is removed first (a link there: the link itself).
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Self::io(&tmp)(e));
+            }
+            _ => {}
+        }
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp);
+        let written = created.and_then(|mut out| {
             out.write_all(text.as_bytes())?;
             if sync {
                 out.sync_all()?;
@@ -455,6 +468,27 @@ mod tests {
         let resume = again.resume_or_check(1, &|_| {}).unwrap();
         assert_eq!(resume.source, ResumeSource::File, "{:?}", resume.rejected);
         assert_eq!(resume.have, have_of(&[0, 3, 9]));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A link planted at the temp file's name is replaced, not written through: the save
+    /// truncated and filled the file it pointed at.
+    #[test]
+    fn a_link_at_the_temp_name_is_not_written_through() {
+        let (dir, metainfo, content) = setup("planted");
+        let storage = Storage::new(metainfo, &dir.join("out")).unwrap();
+        write_pieces(&storage, &content, &[0]);
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let tmp = storage.resume_path().with_extension("pow-resume.tmp");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        for durability in [Durability::ThisBoot, Durability::Synced] {
+            storage.save_resume(&have_of(&[0]), durability).unwrap();
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        assert!(!tmp.exists() && !tmp.is_symlink());
+        let text = std::fs::read_to_string(storage.resume_path()).unwrap();
+        assert!(text.starts_with(MAGIC), "{text}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
