@@ -77,7 +77,16 @@ fn answer_before_body_ends(addr: &str, head: &str, part: &[u8]) -> (u16, String)
 }
 
 fn upload(server: &Server, file_name: &str, bytes: &[u8]) -> (u16, serde_json::Value) {
-    let (content_type, body) = form(file_name, bytes, None);
+    upload_described(server, file_name, bytes, None)
+}
+
+fn upload_described(
+    server: &Server,
+    file_name: &str,
+    bytes: &[u8],
+    description: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let (content_type, body) = form(file_name, bytes, description);
     let (status, reply) = raw_request(
         &server.addr,
         "POST",
@@ -734,6 +743,16 @@ fn bad_uploads_get_their_status_and_leave_nothing_half_written() {
     let (status, reply) = answer_before_body_ends(&server.addr, &head, b"d8:announce");
     println!("PUT of 200 MiB: {status} {reply}");
     assert_eq!(status, 413);
+    // A chunked body is refused as too large once it is (it was a 400).
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nAuthorization: Bearer s3cret\r\nTransfer-Encoding: chunked\r\n"
+    );
+    let over = (64 << 20) + 1;
+    let mut part = format!("{over:x}\r\n").into_bytes();
+    part.resize(part.len() + over, b'd');
+    let (status, reply) = answer_before_body_ends(&server.addr, &head, &part);
+    println!("chunked PUT of 64 MiB and a byte: {status} {reply}");
+    assert_eq!(status, 413, "{reply}");
     let (status, _) = raw_request(
         &server.addr,
         "PUT",
@@ -767,6 +786,20 @@ fn bad_uploads_get_their_status_and_leave_nothing_half_written() {
     let (status, reply) = raw_request(&server.addr, "PUT", &path, &auth, &other);
     println!("PUT of other bytes under a stored name: {status} {reply}");
     assert_eq!(status, 409, "never replaced");
+    // The scheme's name is case-insensitive (RFC 9110), and a 401 names the scheme it takes.
+    let client = http_client_builder().build().unwrap();
+    let put = |authorization: &str| {
+        client
+            .put(format!("{}/torrents/{:032x}.torrent", server.url, 99))
+            .header("Authorization", authorization)
+            .body(torrent.clone())
+            .send()
+            .unwrap()
+    };
+    let refused = put("Bearer wrong");
+    assert_eq!(refused.status().as_u16(), 401);
+    assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+    assert_eq!(put("bearer s3cret").status().as_u16(), 201);
     // Two PUTs of other bytes under one new name at once: one is stored, the other refused
     // (each passed the "not there yet" check before either wrote, and both were stored,
     // the last one winning, sometimes through one shared temp file).
@@ -968,6 +1001,71 @@ fn a_tracker_on_every_address_is_named_by_the_public_url_host() {
     assert_eq!(
         metainfo.announce.as_deref(),
         Some(format!("http://localhost:{tracker_port}/announce").as_str())
+    );
+}
+
+/// A description is limited in characters, as the page's `maxlength` limits it, a line break
+/// (which a browser sends as CRLF) counting once: a limit of 4096 bytes refused what the page
+/// let through (1,400 CJK characters), after the whole file had arrived.
+#[test]
+fn a_description_is_limited_in_characters_as_the_page_limits_it() {
+    let work = TempDir::new("serve-description");
+    let server = Server::start(&work.path().join("server"), free_port(), &[]);
+    let page = http_get(&server.url).unwrap().text().unwrap();
+    assert!(page.contains("maxlength=\"4096\""), "{page}");
+    let longest = format!("{}\r\n{}y", "数".repeat(1400), "x\r\n".repeat(1347));
+    let zip = work.path().join("a.zip");
+    make_zip(&zip, 1, 51);
+    let bytes = std::fs::read(&zip).unwrap();
+    let (status, reply) = upload_described(&server, "a.zip", &bytes, Some(&longest));
+    println!(
+        "4096 characters in {} bytes: {status} {reply}",
+        longest.len()
+    );
+    assert_eq!(status, 201, "{reply}");
+    let stored = server.dataset(reply["md5"].as_str().unwrap()).unwrap();
+    assert_eq!(stored["description"], longest.replace("\r\n", "\n"));
+    make_zip(&zip, 1, 52);
+    let bytes = std::fs::read(&zip).unwrap();
+    let (status, reply) = upload_described(&server, "a.zip", &bytes, Some(&format!("{longest}z")));
+    println!("4097 characters: {status} {reply}");
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply.to_string().contains("longer than 4096 characters"),
+        "{reply}"
+    );
+}
+
+/// Without --data the server's directory is `serve` in the project directory --pow-dir names
+/// (it was ./.pow/serve whatever --pow-dir said).
+#[test]
+fn without_data_the_server_lives_in_the_pow_dir() {
+    let work = TempDir::new("serve-pow-dir");
+    let project = work.path().join("project");
+    let mut child = pow()
+        .arg("--pow-dir")
+        .arg(&project)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--peer-port",
+            "0",
+            "--json",
+        ])
+        .args(["--tracker-listen", &format!("127.0.0.1:{}", free_port())])
+        .current_dir(work.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = common::first_stdout_line(&mut child);
+    let _ = child.kill();
+    let _ = child.wait();
+    println!("pow --pow-dir project serve: {line}");
+    assert!(project.join("serve").is_dir(), "no project/serve");
+    assert!(
+        !work.path().join(".pow").exists(),
+        "./.pow made beside --pow-dir"
     );
 }
 

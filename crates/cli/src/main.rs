@@ -171,7 +171,7 @@ fn main() -> ExitCode {
         Command::Save(args) => source_cmd::save(cli.pow_dir.as_deref(), args),
         Command::Source(cmd) => source_cmd::source(cli.pow_dir.as_deref(), cmd),
         Command::Publish(args) => publish_cmd::publish(cli.pow_dir.as_deref(), args),
-        Command::Serve(args) => serve_cmd::serve(args),
+        Command::Serve(args) => serve_cmd::serve(cli.pow_dir.as_deref(), args),
         Command::Store(cmd) => load_cmd::store(cli.pow_dir.as_deref(), cmd),
         Command::Export(args) => source_cmd::export(cli.pow_dir.as_deref(), args),
         Command::Import(args) => source_cmd::import(cli.pow_dir.as_deref(), args),

@@ -10,7 +10,7 @@ use pow_metainfo::Metainfo;
 use pow_server::{Library, SeedFuture, SeedStatus, Seeder, ServeConfig};
 use pow_tracker::server::{ServerConfig, TrackerServer};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
@@ -21,8 +21,9 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// The server's directory: uploads, content, and the torrent store (`DIR/torrents`).
-    #[arg(long, default_value = ".pow/serve")]
-    data: PathBuf,
+    /// Default: `serve` in the project directory (--pow-dir or POW_DIR, else ./.pow).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
     /// Largest dataset a researcher may upload to this server (the web page's or the API's
     /// zip), in bytes. Not a bandwidth limit: that is --max-upload-rate.
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 30)]
@@ -107,9 +108,15 @@ fn embedded_announce_url(tracker: &TrackerServer, public_url: Option<&str>) -> S
     }
 }
 
-pub fn serve(args: ServeArgs) -> CmdResult {
+pub fn serve(pow_dir: Option<&Path>, args: ServeArgs) -> CmdResult {
+    // `pow --pow-dir X serve` served .pow/serve, beside a project it was told was X.
+    let data = args.data.clone().unwrap_or_else(|| {
+        pow_dir
+            .unwrap_or(Path::new(crate::source_cmd::DEFAULT_POW_DIR))
+            .join("serve")
+    });
     let runtime = crate::runtime::engine_runtime(crate::runtime::Work::Seed)?;
-    let served = runtime.block_on(serve_async(args));
+    let served = runtime.block_on(serve_async(args, &data));
     // Blocking work still running (hashing an upload whose request was dropped, checking a
     // dataset before seeding it) is not waited for: a dataset is published by its record and
     // torrent, written last, so what such work leaves is cleared at the next start.
@@ -117,7 +124,7 @@ pub fn serve(args: ServeArgs) -> CmdResult {
     served
 }
 
-async fn serve_async(args: ServeArgs) -> CmdResult {
+async fn serve_async(args: ServeArgs, data: &Path) -> CmdResult {
     let counted = crate::download_cmd::count_signals()?;
     // What every upload's torrent will carry: refused now, not at each upload.
     let options = CreateOptions {
@@ -154,7 +161,7 @@ async fn serve_async(args: ServeArgs) -> CmdResult {
         eprintln!("pow: warning: no --public-url: new torrents get no web seed");
     }
     let library = Arc::new(Library::open(
-        &args.data,
+        data,
         announce_urls.clone(),
         public_url.clone(),
     )?);

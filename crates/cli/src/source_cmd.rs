@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 type CmdResult = Result<(), Box<dyn Error>>;
 
 /// Default location of the project directory.
-const DEFAULT_POW_DIR: &str = ".pow";
+pub(crate) const DEFAULT_POW_DIR: &str = ".pow";
 
 /// `pow save`.
 #[derive(Args)]

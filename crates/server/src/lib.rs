@@ -35,8 +35,14 @@ use std::sync::Arc;
 /// `Content-Length` exceeds the upload limit by more than this is refused before it is read,
 /// and a body in which more than this is not the file is stopped as it comes.
 pub const FORM_OVERHEAD: u64 = 64 * 1024;
-/// Longest description kept with a dataset.
-pub const MAX_DESCRIPTION_BYTES: usize = 4096;
+/// Longest description kept with a dataset, in characters (a line break is one): the page's
+/// `maxlength` counts UTF-16 units, so it never allows more. (A limit of 4096 bytes refused
+/// what the page let through, 1,400 CJK characters or 4,000 with line breaks, after the
+/// whole file had been uploaded.)
+pub const MAX_DESCRIPTION_CHARS: usize = 4096;
+/// The most bytes a description's field (or another field) may take in a form: 4 a character
+/// of UTF-8, a browser sending each line break as CRLF.
+pub const MAX_DESCRIPTION_BYTES: usize = 4 * MAX_DESCRIPTION_CHARS;
 
 #[derive(Clone)]
 pub struct ServeConfig {

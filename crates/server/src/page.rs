@@ -133,7 +133,7 @@ document.getElementById('upload').addEventListener('submit', function (event) {{
 </html>
 "#,
         limit = human_size(max_upload_size),
-        max_description = crate::MAX_DESCRIPTION_BYTES,
+        max_description = crate::MAX_DESCRIPTION_CHARS,
     )
 }
 

@@ -446,16 +446,25 @@ async fn put_torrent(State(app): Shared, Path(name): Path<String>, request: Requ
             "PUT is disabled: the server was started without a token",
         );
     };
+    // The scheme's name is case-insensitive (RFC 9110 11.1): `bearer s3cret` was refused.
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim_start_matches(' '));
     if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-        return failure(
+        let mut refused = failure(
             false,
             StatusCode::UNAUTHORIZED,
             "a valid bearer token is required",
         );
+        // A 401 names the scheme it takes (RFC 9110 15.5.2).
+        refused.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return refused;
     }
     // Read only now: a client without the token never has its body read, let alone held.
     let declared = declared_length(headers);
@@ -463,10 +472,27 @@ async fn put_torrent(State(app): Shared, Path(name): Path<String>, request: Requ
         let too_large = format!("a torrent is at most {MAX_TORRENT_BYTES} bytes");
         return refused_unread(false, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
     }
-    let read = axum::body::to_bytes(request.into_body(), MAX_TORRENT_BYTES as usize);
+    let read = async {
+        use futures_util::StreamExt;
+        let mut stream = request.into_body().into_data_stream();
+        let mut body = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if body.len() + chunk.len() > MAX_TORRENT_BYTES as usize {
+                return Ok(None);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok::<_, axum::Error>(Some(body))
+    };
     let body = match tokio::time::timeout(PUT_BODY_TIMEOUT, read).await {
-        Ok(Ok(body)) => body,
-        // A chunked body over the limit ends here too ("length limit exceeded").
+        Ok(Ok(Some(body))) => axum::body::Bytes::from(body),
+        // A chunked body, whose length is known only once it is over the limit (it was a 400,
+        // "length limit exceeded").
+        Ok(Ok(None)) => {
+            let too_large = format!("a torrent is at most {MAX_TORRENT_BYTES} bytes");
+            return refused_unread(false, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
+        }
         Ok(Err(e)) => {
             let why = format!("cannot read the torrent: {e}");
             return refused_unread(false, StatusCode::BAD_REQUEST, &why);

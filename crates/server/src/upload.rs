@@ -3,7 +3,7 @@
 //! checked to be a zip by its bytes. Whatever goes wrong, the temporary file is removed (also
 //! when the client goes away and the request is dropped mid-stream).
 
-use crate::{FORM_OVERHEAD, MAX_DESCRIPTION_BYTES};
+use crate::{FORM_OVERHEAD, MAX_DESCRIPTION_BYTES, MAX_DESCRIPTION_CHARS};
 use axum::body::Body;
 use axum::extract::multipart::{Field, Multipart, MultipartError};
 use futures_util::StreamExt as _;
@@ -281,8 +281,14 @@ async fn receive_form(
                 received = Some(receive_file(field, meter, incoming, limit, &mut pace).await?);
             }
             Some("description") => {
-                description =
-                    read_text(field, MAX_DESCRIPTION_BYTES, "description", &mut pace).await?;
+                description = read_text(field, MAX_DESCRIPTION_BYTES, "description", &mut pace)
+                    .await?
+                    .replace("\r\n", "\n");
+                if description.chars().count() > MAX_DESCRIPTION_CHARS {
+                    return Err(UploadError::BadForm(format!(
+                        "the description is longer than {MAX_DESCRIPTION_CHARS} characters"
+                    )));
+                }
             }
             _ => {
                 // Unknown fields are read and dropped (bounded like a description).
