@@ -572,6 +572,7 @@ fn report(
             "mib_per_s": rate,
             "received_by_peer": by_peer,
             "sent_to_peer": to_peer,
+            "sent_to_other_peers": torrent.sent_to_others().1,
             "received_by_web_seed": by_web_seed,
             "web_seed_bytes": s.web_seed_bytes,
             "path": args.output.join(&metainfo.name).display().to_string(),

@@ -264,6 +264,10 @@ async fn seed_async(args: SeedArgs) -> CmdResult {
     for (peer, bytes) in torrent.sent_by_peer() {
         eprintln!("uploaded to {peer}: {bytes} bytes");
     }
+    let (others, others_bytes) = torrent.sent_to_others();
+    if others > 0 {
+        eprintln!("uploaded to {others} other peer addresses: {others_bytes} bytes");
+    }
     eprintln!("stopped: {} bytes uploaded", s.uploaded);
     eprintln!(
         "connections: {} plaintext, {} encrypted handshake then plaintext, {} RC4; {} over uTP",

@@ -415,8 +415,8 @@ pub(crate) struct State {
     pub suspects: HashMap<u32, Vec<Suspect>>,
     /// Bytes received per peer address, for reports ("who sent what").
     pub received_from: HashMap<SocketAddr, u64>,
-    /// Bytes served per peer address.
-    pub sent_to: HashMap<SocketAddr, u64>,
+    /// Bytes served per peer address (the most served-to ones, past a cap).
+    pub sent_to: BytesByPeer,
     /// Web seeds ([`webseed`]) by their pseudo-address (their bytes are in `received_from`).
     pub web_seeds: HashMap<SocketAddr, String>,
     /// Pieces we had and could no longer read (file truncated or gone under us): no longer
@@ -742,7 +742,7 @@ impl Torrent {
                 senders: HashMap::new(),
                 suspects: HashMap::new(),
                 received_from: HashMap::new(),
-                sent_to: HashMap::new(),
+                sent_to: BytesByPeer::default(),
                 web_seeds: HashMap::new(),
                 lost: HashSet::new(),
                 super_seed,
@@ -956,9 +956,17 @@ impl Torrent {
         v
     }
 
-    /// Bytes of payload served to each peer address so far.
+    /// Bytes of payload served to each peer address so far: at most
+    /// [`BytesByPeer::MAX_ADDRESSES`] of them, those served most; the rest are in
+    /// [`Torrent::sent_to_others`].
     pub fn sent_by_peer(&self) -> Vec<(SocketAddr, u64)> {
-        sorted(&self.inner.lock().sent_to)
+        sorted(&self.inner.lock().sent_to.by_addr)
+    }
+
+    /// Peers (addresses) served and bytes served to them that [`Torrent::sent_by_peer`]
+    /// leaves out.
+    pub fn sent_to_others(&self) -> (u64, u64) {
+        self.inner.lock().sent_to.others
     }
 
     /// Resolves when every wanted piece is verified.
@@ -1306,6 +1314,41 @@ pub(crate) async fn until_true(rx: &mut watch::Receiver<bool>) {
     }
 }
 
+/// Bytes per peer address, for reports, of at most [`BytesByPeer::MAX_ADDRESSES`] addresses:
+/// a seed meets a new address (a new port) at every connection, and one that runs for months
+/// kept them all. Past the cap, the address with the fewest bytes is counted in `others`.
+#[derive(Debug, Default)]
+pub struct BytesByPeer {
+    by_addr: HashMap<SocketAddr, u64>,
+    /// Addresses folded, and their bytes.
+    others: (u64, u64),
+}
+
+impl BytesByPeer {
+    pub const MAX_ADDRESSES: usize = 4096;
+
+    pub fn add(&mut self, addr: SocketAddr, bytes: u64) {
+        self.add_keeping(addr, bytes, Self::MAX_ADDRESSES);
+    }
+
+    fn add_keeping(&mut self, addr: SocketAddr, bytes: u64, max_addresses: usize) {
+        if let Some(sum) = self.by_addr.get_mut(&addr) {
+            *sum += bytes;
+            return;
+        }
+        if self.by_addr.len() >= max_addresses {
+            // A scan, once per new address at the cap: cheaper than keeping an order.
+            let least = self.by_addr.iter().min_by_key(|(_, sum)| **sum);
+            if let Some((&least, &sum)) = least {
+                self.by_addr.remove(&least);
+                self.others.0 += 1;
+                self.others.1 += sum;
+            }
+        }
+        self.by_addr.insert(addr, bytes);
+    }
+}
+
 fn sorted(counts: &HashMap<SocketAddr, u64>) -> Vec<(SocketAddr, u64)> {
     let mut v: Vec<_> = counts.iter().map(|(a, n)| (*a, *n)).collect();
     v.sort();
@@ -1316,6 +1359,30 @@ fn sorted(counts: &HashMap<SocketAddr, u64>) -> Vec<(SocketAddr, u64)> {
 mod tests {
     use super::*;
     use pow_metainfo::create::{create, CreateOptions};
+
+    /// Past the cap the address served least is folded, so the ones served most stay listed
+    /// and every byte is still counted.
+    #[test]
+    fn bytes_by_peer_keeps_a_bounded_number_of_addresses() {
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let mut sent = BytesByPeer::default();
+        for port in 1..=1000u16 {
+            sent.add_keeping(addr(port), u64::from(port), 100);
+        }
+        sent.add_keeping(addr(1000), 1, 100);
+        assert_eq!(sent.by_addr.len(), 100);
+        assert_eq!(sent.others, (900, (1..=900u64).sum()));
+        assert_eq!(sent.by_addr[&addr(1000)], 1001);
+        assert_eq!(sent.by_addr.keys().map(|a| a.port()).min(), Some(901));
+        let total: u64 = sent.by_addr.values().sum::<u64>() + sent.others.1;
+        assert_eq!(total, (1..=1000u64).sum::<u64>() + 1);
+        sent.add(addr(1), 5);
+        assert_eq!(
+            sent.by_addr.len(),
+            101,
+            "the cap of a real session is larger"
+        );
+    }
 
     /// A torrent of one 32 KiB piece to download (nothing on disk yet), in a temporary
     /// directory, with a runtime to start it on.

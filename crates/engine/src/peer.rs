@@ -1694,7 +1694,7 @@ impl Peer {
                 .uploaded
                 .fetch_add(served, Ordering::Relaxed);
             let mut state = self.inner.lock();
-            *state.sent_to.entry(self.addr).or_default() += served;
+            state.sent_to.add(self.addr, served);
             if let Some(entry) = state.peers.get_mut(&self.key) {
                 entry.sent += served;
             }
