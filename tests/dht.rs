@@ -322,6 +322,33 @@ time.sleep(300)
 
 /// The DHT's UDP port taken by another program: pow's node takes any free port, says so, and
 /// names that one in its `port` message.
+/// --dht-port and --dht-state without a node to apply to (no --dht, no --dht-bootstrap) are
+/// refused, in every command that takes them: they were taken and ignored.
+#[test]
+fn dht_options_without_a_node_are_refused() {
+    let work = TempDir::new("dht-options");
+    let (data, torrent, _) = dataset(work.path(), 41);
+    let torrent = torrent.to_str().unwrap();
+    let data = data.to_str().unwrap();
+    for command in [
+        vec!["download", torrent, "-o", data],
+        vec!["seed", torrent, "--data", data],
+        vec!["serve"],
+        vec!["source", "seed", "--all"],
+    ] {
+        for option in [["--dht-port", "7001"], ["--dht-state", "state"]] {
+            let o = pow().args(&command).args(option).output().unwrap();
+            let stderr = text(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{command:?} {option:?}: {stderr}");
+            assert!(
+                stderr.contains(option[0]) && stderr.contains("--dht"),
+                "{stderr}"
+            );
+        }
+    }
+    // With --dht-bootstrap they are taken: pow_dht_node_lookup_seed_and_download_by_themselves.
+}
+
 #[test]
 fn a_busy_dht_port_gives_way_to_any_port() {
     use common::raw_peer::RawPeer;

@@ -28,8 +28,10 @@ pub fn peers_found() -> u64 {
 const RETRY_EMPTY: Duration = Duration::from_secs(15);
 const REANNOUNCE: Duration = Duration::from_secs(5 * 60);
 
-/// The DHT options of every command that joins swarms.
+/// The DHT options of every command that joins swarms. --dht-port and --dht-state need a
+/// node (--dht or --dht-bootstrap): alone they were taken and ignored.
 #[derive(clap::Args, Clone, Debug)]
+#[command(group(clap::ArgGroup::new("dht_node").args(["dht", "dht_bootstrap"]).multiple(true)))]
 pub struct DhtArgs {
     /// Find peers on the Mainline DHT (BEP 5) as well, and announce there. The node uses UDP
     /// on the peer port's number (or --dht-port) and asks the public routers first (or
@@ -40,13 +42,13 @@ pub struct DhtArgs {
     #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
     pub dht_bootstrap: Vec<String>,
     /// UDP port of the DHT node (default: the peer port's number).
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, value_name = "PORT", requires = "dht_node")]
     pub dht_port: Option<u16>,
     /// Where the DHT node keeps its id and the nodes that answered it, between runs (read at
     /// start and asked first, written after each lookup). Default: $XDG_CACHE_HOME (or
     /// ~/.cache) /pow/dht-state when bootstrapping from the public routers; none with
     /// --dht-bootstrap alone, whose network is not the public one.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "dht_node")]
     pub dht_state: Option<PathBuf>,
 }
 
