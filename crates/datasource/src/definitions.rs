@@ -94,6 +94,9 @@ pub fn parse_toml_fields(
     let graph = NamedNode::new_unchecked(data_graph);
     let mut quads = Vec::new();
     let mut cleared = Vec::new();
+    // Two tables of one source merged their fields (a copied block whose key was left as it
+    // was gave the first source two torrents): refused, naming both tables.
+    let mut defined_at: HashMap<String, String> = HashMap::new();
     for (key, value) in &table {
         if key != "source" {
             return Err(Error::Definition {
@@ -111,7 +114,18 @@ pub fn parse_toml_fields(
                 at: at.clone(),
                 message: "expected a table".into(),
             })?;
-            source_quads(&at, source, &graph, &mut quads, &mut cleared)?;
+            let subject = source_quads(&at, source, &graph, &mut quads, &mut cleared)?;
+            if let Some(first) = defined_at.get(subject.as_str()) {
+                return Err(definition(
+                    &at,
+                    format!(
+                        "{} is defined in {first} already; give each source one [[source]] \
+                         table (a list gives a field several values)",
+                        shorten(subject.as_str())
+                    ),
+                ));
+            }
+            defined_at.insert(subject.into_string(), at);
         }
     }
     Ok((quads, cleared))
@@ -130,7 +144,7 @@ fn source_quads(
     graph: &NamedNode,
     quads: &mut Vec<Quad>,
     cleared: &mut Vec<Cleared>,
-) -> Result<()> {
+) -> Result<NamedNode> {
     let type_name = match source.get("type") {
         Some(toml::Value::String(s)) => s.as_str(),
         Some(_) => return Err(definition(at, "`type` must be a string".into())),
@@ -212,7 +226,7 @@ fn source_quads(
             ));
         }
     }
-    Ok(())
+    Ok(subject)
 }
 
 fn valid_fields(class: &'static Class) -> String {
@@ -496,6 +510,26 @@ torrent_file_name = "d9da5ce947c6f1c127dfcdc2ede63320.torrent"
         assert!(q.predicate.as_str().starts_with(crate::schema::POW_VOCAB));
         let err = parse(&format!("{SEED}info_hash = \"{}\"\n", &hash[..39])).unwrap_err();
         assert!(matches!(err, Error::BadHash { digits: 40, .. }), "{err}");
+    }
+
+    /// A copied table whose key was left as it was would have merged into the first source.
+    #[test]
+    fn a_source_defined_twice_is_refused() {
+        let twice = format!("{SEED}\n{}", SEED.replace("d9da5ce9", "00000000"));
+        let err = parse(&twice).unwrap_err().to_string();
+        assert!(
+            err.contains("source 2")
+                && err.contains("ConnectomeCSVDataSource:2000_connections is defined in source 1"),
+            "{err}"
+        );
+        // The same source by its full IRI is the same source.
+        let by_ident = SEED.replace(
+            "key = \"2000_connections\"",
+            "ident = \"http://openworm.org/entities/ConnectomeCSVDataSource/2000_connections\"",
+        );
+        assert!(parse(&format!("{SEED}\n{by_ident}")).is_err());
+        // Another key is another source.
+        parse(&format!("{SEED}\n{}", SEED.replace("2000_", "3000_"))).unwrap();
     }
 
     #[test]

@@ -274,25 +274,12 @@ impl PowDir {
     }
 
     /// `.pow/data_source_data/BitTorrentDataSourceDirLoader/<key>/`, where `<key>` is the
-    /// source's key made into one safe path component.
+    /// source's key made into one safe path component ([`default_dir_name`]).
     pub fn default_base_dir(&self, iri: &str) -> PathBuf {
-        let short = shorten(iri);
-        let key = match short.split_once(':') {
-            Some((_, key)) if short != iri => key.replace(['/', '\\'], "_"),
-            _ => {
-                use sha2::{Digest, Sha256};
-                hex::encode(&Sha256::digest(iri.as_bytes())[..8])
-            }
-        };
-        let key = if key.starts_with('.') || key.is_empty() {
-            format!("_{key}")
-        } else {
-            key
-        };
         self.dir()
             .join(&self.config().download_dir)
             .join(LOADER_KEY)
-            .join(key)
+            .join(default_dir_name(iri))
     }
 
     /// The cached torrent if it parses (unless `refresh`), else the store's copy (then
@@ -1281,6 +1268,33 @@ fn create_temp(
     Ok(file)
 }
 
+/// The directory name of a source's default base directory: its key (as its IRI has it, the
+/// rest percent-encoded) where that is one safe path component, else the key made into one
+/// (`/` as `_`, a leading `.` behind `_`) followed by `-` and 16 hex digits of the IRI's
+/// SHA-256, so that keys `a/b` and `a_b` get directories of their own (they shared one, and
+/// the second load was refused as overwriting the first). A source outside the classes'
+/// namespaces is named by the digest alone.
+pub fn default_dir_name(iri: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(&Sha256::digest(iri.as_bytes())[..8]);
+    let short = shorten(iri);
+    let key = match short.split_once(':') {
+        Some((_, key)) if short != iri => key,
+        _ => return digest,
+    };
+    let safe = key.replace('/', "_");
+    let safe = if safe.starts_with('.') {
+        format!("_{safe}")
+    } else {
+        safe
+    };
+    if safe == key {
+        safe
+    } else {
+        format!("{safe}-{digest}")
+    }
+}
+
 /// `.NAME.N.PID.tmp`: N counts this process's writes, so two threads writing one name at
 /// once do not share a temp file either.
 fn temp_name(name: &str, pid: u32) -> String {
@@ -1370,6 +1384,32 @@ mod tests {
         pow_metainfo::create::create(src, &pow_metainfo::create::CreateOptions::default())
             .unwrap()
             .metainfo
+    }
+
+    /// Keys that were one path component as they were keep their name; keys that had to be
+    /// changed into one get the IRI's digest too, so no two keys share a directory.
+    #[test]
+    fn default_directory_names_are_the_key_or_unique() {
+        let class = crate::schema::Class::by_name("LocalFileDataSource").unwrap();
+        let iri = |key: &str| class.instance_iri(key);
+        assert_eq!(default_dir_name(&iri("nuclei")), "nuclei");
+        assert_eq!(default_dir_name(&iri("a_b")), "a_b");
+        assert_eq!(default_dir_name(&iri("_.x")), "_.x");
+        let names: Vec<String> = ["a/b", "a\\b", "a_b", ".x", "_.x", "..", "a/b/"]
+            .iter()
+            .map(|key| default_dir_name(&iri(key)))
+            .collect();
+        let distinct: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{names:?}");
+        for name in &names {
+            assert!(
+                !name.contains(['/', '\\']) && !name.starts_with('.'),
+                "{name}"
+            );
+        }
+        assert!(names[0].starts_with("a_b-") && names[0].len() == "a_b-".len() + 16);
+        let elsewhere = default_dir_name("urn:example:x/y");
+        assert!(elsewhere.len() == 16 && elsewhere.bytes().all(|b| b.is_ascii_hexdigit()));
     }
 
     /// A plan of a torrent of the directory `src` that replaces other content loaded in
