@@ -141,17 +141,29 @@ impl Session<'_> {
     /// with the id obtained again before an attempt once it expired: retransmissions 15 and
     /// 45 s later can outlive the minute an id is good for, and a tracker drops or refuses
     /// an expired one (BEP 15: ask for a new id then).
+    ///
+    /// An error answered to an id kept from an earlier request (the tracker restarted, with
+    /// a new secret, within the id's minute) gets one more try with a new id: the announce
+    /// failed, and the tracker counted as failed, though it would have answered.
     async fn request(&mut self, build: &(dyn Fn(u64, u32) -> Vec<u8> + Sync)) -> Result<Vec<u8>> {
         let mut waited = Duration::ZERO;
-        for attempt in 0..=self.cfg.udp_max_retries {
+        let mut kept_id = self.conn.is_some();
+        let mut attempt = 0;
+        while attempt <= self.cfg.udp_max_retries {
             let conn = self.connection_id().await?;
             match self
                 .exchange_attempts(attempt..=attempt, &|tid| build(conn, tid))
                 .await
             {
                 Err(Error::Timeout(w)) => waited += w,
+                Err(Error::Failure { .. }) if kept_id => {
+                    kept_id = false;
+                    self.conn = None;
+                    continue;
+                }
                 other => return other,
             }
+            attempt += 1;
         }
         Err(Error::Timeout(waited))
     }

@@ -197,6 +197,48 @@ async fn a_trackers_error_reply_sent_to_another_tracker_gets_no_answer() {
     assert_eq!(n, 16);
 }
 
+/// A tracker restarted (with a new secret) within the minute a connection id is good for: the
+/// next announce, with the id kept from before, is answered with an error, and asks for a new
+/// id and is answered (it failed, and the tracker counted as failed).
+#[tokio::test]
+async fn an_announce_with_an_id_from_before_a_tracker_restart_gets_a_new_one() {
+    let first = TrackerServer::start("127.0.0.1:0".parse().unwrap(), ServerConfig::default())
+        .await
+        .unwrap();
+    let (addr, url) = (first.local_addr(), first.udp_announce_url());
+    let client = Client::new(ClientConfig::default());
+    let req = AnnounceRequest {
+        info_hash: [3; 20],
+        peer_id: [4; 20],
+        port: 6881,
+        uploaded: 0,
+        downloaded: 0,
+        left: 5,
+        event: Event::Started,
+        numwant: None,
+        key: 0,
+        tracker_id: None,
+    };
+    client.announce(&url, &req).await.unwrap();
+    drop(first);
+    let mut second = None;
+    for _ in 0..100 {
+        // The aborted tasks let go of the port a moment later.
+        match TrackerServer::start(addr, ServerConfig::default()).await {
+            Ok(server) => {
+                second = Some(server);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let second = second.expect("the port came free");
+    let again = client.announce(&url, &req).await;
+    assert!(again.is_ok(), "{again:?}");
+    assert_eq!(second.stats().peers, 1);
+    assert_eq!(second.stats().rejected, 1, "the kept id was refused once");
+}
+
 fn connect_request() -> Vec<u8> {
     let mut connect = 0x41727101980u64.to_be_bytes().to_vec();
     connect.extend_from_slice(&0u32.to_be_bytes());
