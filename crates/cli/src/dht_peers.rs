@@ -28,6 +28,18 @@ pub fn peers_found() -> u64 {
 const RETRY_EMPTY: Duration = Duration::from_secs(15);
 const REANNOUNCE: Duration = Duration::from_secs(5 * 60);
 
+/// The wait before the next lookup, after one that waited `last`: [`REANNOUNCE`] once peers
+/// were found; while none are, [`RETRY_EMPTY`] until our announce was taken, then twice the
+/// last wait up to [`REANNOUNCE`] (a torrent nobody else announces was looked up, and
+/// announced to 8 nodes, every 15 s for as long as it ran).
+fn next_lookup_in(last: Duration, found: bool, announced: bool) -> Duration {
+    match (found, announced) {
+        (true, _) => REANNOUNCE,
+        (false, false) => RETRY_EMPTY,
+        (false, true) => (last * 2).clamp(RETRY_EMPTY, REANNOUNCE),
+    }
+}
+
 /// The DHT options of every command that joins swarms. --dht-port and --dht-state need a
 /// node (--dht or --dht-bootstrap): alone they were taken and ignored.
 #[derive(clap::Args, Clone, Debug)]
@@ -225,8 +237,11 @@ pub async fn start(
     let node = dht.clone();
     let state = plan.state.clone();
     tokio::spawn(async move {
+        let mut wait = RETRY_EMPTY;
         loop {
-            if node.nodes() == 0 {
+            // Not `nodes() == 0`: after a few minutes of lost packets every node had failed,
+            // lookups asked nobody, and the routers were never asked again.
+            if node.answering_nodes() == 0 {
                 let mut routers = pow_dht::resolve(&names).await;
                 let saved = SAVED_NODES.get().map(Vec::as_slice).unwrap_or_default();
                 routers.extend_from_slice(saved);
@@ -255,8 +270,27 @@ pub async fn start(
             if !on_peers(lookup.peers) {
                 return;
             }
-            tokio::time::sleep(if found { REANNOUNCE } else { RETRY_EMPTY }).await;
+            wait = next_lookup_in(wait, found, lookup.announced > 0);
+            tokio::time::sleep(wait).await;
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_back_off_once_announced_while_nobody_else_is_found() {
+        let waits: Vec<u64> = std::iter::successors(Some(RETRY_EMPTY), |&last| {
+            Some(next_lookup_in(last, false, true))
+        })
+        .take(7)
+        .map(|wait| wait.as_secs())
+        .collect();
+        assert_eq!(waits, [15, 30, 60, 120, 240, 300, 300]);
+        assert_eq!(next_lookup_in(REANNOUNCE, false, false), RETRY_EMPTY);
+        assert_eq!(next_lookup_in(RETRY_EMPTY, true, false), REANNOUNCE);
+    }
 }

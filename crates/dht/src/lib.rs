@@ -47,6 +47,9 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Peers kept per info-hash announced to us, and info-hashes kept.
 pub const MAX_PEERS_PER_HASH: usize = 100;
 pub const MAX_HASHES: usize = 2000;
+/// Peers one IP address may have kept for one info-hash (loopback, where local test swarms
+/// live, excepted): one host announcing a hundred ports pushed every other peer out.
+pub const MAX_PEERS_PER_IP_AND_HASH: usize = 4;
 /// An announced peer is forgotten after this long without announcing again.
 const PEER_TTL: Duration = Duration::from_secs(30 * 60);
 /// The token secret changes this often; a token from the one before is still accepted.
@@ -173,6 +176,11 @@ impl Dht {
     /// Nodes in the routing table.
     pub fn nodes(&self) -> usize {
         self.inner.lock().table.len()
+    }
+
+    /// The nodes of the routing table not yet given up on: lookups ask only these.
+    pub fn answering_nodes(&self) -> usize {
+        self.inner.lock().table.answering()
     }
 
     /// Our id and the nodes of the routing table that answered lately, most recently heard
@@ -692,7 +700,14 @@ impl State {
         }
         let peers = self.stored.entry(info_hash).or_default();
         peers.retain(|(addr, at)| *addr != peer && now.duration_since(*at) < PEER_TTL);
-        if peers.len() >= MAX_PEERS_PER_HASH {
+        let same_ip = |addr: &SocketAddr| addr.ip().to_canonical() == peer.ip().to_canonical();
+        let of_its_ip = peers.iter().filter(|(addr, _)| same_ip(addr)).count();
+        if of_its_ip >= MAX_PEERS_PER_IP_AND_HASH && !peer.ip().to_canonical().is_loopback() {
+            // In place of its own oldest.
+            if let Some(oldest) = peers.iter().position(|(addr, _)| same_ip(addr)) {
+                peers.remove(oldest);
+            }
+        } else if peers.len() >= MAX_PEERS_PER_HASH {
             peers.remove(0);
         }
         peers.push((peer, now));
@@ -758,6 +773,37 @@ mod tests {
         for n in nodes.iter().chain([&router]) {
             n.shutdown();
         }
+    }
+
+    /// One IP keeps a few peers of an info-hash, each new one in place of its own oldest; the
+    /// peers of other IPs stay (a host announcing 200 ports pushed every one out). Loopback,
+    /// where local test swarms live, keeps many.
+    #[tokio::test]
+    async fn one_host_announcing_many_ports_pushes_nobody_out() {
+        let dht = node().await;
+        let now = Instant::now();
+        let hash = [7u8; 20];
+        let honest: SocketAddr = "10.0.0.1:6881".parse().unwrap();
+        let of = |ip: [u8; 4], port: u16| SocketAddr::from((ip, port));
+        {
+            let mut state = dht.inner.lock();
+            state.store(hash, honest, now);
+            for port in 1..=200 {
+                state.store(hash, of([10, 0, 0, 2], port), now);
+            }
+            let peers: Vec<SocketAddr> = state.stored[&hash].iter().map(|(a, _)| *a).collect();
+            assert!(peers.contains(&honest), "{peers:?}");
+            assert!(peers.contains(&of([10, 0, 0, 2], 200)), "{peers:?}");
+            assert_eq!(peers.len(), 1 + MAX_PEERS_PER_IP_AND_HASH, "{peers:?}");
+            for port in 1..=50 {
+                state.store(hash, of([127, 0, 0, 1], port), now);
+            }
+            assert_eq!(
+                state.stored[&hash].len(),
+                1 + MAX_PEERS_PER_IP_AND_HASH + 50
+            );
+        }
+        dht.shutdown();
     }
 
     /// Hostile nodes that answer every query with eight more of themselves, each closer to

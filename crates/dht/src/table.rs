@@ -71,9 +71,23 @@ impl Table {
                 // each of them from its own address and have every lookup go through it.
                 return false;
             }
+            let moved = entry.node.addr != node.addr;
             entry.node.addr = node.addr;
             entry.last_seen = now;
             entry.failures = 0;
+            if moved {
+                // Another entry at that address (or, loopback aside, that IP) goes: an id
+                // moved there kept both, and one IP gathered entries past its one.
+                let same_place = |e: &Entry| {
+                    e.node.id != node.id
+                        && (e.node.addr == node.addr
+                            || (e.node.addr.ip() == node.addr.ip()
+                                && !node.addr.ip().is_loopback()))
+                };
+                for bucket in &mut self.buckets {
+                    bucket.retain(|e| !same_place(e));
+                }
+            }
             return true;
         }
         // One entry per address: a node that restarted with a new id replaces its old self,
@@ -90,8 +104,16 @@ impl Table {
         {
             return false;
         }
+        // The entry it replaces goes only if it is taken: a query with a forged source (a
+        // known node's address) and an id for a full bucket removed that node for nothing.
+        let replaced = |e: &Entry| e.node.addr == node.addr || same_ip(e);
+        let staying = || self.buckets[b].iter().filter(|e| !replaced(e));
+        let room = staying().count() < K || staying().any(|e| e.failures >= MAX_FAILURES);
+        if !room {
+            return false;
+        }
         for bucket in &mut self.buckets {
-            bucket.retain(|e| e.node.addr != node.addr && !same_ip(e));
+            bucket.retain(|e| !replaced(e));
         }
         let bucket = &mut self.buckets[b];
         let entry = Entry {
@@ -147,6 +169,16 @@ impl Table {
 
     pub fn len(&self) -> usize {
         self.buckets.iter().map(Vec::len).sum()
+    }
+
+    /// Nodes not yet given up on (those [`Table::closest`] names): when none is left, the
+    /// table is as good as empty.
+    pub fn answering(&self) -> usize {
+        self.buckets
+            .iter()
+            .flatten()
+            .filter(|e| e.failures < MAX_FAILURES)
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -222,6 +254,61 @@ mod tests {
         // The same address with a new id replaces the old entry.
         assert!(table.seen(node(0x01, 9, 3000), now));
         assert_eq!(table.len(), K + 1);
+    }
+
+    /// A node that names itself with an id for a full bucket from a known node's address (a
+    /// forged source) is not taken, and the known node stays; an id moved to a taken address
+    /// leaves one entry there.
+    #[test]
+    fn an_entry_goes_only_for_a_node_that_takes_its_place() {
+        let now = Instant::now();
+        let mut table = Table::new([0u8; 20]);
+        let at = |first: u8, ip: u8| NodeInfo {
+            id: {
+                let mut id = [0u8; 20];
+                id[0] = first;
+                id[19] = ip;
+                id
+            },
+            addr: SocketAddrV4::new([10, 0, 0, ip].into(), 1),
+        };
+        for ip in 1..=K as u8 {
+            assert!(table.seen(at(0x80 | ip, ip), now));
+        }
+        let known = at(0x40, 9);
+        assert!(table.seen(known, now));
+        assert!(!table.seen(at(0xff, 9), now), "a full bucket took it");
+        assert_eq!(
+            table.closest(&known.id, 1),
+            vec![known],
+            "the known node went"
+        );
+        assert_eq!(table.len(), K + 1);
+        // An id moves to an address that holds another entry: that one goes.
+        let moving = at(0x20, 20);
+        assert!(table.seen(moving, now));
+        for _ in 0..MAX_FAILURES {
+            table.failed(moving.addr);
+        }
+        let moved = NodeInfo {
+            addr: known.addr,
+            ..moving
+        };
+        assert!(table.seen(moved, now));
+        let there: Vec<NodeInfo> = table
+            .closest(&[0; 20], 3 * K)
+            .into_iter()
+            .filter(|n| n.addr == known.addr)
+            .collect();
+        assert_eq!(there, vec![moved]);
+        // Nodes given up on still count in `len`, not in `answering`.
+        assert_eq!(table.answering(), table.len());
+        for ip in 1..=K as u8 {
+            for _ in 0..MAX_FAILURES {
+                table.failed(at(0x80 | ip, ip).addr);
+            }
+        }
+        assert_eq!(table.answering(), table.len() - K);
     }
 
     /// One host querying us from many source ports holds one entry, until that one stops
