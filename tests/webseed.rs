@@ -543,6 +543,35 @@ fn bad_web_seeds_are_given_up_and_the_good_one_finishes() {
     assert!(failures <= 3 + 4, "{summary}");
 }
 
+/// A web seed whose copy of the file is one byte short (another version, or one not wholly
+/// uploaded) answers the last piece's range cut short, naming its length: that file is not
+/// asked of it again. Each retry fetched the tail again, about every second once the other
+/// runs had gone well, for as long as the download ran.
+#[test]
+fn a_web_seed_whose_file_is_shorter_is_not_asked_for_it_again() {
+    let tmp = TempDir::new("webseed-short");
+    let src = tmp.path().join("src");
+    let short_root = tmp.path().join("short");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&short_root).unwrap();
+    let data = bytes(4 * 1024 * 1024 + 1000, 8);
+    std::fs::write(src.join("data.bin"), &data).unwrap();
+    std::fs::write(short_root.join("data.bin"), &data[..data.len() - 1]).unwrap();
+    let short = Server::start(&short_root, None);
+    let torrent = tmp.path().join("t.torrent");
+    create_torrent(&src.join("data.bin"), &torrent, &short.url("/data.bin"));
+    let download = Killed(start_download(&torrent, &tmp.path().join("out"), &[]));
+    std::thread::sleep(Duration::from_secs(8));
+    drop(download);
+    let requests = short.served.requests.load(Ordering::Relaxed);
+    println!(
+        "a web seed one byte short: {requests} requests in 8 s, {} B served",
+        short.served.bytes.load(Ordering::Relaxed)
+    );
+    // The runs of the first round (at most 4); none again.
+    assert!(requests <= 4, "{requests} requests");
+}
+
 /// (e) The same two layouts as (a) and (b) from a real web server: nginx answers each `Range:`
 /// request with 206 itself, so the web seed client is checked against someone else's HTTP.
 #[test]

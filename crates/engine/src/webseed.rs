@@ -545,14 +545,29 @@ impl Job {
                     .headers()
                     .get(reqwest::header::CONTENT_RANGE)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(content_range_start);
-                if range.is_some_and(|start| start != offset) {
+                    .and_then(content_range);
+                if let Some((_, _, Some(total))) = range.filter(|r| r.2 != Some(file_length)) {
+                    // Another version of the file, or one not wholly there: each retry fetched
+                    // its cut-short tail again, for as long as the download ran.
+                    return Err(FetchError::FileGone(
+                        file,
+                        format!("GET {url}: the server's file is {total} bytes, the torrent's {file_length}"),
+                    ));
+                }
+                if range.is_some_and(|(start, _, _)| start != offset) {
                     return Err(FetchError::Retry(format!(
                         "GET {url}: the server sent another range than asked"
                     )));
                 }
             }
-            200 if offset == 0 && length == file_length => {}
+            200 if offset == 0 && length == file_length => {
+                if let Some(total) = response.content_length().filter(|&n| n != file_length) {
+                    return Err(FetchError::FileGone(
+                        file,
+                        format!("GET {url}: the server's file is {total} bytes, the torrent's {file_length}"),
+                    ));
+                }
+            }
             200 => {
                 return Err(FetchError::Fatal(format!(
                     "GET {url}: the server ignores Range requests"
@@ -596,10 +611,16 @@ impl Job {
     }
 }
 
-/// `bytes START-END/TOTAL` → START.
-fn content_range_start(value: &str) -> Option<u64> {
+/// `bytes START-END/TOTAL` → (START, END, TOTAL unless `*`).
+fn content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = value.trim().strip_prefix("bytes ")?;
-    rest.split('-').next()?.trim().parse().ok()
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let total = match total.trim() {
+        "*" => None,
+        total => Some(total.parse().ok()?),
+    };
+    Some((start.trim().parse().ok()?, end.trim().parse().ok()?, total))
 }
 
 /// reqwest's top-level message is "error sending request"; the cause says what happened.
@@ -694,8 +715,12 @@ mod tests {
     }
 
     #[test]
-    fn content_range() {
-        assert_eq!(content_range_start("bytes 100-199/1000"), Some(100));
-        assert_eq!(content_range_start("bytes */1000"), None);
+    fn content_range_is_parsed() {
+        assert_eq!(
+            content_range("bytes 100-199/1000"),
+            Some((100, 199, Some(1000)))
+        );
+        assert_eq!(content_range("bytes 100-199/*"), Some((100, 199, None)));
+        assert_eq!(content_range("bytes */1000"), None);
     }
 }
