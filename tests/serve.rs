@@ -1036,24 +1036,14 @@ fn a_description_is_limited_in_characters_as_the_page_limits_it() {
     );
 }
 
-/// Without --data the server's directory is `serve` in the project directory --pow-dir names
-/// (it was ./.pow/serve whatever --pow-dir said).
+/// Without --data the server's directory is `serve` in the project directory POW_DIR (or
+/// --pow-dir) names (it was ./.pow/serve whatever they said).
 #[test]
 fn without_data_the_server_lives_in_the_pow_dir() {
     let work = TempDir::new("serve-pow-dir");
     let project = work.path().join("project");
-    let mut child = pow()
-        .arg("--pow-dir")
-        .arg(&project)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--peer-port",
-            "0",
-            "--json",
-        ])
-        .args(["--tracker-listen", &format!("127.0.0.1:{}", free_port())])
+    let mut child = common::serve::serve_command(&format!("127.0.0.1:{}", free_port()))
+        .env("POW_DIR", &project)
         .current_dir(work.path())
         .stdout(Stdio::piped())
         .spawn()
@@ -1061,7 +1051,7 @@ fn without_data_the_server_lives_in_the_pow_dir() {
     let line = common::first_stdout_line(&mut child);
     let _ = child.kill();
     let _ = child.wait();
-    println!("pow --pow-dir project serve: {line}");
+    println!("POW_DIR=project pow serve: {line}");
     assert!(project.join("serve").is_dir(), "no project/serve");
     assert!(
         !work.path().join(".pow").exists(),

@@ -6,6 +6,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// `pow serve` on loopback, on ports the system picks (printed as JSON), its tracker at
+/// `tracker_listen`; the data dir is the caller's to give.
+pub fn serve_command(tracker_listen: &str) -> Command {
+    let mut command = Command::new(pow_bin());
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--peer-port",
+            "0",
+            "--json",
+        ])
+        .args(["--tracker-listen", tracker_listen]);
+    command
+}
+
 /// `pow serve` on loopback in its own data dir, killed with SIGKILL when dropped.
 pub struct Server {
     pub child: Child,
@@ -24,16 +41,7 @@ impl Server {
 
     /// As [`Server::start`], its tracker listening at `tracker_listen`.
     pub fn start_with_tracker(data: &Path, tracker_listen: &str, extra: &[&str]) -> Server {
-        let mut child = Command::new(pow_bin())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--peer-port",
-                "0",
-                "--json",
-            ])
-            .args(["--tracker-listen", tracker_listen])
+        let mut child = serve_command(tracker_listen)
             .arg("--data")
             .arg(data)
             .args(extra)

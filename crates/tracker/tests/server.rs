@@ -95,18 +95,7 @@ async fn malformed_announces_get_a_bencoded_failure_reason() {
 
     // our client shows the reason
     let client = Client::new(ClientConfig::default());
-    let req = AnnounceRequest {
-        info_hash: [1; 20],
-        peer_id: [2; 20],
-        port: 0,
-        uploaded: 0,
-        downloaded: 0,
-        left: 0,
-        event: Event::Started,
-        numwant: None,
-        key: 0,
-        tracker_id: None,
-    };
+    let req = started(0, 0);
     let err = client
         .announce(&server.http_announce_url(), &req)
         .await
@@ -207,18 +196,7 @@ async fn an_announce_with_an_id_from_before_a_tracker_restart_gets_a_new_one() {
         .unwrap();
     let (addr, url) = (first.local_addr(), first.udp_announce_url());
     let client = Client::new(ClientConfig::default());
-    let req = AnnounceRequest {
-        info_hash: [3; 20],
-        peer_id: [4; 20],
-        port: 6881,
-        uploaded: 0,
-        downloaded: 0,
-        left: 5,
-        event: Event::Started,
-        numwant: None,
-        key: 0,
-        tracker_id: None,
-    };
+    let req = started(6881, 5);
     client.announce(&url, &req).await.unwrap();
     drop(first);
     let mut second = None;
@@ -237,6 +215,22 @@ async fn an_announce_with_an_id_from_before_a_tracker_restart_gets_a_new_one() {
     assert!(again.is_ok(), "{again:?}");
     assert_eq!(second.stats().peers, 1);
     assert_eq!(second.stats().rejected, 1, "the kept id was refused once");
+}
+
+/// A `started` announce of torrent [1; 20] by peer [2; 20].
+fn started(port: u16, left: u64) -> AnnounceRequest {
+    AnnounceRequest {
+        info_hash: [1; 20],
+        peer_id: [2; 20],
+        port,
+        uploaded: 0,
+        downloaded: 0,
+        left,
+        event: Event::Started,
+        numwant: None,
+        key: 0,
+        tracker_id: None,
+    }
 }
 
 fn connect_request() -> Vec<u8> {
