@@ -659,10 +659,14 @@ impl State {
     /// The query waiting for transaction `tid`, if it was sent to `from`: anyone can guess a
     /// transaction id, so an answer counts only from the address asked.
     fn take_pending(&mut self, tid: [u8; 2], from: SocketAddr) -> Option<oneshot::Sender<Reply>> {
+        // Compared as IPv4 where either is (v4-mapped): on a dual-stack socket (`--bind
+        // [::]`) every answer came from `[::ffff:a.b.c.d]`, never the address asked, and was
+        // dropped.
+        let canonical = |addr: SocketAddr| (addr.ip().to_canonical(), addr.port());
         if self
             .pending
             .get(&tid)
-            .is_none_or(|(asked, _)| *asked != from)
+            .is_none_or(|(asked, _)| canonical(*asked) != canonical(from))
         {
             return None;
         }
@@ -771,6 +775,23 @@ mod tests {
         let expected: SocketAddr = "127.0.0.1:51413".parse().unwrap();
         assert_eq!(found.peers, vec![expected]);
         for n in nodes.iter().chain([&router]) {
+            n.shutdown();
+        }
+    }
+
+    /// A node on a dual-stack socket takes the answers of IPv4 nodes, which come from
+    /// v4-mapped addresses (it dropped them all: `pow dht lookup --bind [::]:0` found nobody).
+    #[tokio::test]
+    async fn a_node_on_a_dual_stack_socket_takes_ipv4_answers() {
+        let router = node().await;
+        let Ok(dual) = Dht::bind("[::]:0".parse().unwrap()).await else {
+            println!("no IPv6 socket on this machine: nothing to check");
+            router.shutdown();
+            return;
+        };
+        let known = dual.bootstrap(&[router.local_addr()]).await;
+        assert!(known >= 1, "knows {known} nodes");
+        for n in [&dual, &router] {
             n.shutdown();
         }
     }
