@@ -171,14 +171,13 @@ impl Client {
         let Ok(TrackerUrl::Udp { host, port }) = TrackerUrl::parse(url) else {
             return false;
         };
-        let found = match tokio::net::lookup_host((host.as_str(), port)).await {
-            Ok(mut addrs) => addrs.next().is_some_and(|a| {
-                self.udp_ids
-                    .contains(a, self.config.udp_connection_lifetime)
-            }),
-            Err(_) => false,
+        let Ok(addrs) = crate::http::resolve(&host, port, &self.config).await else {
+            return false;
         };
-        found
+        addrs.into_iter().any(|a| {
+            self.udp_ids
+                .contains(a, self.config.udp_connection_lifetime)
+        })
     }
 }
 

@@ -85,7 +85,7 @@ const MAX_CONNECT_ADDRESSES: usize = 3;
 /// from a torrent anyone wrote may resolve to dozens that drop packets, each taking the whole
 /// connect timeout), the first of each family among them (IPv6 listed first and broken must
 /// not leave IPv4 untried).
-fn connect_order(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+pub(crate) fn connect_order(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
     let mut chosen: Vec<SocketAddr> = addrs.iter().copied().take(MAX_CONNECT_ADDRESSES).collect();
     for v4 in [true, false] {
         let missing = !chosen.iter().any(|a| a.is_ipv4() == v4);
@@ -97,15 +97,24 @@ fn connect_order(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
     chosen
 }
 
-async fn connect(host: &str, port: u16, cfg: &ClientConfig) -> Result<TcpStream> {
+/// A tracker's addresses to try, in [`connect_order`]; never empty.
+pub(crate) async fn resolve(host: &str, port: u16, cfg: &ClientConfig) -> Result<Vec<SocketAddr>> {
     let addrs: Vec<SocketAddr> =
         timeout(cfg.connect_timeout, tokio::net::lookup_host((host, port)))
             .await
             .map_err(|_| Error::Resolve(host.to_string()))?
             .map_err(|_| Error::Resolve(host.to_string()))?
             .collect();
+    let addrs = connect_order(addrs);
+    if addrs.is_empty() {
+        return Err(Error::Resolve(host.to_string()));
+    }
+    Ok(addrs)
+}
+
+async fn connect(host: &str, port: u16, cfg: &ClientConfig) -> Result<TcpStream> {
     let mut last = Error::Resolve(host.to_string());
-    for addr in connect_order(addrs) {
+    for addr in resolve(host, port, cfg).await? {
         match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => return Ok(s),
             Ok(Err(source)) => last = Error::Connect { addr, source },

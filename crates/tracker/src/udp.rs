@@ -67,18 +67,17 @@ struct Session<'a> {
     cfg: &'a ClientConfig,
     /// Connection id and when it was obtained.
     conn: Option<(u64, Instant)>,
+    /// Whether `conn` was used by a request before this one (kept from an earlier
+    /// announce, or from an earlier group of a scrape): an error answered to it may only
+    /// mean the tracker restarted since.
+    conn_used_before: bool,
 }
 
 impl Session<'_> {
-    /// Sends `packet` (built for a transaction id) and waits for the matching reply, with the
-    /// BEP 15 schedule: timeout `base * 2^n` for attempt n, `udp_max_retries` retransmissions.
-    /// Replies from other addresses or with another transaction id are ignored.
-    async fn exchange(&self, build: &(dyn Fn(u32) -> Vec<u8> + Sync)) -> Result<Vec<u8>> {
-        self.exchange_attempts(0..=self.cfg.udp_max_retries, build)
-            .await
-    }
-
-    /// [`Session::exchange`]'s attempts `attempts` only (their timeouts as in the schedule).
+    /// Sends `packet` (built for a transaction id) and waits for the matching reply, on the
+    /// BEP 15 schedule's `attempts`: timeout `base * 2^n` for attempt n (the whole schedule is
+    /// `0..=udp_max_retries`). Replies from other addresses or with another transaction id are
+    /// ignored.
     async fn exchange_attempts(
         &self,
         attempts: std::ops::RangeInclusive<u32>,
@@ -137,7 +136,7 @@ impl Session<'_> {
         Err(Error::Timeout(waited))
     }
 
-    /// A request that carries the connection id, on [`Session::exchange`]'s schedule, but
+    /// A request that carries the connection id, on [`Session::exchange_attempts`]' schedule, but
     /// with the id obtained again before an attempt once it expired: retransmissions 15 and
     /// 45 s later can outlive the minute an id is good for, and a tracker drops or refuses
     /// an expired one (BEP 15: ask for a new id then).
@@ -147,7 +146,7 @@ impl Session<'_> {
     /// failed, and the tracker counted as failed, though it would have answered.
     async fn request(&mut self, build: &(dyn Fn(u64, u32) -> Vec<u8> + Sync)) -> Result<Vec<u8>> {
         let mut waited = Duration::ZERO;
-        let mut kept_id = self.conn.is_some();
+        let mut kept_id = self.conn.is_some() && self.conn_used_before;
         let mut attempt = 0;
         while attempt <= self.cfg.udp_max_retries {
             let conn = self.connection_id().await?;
@@ -161,7 +160,10 @@ impl Session<'_> {
                     self.conn = None;
                     continue;
                 }
-                other => return other,
+                other => {
+                    self.conn_used_before = true;
+                    return other;
+                }
             }
             attempt += 1;
         }
@@ -174,8 +176,17 @@ impl Session<'_> {
                 return Ok(id);
             }
         }
+        self.obtain_connection_id(0..=self.cfg.udp_max_retries)
+            .await
+    }
+
+    /// A connect exchange with attempts `attempts` of the schedule; the id it gets is kept.
+    async fn obtain_connection_id(
+        &mut self,
+        attempts: std::ops::RangeInclusive<u32>,
+    ) -> Result<u64> {
         let reply = self
-            .exchange(&|tid| {
+            .exchange_attempts(attempts, &|tid| {
                 let mut p = Vec::with_capacity(16);
                 p.extend_from_slice(&PROTOCOL_ID.to_be_bytes());
                 p.extend_from_slice(&ACTION_CONNECT.to_be_bytes());
@@ -185,7 +196,34 @@ impl Session<'_> {
             .await?;
         let id = parse_connect_reply(&reply)?;
         self.conn = Some((id, Instant::now()));
+        self.conn_used_before = false;
         Ok(id)
+    }
+
+    /// A session with `addr` that has a connection id, from a connect exchange of attempts
+    /// `attempts`.
+    async fn connect(
+        addr: SocketAddr,
+        cfg: &ClientConfig,
+        attempts: std::ops::RangeInclusive<u32>,
+    ) -> Result<Session<'_>> {
+        let local: SocketAddr = if addr.is_ipv4() {
+            "0.0.0.0:0".parse().expect("literal")
+        } else {
+            "[::]:0".parse().expect("literal")
+        };
+        let socket = UdpSocket::bind(local).await?;
+        // connected: only the tracker's datagrams arrive, and ICMP "port unreachable" is reported
+        socket.connect(addr).await?;
+        let mut session = Session {
+            socket,
+            addr,
+            cfg,
+            conn: None,
+            conn_used_before: false,
+        };
+        session.obtain_connection_id(attempts).await?;
+        Ok(session)
     }
 }
 
@@ -195,34 +233,50 @@ async fn session<'a>(
     cfg: &'a ClientConfig,
     cache: &ConnectionCache,
 ) -> Result<Session<'a>> {
-    let addr = tokio::time::timeout(cfg.connect_timeout, tokio::net::lookup_host((host, port)))
-        .await
-        .map_err(|_| Error::Resolve(host.to_string()))?
-        .map_err(|_| Error::Resolve(host.to_string()))?
-        .next()
-        .ok_or_else(|| Error::Resolve(host.to_string()))?;
-    if let Some(c) = cache.take(addr, cfg.udp_connection_lifetime) {
-        return Ok(Session {
-            socket: c.socket,
-            addr,
-            cfg,
-            conn: Some((c.id, c.at)),
-        });
+    let addrs = crate::http::resolve(host, port, cfg).await?;
+    session_at(&addrs, cfg, cache).await
+}
+
+/// A session with the first of a tracker's addresses (in [`crate::http::connect_order`])
+/// that answers a connect, or with one whose connection id is kept from an earlier request.
+/// Every address but the last gets one attempt of the BEP 15 schedule (`udp_base_timeout`,
+/// 15 s), less where it refuses (ICMP port unreachable) or cannot be reached from here (no
+/// route for its family); the last gets the whole schedule. A name listing an IPv6 address
+/// first, where the tracker listens on IPv4 only, is so announced to at its IPv4 address.
+async fn session_at<'a>(
+    addrs: &[SocketAddr],
+    cfg: &'a ClientConfig,
+    cache: &ConnectionCache,
+) -> Result<Session<'a>> {
+    for &addr in addrs {
+        if let Some(c) = cache.take(addr, cfg.udp_connection_lifetime) {
+            return Ok(Session {
+                socket: c.socket,
+                addr,
+                cfg,
+                conn: Some((c.id, c.at)),
+                conn_used_before: true,
+            });
+        }
     }
-    let local: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
-    } else {
-        "[::]:0".parse().expect("literal")
-    };
-    let socket = UdpSocket::bind(local).await?;
-    // connected: only the tracker's datagrams arrive, and ICMP "port unreachable" is reported
-    socket.connect(addr).await?;
-    Ok(Session {
-        socket,
-        addr,
-        cfg,
-        conn: None,
-    })
+    let mut last = Error::Malformed("a tracker name without addresses".into());
+    for (i, &addr) in addrs.iter().enumerate() {
+        let attempts = if i + 1 == addrs.len() {
+            0..=cfg.udp_max_retries
+        } else {
+            0..=0
+        };
+        match Session::connect(addr, cfg, attempts).await {
+            Ok(session) => return Ok(session),
+            // it answered: another address of the name is the same tracker
+            Err(e @ (Error::Failure { .. } | Error::Malformed(_))) => return Err(e),
+            Err(e) => {
+                tracing::debug!(tracker = %addr, error = %e, "UDP tracker address did not answer a connect");
+                last = e;
+            }
+        }
+    }
+    Err(last)
 }
 
 impl Session<'_> {
@@ -249,7 +303,18 @@ pub(crate) async fn announce(
     cfg: &ClientConfig,
     cache: &ConnectionCache,
 ) -> Result<AnnounceResponse> {
-    let mut s = session(host, port, cfg, cache).await?;
+    let addrs = crate::http::resolve(host, port, cfg).await?;
+    announce_at(&addrs, req, cfg, cache).await
+}
+
+/// [`announce`] to a tracker at `addrs`, in the order [`session_at`] tries them.
+async fn announce_at(
+    addrs: &[SocketAddr],
+    req: &AnnounceRequest,
+    cfg: &ClientConfig,
+    cache: &ConnectionCache,
+) -> Result<AnnounceResponse> {
+    let mut s = session_at(addrs, cfg, cache).await?;
     let build = |conn: u64, tid: u32| {
         let mut p = Vec::with_capacity(98);
         p.extend_from_slice(&conn.to_be_bytes());
@@ -387,6 +452,97 @@ pub(crate) fn parse_scrape_reply(reply: &[u8], hashes: usize) -> Result<Vec<Scra
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::{ServerConfig, TrackerServer};
+    use crate::Event;
+
+    fn request(info_hash: InfoHash) -> AnnounceRequest {
+        AnnounceRequest {
+            info_hash,
+            peer_id: *b"-PW0001-udpfallback0",
+            port: 6881,
+            uploaded: 0,
+            downloaded: 0,
+            left: 1,
+            event: Event::Started,
+            numwant: None,
+            key: 1,
+            tracker_id: None,
+        }
+    }
+
+    /// A name may resolve to an IPv6 address first where the tracker listens on IPv4 only
+    /// (`localhost` as `::1, 127.0.0.1`): the announce goes on to the next address, at once
+    /// where the first refuses and after one attempt's timeout where it drops the datagram,
+    /// and the next announce goes straight to the address that answered. The addresses are
+    /// given as a resolver would list them (no name here resolves to both families); the
+    /// tracker, the silent socket and the closed port are real.
+    #[tokio::test]
+    async fn an_announce_goes_on_to_the_next_address_of_the_name() {
+        let cfg = ClientConfig {
+            udp_base_timeout: Duration::from_millis(300),
+            udp_max_retries: 2,
+            ..ClientConfig::default()
+        };
+        let tracker = TrackerServer::start("127.0.0.1:0".parse().unwrap(), ServerConfig::default())
+            .await
+            .unwrap();
+        let closed = {
+            let s = std::net::UdpSocket::bind("[::1]:0").unwrap();
+            s.local_addr().unwrap()
+        };
+        let silent = UdpSocket::bind("[::1]:0").await.unwrap();
+        let cache = ConnectionCache::default();
+
+        let refused_first = [closed, tracker.local_addr()];
+        let started = Instant::now();
+        announce_at(&refused_first, &request([1; 20]), &cfg, &cache)
+            .await
+            .expect("announced past a closed port");
+        assert!(
+            started.elapsed() < cfg.udp_base_timeout,
+            "no wait for a refusal"
+        );
+        assert_eq!(tracker.scrape(&[1; 20]).incomplete, 1);
+
+        let cache = ConnectionCache::default();
+        let silent_first = [silent.local_addr().unwrap(), tracker.local_addr()];
+        let started = Instant::now();
+        announce_at(&silent_first, &request([2; 20]), &cfg, &cache)
+            .await
+            .expect("announced past a silent address");
+        let took = started.elapsed();
+        assert!(
+            took >= cfg.udp_base_timeout && took < 2 * cfg.udp_base_timeout,
+            "one attempt's timeout, then the next address: {took:?}"
+        );
+        assert_eq!(tracker.scrape(&[2; 20]).incomplete, 1);
+        announce_at(&silent_first, &request([3; 20]), &cfg, &cache)
+            .await
+            .expect("announced again");
+        assert_eq!(tracker.scrape(&[3; 20]).incomplete, 1);
+        let mut datagram = [0u8; 100];
+        let mut asked = 0;
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(50), silent.recv_from(&mut datagram)).await
+        {
+            asked += 1;
+        }
+        assert_eq!(
+            asked, 1,
+            "the silent address asked once, the kept id used after"
+        );
+
+        let all_silent = [silent.local_addr().unwrap(), closed];
+        let err = announce_at(
+            &all_silent,
+            &request([4; 20]),
+            &cfg,
+            &ConnectionCache::default(),
+        )
+        .await
+        .expect_err("nobody answers");
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
+    }
 
     /// A UDP tracker's error text is made fit to print, as an HTTP tracker's failure reason.
     #[test]
