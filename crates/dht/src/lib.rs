@@ -14,7 +14,9 @@
 //! went to, by a random transaction id;
 //! announces are accepted only with a token we gave that address (SHA-1 of a secret that
 //! changes every 5 minutes and the address), and we keep at most [`MAX_PEERS_PER_HASH`] peers
-//! for each of at most [`MAX_HASHES`] info-hashes, 30 minutes each.
+//! for each of at most [`MAX_HASHES`] info-hashes, 30 minutes each. A node enters the routing
+//! table only by answering a query of ours: one that queries us is pinged first (at most
+//! [`MAX_VERIFYING`] at once), since a query's source address may be forged.
 //!
 //! The codecs ([`krpc`]) know nothing of sockets; this crate knows nothing of the engine: the
 //! caller gives peers found to its torrent.
@@ -59,6 +61,8 @@ const VALUES_PER_RESPONSE: usize = 50;
 /// Nodes one lookup keeps in view, asked or not (when full, a nearer one takes the place of the
 /// farthest not asked yet).
 const MAX_CANDIDATES: usize = 4 * MAX_LOOKUP_NODES;
+/// Nodes that queried us and are being pinged before they enter the routing table, at most.
+pub const MAX_VERIFYING: usize = 16;
 
 /// The routers of the public DHT, for `--dht` without `--dht-bootstrap`.
 pub const PUBLIC_ROUTERS: &[&str] = &[
@@ -96,6 +100,8 @@ struct State {
     secret: [u8; 20],
     previous_secret: [u8; 20],
     secret_since: Instant,
+    /// Nodes that queried us, pinged to see whether they answer ([`verify`]).
+    verifying: HashSet<SocketAddrV4>,
 }
 
 enum Reply {
@@ -158,6 +164,7 @@ impl Dht {
                 secret: rng.random(),
                 previous_secret: rng.random(),
                 secret_since: Instant::now(),
+                verifying: HashSet::new(),
             }),
             stop: watch::channel(false).0,
         });
@@ -549,7 +556,7 @@ async fn receive_loop(inner: Arc<Inner>) {
 }
 
 /// One datagram: a response for a waiting query, or a query to answer (the returned bytes).
-fn handle(inner: &Inner, datagram: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
+fn handle(inner: &Arc<Inner>, datagram: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
     let message = match Message::decode(datagram) {
         Ok(m) => m,
         Err(e) => {
@@ -582,7 +589,9 @@ fn handle(inner: &Inner, datagram: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
         }
         Body::Query { id, query } => {
             if let Some(addr) = krpc::v4(from) {
-                state.table.seen(NodeInfo { id, addr }, now);
+                if !state.table.heard_from(&NodeInfo { id, addr }, now) {
+                    verify(inner, &mut state, addr);
+                }
             }
             let body = answer(inner.id, &mut state, query, from, now);
             Some(
@@ -594,6 +603,27 @@ fn handle(inner: &Inner, datagram: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
             )
         }
     }
+}
+
+/// Pings a node that queried us and is not in the routing table: its answer puts it there
+/// (as any answer does, [`handle`]). Only a node that answers is good by BEP 5: a query's
+/// source address may be forged, and forged entries, handed out in our `find_node` answers,
+/// sent others' lookups to hosts that never asked, and pushed out nodes that would answer.
+/// At most [`MAX_VERIFYING`] at once, each address once at a time.
+fn verify(inner: &Arc<Inner>, state: &mut State, addr: SocketAddrV4) {
+    if !krpc::dialable(&addr)
+        || state.verifying.len() >= MAX_VERIFYING
+        || !state.verifying.insert(addr)
+    {
+        return;
+    }
+    let dht = Dht {
+        inner: inner.clone(),
+    };
+    tokio::spawn(async move {
+        let _ = dht.query(addr, Query::Ping).await;
+        dht.inner.lock().verifying.remove(&addr);
+    });
 }
 
 fn answer(own: Id, state: &mut State, query: Query, from: SocketAddr, now: Instant) -> Body {
@@ -752,6 +782,84 @@ mod tests {
 
     async fn node() -> Dht {
         Dht::bind("127.0.0.1:0".parse().unwrap()).await.unwrap()
+    }
+
+    /// A node that queries us enters the routing table once it answers our ping, not before:
+    /// one that never answers (a forged source address, here a socket that only sends) is
+    /// not handed out in our `find_node` answers. It entered the table with its query.
+    #[tokio::test]
+    async fn a_node_that_queries_us_enters_the_table_once_it_answers_a_ping() {
+        let us = node().await;
+        let querier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let find_node = |id: Id| {
+            Message {
+                tid: b"fn".to_vec(),
+                body: Body::Query {
+                    id,
+                    query: Query::FindNode { target: [1; 20] },
+                },
+            }
+            .encode()
+        };
+        async fn receive(socket: &UdpSocket) -> Message {
+            let mut buf = [0u8; 1500];
+            let (n, _) = tokio::time::timeout(Duration::from_secs(1), socket.recv_from(&mut buf))
+                .await
+                .expect("a datagram")
+                .unwrap();
+            Message::decode(&buf[..n]).unwrap()
+        }
+        querier
+            .send_to(&find_node([7; 20]), us.local_addr())
+            .await
+            .unwrap();
+        let mut ping = None;
+        for _ in 0..2 {
+            let message = receive(&querier).await;
+            if let Body::Query {
+                query: Query::Ping, ..
+            } = message.body
+            {
+                ping = Some(message.tid);
+            }
+        }
+        let ping = ping.expect("the querier is pinged");
+        assert_eq!(us.nodes(), 0, "in the table before it answered");
+
+        let pong = Message {
+            tid: ping,
+            body: Body::Response(Response {
+                id: [7; 20],
+                ..Response::default()
+            }),
+        };
+        querier
+            .send_to(&pong.encode(), us.local_addr())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(us.nodes(), 1, "it answered");
+
+        // A second querier never answers: after the ping's timeout it is still not named.
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        silent
+            .send_to(&find_node([9; 20]), us.local_addr())
+            .await
+            .unwrap();
+        tokio::time::sleep(QUERY_TIMEOUT + Duration::from_millis(300)).await;
+        querier
+            .send_to(&find_node([7; 20]), us.local_addr())
+            .await
+            .unwrap();
+        let answer = receive(&querier).await;
+        let Body::Response(named) = answer.body else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(us.nodes(), 1);
+        assert!(
+            named.nodes.iter().all(|n| n.id != [9; 20]),
+            "the silent querier is named: {named:?}"
+        );
     }
 
     #[tokio::test]
@@ -1114,8 +1222,14 @@ mod tests {
             async move {
                 client.send_to(&bytes, to).await.unwrap();
                 let mut buf = [0u8; 2048];
-                let (n, _) = client.recv_from(&mut buf).await.unwrap();
-                Message::decode(&buf[..n]).unwrap().body
+                loop {
+                    let (n, _) = client.recv_from(&mut buf).await.unwrap();
+                    match Message::decode(&buf[..n]).unwrap().body {
+                        // the node pings us, a querier it does not know yet
+                        Body::Query { .. } => continue,
+                        body => return body,
+                    }
+                }
             }
         };
         let forged = ask(Query::AnnouncePeer {

@@ -55,7 +55,7 @@ impl Table {
         Some(zeros)
     }
 
-    /// A node answered (or queried us): remember it, or refresh it. Returns whether it is in
+    /// A node answered a query of ours: remember it, or refresh it. Returns whether it is in
     /// the table now.
     pub fn seen(&mut self, node: NodeInfo, now: Instant) -> bool {
         if !krpc::dialable(&node.addr) {
@@ -130,6 +130,22 @@ impl Table {
             return true;
         }
         false
+    }
+
+    /// A node queried us: its entry, when the table has this id at this address, is marked
+    /// heard from (not its failures: a query's source may be forged). Returns whether it
+    /// was. A node not in the table enters only by answering a query of ours ([`Table::seen`]).
+    pub fn heard_from(&mut self, node: &NodeInfo, now: Instant) -> bool {
+        let Some(b) = self.bucket_of(&node.id) else {
+            return false;
+        };
+        match self.buckets[b].iter_mut().find(|e| e.node == *node) {
+            Some(entry) => {
+                entry.last_seen = now;
+                true
+            }
+            None => false,
+        }
     }
 
     /// A query to `addr` went unanswered.
