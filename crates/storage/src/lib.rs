@@ -219,6 +219,13 @@ pub enum StorageError {
     OutsideRoot { path: PathBuf, root: PathBuf },
     #[error("block {begin}+{length} does not fit in piece {piece}")]
     BadBlock { piece: u32, begin: u32, length: u32 },
+    #[error(
+        "{} and {} are one file on this file system (names that differ only in case, where it \
+         ignores case, or a hard link): a write to one would overwrite the other",
+        path.display(),
+        other.display()
+    )]
+    SameFile { path: PathBuf, other: PathBuf },
 }
 
 impl StorageError {
@@ -322,6 +329,9 @@ pub struct Storage {
     open_files: Arc<OpenFiles>,
     /// Directories found inside the root ([`Storage::check_parent`]).
     checked_dirs: Mutex<std::collections::HashSet<PathBuf>>,
+    /// The file of the torrent each file opened for writing is, by device and inode
+    /// ([`Storage::claim_inode`]).
+    written_inodes: Mutex<std::collections::HashMap<(u64, u64), usize>>,
     /// Resume saves run one at a time (they share a temporary file name); each file's stamp
     /// as the last save took it.
     resume_lock: Mutex<Vec<resume::FileStamp>>,
@@ -370,6 +380,7 @@ impl Storage {
             files,
             open_files,
             checked_dirs: Mutex::default(),
+            written_inodes: Mutex::default(),
         })
     }
 
@@ -494,6 +505,9 @@ impl Storage {
             Err(e) if !write && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Self::io(&file.path)(e)),
         };
+        if write {
+            self.claim_inode(index, &handle)?;
+        }
         if !write {
             file.read_only.store(
                 matches!(access, Access::Read | Access::Follow),
@@ -527,6 +541,26 @@ impl Storage {
             self.open_files.admit(&file.slot);
         }
         Ok(Some(handle))
+    }
+
+    /// Refuses a write to file `index` through `handle` when another file of the torrent was
+    /// opened for writing at the same inode: on a file system that ignores case (vfat,
+    /// exFAT, a Samba share, casefold ext4) `README` and `readme` are one file, and each
+    /// one's writes overwrote the other's verified pieces, which then failed again and were
+    /// fetched again, for ever.
+    fn claim_inode(&self, index: usize, handle: &File) -> Result<(), StorageError> {
+        use std::os::unix::fs::MetadataExt;
+        let path = &self.files[index].path;
+        let meta = handle.metadata().map_err(Self::io(path))?;
+        let mut claimed = self.written_inodes.lock().expect("inode claims lock");
+        let owner = *claimed.entry((meta.dev(), meta.ino())).or_insert(index);
+        if owner != index {
+            return Err(StorageError::SameFile {
+                path: path.clone(),
+                other: self.files[owner].path.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Gives a short file opened for a write its length in the torrent: extended (allocated
@@ -1594,6 +1628,42 @@ mod path_tests {
         );
         assert!(storage
             .verify_piece(metainfo.geometry.piece(2).unwrap())
+            .unwrap());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Two files of a torrent at one inode: `README` and `readme` on a file system that
+    /// ignores case (vfat, exFAT, casefold ext4), made here with a hard link, which this
+    /// machine's file systems can make. The second file's write is refused, naming both, and
+    /// the first's verified piece is kept; it was overwritten.
+    #[test]
+    fn two_files_at_one_inode_are_refused_not_overwritten() {
+        let PatternTorrent {
+            dir,
+            metainfo,
+            content,
+            ..
+        } = pattern_torrent(
+            "one-inode",
+            &[("README", 20_000), ("readme", 20_000)],
+            16384,
+        );
+        let out = dir.join("out");
+        std::fs::create_dir_all(out.join("set")).unwrap();
+        std::fs::write(out.join("set/README"), b"").unwrap();
+        std::fs::hard_link(out.join("set/README"), out.join("set/readme")).unwrap();
+        let storage = Storage::new(metainfo.clone(), &out).unwrap();
+        // Piece 0 lies in README alone, piece 2 in readme alone.
+        write_piece(&storage, &content, 0).unwrap();
+        let error = write_piece(&storage, &content, 2).unwrap_err();
+        assert!(matches!(error, StorageError::SameFile { .. }), "{error}");
+        let error = error.to_string();
+        assert!(
+            error.contains("set/readme and ") && error.contains("set/README are one file"),
+            "{error}"
+        );
+        assert!(storage
+            .verify_piece(metainfo.geometry.piece(0).unwrap())
             .unwrap());
         std::fs::remove_dir_all(dir).unwrap();
     }
