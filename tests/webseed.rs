@@ -39,6 +39,22 @@ struct Corruption {
     range: std::ops::Range<u64>,
 }
 
+/// How a server breaks the protocol or turns requests away: faults a real web server will not
+/// produce on demand.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Every range answered from one byte further on (its `Content-Range` says so).
+    AnotherRange,
+    /// Every body marked `Content-Encoding: gzip` (its bytes the file's).
+    EncodedUnasked,
+    /// Every request answered with this status.
+    Status(u16),
+    /// The first `first` requests answered 503 with `Retry-After: <seconds>`.
+    Busy { first: u64, seconds: u64 },
+    /// The first request's body sent a byte a second.
+    TrickleFirst,
+}
+
 struct Server {
     addr: SocketAddr,
     served: Arc<Served>,
@@ -47,6 +63,15 @@ struct Server {
 impl Server {
     /// Serves files under `root` on 127.0.0.1 (a thread per connection, one request each).
     fn start(root: &Path, corruption: Option<Corruption>) -> Server {
+        Server::start_with(root, corruption, None)
+    }
+
+    /// [`Server::start`], with `fault`.
+    fn faulty(root: &Path, fault: Fault) -> Server {
+        Server::start_with(root, None, Some(fault))
+    }
+
+    fn start_with(root: &Path, corruption: Option<Corruption>, fault: Option<Fault>) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let served = Arc::new(Served::default());
@@ -58,7 +83,7 @@ impl Server {
                 let (root, counters, corruption) =
                     (root.clone(), counters.clone(), corruption.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &root, &counters, corruption.as_ref());
+                    let _ = serve(stream, &root, &counters, corruption.as_ref(), fault);
                 });
             }
         });
@@ -92,6 +117,7 @@ fn serve(
     root: &Path,
     served: &Served,
     corruption: Option<&Corruption>,
+    fault: Option<Fault>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request = String::new();
@@ -109,8 +135,25 @@ fn serve(
             range = a.parse().ok().map(|a| (a, b.parse().ok()));
         }
     }
-    served.requests.fetch_add(1, Ordering::Relaxed);
+    let nth = served.requests.fetch_add(1, Ordering::Relaxed);
     let mut out = stream;
+    match fault {
+        Some(Fault::Status(status)) => {
+            write!(
+                out,
+                "HTTP/1.1 {status} Refused\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
+            return Ok(());
+        }
+        Some(Fault::Busy { first, seconds }) if nth < first => {
+            write!(
+                out,
+                "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {seconds}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
+            return Ok(());
+        }
+        _ => {}
+    }
     let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
     let decoded = String::from_utf8(percent_decode(&path)).unwrap();
     let file = root.join(decoded.trim_start_matches('/'));
@@ -142,18 +185,32 @@ fn serve(
     }
     if range.is_some() {
         served.range_requests.fetch_add(1, Ordering::Relaxed);
+        let shift = u64::from(matches!(fault, Some(Fault::AnotherRange)));
         write!(
             out,
-            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{end}/{len}\r\n"
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {}-{}/{len}\r\n",
+            start + shift,
+            end + shift
         )?;
     } else {
         write!(out, "HTTP/1.1 200 OK\r\n")?;
+    }
+    if matches!(fault, Some(Fault::EncodedUnasked)) {
+        write!(out, "Content-Encoding: gzip\r\n")?;
     }
     write!(
         out,
         "Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )?;
+    if matches!(fault, Some(Fault::TrickleFirst)) && nth == 0 {
+        for byte in body.chunks(1) {
+            out.write_all(byte)?;
+            served.bytes.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        return Ok(());
+    }
     out.write_all(&body)?;
     served.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
     Ok(())
@@ -570,6 +627,138 @@ fn a_web_seed_whose_file_is_shorter_is_not_asked_for_it_again() {
     );
     // The runs of the first round (at most 4); none again.
     assert!(requests <= 4, "{requests} requests");
+}
+
+/// Runs a download of `torrent` for `time` and kills it; returns what it logged.
+fn log_of_download_for(torrent: &Path, output: &Path, time: Duration) -> String {
+    let mut download = Killed(start_download(torrent, output, &[]));
+    std::thread::sleep(time);
+    let _ = download.0.kill();
+    let _ = download.0.wait();
+    let mut err = String::new();
+    let stderr = download.0.stderr.take().unwrap();
+    BufReader::new(stderr).read_to_string(&mut err).unwrap();
+    err
+}
+
+/// One web seed with `fault`, alone, holding `file_bytes` of data: the torrent and its server.
+fn lone_faulty_web_seed(
+    tmp: &TempDir,
+    name: &str,
+    fault: Fault,
+    file_bytes: usize,
+) -> (std::path::PathBuf, Server) {
+    let src = tmp.path().join(name);
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("data.bin"), bytes(file_bytes, 9)).unwrap();
+    let server = Server::faulty(&src, fault);
+    let torrent = tmp.path().join(format!("{name}.torrent"));
+    create_torrent(&src.join("data.bin"), &torrent, &server.url("/data.bin"));
+    (torrent, server)
+}
+
+/// A web seed that breaks the protocol (here: another range than asked; a body encoded
+/// unasked) is given up after `MAX_PROTOCOL_STRIKES` (3) rounds of it, at 0, 1 and 3 s with
+/// the back-off. Each was retried with the back-off for as long as the download ran (a 4th
+/// request at 7 s). One piece, so one run a round.
+#[test]
+fn a_web_seed_breaking_the_protocol_is_given_up() {
+    let tmp = TempDir::new("webseed-protocol");
+    let checks: Vec<_> = [
+        ("another-range", Fault::AnotherRange),
+        ("encoded", Fault::EncodedUnasked),
+    ]
+    .into_iter()
+    .map(|(name, fault)| {
+        let (torrent, server) = lone_faulty_web_seed(&tmp, name, fault, PIECE as usize);
+        let out = tmp.path().join(format!("{name}-out"));
+        std::thread::spawn(move || {
+            let log = log_of_download_for(&torrent, &out, Duration::from_secs(9));
+            (name, server.served.requests.load(Ordering::Relaxed), log)
+        })
+    })
+    .collect();
+    for check in checks {
+        let (name, requests, log) = check.join().unwrap();
+        println!("{name}: {requests} requests in 9 s");
+        assert!(
+            log.contains("3 rounds of protocol errors, not using it"),
+            "{name}: {log}"
+        );
+        assert_eq!(requests, 3, "{name}: {log}");
+    }
+}
+
+/// A file the server refuses (401, 403) is given up for that web seed, as a 404 is: it was
+/// asked again with the back-off (at 0, 1, 3 s, ...) for as long as the download ran.
+#[test]
+fn a_file_the_web_seed_refuses_is_not_asked_again() {
+    let tmp = TempDir::new("webseed-refused");
+    let checks: Vec<_> = [401u16, 403]
+        .into_iter()
+        .map(|status| {
+            let name = format!("status-{status}");
+            let (torrent, server) =
+                lone_faulty_web_seed(&tmp, &name, Fault::Status(status), PIECE as usize);
+            let out = tmp.path().join(format!("{name}-out"));
+            std::thread::spawn(move || {
+                let log = log_of_download_for(&torrent, &out, Duration::from_secs(4));
+                (status, server.served.requests.load(Ordering::Relaxed), log)
+            })
+        })
+        .collect();
+    for check in checks {
+        let (status, requests, log) = check.join().unwrap();
+        println!("HTTP {status}: {requests} requests in 4 s");
+        assert!(
+            log.contains("not asking it for that file again"),
+            "{status}: {log}"
+        );
+        assert_eq!(requests, 1, "{status}: {log}");
+    }
+}
+
+/// A 503 with `Retry-After: 3` is asked again after 3 s, not at the first back-off step (1 s).
+#[test]
+fn a_busy_web_seed_is_asked_again_when_it_said() {
+    let tmp = TempDir::new("webseed-busy");
+    let fault = Fault::Busy {
+        first: 1,
+        seconds: 3,
+    };
+    let (torrent, server) = lone_faulty_web_seed(&tmp, "busy", fault, PIECE as usize);
+    let started = Instant::now();
+    let summary = finish(
+        start_download(&torrent, &tmp.path().join("out"), &[]),
+        Duration::from_secs(30),
+    );
+    let elapsed = started.elapsed();
+    let requests = server.served.requests.load(Ordering::Relaxed);
+    println!("503 with Retry-After 3: {requests} requests, done in {elapsed:.2?}");
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(requests, 2);
+    assert!(elapsed >= Duration::from_secs(3), "{elapsed:?}");
+}
+
+/// A server that sends a run's body a byte a second (each byte restarts the 30 s read
+/// timeout) loses the run once it is slower than `MIN_RUN_RATE` (4 KiB/s) past the first
+/// 30 s: a 16 KiB piece at 34 s; the next request is served whole. The download waited for the
+/// trickle to end (16,384 s).
+#[test]
+fn a_web_seed_trickling_a_run_loses_it_at_the_deadline() {
+    let tmp = TempDir::new("webseed-trickle");
+    let (torrent, server) = lone_faulty_web_seed(&tmp, "trickle", Fault::TrickleFirst, 16 * 1024);
+    let started = Instant::now();
+    let summary = finish(
+        start_download(&torrent, &tmp.path().join("out"), &[]),
+        Duration::from_secs(70),
+    );
+    let elapsed = started.elapsed();
+    let requests = server.served.requests.load(Ordering::Relaxed);
+    println!("a trickling web seed: {requests} requests, done in {elapsed:.2?}");
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(requests, 2);
+    assert!(elapsed >= Duration::from_secs(34), "{elapsed:?}");
 }
 
 /// (e) The same two layouts as (a) and (b) from a real web server: nginx answers each `Range:`

@@ -17,10 +17,16 @@
 //! delivered by peers first (end-game `cancel`s) is aborted.
 //!
 //! Errors: a connection failure, a timeout or an HTTP error status backs off (1 s doubling to
-//! 60 s) and frees the run's blocks for others; 404, 410 or 416 on a file gives up that file's
-//! pieces for this web seed; a server that ignores `Range:` (or a URL reqwest cannot fetch,
-//! such as https without TLS) ends the web seed. A piece this web seed alone sent that fails
-//! its hash is not asked of it again (its copy is different), besides the strike.
+//! 60 s, or as long as a 503's or 429's `Retry-After` says, up to 10 minutes) and frees the
+//! run's blocks for others; 401, 403, 404, 410 or 416 on a file gives up that file's pieces for
+//! this web seed, as does a file whose path cannot be put in a URL (a `..` component); a
+//! server that ignores `Range:` (or a URL reqwest cannot fetch, such as https without TLS)
+//! ends the web seed. A server that breaks the protocol (another range than asked, a body
+//! longer or shorter than asked, a body encoded unasked, a redirect loop, a request slower
+//! than [`MIN_RUN_RATE`] in all) backs off the same way and gets a strike; after
+//! [`MAX_PROTOCOL_STRIKES`] rounds of them with no run stored between, the web seed ends. A
+//! piece this web seed alone sent that fails its hash is not asked of it again (its copy is
+//! different), besides the strike of a bad piece.
 
 use crate::{Inner, PeerCmd, PeerEntry};
 use pow_metainfo::{Block, Metainfo, BLOCK_SIZE};
@@ -44,6 +50,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// No bytes from the server for this long: the request failed.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes per second a request must average, past [`READ_TIMEOUT`]: the read timeout restarts
+/// with every byte, and a server trickling one every 25 s held a run's blocks for as long as
+/// it pleased.
+pub const MIN_RUN_RATE: u64 = 4 * 1024;
+/// Rounds of protocol errors, with no run stored between, that end a web seed.
+pub const MAX_PROTOCOL_STRIKES: u32 = 3;
+/// The longest `Retry-After` heeded.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(600);
 /// How often an idle web seed looks for work (the picker has no notifications).
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
@@ -102,6 +116,7 @@ pub(crate) fn start(inner: &Arc<Inner>, url: String) {
         next_run: 0,
         backoff: BACKOFF_START,
         retry_at: None,
+        protocol_strikes: 0,
     };
     tokio::spawn(seed.run(rx));
 }
@@ -116,15 +131,19 @@ fn deregister(inner: &Inner, key: PeerKey) {
 /// Where each file of the torrent is on the web seed (`None` for pad files), by BEP 19: a
 /// single-file torrent's URL is the file itself unless it ends with `/` (then the name is
 /// appended); a multi-file torrent's files are at URL/name/path..., every component
-/// percent-encoded.
+/// percent-encoded. `None` for pad files and for files a URL cannot name: a component `.` or
+/// `..` is a dot segment however it is encoded (`%2E%2E` too, by the URL standard), and the
+/// URL would name another file of the server.
 pub fn file_urls(base: &str, metainfo: &Metainfo) -> Vec<Option<String>> {
+    let nameable = |component: &[u8]| !matches!(component, b"." | b"..");
     if !metainfo.multi_file {
         let url = if base.ends_with('/') {
-            format!("{base}{}", percent_encode(&metainfo.raw_name))
+            nameable(&metainfo.raw_name)
+                .then(|| format!("{base}{}", percent_encode(&metainfo.raw_name)))
         } else {
-            base.to_string()
+            Some(base.to_string())
         };
-        return vec![Some(url)];
+        return vec![url];
     }
     let mut root = base.to_string();
     if !root.ends_with('/') {
@@ -135,7 +154,8 @@ pub fn file_urls(base: &str, metainfo: &Metainfo) -> Vec<Option<String>> {
         .files
         .iter()
         .map(|f| {
-            (!f.attr.pad).then(|| {
+            let nameable = nameable(&metainfo.raw_name) && f.raw_components().all(nameable);
+            (!f.attr.pad && nameable).then(|| {
                 let mut url = root.clone();
                 for component in f.raw_components() {
                     url.push('/');
@@ -196,9 +216,13 @@ fn runs_of(mut blocks: Vec<Block>) -> Vec<Run> {
 
 #[derive(Debug)]
 enum FetchError {
-    /// Try again later (connection, timeout, server error, short body).
+    /// Try again later (connection, timeout, server error).
     Retry(String),
-    /// This file is not on the web seed (404, 410, 416).
+    /// Try again once the server's `Retry-After` passed (503, 429).
+    RetryAfter(String, Duration),
+    /// The server broke the protocol: try again later, with a strike.
+    Protocol(String),
+    /// This file is not on the web seed (401, 403, 404, 410, 416), or cannot be named in a URL.
     FileGone(usize, String),
     /// The web seed cannot be used at all.
     Fatal(String),
@@ -232,6 +256,8 @@ struct WebSeed {
     next_run: u64,
     backoff: Duration,
     retry_at: Option<Instant>,
+    /// Rounds of protocol errors since the last run stored.
+    protocol_strikes: u32,
 }
 
 impl WebSeed {
@@ -346,6 +372,7 @@ impl WebSeed {
         match outcome {
             Outcome::Stored { bad } => {
                 self.backoff = BACKOFF_START;
+                self.protocol_strikes = 0;
                 if !bad.is_empty() {
                     tracing::warn!(
                         "web seed {}: piece(s) {bad:?} failed their hash; not asking it for them again",
@@ -370,11 +397,33 @@ impl WebSeed {
                 match error {
                     FetchError::Retry(why) => {
                         tracing::warn!("web seed {}: {why}; backing off", self.url);
-                        // Runs failing together (the server is down) back off once.
-                        if self.retry_at.is_none() {
-                            self.retry_at = Some(Instant::now() + self.backoff);
-                            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                        self.back_off(Duration::ZERO);
+                        true
+                    }
+                    FetchError::RetryAfter(why, after) => {
+                        tracing::warn!(
+                            "web seed {}: {why}; trying again in {} s, as it asked",
+                            self.url,
+                            after.as_secs()
+                        );
+                        self.back_off(after);
+                        true
+                    }
+                    FetchError::Protocol(why) => {
+                        // Runs failing together count once, as they back off once.
+                        let new_round = self.retry_at.is_none();
+                        self.back_off(Duration::ZERO);
+                        if new_round {
+                            self.protocol_strikes += 1;
                         }
+                        if self.protocol_strikes >= MAX_PROTOCOL_STRIKES {
+                            tracing::warn!(
+                                "web seed {}: {why}; {MAX_PROTOCOL_STRIKES} rounds of protocol errors, not using it",
+                                self.url
+                            );
+                            return false;
+                        }
+                        tracing::warn!("web seed {}: {why}; backing off", self.url);
                         true
                     }
                     FetchError::FileGone(file, why) => {
@@ -391,6 +440,20 @@ impl WebSeed {
                     }
                 }
             }
+        }
+    }
+
+    /// No runs start before the back-off (or `at_least`, a server's `Retry-After`) has passed;
+    /// runs failing together (the server is down) back off once.
+    fn back_off(&mut self, at_least: Duration) {
+        let until = Instant::now() + self.backoff.max(at_least);
+        match self.retry_at {
+            None => {
+                self.retry_at = Some(until);
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            }
+            Some(at) if at < until && !at_least.is_zero() => self.retry_at = Some(until),
+            Some(_) => {}
         }
     }
 
@@ -497,7 +560,18 @@ impl Job {
         let mut data = Vec::with_capacity(self.run.length as usize);
         for span in geometry.spans(offset, u64::from(self.run.length)) {
             match &self.files[span.file] {
-                None => data.resize(data.len() + span.length as usize, 0),
+                None if metainfo.files[span.file].attr.pad => {
+                    data.resize(data.len() + span.length as usize, 0)
+                }
+                None => {
+                    return Err(FetchError::FileGone(
+                        span.file,
+                        format!(
+                            "file {:?} cannot be named in a URL (a . or .. component)",
+                            metainfo.files[span.file].raw_path_lossy()
+                        ),
+                    ))
+                }
                 Some(url) => {
                     let file_length = metainfo.files[span.file].length;
                     self.get_range(
@@ -525,20 +599,41 @@ impl Job {
         out: &mut Vec<u8>,
     ) -> Result<(), FetchError> {
         let last = offset + length - 1;
-        let response = self
+        let mut deadline = tokio::time::Instant::now() + request_deadline(length);
+        let too_slow = || {
+            FetchError::Protocol(format!(
+                "GET {url}: {length} bytes not sent at {MIN_RUN_RATE} B/s"
+            ))
+        };
+        let request = self
             .client
             .get(url)
             .header(reqwest::header::RANGE, format!("bytes={offset}-{last}"))
-            .send()
+            .send();
+        let response = tokio::time::timeout_at(deadline, request)
             .await
+            .map_err(|_| too_slow())?
             .map_err(|e| {
+                let why = format!("GET {url}: {}", describe(&e));
                 if e.is_builder() {
-                    FetchError::Fatal(format!("GET {url}: {}", describe(&e)))
+                    FetchError::Fatal(why)
+                } else if e.is_redirect() {
+                    FetchError::Protocol(why)
                 } else {
-                    FetchError::Retry(format!("GET {url}: {}", describe(&e)))
+                    FetchError::Retry(why)
                 }
             })?;
         let status = response.status().as_u16();
+        let encoded = response
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded && matches!(status, 200 | 206) {
+            return Err(FetchError::Protocol(format!(
+                "GET {url}: the body is encoded ({:?}), which was not asked",
+                response.headers()[reqwest::header::CONTENT_ENCODING]
+            )));
+        }
         match status {
             206 => {
                 let range = response
@@ -555,7 +650,7 @@ impl Job {
                     ));
                 }
                 if range.is_some_and(|(start, _, _)| start != offset) {
-                    return Err(FetchError::Retry(format!(
+                    return Err(FetchError::Protocol(format!(
                         "GET {url}: the server sent another range than asked"
                     )));
                 }
@@ -573,42 +668,70 @@ impl Job {
                     "GET {url}: the server ignores Range requests"
                 )))
             }
-            404 | 410 | 416 => {
+            401 | 403 | 404 | 410 | 416 => {
                 return Err(FetchError::FileGone(
                     file,
                     format!("GET {url}: HTTP {status}"),
                 ))
+            }
+            429 | 503 => {
+                let why = format!("GET {url}: HTTP {status}");
+                return Err(match retry_after(response.headers()) {
+                    Some(after) => FetchError::RetryAfter(why, after),
+                    None => FetchError::Retry(why),
+                });
             }
             _ => return Err(FetchError::Retry(format!("GET {url}: HTTP {status}"))),
         }
         let start = out.len();
         let mut response = response;
         loop {
-            let chunk = response
-                .chunk()
+            let chunk = tokio::time::timeout_at(deadline, response.chunk())
                 .await
+                .map_err(|_| too_slow())?
                 .map_err(|e| FetchError::Retry(format!("GET {url}: {}", describe(&e))))?;
             let Some(chunk) = chunk else { break };
             if (out.len() - start + chunk.len()) as u64 > length {
-                return Err(FetchError::Retry(format!(
+                return Err(FetchError::Protocol(format!(
                     "GET {url}: the server sent more than the {length} bytes asked"
                 )));
             }
             out.extend_from_slice(&chunk);
             if let Some(limit) = &self.inner.config.download_limit {
                 if let Some(wait) = limit.take_owing(chunk.len()) {
+                    // our own limit's wait is not the server's slowness
+                    deadline += wait;
                     tokio::time::sleep(wait).await;
                 }
             }
         }
         let got = (out.len() - start) as u64;
         if got != length {
-            return Err(FetchError::Retry(format!(
+            return Err(FetchError::Protocol(format!(
                 "GET {url}: {got} of {length} bytes"
             )));
         }
         Ok(())
     }
+}
+
+/// How long a request for `length` bytes may take in all: [`READ_TIMEOUT`] for the server to
+/// start, then [`MIN_RUN_RATE`].
+fn request_deadline(length: u64) -> Duration {
+    READ_TIMEOUT + Duration::from_secs(length.div_ceil(MIN_RUN_RATE))
+}
+
+/// A `Retry-After` of delay-seconds, at most [`RETRY_AFTER_MAX`] (an HTTP-date is not taken:
+/// the usual back-off applies).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds).min(RETRY_AFTER_MAX))
 }
 
 /// `bytes START-END/TOTAL` → (START, END, TOTAL unless `*`).
@@ -706,6 +829,46 @@ mod tests {
     fn percent_encoding_keeps_unreserved_only() {
         assert_eq!(percent_encode(b"a b/c%~.txt"), "a%20b%2Fc%25~.txt");
         assert_eq!(percent_encode("é".as_bytes()), "%C3%A9");
+    }
+
+    /// A file with a `.` or `..` component has no URL: `/..` (or `/%2E%2E`, a dot segment
+    /// too by the URL standard) would name another file of the server, outside the torrent's
+    /// directory. Its neighbours keep theirs, every component encoded.
+    #[test]
+    fn a_file_a_url_cannot_name_has_no_url() {
+        let files = [
+            (&["ok", "a b"][..], 10),
+            (&["..", "..", "secret"][..], 10),
+            (&["x", "."][..], 10),
+        ];
+        let mut list = Vec::new();
+        for (path, length) in files {
+            let path: Vec<Vec<u8>> = path.iter().map(|c| c.as_bytes().to_vec()).collect();
+            list.push(bencoded_file(&path, length));
+        }
+        let info = format!(
+            "d5:filesl{}e4:name3:dir12:piece lengthi16384e6:pieces20:{}e",
+            list.concat(),
+            "x".repeat(20)
+        );
+        let torrent = format!("d4:info{info}e");
+        let metainfo = Metainfo::from_bytes(torrent.as_bytes()).expect("torrent");
+        assert_eq!(
+            file_urls("http://mirror/data", &metainfo),
+            [
+                Some("http://mirror/data/dir/ok/a%20b".to_string()),
+                None,
+                None
+            ]
+        );
+    }
+
+    fn bencoded_file(path: &[Vec<u8>], length: u64) -> String {
+        let components: String = path
+            .iter()
+            .map(|c| format!("{}:{}", c.len(), String::from_utf8_lossy(c)))
+            .collect();
+        format!("d6:lengthi{length}e4:pathl{components}ee")
     }
 
     #[test]
