@@ -455,6 +455,43 @@ fn browser_upload_then_aria2_and_pow_load_fetch_it_from_the_server() {
     );
 }
 
+/// A zip over `--max-upload-size` is refused by the page before anything is sent, saying the
+/// limit. It was sent, and the server's 413 (given before the body is read) reached the
+/// browser, still sending, as a lost connection.
+#[test]
+fn a_zip_over_the_limit_is_refused_by_the_page_before_it_is_sent() {
+    let work = TempDir::new("serve-browser-limit");
+    let zip = work.path().join("too big.zip");
+    make_zip(&zip, 1, 12);
+    let size = std::fs::metadata(&zip).unwrap().len();
+    let limit = (size / 2).to_string();
+    let server = Server::start(
+        &work.path().join("server"),
+        free_port(),
+        &["--max-upload-size", &limit],
+    );
+    let browser = Browser::start();
+    browser.go(&server.url);
+    let file_input = browser.wait_for("#file", Duration::from_secs(20));
+    browser.type_into(&file_input, zip.to_str().unwrap());
+    browser.click(&browser.find("#submit").unwrap());
+    let status = browser.wait_for("#upload-status[data-error]", Duration::from_secs(20));
+    let text = browser.text(&status);
+    println!("page: {text:?}");
+    assert!(
+        text.contains(&format!("too big.zip is {size} bytes"))
+            && text.contains(&format!("({limit} bytes)")),
+        "{text}"
+    );
+    drop(browser);
+    assert!(server.datasets().is_empty());
+    assert!(
+        server.files_in("incoming").is_empty(),
+        "{:?}",
+        server.files_in("incoming")
+    );
+}
+
 /// Zips of `kib` KiB each, `count` of them, distinct bytes (one Python call for all).
 fn make_small_zips(dir: &Path, count: usize, kib: usize) -> Vec<PathBuf> {
     let script = format!(

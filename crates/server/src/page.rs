@@ -82,7 +82,7 @@ label {{ display: block; margin: .5rem 0 .2rem; }}
 <form id="upload" action="/upload" method="post" enctype="multipart/form-data">
 <h2>Publish a dataset</h2>
 <label for="file">Zip archive (up to {limit})</label>
-<input id="file" name="file" type="file" accept=".zip,application/zip" required>
+<input id="file" name="file" type="file" accept=".zip,application/zip" required data-max-bytes="{max_bytes}">
 <label for="description">Description (optional)</label>
 <textarea id="description" name="description" rows="2" cols="60" maxlength="{max_description}"></textarea>
 <p><button id="submit" type="submit">Upload and publish</button></p>
@@ -101,6 +101,15 @@ document.getElementById('upload').addEventListener('submit', function (event) {{
   event.preventDefault();
   var form = event.target, status = document.getElementById('upload-status');
   var progress = document.getElementById('progress'), button = document.getElementById('submit');
+  // Refused here, not sent: the server refuses it before reading it, which a browser
+  // still sending may show only as a lost connection.
+  var chosen = form.elements.file.files[0], most = Number(form.elements.file.dataset.maxBytes);
+  if (chosen && chosen.size > most) {{
+    status.setAttribute('data-error', '');
+    status.textContent = 'Not uploaded: ' + chosen.name + ' is ' + chosen.size +
+      ' bytes; this server takes at most {limit} (' + most + ' bytes).';
+    return;
+  }}
   var request = new XMLHttpRequest();
   request.open('POST', form.action);
   request.setRequestHeader('Accept', 'application/json');
@@ -133,6 +142,7 @@ document.getElementById('upload').addEventListener('submit', function (event) {{
 </html>
 "#,
         limit = human_size(max_upload_size),
+        max_bytes = max_upload_size,
         max_description = crate::MAX_DESCRIPTION_CHARS,
     )
 }
