@@ -27,7 +27,16 @@ pub const MAX_SCRAPE_HASHES: usize = 74;
 #[derive(Default)]
 pub(crate) struct ConnectionCache {
     ids: Mutex<HashMap<SocketAddr, Cached>>,
+    /// Tracker addresses that did not answer a connect lately, and when: tried after the
+    /// others of their name, so that an announce an interval later (30 minutes, past any
+    /// connection id) does not wait on a silent address again.
+    silent: Mutex<HashMap<SocketAddr, Instant>>,
 }
+
+/// How long an address that did not answer is tried after the others of its name.
+const SILENT_FOR: Duration = Duration::from_secs(3600);
+/// Silent addresses remembered at most (a client of many trackers).
+const MAX_SILENT: usize = 1024;
 
 struct Cached {
     id: u64,
@@ -44,6 +53,28 @@ impl ConnectionCache {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
         ids.retain(|_, c| c.at.elapsed() < lifetime);
         ids.insert(addr, c);
+    }
+    fn silent(&self, addr: SocketAddr, failed: bool) {
+        let mut silent = self.silent.lock().unwrap_or_else(|e| e.into_inner());
+        if !failed {
+            silent.remove(&addr);
+            return;
+        }
+        if silent.len() >= MAX_SILENT {
+            silent.retain(|_, at| at.elapsed() < SILENT_FOR);
+            if silent.len() >= MAX_SILENT {
+                silent.clear();
+            }
+        }
+        silent.insert(addr, Instant::now());
+    }
+    /// `addrs` in order, those silent lately last.
+    fn answering_first(&self, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+        let silent = self.silent.lock().unwrap_or_else(|e| e.into_inner());
+        let lately = |a: &SocketAddr| silent.get(a).is_some_and(|at| at.elapsed() < SILENT_FOR);
+        let mut ordered: Vec<SocketAddr> = addrs.iter().copied().filter(|a| !lately(a)).collect();
+        ordered.extend(addrs.iter().copied().filter(|a| lately(a)));
+        ordered
     }
     /// Whether a fresh connection id for this tracker is cached.
     pub(crate) fn contains(&self, addr: SocketAddr, lifetime: Duration) -> bool {
@@ -237,12 +268,13 @@ async fn session<'a>(
     session_at(&addrs, cfg, cache).await
 }
 
-/// A session with the first of a tracker's addresses (in [`crate::http::connect_order`])
-/// that answers a connect, or with one whose connection id is kept from an earlier request.
-/// Every address but the last gets one attempt of the BEP 15 schedule (`udp_base_timeout`,
-/// 15 s), less where it refuses (ICMP port unreachable) or cannot be reached from here (no
-/// route for its family); the last gets the whole schedule. A name listing an IPv6 address
-/// first, where the tracker listens on IPv4 only, is so announced to at its IPv4 address.
+/// A session with the first of a tracker's addresses (in [`crate::http::connect_order`],
+/// those silent lately last) that answers a connect, or with one whose connection id is kept
+/// from an earlier request. Each address gets the first attempt of the BEP 15 schedule
+/// (`udp_base_timeout`, 15 s), less where it refuses (ICMP port unreachable) or cannot be
+/// reached from here (no route for its family); then the first that only timed out gets the
+/// rest of the schedule, as a lone address would. A name listing an IPv6 address first, where
+/// the tracker listens on IPv4 only, is so announced to at its IPv4 address.
 async fn session_at<'a>(
     addrs: &[SocketAddr],
     cfg: &'a ClientConfig,
@@ -260,23 +292,39 @@ async fn session_at<'a>(
         }
     }
     let mut last = Error::Malformed("a tracker name without addresses".into());
-    for (i, &addr) in addrs.iter().enumerate() {
-        let attempts = if i + 1 == addrs.len() {
-            0..=cfg.udp_max_retries
-        } else {
-            0..=0
-        };
-        match Session::connect(addr, cfg, attempts).await {
-            Ok(session) => return Ok(session),
+    let mut first_timed_out = None;
+    for addr in cache.answering_first(addrs) {
+        match Session::connect(addr, cfg, 0..=0).await {
+            Ok(session) => {
+                cache.silent(addr, false);
+                return Ok(session);
+            }
             // it answered: another address of the name is the same tracker
             Err(e @ (Error::Failure { .. } | Error::Malformed(_))) => return Err(e),
             Err(e) => {
                 tracing::debug!(tracker = %addr, error = %e, "UDP tracker address did not answer a connect");
+                cache.silent(addr, true);
+                if matches!(e, Error::Timeout(_)) {
+                    first_timed_out.get_or_insert(addr);
+                }
                 last = e;
             }
         }
     }
-    Err(last)
+    match first_timed_out {
+        Some(addr) if cfg.udp_max_retries > 0 => {
+            match Session::connect(addr, cfg, 1..=cfg.udp_max_retries).await {
+                Ok(session) => {
+                    cache.silent(addr, false);
+                    Ok(session)
+                }
+                // the first attempt's wait counted too
+                Err(Error::Timeout(waited)) => Err(Error::Timeout(waited + cfg.udp_base_timeout)),
+                Err(e) => Err(e),
+            }
+        }
+        _ => Err(last),
+    }
 }
 
 impl Session<'_> {
@@ -473,23 +521,28 @@ mod tests {
     /// A name may resolve to an IPv6 address first where the tracker listens on IPv4 only
     /// (`localhost` as `::1, 127.0.0.1`): the announce goes on to the next address, at once
     /// where the first refuses and after one attempt's timeout where it drops the datagram,
-    /// and the next announce goes straight to the address that answered. The addresses are
-    /// given as a resolver would list them (no name here resolves to both families); the
-    /// tracker, the silent socket and the closed port are real.
+    /// and the next announce, past the connection id's lifetime too, goes straight to the
+    /// address that answered. The addresses are given as a resolver would list them (no name
+    /// here resolves to both families); the tracker, the silent socket and the closed port
+    /// are real.
     #[tokio::test]
     async fn an_announce_goes_on_to_the_next_address_of_the_name() {
         let cfg = ClientConfig {
-            udp_base_timeout: Duration::from_millis(300),
+            udp_base_timeout: Duration::from_secs(1),
             udp_max_retries: 2,
+            udp_connection_lifetime: Duration::from_millis(300),
             ..ClientConfig::default()
         };
         let tracker = TrackerServer::start("127.0.0.1:0".parse().unwrap(), ServerConfig::default())
             .await
             .unwrap();
-        let closed = {
-            let s = std::net::UdpSocket::bind("[::1]:0").unwrap();
-            s.local_addr().unwrap()
+        // A port bound and closed again: nothing listens there.
+        let Ok(bound) = std::net::UdpSocket::bind("[::1]:0") else {
+            println!("no IPv6 loopback here: skipped");
+            return;
         };
+        let closed = bound.local_addr().unwrap();
+        drop(bound);
         let silent = UdpSocket::bind("[::1]:0").await.unwrap();
         let cache = ConnectionCache::default();
 
@@ -512,10 +565,11 @@ mod tests {
             .expect("announced past a silent address");
         let took = started.elapsed();
         assert!(
-            took >= cfg.udp_base_timeout && took < 2 * cfg.udp_base_timeout,
+            took >= cfg.udp_base_timeout && took < 3 * cfg.udp_base_timeout,
             "one attempt's timeout, then the next address: {took:?}"
         );
         assert_eq!(tracker.scrape(&[2; 20]).incomplete, 1);
+        tokio::time::sleep(cfg.udp_connection_lifetime).await;
         announce_at(&silent_first, &request([3; 20]), &cfg, &cache)
             .await
             .expect("announced again");
@@ -529,19 +583,40 @@ mod tests {
         }
         assert_eq!(
             asked, 1,
-            "the silent address asked once, the kept id used after"
+            "the silent address asked once, the other first after"
         );
 
-        let all_silent = [silent.local_addr().unwrap(), closed];
+        // Where no address answers, the rest of the schedule goes to the first that only
+        // timed out, not to the last, which refused at once: a lost datagram cost the whole
+        // announce when an unreachable address came last.
+        let short = ClientConfig {
+            udp_base_timeout: Duration::from_millis(200),
+            udp_max_retries: 1,
+            ..ClientConfig::default()
+        };
+        let none_answers = [silent.local_addr().unwrap(), closed];
         let err = announce_at(
-            &all_silent,
+            &none_answers,
             &request([4; 20]),
-            &cfg,
+            &short,
             &ConnectionCache::default(),
         )
         .await
         .expect_err("nobody answers");
-        assert!(matches!(err, Error::Connect { .. }), "{err}");
+        assert!(
+            matches!(err, Error::Timeout(waited) if waited == Duration::from_millis(600)),
+            "{err:?}"
+        );
+        let mut asked = 0;
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(50), silent.recv_from(&mut datagram)).await
+        {
+            asked += 1;
+        }
+        assert_eq!(
+            asked, 2,
+            "both attempts of the schedule at the silent address"
+        );
     }
 
     /// A UDP tracker's error text is made fit to print, as an HTTP tracker's failure reason.
