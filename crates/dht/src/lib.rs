@@ -100,7 +100,8 @@ struct State {
     secret: [u8; 20],
     previous_secret: [u8; 20],
     secret_since: Instant,
-    /// Nodes that queried us, pinged to see whether they answer ([`verify`]).
+    /// Nodes that queried us, pinged to see whether they answer ([`verify`]): their address,
+    /// with port 0 but on loopback.
     verifying: HashSet<SocketAddrV4>,
 }
 
@@ -528,8 +529,12 @@ async fn receive_loop(inner: Arc<Inner>) {
             tokio::select! {
                 received = incoming.recv() => match received {
                     Some((datagram, from)) => {
-                        if let Some(reply) = handle(&inner, &datagram, from) {
+                        let (reply, querier) = handle(&inner, &datagram, from);
+                        if let Some(reply) = reply {
                             let _ = inner.socket.send_to(&reply, from).await;
+                        }
+                        if let Some(querier) = querier {
+                            verify(&inner, querier);
                         }
                     }
                     None => return,
@@ -543,8 +548,12 @@ async fn receive_loop(inner: Arc<Inner>) {
         tokio::select! {
             received = inner.socket.recv_from(&mut buf) => match received {
                 Ok((n, from)) => {
-                    if let Some(reply) = handle(&inner, &buf[..n], from) {
+                    let (reply, querier) = handle(&inner, &buf[..n], from);
+                    if let Some(reply) = reply {
                         let _ = inner.socket.send_to(&reply, from).await;
+                    }
+                    if let Some(querier) = querier {
+                        verify(&inner, querier);
                     }
                 }
                 // ICMP port unreachable from an earlier send shows up here on Linux.
@@ -555,21 +564,25 @@ async fn receive_loop(inner: Arc<Inner>) {
     }
 }
 
-/// One datagram: a response for a waiting query, or a query to answer (the returned bytes).
-fn handle(inner: &Arc<Inner>, datagram: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
+/// One datagram: a response for a waiting query, or a query to answer (the returned bytes,
+/// with the querier when it is to be pinged, [`verify`], once the answer went).
+fn handle(inner: &Inner, datagram: &[u8], from: SocketAddr) -> (Option<Vec<u8>>, Option<NodeInfo>) {
     let message = match Message::decode(datagram) {
         Ok(m) => m,
         Err(e) => {
             tracing::trace!("dht {from}: {e}");
-            return None;
+            return (None, None);
         }
     };
     let now = Instant::now();
     let mut state = inner.lock();
     let tid = <[u8; 2]>::try_from(message.tid.as_slice()).ok();
+    let waiting = |state: &mut State| tid.and_then(|tid| state.take_pending(tid, from));
     match message.body {
         Body::Response(response) => {
-            let waiting = state.take_pending(tid?, from)?;
+            let Some(waiting) = waiting(&mut state) else {
+                return (None, None);
+            };
             if let Some(addr) = krpc::v4(from) {
                 state.table.seen(
                     NodeInfo {
@@ -580,27 +593,24 @@ fn handle(inner: &Arc<Inner>, datagram: &[u8], from: SocketAddr) -> Option<Vec<u
                 );
             }
             let _ = waiting.send(Reply::Response(response));
-            None
+            (None, None)
         }
         Body::Error { code, message } => {
-            let waiting = state.take_pending(tid?, from)?;
-            let _ = waiting.send(Reply::Error(code, message));
-            None
+            if let Some(waiting) = waiting(&mut state) {
+                let _ = waiting.send(Reply::Error(code, message));
+            }
+            (None, None)
         }
         Body::Query { id, query } => {
-            if let Some(addr) = krpc::v4(from) {
-                if !state.table.heard_from(&NodeInfo { id, addr }, now) {
-                    verify(inner, &mut state, addr);
-                }
-            }
+            let querier = krpc::v4(from)
+                .map(|addr| NodeInfo { id, addr })
+                .filter(|node| !state.table.heard_from(node, now));
             let body = answer(inner.id, &mut state, query, from, now);
-            Some(
-                Message {
-                    tid: message.tid,
-                    body,
-                }
-                .encode(),
-            )
+            let reply = Message {
+                tid: message.tid,
+                body,
+            };
+            (Some(reply.encode()), querier)
         }
     }
 }
@@ -609,20 +619,30 @@ fn handle(inner: &Arc<Inner>, datagram: &[u8], from: SocketAddr) -> Option<Vec<u
 /// (as any answer does, [`handle`]). Only a node that answers is good by BEP 5: a query's
 /// source address may be forged, and forged entries, handed out in our `find_node` answers,
 /// sent others' lookups to hosts that never asked, and pushed out nodes that would answer.
-/// At most [`MAX_VERIFYING`] at once, each address once at a time.
-fn verify(inner: &Arc<Inner>, state: &mut State, addr: SocketAddrV4) {
-    if !krpc::dialable(&addr)
-        || state.verifying.len() >= MAX_VERIFYING
-        || !state.verifying.insert(addr)
+/// Only those the table would take are pinged ([`Table::would_take`]: most queriers fall in
+/// full buckets), at most [`MAX_VERIFYING`] at once and one per IP address at a time (loopback
+/// aside, as in the table), so that one host querying from many ports holds one of them.
+fn verify(inner: &Arc<Inner>, querier: NodeInfo) {
+    let addr = querier.addr;
+    let one_per_ip = match addr.ip().is_loopback() {
+        true => addr,
+        false => SocketAddrV4::new(*addr.ip(), 0),
+    };
     {
-        return;
+        let mut state = inner.lock();
+        if !state.table.would_take(&querier)
+            || state.verifying.len() >= MAX_VERIFYING
+            || !state.verifying.insert(one_per_ip)
+        {
+            return;
+        }
     }
     let dht = Dht {
         inner: inner.clone(),
     };
     tokio::spawn(async move {
         let _ = dht.query(addr, Query::Ping).await;
-        dht.inner.lock().verifying.remove(&addr);
+        dht.inner.lock().verifying.remove(&one_per_ip);
     });
 }
 
@@ -786,7 +806,7 @@ mod tests {
 
     /// A node that queries us enters the routing table once it answers our ping, not before:
     /// one that never answers (a forged source address, here a socket that only sends) is
-    /// not handed out in our `find_node` answers. It entered the table with its query.
+    /// not handed out in our `find_node` answers. Before, it entered the table with its query.
     #[tokio::test]
     async fn a_node_that_queries_us_enters_the_table_once_it_answers_a_ping() {
         let us = node().await;

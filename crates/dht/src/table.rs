@@ -29,6 +29,13 @@ pub struct Table {
     buckets: Vec<Vec<Entry>>,
 }
 
+/// Whether `node`, taking a place in the table, takes entry `e`'s: at its address, or at its IP
+/// (loopback aside).
+fn replaced_by(e: &Entry, node: &NodeInfo) -> bool {
+    e.node.addr == node.addr
+        || (e.node.addr.ip() == node.addr.ip() && !node.addr.ip().is_loopback())
+}
+
 /// XOR distance, compared as a big-endian number.
 pub fn distance(a: &Id, b: &Id) -> Id {
     let mut d = [0u8; 20];
@@ -78,40 +85,17 @@ impl Table {
             if moved {
                 // Another entry at that address (or, loopback aside, that IP) goes: an id
                 // moved there kept both, and one IP gathered entries past its one.
-                let same_place = |e: &Entry| {
-                    e.node.id != node.id
-                        && (e.node.addr == node.addr
-                            || (e.node.addr.ip() == node.addr.ip()
-                                && !node.addr.ip().is_loopback()))
-                };
+                let same_place = |e: &Entry| e.node.id != node.id && replaced_by(e, &node);
                 for bucket in &mut self.buckets {
                     bucket.retain(|e| !same_place(e));
                 }
             }
             return true;
         }
-        // One entry per address: a node that restarted with a new id replaces its old self,
-        // and one address cannot fill the table by naming itself with many ids. One per IP
-        // too, kept while it answers. Loopback is exempt: only local test swarms, many nodes
-        // on one IP, live there, and packets from it never come from another host.
-        let same_ip =
-            |e: &Entry| e.node.addr.ip() == node.addr.ip() && !node.addr.ip().is_loopback();
-        if self
-            .buckets
-            .iter()
-            .flatten()
-            .any(|e| same_ip(e) && e.node.addr != node.addr && e.failures < MAX_FAILURES)
-        {
+        if !self.has_place_for(&node, b) {
             return false;
         }
-        // The entry it replaces goes only if it is taken: a query with a forged source (a
-        // known node's address) and an id for a full bucket removed that node for nothing.
-        let replaced = |e: &Entry| e.node.addr == node.addr || same_ip(e);
-        let staying = || self.buckets[b].iter().filter(|e| !replaced(e));
-        let room = staying().count() < K || staying().any(|e| e.failures >= MAX_FAILURES);
-        if !room {
-            return false;
-        }
+        let replaced = |e: &Entry| replaced_by(e, &node);
         for bucket in &mut self.buckets {
             bucket.retain(|e| !replaced(e));
         }
@@ -132,9 +116,43 @@ impl Table {
         false
     }
 
+    /// Whether a new `node` (its id not in the table) would get a place in bucket `b`. One
+    /// entry per address: a node that restarted with a new id replaces its old self, and one
+    /// address cannot fill the table by naming itself with many ids. One per IP too, kept
+    /// while it answers. Loopback is exempt: only local test swarms, many nodes on one IP,
+    /// live there, and packets from it never come from another host. The entry it replaces
+    /// goes only if it is taken: a forged source (a known node's address) and an id for a full
+    /// bucket removed that node for nothing.
+    fn has_place_for(&self, node: &NodeInfo, b: usize) -> bool {
+        let other_ip_entry_answers =
+            self.buckets.iter().flatten().any(|e| {
+                replaced_by(e, node) && e.node.addr != node.addr && e.failures < MAX_FAILURES
+            });
+        if other_ip_entry_answers {
+            return false;
+        }
+        let staying = || self.buckets[b].iter().filter(|e| !replaced_by(e, node));
+        staying().count() < K || staying().any(|e| e.failures >= MAX_FAILURES)
+    }
+
+    /// Whether [`Table::seen`] would keep `node` if it answered: worth a ping.
+    pub fn would_take(&self, node: &NodeInfo) -> bool {
+        if !krpc::dialable(&node.addr) {
+            return false;
+        }
+        let Some(b) = self.bucket_of(&node.id) else {
+            return false;
+        };
+        match self.buckets[b].iter().find(|e| e.node.id == node.id) {
+            Some(entry) => entry.node.addr == node.addr || entry.failures >= MAX_FAILURES,
+            None => self.has_place_for(node, b),
+        }
+    }
+
     /// A node queried us: its entry, when the table has this id at this address, is marked
-    /// heard from (not its failures: a query's source may be forged). Returns whether it
-    /// was. A node not in the table enters only by answering a query of ours ([`Table::seen`]).
+    /// heard from (not its failures: a query's source may be forged). Returns whether it is
+    /// there and answering; a node not there, or given up on, is to be pinged: it enters, or
+    /// is taken back, only by answering a query of ours ([`Table::seen`]).
     pub fn heard_from(&mut self, node: &NodeInfo, now: Instant) -> bool {
         let Some(b) = self.bucket_of(&node.id) else {
             return false;
@@ -142,7 +160,7 @@ impl Table {
         match self.buckets[b].iter_mut().find(|e| e.node == *node) {
             Some(entry) => {
                 entry.last_seen = now;
-                true
+                entry.failures == 0
             }
             None => false,
         }
@@ -270,6 +288,43 @@ mod tests {
         // The same address with a new id replaces the old entry.
         assert!(table.seen(node(0x01, 9, 3000), now));
         assert_eq!(table.len(), K + 1);
+    }
+
+    /// A node that queries us is worth a ping only where the table would take it when it
+    /// answers; one in the table that was given up on is pinged again (its query does not
+    /// take it back: the source may be forged), one that answers is only marked heard from.
+    #[test]
+    fn a_querier_is_pinged_only_where_the_table_would_take_it() {
+        let now = Instant::now();
+        let mut table = Table::new([0u8; 20]);
+        let newcomer = node(0xf0, 0, 2000);
+        assert!(table.would_take(&newcomer));
+        for i in 0..K as u8 {
+            assert!(table.seen(node(0x80 | i, 0, 1000 + u16::from(i)), now));
+        }
+        assert!(
+            !table.would_take(&newcomer),
+            "its bucket is full of answering nodes"
+        );
+        assert!(
+            table.would_take(&node(0x01, 0, 3000)),
+            "another bucket has room"
+        );
+        let known = node(0x83, 0, 1003);
+        assert!(table.heard_from(&known, now), "answering: no ping");
+        table.failed(known.addr);
+        table.failed(known.addr);
+        assert!(!table.heard_from(&known, now), "given up on: pinged");
+        assert!(table.would_take(&known));
+        assert_eq!(
+            table.answering(),
+            K - 1,
+            "its query alone does not take it back"
+        );
+        assert!(
+            table.would_take(&newcomer),
+            "a given-up entry's place is free"
+        );
     }
 
     /// A node that names itself with an id for a full bucket from a known node's address (a
