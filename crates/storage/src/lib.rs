@@ -332,6 +332,8 @@ pub struct Storage {
     /// The file of the torrent each file opened for writing is, by device and inode
     /// ([`Storage::claim_inode`]).
     written_inodes: Mutex<std::collections::HashMap<(u64, u64), usize>>,
+    /// For each file whose path another file's equals but for case, those other files.
+    case_twins: std::collections::HashMap<usize, Vec<usize>>,
     /// Resume saves run one at a time (they share a temporary file name); each file's stamp
     /// as the last save took it.
     resume_lock: Mutex<Vec<resume::FileStamp>>,
@@ -373,9 +375,11 @@ impl Storage {
                 read_only: AtomicBool::new(false),
             })
             .collect::<Vec<_>>();
+        let case_twins = case_twins(&metainfo);
         Ok(Storage {
             root,
             metainfo,
+            case_twins,
             resume_lock: Mutex::new(vec![None; files.len()]),
             files,
             open_files,
@@ -416,6 +420,7 @@ impl Storage {
                 SIZED => true,
                 READ_WRITE => {
                     // Opened by a read (the start-up check): sized at its first write.
+                    self.claim_inode(index, handle)?;
                     self.fit_length(handle, file, open)?;
                     file.opened.store(SIZED, Ordering::Relaxed);
                     true
@@ -543,22 +548,37 @@ impl Storage {
         Ok(Some(handle))
     }
 
-    /// Refuses a write to file `index` through `handle` when another file of the torrent was
-    /// opened for writing at the same inode: on a file system that ignores case (vfat,
-    /// exFAT, a Samba share, casefold ext4) `README` and `readme` are one file, and each
-    /// one's writes overwrote the other's verified pieces, which then failed again and were
-    /// fetched again, for ever.
+    /// Refuses a write to file `index` through `handle` when another file of the torrent is
+    /// the same file: on a file system that ignores case (vfat, exFAT, a Samba share,
+    /// casefold ext4) `README` and `readme` are one, and each one's writes overwrote the
+    /// other's verified pieces, which then failed again and were fetched again, for ever.
+    /// Its case twins' paths are looked at now (vfat and exFAT number inodes only while they
+    /// are in memory); any other file (a hard link) is found by the inode it was opened for
+    /// writing at, checked again at its path in case the inode was freed and its number reused.
     fn claim_inode(&self, index: usize, handle: &File) -> Result<(), StorageError> {
         use std::os::unix::fs::MetadataExt;
         let path = &self.files[index].path;
         let meta = handle.metadata().map_err(Self::io(path))?;
+        let inode = (meta.dev(), meta.ino());
+        let at_inode = |other: usize| {
+            std::fs::metadata(&self.files[other].path).is_ok_and(|m| (m.dev(), m.ino()) == inode)
+        };
+        let same_file = |other: usize| StorageError::SameFile {
+            path: path.clone(),
+            other: self.files[other].path.clone(),
+        };
+        if let Some(twin) =
+            (self.case_twins.get(&index).into_iter().flatten()).find(|&&t| at_inode(t))
+        {
+            return Err(same_file(*twin));
+        }
         let mut claimed = self.written_inodes.lock().expect("inode claims lock");
-        let owner = *claimed.entry((meta.dev(), meta.ino())).or_insert(index);
+        let owner = *claimed.entry(inode).or_insert(index);
         if owner != index {
-            return Err(StorageError::SameFile {
-                path: path.clone(),
-                other: self.files[owner].path.clone(),
-            });
+            if at_inode(owner) {
+                return Err(same_file(owner));
+            }
+            claimed.insert(inode, index);
         }
         Ok(())
     }
@@ -1099,6 +1119,29 @@ impl Drop for Storage {
     }
 }
 
+/// The files whose paths are equal but for case, each with the others ([`Storage::claim_inode`]).
+fn case_twins(metainfo: &Metainfo) -> std::collections::HashMap<usize, Vec<usize>> {
+    let mut by_folded: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    for (index, file) in metainfo.files.iter().enumerate() {
+        if !file.attr.pad {
+            by_folded
+                .entry(file.path.as_str().to_lowercase())
+                .or_default()
+                .push(index);
+        }
+    }
+    let mut twins = std::collections::HashMap::new();
+    for group in by_folded.into_values().filter(|g| g.len() > 1) {
+        for &index in &group {
+            twins.insert(
+                index,
+                group.iter().copied().filter(|&i| i != index).collect(),
+            );
+        }
+    }
+    twins
+}
+
 #[cfg(test)]
 pub(crate) mod test_torrent {
     use crate::{Storage, StorageError};
@@ -1632,10 +1675,10 @@ mod path_tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    /// Two files of a torrent at one inode: `README` and `readme` on a file system that
-    /// ignores case (vfat, exFAT, casefold ext4), made here with a hard link, which this
-    /// machine's file systems can make. The second file's write is refused, naming both, and
-    /// the first's verified piece is kept; it was overwritten.
+    /// Two files of a torrent at one inode, here by a hard link (names that differ only in
+    /// case on a file system that ignores them are the next test's). The second file's
+    /// write is refused, naming both, and the first's verified piece is kept; it was
+    /// overwritten.
     #[test]
     fn two_files_at_one_inode_are_refused_not_overwritten() {
         let PatternTorrent {
@@ -1643,28 +1686,73 @@ mod path_tests {
             metainfo,
             content,
             ..
-        } = pattern_torrent(
-            "one-inode",
-            &[("README", 20_000), ("readme", 20_000)],
-            16384,
-        );
+        } = pattern_torrent("one-inode", &[("a", 20_000), ("b", 20_000)], 16384);
         let out = dir.join("out");
         std::fs::create_dir_all(out.join("set")).unwrap();
-        std::fs::write(out.join("set/README"), b"").unwrap();
-        std::fs::hard_link(out.join("set/README"), out.join("set/readme")).unwrap();
+        std::fs::write(out.join("set/a"), b"").unwrap();
+        std::fs::hard_link(out.join("set/a"), out.join("set/b")).unwrap();
         let storage = Storage::new(metainfo.clone(), &out).unwrap();
-        // Piece 0 lies in README alone, piece 2 in readme alone.
+        // Piece 0 lies in a alone, piece 2 in b alone.
         write_piece(&storage, &content, 0).unwrap();
         let error = write_piece(&storage, &content, 2).unwrap_err();
         assert!(matches!(error, StorageError::SameFile { .. }), "{error}");
         let error = error.to_string();
         assert!(
-            error.contains("set/readme and ") && error.contains("set/README are one file"),
+            error.contains("set/b and ") && error.contains("set/a are one file"),
             "{error}"
         );
         assert!(storage
             .verify_piece(metainfo.geometry.piece(0).unwrap())
             .unwrap());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A file's case twin at the same inode is refused though only one of them is written:
+    /// a resumed download checks both (its read opens them to write later), then writes
+    /// `readme` alone, over `README`'s verified pieces. vfat and exFAT renumber an inode once
+    /// it leaves memory, so the twin's path is looked at, not a claim recorded earlier.
+    #[test]
+    fn a_case_twin_at_one_inode_is_refused_though_only_one_is_written() {
+        let PatternTorrent {
+            dir,
+            metainfo,
+            content,
+            ..
+        } = pattern_torrent(
+            "case-twin",
+            &[("README", 20_000), ("readme", 20_000)],
+            16384,
+        );
+        let out = dir.join("out");
+        std::fs::create_dir_all(out.join("set")).unwrap();
+        std::fs::write(out.join("set/README"), &content[..20_000]).unwrap();
+        std::fs::hard_link(out.join("set/README"), out.join("set/readme")).unwrap();
+        let storage = Storage::new(metainfo.clone(), &out).unwrap();
+        storage.check_existing(1, &|_| {}).unwrap();
+        let error = write_piece(&storage, &content, 2).unwrap_err();
+        assert!(matches!(error, StorageError::SameFile { .. }), "{error}");
+        assert!(storage
+            .verify_piece(metainfo.geometry.piece(0).unwrap())
+            .unwrap());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// An inode claimed by a file that is no longer at it (moved away, or removed and its
+    /// number given to a new file) is taken by the file now there: the download was failed
+    /// over a file that was not the torrent's any more.
+    #[test]
+    fn an_inode_a_file_left_is_taken_by_the_file_now_at_it() {
+        let PatternTorrent {
+            dir,
+            metainfo,
+            content,
+            ..
+        } = pattern_torrent("inode-left", &[("a", 20_000), ("b", 20_000)], 16384);
+        let out = dir.join("out");
+        let storage = Storage::new(metainfo.clone(), &out).unwrap();
+        write_piece(&storage, &content, 0).unwrap();
+        std::fs::rename(out.join("set/a"), out.join("set/b")).unwrap();
+        write_piece(&storage, &content, 2).unwrap();
         std::fs::remove_dir_all(dir).unwrap();
     }
 
