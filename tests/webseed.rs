@@ -53,6 +53,9 @@ enum Fault {
     Busy { first: u64, seconds: u64 },
     /// The first request's body sent a byte a second.
     TrickleFirst,
+    /// The first request served, every later one answered 403 half a second later (after
+    /// the first run was stored).
+    RefusedAfterFirst,
 }
 
 struct Server {
@@ -142,6 +145,14 @@ fn serve(
             write!(
                 out,
                 "HTTP/1.1 {status} Refused\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
+            return Ok(());
+        }
+        Some(Fault::RefusedAfterFirst) if nth > 0 => {
+            std::thread::sleep(Duration::from_millis(500));
+            write!(
+                out,
+                "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             )?;
             return Ok(());
         }
@@ -630,15 +641,41 @@ fn a_web_seed_whose_file_is_shorter_is_not_asked_for_it_again() {
 }
 
 /// Runs a download of `torrent` for `time` and kills it; returns what it logged.
-fn log_of_download_for(torrent: &Path, output: &Path, time: Duration) -> String {
+/// Runs a download of `torrent` until it logs a line containing `wanted` (or `within` passed),
+/// then for `then` more, and kills it; returns what it logged. (A wait on the log, not a fixed
+/// time: a loaded machine may take seconds to start it.)
+fn log_of_download_until(
+    torrent: &Path,
+    output: &Path,
+    wanted: &str,
+    within: Duration,
+    then: Duration,
+) -> String {
     let mut download = Killed(start_download(torrent, output, &[]));
-    std::thread::sleep(time);
+    let stderr = download.0.stderr.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    let deadline = Instant::now() + within;
+    while let Ok(line) = received.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains(wanted) {
+            break;
+        }
+    }
+    std::thread::sleep(then);
     let _ = download.0.kill();
     let _ = download.0.wait();
-    let mut err = String::new();
-    let stderr = download.0.stderr.take().unwrap();
-    BufReader::new(stderr).read_to_string(&mut err).unwrap();
-    err
+    log.extend(received.try_iter().map(|line| line + "\n"));
+    log
 }
 
 /// One web seed with `fault`, alone, holding `file_bytes` of data: the torrent and its server.
@@ -659,8 +696,8 @@ fn lone_faulty_web_seed(
 
 /// A web seed that breaks the protocol (here: another range than asked; a body encoded
 /// unasked) is given up after `MAX_PROTOCOL_STRIKES` (3) rounds of it, at 0, 1 and 3 s with
-/// the back-off. Each was retried with the back-off for as long as the download ran (a 4th
-/// request at 7 s). One piece, so one run a round.
+/// the back-off, and asked nothing more in the 5 s after. Each was retried with the back-off
+/// for as long as the download ran (a 4th request at 7 s). One piece, so one run a round.
 #[test]
 fn a_web_seed_breaking_the_protocol_is_given_up() {
     let tmp = TempDir::new("webseed-protocol");
@@ -673,14 +710,20 @@ fn a_web_seed_breaking_the_protocol_is_given_up() {
         let (torrent, server) = lone_faulty_web_seed(&tmp, name, fault, PIECE as usize);
         let out = tmp.path().join(format!("{name}-out"));
         std::thread::spawn(move || {
-            let log = log_of_download_for(&torrent, &out, Duration::from_secs(9));
+            let log = log_of_download_until(
+                &torrent,
+                &out,
+                "rounds of protocol errors",
+                Duration::from_secs(30),
+                Duration::from_secs(5),
+            );
             (name, server.served.requests.load(Ordering::Relaxed), log)
         })
     })
     .collect();
     for check in checks {
         let (name, requests, log) = check.join().unwrap();
-        println!("{name}: {requests} requests in 9 s");
+        println!("{name}: {requests} requests");
         assert!(
             log.contains("3 rounds of protocol errors, not using it"),
             "{name}: {log}"
@@ -689,10 +732,10 @@ fn a_web_seed_breaking_the_protocol_is_given_up() {
     }
 }
 
-/// A file the server refuses (401, 403) is given up for that web seed, as a 404 is: it was
-/// asked again with the back-off (at 0, 1, 3 s, ...) for as long as the download ran.
+/// A web seed that refuses us (401, 403) before any run came from it is not used again: it
+/// was asked again with the back-off (at 0, 1, 3 s, ...) for as long as the download ran.
 #[test]
-fn a_file_the_web_seed_refuses_is_not_asked_again() {
+fn a_web_seed_refusing_us_is_not_asked_again() {
     let tmp = TempDir::new("webseed-refused");
     let checks: Vec<_> = [401u16, 403]
         .into_iter()
@@ -702,20 +745,47 @@ fn a_file_the_web_seed_refuses_is_not_asked_again() {
                 lone_faulty_web_seed(&tmp, &name, Fault::Status(status), PIECE as usize);
             let out = tmp.path().join(format!("{name}-out"));
             std::thread::spawn(move || {
-                let log = log_of_download_for(&torrent, &out, Duration::from_secs(4));
+                let log = log_of_download_until(
+                    &torrent,
+                    &out,
+                    "not using it",
+                    Duration::from_secs(20),
+                    Duration::from_secs(3),
+                );
                 (status, server.served.requests.load(Ordering::Relaxed), log)
             })
         })
         .collect();
     for check in checks {
         let (status, requests, log) = check.join().unwrap();
-        println!("HTTP {status}: {requests} requests in 4 s");
+        println!("HTTP {status}: {requests} requests");
         assert!(
-            log.contains("not asking it for that file again"),
+            log.contains("before any run came from it; not using it"),
             "{status}: {log}"
         );
         assert_eq!(requests, 1, "{status}: {log}");
     }
+    // Once a run came from it, a 403 gives up that file only, as a 404 does.
+    let (torrent, server) = lone_faulty_web_seed(
+        &tmp,
+        "refuses-later",
+        Fault::RefusedAfterFirst,
+        2 * PIECE as usize,
+    );
+    let log = log_of_download_until(
+        &torrent,
+        &tmp.path().join("refuses-later-out"),
+        "not asking it for that file again",
+        Duration::from_secs(20),
+        Duration::from_secs(3),
+    );
+    let requests = server.served.requests.load(Ordering::Relaxed);
+    println!("HTTP 403 after a run: {requests} requests");
+    assert!(
+        log.contains("HTTP 403; not asking it for that file again"),
+        "{log}"
+    );
+    assert_eq!(requests, 2, "{log}");
 }
 
 /// A 503 with `Retry-After: 3` is asked again after 3 s, not at the first back-off step (1 s).
@@ -742,8 +812,8 @@ fn a_busy_web_seed_is_asked_again_when_it_said() {
 
 /// A server that sends a run's body a byte a second (each byte restarts the 30 s read
 /// timeout) loses the run once it is slower than `MIN_RUN_RATE` (4 KiB/s) past the first
-/// 30 s: a 16 KiB piece at 34 s; the next request is served whole. The download waited for the
-/// trickle to end (16,384 s).
+/// 30 s: a 16 KiB piece at 34 s, then the back-off (1 s); the next request is served whole.
+/// The download waited for the trickle to end (16,384 s).
 #[test]
 fn a_web_seed_trickling_a_run_loses_it_at_the_deadline() {
     let tmp = TempDir::new("webseed-trickle");

@@ -16,17 +16,19 @@
 //! runs of at most [`MAX_RUN_BYTES`] are in flight per web seed. A run whose blocks were all
 //! delivered by peers first (end-game `cancel`s) is aborted.
 //!
-//! Errors: a connection failure, a timeout or an HTTP error status backs off (1 s doubling to
-//! 60 s, or as long as a 503's or 429's `Retry-After` says, up to 10 minutes) and frees the
-//! run's blocks for others; 401, 403, 404, 410 or 416 on a file gives up that file's pieces for
-//! this web seed, as does a file whose path cannot be put in a URL (a `..` component); a
-//! server that ignores `Range:` (or a URL reqwest cannot fetch, such as https without TLS)
+//! Errors: a connection failure, a timeout (a request slower than [`MIN_RUN_RATE`] in all
+//! among them), a body cut short or an HTTP error status backs off (1 s doubling to 60 s, or
+//! as long as a 503's or 429's `Retry-After` says, up to 10 minutes) and frees the run's blocks
+//! for others; 404, 410 or 416 on a file gives up that file's pieces for this web seed, as do
+//! 401 and 403 once a run came from it (before, they end it: it refuses us everything, most
+//! likely); a file whose path cannot be put in a URL (a `..` component) is never asked of it;
+//! a server that ignores `Range:` (or a URL reqwest cannot fetch, such as https without TLS)
 //! ends the web seed. A server that breaks the protocol (another range than asked, a body
-//! longer or shorter than asked, a body encoded unasked, a redirect loop, a request slower
-//! than [`MIN_RUN_RATE`] in all) backs off the same way and gets a strike; after
-//! [`MAX_PROTOCOL_STRIKES`] rounds of them with no run stored between, the web seed ends. A
-//! piece this web seed alone sent that fails its hash is not asked of it again (its copy is
-//! different), besides the strike of a bad piece.
+//! longer than asked or of another `Content-Length`, a body encoded unasked, a redirect loop)
+//! backs off the same way and gets a strike; after [`MAX_PROTOCOL_STRIKES`] rounds of them
+//! with no run stored between, the web seed ends. A piece this web seed alone sent that fails
+//! its hash is not asked of it again (its copy is different), besides the strike of a bad
+//! piece.
 
 use crate::{Inner, PeerCmd, PeerEntry};
 use pow_metainfo::{Block, Metainfo, BLOCK_SIZE};
@@ -104,7 +106,7 @@ pub(crate) fn start(inner: &Arc<Inner>, url: String) {
     };
     let files = Arc::new(file_urls(&url, &inner.metainfo));
     tracing::info!("web seed {url}: started");
-    let seed = WebSeed {
+    let mut seed = WebSeed {
         inner: inner.clone(),
         key,
         addr,
@@ -117,7 +119,23 @@ pub(crate) fn start(inner: &Arc<Inner>, url: String) {
         backoff: BACKOFF_START,
         retry_at: None,
         protocol_strikes: 0,
+        stored_any: false,
     };
+    let geometry = &inner.metainfo.geometry;
+    let unnameable: Vec<u32> = (inner.metainfo.files.iter().enumerate())
+        .filter(|(i, f)| !f.attr.pad && seed.files[*i].is_none())
+        .flat_map(|(i, _)| geometry.file_pieces(i))
+        .collect();
+    if !unnameable.is_empty() {
+        tracing::warn!(
+            "web seed {}: files with a . or .. path component cannot be named in a URL; not asking it for them",
+            seed.url
+        );
+        if !seed.drop_pieces(unnameable) {
+            deregister(inner, key);
+            return;
+        }
+    }
     tokio::spawn(seed.run(rx));
 }
 
@@ -222,8 +240,11 @@ enum FetchError {
     RetryAfter(String, Duration),
     /// The server broke the protocol: try again later, with a strike.
     Protocol(String),
-    /// This file is not on the web seed (401, 403, 404, 410, 416), or cannot be named in a URL.
+    /// This file is not on the web seed (404, 410, 416), or cannot be named in a URL.
     FileGone(usize, String),
+    /// The server refuses us this file (401, 403): as [`FetchError::FileGone`] once a run
+    /// came from it, else the web seed ends (it refuses every file, most likely).
+    Refused(usize, String),
     /// The web seed cannot be used at all.
     Fatal(String),
 }
@@ -258,6 +279,8 @@ struct WebSeed {
     retry_at: Option<Instant>,
     /// Rounds of protocol errors since the last run stored.
     protocol_strikes: u32,
+    /// A run came from it.
+    stored_any: bool,
 }
 
 impl WebSeed {
@@ -373,6 +396,7 @@ impl WebSeed {
             Outcome::Stored { bad } => {
                 self.backoff = BACKOFF_START;
                 self.protocol_strikes = 0;
+                self.stored_any = true;
                 if !bad.is_empty() {
                     tracing::warn!(
                         "web seed {}: piece(s) {bad:?} failed their hash; not asking it for them again",
@@ -397,7 +421,7 @@ impl WebSeed {
                 match error {
                     FetchError::Retry(why) => {
                         tracing::warn!("web seed {}: {why}; backing off", self.url);
-                        self.back_off(Duration::ZERO);
+                        self.back_off();
                         true
                     }
                     FetchError::RetryAfter(why, after) => {
@@ -406,13 +430,13 @@ impl WebSeed {
                             self.url,
                             after.as_secs()
                         );
-                        self.back_off(after);
+                        self.retry_after(after);
                         true
                     }
                     FetchError::Protocol(why) => {
                         // Runs failing together count once, as they back off once.
                         let new_round = self.retry_at.is_none();
-                        self.back_off(Duration::ZERO);
+                        self.back_off();
                         if new_round {
                             self.protocol_strikes += 1;
                         }
@@ -426,7 +450,14 @@ impl WebSeed {
                         tracing::warn!("web seed {}: {why}; backing off", self.url);
                         true
                     }
-                    FetchError::FileGone(file, why) => {
+                    FetchError::Refused(_, why) if !self.stored_any => {
+                        tracing::warn!(
+                            "web seed {}: {why} before any run came from it; not using it",
+                            self.url
+                        );
+                        false
+                    }
+                    FetchError::FileGone(file, why) | FetchError::Refused(file, why) => {
                         tracing::warn!(
                             "web seed {}: {why}; not asking it for that file again",
                             self.url
@@ -443,17 +474,21 @@ impl WebSeed {
         }
     }
 
-    /// No runs start before the back-off (or `at_least`, a server's `Retry-After`) has passed;
-    /// runs failing together (the server is down) back off once.
-    fn back_off(&mut self, at_least: Duration) {
-        let until = Instant::now() + self.backoff.max(at_least);
-        match self.retry_at {
-            None => {
-                self.retry_at = Some(until);
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-            }
-            Some(at) if at < until && !at_least.is_zero() => self.retry_at = Some(until),
-            Some(_) => {}
+    /// No runs start before the back-off has passed, which then doubles; runs failing
+    /// together (the server is down) back off once.
+    fn back_off(&mut self) {
+        if self.retry_at.is_none() {
+            self.retry_at = Some(Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// No runs start before `after` has passed, as the server's `Retry-After` asked (nor
+    /// before a back-off already running has); the back-off's next step stays as it was.
+    fn retry_after(&mut self, after: Duration) {
+        let until = Instant::now() + after;
+        if self.retry_at.is_none_or(|at| at < until) {
+            self.retry_at = Some(until);
         }
     }
 
@@ -600,8 +635,9 @@ impl Job {
     ) -> Result<(), FetchError> {
         let last = offset + length - 1;
         let mut deadline = tokio::time::Instant::now() + request_deadline(length);
+        // Not a strike: the link may be what is slow, ours included.
         let too_slow = || {
-            FetchError::Protocol(format!(
+            FetchError::Retry(format!(
                 "GET {url}: {length} bytes not sent at {MIN_RUN_RATE} B/s"
             ))
         };
@@ -654,6 +690,11 @@ impl Job {
                         "GET {url}: the server sent another range than asked"
                     )));
                 }
+                if let Some(sent) = response.content_length().filter(|&n| n != length) {
+                    return Err(FetchError::Protocol(format!(
+                        "GET {url}: a body of {sent} bytes for the {length} asked"
+                    )));
+                }
             }
             200 if offset == 0 && length == file_length => {
                 if let Some(total) = response.content_length().filter(|&n| n != file_length) {
@@ -668,7 +709,13 @@ impl Job {
                     "GET {url}: the server ignores Range requests"
                 )))
             }
-            401 | 403 | 404 | 410 | 416 => {
+            401 | 403 => {
+                return Err(FetchError::Refused(
+                    file,
+                    format!("GET {url}: HTTP {status}"),
+                ))
+            }
+            404 | 410 | 416 => {
                 return Err(FetchError::FileGone(
                     file,
                     format!("GET {url}: HTTP {status}"),
@@ -707,7 +754,8 @@ impl Job {
         }
         let got = (out.len() - start) as u64;
         if got != length {
-            return Err(FetchError::Protocol(format!(
+            // A body without a length, cut short: the connection may have been.
+            return Err(FetchError::Retry(format!(
                 "GET {url}: {got} of {length} bytes"
             )));
         }
