@@ -191,25 +191,27 @@ fn most_unchoked(log: &str) -> usize {
     most.max(unchoked.len())
 }
 
-/// Three libtorrent leechers on the given ports, waiting for peers, none of them connected to
+/// Three libtorrent leechers, each on a port of its own choosing, waiting for peers, none of them connected to
 /// the seed: the first (the trader) starts with the first half of the data (the second half
 /// zeroed, so it fails its check), so it has pieces to give (at 1 MiB/s) and wants the rest;
 /// the other two
 /// start with nothing, so they can give nothing back (as newcomers, or peers that never
-/// upload). Prints `ready` once the trader has checked its half, then, once pow has come and
+/// upload). Prints `ready`, the trader's piece count and the three ports once the trader has
+/// checked its half, then, once pow has come and
 /// gone, `session I interested P choked Q`: in P of its polls session I wanted pow's pieces,
 /// and in Q of those pow had it choked.
 const LT_TRADERS: &str = "import libtorrent as lt, os, sys, time
 torrent, data, out = sys.argv[1], sys.argv[2], sys.argv[3]
-ports = [int(p) for p in sys.argv[4:7]]
 info = lt.torrent_info(torrent)
 half = open(data, 'rb').read()
 half = half[:len(half) // 2] + bytes(len(half) - len(half) // 2)
 os.makedirs(out + '/0', exist_ok=True)
 open(out + '/0/' + os.path.basename(data), 'wb').write(half)
 sessions = []
-for i, port in enumerate(ports):
-    s = lt.session({'listen_interfaces': '127.0.0.1:%d' % port, 'enable_dht': False,
+for i in range(3):
+    # Port 0: a port chosen for it beforehand could be taken meanwhile, and libtorrent then
+    # listens on the next one, where nobody dials it.
+    s = lt.session({'listen_interfaces': '127.0.0.1:0', 'enable_dht': False,
                     'enable_lsd': False, 'enable_upnp': False, 'enable_natpmp': False,
                     'enable_incoming_utp': False, 'enable_outgoing_utp': False,
                     'allow_multiple_connections_per_ip': True})
@@ -228,7 +230,7 @@ t0 = time.time()
 for s, h in sessions:
     while h.status().state not in (lt.torrent_status.downloading, lt.torrent_status.seeding) and time.time() - t0 < 20:
         time.sleep(0.02)
-print('ready', sessions[0][1].status().num_pieces, flush=True)
+print('ready', sessions[0][1].status().num_pieces, *[s.listen_port() for s, h in sessions], flush=True)
 # Each session's view of its one peer (pow) every 20 ms while it is connected: polls it was
 # interested in pow, and of those how many pow had it choked.
 polls, choked, seen = [0] * 3, [0] * 3, [False] * 3
@@ -264,14 +266,12 @@ fn a_downloading_pow_hands_its_slots_around_too() {
         &["--max-upload-rate", "1M", "--no-pex"],
         Stdio::null(),
     );
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let mut traders = common::Killed(
         Command::new("/usr/bin/python3")
             .args(["-c", LT_TRADERS])
             .arg(&torrent)
             .arg(&data)
             .arg(dir.0.join("traders"))
-            .args(ports.iter().map(u16::to_string))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -279,11 +279,14 @@ fn a_downloading_pow_hands_its_slots_around_too() {
     );
     let mut lines = std::io::BufReader::new(traders.0.stdout.take().unwrap()).lines();
     let ready = lines.next().unwrap().unwrap();
+    let ready: Vec<&str> = ready.split_whitespace().collect();
     assert_eq!(
-        ready.trim(),
-        "ready 64",
+        ready[..2],
+        ["ready", "64"],
         "the trader has half of the 128 pieces"
     );
+    let ports: Vec<u16> = ready[2..].iter().map(|p| p.parse().unwrap()).collect();
+    assert_eq!(ports.len(), 3, "{ready:?}");
     let mut extra = vec![
         "--upload-slots".to_string(),
         "2".into(),
