@@ -34,10 +34,18 @@ pub(crate) fn wanted(range: Option<&str>, len: u64) -> Wanted {
     let Some((first, last)) = spec.split_once('-') else {
         return Wanted::All;
     };
-    let number = |s: &str| s.trim().parse::<u64>().ok();
+    // Digits past u64 are a position past any file: the suffix `-n` then means the whole body
+    // (RFC 9110 14.1.2), a first position there is unsatisfiable, a last one is cut to the end.
+    // Digits only (`parse` would take a `+`).
+    let number = |s: &str| {
+        let s = s.trim();
+        let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        digits.then(|| s.parse::<u64>().unwrap_or(u64::MAX))
+    };
     let (start, end) = match (first.trim().is_empty(), last.trim().is_empty()) {
         (true, false) => match number(last) {
-            Some(0) | None => return Wanted::Unsatisfiable,
+            Some(0) => return Wanted::Unsatisfiable,
+            None => return Wanted::All,
             Some(n) => (len.saturating_sub(n), len.saturating_sub(1)),
         },
         (false, true) => match number(first) {
@@ -154,5 +162,23 @@ mod tests {
         assert_eq!(wanted(Some("bytes=0-1,5-6"), 100), Wanted::All);
         assert_eq!(wanted(Some("items=0-1"), 100), Wanted::All);
         assert_eq!(wanted(Some("bytes=9-2"), 100), Wanted::All);
+        // Positions past u64.
+        let huge = "99999999999999999999999";
+        assert_eq!(
+            wanted(Some(&format!("bytes=-{huge}")), 100),
+            Wanted::Part(0, 99)
+        );
+        assert_eq!(
+            wanted(Some(&format!("bytes=10-{huge}")), 100),
+            Wanted::Part(10, 99)
+        );
+        assert_eq!(
+            wanted(Some(&format!("bytes={huge}-")), 100),
+            Wanted::Unsatisfiable
+        );
+        // Not a range at all: ignored, as HTTP allows.
+        assert_eq!(wanted(Some("bytes=-1x"), 100), Wanted::All);
+        assert_eq!(wanted(Some("bytes=+5-"), 100), Wanted::All);
+        assert_eq!(wanted(Some("bytes=-+5"), 100), Wanted::All);
     }
 }
