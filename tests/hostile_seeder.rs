@@ -15,7 +15,7 @@ use common::raw_peer::{
     accept_within, frame, handshake, unique_peer_id, vm_hwm_kib, word, End, RawPeer, BITFIELD,
     HAVE, INTERESTED, PIECE, REQUEST, UNCHOKE,
 };
-use common::{pow, pseudo_random_bytes, TempDir};
+use common::{free_port, pow, pseudo_random_bytes, TempDir};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -189,15 +189,6 @@ fn serve_honestly(
             ))?;
         }
     }
-}
-
-/// A free loopback port for the downloader to listen on.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `pow download ... --seed`: it stays up after completing, so a hostile peer can be watched

@@ -386,11 +386,10 @@ pub fn create_torrent(data: &Path, torrent: &Path, piece_length: u32) -> pow_met
     pow_metainfo::Metainfo::from_file(torrent).unwrap()
 }
 
-/// A port free on loopback right now.
 /// A TCP port on 127.0.0.1 that nobody listened on a moment ago, and that no other call in
 /// this test process has handed out: the kernel may give a port it just gave back again, and
 /// two peers of one test told the same port (one of them then listening elsewhere) failed a
-/// test once.
+/// test once. (Another process may still take it before it is bound.)
 pub fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
