@@ -6,7 +6,9 @@
 //! query that waits for them by transaction id. [`Dht::bootstrap`] fills the routing table
 //! ([`table`]) from known routers; [`Dht::announce`] runs an iterative `get_peers` lookup
 //! (at most [`ALPHA`] queries in flight, until the [`table::K`] closest nodes have answered
-//! or failed) and then `announce_peer`s to the closest that gave a token.
+//! or failed) and then `announce_peer`s to the closest that gave a token. Every minute
+//! [`Dht::upkeep`] pings nodes silent for 15 minutes and refreshes a bucket none of whose
+//! nodes answered lately (BEP 5), so nodes that left are given up on and replaced.
 //!
 //! Bounds against hostile nodes: a lookup queries at most [`MAX_LOOKUP_NODES`] nodes, takes
 //! at most [`LOOKUP_TIME`], keeps at most [`MAX_LOOKUP_PEERS`] peers and takes at most
@@ -63,6 +65,11 @@ const VALUES_PER_RESPONSE: usize = 50;
 const MAX_CANDIDATES: usize = 4 * MAX_LOOKUP_NODES;
 /// Nodes that queried us and are being pinged before they enter the routing table, at most.
 pub const MAX_VERIFYING: usize = 16;
+/// How often the routing table's upkeep runs ([`Dht::upkeep`]).
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(60);
+/// Questionable nodes pinged in one round of upkeep: 480 an hour, against a full table's
+/// 1,280 entries that mostly stay good by answering lookups.
+pub const PINGS_PER_UPKEEP: usize = 8;
 
 /// The routers of the public DHT, for `--dht` without `--dht-bootstrap`.
 pub const PUBLIC_ROUTERS: &[&str] = &[
@@ -108,6 +115,29 @@ struct State {
 enum Reply {
     Response(Response),
     Error(i64, String),
+}
+
+/// Why [`Dht::query`] failed when the node did not answer (rather than answering an error).
+const NO_ANSWER: &str = "no answer";
+
+/// What a lookup asks for.
+#[derive(Debug, Clone, Copy)]
+enum Find {
+    Nodes,
+    /// Peers, then announcing us on this TCP port when given.
+    Peers {
+        announce: Option<u16>,
+    },
+}
+
+/// What a round of [`Dht::upkeep`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Upkeep {
+    /// Questionable nodes pinged, and how many answered.
+    pub pinged: usize,
+    pub answered: usize,
+    /// The bucket refreshed, if one was.
+    pub refreshed: Option<usize>,
 }
 
 /// What a lookup found.
@@ -169,7 +199,13 @@ impl Dht {
             }),
             stop: watch::channel(false).0,
         });
-        tokio::spawn(receive_loop(inner.clone()));
+        // Subscribed before the tasks run: a receiver made after `shutdown` would wait for a
+        // change that already happened.
+        tokio::spawn(receive_loop(inner.clone(), inner.stop.subscribe()));
+        let dht = Dht {
+            inner: inner.clone(),
+        };
+        tokio::spawn(upkeep_loop(dht, inner.stop.subscribe()));
         Ok(Dht { inner })
     }
 
@@ -231,30 +267,92 @@ impl Dht {
     /// fill the routing table. Returns the table's size after.
     pub async fn bootstrap(&self, routers: &[SocketAddr]) -> usize {
         let routers: Vec<SocketAddrV4> = routers.iter().filter_map(|a| krpc::v4(*a)).collect();
-        self.lookup(self.inner.id, None, &routers).await;
+        self.lookup(self.inner.id, Find::Nodes, &routers).await;
         self.nodes()
     }
 
     /// Finds peers for `info_hash` (an iterative `get_peers`) without announcing.
     pub async fn get_peers(&self, info_hash: Id) -> Lookup {
-        self.lookup(info_hash, None, &[]).await
+        self.lookup(info_hash, Find::Peers { announce: None }, &[])
+            .await
     }
 
     /// Finds peers for `info_hash` and announces that we are one, on TCP port `port`, to the
     /// closest nodes that answered.
     pub async fn announce(&self, info_hash: Id, port: u16) -> Lookup {
-        self.lookup(info_hash, Some(port), &[]).await
+        self.lookup(
+            info_hash,
+            Find::Peers {
+                announce: Some(port),
+            },
+            &[],
+        )
+        .await
     }
 
-    /// The iterative lookup: `get_peers` when announcing or looking for peers, `find_node` for
-    /// our own id (bootstrap). `seeds` are addresses to start from besides the table.
-    async fn lookup(
-        &self,
-        target: Id,
-        announce_port: Option<u16>,
-        seeds: &[SocketAddrV4],
-    ) -> Lookup {
-        let peers_wanted = target != self.inner.id;
+    /// One round of BEP 5's upkeep of the routing table at `now` (run every [`UPKEEP_EVERY`]):
+    /// up to [`PINGS_PER_UPKEEP`] questionable nodes are pinged (an answer makes a node good
+    /// again, silence counts against it, so a node that left is given up on and its place
+    /// freed), then the stalest bucket, if none of its nodes was heard from lately, is
+    /// refreshed: a `find_node` lookup of a random id in its range brings it nodes that answer.
+    pub async fn upkeep(&self, now: Instant) -> Upkeep {
+        let (pinged, answered) = self.ping_questionable(now).await;
+        Upkeep {
+            pinged,
+            answered,
+            refreshed: self.refresh_stale_bucket(now).await,
+        }
+    }
+
+    /// Pings up to [`PINGS_PER_UPKEEP`] questionable nodes; returns how many, and how many
+    /// answered under the id we know them by. An error reply counts against a node as
+    /// silence does: else a node answering so was pinged first in every round, forever.
+    async fn ping_questionable(&self, now: Instant) -> (usize, usize) {
+        let questionable = self.inner.lock().table.questionable(now, PINGS_PER_UPKEEP);
+        let pinged = questionable.len();
+        let mut pings = tokio::task::JoinSet::new();
+        for node in questionable {
+            let dht = self.clone();
+            pings.spawn(async move {
+                match dht.query(node.addr, Query::Ping).await {
+                    Ok(response) => response.id == node.id,
+                    Err(why) => {
+                        if why != NO_ANSWER {
+                            dht.inner.lock().table.failed(node.addr);
+                        }
+                        false
+                    }
+                }
+            });
+        }
+        let mut answered = 0;
+        while let Some(good) = pings.join_next().await {
+            answered += usize::from(good.unwrap_or(false));
+        }
+        (pinged, answered)
+    }
+
+    /// Refreshes the stalest bucket, if one is stale at `now` ([`Table::stale_bucket`]):
+    /// a `find_node` lookup of a random id in its range. Returns the bucket.
+    async fn refresh_stale_bucket(&self, now: Instant) -> Option<usize> {
+        let (b, target) = {
+            let mut state = self.inner.lock();
+            let b = state.table.stale_bucket(now)?;
+            state.table.refreshing(b, now);
+            (b, state.table.id_in_bucket(b, rand::rng().random()))
+        };
+        self.lookup(target, Find::Nodes, &[]).await;
+        Some(b)
+    }
+
+    /// The iterative lookup: `get_peers` when looking for peers (and announcing), `find_node`
+    /// when for nodes (bootstrap, a bucket's refresh). `seeds` are addresses to start from
+    /// besides the table.
+    async fn lookup(&self, target: Id, find: Find, seeds: &[SocketAddrV4]) -> Lookup {
+        let (peers_wanted, announce_port) = match find {
+            Find::Nodes => (false, None),
+            Find::Peers { announce } => (true, announce),
+        };
         let mut candidates = Candidates::new(target);
         for node in self.inner.lock().table.closest(&target, K) {
             candidates.add(Some(node.id), node.addr);
@@ -361,7 +459,7 @@ impl Dht {
             Ok(Ok(Reply::Error(code, message))) => Err(format!("error {code}: {message}")),
             _ => {
                 self.inner.lock().table.failed(addr);
-                Err("no answer".into())
+                Err(NO_ANSWER.into())
             }
         }
     }
@@ -521,8 +619,23 @@ impl Inner {
     }
 }
 
-async fn receive_loop(inner: Arc<Inner>) {
-    let mut stop = inner.stop.subscribe();
+async fn upkeep_loop(dht: Dht, mut stop: watch::Receiver<bool>) {
+    let first = tokio::time::Instant::now() + UPKEEP_EVERY;
+    let mut every = tokio::time::interval_at(first, UPKEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        tokio::select! {
+            upkeep = dht.upkeep(Instant::now()) => tracing::debug!("dht upkeep: {upkeep:?}"),
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn receive_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     if let Some(incoming) = &inner.incoming {
         let mut incoming = incoming.lock().await;
         loop {
@@ -537,7 +650,11 @@ async fn receive_loop(inner: Arc<Inner>) {
                             verify(&inner, querier);
                         }
                     }
-                    None => return,
+                    None => {
+                        // The socket's owner is gone: so is the node, upkeep included.
+                        let _ = inner.stop.send(true);
+                        return;
+                    }
                 },
                 _ = stop.changed() => return,
             }
@@ -584,13 +701,12 @@ fn handle(inner: &Inner, datagram: &[u8], from: SocketAddr) -> (Option<Vec<u8>>,
                 return (None, None);
             };
             if let Some(addr) = krpc::v4(from) {
-                state.table.seen(
-                    NodeInfo {
-                        id: response.id,
-                        addr,
-                    },
-                    now,
-                );
+                let node = NodeInfo {
+                    id: response.id,
+                    addr,
+                };
+                state.table.seen(node, now);
+                state.table.answered_as(&node);
             }
             let _ = waiting.send(Reply::Response(response));
             (None, None)
@@ -880,6 +996,53 @@ mod tests {
             named.nodes.iter().all(|n| n.id != [9; 20]),
             "the silent querier is named: {named:?}"
         );
+    }
+
+    /// BEP 5's upkeep: once nodes have been silent for 15 minutes they are pinged; one still
+    /// there answers and stays good, one that left is given up on after going unanswered twice
+    /// (its place free for a node that answers), and a bucket none of whose nodes was heard
+    /// from lately is refreshed with a lookup in its range. Before, a node that left stayed in
+    /// the table, good and handed out, for as long as no lookup happened to ask it.
+    #[tokio::test]
+    async fn upkeep_pings_silent_nodes_and_gives_up_on_those_gone() {
+        let us = node().await;
+        let (staying, leaving) = (node().await, node().await);
+        us.bootstrap(&[staying.local_addr(), leaving.local_addr()])
+            .await;
+        assert_eq!(us.answering_nodes(), 2);
+        leaving.shutdown();
+        let later = Instant::now() + table::QUESTIONABLE_AFTER + Duration::from_secs(60);
+        assert_eq!(
+            us.ping_questionable(Instant::now()).await,
+            (0, 0),
+            "none silent yet"
+        );
+        assert_eq!(us.ping_questionable(later).await, (2, 1));
+        assert_eq!(us.answering_nodes(), 2, "one silence is not yet giving up");
+        assert_eq!(us.ping_questionable(later).await, (2, 1));
+        assert_eq!(us.answering_nodes(), 1, "the node that left is given up on");
+        let kept = us.inner.lock().table.closest(&[0; 20], K);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(SocketAddr::V4(kept[0].addr), staying.local_addr());
+        assert_eq!(
+            us.ping_questionable(later).await,
+            (1, 1),
+            "given up on: not pinged"
+        );
+        // The nodes' buckets (one or two) were heard from before `later` less 15 minutes:
+        // each is refreshed once, the stalest first, then none for 15 minutes.
+        let mut refreshed = Vec::new();
+        while let Some(b) = us.refresh_stale_bucket(later).await {
+            assert!(
+                !refreshed.contains(&b) && refreshed.len() < 2,
+                "{refreshed:?}, {b}"
+            );
+            refreshed.push(b);
+        }
+        println!("refreshed buckets {refreshed:?}");
+        assert!(!refreshed.is_empty());
+        staying.shutdown();
+        us.shutdown();
     }
 
     #[tokio::test]

@@ -10,12 +10,15 @@
 
 use crate::krpc::{self, Id, NodeInfo};
 use std::net::SocketAddrV4;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Nodes per bucket, and nodes a lookup converges on.
 pub const K: usize = 8;
 /// Unanswered queries in a row after which a node may be replaced.
 pub const MAX_FAILURES: u32 = 2;
+/// A node not heard from for this long is questionable (BEP 5): pinged to see whether it is
+/// still there, and its bucket, when none of its nodes was heard from for this long, refreshed.
+pub const QUESTIONABLE_AFTER: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -27,6 +30,8 @@ struct Entry {
 pub struct Table {
     own: Id,
     buckets: Vec<Vec<Entry>>,
+    /// When each bucket was last refreshed ([`Table::refreshing`]).
+    refreshed: Vec<Option<Instant>>,
 }
 
 /// Whether `node`, taking a place in the table, takes entry `e`'s: at its address, or at its IP
@@ -34,6 +39,10 @@ pub struct Table {
 fn replaced_by(e: &Entry, node: &NodeInfo) -> bool {
     e.node.addr == node.addr
         || (e.node.addr.ip() == node.addr.ip() && !node.addr.ip().is_loopback())
+}
+
+fn is_questionable(e: &Entry, now: Instant) -> bool {
+    now.saturating_duration_since(e.last_seen) >= QUESTIONABLE_AFTER
 }
 
 /// XOR distance, compared as a big-endian number.
@@ -50,6 +59,7 @@ impl Table {
         Table {
             own,
             buckets: vec![Vec::new(); 160],
+            refreshed: vec![None; 160],
         }
     }
 
@@ -166,6 +176,17 @@ impl Table {
         }
     }
 
+    /// `node` answered a query sent to its address: an entry at that address under another id
+    /// is given up on (the node there restarted under a new id), whether or not `node` got a
+    /// place. Left good, it was pinged again in every upkeep round and handed out.
+    pub fn answered_as(&mut self, node: &NodeInfo) {
+        for entry in self.buckets.iter_mut().flatten() {
+            if entry.node.addr == node.addr && entry.node.id != node.id {
+                entry.failures = entry.failures.max(MAX_FAILURES);
+            }
+        }
+    }
+
     /// A query to `addr` went unanswered.
     pub fn failed(&mut self, addr: SocketAddrV4) {
         for entry in self.buckets.iter_mut().flatten() {
@@ -201,6 +222,58 @@ impl Table {
         entries.into_iter().take(n).map(|e| e.node).collect()
     }
 
+    /// Up to `n` nodes not heard from for [`QUESTIONABLE_AFTER`] at `now` and not given up on,
+    /// longest silent first: to be pinged. Without that, a node that left was kept, and handed
+    /// out, for as long as no lookup happened to ask it: forever, far from what we look up.
+    pub fn questionable(&self, now: Instant, n: usize) -> Vec<NodeInfo> {
+        let mut entries: Vec<&Entry> = self
+            .buckets
+            .iter()
+            .flatten()
+            .filter(|e| e.failures < MAX_FAILURES && is_questionable(e, now))
+            .collect();
+        entries.sort_by_key(|e| e.last_seen);
+        entries.into_iter().take(n).map(|e| e.node).collect()
+    }
+
+    /// The non-empty bucket whose newest node was heard from longest ago, if that was
+    /// [`QUESTIONABLE_AFTER`] before `now` or more and it was not refreshed since: to be
+    /// refreshed (BEP 5), by a lookup of an id in its range, [`Table::id_in_bucket`]. Empty
+    /// buckets are left alone: the far ones are never empty in a real network, and a lookup
+    /// each for the 150 near ones nobody is in would ask the network for nothing.
+    pub fn stale_bucket(&self, now: Instant) -> Option<usize> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter_map(|(b, bucket)| {
+                let newest = bucket.iter().map(|e| e.last_seen).max()?;
+                Some((b, newest.max(self.refreshed[b].unwrap_or(newest))))
+            })
+            .filter(|(_, newest)| now.saturating_duration_since(*newest) >= QUESTIONABLE_AFTER)
+            .min_by_key(|(_, newest)| *newest)
+            .map(|(b, _)| b)
+    }
+
+    /// Bucket `b` is being refreshed at `now`: not stale again for [`QUESTIONABLE_AFTER`],
+    /// whether or not the lookup finds it nodes.
+    pub fn refreshing(&mut self, b: usize, now: Instant) {
+        self.refreshed[b] = Some(now);
+    }
+
+    /// An id in bucket `b`'s range: ours up to bit `b`, that bit flipped, `random` after it.
+    pub fn id_in_bucket(&self, b: usize, random: Id) -> Id {
+        let mut id = self.own;
+        for bit in b..160 {
+            let (byte, mask) = (bit / 8, 0x80u8 >> (bit % 8));
+            let value = match bit == b {
+                true => !self.own[byte] & mask,
+                false => random[byte] & mask,
+            };
+            id[byte] = (id[byte] & !mask) | value;
+        }
+        id
+    }
+
     pub fn len(&self) -> usize {
         self.buckets.iter().map(Vec::len).sum()
     }
@@ -231,6 +304,78 @@ mod tests {
         NodeInfo {
             id,
             addr: SocketAddrV4::new([127, 0, 0, 1].into(), port),
+        }
+    }
+
+    /// BEP 5's upkeep: a node silent for 15 minutes is questionable (to be pinged) until it is
+    /// given up on, and a bucket none of whose nodes was heard from for that long is stale (to
+    /// be refreshed by a lookup of an id in its range).
+    #[test]
+    fn nodes_silent_for_fifteen_minutes_are_pinged_and_their_bucket_refreshed() {
+        let mut table = Table::new([0; 20]);
+        let t0 = Instant::now();
+        let minutes = |m: u64| t0 + Duration::from_secs(m * 60);
+        let (old, fresh) = (node(0x80, 1, 6001), node(0x40, 1, 6002));
+        table.seen(old, t0);
+        table.seen(fresh, minutes(10));
+        assert!(table.questionable(minutes(14), 8).is_empty());
+        assert_eq!(table.stale_bucket(minutes(14)), None);
+        assert_eq!(table.questionable(minutes(16), 8), vec![old]);
+        assert_eq!(table.stale_bucket(minutes(16)), Some(0));
+        assert_eq!(table.questionable(minutes(26), 8), vec![old, fresh]);
+        assert_eq!(
+            table.questionable(minutes(26), 1),
+            vec![old],
+            "longest silent first"
+        );
+        table.failed(old.addr);
+        assert_eq!(
+            table.questionable(minutes(16), 8),
+            vec![old],
+            "one failure: asked again"
+        );
+        table.failed(old.addr);
+        assert!(table.questionable(minutes(16), 8).is_empty(), "given up on");
+        table.seen(old, minutes(16));
+        assert_eq!(
+            table.stale_bucket(minutes(26)),
+            Some(1),
+            "bucket 0 heard from at 16"
+        );
+        table.refreshing(1, minutes(26));
+        assert_eq!(
+            table.stale_bucket(minutes(30)),
+            None,
+            "bucket 1 refreshed at 26"
+        );
+        assert_eq!(
+            table.stale_bucket(minutes(41)),
+            Some(0),
+            "the stalest first"
+        );
+        table.refreshing(0, minutes(41));
+        assert_eq!(table.stale_bucket(minutes(41)), Some(1));
+
+        // The node at `fresh`'s address answers under another id: it restarted, and the
+        // entry under the old id is given up on.
+        let answering = table.answering();
+        table.answered_as(&NodeInfo {
+            id: [0x33; 20],
+            addr: fresh.addr,
+        });
+        assert_eq!(table.answering(), answering - 1);
+        assert!(!table.questionable(minutes(60), 8).contains(&fresh));
+
+        let ours = Table::new([0x5a; 20]);
+        for b in [0, 1, 7, 8, 100, 159] {
+            for random in [[0; 20], [0xff; 20], [0xa5; 20]] {
+                let id = ours.id_in_bucket(b, random);
+                assert_eq!(
+                    ours.bucket_of(&id),
+                    Some(b),
+                    "bucket {b}, random {random:?}"
+                );
+            }
         }
     }
 
