@@ -948,3 +948,69 @@ fn kill_9_during_an_upload_to_pow_serve_leaves_only_whole_datasets() {
         whole = listed;
     }
 }
+
+/// `pow download --seed` stops on a SIGTERM that comes between the end of the download and the
+/// seeding: here while its report waits on a full stdout pipe. Before, the download's signal
+/// listener was gone by then and the seed's not yet made; tokio keeps its handler installed,
+/// so the signal was ignored and the seed went on until killed.
+#[test]
+fn a_sigterm_as_a_download_turns_to_seeding_stops_it() {
+    use std::os::fd::AsRawFd;
+    let work = TempDir::new("term-window");
+    let (data, torrent) = common::mib_payload(work.path(), "w.bin", 1, None);
+    let seed_port = free_port();
+    let _seed = common::pow_seed(
+        &torrent,
+        data.parent().unwrap(),
+        seed_port,
+        &[],
+        Stdio::null(),
+    );
+    // A full pipe: the download's first write to stdout (its report) waits until we read.
+    let (mut reader, mut writer) = std::io::pipe().unwrap();
+    let capacity = unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    assert!(capacity > 0, "F_GETPIPE_SZ");
+    writer.write_all(&vec![b'.'; capacity as usize]).unwrap();
+    let out = work.path().join("out");
+    let mut download = common::Killed(
+        pow()
+            .arg("download")
+            .arg(&torrent)
+            .arg("-o")
+            .arg(&out)
+            .args(["--peer", &format!("127.0.0.1:{seed_port}")])
+            .args(["--port", &free_port().to_string(), "--bind", "127.0.0.1"])
+            .arg("--seed")
+            .stdout(writer)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let expected = std::fs::read(&data).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read(out.join("w.bin")).ok().as_ref() != Some(&expected) {
+        assert!(Instant::now() < deadline, "the download did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // By now it has verified the last piece and waits to write its report.
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = download.0.id() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink);
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = download.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after a SIGTERM sent as it turned to seeding"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!("  stopped by the SIGTERM: {status}");
+    assert!(status.success(), "{status}");
+}

@@ -123,7 +123,11 @@ async fn download(args: DownloadArgs) -> CmdResult {
     torrent.add_web_seeds(metainfo.url_list.iter().cloned());
 
     let progress = Progress::new(&metainfo, args.json);
-    let outcome = until_done(&torrent, &progress, args.leech.stall_timeout).await;
+    // Counted from here to the end: with `--seed`, a SIGTERM while the resume file was saved
+    // came between two listeners, and tokio keeps its handler installed, so it was ignored
+    // and the seed went on.
+    let counted = count_signals()?;
+    let outcome = until_done(&torrent, &progress, args.leech.stall_timeout, &counted).await;
     let snapshot = torrent.snapshot();
     progress.finish(&snapshot);
     // What it records is what the next start can skip checking. Unsynced, as every other
@@ -151,7 +155,7 @@ async fn download(args: DownloadArgs) -> CmdResult {
     );
     if outcome == Outcome::Complete && args.seed {
         eprintln!("seeding; Ctrl-C to stop");
-        shutdown_signal().await;
+        signals(counted, 1).await;
     }
     torrent.shutdown();
     if let Some(a) = announcer {
@@ -431,18 +435,18 @@ impl Outcome {
 }
 
 /// Runs a download until every wanted piece is verified, a write fails, no data comes for
-/// `stall_timeout`, or SIGINT/SIGTERM comes, showing `progress` twice a second (`pow
-/// download` and `pow source load`).
+/// `stall_timeout`, or a SIGINT/SIGTERM is `counted` ([`count_signals`], made before: one
+/// that came since counts), showing `progress` twice a second (`pow download` and `pow
+/// source load`).
 pub(crate) async fn until_done(
     torrent: &Torrent,
     progress: &Progress,
     stall_timeout: Option<Duration>,
+    counted: &tokio::sync::watch::Receiver<u32>,
 ) -> Outcome {
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     let (mut downloaded, mut last_data) = (0, Instant::now());
-    // Listening from here to the end: a listener made anew in each round missed a signal that
-    // came while the round's tick ran.
-    let shutdown = shutdown_signal();
+    let shutdown = signals(counted.clone(), 1);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

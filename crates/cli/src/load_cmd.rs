@@ -217,6 +217,8 @@ struct Transfer {
     /// disk; `None` when nothing was downloaded or the follower failed (then the checks read
     /// the whole content, and meet any error themselves).
     digester: Option<ContentDigester>,
+    /// SIGINT/SIGTERM counted since the transfer began, when there was one.
+    signals: Option<tokio::sync::watch::Receiver<u32>>,
 }
 
 pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
@@ -274,12 +276,16 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
     }
     let hashing = Instant::now();
     let digested_during_transfer = transfer.digester.as_ref().map_or(0, |d| d.position());
-    // The transfer's signal listener is gone, and tokio keeps its handlers installed: without
-    // a listener a Ctrl-C during the checks (a whole MD5 pass at worst) would be ignored.
-    // They only read; stopping them leaves nothing half done.
+    // Tokio keeps its signal handlers installed once the transfer's are made: unless still
+    // counted, a Ctrl-C during the checks (a whole MD5 pass at worst), or one since the
+    // transfer ended, would be ignored. They only read; stopping them leaves nothing half done.
+    let counted = transfer.signals.clone();
     let interrupt = runtime.0.get().map(|runtime| {
-        runtime.spawn(async {
-            crate::download_cmd::shutdown_signal().await;
+        runtime.spawn(async move {
+            match counted {
+                Some(counted) => crate::download_cmd::signals(counted, 1).await,
+                None => crate::download_cmd::shutdown_signal().await,
+            }
             eprintln!("pow: interrupted during the integrity checks; nothing recorded");
             std::process::exit(130);
         })
@@ -407,9 +413,10 @@ fn fetch_content(
             seconds: started.elapsed().as_secs_f64(),
             ended: Ended::Complete,
             digester,
+            signals: None,
         });
     }
-    let (snapshot, ended, follower) = runtime.get()?.block_on(async {
+    let (snapshot, ended, follower, counted) = runtime.get()?.block_on(async {
         let mut picker = Picker::new(plan.metainfo.geometry.clone(), have);
         picker.prefer_in_order(in_order_window(plan.metainfo.geometry.piece_length()));
         let (torrent, announcer) = args
@@ -426,7 +433,8 @@ fn fetch_content(
         };
         torrent.add_peers(args.peers.iter().copied());
         let progress = Progress::new(&plan.metainfo, args.json);
-        let ended = until_done(&torrent, &progress, args.leech.stall_timeout).await;
+        let counted = crate::download_cmd::count_signals()?;
+        let ended = until_done(&torrent, &progress, args.leech.stall_timeout, &counted).await;
         let snapshot = torrent.snapshot();
         progress.finish(&snapshot);
         // BEP 3: no `completed` for what was complete when we started.
@@ -439,7 +447,7 @@ fn fetch_content(
         if let Some(a) = announcer {
             a.stop().await;
         }
-        Ok::<_, std::io::Error>((snapshot, ended, follower))
+        Ok::<_, std::io::Error>((snapshot, ended, follower, counted))
     })?;
     let digester = follower.stop();
     // After a failed write the error to report is that one, not what a sync then meets.
@@ -455,6 +463,7 @@ fn fetch_content(
         seconds: started.elapsed().as_secs_f64(),
         ended,
         digester,
+        signals: Some(counted),
     })
 }
 
