@@ -856,3 +856,113 @@ fn export_graphs_writes_the_2019_layout() {
         .is_symlink());
     assert_eq!(std::fs::read_to_string(&out).unwrap(), stdout);
 }
+
+/// `pow source kinds`: DataSource and its subclasses, the 2019 file hierarchy
+/// (`PyOpenWorm/data_trans/`: FileDataSource, LocalFileDataSource, CSVDataSource,
+/// ConnectomeCSVDataSource), by name or, with `--full`, IRI; `source list --kind` takes each.
+#[test]
+fn source_kinds_lists_the_2019_hierarchy() {
+    let (_tmp, dir) = init("ds-kinds");
+    let names = ok(&dir, &["source", "kinds"]);
+    assert_eq!(
+        names,
+        "CSVDataSource\nConnectomeCSVDataSource\nDataSource\nFileDataSource\nLocalFileDataSource\n"
+    );
+    let iris = ok(&dir, &["source", "kinds", "--full"]);
+    for (name, iri) in names.lines().zip(iris.lines()) {
+        assert_eq!(iri, format!("http://openworm.org/entities/{name}"));
+        ok(&dir, &["source", "list", "--kind", name]);
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&dir, &["source", "kinds", "--json"])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 5, "{json}");
+}
+
+/// `pow source derivs ID`: the sources whose `source` field names ID, and so on down, as a
+/// tree (2019's `pow source derivs`, owmeta-core's `owm source derivs`); each appears once, a
+/// cycle included; an ID that is not there is an error.
+#[test]
+fn source_derivs_prints_the_derivation_tree() {
+    let (tmp, dir) = init("ds-derivs");
+    let defs = tmp.path().join("derived.toml");
+    std::fs::write(
+        &defs,
+        r#"
+[[source]]
+type = "LocalFileDataSource"
+key = "raw"
+file_name = "raw.csv"
+
+[[source]]
+type = "CSVDataSource"
+key = "cleaned"
+csv_file_name = "cleaned.csv"
+source = "LocalFileDataSource:raw"
+
+[[source]]
+type = "ConnectomeCSVDataSource"
+key = "connectome"
+csv_file_name = "connectome.csv"
+source = "CSVDataSource:cleaned"
+
+[[source]]
+type = "LocalFileDataSource"
+key = "plots"
+file_name = "plots.zip"
+source = ["LocalFileDataSource:raw", "CSVDataSource:cleaned"]
+
+[[source]]
+type = "LocalFileDataSource"
+key = "unrelated"
+file_name = "other.csv"
+
+[[source]]
+type = "LocalFileDataSource"
+key = "a"
+source = "LocalFileDataSource:b"
+
+[[source]]
+type = "LocalFileDataSource"
+key = "b"
+source = "LocalFileDataSource:a"
+"#,
+    )
+    .unwrap();
+    ok(&dir, &["save", path_str(&defs)]);
+    // `plots` derives from `raw` and from `cleaned`: shown once, at its first place.
+    assert_eq!(
+        ok(&dir, &["source", "derivs", "LocalFileDataSource:raw"]),
+        "LocalFileDataSource:raw
+    CSVDataSource:cleaned
+        ConnectomeCSVDataSource:connectome
+    LocalFileDataSource:plots
+"
+    );
+    assert_eq!(
+        ok(&dir, &["source", "derivs", "CSVDataSource:cleaned"]),
+        "CSVDataSource:cleaned
+    ConnectomeCSVDataSource:connectome
+    LocalFileDataSource:plots
+"
+    );
+    assert_eq!(
+        ok(&dir, &["source", "derivs", "LocalFileDataSource:unrelated"]),
+        "LocalFileDataSource:unrelated\n"
+    );
+    assert_eq!(
+        ok(&dir, &["source", "derivs", "LocalFileDataSource:a"]),
+        "LocalFileDataSource:a\n    LocalFileDataSource:b\n"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(
+        &dir,
+        &["source", "derivs", "LocalFileDataSource:raw", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(json["derived"][0]["id"], "CSVDataSource:cleaned");
+    assert_eq!(
+        json["derived"][0]["derived"][0]["iri"],
+        "http://openworm.org/entities/ConnectomeCSVDataSource/connectome"
+    );
+    let err = fails(&dir, &["source", "derivs", "LocalFileDataSource:nothing"]);
+    assert!(err.contains("nothing"), "{err}");
+}

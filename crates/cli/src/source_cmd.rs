@@ -36,11 +36,31 @@ pub enum SourceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List the kinds of data source: DataSource and its subclasses (what --kind and `type =`
+    /// take).
+    Kinds {
+        /// Class IRIs instead of names.
+        #[arg(long)]
+        full: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show data sources in the 2019 format (class name, then each field).
     Show {
         /// IDs: Type:key or full IRIs.
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the data sources derived from one: those whose `source` field names it, and so
+    /// on down, as a tree (4 spaces a level).
+    Derivs {
+        /// Type:key or full IRI.
+        #[arg(value_name = "ID")]
+        id: String,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -175,6 +195,24 @@ pub fn source(pow_dir: Option<&Path>, cmd: SourceCommand) -> CmdResult {
                         None => println!("{}", e.id),
                     }
                 }
+            }
+        }
+        SourceCommand::Kinds { full, json } => {
+            let kinds = pow.kinds()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&kinds)?);
+            } else {
+                for k in kinds {
+                    println!("{}", if full { &k.iri } else { &k.name });
+                }
+            }
+        }
+        SourceCommand::Derivs { id, json } => {
+            let tree = pow.derivs(&id)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tree)?);
+            } else {
+                print!("{}", tree.format());
             }
         }
         SourceCommand::Show { ids, json } => {

@@ -1,5 +1,5 @@
 //! The `.pow` directory: the persistent Oxigraph store plus `pow.toml`, and the operations on
-//! it (init, save, import, list, show, query, export).
+//! it (init, save, import, list, kinds, show, derivs, query, export).
 
 use crate::config::{Config, CONFIG_FILE};
 use crate::definitions::{check, parse_rdf, parse_toml_fields, Cleared, FileFormat};
@@ -8,11 +8,14 @@ use crate::schema::{resolve_id, schema_quads, shorten, Class, SCHEMA_GRAPH};
 use crate::show::{Shown, ShownField, Value};
 use oxigraph::io::{RdfFormat, RdfSerializer};
 use oxigraph::model::vocab::{rdf, rdfs};
-use oxigraph::model::{GraphNameRef, NamedNode, NamedNodeRef, NamedOrBlankNodeRef, Quad, Term};
+use oxigraph::model::{
+    GraphNameRef, NamedNode, NamedNodeRef, NamedOrBlankNode, NamedOrBlankNodeRef, Quad, Term,
+};
 use oxigraph::sparql::results::{QueryResultsFormat, QueryResultsSerializer};
 use oxigraph::sparql::{QueryResults, SparqlEvaluator};
 use oxigraph::store::Store;
 use serde::Serialize;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// Directory of the Oxigraph (RocksDB) store inside `.pow/`.
@@ -34,6 +37,43 @@ pub struct SaveReport {
     pub quads: usize,
     /// DataSource instances among them.
     pub sources: usize,
+}
+
+/// One row of `source kinds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KindEntry {
+    /// The class name (as `--kind` and `type =` take it), or the IRI of a class pow does not
+    /// know (one an imported schema added).
+    pub name: String,
+    pub iri: String,
+}
+
+/// A data source and, recursively, those derived from it (`source derivs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Derivation {
+    /// `Type:key` form, or the IRI.
+    pub id: String,
+    pub iri: String,
+    /// The data sources whose `source` field names this one, sorted by ID.
+    pub derived: Vec<Derivation>,
+}
+
+impl Derivation {
+    /// The tree as text: the ID, then each derived source 4 spaces further in.
+    pub fn format(&self) -> String {
+        let mut out = String::new();
+        self.format_at(0, &mut out);
+        out
+    }
+
+    fn format_at(&self, depth: usize, out: &mut String) {
+        out.push_str(&" ".repeat(4 * depth));
+        out.push_str(&self.id);
+        out.push('\n');
+        for d in &self.derived {
+            d.format_at(depth + 1, out);
+        }
+    }
 }
 
 /// One row of `source list`.
@@ -414,6 +454,82 @@ impl PowDir {
                 _ => None,
             })
             .max_by_key(|c| c.depth()))
+    }
+
+    /// `pow source kinds`: the classes that are DataSource or one of its subclasses
+    /// (`rdfs:subClassOf*` in the schema graph, where `--kind` looks), sorted by name.
+    pub fn kinds(&self) -> Result<Vec<KindEntry>> {
+        let query = format!(
+            "SELECT DISTINCT ?t WHERE {{ GRAPH <{SCHEMA_GRAPH}> {{ ?t <{sub}>* <{base}> }} }}",
+            sub = rdfs::SUB_CLASS_OF.as_str(),
+            base = Class::by_name("DataSource").expect("DataSource").iri(),
+        );
+        let QueryResults::Solutions(solutions) = SparqlEvaluator::new()
+            .parse_query(&query)?
+            .on_store(&self.store)
+            .execute()?
+        else {
+            unreachable!("SELECT gives solutions");
+        };
+        let mut out = Vec::new();
+        for solution in solutions {
+            if let Some(Term::NamedNode(t)) = solution?.get("t") {
+                out.push(KindEntry {
+                    name: Class::by_iri(t.as_str())
+                        .map_or_else(|| t.as_str().to_string(), |c| c.name.to_string()),
+                    iri: t.as_str().to_string(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// `pow source derivs ID`: the data sources whose `source` field names ID, and so on
+    /// down (2019's derivation tree). One reached again (a cycle, or a second path to it) is
+    /// not followed again: each appears once, at its first place in ID order.
+    pub fn derivs(&self, id: &str) -> Result<Derivation> {
+        let root = self.show(id)?;
+        let source = Class::by_name("DataSource")
+            .and_then(|c| c.field("source"))
+            .expect("DataSource has `source`")
+            .predicate();
+        let source = NamedNode::new_unchecked(source);
+        let mut seen = HashSet::from([root.iri.clone()]);
+        self.derived_from(root.id, root.iri, source.as_ref(), &mut seen)
+    }
+
+    fn derived_from(
+        &self,
+        id: String,
+        iri: String,
+        source: NamedNodeRef<'_>,
+        seen: &mut HashSet<String>,
+    ) -> Result<Derivation> {
+        let node = NamedNode::new_unchecked(iri.as_str());
+        let graph = self.data_graph();
+        let mut children = Vec::new();
+        for quad in self.store.quads_for_pattern(
+            None,
+            Some(source),
+            Some(node.as_ref().into()),
+            Some(GraphNameRef::NamedNode(graph.as_ref())),
+        ) {
+            if let NamedOrBlankNode::NamedNode(child) = quad?.subject {
+                let child = child.into_string();
+                if !children.contains(&child) {
+                    children.push(child);
+                }
+            }
+        }
+        children.sort_by_cached_key(|iri| shorten(iri));
+        // Marked before any is followed, so a sibling's descendant does not claim it first.
+        children.retain(|child| seen.insert(child.clone()));
+        let mut derived = Vec::new();
+        for child in children {
+            derived.push(self.derived_from(shorten(&child), child, source, seen)?);
+        }
+        Ok(Derivation { id, iri, derived })
     }
 
     /// `pow source show ID`: the stored DataSource with its fields in 2019 order.
