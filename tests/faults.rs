@@ -950,11 +950,28 @@ fn kill_9_during_an_upload_to_pow_serve_leaves_only_whole_datasets() {
 }
 
 /// `pow download --seed` stops on a SIGTERM that comes between the end of the download and the
-/// seeding: here while its report waits on a full stdout pipe. Before, the download's signal
-/// listener was gone by then and the seed's not yet made; tokio keeps its handler installed,
-/// so the signal was ignored and the seed went on until killed.
+/// seeding: here while its report waits on a full stdout pipe (read once the signal is sent).
+/// Before, the download's signal listener was gone by then and the seed's not yet made; tokio
+/// keeps its handler installed, so the signal was ignored and the seed went on until killed.
 #[test]
 fn a_sigterm_as_a_download_turns_to_seeding_stops_it() {
+    let status = sigterm_while_reporting(true);
+    assert!(status.success(), "{status}");
+}
+
+/// A `pow download` whose report waits on a reader that never reads stops at once on a
+/// SIGTERM (130), with the data complete. Before, nothing listened after the download: the
+/// signal was ignored and it waited on the reader for good.
+#[test]
+fn a_sigterm_while_the_report_waits_on_its_reader_stops_at_once() {
+    let status = sigterm_while_reporting(false);
+    assert_eq!(status.code(), Some(130), "{status}");
+}
+
+/// Runs `pow download` (with `--seed` when `seed`) from a pow seed with stdout a full pipe, so
+/// that its report waits; once every piece is verified, sends SIGTERM, then (with `--seed`)
+/// reads the pipe. Returns how it ended within 10 s (the content checked complete).
+fn sigterm_while_reporting(seed: bool) -> std::process::ExitStatus {
     use std::os::fd::AsRawFd;
     let work = TempDir::new("term-window");
     let (data, torrent) = common::mib_payload(work.path(), "w.bin", 1, None);
@@ -972,34 +989,48 @@ fn a_sigterm_as_a_download_turns_to_seeding_stops_it() {
     assert!(capacity > 0, "F_GETPIPE_SZ");
     writer.write_all(&vec![b'.'; capacity as usize]).unwrap();
     let out = work.path().join("out");
-    let mut download = common::Killed(
-        pow()
-            .arg("download")
-            .arg(&torrent)
-            .arg("-o")
-            .arg(&out)
-            .args(["--peer", &format!("127.0.0.1:{seed_port}")])
-            .args(["--port", &free_port().to_string(), "--bind", "127.0.0.1"])
-            .arg("--seed")
-            .stdout(writer)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let expected = std::fs::read(&data).unwrap();
+    let trace = work.path().join("trace");
+    let pieces = pow_metainfo::Metainfo::from_file(&torrent)
+        .unwrap()
+        .geometry
+        .piece_count() as usize;
+    let mut download = pow();
+    download
+        .env("POW_TRACE_VERIFIED", &trace)
+        .arg("download")
+        .arg(&torrent)
+        .arg("-o")
+        .arg(&out)
+        .args(["--peer", &format!("127.0.0.1:{seed_port}")])
+        .args(["--port", &free_port().to_string(), "--bind", "127.0.0.1"])
+        .stdout(writer)
+        .stderr(Stdio::null());
+    if seed {
+        download.arg("--seed");
+    }
+    let mut download = common::Killed(download.spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read(out.join("w.bin")).ok().as_ref() != Some(&expected) {
+    let verified = || {
+        parse_trace(&trace)
+            .iter()
+            .map(|r| r.verified.len())
+            .sum::<usize>()
+    };
+    while verified() < pieces {
         assert!(Instant::now() < deadline, "the download did not finish");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // By now it has verified the last piece and waits to write its report.
-    std::thread::sleep(Duration::from_secs(1));
+    // Every piece is verified: the download is complete (and reported so, whatever signal
+    // comes), and soon waits to write its report.
+    std::thread::sleep(Duration::from_millis(500));
     let pid = download.0.id() as i32;
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = reader.read_to_end(&mut sink);
-    });
+    if seed {
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = reader.read_to_end(&mut sink);
+        });
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = download.0.try_wait().unwrap() {
@@ -1007,10 +1038,11 @@ fn a_sigterm_as_a_download_turns_to_seeding_stops_it() {
         }
         assert!(
             Instant::now() < deadline,
-            "still running 10 s after a SIGTERM sent as it turned to seeding"
+            "still running 10 s after a SIGTERM sent as its report waited (--seed: {seed})"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    println!("  stopped by the SIGTERM: {status}");
-    assert!(status.success(), "{status}");
+    println!("  --seed {seed}: stopped by the SIGTERM: {status}");
+    common::same_bytes(&data, &out.join("w.bin")).unwrap();
+    status
 }

@@ -128,6 +128,12 @@ async fn download(args: DownloadArgs) -> CmdResult {
     // and the seed went on.
     let counted = count_signals()?;
     let outcome = until_done(&torrent, &progress, args.leech.stall_timeout, &counted).await;
+    // From here the next signal (the second, with `--seed` after a download: the first ends
+    // the seeding) stops the process at once: what is left (saving the resume file, the
+    // report, telling the tracker) may wait on a reader or a server that does not come.
+    let seeding = outcome == Outcome::Complete && args.seed;
+    let at_once = *counted.borrow() + 1 + u32::from(seeding);
+    tokio::spawn(stop_at_once_on(counted.clone(), at_once));
     let snapshot = torrent.snapshot();
     progress.finish(&snapshot);
     // What it records is what the next start can skip checking. Unsynced, as every other
@@ -450,6 +456,8 @@ pub(crate) async fn until_done(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
+            // A download that is complete is reported so, even with a signal counted since.
+            biased;
             _ = torrent.wait_complete() => return Outcome::Complete,
             error = torrent.wait_failed() => return Outcome::Failed(error),
             _ = ticker.tick() => {
@@ -493,6 +501,13 @@ pub(crate) fn count_signals() -> std::io::Result<tokio::sync::watch::Receiver<u3
         }
     });
     Ok(counted)
+}
+
+/// Exits (130) once `n` signals have come.
+async fn stop_at_once_on(counted: tokio::sync::watch::Receiver<u32>, n: u32) {
+    signals(counted, n).await;
+    eprintln!("pow: stopped at once");
+    std::process::exit(130);
 }
 
 /// Resolves once `n` signals have come.
