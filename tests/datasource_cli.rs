@@ -879,8 +879,9 @@ fn source_kinds_lists_the_2019_hierarchy() {
 }
 
 /// `pow source derivs ID`: the sources whose `source` field names ID, and so on down, as a
-/// tree (2019's `pow source derivs`, owmeta-core's `owm source derivs`); each appears once, a
-/// cycle included; an ID that is not there is an error.
+/// tree (2019's `pow source derivs`, owmeta-core's `owm source derivs`); one with two parents
+/// is under both, shown in full under the first printed; a cycle ends; an ID that is not
+/// there, or not a data source, is an error.
 #[test]
 fn source_derivs_prints_the_derivation_tree() {
     let (tmp, dir) = init("ds-derivs");
@@ -925,17 +926,23 @@ source = "LocalFileDataSource:b"
 type = "LocalFileDataSource"
 key = "b"
 source = "LocalFileDataSource:a"
+
+[[source]]
+type = "LocalFileDataSource"
+key = "itself"
+source = "LocalFileDataSource:itself"
 "#,
     )
     .unwrap();
     ok(&dir, &["save", path_str(&defs)]);
-    // `plots` derives from `raw` and from `cleaned`: shown once, at its first place.
+    // `plots` derives from `raw` and from `cleaned`: under both.
     assert_eq!(
         ok(&dir, &["source", "derivs", "LocalFileDataSource:raw"]),
         "LocalFileDataSource:raw
     CSVDataSource:cleaned
         ConnectomeCSVDataSource:connectome
-    LocalFileDataSource:plots
+        LocalFileDataSource:plots
+    LocalFileDataSource:plots (see above)
 "
     );
     assert_eq!(
@@ -951,7 +958,11 @@ source = "LocalFileDataSource:a"
     );
     assert_eq!(
         ok(&dir, &["source", "derivs", "LocalFileDataSource:a"]),
-        "LocalFileDataSource:a\n    LocalFileDataSource:b\n"
+        "LocalFileDataSource:a\n    LocalFileDataSource:b\n        LocalFileDataSource:a (see above)\n"
+    );
+    assert_eq!(
+        ok(&dir, &["source", "derivs", "LocalFileDataSource:itself"]),
+        "LocalFileDataSource:itself\n    LocalFileDataSource:itself (see above)\n"
     );
     let json: serde_json::Value = serde_json::from_str(&ok(
         &dir,
@@ -959,10 +970,18 @@ source = "LocalFileDataSource:a"
     ))
     .unwrap();
     assert_eq!(json["derived"][0]["id"], "CSVDataSource:cleaned");
+    assert_eq!(json["derived"][1]["id"], "LocalFileDataSource:plots");
+    assert_eq!(json["derived"][1]["repeated"], true);
     assert_eq!(
         json["derived"][0]["derived"][0]["iri"],
         "http://openworm.org/entities/ConnectomeCSVDataSource/connectome"
     );
     let err = fails(&dir, &["source", "derivs", "LocalFileDataSource:nothing"]);
-    assert!(err.contains("nothing"), "{err}");
+    assert!(
+        err.contains("unknown data source LocalFileDataSource:nothing"),
+        "{err}"
+    );
+    let class = "http://openworm.org/entities/CSVDataSource";
+    let err = fails(&dir, &["source", "derivs", class]);
+    assert!(err.contains("is not a DataSource"), "{err}");
 }

@@ -51,15 +51,24 @@ pub struct KindEntry {
 /// A data source and, recursively, those derived from it (`source derivs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Derivation {
-    /// `Type:key` form, or the IRI.
+    /// `Type:key` form, the IRI, or `_:label` for a blank node.
     pub id: String,
     pub iri: String,
-    /// The data sources whose `source` field names this one, sorted by ID.
+    /// The data sources whose `source` field names this one, sorted by ID; empty where
+    /// `repeated` or `cut`.
     pub derived: Vec<Derivation>,
+    /// Shown with what derives from it further up (a second parent, or a cycle).
+    pub repeated: bool,
+    /// At [`MAX_DERIVATION_DEPTH`]: what derives from it is not shown.
+    pub cut: bool,
 }
 
+/// Levels of a derivation tree shown (the walk and its printing recurse).
+pub const MAX_DERIVATION_DEPTH: usize = 256;
+
 impl Derivation {
-    /// The tree as text: the ID, then each derived source 4 spaces further in.
+    /// The tree as text: the ID, then each derived source 4 spaces further in; one shown
+    /// further up says so.
     pub fn format(&self) -> String {
         let mut out = String::new();
         self.format_at(0, &mut out);
@@ -69,6 +78,12 @@ impl Derivation {
     fn format_at(&self, depth: usize, out: &mut String) {
         out.push_str(&" ".repeat(4 * depth));
         out.push_str(&self.id);
+        if self.repeated {
+            out.push_str(" (see above)");
+        }
+        if self.cut {
+            out.push_str(" (deeper levels not shown)");
+        }
         out.push('\n');
         for d in &self.derived {
             d.format_at(depth + 1, out);
@@ -457,7 +472,9 @@ impl PowDir {
     }
 
     /// `pow source kinds`: the classes that are DataSource or one of its subclasses
-    /// (`rdfs:subClassOf*` in the schema graph, where `--kind` looks), sorted by name.
+    /// (`rdfs:subClassOf*` in the schema graph, where `--kind` looks) and that pow knows
+    /// (those `--kind`, `type =` and `show` take: a class an imported schema adds is not one),
+    /// sorted by name.
     pub fn kinds(&self) -> Result<Vec<KindEntry>> {
         let query = format!(
             "SELECT DISTINCT ?t WHERE {{ GRAPH <{SCHEMA_GRAPH}> {{ ?t <{sub}>* <{base}> }} }}",
@@ -474,11 +491,12 @@ impl PowDir {
         let mut out = Vec::new();
         for solution in solutions {
             if let Some(Term::NamedNode(t)) = solution?.get("t") {
-                out.push(KindEntry {
-                    name: Class::by_iri(t.as_str())
-                        .map_or_else(|| t.as_str().to_string(), |c| c.name.to_string()),
-                    iri: t.as_str().to_string(),
-                });
+                if let Some(class) = Class::by_iri(t.as_str()) {
+                    out.push(KindEntry {
+                        name: class.name.to_string(),
+                        iri: t.as_str().to_string(),
+                    });
+                }
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -486,8 +504,10 @@ impl PowDir {
     }
 
     /// `pow source derivs ID`: the data sources whose `source` field names ID, and so on
-    /// down (2019's derivation tree). One reached again (a cycle, or a second path to it) is
-    /// not followed again: each appears once, at its first place in ID order.
+    /// down (2019's derivation tree), in the data graph. Each is listed under every source it
+    /// derives from, and what derives from it is shown at its first place only (in the order
+    /// printed; later ones are marked `repeated`), so a cycle ends and the tree stays as large
+    /// as the graph. A blank node is listed, as `_:label`, with nothing under it.
     pub fn derivs(&self, id: &str) -> Result<Derivation> {
         let root = self.show(id)?;
         let source = Class::by_name("DataSource")
@@ -496,7 +516,7 @@ impl PowDir {
             .predicate();
         let source = NamedNode::new_unchecked(source);
         let mut seen = HashSet::from([root.iri.clone()]);
-        self.derived_from(root.id, root.iri, source.as_ref(), &mut seen)
+        self.derived_from(root.id, root.iri, source.as_ref(), &mut seen, 0)
     }
 
     fn derived_from(
@@ -505,31 +525,51 @@ impl PowDir {
         iri: String,
         source: NamedNodeRef<'_>,
         seen: &mut HashSet<String>,
+        depth: usize,
     ) -> Result<Derivation> {
         let node = NamedNode::new_unchecked(iri.as_str());
         let graph = self.data_graph();
-        let mut children = Vec::new();
+        let mut children: Vec<(String, Option<String>)> = Vec::new();
         for quad in self.store.quads_for_pattern(
             None,
             Some(source),
             Some(node.as_ref().into()),
             Some(GraphNameRef::NamedNode(graph.as_ref())),
         ) {
-            if let NamedOrBlankNode::NamedNode(child) = quad?.subject {
-                let child = child.into_string();
-                if !children.contains(&child) {
-                    children.push(child);
-                }
+            let child = match quad?.subject {
+                NamedOrBlankNode::NamedNode(n) => (shorten(n.as_str()), Some(n.into_string())),
+                NamedOrBlankNode::BlankNode(b) => (b.to_string(), None),
+            };
+            if !children.contains(&child) {
+                children.push(child);
             }
         }
-        children.sort_by_cached_key(|iri| shorten(iri));
-        // Marked before any is followed, so a sibling's descendant does not claim it first.
-        children.retain(|child| seen.insert(child.clone()));
+        children.sort();
+        let cut = depth + 1 >= MAX_DERIVATION_DEPTH && !children.is_empty();
         let mut derived = Vec::new();
-        for child in children {
-            derived.push(self.derived_from(shorten(&child), child, source, seen)?);
+        for (child_id, child_iri) in children.into_iter().filter(|_| !cut) {
+            let leaf = |repeated| Derivation {
+                id: child_id.clone(),
+                iri: child_iri.clone().unwrap_or_else(|| child_id.clone()),
+                derived: Vec::new(),
+                repeated,
+                cut: false,
+            };
+            derived.push(match &child_iri {
+                None => leaf(false),
+                Some(iri) if !seen.insert(iri.clone()) => leaf(true),
+                Some(iri) => {
+                    self.derived_from(child_id.clone(), iri.clone(), source, seen, depth + 1)?
+                }
+            });
         }
-        Ok(Derivation { id, iri, derived })
+        Ok(Derivation {
+            id,
+            iri,
+            derived,
+            repeated: false,
+            cut,
+        })
     }
 
     /// `pow source show ID`: the stored DataSource with its fields in 2019 order.
