@@ -17,33 +17,34 @@ use std::time::{Duration, Instant};
 /// `FIRST_PIPELINE` in crates/engine/src/peer.rs.
 const FIRST_PIPELINE: usize = 128;
 
-#[test]
-fn a_fresh_peer_is_asked_for_128_blocks_at_once() {
-    let work = TempDir::new("pipeline");
-    let data = work.path().join("blob");
-    // 4 MiB in 256 KiB pieces: 256 blocks, more than the first pipeline.
-    std::fs::write(&data, pseudo_random_bytes(4 << 20, 0x5eed)).unwrap();
+/// `pow download` of `data` (one file, 256 KiB pieces) from a raw peer only, which tells it
+/// it has every piece and unchokes it. Returns the download (killed when dropped), the peer,
+/// when the peer's handshake was done and how long after it the unchoke went.
+fn download_from_a_raw_seed(
+    work: &TempDir,
+    data: &[u8],
+    peer_id: [u8; 20],
+) -> (common::Killed, RawPeer, Instant, Duration) {
+    let path = work.path().join("blob");
+    std::fs::write(&path, data).unwrap();
     let torrent = work.path().join("blob.torrent");
-    let metainfo = common::create_torrent(&data, &torrent, 262_144);
+    let metainfo = common::create_torrent(&path, &torrent, 262_144);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let peer_addr = listener.local_addr().unwrap().to_string();
-    let mut child = pow()
+    let child = pow()
         .arg("download")
         .arg(&torrent)
         .arg("-o")
         .arg(work.path().join("out"))
-        .args([
-            "--peer",
-            &peer_addr,
-            "--port",
-            &common::free_port().to_string(),
-        ])
+        .args(["--peer", &peer_addr])
+        .args(["--port", &common::free_port().to_string()])
         .args(["--bind", "127.0.0.1"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut peer = RawPeer::accept_as(&listener, metainfo.info_hash.0, *b"-XX0001-pipelinetest");
+    let child = common::Killed(child);
+    let mut peer = RawPeer::accept_as(&listener, metainfo.info_hash.0, peer_id);
     let connected = Instant::now();
     let pieces = metainfo.geometry.piece_count() as usize;
     peer.send(BITFIELD, &vec![0xff; pieces.div_ceil(8)])
@@ -51,11 +52,20 @@ fn a_fresh_peer_is_asked_for_128_blocks_at_once() {
     peer.wait_for(INTERESTED);
     peer.send(UNCHOKE, &[]).unwrap();
     let unchoked_after = connected.elapsed();
+    (child, peer, connected, unchoked_after)
+}
+
+#[test]
+fn a_fresh_peer_is_asked_for_128_blocks_at_once() {
+    let work = TempDir::new("pipeline");
+    // 4 MiB in 256 KiB pieces: 256 blocks, more than the first pipeline.
+    let data = pseudo_random_bytes(4 << 20, 0x5eed);
+    let (child, mut peer, _, unchoked_after) =
+        download_from_a_raw_seed(&work, &data, *b"-XX0001-pipelinetest");
     // Requests come at once after the unchoke; none more until blocks arrive, and we send none.
     let (seen, _) = peer.drain(Duration::from_millis(600));
     let requests = seen.iter().filter(|&&id| id == REQUEST).count();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     println!(
         "  unchoked {} ms after the handshake; {requests} requests in flight",
         unchoked_after.as_millis()
@@ -71,32 +81,9 @@ fn a_fresh_peer_is_asked_for_128_blocks_at_once() {
 #[test]
 fn a_fast_peer_is_asked_for_more_within_the_first_second() {
     let work = TempDir::new("pipeline-ramp");
-    let data_path = work.path().join("blob");
     let data = pseudo_random_bytes(64 << 20, 0x7a3b);
-    std::fs::write(&data_path, &data).unwrap();
-    let torrent = work.path().join("blob.torrent");
-    let metainfo = common::create_torrent(&data_path, &torrent, 262_144);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let peer_addr = listener.local_addr().unwrap().to_string();
-    let mut child = pow()
-        .arg("download")
-        .arg(&torrent)
-        .arg("-o")
-        .arg(work.path().join("out"))
-        .args(["--peer", &peer_addr])
-        .args(["--port", &common::free_port().to_string()])
-        .args(["--bind", "127.0.0.1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut peer = RawPeer::accept_as(&listener, metainfo.info_hash.0, *b"-XX0001-pipelineramp");
-    let connected = Instant::now();
-    let pieces = metainfo.geometry.piece_count() as usize;
-    peer.send(BITFIELD, &vec![0xff; pieces.div_ceil(8)])
-        .unwrap();
-    peer.wait_for(INTERESTED);
-    peer.send(UNCHOKE, &[]).unwrap();
+    let (child, mut peer, connected, _) =
+        download_from_a_raw_seed(&work, &data, *b"-XX0001-pipelineramp");
     // Rounds: read every request pow has out (until it has been quiet for 10 ms: it sends no
     // more until blocks come), then answer them all. A round's count is pow's pipeline.
     let mut rounds = Vec::new();
@@ -126,8 +113,7 @@ fn a_fast_peer_is_asked_for_more_within_the_first_second() {
             break;
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     println!(
         "  requests in flight, round by round, in the first {} ms: {rounds:?}",
         connected.elapsed().as_millis()

@@ -12,7 +12,7 @@ use oxigraph::model::{
     GraphNameRef, NamedNode, NamedNodeRef, NamedOrBlankNode, NamedOrBlankNodeRef, Quad, Term,
 };
 use oxigraph::sparql::results::{QueryResultsFormat, QueryResultsSerializer};
-use oxigraph::sparql::{QueryResults, SparqlEvaluator};
+use oxigraph::sparql::{QueryResults, QuerySolutionIter, SparqlEvaluator};
 use oxigraph::store::Store;
 use serde::Serialize;
 use std::collections::HashSet;
@@ -384,6 +384,18 @@ impl PowDir {
         NamedNode::new_unchecked(&self.config.data_graph)
     }
 
+    /// The solutions of one of our own SELECT queries.
+    fn select(&self, query: &str) -> Result<QuerySolutionIter<'_>> {
+        let QueryResults::Solutions(solutions) = SparqlEvaluator::new()
+            .parse_query(query)?
+            .on_store(&self.store)
+            .execute()?
+        else {
+            unreachable!("SELECT gives solutions");
+        };
+        Ok(solutions)
+    }
+
     /// `pow source list`: every stored instance of DataSource (or of `kind` and its
     /// subclasses) in the data graph, sorted by ID.
     pub fn list(&self, kind: Option<&str>, full: bool) -> Result<Vec<ListEntry>> {
@@ -407,13 +419,7 @@ impl PowDir {
             sub = rdfs::SUB_CLASS_OF.as_str(),
             comment = rdfs::COMMENT.as_str(),
         );
-        let QueryResults::Solutions(solutions) = SparqlEvaluator::new()
-            .parse_query(&query)?
-            .on_store(&self.store)
-            .execute()?
-        else {
-            unreachable!("SELECT gives solutions");
-        };
+        let solutions = self.select(&query)?;
         let mut out = Vec::new();
         for solution in solutions {
             let solution = solution?;
@@ -481,13 +487,7 @@ impl PowDir {
             sub = rdfs::SUB_CLASS_OF.as_str(),
             base = Class::by_name("DataSource").expect("DataSource").iri(),
         );
-        let QueryResults::Solutions(solutions) = SparqlEvaluator::new()
-            .parse_query(&query)?
-            .on_store(&self.store)
-            .execute()?
-        else {
-            unreachable!("SELECT gives solutions");
-        };
+        let solutions = self.select(&query)?;
         let mut out = Vec::new();
         for solution in solutions {
             if let Some(Term::NamedNode(t)) = solution?.get("t") {
