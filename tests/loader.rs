@@ -589,6 +589,72 @@ fn tampered_content_missing_torrent_and_dead_store_fail_clearly() {
     assert!(!base_dir.exists(), "nothing written");
 }
 
+/// A load whose HTTP torrent store takes the request and never answers (it times out after 30
+/// s) lets go of the project's graph store while it waits: `pow source list` and `pow save`
+/// run meanwhile. They used to wait for the load (the store opens for one process at a time),
+/// and a second load, or a third command after it, gave up after a minute ("is in use").
+#[test]
+fn a_torrent_store_that_never_answers_holds_no_other_command_up() {
+    let work = TempDir::new("silent-store");
+    let work = work.path();
+    // Connections complete in the kernel's backlog; nothing ever reads or answers them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let store = format!("http://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let name = "0123456789abcdef0123456789abcdef.torrent";
+    let pow_dir = project(work, "silent", &format!("torrent_file_name = \"{name}\"\n"));
+    let mut loading = load_command(
+        &pow_dir,
+        "ConnectomeCSVDataSource:silent",
+        &["--torrent-store", &store],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    // The load's request is in: it is waiting on the store.
+    silent.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let _request = loop {
+        match silent.accept() {
+            Ok((connection, _)) => break connection,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "the load never asked the store");
+                assert!(loading.try_wait().unwrap().is_none(), "the load ended");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let asked = Instant::now();
+    let listed = run(pow()
+        .arg("--pow-dir")
+        .arg(&pow_dir)
+        .args(["source", "list"]));
+    assert!(listed.status.success(), "list: {}", text(&listed.stderr));
+    assert!(
+        text(&listed.stdout).contains("silent"),
+        "{}",
+        text(&listed.stdout)
+    );
+    let defs = work.join("more.toml");
+    std::fs::write(
+        &defs,
+        "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"more\"\n",
+    )
+    .unwrap();
+    let saved = run(pow().arg("--pow-dir").arg(&pow_dir).arg("save").arg(&defs));
+    assert!(saved.status.success(), "save: {}", text(&saved.stderr));
+    let meanwhile = asked.elapsed();
+    let still_waiting = loading.try_wait().unwrap().is_none();
+    let _ = loading.kill();
+    let _ = loading.wait();
+    println!("list and save ran in {meanwhile:?} while the load waited on its store");
+    assert!(
+        still_waiting,
+        "list and save waited {meanwhile:?}, until the load gave up on its store"
+    );
+}
+
 /// A store that answers a PUT with `303 See Other` (to an HTML page) has not stored the
 /// torrent: `publish` fails naming the redirect and records nothing. The redirect used to be
 /// followed as a GET whose 200 read as "already stored", and publish then failed on the page

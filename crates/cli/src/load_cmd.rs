@@ -11,7 +11,7 @@ use crate::download_cmd::{
 use clap::Args;
 use pow_datasource::integrity::{Check, ContentDigester, Outcome};
 use pow_datasource::loader::IntegrityReport;
-use pow_datasource::LoadPlan;
+use pow_datasource::{FetchedTorrent, LoadPlan, TorrentWanted};
 use pow_engine::Snapshot;
 use pow_metainfo::{Geometry, InfoHash};
 use pow_picker::Picker;
@@ -90,24 +90,30 @@ fn plan(
     args: &LoadArgs,
     runtime: &EngineRuntime,
 ) -> Result<(LoadPlan, Found), Box<dyn std::error::Error>> {
-    let plan_load = |pow: &pow_datasource::PowDir| {
-        let store = pow.torrent_store(args.torrent_store.as_deref())?;
-        let plan = pow.plan_load(&args.id, &store, args.base_dir.as_deref())?;
-        pow.refuse_overwriting_others(&plan)?;
-        Ok::<_, pow_datasource::Error>(plan)
-    };
-    // The project's store is closed while peers are asked, as during the download.
-    let (failure, wanted, tiers) = {
+    // The project's graph store is closed while the torrent store or peers are asked, as
+    // during the download: other commands wait for it (a minute at most), and a torrent store
+    // that does not answer takes half a minute to give up on.
+    let (wanted, store, trackers) = {
         let pow = crate::source_cmd::open(pow_dir)?;
-        match plan_load(&pow) {
-            Err(e) if e.store_failed() => {
-                let tiers = one_tier_each(pow.config().trackers.iter().chain(&args.swarm.trackers));
-                (e, pow.source_torrent(&args.id)?, tiers)
-            }
-            plan => return Ok((plan?, Found::default())),
+        let trackers = pow.config().trackers.clone();
+        let wanted = pow.torrent_wanted(&args.id)?;
+        (
+            wanted,
+            pow.torrent_store(args.torrent_store.as_deref())?,
+            trackers,
+        )
+    };
+    let pow_dir_path = crate::source_cmd::location(pow_dir).0;
+    let failure = match wanted.fetch(&pow_dir_path, &store) {
+        Err(e) if e.store_failed() => e,
+        fetched => {
+            return Ok((
+                plan_fetched(pow_dir, args, wanted, fetched?)?,
+                Found::default(),
+            ))
         }
     };
-    let Some(info_hash) = wanted.info_hash() else {
+    let Some(info_hash) = wanted.torrent().info_hash() else {
         return Err(failure.into());
     };
     if !args.json {
@@ -115,7 +121,7 @@ fn plan(
     }
     let by_hash = ByInfoHash {
         info_hash: InfoHash::from_hex(info_hash).ok_or("bad info_hash")?,
-        tiers,
+        tiers: one_tier_each(trackers.iter().chain(&args.swarm.trackers)),
         peers: &args.peers,
         web_seeds: &[],
         dht_nodes: &[],
@@ -129,11 +135,24 @@ fn plan(
             args.json,
         ))
         .map_err(|e| format!("{failure}, nor did peers give info-hash {info_hash}: {e}"))?;
-    let pow = crate::source_cmd::open(pow_dir)?;
-    pow.cache_torrent(&wanted.file_name, &bytes)?;
-    let mut plan = plan_load(&pow)?;
+    pow_datasource::loader::cache_torrent(&pow_dir_path, &wanted.torrent().file_name, &bytes)?;
+    let fetched = wanted.fetch(&pow_dir_path, &store)?;
+    let mut plan = plan_fetched(pow_dir, args, wanted, fetched)?;
     plan.torrent_from = "peers".into();
     Ok((plan, found))
+}
+
+/// The load's plan for a torrent fetched, the graph store opened again for it.
+fn plan_fetched(
+    pow_dir: Option<&Path>,
+    args: &LoadArgs,
+    wanted: TorrentWanted,
+    fetched: FetchedTorrent,
+) -> Result<LoadPlan, Box<dyn std::error::Error>> {
+    let pow = crate::source_cmd::open(pow_dir)?;
+    let plan = pow.plan_fetched(wanted, fetched, args.base_dir.as_deref())?;
+    pow.refuse_overwriting_others(&plan)?;
+    Ok(plan)
 }
 
 /// Holds `<base_dir>/.pow-load.lock` (a `flock`, let go when the process ends however it

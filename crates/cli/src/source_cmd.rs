@@ -127,7 +127,7 @@ pub struct ImportArgs {
 }
 
 /// Where the `.pow` directory is, and whether the user said so.
-fn location(pow_dir: Option<&Path>) -> (PathBuf, bool) {
+pub(crate) fn location(pow_dir: Option<&Path>) -> (PathBuf, bool) {
     match pow_dir {
         Some(dir) => (dir.to_path_buf(), true),
         None => (PathBuf::from(DEFAULT_POW_DIR), false),

@@ -21,7 +21,7 @@ pub mod torrent_store;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use loader::{LoadPlan, LoadRecord, SourceTorrent};
+pub use loader::{FetchedTorrent, LoadPlan, LoadRecord, SourceTorrent, TorrentWanted};
 pub use schema::{Class, Field, FieldKind};
 pub use show::{Shown, ShownField, Value};
 pub use store::{ExportFormat, ListEntry, PowDir, QueryOutput, SaveReport};

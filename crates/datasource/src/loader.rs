@@ -86,6 +86,105 @@ pub struct SourceTorrent {
     pub info_hashes: Vec<String>,
 }
 
+/// A data source's record as read for a load: which torrent it names ([`PowDir::torrent_wanted`]).
+pub struct TorrentWanted {
+    shown: Shown,
+    torrent: SourceTorrent,
+}
+
+/// A torrent as [`TorrentWanted::fetch`] found it.
+pub struct FetchedTorrent {
+    /// Where it is kept: the `.pow` directory's torrent cache.
+    path: PathBuf,
+    /// "cache", or the torrent store it came from.
+    from: String,
+    metainfo: Metainfo,
+}
+
+/// Keeps `bytes` as the cached torrent `name` (written atomically) in the `.pow` directory
+/// `pow_dir`, where a load finds it before asking the store: for a torrent fetched from peers
+/// by its info-hash.
+pub fn cache_torrent(pow_dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    check_file_name(name)?;
+    let cache_dir = pow_dir.join(TORRENT_CACHE_DIR);
+    remove_interrupted_writes(&cache_dir)?;
+    write_atomically(&cache_dir, name, bytes)
+}
+
+impl TorrentWanted {
+    /// The torrent the record names.
+    pub fn torrent(&self) -> &SourceTorrent {
+        &self.torrent
+    }
+
+    /// The torrent the record names: the copy cached in `pow_dir` if it parses and has an
+    /// info-hash the record names, else the torrent store's (then cached). Reads and writes
+    /// only files under `pow_dir`, never its graph store. A torrent whose info-hash the record
+    /// does not name is refused.
+    pub fn fetch(&self, pow_dir: &Path, store: &TorrentStore) -> Result<FetchedTorrent> {
+        let wanted = &self.torrent;
+        let named = |m: &Metainfo| {
+            wanted.info_hashes.is_empty() || wanted.info_hashes.contains(&m.info_hash.to_hex())
+        };
+        let cache_dir = pow_dir.join(TORRENT_CACHE_DIR);
+        let mut fetched = fetch_torrent(&cache_dir, &wanted.file_name, store, false)?;
+        if !named(&fetched.metainfo) && fetched.from == "cache" {
+            // Cached before the record named its torrent: the store decides.
+            fetched = fetch_torrent(&cache_dir, &wanted.file_name, store, true)?;
+        }
+        if !named(&fetched.metainfo) {
+            return Err(Error::NotLoadable {
+                id: self.shown.id.clone(),
+                why: format!(
+                    "{} from {} has info-hash {}, but the record's info_hash is \
+                     {}; nothing downloaded (if the record is of an earlier version, save it \
+                     with the new info_hash, or with `info_hash = []` to drop it)",
+                    wanted.file_name,
+                    fetched.from,
+                    fetched.metainfo.info_hash.to_hex(),
+                    wanted.info_hashes.join(", ")
+                ),
+            });
+        }
+        Ok(fetched)
+    }
+}
+
+/// The torrent `name` cached in `cache_dir` if it parses (unless `refresh`), else the store's
+/// copy (then cached atomically).
+fn fetch_torrent(
+    cache_dir: &Path,
+    name: &str,
+    store: &TorrentStore,
+    refresh: bool,
+) -> Result<FetchedTorrent> {
+    let cached = cache_dir.join(name);
+    if !refresh {
+        let parsed = std::fs::read(&cached)
+            .ok()
+            .and_then(|bytes| Metainfo::from_bytes(&bytes).ok());
+        if let Some(metainfo) = parsed {
+            return Ok(FetchedTorrent {
+                path: cached,
+                from: "cache".into(),
+                metainfo,
+            });
+        }
+    }
+    let bytes = store.fetch(name)?;
+    let metainfo = Metainfo::from_bytes(&bytes).map_err(|e| Error::Store {
+        store: store.describe(),
+        message: format!("{name} is not a valid torrent: {e}"),
+    })?;
+    remove_interrupted_writes(cache_dir)?;
+    write_atomically(cache_dir, name, &bytes)?;
+    Ok(FetchedTorrent {
+        path: cached,
+        from: store.describe(),
+        metainfo,
+    })
+}
+
 impl SourceTorrent {
     fn of(shown: &Shown) -> Result<SourceTorrent> {
         let info_hashes = lowercase(literals(shown, "info_hash"));
@@ -197,15 +296,6 @@ impl PowDir {
         SourceTorrent::of(&self.show(id)?)
     }
 
-    /// Keeps `bytes` as the cached torrent `name` (written atomically), where a load finds it
-    /// before asking the store: for a torrent fetched from peers by its info-hash.
-    pub fn cache_torrent(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        check_file_name(name)?;
-        let cache_dir = self.dir().join(TORRENT_CACHE_DIR);
-        remove_interrupted_writes(&cache_dir)?;
-        write_atomically(&cache_dir, name, bytes)
-    }
-
     /// Resolves data source `id` and fetches its torrent (the cached copy if there is one,
     /// else from `store`). `base_dir` overrides the directory the content goes into; without
     /// it, a previous load's directory is reused, else the default
@@ -216,31 +306,37 @@ impl PowDir {
         store: &TorrentStore,
         base_dir: Option<&Path>,
     ) -> Result<LoadPlan> {
+        let wanted = self.torrent_wanted(id)?;
+        let fetched = wanted.fetch(self.dir(), store)?;
+        self.plan_fetched(wanted, fetched, base_dir)
+    }
+
+    /// The first step of [`PowDir::plan_load`]: what data source `id`'s record says of its
+    /// torrent. The next, [`TorrentWanted::fetch`], needs no graph store, so that a load can
+    /// let go of the store while a slow torrent store answers (other `pow` commands wait for
+    /// the store, a minute at most).
+    pub fn torrent_wanted(&self, id: &str) -> Result<TorrentWanted> {
         let shown = self.show(id)?;
-        let wanted = SourceTorrent::of(&shown)?;
-        let named = |m: &Metainfo| {
-            wanted.info_hashes.is_empty() || wanted.info_hashes.contains(&m.info_hash.to_hex())
-        };
-        let (mut torrent_path, mut torrent_from, mut metainfo) =
-            self.fetch_torrent(&wanted.file_name, store, false)?;
-        if !named(&metainfo) && torrent_from == "cache" {
-            // Cached before the record named its torrent: the store decides.
-            (torrent_path, torrent_from, metainfo) =
-                self.fetch_torrent(&wanted.file_name, store, true)?;
-        }
-        if !named(&metainfo) {
-            return Err(Error::NotLoadable {
-                id: shown.id.clone(),
-                why: format!(
-                    "{} from {torrent_from} has info-hash {}, but the record's info_hash is \
-                     {}; nothing downloaded (if the record is of an earlier version, save it \
-                     with the new info_hash, or with `info_hash = []` to drop it)",
-                    wanted.file_name,
-                    metainfo.info_hash.to_hex(),
-                    wanted.info_hashes.join(", ")
-                ),
-            });
-        }
+        let torrent = SourceTorrent::of(&shown)?;
+        Ok(TorrentWanted { shown, torrent })
+    }
+
+    /// The last step of [`PowDir::plan_load`]: the plan for a torrent fetched as `wanted` says.
+    pub fn plan_fetched(
+        &self,
+        wanted: TorrentWanted,
+        fetched: FetchedTorrent,
+        base_dir: Option<&Path>,
+    ) -> Result<LoadPlan> {
+        let TorrentWanted {
+            shown,
+            torrent: wanted,
+        } = wanted;
+        let FetchedTorrent {
+            path: torrent_path,
+            from: torrent_from,
+            metainfo,
+        } = fetched;
         let previous = self.load_record(&shown.iri)?;
         let base_dir = match (base_dir, &previous) {
             (Some(dir), _) => dir.to_path_buf(),
@@ -280,34 +376,6 @@ impl PowDir {
             .join(&self.config().download_dir)
             .join(LOADER_KEY)
             .join(default_dir_name(iri))
-    }
-
-    /// The cached torrent if it parses (unless `refresh`), else the store's copy (then
-    /// cached atomically).
-    fn fetch_torrent(
-        &self,
-        name: &str,
-        store: &TorrentStore,
-        refresh: bool,
-    ) -> Result<(PathBuf, String, Metainfo)> {
-        let cache_dir = self.dir().join(TORRENT_CACHE_DIR);
-        let cached = cache_dir.join(name);
-        if !refresh {
-            let parsed = std::fs::read(&cached)
-                .ok()
-                .and_then(|bytes| Metainfo::from_bytes(&bytes).ok());
-            if let Some(metainfo) = parsed {
-                return Ok((cached, "cache".into(), metainfo));
-            }
-        }
-        let bytes = store.fetch(name)?;
-        let metainfo = Metainfo::from_bytes(&bytes).map_err(|e| Error::Store {
-            store: store.describe(),
-            message: format!("{name} is not a valid torrent: {e}"),
-        })?;
-        remove_interrupted_writes(&cache_dir)?;
-        write_atomically(&cache_dir, name, &bytes)?;
-        Ok((cached, store.describe(), metainfo))
     }
 
     /// Refuses a load whose content would overwrite another data source's verified content:
