@@ -22,7 +22,7 @@ def tables_of_log(lines):
             section = 'shared'
         elif line.startswith('## 4b. '):
             section = 'pinned'
-        elif line.startswith('## 5. '):
+        elif line.startswith('## 4c. ') or line.startswith('## 5. '):
             section = None
         m = re.search(r'\] payload (\d+)([MG]) ', line) or re.match(r'### (\d+) MiB payload', line)
         if m:

@@ -13,6 +13,11 @@
 #   4b. the same matrix with every seeder on core 0 and every leecher on core 1 (`swarm.sh --pin`):
 #      each process as if on a one-core machine of its own, so a leecher's figures no longer
 #      depend on how much of the shared cores the seeder leaves idle
+#   4c. libtorrent's seed again at 256 MiB, shared and pinned, with its `high_performance_seed()`
+#      settings (swarm-lab's LT_HP=1): a figure, no target. The default seed reads ahead at most
+#      `send_buffer_low_watermark` (10 KiB) for a peer until it has measured a second of upload
+#      to it, and a 256 MiB transfer is over in about that second; this shows what the 4/4b
+#      rows from libtorrent's seed at 256 MiB measure
 #   5. 1 pow seed + 8 pow leechers on 256 MiB (benches/swarm8.sh): seed upload <= 1.5x payload,
 #      with a plain seed and with `--super-seed`
 #   6. the main job, `pow source load` of 1 GiB from a pow seed (benches/source_load.sh): wall
@@ -112,6 +117,23 @@ for size in "${sizes[@]}"; do
   cp "$csv" "/tmp/pow-targets-matrix-pinned-$size.csv"
 done
 OPENSSL_SHA1_GIB="$openssl_gib" python3 benches/targets.py --pinned "${pinned[@]}"
+
+echo "## 4c. libtorrent's seed with high_performance_seed() settings (figures, no target)"
+for pin in "" --pin; do
+  csv="$work/lt-hp$pin.csv"
+  LT_HP=1 BENCH_CSV="$csv" bash benches/swarm.sh $pin --size "${sizes[0]}" --repeat "$repeat" \
+    --tracker tiny --seeders libtorrent --leechers "libtorrent ext" || true
+  python3 - "$csv" "$openssl_gib" "${pin:-shared}" <<'EOF'
+import csv, statistics, sys
+path, openssl_gib, how = sys.argv[1:]
+rows = [r for r in csv.DictReader(open(path)) if r['leecher'] == 'ext' and r['verified'] == 'yes']
+if rows:
+    xfer = statistics.median(float(r['xfer_mib_s']) for r in rows)
+    sha1 = float(openssl_gib) * 1024
+    print(f'pow from libtorrent\'s high-performance seed ({how}): median xfer {xfer:.0f} MiB/s = '
+          f'{xfer / sha1:.2f}x one-core SHA-1 ({sha1:.0f} MiB/s); a figure, not a target row')
+EOF
+done
 
 echo "## 5. one pow seed, eight pow leechers"
 swarm8_size=256M; [ $quick = 1 ] && swarm8_size=64M
