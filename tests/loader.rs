@@ -1142,6 +1142,28 @@ fn publishing_a_directory_names_it_by_the_md5_of_its_files_in_torrent_order() {
         .status
         .success());
     let store = work.path().join("store");
+    // Options only seeding uses are refused with --no-seed (they were ignored), before
+    // anything is hashed or stored.
+    for option in [
+        &["--port", "7000"][..],
+        &["--super-seed"],
+        &["--max-upload-rate", "1M"],
+    ] {
+        let o = run(pow()
+            .arg("--pow-dir")
+            .arg(&pow_dir)
+            .arg("publish")
+            .arg(&data)
+            .arg("--no-seed")
+            .args(option)
+            .arg("--torrent-store")
+            .arg(&store));
+        let stderr = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{option:?}: {stderr}");
+        let refused = format!("'--no-seed' cannot be used with '{}", option[0]);
+        assert!(stderr.contains(&refused), "{stderr}");
+        assert!(!store.exists(), "{option:?} stored something");
+    }
     let o = run(pow()
         .arg("--pow-dir")
         .arg(&pow_dir)

@@ -13,6 +13,24 @@ use std::sync::Arc;
 
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
+/// The options of [`SwarmArgs`] only the seeding after a publish uses (`--tracker` goes into
+/// the torrent too).
+const SEEDING_ONLY: [&str; 13] = [
+    "port",
+    "bind",
+    "resume_every",
+    "super_seed",
+    "max_upload_rate",
+    "no_pex",
+    "dht",
+    "dht_bootstrap",
+    "dht_port",
+    "dht_state",
+    "encryption",
+    "utp",
+    "upload_slots",
+];
+
 #[derive(Args)]
 pub struct PublishArgs {
     /// The file (typically a .zip) or directory to publish.
@@ -38,8 +56,9 @@ pub struct PublishArgs {
     /// Token of a `pow serve` torrent store (an http:// store is written by PUT).
     #[arg(long, env = "POW_STORE_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Publish only: do not seed afterwards.
-    #[arg(long)]
+    /// Publish only: do not seed afterwards (the options of seeding are refused with it:
+    /// nothing would use them).
+    #[arg(long, conflicts_with_all = SEEDING_ONLY)]
     no_seed: bool,
     /// Trackers (pow.toml's `trackers`, then each --tracker) go into the torrent.
     #[command(flatten)]
