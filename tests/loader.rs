@@ -589,69 +589,137 @@ fn tampered_content_missing_torrent_and_dead_store_fail_clearly() {
     assert!(!base_dir.exists(), "nothing written");
 }
 
-/// A load whose HTTP torrent store takes the request and never answers (it times out after 30
-/// s) lets go of the project's graph store while it waits: `pow source list` and `pow save`
-/// run meanwhile. They used to wait for the load (the store opens for one process at a time),
-/// and a second load, or a third command after it, gave up after a minute ("is in use").
+/// A load (or a `source verify`) whose HTTP torrent store takes the request and never answers
+/// (it times out after 30 s) lets go of the project's graph store while it waits: `pow source
+/// list` and `pow save` run meanwhile. They used to wait for the load (the store opens for one
+/// process at a time), and a second load, or a third command after it, gave up after a minute
+/// ("is in use").
 #[test]
 fn a_torrent_store_that_never_answers_holds_no_other_command_up() {
     let work = TempDir::new("silent-store");
     let work = work.path();
     // Connections complete in the kernel's backlog; nothing ever reads or answers them.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    silent.set_nonblocking(true).unwrap();
     let store = format!("http://127.0.0.1:{}", silent.local_addr().unwrap().port());
     let name = "0123456789abcdef0123456789abcdef.torrent";
     let pow_dir = project(work, "silent", &format!("torrent_file_name = \"{name}\"\n"));
-    let mut loading = load_command(
-        &pow_dir,
-        "ConnectomeCSVDataSource:silent",
-        &["--torrent-store", &store],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    // The load's request is in: it is waiting on the store.
-    silent.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let _request = loop {
-        match silent.accept() {
-            Ok((connection, _)) => break connection,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline, "the load never asked the store");
-                assert!(loading.try_wait().unwrap().is_none(), "the load ended");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("{e}"),
-        }
+    let id = "ConnectomeCSVDataSource:silent";
+    let verify = {
+        let mut command = pow();
+        command.arg("--pow-dir").arg(&pow_dir).args([
+            "source",
+            "verify",
+            id,
+            "--torrent-store",
+            &store,
+        ]);
+        command
     };
-    let asked = Instant::now();
-    let listed = run(pow()
+    let commands = [
+        (
+            "load",
+            load_command(&pow_dir, id, &["--torrent-store", &store]),
+        ),
+        ("verify", verify),
+    ];
+    for (round, (what, mut command)) in commands.into_iter().enumerate() {
+        let mut waiting = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Its request is in: it is waiting on the store.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let _request = loop {
+            match silent.accept() {
+                Ok((connection, _)) => break connection,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the {what} never asked the store"
+                    );
+                    assert!(waiting.try_wait().unwrap().is_none(), "the {what} ended");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let asked = Instant::now();
+        let listed = run(pow()
+            .arg("--pow-dir")
+            .arg(&pow_dir)
+            .args(["source", "list"]));
+        assert!(listed.status.success(), "list: {}", text(&listed.stderr));
+        assert!(
+            text(&listed.stdout).contains("silent"),
+            "{}",
+            text(&listed.stdout)
+        );
+        let defs = work.join(format!("more-{round}.toml"));
+        std::fs::write(
+            &defs,
+            format!("[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"more{round}\"\n"),
+        )
+        .unwrap();
+        let saved = run(pow().arg("--pow-dir").arg(&pow_dir).arg("save").arg(&defs));
+        assert!(saved.status.success(), "save: {}", text(&saved.stderr));
+        let meanwhile = asked.elapsed();
+        let still_waiting = waiting.try_wait().unwrap().is_none();
+        let _ = waiting.kill();
+        let _ = waiting.wait();
+        println!("list and save ran in {meanwhile:?} while the {what} waited on its store");
+        assert!(
+            still_waiting,
+            "list and save waited {meanwhile:?}, until the {what} gave up on its store"
+        );
+    }
+}
+
+/// `pow publish` to an HTTP store asks it to store the torrent and nothing more: the record of
+/// the content the publisher holds is planned from the torrent it stored. It used to fetch the
+/// torrent back with the project's graph store open, so a store that took the PUT and then
+/// stalled held every other pow command up for its 30 s timeout, and the publish failed.
+#[test]
+fn a_publish_does_not_fetch_back_the_torrent_it_stored() {
+    let work = TempDir::new("put-only");
+    let store = HttpStore::scripted(
+        "import time\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_PUT(self):\n\
+         \x20       self.rfile.read(int(self.headers['Content-Length']))\n\
+         \x20       self.send_response(201); self.send_header('Content-Length', '0')\n\
+         \x20       self.end_headers()\n\
+         \x20   def do_GET(self):\n\
+         \x20       time.sleep(120)\n",
+    );
+    let data = work.path().join("v1.csv");
+    std::fs::write(&data, "pre,post\nAVAL,AVAR\n").unwrap();
+    let pow_dir = work.path().join("pow");
+    let init = run(pow().arg("--pow-dir").arg(&pow_dir).arg("init"));
+    assert!(init.status.success(), "init: {}", text(&init.stderr));
+    let o = run(pow()
         .arg("--pow-dir")
         .arg(&pow_dir)
-        .args(["source", "list"]));
-    assert!(listed.status.success(), "list: {}", text(&listed.stderr));
+        .arg("publish")
+        .arg(&data)
+        .args(["--type", "ConnectomeCSVDataSource", "--key", "put"])
+        .args(["--no-seed", "--json", "--torrent-store", &store.url]));
+    let stderr = text(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let summary = json_of(&o);
+    assert_eq!(summary["stored"], "written", "{summary}");
+    let shown = run(pow().arg("--pow-dir").arg(&pow_dir).args([
+        "source",
+        "show",
+        "ConnectomeCSVDataSource:put",
+    ]));
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let md5 = md5_hex(&data);
     assert!(
-        text(&listed.stdout).contains("silent"),
+        text(&shown.stdout).contains(&md5),
         "{}",
-        text(&listed.stdout)
-    );
-    let defs = work.join("more.toml");
-    std::fs::write(
-        &defs,
-        "[[source]]\ntype = \"ConnectomeCSVDataSource\"\nkey = \"more\"\n",
-    )
-    .unwrap();
-    let saved = run(pow().arg("--pow-dir").arg(&pow_dir).arg("save").arg(&defs));
-    assert!(saved.status.success(), "save: {}", text(&saved.stderr));
-    let meanwhile = asked.elapsed();
-    let still_waiting = loading.try_wait().unwrap().is_none();
-    let _ = loading.kill();
-    let _ = loading.wait();
-    println!("list and save ran in {meanwhile:?} while the load waited on its store");
-    assert!(
-        still_waiting,
-        "list and save waited {meanwhile:?}, until the load gave up on its store"
+        text(&shown.stdout)
     );
 }
 
@@ -1019,8 +1087,12 @@ fn publish_then_aria2_and_pow_load_fetch_it() {
                 "--tracker",
                 TRACKER,
             ])
-            .args(["--bind", "127.0.0.1", "--port", "51105", "--json"])
+            .arg("--json")
             .args(extra);
+        // Where it seeds; `--no-seed` refuses the options of seeding.
+        if !extra.contains(&"--no-seed") {
+            cmd.args(["--bind", "127.0.0.1", "--port", "51105"]);
+        }
         cmd
     };
     let mut seeding = publish(&[]).stdout(Stdio::piped()).spawn().unwrap();

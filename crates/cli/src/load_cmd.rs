@@ -142,6 +142,23 @@ fn plan(
     Ok((plan, found))
 }
 
+/// [`PowDir::plan_load`](pow_datasource::PowDir::plan_load) with the graph store closed while
+/// the torrent is fetched (from the cache, or a torrent store that may be slow to answer).
+pub(crate) fn plan_store_closed(
+    pow_dir: Option<&Path>,
+    id: &str,
+    torrent_store: Option<&str>,
+    base_dir: Option<&Path>,
+) -> Result<LoadPlan, Box<dyn std::error::Error>> {
+    let (wanted, store) = {
+        let pow = crate::source_cmd::open(pow_dir)?;
+        (pow.torrent_wanted(id)?, pow.torrent_store(torrent_store)?)
+    };
+    let fetched = wanted.fetch(&crate::source_cmd::location(pow_dir).0, &store)?;
+    let pow = crate::source_cmd::open(pow_dir)?;
+    Ok(pow.plan_fetched(wanted, fetched, base_dir)?)
+}
+
 /// The load's plan for a torrent fetched, the graph store opened again for it.
 fn plan_fetched(
     pow_dir: Option<&Path>,
@@ -598,11 +615,12 @@ fn print_checks(checks: &[Check]) {
 }
 
 pub fn verify(pow_dir: Option<&Path>, args: SourceVerifyArgs) -> CmdResult {
-    let plan = {
-        let pow = crate::source_cmd::open(pow_dir)?;
-        let store = pow.torrent_store(args.torrent_store.as_deref())?;
-        pow.plan_load(&args.id, &store, args.base_dir.as_deref())?
-    };
+    let plan = plan_store_closed(
+        pow_dir,
+        &args.id,
+        args.torrent_store.as_deref(),
+        args.base_dir.as_deref(),
+    )?;
     if let Some(earlier) = &plan.replaces {
         return Err(format!(
             "{}: the record names content not loaded yet (info-hash {}); {} holds the content \

@@ -15,7 +15,7 @@ type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
 /// The options of [`SwarmArgs`] only the seeding after a publish uses (`--tracker` goes into
 /// the torrent too).
-const SEEDING_ONLY: [&str; 13] = [
+const SEEDING_ONLY: [&str; 18] = [
     "port",
     "bind",
     "resume_every",
@@ -29,6 +29,11 @@ const SEEDING_ONLY: [&str; 13] = [
     "encryption",
     "utp",
     "upload_slots",
+    "choke_interval",
+    "pex_interval",
+    "idle_timeout",
+    "snub_timeout",
+    "announce_min",
 ];
 
 #[derive(Args)]
@@ -160,10 +165,14 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
     )?;
     // Seed, and record, exactly what the store holds: an earlier publish of the same bytes
     // may have used other options (another piece length: another info-hash).
-    let metainfo = Arc::new(match stored {
-        Stored::Written => created.metainfo,
-        Stored::Existing => Metainfo::from_bytes(&store.fetch(&torrent_file_name)?)?,
-    });
+    let (metainfo, stored_bytes) = match stored {
+        Stored::Written => (created.metainfo, created.bytes),
+        Stored::Existing => {
+            let bytes = store.fetch(&torrent_file_name)?;
+            (Metainfo::from_bytes(&bytes)?, bytes)
+        }
+    };
+    let metainfo = Arc::new(metainfo);
     if metainfo.name != file_name {
         // The same bytes, published before under another name (`pow serve` stores uploads
         // under names of its own): recorded and seeded as they are here, the record would name
@@ -204,6 +213,11 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
             .ok_or_else(|| format!("--set {pair}: expected FIELD=VALUE"))?;
         fields.push((name.to_string(), value.to_string()));
     }
+    // Cached as the store holds it before the graph store is opened: the plan below finds it
+    // there, and does not ask the store (an HTTP store that stalls now would hold every other
+    // pow command up while the graph store is open).
+    let pow_dir_path = crate::source_cmd::location(pow_dir).0;
+    pow_datasource::loader::cache_torrent(&pow_dir_path, &torrent_file_name, &stored_bytes)?;
     let pow = crate::source_cmd::open(pow_dir)?;
     let iri = pow.upsert_source(&args.kind, &key, &fields)?;
     let id = pow_datasource::schema::shorten(&iri);

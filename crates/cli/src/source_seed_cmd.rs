@@ -5,7 +5,7 @@
 use crate::announce::bytes_per_second;
 use crate::multiseed::MultiSeed;
 use clap::Args;
-use pow_datasource::LoadPlan;
+use pow_datasource::{LoadPlan, TorrentWanted};
 use pow_engine::{RateLimit, SharedListener};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -61,47 +61,77 @@ pub struct SourceSeedArgs {
 /// A data source to seed (its `Type:key`) and its plan, or why it cannot be seeded.
 type Planned = (String, Result<LoadPlan, String>);
 
-/// The data sources to seed, resolved: a plan each, or why not.
+/// The data sources to seed, resolved: a plan each, or why not. The graph store is closed
+/// while the torrents are fetched (from the cache, or a torrent store that may be slow to
+/// answer): other pow commands wait for it.
 fn plans(
     pow_dir: Option<&Path>,
     args: &SourceSeedArgs,
 ) -> Result<Vec<Planned>, Box<dyn std::error::Error>> {
-    let pow = crate::source_cmd::open(pow_dir)?;
-    let store = pow.torrent_store(args.torrent_store.as_deref())?;
-    let ids = if args.all {
-        let loaded = pow.loaded_sources()?;
-        if loaded.is_empty() {
-            return Err(
-                "no data source has been loaded on this machine (pow source load ID)".into(),
-            );
-        }
-        loaded
-    } else if args.ids.is_empty() {
-        return Err("name the data sources to seed, or --all for every one loaded here".into());
-    } else {
-        args.ids.clone()
+    let (wanted, store) = {
+        let pow = crate::source_cmd::open(pow_dir)?;
+        let store = pow.torrent_store(args.torrent_store.as_deref())?;
+        let ids = if args.all {
+            let loaded = pow.loaded_sources()?;
+            if loaded.is_empty() {
+                return Err(
+                    "no data source has been loaded on this machine (pow source load ID)".into(),
+                );
+            }
+            loaded
+        } else if args.ids.is_empty() {
+            return Err("name the data sources to seed, or --all for every one loaded here".into());
+        } else {
+            args.ids.clone()
+        };
+        let wanted: Vec<_> = ids
+            .into_iter()
+            .map(|id| {
+                let loaded = (|| -> Result<(TorrentWanted, String), String> {
+                    let shown = pow.show(&id).map_err(|e| e.to_string())?;
+                    let Some(record) = pow.load_record(&shown.iri).map_err(|e| e.to_string())?
+                    else {
+                        return Err(format!(
+                            "not loaded on this machine (pow source load {} first)",
+                            shown.id
+                        ));
+                    };
+                    let wanted = pow.torrent_wanted(&id).map_err(|e| e.to_string())?;
+                    Ok((wanted, record.info_hash))
+                })();
+                (id, loaded)
+            })
+            .collect();
+        (wanted, store)
     };
+    let pow_dir_path = crate::source_cmd::location(pow_dir).0;
+    let fetched: Vec<_> = wanted
+        .into_iter()
+        .map(|(id, loaded)| {
+            let fetched = loaded.and_then(|(wanted, loaded_hash)| {
+                let torrent = wanted
+                    .fetch(&pow_dir_path, &store)
+                    .map_err(|e| e.to_string())?;
+                Ok((wanted, torrent, loaded_hash))
+            });
+            (id, fetched)
+        })
+        .collect();
+    let pow = crate::source_cmd::open(pow_dir)?;
     let mut plans = Vec::new();
-    for id in ids {
-        let plan = (|| -> Result<LoadPlan, String> {
-            let shown = pow.show(&id).map_err(|e| e.to_string())?;
-            let Some(record) = pow.load_record(&shown.iri).map_err(|e| e.to_string())? else {
-                return Err(format!(
-                    "not loaded on this machine (pow source load {} first)",
-                    shown.id
-                ));
-            };
+    for (id, fetched) in fetched {
+        let plan = fetched.and_then(|(wanted, torrent, loaded_hash)| {
             let plan = pow
-                .plan_load(&id, &store, None)
+                .plan_fetched(wanted, torrent, None)
                 .map_err(|e| e.to_string())?;
-            if plan.metainfo.info_hash.to_hex() != record.info_hash {
+            if plan.metainfo.info_hash.to_hex() != loaded_hash {
                 return Err(format!(
-                    "loaded from another torrent (info-hash {}) than {} now names (pow source load {} again)",
-                    record.info_hash, plan.torrent_file_name, shown.id
+                    "loaded from another torrent (info-hash {loaded_hash}) than {} now names (pow source load {} again)",
+                    plan.torrent_file_name, plan.id
                 ));
             }
             Ok(plan)
-        })();
+        });
         let shown_id = plan.as_ref().map_or(id, |p| p.id.clone());
         plans.push((shown_id, plan));
     }
