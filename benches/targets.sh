@@ -13,8 +13,9 @@
 #   4b. the same matrix with every seeder on core 0 and every leecher on core 1 (`swarm.sh --pin`):
 #      each process as if on a one-core machine of its own, so a leecher's figures no longer
 #      depend on how much of the shared cores the seeder leaves idle
-#   4c. libtorrent's seed again at 256 MiB, shared and pinned, with its `high_performance_seed()`
-#      settings (swarm-lab's LT_HP=1): a figure, no target. The default seed reads ahead at most
+#   4c. libtorrent's seed again at the first payload (256 MiB), shared and pinned, with its
+#      `high_performance_seed()` settings (swarm-lab's LT_HP=1, which libtorrent's leecher gets
+#      too): a figure, no target. The default seed reads ahead at most
 #      `send_buffer_low_watermark` (10 KiB) for a peer until it has measured a second of upload
 #      to it, and a 256 MiB transfer is over in about that second; this shows what the 4/4b
 #      rows from libtorrent's seed at 256 MiB measure
@@ -123,7 +124,9 @@ for pin in "" --pin; do
   csv="$work/lt-hp$pin.csv"
   LT_HP=1 BENCH_CSV="$csv" bash benches/swarm.sh $pin --size "${sizes[0]}" --repeat "$repeat" \
     --tracker tiny --seeders libtorrent --leechers "libtorrent ext" || true
-  python3 - "$csv" "$openssl_gib" "${pin:-shared}" <<'EOF'
+  how="sharing the cores"; [ -n "$pin" ] && how="one core each"
+  [ -f "$csv" ] || { echo "no rows: the lab run failed"; continue; }
+  python3 - "$csv" "$openssl_gib" "$how" <<'EOF' || true
 import csv, statistics, sys
 path, openssl_gib, how = sys.argv[1:]
 rows = [r for r in csv.DictReader(open(path)) if r['leecher'] == 'ext' and r['verified'] == 'yes']
