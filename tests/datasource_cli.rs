@@ -878,6 +878,64 @@ fn source_kinds_lists_the_2019_hierarchy() {
     assert_eq!(json.as_array().unwrap().len(), 5, "{json}");
 }
 
+/// A DataSource class an imported schema adds (OpenWormData's `NeuronCSVDataSource`, a
+/// subclass of `CSVDataSource` in the schema graph) is a kind like pow's own: its instances
+/// are counted by `save`, listed (also by `--kind`), shown and loadable by the fields of the
+/// class it extends, and `kinds` names it. They used to be listed only: `show` said "is not a
+/// DataSource", so they could not be loaded, and `--kind` refused the class.
+#[test]
+fn an_imported_schemas_datasource_classes_are_kinds_too() {
+    let (tmp, dir) = init("ds-imported-kind");
+    let nq = tmp.path().join("neurons.nq");
+    let (e, schema, data) = (
+        "http://openworm.org/entities",
+        "<http://openworm.org/schema>",
+        "<http://openworm.org/data>",
+    );
+    let sub = "<http://www.w3.org/2000/01/rdf-schema#subClassOf>";
+    let a = "<http://www.w3.org/1999/02/22-rdf-syntax-ns#type>";
+    std::fs::write(
+        &nq,
+        format!(
+            "<{e}/NeuronCSVDataSource> {sub} <{e}/CSVDataSource> {schema} .\n\
+             <{e}/NeuronCSVDataSource/n1> {a} <{e}/NeuronCSVDataSource> {data} .\n\
+             <{e}/NeuronCSVDataSource/n1> <{e}/data_sources/CSVDataSource#csv_file_name> \"neurons.csv\" {data} .\n\
+             <{e}/NeuronCSVDataSource/n1> <{e}/data_sources/LocalFileDataSource#torrent_file_name> \"d9da5ce947c6f1c127dfcdc2ede63320.torrent\" {data} .\n\
+             <{e}/NeuronCSVDataSource/n1> <http://www.w3.org/2000/01/rdf-schema#comment> \"neurons\" {data} .\n"
+        ),
+    )
+    .unwrap();
+    let saved = ok(&dir, &["save", path_str(&nq)]);
+    assert!(saved.starts_with("saved 1 data source(s)"), "{saved}");
+    let n1 = format!("{e}/NeuronCSVDataSource/n1");
+    assert_eq!(ok(&dir, &["source", "list"]), format!("{n1}\tneurons\n"));
+    assert_eq!(
+        ok(&dir, &["source", "list", "--kind", "NeuronCSVDataSource"]),
+        format!("{n1}\tneurons\n")
+    );
+    assert_eq!(
+        ok(&dir, &["source", "list", "--kind", "CSVDataSource"]),
+        format!("{n1}\tneurons\n")
+    );
+    assert_eq!(
+        ok(
+            &dir,
+            &["source", "list", "--kind", "ConnectomeCSVDataSource"]
+        ),
+        ""
+    );
+    let shown = ok(&dir, &["source", "show", &n1]);
+    assert_eq!(
+        shown,
+        "NeuronCSVDataSource\n    CSV file name: 'neurons.csv'\n    \
+         Torrent file name: 'd9da5ce947c6f1c127dfcdc2ede63320.torrent'\n"
+    );
+    let kinds = ok(&dir, &["source", "kinds"]);
+    assert!(kinds.lines().any(|k| k == "NeuronCSVDataSource"), "{kinds}");
+    let err = fails(&dir, &["source", "list", "--kind", "GlialCSVDataSource"]);
+    assert!(err.contains("NeuronCSVDataSource"), "{err}");
+}
+
 /// `pow source derivs ID`: the sources whose `source` field names ID, and so on down, as a
 /// tree (2019's `pow source derivs`, owmeta-core's `owm source derivs`); one with two parents
 /// is under both, shown in full under the first printed; a cycle ends; an ID that is not

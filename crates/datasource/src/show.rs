@@ -14,8 +14,8 @@ pub struct Shown {
     pub id: String,
     /// Full IRI.
     pub iri: String,
-    /// Most specific known class.
-    pub class: &'static str,
+    /// Its most specific class: pow's, or one an imported schema makes a subclass of pow's.
+    pub class: String,
     /// Fields with values, in class order.
     pub fields: Vec<ShownField>,
 }
@@ -143,7 +143,7 @@ mod tests {
         let shown = Shown {
             id: "ConnectomeCSVDataSource:2000_connections".into(),
             iri: String::new(),
-            class: "ConnectomeCSVDataSource",
+            class: "ConnectomeCSVDataSource".into(),
             fields: vec![
                 ShownField {
                     name: "csv_file_name",

@@ -4,7 +4,7 @@
 use crate::config::{Config, CONFIG_FILE};
 use crate::definitions::{check, parse_rdf, parse_toml_fields, Cleared, FileFormat};
 use crate::error::{Error, Result};
-use crate::schema::{resolve_id, schema_quads, shorten, Class, SCHEMA_GRAPH};
+use crate::schema::{resolve_id, schema_quads, shorten, Class, ENTITIES, SCHEMA_GRAPH};
 use crate::show::{Shown, ShownField, Value};
 use oxigraph::io::{RdfFormat, RdfSerializer};
 use oxigraph::model::vocab::{rdf, rdfs};
@@ -118,6 +118,15 @@ pub enum QueryOutput {
     Table,
     /// SELECT/ASK: SPARQL JSON results; CONSTRUCT: a JSON array of N-Triples lines.
     Json,
+}
+
+/// How a class is named to users: by its name in the 2019 entities namespace (pow's classes,
+/// and an imported schema's there, `NeuronCSVDataSource`), else by its IRI.
+fn kind_name(class_iri: &str) -> String {
+    match class_iri.strip_prefix(ENTITIES) {
+        Some(name) if !name.is_empty() && !name.contains(['/', '#']) => name.to_string(),
+        _ => class_iri.to_string(),
+    }
 }
 
 /// How long opening the graph store waits for another process to let go of it.
@@ -344,13 +353,6 @@ impl PowDir {
         replace_fields: bool,
         cleared: &[Cleared],
     ) -> Result<SaveReport> {
-        let sources = quads
-            .iter()
-            .filter(|q| {
-                q.predicate.as_ref() == rdf::TYPE
-                    && matches!(&q.object, Term::NamedNode(n) if Class::by_iri(n.as_str()).is_some())
-            })
-            .count();
         let mut txn = self.store.start_transaction()?;
         if replace_fields {
             for old in replaced_values(&txn, &quads, &self.data_graph())? {
@@ -374,6 +376,26 @@ impl PowDir {
         txn.extend(&schema_quads(&self.config.data_graph));
         txn.extend(&quads);
         txn.commit()?;
+        // Counted once written: the file may bring the schema that makes its classes kinds.
+        let mut kinds: std::collections::HashMap<&str, bool> = Default::default();
+        let mut sources = 0;
+        for q in &quads {
+            let Term::NamedNode(class) = &q.object else {
+                continue;
+            };
+            if q.predicate.as_ref() != rdf::TYPE {
+                continue;
+            }
+            let is_kind = match kinds.get(class.as_str()) {
+                Some(&known) => known,
+                None => {
+                    let known = self.known_ancestor(class.as_str())?.is_some();
+                    kinds.insert(class.as_str(), known);
+                    known
+                }
+            };
+            sources += usize::from(is_kind);
+        }
         Ok(SaveReport {
             quads: quads.len(),
             sources,
@@ -401,15 +423,7 @@ impl PowDir {
     pub fn list(&self, kind: Option<&str>, full: bool) -> Result<Vec<ListEntry>> {
         let kind_iri = match kind {
             None => Class::by_name("DataSource").expect("DataSource").iri(),
-            Some(k) => match Class::by_name(k) {
-                Some(c) => c.iri(),
-                None => Class::by_iri(&resolve_id(k))
-                    .map(Class::iri)
-                    .ok_or_else(|| Error::UnknownKind {
-                        name: k.to_string(),
-                        valid: Class::names().join(", "),
-                    })?,
-            },
+            Some(k) => self.kind_iri(k)?,
         };
         let query = format!(
             "SELECT ?s (MIN(?c) AS ?comment) WHERE {{ \
@@ -466,20 +480,79 @@ impl PowDir {
     }
 
     /// The most specific known DataSource class of a stored subject, if any.
-    fn class_of(&self, subject: NamedOrBlankNodeRef<'_>) -> Result<Option<&'static Class>> {
-        Ok(self
-            .objects(subject, rdf::TYPE)?
-            .iter()
-            .filter_map(|t| match t {
-                Term::NamedNode(n) => Class::by_iri(n.as_str()),
-                _ => None,
-            })
-            .max_by_key(|c| c.depth()))
+    fn class_of(
+        &self,
+        subject: NamedOrBlankNodeRef<'_>,
+    ) -> Result<Option<(String, &'static Class)>> {
+        let mut best: Option<(String, &'static Class)> = None;
+        for t in self.objects(subject, rdf::TYPE)? {
+            let Term::NamedNode(t) = t else { continue };
+            if let Some(class) = self.known_ancestor(t.as_str())? {
+                if best.as_ref().is_none_or(|(_, b)| class.depth() > b.depth()) {
+                    best = Some((kind_name(t.as_str()), class));
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// The class pow knows that `class_iri` is, or the nearest one it is a subclass of
+    /// (`rdfs:subClassOf+` in the schema graph: an imported schema's DataSource classes,
+    /// OpenWormData's `NeuronCSVDataSource` say, are shown and loaded by the fields of the
+    /// class they extend).
+    fn known_ancestor(&self, class_iri: &str) -> Result<Option<&'static Class>> {
+        if let Some(class) = Class::by_iri(class_iri) {
+            return Ok(Some(class));
+        }
+        let Ok(class) = NamedNode::new(class_iri) else {
+            return Ok(None);
+        };
+        let query = format!(
+            "SELECT DISTINCT ?c WHERE {{ GRAPH <{SCHEMA_GRAPH}> {{ {class} <{sub}>+ ?c }} }}",
+            sub = rdfs::SUB_CLASS_OF.as_str(),
+        );
+        let mut best: Option<&'static Class> = None;
+        for solution in self.select(&query)? {
+            if let Some(Term::NamedNode(c)) = solution?.get("c") {
+                if let Some(class) = Class::by_iri(c.as_str()) {
+                    if best.is_none_or(|b| class.depth() > b.depth()) {
+                        best = Some(class);
+                    }
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// The IRI of the kind `--kind K` names: a class pow knows, by name or IRI, or one an
+    /// imported schema makes a subclass of DataSource (by IRI, or by name in the 2019 entities
+    /// namespace).
+    fn kind_iri(&self, kind: &str) -> Result<String> {
+        if let Some(class) = Class::by_name(kind) {
+            return Ok(class.iri());
+        }
+        let iri = if kind.contains(':') {
+            resolve_id(kind)
+        } else {
+            format!("{ENTITIES}{kind}")
+        };
+        match self.known_ancestor(&iri)? {
+            Some(_) => Ok(iri),
+            None => Err(Error::UnknownKind {
+                name: kind.to_string(),
+                valid: self
+                    .kinds()?
+                    .into_iter()
+                    .map(|k| k.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
     }
 
     /// `pow source kinds`: the classes that are DataSource or one of its subclasses
-    /// (`rdfs:subClassOf*` in the schema graph, where `--kind` looks) and that pow knows
-    /// (those `--kind`, `type =` and `show` take: a class an imported schema adds is not one),
+    /// (`rdfs:subClassOf*` in the schema graph, where `--kind` looks): pow's, and those an
+    /// imported schema adds (`--kind` and `show` take them; a TOML `type =` takes pow's only),
     /// sorted by name.
     pub fn kinds(&self) -> Result<Vec<KindEntry>> {
         let query = format!(
@@ -491,12 +564,10 @@ impl PowDir {
         let mut out = Vec::new();
         for solution in solutions {
             if let Some(Term::NamedNode(t)) = solution?.get("t") {
-                if let Some(class) = Class::by_iri(t.as_str()) {
-                    out.push(KindEntry {
-                        name: class.name.to_string(),
-                        iri: t.as_str().to_string(),
-                    });
-                }
+                out.push(KindEntry {
+                    name: kind_name(t.as_str()),
+                    iri: t.as_str().to_string(),
+                });
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -591,7 +662,7 @@ impl PowDir {
     }
 
     fn show_node(&self, node: NamedNodeRef<'_>, depth: usize) -> Result<Option<Shown>> {
-        let Some(class) = self.class_of(node.into())? else {
+        let Some((class_name, class)) = self.class_of(node.into())? else {
             return Ok(None);
         };
         let mut fields = Vec::new();
@@ -620,7 +691,7 @@ impl PowDir {
         Ok(Some(Shown {
             id: shorten(node.as_str()),
             iri: node.as_str().to_string(),
-            class: class.name,
+            class: class_name,
             fields,
         }))
     }
