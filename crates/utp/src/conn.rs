@@ -282,6 +282,11 @@ impl Connection {
         }
     }
 
+    /// Whether our side was closed ([`Connection::close`]): nothing more may be written.
+    pub fn close_requested(&self) -> bool {
+        self.close_requested
+    }
+
     /// Our FIN is acked (or the connection is closed): nothing of ours is left to deliver.
     pub fn done_sending(&self) -> bool {
         self.state == State::Closed || (self.fin_sent && self.inflight.is_empty())

@@ -515,7 +515,9 @@ impl UtpStream {
         if let Some(kind) = inner.conn.error {
             return Poll::Ready(Err(kind.into()));
         }
-        if inner.conn.state == State::Closed {
+        // After our shutdown the send buffer has no room, and a write waited for room for
+        // good; a TCP socket's write after `shutdown(SHUT_WR)` fails with EPIPE.
+        if inner.conn.state == State::Closed || inner.conn.close_requested() {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         let n = inner.conn.write(data, now());
@@ -654,6 +656,38 @@ mod tests {
         );
         assert_eq!(reply, b"thanks");
         eprintln!("8 MiB over uTP on loopback in {took:?}");
+    }
+
+    /// A write after our shutdown fails at once (as TCP's EPIPE); it waited for send-buffer
+    /// room that never comes, for good. The peer reads what came before, then the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_after_shutdown_fails_and_sends_nothing() {
+        let a = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let b = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let b_addr = b.local_addr();
+        let (read, got) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            let mut s = b.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            read.send(got).unwrap();
+            // Its own side stays open: the connection is not closed under the writer.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(s);
+        });
+        let mut s = a.connect(b_addr).await.unwrap();
+        s.write_all(b"before").await.unwrap();
+        s.shutdown().await.unwrap();
+        let after = tokio::time::timeout(Duration::from_secs(5), s.write(b"after"))
+            .await
+            .expect("a write after shutdown still waiting after 5 s");
+        assert_eq!(after.map_err(|e| e.kind()), Err(io::ErrorKind::BrokenPipe));
+        assert_eq!(got.await.unwrap(), b"before");
+        server.abort();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
