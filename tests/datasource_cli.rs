@@ -880,9 +880,10 @@ fn source_kinds_lists_the_2019_hierarchy() {
 
 /// A DataSource class an imported schema adds (OpenWormData's `NeuronCSVDataSource`, a
 /// subclass of `CSVDataSource` in the schema graph) is a kind like pow's own: its instances
-/// are counted by `save`, listed (also by `--kind`), shown and loadable by the fields of the
-/// class it extends, and `kinds` names it. They used to be listed only: `show` said "is not a
-/// DataSource", so they could not be loaded, and `--kind` refused the class.
+/// are counted by `save`, checked (the `also` rule, hashes), listed (also by `--kind`), shown
+/// and loadable by the fields of the class it extends, and `kinds` names it. They used to be
+/// listed only: `show` said "is not a DataSource", so they could not be loaded, and `--kind`
+/// refused the class.
 #[test]
 fn an_imported_schemas_datasource_classes_are_kinds_too() {
     let (tmp, dir) = init("ds-imported-kind");
@@ -899,6 +900,7 @@ fn an_imported_schemas_datasource_classes_are_kinds_too() {
         format!(
             "<{e}/NeuronCSVDataSource> {sub} <{e}/CSVDataSource> {schema} .\n\
              <{e}/NeuronCSVDataSource/n1> {a} <{e}/NeuronCSVDataSource> {data} .\n\
+             <{e}/NeuronCSVDataSource/n1> {a} <{e}/CSVDataSource> {data} .\n\
              <{e}/NeuronCSVDataSource/n1> <{e}/data_sources/CSVDataSource#csv_file_name> \"neurons.csv\" {data} .\n\
              <{e}/NeuronCSVDataSource/n1> <{e}/data_sources/LocalFileDataSource#torrent_file_name> \"d9da5ce947c6f1c127dfcdc2ede63320.torrent\" {data} .\n\
              <{e}/NeuronCSVDataSource/n1> <http://www.w3.org/2000/01/rdf-schema#comment> \"neurons\" {data} .\n"
@@ -927,9 +929,22 @@ fn an_imported_schemas_datasource_classes_are_kinds_too() {
     let shown = ok(&dir, &["source", "show", &n1]);
     assert_eq!(
         shown,
-        "NeuronCSVDataSource\n    CSV file name: 'neurons.csv'\n    \
+        "NeuronCSVDataSource\n    CSV file name: 'neurons.csv'\n    File name: 'neurons.csv'\n    \
          Torrent file name: 'd9da5ce947c6f1c127dfcdc2ede63320.torrent'\n"
     );
+    // Checked as a CSVDataSource: a malformed hash is refused, and nothing is written.
+    let bad = tmp.path().join("bad.nq");
+    std::fs::write(
+        &bad,
+        format!(
+            "<{e}/NeuronCSVDataSource/n2> {a} <{e}/NeuronCSVDataSource> {data} .\n\
+             <{e}/NeuronCSVDataSource/n2> <{e}/data_sources/FileDataSource#md5> \"zz\" {data} .\n"
+        ),
+    )
+    .unwrap();
+    let err = fails(&dir, &["save", path_str(&bad)]);
+    assert!(err.contains("md5"), "{err}");
+    assert_eq!(ok(&dir, &["source", "list"]), format!("{n1}\tneurons\n"));
     let kinds = ok(&dir, &["source", "kinds"]);
     assert!(kinds.lines().any(|k| k == "NeuronCSVDataSource"), "{kinds}");
     let err = fails(&dir, &["source", "list", "--kind", "GlialCSVDataSource"]);

@@ -213,13 +213,13 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
             .ok_or_else(|| format!("--set {pair}: expected FIELD=VALUE"))?;
         fields.push((name.to_string(), value.to_string()));
     }
-    // Cached as the store holds it before the graph store is opened: the plan below finds it
-    // there, and does not ask the store (an HTTP store that stalls now would hold every other
-    // pow command up while the graph store is open).
-    let pow_dir_path = crate::source_cmd::location(pow_dir).0;
-    pow_datasource::loader::cache_torrent(&pow_dir_path, &torrent_file_name, &stored_bytes)?;
     let pow = crate::source_cmd::open(pow_dir)?;
     let iri = pow.upsert_source(&args.kind, &key, &fields)?;
+    // Cached as the store holds it, once the record naming it is written (a record refused
+    // leaves the cache as it was): the plan below finds it there and does not ask the store,
+    // which, stalling, would hold every other pow command up while the graph store is open.
+    let pow_dir_path = crate::source_cmd::location(pow_dir).0;
+    pow_datasource::loader::cache_torrent(&pow_dir_path, &torrent_file_name, &stored_bytes)?;
     let id = pow_datasource::schema::shorten(&iri);
     // The publisher already holds the verified content: record it, so `source load` here
     // returns at once.

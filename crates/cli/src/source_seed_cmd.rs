@@ -87,17 +87,19 @@ fn plans(
         let wanted: Vec<_> = ids
             .into_iter()
             .map(|id| {
-                let loaded = (|| -> Result<(TorrentWanted, String), String> {
+                let loaded = (|| -> Result<TorrentWanted, String> {
                     let shown = pow.show(&id).map_err(|e| e.to_string())?;
-                    let Some(record) = pow.load_record(&shown.iri).map_err(|e| e.to_string())?
-                    else {
+                    if pow
+                        .load_record(&shown.iri)
+                        .map_err(|e| e.to_string())?
+                        .is_none()
+                    {
                         return Err(format!(
                             "not loaded on this machine (pow source load {} first)",
                             shown.id
                         ));
-                    };
-                    let wanted = pow.torrent_wanted(&id).map_err(|e| e.to_string())?;
-                    Ok((wanted, record.info_hash))
+                    }
+                    pow.torrent_wanted(&id).map_err(|e| e.to_string())
                 })();
                 (id, loaded)
             })
@@ -108,11 +110,11 @@ fn plans(
     let fetched: Vec<_> = wanted
         .into_iter()
         .map(|(id, loaded)| {
-            let fetched = loaded.and_then(|(wanted, loaded_hash)| {
+            let fetched = loaded.and_then(|wanted| {
                 let torrent = wanted
                     .fetch(&pow_dir_path, &store)
                     .map_err(|e| e.to_string())?;
-                Ok((wanted, torrent, loaded_hash))
+                Ok((wanted, torrent))
             });
             (id, fetched)
         })
@@ -120,10 +122,18 @@ fn plans(
     let pow = crate::source_cmd::open(pow_dir)?;
     let mut plans = Vec::new();
     for (id, fetched) in fetched {
-        let plan = fetched.and_then(|(wanted, torrent, loaded_hash)| {
+        let plan = fetched.and_then(|(wanted, torrent)| {
             let plan = pow
                 .plan_fetched(wanted, torrent, None)
                 .map_err(|e| e.to_string())?;
+            // Read now, not before the fetch: a load may have recorded other content meanwhile.
+            let Some(record) = pow.load_record(&plan.iri).map_err(|e| e.to_string())? else {
+                return Err(format!(
+                    "not loaded on this machine (pow source load {} first)",
+                    plan.id
+                ));
+            };
+            let loaded_hash = record.info_hash;
             if plan.metainfo.info_hash.to_hex() != loaded_hash {
                 return Err(format!(
                     "loaded from another torrent (info-hash {loaded_hash}) than {} now names (pow source load {} again)",

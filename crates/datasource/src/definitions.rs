@@ -258,8 +258,14 @@ fn toml_term(at: &str, field: &str, value: &toml::Value, kind: FieldKind) -> Res
 
 /// Checks the DataSource instances in `data_graph` and applies the `also` rule: unknown fields
 /// of a known class, malformed `torrent_file_name` and hashes, and conflicting `also` values are
-/// errors. With `complete`, a missing `also` target gets the source field's values.
-pub fn check(quads: &mut Vec<Quad>, data_graph: &str, complete: bool) -> Result<()> {
+/// errors. With `complete`, a missing `also` target gets the source field's values. `imported`:
+/// the class of pow's that each type an imported schema adds is checked as.
+pub fn check(
+    quads: &mut Vec<Quad>,
+    data_graph: &str,
+    complete: bool,
+    imported: &HashMap<String, &'static Class>,
+) -> Result<()> {
     // Where sources were loaded and verified on this machine is written by `source load` and
     // `publish` only: imported, it would choose where a load writes (its recorded directory)
     // and what `source seed --all` serves.
@@ -295,7 +301,7 @@ pub fn check(quads: &mut Vec<Quad>, data_graph: &str, complete: bool) -> Result<
             .collect();
         let Some(class) = types
             .iter()
-            .filter_map(|t| Class::by_iri(t))
+            .filter_map(|t| Class::by_iri(t).or_else(|| imported.get(*t).copied()))
             .max_by_key(|c| c.depth())
         else {
             continue;
@@ -452,7 +458,7 @@ torrent_file_name = "d9da5ce947c6f1c127dfcdc2ede63320.torrent"
 
     fn parse(text: &str) -> Result<Vec<Quad>> {
         let mut quads = parse_toml(Path::new("t.toml"), text, DATA_GRAPH)?;
-        check(&mut quads, DATA_GRAPH, true)?;
+        check(&mut quads, DATA_GRAPH, true, &HashMap::new())?;
         Ok(quads)
     }
 
@@ -551,7 +557,7 @@ torrent_file_name = "d9da5ce947c6f1c127dfcdc2ede63320.torrent"
             true,
         )
         .unwrap();
-        let err = check(&mut quads, DATA_GRAPH, true).unwrap_err();
+        let err = check(&mut quads, DATA_GRAPH, true, &HashMap::new()).unwrap_err();
         assert!(matches!(err, Error::UnknownField { .. }), "{err}");
     }
 
@@ -569,7 +575,7 @@ torrent_file_name = "d9da5ce947c6f1c127dfcdc2ede63320.torrent"
                 complete,
             )
             .unwrap();
-            let err = check(&mut quads, DATA_GRAPH, complete).unwrap_err();
+            let err = check(&mut quads, DATA_GRAPH, complete, &HashMap::new()).unwrap_err();
             assert!(
                 err.to_string().contains("is this machine's load state"),
                 "{err}"

@@ -77,7 +77,7 @@ impl PowDir {
         let text = toml::to_string(&root).expect("TOML serialises");
         let data_graph = self.config().data_graph.clone();
         let mut quads = parse_toml(Path::new("<publish>"), &text, &data_graph)?;
-        check(&mut quads, &data_graph, true)?;
+        check(&mut quads, &data_graph, true, &Default::default())?;
         let subject = quads
             .iter()
             .find(|q| q.predicate.as_ref() == rdf::TYPE)

@@ -15,7 +15,7 @@ use oxigraph::sparql::results::{QueryResultsFormat, QueryResultsSerializer};
 use oxigraph::sparql::{QueryResults, QuerySolutionIter, SparqlEvaluator};
 use oxigraph::store::Store;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Directory of the Oxigraph (RocksDB) store inside `.pow/`.
@@ -275,7 +275,8 @@ impl PowDir {
             ),
         };
         self.add_stored_types(&mut quads)?;
-        check(&mut quads, data_graph, true)?;
+        let imported = self.imported_kinds(&quads)?;
+        check(&mut quads, data_graph, true, &imported)?;
         Ok((quads, cleared))
     }
 
@@ -340,7 +341,8 @@ impl PowDir {
         let bytes = std::fs::read(path).map_err(Error::io(path))?;
         let mut quads = parse_rdf(path, &bytes, format, &self.config.data_graph, false)?;
         self.add_stored_types(&mut quads)?;
-        check(&mut quads, &self.config.data_graph, false)?;
+        let imported = self.imported_kinds(&quads)?;
+        check(&mut quads, &self.config.data_graph, false, &imported)?;
         self.write_all(quads, false, &[])
     }
 
@@ -377,8 +379,8 @@ impl PowDir {
         txn.extend(&quads);
         txn.commit()?;
         // Counted once written: the file may bring the schema that makes its classes kinds.
-        let mut kinds: std::collections::HashMap<&str, bool> = Default::default();
-        let mut sources = 0;
+        let mut kinds: HashMap<&str, bool> = HashMap::new();
+        let mut sources = HashSet::new();
         for q in &quads {
             let Term::NamedNode(class) = &q.object else {
                 continue;
@@ -389,16 +391,18 @@ impl PowDir {
             let is_kind = match kinds.get(class.as_str()) {
                 Some(&known) => known,
                 None => {
-                    let known = self.known_ancestor(class.as_str())?.is_some();
+                    let known = self.known_ancestor(class.as_str(), &[])?.is_some();
                     kinds.insert(class.as_str(), known);
                     known
                 }
             };
-            sources += usize::from(is_kind);
+            if is_kind {
+                sources.insert(&q.subject);
+            }
         }
         Ok(SaveReport {
             quads: quads.len(),
-            sources,
+            sources: sources.len(),
         })
     }
 
@@ -484,44 +488,93 @@ impl PowDir {
         &self,
         subject: NamedOrBlankNodeRef<'_>,
     ) -> Result<Option<(String, &'static Class)>> {
-        let mut best: Option<(String, &'static Class)> = None;
+        let mut best: Option<(String, &'static Class, bool)> = None;
         for t in self.objects(subject, rdf::TYPE)? {
             let Term::NamedNode(t) = t else { continue };
-            if let Some(class) = self.known_ancestor(t.as_str())? {
-                if best.as_ref().is_none_or(|(_, b)| class.depth() > b.depth()) {
-                    best = Some((kind_name(t.as_str()), class));
+            if let Some(class) = self.known_ancestor(t.as_str(), &[])? {
+                // On a tie, an imported subclass is the more specific.
+                let imported = Class::by_iri(t.as_str()).is_none();
+                if best.as_ref().is_none_or(|(_, b, b_imported)| {
+                    (class.depth(), imported) > (b.depth(), *b_imported)
+                }) {
+                    best = Some((kind_name(t.as_str()), class, imported));
+                }
+            }
+        }
+        Ok(best.map(|(name, class, _)| (name, class)))
+    }
+
+    /// The class pow knows that `class_iri` is, or the most specific of pow's classes it is a
+    /// subclass of (`rdfs:subClassOf+` in the schema graph, stored or among `extra`, the quads
+    /// of a file being saved): an imported schema's DataSource classes, OpenWormData's
+    /// `NeuronCSVDataSource` say, are checked, shown and loaded by the fields of the class they
+    /// extend.
+    fn known_ancestor(&self, class_iri: &str, extra: &[Quad]) -> Result<Option<&'static Class>> {
+        if let Some(class) = Class::by_iri(class_iri) {
+            return Ok(Some(class));
+        }
+        let schema = NamedNode::new_unchecked(SCHEMA_GRAPH);
+        let mut seen: std::collections::HashSet<String> = [class_iri.to_string()].into();
+        let mut frontier = vec![class_iri.to_string()];
+        let mut best: Option<&'static Class> = None;
+        // A walk, not a query: a cycle ends at classes seen, and `extra` is not stored yet.
+        while let Some(class) = frontier.pop() {
+            let Ok(node) = NamedNode::new(&class) else {
+                continue;
+            };
+            let mut parents = Vec::new();
+            for quad in self.store.quads_for_pattern(
+                Some(node.as_ref().into()),
+                Some(rdfs::SUB_CLASS_OF),
+                None,
+                Some(GraphNameRef::NamedNode(schema.as_ref())),
+            ) {
+                if let Term::NamedNode(parent) = quad?.object {
+                    parents.push(parent.into_string());
+                }
+            }
+            for quad in extra {
+                if quad.subject.as_ref() == node.as_ref().into()
+                    && quad.predicate.as_ref() == rdfs::SUB_CLASS_OF
+                    && quad.graph_name.as_ref() == GraphNameRef::NamedNode(schema.as_ref())
+                {
+                    if let Term::NamedNode(parent) = &quad.object {
+                        parents.push(parent.as_str().to_string());
+                    }
+                }
+            }
+            for parent in parents {
+                if let Some(known) = Class::by_iri(&parent) {
+                    if best.is_none_or(|b| known.depth() > b.depth()) {
+                        best = Some(known);
+                    }
+                } else if seen.insert(parent.clone()) {
+                    frontier.push(parent);
                 }
             }
         }
         Ok(best)
     }
 
-    /// The class pow knows that `class_iri` is, or the nearest one it is a subclass of
-    /// (`rdfs:subClassOf+` in the schema graph: an imported schema's DataSource classes,
-    /// OpenWormData's `NeuronCSVDataSource` say, are shown and loaded by the fields of the
-    /// class they extend).
-    fn known_ancestor(&self, class_iri: &str) -> Result<Option<&'static Class>> {
-        if let Some(class) = Class::by_iri(class_iri) {
-            return Ok(Some(class));
-        }
-        let Ok(class) = NamedNode::new(class_iri) else {
-            return Ok(None);
-        };
-        let query = format!(
-            "SELECT DISTINCT ?c WHERE {{ GRAPH <{SCHEMA_GRAPH}> {{ {class} <{sub}>+ ?c }} }}",
-            sub = rdfs::SUB_CLASS_OF.as_str(),
-        );
-        let mut best: Option<&'static Class> = None;
-        for solution in self.select(&query)? {
-            if let Some(Term::NamedNode(c)) = solution?.get("c") {
-                if let Some(class) = Class::by_iri(c.as_str()) {
-                    if best.is_none_or(|b| class.depth() > b.depth()) {
-                        best = Some(class);
-                    }
-                }
+    /// The classes of pow's that the types given in `quads` are ([`PowDir::known_ancestor`],
+    /// with `quads`' own schema), for those not pow's own.
+    fn imported_kinds(&self, quads: &[Quad]) -> Result<HashMap<String, &'static Class>> {
+        let mut kinds = HashMap::new();
+        for quad in quads {
+            if quad.predicate.as_ref() != rdf::TYPE {
+                continue;
+            }
+            let Term::NamedNode(class) = &quad.object else {
+                continue;
+            };
+            if Class::by_iri(class.as_str()).is_some() || kinds.contains_key(class.as_str()) {
+                continue;
+            }
+            if let Some(known) = self.known_ancestor(class.as_str(), quads)? {
+                kinds.insert(class.as_str().to_string(), known);
             }
         }
-        Ok(best)
+        Ok(kinds)
     }
 
     /// The IRI of the kind `--kind K` names: a class pow knows, by name or IRI, or one an
@@ -536,7 +589,7 @@ impl PowDir {
         } else {
             format!("{ENTITIES}{kind}")
         };
-        match self.known_ancestor(&iri)? {
+        match self.known_ancestor(&iri, &[])? {
             Some(_) => Ok(iri),
             None => Err(Error::UnknownKind {
                 name: kind.to_string(),

@@ -52,11 +52,11 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Peers kept per info-hash announced to us, and info-hashes kept.
 pub const MAX_PEERS_PER_HASH: usize = 100;
 pub const MAX_HASHES: usize = 2000;
-/// Peers one IP address may have kept for one info-hash (loopback, where local test swarms
-/// live, excepted): one host announcing a hundred ports pushed every other peer out.
+/// Peers one IP address (an IPv6 /64) may have kept for one info-hash (loopback, where local
+/// test swarms live, excepted): one host announcing a hundred ports pushed every other peer out.
 pub const MAX_PEERS_PER_IP_AND_HASH: usize = 4;
-/// Info-hashes one IP address may have had us keep, by announcing them first (loopback
-/// excepted): one host with a token announced 2,000 made-up ones, every place there is, and
+/// Info-hashes one IP address (an IPv6 /64) may have had us keep, by announcing them first
+/// (loopback excepted): one host with a token announced 2,000 made-up ones, every place there is, and
 /// for half an hour nobody else's announce of a new torrent was kept. A node is among the 8
 /// nearest to few hashes of a real network (a host seeding 10,000 torrents in a DHT of a
 /// million nodes reaches a given node with about one of them), so honest hosts stay far below.
@@ -869,12 +869,13 @@ impl State {
     }
 
     fn store(&mut self, info_hash: Id, peer: SocketAddr, now: Instant) {
-        let ip = peer.ip().to_canonical();
+        let loopback = peer.ip().to_canonical().is_loopback();
+        let host = host_of(peer.ip());
         if !self.stored.contains_key(&info_hash) {
             let over = |state: &State| {
                 state.stored.len() >= MAX_HASHES
-                    || (!ip.is_loopback()
-                        && state.first_announced_by.get(&ip).copied().unwrap_or(0)
+                    || (!loopback
+                        && state.first_announced_by.get(&host).copied().unwrap_or(0)
                             >= MAX_HASHES_PER_IP)
             };
             if over(self) {
@@ -883,20 +884,20 @@ impl State {
                     return;
                 }
             }
-            *self.first_announced_by.entry(ip).or_default() += 1;
+            *self.first_announced_by.entry(host).or_default() += 1;
             self.stored.insert(
                 info_hash,
                 Announced {
                     peers: Vec::new(),
-                    first_by: ip,
+                    first_by: host,
                 },
             );
         }
         let peers = &mut self.stored.get_mut(&info_hash).expect("kept above").peers;
         peers.retain(|(addr, at)| *addr != peer && now.duration_since(*at) < PEER_TTL);
-        let same_ip = |addr: &SocketAddr| addr.ip().to_canonical() == peer.ip().to_canonical();
+        let same_ip = |addr: &SocketAddr| host_of(addr.ip()) == host;
         let of_its_ip = peers.iter().filter(|(addr, _)| same_ip(addr)).count();
-        if of_its_ip >= MAX_PEERS_PER_IP_AND_HASH && !peer.ip().to_canonical().is_loopback() {
+        if of_its_ip >= MAX_PEERS_PER_IP_AND_HASH && !loopback {
             // In place of its own oldest.
             if let Some(oldest) = peers.iter().position(|(addr, _)| same_ip(addr)) {
                 peers.remove(oldest);
@@ -908,10 +909,20 @@ impl State {
     }
 }
 
-/// The peers announced for one info-hash, and the IP address that announced it first.
+/// The peers announced for one info-hash, and the host that announced it first.
 struct Announced {
     peers: Vec<(SocketAddr, Instant)>,
     first_by: IpAddr,
+}
+
+/// The host an address counts as for the per-address bounds: an IPv4 address (mapped ones
+/// too), or an IPv6 address's /64, which one host is given whole (one host announcing from
+/// 32 addresses of its /64 took all 2,000 places 64 at a time).
+fn host_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
 }
 
 impl State {
@@ -1209,6 +1220,20 @@ mod tests {
                 );
             }
             assert_eq!(state.first_announced_by[&IpAddr::from([127, 0, 0, 1])], 200);
+            // IPv6: one /64 is one host, whichever of its addresses announces.
+            let in_64 = |n: u32| {
+                let ip: std::net::Ipv6Addr =
+                    format!("2001:db8:0:7::{:x}", n % 1000 + 1).parse().unwrap();
+                SocketAddr::from((ip, 6881))
+            };
+            for n in 0..1000u32 {
+                state.store(hash(3_000_000 + n), in_64(n), later);
+            }
+            let host: IpAddr = "2001:db8:0:7::".parse().unwrap();
+            assert_eq!(state.first_announced_by[&host], MAX_HASHES_PER_IP);
+            let other_64: SocketAddr = "[2001:db8:0:8::1]:6881".parse().unwrap();
+            state.store(hash(4_000_000), other_64, later);
+            assert!(state.stored.contains_key(&hash(4_000_000)));
         }
         dht.shutdown();
     }
