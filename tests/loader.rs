@@ -676,6 +676,30 @@ fn a_torrent_store_that_never_answers_holds_no_other_command_up() {
     }
 }
 
+/// A fresh project in `work` that publishes a small CSV as ConnectomeCSVDataSource `key` to
+/// `store`, with `--no-seed` and `extra`: the project, the CSV, and what publish printed.
+fn publish_small_csv(
+    work: &Path,
+    key: &str,
+    store: &str,
+    extra: &[&str],
+) -> (PathBuf, PathBuf, Output) {
+    let data = work.join("v1.csv");
+    std::fs::write(&data, "pre,post\nAVAL,AVAR\n").unwrap();
+    let pow_dir = work.join("pow");
+    let init = run(pow().arg("--pow-dir").arg(&pow_dir).arg("init"));
+    assert!(init.status.success(), "init: {}", text(&init.stderr));
+    let o = run(pow()
+        .arg("--pow-dir")
+        .arg(&pow_dir)
+        .arg("publish")
+        .arg(&data)
+        .args(["--type", "ConnectomeCSVDataSource", "--key", key])
+        .args(["--no-seed", "--torrent-store", store])
+        .args(extra));
+    (pow_dir, data, o)
+}
+
 /// `pow publish` to an HTTP store asks it to store the torrent and nothing more: the record of
 /// the content the publisher holds is planned from the torrent it stored. It used to fetch the
 /// torrent back with the project's graph store open, so a store that took the PUT and then
@@ -693,18 +717,7 @@ fn a_publish_does_not_fetch_back_the_torrent_it_stored() {
          \x20   def do_GET(self):\n\
          \x20       time.sleep(120)\n",
     );
-    let data = work.path().join("v1.csv");
-    std::fs::write(&data, "pre,post\nAVAL,AVAR\n").unwrap();
-    let pow_dir = work.path().join("pow");
-    let init = run(pow().arg("--pow-dir").arg(&pow_dir).arg("init"));
-    assert!(init.status.success(), "init: {}", text(&init.stderr));
-    let o = run(pow()
-        .arg("--pow-dir")
-        .arg(&pow_dir)
-        .arg("publish")
-        .arg(&data)
-        .args(["--type", "ConnectomeCSVDataSource", "--key", "put"])
-        .args(["--no-seed", "--json", "--torrent-store", &store.url]));
+    let (pow_dir, data, o) = publish_small_csv(work.path(), "put", &store.url, &["--json"]);
     let stderr = text(&o.stderr);
     assert!(o.status.success(), "{stderr}");
     let summary = json_of(&o);
@@ -741,18 +754,7 @@ fn a_store_that_redirects_a_put_has_not_stored_it() {
          \x20       self.send_response(200); self.send_header('Content-Length', str(len(body)))\n\
          \x20       self.end_headers(); self.wfile.write(body)\n",
     );
-    let data = work.path().join("v1.csv");
-    std::fs::write(&data, "pre,post\nAVAL,AVAR\n").unwrap();
-    let pow_dir = work.path().join("pow");
-    let init = run(pow().arg("--pow-dir").arg(&pow_dir).arg("init"));
-    assert!(init.status.success(), "init: {}", text(&init.stderr));
-    let o = run(pow()
-        .arg("--pow-dir")
-        .arg(&pow_dir)
-        .arg("publish")
-        .arg(&data)
-        .args(["--type", "ConnectomeCSVDataSource", "--key", "redirected"])
-        .args(["--no-seed", "--torrent-store", &store.url]));
+    let (pow_dir, data, o) = publish_small_csv(work.path(), "redirected", &store.url, &[]);
     let stderr = text(&o.stderr);
     println!("{}", stderr.trim());
     assert_eq!(o.status.code(), Some(1), "{stderr}");

@@ -617,14 +617,16 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    async fn loopback() -> UtpSocket {
+        UtpSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_sockets_carry_a_stream_each_way() {
-        let a = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let b = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let a = loopback().await;
+        let b = loopback().await;
         let data: Vec<u8> = (0..8 << 20)
             .map(|i: u32| (i * 31 + i / 977) as u8)
             .collect();
@@ -662,12 +664,8 @@ mod tests {
     /// room that never comes, for good. The peer reads what came before, then the end.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_after_shutdown_fails_and_sends_nothing() {
-        let a = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let b = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let a = loopback().await;
+        let b = loopback().await;
         let b_addr = b.local_addr();
         let (read, got) = tokio::sync::oneshot::channel();
         let server = tokio::spawn(async move {
@@ -708,9 +706,7 @@ mod tests {
         let (n, reply_from) = node.recv_from(&mut buf).await.unwrap();
         assert_eq!((&buf[..n], reply_from), (&b"d1:y1:re"[..], a.local_addr()));
 
-        let b = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let b = loopback().await;
         let b_addr = b.local_addr();
         let server = tokio::spawn(async move {
             let mut s = b.accept().await.unwrap();
@@ -749,9 +745,7 @@ mod tests {
     /// second stream; it used to replace the first connection with a new one.
     #[tokio::test]
     async fn a_repeated_syn_is_answered_by_the_connection_it_made() {
-        let b = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let b = loopback().await;
         let dialer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let datagram = syn(500);
         let mut answers = Vec::new();
@@ -782,9 +776,7 @@ mod tests {
     /// be refused until they timed out (30 s), so 137 SYNs a second shut out every dialer.
     #[tokio::test]
     async fn dropped_streams_make_room_for_a_new_dialer() {
-        let b = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let b = loopback().await;
         let b_addr = b.local_addr();
         let b = Arc::new(b);
         let acceptor = b.clone();
@@ -811,9 +803,7 @@ mod tests {
             MAX_CONNECTIONS,
             "the table is full"
         );
-        let a = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let a = loopback().await;
         let dialed = tokio::time::timeout(Duration::from_secs(5), a.connect(b_addr)).await;
         match dialed {
             Ok(Ok(_)) => {}
@@ -825,9 +815,7 @@ mod tests {
     #[tokio::test]
     async fn dialing_a_silent_port_times_out() {
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let a = UtpSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let a = loopback().await;
         tokio::time::pause();
         let err = a.connect(silent.local_addr().unwrap()).await.err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
