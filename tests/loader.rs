@@ -1238,6 +1238,24 @@ fn publishing_a_directory_names_it_by_the_md5_of_its_files_in_torrent_order() {
         assert!(stderr.contains(&refused), "{stderr}");
         assert!(!store.exists(), "{option:?} stored something");
     }
+    // A field publish computes is refused in --set, before anything is hashed: given, it made
+    // a record naming other bytes or another torrent than the one stored.
+    for field in [
+        "md5=0123456789abcdef0123456789abcdef",
+        "torrent_file_name=x.torrent",
+    ] {
+        let o = run(pow()
+            .arg("--pow-dir")
+            .arg(&pow_dir)
+            .arg("publish")
+            .arg(&data)
+            .args(["--no-seed", "--set", field, "--torrent-store"])
+            .arg(&store));
+        let stderr = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{field}: {stderr}");
+        assert!(stderr.contains("publish computes"), "{stderr}");
+        assert!(!store.exists(), "{field}: stored something");
+    }
     let o = run(pow()
         .arg("--pow-dir")
         .arg(&pow_dir)

@@ -73,7 +73,33 @@ pub struct PublishArgs {
     json: bool,
 }
 
+/// The fields publish computes from the content and the torrent it makes.
+const COMPUTED: [&str; 5] = [
+    "torrent_file_name",
+    "info_hash",
+    "md5",
+    "sha256",
+    "file_name",
+];
+
 pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
+    // Before anything is hashed: a field publish computes, given again, made a record naming a
+    // torrent or bytes other than those stored (and the plan then asked the store for them).
+    let set_fields = args
+        .set
+        .iter()
+        .map(|pair| {
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("--set {pair}: expected FIELD=VALUE"))?;
+            if COMPUTED.contains(&name) {
+                return Err(format!(
+                    "--set {name}: publish computes {name} from the content and its torrent"
+                ));
+            }
+            Ok((name.to_string(), value.to_string()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let pow = crate::source_cmd::open(pow_dir)?;
     let store = pow.torrent_store(args.torrent_store.as_deref())?;
     let mut file = std::path::absolute(&args.file)?;
@@ -207,12 +233,7 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
     if !metainfo.multi_file {
         fields.push(("file_name".to_string(), file_name.clone()));
     }
-    for pair in &args.set {
-        let (name, value) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("--set {pair}: expected FIELD=VALUE"))?;
-        fields.push((name.to_string(), value.to_string()));
-    }
+    fields.extend(set_fields);
     let pow = crate::source_cmd::open(pow_dir)?;
     let iri = pow.upsert_source(&args.kind, &key, &fields)?;
     // Cached as the store holds it, once the record naming it is written (a record refused
