@@ -355,6 +355,20 @@ impl PowDir {
         replace_fields: bool,
         cleared: &[Cleared],
     ) -> Result<SaveReport> {
+        // Counted before the write, with the file's own schema: an error after the commit
+        // would say nothing was saved.
+        let imported = self.imported_kinds(&quads)?;
+        let sources: HashSet<_> = quads
+            .iter()
+            .filter(|q| q.predicate.as_ref() == rdf::TYPE)
+            .filter(|q| match &q.object {
+                Term::NamedNode(class) => {
+                    Class::by_iri(class.as_str()).is_some() || imported.contains_key(class.as_str())
+                }
+                _ => false,
+            })
+            .map(|q| &q.subject)
+            .collect();
         let mut txn = self.store.start_transaction()?;
         if replace_fields {
             for old in replaced_values(&txn, &quads, &self.data_graph())? {
@@ -378,28 +392,6 @@ impl PowDir {
         txn.extend(&schema_quads(&self.config.data_graph));
         txn.extend(&quads);
         txn.commit()?;
-        // Counted once written: the file may bring the schema that makes its classes kinds.
-        let mut kinds: HashMap<&str, bool> = HashMap::new();
-        let mut sources = HashSet::new();
-        for q in &quads {
-            let Term::NamedNode(class) = &q.object else {
-                continue;
-            };
-            if q.predicate.as_ref() != rdf::TYPE {
-                continue;
-            }
-            let is_kind = match kinds.get(class.as_str()) {
-                Some(&known) => known,
-                None => {
-                    let known = self.known_ancestor(class.as_str(), &[])?.is_some();
-                    kinds.insert(class.as_str(), known);
-                    known
-                }
-            };
-            if is_kind {
-                sources.insert(&q.subject);
-            }
-        }
         Ok(SaveReport {
             quads: quads.len(),
             sources: sources.len(),
