@@ -900,7 +900,6 @@ fn an_imported_schemas_datasource_classes_are_kinds_too() {
         format!(
             "<{e}/NeuronCSVDataSource> {sub} <{e}/CSVDataSource> {schema} .\n\
              <{e}/NeuronCSVDataSource/n1> {a} <{e}/NeuronCSVDataSource> {data} .\n\
-             <{e}/NeuronCSVDataSource/n1> {a} <{e}/CSVDataSource> {data} .\n\
              <{e}/NeuronCSVDataSource/n1> <{e}/data_sources/CSVDataSource#csv_file_name> \"neurons.csv\" {data} .\n\
              <{e}/NeuronCSVDataSource/n1> <{e}/data_sources/LocalFileDataSource#torrent_file_name> \"d9da5ce947c6f1c127dfcdc2ede63320.torrent\" {data} .\n\
              <{e}/NeuronCSVDataSource/n1> <http://www.w3.org/2000/01/rdf-schema#comment> \"neurons\" {data} .\n"
@@ -926,6 +925,19 @@ fn an_imported_schemas_datasource_classes_are_kinds_too() {
         ),
         ""
     );
+    // Typed both as the imported class and as the class it extends: shown as the imported.
+    let both = tmp.path().join("both.nq");
+    std::fs::write(
+        &both,
+        format!(
+            "<{e}/NeuronCSVDataSource/n3> {a} <{e}/NeuronCSVDataSource> {data} .\n\
+             <{e}/NeuronCSVDataSource/n3> {a} <{e}/CSVDataSource> {data} .\n"
+        ),
+    )
+    .unwrap();
+    ok(&dir, &["save", path_str(&both)]);
+    let n3 = format!("{e}/NeuronCSVDataSource/n3");
+    assert_eq!(ok(&dir, &["source", "show", &n3]), "NeuronCSVDataSource\n");
     let shown = ok(&dir, &["source", "show", &n1]);
     assert_eq!(
         shown,
@@ -944,7 +956,11 @@ fn an_imported_schemas_datasource_classes_are_kinds_too() {
     .unwrap();
     let err = fails(&dir, &["save", path_str(&bad)]);
     assert!(err.contains("md5"), "{err}");
-    assert_eq!(ok(&dir, &["source", "list"]), format!("{n1}\tneurons\n"));
+    assert_eq!(
+        ok(&dir, &["source", "list"]),
+        format!("{n1}\tneurons\n{n3}\n"),
+        "nothing of the refused file was written"
+    );
     let kinds = ok(&dir, &["source", "kinds"]);
     assert!(kinds.lines().any(|k| k == "NeuronCSVDataSource"), "{kinds}");
     let err = fails(&dir, &["source", "list", "--kind", "GlialCSVDataSource"]);

@@ -73,13 +73,17 @@ pub struct PublishArgs {
     json: bool,
 }
 
-/// The fields publish computes from the content and the torrent it makes.
-const COMPUTED: [&str; 5] = [
+/// The fields publish computes from the content and the torrent it makes (`file_name` only
+/// for a file: a directory's record may name one of its files), and what `--type` and `--key`
+/// give.
+const NOT_SET: [&str; 7] = [
     "torrent_file_name",
     "info_hash",
     "md5",
     "sha256",
     "file_name",
+    "type",
+    "key",
 ];
 
 pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
@@ -92,10 +96,14 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
             let (name, value) = pair
                 .split_once('=')
                 .ok_or_else(|| format!("--set {pair}: expected FIELD=VALUE"))?;
-            if COMPUTED.contains(&name) {
-                return Err(format!(
-                    "--set {name}: publish computes {name} from the content and its torrent"
-                ));
+            let directory = name == "file_name" && args.file.is_dir();
+            if NOT_SET.contains(&name) && !directory {
+                return Err(match name {
+                    "type" | "key" => format!("--set {name}: give it as --{name}"),
+                    _ => format!(
+                        "--set {name}: publish computes {name} from the content and its torrent"
+                    ),
+                });
             }
             Ok((name.to_string(), value.to_string()))
         })

@@ -313,9 +313,9 @@ pub fn check(
         let fields = class.fields();
         // Types this crate does not know may bring predicates of their own: then only
         // the known fields are checked.
-        let all_types_known = types
-            .iter()
-            .all(|t| !t.starts_with(ENTITIES) || Class::by_iri(t).is_some());
+        let all_types_known = types.iter().all(|t| {
+            Class::by_iri(t).is_some() || (!t.starts_with(ENTITIES) && !imported.contains_key(*t))
+        });
         let values_of = |predicate: &str| -> HashSet<&Term> {
             mine.iter()
                 .filter(|q| q.predicate.as_str() == predicate)

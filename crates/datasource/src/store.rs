@@ -483,7 +483,7 @@ impl PowDir {
         let mut best: Option<(String, &'static Class, bool)> = None;
         for t in self.objects(subject, rdf::TYPE)? {
             let Term::NamedNode(t) = t else { continue };
-            if let Some(class) = self.known_ancestor(t.as_str(), &[])? {
+            if let Some(class) = self.known_ancestor(t.as_str(), &HashMap::new())? {
                 // On a tie, an imported subclass is the more specific.
                 let imported = Class::by_iri(t.as_str()).is_none();
                 if best.as_ref().is_none_or(|(_, b, b_imported)| {
@@ -497,11 +497,15 @@ impl PowDir {
     }
 
     /// The class pow knows that `class_iri` is, or the most specific of pow's classes it is a
-    /// subclass of (`rdfs:subClassOf+` in the schema graph, stored or among `extra`, the quads
-    /// of a file being saved): an imported schema's DataSource classes, OpenWormData's
-    /// `NeuronCSVDataSource` say, are checked, shown and loaded by the fields of the class they
-    /// extend.
-    fn known_ancestor(&self, class_iri: &str, extra: &[Quad]) -> Result<Option<&'static Class>> {
+    /// subclass of (`rdfs:subClassOf+` in the schema graph, stored or in `extra`, the
+    /// superclasses a file being saved gives): an imported schema's DataSource classes,
+    /// OpenWormData's `NeuronCSVDataSource` say, are checked, shown and loaded by the fields of
+    /// the class they extend.
+    fn known_ancestor(
+        &self,
+        class_iri: &str,
+        extra: &HashMap<&str, Vec<&str>>,
+    ) -> Result<Option<&'static Class>> {
         if let Some(class) = Class::by_iri(class_iri) {
             return Ok(Some(class));
         }
@@ -525,15 +529,8 @@ impl PowDir {
                     parents.push(parent.into_string());
                 }
             }
-            for quad in extra {
-                if quad.subject.as_ref() == node.as_ref().into()
-                    && quad.predicate.as_ref() == rdfs::SUB_CLASS_OF
-                    && quad.graph_name.as_ref() == GraphNameRef::NamedNode(schema.as_ref())
-                {
-                    if let Term::NamedNode(parent) = &quad.object {
-                        parents.push(parent.as_str().to_string());
-                    }
-                }
+            if let Some(given) = extra.get(class.as_str()) {
+                parents.extend(given.iter().map(|p| p.to_string()));
             }
             for parent in parents {
                 if let Some(known) = Class::by_iri(&parent) {
@@ -551,22 +548,42 @@ impl PowDir {
     /// The classes of pow's that the types given in `quads` are ([`PowDir::known_ancestor`],
     /// with `quads`' own schema), for those not pow's own.
     fn imported_kinds(&self, quads: &[Quad]) -> Result<HashMap<String, &'static Class>> {
-        let mut kinds = HashMap::new();
+        let schema = NamedNode::new_unchecked(SCHEMA_GRAPH);
+        let mut given: HashMap<&str, Vec<&str>> = HashMap::new();
         for quad in quads {
-            if quad.predicate.as_ref() != rdf::TYPE {
-                continue;
+            if let (NamedOrBlankNode::NamedNode(class), Term::NamedNode(parent)) =
+                (&quad.subject, &quad.object)
+            {
+                if quad.predicate.as_ref() == rdfs::SUB_CLASS_OF
+                    && quad.graph_name.as_ref() == GraphNameRef::NamedNode(schema.as_ref())
+                {
+                    given
+                        .entry(class.as_str())
+                        .or_default()
+                        .push(parent.as_str());
+                }
             }
+        }
+        // Every type once, kinds or not: a file of OpenWorm's own statements types thousands
+        // of cells and neurons.
+        let mut walked: HashMap<&str, Option<&'static Class>> = HashMap::new();
+        for quad in quads {
             let Term::NamedNode(class) = &quad.object else {
                 continue;
             };
-            if Class::by_iri(class.as_str()).is_some() || kinds.contains_key(class.as_str()) {
+            if quad.predicate.as_ref() != rdf::TYPE
+                || Class::by_iri(class.as_str()).is_some()
+                || walked.contains_key(class.as_str())
+            {
                 continue;
             }
-            if let Some(known) = self.known_ancestor(class.as_str(), quads)? {
-                kinds.insert(class.as_str().to_string(), known);
-            }
+            let known = self.known_ancestor(class.as_str(), &given)?;
+            walked.insert(class.as_str(), known);
         }
-        Ok(kinds)
+        Ok(walked
+            .into_iter()
+            .filter_map(|(class, known)| Some((class.to_string(), known?)))
+            .collect())
     }
 
     /// The IRI of the kind `--kind K` names: a class pow knows, by name or IRI, or one an
@@ -581,7 +598,7 @@ impl PowDir {
         } else {
             format!("{ENTITIES}{kind}")
         };
-        match self.known_ancestor(&iri, &[])? {
+        match self.known_ancestor(&iri, &HashMap::new())? {
             Some(_) => Ok(iri),
             None => Err(Error::UnknownKind {
                 name: kind.to_string(),
