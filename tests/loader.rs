@@ -700,6 +700,85 @@ fn publish_small_csv(
     (pow_dir, data, o)
 }
 
+/// A record `pow publish` would refuse (an unknown `--type` or `--set` field, a malformed value,
+/// a `csv_file_name` other than the file) is refused before the content is hashed and before
+/// its torrent is stored: it used to be found only after the hashing (an hour for a large
+/// dataset), with the torrent left in the store and no record naming it.
+#[test]
+fn a_record_publish_would_refuse_is_refused_before_anything_is_stored() {
+    let work = TempDir::new("publish-refused");
+    let store = work.path().join("store");
+    let store_arg = store.to_str().unwrap();
+    let (pow_dir, data, o) = publish_small_csv(
+        work.path(),
+        "refused",
+        store_arg,
+        &["--set", "csv_headr=pre,post"],
+    );
+    let refused: [(&[&str], &str); 4] = [
+        (
+            &["--set", "csv_headr=pre,post"],
+            "unknown field \"csv_headr\" for ConnectomeCSVDataSource",
+        ),
+        (
+            &["--type", "ConnectomeCsvDataSource"],
+            "unknown class \"ConnectomeCsvDataSource\"",
+        ),
+        (
+            &["--set", "csv_file_name=other.csv"],
+            "csv_file_name gives \"other.csv\" but file_name is \"v1.csv\"",
+        ),
+        (&["--set", "sha512=xyz"], "sha512"),
+    ];
+    for (i, (extra, expected)) in refused.into_iter().enumerate() {
+        let o = match i {
+            0 => o.clone(),
+            _ => run(pow()
+                .arg("--pow-dir")
+                .arg(&pow_dir)
+                .arg("publish")
+                .arg(&data)
+                .args([
+                    "--key",
+                    "refused",
+                    "--no-seed",
+                    "--torrent-store",
+                    store_arg,
+                ])
+                .args(if extra[0] == "--type" {
+                    &[][..]
+                } else {
+                    &["--type", "ConnectomeCSVDataSource"]
+                })
+                .args(extra)),
+        };
+        let stderr = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+        assert!(!stderr.contains("hashing"), "{extra:?} hashed: {stderr}");
+        assert!(!store.exists(), "{extra:?} stored a torrent: {stderr}");
+        let list = run(pow()
+            .arg("--pow-dir")
+            .arg(&pow_dir)
+            .args(["source", "list"]));
+        assert_eq!(text(&list.stdout), "", "{extra:?} recorded a source");
+    }
+    let o = run(pow()
+        .arg("--pow-dir")
+        .arg(&pow_dir)
+        .arg("publish")
+        .arg(&data)
+        .args([
+            "--type",
+            "ConnectomeCSVDataSource",
+            "--set",
+            "csv_header=pre,post",
+        ])
+        .args(["--no-seed", "--torrent-store", store_arg]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_dir(&store).unwrap().count(), 1);
+}
+
 /// `pow publish` to an HTTP store asks it to store the torrent and nothing more: the record of
 /// the content the publisher holds is planned from the torrent it stored. It used to fetch the
 /// torrent back with the project's graph store open, so a store that took the PUT and then

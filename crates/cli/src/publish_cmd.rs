@@ -130,6 +130,32 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
         .map(|t| vec![t.clone()])
         .collect();
     trackers.extend(args.swarm.trackers.iter().map(|t| vec![t.clone()]));
+    let key = match &args.key {
+        Some(k) => k.clone(),
+        None => file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or(&file_name)
+            .to_string(),
+    };
+    // The record is checked before the content is hashed and its torrent stored: a typo in
+    // `--type` or a `--set` field was found only after an hour's hashing of a large dataset,
+    // with the torrent already in the store and no record naming it. The hashes are not known
+    // yet; any well-formed value stands in for them (no `also` rule joins them to a field).
+    let mut stand_ins = vec![
+        (
+            "torrent_file_name".to_string(),
+            format!("{:032}.torrent", 0),
+        ),
+        ("info_hash".to_string(), format!("{:040}", 0)),
+        ("md5".to_string(), format!("{:032}", 0)),
+        ("sha256".to_string(), format!("{:064}", 0)),
+    ];
+    if !file.is_dir() {
+        stand_ins.push(("file_name".to_string(), file_name.clone()));
+    }
+    stand_ins.extend(set_fields.iter().cloned());
+    pow.check_source(&args.kind, &key, &stand_ins)?;
     // Closed while the content is hashed (minutes for a large dataset): other pow commands
     // wait for the graph store only as long as a command writes to it.
     drop(pow);
@@ -221,14 +247,6 @@ pub fn publish(pow_dir: Option<&Path>, args: PublishArgs) -> CmdResult {
         .into());
     }
 
-    let key = match &args.key {
-        Some(k) => k.clone(),
-        None => file
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or(&file_name)
-            .to_string(),
-    };
     let mut fields = vec![
         ("torrent_file_name".to_string(), torrent_file_name.clone()),
         ("info_hash".to_string(), metainfo.info_hash.to_hex()),

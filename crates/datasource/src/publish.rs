@@ -63,6 +63,44 @@ impl PowDir {
         key: &str,
         fields: &[(String, String)],
     ) -> Result<String> {
+        let (quads, subject) = self.source_quads(class_name, key, fields)?;
+        let data_graph = self.config().data_graph.clone();
+        let graph = NamedNode::new_unchecked(&data_graph);
+        let mut txn = self.store().start_transaction()?;
+        for old in replaced_values(&txn, &quads, &graph)? {
+            txn.remove(&old);
+        }
+        txn.extend(&schema_quads(&data_graph));
+        txn.extend(&quads);
+        txn.commit()?;
+        Ok(match subject {
+            oxigraph::model::NamedOrBlankNode::NamedNode(n) => n.into_string(),
+            other => other.to_string(),
+        })
+    }
+
+    /// What [`PowDir::upsert_source`] would refuse of these fields (an unknown class or field,
+    /// a malformed value, conflicting `also` values), without writing anything: `pow publish`
+    /// asks before it hashes the content and stores its torrent.
+    pub fn check_source(
+        &self,
+        class_name: &str,
+        key: &str,
+        fields: &[(String, String)],
+    ) -> Result<()> {
+        self.source_quads(class_name, key, fields).map(drop)
+    }
+
+    /// The checked statements of one source, and its subject.
+    fn source_quads(
+        &self,
+        class_name: &str,
+        key: &str,
+        fields: &[(String, String)],
+    ) -> Result<(
+        Vec<oxigraph::model::Quad>,
+        oxigraph::model::NamedOrBlankNode,
+    )> {
         let mut table = toml::Table::new();
         table.insert("type".into(), class_name.into());
         table.insert("key".into(), key.into());
@@ -83,17 +121,6 @@ impl PowDir {
             .find(|q| q.predicate.as_ref() == rdf::TYPE)
             .map(|q| q.subject.clone())
             .expect("a source has a type");
-        let graph = NamedNode::new_unchecked(&data_graph);
-        let mut txn = self.store().start_transaction()?;
-        for old in replaced_values(&txn, &quads, &graph)? {
-            txn.remove(&old);
-        }
-        txn.extend(&schema_quads(&data_graph));
-        txn.extend(&quads);
-        txn.commit()?;
-        Ok(match subject {
-            oxigraph::model::NamedOrBlankNode::NamedNode(n) => n.into_string(),
-            other => other.to_string(),
-        })
+        Ok((quads, subject))
     }
 }
