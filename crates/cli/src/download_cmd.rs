@@ -474,11 +474,15 @@ pub(crate) async fn until_done(
     }
 }
 
-/// A `--stall-timeout`: whole or fractional seconds, more than 0.
+/// A `--stall-timeout` (or another wait): whole or fractional seconds, more than 0 and under
+/// 1e9 (about 31 years). More fitted a `Duration` but not a deadline: `now + 1e19 s` panicked
+/// (`pow serve --upload-idle-timeout 1e19`, meant as "never", failed every upload).
 pub(crate) fn seconds(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {
-        Ok(secs) if secs > 0.0 => Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("{text}: too many seconds to wait")),
+        Ok(secs) if secs >= 1e9 => Err(format!(
+            "{text}: too many seconds to wait (under 1e9, about 31 years)"
+        )),
+        Ok(secs) if secs > 0.0 => Ok(Duration::from_secs_f64(secs)),
         _ => Err(format!("{text}: expected seconds, more than 0")),
     }
 }
@@ -760,6 +764,9 @@ mod tests {
         assert_eq!(seconds("2.5"), Ok(std::time::Duration::from_millis(2500)));
         assert!(seconds("0").is_err() && seconds("-1").is_err() && seconds("inf").is_err());
         assert!(seconds("1e20").unwrap_err().contains("too many seconds"));
+        // A `Duration` holds it, a deadline does not.
+        assert!(seconds("1e19").unwrap_err().contains("too many seconds"));
+        assert!(seconds("999999999").is_ok());
     }
 
     #[test]
