@@ -1121,6 +1121,11 @@ fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
+/// Peers a UDP announce reply names at most, by family: 20 + 200 x 6 = 1,220 bytes and
+/// 20 + 66 x 18 = 1,208, each under IPv6's minimum MTU of 1,280 with its headers.
+const MAX_UDP_PEERS_V4: usize = 200;
+const MAX_UDP_PEERS_V6: usize = 66;
+
 fn handle_udp(
     p: &[u8],
     from: SocketAddr,
@@ -1174,6 +1179,18 @@ fn handle_udp(
                 return Some(udp_error(tid, "invalid port 0"));
             }
             let numwant = be_u32(&p[92..96]) as i32;
+            let families = if from.is_ipv4() || ip.is_ipv4() {
+                Families::Ipv4
+            } else {
+                Families::Ipv6
+            };
+            // One datagram that needs no fragments (opentracker's limits): 200 IPv6 peers
+            // made 3,620 bytes, which IPv6 paths commonly drop, and the tracker looked dead
+            // to a client asking for 200 (libtorrent's default).
+            let most = match families {
+                Families::Ipv6 => MAX_UDP_PEERS_V6,
+                _ => MAX_UDP_PEERS_V4,
+            };
             let a = Announce {
                 info_hash: p[16..36].try_into().ok()?,
                 peer_id: p[36..56].try_into().ok()?,
@@ -1182,14 +1199,9 @@ fn handle_udp(
                 uploaded: be_u64(&p[72..80]),
                 event,
                 port,
-                numwant: usize::try_from(numwant).ok(),
+                numwant: usize::try_from(numwant).ok().map(|n| n.min(most)),
                 compact: true,
                 no_peer_id: true,
-            };
-            let families = if from.is_ipv4() || ip.is_ipv4() {
-                Families::Ipv4
-            } else {
-                Families::Ipv6
             };
             let reply = match lock(state).announce_from(&a, ip, Instant::now(), origin, families) {
                 Ok(reply) => reply,
@@ -1340,6 +1352,52 @@ mod tests {
                 .unwrap();
             assert!(r.peers.iter().all(|(a, _)| a.is_ipv6()));
             assert_eq!(r.peers.len(), 50);
+        }
+    }
+
+    /// A UDP reply fits one unfragmented datagram: an IPv6 requester asking for 200 peers
+    /// got 3,620 bytes.
+    #[test]
+    fn a_udp_reply_needs_no_fragments() {
+        let state = Mutex::new(State::new(ServerConfig::default()));
+        let cfg = ServerConfig::default();
+        let secret = RandomState::new();
+        let t0 = Instant::now();
+        for port in 1000..1300 {
+            let v6: IpAddr = "2001:db8::1".parse().unwrap();
+            let v4: IpAddr = "127.0.0.1".parse().unwrap();
+            lock(&state)
+                .announce(&ann(port, 5, Event::Started), v6, t0)
+                .unwrap();
+            lock(&state)
+                .announce(&ann(port, 5, Event::Started), v4, t0)
+                .unwrap();
+        }
+        for (from, peers) in [("[2001:db8::2]:7000", 66), ("127.0.0.2:7000", 200)] {
+            let from: SocketAddr = from.parse().unwrap();
+            let handle =
+                |p: &[u8]| handle_udp(p, from, Origin::Elsewhere, &state, &cfg, &secret).unwrap();
+            let mut connect = PROTOCOL_ID.to_be_bytes().to_vec();
+            connect.extend_from_slice(&ACTION_CONNECT.to_be_bytes());
+            connect.extend_from_slice(&[7; 4]);
+            let connection = &handle(&connect)[8..16];
+            let mut announce = connection.to_vec();
+            announce.extend_from_slice(&ACTION_ANNOUNCE.to_be_bytes());
+            announce.extend_from_slice(&[8; 4]);
+            announce.extend_from_slice(&[1; 20]); // info-hash
+            announce.extend_from_slice(&[9; 20]); // peer id
+            announce.extend_from_slice(&[0; 8]); // downloaded
+            announce.extend_from_slice(&5u64.to_be_bytes()); // left
+            announce.extend_from_slice(&[0; 8]); // uploaded
+            announce.extend_from_slice(&2u32.to_be_bytes()); // started
+            announce.extend_from_slice(&[0; 8]); // ip, key
+            announce.extend_from_slice(&200u32.to_be_bytes()); // num_want
+            announce.extend_from_slice(&7000u16.to_be_bytes());
+            let reply = handle(&announce);
+            assert_eq!(be_u32(&reply[0..4]), ACTION_ANNOUNCE, "{reply:?}");
+            let entry = if from.is_ipv4() { 6 } else { 18 };
+            assert_eq!((reply.len() - 20) / entry, peers, "from {from}");
+            assert!(reply.len() <= 1232, "{} bytes from {from}", reply.len());
         }
     }
 
