@@ -220,6 +220,8 @@ fn announce_to_a_dead_tracker_is_one_clear_line() {
             err.starts_with(&format!("pow: connecting to 127.0.0.1:{port} failed")),
             "{err}"
         );
+        // Why, too: it said only "failed" (refused, unreachable and reset read the same).
+        assert!(err.contains("Connection refused"), "{err}");
     }
 }
 

@@ -157,7 +157,7 @@ pub enum Error {
     BadUrl { url: String, reason: &'static str },
     #[error("cannot resolve tracker host {0}")]
     Resolve(String),
-    #[error("connecting to {addr} failed")]
+    #[error("connecting to {addr} failed: {source}")]
     Connect {
         addr: SocketAddr,
         #[source]
@@ -169,7 +169,7 @@ pub enum Error {
     Tls { host: String, reason: String },
     #[error("tracker did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("I/O error talking to the tracker")]
+    #[error("I/O error talking to the tracker: {0}")]
     Io(#[from] std::io::Error),
     #[error("tracker response larger than the {0} byte limit")]
     TooLarge(usize),
