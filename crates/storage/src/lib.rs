@@ -226,6 +226,18 @@ pub enum StorageError {
         other.display()
     )]
     SameFile { path: PathBuf, other: PathBuf },
+    #[error(
+        "the torrent's name `{name}` is one pow gives its own files in a download directory \
+         (`.<info-hash>.pow-resume`, `.pow-...`): its data would overwrite another torrent's \
+         resume file, or be overwritten by it"
+    )]
+    ReservedName { name: String },
+}
+
+/// Names pow gives its own files in a download directory: `.<info-hash>.pow-resume` (and its
+/// `.tmp`), `.<info-hash>.pow-metadata.torrent`, a base directory's `.pow-...`.
+pub fn is_reserved_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".pow-")
 }
 
 impl StorageError {
@@ -352,6 +364,20 @@ impl Storage {
         root: &Path,
         open_files: Arc<OpenFiles>,
     ) -> Result<Storage, StorageError> {
+        // A crafted single-file torrent named `.<another info-hash>.pow-resume` in that
+        // torrent's directory had its pieces written into the resume file, and each save of
+        // the other torrent's resume file renamed over its verified data.
+        if let Some(top) = metainfo
+            .files
+            .first()
+            .and_then(|f| f.path.components().next())
+        {
+            if is_reserved_name(top) {
+                return Err(StorageError::ReservedName {
+                    name: top.to_string(),
+                });
+            }
+        }
         std::fs::create_dir_all(root).map_err(|source| StorageError::Io {
             path: root.to_path_buf(),
             source,
@@ -1293,6 +1319,51 @@ mod tests {
             0,
             "a dropped storage closes its files"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A torrent named as pow's own files in a download directory is refused before anything
+    /// is written: `.<B's info-hash>.pow-resume` downloaded into B's directory wrote its
+    /// pieces into B's resume file, and B's next save renamed its resume file over them.
+    #[test]
+    fn a_torrent_named_as_a_resume_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("pow-storage-reserved-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let src = dir.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let out = dir.join("out");
+        for name in [
+            format!(".{}.pow-resume", "ab".repeat(20)),
+            format!(".{}.pow-resume.tmp", "ab".repeat(20)),
+            format!(".{}.pow-metadata.torrent", "ab".repeat(20)),
+            ".pow-update-x".to_string(),
+        ] {
+            let path = src.join(&name);
+            std::fs::write(&path, b"data").unwrap();
+            let options = pow_metainfo::create::CreateOptions::default();
+            let metainfo = Arc::new(
+                pow_metainfo::create::create(&path, &options)
+                    .unwrap()
+                    .metainfo,
+            );
+            match Storage::new(metainfo, &out) {
+                Err(StorageError::ReservedName { name: refused }) => assert_eq!(refused, name),
+                Err(e) => panic!("{name}: {e}"),
+                Ok(_) => panic!("{name}: accepted"),
+            }
+            assert!(!out.join(&name).exists());
+        }
+        for name in [".hidden", "x.pow-resume", "pow-update"] {
+            let path = src.join(name);
+            std::fs::write(&path, b"data").unwrap();
+            let options = pow_metainfo::create::CreateOptions::default();
+            let metainfo = Arc::new(
+                pow_metainfo::create::create(&path, &options)
+                    .unwrap()
+                    .metainfo,
+            );
+            Storage::new(metainfo, &out).unwrap();
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 
