@@ -6,7 +6,10 @@
 
 mod common;
 
-use common::{create_torrent, pow, pow_bin, pseudo_random_bytes, text, Killed, TempDir, Tmpfs};
+use common::{
+    create_torrent, first_stdout_line, free_port, pow, pow_bin, pseudo_random_bytes, text, Killed,
+    TempDir, Tmpfs,
+};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -125,17 +128,10 @@ fn verify_finds_every_piece_of_a_running_programs_file_good() {
     );
 }
 
-#[test]
-fn verify_counts_a_file_it_may_not_read_as_missing_and_says_so_once() {
-    // Someone else's file in a shared directory: its pieces are not held, as if it were missing,
-    // and a warning names it (it was a hard error, which stopped a seed of the rest).
-    let work = TempDir::new("storage-unreadable");
-    let data = work.path().join("data");
-    let torrent = dataset(work.path(), &data);
-    let a = data.join("set/a");
-    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o000)).unwrap();
-    // Root reads a file of any mode: the check then runs without the two capabilities that let
-    // it (as anyone else would), after proof that this makes a real EACCES here.
+/// `pow` as someone who may not read `file` (mode 000): root reads a file of any mode, so as
+/// root it runs without the two capabilities that let it, after proof that this makes a real
+/// EACCES here. None (the test skipped, and says why) where that cannot be had.
+fn pow_that_may_not_read(file: &Path) -> Option<Command> {
     let as_anyone = |program: &Path| {
         let mut command = Command::new("setpriv");
         command
@@ -147,33 +143,100 @@ fn verify_counts_a_file_it_may_not_read_as_missing_and_says_so_once() {
             .arg(program);
         command
     };
-    let mut check = if std::fs::File::open(&a).is_err() {
-        pow()
-    } else {
-        match as_anyone(Path::new("cat")).arg(&a).output() {
-            Ok(cat)
-                if !cat.status.success()
-                    && text(&cat.stderr).contains("Permission denied")
-                    && as_anyone(&pow_bin())
-                        .arg("--version")
-                        .output()
-                        .is_ok_and(|o| o.status.success()) =>
-            {
-                as_anyone(&pow_bin())
-            }
-            Ok(cat) => {
-                println!(
-                    "SKIPPED: without CAP_DAC_OVERRIDE, a mode-000 file is still read, or pow \
-                     cannot be run ({})",
-                    text(&cat.stderr).trim()
-                );
-                return;
-            }
-            Err(e) => {
-                println!("SKIPPED: no setpriv to drop root's file capabilities ({e})");
-                return;
-            }
+    if std::fs::File::open(file).is_err() {
+        return Some(pow());
+    }
+    match as_anyone(Path::new("cat")).arg(file).output() {
+        Ok(cat)
+            if !cat.status.success()
+                && text(&cat.stderr).contains("Permission denied")
+                && as_anyone(&pow_bin())
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|o| o.status.success()) =>
+        {
+            Some(as_anyone(&pow_bin()))
         }
+        Ok(cat) => {
+            println!(
+                "SKIPPED: without CAP_DAC_OVERRIDE, a mode-000 file is still read, or pow \
+                 cannot be run ({})",
+                text(&cat.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            println!("SKIPPED: no setpriv to drop root's file capabilities ({e})");
+            None
+        }
+    }
+}
+
+/// A seed of a shared directory holding a file it may not read saves its resume file (the
+/// rest's pieces, synced), so the next start need not check the dataset again: the save
+/// opened every file of the torrent to flush it and failed at that one ("cannot save the
+/// resume file: .../a: Permission denied").
+#[test]
+fn a_seed_beside_a_file_it_may_not_read_saves_its_resume_file() {
+    let work = TempDir::new("storage-unreadable-seed");
+    let data = work.path().join("data");
+    let torrent = dataset(work.path(), &data);
+    let a = data.join("set/a");
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let Some(mut seed) = pow_that_may_not_read(&a) else {
+        return;
+    };
+    let mut child = seed
+        .arg("seed")
+        .arg(&torrent)
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "--port",
+            &free_port().to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = first_stdout_line(&mut child);
+    // a is 300,000 bytes: pieces 0-4 (64 KiB each) lie in it, 5-7 in b alone.
+    assert!(started.contains("\"pieces_good\":3"), "{started}");
+    let resume_file = || {
+        std::fs::read_dir(&data)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".pow-resume"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while resume_file().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let saved = resume_file();
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("cannot save"), "{stderr}");
+    let saved = saved.unwrap_or_else(|| panic!("no resume file saved: {stderr}"));
+    assert!(saved.contains("synced"), "{saved}");
+}
+
+#[test]
+fn verify_counts_a_file_it_may_not_read_as_missing_and_says_so_once() {
+    // Someone else's file in a shared directory: its pieces are not held, as if it were missing,
+    // and a warning names it (it was a hard error, which stopped a seed of the rest).
+    let work = TempDir::new("storage-unreadable");
+    let data = work.path().join("data");
+    let torrent = dataset(work.path(), &data);
+    let a = data.join("set/a");
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let Some(mut check) = pow_that_may_not_read(&a) else {
+        return;
     };
     let out = check
         .arg("verify")

@@ -1113,11 +1113,14 @@ impl Storage {
         Ok(())
     }
 
-    /// Flushes every file of the torrent, whoever wrote it (an earlier run may have left its
-    /// data unsynced).
-    fn sync_every_file(&self) -> Result<(), StorageError> {
+    /// Flushes every file holding a piece of `have`, whoever wrote it (an earlier run may have
+    /// left its data unsynced). The others hold nothing the resume file claims: a file of
+    /// someone else's in a shared directory that may not be read (its pieces counted missing)
+    /// made every synced save fail.
+    fn sync_files_of(&self, have: &Bitfield) -> Result<(), StorageError> {
+        let geometry = &self.metainfo.geometry;
         for (index, file) in self.files.iter().enumerate() {
-            if !file.pad {
+            if !file.pad && geometry.file_pieces(index).any(|piece| have.get(piece)) {
                 file.dirty.store(false, Ordering::Relaxed);
                 self.sync_file(index)
                     .inspect_err(|_| file.dirty.store(true, Ordering::Relaxed))?;

@@ -186,7 +186,7 @@ impl Storage {
         };
         let sync = saved == Saved::Synced;
         if sync {
-            self.sync_every_file()?;
+            self.sync_files_of(have)?;
         }
         // A file's stamp is taken after the writes it vouches for (and the sync, if any): a
         // later write changes the mtime, and the file is then not trusted. Only files written
