@@ -267,8 +267,8 @@ struct ContentFile {
     /// Written since the resume file's stamp of it (its size and mtime) was taken; true until
     /// the first is.
     restamp: AtomicBool,
-    /// What the handle in `slot` may do: [`READ_ONLY`], [`READ_WRITE`] or [`SIZED`]. Kept
-    /// under the slot's lock.
+    /// What the handle in `slot` may do: [`READ_ONLY`] or [`SIZED`]. Kept under the slot's
+    /// lock.
     opened: AtomicU8,
     /// Last opened to read through a link or read-only: a reopen to read starts there.
     read_only: AtomicBool,
@@ -277,11 +277,10 @@ struct ContentFile {
 /// The most of a piece the check of what is on disk reads at once.
 const CHECK_PART: u32 = 4 << 20;
 
-/// A handle that can only read: data linked in from outside the root, or a read-only file or
-/// file system.
+/// A handle opened to read, which only reads: a write opens the file again. (Opened to write as
+/// well, a check's or a seed's handles kept the dataset's programs from running while it
+/// seeded, "Text file busy", and told file watchers at each close that the file was written.)
 const READ_ONLY: u8 = 0;
-/// A handle opened to read that can also write, the file not yet given its length.
-const READ_WRITE: u8 = 1;
 /// A handle opened for writing, its file given its length ([`Storage::fit_length`]).
 const SIZED: u8 = 2;
 
@@ -325,10 +324,10 @@ enum Parent {
 enum Access {
     /// Made new for a write that fills it ([`Open::CreateWhole`]); never through a link.
     New,
-    /// Read and write (made if missing, for a write), but not through a symbolic link at the
-    /// file's own path: such a link is followed only as [`Storage::through_link`] allows.
+    /// Not through a symbolic link at the file's own path (such a link is followed only as
+    /// [`Storage::through_link`] allows); for a write, written and made if missing.
     NoFollow,
-    /// Read and write through a symbolic link that leads inside the root.
+    /// Through a symbolic link that leads inside the root; for a write, written.
     Follow,
     /// Read only, through any link.
     Read,
@@ -444,13 +443,6 @@ impl Storage {
             let usable = match file.opened.load(Ordering::Relaxed) {
                 _ if !write => true,
                 SIZED => true,
-                READ_WRITE => {
-                    // Opened by a read (the start-up check): sized at its first write.
-                    self.claim_inode(index, handle)?;
-                    self.fit_length(handle, file, open)?;
-                    file.opened.store(SIZED, Ordering::Relaxed);
-                    true
-                }
                 // Opened again for the write, which may be refused.
                 _ => false,
             };
@@ -468,7 +460,7 @@ impl Storage {
         let open_file = |access: Access| {
             use std::os::unix::fs::OpenOptionsExt;
             let mut options = OpenOptions::new();
-            options.read(true).write(access != Access::Read);
+            options.read(true).write(write && access != Access::Read);
             match access {
                 Access::New => {
                     options.create_new(true);
@@ -518,15 +510,6 @@ impl Storage {
                 Err(e) if access == Access::NoFollow && e.raw_os_error() == Some(libc::ELOOP) => {
                     access = self.through_link(&file.path, write)?;
                 }
-                Err(e)
-                    if !write
-                        && access != Access::Read
-                        && e.kind() != std::io::ErrorKind::NotFound =>
-                {
-                    // Data that cannot be opened to write (`chmod a-w`, a read-only mount, a
-                    // running program's file: ETXTBSY) is still read.
-                    access = Access::Read;
-                }
                 _ => break,
             }
             opened = open_file(access);
@@ -546,9 +529,8 @@ impl Storage {
             );
         }
         let state = match access {
-            // Through a link, even one inside the root: a write opens it again, and checks it.
-            Access::Read | Access::Follow if !write => READ_ONLY,
-            _ if !write => READ_WRITE,
+            // A write opens it again (and checks it, through a link even inside the root).
+            _ if !write => READ_ONLY,
             // Just made: the write gives it its length and blocks.
             Access::New => SIZED,
             _ => {
