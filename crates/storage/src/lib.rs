@@ -226,6 +226,15 @@ pub enum StorageError {
         other.display()
     )]
     SameFile { path: PathBuf, other: PathBuf },
+    /// A file this storage had open was removed (or renamed) behind its back. Made again for
+    /// the write, it read as zeros where verified pieces had been: served to peers as they
+    /// were, and vouched for by the next resume file.
+    #[error(
+        "{} was removed while in use, with the pieces verified in it; start again to check \
+         what is on disk and fetch the rest",
+        path.display()
+    )]
+    Vanished { path: PathBuf },
     #[error(
         "the torrent's name `{name}` is one pow gives its own files in a download directory \
          (`.<info-hash>.pow-resume`, `.pow-...`): its data would overwrite another torrent's \
@@ -272,6 +281,9 @@ struct ContentFile {
     opened: AtomicU8,
     /// Last opened to read through a link or read-only: a reopen to read starts there.
     read_only: AtomicBool,
+    /// Opened before by this storage: it was on disk, with whatever it held. A write that finds
+    /// it gone does not make it again (see [`StorageError::Vanished`]).
+    on_disk: AtomicBool,
 }
 
 /// The most of a piece the check of what is on disk reads at once.
@@ -398,6 +410,7 @@ impl Storage {
                 restamp: AtomicBool::new(true),
                 opened: AtomicU8::new(READ_ONLY),
                 read_only: AtomicBool::new(false),
+                on_disk: AtomicBool::new(false),
             })
             .collect::<Vec<_>>();
         let case_twins = case_twins(&metainfo);
@@ -457,6 +470,7 @@ impl Storage {
         if parent == Parent::Missing {
             return Ok(None);
         }
+        let must_exist = file.on_disk.load(Ordering::Relaxed);
         let open_file = |access: Access| {
             use std::os::unix::fs::OpenOptionsExt;
             let mut options = OpenOptions::new();
@@ -467,7 +481,7 @@ impl Storage {
                 }
                 Access::NoFollow => {
                     options
-                        .create(write)
+                        .create(write && !must_exist)
                         .truncate(false)
                         .custom_flags(libc::O_NOFOLLOW);
                 }
@@ -494,6 +508,7 @@ impl Storage {
                 Err(e) if open_files::is_out_of_descriptors(e) => {
                     self.open_files.relieve();
                 }
+                Err(e) if must_exist && e.kind() == std::io::ErrorKind::NotFound => break,
                 Err(e) if write && e.kind() == std::io::ErrorKind::NotFound => {
                     // Its directory was removed since it was checked: make and check it again.
                     self.checked_dirs
@@ -517,8 +532,14 @@ impl Storage {
         let handle = match opened {
             Ok(handle) => handle,
             Err(e) if !write && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if must_exist && e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::Vanished {
+                    path: file.path.clone(),
+                })
+            }
             Err(e) => return Err(Self::io(&file.path)(e)),
         };
+        file.on_disk.store(true, Ordering::Relaxed);
         if write {
             self.claim_inode(index, &handle)?;
         }
@@ -1359,18 +1380,56 @@ mod tests {
             metainfo,
             content,
             ..
-        } = pattern_torrent("removed-dir", &[("a", 40_000), ("b", 40_000)], 16384);
+        } = pattern_torrent(
+            "removed-dir",
+            &[("a", 40_000), ("b", 40_000), ("c", 40_000)],
+            16384,
+        );
         let out = dir.join("out");
         let storage =
             Storage::with_open_files(metainfo.clone(), &out, OpenFiles::with_capacity(1)).unwrap();
         let geometry = &metainfo.geometry;
         let write = |index: u32| write_piece(&storage, &content, index);
         write(0).unwrap();
-        // b's file takes the pool's one handle: a's is closed.
+        // c's file takes the pool's one handle: a's is closed.
         write(geometry.piece_count() - 1).unwrap();
         std::fs::remove_dir_all(out.join("set")).unwrap();
+        // Piece 3 (49,152..65,536) lies in b alone, which was not opened before.
+        write(3).unwrap();
+        assert!(storage.verify_piece(geometry.piece(3).unwrap()).unwrap());
+        // a, removed with the directory, is not made again empty for its next piece.
+        assert!(matches!(write(1), Err(StorageError::Vanished { .. })));
+        assert!(!out.join("set/a").exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A file removed while the storage uses it (its handle closed by the pool meanwhile) is
+    /// reported at the next write to it, not made again: made again for the write, its other
+    /// verified pieces read as zeros, served so, and the next resume file vouched for them
+    /// (its new length and time were stamped after the write).
+    #[test]
+    fn a_file_removed_while_in_use_is_not_made_again_empty() {
+        let PatternTorrent {
+            dir,
+            metainfo,
+            content,
+            ..
+        } = pattern_torrent("removed-file", &[("a", 40_000), ("b", 40_000)], 16384);
+        let out = dir.join("out");
+        let storage =
+            Storage::with_open_files(metainfo.clone(), &out, OpenFiles::with_capacity(1)).unwrap();
+        let geometry = &metainfo.geometry;
+        let write = |index: u32| write_piece(&storage, &content, index);
         write(0).unwrap();
-        assert!(storage.verify_piece(geometry.piece(0).unwrap()).unwrap());
+        write(geometry.piece_count() - 1).unwrap();
+        std::fs::remove_file(out.join("set/a")).unwrap();
+        let error = write(1).unwrap_err();
+        assert!(matches!(error, StorageError::Vanished { .. }), "{error}");
+        assert!(
+            error.to_string().contains("set/a was removed while in use"),
+            "{error}"
+        );
+        assert!(!out.join("set/a").exists());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
