@@ -1276,7 +1276,10 @@ fn server_killed_with_sigkill_seeds_every_dataset_again_without_reupload() {
         );
         assert_eq!(status, 201, "{reply}");
         md5s.push(reply["md5"].as_str().unwrap().to_string());
-        server.wait_seeding(&md5s[md5s.len() - 1]);
+        let dataset = server.wait_seeding(&md5s[md5s.len() - 1]);
+        // The upload was hashed once, to make its torrent, and that is recorded: the seed
+        // hashed it all again ("full-check") before the uploader was answered.
+        assert_eq!(dataset["status"]["started_from"], "file", "{dataset}");
     }
     // A third upload is in flight when the server is killed.
     let (content_type, body) = form(
@@ -1330,7 +1333,8 @@ fn server_killed_with_sigkill_seeds_every_dataset_again_without_reupload() {
     let server = Server::start(&data, tracker_port, &[]);
     assert_eq!(server.datasets_at_start, 2);
     for md5 in &md5s {
-        server.wait_seeding(md5);
+        let dataset = server.wait_seeding(md5);
+        assert_eq!(dataset["status"]["started_from"], "file", "{dataset}");
     }
     println!(
         "restart after kill -9: both datasets seeding again {:.2} s after start",
@@ -1467,7 +1471,9 @@ fn pow_publish_puts_its_torrent_into_a_server_store_with_the_token() {
         stored.unwrap() == served,
         "the torrent put there was replaced"
     );
-    server.wait_seeding(&md5);
+    let dataset = server.wait_seeding(&md5);
+    // Checked against the torrent put there, every piece, and recorded so.
+    assert_eq!(dataset["status"]["started_from"], "file", "{dataset}");
     // The publisher's record loads: its torrent from the store, its bytes from the server.
     let base = work.path().join("loaded");
     let out = pow()

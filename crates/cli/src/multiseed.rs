@@ -8,6 +8,7 @@ use crate::dht_peers::{self, DhtPlan};
 use pow_engine::{EngineConfig, RateLimit, SharedListener, Snapshot, Torrent};
 use pow_metainfo::Metainfo;
 use pow_picker::Picker;
+use pow_storage::ResumeSource;
 use pow_tracker::announcer::Timing;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ enum Seeding {
     Running {
         torrent: Torrent,
         announcer: Option<announce::Handle>,
+        started_from: ResumeSource,
     },
     Failed(String),
 }
@@ -44,7 +46,8 @@ enum Seeding {
 /// What one torrent's seeding is doing.
 pub enum Status {
     Starting,
-    Running(Snapshot),
+    /// How its pieces were known at the start: its resume file, or a check of every piece.
+    Running(Snapshot, ResumeSource),
     Failed(String),
 }
 
@@ -92,7 +95,11 @@ impl MultiSeed {
     pub fn status(&self, info_hash: &str) -> Option<Status> {
         Some(match self.lock().get(info_hash)? {
             Seeding::Starting => Status::Starting,
-            Seeding::Running { torrent, .. } => Status::Running(torrent.snapshot()),
+            Seeding::Running {
+                torrent,
+                started_from,
+                ..
+            } => Status::Running(torrent.snapshot(), *started_from),
             Seeding::Failed(why) => Status::Failed(why.clone()),
         })
     }
@@ -118,7 +125,10 @@ impl MultiSeed {
             Ok(running) if self.stopped.load(Ordering::SeqCst) => {
                 // `stop` ran while this one was checked: it did not see the session.
                 drop(torrents);
-                if let Seeding::Running { torrent, announcer } = running {
+                if let Seeding::Running {
+                    torrent, announcer, ..
+                } = running
+                {
                     torrent.shutdown();
                     if let Some(a) = announcer {
                         a.stop().await;
@@ -151,7 +161,7 @@ impl MultiSeed {
             .await
             .map_err(|e| e.to_string())??
         };
-        let have = resume.have;
+        let have = resume.have.clone();
         if have.count() < have.len() {
             return Err(format!(
                 "only {} of {} pieces verify on disk",
@@ -205,7 +215,11 @@ impl MultiSeed {
                 metainfo.name
             );
         }
-        Ok(Seeding::Running { torrent, announcer })
+        Ok(Seeding::Running {
+            torrent,
+            announcer,
+            started_from: resume.source,
+        })
     }
 
     /// Stops every session (announcing `stopped`); returns what each had uploaded, by
@@ -220,7 +234,10 @@ impl MultiSeed {
         };
         let mut uploaded = Vec::new();
         for (key, seeding) in running {
-            if let Seeding::Running { torrent, announcer } = seeding {
+            if let Seeding::Running {
+                torrent, announcer, ..
+            } = seeding
+            {
                 uploaded.push((key, torrent.snapshot().uploaded));
                 torrent.shutdown();
                 if let Some(a) = announcer {

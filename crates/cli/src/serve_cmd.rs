@@ -278,8 +278,9 @@ impl Seeder for EngineSeeder {
     fn status(&self, info_hash: &str) -> Option<SeedStatus> {
         Some(match self.0.status(info_hash)? {
             Status::Starting => SeedStatus::default(),
-            Status::Running(s) => SeedStatus {
+            Status::Running(s, started_from) => SeedStatus {
                 seeding: true,
+                started_from: Some(started_from.as_str()),
                 peers: s.peers,
                 uploaded: s.uploaded,
                 pieces_have: s.pieces_have,

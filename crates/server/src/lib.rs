@@ -76,6 +76,8 @@ pub struct SeedStatus {
     pub uploaded: u64,
     pub pieces_have: u32,
     pub pieces_total: u32,
+    /// How the seed knew its pieces at its start: `file` (its resume file) or `full-check`.
+    pub started_from: Option<&'static str>,
     /// Why it is not seeding, if it failed to start.
     pub error: Option<String>,
 }

@@ -485,16 +485,26 @@ impl Library {
                 .map_err(io(dir))?;
         }
 
-        let (info_hash, torrent) = match put {
+        let (metainfo, torrent) = match put {
             Some(metainfo) => {
                 self.check_put_torrent(metainfo.clone(), &content_dir, &md5)?;
-                (metainfo.info_hash.to_hex(), None)
+                (metainfo, None)
             }
             None => {
                 let created = self.create_torrent(&content_path, &md5)?;
-                (created.metainfo.info_hash.to_hex(), Some(created.bytes))
+                (Arc::new(created.metainfo), Some(created.bytes))
             }
         };
+        let info_hash = metainfo.info_hash.to_hex();
+        // Every piece was just hashed from the content where it lies: recorded, the seed that
+        // starts next takes them from the resume file. It hashed the whole upload again (a
+        // second pass over a 16 GiB upload before the uploader was answered); without the
+        // file it still does.
+        if let Err(e) = pow_storage::Storage::new(metainfo, &content_dir)
+            .and_then(|storage| storage.save_resume_complete())
+        {
+            tracing::warn!("{md5}: cannot save the resume file: {e}; the seed will check it all");
+        }
         let torrent_file_name = format!("{md5}.torrent");
         let dataset = Dataset {
             md5: md5.clone(),

@@ -174,6 +174,14 @@ impl Storage {
         *kept = stamps;
     }
 
+    /// Records every piece as verified, synced: for content just hashed whole from these
+    /// files (a torrent made of them, or a check that found every piece good), so that the
+    /// seed started next takes it from the resume file instead of hashing it all again.
+    pub fn save_resume_complete(&self) -> Result<(), StorageError> {
+        let pieces = self.metainfo.geometry.piece_count();
+        self.save_resume(&Bitfield::full(pieces), Durability::Synced)
+    }
+
     /// Records `have` atomically. Every piece in `have` must have been written (and verified)
     /// before this call. With [`Durability::Synced`] the data is synced here, before the file
     /// claims it; with [`Durability::ThisBoot`] nothing is synced and the file holds until the
