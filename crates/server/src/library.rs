@@ -424,6 +424,42 @@ impl Library {
         Ok((dataset, Published::New))
     }
 
+    /// Puts a new upload of `dataset`'s bytes (the same size, MD5 and SHA-256) in place of its
+    /// content: uploading the original again is how a researcher repairs a dataset whose seed
+    /// failed, its content damaged or gone on disk. The upload was dropped ("existing") and
+    /// the dataset stayed unseeded until someone replaced the file by hand. The caller starts
+    /// the seed again, which checks the content.
+    pub async fn restore(
+        self: &Arc<Self>,
+        received: Received,
+        dataset: &Dataset,
+    ) -> Result<(), LibraryError> {
+        if (received.size, &received.sha256) != (dataset.size, &dataset.sha256) {
+            return Err(LibraryError::Conflict(format!(
+                "this upload has the MD5 of {} but not its SHA-256 or size; nothing was replaced",
+                dataset.md5
+            )));
+        }
+        let one_at_a_time = self.publishing(&received.md5).await;
+        let content_dir = self.content_dir(&dataset.md5);
+        let content_path = content_dir.join(&dataset.name);
+        tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = one_at_a_time;
+            std::fs::create_dir_all(&content_dir).map_err(io(&content_dir))?;
+            let temp = received.file.path().to_path_buf();
+            std::fs::File::open(&temp)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&temp))?;
+            std::fs::rename(&temp, &content_path).map_err(io(&content_path))?;
+            received.file.forget();
+            std::fs::File::open(&content_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&content_dir))
+        })
+        .await
+        .map_err(|e| LibraryError::Invalid(format!("restoring panicked: {e}")))?
+    }
+
     /// Waits for the publishing lock of content `md5` (see [`Library::publishing`]).
     async fn publishing(&self, md5: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {

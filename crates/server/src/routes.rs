@@ -141,7 +141,16 @@ async fn index(State(app): Shared, Query(query): Query<IndexQuery>) -> Html<Stri
     let notice = query
         .published
         .and_then(|md5| app.library.dataset(&md5))
-        .map(|d| format!("Published {} ({}); it is being seeded.", d.name, d.md5));
+        .map(|d| {
+            let seeding = match app.seeder.status(&d.info_hash) {
+                Some(s) if s.seeding => "it is being seeded".to_string(),
+                Some(crate::SeedStatus {
+                    error: Some(why), ..
+                }) => format!("it is not seeded: {why}"),
+                _ => "its seed is starting".to_string(),
+            };
+            format!("Published {} ({}); {seeding}.", d.name, d.md5)
+        });
     Html(page::index(
         &rows(&app),
         app.config.max_upload_size,
@@ -339,6 +348,20 @@ async fn upload(State(app): Shared, request: Request) -> Response {
         let app = app.clone();
         async move {
             let _slot = slot;
+            let existing = app.library.dataset(&received.md5);
+            let failed = existing.as_ref().is_some_and(|d| {
+                app.seeder
+                    .status(&d.info_hash)
+                    .is_some_and(|s| s.error.is_some())
+            });
+            if let (Some(dataset), true) = (existing, failed) {
+                app.library.restore(received, &dataset).await?;
+                tracing::info!("{}: content replaced by a new upload of it", dataset.md5);
+                if let Err(e) = start_seeding(&app, &dataset).await {
+                    tracing::warn!("{}: cannot seed: {e}", dataset.md5);
+                }
+                return Ok((dataset, Published::Existing));
+            }
             let (dataset, published) = app.library.publish(received, description).await?;
             if published == Published::New {
                 if let Err(e) = start_seeding(&app, &dataset).await {
