@@ -407,6 +407,13 @@ pub fn spawn(
         // earliest time the next announce is allowed, and when the regular one is due
         let mut earliest = Instant::now();
         let mut due;
+        // Asked early for peers (a download that nobody sends to) with none coming of it, each
+        // early announce waits twice as long as the one before, up to the regular interval: a
+        // stalled download asked a UDP tracker (which tells no `min interval`) every 30 s, for
+        // as long as it ran.
+        let mut early_at = Instant::now();
+        let mut early_in_a_row: u32 = 0;
+        let mut brought_forward = false;
         let mut rng = rand::rngs::StdRng::from_os_rng();
         loop {
             let p = *progress.borrow();
@@ -440,7 +447,13 @@ pub fn spawn(
                 Ok(a) => {
                     failures = 0;
                     let next = reannounce_delay(&a.response, &timing);
-                    earliest = Instant::now() + min_interval(&a.response, &timing);
+                    let min = min_interval(&a.response, &timing);
+                    earliest = Instant::now() + min;
+                    early_in_a_row = match brought_forward {
+                        true => early_in_a_row.saturating_add(1),
+                        false => 0,
+                    };
+                    early_at = Instant::now() + min.saturating_mul(1 << early_in_a_row.min(16));
                     due = Instant::now() + next;
                     let _ = up_tx.send(Update::Peers {
                         url: a.url,
@@ -469,6 +482,7 @@ pub fn spawn(
             // The commands that came during the round, then the wait for the next regular
             // announce, or a command.
             let mut asked = asked.into_iter().map(Some);
+            brought_forward = false;
             let stop = loop {
                 let cmd = match asked.next() {
                     Some(cmd) => cmd,
@@ -482,11 +496,13 @@ pub fn spawn(
                         announcer.mark_completed();
                         if failures == 0 {
                             due = due.min(earliest);
+                            brought_forward = false;
                         }
                     }
                     Some(Command::Reannounce) => {
-                        if failures == 0 {
-                            due = due.min(earliest);
+                        if failures == 0 && early_at < due {
+                            due = early_at;
+                            brought_forward = true;
                         }
                     }
                     Some(Command::Stop) | None => break true,

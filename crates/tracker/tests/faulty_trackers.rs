@@ -816,6 +816,61 @@ async fn reannounce_comes_at_min_interval_and_does_not_keep_the_loop_alive() {
     reannouncer.reannounce();
 }
 
+/// Early announces for a download nobody sends to (asked for every second by pow's commands)
+/// back off: each waits twice as long as the one before, from `min interval` up to the regular
+/// interval. A UDP tracker tells no `min interval`, and a stalled download announced to it at
+/// the 30 s floor for as long as it ran (libtorrent's least is 5 minutes).
+#[tokio::test]
+async fn early_announces_back_off_while_they_bring_no_peer() {
+    let server = TrackerServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig {
+            interval: Duration::from_secs(60),
+            ..ServerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let a = Announcer::new(
+        Arc::new(Client::new(cfg())),
+        Tiers::new(vec![vec![server.udp_announce_url()]], &mut rand::rng()),
+        [9; 20],
+        [8; 20],
+        7004,
+    );
+    let (_tx, rx) = tokio::sync::watch::channel(Progress {
+        left: 100,
+        ..Progress::default()
+    });
+    let mut h = announcer::spawn(a, rx, fast_timing());
+    let reannouncer = h.reannouncer();
+    let asking = tokio::spawn(async move {
+        loop {
+            reannouncer.reannounce();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let t0 = Instant::now();
+    let mut at = Vec::new();
+    while t0.elapsed() < Duration::from_millis(3300) {
+        let left = Duration::from_millis(3300).saturating_sub(t0.elapsed());
+        match tokio::time::timeout(left, h.updates.recv()).await {
+            Ok(Some(Update::Peers { .. })) => at.push(t0.elapsed().as_secs_f64()),
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => break,
+        }
+    }
+    asking.abort();
+    let gaps: Vec<f64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    println!("announces at {at:.2?} s, gaps {gaps:.2?}");
+    // 0, then 0.2, 0.4, 0.8 and 1.6 s later (at the 200 ms floor each time: 16 of them).
+    assert!((4..=5).contains(&at.len()), "{at:?}");
+    for pair in gaps.windows(2) {
+        assert!(pair[1] > 1.6 * pair[0], "{gaps:?}");
+    }
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn tracker_id_is_echoed_and_events_follow_bep3() {
     // a recording tracker that hands out a tracker id
