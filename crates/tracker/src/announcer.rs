@@ -75,6 +75,9 @@ struct Tracker {
     tracker_id: Option<Vec<u8>>,
     /// This tracker has acknowledged our `started`.
     started: bool,
+    /// Announces to it that failed in a row, and when a round may ask it again.
+    failures: u32,
+    retry_at: Option<Instant>,
 }
 
 /// The trackers of one torrent in BEP 12 tiers, with per-tracker state.
@@ -97,6 +100,8 @@ impl Tiers {
                         url,
                         tracker_id: None,
                         started: false,
+                        failures: 0,
+                        retry_at: None,
                     })
                     .collect::<Vec<_>>()
             })
@@ -144,6 +149,9 @@ pub struct Announcer {
     pub numwant: Option<u32>,
     /// `completed` is owed to the trackers (set by [`Announcer::mark_completed`]).
     completed_pending: bool,
+    /// How long a tracker that failed is passed over ([`backoff_delay`] of its failures in a
+    /// row; [`spawn`] sets the loop's own).
+    pub tracker_backoff: Timing,
 }
 
 impl Announcer {
@@ -163,6 +171,7 @@ impl Announcer {
             key: rand::random(),
             numwant: Some(50),
             completed_pending: false,
+            tracker_backoff: Timing::default(),
         }
     }
 
@@ -172,7 +181,10 @@ impl Announcer {
     }
 
     /// One BEP 12 round: tiers in order, trackers within a tier in order; the first that
-    /// answers is moved to the front of its tier and its answer returned. `stopping` sends
+    /// answers is moved to the front of its tier and its answer returned. A tracker that
+    /// failed is passed over until its back-off ends, unless every tracker is in back-off: a
+    /// dead or silent tracker in an earlier tier cost its whole timeout (105 s for a silent UDP
+    /// one) before the tracker that answers, in every round, and in each early announce. `stopping` sends
     /// `stopped` to every tracker that saw our `started` (as libtorrent does: after a
     /// fail-over, the trackers before it would list us until they time us out), all at once
     /// (a dead one must not use up the stop's time), and returns the first answer.
@@ -185,9 +197,15 @@ impl Announcer {
             return self.announce_stopped(progress).await;
         }
         let mut last_err: Option<Error> = None;
+        let now = Instant::now();
+        let resting = |tr: &Tracker| tr.retry_at.is_some_and(|at| at > now);
+        let any_due = self.tiers.tiers.iter().flatten().any(|tr| !resting(tr));
         for ti in 0..self.tiers.tiers.len() {
             for i in 0..self.tiers.tiers[ti].len() {
                 let tr = &self.tiers.tiers[ti][i];
+                if any_due && resting(tr) {
+                    continue;
+                }
                 let event = if !tr.started {
                     Event::Started
                 } else if self.completed_pending {
@@ -205,6 +223,7 @@ impl Announcer {
                         tracing::debug!(tracker = %url, ?event, peers = response.peers.len(), "announced");
                         let tier = &mut self.tiers.tiers[ti];
                         let mut tr = tier.remove(i);
+                        (tr.failures, tr.retry_at) = (0, None);
                         if let Some(id) = &response.tracker_id {
                             tr.tracker_id = Some(id.clone());
                         }
@@ -220,6 +239,11 @@ impl Announcer {
                     Err(e) => {
                         tracing::info!(tracker = %url, ?event, "announce failed: {e}");
                         last_err = Some(e);
+                        let tr = &mut self.tiers.tiers[ti][i];
+                        tr.failures = tr.failures.saturating_add(1);
+                        let rest =
+                            backoff_delay(tr.failures, &self.tracker_backoff, &mut rand::rng());
+                        tr.retry_at = Some(Instant::now() + rest);
                     }
                 }
             }
@@ -400,6 +424,7 @@ pub fn spawn(
     progress: watch::Receiver<Progress>,
     timing: Timing,
 ) -> AnnounceHandle {
+    announcer.tracker_backoff = timing.clone();
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let (up_tx, up_rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {

@@ -558,6 +558,11 @@ async fn stopped_reaches_every_tracker_that_saw_started() {
         &mut rng,
     );
     let mut a = Announcer::new(Arc::new(Client::new(cfg())), tiers, [5; 20], [6; 20], 7002);
+    // A tracker that failed is passed over for its back-off: 10 ms here.
+    a.tracker_backoff = Timing {
+        backoff_base: Duration::from_millis(10),
+        ..fast_timing()
+    };
     let p = Progress {
         left: 10,
         ..Progress::default()
@@ -568,6 +573,7 @@ async fn stopped_reaches_every_tracker_that_saw_started() {
         second.http_announce_url(),
         "the first tracker is down"
     );
+    tokio::time::sleep(Duration::from_millis(20)).await;
     // Back on its port: the aborted tasks release it as the runtime drops them.
     let first = loop {
         match TrackerServer::start(first_addr, ServerConfig::default()).await {
@@ -679,6 +685,34 @@ async fn an_owed_completed_and_stopped_reach_the_tracker_past_a_silent_first_tie
     let (took, server) = swarm.complete_and_stop().await;
     assert!(took < Duration::from_secs(2), "{took:?}");
     BehindASilentTier::assert_completed_then_stopped(&server, &hash);
+}
+
+/// A tracker that did not answer is passed over in the next rounds, until its back-off ends:
+/// each round waited out the silent first tier's timeout (here 3 s; 105 s for a silent UDP
+/// tracker by default) before asking the tracker that answers.
+#[tokio::test]
+async fn a_silent_tracker_is_passed_over_until_its_back_off_ends() {
+    let server = ServerConfig {
+        interval: Duration::from_secs(1),
+        ..ServerConfig::default()
+    };
+    let timing = Timing {
+        backoff_base: Duration::from_secs(15),
+        backoff_max: Duration::from_secs(60),
+        ..fast_timing()
+    };
+    let mut swarm = BehindASilentTier::start(server, [0x5e; 20], timing).await;
+    let t0 = Instant::now();
+    for round in 0..2 {
+        match swarm.handle.updates.recv().await.unwrap() {
+            Update::Peers { url, .. } => assert_eq!(url, swarm.server.http_announce_url()),
+            other => panic!("{other:?}"),
+        }
+        let took = t0.elapsed();
+        println!("round {round} answered {took:?} after the first");
+        let most = Duration::from_millis(1000 * (round + 1) + 700);
+        assert!(took < most, "round {round}: {took:?}");
+    }
 }
 
 /// `completed` and then the stop told while a round is under way (here held by the silent
