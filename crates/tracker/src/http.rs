@@ -275,6 +275,11 @@ pub(crate) async fn read_response<R: tokio::io::AsyncRead + Unpin>(
                 break;
             }
         }
+        // The last chunk read ends the body: a server that keeps the connection open (our
+        // `Connection: close` ignored) turned a whole reply into a timeout.
+        if chunked && body.ends_with(b"\r\n") && dechunk(&body, max_body).is_ok() {
+            break;
+        }
         if body.len() > cap {
             return Err(Error::TooLarge(max_body));
         }

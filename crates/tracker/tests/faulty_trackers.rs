@@ -448,6 +448,42 @@ async fn redirector(status: u16, target: Option<String>) -> String {
     format!("{base}/announce")
 }
 
+/// A chunked reply is whole at its last chunk, though the server keeps the connection open (it
+/// ignores our `Connection: close`, as keep-alive servers behind some proxies do): the client
+/// read on until the connection closed, and the reply became a timeout.
+#[tokio::test]
+async fn a_chunked_reply_ends_at_its_last_chunk_on_a_connection_kept_open() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/announce", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = vec![0u8; 8192];
+            let _ = s.read(&mut buf).await;
+            let body = b"d8:intervali60e5:peers6:\x7f\x00\x00\x01\x1a\xe1e";
+            let (first, rest) = body.split_at(10);
+            let mut reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for part in [first, rest] {
+                reply.extend_from_slice(format!("{:x};ext=1\r\n", part.len()).as_bytes());
+                reply.extend_from_slice(part);
+                reply.extend_from_slice(b"\r\n");
+            }
+            reply.extend_from_slice(b"0\r\n\r\n");
+            let _ = s.write_all(&reply).await;
+            held.push(s);
+        }
+    });
+    let client = Client::new(ClientConfig {
+        read_timeout: Duration::from_secs(3),
+        ..cfg()
+    });
+    let t0 = Instant::now();
+    let response = client.announce(&url, &req()).await.unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert_eq!(response.interval, Some(60));
+    assert_eq!(response.peers, vec!["127.0.0.1:6881".parse().unwrap()]);
+}
+
 /// A small real HTTP server at `/a/b/announce` (and `/a/b/scrape`) that redirects relatively,
 /// to `../moved/announce?QUERY`, and from `/a/moved/...` to the tracker at `to`.
 async fn relative_redirector(to: std::net::SocketAddr) -> String {
