@@ -465,6 +465,41 @@ fn loads_a_zip_seeded_by_libtorrent_from_directory_and_http_stores() {
     println!("HTTP store {}: loaded into {}", http.url, printed.display());
 }
 
+/// A record whose `md5` and `torrent_file_name` name different content (a save that changed
+/// only the torrent's name keeps the old md5) is refused before its torrent is fetched: the
+/// load downloaded everything and only then failed its md5 check.
+#[test]
+fn a_record_whose_md5_and_torrent_name_disagree_is_refused_before_anything_is_fetched() {
+    let work = TempDir::new("md5-stale");
+    let project = common::project_with(
+        &work.path().join("pow"),
+        "[[source]]\n\
+         type = \"LocalFileDataSource\"\n\
+         key = \"stale\"\n\
+         torrent_file_name = \"0123456789abcdef0123456789abcdef.torrent\"\n\
+         md5 = \"fedcba9876543210fedcba9876543210\"\n",
+    );
+    let o = run(pow()
+        .arg("--pow-dir")
+        .arg(&project)
+        .args([
+            "source",
+            "load",
+            "LocalFileDataSource:stale",
+            "--torrent-store",
+        ])
+        .arg(work.path().join("store-never-asked")));
+    let stderr = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "its md5 fedcba9876543210fedcba9876543210 and its torrent_file_name \
+             0123456789abcdef0123456789abcdef.torrent name different content"
+        ),
+        "{stderr}"
+    );
+}
+
 /// Acceptance 2: content that is not what the torrent's name says, a torrent missing from the
 /// store, a store that is down, and a source without a torrent.
 #[test]
@@ -509,6 +544,30 @@ fn tampered_content_missing_torrent_and_dead_store_fail_clearly() {
     let kept = PathBuf::from(json["content"].as_str().unwrap());
     common::same_bytes(&other, &kept).unwrap();
     println!("tampered: {}", stderr.trim());
+    // The wrong torrent is not kept in the cache: the store put right (a torrent of the real
+    // bytes under that name), the next load uses the store's. Every rerun used the cached
+    // one, and failed the same way.
+    assert!(
+        stderr.contains(&format!("{torrent_name} dropped from the torrent cache")),
+        "{stderr}"
+    );
+    let tampered = std::fs::read(store.join(&torrent_name)).unwrap();
+    std::fs::remove_file(store.join(&torrent_name)).unwrap();
+    create_torrent(&real, &store.join(&torrent_name));
+    // Nobody seeds the real bytes here: the rerun stalls, with the store's torrent cached.
+    let out = load(
+        &pow_dir,
+        "ConnectomeCSVDataSource:tampered",
+        &["--torrent-store", s, "--stall-timeout", "1"],
+    );
+    let cached = std::fs::read(pow_dir.join("torrents").join(&torrent_name));
+    assert!(
+        cached.ok() == std::fs::read(store.join(&torrent_name)).ok(),
+        "the rerun did not take the store's torrent: {}",
+        text(&out.stderr)
+    );
+    // The store as it was, for the cases below.
+    std::fs::write(store.join(&torrent_name), tampered).unwrap();
 
     // A fresh project whose source `tag` has `fields`, loaded with `extra`: it must fail with
     // exit 1; its stderr.

@@ -331,6 +331,25 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
         interrupt.abort();
     }
     let digest_seconds = hashing.elapsed().as_secs_f64();
+    let named_other_content = report.checks.iter().any(|c| {
+        c.name == "md5-torrent-name" && c.outcome == pow_datasource::integrity::Outcome::Failed
+    });
+    if named_other_content {
+        // The torrent delivered bytes its name does not name: it is wrong, and kept in the
+        // cache it was used again by every later load, after the store was put right.
+        let cached = crate::source_cmd::location(pow_dir)
+            .0
+            .join(pow_datasource::loader::TORRENT_CACHE_DIR)
+            .join(&plan.torrent_file_name);
+        match std::fs::remove_file(&cached) {
+            Ok(()) => eprintln!(
+                "pow: {} dropped from the torrent cache: the next load asks the store again",
+                plan.torrent_file_name
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("pow: warning: {}: {e}", cached.display()),
+        }
+    }
     let bytes = plan.metainfo.total_length();
     if report.failure().is_none() {
         let pow = crate::source_cmd::open(pow_dir)?;
@@ -346,6 +365,9 @@ pub fn load(pow_dir: Option<&Path>, args: LoadArgs) -> CmdResult {
             }
         }
         pow.record_load(&plan, bytes)?;
+        // Closed before the earlier version is removed (a whole dataset's files, on a network
+        // file system minutes): other pow commands wait for the graph store meanwhile.
+        drop(pow);
         if let Some(staged) = &staged {
             if let Err(e) = plan.remove_update(staged) {
                 let cause = std::error::Error::source(&e)

@@ -213,6 +213,19 @@ impl SourceTorrent {
             }
         };
         check_file_name(&file_name)?;
+        // Both name the content's MD5. Apart, one of them is stale (a save that changed only
+        // `torrent_file_name` kept the old `md5`), and the load failed its md5 check only
+        // after downloading everything.
+        let md5s = lowercase(literals(shown, "md5"));
+        if let Some(named) = md5_named_by(&file_name) {
+            if !md5s.is_empty() && !md5s.contains(&named) {
+                return Err(not_loadable(format!(
+                    "its md5 {} and its torrent_file_name {file_name} name different content: \
+                     one of them is stale (save the record with both); nothing downloaded",
+                    md5s.join(", ")
+                )));
+            }
+        }
         Ok(SourceTorrent {
             file_name,
             info_hashes,
@@ -829,6 +842,12 @@ impl LoadPlan {
                 new.file_name().expect("a file").to_string_lossy()
             ));
             let copy = || -> std::io::Result<u64> {
+                // Left by a copy that was stopped: it has the original's mode from its start,
+                // and a read-only one refused this copy on every rerun ("Permission denied").
+                match std::fs::remove_file(&temp) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
                 let bytes = std::fs::copy(&old, &temp)?;
                 let written = std::fs::File::open(&temp)?;
                 let mut permissions = written.metadata()?.permissions();
@@ -1498,6 +1517,86 @@ mod tests {
             replaces: Some("00".repeat(20)),
             replaced: replaced.map(Arc::new),
         }
+    }
+
+    /// Runs `work` on a thread of its own without the capabilities that let root write a file
+    /// of any mode (capabilities are per thread), as anyone else runs it.
+    fn as_anyone<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const VERSION_3: u32 = 0x2008_0522;
+        const DAC_OVERRIDE_AND_READ_SEARCH: u32 = (1 << 1) | (1 << 2);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let mut header = Header {
+                        version: VERSION_3,
+                        pid: 0,
+                    };
+                    let mut data = [Data {
+                        effective: 0,
+                        permitted: 0,
+                        inheritable: 0,
+                    }; 2];
+                    // SAFETY: capget and capset read and write the header and two data
+                    // records given, as the kernel's version 3 layout has them.
+                    unsafe {
+                        assert_eq!(
+                            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+                            0
+                        );
+                        data[0].effective &= !DAC_OVERRIDE_AND_READ_SEARCH;
+                        assert_eq!(
+                            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
+                            0
+                        );
+                    }
+                    work()
+                })
+                .join()
+                .unwrap()
+        })
+    }
+
+    /// A copy of an unchanged read-only file, stopped midway, leaves its temp file with the
+    /// original's mode; the rerun makes it again. It opened the leftover to write, and every
+    /// rerun failed ("Permission denied", naming the new file).
+    #[test]
+    fn a_stopped_copy_of_a_read_only_file_does_not_block_the_rerun() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pow-update-ro-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        write(dir.join("src/set/a"), b"unchanged a");
+        write(dir.join("src/set/c"), b"new file c");
+        let base = dir.join("base");
+        write(base.join("set/a"), b"unchanged a");
+        let read_only = std::fs::Permissions::from_mode(0o444);
+        std::fs::set_permissions(base.join("set/a"), read_only.clone()).unwrap();
+        write(base.join("set/b"), b"old file b");
+        let earlier = torrent_of(&base.join("set"));
+        let plan = update_plan(&base, &dir.join("src/set"), Some(earlier));
+        let staged = plan.staged().unwrap();
+        let leftover = staged.base_dir.join("set/.pow-copy-a");
+        write(leftover.clone(), b"unch");
+        std::fs::set_permissions(&leftover, read_only).unwrap();
+        let reused = as_anyone(|| plan.reuse_unchanged_files(&staged));
+        assert_eq!(reused.unwrap(), 11);
+        assert_eq!(
+            std::fs::read(staged.base_dir.join("set/a")).unwrap(),
+            b"unchanged a"
+        );
+        assert!(!leftover.exists());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// A directory's update: the files it keeps unchanged are copied beside it (a read-only
