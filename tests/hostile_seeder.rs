@@ -832,6 +832,75 @@ fn a_banned_peer_that_connected_to_us_is_not_let_back_in_from_another_port() {
     );
 }
 
+/// A peer that connected to us serves `pieces` whole pieces, every block corrupted, on a new
+/// connection; returns the connection (still open) and how many blocks it served.
+fn serve_bad_pieces(setup: &Setup, port: u16, pieces: usize) -> (RawPeer, usize) {
+    let mut peer = RawPeer::connect(port, setup.info_hash);
+    peer.send(BITFIELD, &setup.full_bitfield()).unwrap();
+    peer.send(UNCHOKE, &[]).unwrap();
+    let mut served_of: std::collections::HashMap<u32, u32> = Default::default();
+    let mut served = 0;
+    while served_of
+        .values()
+        .filter(|&&n| n == PIECE_LEN / BLOCK)
+        .count()
+        < pieces
+    {
+        match peer.read(Duration::from_secs(10)) {
+            Ok((REQUEST, p)) => {
+                let (index, begin, length) = (word(&p, 0), word(&p, 4), word(&p, 8));
+                let mut data = setup.block(index, begin, length).to_vec();
+                data[100] ^= 0x01;
+                peer.stream
+                    .write_all(&piece_frame(index, begin, &data))
+                    .unwrap();
+                *served_of.entry(index).or_default() += 1;
+                served += 1;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("the downloader stopped asking after {served} blocks: {e:?}"),
+        }
+    }
+    (peer, served)
+}
+
+/// Bad pieces from a peer that connected to us count against its host across connections:
+/// counted by address, one that sent two, went, and came back from another port for one more
+/// (and again, for ever) was never banned.
+#[test]
+fn bad_pieces_count_against_a_peer_that_connected_to_us_across_its_connections() {
+    run_case(
+        "incoming-strikes",
+        |setup, listener, port, gate| {
+            drop(listener);
+            common::wait_listening(port, "pow download");
+            let (first, served) = serve_bad_pieces(setup, port, 2);
+            // Its two pieces checked (and struck) before it goes.
+            std::thread::sleep(Duration::from_millis(500));
+            drop(first);
+            let (mut back, more) = serve_bad_pieces(setup, port, 1);
+            let closed = back.closed_within(AT_ONCE);
+            gate.open();
+            Hostile {
+                drops: vec![(
+                    format!(
+                        "two bad pieces ({served} blocks), then one from another port ({more})"
+                    ),
+                    closed,
+                )],
+                note: String::new(),
+            }
+        },
+        Duration::from_secs(5),
+        |_summary, log, _hostile| {
+            assert!(
+                log.contains("banned after 3 bad pieces; no more connections from 127.0.0.1"),
+                "{log}"
+            );
+        },
+    );
+}
+
 /// A block that answers a request with the right piece and offset but not the length asked
 /// (here half of it) ends the connection at once. It used to be counted as wasted while the
 /// request stayed booked to the peer, its pipeline slot free again: a peer answering every

@@ -752,6 +752,9 @@ struct Peer {
     am_interested: bool,
     am_choking: bool,
     peer_choking: bool,
+    /// Blocks were picked for this peer since its last choke: a choke then has bookings of
+    /// its own to release in the picker.
+    picked_since_choke: bool,
     peer_interested: bool,
     inflight: HashMap<(u32, u32), Block>,
     /// Requests we took back (cancelled, lost to its choke, released when it snubbed us) whose
@@ -868,6 +871,7 @@ impl Peer {
             am_interested: false,
             am_choking: true,
             peer_choking: true,
+            picked_since_choke: false,
             peer_interested: false,
             inflight: HashMap::new(),
             withdrawn: HashSet::new(),
@@ -1269,11 +1273,15 @@ impl Peer {
                     self.addr,
                     self.inflight.len()
                 );
-                let was_choking = std::mem::replace(&mut self.peer_choking, true);
-                // Releasing our bookings walks every partial piece under the session lock:
-                // a choke repeated while nothing was asked since the last has none to release,
-                // and a stream of them must not buy that walk each time.
-                let booked = !was_choking || !self.inflight.is_empty();
+                self.peer_choking = true;
+                // Releasing our bookings walks every partial piece under the session lock: a
+                // choke with nothing picked for the peer since the last has none to release,
+                // and a stream of them must not buy that walk each time. (After an unchoke it
+                // did: a peer streaming unchoke-choke pairs, 10 bytes each, had the session
+                // walk every partial piece 26,000 times per 256 KiB read, holding every other
+                // peer's task off the lock.)
+                let picked = std::mem::take(&mut self.picked_since_choke);
+                let booked = picked || !self.inflight.is_empty();
                 self.withdraw_all();
                 if booked {
                     self.inner.lock().picker.peer_choked(self.key);
@@ -1912,6 +1920,7 @@ impl Peer {
             return;
         }
         let want = limit - self.inflight.len();
+        self.picked_since_choke = true;
         let blocks = {
             let inner = Arc::clone(&self.inner);
             let mut state = inner.lock();
@@ -2140,9 +2149,16 @@ pub(crate) fn record_verdict(
     }
 }
 
-/// A strike against the peer at `addr`; the last one bans it and closes its connection.
+/// A strike against the peer at `addr`; the last one bans it and closes its connection. Those
+/// of a peer that connected to us count against its host, as its ban does: counted by its
+/// address, a peer that sent two bad pieces, went and came back from another port, never
+/// reached three.
 fn strike(state: &mut crate::State, addr: SocketAddr) {
-    let strikes = state.strikes.entry(addr).or_default();
+    let counted_at = match connected_to_us(state, addr) {
+        true => SocketAddr::new(host_of(addr.ip()), 0),
+        false => addr,
+    };
+    let strikes = state.strikes.entry(counted_at).or_default();
     *strikes += 1;
     // Pieces already in flight may fail after the ban, before the peer's task has closed:
     // ban (and log) once.
@@ -2187,12 +2203,7 @@ fn ban(state: &mut crate::State, addr: SocketAddr, what: &str) {
     if !state.banned.insert(addr) {
         return;
     }
-    let connected_to_us = match state.peers.values().find(|p| p.addr == addr) {
-        Some(peer) => peer.wire.is_some_and(|wire| !wire.outgoing),
-        // Gone already (a smart ban decides later): we dial only addresses we know.
-        None => !state.known.contains_key(&addr),
-    };
-    if connected_to_us {
+    if connected_to_us(state, addr) {
         state.banned_hosts.insert(addr.ip().to_canonical());
         tracing::warn!("{addr}: {what}; no more connections from {}", addr.ip());
     } else {
@@ -2200,6 +2211,15 @@ fn ban(state: &mut crate::State, addr: SocketAddr, what: &str) {
     }
     for peer in state.peers.values().filter(|p| p.addr == addr) {
         let _ = peer.tx.send(PeerCmd::Close);
+    }
+}
+
+/// Whether the peer at `addr` connected to us (from a port of its choosing).
+fn connected_to_us(state: &crate::State, addr: SocketAddr) -> bool {
+    match state.peers.values().find(|p| p.addr == addr) {
+        Some(peer) => peer.wire.is_some_and(|wire| !wire.outgoing),
+        // Gone already (a smart ban decides later): we dial only addresses we know.
+        None => !state.known.contains_key(&addr),
     }
 }
 
@@ -2246,6 +2266,59 @@ pub(crate) fn fuzz_session(
 #[cfg(test)]
 mod host_tests {
     use super::*;
+
+    /// A choke with nothing picked for the peer since its last choke leaves the picker alone;
+    /// after an unchoke it walked every partial piece again (a stream of unchoke-choke pairs
+    /// bought one walk each). Shown with a block booked to the peer, which such a walk frees.
+    #[test]
+    fn unchoke_choke_pairs_with_nothing_asked_between_walk_no_piece() {
+        let dir = std::env::temp_dir().join(format!("pow-engine-flips-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = dir.join("piece.bin");
+        std::fs::write(&source, vec![7u8; 32768]).unwrap();
+        let options = pow_metainfo::create::CreateOptions {
+            piece_length: Some(32768),
+            ..Default::default()
+        };
+        let metainfo = Arc::new(
+            pow_metainfo::create::create(&source, &options)
+                .unwrap()
+                .metainfo,
+        );
+        let storage =
+            Arc::new(pow_storage::Storage::new(metainfo.clone(), &dir.join("out")).unwrap());
+        let picker = pow_picker::Picker::new(metainfo.geometry.clone(), Bitfield::new(1));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let torrent = crate::Torrent::start(storage, picker, crate::EngineConfig::default())
+                .await
+                .unwrap();
+            let inner = torrent.inner.clone();
+            let addr: SocketAddr = "127.0.0.2:6881".parse().unwrap();
+            let (tx, _rx) = mpsc::unbounded_channel();
+            let mut all = Bitfield::new(1);
+            all.set(0);
+            let key = {
+                let mut state = inner.lock();
+                let key = state.add_peer(PeerEntry::new(addr, None, all.clone(), tx));
+                assert_eq!(state.picker.pick(key, &all, 1).len(), 1, "block 0 booked");
+                key
+            };
+            let mut peer = Peer::new(inner.clone(), key, addr);
+            for _ in 0..1000 {
+                peer.handle(Message::Unchoke).unwrap();
+                peer.handle(Message::Choke).unwrap();
+            }
+            // Block 0 is still booked to the peer: no choke walked the partial pieces.
+            let booked = inner.lock().picker.requests_of(key);
+            assert_eq!(booked.len(), 1, "{booked:?}");
+        });
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     /// Caps and bans count an IPv6 /64 as one host (one machine is handed one whole and may
     /// send from any address of it), an IPv4 address as itself however it is written.
