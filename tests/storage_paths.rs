@@ -96,24 +96,7 @@ fn a_datasets_program_runs_while_the_dataset_is_seeded() {
     std::fs::write(set.join("notes"), pseudo_random_bytes(100_000, 3)).unwrap();
     let torrent = work.path().join("set.torrent");
     let pieces = create_torrent(&set, &torrent, 16384).geometry.piece_count();
-    let mut seed = pow()
-        .arg("seed")
-        .arg(&torrent)
-        .arg("--data")
-        .arg(work.path().join("data"))
-        .args([
-            "--port",
-            &free_port().to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = first_stdout_line(&mut seed);
+    let (seed, started) = seed_json(pow(), &torrent, &work.path().join("data"));
     let _seed = Killed(seed);
     assert!(
         started.contains(&format!("\"pieces_good\":{pieces},")),
@@ -179,6 +162,25 @@ fn verify_finds_every_piece_of_a_running_programs_file_good() {
     );
 }
 
+/// `pow seed --json` of `torrent` from `data` run by `pow` (a command of the pow binary) on a
+/// free port; the process (stderr piped) and the line it started with.
+fn seed_json(mut pow: Command, torrent: &Path, data: &Path) -> (std::process::Child, String) {
+    let mut child = pow
+        .arg("seed")
+        .arg(torrent)
+        .arg("--data")
+        .arg(data)
+        .args(["--port", &free_port().to_string()])
+        .args(["--bind", "127.0.0.1", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = first_stdout_line(&mut child);
+    (child, started)
+}
+
 /// `pow` as someone who may not read `file` (mode 000): root reads a file of any mode, so as
 /// root it runs without the two capabilities that let it, after proof that this makes a real
 /// EACCES here. None (the test skipped, and says why) where that cannot be had.
@@ -234,27 +236,10 @@ fn a_seed_beside_a_file_it_may_not_read_saves_its_resume_file() {
     let torrent = dataset(work.path(), &data);
     let a = data.join("set/a");
     std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o000)).unwrap();
-    let Some(mut seed) = pow_that_may_not_read(&a) else {
+    let Some(seed) = pow_that_may_not_read(&a) else {
         return;
     };
-    let mut child = seed
-        .arg("seed")
-        .arg(&torrent)
-        .arg("--data")
-        .arg(&data)
-        .args([
-            "--port",
-            &free_port().to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = first_stdout_line(&mut child);
+    let (mut child, started) = seed_json(seed, &torrent, &data);
     // a is 300,000 bytes: pieces 0-4 (64 KiB each) lie in it, 5-7 in b alone.
     assert!(started.contains("\"pieces_good\":3"), "{started}");
     let resume_file = || {

@@ -95,6 +95,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LibraryError + '_ {
     }
 }
 
+/// Moves a received upload to `path` (its bytes synced first), where it is kept.
+fn move_into_place(file: crate::upload::TempFile, path: &Path) -> Result<(), LibraryError> {
+    let temp = file.path().to_path_buf();
+    std::fs::File::open(&temp)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&temp))?;
+    std::fs::rename(&temp, path).map_err(io(path))?;
+    file.forget();
+    Ok(())
+}
+
 pub struct Library {
     root: PathBuf,
     /// Trackers put into every torrent created here.
@@ -446,12 +457,7 @@ impl Library {
         tokio::task::spawn_blocking(move || {
             let _one_at_a_time = one_at_a_time;
             std::fs::create_dir_all(&content_dir).map_err(io(&content_dir))?;
-            let temp = received.file.path().to_path_buf();
-            std::fs::File::open(&temp)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&temp))?;
-            std::fs::rename(&temp, &content_path).map_err(io(&content_path))?;
-            received.file.forget();
+            move_into_place(received.file, &content_path)?;
             std::fs::File::open(&content_dir)
                 .and_then(|d| d.sync_all())
                 .map_err(io(&content_dir))
@@ -504,12 +510,7 @@ impl Library {
             .as_ref()
             .map_or(received.name.clone(), |m| m.name.clone());
         let content_path = content_dir.join(&name);
-        let temp = received.file.path().to_path_buf();
-        std::fs::File::open(&temp)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&temp))?;
-        std::fs::rename(&temp, &content_path).map_err(io(&content_path))?;
-        received.file.forget();
+        move_into_place(received.file, &content_path)?;
         // Until the dataset is published, a failure takes the moved upload away with it.
         let unpublished = Unpublished(Some(content_dir.clone()));
         // The moved file's entry and its new directory's are on disk before the record and
